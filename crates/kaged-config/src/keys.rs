@@ -1,0 +1,167 @@
+//! The one list of configuration keys: their section, environment variable and meaning.
+//! The README's configuration table and the parser's "did you mean" hints come from here.
+
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec {
+    pub section: &'static str,
+    pub key: &'static str,
+    /// The `KAGED_*` variable that overrides the file.
+    pub env: &'static str,
+    /// What a valid value looks like, used in error hints.
+    pub expected: &'static str,
+    pub doc: &'static str,
+}
+
+impl KeySpec {
+    pub fn path(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+}
+
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        section: "daemon",
+        key: "bind",
+        env: "KAGED_BIND",
+        expected: "an IP address and port such as \"127.0.0.1:7777\"",
+        doc: "Address the HTTP server listens on (flag --bind).",
+    },
+    KeySpec {
+        section: "daemon",
+        key: "home",
+        env: "KAGED_HOME",
+        expected: "an absolute directory path",
+        doc: "State directory: database, audit log, plugins.",
+    },
+    KeySpec {
+        section: "auth",
+        key: "mode",
+        env: "KAGED_AUTH_MODE",
+        expected: "\"secure\"",
+        doc: "\"secure\": launch URL + session cookie on loopback.",
+    },
+    KeySpec {
+        section: "storage",
+        key: "url",
+        env: "KAGED_STORAGE_URL",
+        expected: "\"sqlite:///ABSOLUTE/PATH/kaged.db\"",
+        doc: "Database URL.",
+    },
+    KeySpec {
+        section: "sandbox",
+        key: "mode",
+        env: "KAGED_SANDBOX_MODE",
+        expected: "\"enabled\" or \"disabled\"",
+        doc: "Whether work runs in bubblewrap cages.",
+    },
+    KeySpec {
+        section: "sandbox",
+        key: "default_seccomp",
+        env: "KAGED_SANDBOX_DEFAULT_SECCOMP",
+        expected: "\"default\"",
+        doc: "Seccomp profile for cages that name none.",
+    },
+    KeySpec {
+        section: "logging",
+        key: "operational",
+        env: "KAGED_LOG_OPERATIONAL",
+        expected: "\"stderr\" or \"file:/ABSOLUTE/PATH\"",
+        doc: "Where the operational log goes.",
+    },
+    KeySpec {
+        section: "logging",
+        key: "audit",
+        env: "KAGED_LOG_AUDIT",
+        expected: "\"file:/ABSOLUTE/PATH\"",
+        doc: "Append-only JSON-lines audit log (also kept in the audit_events table).",
+    },
+    KeySpec {
+        section: "logging",
+        key: "level",
+        env: "KAGED_LOG_LEVEL",
+        expected: "one of \"error\", \"warn\", \"info\", \"debug\", \"trace\"",
+        doc: "Operational log level.",
+    },
+    KeySpec {
+        section: "plugins",
+        key: "dir",
+        env: "KAGED_PLUGINS_DIR",
+        expected: "an absolute directory path",
+        doc: "Where plugins are installed.",
+    },
+    KeySpec {
+        section: "plugins",
+        key: "enabled",
+        env: "KAGED_PLUGINS_ENABLED",
+        expected: "a list of plugin names such as [\"git\"] (comma-separated in the variable)",
+        doc: "Plugins to start.",
+    },
+    KeySpec {
+        section: "ui",
+        key: "serve",
+        env: "KAGED_UI_SERVE",
+        expected: "true or false",
+        doc: "Serve the bundled web UI at /.",
+    },
+];
+
+pub(crate) fn sections() -> Vec<&'static str> {
+    let mut s: Vec<&str> = KEYS.iter().map(|k| k.section).collect();
+    s.dedup();
+    s
+}
+
+pub(crate) fn find(section: &str, key: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.section == section && k.key == key)
+}
+
+pub(crate) fn keys_of(section: &str) -> Vec<&'static str> {
+    KEYS.iter()
+        .filter(|k| k.section == section)
+        .map(|k| k.key)
+        .collect()
+}
+
+/// The closest candidate within two edits, for "did you mean" hints.
+pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_has_a_distinct_kaged_variable() {
+        let mut vars: Vec<_> = KEYS.iter().map(|k| k.env).collect();
+        assert!(vars.iter().all(|v| v.starts_with("KAGED_")));
+        vars.sort();
+        vars.dedup();
+        assert_eq!(vars.len(), KEYS.len());
+    }
+
+    #[test]
+    fn closest_suggests_near_misses_only() {
+        assert_eq!(closest("bnd", &["bind", "home"]), Some("bind"));
+        assert_eq!(closest("colour", &["bind", "home"]), None);
+    }
+}

@@ -1,0 +1,18 @@
+//! kaged's configuration, decided without doing I/O.
+//!
+//! The edge (the `kaged` binary) gathers *facts*: the environment, the UID, whether a directory
+//! exists, the text of `config.toml`. Everything here is a pure function of those facts, so every
+//! rule (mode detection, path layout, precedence, validation) is unit-tested on data.
+
+mod error;
+mod keys;
+mod mode;
+mod settings;
+
+pub use error::{ConfigError, ConfigErrors, Location};
+pub use keys::{KEYS, KeySpec};
+pub use mode::{DeploymentMode, Facts, ModeDecision, ModeRule, Paths, decide_mode};
+pub use settings::{
+    AuditSink, AuthMode, FlagOverrides, LogLevel, OperationalSink, SandboxMode, Settings, Source,
+    StorageUrl, render_default_config, resolve,
+};

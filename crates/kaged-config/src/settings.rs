@@ -1,0 +1,976 @@
+//! `config.toml`: parsing with positions, precedence (flags > `KAGED_*` environment > file >
+//! defaults) and validation that reports every problem with file, key, line and a fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use toml::de::{DeTable, DeValue};
+
+use crate::error::{ConfigError, ConfigErrors, Location, line_column};
+use crate::keys::{self, KEYS, KeySpec};
+use crate::mode::{DeploymentMode, ModeDecision};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Per-user: a per-startup nonce, one-time launch URLs and a session cookie.
+    Secure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    Enabled,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "path")]
+pub enum OperationalSink {
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "path")]
+pub enum AuditSink {
+    File(PathBuf),
+}
+
+/// A parsed `[storage] url`. Only SQLite exists today; a `postgres://` variant slots in here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "path")]
+pub enum StorageUrl {
+    Sqlite(PathBuf),
+}
+
+impl fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+        }
+    }
+}
+
+/// Where a setting's value came from; shown by `kaged status` so "why is it this?" has an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "from")]
+pub enum Source {
+    Default,
+    File { line: usize },
+    Env { var: String },
+    Flag { flag: String },
+}
+
+/// Command-line flags that override configuration.
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    pub bind: Option<String>,
+}
+
+/// The resolved configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    pub mode: DeploymentMode,
+    pub config_file: PathBuf,
+    pub bind: SocketAddr,
+    pub home: PathBuf,
+    pub auth_mode: AuthMode,
+    pub storage_url: StorageUrl,
+    pub sandbox_mode: SandboxMode,
+    pub default_seccomp: String,
+    pub log_operational: OperationalSink,
+    pub log_audit: AuditSink,
+    pub log_level: LogLevel,
+    pub plugins_dir: PathBuf,
+    pub plugins_enabled: Vec<String>,
+    pub ui_serve: bool,
+    /// `section.key` -> where its value came from.
+    pub sources: BTreeMap<String, Source>,
+}
+
+/// A value before it is checked against its key, from whichever source supplied it.
+enum Raw {
+    Str(String),
+    Bool(bool),
+    List(Vec<String>),
+    /// Any other TOML type, by name, for the error message.
+    Other(&'static str),
+}
+
+/// A checked value of one key.
+enum Value {
+    Bind(SocketAddr),
+    Path(PathBuf),
+    Auth(AuthMode),
+    Storage(StorageUrl),
+    Sandbox(SandboxMode),
+    Name(String),
+    Operational(OperationalSink),
+    Audit(AuditSink),
+    Level(LogLevel),
+    Names(Vec<String>),
+    Bool(bool),
+}
+
+struct Problem {
+    problem: String,
+    hint: String,
+}
+
+fn wrong(spec: &KeySpec, got: impl fmt::Display) -> Problem {
+    Problem {
+        problem: format!("{got} is not valid here"),
+        hint: format!("use {}", spec.expected),
+    }
+}
+
+fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
+    let text = match raw {
+        Raw::Str(s) => s,
+        Raw::Bool(b) if spec.key == "serve" => return Ok(Value::Bool(b)),
+        Raw::List(items) if spec.key == "enabled" => return check_names(spec, items),
+        Raw::Bool(b) => return Err(wrong(spec, format!("the boolean {b}"))),
+        Raw::List(_) => return Err(wrong(spec, "an array")),
+        Raw::Other(t) => return Err(wrong(spec, format!("a {t}"))),
+    };
+    let shown = format!("{text:?}");
+    let bad = || wrong(spec, &shown);
+    match spec.path().as_str() {
+        "daemon.bind" => text.parse::<SocketAddr>().map(Value::Bind).map_err(|_| {
+            Problem {
+                problem: format!("{shown} is not an IP address with a port"),
+                hint: format!(
+                    "use {}; to reach kaged from other devices bind a VPN address such as \"100.64.0.2:7777\"",
+                    spec.expected
+                ),
+            }
+        }),
+        "daemon.home" | "plugins.dir" => absolute(&text).map(Value::Path).ok_or_else(bad),
+        "auth.mode" => match text.as_str() {
+            "secure" => Ok(Value::Auth(AuthMode::Secure)),
+            _ => Err(bad()),
+        },
+        "storage.url" => storage_url(&text).map(Value::Storage),
+        "sandbox.mode" => match text.as_str() {
+            "enabled" => Ok(Value::Sandbox(SandboxMode::Enabled)),
+            "disabled" => Ok(Value::Sandbox(SandboxMode::Disabled)),
+            _ => Err(bad()),
+        },
+        "sandbox.default_seccomp" => match text.as_str() {
+            "default" => Ok(Value::Name(text)),
+            _ => Err(bad()),
+        },
+        "logging.operational" => match text.as_str() {
+            "stderr" => Ok(Value::Operational(OperationalSink::Stderr)),
+            _ => file_sink(&text)
+                .map(|p| Value::Operational(OperationalSink::File(p)))
+                .ok_or_else(bad),
+        },
+        "logging.audit" => file_sink(&text)
+            .map(|p| Value::Audit(AuditSink::File(p)))
+            .ok_or_else(bad),
+        "logging.level" => match text.as_str() {
+            "error" => Ok(Value::Level(LogLevel::Error)),
+            "warn" => Ok(Value::Level(LogLevel::Warn)),
+            "info" => Ok(Value::Level(LogLevel::Info)),
+            "debug" => Ok(Value::Level(LogLevel::Debug)),
+            "trace" => Ok(Value::Level(LogLevel::Trace)),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// Environment variables carry lists and booleans as text.
+fn raw_from_env(spec: &KeySpec, text: &str) -> Raw {
+    match spec.path().as_str() {
+        "plugins.enabled" => Raw::List(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        ),
+        "ui.serve" => match text {
+            "true" | "1" | "yes" => Raw::Bool(true),
+            "false" | "0" | "no" => Raw::Bool(false),
+            _ => Raw::Str(text.to_string()),
+        },
+        _ => Raw::Str(text.to_string()),
+    }
+}
+
+fn check_names(spec: &KeySpec, items: Vec<String>) -> Result<Value, Problem> {
+    match items.iter().find(|n| {
+        n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        Some(badname) => Err(Problem {
+            problem: format!("{badname:?} is not a plugin name"),
+            hint: format!(
+                "use {}; names are letters, digits, '-' and '_'",
+                spec.expected
+            ),
+        }),
+        None => Ok(Value::Names(items)),
+    }
+}
+
+fn absolute(text: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(text);
+    p.is_absolute().then_some(p)
+}
+
+fn file_sink(text: &str) -> Option<PathBuf> {
+    text.strip_prefix("file:").and_then(absolute)
+}
+
+fn storage_url(text: &str) -> Result<StorageUrl, Problem> {
+    if let Some(rest) = text.strip_prefix("sqlite://") {
+        return absolute(rest)
+            .map(StorageUrl::Sqlite)
+            .ok_or_else(|| Problem {
+                problem: format!("{text:?} does not name an absolute SQLite file"),
+                hint:
+                    "use three slashes and an absolute path: \"sqlite:///ABSOLUTE/PATH/kaged.db\""
+                        .into(),
+            });
+    }
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return Err(Problem {
+            problem: "the PostgreSQL backend is not part of this kaged build".into(),
+            hint: "use \"sqlite:///ABSOLUTE/PATH/kaged.db\" (the default) until PostgreSQL support lands".into(),
+        });
+    }
+    Err(Problem {
+        problem: format!("{text:?} is not a supported database URL"),
+        hint: "use \"sqlite:///ABSOLUTE/PATH/kaged.db\"".into(),
+    })
+}
+
+fn toml_type(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "string",
+        DeValue::Integer(_) => "integer",
+        DeValue::Float(_) => "float",
+        DeValue::Boolean(_) => "boolean",
+        DeValue::Datetime(_) => "datetime",
+        DeValue::Array(_) => "array",
+        DeValue::Table(_) => "table",
+    }
+}
+
+fn raw_from_toml(v: &DeValue<'_>) -> Raw {
+    match v {
+        DeValue::String(s) => Raw::Str(s.to_string()),
+        DeValue::Boolean(b) => Raw::Bool(*b),
+        DeValue::Array(items) => {
+            let mut out = Vec::new();
+            for item in items {
+                match item.get_ref() {
+                    DeValue::String(s) => out.push(s.to_string()),
+                    other => {
+                        return Raw::Other(if toml_type(other) == "string" {
+                            "array"
+                        } else {
+                            "array of non-strings"
+                        });
+                    }
+                }
+            }
+            Raw::List(out)
+        }
+        other => Raw::Other(toml_type(other)),
+    }
+}
+
+/// Everything explicitly set so far, highest precedence first wins (`entry().or_insert`).
+type Explicit = BTreeMap<String, (Value, Source)>;
+
+fn read_file(path: &Path, text: &str, out: &mut Explicit, errors: &mut Vec<ConfigError>) {
+    let at = |offset: usize| {
+        let (line, column) = line_column(text, offset);
+        Location::File {
+            path: path.to_path_buf(),
+            line,
+            column,
+        }
+    };
+    let root = match DeTable::parse(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            errors.push(ConfigError {
+                location: at(offset),
+                key: String::new(),
+                problem: format!("TOML syntax error: {}", e.message().trim()),
+                hint: "fix the syntax at this position (strings need double quotes)".into(),
+            });
+            return;
+        }
+    };
+    let sections = keys::sections();
+    for (name, value) in root.get_ref().iter() {
+        let section = name.get_ref().as_ref();
+        let DeValue::Table(table) = value.get_ref() else {
+            errors.push(ConfigError {
+                location: at(name.span().start),
+                key: section.to_string(),
+                problem: format!("top-level key {section:?} must be a [section]"),
+                hint: format!("known sections: {}", sections.join(", ")),
+            });
+            continue;
+        };
+        if !sections.contains(&section) {
+            let hint = match keys::closest(section, &sections) {
+                Some(s) => format!(
+                    "did you mean [{s}]? known sections: {}",
+                    sections.join(", ")
+                ),
+                None => format!("remove it; known sections: {}", sections.join(", ")),
+            };
+            errors.push(ConfigError {
+                location: at(name.span().start),
+                key: section.to_string(),
+                problem: format!("unknown section [{section}]"),
+                hint,
+            });
+            continue;
+        }
+        for (k, v) in table.iter() {
+            let key = k.get_ref().as_ref();
+            let location = at(k.span().start);
+            let Some(spec) = keys::find(section, key) else {
+                let known = keys::keys_of(section);
+                let hint = match keys::closest(key, &known) {
+                    Some(s) => format!(
+                        "did you mean `{s}`? keys of [{section}]: {}",
+                        known.join(", ")
+                    ),
+                    None => format!("remove it; keys of [{section}]: {}", known.join(", ")),
+                };
+                errors.push(ConfigError {
+                    location,
+                    key: format!("{section}.{key}"),
+                    problem: format!("unknown key `{key}` in [{section}]"),
+                    hint,
+                });
+                continue;
+            };
+            let line = match &location {
+                Location::File { line, .. } => *line,
+                _ => 0,
+            };
+            match check(spec, raw_from_toml(v.get_ref())) {
+                Ok(value) => {
+                    out.entry(spec.path())
+                        .or_insert((value, Source::File { line }));
+                }
+                Err(p) => errors.push(ConfigError {
+                    location,
+                    key: spec.path(),
+                    problem: p.problem,
+                    hint: p.hint,
+                }),
+            }
+        }
+    }
+}
+
+/// Resolve the settings from defaults, the file text (if the file exists), the environment and
+/// flags. Returns every problem found, not just the first.
+pub fn resolve(
+    decision: &ModeDecision,
+    config_file: &Path,
+    file_text: Option<&str>,
+    env: &BTreeMap<String, String>,
+    flags: &FlagOverrides,
+) -> Result<Settings, ConfigErrors> {
+    let mut explicit = Explicit::new();
+    let mut errors = Vec::new();
+
+    // Highest precedence first: the first value recorded for a key wins.
+    let bind_spec = keys::find("daemon", "bind");
+    if let (Some(bind), Some(spec)) = (&flags.bind, bind_spec) {
+        match check(spec, Raw::Str(bind.clone())) {
+            Ok(v) => {
+                explicit.insert(
+                    spec.path(),
+                    (
+                        v,
+                        Source::Flag {
+                            flag: "--bind".into(),
+                        },
+                    ),
+                );
+            }
+            Err(p) => errors.push(ConfigError {
+                location: Location::Flag {
+                    flag: "--bind".into(),
+                },
+                key: spec.path(),
+                problem: p.problem,
+                hint: p.hint,
+            }),
+        }
+    }
+    for spec in KEYS {
+        let Some(text) = env.get(spec.env).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        // A flag for the same key shadows the variable, valid or not.
+        if spec.key == "bind" && flags.bind.is_some() {
+            continue;
+        }
+        match check(spec, raw_from_env(spec, text)) {
+            Ok(v) => {
+                explicit.insert(
+                    spec.path(),
+                    (
+                        v,
+                        Source::Env {
+                            var: spec.env.into(),
+                        },
+                    ),
+                );
+            }
+            Err(p) => errors.push(ConfigError {
+                location: Location::Env {
+                    var: spec.env.into(),
+                },
+                key: spec.path(),
+                problem: p.problem,
+                hint: p.hint,
+            }),
+        }
+    }
+    if let Some(text) = file_text {
+        read_file(config_file, text, &mut explicit, &mut errors);
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| match &e.location {
+            Location::Flag { .. } => (0, 0),
+            Location::Env { .. } => (1, 0),
+            Location::File { line, .. } => (2, *line),
+        });
+        return Err(ConfigErrors(errors));
+    }
+
+    let mut sources = BTreeMap::new();
+    let mut take = |key: &str| -> Option<Value> {
+        let (value, source) = match explicit.remove(key) {
+            Some((v, s)) => (Some(v), s),
+            None => (None, Source::Default),
+        };
+        sources.insert(key.to_string(), source);
+        value
+    };
+
+    let bind = match take("daemon.bind") {
+        Some(Value::Bind(b)) => b,
+        _ => default_bind(),
+    };
+    let home = match take("daemon.home") {
+        Some(Value::Path(p)) => p,
+        _ => decision.paths.data_dir.clone(),
+    };
+    let settings = Settings {
+        mode: decision.mode,
+        config_file: config_file.to_path_buf(),
+        bind,
+        auth_mode: match take("auth.mode") {
+            Some(Value::Auth(a)) => a,
+            _ => AuthMode::Secure,
+        },
+        storage_url: match take("storage.url") {
+            Some(Value::Storage(s)) => s,
+            _ => StorageUrl::Sqlite(home.join("kaged.db")),
+        },
+        sandbox_mode: match take("sandbox.mode") {
+            Some(Value::Sandbox(s)) => s,
+            _ => SandboxMode::Enabled,
+        },
+        default_seccomp: match take("sandbox.default_seccomp") {
+            Some(Value::Name(n)) => n,
+            _ => "default".into(),
+        },
+        log_operational: match take("logging.operational") {
+            Some(Value::Operational(o)) => o,
+            _ => OperationalSink::Stderr,
+        },
+        log_audit: match take("logging.audit") {
+            Some(Value::Audit(a)) => a,
+            _ => AuditSink::File(home.join("audit.log")),
+        },
+        log_level: match take("logging.level") {
+            Some(Value::Level(l)) => l,
+            _ => LogLevel::Info,
+        },
+        plugins_dir: match take("plugins.dir") {
+            Some(Value::Path(p)) => p,
+            _ => home.join("plugins"),
+        },
+        plugins_enabled: match take("plugins.enabled") {
+            Some(Value::Names(n)) => n,
+            _ => Vec::new(),
+        },
+        ui_serve: match take("ui.serve") {
+            Some(Value::Bool(b)) => b,
+            _ => true,
+        },
+        home,
+        sources,
+    };
+    Ok(settings)
+}
+
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7777))
+}
+
+fn toml_string(s: &str) -> String {
+    // Debug formatting of a Rust string is a valid TOML basic string for paths and names.
+    format!("{s:?}")
+}
+
+/// The `config.toml` written on first per-user launch: every key, with its default and meaning.
+pub fn render_default_config(s: &Settings) -> String {
+    let sink = |p: &Path| toml_string(&format!("file:{}", p.display()));
+    let operational = match &s.log_operational {
+        OperationalSink::Stderr => toml_string("stderr"),
+        OperationalSink::File(p) => sink(p),
+    };
+    let AuditSink::File(audit) = &s.log_audit;
+    let plugins: Vec<String> = s.plugins_enabled.iter().map(|p| toml_string(p)).collect();
+    let doc = |section: &str, key: &str| {
+        KEYS.iter()
+            .find(|k| k.section == section && k.key == key)
+            .map(|k| format!("# {} (env {})", k.doc, k.env))
+            .unwrap_or_default()
+    };
+    format!(
+        "# kaged configuration ({mode} mode), written on first launch.\n\
+         # Precedence: command-line flags > KAGED_* environment > this file > defaults.\n\n\
+         [daemon]\n{}\nbind = {}\n{}\nhome = {}\n\n\
+         [auth]\n{}\nmode = \"secure\"\n\n\
+         [storage]\n{}\nurl = {}\n\n\
+         [sandbox]\n{}\nmode = {}\n{}\ndefault_seccomp = {}\n\n\
+         [logging]\n{}\noperational = {}\n{}\naudit = {}\n{}\nlevel = {}\n\n\
+         [plugins]\n{}\ndir = {}\n{}\nenabled = [{}]\n\n\
+         [ui]\n{}\nserve = {}\n",
+        doc("daemon", "bind"),
+        toml_string(&s.bind.to_string()),
+        doc("daemon", "home"),
+        toml_string(&s.home.display().to_string()),
+        doc("auth", "mode"),
+        doc("storage", "url"),
+        toml_string(&s.storage_url.to_string()),
+        doc("sandbox", "mode"),
+        toml_string(match s.sandbox_mode {
+            SandboxMode::Enabled => "enabled",
+            SandboxMode::Disabled => "disabled",
+        }),
+        doc("sandbox", "default_seccomp"),
+        toml_string(&s.default_seccomp),
+        doc("logging", "operational"),
+        operational,
+        doc("logging", "audit"),
+        sink(audit),
+        doc("logging", "level"),
+        toml_string(s.log_level.as_str()),
+        doc("plugins", "dir"),
+        toml_string(&s.plugins_dir.display().to_string()),
+        doc("plugins", "enabled"),
+        plugins.join(", "),
+        doc("ui", "serve"),
+        s.ui_serve,
+        mode = s.mode.describe(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mode::{Facts, decide_mode};
+
+    fn decision() -> ModeDecision {
+        let facts = Facts {
+            uid: 1000,
+            user_name: Some("ann".into()),
+            env: [("HOME".to_string(), "/home/ann".to_string())].into(),
+            existing_dirs: Default::default(),
+        };
+        decide_mode(&facts, None).unwrap()
+    }
+
+    fn cfg() -> PathBuf {
+        PathBuf::from("/home/ann/.config/kaged/config.toml")
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn resolve_text(text: &str) -> Result<Settings, ConfigErrors> {
+        resolve(
+            &decision(),
+            &cfg(),
+            Some(text),
+            &BTreeMap::new(),
+            &FlagOverrides::default(),
+        )
+    }
+
+    fn only_error(text: &str) -> ConfigError {
+        let errs = resolve_text(text).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        errs.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_mode_paths() {
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            None,
+            &BTreeMap::new(),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:7777");
+        assert_eq!(s.home, PathBuf::from("/home/ann/.local/share/kaged"));
+        assert_eq!(
+            s.storage_url.to_string(),
+            "sqlite:///home/ann/.local/share/kaged/kaged.db"
+        );
+        assert_eq!(
+            s.log_audit,
+            AuditSink::File("/home/ann/.local/share/kaged/audit.log".into())
+        );
+        assert_eq!(s.sources["daemon.bind"], Source::Default);
+    }
+
+    #[test]
+    fn the_seed_per_user_example_parses() {
+        let text = r#"
+[daemon]
+bind = "127.0.0.1:7777"
+home = "/home/operator/.local/share/kaged"
+[auth]
+mode = "secure" # cookie-nonce auth
+[storage]
+url = "sqlite:///home/operator/.local/share/kaged/kaged.db"
+[sandbox]
+mode = "enabled"
+default_seccomp = "default"
+[logging]
+operational = "stderr"
+audit = "file:/home/operator/.local/share/kaged/audit.log"
+level = "info"
+[plugins]
+dir = "/home/operator/.local/share/kaged/plugins"
+enabled = []
+[ui]
+serve = true
+"#;
+        let s = resolve_text(text).unwrap();
+        assert_eq!(s.home, PathBuf::from("/home/operator/.local/share/kaged"));
+        assert_eq!(s.sources["daemon.bind"], Source::File { line: 3 });
+    }
+
+    #[test]
+    fn home_moves_the_derived_defaults() {
+        let s = resolve_text("[daemon]\nhome = \"/srv/k\"\n").unwrap();
+        assert_eq!(s.storage_url, StorageUrl::Sqlite("/srv/k/kaged.db".into()));
+        assert_eq!(s.plugins_dir, PathBuf::from("/srv/k/plugins"));
+    }
+
+    #[test]
+    fn precedence_is_flag_then_env_then_file_then_default() {
+        let text = "[daemon]\nbind = \"127.0.0.1:1001\"\n[logging]\nlevel = \"warn\"\n";
+        let e = env(&[
+            ("KAGED_BIND", "127.0.0.1:1002"),
+            ("KAGED_LOG_LEVEL", "debug"),
+        ]);
+        let flags = FlagOverrides {
+            bind: Some("127.0.0.1:1003".into()),
+        };
+        let s = resolve(&decision(), &cfg(), Some(text), &e, &flags).unwrap();
+        assert_eq!(s.bind.port(), 1003);
+        assert_eq!(
+            s.sources["daemon.bind"],
+            Source::Flag {
+                flag: "--bind".into()
+            }
+        );
+        assert_eq!(s.log_level, LogLevel::Debug);
+        assert_eq!(
+            s.sources["logging.level"],
+            Source::Env {
+                var: "KAGED_LOG_LEVEL".into()
+            }
+        );
+
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            Some(text),
+            &e,
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.bind.port(), 1002);
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            Some(text),
+            &BTreeMap::new(),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.bind.port(), 1001);
+        assert_eq!(s.log_level, LogLevel::Warn);
+        assert_eq!(s.sources["logging.level"], Source::File { line: 4 });
+    }
+
+    #[test]
+    fn syntax_error_names_file_line_and_column() {
+        let e = only_error("[daemon]\nbind = 127.0.0.1:7777\n");
+        let Location::File { path, line, .. } = &e.location else {
+            panic!("{e:?}")
+        };
+        assert_eq!(path, &cfg());
+        assert_eq!(*line, 2);
+        assert!(e.problem.starts_with("TOML syntax error"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_and_key_suggest_the_right_name() {
+        let errs = resolve_text("[deamon]\nbind = \"127.0.0.1:1\"\n[daemon]\nbnd = \"x\"\n")
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].key, "deamon");
+        assert!(
+            errs[0].hint.contains("did you mean [daemon]"),
+            "{}",
+            errs[0]
+        );
+        assert_eq!(errs[1].key, "daemon.bnd");
+        assert!(errs[1].hint.contains("did you mean `bind`"), "{}", errs[1]);
+        assert!(matches!(
+            errs[1].location,
+            Location::File {
+                line: 4,
+                column: 1,
+                ..
+            }
+        ));
+        let shown = errs[1].to_string();
+        assert!(
+            shown.starts_with("/home/ann/.config/kaged/config.toml:4:1: daemon.bnd: unknown key"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn top_level_key_outside_a_section_is_rejected() {
+        let e = only_error("bind = \"127.0.0.1:7777\"\n");
+        assert!(e.problem.contains("must be a [section]"), "{e}");
+    }
+
+    #[test]
+    fn every_key_rejects_a_bad_value_with_its_expected_form() {
+        let cases = [
+            (
+                "[daemon]\nbind = \"localhost\"",
+                "daemon.bind",
+                "not an IP address with a port",
+            ),
+            ("[daemon]\nbind = 7777", "daemon.bind", "a integer"),
+            (
+                "[daemon]\nhome = \"relative/dir\"",
+                "daemon.home",
+                "absolute",
+            ),
+            ("[auth]\nmode = \"open\"", "auth.mode", "\"secure\""),
+            (
+                "[storage]\nurl = \"sqlite://kaged.db\"",
+                "storage.url",
+                "three slashes",
+            ),
+            (
+                "[storage]\nurl = \"postgres://db/kaged\"",
+                "storage.url",
+                "PostgreSQL",
+            ),
+            (
+                "[storage]\nurl = \"mysql://db\"",
+                "storage.url",
+                "not a supported database URL",
+            ),
+            (
+                "[sandbox]\nmode = \"off\"",
+                "sandbox.mode",
+                "\"enabled\" or \"disabled\"",
+            ),
+            (
+                "[sandbox]\ndefault_seccomp = \"none\"",
+                "sandbox.default_seccomp",
+                "\"default\"",
+            ),
+            (
+                "[logging]\noperational = \"syslog\"",
+                "logging.operational",
+                "file:/ABSOLUTE/PATH",
+            ),
+            (
+                "[logging]\naudit = \"stderr\"",
+                "logging.audit",
+                "file:/ABSOLUTE/PATH",
+            ),
+            (
+                "[logging]\naudit = \"file:audit.log\"",
+                "logging.audit",
+                "file:/ABSOLUTE/PATH",
+            ),
+            ("[logging]\nlevel = \"loud\"", "logging.level", "\"trace\""),
+            ("[plugins]\ndir = \"plugins\"", "plugins.dir", "absolute"),
+            (
+                "[plugins]\nenabled = \"git\"",
+                "plugins.enabled",
+                "list of plugin names",
+            ),
+            (
+                "[plugins]\nenabled = [\"a b\"]",
+                "plugins.enabled",
+                "letters, digits",
+            ),
+            (
+                "[plugins]\nenabled = [1]",
+                "plugins.enabled",
+                "list of plugin names",
+            ),
+            ("[ui]\nserve = \"yes\"", "ui.serve", "true or false"),
+        ];
+        for (text, key, needle) in cases {
+            let e = only_error(text);
+            assert_eq!(e.key, key, "{text}");
+            assert!(
+                matches!(e.location, Location::File { line: 2, .. }),
+                "{text}: {e:?}"
+            );
+            let shown = e.to_string();
+            assert!(shown.contains(needle), "{text}: {shown}");
+            assert!(shown.contains("fix:"), "{text}: {shown}");
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let errs =
+            resolve_text("[daemon]\nbind = \"x\"\nhome = \"y\"\n[ui]\nserve = 3\n").unwrap_err();
+        assert_eq!(errs.0.len(), 3);
+        assert!(
+            errs.to_string()
+                .starts_with("invalid configuration (3 problems):")
+        );
+    }
+
+    #[test]
+    fn bad_environment_and_flag_values_name_their_source() {
+        let e = env(&[("KAGED_UI_SERVE", "maybe"), ("KAGED_BIND", "nowhere")]);
+        let flags = FlagOverrides {
+            bind: Some("also-nowhere".into()),
+        };
+        let errs = resolve(&decision(), &cfg(), None, &e, &flags)
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            errs[0].location,
+            Location::Flag {
+                flag: "--bind".into()
+            }
+        );
+        assert_eq!(
+            errs[1].location,
+            Location::Env {
+                var: "KAGED_UI_SERVE".into()
+            }
+        );
+        assert!(
+            errs[1]
+                .to_string()
+                .starts_with("environment variable KAGED_UI_SERVE: ui.serve:")
+        );
+        // KAGED_BIND is shadowed by the flag, so it is neither used nor reported.
+        assert_eq!(errs.len(), 2);
+    }
+
+    #[test]
+    fn env_lists_and_booleans_parse() {
+        let e = env(&[
+            ("KAGED_PLUGINS_ENABLED", "git, issues"),
+            ("KAGED_UI_SERVE", "false"),
+        ]);
+        let s = resolve(&decision(), &cfg(), None, &e, &FlagOverrides::default()).unwrap();
+        assert_eq!(s.plugins_enabled, vec!["git", "issues"]);
+        assert!(!s.ui_serve);
+    }
+
+    #[test]
+    fn rendered_default_config_round_trips() {
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            None,
+            &BTreeMap::new(),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        let text = render_default_config(&s);
+        assert!(text.contains("bind = \"127.0.0.1:7777\""), "{text}");
+        let again = resolve_text(&text).unwrap();
+        assert_eq!(again.bind, s.bind);
+        assert_eq!(again.storage_url, s.storage_url);
+        assert_eq!(again.log_audit, s.log_audit);
+        assert_eq!(again.plugins_dir, s.plugins_dir);
+        assert!(
+            again
+                .sources
+                .values()
+                .all(|src| matches!(src, Source::File { .. }))
+        );
+    }
+}
