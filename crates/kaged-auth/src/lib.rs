@@ -1,1 +1,22 @@
-//! placeholder
+//! Who is calling, decided without I/O.
+//!
+//! The server hands this crate the facts of a request (method, Host, Origin, cookie, headers) and
+//! gets back a [`Principal`] or a typed [`Denial`]. Randomness comes from the caller as bytes so
+//! every rule is testable on data. Secrets are [`Secret`]s: redacted when printed, compared in
+//! constant time.
+
+mod launch;
+mod policy;
+mod secret;
+mod session;
+
+pub use launch::{
+    DEFAULT_LAUNCH_TTL_SECS, LaunchTokenId, MAX_LAUNCH_TTL_SECS, TokenRejection, UsedTokens,
+    mint_launch_token, verify_launch_token,
+};
+pub use policy::{
+    AllowedHosts, AuthMethod, CSRF_HEADER, Denial, NONCE_HEADER, Policy, Principal, RequestFacts,
+    is_state_changing,
+};
+pub use secret::{NONCE_BYTES, Secret};
+pub use session::{SESSION_COOKIE, SESSION_TTL_SECS, SessionRecord, SessionTable};

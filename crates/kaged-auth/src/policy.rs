@@ -1,0 +1,343 @@
+//! Request policy: Host allowlist (DNS rebinding), Origin and CSRF checks, and authentication.
+//! The order is fixed and the same for every route and WebSocket upgrade:
+//! Host -> Origin -> credentials -> CSRF (cookie credentials on state-changing requests only).
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::secret::Secret;
+use crate::session::SessionTable;
+
+/// Header a local script or the CLI sends with the per-startup nonce (`kaged auth nonce`).
+pub const NONCE_HEADER: &str = "x-kaged-auth-nonce";
+/// Header the UI echoes its session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-kaged-csrf";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// Browser session cookie from a launch-token exchange.
+    Session,
+    /// The per-startup nonce presented in `X-Kaged-Auth-Nonce`.
+    Nonce,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// `user:<name>` of the operator.
+    pub id: String,
+    pub method: AuthMethod,
+}
+
+/// Why a request was refused. `code()` is the stable API error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("Host header {0:?} is not one this daemon answers to (possible DNS rebinding)")]
+    HostNotAllowed(String),
+    #[error("the request has no Host header")]
+    HostMissing,
+    #[error("cross-origin request refused (Origin {0:?})")]
+    OriginNotAllowed(String),
+    #[error("cross-site request refused (Sec-Fetch-Site: {0})")]
+    CrossSite(String),
+    #[error("this request must carry an Origin header from the kaged UI")]
+    OriginRequired,
+    #[error("not signed in: run `kaged auth open` for a fresh launch URL")]
+    MissingCredentials,
+    #[error("the session is not valid (expired, signed out, or from an earlier daemon start): run `kaged auth open`")]
+    InvalidSession,
+    #[error("the X-Kaged-Auth-Nonce header does not match this daemon's nonce")]
+    WrongNonce,
+    #[error("missing or wrong X-Kaged-CSRF header on a state-changing request")]
+    Csrf,
+}
+
+impl Denial {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denial::HostMissing => "bad_request",
+            Denial::MissingCredentials | Denial::InvalidSession | Denial::WrongNonce => {
+                "unauthenticated"
+            }
+            Denial::HostNotAllowed(_)
+            | Denial::OriginNotAllowed(_)
+            | Denial::CrossSite(_)
+            | Denial::OriginRequired
+            | Denial::Csrf => "forbidden",
+        }
+    }
+}
+
+pub fn is_state_changing(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
+/// Hosts the daemon answers to: the loopback names and the literal IP it is bound to, on its
+/// port. Anything else is a foreign name resolving to us: DNS rebinding.
+#[derive(Debug, Clone)]
+pub struct AllowedHosts {
+    port: u16,
+    names: Vec<String>,
+}
+
+impl AllowedHosts {
+    pub fn for_listener(addr: SocketAddr) -> Self {
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let ip = addr.ip();
+        if !ip.is_unspecified() && !ip.is_loopback() {
+            names.push(match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            });
+        }
+        AllowedHosts {
+            port: addr.port(),
+            names,
+        }
+    }
+
+    /// `host[:port]` as in a Host header or an Origin's authority.
+    pub fn allows_authority(&self, authority: &str) -> bool {
+        let authority = authority.to_ascii_lowercase();
+        let (name, port) = match authority.rsplit_once(':') {
+            // An IPv6 literal without a port ends in ']'.
+            Some((n, p)) if !p.ends_with(']') => match p.parse::<u16>() {
+                Ok(p) => (n.to_string(), p),
+                Err(_) => return false,
+            },
+            _ => (authority.clone(), 80),
+        };
+        port == self.port && self.names.iter().any(|n| *n == name)
+    }
+
+    fn allows_origin(&self, origin: &str) -> bool {
+        origin
+            .strip_prefix("http://")
+            .is_some_and(|authority| !authority.contains('/') && self.allows_authority(authority))
+    }
+
+    /// The origin the UI is served from, for messages.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// The facts of a request that authentication looks at.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts<'a> {
+    pub method: &'a str,
+    pub host: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub sec_fetch_site: Option<&'a str>,
+    pub session_cookie: Option<&'a str>,
+    pub nonce_header: Option<&'a str>,
+    pub csrf_header: Option<&'a str>,
+    pub websocket_upgrade: bool,
+}
+
+pub struct Policy {
+    pub allowed: AllowedHosts,
+    pub nonce: Secret,
+    /// `user:<name>` of the OS user running the daemon: the operator in per-user mode.
+    pub operator: String,
+}
+
+impl Policy {
+    /// Checks every request gets, authenticated route or not.
+    pub fn check_transport(&self, facts: &RequestFacts<'_>) -> Result<(), Denial> {
+        let host = facts.host.ok_or(Denial::HostMissing)?;
+        if !self.allowed.allows_authority(host) {
+            return Err(Denial::HostNotAllowed(host.to_string()));
+        }
+        if let Some(origin) = facts.origin
+            && !self.allowed.allows_origin(origin)
+        {
+            return Err(Denial::OriginNotAllowed(origin.to_string()));
+        }
+        if let Some(site) = facts.sec_fetch_site
+            && site == "cross-site"
+        {
+            return Err(Denial::CrossSite(site.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Who the caller is, after [`Policy::check_transport`] passed.
+    pub fn authenticate(
+        &self,
+        facts: &RequestFacts<'_>,
+        sessions: &SessionTable,
+        now: u64,
+    ) -> Result<Principal, Denial> {
+        if let Some(nonce) = facts.nonce_header {
+            // A header a browser never adds by itself: no CSRF exposure.
+            return if self.nonce.matches(nonce) {
+                Ok(Principal {
+                    id: self.operator.clone(),
+                    method: AuthMethod::Nonce,
+                })
+            } else {
+                Err(Denial::WrongNonce)
+            };
+        }
+        let cookie = facts.session_cookie.ok_or(Denial::MissingCredentials)?;
+        let session = sessions
+            .lookup(cookie, now)
+            .ok_or(Denial::InvalidSession)?;
+        // Ambient credentials: state changes and WebSocket upgrades must prove they come from
+        // our own page (Origin present and ours; CSRF token for non-GET).
+        if is_state_changing(facts.method) || facts.websocket_upgrade {
+            if facts.origin.is_none() {
+                return Err(Denial::OriginRequired);
+            }
+            if is_state_changing(facts.method)
+                && !facts.csrf_header.is_some_and(|h| session.csrf.matches(h))
+            {
+                return Err(Denial::Csrf);
+            }
+        }
+        Ok(session.principal.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            allowed: AllowedHosts::for_listener("127.0.0.1:7777".parse().unwrap()),
+            nonce: Secret::new("n".repeat(64)),
+            operator: "user:ann".into(),
+        }
+    }
+
+    fn get(host: &str) -> RequestFacts<'_> {
+        RequestFacts {
+            method: "GET",
+            host: Some(host),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn host_allowlist_accepts_loopback_names_on_our_port_only() {
+        let p = policy();
+        for ok in ["127.0.0.1:7777", "localhost:7777", "LOCALHOST:7777", "[::1]:7777"] {
+            assert_eq!(p.check_transport(&get(ok)), Ok(()), "{ok}");
+        }
+        for bad in [
+            "evil.example:7777",
+            "127.0.0.1:7778",
+            "localhost",
+            "127.0.0.1.nip.io:7777",
+            "sub.localhost:7777",
+            "127.0.0.1:x",
+            "[::1]",
+        ] {
+            assert_eq!(
+                p.check_transport(&get(bad)),
+                Err(Denial::HostNotAllowed(bad.into())),
+                "{bad}"
+            );
+        }
+        let mut f = get("x");
+        f.host = None;
+        assert_eq!(p.check_transport(&f), Err(Denial::HostMissing));
+    }
+
+    #[test]
+    fn bound_vpn_address_is_allowed_as_host() {
+        let a = AllowedHosts::for_listener("100.64.0.2:7777".parse().unwrap());
+        assert!(a.allows_authority("100.64.0.2:7777"));
+        assert!(!a.allows_authority("100.64.0.3:7777"));
+        let a = AllowedHosts::for_listener("0.0.0.0:7777".parse().unwrap());
+        assert!(!a.allows_authority("0.0.0.0:7777"));
+    }
+
+    #[test]
+    fn foreign_null_and_malformed_origins_are_refused() {
+        let p = policy();
+        for bad in [
+            "http://evil.example",
+            "null",
+            "https://127.0.0.1:7777",
+            "http://127.0.0.1:7777/path",
+            "http://localhost:9999",
+        ] {
+            let mut f = get("127.0.0.1:7777");
+            f.origin = Some(bad);
+            assert_eq!(
+                p.check_transport(&f),
+                Err(Denial::OriginNotAllowed(bad.into())),
+                "{bad}"
+            );
+        }
+        let mut f = get("127.0.0.1:7777");
+        f.origin = Some("http://localhost:7777");
+        assert_eq!(p.check_transport(&f), Ok(()));
+        f.sec_fetch_site = Some("cross-site");
+        assert_eq!(p.check_transport(&f).unwrap_err().code(), "forbidden");
+    }
+
+    #[test]
+    fn no_credentials_is_unauthenticated() {
+        let p = policy();
+        let e = p
+            .authenticate(&get("127.0.0.1:7777"), &SessionTable::default(), 0)
+            .unwrap_err();
+        assert_eq!((e.clone(), e.code()), (Denial::MissingCredentials, "unauthenticated"));
+    }
+
+    #[test]
+    fn nonce_header_authenticates_the_operator_in_constant_time() {
+        let p = policy();
+        let n = "n".repeat(64);
+        let mut f = get("127.0.0.1:7777");
+        f.nonce_header = Some(&n);
+        let who = p.authenticate(&f, &SessionTable::default(), 0).unwrap();
+        assert_eq!((who.id.as_str(), who.method), ("user:ann", AuthMethod::Nonce));
+        f.nonce_header = Some("nope");
+        assert_eq!(
+            p.authenticate(&f, &SessionTable::default(), 0),
+            Err(Denial::WrongNonce)
+        );
+    }
+
+    #[test]
+    fn cookie_sessions_need_origin_and_csrf_for_state_changes() {
+        let p = policy();
+        let mut sessions = SessionTable::default();
+        let who = Principal {
+            id: "user:ann".into(),
+            method: AuthMethod::Session,
+        };
+        let (cookie, rec) = sessions.create([1; 32], [2; 32], who.clone(), 10);
+        let mut f = get("127.0.0.1:7777");
+        f.session_cookie = Some(cookie.expose());
+        assert_eq!(p.authenticate(&f, &sessions, 11), Ok(who.clone()));
+
+        f.method = "POST";
+        assert_eq!(p.authenticate(&f, &sessions, 11), Err(Denial::OriginRequired));
+        f.origin = Some("http://127.0.0.1:7777");
+        assert_eq!(p.authenticate(&f, &sessions, 11), Err(Denial::Csrf));
+        f.csrf_header = Some("wrong");
+        assert_eq!(p.authenticate(&f, &sessions, 11), Err(Denial::Csrf));
+        f.csrf_header = Some(rec.csrf.expose());
+        assert_eq!(p.authenticate(&f, &sessions, 11), Ok(who.clone()));
+
+        let mut ws = get("127.0.0.1:7777");
+        ws.session_cookie = Some(cookie.expose());
+        ws.websocket_upgrade = true;
+        assert_eq!(p.authenticate(&ws, &sessions, 11), Err(Denial::OriginRequired));
+        ws.origin = Some("http://127.0.0.1:7777");
+        assert_eq!(p.authenticate(&ws, &sessions, 11), Ok(who));
+
+        f.session_cookie = Some("forged");
+        assert_eq!(p.authenticate(&f, &sessions, 11), Err(Denial::InvalidSession));
+    }
+}
