@@ -1,1 +1,164 @@
-//! placeholder
+//! kaged's storage boundary.
+//!
+//! Callers hold a [`Store`] and call its async methods; the database behind it is a [`Backend`].
+//! Only SQLite exists today. A PostgreSQL backend implements the same trait and is chosen by URL
+//! in [`Store::open`]; no caller changes.
+
+mod migrations;
+mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use migrations::LATEST_SCHEMA;
+pub use sqlite::SqliteBackend;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, written by a newer kaged (this kaged knows up to {supported}); \
+         upgrade kaged, or point [storage] url at another file"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage worker stopped: {0}")]
+    Worker(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One audit record: who did what, from where, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEvent {
+    pub ts_ms: i64,
+    /// Dotted event name, e.g. `auth.login`.
+    pub kind: String,
+    /// `success` or `failure`.
+    pub outcome: String,
+    pub identity: Option<String>,
+    /// Peer address of the request, if any.
+    pub source: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredAuditEvent {
+    pub id: i64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// A daemon start as recorded in storage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DaemonRun {
+    pub id: i64,
+    pub pid: u32,
+    pub version: String,
+    pub mode: String,
+    pub started_at_ms: i64,
+    pub stopped_at_ms: Option<i64>,
+}
+
+/// What a database does for kaged. Methods block; [`Store`] runs them off the async runtime.
+pub trait Backend: Send + Sync + 'static {
+    fn describe(&self) -> String;
+    fn schema_version(&self) -> Result<u32>;
+    /// A cheap round trip proving the database answers (readiness).
+    fn ping(&self) -> Result<()>;
+    fn append_audit(&self, event: &AuditEvent) -> Result<i64>;
+    /// Newest first.
+    fn recent_audit(&self, limit: usize) -> Result<Vec<StoredAuditEvent>>;
+    /// Record a start; returns the new run and the previous run if it never recorded a stop.
+    fn begin_run(
+        &self,
+        pid: u32,
+        version: &str,
+        mode: &str,
+        now_ms: i64,
+    ) -> Result<(DaemonRun, Option<DaemonRun>)>;
+    fn end_run(&self, id: i64, now_ms: i64) -> Result<()>;
+    /// Flush and release the database (SQLite: checkpoint the WAL).
+    fn close(&self) -> Result<()>;
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    /// Open the database named by `[storage] url`, running migrations.
+    pub fn open(url: &kaged_config::StorageUrl) -> Result<Store> {
+        let backend: Arc<dyn Backend> = match url {
+            kaged_config::StorageUrl::Sqlite(path) => Arc::new(SqliteBackend::open(path)?),
+        };
+        Ok(Store { backend })
+    }
+
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
+    {
+        let backend = Arc::clone(&self.backend);
+        tokio::task::spawn_blocking(move || f(backend.as_ref()))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    pub async fn schema_version(&self) -> Result<u32> {
+        self.run(|b| b.schema_version()).await
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.run(|b| b.ping()).await
+    }
+
+    pub async fn append_audit(&self, event: AuditEvent) -> Result<i64> {
+        self.run(move |b| b.append_audit(&event)).await
+    }
+
+    pub async fn recent_audit(&self, limit: usize) -> Result<Vec<StoredAuditEvent>> {
+        self.run(move |b| b.recent_audit(limit)).await
+    }
+
+    pub async fn begin_run(
+        &self,
+        pid: u32,
+        version: String,
+        mode: String,
+        now_ms: i64,
+    ) -> Result<(DaemonRun, Option<DaemonRun>)> {
+        self.run(move |b| b.begin_run(pid, &version, &mode, now_ms))
+            .await
+    }
+
+    pub async fn end_run(&self, id: i64, now_ms: i64) -> Result<()> {
+        self.run(move |b| b.end_run(id, now_ms)).await
+    }
+
+    pub async fn close(&self) -> Result<()> {
+        self.run(|b| b.close()).await
+    }
+}

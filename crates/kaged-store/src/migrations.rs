@@ -1,0 +1,34 @@
+//! Schema migrations, applied in order at startup. The schema version is SQLite's
+//! `PRAGMA user_version`; a database newer than [`LATEST_SCHEMA`] is refused, never touched.
+//! Append only: never edit a migration that has shipped.
+
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the audit trail. Triggers make the table append-only at the database level.
+    "CREATE TABLE audit_events (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts_ms    INTEGER NOT NULL,
+        kind     TEXT    NOT NULL,
+        outcome  TEXT    NOT NULL CHECK (outcome IN ('success', 'failure')),
+        identity TEXT,
+        source   TEXT,
+        detail   TEXT    NOT NULL DEFAULT '{}'
+     );
+     CREATE INDEX audit_events_ts ON audit_events (ts_ms);
+     CREATE INDEX audit_events_kind ON audit_events (kind, ts_ms);
+     CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+       BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;
+     CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+       BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;",
+    // 2: daemon starts and clean stops, so a crash is noticed at the next start.
+    "CREATE TABLE daemon_runs (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        pid           INTEGER NOT NULL,
+        version       TEXT    NOT NULL,
+        mode          TEXT    NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        stopped_at_ms INTEGER
+     );",
+];
+
+/// The schema version this build writes.
+pub const LATEST_SCHEMA: u32 = MIGRATIONS.len() as u32;

@@ -1,0 +1,329 @@
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::migrations::{LATEST_SCHEMA, MIGRATIONS};
+use crate::{AuditEvent, Backend, DaemonRun, Result, StoreError, StoredAuditEvent};
+
+/// SQLite in WAL mode, one connection guarded by a mutex: the daemon is the only writer and
+/// its statements are short.
+pub struct SqliteBackend {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteBackend {
+    pub fn open(path: &Path) -> Result<Self> {
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent()
+            && !dir.exists()
+        {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+        }
+        let existed = path.exists();
+        let conn = Connection::open(path).map_err(|e| sql(path, e))?;
+        if !existed {
+            // The database holds the audit trail: owner only.
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| sql(path, e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| sql(path, e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| sql(path, e))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| sql(path, e))?;
+        let backend = SqliteBackend {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        };
+        backend.migrate(LATEST_SCHEMA)?;
+        Ok(backend)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable (SQLite rolls back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        sql(&self.path, e)
+    }
+
+    /// Bring the schema up to `target` (the latest in production; lower in tests that build an
+    /// old database).
+    pub fn migrate(&self, target: u32) -> Result<()> {
+        let mut conn = self.conn();
+        let found: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if found > LATEST_SCHEMA {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found,
+                supported: LATEST_SCHEMA,
+            });
+        }
+        for (index, sql_text) in MIGRATIONS.iter().enumerate().take(target as usize) {
+            let version = index as u32 + 1;
+            if version <= found {
+                continue;
+            }
+            let tx = conn.transaction().map_err(|e| self.err(e))?;
+            tx.execute_batch(sql_text).map_err(|e| self.err(e))?;
+            tx.pragma_update(None, "user_version", version)
+                .map_err(|e| self.err(e))?;
+            tx.commit().map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Open without migrating (tests build old databases this way).
+    pub fn open_at_version(path: &Path, version: u32) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|e| sql(path, e))?;
+        let backend = SqliteBackend {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        };
+        backend.migrate(version)?;
+        Ok(backend)
+    }
+}
+
+fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    fn schema_version(&self) -> Result<u32> {
+        self.conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    fn ping(&self) -> Result<()> {
+        self.conn()
+            .query_row("SELECT count(*) FROM daemon_runs", [], |r| r.get::<_, i64>(0))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn append_audit(&self, e: &AuditEvent) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO audit_events (ts_ms, kind, outcome, identity, source, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                e.ts_ms,
+                e.kind,
+                e.outcome,
+                e.identity,
+                e.source,
+                e.detail.to_string()
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn recent_audit(&self, limit: usize) -> Result<Vec<StoredAuditEvent>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, ts_ms, kind, outcome, identity, source, detail
+                 FROM audit_events ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                let detail: String = r.get(6)?;
+                Ok(StoredAuditEvent {
+                    id: r.get(0)?,
+                    event: AuditEvent {
+                        ts_ms: r.get(1)?,
+                        kind: r.get(2)?,
+                        outcome: r.get(3)?,
+                        identity: r.get(4)?,
+                        source: r.get(5)?,
+                        detail: serde_json::from_str(&detail)
+                            .unwrap_or(serde_json::Value::String(detail)),
+                    },
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    fn begin_run(
+        &self,
+        pid: u32,
+        version: &str,
+        mode: &str,
+        now_ms: i64,
+    ) -> Result<(DaemonRun, Option<DaemonRun>)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let previous = tx
+            .query_row(
+                "SELECT id, pid, version, mode, started_at_ms, stopped_at_ms
+                 FROM daemon_runs ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(DaemonRun {
+                        id: r.get(0)?,
+                        pid: r.get(1)?,
+                        version: r.get(2)?,
+                        mode: r.get(3)?,
+                        started_at_ms: r.get(4)?,
+                        stopped_at_ms: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .filter(|run| run.stopped_at_ms.is_none());
+        tx.execute(
+            "INSERT INTO daemon_runs (pid, version, mode, started_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![pid, version, mode, now_ms],
+        )
+        .map_err(|e| self.err(e))?;
+        let run = DaemonRun {
+            id: tx.last_insert_rowid(),
+            pid,
+            version: version.to_string(),
+            mode: mode.to_string(),
+            started_at_ms: now_ms,
+            stopped_at_ms: None,
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok((run, previous))
+    }
+
+    fn end_run(&self, id: i64, now_ms: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE daemon_runs SET stopped_at_ms = ?2 WHERE id = ?1",
+                params![id, now_ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn close(&self) -> Result<()> {
+        self.conn()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str) -> AuditEvent {
+        AuditEvent {
+            ts_ms: 1,
+            kind: kind.into(),
+            outcome: "success".into(),
+            identity: Some("user:ann".into()),
+            source: Some("127.0.0.1:5000".into()),
+            detail: serde_json::json!({"k": "v"}),
+        }
+    }
+
+    #[test]
+    fn fresh_database_gets_the_latest_schema_in_wal_mode_with_owner_only_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/kaged.db");
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(b.schema_version().unwrap(), LATEST_SCHEMA);
+        let mode: String = b
+            .conn()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let perms = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(perms, 0o600);
+        let dir_perms = fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_perms, 0o700);
+    }
+
+    #[test]
+    fn existing_database_is_upgraded_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kaged.db");
+        {
+            let old = SqliteBackend::open_at_version(&path, 1).unwrap();
+            assert_eq!(old.schema_version().unwrap(), 1);
+            old.append_audit(&event("auth.login")).unwrap();
+            assert!(old.begin_run(1, "x", "user", 1).is_err(), "no daemon_runs in v1");
+        }
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(b.schema_version().unwrap(), LATEST_SCHEMA);
+        let rows = b.recent_audit(10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].event, event("auth.login"));
+        // Opening again applies nothing twice.
+        drop(b);
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(b.recent_audit(10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn newer_database_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kaged.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", LATEST_SCHEMA + 5).unwrap();
+        }
+        let err = SqliteBackend::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::NewerSchema { found, .. } if found == LATEST_SCHEMA + 5));
+        assert!(err.to_string().contains("newer kaged"), "{err}");
+        let c = Connection::open(&path).unwrap();
+        let v: u32 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, LATEST_SCHEMA + 5);
+    }
+
+    #[test]
+    fn audit_events_are_append_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBackend::open(&dir.path().join("kaged.db")).unwrap();
+        b.append_audit(&event("a")).unwrap();
+        let c = b.conn();
+        assert!(c.execute("UPDATE audit_events SET kind = 'x'", []).is_err());
+        assert!(c.execute("DELETE FROM audit_events", []).is_err());
+    }
+
+    #[test]
+    fn unclean_previous_run_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBackend::open(&dir.path().join("kaged.db")).unwrap();
+        let (first, prev) = b.begin_run(10, "0.1.0", "user", 100).unwrap();
+        assert!(prev.is_none());
+        let (second, prev) = b.begin_run(11, "0.1.0", "user", 200).unwrap();
+        assert_eq!(prev.map(|r| r.id), Some(first.id), "first never stopped");
+        b.end_run(second.id, 300).unwrap();
+        let (_, prev) = b.begin_run(12, "0.1.0", "user", 400).unwrap();
+        assert!(prev.is_none(), "second stopped cleanly");
+    }
+}
