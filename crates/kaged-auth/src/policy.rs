@@ -45,7 +45,9 @@ pub enum Denial {
     OriginRequired,
     #[error("not signed in: run `kaged auth open` for a fresh launch URL")]
     MissingCredentials,
-    #[error("the session is not valid (expired, signed out, or from an earlier daemon start): run `kaged auth open`")]
+    #[error(
+        "the session is not valid (expired, signed out, or from an earlier daemon start): run `kaged auth open`"
+    )]
     InvalidSession,
     #[error("the X-Kaged-Auth-Nonce header does not match this daemon's nonce")]
     WrongNonce,
@@ -185,9 +187,7 @@ impl Policy {
             };
         }
         let cookie = facts.session_cookie.ok_or(Denial::MissingCredentials)?;
-        let session = sessions
-            .lookup(cookie, now)
-            .ok_or(Denial::InvalidSession)?;
+        let session = sessions.lookup(cookie, now).ok_or(Denial::InvalidSession)?;
         // Ambient credentials: state changes and WebSocket upgrades must prove they come from
         // our own page (Origin present and ours; CSRF token for non-GET).
         if is_state_changing(facts.method) || facts.websocket_upgrade {
@@ -227,7 +227,12 @@ mod tests {
     #[test]
     fn host_allowlist_accepts_loopback_names_on_our_port_only() {
         let p = policy();
-        for ok in ["127.0.0.1:7777", "localhost:7777", "LOCALHOST:7777", "[::1]:7777"] {
+        for ok in [
+            "127.0.0.1:7777",
+            "localhost:7777",
+            "LOCALHOST:7777",
+            "[::1]:7777",
+        ] {
             assert_eq!(p.check_transport(&get(ok)), Ok(()), "{ok}");
         }
         for bad in [
@@ -290,7 +295,10 @@ mod tests {
         let e = p
             .authenticate(&get("127.0.0.1:7777"), &SessionTable::default(), 0)
             .unwrap_err();
-        assert_eq!((e.clone(), e.code()), (Denial::MissingCredentials, "unauthenticated"));
+        assert_eq!(
+            (e.clone(), e.code()),
+            (Denial::MissingCredentials, "unauthenticated")
+        );
     }
 
     #[test]
@@ -300,7 +308,10 @@ mod tests {
         let mut f = get("127.0.0.1:7777");
         f.nonce_header = Some(&n);
         let who = p.authenticate(&f, &SessionTable::default(), 0).unwrap();
-        assert_eq!((who.id.as_str(), who.method), ("user:ann", AuthMethod::Nonce));
+        assert_eq!(
+            (who.id.as_str(), who.method),
+            ("user:ann", AuthMethod::Nonce)
+        );
         f.nonce_header = Some("nope");
         assert_eq!(
             p.authenticate(&f, &SessionTable::default(), 0),
@@ -322,7 +333,10 @@ mod tests {
         assert_eq!(p.authenticate(&f, &sessions, 11), Ok(who.clone()));
 
         f.method = "POST";
-        assert_eq!(p.authenticate(&f, &sessions, 11), Err(Denial::OriginRequired));
+        assert_eq!(
+            p.authenticate(&f, &sessions, 11),
+            Err(Denial::OriginRequired)
+        );
         f.origin = Some("http://127.0.0.1:7777");
         assert_eq!(p.authenticate(&f, &sessions, 11), Err(Denial::Csrf));
         f.csrf_header = Some("wrong");
@@ -333,11 +347,17 @@ mod tests {
         let mut ws = get("127.0.0.1:7777");
         ws.session_cookie = Some(cookie.expose());
         ws.websocket_upgrade = true;
-        assert_eq!(p.authenticate(&ws, &sessions, 11), Err(Denial::OriginRequired));
+        assert_eq!(
+            p.authenticate(&ws, &sessions, 11),
+            Err(Denial::OriginRequired)
+        );
         ws.origin = Some("http://127.0.0.1:7777");
         assert_eq!(p.authenticate(&ws, &sessions, 11), Ok(who));
 
         f.session_cookie = Some("forged");
-        assert_eq!(p.authenticate(&f, &sessions, 11), Err(Denial::InvalidSession));
+        assert_eq!(
+            p.authenticate(&f, &sessions, 11),
+            Err(Denial::InvalidSession)
+        );
     }
 }

@@ -118,6 +118,9 @@ mod tests {
             first.get_or_insert(c);
         }
         assert_eq!(t.len(), MAX_SESSIONS);
-        assert!(t.lookup(first.unwrap().expose(), 20).is_none(), "oldest evicted");
+        assert!(
+            t.lookup(first.unwrap().expose(), 20).is_none(),
+            "oldest evicted"
+        );
     }
 }

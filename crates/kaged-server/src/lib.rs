@@ -1,1 +1,77 @@
-//! placeholder
+//! kaged's HTTP edge.
+//!
+//! Every request passes, in order: security headers (outermost, so errors get them too) ->
+//! transport checks (Host allowlist, Origin, Sec-Fetch-Site) -> for protected routes,
+//! authentication and CSRF (decided by `kaged-auth`) -> the handler, which receives the
+//! [`kaged_auth::Principal`] and never reads credentials itself.
+//!
+//! Modules follow that path: `middleware` (checks), `launch` (launch-token exchange),
+//! `api` (JSON handlers), `ui` (bundled page and the signed-out page), `error` (the one JSON
+//! error shape), `audit` (the audit sink), `state` (what handlers share).
+
+mod api;
+mod audit;
+mod error;
+mod launch;
+mod middleware;
+mod state;
+mod ui;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+pub use audit::{AuditLog, AuditRecord, now_ms};
+pub use error::ApiError;
+pub use state::{DaemonInfo, ServerState};
+
+/// Request bodies are small JSON documents; anything larger is refused before a handler runs.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(state: ServerState) -> Router {
+    let state = std::sync::Arc::new(state);
+    let protected = Router::new()
+        .route("/", get(ui::index))
+        .route("/api/v1/status", get(api::status))
+        .route("/api/v1/whoami", get(api::whoami))
+        .route("/api/v1/audit", get(api::audit))
+        .route("/api/v1/auth/logout", post(api::logout))
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/launch", get(launch::launch))
+        .route("/assets/{file}", get(ui::asset))
+        .merge(protected)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::check_transport,
+        ))
+        .layer(axum::middleware::from_fn(middleware::log_request))
+        .layer(axum::middleware::from_fn(middleware::security_headers))
+        .with_state(state)
+}
+
+/// Serve until `shutdown` resolves, then finish in-flight requests and return.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

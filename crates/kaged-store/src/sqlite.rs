@@ -121,7 +121,9 @@ impl Backend for SqliteBackend {
 
     fn ping(&self) -> Result<()> {
         self.conn()
-            .query_row("SELECT count(*) FROM daemon_runs", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT count(*) FROM daemon_runs", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -263,7 +265,11 @@ mod tests {
         assert_eq!(mode, "wal");
         let perms = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(perms, 0o600);
-        let dir_perms = fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        let dir_perms = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dir_perms, 0o700);
     }
 
@@ -275,7 +281,10 @@ mod tests {
             let old = SqliteBackend::open_at_version(&path, 1).unwrap();
             assert_eq!(old.schema_version().unwrap(), 1);
             old.append_audit(&event("auth.login")).unwrap();
-            assert!(old.begin_run(1, "x", "user", 1).is_err(), "no daemon_runs in v1");
+            assert!(
+                old.begin_run(1, "x", "user", 1).is_err(),
+                "no daemon_runs in v1"
+            );
         }
         let b = SqliteBackend::open(&path).unwrap();
         assert_eq!(b.schema_version().unwrap(), LATEST_SCHEMA);
@@ -294,13 +303,16 @@ mod tests {
         let path = dir.path().join("kaged.db");
         {
             let c = Connection::open(&path).unwrap();
-            c.pragma_update(None, "user_version", LATEST_SCHEMA + 5).unwrap();
+            c.pragma_update(None, "user_version", LATEST_SCHEMA + 5)
+                .unwrap();
         }
         let err = SqliteBackend::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::NewerSchema { found, .. } if found == LATEST_SCHEMA + 5));
         assert!(err.to_string().contains("newer kaged"), "{err}");
         let c = Connection::open(&path).unwrap();
-        let v: u32 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let v: u32 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
         assert_eq!(v, LATEST_SCHEMA + 5);
     }
 

@@ -1,1 +1,130 @@
-fn main() {}
+//! The `kaged` binary: command-line glue over the workspace crates.
+
+mod cli;
+mod client;
+mod daemon;
+mod host;
+mod logging;
+mod runtime;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kaged_config::{
+    DeploymentMode, Facts, FlagOverrides, ModeDecision, Settings, decide_mode,
+    render_default_config, resolve,
+};
+
+use crate::cli::{AuthCommand, Cli, Command};
+
+/// How a command failed, which decides the exit code.
+pub enum Failure {
+    /// Bad usage or configuration (exit 2).
+    Config(String),
+    /// No daemon to talk to (exit 3).
+    NotRunning(String),
+    /// Anything else (exit 1).
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+/// Mode, settings, and (on a first per-user launch) the config file text to write.
+pub fn config_for_start(
+    facts: &Facts,
+    mode_flag: Option<DeploymentMode>,
+    config_override: Option<&Path>,
+    bind: Option<&str>,
+) -> Result<(ModeDecision, Settings, Option<String>), Failure> {
+    let decision = decide_mode(facts, mode_flag).map_err(|e| Failure::Config(e.to_string()))?;
+    let path = config_override
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| decision.paths.config_file.clone());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config_override.is_none() => None,
+        Err(e) => {
+            return Err(Failure::Config(format!(
+                "cannot read config file {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("KAGED_"))
+        .collect();
+    let flags = FlagOverrides {
+        bind: bind.map(String::from),
+    };
+    let settings = resolve(&decision, &path, text.as_deref(), &env, &flags)
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    let first_launch = (text.is_none() && decision.mode == DeploymentMode::User)
+        .then(|| {
+            // The file gets the mode's defaults, not this run's flags and variables.
+            resolve(
+                &decision,
+                &path,
+                None,
+                &BTreeMap::new(),
+                &FlagOverrides::default(),
+            )
+            .ok()
+            .map(|defaults| render_default_config(&defaults))
+        })
+        .flatten();
+    Ok((decision, settings, first_launch))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mode = cli.mode.map(DeploymentMode::from);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kaged: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Start(args) => daemon::run(args, mode).await,
+            Command::Status { json } => client::status(mode, json).await,
+            Command::Auth(AuthCommand::Nonce) => client::nonce(mode),
+            Command::Auth(AuthCommand::Open { no_browser, ttl }) => {
+                client::open(mode, no_browser, ttl).await
+            }
+            Command::Version => {
+                println!(
+                    "kaged {} (database schema {})",
+                    env!("CARGO_PKG_VERSION"),
+                    kaged_store::LATEST_SCHEMA
+                );
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            eprintln!("kaged: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::NotRunning(msg)) => {
+            eprintln!("kaged: {msg}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("kaged: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

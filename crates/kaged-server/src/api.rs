@@ -1,0 +1,132 @@
+//! JSON handlers. Each receives an authenticated `Principal` from the middleware where needed.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Extension, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kaged_auth::Principal;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::audit::{AuditRecord, now_ms};
+use crate::error::ApiError;
+use crate::middleware::CurrentSession;
+use crate::state::{ServerState, lock};
+
+/// Liveness: the process answers. Reveals nothing.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: storage is open, migrated and answering.
+pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            ApiError::new("unavailable", "storage is not ready").into_response()
+        }
+    }
+}
+
+pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>, ApiError> {
+    let info = &state.info;
+    let s = &info.settings;
+    let schema = state.store.schema_version().await?;
+    Ok(Json(json!({
+        "version": info.version,
+        "pid": info.pid,
+        "started_at_ms": info.started_at_ms,
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "mode": info.decision.mode,
+        "mode_reason": info.decision.reason,
+        "mode_rule": info.decision.rule,
+        "paths": {
+            "config_file": s.config_file,
+            "data_dir": s.home,
+            "runtime_dir": info.decision.paths.runtime_dir,
+            "runtime_dir_is_fallback": info.decision.paths.runtime_dir_is_fallback,
+            "audit_log": state.audit.path(),
+        },
+        "bind": s.bind.to_string(),
+        "url": info.url,
+        "auth_mode": s.auth_mode,
+        "sandbox_mode": s.sandbox_mode,
+        "storage": {"url": state.store.describe(), "schema_version": schema},
+        "logging": {"operational": s.log_operational, "level": s.log_level},
+        "ui_serve": s.ui_serve,
+        "warnings": info.warnings,
+        "sources": s.sources,
+    })))
+}
+
+pub async fn whoami(
+    State(state): State<Arc<ServerState>>,
+    Extension(principal): Extension<Principal>,
+    session: Option<Extension<CurrentSession>>,
+) -> Json<Value> {
+    let now = (now_ms() / 1000) as u64;
+    let csrf = session.and_then(|Extension(CurrentSession(cookie))| {
+        lock(&state.sessions)
+            .lookup(cookie.expose(), now)
+            .map(|s| s.csrf.expose().to_string())
+    });
+    Json(json!({
+        "id": principal.id,
+        "method": principal.method,
+        "csrf_token": csrf,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    limit: Option<usize>,
+}
+
+pub async fn audit(
+    State(state): State<Arc<ServerState>>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let events = state.store.recent_audit(limit).await?;
+    Ok(Json(json!({ "events": events })))
+}
+
+pub async fn logout(
+    State(state): State<Arc<ServerState>>,
+    Extension(principal): Extension<Principal>,
+    session: Option<Extension<CurrentSession>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Response {
+    let revoked = session
+        .map(|Extension(CurrentSession(cookie))| lock(&state.sessions).revoke(cookie.expose()))
+        .unwrap_or(false);
+    state
+        .audit
+        .record(AuditRecord {
+            kind: "auth.logout",
+            success: revoked,
+            identity: Some(principal.id),
+            source: Some(peer.to_string()),
+            detail: json!({"method": principal.method}),
+        })
+        .await;
+    let expire = format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        kaged_auth::SESSION_COOKIE
+    );
+    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, expire)]).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new("not_found", "no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}

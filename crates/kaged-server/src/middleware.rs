@@ -1,0 +1,179 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use kaged_auth::{CSRF_HEADER, Denial, NONCE_HEADER, RequestFacts, SESSION_COOKIE, Secret};
+
+use crate::audit::now_ms;
+use crate::error::ApiError;
+use crate::state::{ServerState, lock};
+use crate::ui;
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; \
+                   object-src 'none'";
+
+/// Headers every response carries, errors included.
+pub async fn security_headers(request: Request, next: Next) -> Response {
+    let is_asset = request.uri().path().starts_with("/assets/");
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    let set = |h: &mut HeaderMap, name: &'static str, value: &'static str| {
+        h.insert(name, HeaderValue::from_static(value));
+    };
+    set(h, "content-security-policy", CSP);
+    set(h, "x-frame-options", "DENY");
+    set(h, "x-content-type-options", "nosniff");
+    // The launch URL carries a token: never let it leave in a Referer.
+    set(h, "referrer-policy", "no-referrer");
+    set(h, "cross-origin-opener-policy", "same-origin");
+    set(h, "cross-origin-resource-policy", "same-origin");
+    set(
+        h,
+        "cache-control",
+        if is_asset { "no-cache" } else { "no-store" },
+    );
+    response
+}
+
+/// One line per request: method, path (never the query, which may hold a launch token), status.
+pub async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let peer = peer(&request);
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+    if status >= 400 {
+        tracing::info!(%method, %path, status, elapsed_ms, peer, "request refused or failed");
+    } else {
+        tracing::debug!(%method, %path, status, elapsed_ms, peer, "request");
+    }
+    response
+}
+
+pub(crate) fn peer(request: &Request) -> Option<String> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn session_cookies(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+        .collect()
+}
+
+fn facts<'a>(request: &'a Request, session_cookie: Option<&'a str>) -> RequestFacts<'a> {
+    let h = request.headers();
+    RequestFacts {
+        method: request.method().as_str(),
+        host: header(h, header::HOST),
+        origin: header(h, header::ORIGIN),
+        sec_fetch_site: header(h, "sec-fetch-site"),
+        session_cookie,
+        nonce_header: header(h, NONCE_HEADER),
+        csrf_header: header(h, CSRF_HEADER),
+        websocket_upgrade: header(h, header::UPGRADE)
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket")),
+    }
+}
+
+/// A refusal in the form the caller can use: JSON under `/api/`, a short page elsewhere.
+pub(crate) fn refuse(path: &str, denial: &Denial) -> Response {
+    let error = ApiError::new(denial.code(), denial.to_string());
+    if path.starts_with("/api/") {
+        error.into_response()
+    } else {
+        ui::problem_page(error.status(), &denial.to_string())
+    }
+}
+
+/// Host allowlist, Origin and Sec-Fetch-Site: for every route, authenticated or not.
+pub async fn check_transport(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Err(denial) = state.policy.check_transport(&facts(&request, None)) {
+        return refuse(request.uri().path(), &denial);
+    }
+    next.run(request).await
+}
+
+/// The session cookie a request was authenticated with (absent for nonce-header callers).
+#[derive(Clone)]
+pub struct CurrentSession(pub Secret);
+
+/// Authentication and CSRF for protected routes; hands the handler a `Principal`.
+pub async fn authenticate(
+    State(state): State<Arc<ServerState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let now = (now_ms() / 1000) as u64;
+    let cookies = session_cookies(request.headers());
+    let decision = {
+        let sessions = lock(&state.sessions);
+        // Another local app may have planted a cookie of the same name: any valid one counts.
+        let mut result = state
+            .policy
+            .authenticate(&facts(&request, None), &sessions, now)
+            .map(|p| (p, None));
+        for cookie in &cookies {
+            result = state
+                .policy
+                .authenticate(&facts(&request, Some(cookie)), &sessions, now)
+                .map(|p| (p, Some(CurrentSession(Secret::new(cookie.to_string())))));
+            if result.is_ok() {
+                break;
+            }
+        }
+        result
+    };
+    match decision {
+        Ok((principal, session)) => {
+            request.extensions_mut().insert(principal);
+            if let Some(session) = session {
+                request.extensions_mut().insert(session);
+            }
+            next.run(request).await
+        }
+        Err(denial) => refuse(request.uri().path(), &denial),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; kaged_session=abc; kaged_session_x=2"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("kaged_session=def"),
+        );
+        assert_eq!(session_cookies(&h), vec!["abc", "def"]);
+    }
+}

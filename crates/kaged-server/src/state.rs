@@ -1,0 +1,57 @@
+use std::sync::Mutex;
+use std::time::Instant;
+
+use kaged_auth::{Policy, SessionTable, UsedTokens};
+use kaged_config::{ModeDecision, Settings};
+use kaged_store::Store;
+use serde::Serialize;
+
+use crate::audit::AuditLog;
+
+/// Facts about this daemon start that `GET /api/v1/status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub pid: u32,
+    pub started_at_ms: i64,
+    pub url: String,
+    pub decision: ModeDecision,
+    pub settings: Settings,
+    pub warnings: Vec<String>,
+}
+
+/// Failed launch attempts allowed per window before `/launch` answers 429.
+pub(crate) const LAUNCH_FAILURES_PER_WINDOW: usize = 20;
+pub(crate) const LAUNCH_WINDOW_MS: i64 = 60_000;
+
+pub struct ServerState {
+    pub policy: Policy,
+    pub info: DaemonInfo,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub(crate) sessions: Mutex<SessionTable>,
+    pub(crate) used_tokens: Mutex<UsedTokens>,
+    pub(crate) launch_failures: Mutex<Vec<i64>>,
+    pub(crate) started: Instant,
+}
+
+impl ServerState {
+    pub fn new(policy: Policy, info: DaemonInfo, store: Store, audit: AuditLog) -> Self {
+        ServerState {
+            policy,
+            info,
+            store,
+            audit,
+            sessions: Mutex::new(SessionTable::default()),
+            used_tokens: Mutex::new(UsedTokens::default()),
+            launch_failures: Mutex::new(Vec::new()),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Lock a mutex whose data stays consistent even if a holder panicked (every critical section
+/// here is a single map operation).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,85 @@
+//! The bundled page at `/` (the full console comes later) and the short pages shown to a
+//! browser that is not signed in. No inline scripts or styles: the CSP stays strict.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::state::ServerState;
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/app.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/style.css"),
+    ),
+];
+
+pub async fn index(State(state): State<Arc<ServerState>>) -> Response {
+    if !state.info.settings.ui_serve {
+        return ApiError::new("not_found", "the web UI is disabled ([ui] serve = false)")
+            .into_response();
+    }
+    Html(INDEX_HTML).into_response()
+}
+
+pub async fn asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => {
+            ([(header::CONTENT_TYPE, *content_type)], *body).into_response()
+        }
+        None => ApiError::new("not_found", "no such asset").into_response(),
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// A short page for a browser: what happened and the one command that fixes it.
+pub fn problem_page(status: StatusCode, message: &str) -> Response {
+    let title = if status == StatusCode::UNAUTHORIZED {
+        "Sign in to kaged"
+    } else {
+        "kaged"
+    };
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title}</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head>\
+         <body><main class=\"problem\" id=\"kaged-problem\"><h1>{title}</h1><p>{}</p>\
+         <p>In a terminal on the machine running kaged:</p><pre><code>kaged auth open</code></pre>\
+         <p class=\"muted\">It prints a fresh one-time launch URL and tries to open it here.</p>\
+         </main></body></html>\n",
+        escape(message)
+    );
+    (status, Html(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_pages_escape_reflected_text() {
+        assert_eq!(escape("<script>\"&'"), "&lt;script&gt;&quot;&amp;&#39;");
+    }
+}

@@ -1,0 +1,87 @@
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kaged_config::DeploymentMode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kaged",
+    version,
+    about = "Supervise AI coding agents and terminals in sandboxes, from a browser.",
+    long_about = "kaged is a self-hosted daemon: `kaged start` runs it and prints a one-time launch URL; \
+                  the other commands talk to the running daemon.\n\n\
+                  Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 no daemon running."
+)]
+pub struct Cli {
+    /// Deployment mode (default: detected; see `kaged start --help`).
+    #[arg(long, global = true, value_enum)]
+    pub mode: Option<ModeArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ModeArg {
+    /// Per-user: the operator's own daemon under their UID, XDG paths.
+    User,
+    /// System-wide: a shared daemon as the `kaged` user, /etc/kaged and /var/lib/kaged.
+    System,
+}
+
+impl From<ModeArg> for DeploymentMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::User => DeploymentMode::User,
+            ModeArg::System => DeploymentMode::System,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon in the foreground and print a launch URL.
+    #[command(long_about = "Run the daemon in the foreground.\n\n\
+        Mode detection, first match wins: --mode; KAGED_HOME set (per-user, all state under it); \
+        running as root or as the user `kaged` (system-wide); an existing $XDG_DATA_HOME/kaged or \
+        ~/.local/share/kaged (per-user); otherwise per-user.\n\n\
+        Settings precedence: flags > KAGED_* environment > config file > defaults. On first \
+        per-user launch the config file is written with every key documented.\n\n\
+        Once listening, prints one line to stderr:\n  kaged: ready — launch URL: http://HOST:PORT/launch?token=TOKEN\n\
+        SIGTERM or SIGINT stops it gracefully.")]
+    Start(StartArgs),
+    /// Show the running daemon's mode, paths, bind address, auth mode, pid and uptime.
+    Status {
+        /// Print the daemon's full status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Launch URLs and the per-startup nonce.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+    /// Print the version of this kaged binary.
+    Version,
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Listen on this address (IP:PORT), overriding [daemon] bind and KAGED_BIND.
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// Read this config file instead of the mode's default location.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Print the running daemon's current nonce (send it as X-Kaged-Auth-Nonce from scripts).
+    Nonce,
+    /// Print a fresh one-time launch URL for the running daemon and try to open it in a browser.
+    Open {
+        /// Do not try to open a browser; only print the URL.
+        #[arg(long)]
+        no_browser: bool,
+        /// How long the URL stays valid, in seconds (at most 3600).
+        #[arg(long, value_name = "SECS", default_value_t = kaged_auth::DEFAULT_LAUNCH_TTL_SECS,
+              value_parser = clap::value_parser!(u64).range(1..=kaged_auth::MAX_LAUNCH_TTL_SECS))]
+        ttl: u64,
+    },
+}

@@ -1,0 +1,284 @@
+//! `kaged start`: resolve the configuration, open storage, listen, authenticate, serve, and shut
+//! down cleanly on SIGTERM/SIGINT.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use kaged_auth::{AllowedHosts, DEFAULT_LAUNCH_TTL_SECS, Policy, Secret, mint_launch_token};
+use kaged_config::{DeploymentMode, ModeDecision, Settings};
+use kaged_server::{AuditLog, AuditRecord, DaemonInfo, ServerState, now_ms};
+use kaged_store::Store;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::cli::StartArgs;
+use crate::runtime::{self, AUTH_COOKIE_FILE, DISCOVERY_FILE, Discovery};
+use crate::{Failure, config_for_start, host};
+
+/// How long in-flight requests get to finish after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("the OS random number generator failed: {e}"))?;
+    Ok(b)
+}
+
+/// The URL browsers should use for a listener: loopback stands in for "all interfaces".
+pub fn base_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    match ip {
+        IpAddr::V4(v4) => format!("http://{v4}:{}", addr.port()),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{}", addr.port()),
+    }
+}
+
+pub fn launch_url(base: &str, nonce: &Secret, ttl_secs: u64) -> Result<String> {
+    let expires_at = (now_ms() / 1000) as u64 + ttl_secs;
+    let token = mint_launch_token(nonce, random_bytes::<16>()?, expires_at);
+    Ok(format!("{base}/launch?token={}", token.expose()))
+}
+
+/// Removes the runtime files when the daemon stops, however `run` returns.
+struct RuntimeFiles(Vec<PathBuf>);
+
+impl Drop for RuntimeFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            // Without signal handlers the process still stops on Ctrl-C's default action.
+            std::future::pending::<()>().await;
+            "never"
+        }
+    }
+}
+
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(false, &[state])
+    {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(), Failure> {
+    let facts = host::gather();
+    let (decision, settings, first_launch_text) = config_for_start(
+        &facts,
+        mode_flag,
+        args.config.as_deref(),
+        args.bind.as_deref(),
+    )?;
+    crate::logging::init(&settings.log_operational, settings.log_level)
+        .map_err(Failure::Runtime)?;
+    serve(decision, settings, first_launch_text, facts.uid)
+        .await
+        .map_err(Failure::Runtime)
+}
+
+async fn serve(
+    decision: ModeDecision,
+    settings: Settings,
+    first_launch_text: Option<String>,
+    uid: u32,
+) -> Result<()> {
+    tracing::info!(
+        mode = decision.mode.describe(),
+        reason = %decision.reason,
+        config = %settings.config_file.display(),
+        data = %settings.home.display(),
+        "deployment mode chosen"
+    );
+    if let Some(text) = first_launch_text {
+        write_first_config(&settings, &text)?;
+    }
+
+    let runtime_dir = &decision.paths.runtime_dir;
+    runtime::ensure_private_dir(runtime_dir, uid)?;
+    if let Some(d) = runtime::read_discovery(runtime_dir)
+        && d.pid != std::process::id()
+        && host::process_alive(d.pid)
+    {
+        return Err(anyhow!(
+            "kaged is already running (pid {}) at {}; see `kaged status`, or stop it first",
+            d.pid,
+            d.url
+        ));
+    }
+    runtime::ensure_private_dir(&settings.home, uid)?;
+    let lock_path = settings.home.join("kaged.lock");
+    let lock = File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        return Err(anyhow!(
+            "another kaged is already using {} (lock {} is held); stop it or set another [daemon] home",
+            settings.home.display(),
+            lock_path.display()
+        ));
+    }
+
+    let store = Store::open(&settings.storage_url)?;
+    tracing::info!(database = %store.describe(), schema = store.schema_version().await?, "storage ready");
+
+    let listener = TcpListener::bind(settings.bind).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow!(
+                "cannot listen on {}: address already in use; pick another with `kaged start --bind 127.0.0.1:{}` or set [daemon] bind in {}",
+                settings.bind,
+                settings.bind.port().wrapping_add(1).max(1024),
+                settings.config_file.display()
+            )
+        } else {
+            anyhow!("cannot listen on {}: {e}", settings.bind)
+        }
+    })?;
+    let local = listener.local_addr()?;
+    let base = base_url(local);
+
+    let nonce = Secret::from_random(random_bytes()?);
+    let cookie_path = runtime::write_private_file(runtime_dir, AUTH_COOKIE_FILE, nonce.expose())?;
+    let mut cleanup = RuntimeFiles(vec![cookie_path]);
+
+    let audit_path = match &settings.log_audit {
+        kaged_config::AuditSink::File(p) => p.clone(),
+    };
+    let audit = AuditLog::open(&audit_path, store.clone())
+        .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?;
+    let started_at_ms = now_ms();
+    let pid = std::process::id();
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    let (run, unclean) = store
+        .begin_run(
+            pid,
+            version.clone(),
+            decision.mode.to_string(),
+            started_at_ms,
+        )
+        .await?;
+    if let Some(prev) = unclean {
+        tracing::warn!(
+            previous_pid = prev.pid,
+            "the previous kaged (pid {}) did not shut down cleanly",
+            prev.pid
+        );
+    }
+    let operator = format!("user:{}", host::user_name(uid));
+    audit
+        .record(AuditRecord {
+            kind: "daemon.start",
+            success: true,
+            identity: Some(operator.clone()),
+            source: None,
+            detail: json!({"pid": pid, "version": version, "mode": decision.mode, "bind": local.to_string()}),
+        })
+        .await;
+
+    let discovery = Discovery {
+        pid,
+        url: base.clone(),
+        version: version.clone(),
+        started_at_ms,
+    };
+    cleanup.0.push(runtime::write_private_file(
+        runtime_dir,
+        DISCOVERY_FILE,
+        &serde_json::to_string(&discovery)?,
+    )?);
+
+    let mut warnings = Vec::new();
+    if settings.sandbox_mode == kaged_config::SandboxMode::Disabled {
+        warnings.push("sandbox disabled by [sandbox] mode".to_string());
+    }
+    let policy = Policy {
+        allowed: AllowedHosts::for_listener(local),
+        nonce: nonce.clone(),
+        operator,
+    };
+    let info = DaemonInfo {
+        version,
+        pid,
+        started_at_ms,
+        url: base.clone(),
+        decision: decision.clone(),
+        settings: settings.clone(),
+        warnings,
+    };
+    let app = kaged_server::router(ServerState::new(policy, info, store.clone(), audit.clone()));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kaged_server::serve(listener, app, async move {
+        let _ = stop_rx.await;
+    }));
+
+    tracing::info!(url = %base, pid, "listening");
+    eprintln!(
+        "kaged: ready — launch URL: {}",
+        launch_url(&base, &nonce, DEFAULT_LAUNCH_TTL_SECS)?
+    );
+    notify_systemd(sd_notify::NotifyState::Ready);
+
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "stopping: finishing in-flight requests");
+    notify_systemd(sd_notify::NotifyState::Stopping);
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error during shutdown"),
+        Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!(
+            "requests still running after {}s; stopping anyway",
+            DRAIN_TIMEOUT.as_secs()
+        ),
+    }
+
+    audit
+        .record(AuditRecord {
+            kind: "daemon.stop",
+            success: true,
+            identity: None,
+            source: None,
+            detail: json!({"pid": pid, "signal": signal}),
+        })
+        .await;
+    store.end_run(run.id, now_ms()).await?;
+    store.close().await?;
+    drop(cleanup);
+    drop(lock);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn write_first_config(settings: &Settings, text: &str) -> Result<()> {
+    let path = &settings.config_file;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "first launch: wrote the default configuration");
+    Ok(())
+}
