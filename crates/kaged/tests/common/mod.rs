@@ -1,0 +1,195 @@
+//! Test harness: runs the real `kaged` binary against temporary directories.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const READY_PREFIX: &str = "kaged: ready — launch URL: ";
+
+pub fn kaged_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kaged"))
+}
+
+/// A `kaged` command with a clean environment: no inherited KAGED_* or XDG_* variables.
+pub fn kaged_cmd(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(kaged_bin());
+    cmd.env_clear();
+    for var in ["PATH", "LANG", "TZ"] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+pub struct Daemon {
+    pub child: Child,
+    /// `KAGED_HOME` of this daemon (also holds its runtime dir `run/`).
+    pub home: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub base: String,
+    pub launch_url: String,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Start in per-user mode with all state under `home`, on a random loopback port.
+    pub fn start(home: &Path) -> Daemon {
+        Self::start_with(home, &["--bind", "127.0.0.1:0"], &[])
+    }
+
+    pub fn start_with(home: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Daemon {
+        let home_str = home.to_str().unwrap().to_string();
+        let mut env: Vec<(String, String)> = vec![("KAGED_HOME".into(), home_str)];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut child = kaged_cmd(&pairs)
+            .arg("start")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kaged");
+        let (stderr, ready) = read_stderr(&mut child);
+        let launch_url = match ready.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "kaged did not become ready; stderr:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let base = launch_url.split("/launch").next().unwrap().to_string();
+        Daemon {
+            child,
+            home: home.to_path_buf(),
+            env,
+            base,
+            launch_url,
+            stderr,
+        }
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.home.join("run")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Run a `kaged` CLI command against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let pairs: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        kaged_cmd(&pairs).args(args).output().expect("run kaged")
+    }
+
+    pub fn nonce(&self) -> String {
+        std::fs::read_to_string(self.runtime_dir().join("auth-cookie")).unwrap()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGTERM and wait for exit (at most 20 s).
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        self.signal("TERM");
+        let status = wait_timeout(&mut self.child, Duration::from_secs(20));
+        // Let the reader thread drain the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.stderr.lock().unwrap().join("\n");
+        (status, log)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Collect stderr lines in the background; the channel yields the launch URL once ready.
+pub fn read_stderr(
+    child: &mut Child,
+) -> (Arc<Mutex<Vec<String>>>, std::sync::mpsc::Receiver<String>) {
+    let pipe = child.stderr.take().expect("stderr piped");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix(READY_PREFIX) {
+                let _ = tx.send(url.to_string());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (lines, rx)
+}
+
+/// An HTTP client that keeps cookies and does not follow redirects.
+pub fn browser_like_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+pub fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+pub fn token_of(launch_url: &str) -> String {
+    launch_url.split("token=").nth(1).unwrap().to_string()
+}
