@@ -57,20 +57,26 @@ impl Drop for RuntimeFiles {
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            // Without signal handlers the process still stops on Ctrl-C's default action.
-            std::future::pending::<()>().await;
-            "never"
+/// SIGTERM and SIGINT handlers, installed before readiness is announced so a stop request that
+/// arrives right after "ready" is still a graceful one.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
     }
 }
@@ -115,6 +121,7 @@ async fn serve(
         write_first_config(&settings, &text)?;
     }
 
+    let mut signals = StopSignals::install()?;
     let runtime_dir = &decision.paths.runtime_dir;
     runtime::ensure_private_dir(runtime_dir, uid)?;
     if let Some(d) = runtime::read_discovery(runtime_dir)
@@ -239,7 +246,7 @@ async fn serve(
     );
     notify_systemd(sd_notify::NotifyState::Ready);
 
-    let signal = shutdown_signal().await;
+    let signal = signals.wait().await;
     tracing::info!(signal, "stopping: finishing in-flight requests");
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = stop_tx.send(());

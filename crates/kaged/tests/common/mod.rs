@@ -115,8 +115,13 @@ impl Daemon {
     }
 
     /// SIGTERM and wait for exit (at most 20 s).
-    pub fn stop(mut self) -> (ExitStatus, String) {
+    pub fn stop(self) -> (ExitStatus, String) {
         self.signal("TERM");
+        self.stop_after_signal()
+    }
+
+    /// Wait for exit after a signal the test sent itself.
+    pub fn stop_after_signal(mut self) -> (ExitStatus, String) {
         let status = wait_timeout(&mut self.child, Duration::from_secs(20));
         // Let the reader thread drain the pipe.
         std::thread::sleep(Duration::from_millis(100));

@@ -1,0 +1,446 @@
+//! Startup, shutdown, storage and configuration behaviour of the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_then_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let host = format!("127.0.0.1:{}", d.port());
+
+    // A request whose headers are still arriving when the signal lands.
+    let mut slow = TcpStream::connect(&host).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(slow, "GET /healthz HTTP/1.1\r\nHost: {host}\r\n").unwrap();
+    slow.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    d.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    write!(slow, "Connection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    slow.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "in-flight request was cut: {response:?}"
+    );
+    assert!(response.ends_with(r#"{"status":"ok"}"#), "{response:?}");
+
+    let (status, log) = d.stop_after_signal();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(
+        log.contains("stopping: finishing in-flight requests"),
+        "{log}"
+    );
+    assert!(!tmp.path().join("run/auth-cookie").exists());
+    assert!(!tmp.path().join("run/daemon.json").exists());
+    // New connections are refused once it is gone.
+    assert!(TcpStream::connect(&host).is_err());
+
+    let db = rusqlite::Connection::open(tmp.path().join("kaged.db")).unwrap();
+    let stopped: Option<i64> = db
+        .query_row(
+            "SELECT stopped_at_ms FROM daemon_runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(stopped.is_some(), "clean stop recorded");
+    let kinds: Vec<String> = db
+        .prepare("SELECT kind FROM audit_events ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("daemon.start"));
+    assert_eq!(kinds.last().map(String::as_str), Some("daemon.stop"));
+    // WAL checkpointed on close.
+    let wal = tmp.path().join("kaged.db-wal");
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+}
+
+#[test]
+fn sigint_also_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    d.signal("INT");
+    let (status, log) = d.stop_after_signal();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("signal=\"SIGINT\""), "{log}");
+}
+
+#[test]
+fn crash_is_noticed_at_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    d.signal("KILL");
+    let (_, _) = d.stop_after_signal();
+    // SIGKILL leaves the runtime files behind; the next start must cope.
+    assert!(tmp.path().join("run/daemon.json").exists());
+    let d2 = Daemon::start(tmp.path());
+    assert!(
+        d2.stderr_text().contains("did not shut down cleanly"),
+        "{}",
+        d2.stderr_text()
+    );
+}
+
+#[test]
+fn address_in_use_is_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let home = tmp.path().to_str().unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .args(["start", "--bind", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!(
+            "kaged: cannot listen on {addr}: address already in use"
+        )),
+        "{err}"
+    );
+    assert!(last.contains("kaged start --bind 127.0.0.1:"), "{last}");
+    assert!(
+        !tmp.path().join("run/auth-cookie").exists(),
+        "nothing left behind"
+    );
+}
+
+#[test]
+fn second_daemon_on_the_same_home_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let home = tmp.path().to_str().unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .args(["start", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains(&format!("kaged is already running (pid {})", d.child.id())),
+        "{}",
+        stderr_of(&out)
+    );
+    // The first daemon is untouched.
+    assert!(d.cli(&["status"]).status.success());
+}
+
+#[test]
+fn sd_notify_ready_and_stopping_are_sent_under_systemd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let home = tmp.path().join("home");
+    let d = Daemon::start_with(
+        &home,
+        &["--bind", "127.0.0.1:0"],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "READY=1");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status:?}\n{log}");
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "STOPPING=1");
+}
+
+#[test]
+fn status_without_a_daemon_says_where_it_looked_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().to_str().unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr_of(&out);
+    assert!(err.contains("no kaged daemon is running"), "{err}");
+    assert!(err.contains(&format!("{home}/run/daemon.json")), "{err}");
+    for args in [&["auth", "nonce"][..], &["auth", "open", "--no-browser"]] {
+        let out = kaged_cmd(&[("KAGED_HOME", home)])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr_of(&out));
+    }
+}
+
+#[test]
+fn mode_rules_flag_kaged_home_and_root_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().to_str().unwrap();
+    // Rule 1: --mode wins over KAGED_HOME.
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .args(["--mode", "system", "status"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("system-wide runtime directory because --mode=system was given"),
+        "{err}"
+    );
+    // Rule 2: KAGED_HOME.
+    let out = kaged_cmd(&[("KAGED_HOME", home), ("HOME", "/nonexistent")])
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&out).contains("per-user runtime directory because KAGED_HOME="),
+        "{}",
+        stderr_of(&out)
+    );
+    // Rule 3: root means system-wide (only observable when the suite runs as root).
+    if kaged_uid() == 0 {
+        let out = kaged_cmd(&[("HOME", home)]).arg("status").output().unwrap();
+        let err = stderr_of(&out);
+        assert!(err.contains("/run/kaged/daemon.json"), "{err}");
+        assert!(err.contains("because running as UID 0 (root)"), "{err}");
+    }
+    // A relative KAGED_HOME is a configuration error naming the variable.
+    let out = kaged_cmd(&[("KAGED_HOME", "relative")])
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("environment variable KAGED_HOME"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+fn kaged_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+#[test]
+fn newer_database_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db_path = tmp.path().join("kaged.db");
+    {
+        let c = rusqlite::Connection::open(&db_path).unwrap();
+        c.pragma_update(None, "user_version", 999).unwrap();
+    }
+    let out = kaged_cmd(&[("KAGED_HOME", tmp.path().to_str().unwrap())])
+        .args(["start", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("schema version 999, written by a newer kaged"),
+        "{err}"
+    );
+    assert!(err.contains(db_path.to_str().unwrap()), "{err}");
+    let c = rusqlite::Connection::open(&db_path).unwrap();
+    let v: u32 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 999);
+}
+
+#[test]
+fn existing_older_database_is_migrated_keeping_its_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db_path = tmp.path().join("kaged.db");
+    {
+        use kaged_store::Backend;
+        let old = kaged_store::SqliteBackend::open_at_version(&db_path, 1).unwrap();
+        old.append_audit(&kaged_store::AuditEvent {
+            ts_ms: 1,
+            kind: "legacy.event".into(),
+            outcome: "success".into(),
+            identity: None,
+            source: None,
+            detail: serde_json::json!({}),
+        })
+        .unwrap();
+    }
+    let d = Daemon::start(tmp.path());
+    let out = d.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["storage"]["schema_version"], kaged_store::LATEST_SCHEMA);
+    let (status, _) = d.stop();
+    assert!(status.success());
+    let c = rusqlite::Connection::open(&db_path).unwrap();
+    let n: i64 = c
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE kind = 'legacy.event'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let runs: i64 = c
+        .query_row("SELECT count(*) FROM daemon_runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 1);
+}
+
+#[test]
+fn config_errors_name_file_key_line_and_fix_and_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().to_str().unwrap();
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        "[daemon]\nbind = \"127.0.0.1:0\"\nbnd = \"x\"\n[logging]\nlevel = \"loud\"\n",
+    )
+    .unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .arg("start")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(
+        err.starts_with("kaged: invalid configuration (2 problems):"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{}:3:1: daemon.bnd: unknown key `bnd` in [daemon]",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `bind`"), "{err}");
+    assert!(
+        err.contains(&format!("{}:5:1: logging.level:", cfg.display())),
+        "{err}"
+    );
+    assert!(err.contains("fix: use one of"), "{err}");
+    // The file is left exactly as the operator wrote it.
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("bnd = \"x\"")
+    );
+
+    // Environment and flag errors name their source.
+    std::fs::write(&cfg, "").unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", home), ("KAGED_UI_SERVE", "maybe")])
+        .arg("start")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("environment variable KAGED_UI_SERVE: ui.serve:"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .args(["start", "--bind", "localhost"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("command-line flag --bind: daemon.bind:"),
+        "{}",
+        stderr_of(&out)
+    );
+    // A named config file that does not exist.
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .args(["start", "--config", "/nonexistent/kaged.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("cannot read config file /nonexistent/kaged.toml"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn flags_beat_environment_beat_file_beat_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (p_file, p_env, p_flag) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        home.join("config.toml"),
+        format!("[daemon]\nbind = \"127.0.0.1:{p_file}\"\n"),
+    )
+    .unwrap();
+    let env_bind = format!("127.0.0.1:{p_env}");
+    let flag_bind = format!("127.0.0.1:{p_flag}");
+
+    let d = Daemon::start_with(&home, &["--bind", &flag_bind], &[("KAGED_BIND", &env_bind)]);
+    assert_eq!(d.port(), p_flag);
+    let v: serde_json::Value =
+        serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["sources"]["daemon.bind"]["from"], "flag");
+    assert_eq!(v["sources"]["logging.level"]["from"], "default");
+    drop(d.stop());
+
+    let d = Daemon::start_with(&home, &[], &[("KAGED_BIND", &env_bind)]);
+    assert_eq!(d.port(), p_env);
+    let v: serde_json::Value =
+        serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        v["sources"]["daemon.bind"],
+        serde_json::json!({"from": "env", "var": "KAGED_BIND"})
+    );
+    drop(d.stop());
+
+    let d = Daemon::start_with(&home, &[], &[]);
+    assert_eq!(d.port(), p_file);
+    let v: serde_json::Value =
+        serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        v["sources"]["daemon.bind"],
+        serde_json::json!({"from": "file", "line": 2})
+    );
+}
+
+#[test]
+fn first_per_user_launch_writes_a_documented_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let d = Daemon::start(&home);
+    let text = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    // Defaults of the mode, not this run's --bind 127.0.0.1:0.
+    assert!(text.contains("bind = \"127.0.0.1:7777\""), "{text}");
+    assert!(
+        text.contains(&format!("url = \"sqlite://{}/kaged.db\"", home.display())),
+        "{text}"
+    );
+    assert!(text.contains("(env KAGED_LOG_LEVEL)"), "{text}");
+    drop(d.stop());
+    // A second start reads it back without complaint, and leaves it alone.
+    let d = Daemon::start(&home);
+    drop(d.stop());
+    assert_eq!(
+        std::fs::read_to_string(home.join("config.toml")).unwrap(),
+        text
+    );
+}
