@@ -30,8 +30,9 @@ pub fn kaged_cmd(env: &[(&str, &str)]) -> Command {
 
 pub struct Daemon {
     pub child: Child,
-    /// `KAGED_HOME` of this daemon (also holds its runtime dir `run/`).
+    /// `KAGED_HOME` of this daemon, or the data directory of a per-user daemon.
     pub home: PathBuf,
+    pub runtime: PathBuf,
     pub env: Vec<(String, String)>,
     pub base: String,
     pub launch_url: String,
@@ -53,9 +54,19 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut child = kaged_cmd(&pairs)
-            .arg("start")
-            .args(args)
+        let mut cmd = kaged_cmd(&pairs);
+        cmd.arg("start").args(args);
+        Self::spawn(cmd, home, &home.join("run"), env)
+    }
+
+    /// Spawn a prepared `kaged start` command and wait for its ready line.
+    pub fn spawn(
+        mut cmd: Command,
+        home: &Path,
+        runtime: &Path,
+        env: Vec<(String, String)>,
+    ) -> Daemon {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -76,6 +87,7 @@ impl Daemon {
         Daemon {
             child,
             home: home.to_path_buf(),
+            runtime: runtime.to_path_buf(),
             env,
             base,
             launch_url,
@@ -84,7 +96,7 @@ impl Daemon {
     }
 
     pub fn runtime_dir(&self) -> PathBuf {
-        self.home.join("run")
+        self.runtime.clone()
     }
 
     pub fn port(&self) -> u16 {

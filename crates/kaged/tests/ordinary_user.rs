@@ -1,0 +1,216 @@
+//! Per-user mode as an ordinary, unprivileged user: CI runs as root, which would hide failures
+//! (permissions, runtime-directory fallback, mode detection). When the suite runs as root, the
+//! daemon and CLI run as `nobody` through setpriv; otherwise as the current user.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const NOBODY: u32 = 65534;
+
+struct Operator {
+    uid: u32,
+    bin: PathBuf,
+    home: PathBuf,
+    /// Set only when not root: a developer's own /tmp/kaged-UID may hold their real daemon.
+    xdg_runtime: Option<PathBuf>,
+}
+
+fn current_uid() -> u32 {
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+fn sh(cmd: &str, args: &[&str]) {
+    let ok = Command::new(cmd).args(args).status().unwrap().success();
+    assert!(ok, "{cmd} {args:?} failed");
+}
+
+impl Operator {
+    fn new(root: &Path) -> Operator {
+        let as_root = current_uid() == 0;
+        let uid = if as_root { NOBODY } else { current_uid() };
+        let home = root.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        // The test binary may sit under a directory `nobody` cannot traverse.
+        let bin = root.join("bin/kaged");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(kaged_bin(), &bin).unwrap();
+        sh(
+            "chmod",
+            &["0755", root.to_str().unwrap(), bin.to_str().unwrap()],
+        );
+        let xdg_runtime = if as_root {
+            sh(
+                "chown",
+                &["-R", &format!("{NOBODY}:{NOBODY}"), root.to_str().unwrap()],
+            );
+            let _ = std::fs::remove_dir_all(format!("/tmp/kaged-{NOBODY}"));
+            None
+        } else {
+            Some(root.join("xdg-runtime"))
+        };
+        Operator {
+            uid,
+            bin,
+            home,
+            xdg_runtime,
+        }
+    }
+
+    fn runtime_dir(&self) -> PathBuf {
+        match &self.xdg_runtime {
+            Some(dir) => dir.join("kaged"),
+            None => PathBuf::from(format!("/tmp/kaged-{}", self.uid)),
+        }
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = vec![("HOME".to_string(), self.home.to_str().unwrap().to_string())];
+        if let Some(dir) = &self.xdg_runtime {
+            env.push(("XDG_RUNTIME_DIR".into(), dir.to_str().unwrap().into()));
+        }
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    fn command(&self, args: &[&str], env: &[(String, String)]) -> Command {
+        let mut cmd = if current_uid() == 0 {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={}", self.uid),
+                &format!("--regid={}", self.uid),
+                "--clear-groups",
+                "--",
+            ]);
+            c.arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+        self.command(args, &self.env(extra)).output().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn per_user_mode_works_unprivileged_with_xdg_defaults_and_runtime_fallback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::new(tmp.path());
+
+    // Rule 5: nothing points anywhere, so per-user by default.
+    let out = op.run(&["status"], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("no system-wide indicator (UID {})", op.uid)),
+        "{err}"
+    );
+    assert!(
+        err.contains(&op.runtime_dir().join("daemon.json").display().to_string()),
+        "{err}"
+    );
+
+    let env = op.env(&[]);
+    let d = Daemon::spawn(
+        op.command(&["start", "--bind", "127.0.0.1:0"], &env),
+        &op.home.join(".local/share/kaged"),
+        &op.runtime_dir(),
+        env.clone(),
+    );
+    // XDG defaults under the user's HOME, and a private runtime directory they own.
+    let config = op.home.join(".config/kaged/config.toml");
+    assert!(config.is_file(), "first launch wrote {}", config.display());
+    assert_eq!(std::fs::metadata(&config).unwrap().uid(), op.uid);
+    let db = op.home.join(".local/share/kaged/kaged.db");
+    assert_eq!(std::fs::metadata(&db).unwrap().uid(), op.uid);
+    assert_eq!(mode_of(&db), 0o600);
+    let runtime = op.runtime_dir();
+    assert_eq!(mode_of(&runtime), 0o700);
+    assert_eq!(std::fs::metadata(&runtime).unwrap().uid(), op.uid);
+    let cookie = runtime.join("auth-cookie");
+    assert_eq!(mode_of(&cookie), 0o600);
+    assert_eq!(std::fs::metadata(&cookie).unwrap().uid(), op.uid);
+
+    // The launch URL signs a browser in, and the operator is the unprivileged user.
+    let client = browser_like_client();
+    let r = client.get(&d.launch_url).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER);
+    let who: serde_json::Value = client
+        .get(format!("{}/api/v1/whoami", d.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected_name = if current_uid() == 0 {
+        "user:nobody".to_string()
+    } else {
+        who["id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(who["id"], expected_name.as_str());
+
+    // The CLI, as the same user, finds and talks to it.
+    let out = op.command(&["status"], &env).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("per-user (no system-wide indicator"),
+        "{text}"
+    );
+    let out = op
+        .command(&["auth", "open", "--no-browser"], &env)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let url = String::from_utf8(out.stdout).unwrap();
+    let r = plain_client().get(url.trim()).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER);
+
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert!(!cookie.exists());
+
+    // Rule 4: the data directory now exists, and that is the reason given.
+    let out = op.run(&["status"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "per-user data directory {} exists",
+            op.home.join(".local/share/kaged").display()
+        )),
+        "{err}"
+    );
+    // Rule 4 through XDG_DATA_HOME.
+    let xdg_data = tmp.path().join("xdg-data");
+    std::fs::create_dir_all(xdg_data.join("kaged")).unwrap();
+    let out = op.run(
+        &["status"],
+        &[("XDG_DATA_HOME", xdg_data.to_str().unwrap())],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "per-user data directory {}/kaged exists",
+            xdg_data.display()
+        )),
+        "{err}"
+    );
+}
