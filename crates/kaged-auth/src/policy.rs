@@ -113,7 +113,7 @@ impl AllowedHosts {
             },
             _ => (authority.clone(), 80),
         };
-        port == self.port && self.names.iter().any(|n| *n == name)
+        port == self.port && self.names.contains(&name)
     }
 
     fn allows_origin(&self, origin: &str) -> bool {

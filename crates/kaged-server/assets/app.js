@@ -29,7 +29,8 @@ async function load() {
   const s = await getJson("/api/v1/status");
   const list = document.getElementById("status");
   list.replaceChildren();
-  row(list, "Mode", `${s.mode} (${s.mode_reason})`);
+  const mode = s.mode === "system" ? "system-wide" : "per-user";
+  row(list, "Mode", `${mode} (${s.mode_reason})`);
   row(list, "Listening", s.url);
   row(list, "Auth", s.auth_mode);
   row(list, "Sandbox", s.sandbox_mode);

@@ -40,15 +40,12 @@ pub async fn launch(
         if failures.len() >= LAUNCH_FAILURES_PER_WINDOW {
             return ui::problem_page(
                 StatusCode::TOO_MANY_REQUESTS,
-                "Too many failed sign-in attempts. Wait a minute, then run `kaged auth open`.",
+                "Too many failed sign-in attempts. Wait a minute before trying a new launch URL.",
             );
         }
     }
     let Some(token) = query.token.filter(|t| !t.is_empty()) else {
-        return ui::problem_page(
-            StatusCode::BAD_REQUEST,
-            "This launch URL has no token. Run `kaged auth open` for a working one.",
-        );
+        return ui::problem_page(StatusCode::BAD_REQUEST, "This launch URL has no token.");
     };
     let now = (now_ms / 1000) as u64;
     let verdict = verify_launch_token(&state.policy.nonce, &token, now)
@@ -127,8 +124,5 @@ async fn refused(
         }
         TokenRejection::Malformed | TokenRejection::TooLongLived => "This launch URL is not valid.",
     };
-    ui::problem_page(
-        StatusCode::UNAUTHORIZED,
-        &format!("{why} Run `kaged auth open` for a fresh one."),
-    )
+    ui::problem_page(StatusCode::UNAUTHORIZED, why)
 }

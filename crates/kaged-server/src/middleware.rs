@@ -64,7 +64,7 @@ pub(crate) fn peer(request: &Request) -> Option<String> {
         .map(|c| c.0.to_string())
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+fn header(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -101,7 +101,15 @@ pub(crate) fn refuse(path: &str, denial: &Denial) -> Response {
     if path.starts_with("/api/") {
         error.into_response()
     } else {
-        ui::problem_page(error.status(), &denial.to_string())
+        let message = match denial {
+            Denial::MissingCredentials => "You are not signed in.".to_string(),
+            Denial::InvalidSession => {
+                "Your session has ended: you signed out, it expired, or kaged restarted."
+                    .to_string()
+            }
+            other => other.to_string(),
+        };
+        ui::problem_page(error.status(), &message)
     }
 }
 

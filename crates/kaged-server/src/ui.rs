@@ -54,20 +54,29 @@ fn escape(text: &str) -> String {
         .collect()
 }
 
-/// A short page for a browser: what happened and the one command that fixes it.
+/// A short page for a browser: what happened and, when signing in again fixes it, the one
+/// command to run.
 pub fn problem_page(status: StatusCode, message: &str) -> Response {
-    let title = if status == StatusCode::UNAUTHORIZED {
+    let signing_in_helps = matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST | StatusCode::TOO_MANY_REQUESTS
+    );
+    let title = if signing_in_helps {
         "Sign in to kaged"
     } else {
-        "kaged"
+        "kaged refused this request"
+    };
+    let help = if signing_in_helps {
+        "<p>In a terminal on the machine running kaged:</p><pre><code>kaged auth open</code></pre>\
+         <p class=\"muted\">It prints a fresh one-time launch URL and tries to open it here.</p>"
+    } else {
+        ""
     };
     let body = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{title}</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head>\
-         <body><main class=\"problem\" id=\"kaged-problem\"><h1>{title}</h1><p>{}</p>\
-         <p>In a terminal on the machine running kaged:</p><pre><code>kaged auth open</code></pre>\
-         <p class=\"muted\">It prints a fresh one-time launch URL and tries to open it here.</p>\
+         <body><main class=\"problem\" id=\"kaged-problem\"><h1>{title}</h1><p>{}</p>{help}\
          </main></body></html>\n",
         escape(message)
     );

@@ -1,4 +1,5 @@
 //! The per-user launch flow and every way around it, through the real binary and real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Startup, shutdown, storage and configuration behaviour of the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod common;
 

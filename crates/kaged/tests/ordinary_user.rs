@@ -1,6 +1,7 @@
 //! Per-user mode as an ordinary, unprivileged user: CI runs as root, which would hide failures
 //! (permissions, runtime-directory fallback, mode detection). When the suite runs as root, the
 //! daemon and CLI run as `nobody` through setpriv; otherwise as the current user.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Test harness: runs the real `kaged` binary against temporary directories.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
