@@ -37,6 +37,8 @@ pub enum Denial {
     HostNotAllowed(String),
     #[error("the request has no Host header")]
     HostMissing,
+    #[error("the {0} header is repeated or not valid text")]
+    MalformedHeader(String),
     #[error("cross-origin request refused (Origin {0:?})")]
     OriginNotAllowed(String),
     #[error("cross-site request refused (Sec-Fetch-Site: {0})")]
@@ -63,6 +65,7 @@ impl Denial {
                 "unauthenticated"
             }
             Denial::HostNotAllowed(_)
+            | Denial::MalformedHeader(_)
             | Denial::OriginNotAllowed(_)
             | Denial::CrossSite(_)
             | Denial::OriginRequired
@@ -139,6 +142,9 @@ pub struct RequestFacts<'a> {
     pub nonce_header: Option<&'a str>,
     pub csrf_header: Option<&'a str>,
     pub websocket_upgrade: bool,
+    /// A security-relevant header (Host, Origin, Sec-Fetch-Site) that was repeated or not
+    /// valid text: such a request is refused rather than read as if the header were absent.
+    pub malformed_header: Option<&'a str>,
 }
 
 pub struct Policy {
@@ -151,6 +157,9 @@ pub struct Policy {
 impl Policy {
     /// Checks every request gets, authenticated route or not.
     pub fn check_transport(&self, facts: &RequestFacts<'_>) -> Result<(), Denial> {
+        if let Some(name) = facts.malformed_header {
+            return Err(Denial::MalformedHeader(name.to_string()));
+        }
         let host = facts.host.ok_or(Denial::HostMissing)?;
         if !self.allowed.allows_authority(host) {
             return Err(Denial::HostNotAllowed(host.to_string()));
@@ -253,6 +262,12 @@ mod tests {
         let mut f = get("x");
         f.host = None;
         assert_eq!(p.check_transport(&f), Err(Denial::HostMissing));
+        let mut f = get("127.0.0.1:7777");
+        f.malformed_header = Some("origin");
+        assert_eq!(
+            p.check_transport(&f),
+            Err(Denial::MalformedHeader("origin".into()))
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -81,14 +82,24 @@ pub async fn whoami(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     limit: Option<usize>,
 }
 
 pub async fn audit(
     State(state): State<Arc<ServerState>>,
-    Query(q): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            "bad_request",
+            format!(
+                "bad query string: {}; use ?limit=N with N from 1 to 1000",
+                e.body_text()
+            ),
+        )
+    })?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let events = state.store.recent_audit(limit).await?;
     Ok(Json(json!({ "events": events })))

@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kaged_auth::{
     AuthMethod, Principal, SESSION_COOKIE, SESSION_TTL_SECS, TokenRejection, verify_launch_token,
 };
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::audit::{AuditRecord, now_ms};
@@ -16,40 +15,34 @@ use crate::middleware::peer;
 use crate::state::{LAUNCH_FAILURES_PER_WINDOW, LAUNCH_WINDOW_MS, ServerState, lock};
 use crate::ui;
 
-#[derive(Deserialize)]
-pub struct LaunchQuery {
-    token: Option<String>,
-}
-
 fn random() -> Result<[u8; 32], getrandom::Error> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b)?;
     Ok(b)
 }
 
-pub async fn launch(
-    State(state): State<Arc<ServerState>>,
-    Query(query): Query<LaunchQuery>,
-    request: Request,
-) -> Response {
+/// The single `token` parameter; anything else (none, several, other keys) is malformed.
+fn token_param(query: Option<&str>) -> Option<&str> {
+    let mut tokens = query?
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("token="));
+    match (tokens.next(), tokens.next()) {
+        (Some(t), None) if !t.is_empty() => Some(t),
+        _ => None,
+    }
+}
+
+pub async fn launch(State(state): State<Arc<ServerState>>, request: Request) -> Response {
     let source = peer(&request);
     let now_ms = now_ms();
-    {
-        let mut failures = lock(&state.launch_failures);
-        failures.retain(|t| now_ms - t < LAUNCH_WINDOW_MS);
-        if failures.len() >= LAUNCH_FAILURES_PER_WINDOW {
-            return ui::problem_page(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many failed sign-in attempts. Wait a minute before trying a new launch URL.",
-            );
-        }
-    }
-    let Some(token) = query.token.filter(|t| !t.is_empty()) else {
-        return ui::problem_page(StatusCode::BAD_REQUEST, "This launch URL has no token.");
-    };
     let now = (now_ms / 1000) as u64;
-    let verdict = verify_launch_token(&state.policy.nonce, &token, now)
-        .and_then(|(id, exp)| lock(&state.used_tokens).consume(id, exp, now).map(|()| id));
+    // The token is checked before any rate limit, so a flood of bad tokens from another local
+    // user can never lock the operator's valid launch URL out.
+    let verdict = match token_param(request.uri().query()) {
+        None => Err(TokenRejection::Malformed),
+        Some(token) => verify_launch_token(&state.policy.nonce, token, now)
+            .and_then(|(id, exp)| lock(&state.used_tokens).consume(id, exp, now).map(|()| id)),
+    };
     let token_id = match verdict {
         Ok(id) => id,
         Err(rejection) => return refused(&state, rejection, source, now_ms).await,
@@ -61,6 +54,7 @@ pub async fn launch(
             return ui::problem_page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "kaged could not create a session (no randomness).",
+                false,
             );
         }
     };
@@ -94,6 +88,7 @@ pub async fn launch(
         Err(_) => ui::problem_page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "kaged could not set the session cookie.",
+            false,
         ),
     }
 }
@@ -104,7 +99,12 @@ async fn refused(
     source: Option<String>,
     now_ms: i64,
 ) -> Response {
-    lock(&state.launch_failures).push(now_ms);
+    let limited = {
+        let mut failures = lock(&state.launch_failures);
+        failures.retain(|t| now_ms - t < LAUNCH_WINDOW_MS);
+        failures.push(now_ms);
+        failures.len() > LAUNCH_FAILURES_PER_WINDOW
+    };
     state
         .audit
         .record(AuditRecord {
@@ -112,10 +112,21 @@ async fn refused(
             success: false,
             identity: None,
             source,
-            detail: json!({"method": "launch_token", "reason": rejection.reason()}),
+            detail: json!({
+                "method": "launch_token",
+                "reason": rejection.reason(),
+                "rate_limited": limited,
+            }),
         })
         .await;
-    tracing::info!(reason = rejection.reason(), "launch token refused");
+    tracing::info!(reason = rejection.reason(), limited, "launch token refused");
+    if limited {
+        return ui::problem_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-in attempts in the last minute. A valid launch URL still works.",
+            true,
+        );
+    }
     let why = match rejection {
         TokenRejection::Reused => "This launch URL was already used (each works once).",
         TokenRejection::Expired => "This launch URL has expired.",
@@ -124,5 +135,19 @@ async fn refused(
         }
         TokenRejection::Malformed | TokenRejection::TooLongLived => "This launch URL is not valid.",
     };
-    ui::problem_page(StatusCode::UNAUTHORIZED, why)
+    ui::problem_page(StatusCode::UNAUTHORIZED, why, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_token_parameter_is_accepted() {
+        assert_eq!(token_param(Some("token=abc")), Some("abc"));
+        assert_eq!(token_param(Some("x=1&token=abc")), Some("abc"));
+        assert_eq!(token_param(Some("token=a&token=b")), None);
+        assert_eq!(token_param(Some("token=")), None);
+        assert_eq!(token_param(None), None);
+    }
 }

@@ -8,7 +8,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kaged_auth::{CSRF_HEADER, Denial, NONCE_HEADER, RequestFacts, SESSION_COOKIE, Secret};
 
-use crate::audit::now_ms;
+use serde_json::json;
+
+use crate::audit::{AuditRecord, now_ms};
 use crate::error::ApiError;
 use crate::state::{ServerState, lock};
 use crate::ui;
@@ -68,6 +70,20 @@ fn header(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> 
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The first of Host, Origin and Sec-Fetch-Site that is repeated or not valid text.
+fn malformed_header(headers: &HeaderMap) -> Option<&'static str> {
+    ["host", "origin", "sec-fetch-site"]
+        .into_iter()
+        .find(|name| {
+            let mut values = headers.get_all(*name).iter();
+            match (values.next(), values.next()) {
+                (Some(v), None) => v.to_str().is_err(),
+                (Some(_), Some(_)) => true,
+                (None, _) => false,
+            }
+        })
+}
+
 fn session_cookies(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all(header::COOKIE)
@@ -92,6 +108,7 @@ fn facts<'a>(request: &'a Request, session_cookie: Option<&'a str>) -> RequestFa
         csrf_header: header(h, CSRF_HEADER),
         websocket_upgrade: header(h, header::UPGRADE)
             .is_some_and(|u| u.eq_ignore_ascii_case("websocket")),
+        malformed_header: malformed_header(h),
     }
 }
 
@@ -109,7 +126,8 @@ pub(crate) fn refuse(path: &str, denial: &Denial) -> Response {
             }
             other => other.to_string(),
         };
-        ui::problem_page(error.status(), &message)
+        let sign_in = error.code == "unauthenticated";
+        ui::problem_page(error.status(), &message, sign_in)
     }
 }
 
@@ -163,13 +181,49 @@ pub async fn authenticate(
             }
             next.run(request).await
         }
-        Err(denial) => refuse(request.uri().path(), &denial),
+        Err(denial) => {
+            // A credential was presented and was wrong: a failed login, audited. (No
+            // credential at all is just a signed-out browser, and is not.)
+            let method = match denial {
+                Denial::WrongNonce => Some("nonce"),
+                Denial::InvalidSession => Some("session_cookie"),
+                _ => None,
+            };
+            if let Some(method) = method {
+                state
+                    .audit
+                    .record(AuditRecord {
+                        kind: "auth.failed",
+                        success: false,
+                        identity: None,
+                        source: peer(&request),
+                        detail: json!({"method": method, "path": request.uri().path()}),
+                    })
+                    .await;
+            }
+            refuse(request.uri().path(), &denial)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_or_binary_security_headers_are_malformed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:1"));
+        assert_eq!(malformed_header(&h), None);
+        h.append(header::HOST, HeaderValue::from_static("evil.example"));
+        assert_eq!(malformed_header(&h), Some("host"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_bytes(b"http://\xff").unwrap(),
+        );
+        assert_eq!(malformed_header(&h), Some("origin"));
+    }
 
     #[test]
     fn session_cookie_is_found_among_others() {

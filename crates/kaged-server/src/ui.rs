@@ -56,11 +56,7 @@ fn escape(text: &str) -> String {
 
 /// A short page for a browser: what happened and, when signing in again fixes it, the one
 /// command to run.
-pub fn problem_page(status: StatusCode, message: &str) -> Response {
-    let signing_in_helps = matches!(
-        status,
-        StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST | StatusCode::TOO_MANY_REQUESTS
-    );
+pub fn problem_page(status: StatusCode, message: &str, signing_in_helps: bool) -> Response {
     let title = if signing_in_helps {
         "Sign in to kaged"
     } else {

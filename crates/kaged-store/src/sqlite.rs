@@ -30,14 +30,25 @@ impl SqliteBackend {
                 .create(dir)
                 .map_err(io)?;
         }
-        let existed = path.exists();
         let conn = Connection::open(path).map_err(|e| sql(path, e))?;
-        if !existed {
-            // The database holds the audit trail: owner only.
+        // The database holds the audit trail: owner only, whether we created it or not.
+        let mode = fs::metadata(path).map_err(io)?.permissions().mode();
+        if mode & 0o077 != 0 {
             fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
         }
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| sql(path, e))?;
+        // Refuse a newer schema before changing anything (journal mode included).
+        let found: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| sql(path, e))?;
+        if found > LATEST_SCHEMA {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+                supported: LATEST_SCHEMA,
+            });
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| sql(path, e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -314,6 +325,19 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, LATEST_SCHEMA + 5);
+    }
+
+    #[test]
+    fn an_existing_loose_database_file_is_made_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kaged.db");
+        Connection::open(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        SqliteBackend::open(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -29,14 +29,28 @@ struct Daemon {
     nonce: Secret,
 }
 
+fn permission_hint(decision: &ModeDecision, e: &std::io::Error) -> Failure {
+    let hint = match decision.mode {
+        DeploymentMode::System => " (run it as the kaged user: `sudo -u kaged kaged status`)",
+        DeploymentMode::User => " (run it as the user who started kaged)",
+    };
+    Failure::Runtime(anyhow!(
+        "cannot read the runtime directory {}: {e}{hint}",
+        decision.paths.runtime_dir.display()
+    ))
+}
+
 fn find_daemon(decision: &ModeDecision) -> Result<Daemon, Failure> {
     let dir = &decision.paths.runtime_dir;
-    let discovery = runtime::read_discovery(dir).ok_or_else(|| not_running(decision))?;
-    if !host::process_alive(discovery.pid) {
+    let discovery = runtime::read_discovery(dir)
+        .map_err(|e| permission_hint(decision, &e))?
+        .ok_or_else(|| not_running(decision))?;
+    if !runtime::daemon_alive(dir).map_err(|e| permission_hint(decision, &e))? {
         return Err(Failure::NotRunning(format!(
-            "no kaged daemon is running: {} names pid {}, which has exited (the file is stale and is replaced at the next `kaged start`)",
+            "no kaged daemon is running: {} names pid {}, which no longer holds {} (the file is stale and is replaced at the next `kaged start`)",
             dir.join(DISCOVERY_FILE).display(),
-            discovery.pid
+            discovery.pid,
+            dir.join(runtime::LOCK_FILE).display()
         )));
     }
     let nonce = Secret::new(runtime::read_nonce(dir).map_err(Failure::Runtime)?);
@@ -162,7 +176,19 @@ pub async fn open(
     if no_browser {
         return Ok(());
     }
-    match open_browser(&url) {
+    // The browser gets a 0600 file that redirects, never the token on its command line (which
+    // every local user can read in /proc).
+    let page = format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={url}\">\
+         <title>kaged</title><p><a href=\"{url}\">Open kaged</a></p>\n"
+    );
+    let page_path = runtime::write_private_file(
+        &decision.paths.runtime_dir,
+        runtime::LAUNCH_PAGE_FILE,
+        &page,
+    )
+    .map_err(Failure::Runtime)?;
+    match open_browser(&page_path.display().to_string()) {
         Ok(opener) => eprintln!(
             "kaged: opened the launch URL with {opener} (valid once, for {})",
             duration(ttl)
@@ -174,7 +200,7 @@ pub async fn open(
     Ok(())
 }
 
-fn open_browser(url: &str) -> Result<&'static str, String> {
+fn open_browser(target: &str) -> Result<&'static str, String> {
     let graphical = ["DISPLAY", "WAYLAND_DISPLAY"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
@@ -186,9 +212,8 @@ fn open_browser(url: &str) -> Result<&'static str, String> {
     } else {
         "xdg-open"
     };
-    // The URL goes to the opener's argv only; it is a short-lived, single-use token.
     std::process::Command::new(opener)
-        .arg(url)
+        .arg(target)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -18,6 +18,9 @@ use crate::cli::StartArgs;
 use crate::runtime::{self, AUTH_COOKIE_FILE, DISCOVERY_FILE, Discovery};
 use crate::{Failure, config_for_start, host};
 
+/// Lifetime of the token in the ready line when stderr goes to the systemd journal.
+const JOURNAL_LAUNCH_TTL_SECS: u64 = 60;
+
 /// How long in-flight requests get to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -123,28 +126,41 @@ async fn serve(
 
     let mut signals = StopSignals::install()?;
     let runtime_dir = &decision.paths.runtime_dir;
+    if decision.paths.runtime_dir_is_fallback {
+        tracing::warn!(
+            runtime = %runtime_dir.display(),
+            "XDG_RUNTIME_DIR is not set; using a private fallback directory"
+        );
+    }
     runtime::ensure_private_dir(runtime_dir, uid)?;
-    if let Some(d) = runtime::read_discovery(runtime_dir)
-        && d.pid != std::process::id()
-        && host::process_alive(d.pid)
-    {
+    let Some(runtime_lock) = runtime::lock_runtime(runtime_dir)? else {
+        let at = runtime::read_discovery(runtime_dir)
+            .ok()
+            .flatten()
+            .map(|d| format!(" (pid {}) at {}", d.pid, d.url))
+            .unwrap_or_default();
         return Err(anyhow!(
-            "kaged is already running (pid {}) at {}; see `kaged status`, or stop it first",
-            d.pid,
-            d.url
+            "kaged is already running{at}; see `kaged status`, or stop it first"
         ));
-    }
-    runtime::ensure_private_dir(&settings.home, uid)?;
+    };
+    runtime::ensure_data_dir(&settings.home)?;
     let lock_path = settings.home.join("kaged.lock");
-    let lock = File::create(&lock_path)
+    let home_lock = File::create(&lock_path)
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        return Err(anyhow!(
-            "another kaged is already using {} (lock {} is held); stop it or set another [daemon] home",
-            settings.home.display(),
-            lock_path.display()
-        ));
+    match home_lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(anyhow!(
+                "another kaged is already using {} (lock {} is held); stop it or set another [daemon] home",
+                settings.home.display(),
+                lock_path.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
+        }
     }
+    check_exposure(&settings)?;
 
     let store = Store::open(&settings.storage_url)?;
     tracing::info!(database = %store.describe(), schema = store.schema_version().await?, "storage ready");
@@ -152,9 +168,9 @@ async fn serve(
     let listener = TcpListener::bind(settings.bind).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow!(
-                "cannot listen on {}: address already in use; pick another with `kaged start --bind 127.0.0.1:{}` or set [daemon] bind in {}",
+                "cannot listen on {}: address already in use; pick another with `kaged start --bind {}` or set [daemon] bind in {}",
                 settings.bind,
-                settings.bind.port().wrapping_add(1).max(1024),
+                SocketAddr::new(settings.bind.ip(), settings.bind.port().wrapping_add(1).max(1024)),
                 settings.config_file.display()
             )
         } else {
@@ -166,7 +182,10 @@ async fn serve(
 
     let nonce = Secret::from_random(random_bytes()?);
     let cookie_path = runtime::write_private_file(runtime_dir, AUTH_COOKIE_FILE, nonce.expose())?;
-    let mut cleanup = RuntimeFiles(vec![cookie_path]);
+    let mut cleanup = RuntimeFiles(vec![
+        cookie_path,
+        runtime_dir.join(runtime::LAUNCH_PAGE_FILE),
+    ]);
 
     let audit_path = match &settings.log_audit {
         kaged_config::AuditSink::File(p) => p.clone(),
@@ -240,9 +259,16 @@ async fn serve(
     }));
 
     tracing::info!(url = %base, pid, "listening");
+    // Under systemd the line lands in the journal, which others may read: make that token
+    // short-lived (the service's operator uses `kaged auth open` anyway).
+    let printed_ttl = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        JOURNAL_LAUNCH_TTL_SECS
+    } else {
+        DEFAULT_LAUNCH_TTL_SECS
+    };
     eprintln!(
         "kaged: ready — launch URL: {}",
-        launch_url(&base, &nonce, DEFAULT_LAUNCH_TTL_SECS)?
+        launch_url(&base, &nonce, printed_ttl)?
     );
     notify_systemd(sd_notify::NotifyState::Ready);
 
@@ -250,14 +276,18 @@ async fn serve(
     tracing::info!(signal, "stopping: finishing in-flight requests");
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = stop_tx.send(());
-    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+    let mut server = server;
+    match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error during shutdown"),
         Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!(
-            "requests still running after {}s; stopping anyway",
-            DRAIN_TIMEOUT.as_secs()
-        ),
+        Err(_) => {
+            tracing::warn!(
+                "requests still running after {}s; stopping anyway",
+                DRAIN_TIMEOUT.as_secs()
+            );
+            server.abort();
+        }
     }
 
     audit
@@ -272,20 +302,59 @@ async fn serve(
     store.end_run(run.id, now_ms()).await?;
     store.close().await?;
     drop(cleanup);
-    drop(lock);
+    drop(home_lock);
+    drop(runtime_lock);
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Plain-HTTP exposure guardrail for the launch-URL login: a wildcard bind would publish the
+/// sign-in endpoint to every network without any way to use it (the Host allowlist only knows
+/// loopback names), so it is refused; a specific non-loopback address (a VPN IP) is allowed
+/// with a warning.
+fn check_exposure(settings: &Settings) -> Result<()> {
+    let ip = settings.bind.ip();
+    if ip.is_unspecified() {
+        return Err(anyhow!(
+            "refusing to listen on {} (all interfaces) with launch-URL login over plain HTTP; bind 127.0.0.1:{} and use an SSH tunnel, or bind one VPN address such as 100.64.0.2:{}",
+            settings.bind,
+            settings.bind.port(),
+            settings.bind.port()
+        ));
+    }
+    if !ip.is_loopback() {
+        tracing::warn!(
+            bind = %settings.bind,
+            "listening on a non-loopback address over plain HTTP: only do this on a private network (VPN)"
+        );
+    }
+    Ok(())
+}
+
 fn write_first_config(settings: &Settings, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let path = &settings.config_file;
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
+            .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    // create_new: never overwrite a file the operator wrote in the meantime.
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+    };
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(path = %path.display(), "first launch: wrote the default configuration");
     Ok(())
 }

@@ -47,15 +47,3 @@ pub fn gather() -> Facts {
         .collect();
     facts
 }
-
-/// Whether a process with this pid exists (and is not a zombie we could confuse with kaged).
-pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            // The state field follows the parenthesised command name.
-            stat.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-                .unwrap_or(false)
-        })
-        .unwrap_or(false)
-}

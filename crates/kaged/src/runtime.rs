@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 pub const AUTH_COOKIE_FILE: &str = "auth-cookie";
 pub const DISCOVERY_FILE: &str = "daemon.json";
+/// Held (exclusively) by the running daemon for its whole life: the liveness test that PID
+/// reuse cannot fool, and the guard that keeps two daemons out of one runtime directory.
+pub const LOCK_FILE: &str = "daemon.lock";
+/// A 0600 page redirecting to a launch URL, so `kaged auth open` never puts a token in argv.
+pub const LAUNCH_PAGE_FILE: &str = "launch.html";
 
 /// What `kaged status` and `kaged auth open` need to reach the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +29,19 @@ pub struct Discovery {
 /// Create (or verify) a private directory: owned by us, mode 0700. An existing directory owned
 /// by someone else is refused: in /tmp that would be another user's trap.
 pub fn ensure_private_dir(dir: &Path, uid: u32) -> Result<()> {
+    // A parent others may write to (without the sticky bit) could swap the directory after our
+    // checks; the XDG spec requires $XDG_RUNTIME_DIR to be the user's own.
+    if let Some(parent) = dir.parent()
+        && let Ok(meta) = fs::metadata(parent)
+        && meta.mode() & 0o022 != 0
+        && meta.mode() & 0o1000 == 0
+    {
+        bail!(
+            "{} is writable by other users, so {} cannot be kept private; point XDG_RUNTIME_DIR (or KAGED_HOME) at a directory only you can write",
+            parent.display(),
+            dir.display()
+        );
+    }
     if !dir.exists() {
         DirBuilder::new()
             .recursive(true)
@@ -51,6 +69,52 @@ pub fn ensure_private_dir(dir: &Path, uid: u32) -> Result<()> {
             .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
     }
     Ok(())
+}
+
+/// Create the data directory private (0700) if it does not exist; an existing directory the
+/// operator chose is left as it is.
+pub fn ensure_data_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Take the runtime directory's lock for the daemon's lifetime. `Ok(None)`: another daemon holds it.
+pub fn lock_runtime(dir: &Path) -> Result<Option<fs::File>> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Whether a daemon holds the runtime directory's lock right now.
+pub fn daemon_alive(dir: &Path) -> std::io::Result<bool> {
+    let file = match fs::File::open(dir.join(LOCK_FILE)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// Write `contents` to `dir/name` with mode 0600, atomically (temp file + rename), so a reader
@@ -84,9 +148,13 @@ pub fn read_nonce(runtime_dir: &Path) -> Result<String> {
     Ok(text.trim().to_string())
 }
 
-pub fn read_discovery(runtime_dir: &Path) -> Option<Discovery> {
-    let text = fs::read_to_string(runtime_dir.join(DISCOVERY_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+/// The discovery file: `Ok(None)` when absent, an error when unreadable (e.g. permissions).
+pub fn read_discovery(runtime_dir: &Path) -> std::io::Result<Option<Discovery>> {
+    match fs::read_to_string(runtime_dir.join(DISCOVERY_FILE)) {
+        Ok(text) => Ok(serde_json::from_str(&text).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +175,30 @@ mod tests {
         fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
         ensure_private_dir(&dir, uid).unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn runtime_lock_is_exclusive_and_observable() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!daemon_alive(tmp.path()).unwrap());
+        let held = lock_runtime(tmp.path()).unwrap().unwrap();
+        assert!(daemon_alive(tmp.path()).unwrap());
+        assert!(lock_runtime(tmp.path()).unwrap().is_none());
+        drop(held);
+        assert!(!daemon_alive(tmp.path()).unwrap());
+    }
+
+    #[test]
+    fn a_dir_under_a_world_writable_non_sticky_parent_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("open");
+        fs::create_dir(&parent).unwrap();
+        fs::set_permissions(&parent, Permissions::from_mode(0o777)).unwrap();
+        let uid = crate::host::current_uid();
+        let err = ensure_private_dir(&parent.join("kaged"), uid).unwrap_err();
+        assert!(err.to_string().contains("writable by other users"), "{err}");
+        fs::set_permissions(&parent, Permissions::from_mode(0o1777)).unwrap();
+        ensure_private_dir(&parent.join("kaged"), uid).unwrap();
     }
 
     #[test]

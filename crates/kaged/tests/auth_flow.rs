@@ -137,12 +137,15 @@ async fn launch_token_is_single_use_and_wrong_or_expired_tokens_fail() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = plain_client()
-        .get(format!("{}/launch", d.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    for bad in ["/launch", "/launch?token=", "/launch?token=a&token=b"] {
+        let r = plain_client()
+            .get(format!("{}{bad}", d.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{bad}");
+        assert!(r.text().await.unwrap().contains("not valid"), "{bad}");
+    }
 
     // Expired: a one-second URL from `kaged auth open`, used after it lapsed.
     let out = d.cli(&["auth", "open", "--no-browser", "--ttl", "1"]);
@@ -567,4 +570,115 @@ async fn status_command_reports_the_running_daemon() {
     let out = d.cli(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["pid"], d.child.id());
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_tokens_is_rate_limited_but_never_locks_out_a_valid_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        let r = plain_client()
+            .get(format!("{}/launch?token=zz", d.base))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status());
+    }
+    assert_eq!(statuses[0], StatusCode::UNAUTHORIZED);
+    assert_eq!(*statuses.last().unwrap(), StatusCode::TOO_MANY_REQUESTS);
+    // The operator's real URL still signs in.
+    let r = plain_client().get(&d.launch_url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // And the limited attempts are audited as such.
+    let audit: serde_json::Value = plain_client()
+        .get(format!("{}/api/v1/audit?limit=100", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limited = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["detail"]["rate_limited"] == true)
+        .count();
+    assert!(limited >= 4, "{limited}");
+    // A bad query string is the JSON error shape, not a framework message.
+    let r = plain_client()
+        .get(format!("{}/api/v1/audit?limit=abc", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_audited_and_malformed_security_headers_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let nonce = d.nonce();
+    let status = format!("{}/api/v1/status", d.base);
+    plain_client()
+        .get(&status)
+        .header("x-kaged-auth-nonce", "0".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    plain_client()
+        .get(&status)
+        .header("cookie", "kaged_session=forged")
+        .send()
+        .await
+        .unwrap();
+    // A repeated Host header, or an Origin that is not text, is refused outright.
+    let r = plain_client()
+        .get(&status)
+        .header("x-kaged-auth-nonce", &nonce)
+        .header(
+            ORIGIN,
+            reqwest::header::HeaderValue::from_bytes(b"http://\xff").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.append(ORIGIN, d.base.parse().unwrap());
+    headers.append(ORIGIN, "http://evil.example".parse().unwrap());
+    let r = plain_client()
+        .get(&status)
+        .header("x-kaged-auth-nonce", &nonce)
+        .headers(headers)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    let audit: serde_json::Value = plain_client()
+        .get(format!("{}/api/v1/audit", d.base))
+        .header("x-kaged-auth-nonce", &nonce)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failed: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "auth.failed")
+        .map(|e| e["detail"]["method"].as_str().unwrap())
+        .collect();
+    assert!(
+        failed.contains(&"nonce") && failed.contains(&"session_cookie"),
+        "{failed:?}"
+    );
 }

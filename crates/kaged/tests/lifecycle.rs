@@ -445,3 +445,141 @@ fn first_per_user_launch_writes_a_documented_config() {
         text
     );
 }
+
+#[test]
+fn ready_line_is_printed_exactly_once_and_config_flag_is_honoured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("elsewhere.toml");
+    let port = free_port();
+    std::fs::write(&cfg, format!("[daemon]\nbind = \"127.0.0.1:{port}\"\n")).unwrap();
+    let home = tmp.path().join("home");
+    let d = Daemon::start_with(&home, &["--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(d.port(), port);
+    let (status, log) = d.stop();
+    assert!(status.success());
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with(READY_PREFIX)).count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("launch?token=").count(),
+        1,
+        "the token appears once: {log}"
+    );
+    // With --config the mode's default file is not written.
+    assert!(!home.join("config.toml").exists());
+}
+
+#[test]
+fn syntax_errors_and_unknown_sections_are_reported_through_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().to_str().unwrap();
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(&cfg, "[daemon]\nbind = 127.0.0.1:7777\n").unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .arg("start")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains(&format!("{}:2:", cfg.display())),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        stderr_of(&out).contains("TOML syntax error"),
+        "{}",
+        stderr_of(&out)
+    );
+    std::fs::write(&cfg, "[demon]\nbind = \"127.0.0.1:0\"\n").unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .arg("start")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("unknown section [demon]"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        stderr_of(&out).contains("did you mean [daemon]"),
+        "{}",
+        stderr_of(&out)
+    );
+    std::fs::write(&cfg, "[storage]\nurl = \"postgres://db/kaged\"\n").unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", home)])
+        .arg("start")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("PostgreSQL backend is not part of this kaged build"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn wildcard_bind_is_refused_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", tmp.path().to_str().unwrap())])
+        .args(["start", "--bind", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 (all interfaces)"),
+        "{err}"
+    );
+    assert!(err.contains("SSH tunnel"), "{err}");
+}
+
+#[test]
+fn stale_discovery_from_a_reused_pid_does_not_block_a_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    // pid 1 is alive but is not kaged, and holds no lock.
+    std::fs::write(
+        run.join("daemon.json"),
+        r#"{"pid":1,"url":"http://127.0.0.1:1","version":"0","started_at_ms":0}"#,
+    )
+    .unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", tmp.path().to_str().unwrap())])
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr_of(&out).contains("names pid 1, which no longer holds"),
+        "{}",
+        stderr_of(&out)
+    );
+    let d = Daemon::start(tmp.path());
+    assert!(d.cli(&["status"]).status.success());
+}
+
+#[test]
+fn auth_open_hands_the_browser_a_private_redirect_page_not_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    // No graphical session here: kaged says it cannot open a browser, and still prints the URL.
+    let out = d.cli(&["auth", "open"]);
+    assert!(out.status.success());
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(url.contains("/launch?token="), "{url}");
+    assert!(
+        stderr_of(&out).contains("could not open a browser (no graphical session"),
+        "{}",
+        stderr_of(&out)
+    );
+    let page = d.runtime_dir().join("launch.html");
+    assert_eq!(mode_of(&page), 0o600);
+    assert!(std::fs::read_to_string(&page).unwrap().contains(&url));
+    let (status, _) = d.stop();
+    assert!(status.success());
+    assert!(!page.exists(), "removed at shutdown");
+}
