@@ -42,13 +42,7 @@ pub fn ensure_private_dir(dir: &Path, uid: u32) -> Result<()> {
             dir.display()
         );
     }
-    if !dir.exists() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    ensure_data_dir(dir)?;
     let meta =
         fs::symlink_metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
     if !meta.is_dir() {

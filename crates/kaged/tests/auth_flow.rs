@@ -171,16 +171,7 @@ async fn launch_token_is_single_use_and_wrong_or_expired_tokens_fail() {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
 
     // Every attempt is in the audit trail, with its reason and source.
-    let nonce = d.nonce();
-    let audit: serde_json::Value = plain_client()
-        .get(format!("{}/api/v1/audit?limit=50", d.base))
-        .header("x-kaged-auth-nonce", &nonce)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = d.api_get("/api/v1/audit?limit=50").await;
     let events = audit["events"].as_array().unwrap();
     let logins: Vec<_> = events
         .iter()
@@ -661,15 +652,7 @@ async fn wrong_credentials_are_audited_and_malformed_security_headers_refused() 
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
-    let audit: serde_json::Value = plain_client()
-        .get(format!("{}/api/v1/audit", d.base))
-        .header("x-kaged-auth-nonce", &nonce)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = d.api_get("/api/v1/audit").await;
     let failed: Vec<&str> = audit["events"]
         .as_array()
         .unwrap()

@@ -117,6 +117,19 @@ impl Daemon {
         std::fs::read_to_string(self.runtime_dir().join("auth-cookie")).unwrap()
     }
 
+    /// GET a JSON document, authenticated with this daemon's nonce as a script would be.
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        plain_client()
+            .get(format!("{}{path}", self.base))
+            .header("x-kaged-auth-nonce", self.nonce())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
