@@ -15,8 +15,8 @@ pub use launch::{
     mint_launch_token, verify_launch_token,
 };
 pub use policy::{
-    AllowedHosts, AuthMethod, CSRF_HEADER, Denial, NONCE_HEADER, Policy, Principal, RequestFacts,
-    is_state_changing,
+    AllowedHosts, AuthMethod, CSRF_HEADER, Denial, Mechanism, NONCE_HEADER, Policy, Principal,
+    RequestFacts, USER_EMAIL_HEADER, USER_ID_HEADER, is_state_changing,
 };
 pub use secret::{NONCE_BYTES, Secret};
 pub use session::{SESSION_COOKIE, SESSION_TTL_SECS, SessionRecord, SessionTable};

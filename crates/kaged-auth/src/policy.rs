@@ -13,20 +13,38 @@ use crate::session::SessionTable;
 pub const NONCE_HEADER: &str = "x-kaged-auth-nonce";
 /// Header the UI echoes its session's CSRF token in.
 pub const CSRF_HEADER: &str = "x-kaged-csrf";
+/// Sidecar contract: the authenticated user's stable id (required) and email (optional).
+pub const USER_ID_HEADER: &str = "x-kaged-user-id";
+pub const USER_EMAIL_HEADER: &str = "x-kaged-user-email";
+/// Longest identity value accepted from a sidecar.
+const MAX_IDENTITY_LEN: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// Browser session cookie from a launch-token exchange.
     Session,
-    /// The per-startup nonce presented in `X-Kaged-Auth-Nonce`.
+    /// The per-startup nonce presented in `X-Kaged-Auth-Nonce` (the local CLI, scripts).
     Nonce,
+    /// An authenticating reverse proxy vouched with the sidecar nonce and identity headers.
+    Sidecar,
+    /// `--insecure`: nobody was authenticated.
+    Insecure,
+}
+
+/// How requests are authenticated, beyond the local nonce that always works.
+#[derive(Debug, Clone)]
+pub enum Mechanism {
+    LaunchUrl,
+    Sidecar { nonce: Secret },
+    Insecure,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Principal {
-    /// `user:<name>` of the operator.
+    /// `user:<name>` of the local operator, the sidecar's user id, or `insecure`.
     pub id: String,
+    pub email: Option<String>,
     pub method: AuthMethod,
 }
 
@@ -53,6 +71,10 @@ pub enum Denial {
     InvalidSession,
     #[error("the X-Kaged-Auth-Nonce header does not match this daemon's nonce")]
     WrongNonce,
+    #[error(
+        "the sidecar did not send a valid X-Kaged-User-Id header (required, at most 256 printable characters)"
+    )]
+    SidecarIdentityMissing,
     #[error("missing or wrong X-Kaged-CSRF header on a state-changing request")]
     Csrf,
 }
@@ -61,9 +83,10 @@ impl Denial {
     pub fn code(&self) -> &'static str {
         match self {
             Denial::HostMissing => "bad_request",
-            Denial::MissingCredentials | Denial::InvalidSession | Denial::WrongNonce => {
-                "unauthenticated"
-            }
+            Denial::MissingCredentials
+            | Denial::InvalidSession
+            | Denial::WrongNonce
+            | Denial::SidecarIdentityMissing => "unauthenticated",
             Denial::HostNotAllowed(_)
             | Denial::MalformedHeader(_)
             | Denial::OriginNotAllowed(_)
@@ -84,10 +107,17 @@ pub fn is_state_changing(method: &str) -> bool {
 pub struct AllowedHosts {
     port: u16,
     names: Vec<String>,
+    /// Configured `[daemon] allowed_hosts`: exact `name` or `name:port` authorities (the public
+    /// name a sidecar forwards), accepted in Host and in http or https Origins.
+    extra: Vec<String>,
 }
 
 impl AllowedHosts {
     pub fn for_listener(addr: SocketAddr) -> Self {
+        Self::with_extra(addr, &[])
+    }
+
+    pub fn with_extra(addr: SocketAddr, extra: &[String]) -> Self {
         let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
             .into_iter()
             .map(String::from)
@@ -102,12 +132,16 @@ impl AllowedHosts {
         AllowedHosts {
             port: addr.port(),
             names,
+            extra: extra.iter().map(|h| h.to_ascii_lowercase()).collect(),
         }
     }
 
     /// `host[:port]` as in a Host header or an Origin's authority.
     pub fn allows_authority(&self, authority: &str) -> bool {
         let authority = authority.to_ascii_lowercase();
+        if self.extra.contains(&authority) {
+            return true;
+        }
         let (name, port) = match authority.rsplit_once(':') {
             // An IPv6 literal without a port ends in ']'.
             Some((n, p)) if !p.ends_with(']') => match p.parse::<u16>() {
@@ -120,6 +154,10 @@ impl AllowedHosts {
     }
 
     fn allows_origin(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        if let Some(authority) = origin.strip_prefix("https://") {
+            return self.extra.iter().any(|e| *e == authority);
+        }
         origin
             .strip_prefix("http://")
             .is_some_and(|authority| !authority.contains('/') && self.allows_authority(authority))
@@ -140,6 +178,8 @@ pub struct RequestFacts<'a> {
     pub sec_fetch_site: Option<&'a str>,
     pub session_cookie: Option<&'a str>,
     pub nonce_header: Option<&'a str>,
+    pub user_id_header: Option<&'a str>,
+    pub user_email_header: Option<&'a str>,
     pub csrf_header: Option<&'a str>,
     pub websocket_upgrade: bool,
     /// A security-relevant header (Host, Origin, Sec-Fetch-Site) that was repeated or not
@@ -149,7 +189,9 @@ pub struct RequestFacts<'a> {
 
 pub struct Policy {
     pub allowed: AllowedHosts,
+    /// The per-startup nonce: mints launch tokens and authenticates the local CLI.
     pub nonce: Secret,
+    pub mechanism: Mechanism,
     /// `user:<name>` of the OS user running the daemon: the operator in per-user mode.
     pub operator: String,
 }
@@ -184,11 +226,37 @@ impl Policy {
         sessions: &SessionTable,
         now: u64,
     ) -> Result<Principal, Denial> {
+        if let Mechanism::Insecure = self.mechanism {
+            return Ok(Principal {
+                id: "insecure".into(),
+                email: None,
+                method: AuthMethod::Insecure,
+            });
+        }
         if let Some(nonce) = facts.nonce_header {
-            // A header a browser never adds by itself: no CSRF exposure.
+            // Headers a browser never adds by itself: no CSRF exposure.
+            if let Mechanism::Sidecar { nonce: sidecar } = &self.mechanism
+                && sidecar.matches(nonce)
+            {
+                let id = facts
+                    .user_id_header
+                    .map(str::trim)
+                    .filter(|id| valid_identity(id))
+                    .ok_or(Denial::SidecarIdentityMissing)?;
+                return Ok(Principal {
+                    id: id.to_string(),
+                    email: facts
+                        .user_email_header
+                        .map(str::trim)
+                        .filter(|e| valid_identity(e) && e.contains('@'))
+                        .map(String::from),
+                    method: AuthMethod::Sidecar,
+                });
+            }
             return if self.nonce.matches(nonce) {
                 Ok(Principal {
                     id: self.operator.clone(),
+                    email: None,
                     method: AuthMethod::Nonce,
                 })
             } else {
@@ -213,6 +281,10 @@ impl Policy {
     }
 }
 
+fn valid_identity(value: &str) -> bool {
+    !value.is_empty() && value.len() <= MAX_IDENTITY_LEN && !value.chars().any(char::is_control)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,8 +293,93 @@ mod tests {
         Policy {
             allowed: AllowedHosts::for_listener("127.0.0.1:7777".parse().unwrap()),
             nonce: Secret::new("n".repeat(64)),
+            mechanism: Mechanism::LaunchUrl,
             operator: "user:ann".into(),
         }
+    }
+
+    fn sidecar_policy() -> Policy {
+        Policy {
+            allowed: AllowedHosts::with_extra(
+                "127.0.0.1:7777".parse().unwrap(),
+                &["kaged.example.com".into()],
+            ),
+            mechanism: Mechanism::Sidecar {
+                nonce: Secret::new("s".repeat(64)),
+            },
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn sidecar_nonce_with_user_id_authenticates_that_user() {
+        let p = sidecar_policy();
+        let s = "s".repeat(64);
+        let mut f = get("kaged.example.com");
+        f.nonce_header = Some(&s);
+        f.user_id_header = Some("alice");
+        f.user_email_header = Some("alice@example.com");
+        let who = p.authenticate(&f, &SessionTable::default(), 0).unwrap();
+        assert_eq!(who.id, "alice");
+        assert_eq!(who.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(who.method, AuthMethod::Sidecar);
+        // The identity is required; a blank or control-character id is no identity.
+        for bad in [None, Some(""), Some("  "), Some("a\u{7}b")] {
+            f.user_id_header = bad;
+            assert_eq!(
+                p.authenticate(&f, &SessionTable::default(), 0),
+                Err(Denial::SidecarIdentityMissing),
+                "{bad:?}"
+            );
+        }
+        // Spoofed identity headers without the nonce, or with a wrong one, are refused.
+        f.user_id_header = Some("alice");
+        f.nonce_header = None;
+        assert_eq!(
+            p.authenticate(&f, &SessionTable::default(), 0),
+            Err(Denial::MissingCredentials)
+        );
+        f.nonce_header = Some("x");
+        assert_eq!(
+            p.authenticate(&f, &SessionTable::default(), 0),
+            Err(Denial::WrongNonce)
+        );
+        // The local nonce still authenticates the local operator, ignoring identity headers.
+        let local = "n".repeat(64);
+        f.nonce_header = Some(&local);
+        let who = p.authenticate(&f, &SessionTable::default(), 0).unwrap();
+        assert_eq!(
+            (who.id.as_str(), who.method),
+            ("user:ann", AuthMethod::Nonce)
+        );
+    }
+
+    #[test]
+    fn configured_public_names_are_allowed_as_host_and_https_origin() {
+        let p = sidecar_policy();
+        let mut f = get("kaged.example.com");
+        f.origin = Some("https://kaged.example.com");
+        assert_eq!(p.check_transport(&f), Ok(()));
+        f.origin = Some("https://evil.example.com");
+        assert!(p.check_transport(&f).is_err());
+        assert!(p.check_transport(&get("kaged.example.com:8080")).is_err());
+        // https is never assumed for the loopback names.
+        let mut f = get("127.0.0.1:7777");
+        f.origin = Some("https://127.0.0.1:7777");
+        assert!(p.check_transport(&f).is_err());
+    }
+
+    #[test]
+    fn insecure_mode_lets_everyone_in_but_still_checks_host() {
+        let p = Policy {
+            mechanism: Mechanism::Insecure,
+            ..policy()
+        };
+        let who = p
+            .authenticate(&get("127.0.0.1:7777"), &SessionTable::default(), 0)
+            .unwrap();
+        assert_eq!(who.method, AuthMethod::Insecure);
+        assert!(p.check_transport(&get("evil.example:7777")).is_err());
     }
 
     fn get(host: &str) -> RequestFacts<'_> {
@@ -340,6 +497,7 @@ mod tests {
         let mut sessions = SessionTable::default();
         let who = Principal {
             id: "user:ann".into(),
+            email: None,
             method: AuthMethod::Session,
         };
         let (cookie, rec) = sessions.create([1; 32], [2; 32], who.clone(), 10);

@@ -91,6 +91,7 @@ mod tests {
     fn ann() -> Principal {
         Principal {
             id: "user:ann".into(),
+            email: None,
             method: AuthMethod::Session,
         }
     }

@@ -34,11 +34,18 @@ pub const KEYS: &[KeySpec] = &[
         doc: "State directory: database, audit log, plugins.",
     },
     KeySpec {
+        section: "daemon",
+        key: "allowed_hosts",
+        env: "KAGED_ALLOWED_HOSTS",
+        expected: "a list of host names with optional ports such as [\"kaged.example.com\"] (comma-separated in the variable)",
+        doc: "Extra Host names (and Origins) kaged answers to, e.g. the public name behind a sidecar.",
+    },
+    KeySpec {
         section: "auth",
         key: "mode",
         env: "KAGED_AUTH_MODE",
-        expected: "\"secure\"",
-        doc: "\"secure\": launch URL + session cookie on loopback.",
+        expected: "\"secure\" or \"sidecar\"",
+        doc: "\"secure\": the mode's default (per-user: launch URL + cookie; system-wide: sidecar). \"sidecar\": trust the sidecar header contract.",
     },
     KeySpec {
         section: "storage",

@@ -16,8 +16,22 @@ use crate::mode::{DeploymentMode, ModeDecision};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
-    /// Per-user: a per-startup nonce, one-time launch URLs and a session cookie.
+    /// The mode's default: launch URLs per-user, the sidecar contract system-wide.
     Secure,
+    /// Trust requests carrying `X-Kaged-Auth-Nonce` = `KAGED_AUTH_SIDECAR_NONCE`.
+    Sidecar,
+}
+
+/// How browsers and remote callers authenticate, after mode defaults and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMechanism {
+    /// Per-startup nonce, one-time launch URLs, session cookie.
+    LaunchUrl,
+    /// An authenticating reverse proxy injects the header contract.
+    Sidecar,
+    /// `--insecure`: no authentication at all.
+    Insecure,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,6 +105,10 @@ pub enum Source {
 #[derive(Debug, Clone, Default)]
 pub struct FlagOverrides {
     pub bind: Option<String>,
+    /// `--insecure`: no authentication (development only).
+    pub insecure: bool,
+    /// `--no-sandbox`: run work uncaged (daemon-level opt-out).
+    pub no_sandbox: bool,
 }
 
 /// The resolved configuration the daemon runs with.
@@ -100,7 +118,10 @@ pub struct Settings {
     pub config_file: PathBuf,
     pub bind: SocketAddr,
     pub home: PathBuf,
+    pub allowed_hosts: Vec<String>,
     pub auth_mode: AuthMode,
+    /// What actually authenticates requests (mode default, `[auth] mode`, `--insecure`).
+    pub auth: AuthMechanism,
     pub storage_url: StorageUrl,
     pub sandbox_mode: SandboxMode,
     pub default_seccomp: String,
@@ -135,6 +156,7 @@ enum Value {
     Audit(AuditSink),
     Level(LogLevel),
     Names(Vec<String>),
+    Hosts(Vec<String>),
     Bool(bool),
 }
 
@@ -155,6 +177,7 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
         Raw::Str(s) => s,
         Raw::Bool(b) if spec.key == "serve" => return Ok(Value::Bool(b)),
         Raw::List(items) if spec.key == "enabled" => return check_names(spec, items),
+        Raw::List(items) if spec.key == "allowed_hosts" => return check_hosts(spec, items),
         Raw::Bool(b) => return Err(wrong(spec, format!("the boolean {b}"))),
         Raw::List(_) => return Err(wrong(spec, "an array")),
         Raw::Other(t) => return Err(wrong(spec, format!("a {t}"))),
@@ -174,6 +197,7 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
         "daemon.home" | "plugins.dir" => absolute(&text).map(Value::Path).ok_or_else(bad),
         "auth.mode" => match text.as_str() {
             "secure" => Ok(Value::Auth(AuthMode::Secure)),
+            "sidecar" => Ok(Value::Auth(AuthMode::Sidecar)),
             _ => Err(bad()),
         },
         "storage.url" => storage_url(&text).map(Value::Storage),
@@ -210,7 +234,7 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
 /// Environment variables carry lists and booleans as text.
 fn raw_from_env(spec: &KeySpec, text: &str) -> Raw {
     match spec.path().as_str() {
-        "plugins.enabled" => Raw::List(
+        "plugins.enabled" | "daemon.allowed_hosts" => Raw::List(
             text.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -241,6 +265,41 @@ fn check_names(spec: &KeySpec, items: Vec<String>) -> Result<Value, Problem> {
             ),
         }),
         None => Ok(Value::Names(items)),
+    }
+}
+
+/// `name` or `name:port`, as a browser puts it in Host: letters, digits, '-', '.', or a
+/// bracketed IPv6 literal; no scheme, path or wildcard.
+fn check_hosts(spec: &KeySpec, items: Vec<String>) -> Result<Value, Problem> {
+    let valid = |h: &str| {
+        let h = h.to_ascii_lowercase();
+        let (name, port) = match h.rsplit_once(':') {
+            Some((n, p)) if !p.ends_with(']') => (n.to_string(), Some(p.to_string())),
+            _ => (h.clone(), None),
+        };
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        let name_ok = if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']'))
+        {
+            inner.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !name.is_empty()
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+        };
+        port_ok && name_ok
+    };
+    match items.iter().find(|h| !valid(h)) {
+        Some(bad) => Err(Problem {
+            problem: format!("{bad:?} is not a host name with an optional port"),
+            hint: format!(
+                "use {}; no scheme (https://), path or wildcard",
+                spec.expected
+            ),
+        }),
+        None => Ok(Value::Hosts(
+            items.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+        )),
     }
 }
 
@@ -502,22 +561,39 @@ pub fn resolve(
         Some(Value::Path(p)) => p,
         _ => decision.paths.data_dir.clone(),
     };
-    let settings = Settings {
+    let auth_mode = match take("auth.mode") {
+        Some(Value::Auth(a)) => a,
+        _ => AuthMode::Secure,
+    };
+    let auth = match (flags.insecure, auth_mode, decision.mode) {
+        (true, _, _) => AuthMechanism::Insecure,
+        (false, AuthMode::Sidecar, _) | (false, AuthMode::Secure, DeploymentMode::System) => {
+            AuthMechanism::Sidecar
+        }
+        (false, AuthMode::Secure, DeploymentMode::User) => AuthMechanism::LaunchUrl,
+    };
+    let mut sandbox_mode = match take("sandbox.mode") {
+        Some(Value::Sandbox(s)) => s,
+        _ => SandboxMode::Enabled,
+    };
+    if flags.no_sandbox {
+        sandbox_mode = SandboxMode::Disabled;
+    }
+    let mut settings = Settings {
         mode: decision.mode,
         config_file: config_file.to_path_buf(),
         bind,
-        auth_mode: match take("auth.mode") {
-            Some(Value::Auth(a)) => a,
-            _ => AuthMode::Secure,
+        allowed_hosts: match take("daemon.allowed_hosts") {
+            Some(Value::Hosts(h)) => h,
+            _ => Vec::new(),
         },
+        auth_mode,
+        auth,
         storage_url: match take("storage.url") {
             Some(Value::Storage(s)) => s,
             _ => StorageUrl::Sqlite(home.join("kaged.db")),
         },
-        sandbox_mode: match take("sandbox.mode") {
-            Some(Value::Sandbox(s)) => s,
-            _ => SandboxMode::Enabled,
-        },
+        sandbox_mode,
         default_seccomp: match take("sandbox.default_seccomp") {
             Some(Value::Name(n)) => n,
             _ => "default".into(),
@@ -549,6 +625,14 @@ pub fn resolve(
         home,
         sources,
     };
+    if flags.no_sandbox {
+        settings.sources.insert(
+            "sandbox.mode".into(),
+            Source::Flag {
+                flag: "--no-sandbox".into(),
+            },
+        );
+    }
     Ok(settings)
 }
 
@@ -579,7 +663,7 @@ pub fn render_default_config(s: &Settings) -> String {
     format!(
         "# kaged configuration ({mode} mode), written on first launch.\n\
          # Precedence: command-line flags > KAGED_* environment > this file > defaults.\n\n\
-         [daemon]\n{}\nbind = {}\n{}\nhome = {}\n\n\
+         [daemon]\n{}\nbind = {}\n{}\nhome = {}\n{}\nallowed_hosts = []\n\n\
          [auth]\n{}\nmode = \"secure\"\n\n\
          [storage]\n{}\nurl = {}\n\n\
          [sandbox]\n{}\nmode = {}\n{}\ndefault_seccomp = {}\n\n\
@@ -590,6 +674,7 @@ pub fn render_default_config(s: &Settings) -> String {
         toml_string(&s.bind.to_string()),
         doc("daemon", "home"),
         toml_string(&s.home.display().to_string()),
+        doc("daemon", "allowed_hosts"),
         doc("auth", "mode"),
         doc("storage", "url"),
         toml_string(&s.storage_url.to_string()),
@@ -725,6 +810,7 @@ serve = true
         ]);
         let flags = FlagOverrides {
             bind: Some("127.0.0.1:1003".into()),
+            ..Default::default()
         };
         let s = resolve(&decision(), &cfg(), Some(text), &e, &flags).unwrap();
         assert_eq!(s.bind.port(), 1003);
@@ -762,6 +848,84 @@ serve = true
         assert_eq!(s.bind.port(), 1001);
         assert_eq!(s.log_level, LogLevel::Warn);
         assert_eq!(s.sources["logging.level"], Source::File { line: 4 });
+    }
+
+    #[test]
+    fn auth_mechanism_follows_mode_setting_and_insecure_flag() {
+        let user = decision();
+        let mut system = decision();
+        system.mode = DeploymentMode::System;
+        let none = BTreeMap::new();
+        let r = |d: &ModeDecision, text: &str, insecure: bool| {
+            let flags = FlagOverrides {
+                insecure,
+                ..Default::default()
+            };
+            resolve(d, &cfg(), Some(text), &none, &flags).unwrap().auth
+        };
+        assert_eq!(r(&user, "", false), AuthMechanism::LaunchUrl);
+        assert_eq!(r(&system, "", false), AuthMechanism::Sidecar);
+        assert_eq!(
+            r(&system, "[auth]\nmode = \"secure\"", false),
+            AuthMechanism::Sidecar
+        );
+        assert_eq!(
+            r(&user, "[auth]\nmode = \"sidecar\"", false),
+            AuthMechanism::Sidecar
+        );
+        assert_eq!(
+            r(&user, "[auth]\nmode = \"sidecar\"", true),
+            AuthMechanism::Insecure
+        );
+    }
+
+    #[test]
+    fn no_sandbox_flag_disables_the_sandbox_and_says_so() {
+        let flags = FlagOverrides {
+            no_sandbox: true,
+            ..Default::default()
+        };
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            Some("[sandbox]\nmode = \"enabled\""),
+            &BTreeMap::new(),
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(s.sandbox_mode, SandboxMode::Disabled);
+        assert_eq!(
+            s.sources["sandbox.mode"],
+            Source::Flag {
+                flag: "--no-sandbox".into()
+            }
+        );
+    }
+
+    #[test]
+    fn allowed_hosts_accept_names_and_ports_only() {
+        let s = resolve_text(
+            "[daemon]\nallowed_hosts = [\"Kaged.Example.com\", \"10.0.0.2:8443\", \"[::1]:7\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            s.allowed_hosts,
+            vec!["kaged.example.com", "10.0.0.2:8443", "[::1]:7"]
+        );
+        for bad in [
+            "https://kaged.example.com",
+            "*.example.com",
+            "a/b",
+            "host:0",
+            "host:x",
+            "",
+        ] {
+            let e = only_error(&format!("[daemon]\nallowed_hosts = [{bad:?}]"));
+            assert_eq!(e.key, "daemon.allowed_hosts", "{bad}");
+        }
+        let e = env(&[("KAGED_ALLOWED_HOSTS", "a.example, b.example:444")]);
+        let s = resolve(&decision(), &cfg(), None, &e, &FlagOverrides::default()).unwrap();
+        assert_eq!(s.allowed_hosts, vec!["a.example", "b.example:444"]);
     }
 
     #[test]
@@ -913,6 +1077,7 @@ serve = true
         let e = env(&[("KAGED_UI_SERVE", "maybe"), ("KAGED_BIND", "nowhere")]);
         let flags = FlagOverrides {
             bind: Some("also-nowhere".into()),
+            ..Default::default()
         };
         let errs = resolve(&decision(), &cfg(), None, &e, &flags)
             .unwrap_err()

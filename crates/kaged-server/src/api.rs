@@ -54,6 +54,7 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
         "bind": s.bind.to_string(),
         "url": info.url,
         "auth_mode": s.auth_mode,
+        "auth": s.auth,
         "sandbox_mode": s.sandbox_mode,
         "storage": {"url": state.store.describe(), "schema_version": schema},
         "logging": {"operational": s.log_operational, "level": s.log_level},
@@ -76,6 +77,7 @@ pub async fn whoami(
     });
     Json(json!({
         "id": principal.id,
+        "email": principal.email,
         "method": principal.method,
         "csrf_token": csrf,
     }))

@@ -6,7 +6,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kaged_auth::{
-    AuthMethod, Principal, SESSION_COOKIE, SESSION_TTL_SECS, TokenRejection, verify_launch_token,
+    AuthMethod, Mechanism, Principal, SESSION_COOKIE, SESSION_TTL_SECS, TokenRejection,
+    verify_launch_token,
 };
 use serde_json::json;
 
@@ -33,6 +34,13 @@ fn token_param(query: Option<&str>) -> Option<&str> {
 }
 
 pub async fn launch(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    if !matches!(state.policy.mechanism, Mechanism::LaunchUrl) {
+        return ui::problem_page(
+            StatusCode::NOT_FOUND,
+            "Launch URLs are off: this kaged authenticates through its sidecar (or not at all).",
+            false,
+        );
+    }
     let source = peer(&request);
     let now_ms = now_ms();
     let now = (now_ms / 1000) as u64;
@@ -60,6 +68,7 @@ pub async fn launch(State(state): State<Arc<ServerState>>, request: Request) -> 
     };
     let principal = Principal {
         id: state.policy.operator.clone(),
+        email: None,
         method: AuthMethod::Session,
     };
     let (cookie, _) =

@@ -58,6 +58,10 @@ pub fn router(state: ServerState) -> Router {
             middleware::check_transport,
         ))
         .layer(axum::middleware::from_fn(middleware::log_request))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::warning_headers,
+        ))
         .layer(axum::middleware::from_fn(middleware::security_headers))
         .with_state(state)
 }

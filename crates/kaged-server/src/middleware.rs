@@ -6,7 +6,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use kaged_auth::{CSRF_HEADER, Denial, NONCE_HEADER, RequestFacts, SESSION_COOKIE, Secret};
+use kaged_auth::{
+    AuthMethod, CSRF_HEADER, Denial, NONCE_HEADER, RequestFacts, SESSION_COOKIE, Secret,
+    USER_EMAIL_HEADER, USER_ID_HEADER,
+};
 
 use serde_json::json;
 
@@ -39,6 +42,21 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         "cache-control",
         if is_asset { "no-cache" } else { "no-store" },
     );
+    response
+}
+
+/// `X-Kaged-Warning` on every response while the daemon runs insecure or unsandboxed.
+pub async fn warning_headers(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    for warning in &state.info.warning_headers {
+        response
+            .headers_mut()
+            .append("x-kaged-warning", HeaderValue::from_static(warning));
+    }
     response
 }
 
@@ -105,6 +123,8 @@ fn facts<'a>(request: &'a Request, session_cookie: Option<&'a str>) -> RequestFa
         sec_fetch_site: header(h, "sec-fetch-site"),
         session_cookie,
         nonce_header: header(h, NONCE_HEADER),
+        user_id_header: header(h, USER_ID_HEADER),
+        user_email_header: header(h, USER_EMAIL_HEADER),
         csrf_header: header(h, CSRF_HEADER),
         websocket_upgrade: header(h, header::UPGRADE)
             .is_some_and(|u| u.eq_ignore_ascii_case("websocket")),
@@ -175,6 +195,21 @@ pub async fn authenticate(
     };
     match decision {
         Ok((principal, session)) => {
+            if principal.method == AuthMethod::Sidecar
+                && lock(&state.seen_identities).insert(principal.id.clone())
+            {
+                // First request of this identity since the daemon started: attribute it.
+                state
+                    .audit
+                    .record(AuditRecord {
+                        kind: "auth.login",
+                        success: true,
+                        identity: Some(principal.id.clone()),
+                        source: peer(&request),
+                        detail: json!({"method": "sidecar", "email": principal.email}),
+                    })
+                    .await;
+            }
             request.extensions_mut().insert(principal);
             if let Some(session) = session {
                 request.extensions_mut().insert(session);
@@ -186,6 +221,7 @@ pub async fn authenticate(
             // credential at all is just a signed-out browser, and is not.)
             let method = match denial {
                 Denial::WrongNonce => Some("nonce"),
+                Denial::SidecarIdentityMissing => Some("sidecar"),
                 Denial::InvalidSession => Some("session_cookie"),
                 _ => None,
             };

@@ -18,6 +18,8 @@ pub struct DaemonInfo {
     pub decision: ModeDecision,
     pub settings: Settings,
     pub warnings: Vec<String>,
+    /// Values of the `X-Kaged-Warning` headers every response carries (`insecure`, `no-sandbox`).
+    pub warning_headers: Vec<&'static str>,
 }
 
 /// Failed launch attempts allowed per window before `/launch` answers 429.
@@ -32,6 +34,8 @@ pub struct ServerState {
     pub(crate) sessions: Mutex<SessionTable>,
     pub(crate) used_tokens: Mutex<UsedTokens>,
     pub(crate) launch_failures: Mutex<Vec<i64>>,
+    /// Sidecar identities already attributed in the audit log this run.
+    pub(crate) seen_identities: Mutex<std::collections::HashSet<String>>,
     pub(crate) started: Instant,
 }
 
@@ -45,6 +49,7 @@ impl ServerState {
             sessions: Mutex::new(SessionTable::default()),
             used_tokens: Mutex::new(UsedTokens::default()),
             launch_failures: Mutex::new(Vec::new()),
+            seen_identities: Mutex::new(Default::default()),
             started: Instant::now(),
         }
     }

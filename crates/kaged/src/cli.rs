@@ -68,6 +68,14 @@ pub struct StartArgs {
     /// Read this config file instead of the mode's default location.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// No authentication at all: ONLY for trusted development. Every response carries
+    /// `X-Kaged-Warning: insecure`.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Run work without a sandbox (daemon-level opt-out). Every response carries
+    /// `X-Kaged-Warning: no-sandbox`.
+    #[arg(long)]
+    pub no_sandbox: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -129,7 +129,15 @@ pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<
         ("mode", format!("{mode} ({})", text(&s["mode_reason"]))),
         ("url", text(&s["url"])),
         ("bind", text(&s["bind"])),
-        ("auth", text(&s["auth_mode"])),
+        (
+            "auth",
+            match s["auth"].as_str() {
+                Some("launch_url") => "launch URL + session cookie".to_string(),
+                Some("sidecar") => "sidecar header contract".to_string(),
+                Some("insecure") => "NONE (--insecure)".to_string(),
+                _ => text(&s["auth"]),
+            },
+        ),
         ("sandbox", text(&s["sandbox_mode"])),
         ("config", text(&s["paths"]["config_file"])),
         ("data", text(&s["paths"]["data_dir"])),

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use kaged_auth::{AllowedHosts, DEFAULT_LAUNCH_TTL_SECS, Policy, Secret, mint_launch_token};
-use kaged_config::{DeploymentMode, ModeDecision, Settings};
+use kaged_auth::{
+    AllowedHosts, DEFAULT_LAUNCH_TTL_SECS, Mechanism, Policy, Secret, mint_launch_token,
+};
+use kaged_config::{AuthMechanism, DeploymentMode, FlagOverrides, ModeDecision, Settings};
 use kaged_server::{AuditLog, AuditRecord, DaemonInfo, ServerState, now_ms};
 use kaged_store::Store;
 use serde_json::json;
@@ -94,22 +96,55 @@ fn notify_systemd(state: sd_notify::NotifyState<'_>) {
 
 pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(), Failure> {
     let facts = host::gather();
-    let (decision, settings, first_launch_text) = config_for_start(
-        &facts,
-        mode_flag,
-        args.config.as_deref(),
-        args.bind.as_deref(),
-    )?;
+    let flags = FlagOverrides {
+        bind: args.bind.clone(),
+        insecure: args.insecure,
+        no_sandbox: args.no_sandbox,
+    };
+    let (decision, settings, first_launch_text) =
+        config_for_start(&facts, mode_flag, args.config.as_deref(), flags)?;
+    let mechanism = match settings.auth {
+        AuthMechanism::LaunchUrl => Mechanism::LaunchUrl,
+        AuthMechanism::Insecure => Mechanism::Insecure,
+        AuthMechanism::Sidecar => Mechanism::Sidecar {
+            nonce: sidecar_nonce(std::env::var(SIDECAR_NONCE_VAR).ok()).map_err(Failure::Config)?,
+        },
+    };
     crate::logging::init(&settings.log_operational, settings.log_level)
         .map_err(Failure::Runtime)?;
-    serve(decision, settings, first_launch_text, facts.uid)
+    serve(decision, settings, mechanism, first_launch_text, facts.uid)
         .await
         .map_err(Failure::Runtime)
+}
+
+/// The environment variable holding the secret the sidecar sends as `X-Kaged-Auth-Nonce`.
+pub const SIDECAR_NONCE_VAR: &str = "KAGED_AUTH_SIDECAR_NONCE";
+const MIN_SIDECAR_NONCE_LEN: usize = 32;
+
+/// Sidecar mode refuses to start without a strong shared nonce.
+fn sidecar_nonce(value: Option<String>) -> Result<Secret, String> {
+    let how = format!(
+        "generate one with `openssl rand -hex 32`, put `{SIDECAR_NONCE_VAR}=<value>` in the daemon's environment (e.g. /etc/kaged/env, mode 0600) and configure the sidecar to send the same value as X-Kaged-Auth-Nonce"
+    );
+    let value = value.map(|v| v.trim().to_string()).unwrap_or_default();
+    if value.is_empty() {
+        return Err(format!(
+            "sidecar authentication is on ([auth] mode, or the system-wide default) but {SIDECAR_NONCE_VAR} is not set; {how}"
+        ));
+    }
+    let distinct: std::collections::BTreeSet<char> = value.chars().collect();
+    if value.len() < MIN_SIDECAR_NONCE_LEN || distinct.len() < 8 {
+        return Err(format!(
+            "{SIDECAR_NONCE_VAR} is too weak (at least {MIN_SIDECAR_NONCE_LEN} random characters are needed); {how}"
+        ));
+    }
+    Ok(Secret::new(value))
 }
 
 async fn serve(
     decision: ModeDecision,
     settings: Settings,
+    mechanism: Mechanism,
     first_launch_text: Option<String>,
     uid: u32,
 ) -> Result<()> {
@@ -234,12 +269,30 @@ async fn serve(
     )?);
 
     let mut warnings = Vec::new();
-    if settings.sandbox_mode == kaged_config::SandboxMode::Disabled {
-        warnings.push("sandbox disabled by [sandbox] mode".to_string());
+    let mut warning_headers = Vec::new();
+    if let Mechanism::Insecure = mechanism {
+        tracing::warn!(
+            "--insecure: NO AUTHENTICATION; anyone who can reach {base} controls this kaged"
+        );
+        warnings.push("insecure: authentication is off (--insecure)".to_string());
+        warning_headers.push("insecure");
     }
+    if settings.sandbox_mode == kaged_config::SandboxMode::Disabled {
+        tracing::warn!("the sandbox is disabled: work will run uncaged as this user");
+        warnings.push("no-sandbox: work runs without a sandbox".to_string());
+        warning_headers.push("no-sandbox");
+    }
+    if let Mechanism::Sidecar { .. } = mechanism {
+        tracing::info!(
+            allowed_hosts = ?settings.allowed_hosts,
+            "sidecar authentication: requests must carry X-Kaged-Auth-Nonce and X-Kaged-User-Id from the sidecar"
+        );
+    }
+    let launch_enabled = matches!(mechanism, Mechanism::LaunchUrl);
     let policy = Policy {
-        allowed: AllowedHosts::for_listener(local),
+        allowed: AllowedHosts::with_extra(local, &settings.allowed_hosts),
         nonce: nonce.clone(),
+        mechanism,
         operator,
     };
     let info = DaemonInfo {
@@ -250,6 +303,7 @@ async fn serve(
         decision: decision.clone(),
         settings: settings.clone(),
         warnings,
+        warning_headers,
     };
     let app = kaged_server::router(ServerState::new(policy, info, store.clone(), audit.clone()));
 
@@ -266,10 +320,16 @@ async fn serve(
     } else {
         DEFAULT_LAUNCH_TTL_SECS
     };
-    eprintln!(
-        "kaged: ready — launch URL: {}",
-        launch_url(&base, &nonce, printed_ttl)?
-    );
+    if launch_enabled {
+        eprintln!(
+            "kaged: ready — launch URL: {}",
+            launch_url(&base, &nonce, printed_ttl)?
+        );
+    } else {
+        eprintln!(
+            "kaged: ready — listening on {base} (sign-in through the sidecar; no launch URL)"
+        );
+    }
     notify_systemd(sd_notify::NotifyState::Ready);
 
     let signal = signals.wait().await;
@@ -357,4 +417,24 @@ fn write_first_config(settings: &Settings, text: &str) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(path = %path.display(), "first launch: wrote the default configuration");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_nonce_must_be_present_and_strong() {
+        let e = sidecar_nonce(None).unwrap_err();
+        assert!(
+            e.contains("is not set") && e.contains("openssl rand -hex 32"),
+            "{e}"
+        );
+        let e = sidecar_nonce(Some("short".into())).unwrap_err();
+        assert!(e.contains("too weak"), "{e}");
+        let e = sidecar_nonce(Some("a".repeat(64))).unwrap_err();
+        assert!(e.contains("too weak"), "{e}");
+        let ok = sidecar_nonce(Some(format!(" {} ", "0123456789abcdef".repeat(4)))).unwrap();
+        assert_eq!(ok.expose().len(), 64);
+    }
 }

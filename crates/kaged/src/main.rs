@@ -40,7 +40,7 @@ pub fn config_for_start(
     facts: &Facts,
     mode_flag: Option<DeploymentMode>,
     config_override: Option<&Path>,
-    bind: Option<&str>,
+    flags: FlagOverrides,
 ) -> Result<(ModeDecision, Settings, Option<String>), Failure> {
     let decision = decide_mode(facts, mode_flag).map_err(|e| Failure::Config(e.to_string()))?;
     let path = config_override
@@ -59,9 +59,6 @@ pub fn config_for_start(
     let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("KAGED_"))
         .collect();
-    let flags = FlagOverrides {
-        bind: bind.map(String::from),
-    };
     let settings = resolve(&decision, &path, text.as_deref(), &env, &flags)
         .map_err(|e| Failure::Config(e.to_string()))?;
     let first_launch = (text.is_none() && decision.mode == DeploymentMode::User)

@@ -547,7 +547,7 @@ async fn status_command_reports_the_running_daemon() {
     for needle in [
         "per-user (KAGED_HOME=",
         &format!("url       {}", d.base),
-        "auth      secure",
+        "auth      launch URL + session cookie",
         &format!("config    {}/config.toml", tmp.path().display()),
         &format!("data      {}", tmp.path().display()),
         &format!("runtime   {}/run", tmp.path().display()),
