@@ -12,6 +12,7 @@
 mod api;
 mod audit;
 mod error;
+mod events;
 mod launch;
 mod middleware;
 mod state;
@@ -40,6 +41,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/v1/whoami", get(api::whoami))
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/auth/logout", post(api::logout))
+        .route("/api/v1/events", get(events::events))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -37,10 +37,18 @@ pub struct ServerState {
     /// Sidecar identities already attributed in the audit log this run.
     pub(crate) seen_identities: Mutex<std::collections::HashSet<String>>,
     pub(crate) started: Instant,
+    /// Flips to `true` when the daemon stops, so long-lived connections close cleanly.
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ServerState {
-    pub fn new(policy: Policy, info: DaemonInfo, store: Store, audit: AuditLog) -> Self {
+    pub fn new(
+        policy: Policy,
+        info: DaemonInfo,
+        store: Store,
+        audit: AuditLog,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         ServerState {
             policy,
             info,
@@ -51,6 +59,7 @@ impl ServerState {
             launch_failures: Mutex::new(Vec::new()),
             seen_identities: Mutex::new(Default::default()),
             started: Instant::now(),
+            shutdown,
         }
     }
 }

@@ -305,7 +305,14 @@ async fn serve(
         warnings,
         warning_headers,
     };
-    let app = kaged_server::router(ServerState::new(policy, info, store.clone(), audit.clone()));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let app = kaged_server::router(ServerState::new(
+        policy,
+        info,
+        store.clone(),
+        audit.clone(),
+        shutdown_rx,
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(kaged_server::serve(listener, app, async move {
@@ -336,6 +343,7 @@ async fn serve(
     tracing::info!(signal, "stopping: finishing in-flight requests");
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = stop_tx.send(());
+    let _ = shutdown_tx.send(true);
     let mut server = server;
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
         Ok(Ok(Ok(()))) => {}

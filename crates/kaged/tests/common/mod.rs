@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const READY_PREFIX: &str = "kaged: ready — launch URL: ";
+/// The ready line when sign-in goes through a sidecar (no launch URL).
+pub const READY_SIDECAR_PREFIX: &str = "kaged: ready — listening on ";
 
 pub fn kaged_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kaged"))
@@ -190,10 +192,14 @@ pub fn read_stderr(
     let sink = Arc::clone(&lines);
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line.clone());
             if let Some(url) = line.strip_prefix(READY_PREFIX) {
                 let _ = tx.send(url.to_string());
+            } else if let Some(rest) = line.strip_prefix(READY_SIDECAR_PREFIX) {
+                // "http://HOST:PORT (sign-in ...)": hand back the base with an empty launch path.
+                let base = rest.split(' ').next().unwrap_or_default();
+                let _ = tx.send(format!("{base}/launch"));
             }
-            sink.lock().unwrap().push(line);
         }
     });
     (lines, rx)
