@@ -6,6 +6,7 @@
 //! constant time.
 
 mod launch;
+mod network;
 mod policy;
 mod secret;
 mod session;
@@ -14,9 +15,10 @@ pub use launch::{
     DEFAULT_LAUNCH_TTL_SECS, LaunchTokenId, MAX_LAUNCH_TTL_SECS, TokenRejection, UsedTokens,
     mint_launch_token, verify_launch_token,
 };
+pub use network::{check_bearer_target, check_listener, is_non_public};
 pub use policy::{
-    AllowedHosts, AuthMethod, CSRF_HEADER, Denial, Mechanism, NONCE_HEADER, Policy, Principal,
-    RequestFacts, USER_EMAIL_HEADER, USER_ID_HEADER, is_state_changing,
+    AllowedHosts, AuthMethod, BearerCheck, CSRF_HEADER, Denial, Mechanism, NONCE_HEADER, Policy,
+    Principal, RequestFacts, USER_EMAIL_HEADER, USER_ID_HEADER, hash_token, is_state_changing,
 };
 pub use secret::{NONCE_BYTES, Secret};
 pub use session::{SESSION_COOKIE, SESSION_TTL_SECS, SessionRecord, SessionTable};

@@ -30,6 +30,25 @@ pub enum AuthMethod {
     Sidecar,
     /// `--insecure`: nobody was authenticated.
     Insecure,
+    /// The bootstrap bearer token (`[auth] token`): administers tokens.
+    BootstrapToken,
+    /// A database-backed bearer token minted by `kaged tokens create`; the actor is its owner.
+    IdentityToken,
+}
+
+/// What a `Bearer` credential needs next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BearerCheck {
+    /// It is the bootstrap token.
+    Bootstrap(Principal),
+    /// Look this SHA-256 up among the active database tokens.
+    Lookup { token_hash: String },
+}
+
+/// Lowercase hex SHA-256: how database tokens are stored (256-bit random tokens need no KDF).
+pub fn hash_token(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// How requests are authenticated, beyond the local nonce that always works.
@@ -45,6 +64,9 @@ pub struct Principal {
     /// `user:<name>` of the local operator, the sidecar's user id, or `insecure`.
     pub id: String,
     pub email: Option<String>,
+    /// The database token that authenticated the caller, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<i64>,
     pub method: AuthMethod,
 }
 
@@ -75,6 +97,18 @@ pub enum Denial {
         "the sidecar did not send a valid X-Kaged-User-Id header (required, at most 256 printable characters)"
     )]
     SidecarIdentityMissing,
+    #[error("the Authorization header must be `Bearer <token>`")]
+    MalformedAuthorization,
+    #[error("the bearer token is not valid (unknown or revoked)")]
+    TokenInvalid,
+    #[error(
+        "token administration needs the bootstrap token or the local operator (kaged tokens … on the daemon's host)"
+    )]
+    TokenAdminForbidden,
+    #[error(
+        "the bootstrap token cannot make changes while require_token_identity is on; use a user token from `kaged tokens create`"
+    )]
+    BootstrapWriteForbidden,
     #[error("missing or wrong X-Kaged-CSRF header on a state-changing request")]
     Csrf,
 }
@@ -86,7 +120,11 @@ impl Denial {
             Denial::MissingCredentials
             | Denial::InvalidSession
             | Denial::WrongNonce
-            | Denial::SidecarIdentityMissing => "unauthenticated",
+            | Denial::SidecarIdentityMissing
+            | Denial::MalformedAuthorization => "unauthenticated",
+            Denial::TokenInvalid
+            | Denial::TokenAdminForbidden
+            | Denial::BootstrapWriteForbidden => "forbidden",
             Denial::HostNotAllowed(_)
             | Denial::MalformedHeader(_)
             | Denial::OriginNotAllowed(_)
@@ -178,6 +216,7 @@ pub struct RequestFacts<'a> {
     pub sec_fetch_site: Option<&'a str>,
     pub session_cookie: Option<&'a str>,
     pub nonce_header: Option<&'a str>,
+    pub authorization: Option<&'a str>,
     pub user_id_header: Option<&'a str>,
     pub user_email_header: Option<&'a str>,
     pub csrf_header: Option<&'a str>,
@@ -194,6 +233,10 @@ pub struct Policy {
     pub mechanism: Mechanism,
     /// `user:<name>` of the OS user running the daemon: the operator in per-user mode.
     pub operator: String,
+    /// `[auth] token`: the bootstrap bearer token.
+    pub bootstrap_token: Option<Secret>,
+    /// `[auth] require_token_identity`: changes need a user token, not the bootstrap token.
+    pub require_token_identity: bool,
 }
 
 impl Policy {
@@ -230,6 +273,7 @@ impl Policy {
             return Ok(Principal {
                 id: "insecure".into(),
                 email: None,
+                token_id: None,
                 method: AuthMethod::Insecure,
             });
         }
@@ -250,6 +294,7 @@ impl Policy {
                         .map(str::trim)
                         .filter(|e| valid_identity(e) && e.contains('@'))
                         .map(String::from),
+                    token_id: None,
                     method: AuthMethod::Sidecar,
                 });
             }
@@ -257,6 +302,7 @@ impl Policy {
                 Ok(Principal {
                     id: self.operator.clone(),
                     email: None,
+                    token_id: None,
                     method: AuthMethod::Nonce,
                 })
             } else {
@@ -281,6 +327,58 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// First step for an `Authorization` header (the caller resolves `Lookup` in storage, and a
+    /// miss is [`Denial::TokenInvalid`]; a storage error is an internal error, never a pass).
+    pub fn check_bearer(&self, authorization: &str) -> Result<BearerCheck, Denial> {
+        let token = authorization
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Denial::MalformedAuthorization)?;
+        if let Some(bootstrap) = &self.bootstrap_token
+            && bootstrap.matches(token)
+        {
+            return Ok(BearerCheck::Bootstrap(Principal {
+                id: "bootstrap".into(),
+                email: None,
+                token_id: None,
+                method: AuthMethod::BootstrapToken,
+            }));
+        }
+        Ok(BearerCheck::Lookup {
+            token_hash: hash_token(token),
+        })
+    }
+
+    /// Who may mint, list and revoke tokens: the local operator (nonce or launch-URL session)
+    /// and the bootstrap token. Never a user token, a sidecar identity or an insecure caller.
+    pub fn may_administer_tokens(&self, principal: &Principal) -> Result<(), Denial> {
+        match principal.method {
+            AuthMethod::Nonce | AuthMethod::Session | AuthMethod::BootstrapToken => Ok(()),
+            _ => Err(Denial::TokenAdminForbidden),
+        }
+    }
+
+    /// Changes outside token administration, under `require_token_identity`.
+    pub fn check_change(
+        &self,
+        principal: &Principal,
+        method: &str,
+        path: &str,
+    ) -> Result<(), Denial> {
+        let token_admin = path == "/api/v1/tokens" || path.starts_with("/api/v1/tokens/");
+        if self.require_token_identity
+            && principal.method == AuthMethod::BootstrapToken
+            && is_state_changing(method)
+            && !token_admin
+        {
+            return Err(Denial::BootstrapWriteForbidden);
+        }
+        Ok(())
+    }
+}
+
 fn valid_identity(value: &str) -> bool {
     !value.is_empty() && value.len() <= MAX_IDENTITY_LEN && !value.chars().any(char::is_control)
 }
@@ -295,7 +393,80 @@ mod tests {
             nonce: Secret::new("n".repeat(64)),
             mechanism: Mechanism::LaunchUrl,
             operator: "user:ann".into(),
+            bootstrap_token: Some(Secret::new("b".repeat(40))),
+            require_token_identity: false,
         }
+    }
+
+    #[test]
+    fn bearer_tokens_split_into_bootstrap_and_lookup() {
+        let p = policy();
+        let boot = format!("Bearer {}", "b".repeat(40));
+        match p.check_bearer(&boot).unwrap() {
+            BearerCheck::Bootstrap(who) => assert_eq!(who.method, AuthMethod::BootstrapToken),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            p.check_bearer("Bearer secret").unwrap(),
+            BearerCheck::Lookup {
+                token_hash: "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+                    .into()
+            }
+        );
+        for bad in ["secret", "bearer secret", "Bearer ", "Basic abc"] {
+            assert_eq!(
+                p.check_bearer(bad),
+                Err(Denial::MalformedAuthorization),
+                "{bad}"
+            );
+        }
+        assert_eq!(Denial::MalformedAuthorization.code(), "unauthenticated");
+        assert_eq!(Denial::TokenInvalid.code(), "forbidden");
+    }
+
+    #[test]
+    fn token_admin_and_identity_mode_gates() {
+        let mut p = policy();
+        let who = |method| Principal {
+            id: "x".into(),
+            email: None,
+            token_id: None,
+            method,
+        };
+        for ok in [
+            AuthMethod::Nonce,
+            AuthMethod::Session,
+            AuthMethod::BootstrapToken,
+        ] {
+            assert_eq!(p.may_administer_tokens(&who(ok)), Ok(()));
+        }
+        for no in [
+            AuthMethod::IdentityToken,
+            AuthMethod::Sidecar,
+            AuthMethod::Insecure,
+        ] {
+            assert_eq!(
+                p.may_administer_tokens(&who(no)),
+                Err(Denial::TokenAdminForbidden)
+            );
+        }
+        let boot = who(AuthMethod::BootstrapToken);
+        assert_eq!(p.check_change(&boot, "POST", "/api/v1/auth/logout"), Ok(()));
+        p.require_token_identity = true;
+        assert_eq!(
+            p.check_change(&boot, "POST", "/api/v1/auth/logout"),
+            Err(Denial::BootstrapWriteForbidden)
+        );
+        assert_eq!(p.check_change(&boot, "GET", "/api/v1/status"), Ok(()));
+        assert_eq!(p.check_change(&boot, "POST", "/api/v1/tokens"), Ok(()));
+        assert_eq!(
+            p.check_change(
+                &who(AuthMethod::IdentityToken),
+                "POST",
+                "/api/v1/auth/logout"
+            ),
+            Ok(())
+        );
     }
 
     fn sidecar_policy() -> Policy {
@@ -498,6 +669,7 @@ mod tests {
         let who = Principal {
             id: "user:ann".into(),
             email: None,
+            token_id: None,
             method: AuthMethod::Session,
         };
         let (cookie, rec) = sessions.create([1; 32], [2; 32], who.clone(), 10);

@@ -92,6 +92,7 @@ mod tests {
         Principal {
             id: "user:ann".into(),
             email: None,
+            token_id: None,
             method: AuthMethod::Session,
         }
     }

@@ -48,6 +48,27 @@ pub const KEYS: &[KeySpec] = &[
         doc: "\"secure\": the mode's default (per-user: launch URL + cookie; system-wide: sidecar). \"sidecar\": trust the sidecar header contract.",
     },
     KeySpec {
+        section: "auth",
+        key: "token",
+        env: "KAGED_AUTH_TOKEN",
+        expected: "at least 32 random characters, e.g. from `openssl rand -hex 32`",
+        doc: "Bootstrap bearer token for scripts and remote CLIs; administers user tokens.",
+    },
+    KeySpec {
+        section: "auth",
+        key: "trust_private_network",
+        env: "KAGED_TRUST_PRIVATE_NETWORK",
+        expected: "true or false",
+        doc: "Assert the network is private (VPN): allows a non-loopback listener over plain HTTP.",
+    },
+    KeySpec {
+        section: "auth",
+        key: "require_token_identity",
+        env: "KAGED_REQUIRE_TOKEN_IDENTITY",
+        expected: "true or false",
+        doc: "Changes need a user token (kaged tokens create); the bootstrap token only reads and administers tokens.",
+    },
+    KeySpec {
         section: "storage",
         key: "url",
         env: "KAGED_STORAGE_URL",

@@ -91,6 +91,22 @@ impl fmt::Display for StorageUrl {
     }
 }
 
+/// A secret from the configuration: redacted in `Debug`, never serialized.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfigSecret(String);
+
+impl ConfigSecret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfigSecret(<redacted>)")
+    }
+}
+
 /// Where a setting's value came from; shown by `kaged status` so "why is it this?" has an answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "from")]
@@ -122,6 +138,10 @@ pub struct Settings {
     pub auth_mode: AuthMode,
     /// What actually authenticates requests (mode default, `[auth] mode`, `--insecure`).
     pub auth: AuthMechanism,
+    #[serde(skip)]
+    pub auth_token: Option<ConfigSecret>,
+    pub trust_private_network: bool,
+    pub require_token_identity: bool,
     pub storage_url: StorageUrl,
     pub sandbox_mode: SandboxMode,
     pub default_seccomp: String,
@@ -158,6 +178,7 @@ enum Value {
     Names(Vec<String>),
     Hosts(Vec<String>),
     Bool(bool),
+    Secret(ConfigSecret),
 }
 
 struct Problem {
@@ -175,7 +196,7 @@ fn wrong(spec: &KeySpec, got: impl fmt::Display) -> Problem {
 fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
     let text = match raw {
         Raw::Str(s) => s,
-        Raw::Bool(b) if spec.key == "serve" => return Ok(Value::Bool(b)),
+        Raw::Bool(b) if BOOL_KEYS.contains(&spec.path().as_str()) => return Ok(Value::Bool(b)),
         Raw::List(items) if spec.key == "enabled" => return check_names(spec, items),
         Raw::List(items) if spec.key == "allowed_hosts" => return check_hosts(spec, items),
         Raw::Bool(b) => return Err(wrong(spec, format!("the boolean {b}"))),
@@ -201,6 +222,18 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
             _ => Err(bad()),
         },
         "storage.url" => storage_url(&text).map(Value::Storage),
+        "auth.token" => {
+            let distinct: std::collections::BTreeSet<char> = text.chars().collect();
+            if text.trim().len() >= 32 && distinct.len() >= 8 {
+                Ok(Value::Secret(ConfigSecret(text.trim().to_string())))
+            } else {
+                // Never echo the rejected secret.
+                Err(Problem {
+                    problem: "the token is too weak (fewer than 32 characters or too few distinct ones)".into(),
+                    hint: format!("use {}", spec.expected),
+                })
+            }
+        }
         "sandbox.mode" => match text.as_str() {
             "enabled" => Ok(Value::Sandbox(SandboxMode::Enabled)),
             "disabled" => Ok(Value::Sandbox(SandboxMode::Disabled)),
@@ -231,8 +264,22 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
     }
 }
 
+/// Keys whose values are booleans.
+const BOOL_KEYS: &[&str] = &[
+    "ui.serve",
+    "auth.trust_private_network",
+    "auth.require_token_identity",
+];
+
 /// Environment variables carry lists and booleans as text.
 fn raw_from_env(spec: &KeySpec, text: &str) -> Raw {
+    if BOOL_KEYS.contains(&spec.path().as_str()) {
+        return match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Raw::Bool(true),
+            "false" | "0" | "no" => Raw::Bool(false),
+            _ => Raw::Str(text.to_string()),
+        };
+    }
     match spec.path().as_str() {
         "plugins.enabled" | "daemon.allowed_hosts" => Raw::List(
             text.split(',')
@@ -241,11 +288,6 @@ fn raw_from_env(spec: &KeySpec, text: &str) -> Raw {
                 .map(String::from)
                 .collect(),
         ),
-        "ui.serve" => match text {
-            "true" | "1" | "yes" => Raw::Bool(true),
-            "false" | "0" | "no" => Raw::Bool(false),
-            _ => Raw::Str(text.to_string()),
-        },
         _ => Raw::Str(text.to_string()),
     }
 }
@@ -589,6 +631,18 @@ pub fn resolve(
         },
         auth_mode,
         auth,
+        auth_token: match take("auth.token") {
+            Some(Value::Secret(t)) => Some(t),
+            _ => None,
+        },
+        trust_private_network: matches!(
+            take("auth.trust_private_network"),
+            Some(Value::Bool(true))
+        ),
+        require_token_identity: matches!(
+            take("auth.require_token_identity"),
+            Some(Value::Bool(true))
+        ),
         storage_url: match take("storage.url") {
             Some(Value::Storage(s)) => s,
             _ => StorageUrl::Sqlite(home.join("kaged.db")),
@@ -625,6 +679,25 @@ pub fn resolve(
         home,
         sources,
     };
+    if settings.require_token_identity && settings.auth_token.is_none() {
+        let location = match settings.sources.get("auth.require_token_identity") {
+            Some(Source::File { line }) => Location::File {
+                path: config_file.to_path_buf(),
+                line: *line,
+                column: 1,
+            },
+            _ => Location::Env {
+                var: "KAGED_REQUIRE_TOKEN_IDENTITY".into(),
+            },
+        };
+        return Err(ConfigErrors(vec![ConfigError {
+            location,
+            key: "auth.require_token_identity".into(),
+            problem: "require_token_identity needs a bootstrap token to administer user tokens"
+                .into(),
+            hint: "set [auth] token (or KAGED_AUTH_TOKEN) to `openssl rand -hex 32` output".into(),
+        }]));
+    }
     if flags.no_sandbox {
         settings.sources.insert(
             "sandbox.mode".into(),
@@ -664,7 +737,7 @@ pub fn render_default_config(s: &Settings) -> String {
         "# kaged configuration ({mode} mode), written on first launch.\n\
          # Precedence: command-line flags > KAGED_* environment > this file > defaults.\n\n\
          [daemon]\n{}\nbind = {}\n{}\nhome = {}\n{}\nallowed_hosts = []\n\n\
-         [auth]\n{}\nmode = \"secure\"\n\n\
+         [auth]\n{}\nmode = \"secure\"\n{}\n# token = \"\"\n{}\ntrust_private_network = false\n{}\nrequire_token_identity = false\n\n\
          [storage]\n{}\nurl = {}\n\n\
          [sandbox]\n{}\nmode = {}\n{}\ndefault_seccomp = {}\n\n\
          [logging]\n{}\noperational = {}\n{}\naudit = {}\n{}\nlevel = {}\n\n\
@@ -676,6 +749,9 @@ pub fn render_default_config(s: &Settings) -> String {
         toml_string(&s.home.display().to_string()),
         doc("daemon", "allowed_hosts"),
         doc("auth", "mode"),
+        doc("auth", "token"),
+        doc("auth", "trust_private_network"),
+        doc("auth", "require_token_identity"),
         doc("storage", "url"),
         toml_string(&s.storage_url.to_string()),
         doc("sandbox", "mode"),
@@ -929,6 +1005,52 @@ serve = true
     }
 
     #[test]
+    fn bearer_settings_parse_and_identity_mode_needs_a_token() {
+        let token = "0123456789abcdef".repeat(3);
+        let s = resolve_text(&format!(
+            "[auth]\ntoken = \"{token}\"\ntrust_private_network = true\nrequire_token_identity = true\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.auth_token.as_ref().map(ConfigSecret::expose),
+            Some(token.as_str())
+        );
+        assert!(s.trust_private_network && s.require_token_identity);
+        assert!(
+            !format!("{s:?}").contains(&token),
+            "Debug redacts the token"
+        );
+        assert!(
+            !serde_json::to_string(&s).unwrap().contains(&token),
+            "never serialized"
+        );
+
+        let e = only_error("[auth]\ntoken = \"change-me\"\n");
+        assert!(
+            e.problem.contains("too weak") && !e.to_string().contains("change-me"),
+            "{e}"
+        );
+        let e = only_error("[auth]\nrequire_token_identity = true\n");
+        assert_eq!(e.key, "auth.require_token_identity");
+        assert!(matches!(e.location, Location::File { line: 2, .. }));
+
+        let env_vars = env(&[
+            ("KAGED_TRUST_PRIVATE_NETWORK", "1"),
+            ("KAGED_AUTH_TOKEN", &token),
+        ]);
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            None,
+            &env_vars,
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert!(s.trust_private_network);
+        assert!(s.auth_token.is_some());
+    }
+
+    #[test]
     fn syntax_error_names_file_line_and_column() {
         let e = only_error("[daemon]\nbind = 127.0.0.1:7777\n");
         let Location::File { path, line, .. } = &e.location else {
@@ -1131,11 +1253,13 @@ serve = true
         assert_eq!(again.storage_url, s.storage_url);
         assert_eq!(again.log_audit, s.log_audit);
         assert_eq!(again.plugins_dir, s.plugins_dir);
-        assert!(
-            again
-                .sources
-                .values()
-                .all(|src| matches!(src, Source::File { .. }))
-        );
+        // Every key is written out, except the secret token, which stays commented.
+        for (key, src) in &again.sources {
+            if key == "auth.token" {
+                assert_eq!(src, &Source::Default);
+            } else {
+                assert!(matches!(src, Source::File { .. }), "{key}: {src:?}");
+            }
+        }
     }
 }

@@ -69,6 +69,7 @@ pub async fn launch(State(state): State<Arc<ServerState>>, request: Request) -> 
     let principal = Principal {
         id: state.policy.operator.clone(),
         email: None,
+        token_id: None,
         method: AuthMethod::Session,
     };
     let (cookie, _) =

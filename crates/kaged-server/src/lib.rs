@@ -16,6 +16,7 @@ mod events;
 mod launch;
 mod middleware;
 mod state;
+mod tokens;
 mod ui;
 
 use std::future::Future;
@@ -42,6 +43,8 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/auth/logout", post(api::logout))
         .route("/api/v1/events", get(events::events))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}/revoke", post(tokens::revoke))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

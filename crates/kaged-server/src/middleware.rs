@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kaged_auth::{
-    AuthMethod, CSRF_HEADER, Denial, NONCE_HEADER, RequestFacts, SESSION_COOKIE, Secret,
+    AuthMethod, BearerCheck, CSRF_HEADER, Mechanism, Principal, Denial, NONCE_HEADER, RequestFacts, SESSION_COOKIE, Secret,
     USER_EMAIL_HEADER, USER_ID_HEADER,
 };
 
@@ -123,6 +123,7 @@ fn facts<'a>(request: &'a Request, session_cookie: Option<&'a str>) -> RequestFa
         sec_fetch_site: header(h, "sec-fetch-site"),
         session_cookie,
         nonce_header: header(h, NONCE_HEADER),
+        authorization: header(h, header::AUTHORIZATION),
         user_id_header: header(h, USER_ID_HEADER),
         user_email_header: header(h, USER_EMAIL_HEADER),
         csrf_header: header(h, CSRF_HEADER),
@@ -173,9 +174,35 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let now = (now_ms() / 1000) as u64;
-    let cookies = session_cookies(request.headers());
-    let decision = {
+    let now_ms = now_ms();
+    let now = (now_ms / 1000) as u64;
+    let bearer = match state.policy.mechanism {
+        Mechanism::Insecure => None,
+        _ => header(request.headers(), header::AUTHORIZATION).map(String::from),
+    };
+    let decision = if let Some(authorization) = bearer {
+        match state.policy.check_bearer(&authorization) {
+            Err(denial) => Err(denial),
+            Ok(BearerCheck::Bootstrap(principal)) => Ok((principal, None)),
+            Ok(BearerCheck::Lookup { token_hash }) => {
+                match state.store.find_active_token(token_hash, now_ms).await {
+                    Ok(Some(token)) => Ok((
+                        Principal {
+                            id: token.actor,
+                            email: None,
+                            token_id: Some(token.id),
+                            method: AuthMethod::IdentityToken,
+                        },
+                        None,
+                    )),
+                    Ok(None) => Err(Denial::TokenInvalid),
+                    // A storage failure is an internal error: never a pass, never a 403.
+                    Err(e) => return ApiError::from(e).into_response(),
+                }
+            }
+        }
+    } else {
+        let cookies = session_cookies(request.headers());
         let sessions = lock(&state.sessions);
         // Another local app may have planted a cookie of the same name: any valid one counts.
         let mut result = state
@@ -193,6 +220,12 @@ pub async fn authenticate(
         }
         result
     };
+    let decision = decision.and_then(|(principal, session)| {
+        state
+            .policy
+            .check_change(&principal, request.method().as_str(), request.uri().path())
+            .map(|()| (principal, session))
+    });
     match decision {
         Ok((principal, session)) => {
             if principal.method == AuthMethod::Sidecar
@@ -222,6 +255,7 @@ pub async fn authenticate(
             let method = match denial {
                 Denial::WrongNonce => Some("nonce"),
                 Denial::SidecarIdentityMissing => Some("sidecar"),
+                Denial::TokenInvalid | Denial::MalformedAuthorization => Some("bearer"),
                 Denial::InvalidSession => Some("session_cookie"),
                 _ => None,
             };

@@ -76,6 +76,17 @@ pub struct DaemonRun {
     pub stopped_at_ms: Option<i64>,
 }
 
+/// A bearer token as stored: never its plaintext or hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub actor: String,
+    pub name: Option<String>,
+    pub created_at_ms: i64,
+    pub last_used_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
 /// What a database does for kaged. Methods block; [`Store`] runs them off the async runtime.
 pub trait Backend: Send + Sync + 'static {
     fn describe(&self) -> String;
@@ -94,6 +105,18 @@ pub trait Backend: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(DaemonRun, Option<DaemonRun>)>;
     fn end_run(&self, id: i64, now_ms: i64) -> Result<()>;
+    fn create_token(
+        &self,
+        token_hash: &str,
+        actor: &str,
+        name: Option<&str>,
+        now_ms: i64,
+    ) -> Result<TokenRecord>;
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// `None` when no active token has this id (unknown or already revoked).
+    fn revoke_token(&self, id: i64, now_ms: i64) -> Result<Option<TokenRecord>>;
+    /// The active token with this hash; marks it used (at most once an hour, to spare writes).
+    fn find_active_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<TokenRecord>>;
     /// Flush and release the database (SQLite: checkpoint the WAL).
     fn close(&self) -> Result<()>;
 }
@@ -156,6 +179,34 @@ impl Store {
 
     pub async fn end_run(&self, id: i64, now_ms: i64) -> Result<()> {
         self.run(move |b| b.end_run(id, now_ms)).await
+    }
+
+    pub async fn create_token(
+        &self,
+        token_hash: String,
+        actor: String,
+        name: Option<String>,
+        now_ms: i64,
+    ) -> Result<TokenRecord> {
+        self.run(move |b| b.create_token(&token_hash, &actor, name.as_deref(), now_ms))
+            .await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.run(|b| b.list_tokens()).await
+    }
+
+    pub async fn revoke_token(&self, id: i64, now_ms: i64) -> Result<Option<TokenRecord>> {
+        self.run(move |b| b.revoke_token(id, now_ms)).await
+    }
+
+    pub async fn find_active_token(
+        &self,
+        token_hash: String,
+        now_ms: i64,
+    ) -> Result<Option<TokenRecord>> {
+        self.run(move |b| b.find_active_token(&token_hash, now_ms))
+            .await
     }
 
     pub async fn close(&self) -> Result<()> {

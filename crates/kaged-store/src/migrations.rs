@@ -28,6 +28,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         started_at_ms INTEGER NOT NULL,
         stopped_at_ms INTEGER
      );",
+    // 3: bearer tokens minted by `kaged tokens create`. Only the SHA-256 is stored.
+    "CREATE TABLE api_tokens (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        token_hash      TEXT    NOT NULL UNIQUE CHECK (length(token_hash) = 64),
+        actor           TEXT    NOT NULL CHECK (length(trim(actor)) > 0 AND lower(actor) <> 'bootstrap'),
+        name            TEXT    CHECK (name IS NULL OR length(trim(name)) > 0),
+        created_at_ms   INTEGER NOT NULL,
+        last_used_at_ms INTEGER,
+        revoked_at_ms   INTEGER
+     );",
 ];
 
 /// The schema version this build writes.

@@ -6,7 +6,22 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::migrations::{LATEST_SCHEMA, MIGRATIONS};
-use crate::{AuditEvent, Backend, DaemonRun, Result, StoreError, StoredAuditEvent};
+use crate::{AuditEvent, Backend, DaemonRun, Result, StoreError, StoredAuditEvent, TokenRecord};
+
+const TOKEN_COLUMNS: &str = "id, actor, name, created_at_ms, last_used_at_ms, revoked_at_ms";
+/// Refresh `last_used_at_ms` at most this often.
+const LAST_USED_GRANULARITY_MS: i64 = 3_600_000;
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        actor: r.get(1)?,
+        name: r.get(2)?,
+        created_at_ms: r.get(3)?,
+        last_used_at_ms: r.get(4)?,
+        revoked_at_ms: r.get(5)?,
+    })
+}
 
 /// SQLite in WAL mode, one connection guarded by a mutex: the daemon is the only writer and
 /// its statements are short.
@@ -241,6 +256,85 @@ impl Backend for SqliteBackend {
             .map_err(|e| self.err(e))
     }
 
+    fn create_token(
+        &self,
+        token_hash: &str,
+        actor: &str,
+        name: Option<&str>,
+        now_ms: i64,
+    ) -> Result<TokenRecord> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO api_tokens (token_hash, actor, name, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash, actor, name, now_ms],
+        )
+        .map_err(|e| self.err(e))?;
+        let id = conn.last_insert_rowid();
+        conn.query_row(
+            &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1"),
+            [id],
+            token_row,
+        )
+        .map_err(|e| self.err(e))
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], token_row).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    fn revoke_token(&self, id: i64, now_ms: i64) -> Result<Option<TokenRecord>> {
+        let conn = self.conn();
+        let changed = conn
+            .execute(
+                "UPDATE api_tokens SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+                params![id, now_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        conn.query_row(
+            &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1"),
+            [id],
+            token_row,
+        )
+        .optional()
+        .map_err(|e| self.err(e))
+    }
+
+    fn find_active_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<TokenRecord>> {
+        let conn = self.conn();
+        let found = conn
+            .query_row(
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?1 AND revoked_at_ms IS NULL"
+                ),
+                [token_hash],
+                token_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(t) = &found
+            && t.last_used_at_ms
+                .is_none_or(|used| now_ms - used >= LAST_USED_GRANULARITY_MS)
+        {
+            // Best effort: a failed bookkeeping write must not fail the authentication.
+            let _ = conn.execute(
+                "UPDATE api_tokens SET last_used_at_ms = ?2 WHERE id = ?1",
+                params![t.id, now_ms],
+            );
+        }
+        Ok(found)
+    }
+
     fn close(&self) -> Result<()> {
         self.conn()
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
@@ -348,6 +442,41 @@ mod tests {
         let c = b.conn();
         assert!(c.execute("UPDATE audit_events SET kind = 'x'", []).is_err());
         assert!(c.execute("DELETE FROM audit_events", []).is_err());
+    }
+
+    #[test]
+    fn tokens_are_stored_by_hash_found_until_revoked_and_revoked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBackend::open(&dir.path().join("kaged.db")).unwrap();
+        let hash = "a".repeat(64);
+        let t = b.create_token(&hash, "alice", Some("laptop"), 10).unwrap();
+        assert_eq!(
+            (t.actor.as_str(), t.name.as_deref()),
+            ("alice", Some("laptop"))
+        );
+        let found = b.find_active_token(&hash, 20).unwrap().unwrap();
+        assert_eq!(found.id, t.id);
+        assert_eq!(b.list_tokens().unwrap()[0].last_used_at_ms, Some(20));
+        assert!(b.find_active_token(&"b".repeat(64), 20).unwrap().is_none());
+        assert!(b.revoke_token(t.id, 30).unwrap().is_some());
+        assert!(
+            b.revoke_token(t.id, 40).unwrap().is_none(),
+            "already revoked"
+        );
+        assert!(b.revoke_token(999, 40).unwrap().is_none(), "unknown");
+        assert!(b.find_active_token(&hash, 50).unwrap().is_none());
+        assert_eq!(b.list_tokens().unwrap()[0].revoked_at_ms, Some(30));
+        // The schema refuses what the API must never store.
+        assert!(b.create_token("short", "alice", None, 1).is_err());
+        assert!(
+            b.create_token(&"c".repeat(64), "Bootstrap", None, 1)
+                .is_err()
+        );
+        assert!(b.create_token(&"d".repeat(64), " ", None, 1).is_err());
+        assert!(
+            b.create_token(&hash, "bob", None, 1).is_err(),
+            "hashes are unique"
+        );
     }
 
     #[test]

@@ -294,6 +294,11 @@ async fn serve(
         nonce: nonce.clone(),
         mechanism,
         operator,
+        bootstrap_token: settings
+            .auth_token
+            .as_ref()
+            .map(|t| Secret::new(t.expose().to_string())),
+        require_token_identity: settings.require_token_identity,
     };
     let info = DaemonInfo {
         version,
@@ -376,24 +381,20 @@ async fn serve(
     Ok(())
 }
 
-/// Plain-HTTP exposure guardrail for the launch-URL login: a wildcard bind would publish the
-/// sign-in endpoint to every network without any way to use it (the Host allowlist only knows
-/// loopback names), so it is refused; a specific non-loopback address (a VPN IP) is allowed
-/// with a warning.
+/// Plain-HTTP exposure guardrail (see `kaged_auth::check_listener`): loopback always; anything
+/// else only as one literal private address, with a bearer token and the private-network
+/// opt-in.
 fn check_exposure(settings: &Settings) -> Result<()> {
-    let ip = settings.bind.ip();
-    if ip.is_unspecified() {
-        return Err(anyhow!(
-            "refusing to listen on {} (all interfaces) with launch-URL login over plain HTTP; bind 127.0.0.1:{} and use an SSH tunnel, or bind one VPN address such as 100.64.0.2:{}",
-            settings.bind,
-            settings.bind.port(),
-            settings.bind.port()
-        ));
-    }
-    if !ip.is_loopback() {
+    kaged_auth::check_listener(
+        settings.bind,
+        settings.auth_token.is_some(),
+        settings.trust_private_network,
+    )
+    .map_err(|e| anyhow!(e))?;
+    if !settings.bind.ip().is_loopback() {
         tracing::warn!(
             bind = %settings.bind,
-            "listening on a non-loopback address over plain HTTP: only do this on a private network (VPN)"
+            "listening on a non-loopback address over plain HTTP; the operator asserted this network is private"
         );
     }
     Ok(())
