@@ -92,7 +92,7 @@ impl AuditLog {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds (proleptic Gregorian, UTC).
-pub(crate) fn rfc3339_utc(ms: i64) -> String {
+pub fn rfc3339_utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);

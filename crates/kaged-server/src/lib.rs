@@ -27,7 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
-pub use audit::{AuditLog, AuditRecord, now_ms};
+pub use audit::{AuditLog, AuditRecord, now_ms, rfc3339_utc};
 pub use error::ApiError;
 pub use state::{DaemonInfo, ServerState};
 

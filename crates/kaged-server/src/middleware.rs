@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kaged_auth::{
-    AuthMethod, BearerCheck, CSRF_HEADER, Mechanism, Principal, Denial, NONCE_HEADER, RequestFacts, SESSION_COOKIE, Secret,
-    USER_EMAIL_HEADER, USER_ID_HEADER,
+    AuthMethod, BearerCheck, CSRF_HEADER, Denial, Mechanism, NONCE_HEADER, Principal, RequestFacts,
+    SESSION_COOKIE, Secret, USER_EMAIL_HEADER, USER_ID_HEADER,
 };
 
 use serde_json::json;

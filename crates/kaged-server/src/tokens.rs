@@ -55,12 +55,18 @@ pub async fn create(
     let Json(body) = body.map_err(|e| {
         ApiError::new(
             "bad_request",
-            format!("{}; send JSON {{\"actor\": NAME, \"name\": LABEL}}", e.body_text()),
+            format!(
+                "{}; send JSON {{\"actor\": NAME, \"name\": LABEL}}",
+                e.body_text()
+            ),
         )
     })?;
     let actor = label("actor", &body.actor)?;
     if actor.eq_ignore_ascii_case("bootstrap") {
-        return Err(ApiError::new("validation_failed", "the actor \"bootstrap\" is reserved"));
+        return Err(ApiError::new(
+            "validation_failed",
+            "the actor \"bootstrap\" is reserved",
+        ));
     }
     let name = body.name.as_deref().map(|n| label("name", n)).transpose()?;
     let mut bytes = [0u8; 32];
@@ -68,7 +74,12 @@ pub async fn create(
     let plaintext = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
     let token = state
         .store
-        .create_token(hash_token(&plaintext), actor.clone(), name.clone(), now_ms())
+        .create_token(
+            hash_token(&plaintext),
+            actor.clone(),
+            name.clone(),
+            now_ms(),
+        )
         .await?;
     state
         .audit
@@ -103,11 +114,14 @@ pub async fn revoke(
     id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&state, &principal)?;
-    let Path(id) = id.map_err(|_| ApiError::new("bad_request", "the token id must be a positive integer"))?;
+    let Path(id) =
+        id.map_err(|_| ApiError::new("bad_request", "the token id must be a positive integer"))?;
     let Some(token) = state.store.revoke_token(id, now_ms()).await? else {
         return Err(ApiError::new(
             "not_found",
-            format!("no active token with id {id} (unknown or already revoked); see `kaged tokens list`"),
+            format!(
+                "no active token with id {id} (unknown or already revoked); see `kaged tokens list`"
+            ),
         ));
     };
     state

@@ -7,7 +7,8 @@ use kaged_config::DeploymentMode;
     version,
     about = "Supervise AI coding agents and terminals in sandboxes, from a browser.",
     long_about = "kaged is a self-hosted daemon: `kaged start` runs it and prints a one-time launch URL; \
-                  the other commands talk to the running daemon.\n\n\
+                  the other commands talk to the running daemon: the local one (found through its \
+                  runtime directory), or the one at KAGED_SERVER with the bearer token KAGED_AUTH_TOKEN.\n\n\
                   Exit codes: 0 success, 1 failure, 2 bad usage or configuration, 3 no daemon running."
 )]
 pub struct Cli {
@@ -56,8 +57,35 @@ pub enum Command {
     /// Launch URLs and the per-startup nonce.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Bearer tokens for scripts and remote CLIs (needs the local operator or the bootstrap token).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Print the version of this kaged binary.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Mint a token for ACTOR; its plaintext is printed once, on stdout.
+    Create {
+        /// Who the token acts as (appears in the audit log).
+        #[arg(long)]
+        actor: String,
+        /// A label to recognise the token by, e.g. the machine it lives on.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (never their secrets), revoked ones included.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        /// The id shown by `kaged tokens list`.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+    },
 }
 
 #[derive(Args, Debug)]

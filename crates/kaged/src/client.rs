@@ -7,6 +7,7 @@ use kaged_auth::{NONCE_HEADER, Secret};
 use kaged_config::{DeploymentMode, ModeDecision, decide_mode};
 use serde_json::Value;
 
+use crate::cli::TokensCommand;
 use crate::daemon::launch_url;
 use crate::runtime::{self, DISCOVERY_FILE, Discovery};
 use crate::{Failure, host};
@@ -27,6 +28,62 @@ fn not_running(decision: &ModeDecision) -> Failure {
 struct Daemon {
     discovery: Discovery,
     nonce: Secret,
+}
+
+/// Where a client command goes, and with which credential.
+enum Target {
+    Local(Daemon),
+    /// `KAGED_SERVER`, with `KAGED_AUTH_TOKEN` as bearer token if set.
+    Remote {
+        url: String,
+        token: Option<Secret>,
+    },
+}
+
+impl Target {
+    fn url(&self) -> &str {
+        match self {
+            Target::Local(d) => &d.discovery.url,
+            Target::Remote { url, .. } => url,
+        }
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Target::Local(d) => request.header(NONCE_HEADER, d.nonce.expose()),
+            Target::Remote { token: Some(t), .. } => {
+                request.header("authorization", format!("Bearer {}", t.expose()))
+            }
+            Target::Remote { token: None, .. } => request,
+        }
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name)
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+        .unwrap_or(false)
+}
+
+/// `KAGED_SERVER` (remote) or the local daemon of this mode.
+fn target(mode_flag: Option<DeploymentMode>) -> Result<Target, Failure> {
+    let Some(url) = std::env::var("KAGED_SERVER")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        let decision = locate(mode_flag)?;
+        return find_daemon(&decision).map(Target::Local);
+    };
+    let url = url.trim().trim_end_matches('/').to_string();
+    let token = std::env::var("KAGED_AUTH_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| Secret::new(t.trim().to_string()));
+    if token.is_some() {
+        kaged_auth::check_bearer_target(&url, env_flag("KAGED_TRUST_PRIVATE_NETWORK"))
+            .map_err(|e| Failure::Config(format!("KAGED_SERVER={url}: {e}")))?;
+    }
+    Ok(Target::Remote { url, token })
 }
 
 fn permission_hint(decision: &ModeDecision, e: &std::io::Error) -> Failure {
@@ -65,29 +122,39 @@ fn http() -> Result<reqwest::Client, Failure> {
         .map_err(|e| Failure::Runtime(anyhow!("cannot build an HTTP client: {e}")))
 }
 
-async fn get_json(d: &Daemon, path: &str) -> Result<Value, Failure> {
-    let url = format!("{}{path}", d.discovery.url);
-    let response = http()?
-        .get(&url)
-        .header(NONCE_HEADER, d.nonce.expose())
+async fn call(
+    target: &Target,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Failure> {
+    let url = format!("{}{path}", target.url());
+    let mut request = target.authorize(http()?.request(method, &url));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
         .send()
         .await
-        .map_err(|e| {
-            Failure::Runtime(anyhow!(
-                "kaged (pid {}) does not answer at {}: {e}",
-                d.discovery.pid,
-                d.discovery.url
-            ))
-        })?;
+        .map_err(|e| Failure::Runtime(anyhow!("kaged does not answer at {}: {e}", target.url())))?;
     let status = response.status();
+    if status.is_redirection() {
+        // Credentials never follow a redirect, to this origin or any other.
+        return Err(Failure::Runtime(anyhow!(
+            "{url} answered with a redirect ({status}); kaged clients do not follow redirects with credentials: point KAGED_SERVER at the daemon itself"
+        )));
+    }
     let body: Value = response
         .json()
         .await
-        .with_context(|| format!("{url} did not return JSON"))
+        .with_context(|| format!("{url} did not return JSON ({status})"))
         .map_err(Failure::Runtime)?;
     if !status.is_success() {
         let message = body["error"]["message"].as_str().unwrap_or("unknown error");
-        return Err(Failure::Runtime(anyhow!("{url}: {status}: {message}")));
+        let code = body["error"]["code"].as_str().unwrap_or("?");
+        return Err(Failure::Runtime(anyhow!(
+            "{url}: {status} {code}: {message}"
+        )));
     }
     Ok(body)
 }
@@ -102,9 +169,8 @@ fn duration(secs: u64) -> String {
 }
 
 pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<(), Failure> {
-    let decision = locate(mode_flag)?;
-    let daemon = find_daemon(&decision)?;
-    let s = get_json(&daemon, "/api/v1/status").await?;
+    let target = target(mode_flag)?;
+    let s = call(&target, reqwest::Method::GET, "/api/v1/status", None).await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return Ok(());
@@ -177,9 +243,15 @@ pub async fn open(
 ) -> Result<(), Failure> {
     let decision = locate(mode_flag)?;
     let daemon = find_daemon(&decision)?;
-    // Prove the daemon answers before handing out a URL that would not work.
-    get_json(&daemon, "/api/v1/whoami").await?;
     let url = launch_url(&daemon.discovery.url, &daemon.nonce, ttl).map_err(Failure::Runtime)?;
+    // Prove the daemon answers before handing out a URL that would not work.
+    call(
+        &Target::Local(daemon),
+        reqwest::Method::GET,
+        "/api/v1/whoami",
+        None,
+    )
+    .await?;
     println!("{url}");
     if no_browser {
         return Ok(());
@@ -228,4 +300,73 @@ fn open_browser(target: &str) -> Result<&'static str, String> {
         .spawn()
         .map(|_| opener)
         .map_err(|e| format!("{opener}: {e}"))
+}
+
+fn millis_to_text(v: &Value) -> String {
+    v.as_i64()
+        .map(kaged_server::rfc3339_utc)
+        .unwrap_or_else(|| "-".into())
+}
+
+pub async fn tokens(
+    mode_flag: Option<DeploymentMode>,
+    command: TokensCommand,
+) -> Result<(), Failure> {
+    let target = target(mode_flag)?;
+    match command {
+        TokensCommand::Create { actor, name } => {
+            let body = serde_json::json!({"actor": actor, "name": name});
+            let v = call(&target, reqwest::Method::POST, "/api/v1/tokens", Some(body)).await?;
+            let t = &v["token"];
+            let label = t["name"]
+                .as_str()
+                .map(|n| format!(" (name {n})"))
+                .unwrap_or_default();
+            eprintln!(
+                "kaged: created token {} for actor {}{label}. Copy it now: kaged keeps only its hash and cannot show it again.",
+                t["id"],
+                t["actor"].as_str().unwrap_or("?")
+            );
+            println!("{}", v["plaintext"].as_str().unwrap_or_default());
+        }
+        TokensCommand::List { json } => {
+            let v = call(&target, reqwest::Method::GET, "/api/v1/tokens", None).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v["tokens"]).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<5} {:<20} {:<20} {:<24} {:<24} REVOKED",
+                "ID", "ACTOR", "NAME", "CREATED", "LAST USED"
+            );
+            for t in v["tokens"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<5} {:<20} {:<20} {:<24} {:<24} {}",
+                    t["id"],
+                    t["actor"].as_str().unwrap_or("?"),
+                    t["name"].as_str().unwrap_or("-"),
+                    millis_to_text(&t["created_at_ms"]),
+                    millis_to_text(&t["last_used_at_ms"]),
+                    millis_to_text(&t["revoked_at_ms"]),
+                );
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            let v = call(
+                &target,
+                reqwest::Method::POST,
+                &format!("/api/v1/tokens/{id}/revoke"),
+                None,
+            )
+            .await?;
+            println!(
+                "revoked token {id} (actor {})",
+                v["token"]["actor"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
 }

@@ -99,6 +99,7 @@ fn main() -> ExitCode {
             Command::Auth(AuthCommand::Open { no_browser, ttl }) => {
                 client::open(mode, no_browser, ttl).await
             }
+            Command::Tokens(command) => client::tokens(mode, command).await,
             Command::Version => {
                 println!(
                     "kaged {} (database schema {})",
