@@ -34,6 +34,10 @@ pub enum AuthMethod {
     BootstrapToken,
     /// A database-backed bearer token minted by `kaged tokens create`; the actor is its owner.
     IdentityToken,
+    /// Arrived on a trusted-proxy listener: the actor is the proxy's header.
+    TrustedProxy,
+    /// `--insecure-readonly`: an unauthenticated reader.
+    InsecureReadonly,
 }
 
 /// What a `Bearer` credential needs next.
@@ -55,8 +59,12 @@ pub fn hash_token(token: &str) -> String {
 #[derive(Debug, Clone)]
 pub enum Mechanism {
     LaunchUrl,
-    Sidecar { nonce: Secret },
+    Sidecar {
+        nonce: Secret,
+    },
     Insecure,
+    /// No credential needed for plain reads; everything else authenticates as usual.
+    InsecureReadonly,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,6 +107,10 @@ pub enum Denial {
     SidecarIdentityMissing,
     #[error("the Authorization header must be `Bearer <token>`")]
     MalformedAuthorization,
+    #[error(
+        "changes, the event stream and token administration require authentication; kaged is in --insecure-readonly mode"
+    )]
+    ReadonlyMode,
     #[error("the bearer token is not valid (unknown or revoked)")]
     TokenInvalid,
     #[error(
@@ -121,7 +133,8 @@ impl Denial {
             | Denial::InvalidSession
             | Denial::WrongNonce
             | Denial::SidecarIdentityMissing
-            | Denial::MalformedAuthorization => "unauthenticated",
+            | Denial::MalformedAuthorization
+            | Denial::ReadonlyMode => "unauthenticated",
             Denial::TokenInvalid
             | Denial::TokenAdminForbidden
             | Denial::BootstrapWriteForbidden => "forbidden",
@@ -143,7 +156,7 @@ pub fn is_state_changing(method: &str) -> bool {
 /// port. Anything else is a foreign name resolving to us: DNS rebinding.
 #[derive(Debug, Clone)]
 pub struct AllowedHosts {
-    port: u16,
+    ports: Vec<u16>,
     names: Vec<String>,
     /// Configured `[daemon] allowed_hosts`: exact `name` or `name:port` authorities (the public
     /// name a sidecar forwards), accepted in Host and in http or https Origins.
@@ -156,6 +169,29 @@ impl AllowedHosts {
     }
 
     pub fn with_extra(addr: SocketAddr, extra: &[String]) -> Self {
+        Self::for_listeners(&[addr], extra)
+    }
+
+    /// Every TCP listener's port and specific address, plus configured public names.
+    pub fn for_listeners(addrs: &[SocketAddr], extra: &[String]) -> Self {
+        let mut hosts = AllowedHosts {
+            ports: Vec::new(),
+            names: Vec::new(),
+            extra: extra.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        };
+        for addr in addrs {
+            let one = Self::one(*addr);
+            hosts.ports.extend(one.ports);
+            for n in one.names {
+                if !hosts.names.contains(&n) {
+                    hosts.names.push(n);
+                }
+            }
+        }
+        hosts
+    }
+
+    fn one(addr: SocketAddr) -> Self {
         let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
             .into_iter()
             .map(String::from)
@@ -168,9 +204,9 @@ impl AllowedHosts {
             });
         }
         AllowedHosts {
-            port: addr.port(),
+            ports: vec![addr.port()],
             names,
-            extra: extra.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            extra: Vec::new(),
         }
     }
 
@@ -188,7 +224,7 @@ impl AllowedHosts {
             },
             _ => (authority.clone(), 80),
         };
-        port == self.port && self.names.contains(&name)
+        self.ports.contains(&port) && self.names.contains(&name)
     }
 
     fn allows_origin(&self, origin: &str) -> bool {
@@ -200,17 +236,16 @@ impl AllowedHosts {
             .strip_prefix("http://")
             .is_some_and(|authority| !authority.contains('/') && self.allows_authority(authority))
     }
-
-    /// The origin the UI is served from, for messages.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
 }
 
 /// The facts of a request that authentication looks at.
 #[derive(Debug, Clone, Default)]
 pub struct RequestFacts<'a> {
     pub method: &'a str,
+    pub path: &'a str,
+    /// Arrived on a Unix socket: its file mode is the boundary, and browsers cannot reach it
+    /// directly, so the Host allowlist (a DNS-rebinding defence) does not apply.
+    pub unix_listener: bool,
     pub host: Option<&'a str>,
     pub origin: Option<&'a str>,
     pub sec_fetch_site: Option<&'a str>,
@@ -245,9 +280,11 @@ impl Policy {
         if let Some(name) = facts.malformed_header {
             return Err(Denial::MalformedHeader(name.to_string()));
         }
-        let host = facts.host.ok_or(Denial::HostMissing)?;
-        if !self.allowed.allows_authority(host) {
-            return Err(Denial::HostNotAllowed(host.to_string()));
+        if !facts.unix_listener {
+            let host = facts.host.ok_or(Denial::HostMissing)?;
+            if !self.allowed.allows_authority(host) {
+                return Err(Denial::HostNotAllowed(host.to_string()));
+            }
         }
         if let Some(origin) = facts.origin
             && !self.allowed.allows_origin(origin)
@@ -309,7 +346,24 @@ impl Policy {
                 Err(Denial::WrongNonce)
             };
         }
-        let cookie = facts.session_cookie.ok_or(Denial::MissingCredentials)?;
+        let Some(cookie) = facts.session_cookie else {
+            if let Mechanism::InsecureReadonly = self.mechanism {
+                let streams_or_admin = facts.path.starts_with("/api/v1/events")
+                    || facts.path == "/api/v1/tokens"
+                    || facts.path.starts_with("/api/v1/tokens/");
+                return if facts.method == "GET" && !facts.websocket_upgrade && !streams_or_admin {
+                    Ok(Principal {
+                        id: "anonymous".into(),
+                        email: None,
+                        token_id: None,
+                        method: AuthMethod::InsecureReadonly,
+                    })
+                } else {
+                    Err(Denial::ReadonlyMode)
+                };
+            }
+            return Err(Denial::MissingCredentials);
+        };
         let session = sessions.lookup(cookie, now).ok_or(Denial::InvalidSession)?;
         // Ambient credentials: state changes and WebSocket upgrades must prove they come from
         // our own page (Origin present and ours; CSRF token for non-GET).
@@ -356,6 +410,7 @@ impl Policy {
     pub fn may_administer_tokens(&self, principal: &Principal) -> Result<(), Denial> {
         match principal.method {
             AuthMethod::Nonce | AuthMethod::Session | AuthMethod::BootstrapToken => Ok(()),
+            // A proxy asserts identity, never token administration.
             _ => Err(Denial::TokenAdminForbidden),
         }
     }
@@ -538,6 +593,70 @@ mod tests {
         let mut f = get("127.0.0.1:7777");
         f.origin = Some("https://127.0.0.1:7777");
         assert!(p.check_transport(&f).is_err());
+    }
+
+    #[test]
+    fn insecure_readonly_allows_plain_reads_only() {
+        let p = Policy {
+            mechanism: Mechanism::InsecureReadonly,
+            ..policy()
+        };
+        let sessions = SessionTable::default();
+        let mut f = get("127.0.0.1:7777");
+        f.path = "/api/v1/status";
+        assert_eq!(
+            p.authenticate(&f, &sessions, 0).unwrap().method,
+            AuthMethod::InsecureReadonly
+        );
+        for (method, path, ws) in [
+            ("POST", "/api/v1/auth/logout", false),
+            ("HEAD", "/api/v1/status", false),
+            ("GET", "/api/v1/tokens", false),
+            ("GET", "/api/v1/events", true),
+        ] {
+            let mut f = get("127.0.0.1:7777");
+            f.method = method;
+            f.path = path;
+            f.websocket_upgrade = ws;
+            assert_eq!(
+                p.authenticate(&f, &sessions, 0),
+                Err(Denial::ReadonlyMode),
+                "{method} {path}"
+            );
+        }
+        // A real credential still works as usual.
+        let n = "n".repeat(64);
+        let mut f = get("127.0.0.1:7777");
+        f.method = "POST";
+        f.nonce_header = Some(&n);
+        assert_eq!(
+            p.authenticate(&f, &sessions, 0).unwrap().method,
+            AuthMethod::Nonce
+        );
+    }
+
+    #[test]
+    fn unix_listeners_skip_the_host_check_but_not_the_origin_check() {
+        let p = policy();
+        let mut f = get("anything.example");
+        f.unix_listener = true;
+        assert_eq!(p.check_transport(&f), Ok(()));
+        f.origin = Some("http://evil.example");
+        assert!(p.check_transport(&f).is_err());
+    }
+
+    #[test]
+    fn several_listeners_share_one_allowlist() {
+        let a = AllowedHosts::for_listeners(
+            &[
+                "127.0.0.1:7001".parse().unwrap(),
+                "100.64.0.2:7002".parse().unwrap(),
+            ],
+            &[],
+        );
+        assert!(a.allows_authority("localhost:7001"));
+        assert!(a.allows_authority("100.64.0.2:7002"));
+        assert!(!a.allows_authority("localhost:7003"));
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         section: "daemon",
+        key: "listen",
+        env: "KAGED_LISTEN",
+        expected: "a list of listeners such as [\"127.0.0.1:7777\", \"unix:///run/kaged/proxy.sock\"] (comma-separated in the variable)",
+        doc: "Several listeners (TCP addresses and unix:// sockets) instead of bind; --bind still wins.",
+    },
+    KeySpec {
+        section: "daemon",
         key: "home",
         env: "KAGED_HOME",
         expected: "an absolute directory path",
@@ -67,6 +74,20 @@ pub const KEYS: &[KeySpec] = &[
         env: "KAGED_REQUIRE_TOKEN_IDENTITY",
         expected: "true or false",
         doc: "Changes need a user token (kaged tokens create); the bootstrap token only reads and administers tokens.",
+    },
+    KeySpec {
+        section: "auth.proxy",
+        key: "trusted_actor_header",
+        env: "KAGED_TRUSTED_ACTOR_HEADER",
+        expected: "an HTTP header name such as \"X-Kaged-Actor\"",
+        doc: "Header a trusted reverse proxy sets to the acting user, honoured only on trusted_proxy_listeners.",
+    },
+    KeySpec {
+        section: "auth.proxy",
+        key: "trusted_proxy_listeners",
+        env: "KAGED_TRUSTED_PROXY_LISTENERS",
+        expected: "a list of entries of [daemon] listen, such as [\"unix:///run/kaged/proxy.sock\"] (comma-separated in the variable)",
+        doc: "Listeners on which trusted_actor_header is honoured.",
     },
     KeySpec {
         section: "storage",
@@ -135,6 +156,7 @@ pub const KEYS: &[KeySpec] = &[
 
 pub(crate) fn sections() -> Vec<&'static str> {
     let mut s: Vec<&str> = KEYS.iter().map(|k| k.section).collect();
+    s.sort_unstable();
     s.dedup();
     s
 }

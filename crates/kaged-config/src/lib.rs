@@ -13,6 +13,6 @@ pub use error::{ConfigError, ConfigErrors, Location};
 pub use keys::{KEYS, KeySpec};
 pub use mode::{DeploymentMode, Facts, ModeDecision, ModeRule, Paths, decide_mode};
 pub use settings::{
-    AuditSink, AuthMechanism, AuthMode, ConfigSecret, FlagOverrides, LogLevel, OperationalSink,
-    SandboxMode, Settings, Source, StorageUrl, render_default_config, resolve,
+    AuditSink, AuthMechanism, AuthMode, ConfigSecret, FlagOverrides, Listener, LogLevel,
+    OperationalSink, SandboxMode, Settings, Source, StorageUrl, render_default_config, resolve,
 };

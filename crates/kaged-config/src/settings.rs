@@ -32,6 +32,9 @@ pub enum AuthMechanism {
     Sidecar,
     /// `--insecure`: no authentication at all.
     Insecure,
+    /// `--insecure-readonly`: unauthenticated GETs; changes, the event stream and token
+    /// administration still need credentials.
+    InsecureReadonly,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,6 +110,35 @@ impl fmt::Debug for ConfigSecret {
     }
 }
 
+/// One listener: a TCP address or a Unix socket (`unix:///abs/path`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Listener {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listener::Tcp(a) => write!(f, "{a}"),
+            Listener::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for Listener {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn parse_listener(text: &str) -> Option<Listener> {
+    if let Some(path) = text.strip_prefix("unix://") {
+        return absolute(path).map(Listener::Unix);
+    }
+    text.parse::<SocketAddr>().ok().map(Listener::Tcp)
+}
+
 /// Where a setting's value came from; shown by `kaged status` so "why is it this?" has an answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "from")]
@@ -125,6 +157,8 @@ pub struct FlagOverrides {
     pub insecure: bool,
     /// `--no-sandbox`: run work uncaged (daemon-level opt-out).
     pub no_sandbox: bool,
+    /// `--insecure-readonly`: unauthenticated GETs only.
+    pub insecure_readonly: bool,
 }
 
 /// The resolved configuration the daemon runs with.
@@ -133,8 +167,13 @@ pub struct Settings {
     pub mode: DeploymentMode,
     pub config_file: PathBuf,
     pub bind: SocketAddr,
+    /// Every listener kaged serves: `--bind`, else `[daemon] listen`, else `[daemon] bind`.
+    pub listeners: Vec<Listener>,
     pub home: PathBuf,
     pub allowed_hosts: Vec<String>,
+    /// `[auth.proxy] trusted_actor_header` and the listeners it is honoured on.
+    pub trusted_actor_header: Option<String>,
+    pub trusted_proxy_listeners: Vec<Listener>,
     pub auth_mode: AuthMode,
     /// What actually authenticates requests (mode default, `[auth] mode`, `--insecure`).
     pub auth: AuthMechanism,
@@ -179,6 +218,8 @@ enum Value {
     Hosts(Vec<String>),
     Bool(bool),
     Secret(ConfigSecret),
+    Listeners(Vec<Listener>),
+    Header(String),
 }
 
 struct Problem {
@@ -199,6 +240,9 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
         Raw::Bool(b) if BOOL_KEYS.contains(&spec.path().as_str()) => return Ok(Value::Bool(b)),
         Raw::List(items) if spec.key == "enabled" => return check_names(spec, items),
         Raw::List(items) if spec.key == "allowed_hosts" => return check_hosts(spec, items),
+        Raw::List(items) if spec.key == "listen" || spec.key == "trusted_proxy_listeners" => {
+            return check_listeners(spec, items);
+        }
         Raw::Bool(b) => return Err(wrong(spec, format!("the boolean {b}"))),
         Raw::List(_) => return Err(wrong(spec, "an array")),
         Raw::Other(t) => return Err(wrong(spec, format!("a {t}"))),
@@ -222,6 +266,32 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
             _ => Err(bad()),
         },
         "storage.url" => storage_url(&text).map(Value::Storage),
+        "auth.proxy.trusted_actor_header" => {
+            let name = text.trim();
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && ![
+                    "authorization",
+                    "cookie",
+                    "host",
+                    "origin",
+                    "x-kaged-auth-nonce",
+                    "x-kaged-user-id",
+                    "x-kaged-user-email",
+                ]
+                .contains(&name.to_ascii_lowercase().as_str());
+            if valid {
+                Ok(Value::Header(name.to_ascii_lowercase()))
+            } else {
+                Err(Problem {
+                    problem: format!("{shown} is not usable as the actor header"),
+                    hint: format!(
+                        "use {}: letters, digits and '-', and not a header kaged already gives a meaning",
+                        spec.expected
+                    ),
+                })
+            }
+        }
         "auth.token" => {
             let distinct: std::collections::BTreeSet<char> = text.chars().collect();
             if text.trim().len() >= 32 && distinct.len() >= 8 {
@@ -281,7 +351,10 @@ fn raw_from_env(spec: &KeySpec, text: &str) -> Raw {
         };
     }
     match spec.path().as_str() {
-        "plugins.enabled" | "daemon.allowed_hosts" => Raw::List(
+        "plugins.enabled"
+        | "daemon.allowed_hosts"
+        | "daemon.listen"
+        | "auth.proxy.trusted_proxy_listeners" => Raw::List(
             text.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -343,6 +416,39 @@ fn check_hosts(spec: &KeySpec, items: Vec<String>) -> Result<Value, Problem> {
             items.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
         )),
     }
+}
+
+fn check_listeners(spec: &KeySpec, items: Vec<String>) -> Result<Value, Problem> {
+    let mut out = Vec::new();
+    for item in &items {
+        match parse_listener(item.trim()) {
+            Some(Listener::Tcp(a))
+                if spec.key == "trusted_proxy_listeners" && a.ip().is_unspecified() =>
+            {
+                return Err(Problem {
+                    problem: format!("{item:?} is a wildcard address; a connection never arrives on it"),
+                    hint: "name the exact listener from [daemon] listen, ideally a unix:// socket only the proxy can reach".into(),
+                });
+            }
+            Some(l) => out.push(l),
+            None => {
+                return Err(Problem {
+                    problem: format!("{item:?} is not a listener"),
+                    hint: format!("use {}", spec.expected),
+                });
+            }
+        }
+    }
+    if out.is_empty() && spec.key == "listen" {
+        return Err(Problem {
+            problem: "the list is empty".into(),
+            hint: format!(
+                "use {}, or remove the key to use [daemon] bind",
+                spec.expected
+            ),
+        });
+    }
+    Ok(Value::Listeners(out))
 }
 
 fn absolute(text: &str) -> Option<PathBuf> {
@@ -439,6 +545,8 @@ fn read_file(path: &Path, text: &str, out: &mut Explicit, errors: &mut Vec<Confi
         }
     };
     let sections = keys::sections();
+    // Top-level tables, then nested ones such as [auth.proxy], in file order.
+    let mut tables: Vec<(String, &DeTable<'_>)> = Vec::new();
     for (name, value) in root.get_ref().iter() {
         let section = name.get_ref().as_ref();
         let DeValue::Table(table) = value.get_ref() else {
@@ -466,11 +574,24 @@ fn read_file(path: &Path, text: &str, out: &mut Explicit, errors: &mut Vec<Confi
             });
             continue;
         }
+        tables.push((section.to_string(), table));
+    }
+    let mut index = 0;
+    while index < tables.len() {
+        let (section, table) = (tables[index].0.clone(), tables[index].1);
+        index += 1;
         for (k, v) in table.iter() {
             let key = k.get_ref().as_ref();
             let location = at(k.span().start);
-            let Some(spec) = keys::find(section, key) else {
-                let known = keys::keys_of(section);
+            let nested = format!("{section}.{key}");
+            if let DeValue::Table(sub) = v.get_ref()
+                && sections.contains(&nested.as_str())
+            {
+                tables.push((nested, sub));
+                continue;
+            }
+            let Some(spec) = keys::find(&section, key) else {
+                let known = keys::keys_of(&section);
                 let hint = match keys::closest(key, &known) {
                     Some(s) => format!(
                         "did you mean `{s}`? keys of [{section}]: {}",
@@ -480,7 +601,7 @@ fn read_file(path: &Path, text: &str, out: &mut Explicit, errors: &mut Vec<Confi
                 };
                 errors.push(ConfigError {
                     location,
-                    key: format!("{section}.{key}"),
+                    key: nested,
                     problem: format!("unknown key `{key}` in [{section}]"),
                     hint,
                 });
@@ -585,6 +706,7 @@ pub fn resolve(
         return Err(ConfigErrors(errors));
     }
 
+    let bind_explicit = explicit.contains_key("daemon.bind");
     let mut sources = BTreeMap::new();
     let mut take = |key: &str| -> Option<Value> {
         let (value, source) = match explicit.remove(key) {
@@ -599,6 +721,18 @@ pub fn resolve(
         Some(Value::Bind(b)) => b,
         _ => default_bind(),
     };
+    let listen = match take("daemon.listen") {
+        Some(Value::Listeners(l)) => Some(l),
+        _ => None,
+    };
+    let trusted_actor_header = match take("auth.proxy.trusted_actor_header") {
+        Some(Value::Header(h)) => Some(h),
+        _ => None,
+    };
+    let trusted_proxy_listeners = match take("auth.proxy.trusted_proxy_listeners") {
+        Some(Value::Listeners(l)) => l,
+        _ => Vec::new(),
+    };
     let home = match take("daemon.home") {
         Some(Value::Path(p)) => p,
         _ => decision.paths.data_dir.clone(),
@@ -608,6 +742,7 @@ pub fn resolve(
         _ => AuthMode::Secure,
     };
     let auth = match (flags.insecure, auth_mode, decision.mode) {
+        _ if flags.insecure_readonly => AuthMechanism::InsecureReadonly,
         (true, _, _) => AuthMechanism::Insecure,
         (false, AuthMode::Sidecar, _) | (false, AuthMode::Secure, DeploymentMode::System) => {
             AuthMechanism::Sidecar
@@ -625,6 +760,12 @@ pub fn resolve(
         mode: decision.mode,
         config_file: config_file.to_path_buf(),
         bind,
+        listeners: match (&flags.bind, &listen) {
+            (None, Some(l)) => l.clone(),
+            _ => vec![Listener::Tcp(bind)],
+        },
+        trusted_actor_header,
+        trusted_proxy_listeners,
         allowed_hosts: match take("daemon.allowed_hosts") {
             Some(Value::Hosts(h)) => h,
             _ => Vec::new(),
@@ -679,24 +820,14 @@ pub fn resolve(
         home,
         sources,
     };
-    if settings.require_token_identity && settings.auth_token.is_none() {
-        let location = match settings.sources.get("auth.require_token_identity") {
-            Some(Source::File { line }) => Location::File {
-                path: config_file.to_path_buf(),
-                line: *line,
-                column: 1,
-            },
-            _ => Location::Env {
-                var: "KAGED_REQUIRE_TOKEN_IDENTITY".into(),
-            },
-        };
-        return Err(ConfigErrors(vec![ConfigError {
-            location,
-            key: "auth.require_token_identity".into(),
-            problem: "require_token_identity needs a bootstrap token to administer user tokens"
-                .into(),
-            hint: "set [auth] token (or KAGED_AUTH_TOKEN) to `openssl rand -hex 32` output".into(),
-        }]));
+    let cross = cross_checks(
+        &settings,
+        config_file,
+        flags,
+        listen.is_some() && bind_explicit,
+    );
+    if !cross.is_empty() {
+        return Err(ConfigErrors(cross));
     }
     if flags.no_sandbox {
         settings.sources.insert(
@@ -707,6 +838,112 @@ pub fn resolve(
         );
     }
     Ok(settings)
+}
+
+/// Where a resolved key's value came from, as an error location.
+fn location_of(settings: &Settings, config_file: &Path, key: &str) -> Location {
+    match settings.sources.get(key) {
+        Some(Source::File { line }) => Location::File {
+            path: config_file.to_path_buf(),
+            line: *line,
+            column: 1,
+        },
+        Some(Source::Flag { flag }) => Location::Flag { flag: flag.clone() },
+        _ => Location::Env {
+            var: KEYS
+                .iter()
+                .find(|k| k.path() == key)
+                .map(|k| k.env.to_string())
+                .unwrap_or_default(),
+        },
+    }
+}
+
+/// Rules that involve more than one key.
+fn cross_checks(
+    s: &Settings,
+    config_file: &Path,
+    flags: &FlagOverrides,
+    bind_and_listen: bool,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut fail = |key: &str, location: Location, problem: &str, hint: &str| {
+        errors.push(ConfigError {
+            location,
+            key: key.into(),
+            problem: problem.into(),
+            hint: hint.into(),
+        })
+    };
+    if flags.insecure && flags.insecure_readonly {
+        fail(
+            "",
+            Location::Flag {
+                flag: "--insecure-readonly".into(),
+            },
+            "--insecure and --insecure-readonly exclude each other",
+            "keep one of them",
+        );
+    }
+    if flags.bind.is_none() && bind_and_listen {
+        fail(
+            "daemon.listen",
+            location_of(s, config_file, "daemon.listen"),
+            "both [daemon] bind and [daemon] listen are set",
+            "keep listen (it may hold several listeners) and remove bind, or the other way round",
+        );
+    }
+    if s.require_token_identity && s.auth_token.is_none() {
+        fail(
+            "auth.require_token_identity",
+            location_of(s, config_file, "auth.require_token_identity"),
+            "require_token_identity needs a bootstrap token to administer user tokens",
+            "set [auth] token (or KAGED_AUTH_TOKEN) to `openssl rand -hex 32` output",
+        );
+    }
+    if s.require_token_identity && flags.insecure_readonly {
+        fail(
+            "auth.require_token_identity",
+            Location::Flag {
+                flag: "--insecure-readonly".into(),
+            },
+            "require_token_identity cannot be combined with --insecure-readonly",
+            "drop --insecure-readonly, or set require_token_identity = false",
+        );
+    }
+    match (
+        &s.trusted_actor_header,
+        s.trusted_proxy_listeners.is_empty(),
+    ) {
+        (Some(_), true) => fail(
+            "auth.proxy.trusted_actor_header",
+            location_of(s, config_file, "auth.proxy.trusted_actor_header"),
+            "trusted_actor_header is set but trusted_proxy_listeners is empty, so it would be honoured nowhere",
+            "list the listener only the proxy reaches, e.g. trusted_proxy_listeners = [\"unix:///run/kaged/proxy.sock\"]",
+        ),
+        (None, false) => fail(
+            "auth.proxy.trusted_proxy_listeners",
+            location_of(s, config_file, "auth.proxy.trusted_proxy_listeners"),
+            "trusted_proxy_listeners is set but trusted_actor_header is not",
+            "set trusted_actor_header (e.g. \"X-Kaged-Actor\"), or remove trusted_proxy_listeners",
+        ),
+        _ => {}
+    }
+    for l in &s.trusted_proxy_listeners {
+        if !s.listeners.contains(l) {
+            let listening: Vec<String> = s.listeners.iter().map(ToString::to_string).collect();
+            fail(
+                "auth.proxy.trusted_proxy_listeners",
+                location_of(s, config_file, "auth.proxy.trusted_proxy_listeners"),
+                &format!(
+                    "{l} is not one of the daemon's listeners ({})",
+                    listening.join(", ")
+                ),
+                "use an exact entry of [daemon] listen",
+            );
+        }
+    }
+    errors
 }
 
 fn default_bind() -> SocketAddr {
@@ -736,8 +973,9 @@ pub fn render_default_config(s: &Settings) -> String {
     format!(
         "# kaged configuration ({mode} mode), written on first launch.\n\
          # Precedence: command-line flags > KAGED_* environment > this file > defaults.\n\n\
-         [daemon]\n{}\nbind = {}\n{}\nhome = {}\n{}\nallowed_hosts = []\n\n\
+         [daemon]\n{}\nbind = {}\n{}\n# listen = [\"127.0.0.1:7777\", \"unix:///PATH/kaged.sock\"]\n{}\nhome = {}\n{}\nallowed_hosts = []\n\n\
          [auth]\n{}\nmode = \"secure\"\n{}\n# token = \"\"\n{}\ntrust_private_network = false\n{}\nrequire_token_identity = false\n\n\
+         # [auth.proxy]\n{}\n# trusted_actor_header = \"X-Kaged-Actor\"\n{}\n# trusted_proxy_listeners = [\"unix:///PATH/proxy.sock\"]\n\n\
          [storage]\n{}\nurl = {}\n\n\
          [sandbox]\n{}\nmode = {}\n{}\ndefault_seccomp = {}\n\n\
          [logging]\n{}\noperational = {}\n{}\naudit = {}\n{}\nlevel = {}\n\n\
@@ -745,6 +983,7 @@ pub fn render_default_config(s: &Settings) -> String {
          [ui]\n{}\nserve = {}\n",
         doc("daemon", "bind"),
         toml_string(&s.bind.to_string()),
+        doc("daemon", "listen"),
         doc("daemon", "home"),
         toml_string(&s.home.display().to_string()),
         doc("daemon", "allowed_hosts"),
@@ -752,6 +991,8 @@ pub fn render_default_config(s: &Settings) -> String {
         doc("auth", "token"),
         doc("auth", "trust_private_network"),
         doc("auth", "require_token_identity"),
+        doc("auth.proxy", "trusted_actor_header"),
+        doc("auth.proxy", "trusted_proxy_listeners"),
         doc("storage", "url"),
         toml_string(&s.storage_url.to_string()),
         doc("sandbox", "mode"),
@@ -1051,6 +1292,110 @@ serve = true
     }
 
     #[test]
+    fn listeners_and_trusted_proxy_rules() {
+        let s = resolve_text(
+            "[daemon]\nlisten = [\"127.0.0.1:7001\", \"unix:///run/k/proxy.sock\"]\n\
+             [auth.proxy]\ntrusted_actor_header = \"X-Kaged-Actor\"\n\
+             trusted_proxy_listeners = [\"unix:///run/k/proxy.sock\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.listeners.len(), 2);
+        assert_eq!(s.listeners[1].to_string(), "unix:///run/k/proxy.sock");
+        assert_eq!(s.trusted_actor_header.as_deref(), Some("x-kaged-actor"));
+        assert_eq!(
+            s.sources["auth.proxy.trusted_actor_header"],
+            Source::File { line: 4 }
+        );
+
+        // --bind is the one-listener shortcut and wins.
+        let flags = FlagOverrides {
+            bind: Some("127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            Some("[daemon]\nlisten = [\"127.0.0.1:7001\"]"),
+            &BTreeMap::new(),
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(
+            s.listeners,
+            vec![Listener::Tcp("127.0.0.1:9".parse().unwrap())]
+        );
+
+        let cases = [
+            (
+                "[daemon]\nlisten = [\"nowhere\"]",
+                "daemon.listen",
+                "not a listener",
+            ),
+            ("[daemon]\nlisten = []", "daemon.listen", "empty"),
+            (
+                "[daemon]\nlisten = [\"unix://relative.sock\"]",
+                "daemon.listen",
+                "not a listener",
+            ),
+            (
+                "[daemon]\nbind = \"127.0.0.1:1\"\nlisten = [\"127.0.0.1:2\"]",
+                "daemon.listen",
+                "both",
+            ),
+            (
+                "[auth.proxy]\ntrusted_actor_header = \"X-A\"",
+                "auth.proxy.trusted_actor_header",
+                "honoured nowhere",
+            ),
+            (
+                "[auth.proxy]\ntrusted_proxy_listeners = [\"127.0.0.1:7777\"]",
+                "auth.proxy.trusted_proxy_listeners",
+                "trusted_actor_header is not",
+            ),
+            (
+                "[auth.proxy]\ntrusted_actor_header = \"X-A\"\ntrusted_proxy_listeners = [\"0.0.0.0:7777\"]",
+                "auth.proxy.trusted_proxy_listeners",
+                "wildcard",
+            ),
+            (
+                "[auth.proxy]\ntrusted_actor_header = \"X-A\"\ntrusted_proxy_listeners = [\"127.0.0.1:1\"]",
+                "auth.proxy.trusted_proxy_listeners",
+                "not one of the daemon's listeners",
+            ),
+            (
+                "[auth.proxy]\ntrusted_actor_header = \"Authorization\"\ntrusted_proxy_listeners = [\"127.0.0.1:7777\"]",
+                "auth.proxy.trusted_actor_header",
+                "not usable",
+            ),
+            (
+                "[auth.proxy]\nactor = \"x\"",
+                "auth.proxy.actor",
+                "unknown key",
+            ),
+        ];
+        for (text, key, needle) in cases {
+            let errs = resolve_text(text).unwrap_err().0;
+            assert!(
+                errs.iter()
+                    .any(|e| e.key == key && e.to_string().contains(needle)),
+                "{text}: {errs:?}"
+            );
+        }
+        let flags = FlagOverrides {
+            insecure: true,
+            insecure_readonly: true,
+            ..Default::default()
+        };
+        assert!(resolve(&decision(), &cfg(), None, &BTreeMap::new(), &flags).is_err());
+        let flags = FlagOverrides {
+            insecure_readonly: true,
+            ..Default::default()
+        };
+        let s = resolve(&decision(), &cfg(), None, &BTreeMap::new(), &flags).unwrap();
+        assert_eq!(s.auth, AuthMechanism::InsecureReadonly);
+    }
+
+    #[test]
     fn syntax_error_names_file_line_and_column() {
         let e = only_error("[daemon]\nbind = 127.0.0.1:7777\n");
         let Location::File { path, line, .. } = &e.location else {
@@ -1255,7 +1600,14 @@ serve = true
         assert_eq!(again.plugins_dir, s.plugins_dir);
         // Every key is written out, except the secret token, which stays commented.
         for (key, src) in &again.sources {
-            if key == "auth.token" {
+            if [
+                "auth.token",
+                "daemon.listen",
+                "auth.proxy.trusted_actor_header",
+                "auth.proxy.trusted_proxy_listeners",
+            ]
+            .contains(&key.as_str())
+            {
                 assert_eq!(src, &Source::Default);
             } else {
                 assert!(matches!(src, Source::File { .. }), "{key}: {src:?}");

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Extension, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kaged_auth::Principal;
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::audit::{AuditRecord, now_ms};
 use crate::error::ApiError;
+use crate::listener::Peer;
 use crate::middleware::CurrentSession;
 use crate::state::{ServerState, lock};
 
@@ -111,7 +112,7 @@ pub async fn logout(
     State(state): State<Arc<ServerState>>,
     Extension(principal): Extension<Principal>,
     session: Option<Extension<CurrentSession>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(peer): Extension<Peer>,
 ) -> Response {
     let revoked = session
         .map(|Extension(CurrentSession(cookie))| lock(&state.sessions).revoke(cookie.expose()))
@@ -122,7 +123,7 @@ pub async fn logout(
             kind: "auth.logout",
             success: revoked,
             identity: Some(principal.id),
-            source: Some(peer.to_string()),
+            source: peer.0.clone(),
             detail: json!({"method": principal.method}),
         })
         .await;

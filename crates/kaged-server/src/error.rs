@@ -32,7 +32,7 @@ impl ApiError {
 
 pub fn status_for_code(code: &str) -> StatusCode {
     match code {
-        "bad_request" | "validation_failed" => StatusCode::BAD_REQUEST,
+        "bad_request" | "validation_failed" | "actor_header_required" => StatusCode::BAD_REQUEST,
         "unauthenticated" => StatusCode::UNAUTHORIZED,
         "forbidden" => StatusCode::FORBIDDEN,
         "not_found" => StatusCode::NOT_FOUND,

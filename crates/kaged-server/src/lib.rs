@@ -14,21 +14,19 @@ mod audit;
 mod error;
 mod events;
 mod launch;
+mod listener;
 mod middleware;
 mod state;
 mod tokens;
 mod ui;
 
-use std::future::Future;
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use tokio::net::TcpListener;
 
 pub use audit::{AuditLog, AuditRecord, now_ms, rfc3339_utc};
 pub use error::ApiError;
+pub use listener::{BindError, BoundListener, ListenerInfo, Socket, bind_unix, serve_all};
 pub use state::{DaemonInfo, ServerState};
 
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.
@@ -69,18 +67,4 @@ pub fn router(state: ServerState) -> Router {
         ))
         .layer(axum::middleware::from_fn(middleware::security_headers))
         .with_state(state)
-}
-
-/// Serve until `shutdown` resolves, then finish in-flight requests and return.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::audit::{AuditRecord, now_ms};
 use crate::error::ApiError;
+use crate::listener::{ListenerInfo, Peer};
 use crate::state::{ServerState, lock};
 use crate::ui;
 
@@ -45,6 +46,47 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
+/// Apply `[auth.proxy]` on the listener it is configured for: the header becomes the actor
+/// (overriding any token identity); a change without it is refused with 400
+/// `actor_header_required`, never credited to whoever the caller claims to be.
+fn trusted_actor(
+    state: &ServerState,
+    request: &Request,
+    principal: Principal,
+) -> Result<Principal, ApiError> {
+    let Some(listener) = listener_of(request).filter(|l| l.trusted_proxy) else {
+        return Ok(principal);
+    };
+    let Some(name) = state.info.settings.trusted_actor_header.as_deref() else {
+        return Ok(principal);
+    };
+    let actor = request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && a.len() <= 256 && !a.chars().any(char::is_control));
+    match actor {
+        Some(actor) => Ok(Principal {
+            id: actor.to_string(),
+            email: None,
+            token_id: None,
+            method: AuthMethod::TrustedProxy,
+        }),
+        None if kaged_auth::is_state_changing(request.method().as_str()) => Err(ApiError::new(
+            "actor_header_required",
+            format!(
+                "the {name} header is required on the trusted-proxy listener {} but was missing or empty",
+                listener.label
+            ),
+        )),
+        None => Ok(Principal {
+            method: AuthMethod::TrustedProxy,
+            ..principal
+        }),
+    }
+}
+
 /// `X-Kaged-Warning` on every response while the daemon runs insecure or unsandboxed.
 pub async fn warning_headers(
     State(state): State<Arc<ServerState>>,
@@ -61,10 +103,11 @@ pub async fn warning_headers(
 }
 
 /// One line per request: method, path (never the query, which may hold a launch token), status.
-pub async fn log_request(request: Request, next: Next) -> Response {
+pub async fn log_request(mut request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let peer = peer(&request);
+    request.extensions_mut().insert(Peer(peer.clone()));
     let start = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
@@ -77,11 +120,22 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// Who is on the other end: the TCP peer address, or the Unix socket it came through.
 pub(crate) fn peer(request: &Request) -> Option<String> {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<ListenerInfo>()
+                .map(|l| l.label.clone())
+        })
+}
+
+fn listener_of(request: &Request) -> Option<&ListenerInfo> {
+    request.extensions().get::<ListenerInfo>()
 }
 
 fn header(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
@@ -118,6 +172,8 @@ fn facts<'a>(request: &'a Request, session_cookie: Option<&'a str>) -> RequestFa
     let h = request.headers();
     RequestFacts {
         method: request.method().as_str(),
+        path: request.uri().path(),
+        unix_listener: listener_of(request).is_some_and(|l| l.unix),
         host: header(h, header::HOST),
         origin: header(h, header::ORIGIN),
         sec_fetch_site: header(h, "sec-fetch-site"),
@@ -219,6 +275,14 @@ pub async fn authenticate(
             }
         }
         result
+    };
+    // On a trusted-proxy listener the proxy's header names the actor; elsewhere it means nothing.
+    let decision = match decision {
+        Ok((principal, session)) => match trusted_actor(&state, &request, principal) {
+            Ok(principal) => Ok((principal, session)),
+            Err(error) => return error.into_response(),
+        },
+        Err(denial) => Err(denial),
     };
     let decision = decision.and_then(|(principal, session)| {
         state

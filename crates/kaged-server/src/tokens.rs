@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Extension, Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kaged_auth::{Principal, hash_token};
@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::audit::{AuditRecord, now_ms};
 use crate::error::ApiError;
+use crate::listener::Peer;
 use crate::state::ServerState;
 
 const MAX_LABEL_LEN: usize = 128;
@@ -48,7 +49,7 @@ fn label(field: &str, value: &str) -> Result<String, ApiError> {
 pub async fn create(
     State(state): State<Arc<ServerState>>,
     Extension(principal): Extension<Principal>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(peer): Extension<Peer>,
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     admin(&state, &principal)?;
@@ -87,7 +88,7 @@ pub async fn create(
             kind: "token.created",
             success: true,
             identity: Some(principal.id.clone()),
-            source: Some(peer.to_string()),
+            source: peer.0.clone(),
             detail: json!({"token_id": token.id, "target_actor": actor, "name": name}),
         })
         .await;
@@ -110,7 +111,7 @@ pub async fn list(
 pub async fn revoke(
     State(state): State<Arc<ServerState>>,
     Extension(principal): Extension<Principal>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(peer): Extension<Peer>,
     id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&state, &principal)?;
@@ -130,7 +131,7 @@ pub async fn revoke(
             kind: "token.revoked",
             success: true,
             identity: Some(principal.id.clone()),
-            source: Some(peer.to_string()),
+            source: peer.0.clone(),
             detail: json!({"token_id": token.id, "target_actor": token.actor, "name": token.name}),
         })
         .await;

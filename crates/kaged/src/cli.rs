@@ -100,6 +100,10 @@ pub struct StartArgs {
     /// `X-Kaged-Warning: insecure`.
     #[arg(long)]
     pub insecure: bool,
+    /// Unauthenticated GET requests only (changes, the event stream and token administration
+    /// still need credentials). Cannot be combined with require_token_identity.
+    #[arg(long, conflicts_with = "insecure")]
+    pub insecure_readonly: bool,
     /// Run work without a sandbox (daemon-level opt-out). Every response carries
     /// `X-Kaged-Warning: no-sandbox`.
     #[arg(long)]

@@ -10,8 +10,12 @@ use anyhow::{Context, Result, anyhow};
 use kaged_auth::{
     AllowedHosts, DEFAULT_LAUNCH_TTL_SECS, Mechanism, Policy, Secret, mint_launch_token,
 };
-use kaged_config::{AuthMechanism, DeploymentMode, FlagOverrides, ModeDecision, Settings};
-use kaged_server::{AuditLog, AuditRecord, DaemonInfo, ServerState, now_ms};
+use kaged_config::{
+    AuthMechanism, DeploymentMode, FlagOverrides, Listener, ModeDecision, Settings,
+};
+use kaged_server::{
+    AuditLog, AuditRecord, BoundListener, DaemonInfo, ListenerInfo, ServerState, Socket, now_ms,
+};
 use kaged_store::Store;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -99,6 +103,7 @@ pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(
     let flags = FlagOverrides {
         bind: args.bind.clone(),
         insecure: args.insecure,
+        insecure_readonly: args.insecure_readonly,
         no_sandbox: args.no_sandbox,
     };
     let (decision, settings, first_launch_text) =
@@ -106,6 +111,7 @@ pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(
     let mechanism = match settings.auth {
         AuthMechanism::LaunchUrl => Mechanism::LaunchUrl,
         AuthMechanism::Insecure => Mechanism::Insecure,
+        AuthMechanism::InsecureReadonly => Mechanism::InsecureReadonly,
         AuthMechanism::Sidecar => Mechanism::Sidecar {
             nonce: sidecar_nonce(std::env::var(SIDECAR_NONCE_VAR).ok()).map_err(Failure::Config)?,
         },
@@ -195,24 +201,23 @@ async fn serve(
             return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
         }
     }
-    check_exposure(&settings)?;
 
     let store = Store::open(&settings.storage_url)?;
     tracing::info!(database = %store.describe(), schema = store.schema_version().await?, "storage ready");
 
-    let listener = TcpListener::bind(settings.bind).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow!(
-                "cannot listen on {}: address already in use; pick another with `kaged start --bind {}` or set [daemon] bind in {}",
-                settings.bind,
-                SocketAddr::new(settings.bind.ip(), settings.bind.port().wrapping_add(1).max(1024)),
-                settings.config_file.display()
-            )
-        } else {
-            anyhow!("cannot listen on {}: {e}", settings.bind)
-        }
-    })?;
-    let local = listener.local_addr()?;
+    let listeners = bind_listeners(&settings, uid).await?;
+    let tcp_addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| match &l.socket {
+            Socket::Tcp(t) => t.local_addr().ok(),
+            Socket::Unix { .. } => None,
+        })
+        .collect();
+    let Some(local) = tcp_addrs.first().copied() else {
+        return Err(anyhow!(
+            "kaged needs at least one TCP listener for the browser and the CLI; add one such as \"127.0.0.1:7777\" to [daemon] listen"
+        ));
+    };
     let base = base_url(local);
 
     let nonce = Secret::from_random(random_bytes()?);
@@ -270,6 +275,15 @@ async fn serve(
 
     let mut warnings = Vec::new();
     let mut warning_headers = Vec::new();
+    if let Mechanism::InsecureReadonly = mechanism {
+        tracing::warn!(
+            "--insecure-readonly: anyone who can reach {base} may read without credentials"
+        );
+        warnings.push(
+            "insecure-readonly: reads need no authentication (--insecure-readonly)".to_string(),
+        );
+        warning_headers.push("insecure-readonly");
+    }
     if let Mechanism::Insecure = mechanism {
         tracing::warn!(
             "--insecure: NO AUTHENTICATION; anyone who can reach {base} controls this kaged"
@@ -290,7 +304,7 @@ async fn serve(
     }
     let launch_enabled = matches!(mechanism, Mechanism::LaunchUrl);
     let policy = Policy {
-        allowed: AllowedHosts::with_extra(local, &settings.allowed_hosts),
+        allowed: AllowedHosts::for_listeners(&tcp_addrs, &settings.allowed_hosts),
         nonce: nonce.clone(),
         mechanism,
         operator,
@@ -311,6 +325,7 @@ async fn serve(
         warning_headers,
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown_rx_serve = shutdown_rx.clone();
     let app = kaged_server::router(ServerState::new(
         policy,
         info,
@@ -319,10 +334,7 @@ async fn serve(
         shutdown_rx,
     ));
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kaged_server::serve(listener, app, async move {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(kaged_server::serve_all(listeners, app, shutdown_rx_serve));
 
     tracing::info!(url = %base, pid, "listening");
     // Under systemd the line lands in the journal, which others may read: make that token
@@ -347,7 +359,6 @@ async fn serve(
     let signal = signals.wait().await;
     tracing::info!(signal, "stopping: finishing in-flight requests");
     notify_systemd(sd_notify::NotifyState::Stopping);
-    let _ = stop_tx.send(());
     let _ = shutdown_tx.send(true);
     let mut server = server;
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
@@ -381,23 +392,53 @@ async fn serve(
     Ok(())
 }
 
-/// Plain-HTTP exposure guardrail (see `kaged_auth::check_listener`): loopback always; anything
-/// else only as one literal private address, with a bearer token and the private-network
-/// opt-in.
-fn check_exposure(settings: &Settings) -> Result<()> {
-    kaged_auth::check_listener(
-        settings.bind,
-        settings.auth_token.is_some(),
-        settings.trust_private_network,
-    )
-    .map_err(|e| anyhow!(e))?;
-    if !settings.bind.ip().is_loopback() {
-        tracing::warn!(
-            bind = %settings.bind,
-            "listening on a non-loopback address over plain HTTP; the operator asserted this network is private"
-        );
+/// Bind every configured listener. TCP listeners pass the plain-HTTP exposure guardrail
+/// (`kaged_auth::check_listener`: loopback always; anything else one literal private address,
+/// with a bearer token and the private-network opt-in, or under `--insecure-readonly`). Unix
+/// sockets go in a private directory with mode 0600.
+async fn bind_listeners(settings: &Settings, uid: u32) -> Result<Vec<BoundListener>> {
+    let readonly = settings.auth == AuthMechanism::InsecureReadonly;
+    let mut bound = Vec::new();
+    for spec in &settings.listeners {
+        let info = ListenerInfo {
+            label: spec.to_string(),
+            unix: matches!(spec, Listener::Unix(_)),
+            trusted_proxy: settings.trusted_proxy_listeners.contains(spec),
+        };
+        let socket = match spec {
+            Listener::Tcp(addr) => {
+                kaged_auth::check_listener(
+                    *addr,
+                    settings.auth_token.is_some() || readonly,
+                    settings.trust_private_network || readonly,
+                )
+                .map_err(|e| anyhow!(e))?;
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(listener = %addr, "listening on a non-loopback address over plain HTTP");
+                }
+                Socket::Tcp(TcpListener::bind(addr).await.map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::AddrInUse {
+                        anyhow!(
+                            "cannot listen on {addr}: address already in use; pick another with `kaged start --bind {}` or set [daemon] bind in {}",
+                            SocketAddr::new(addr.ip(), addr.port().wrapping_add(1).max(1024)),
+                            settings.config_file.display()
+                        )
+                    } else {
+                        anyhow!("cannot listen on {addr}: {e}")
+                    }
+                })?)
+            }
+            Listener::Unix(path) => {
+                if let Some(dir) = path.parent() {
+                    runtime::ensure_private_dir(dir, uid)?;
+                }
+                let (listener, path) = kaged_server::bind_unix(path.clone()).await?;
+                Socket::Unix { listener, path }
+            }
+        };
+        bound.push(BoundListener { socket, info });
     }
-    Ok(())
+    Ok(bound)
 }
 
 fn write_first_config(settings: &Settings, text: &str) -> Result<()> {
