@@ -53,6 +53,7 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
             "audit_log": state.audit.path(),
         },
         "bind": s.bind.to_string(),
+        "listeners": s.listeners,
         "url": info.url,
         "auth_mode": s.auth_mode,
         "auth": s.auth,

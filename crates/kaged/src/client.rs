@@ -194,7 +194,13 @@ pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<
     let rows = [
         ("mode", format!("{mode} ({})", text(&s["mode_reason"]))),
         ("url", text(&s["url"])),
-        ("bind", text(&s["bind"])),
+        (
+            "listen",
+            s["listeners"]
+                .as_array()
+                .map(|l| l.iter().map(text).collect::<Vec<_>>().join(", "))
+                .unwrap_or_else(|| text(&s["bind"])),
+        ),
         (
             "auth",
             match s["auth"].as_str() {

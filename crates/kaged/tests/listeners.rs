@@ -1,0 +1,309 @@
+//! Several listeners: TCP and Unix sockets (0600, stale ones cleaned safely), the
+//! trusted-proxy actor header honoured only on its listener, and `--insecure-readonly`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use common::*;
+use reqwest::StatusCode;
+
+/// One HTTP/1.1 request over a Unix socket; returns the status and the body.
+fn unix_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: kaged.invalid\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(home: &Path, text: &str) {
+    std::fs::create_dir_all(home).unwrap();
+    std::fs::write(home.join("config.toml"), text).unwrap();
+}
+
+#[tokio::test]
+async fn tcp_and_unix_listeners_serve_the_same_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let sock = tmp.path().join("sock/kaged.sock");
+    let port = free_port();
+    write_config(
+        &home,
+        &format!(
+            "[daemon]\nlisten = [\"127.0.0.1:{port}\", \"unix://{}\"]\n",
+            sock.display()
+        ),
+    );
+    let d = Daemon::start_with(&home, &[], &[]);
+    assert_eq!(d.port(), port);
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(mode_of(&sock), 0o600);
+    assert_eq!(mode_of(sock.parent().unwrap()), 0o700);
+
+    let nonce = d.nonce();
+    let (status, body) = unix_request(
+        &sock,
+        "GET",
+        "/api/v1/status",
+        &[("X-Kaged-Auth-Nonce", &nonce)],
+    );
+    assert_eq!(status, 200, "{body}");
+    let status_doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status_doc["listeners"],
+        serde_json::json!([
+            format!("127.0.0.1:{port}"),
+            format!("unix://{}", sock.display())
+        ])
+    );
+    // The socket's mode is the boundary, not the Host header; credentials still apply.
+    let (status, _) = unix_request(&sock, "GET", "/api/v1/status", &[]);
+    assert_eq!(status, 401);
+    // A cross-origin browser request through a proxy onto the socket is still refused.
+    let (status, _) = unix_request(
+        &sock,
+        "GET",
+        "/api/v1/status",
+        &[
+            ("X-Kaged-Auth-Nonce", &nonce),
+            ("Origin", "http://evil.example"),
+        ],
+    );
+    assert_eq!(status, 403);
+    let r = plain_client()
+        .get(format!("{}/api/v1/status", d.base))
+        .header("x-kaged-auth-nonce", &nonce)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let (status, _) = d.stop();
+    assert!(status.success());
+    assert!(!sock.exists(), "socket removed at shutdown");
+}
+
+#[test]
+fn stale_sockets_are_replaced_and_live_ones_or_files_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let dir = tmp.path().join("sock");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let sock = dir.join("kaged.sock");
+    let config = format!(
+        "[daemon]\nlisten = [\"127.0.0.1:0\", \"unix://{}\"]\n",
+        sock.display()
+    );
+    write_config(&home, &config);
+    let start = || {
+        kaged_cmd(&[("KAGED_HOME", home.to_str().unwrap())])
+            .arg("start")
+            .output()
+            .unwrap()
+    };
+
+    // Live: someone is listening.
+    let live = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let out = start();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another process is listening"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(live);
+    // Stale: the file of a dead listener is cleaned and the daemon starts.
+    assert!(sock.exists());
+    let d = Daemon::start_with(&home, &[], &[]);
+    let (status, _) = unix_request(&sock, "GET", "/healthz", &[]);
+    assert_eq!(status, 200);
+    drop(d.stop());
+    // Not a socket: never replaced.
+    std::fs::write(&sock, "precious").unwrap();
+    let out = start();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "precious");
+}
+
+#[tokio::test]
+async fn trusted_actor_header_counts_only_on_its_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let sock = tmp.path().join("sock/proxy.sock");
+    let port = free_port();
+    write_config(
+        &home,
+        &format!(
+            "[daemon]\nlisten = [\"127.0.0.1:{port}\", \"unix://{s}\"]\n\
+             [auth.proxy]\ntrusted_actor_header = \"X-Kaged-Actor\"\ntrusted_proxy_listeners = [\"unix://{s}\"]\n",
+            s = sock.display()
+        ),
+    );
+    let d = Daemon::start_with(&home, &[], &[]);
+    let nonce = d.nonce();
+    let auth = ("X-Kaged-Auth-Nonce", nonce.as_str());
+
+    // On the trusted socket: the header is the actor.
+    let (status, body) = unix_request(
+        &sock,
+        "GET",
+        "/api/v1/whoami",
+        &[auth, ("X-Kaged-Actor", "carol")],
+    );
+    assert_eq!(status, 200);
+    let who: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (who["id"].as_str(), who["method"].as_str()),
+        (Some("carol"), Some("trusted_proxy"))
+    );
+    // A change without it is refused, not credited to anyone.
+    let (status, body) = unix_request(&sock, "POST", "/api/v1/auth/logout", &[auth]);
+    assert_eq!(status, 400);
+    assert!(body.contains("actor_header_required"), "{body}");
+    let (status, _) = unix_request(
+        &sock,
+        "POST",
+        "/api/v1/auth/logout",
+        &[auth, ("X-Kaged-Actor", "carol")],
+    );
+    assert_eq!(status, 204);
+    // Reads without it pass.
+    let (status, _) = unix_request(&sock, "GET", "/api/v1/status", &[auth]);
+    assert_eq!(status, 200);
+    // The proxy never administers tokens.
+    let (status, body) = unix_request(
+        &sock,
+        "GET",
+        "/api/v1/tokens",
+        &[auth, ("X-Kaged-Actor", "carol")],
+    );
+    assert_eq!(status, 403, "{body}");
+
+    // On the TCP listener the same header means nothing.
+    let who: serde_json::Value = plain_client()
+        .get(format!("{}/api/v1/whoami", d.base))
+        .header("x-kaged-auth-nonce", &nonce)
+        .header("x-kaged-actor", "carol")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(who["method"], "nonce");
+    assert_ne!(who["id"], "carol");
+}
+
+#[tokio::test]
+async fn insecure_readonly_serves_plain_reads_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(
+        tmp.path(),
+        &["--bind", "127.0.0.1:0", "--insecure-readonly"],
+        &[],
+    );
+    let client = plain_client();
+    let r = client
+        .get(format!("{}/api/v1/status", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-kaged-warning"], "insecure-readonly");
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/v1/auth/logout"),
+        (reqwest::Method::GET, "/api/v1/tokens"),
+        (reqwest::Method::POST, "/api/v1/tokens"),
+        (reqwest::Method::GET, "/api/v1/events"),
+    ] {
+        let r = client
+            .request(method.clone(), format!("{}{path}", d.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--insecure-readonly")
+        );
+    }
+    // Credentials still work for everything else.
+    let r = client
+        .post(format!("{}/api/v1/auth/logout", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    drop(d.stop());
+
+    let out = kaged_cmd(&[
+        ("KAGED_HOME", tmp.path().to_str().unwrap()),
+        (
+            "KAGED_AUTH_TOKEN",
+            "0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
+        ("KAGED_REQUIRE_TOKEN_IDENTITY", "1"),
+    ])
+    .args(["start", "--bind", "127.0.0.1:0", "--insecure-readonly"])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot be combined with --insecure-readonly")
+    );
+}
+
+#[test]
+fn a_header_without_listeners_is_a_config_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_config(
+        tmp.path(),
+        "[auth.proxy]\ntrusted_actor_header = \"X-Kaged-Actor\"\n",
+    );
+    let out = kaged_cmd(&[("KAGED_HOME", tmp.path().to_str().unwrap())])
+        .args(["start", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.toml:2:1: auth.proxy.trusted_actor_header:")
+            && err.contains("honoured nowhere"),
+        "{err}"
+    );
+}
