@@ -77,14 +77,7 @@ async fn launch_url_signs_in_with_a_strict_httponly_persistent_cookie() {
     );
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert!(r.text().await.unwrap().contains("id=\"kaged-console\""));
-    let s: serde_json::Value = client
-        .get(format!("{}/api/v1/status", d.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: serde_json::Value = json_of(client.get(format!("{}/api/v1/status", d.base))).await;
     assert_eq!(s["mode"], "user");
     assert_eq!(s["mode_rule"], "kaged_home");
     assert_eq!(s["auth_mode"], "secure");
@@ -94,14 +87,7 @@ async fn launch_url_signs_in_with_a_strict_httponly_persistent_cookie() {
     assert_eq!(s["paths"]["data_dir"], tmp.path().to_str().unwrap());
     assert!(s["uptime_secs"].is_u64());
     assert_eq!(s["storage"]["schema_version"], kaged_store::LATEST_SCHEMA);
-    let who: serde_json::Value = client
-        .get(format!("{}/api/v1/whoami", d.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let who: serde_json::Value = json_of(client.get(format!("{}/api/v1/whoami", d.base))).await;
     assert_eq!(who["method"], "session");
     assert!(who["id"].as_str().unwrap().starts_with("user:"));
 }
@@ -291,14 +277,7 @@ async fn cross_origin_state_changes_are_refused_and_csrf_is_required() {
     let d = Daemon::start(tmp.path());
     let client = sign_in(&d).await;
     let logout = format!("{}/api/v1/auth/logout", d.base);
-    let who: serde_json::Value = client
-        .get(format!("{}/api/v1/whoami", d.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let who: serde_json::Value = json_of(client.get(format!("{}/api/v1/whoami", d.base))).await;
     let csrf = who["csrf_token"].as_str().unwrap().to_string();
 
     // Foreign origin, even with the right CSRF token.

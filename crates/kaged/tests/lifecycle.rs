@@ -13,14 +13,6 @@ fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();

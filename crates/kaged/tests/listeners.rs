@@ -35,14 +35,6 @@ fn unix_request(
     (status, body)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_config(home: &Path, text: &str) {
     std::fs::create_dir_all(home).unwrap();
     std::fs::write(home.join("config.toml"), text).unwrap();

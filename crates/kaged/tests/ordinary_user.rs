@@ -149,14 +149,7 @@ async fn per_user_mode_works_unprivileged_with_xdg_defaults_and_runtime_fallback
     let client = browser_like_client();
     let r = client.get(&d.launch_url).send().await.unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER);
-    let who: serde_json::Value = client
-        .get(format!("{}/api/v1/whoami", d.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let who: serde_json::Value = json_of(client.get(format!("{}/api/v1/whoami", d.base))).await;
     let expected_name = if current_uid() == 0 {
         "user:nobody".to_string()
     } else {

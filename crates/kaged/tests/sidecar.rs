@@ -16,14 +16,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SIDECAR_NONCE: &str = "5f1c0d9e8b7a69584736251403f2e1d0c9b8a7968574635241302f1e0d9c8b7a";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn nginx_bin() -> PathBuf {
     ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .iter()
@@ -161,31 +153,25 @@ async fn requests_through_the_sidecar_carry_its_identity_and_bypasses_are_refuse
     let client = plain_client();
 
     // Through the proxy, signed in as alice: the daemon sees alice, with her email.
-    let who: serde_json::Value = client
-        .get(proxy.url("/api/v1/whoami"))
-        .basic_auth("alice", Some("wonderland"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let who: serde_json::Value = json_of(
+        client
+            .get(proxy.url("/api/v1/whoami"))
+            .basic_auth("alice", Some("wonderland")),
+    )
+    .await;
     assert_eq!(who["id"], "alice");
     assert_eq!(who["email"], "alice@example.test");
     assert_eq!(who["method"], "sidecar");
 
     // Client-supplied copies of the contract headers are replaced by the proxy's.
-    let who: serde_json::Value = client
-        .get(proxy.url("/api/v1/whoami"))
-        .basic_auth("alice", Some("wonderland"))
-        .header("x-kaged-user-id", "mallory")
-        .header("x-kaged-auth-nonce", "0".repeat(64))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let who: serde_json::Value = json_of(
+        client
+            .get(proxy.url("/api/v1/whoami"))
+            .basic_auth("alice", Some("wonderland"))
+            .header("x-kaged-user-id", "mallory")
+            .header("x-kaged-auth-nonce", "0".repeat(64)),
+    )
+    .await;
     assert_eq!(who["id"], "alice");
 
     // The UI is served through the proxy, and a same-origin state change passes.
@@ -440,14 +426,7 @@ async fn insecure_and_no_sandbox_are_loud_on_every_response() {
         assert_eq!(warnings, vec!["insecure", "no-sandbox"], "{path}");
     }
     // No credentials needed, but DNS rebinding is still refused.
-    let who: serde_json::Value = client
-        .get(format!("{}/api/v1/whoami", d.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let who: serde_json::Value = json_of(client.get(format!("{}/api/v1/whoami", d.base))).await;
     assert_eq!(who["method"], "insecure");
     let r = client
         .get(format!("{}/api/v1/status", d.base))
