@@ -468,49 +468,33 @@ fn syntax_errors_and_unknown_sections_are_reported_through_the_binary() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().to_str().unwrap();
     let cfg = tmp.path().join("config.toml");
-    std::fs::write(&cfg, "[daemon]\nbind = 127.0.0.1:7777\n").unwrap();
-    let out = kaged_cmd(&[("KAGED_HOME", home)])
-        .arg("start")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains(&format!("{}:2:", cfg.display())),
-        "{}",
-        stderr_of(&out)
-    );
-    assert!(
-        stderr_of(&out).contains("TOML syntax error"),
-        "{}",
-        stderr_of(&out)
-    );
-    std::fs::write(&cfg, "[demon]\nbind = \"127.0.0.1:0\"\n").unwrap();
-    let out = kaged_cmd(&[("KAGED_HOME", home)])
-        .arg("start")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("unknown section [demon]"),
-        "{}",
-        stderr_of(&out)
-    );
-    assert!(
-        stderr_of(&out).contains("did you mean [daemon]"),
-        "{}",
-        stderr_of(&out)
-    );
-    std::fs::write(&cfg, "[storage]\nurl = \"postgres://db/kaged\"\n").unwrap();
-    let out = kaged_cmd(&[("KAGED_HOME", home)])
-        .arg("start")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("PostgreSQL backend is not part of this kaged build"),
-        "{}",
-        stderr_of(&out)
-    );
+    let line2 = format!("{}:2:", cfg.display());
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "[daemon]\nbind = 127.0.0.1:7777\n",
+            &[&line2, "TOML syntax error"],
+        ),
+        (
+            "[demon]\nbind = \"127.0.0.1:0\"\n",
+            &["unknown section [demon]", "did you mean [daemon]"],
+        ),
+        (
+            "[storage]\nurl = \"postgres://db/kaged\"\n",
+            &["PostgreSQL backend is not part of this kaged build"],
+        ),
+    ];
+    for (text, needles) in cases {
+        std::fs::write(&cfg, text).unwrap();
+        let out = kaged_cmd(&[("KAGED_HOME", home)])
+            .arg("start")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = stderr_of(&out);
+        for needle in needles {
+            assert!(err.contains(needle), "{text}: missing {needle:?} in {err}");
+        }
+    }
 }
 
 #[test]
