@@ -18,7 +18,8 @@ pub use launch::{
 pub use network::{check_bearer_target, check_listener, is_non_public};
 pub use policy::{
     AllowedHosts, AuthMethod, BearerCheck, CSRF_HEADER, Denial, Mechanism, NONCE_HEADER, Policy,
-    Principal, RequestFacts, USER_EMAIL_HEADER, USER_ID_HEADER, hash_token, is_state_changing,
+    Principal, RequestFacts, USER_EMAIL_HEADER, USER_ID_HEADER, hash_token, is_reserved_identity,
+    is_state_changing,
 };
 pub use secret::{NONCE_BYTES, Secret};
 pub use session::{SESSION_COOKIE, SESSION_TTL_SECS, SessionRecord, SessionTable};

@@ -83,6 +83,12 @@ pub fn check_bearer_target(url: &str, trust_private: bool) -> Result<(), String>
     if authority.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
+    if authority.contains('@') {
+        // `http://127.0.0.1:7777@evil.example` goes to evil.example: never judge by the prefix.
+        return Err(format!(
+            "{url:?} contains user information (an '@' before the host); give the daemon's URL as scheme://host:port"
+        ));
+    }
     match scheme {
         "https" => return Ok(()),
         "http" => {}
@@ -207,6 +213,8 @@ mod tests {
             ("ftp://127.0.0.1", false, "scheme"),
             ("127.0.0.1:7777", false, "not a URL"),
             ("http://", false, "no host"),
+            ("http://127.0.0.1:7777@192.0.2.2", false, "user information"),
+            ("https://127.0.0.1@evil.example", false, "user information"),
         ] {
             let e = check_bearer_target(bad, trust).unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");

@@ -133,11 +133,11 @@ impl Denial {
             | Denial::InvalidSession
             | Denial::WrongNonce
             | Denial::SidecarIdentityMissing
-            | Denial::MalformedAuthorization
-            | Denial::ReadonlyMode => "unauthenticated",
-            Denial::TokenInvalid
-            | Denial::TokenAdminForbidden
-            | Denial::BootstrapWriteForbidden => "forbidden",
+            | Denial::MalformedAuthorization => "unauthenticated",
+            Denial::ReadonlyMode => "readonly_mode",
+            Denial::TokenInvalid => "token_invalid",
+            Denial::TokenAdminForbidden => "token_admin_forbidden",
+            Denial::BootstrapWriteForbidden => "bootstrap_write_forbidden",
             Denial::HostNotAllowed(_)
             | Denial::MalformedHeader(_)
             | Denial::OriginNotAllowed(_)
@@ -348,7 +348,9 @@ impl Policy {
         }
         let Some(cookie) = facts.session_cookie else {
             if let Mechanism::InsecureReadonly = self.mechanism {
+                // Nor the audit trail: it names people, addresses and token events.
                 let streams_or_admin = facts.path.starts_with("/api/v1/events")
+                    || facts.path.starts_with("/api/v1/audit")
                     || facts.path == "/api/v1/tokens"
                     || facts.path.starts_with("/api/v1/tokens/");
                 return if facts.method == "GET" && !facts.websocket_upgrade && !streams_or_admin {
@@ -435,7 +437,17 @@ impl Policy {
 }
 
 fn valid_identity(value: &str) -> bool {
-    !value.is_empty() && value.len() <= MAX_IDENTITY_LEN && !value.chars().any(char::is_control)
+    !value.is_empty()
+        && value.len() <= MAX_IDENTITY_LEN
+        && !value.chars().any(char::is_control)
+        && !is_reserved_identity(value)
+}
+
+/// Names kaged gives its own principals. An identity from outside (sidecar, proxy header, token
+/// actor) may not take one, or the audit log could credit the operator or the bootstrap token.
+pub fn is_reserved_identity(value: &str) -> bool {
+    let v = value.trim().to_ascii_lowercase();
+    ["bootstrap", "insecure", "anonymous"].contains(&v.as_str()) || v.starts_with("user:")
 }
 
 #[cfg(test)]
@@ -476,7 +488,7 @@ mod tests {
             );
         }
         assert_eq!(Denial::MalformedAuthorization.code(), "unauthenticated");
-        assert_eq!(Denial::TokenInvalid.code(), "forbidden");
+        assert_eq!(Denial::TokenInvalid.code(), "token_invalid");
     }
 
     #[test]
@@ -549,8 +561,15 @@ mod tests {
         assert_eq!(who.id, "alice");
         assert_eq!(who.email.as_deref(), Some("alice@example.com"));
         assert_eq!(who.method, AuthMethod::Sidecar);
-        // The identity is required; a blank or control-character id is no identity.
-        for bad in [None, Some(""), Some("  "), Some("a\u{7}b")] {
+        // The identity is required; a blank, control-character or reserved id is no identity.
+        for bad in [
+            None,
+            Some(""),
+            Some("  "),
+            Some("a\u{7}b"),
+            Some("bootstrap"),
+            Some("user:root"),
+        ] {
             f.user_id_header = bad;
             assert_eq!(
                 p.authenticate(&f, &SessionTable::default(), 0),
@@ -612,6 +631,7 @@ mod tests {
             ("POST", "/api/v1/auth/logout", false),
             ("HEAD", "/api/v1/status", false),
             ("GET", "/api/v1/tokens", false),
+            ("GET", "/api/v1/audit", false),
             ("GET", "/api/v1/events", true),
         ] {
             let mut f = get("127.0.0.1:7777");

@@ -33,8 +33,10 @@ impl ApiError {
 pub fn status_for_code(code: &str) -> StatusCode {
     match code {
         "bad_request" | "validation_failed" | "actor_header_required" => StatusCode::BAD_REQUEST,
-        "unauthenticated" => StatusCode::UNAUTHORIZED,
-        "forbidden" => StatusCode::FORBIDDEN,
+        "unauthenticated" | "readonly_mode" => StatusCode::UNAUTHORIZED,
+        "forbidden" | "token_invalid" | "token_admin_forbidden" | "bootstrap_write_forbidden" => {
+            StatusCode::FORBIDDEN
+        }
         "not_found" => StatusCode::NOT_FOUND,
         "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
         "conflict" => StatusCode::CONFLICT,

@@ -18,6 +18,8 @@ const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(25);
 /// RFC 6455 "going away".
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// RFC 6455 "policy violation": the credential behind the socket was revoked.
+const CLOSE_POLICY: u16 = 1008;
 
 pub async fn events(
     ws: WebSocketUpgrade,
@@ -45,6 +47,7 @@ async fn serve_events(mut socket: WebSocket, state: Arc<ServerState>, principal:
         return;
     }
     let mut shutdown = state.shutdown.clone();
+    let mut revoked = state.revoked_tokens.subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
@@ -57,6 +60,18 @@ async fn serve_events(mut socket: WebSocket, state: Arc<ServerState>, principal:
                     })))
                     .await;
                 break;
+            }
+            id = revoked.recv() => {
+                // A lagged receiver may have missed the id: close to be safe.
+                if principal.token_id.is_some() && id.map_or(true, |id| Some(id) == principal.token_id) {
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CLOSE_POLICY,
+                            reason: "token revoked".into(),
+                        })))
+                        .await;
+                    break;
+                }
             }
             _ = ping.tick() => {
                 if socket.send(Message::Ping(Default::default())).await.is_err() {

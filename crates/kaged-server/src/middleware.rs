@@ -65,7 +65,12 @@ fn trusted_actor(
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|a| !a.is_empty() && a.len() <= 256 && !a.chars().any(char::is_control));
+        .filter(|a| {
+            !a.is_empty()
+                && a.len() <= 256
+                && !a.chars().any(char::is_control)
+                && !kaged_auth::is_reserved_identity(a)
+        });
     match actor {
         Some(actor) => Ok(Principal {
             id: actor.to_string(),
@@ -269,7 +274,12 @@ pub async fn authenticate(
             result = state
                 .policy
                 .authenticate(&facts(&request, Some(cookie)), &sessions, now)
-                .map(|p| (p, Some(CurrentSession(Secret::new(cookie.to_string())))));
+                // Only a principal that came from this cookie carries it as its session.
+                .map(|p| {
+                    let session = (p.method == AuthMethod::Session)
+                        .then(|| CurrentSession(Secret::new(cookie.to_string())));
+                    (p, session)
+                });
             if result.is_ok() {
                 break;
             }

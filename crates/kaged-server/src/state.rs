@@ -39,6 +39,8 @@ pub struct ServerState {
     pub(crate) started: Instant,
     /// Flips to `true` when the daemon stops, so long-lived connections close cleanly.
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Ids of tokens revoked while the daemon runs, so open sockets using them close at once.
+    pub(crate) revoked_tokens: tokio::sync::broadcast::Sender<i64>,
 }
 
 impl ServerState {
@@ -60,6 +62,7 @@ impl ServerState {
             seen_identities: Mutex::new(Default::default()),
             started: Instant::now(),
             shutdown,
+            revoked_tokens: tokio::sync::broadcast::channel(64).0,
         }
     }
 }

@@ -63,10 +63,12 @@ pub async fn create(
         )
     })?;
     let actor = label("actor", &body.actor)?;
-    if actor.eq_ignore_ascii_case("bootstrap") {
+    if kaged_auth::is_reserved_identity(&actor) {
         return Err(ApiError::new(
             "validation_failed",
-            "the actor \"bootstrap\" is reserved",
+            format!(
+                "the actor {actor:?} is reserved (bootstrap, insecure, anonymous and user:* name kaged's own principals)"
+            ),
         ));
     }
     let name = body.name.as_deref().map(|n| label("name", n)).transpose()?;
@@ -125,6 +127,8 @@ pub async fn revoke(
             ),
         ));
     };
+    // Nobody may be listening; that is fine.
+    let _ = state.revoked_tokens.send(token.id);
     state
         .audit
         .record(AuditRecord {

@@ -407,10 +407,18 @@ async fn bind_listeners(settings: &Settings, uid: u32) -> Result<Vec<BoundListen
         };
         let socket = match spec {
             Listener::Tcp(addr) => {
+                if settings.auth == AuthMechanism::Insecure && !addr.ip().is_loopback() {
+                    return Err(anyhow!(
+                        "refusing --insecure on {addr}: with no authentication at all, only a loopback address (127.0.0.1) is allowed"
+                    ));
+                }
+                // Read-only without any token sends no secret over the wire, so only the
+                // private-address rule applies; with a token the usual rules do.
+                let tokenless_readonly = readonly && settings.auth_token.is_none();
                 kaged_auth::check_listener(
                     *addr,
-                    settings.auth_token.is_some() || readonly,
-                    settings.trust_private_network || readonly,
+                    settings.auth_token.is_some() || tokenless_readonly,
+                    settings.trust_private_network || tokenless_readonly,
                 )
                 .map_err(|e| anyhow!(e))?;
                 if !addr.ip().is_loopback() {
@@ -430,7 +438,7 @@ async fn bind_listeners(settings: &Settings, uid: u32) -> Result<Vec<BoundListen
             }
             Listener::Unix(path) => {
                 if let Some(dir) = path.parent() {
-                    runtime::ensure_private_dir(dir, uid)?;
+                    runtime::ensure_socket_dir(dir, uid)?;
                 }
                 let (listener, path) = kaged_server::bind_unix(path.clone()).await?;
                 Socket::Unix { listener, path }

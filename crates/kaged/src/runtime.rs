@@ -65,6 +65,24 @@ pub fn ensure_private_dir(dir: &Path, uid: u32) -> Result<()> {
     Ok(())
 }
 
+/// The directory of a Unix socket: created 0700 if missing; an existing one must already be
+/// private and ours (it is never re-permissioned: it might be the operator's home).
+pub fn ensure_socket_dir(dir: &Path, uid: u32) -> Result<()> {
+    if !dir.exists() {
+        return ensure_private_dir(dir, uid);
+    }
+    let meta = fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+    if meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        bail!(
+            "the socket directory {} must be owned by this user with mode 0700 (it is UID {}, mode {:o}); use a dedicated directory such as $XDG_RUNTIME_DIR/kaged",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o777
+        );
+    }
+    Ok(())
+}
+
 /// Create the data directory private (0700) if it does not exist; an existing directory the
 /// operator chose is left as it is.
 pub fn ensure_data_dir(dir: &Path) -> Result<()> {
@@ -193,6 +211,27 @@ mod tests {
         assert!(err.to_string().contains("writable by other users"), "{err}");
         fs::set_permissions(&parent, Permissions::from_mode(0o1777)).unwrap();
         ensure_private_dir(&parent.join("kaged"), uid).unwrap();
+    }
+
+    #[test]
+    fn an_existing_open_socket_directory_is_refused_not_chmodded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("open");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+        let uid = crate::host::current_uid();
+        let err = ensure_socket_dir(&dir, uid).unwrap_err();
+        assert!(err.to_string().contains("mode 0700"), "{err}");
+        assert_eq!(
+            fs::metadata(&dir).unwrap().mode() & 0o777,
+            0o755,
+            "left as it was"
+        );
+        ensure_socket_dir(&tmp.path().join("new"), uid).unwrap();
+        assert_eq!(
+            fs::metadata(tmp.path().join("new")).unwrap().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]

@@ -93,8 +93,14 @@ async fn tokens_are_created_listed_used_and_revoked_through_the_cli() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no active token with id 1"));
     let out = d.cli(&["tokens", "revoke", "0"]);
     assert_eq!(out.status.code(), Some(2), "usage error");
-    let out = d.cli(&["tokens", "create", "--actor", "Bootstrap"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("reserved"));
+    for reserved in ["Bootstrap", "user:root", "anonymous"] {
+        let out = d.cli(&["tokens", "create", "--actor", reserved]);
+        assert_eq!(out.status.code(), Some(1), "{reserved}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("reserved"),
+            "{reserved}"
+        );
+    }
 
     // Lifecycle in the audit trail, attributed; the plaintext nowhere at rest.
     let audit = d.api_get("/api/v1/audit").await;
@@ -164,14 +170,20 @@ async fn decision_matrix_of_credentials_routes_and_methods() {
     ];
     // Expected (status, code) per credential, in route order.
     let u = (401, "unauthenticated");
-    let f = (403, "forbidden");
+    let inv = (403, "token_invalid");
+    let admin = (403, "token_admin_forbidden");
     let expected: Vec<[(u16, &str); 4]> = vec![
         [u, u, u, u],
         [u, u, u, u],
-        [f, f, f, f],
-        [(200, ""), f, (200, ""), (201, "")],
-        [(200, ""), (204, ""), f, f],
-        [f, f, f, f],
+        [inv, inv, inv, inv],
+        [
+            (200, ""),
+            (403, "bootstrap_write_forbidden"),
+            (200, ""),
+            (201, ""),
+        ],
+        [(200, ""), (204, ""), admin, admin],
+        [inv, inv, inv, inv],
         [(200, ""), (204, ""), (200, ""), (201, "")],
         [u, u, u, u],
     ];
@@ -275,7 +287,14 @@ fn remote_cli_uses_kaged_server_and_refuses_unsafe_targets() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // A redirect is never followed with the token.
+    // A URL with user information is refused: its real host is after the '@'.
+    let out = remote("http://127.0.0.1:7777@192.0.2.2", &user, &[], &["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user information"));
+    // A redirect is never followed with the token: the place it points to sees nothing.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    trap.set_nonblocking(true).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
@@ -283,20 +302,21 @@ fn remote_cli_uses_kaged_server_and_refuses_unsafe_targets() {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf);
-        s.write_all(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/steal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-        // A second connection would mean the client followed the redirect.
-        listener.set_nonblocking(true).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        listener.accept().is_err()
+        let reply = format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{trap_port}/steal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(reply.as_bytes()).unwrap();
     });
     let out = remote(&format!("http://127.0.0.1:{port}"), &user, &[], &["status"]);
+    server.join().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("do not follow redirects"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(server.join().unwrap(), "no second request");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(trap.accept().is_err(), "the redirect target was contacted");
 }
 
 #[test]
@@ -304,7 +324,29 @@ fn unsafe_listeners_are_refused_at_startup_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().to_str().unwrap();
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 9] = [
+        (
+            "10.0.0.7:0",
+            &[("KAGED_AUTH_TOKEN", BOOTSTRAP)],
+            "trust_private_network",
+        ),
+        ("[fd00::7]:0", &[], "without a bearer token"),
+        (
+            "[2001:db8::1]:0",
+            &[
+                ("KAGED_AUTH_TOKEN", BOOTSTRAP),
+                ("KAGED_TRUST_PRIVATE_NETWORK", "1"),
+            ],
+            "public address",
+        ),
+        (
+            "[::ffff:8.8.8.8]:0",
+            &[
+                ("KAGED_AUTH_TOKEN", BOOTSTRAP),
+                ("KAGED_TRUST_PRIVATE_NETWORK", "1"),
+            ],
+            "public address",
+        ),
         ("100.64.0.2:0", &[], "without a bearer token"),
         (
             "100.64.0.2:0",
@@ -358,4 +400,53 @@ fn unsafe_listeners_are_refused_at_startup_with_the_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a bootstrap token"));
+}
+
+#[test]
+fn insecure_modes_are_refused_on_unsafe_listeners() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().to_str().unwrap();
+    // --insecure ignores every credential, so it stays on loopback whatever else is set.
+    let out = kaged_cmd(&[
+        ("KAGED_HOME", home),
+        ("KAGED_AUTH_TOKEN", BOOTSTRAP),
+        ("KAGED_TRUST_PRIVATE_NETWORK", "1"),
+    ])
+    .args(["start", "--insecure", "--bind", "100.64.0.9:0"])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing --insecure on 100.64.0.9:0"));
+    // --insecure-readonly with a token still needs the private-network opt-in.
+    let out = kaged_cmd(&[("KAGED_HOME", home), ("KAGED_AUTH_TOKEN", BOOTSTRAP)])
+        .args(["start", "--insecure-readonly", "--bind", "100.64.0.9:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trust_private_network"));
+}
+
+#[tokio::test]
+async fn revoking_a_token_closes_its_open_event_socket() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_with_tokens(tmp.path(), false);
+    let token = create_token(&d, "alice", None);
+    let url = format!("{}/api/v1/events", d.base.replace("http://", "ws://"));
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let hello = ws.next().await.unwrap().unwrap();
+    assert!(hello.to_text().unwrap().contains("\"identity\":\"alice\""));
+    assert!(d.cli(&["tokens", "revoke", "1"]).status.success());
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    match next {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1008),
+        other => panic!("expected a policy close, got {other:?}"),
+    }
 }
