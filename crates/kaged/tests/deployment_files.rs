@@ -49,21 +49,40 @@ fn systemd_units_verify_with_the_real_binary() {
 
 #[test]
 fn oauth2_proxy_example_injects_the_header_contract() {
-    let cfg = std::fs::read_to_string(
-        repo().join("examples/deployment/cloudflare-oauth2-proxy/oauth2-proxy.cfg"),
-    )
-    .unwrap();
-    for header in [
-        "X-Kaged-Auth-Nonce",
-        "X-Kaged-User-Id",
-        "X-Kaged-User-Email",
+    let dir = repo().join("examples/deployment/cloudflare-oauth2-proxy");
+    let legacy = std::fs::read_to_string(dir.join("oauth2-proxy.cfg")).unwrap();
+    // With --alpha-config, these legacy keys make oauth2-proxy refuse to start.
+    for moved in [
+        "upstreams",
+        "inject_request_headers",
+        "http_address",
+        "provider ",
+        "client_id",
     ] {
-        assert!(cfg.contains(header), "{header} missing");
+        assert!(
+            !legacy.lines().any(|l| l.trim_start().starts_with(moved)),
+            "{moved} belongs in alpha-config.yaml"
+        );
     }
-    assert!(cfg.contains("upstreams = [\"http://127.0.0.1:7777/\"]"));
-    let compose = std::fs::read_to_string(
-        repo().join("examples/deployment/cloudflare-oauth2-proxy/compose.yaml"),
-    )
-    .unwrap();
-    assert!(compose.contains("oauth2-proxy.cfg"));
+    let alpha = std::fs::read_to_string(dir.join("alpha-config.yaml")).unwrap();
+    // Each contract header, followed by its source.
+    for (header, source) in [
+        ("X-Kaged-Auth-Nonce", "fromEnv: KAGED_AUTH_SIDECAR_NONCE"),
+        ("X-Kaged-User-Id", "claim: user"),
+        ("X-Kaged-User-Email", "claim: email"),
+    ] {
+        let at = alpha
+            .find(&format!("name: {header}"))
+            .unwrap_or_else(|| panic!("{header} missing"));
+        let next = alpha[at..]
+            .find(source)
+            .unwrap_or_else(|| panic!("{header} has no {source}"));
+        assert!(
+            !alpha[at..at + next].contains("- name:"),
+            "{source} belongs to another header"
+        );
+    }
+    assert!(alpha.contains("uri: http://127.0.0.1:7777"));
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    assert!(compose.contains("--alpha-config=") && compose.contains("env_file: /etc/kaged/env"));
 }
