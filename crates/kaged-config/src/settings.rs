@@ -1396,6 +1396,25 @@ serve = true
     }
 
     #[test]
+    fn an_empty_variable_never_turns_a_file_setting_off() {
+        let text = "[daemon]\nlisten = [\"127.0.0.1:7777\"]\n[auth.proxy]\ntrusted_actor_header = \"X-A\"\ntrusted_proxy_listeners = [\"127.0.0.1:7777\"]\n";
+        let e = env(&[
+            ("KAGED_TRUSTED_ACTOR_HEADER", ""),
+            ("KAGED_TRUSTED_PROXY_LISTENERS", ""),
+        ]);
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            Some(text),
+            &e,
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.trusted_actor_header.as_deref(), Some("x-a"));
+        assert_eq!(s.trusted_proxy_listeners.len(), 1);
+    }
+
+    #[test]
     fn syntax_error_names_file_line_and_column() {
         let e = only_error("[daemon]\nbind = 127.0.0.1:7777\n");
         let Location::File { path, line, .. } = &e.location else {

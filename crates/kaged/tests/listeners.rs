@@ -236,7 +236,7 @@ async fn insecure_readonly_serves_plain_reads_only() {
         (reqwest::Method::POST, "/api/v1/auth/logout"),
         (reqwest::Method::GET, "/api/v1/tokens"),
         (reqwest::Method::POST, "/api/v1/tokens"),
-        (reqwest::Method::GET, "/api/v1/events"),
+        (reqwest::Method::GET, "/api/v1/audit"),
     ] {
         let r = client
             .request(method.clone(), format!("{}{path}", d.base))
@@ -251,6 +251,17 @@ async fn insecure_readonly_serves_plain_reads_only() {
                 .unwrap()
                 .contains("--insecure-readonly")
         );
+    }
+    // A real WebSocket upgrade to the event stream is refused before any socket exists.
+    let ws_url = format!("{}/api/v1/events", d.base.replace("http://", "ws://"));
+    match tokio_tungstenite::connect_async(ws_url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!(
+            "expected a refused upgrade, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
     }
     // Credentials still work for everything else.
     let r = client
@@ -297,5 +308,87 @@ fn a_header_without_listeners_is_a_config_error() {
         err.contains("config.toml:2:1: auth.proxy.trusted_actor_header:")
             && err.contains("honoured nowhere"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn trusted_proxy_on_one_of_two_tcp_listeners_with_env_overrides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let (direct, proxied) = (free_port(), free_port());
+    let bootstrap = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    // The file names a header and a listener; the environment overrides both.
+    write_config(
+        &home,
+        &format!(
+            "[daemon]\nlisten = [\"127.0.0.1:{direct}\", \"127.0.0.1:{proxied}\"]\n\
+             [auth.proxy]\ntrusted_actor_header = \"X-From-File\"\ntrusted_proxy_listeners = [\"127.0.0.1:{direct}\"]\n"
+        ),
+    );
+    let trusted = format!("127.0.0.1:{proxied}");
+    let d = Daemon::start_with(
+        &home,
+        &[],
+        &[
+            ("KAGED_TRUSTED_ACTOR_HEADER", "X-Kaged-Actor"),
+            ("KAGED_TRUSTED_PROXY_LISTENERS", &trusted),
+            ("KAGED_AUTH_TOKEN", bootstrap),
+        ],
+    );
+    let out = d.cli(&["tokens", "create", "--actor", "alice"]);
+    let user = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let client = plain_client();
+    let whoami = |port: u16| format!("http://127.0.0.1:{port}/api/v1/whoami");
+
+    // On the trusted listener the header overrides even a user token's identity.
+    let who = json_of(
+        client
+            .get(whoami(proxied))
+            .bearer_auth(&user)
+            .header("x-kaged-actor", "carol"),
+    )
+    .await;
+    assert_eq!(
+        (who["id"].as_str(), who["method"].as_str()),
+        (Some("carol"), Some("trusted_proxy"))
+    );
+    // The file's header name no longer counts there.
+    let who = json_of(
+        client
+            .get(whoami(proxied))
+            .bearer_auth(&user)
+            .header("x-from-file", "dave"),
+    )
+    .await;
+    assert_eq!(who["id"], "alice");
+    // A wrong credential stays wrong, header or not.
+    let r = client
+        .get(whoami(proxied))
+        .bearer_auth("kaged_nope")
+        .header("x-kaged-actor", "carol")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Reserved names cannot be asserted.
+    let r = client
+        .post(format!("http://127.0.0.1:{proxied}/api/v1/auth/logout"))
+        .bearer_auth(&user)
+        .header("x-kaged-actor", "bootstrap")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // On the other TCP listener (the file's choice, overridden) the header is ignored.
+    let who = json_of(
+        client
+            .get(whoami(direct))
+            .bearer_auth(&user)
+            .header("x-kaged-actor", "carol"),
+    )
+    .await;
+    assert_eq!(
+        (who["id"].as_str(), who["method"].as_str()),
+        (Some("alice"), Some("identity_token"))
     );
 }

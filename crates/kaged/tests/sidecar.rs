@@ -200,6 +200,17 @@ async fn requests_through_the_sidecar_carry_its_identity_and_bypasses_are_refuse
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
+    // A sidecar identity never administers tokens.
+    let r = client
+        .get(proxy.url("/api/v1/tokens"))
+        .basic_auth("alice", Some("wonderland"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "token_admin_forbidden");
+
     // The proxy itself refuses strangers.
     let r = client
         .get(proxy.url("/api/v1/whoami"))

@@ -450,3 +450,35 @@ async fn revoking_a_token_closes_its_open_event_socket() {
         other => panic!("expected a policy close, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_storage_failure_during_token_lookup_is_a_500_never_a_pass_or_a_403() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_with_tokens(tmp.path(), false);
+    let token = create_token(&d, "alice", None);
+    // Break the table behind the daemon's back (WAL lets a second connection in).
+    let db = rusqlite::Connection::open(tmp.path().join("kaged.db")).unwrap();
+    db.execute_batch("DROP TABLE api_tokens;").unwrap();
+    drop(db);
+    let r = plain_client()
+        .get(format!("{}/api/v1/whoami", d.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal");
+    assert!(
+        !body.to_string().contains("api_tokens"),
+        "no internals in the response: {body}"
+    );
+    // The bootstrap token does not need the table and keeps working.
+    let r = plain_client()
+        .get(format!("{}/api/v1/status", d.base))
+        .bearer_auth(BOOTSTRAP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
