@@ -164,14 +164,6 @@ pub struct AllowedHosts {
 }
 
 impl AllowedHosts {
-    pub fn for_listener(addr: SocketAddr) -> Self {
-        Self::with_extra(addr, &[])
-    }
-
-    pub fn with_extra(addr: SocketAddr, extra: &[String]) -> Self {
-        Self::for_listeners(&[addr], extra)
-    }
-
     /// Every TCP listener's port and specific address, plus configured public names.
     pub fn for_listeners(addrs: &[SocketAddr], extra: &[String]) -> Self {
         let mut hosts = AllowedHosts {
@@ -456,7 +448,7 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            allowed: AllowedHosts::for_listener("127.0.0.1:7777".parse().unwrap()),
+            allowed: AllowedHosts::for_listeners(&["127.0.0.1:7777".parse().unwrap()], &[]),
             nonce: Secret::new("n".repeat(64)),
             mechanism: Mechanism::LaunchUrl,
             operator: "user:ann".into(),
@@ -538,8 +530,8 @@ mod tests {
 
     fn sidecar_policy() -> Policy {
         Policy {
-            allowed: AllowedHosts::with_extra(
-                "127.0.0.1:7777".parse().unwrap(),
+            allowed: AllowedHosts::for_listeners(
+                &["127.0.0.1:7777".parse().unwrap()],
                 &["kaged.example.com".into()],
             ),
             mechanism: Mechanism::Sidecar {
@@ -739,10 +731,10 @@ mod tests {
 
     #[test]
     fn bound_vpn_address_is_allowed_as_host() {
-        let a = AllowedHosts::for_listener("100.64.0.2:7777".parse().unwrap());
+        let a = AllowedHosts::for_listeners(&["100.64.0.2:7777".parse().unwrap()], &[]);
         assert!(a.allows_authority("100.64.0.2:7777"));
         assert!(!a.allows_authority("100.64.0.3:7777"));
-        let a = AllowedHosts::for_listener("0.0.0.0:7777".parse().unwrap());
+        let a = AllowedHosts::for_listeners(&["0.0.0.0:7777".parse().unwrap()], &[]);
         assert!(!a.allows_authority("0.0.0.0:7777"));
     }
 
