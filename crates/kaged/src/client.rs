@@ -250,14 +250,21 @@ pub async fn open(
     let decision = locate(mode_flag)?;
     let daemon = find_daemon(&decision)?;
     let url = launch_url(&daemon.discovery.url, &daemon.nonce, ttl).map_err(Failure::Runtime)?;
-    // Prove the daemon answers before handing out a URL that would not work.
-    call(
+    // Prove the daemon answers, and signs browsers in with launch URLs, before handing out a
+    // URL that would not work.
+    let status = call(
         &Target::Local(daemon),
         reqwest::Method::GET,
-        "/api/v1/whoami",
+        "/api/v1/status",
         None,
     )
     .await?;
+    if status["auth"] != "launch_url" {
+        return Err(Failure::Runtime(anyhow!(
+            "this kaged does not use launch URLs (auth: {}); sign in through its sidecar's public URL instead",
+            status["auth"].as_str().unwrap_or("?")
+        )));
+    }
     println!("{url}");
     if no_browser {
         return Ok(());

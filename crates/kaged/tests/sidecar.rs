@@ -267,6 +267,11 @@ async fn requests_through_the_sidecar_carry_its_identity_and_bypasses_are_refuse
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("auth      sidecar header contract"));
+    // ... and does not hand out launch URLs that could not work.
+    let out = d.cli(&["auth", "open", "--no-browser"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not use launch URLs"));
+    assert!(out.stdout.is_empty());
 
     // Identities are attributed in the audit log, once each, with their email.
     let audit = d.api_get("/api/v1/audit").await;
