@@ -195,7 +195,7 @@ pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<
         ("mode", format!("{mode} ({})", text(&s["mode_reason"]))),
         ("url", text(&s["url"])),
         (
-            "listen",
+            "bind",
             s["listeners"]
                 .as_array()
                 .map(|l| l.iter().map(text).collect::<Vec<_>>().join(", "))
