@@ -103,6 +103,10 @@ fn child(path: &str, key: &str) -> String {
     }
 }
 
+/// Deeper nesting than this is refused: a project file never needs it, and the tree builder
+/// recurses once per level.
+pub const MAX_DEPTH: usize = 64;
+
 struct Builder<'a> {
     source: usize,
     events: Parser<'a, StrInput<'a>>,
@@ -153,8 +157,22 @@ impl<'a> Builder<'a> {
         });
     }
 
-    fn node(&mut self, event: Event<'a>, span: Span, path: &str) -> Result<Node, Diagnostic> {
+    fn node(
+        &mut self,
+        event: Event<'a>,
+        span: Span,
+        path: &str,
+        depth: usize,
+    ) -> Result<Node, Diagnostic> {
         let pos = self.pos(span);
+        if depth > MAX_DEPTH {
+            return Err(Diagnostic {
+                pos,
+                path: path.to_string(),
+                problem: format!("nested more than {MAX_DEPTH} levels deep"),
+                hint: "a project file is a few levels deep; flatten this structure".into(),
+            });
+        }
         let kind = match event {
             Event::Scalar(text, style, anchor, tag) => {
                 if anchor != 0 || tag.is_some() {
@@ -189,7 +207,7 @@ impl<'a> Builder<'a> {
                         (Event::SequenceEnd, _) => break,
                         (e, s) => {
                             let item_path = format!("{path}[{}]", items.len());
-                            items.push(self.node(e, s, &item_path)?);
+                            items.push(self.node(e, s, &item_path, depth + 1)?);
                         }
                     }
                 }
@@ -221,13 +239,13 @@ impl<'a> Builder<'a> {
                                 "use a simple `name:` key",
                             );
                             // Consume the complex key so the stream stays in step.
-                            self.node(key_event, key_span, path)?;
+                            self.node(key_event, key_span, path, depth + 1)?;
                             String::new()
                         }
                     };
                     let (value_event, value_span) = self.next()?;
                     let value_path = child(path, &key);
-                    let value = self.node(value_event, value_span, &value_path)?;
+                    let value = self.node(value_event, value_span, &value_path, depth + 1)?;
                     if let Some(first) = entries.iter().find(|e| e.key == key) {
                         let first_line = first.key_pos.line;
                         self.refuse(
@@ -285,7 +303,7 @@ pub fn parse(source: usize, text: &str) -> Result<(Node, Vec<Diagnostic>), Diagn
             (Event::StreamStart | Event::DocumentStart(_), _) => {}
             (Event::StreamEnd, span) => return Ok((empty(b.pos(span)), b.diagnostics)),
             (event, span) => {
-                let root = b.node(event, span, "")?;
+                let root = b.node(event, span, "", 0)?;
                 // DocumentEnd, then either StreamEnd or another document.
                 loop {
                     match b.next()? {
@@ -438,6 +456,45 @@ mod tests {
         assert_eq!(root.kind, Kind::Scalar(Value::Null));
         let (_, diags) = parse(0, "a: 1\n---\nb: 2\n").unwrap();
         assert!(diags[0].problem.contains("one YAML document"));
+    }
+
+    #[test]
+    fn deep_nesting_and_alias_bombs_are_refused_quickly() {
+        // Far too deep: the parser's own recursion limit stops it at once.
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = parse(0, &deep).unwrap_err();
+        assert!(err.problem.contains("recursion limit"), "{err}");
+        // Deeper than a project file needs: ours does.
+        let deep = format!("{}1{}", "[".repeat(MAX_DEPTH + 5), "]".repeat(MAX_DEPTH + 5));
+        let err = parse(0, &deep).unwrap_err();
+        assert!(err.problem.contains("nested more than"), "{err}");
+        // Billion laughs: aliases are never expanded, each is a diagnostic.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (i, name) in ["b", "c", "d", "e", "f", "g", "h", "i"].iter().enumerate() {
+            let prev = ["a", "b", "c", "d", "e", "f", "g", "h"][i];
+            bomb.push_str(&format!("{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        let (_, diags) = parse(0, &bomb).unwrap();
+        assert!(diags.iter().any(|d| d.problem.starts_with("aliases")));
+        assert!(diags.len() < 200);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A deterministic sweep of awkward inputs (a fuzzer target can take over later).
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        let alphabet = b"ab:- \n\t[]{}&*!|>'\"#?,%@`~0\\";
+        for len in 0..400 {
+            let mut text = Vec::with_capacity(len);
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            let text = String::from_utf8_lossy(&text);
+            let _ = parse(0, &text);
+        }
     }
 
     #[test]
