@@ -173,7 +173,7 @@ pub(crate) fn keys_of(section: &str) -> Vec<&'static str> {
 }
 
 /// The closest candidate within two edits, for "did you mean" hints.
-pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))

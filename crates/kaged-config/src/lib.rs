@@ -10,7 +10,7 @@ mod mode;
 mod settings;
 
 pub use error::{ConfigError, ConfigErrors, Location};
-pub use keys::{KEYS, KeySpec};
+pub use keys::{KEYS, KeySpec, closest};
 pub use mode::{DeploymentMode, Facts, ModeDecision, ModeRule, Paths, decide_mode};
 pub use settings::{
     AuditSink, AuthMechanism, AuthMode, ConfigSecret, FlagOverrides, Listener, LogLevel,

@@ -5,6 +5,12 @@
 //! the `project.local.yaml` overlay merge (objects merge, arrays replace, `null` removes, locked
 //! keys stay). The project schema itself (agents, cages, tasks) comes next (issue 4).
 
+mod project;
+pub mod schema;
 mod tree;
+mod validate;
 
-pub use tree::{Diagnostic, Entry, Kind, Node, Pos, Value, merge, parse};
+pub use project::{BASE, LOCAL, LOCKED_KEYS, check_project};
+pub use schema::json_schema;
+pub use tree::{Diagnostic, Entry, Kind, MAX_DEPTH, Node, Pos, Value, merge, parse};
+pub use validate::validate;

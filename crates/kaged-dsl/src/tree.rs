@@ -465,7 +465,11 @@ mod tests {
         let err = parse(0, &deep).unwrap_err();
         assert!(err.problem.contains("recursion limit"), "{err}");
         // Deeper than a project file needs: ours does.
-        let deep = format!("{}1{}", "[".repeat(MAX_DEPTH + 5), "]".repeat(MAX_DEPTH + 5));
+        let deep = format!(
+            "{}1{}",
+            "[".repeat(MAX_DEPTH + 5),
+            "]".repeat(MAX_DEPTH + 5)
+        );
         let err = parse(0, &deep).unwrap_err();
         assert!(err.problem.contains("nested more than"), "{err}");
         // Billion laughs: aliases are never expanded, each is a diagnostic.

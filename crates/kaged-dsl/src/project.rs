@@ -1,0 +1,46 @@
+//! A project as files: `project.yaml`, optionally overlaid by `project.local.yaml`.
+
+use crate::tree::{Diagnostic, merge, parse};
+use crate::validate::validate;
+
+/// Source index of `.kaged/project.yaml` in diagnostics.
+pub const BASE: usize = 0;
+/// Source index of `.kaged/project.local.yaml`.
+pub const LOCAL: usize = 1;
+/// Keys an overlay may not change: they identify the project.
+pub const LOCKED_KEYS: &[&str] = &["version", "project"];
+
+/// Parse, overlay and validate. Every problem in both files, in file order; empty when valid.
+pub fn check_project(base: &str, local: Option<&str>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let base_tree = match parse(BASE, base) {
+        Ok((tree, diags)) => {
+            out.extend(diags);
+            Some(tree)
+        }
+        Err(d) => {
+            out.push(d);
+            None
+        }
+    };
+    let local_tree = match local.map(|text| parse(LOCAL, text)) {
+        Some(Ok((tree, diags))) => {
+            out.extend(diags);
+            Some(tree)
+        }
+        Some(Err(d)) => {
+            out.push(d);
+            None
+        }
+        None => None,
+    };
+    if let Some(mut tree) = base_tree {
+        if let Some(over) = local_tree {
+            out.extend(merge(&mut tree, over, LOCKED_KEYS));
+        }
+        out.extend(validate(&tree));
+    }
+    out.sort_by_key(|d| (d.pos.source, d.pos.line, d.pos.column));
+    out.dedup();
+    out
+}

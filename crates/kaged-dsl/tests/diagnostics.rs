@@ -1,0 +1,245 @@
+//! Every diagnostic, with exact line and column, and the shipped examples.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use kaged_dsl::{LOCAL, check_project, json_schema};
+
+/// `line:col path: problem` for each diagnostic, for compact exact comparisons.
+fn brief(base: &str, local: Option<&str>) -> Vec<String> {
+    check_project(base, local)
+        .iter()
+        .map(|d| {
+            format!(
+                "{}:{}:{} {}: {}",
+                d.pos.source, d.pos.line, d.pos.column, d.path, d.problem
+            )
+        })
+        .collect()
+}
+
+const VALID: &str = "version: 1\nproject: demo\nprimary:\n  command: [claude]\n";
+
+#[test]
+fn a_minimal_project_is_valid() {
+    assert!(brief(VALID, None).is_empty(), "{:?}", brief(VALID, None));
+}
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/projects");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root).unwrap() {
+        let dir = entry.unwrap().path();
+        let text = std::fs::read_to_string(dir.join(".kaged/project.yaml")).unwrap();
+        let diags = check_project(&text, None);
+        assert!(diags.is_empty(), "{}: {diags:?}", dir.display());
+        seen += 1;
+    }
+    assert!(seen >= 2);
+}
+
+#[test]
+fn structure_errors_have_exact_positions() {
+    let text = "\
+version: 2
+project: Demo Project
+descripton: typo
+primary:
+  model: claude:sonnet-4
+  command: [claude]
+  cage:
+    network: everywhere
+    seccomp: relaxd
+    limits: { memory_mb: 1 }
+tasks:
+  Bad Name:
+    command: cargo test
+";
+    assert_eq!(
+        brief(text, None),
+        vec![
+            "0:1:10 version: 2 is out of range",
+            "0:2:10 project: \"Demo Project\" is not a project slug",
+            "0:3:1 descripton: unknown key `descripton`",
+            "0:5:3 primary: `model` or `command` exclude each other",
+            "0:5:3 primary: `model` needs `system_prompt`",
+            "0:5:10 primary.model: \"claude:sonnet-4\" is a concrete provider model ID, which is operator-local",
+            "0:8:14 primary.cage.network: \"everywhere\" is not allowed here",
+            "0:9:14 primary.cage.seccomp: \"relaxd\" is not allowed here",
+            "0:10:26 primary.cage.limits.memory_mb: 1 is out of range",
+            "0:12:3 tasks.Bad Name: `Bad Name` is not a valid name",
+            "0:13:14 tasks.Bad Name.command: commands are argv lists, never shell strings",
+        ]
+    );
+    let d = check_project(text, None);
+    assert!(
+        d[2].hint.contains("did you mean `description`"),
+        "{}",
+        d[2].hint
+    );
+    assert!(
+        d[7].hint.contains("did you mean \"relaxed\""),
+        "{}",
+        d[7].hint
+    );
+    assert!(
+        d[10].hint.contains("[\"cargo\", \"test\"]"),
+        "{}",
+        d[10].hint
+    );
+}
+
+#[test]
+fn portability_rules_say_where_the_value_belongs() {
+    let text = "\
+version: 1
+project: demo
+primary:
+  model: sonnet
+  system_prompt: /home/ann/prompts/p.md
+  api_key: abc
+  subagents:
+    helper:
+      command: [/usr/local/bin/agent, --token, ghp_0123456789abcdef0123]
+      cage:
+        filesystem:
+          - path: project:/../secrets
+tasks:
+  t:
+    command: [make]
+    cwd: notes
+";
+    let diags = check_project(text, None);
+    let lines: Vec<String> = diags
+        .iter()
+        .map(|d| format!("{} {} | {}", d.path, d.problem, d.hint))
+        .collect();
+    let expect = [
+        ("primary.system_prompt", "absolute host path", "local.toml"),
+        (
+            "primary.api_key",
+            "unknown key",
+            "secrets belong in the operator's local.toml",
+        ),
+        (
+            "primary.subagents.helper.command[0]",
+            "absolute host path",
+            "cage's PATH",
+        ),
+        (
+            "primary.subagents.helper.command[2]",
+            "looks like a credential",
+            "environment",
+        ),
+        (
+            "primary.subagents.helper.cage.filesystem[0].path",
+            "escapes the project",
+            "local.toml",
+        ),
+        (
+            "tasks.t.cwd",
+            "no project:/ or config:/ prefix",
+            "project:/path",
+        ),
+    ];
+    assert_eq!(diags.len(), expect.len(), "{lines:#?}");
+    for (path, problem, hint) in expect {
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.path == path && d.problem.contains(problem) && d.hint.contains(hint)),
+            "missing {path}: {problem} ({hint}) in {lines:#?}"
+        );
+    }
+    assert!(
+        lines.iter().all(|l| !l.contains("ghp_0123")),
+        "the secret is never echoed"
+    );
+}
+
+#[test]
+fn references_and_agent_names_are_checked_across_the_tree() {
+    let text = "\
+version: 1
+project: demo
+primary:
+  command: [a]
+  subagents:
+    writer: { command: [w] }
+    other:
+      command: [o]
+      subagents:
+        writer: { command: [x] }
+tasks:
+  t: { command: [make], agent: nobody }
+terminals:
+  agent: writer
+";
+    assert_eq!(
+        brief(text, None),
+        vec![
+            "0:10:9 primary.subagents.other.subagents.writer: the agent name `writer` is already used (line 6)",
+            "0:12:32 tasks.t.agent: no agent named `nobody`",
+        ]
+    );
+}
+
+#[test]
+fn missing_keys_and_wrong_types() {
+    let text = "project: demo\nprimary:\n  model: sonnet\n  system_prompt: config:/p.md\n  tools:\n    file.read: yes\n";
+    assert_eq!(
+        brief(text, None),
+        vec![
+            "0:1:1 : missing required key `version`",
+            "0:6:16 primary.tools.file.read: expected a mapping (tool), found string",
+        ]
+    );
+    assert_eq!(
+        brief("- just\n- a list\n", None),
+        vec!["0:1:1 : expected a mapping (project), found list"]
+    );
+}
+
+#[test]
+fn the_local_overlay_is_checked_and_cannot_change_identity() {
+    let local = "project: renamed\nprimary:\n  command: [claude, --fast]\n  cage:\n    network: host\n  descripton: x\n";
+    let out = brief(VALID, Some(local));
+    assert_eq!(
+        out,
+        vec![
+            "1:1:1 project: `project` cannot be changed by an overlay",
+            "1:6:3 primary.descripton: unknown key `descripton`",
+        ]
+    );
+    let diags = check_project(VALID, Some(local));
+    assert!(diags.iter().all(|d| d.pos.source == LOCAL));
+    // A null removes a key from the base.
+    let base = "version: 1\nproject: demo\ndescription: x\nprimary:\n  command: [a]\n";
+    assert!(brief(base, Some("description: ~\n")).is_empty());
+}
+
+#[test]
+fn json_schema_comes_from_the_same_tables() {
+    let s = json_schema();
+    assert_eq!(s["$id"], "https://kaged.dev/schema/v1.json");
+    assert_eq!(s["additionalProperties"], false);
+    let required: Vec<&str> = s["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(required, ["version", "project", "primary"]);
+    let agent = &s["$defs"]["agent"];
+    assert_eq!(agent["dependentRequired"]["model"][0], "system_prompt");
+    assert_eq!(
+        agent["properties"]["subagents"]["additionalProperties"]["$ref"],
+        "#/$defs/agent"
+    );
+    assert_eq!(
+        s["properties"]["project"]["pattern"],
+        "^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$"
+    );
+    // Every key the validator knows is in the schema, and nothing else.
+    let props: Vec<&String> = s["properties"].as_object().unwrap().keys().collect();
+    assert_eq!(props.len(), kaged_dsl::schema::PROJECT.fields.len());
+}
