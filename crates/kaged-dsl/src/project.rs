@@ -44,3 +44,23 @@ pub fn check_project(base: &str, local: Option<&str>) -> Vec<Diagnostic> {
     out.dedup();
     out
 }
+
+/// Diagnostics as JSON, one object each, with the file they point into: the shape shared by
+/// `kaged dsl validate --format json` and the API's `dsl_invalid` details.
+pub fn diagnostics_json(diagnostics: &[Diagnostic], files: &[&str]) -> serde_json::Value {
+    serde_json::Value::Array(
+        diagnostics
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "file": files.get(d.pos.source).copied().unwrap_or("?"),
+                    "line": d.pos.line,
+                    "column": d.pos.column,
+                    "path": d.path,
+                    "problem": d.problem,
+                    "hint": d.hint,
+                })
+            })
+            .collect(),
+    )
+}

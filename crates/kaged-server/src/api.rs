@@ -22,6 +22,11 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The JSON Schema of project files: public, like the format it describes.
+pub async fn dsl_schema() -> Json<Value> {
+    Json(kaged_dsl::json_schema())
+}
+
 /// Readiness: storage is open, migrated and answering.
 pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     match state.store.ping().await {

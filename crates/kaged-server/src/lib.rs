@@ -51,6 +51,7 @@ pub fn router(state: ServerState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/api/v1/dsl/schema", get(api::dsl_schema))
         .route("/launch", get(launch::launch))
         .route("/assets/{file}", get(ui::asset))
         .merge(protected)

@@ -60,8 +60,33 @@ pub enum Command {
     /// Bearer tokens for scripts and remote CLIs (needs the local operator or the bootstrap token).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Project files: validate them, print their JSON Schema.
+    #[command(subcommand)]
+    Dsl(DslCommand),
     /// Print the version of this kaged binary.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DslCommand {
+    /// Check a project's .kaged/project.yaml (and project.local.yaml over it): every problem at
+    /// once, with file, line, column, key path and a fix. Exit 0 only when valid.
+    Validate {
+        /// The project directory, or the project.yaml file itself.
+        #[arg(default_value = ".")]
+        path: std::path::PathBuf,
+        /// `text` for people, `json` for tools.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print the JSON Schema of project files (also served at GET /api/v1/dsl/schema).
+    Schema,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod daemon;
+mod dsl;
 mod host;
 mod logging;
 mod runtime;
@@ -27,6 +28,8 @@ pub enum Failure {
     NotRunning(String),
     /// Anything else (exit 1).
     Runtime(anyhow::Error),
+    /// The checked input is invalid and the problems were already printed (exit 1).
+    Invalid,
 }
 
 impl From<anyhow::Error> for Failure {
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
                 client::open(mode, no_browser, ttl).await
             }
             Command::Tokens(command) => client::tokens(mode, command).await,
+            Command::Dsl(command) => dsl::run(command),
             Command::Version => {
                 println!(
                     "kaged {} (database schema {})",
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
             eprintln!("kaged: {msg}");
             ExitCode::from(3)
         }
+        Err(Failure::Invalid) => ExitCode::from(1),
         Err(Failure::Runtime(e)) => {
             eprintln!("kaged: {e:#}");
             ExitCode::from(1)

@@ -1,0 +1,96 @@
+//! `kaged dsl validate` and `kaged dsl schema`.
+
+use std::path::{Path, PathBuf};
+
+use kaged_dsl::{check_project, diagnostics_json, json_schema};
+
+use crate::Failure;
+use crate::cli::{DslCommand, Format};
+
+/// `(project.yaml, project.local.yaml)` for a project directory or its project.yaml.
+fn project_files(path: &Path) -> (PathBuf, PathBuf) {
+    let base = if path.is_dir() {
+        path.join(".kaged/project.yaml")
+    } else {
+        path.to_path_buf()
+    };
+    let local = base.with_file_name("project.local.yaml");
+    (base, local)
+}
+
+pub fn run(command: DslCommand) -> Result<(), Failure> {
+    match command {
+        DslCommand::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json_schema()).unwrap_or_default()
+            );
+            Ok(())
+        }
+        DslCommand::Validate { path, format } => validate(&path, format),
+    }
+}
+
+fn validate(path: &Path, format: Format) -> Result<(), Failure> {
+    let (base_path, local_path) = project_files(path);
+    let base = std::fs::read_to_string(&base_path).map_err(|e| {
+        Failure::Config(format!(
+            "cannot read {}: {e} (a project keeps its file at PROJECT/.kaged/project.yaml)",
+            base_path.display()
+        ))
+    })?;
+    let local = match std::fs::read_to_string(&local_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(Failure::Config(format!(
+                "cannot read {}: {e}",
+                local_path.display()
+            )));
+        }
+    };
+    let diagnostics = check_project(&base, local.as_deref());
+    let base_name = base_path.display().to_string();
+    let local_name = local_path.display().to_string();
+    let files = [base_name.as_str(), local_name.as_str()];
+    match format {
+        Format::Json => {
+            let doc = serde_json::json!({
+                "valid": diagnostics.is_empty(),
+                "files": if local.is_some() { files.to_vec() } else { vec![files[0]] },
+                "diagnostics": diagnostics_json(&diagnostics, &files),
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+        Format::Text => {
+            for d in &diagnostics {
+                let file = files.get(d.pos.source).copied().unwrap_or("?");
+                let key = if d.path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", d.path)
+                };
+                println!("{file}:{}:{}: {key}{}", d.pos.line, d.pos.column, d.problem);
+                if !d.hint.is_empty() {
+                    println!("  fix: {}", d.hint);
+                }
+            }
+            if diagnostics.is_empty() {
+                let overlay = if local.is_some() {
+                    " (with project.local.yaml)"
+                } else {
+                    ""
+                };
+                eprintln!("kaged: {base_name}{overlay} is valid");
+            } else {
+                let n = diagnostics.len();
+                eprintln!("kaged: {n} problem{} found", if n == 1 { "" } else { "s" });
+            }
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Invalid)
+    }
+}
