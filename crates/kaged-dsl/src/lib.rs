@@ -10,7 +10,9 @@ pub mod schema;
 mod tree;
 mod validate;
 
-pub use project::{BASE, LOCAL, LOCKED_KEYS, check_project, diagnostics_json};
+pub use project::{
+    BASE, Checked, LOCAL, LOCKED_KEYS, check_project, diagnostics_json, load_project, to_json,
+};
 pub use schema::json_schema;
 pub use tree::{Diagnostic, Entry, Kind, MAX_DEPTH, Node, Pos, Value, merge, parse};
 pub use validate::validate;

@@ -1,6 +1,6 @@
 //! A project as files: `project.yaml`, optionally overlaid by `project.local.yaml`.
 
-use crate::tree::{Diagnostic, merge, parse};
+use crate::tree::{Diagnostic, Kind, Node, Value, merge, parse};
 use crate::validate::validate;
 
 /// Source index of `.kaged/project.yaml` in diagnostics.
@@ -10,8 +10,65 @@ pub const LOCAL: usize = 1;
 /// Keys an overlay may not change: they identify the project.
 pub const LOCKED_KEYS: &[&str] = &["version", "project"];
 
+/// A project after parsing, overlay and validation.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The merged tree, when both files parsed.
+    pub tree: Option<Node>,
+    /// Every problem, in file order; empty when valid.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Checked {
+    pub fn is_valid(&self) -> bool {
+        self.diagnostics.is_empty() && self.tree.is_some()
+    }
+
+    /// The resolved configuration as JSON (only meaningful when valid).
+    pub fn resolved(&self) -> Option<serde_json::Value> {
+        self.tree
+            .as_ref()
+            .filter(|_| self.diagnostics.is_empty())
+            .map(to_json)
+    }
+
+    /// The project slug, when the tree has one.
+    pub fn slug(&self) -> Option<String> {
+        match self.tree.as_ref()?.get("project")?.kind {
+            Kind::Scalar(Value::Str(ref s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A tree as plain JSON (positions dropped).
+pub fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &node.kind {
+        Kind::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|e| (e.key.clone(), to_json(&e.value)))
+                .collect(),
+        ),
+        Kind::Seq(items) => J::Array(items.iter().map(to_json).collect()),
+        Kind::Scalar(Value::Null) => J::Null,
+        Kind::Scalar(Value::Bool(b)) => J::Bool(*b),
+        Kind::Scalar(Value::Int(i)) => J::from(*i),
+        Kind::Scalar(Value::Float(f)) => {
+            serde_json::Number::from_f64(*f).map_or(J::Null, J::Number)
+        }
+        Kind::Scalar(Value::Str(s)) => J::String(s.clone()),
+    }
+}
+
 /// Parse, overlay and validate. Every problem in both files, in file order; empty when valid.
 pub fn check_project(base: &str, local: Option<&str>) -> Vec<Diagnostic> {
+    load_project(base, local).diagnostics
+}
+
+/// Parse, overlay and validate, keeping the merged tree.
+pub fn load_project(base: &str, local: Option<&str>) -> Checked {
     let mut out = Vec::new();
     let base_tree = match parse(BASE, base) {
         Ok((tree, diags)) => {
@@ -34,15 +91,19 @@ pub fn check_project(base: &str, local: Option<&str>) -> Vec<Diagnostic> {
         }
         None => None,
     };
-    if let Some(mut tree) = base_tree {
+    let tree = base_tree.map(|mut tree| {
         if let Some(over) = local_tree {
             out.extend(merge(&mut tree, over, LOCKED_KEYS));
         }
         out.extend(validate(&tree));
-    }
+        tree
+    });
     out.sort_by_key(|d| (d.pos.source, d.pos.line, d.pos.column));
     out.dedup();
-    out
+    Checked {
+        tree,
+        diagnostics: out,
+    }
 }
 
 /// Diagnostics as JSON, one object each, with the file they point into: the shape shared by

@@ -16,6 +16,7 @@ mod events;
 mod launch;
 mod listener;
 mod middleware;
+mod projects;
 mod state;
 mod tokens;
 mod ui;
@@ -34,6 +35,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn router(state: ServerState) -> Router {
     let state = std::sync::Arc::new(state);
+    tokio::spawn(projects::watch(state.clone()));
     let protected = Router::new()
         .route("/", get(ui::index))
         .route("/api/v1/status", get(api::status))
@@ -43,6 +45,13 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/api/v1/projects", get(projects::list))
+        .route("/api/v1/projects/load", post(projects::load))
+        .route(
+            "/api/v1/projects/{slug}",
+            get(projects::get).delete(projects::unload),
+        )
+        .route("/api/v1/projects/{slug}/reload", post(projects::reload))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -41,6 +41,7 @@ pub struct ServerState {
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     /// Ids of tokens revoked while the daemon runs, so open sockets using them close at once.
     pub(crate) revoked_tokens: tokio::sync::broadcast::Sender<i64>,
+    pub(crate) projects: Mutex<crate::projects::Registry>,
 }
 
 impl ServerState {
@@ -63,6 +64,7 @@ impl ServerState {
             started: Instant::now(),
             shutdown,
             revoked_tokens: tokio::sync::broadcast::channel(64).0,
+            projects: Mutex::new(Default::default()),
         }
     }
 }

@@ -87,6 +87,14 @@ pub struct TokenRecord {
     pub revoked_at_ms: Option<i64>,
 }
 
+/// A project registered with the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProjectRecord {
+    pub slug: String,
+    pub root: String,
+    pub loaded_at_ms: i64,
+}
+
 /// What a database does for kaged. Methods block; [`Store`] runs them off the async runtime.
 pub trait Backend: Send + Sync + 'static {
     fn describe(&self) -> String;
@@ -117,6 +125,10 @@ pub trait Backend: Send + Sync + 'static {
     fn revoke_token(&self, id: i64, now_ms: i64) -> Result<Option<TokenRecord>>;
     /// The active token with this hash; marks it used (at most once an hour, to spare writes).
     fn find_active_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<TokenRecord>>;
+    fn put_project(&self, slug: &str, root: &str, now_ms: i64) -> Result<()>;
+    /// `false` when no such project was registered.
+    fn remove_project(&self, slug: &str) -> Result<bool>;
+    fn list_projects(&self) -> Result<Vec<ProjectRecord>>;
     /// Flush and release the database (SQLite: checkpoint the WAL).
     fn close(&self) -> Result<()>;
 }
@@ -207,6 +219,18 @@ impl Store {
     ) -> Result<Option<TokenRecord>> {
         self.run(move |b| b.find_active_token(&token_hash, now_ms))
             .await
+    }
+
+    pub async fn put_project(&self, slug: String, root: String, now_ms: i64) -> Result<()> {
+        self.run(move |b| b.put_project(&slug, &root, now_ms)).await
+    }
+
+    pub async fn remove_project(&self, slug: String) -> Result<bool> {
+        self.run(move |b| b.remove_project(&slug)).await
+    }
+
+    pub async fn list_projects(&self) -> Result<Vec<ProjectRecord>> {
+        self.run(|b| b.list_projects()).await
     }
 
     pub async fn close(&self) -> Result<()> {

@@ -38,6 +38,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         last_used_at_ms INTEGER,
         revoked_at_ms   INTEGER
      );",
+    // 4: projects registered with the daemon (the files stay in the project directory).
+    "CREATE TABLE projects (
+        slug         TEXT    PRIMARY KEY,
+        root         TEXT    NOT NULL UNIQUE,
+        loaded_at_ms INTEGER NOT NULL
+     );",
 ];
 
 /// The schema version this build writes.

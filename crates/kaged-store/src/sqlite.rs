@@ -6,7 +6,10 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::migrations::{LATEST_SCHEMA, MIGRATIONS};
-use crate::{AuditEvent, Backend, DaemonRun, Result, StoreError, StoredAuditEvent, TokenRecord};
+use crate::{
+    AuditEvent, Backend, DaemonRun, ProjectRecord, Result, StoreError, StoredAuditEvent,
+    TokenRecord,
+};
 
 const TOKEN_COLUMNS: &str = "id, actor, name, created_at_ms, last_used_at_ms, revoked_at_ms";
 /// Refresh `last_used_at_ms` at most this often.
@@ -333,6 +336,42 @@ impl Backend for SqliteBackend {
             );
         }
         Ok(found)
+    }
+
+    fn put_project(&self, slug: &str, root: &str, now_ms: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO projects (slug, root, loaded_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (slug) DO UPDATE SET root = excluded.root, loaded_at_ms = excluded.loaded_at_ms",
+                params![slug, root, now_ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn remove_project(&self, slug: &str) -> Result<bool> {
+        self.conn()
+            .execute("DELETE FROM projects WHERE slug = ?1", [slug])
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    fn list_projects(&self) -> Result<Vec<ProjectRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT slug, root, loaded_at_ms FROM projects ORDER BY slug")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ProjectRecord {
+                    slug: r.get(0)?,
+                    root: r.get(1)?,
+                    loaded_at_ms: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     fn close(&self) -> Result<()> {

@@ -60,11 +60,28 @@ pub enum Command {
     /// Bearer tokens for scripts and remote CLIs (needs the local operator or the bootstrap token).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Projects registered with the running daemon.
+    #[command(subcommand)]
+    Project(ProjectCommand),
     /// Project files: validate them, print their JSON Schema.
     #[command(subcommand)]
     Dsl(DslCommand),
     /// Print the version of this kaged binary.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Register a project directory (with .kaged/project.yaml) with the running daemon.
+    Load {
+        /// The project directory.
+        path: std::path::PathBuf,
+    },
+    /// List the loaded projects and whether their files are currently valid.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

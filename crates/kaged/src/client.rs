@@ -7,7 +7,7 @@ use kaged_auth::{NONCE_HEADER, Secret};
 use kaged_config::{DeploymentMode, ModeDecision, decide_mode};
 use serde_json::Value;
 
-use crate::cli::TokensCommand;
+use crate::cli::{ProjectCommand, TokensCommand};
 use crate::daemon::launch_url;
 use crate::runtime::{self, DISCOVERY_FILE, Discovery};
 use crate::{Failure, host};
@@ -152,9 +152,24 @@ async fn call(
     if !status.is_success() {
         let message = body["error"]["message"].as_str().unwrap_or("unknown error");
         let code = body["error"]["code"].as_str().unwrap_or("?");
-        return Err(Failure::Runtime(anyhow!(
-            "{url}: {status} {code}: {message}"
-        )));
+        let mut text = format!("{url}: {status} {code}: {message}");
+        // Project-file problems come with their positions: show them like `kaged dsl validate`.
+        for d in body["error"]["details"]["diagnostics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            text.push_str(&format!(
+                "\n{}:{}:{}: {}: {}\n  fix: {}",
+                d["file"].as_str().unwrap_or("?"),
+                d["line"],
+                d["column"],
+                d["path"].as_str().unwrap_or(""),
+                d["problem"].as_str().unwrap_or(""),
+                d["hint"].as_str().unwrap_or("")
+            ));
+        }
+        return Err(Failure::Runtime(anyhow!(text)));
     }
     Ok(body)
 }
@@ -379,6 +394,57 @@ pub async fn tokens(
                 "revoked token {id} (actor {})",
                 v["token"]["actor"].as_str().unwrap_or("?")
             );
+        }
+    }
+    Ok(())
+}
+
+pub async fn project(
+    mode_flag: Option<DeploymentMode>,
+    command: ProjectCommand,
+) -> Result<(), Failure> {
+    let target = target(mode_flag)?;
+    match command {
+        ProjectCommand::Load { path } => {
+            let absolute = std::path::absolute(&path)
+                .map_err(|e| Failure::Config(format!("{}: {e}", path.display())))?;
+            let body = serde_json::json!({"path": absolute});
+            let v = call(
+                &target,
+                reqwest::Method::POST,
+                "/api/v1/projects/load",
+                Some(body),
+            )
+            .await?;
+            println!(
+                "loaded project {} from {}",
+                v["project"]["slug"].as_str().unwrap_or("?"),
+                v["project"]["root"].as_str().unwrap_or("?")
+            );
+        }
+        ProjectCommand::List { json } => {
+            let v = call(&target, reqwest::Method::GET, "/api/v1/projects", None).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v["projects"]).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            println!("{:<24} {:<8} ROOT", "PROJECT", "STATE");
+            for p in v["projects"].as_array().into_iter().flatten() {
+                let state = if p["valid"] == true {
+                    "valid".to_string()
+                } else {
+                    format!("{} problems", p["problems"])
+                };
+                println!(
+                    "{:<24} {:<8} {}",
+                    p["slug"].as_str().unwrap_or("?"),
+                    state,
+                    p["root"].as_str().unwrap_or("?")
+                );
+            }
         }
     }
     Ok(())

@@ -104,6 +104,7 @@ fn main() -> ExitCode {
             }
             Command::Tokens(command) => client::tokens(mode, command).await,
             Command::Dsl(command) => dsl::run(command),
+            Command::Project(command) => client::project(mode, command).await,
             Command::Version => {
                 println!(
                     "kaged {} (database schema {})",

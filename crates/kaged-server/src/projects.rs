@@ -1,0 +1,366 @@
+//! Projects registered with the daemon: load, list, get, reload, unload, and a watcher that
+//! re-validates a project when its files change. An invalid edit never replaces the last valid
+//! configuration: the project keeps running on it and shows the new problems.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Extension, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kaged_auth::Principal;
+use kaged_dsl::{Checked, Diagnostic, diagnostics_json, load_project};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::audit::{AuditRecord, now_ms};
+use crate::error::ApiError;
+use crate::listener::Peer;
+use crate::state::{ServerState, lock};
+
+/// How often the watcher looks at project files.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Modification times of `project.yaml` and `project.local.yaml`: the watcher's change test.
+type Stamp = (Option<SystemTime>, Option<SystemTime>);
+
+#[derive(Debug, Clone)]
+pub struct ProjectState {
+    pub slug: String,
+    pub root: PathBuf,
+    /// The last valid resolved configuration.
+    pub config: Value,
+    /// Problems of the files as they are now (empty when they are valid).
+    pub diagnostics: Vec<Diagnostic>,
+    pub loaded_at_ms: i64,
+    pub checked_at_ms: i64,
+    stamp: Stamp,
+}
+
+fn files(root: &Path) -> (PathBuf, PathBuf) {
+    let base = root.join(".kaged/project.yaml");
+    let local = root.join(".kaged/project.local.yaml");
+    (base, local)
+}
+
+fn file_names(root: &Path) -> [String; 2] {
+    let (base, local) = files(root);
+    [base.display().to_string(), local.display().to_string()]
+}
+
+fn stamp(root: &Path) -> Stamp {
+    let (base, local) = files(root);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (modified(&base), modified(&local))
+}
+
+/// Read and check a project's files (blocking; the files are small).
+fn read(root: &Path) -> Result<(Checked, Stamp), ApiError> {
+    let (base, local) = files(root);
+    let stamp = stamp(root);
+    let base_text = std::fs::read_to_string(&base).map_err(|e| {
+        ApiError::new(
+            "not_found",
+            format!(
+                "cannot read {}: {e}; a project keeps its file at PROJECT/.kaged/project.yaml",
+                base.display()
+            ),
+        )
+    })?;
+    let local_text = match std::fs::read_to_string(&local) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(ApiError::new(
+                "bad_request",
+                format!("cannot read {}: {e}", local.display()),
+            ));
+        }
+    };
+    Ok((load_project(&base_text, local_text.as_deref()), stamp))
+}
+
+async fn read_async(root: PathBuf) -> Result<(Checked, Stamp), ApiError> {
+    tokio::task::spawn_blocking(move || read(&root))
+        .await
+        .map_err(|e| ApiError::internal(format!("project check failed: {e}")))?
+}
+
+fn invalid(root: &Path, diagnostics: &[Diagnostic]) -> ApiError {
+    let names = file_names(root);
+    let files = [names[0].as_str(), names[1].as_str()];
+    let n = diagnostics.len();
+    ApiError {
+        code: "dsl_invalid",
+        message: format!(
+            "the project file has {n} problem{}; run `kaged dsl validate {}` for details",
+            if n == 1 { "" } else { "s" },
+            root.display()
+        ),
+        details: Some(json!({ "diagnostics": diagnostics_json(diagnostics, &files) })),
+    }
+}
+
+fn view(p: &ProjectState) -> Value {
+    let names = file_names(&p.root);
+    let files = [names[0].as_str(), names[1].as_str()];
+    json!({
+        "slug": p.slug,
+        "root": p.root,
+        "valid": p.diagnostics.is_empty(),
+        "config": p.config,
+        "diagnostics": diagnostics_json(&p.diagnostics, &files),
+        "loaded_at_ms": p.loaded_at_ms,
+        "checked_at_ms": p.checked_at_ms,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadRequest {
+    path: String,
+}
+
+pub async fn list(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    let projects: Vec<Value> = lock(&state.projects)
+        .values()
+        .map(|p| {
+            json!({
+                "slug": p.slug,
+                "root": p.root,
+                "valid": p.diagnostics.is_empty(),
+                "problems": p.diagnostics.len(),
+            })
+        })
+        .collect();
+    Json(json!({ "projects": projects }))
+}
+
+pub async fn load(
+    State(state): State<Arc<ServerState>>,
+    Extension(principal): Extension<Principal>,
+    Extension(peer): Extension<Peer>,
+    body: Result<Json<LoadRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(
+            "bad_request",
+            format!(
+                "{}; send JSON {{\"path\": \"/ABSOLUTE/PROJECT/DIR\"}}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let path = PathBuf::from(&body.path);
+    if !path.is_absolute() {
+        return Err(ApiError::new(
+            "bad_request",
+            format!(
+                "{:?} is not an absolute path; give the project directory's absolute path",
+                body.path
+            ),
+        ));
+    }
+    let root = std::fs::canonicalize(&path)
+        .map_err(|e| ApiError::new("not_found", format!("{}: {e}", path.display())))?;
+    let (checked, stamp) = read_async(root.clone()).await?;
+    let (Some(slug), Some(config)) = (checked.slug(), checked.resolved()) else {
+        return Err(invalid(&root, &checked.diagnostics));
+    };
+    if let Some(existing) = lock(&state.projects).get(&slug)
+        && existing.root != root
+    {
+        return Err(ApiError::new(
+            "conflict",
+            format!(
+                "a project named `{slug}` is already loaded from {}; unload it first",
+                existing.root.display()
+            ),
+        ));
+    }
+    let now = now_ms();
+    state
+        .store
+        .put_project(slug.clone(), root.display().to_string(), now)
+        .await?;
+    let project = ProjectState {
+        slug: slug.clone(),
+        root: root.clone(),
+        config,
+        diagnostics: Vec::new(),
+        loaded_at_ms: now,
+        checked_at_ms: now,
+        stamp,
+    };
+    let body = view(&project);
+    lock(&state.projects).insert(slug.clone(), project);
+    state
+        .audit
+        .record(AuditRecord {
+            kind: "project.loaded",
+            success: true,
+            identity: Some(principal.id),
+            source: peer.0,
+            detail: json!({"project": slug, "root": root}),
+        })
+        .await;
+    Ok((StatusCode::CREATED, Json(json!({ "project": body }))).into_response())
+}
+
+fn find(state: &ServerState, slug: &str) -> Result<ProjectState, ApiError> {
+    lock(&state.projects).get(slug).cloned().ok_or_else(|| {
+        ApiError::new(
+            "not_found",
+            format!("no project `{slug}` is loaded; see `kaged project list`"),
+        )
+    })
+}
+
+pub async fn get(
+    State(state): State<Arc<ServerState>>,
+    UrlPath(slug): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "project": view(&find(&state, &slug)?) })))
+}
+
+/// Re-read a project's files. Valid: the new configuration replaces the old. Invalid: the old
+/// one stays in force and the problems are recorded (and returned as `dsl_invalid`).
+async fn recheck(
+    state: &ServerState,
+    slug: &str,
+    actor: Option<String>,
+) -> Result<ProjectState, ApiError> {
+    let current = find(state, slug)?;
+    let (checked, stamp) = read_async(current.root.clone()).await?;
+    let now = now_ms();
+    let renamed = checked.slug().is_some_and(|s| s != slug);
+    let mut updated = current.clone();
+    updated.stamp = stamp;
+    updated.checked_at_ms = now;
+    let result = match (checked.resolved(), renamed) {
+        (Some(config), false) => {
+            updated.config = config;
+            updated.diagnostics.clear();
+            Ok(updated.clone())
+        }
+        (Some(_), true) => {
+            updated.diagnostics = checked.diagnostics.clone();
+            Err(ApiError::new(
+                "conflict",
+                format!(
+                    "the file now names another project; unload `{slug}` and load the directory again"
+                ),
+            ))
+        }
+        (None, _) => {
+            updated.diagnostics = checked.diagnostics.clone();
+            Err(invalid(&updated.root, &checked.diagnostics))
+        }
+    };
+    lock(&state.projects).insert(slug.to_string(), updated.clone());
+    state
+        .audit
+        .record(AuditRecord {
+            kind: "project.reloaded",
+            success: result.is_ok(),
+            identity: actor,
+            source: None,
+            detail: json!({"project": slug, "problems": updated.diagnostics.len()}),
+        })
+        .await;
+    result
+}
+
+pub async fn reload(
+    State(state): State<Arc<ServerState>>,
+    Extension(principal): Extension<Principal>,
+    UrlPath(slug): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = recheck(&state, &slug, Some(principal.id)).await?;
+    Ok(Json(json!({ "project": view(&p) })))
+}
+
+pub async fn unload(
+    State(state): State<Arc<ServerState>>,
+    Extension(principal): Extension<Principal>,
+    Extension(peer): Extension<Peer>,
+    UrlPath(slug): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    find(&state, &slug)?;
+    state.store.remove_project(slug.clone()).await?;
+    lock(&state.projects).remove(&slug);
+    state
+        .audit
+        .record(AuditRecord {
+            kind: "project.unloaded",
+            success: true,
+            identity: Some(principal.id),
+            source: peer.0,
+            detail: json!({"project": slug}),
+        })
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Restore the registered projects, then re-check any whose files change, until shutdown.
+pub async fn watch(state: Arc<ServerState>) {
+    match state.store.list_projects().await {
+        Ok(records) => {
+            for r in records {
+                let root = PathBuf::from(&r.root);
+                let (config, diagnostics, stamp) = match read_async(root.clone()).await {
+                    Ok((checked, stamp)) => (checked.resolved(), checked.diagnostics, stamp),
+                    Err(e) => {
+                        tracing::warn!(project = %r.slug, error = %e.message, "a registered project cannot be read");
+                        (None, Vec::new(), (None, None))
+                    }
+                };
+                let valid = config.is_some();
+                lock(&state.projects).insert(
+                    r.slug.clone(),
+                    ProjectState {
+                        slug: r.slug.clone(),
+                        root,
+                        config: config.unwrap_or(Value::Null),
+                        diagnostics,
+                        loaded_at_ms: r.loaded_at_ms,
+                        checked_at_ms: now_ms(),
+                        stamp,
+                    },
+                );
+                tracing::info!(project = %r.slug, valid, "project restored");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list registered projects"),
+    }
+    let mut shutdown = state.shutdown.clone();
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let changed: Vec<String> = lock(&state.projects)
+            .values()
+            .filter(|p| stamp(&p.root) != p.stamp)
+            .map(|p| p.slug.clone())
+            .collect();
+        for slug in changed {
+            match recheck(&state, &slug, None).await {
+                Ok(_) => {
+                    tracing::info!(project = %slug, "project file changed; new configuration in force")
+                }
+                Err(e) => {
+                    tracing::warn!(project = %slug, error = %e.message, "project file changed but is not valid; the last valid configuration stays in force")
+                }
+            }
+        }
+    }
+}
+
+/// The registry the server state holds.
+pub type Registry = BTreeMap<String, ProjectState>;

@@ -1,0 +1,179 @@
+//! Projects through the real daemon: load, list, get, reload, unload, the file watcher, and
+//! persistence across a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+
+const VALID: &str = "version: 1\nproject: demo\nprimary:\n  command: [claude]\ntasks:\n  test: { command: [cargo, test] }\n";
+
+fn write_project(root: &Path, text: &str) {
+    std::fs::create_dir_all(root.join(".kaged")).unwrap();
+    std::fs::write(root.join(".kaged/project.yaml"), text).unwrap();
+}
+
+/// Poll the daemon until `ready` holds for the project (the watcher checks every 2 s).
+async fn wait_for(
+    d: &Daemon,
+    slug: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let v = d.api_get(&format!("/api/v1/projects/{slug}")).await;
+        if ready(&v["project"]) {
+            return v["project"].clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "condition never held: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn load_list_get_watch_reload_unload_and_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let project = tmp.path().join("demo");
+    write_project(&project, VALID);
+    let d = Daemon::start(&home);
+
+    let out = d.cli(&["project", "load", project.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("loaded project demo from "));
+    let list = String::from_utf8(d.cli(&["project", "list"]).stdout).unwrap();
+    assert!(list.lines().nth(1).unwrap().starts_with("demo"), "{list}");
+    assert!(list.contains("valid"));
+    let p = d.api_get("/api/v1/projects/demo").await["project"].clone();
+    assert_eq!(p["valid"], true);
+    assert_eq!(
+        p["config"]["tasks"]["test"]["command"],
+        serde_json::json!(["cargo", "test"])
+    );
+
+    // An invalid edit is noticed, reported, and does not replace the running configuration.
+    write_project(
+        &project,
+        "version: 1\nproject: demo\nprimary:\n  command: claude --fast\n",
+    );
+    let p = wait_for(&d, "demo", |p| p["valid"] == false).await;
+    assert_eq!(p["diagnostics"][0]["line"], 4);
+    assert_eq!(p["diagnostics"][0]["path"], "primary.command");
+    assert_eq!(
+        p["config"]["primary"]["command"],
+        serde_json::json!(["claude"]),
+        "last valid config kept"
+    );
+    // An explicit reload says the same, as dsl_invalid with the diagnostics.
+    let r = plain_client()
+        .post(format!("{}/api/v1/projects/demo/reload", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "dsl_invalid");
+    assert_eq!(body["error"]["details"]["diagnostics"][0]["column"], 12);
+
+    // A valid edit takes over.
+    write_project(&project, &VALID.replace("[claude]", "[claude, --fast]"));
+    let p = wait_for(&d, "demo", |p| p["valid"] == true).await;
+    assert_eq!(
+        p["config"]["primary"]["command"],
+        serde_json::json!(["claude", "--fast"])
+    );
+
+    // Restored after a daemon restart.
+    drop(d.stop());
+    let d = Daemon::start(&home);
+    let p = wait_for(&d, "demo", |p| p["valid"] == true).await;
+    assert_eq!(
+        p["config"]["primary"]["command"],
+        serde_json::json!(["claude", "--fast"])
+    );
+
+    // Unload.
+    let r = plain_client()
+        .delete(format!("{}/api/v1/projects/demo", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = plain_client()
+        .get(format!("{}/api/v1/projects/demo", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let audit = d.api_get("/api/v1/audit").await;
+    let kinds: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"project.unloaded"), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn invalid_projects_and_slug_clashes_are_refused_with_reasons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("home"));
+    let bad = tmp.path().join("bad");
+    write_project(
+        &bad,
+        "version: 1\nproject: bad\nprimary:\n  model: openai:gpt-5\n  system_prompt: project:/p.md\n",
+    );
+    let out = d.cli(&["project", "load", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("422") && err.contains("dsl_invalid"), "{err}");
+    assert!(err.contains("project.yaml:4:10: primary.model:"), "{err}");
+
+    let one = tmp.path().join("one");
+    let two = tmp.path().join("two");
+    write_project(&one, VALID);
+    write_project(&two, VALID);
+    assert!(
+        d.cli(&["project", "load", one.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = d.cli(&["project", "load", two.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let r = plain_client()
+        .post(format!("{}/api/v1/projects/load", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .json(&serde_json::json!({"path": "relative/dir"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Without credentials, nothing.
+    let r = plain_client()
+        .get(format!("{}/api/v1/projects", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
