@@ -53,7 +53,8 @@ fn schema_and_validator_agree() {
         from jsonschema import Draft202012Validator as V\n\
         s=json.load(open(sys.argv[1])); V.check_schema(s); v=V(s)\n\
         print(json.dumps([v.is_valid(i) for i in json.load(open(sys.argv[2]))]))\n";
-    let out = Command::new("python3")
+    let python = std::env::var("KAGED_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
         .arg("-c")
         .arg(script)
         .arg(tmp.path().join("schema.json"))
