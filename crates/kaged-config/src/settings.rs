@@ -99,6 +99,10 @@ impl fmt::Display for StorageUrl {
 pub struct ConfigSecret(String);
 
 impl ConfigSecret {
+    pub fn new(text: String) -> Self {
+        ConfigSecret(text)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

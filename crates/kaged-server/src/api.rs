@@ -71,6 +71,15 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
     })))
 }
 
+/// The operator-local configuration: aliases, providers (by variable name; an inline key is
+/// only ever reported as present), the projects registry and host grants.
+pub async fn local(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    Json(json!({
+        "path": state.info.local_path,
+        "local": state.info.local,
+    }))
+}
+
 pub async fn whoami(
     State(state): State<Arc<ServerState>>,
     Extension(principal): Extension<Principal>,

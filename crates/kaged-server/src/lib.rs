@@ -40,6 +40,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/", get(ui::index))
         .route("/api/v1/status", get(api::status))
         .route("/api/v1/whoami", get(api::whoami))
+        .route("/api/v1/local", get(api::local))
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/auth/logout", post(api::logout))
         .route("/api/v1/events", get(events::events))

@@ -20,6 +20,9 @@ pub struct DaemonInfo {
     pub warnings: Vec<String>,
     /// Values of the `X-Kaged-Warning` headers every response carries (`insecure`, `no-sandbox`).
     pub warning_headers: Vec<&'static str>,
+    /// The operator-local configuration (local.toml); its secrets never serialize.
+    pub local_path: std::path::PathBuf,
+    pub local: kaged_config::LocalConfig,
 }
 
 /// Failed launch attempts allowed per window before `/launch` answers 429.

@@ -108,6 +108,18 @@ pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(
     };
     let (decision, settings, first_launch_text) =
         config_for_start(&facts, mode_flag, args.config.as_deref(), flags)?;
+    let local_path = kaged_config::local_config_path(&facts.env, &settings.config_file);
+    let local = match std::fs::read_to_string(&local_path) {
+        Ok(text) => kaged_config::parse_local(&local_path, &text)
+            .map_err(|e| Failure::Config(e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => kaged_config::LocalConfig::default(),
+        Err(e) => {
+            return Err(Failure::Config(format!(
+                "cannot read {}: {e}",
+                local_path.display()
+            )));
+        }
+    };
     let mechanism = match settings.auth {
         AuthMechanism::LaunchUrl => Mechanism::LaunchUrl,
         AuthMechanism::Insecure => Mechanism::Insecure,
@@ -118,9 +130,19 @@ pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(
     };
     crate::logging::init(&settings.log_operational, settings.log_level)
         .map_err(Failure::Runtime)?;
-    serve(decision, settings, mechanism, first_launch_text, facts.uid)
-        .await
-        .map_err(Failure::Runtime)
+    for warning in &local.warnings {
+        eprintln!("kaged: warning: {warning}");
+    }
+    serve(
+        decision,
+        settings,
+        (local_path, local),
+        mechanism,
+        first_launch_text,
+        facts.uid,
+    )
+    .await
+    .map_err(Failure::Runtime)
 }
 
 /// The environment variable holding the secret the sidecar sends as `X-Kaged-Auth-Nonce`.
@@ -150,6 +172,7 @@ fn sidecar_nonce(value: Option<String>) -> Result<Secret, String> {
 async fn serve(
     decision: ModeDecision,
     settings: Settings,
+    (local_path, local_config): (std::path::PathBuf, kaged_config::LocalConfig),
     mechanism: Mechanism,
     first_launch_text: Option<String>,
     uid: u32,
@@ -323,6 +346,8 @@ async fn serve(
         settings: settings.clone(),
         warnings,
         warning_headers,
+        local_path,
+        local: local_config,
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shutdown_rx_serve = shutdown_rx.clone();

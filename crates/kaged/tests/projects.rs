@@ -177,3 +177,50 @@ async fn invalid_projects_and_slug_clashes_are_refused_with_reasons() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn local_toml_is_loaded_checked_and_its_secrets_never_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let inline = "sk-inline-local-secret-0123456789";
+    std::fs::write(
+        home.join("local.toml"),
+        format!(
+            "operator_name = \"ann\"\n[aliases]\nsonnet = \"claude:sonnet-4\"\n\
+             [providers.claude]\napi_key_env = \"ANTHROPIC_API_KEY\"\n\
+             [providers.local]\napi_key = \"{inline}\"\n"
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&home);
+    let v = d.api_get("/api/v1/local").await;
+    assert_eq!(v["local"]["aliases"]["sonnet"], "claude:sonnet-4");
+    assert_eq!(
+        v["local"]["providers"]["claude"]["api_key_env"],
+        "ANTHROPIC_API_KEY"
+    );
+    assert_eq!(v["local"]["providers"]["local"]["has_inline_key"], true);
+    assert!(!v.to_string().contains(inline));
+    assert!(
+        d.stderr_text()
+            .contains("providers.local.api_key: an inline key"),
+        "{}",
+        d.stderr_text()
+    );
+    let (status, log) = d.stop();
+    assert!(status.success());
+    assert!(!log.contains(inline));
+    let db = std::fs::read(home.join("kaged.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(inline));
+
+    // A broken local.toml stops the start with file, line and key.
+    std::fs::write(home.join("local.toml"), "[aliases]\nsonnet = \"nocolon\"\n").unwrap();
+    let out = kaged_cmd(&[("KAGED_HOME", home.to_str().unwrap())])
+        .args(["start", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("local.toml:2:10: aliases.sonnet:"), "{err}");
+}

@@ -1,0 +1,511 @@
+//! `local.toml`: the operator-local half of a project's world (ADR-0011). Model aliases, provider
+//! credentials (by environment variable), the projects registry, and what each project's agents
+//! are granted from the host (environment variables, host paths). Nothing here is ever written
+//! into a project file, the database, a log or an API response in plaintext.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use toml::de::{DeTable, DeValue};
+
+use crate::error::{ConfigError, ConfigErrors, Location, line_column};
+use crate::settings::ConfigSecret;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Provider {
+    /// Name of the environment variable holding the key (preferred).
+    pub api_key_env: Option<String>,
+    /// An inline key: accepted, warned about, never shown.
+    #[serde(skip)]
+    pub api_key: Option<ConfigSecret>,
+    pub has_inline_key: bool,
+    pub base_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathGrant {
+    pub host: PathBuf,
+    /// Where it appears for the project (`project:/...`).
+    pub at: String,
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectGrants {
+    pub path: Option<PathBuf>,
+    pub env: Vec<String>,
+    pub paths: Vec<PathGrant>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LocalConfig {
+    pub operator_name: Option<String>,
+    /// alias -> `provider:model`
+    pub aliases: BTreeMap<String, String>,
+    pub providers: BTreeMap<String, Provider>,
+    pub projects: BTreeMap<String, ProjectGrants>,
+    /// Non-fatal advice (an inline key) for the log.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// `$KAGED_CONFIG_DIR/local.toml`, else next to `config.toml` in per-user mode.
+pub fn local_config_path(env: &BTreeMap<String, String>, config_file: &Path) -> PathBuf {
+    match env.get("KAGED_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("local.toml"),
+        None => config_file.with_file_name("local.toml"),
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+struct Reader<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    fn fail(
+        &mut self,
+        offset: usize,
+        key: &str,
+        problem: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        let (line, column) = line_column(self.text, offset);
+        self.errors.push(ConfigError {
+            location: Location::File {
+                path: self.path.to_path_buf(),
+                line,
+                column,
+            },
+            key: key.to_string(),
+            problem: problem.into(),
+            hint: hint.into(),
+        });
+    }
+
+    fn string(&mut self, v: &toml::Spanned<DeValue<'_>>, key: &str) -> Option<String> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => {
+                self.fail(v.span().start, key, "expected a string", "quote the value");
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, v: &toml::Spanned<DeValue<'_>>, key: &str) -> Vec<String> {
+        match v.get_ref() {
+            DeValue::Array(items) => items.iter().filter_map(|i| self.string(i, key)).collect(),
+            _ => {
+                self.fail(
+                    v.span().start,
+                    key,
+                    "expected a list of strings",
+                    "write [\"A\", \"B\"]",
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn table<'t, 'i>(
+        &mut self,
+        v: &'t toml::Spanned<DeValue<'i>>,
+        key: &str,
+    ) -> Option<&'t DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => {
+                self.fail(
+                    v.span().start,
+                    key,
+                    "expected a table",
+                    format!("write [{key}]"),
+                );
+                None
+            }
+        }
+    }
+
+    fn unknown(&mut self, offset: usize, key: &str, known: &[&str]) {
+        let leaf = key.rsplit('.').next().unwrap_or(key);
+        let hint = match crate::keys::closest(leaf, known) {
+            Some(c) => format!("did you mean `{c}`? known here: {}", known.join(", ")),
+            None => format!("remove it; known here: {}", known.join(", ")),
+        };
+        self.fail(offset, key, format!("unknown key `{leaf}`"), hint);
+    }
+}
+
+/// Parse `local.toml` (`text`) read from `path`; every problem at once.
+pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors> {
+    let mut r = Reader {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let mut out = LocalConfig::default();
+    let root = match DeTable::parse(text) {
+        Ok(t) => t,
+        Err(e) => {
+            r.fail(
+                e.span().map(|s| s.start).unwrap_or(0),
+                "",
+                format!("TOML syntax error: {}", e.message().trim()),
+                "fix the syntax at this position",
+            );
+            return Err(ConfigErrors(r.errors));
+        }
+    };
+    const TOP: &[&str] = &["operator_name", "aliases", "providers", "projects"];
+    for (k, v) in root.get_ref().iter() {
+        let key = k.get_ref().as_ref();
+        match key {
+            "operator_name" => out.operator_name = r.string(v, key),
+            "aliases" => {
+                let Some(t) = r.table(v, key) else { continue };
+                for (ak, av) in t.iter() {
+                    let alias = ak.get_ref().to_string();
+                    let path = format!("aliases.{alias}");
+                    let Some(target) = r.string(av, &path) else {
+                        continue;
+                    };
+                    match target.split_once(':') {
+                        Some((p, m)) if is_name(p) && !m.is_empty() => {
+                            out.aliases.insert(alias, target);
+                        }
+                        _ => r.fail(
+                            av.span().start,
+                            &path,
+                            format!("{target:?} is not provider:model"),
+                            "write \"provider:model\", e.g. \"claude:sonnet-4\"",
+                        ),
+                    }
+                }
+            }
+            "providers" => {
+                let Some(t) = r.table(v, key) else { continue };
+                for (pk, pv) in t.iter() {
+                    let name = pk.get_ref().to_string();
+                    let path = format!("providers.{name}");
+                    let Some(pt) = r.table(pv, &path) else {
+                        continue;
+                    };
+                    let mut p = Provider {
+                        api_key_env: None,
+                        api_key: None,
+                        has_inline_key: false,
+                        base_url: None,
+                    };
+                    for (fk, fv) in pt.iter() {
+                        let field = fk.get_ref().as_ref();
+                        let fpath = format!("{path}.{field}");
+                        match field {
+                            "api_key_env" => {
+                                if let Some(s) = r.string(fv, &fpath) {
+                                    if is_env_name(&s) {
+                                        p.api_key_env = Some(s);
+                                    } else {
+                                        r.fail(fv.span().start, &fpath, format!("{s:?} is not an environment variable name"), "use UPPER_CASE letters, digits and _, e.g. ANTHROPIC_API_KEY");
+                                    }
+                                }
+                            }
+                            "api_key" => {
+                                // Never echo the key itself.
+                                if let DeValue::String(s) = fv.get_ref() {
+                                    p.api_key = Some(ConfigSecret::new(s.to_string()));
+                                    p.has_inline_key = true;
+                                    out.warnings.push(format!(
+                                        "{fpath}: an inline key in {}; prefer api_key_env",
+                                        path_display(r.path)
+                                    ));
+                                } else {
+                                    r.fail(
+                                        fv.span().start,
+                                        &fpath,
+                                        "expected a string",
+                                        "quote the value, or better use api_key_env",
+                                    );
+                                }
+                            }
+                            "base_url" => {
+                                if let Some(s) = r.string(fv, &fpath) {
+                                    if s.starts_with("https://")
+                                        || s.starts_with("http://127.0.0.1")
+                                        || s.starts_with("http://localhost")
+                                    {
+                                        p.base_url = Some(s);
+                                    } else {
+                                        r.fail(
+                                            fv.span().start,
+                                            &fpath,
+                                            format!("{s:?} is not an https URL"),
+                                            "use https://, or http:// only to localhost",
+                                        );
+                                    }
+                                }
+                            }
+                            _ => r.unknown(
+                                fk.span().start,
+                                &fpath,
+                                &["api_key_env", "api_key", "base_url"],
+                            ),
+                        }
+                    }
+                    out.providers.insert(name, p);
+                }
+            }
+            "projects" => {
+                let Some(t) = r.table(v, key) else { continue };
+                for (pk, pv) in t.iter() {
+                    let slug = pk.get_ref().to_string();
+                    let path = format!("projects.{slug}");
+                    let Some(pt) = r.table(pv, &path) else {
+                        continue;
+                    };
+                    let mut g = ProjectGrants {
+                        path: None,
+                        env: Vec::new(),
+                        paths: Vec::new(),
+                    };
+                    for (fk, fv) in pt.iter() {
+                        let field = fk.get_ref().as_ref();
+                        let fpath = format!("{path}.{field}");
+                        match field {
+                            "path" => {
+                                if let Some(s) = r.string(fv, &fpath) {
+                                    if Path::new(&s).is_absolute() {
+                                        g.path = Some(PathBuf::from(s));
+                                    } else {
+                                        r.fail(fv.span().start, &fpath, format!("{s:?} is not absolute"), "use the project directory's absolute path");
+                                    }
+                                }
+                            }
+                            "env" => {
+                                for name in r.strings(fv, &fpath) {
+                                    if is_env_name(&name) {
+                                        g.env.push(name);
+                                    } else {
+                                        r.fail(fv.span().start, &fpath, format!("{name:?} is not an environment variable name"), "list variable names such as GITHUB_TOKEN (their values stay in the environment)");
+                                    }
+                                }
+                            }
+                            "paths" => match fv.get_ref() {
+                                DeValue::Array(items) => {
+                                    for item in items {
+                                        if let Some(grant) = path_grant(&mut r, item, &fpath) {
+                                            g.paths.push(grant);
+                                        }
+                                    }
+                                }
+                                _ => r.fail(fv.span().start, &fpath, "expected a list of tables", "write paths = [{ host = \"/srv/data\", at = \"project:/data\", mode = \"ro\" }]"),
+                            },
+                            _ => r.unknown(fk.span().start, &fpath, &["path", "env", "paths"]),
+                        }
+                    }
+                    out.projects.insert(slug, g);
+                }
+            }
+            _ => r.unknown(k.span().start, key, TOP),
+        }
+    }
+    // Aliases must point at a configured provider.
+    let missing: Vec<(String, String)> = out
+        .aliases
+        .iter()
+        .filter_map(|(alias, target)| {
+            let provider = target.split(':').next().unwrap_or_default();
+            (!out.providers.contains_key(provider)).then(|| (alias.clone(), provider.to_string()))
+        })
+        .collect();
+    for (alias, provider) in missing {
+        let offset = text
+            .find(&format!("{alias} "))
+            .or_else(|| text.find(&alias))
+            .unwrap_or(0);
+        r.fail(
+            offset,
+            &format!("aliases.{alias}"),
+            format!("the provider `{provider}` is not configured"),
+            format!("add [providers.{provider}] with api_key_env"),
+        );
+    }
+    if r.errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(r.errors))
+    }
+}
+
+fn path_display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn path_grant(
+    r: &mut Reader<'_>,
+    item: &toml::Spanned<DeValue<'_>>,
+    key: &str,
+) -> Option<PathGrant> {
+    let t = r.table(item, key)?;
+    let (mut host, mut at, mut mode) = (None, None, "ro".to_string());
+    for (fk, fv) in t.iter() {
+        let field = fk.get_ref().as_ref();
+        let fpath = format!("{key}.{field}");
+        match field {
+            "host" => {
+                host = r.string(fv, &fpath).filter(|s| {
+                    let ok = Path::new(s).is_absolute();
+                    if !ok {
+                        r.fail(
+                            fv.span().start,
+                            &fpath,
+                            format!("{s:?} is not an absolute host path"),
+                            "use an absolute path",
+                        );
+                    }
+                    ok
+                })
+            }
+            "at" => {
+                at = r.string(fv, &fpath).filter(|s| {
+                    let ok = s.starts_with("project:/") && !s.split('/').any(|seg| seg == "..");
+                    if !ok {
+                        r.fail(
+                            fv.span().start,
+                            &fpath,
+                            format!("{s:?} is not a project:/ path"),
+                            "write where it appears, e.g. project:/data",
+                        );
+                    }
+                    ok
+                })
+            }
+            "mode" => {
+                if let Some(m) = r.string(fv, &fpath) {
+                    if m == "ro" || m == "rw" {
+                        mode = m;
+                    } else {
+                        r.fail(
+                            fv.span().start,
+                            &fpath,
+                            format!("{m:?} is not ro or rw"),
+                            "use \"ro\" or \"rw\"",
+                        );
+                    }
+                }
+            }
+            _ => r.unknown(fk.span().start, &fpath, &["host", "at", "mode"]),
+        }
+    }
+    match (host, at) {
+        (Some(host), Some(at)) => Some(PathGrant {
+            host: PathBuf::from(host),
+            at,
+            mode,
+        }),
+        _ => {
+            r.fail(
+                item.span().start,
+                key,
+                "a path grant needs host and at",
+                "write { host = \"/srv/data\", at = \"project:/data\" }",
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<LocalConfig, ConfigErrors> {
+        parse_local(Path::new("/home/ann/.config/kaged/local.toml"), text)
+    }
+
+    #[test]
+    fn a_full_local_config_parses_and_never_shows_inline_keys() {
+        let c = parse(
+            "operator_name = \"ann\"\n\
+             [aliases]\nsonnet = \"claude:sonnet-4\"\n\
+             [providers.claude]\napi_key_env = \"ANTHROPIC_API_KEY\"\n\
+             [providers.local]\napi_key = \"sk-inline-secret-0123\"\nbase_url = \"http://127.0.0.1:11434\"\n\
+             [projects.demo]\npath = \"/home/ann/src/demo\"\nenv = [\"GITHUB_TOKEN\"]\n\
+             paths = [{ host = \"/srv/data\", at = \"project:/data\", mode = \"ro\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.aliases["sonnet"], "claude:sonnet-4");
+        assert_eq!(
+            c.providers["claude"].api_key_env.as_deref(),
+            Some("ANTHROPIC_API_KEY")
+        );
+        assert!(c.providers["local"].has_inline_key);
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.projects["demo"].paths[0].host, PathBuf::from("/srv/data"));
+        let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
+        assert!(!shown.contains("sk-inline-secret"), "{shown}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let errs = parse(
+            "operator = \"ann\"\n\
+             [aliases]\nsonnet = \"sonnet-4\"\nhaiku = \"nobody:haiku\"\n\
+             [providers.claude]\napi_key_env = \"lower\"\nkey = \"x\"\n\
+             [projects.demo]\npath = \"src/demo\"\nenv = [\"bad name\"]\n\
+             paths = [{ host = \"data\", at = \"/abs\" }]\n",
+        )
+        .unwrap_err()
+        .0;
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        for needle in [
+            "local.toml:1:1: operator: unknown key `operator`",
+            "local.toml:3:10: aliases.sonnet: \"sonnet-4\" is not provider:model",
+            "aliases.haiku: the provider `nobody` is not configured",
+            "local.toml:6:15: providers.claude.api_key_env:",
+            "providers.claude.key: unknown key `key`",
+            "local.toml:9:8: projects.demo.path:",
+            "projects.demo.env:",
+            "projects.demo.paths.host:",
+            "projects.demo.paths.at:",
+        ] {
+            assert!(
+                shown.iter().any(|s| s.contains(needle)),
+                "missing {needle} in {shown:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_file_lives_in_kaged_config_dir_or_next_to_config_toml() {
+        let cfg = Path::new("/home/ann/.config/kaged/config.toml");
+        let env: BTreeMap<String, String> =
+            [("KAGED_CONFIG_DIR".to_string(), "/etc/kaged-ops".to_string())].into();
+        assert_eq!(
+            local_config_path(&env, cfg),
+            PathBuf::from("/etc/kaged-ops/local.toml")
+        );
+        assert_eq!(
+            local_config_path(&BTreeMap::new(), cfg),
+            PathBuf::from("/home/ann/.config/kaged/local.toml")
+        );
+    }
+}
