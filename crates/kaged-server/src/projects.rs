@@ -308,6 +308,18 @@ pub async fn unload(
 
 /// Restore the registered projects, then re-check any whose files change, until shutdown.
 pub async fn watch(state: Arc<ServerState>) {
+    // Projects the operator lists in local.toml are registered too (the file is the operator's).
+    for (slug, grants) in &state.info.local.projects {
+        let Some(path) = &grants.path else { continue };
+        let root = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        if let Err(e) = state
+            .store
+            .put_project(slug.clone(), root.display().to_string(), now_ms())
+            .await
+        {
+            tracing::error!(project = %slug, error = %e, "cannot register a project from local.toml");
+        }
+    }
     match state.store.list_projects().await {
         Ok(records) => {
             for r in records {

@@ -184,16 +184,23 @@ async fn local_toml_is_loaded_checked_and_its_secrets_never_shown() {
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let inline = "sk-inline-local-secret-0123456789";
+    let project = tmp.path().join("listed");
+    write_project(&project, VALID);
     std::fs::write(
         home.join("local.toml"),
         format!(
             "operator_name = \"ann\"\n[aliases]\nsonnet = \"claude:sonnet-4\"\n\
              [providers.claude]\napi_key_env = \"ANTHROPIC_API_KEY\"\n\
-             [providers.local]\napi_key = \"{inline}\"\n"
+             [providers.local]\napi_key = \"{inline}\"\n\
+             [projects.demo]\npath = \"{}\"\nenv = [\"GITHUB_TOKEN\"]\n",
+            project.display()
         ),
     )
     .unwrap();
     let d = Daemon::start(&home);
+    // The project listed in local.toml is loaded without `kaged project load`.
+    let p = wait_for(&d, "demo", |p| p["valid"] == true).await;
+    assert_eq!(p["config"]["project"], "demo");
     let v = d.api_get("/api/v1/local").await;
     assert_eq!(v["local"]["aliases"]["sonnet"], "claude:sonnet-4");
     assert_eq!(
