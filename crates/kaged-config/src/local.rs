@@ -111,21 +111,6 @@ impl Reader<'_> {
         }
     }
 
-    fn strings(&mut self, v: &toml::Spanned<DeValue<'_>>, key: &str) -> Vec<String> {
-        match v.get_ref() {
-            DeValue::Array(items) => items.iter().filter_map(|i| self.string(i, key)).collect(),
-            _ => {
-                self.fail(
-                    v.span().start,
-                    key,
-                    "expected a list of strings",
-                    "write [\"A\", \"B\"]",
-                );
-                Vec::new()
-            }
-        }
-    }
-
     fn table<'t, 'i>(
         &mut self,
         v: &'t toml::Spanned<DeValue<'i>>,
@@ -163,6 +148,8 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
         errors: Vec::new(),
     };
     let mut out = LocalConfig::default();
+    // Where each alias's value sits, for the cross-check after parsing.
+    let mut alias_at: BTreeMap<String, usize> = BTreeMap::new();
     let root = match DeTable::parse(text) {
         Ok(t) => t,
         Err(e) => {
@@ -188,6 +175,7 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
                     let Some(target) = r.string(av, &path) else {
                         continue;
                     };
+                    alias_at.insert(alias.clone(), av.span().start);
                     match target.split_once(':') {
                         Some((p, m)) if is_name(p) && !m.is_empty() => {
                             out.aliases.insert(alias, target);
@@ -299,15 +287,20 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
                                     }
                                 }
                             }
-                            "env" => {
-                                for name in r.strings(fv, &fpath) {
-                                    if is_env_name(&name) {
-                                        g.env.push(name);
-                                    } else {
-                                        r.fail(fv.span().start, &fpath, format!("{name:?} is not an environment variable name"), "list variable names such as GITHUB_TOKEN (their values stay in the environment)");
+                            "env" => match fv.get_ref() {
+                                DeValue::Array(items) => {
+                                    for (i, item) in items.iter().enumerate() {
+                                        let ipath = format!("{fpath}[{i}]");
+                                        let Some(name) = r.string(item, &ipath) else { continue };
+                                        if is_env_name(&name) {
+                                            g.env.push(name);
+                                        } else {
+                                            r.fail(item.span().start, &ipath, format!("{name:?} is not an environment variable name"), "list variable names such as GITHUB_TOKEN (their values stay in the environment)");
+                                        }
                                     }
                                 }
-                            }
+                                _ => r.fail(fv.span().start, &fpath, "expected a list of strings", "write [\"A\", \"B\"]"),
+                            },
                             "paths" => match fv.get_ref() {
                                 DeValue::Array(items) => {
                                     for item in items {
@@ -337,10 +330,7 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
         })
         .collect();
     for (alias, provider) in missing {
-        let offset = text
-            .find(&format!("{alias} "))
-            .or_else(|| text.find(&alias))
-            .unwrap_or(0);
+        let offset = alias_at.get(&alias).copied().unwrap_or(0);
         r.fail(
             offset,
             &format!("aliases.{alias}"),
@@ -351,6 +341,10 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
     if r.errors.is_empty() {
         Ok(out)
     } else {
+        r.errors.sort_by_key(|e| match &e.location {
+            Location::File { line, column, .. } => (*line, *column),
+            _ => (0, 0),
+        });
         Err(ConfigErrors(r.errors))
     }
 }
@@ -483,7 +477,7 @@ mod tests {
             "local.toml:6:15: providers.claude.api_key_env:",
             "providers.claude.key: unknown key `key`",
             "local.toml:9:8: projects.demo.path:",
-            "projects.demo.env:",
+            "local.toml:10:8: projects.demo.env[0]:",
             "projects.demo.paths.host:",
             "projects.demo.paths.at:",
         ] {

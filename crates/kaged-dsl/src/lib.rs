@@ -11,7 +11,8 @@ mod tree;
 mod validate;
 
 pub use project::{
-    BASE, Checked, LOCAL, LOCKED_KEYS, check_project, diagnostics_json, load_project, to_json,
+    BASE, Checked, LOCAL, LOCKED_KEYS, MAX_DIAGNOSTICS, check_project, diagnostics_json,
+    load_project, to_json,
 };
 pub use schema::json_schema;
 pub use tree::{Diagnostic, Entry, Kind, MAX_DEPTH, Node, Pos, Value, merge, parse};

@@ -7,6 +7,9 @@ use crate::validate::validate;
 pub const BASE: usize = 0;
 /// Source index of `.kaged/project.local.yaml`.
 pub const LOCAL: usize = 1;
+/// At most this many diagnostics are kept; the rest are counted in a last one.
+pub const MAX_DIAGNOSTICS: usize = 200;
+
 /// Keys an overlay may not change: they identify the project.
 pub const LOCKED_KEYS: &[&str] = &["version", "project"];
 
@@ -38,6 +41,31 @@ impl Checked {
             Kind::Scalar(Value::Str(ref s)) => Some(s.clone()),
             _ => None,
         }
+    }
+}
+
+/// Project files are UTF-8 without a byte-order mark, with LF line endings.
+fn encoding_rules(source: usize, text: &str, out: &mut Vec<Diagnostic>) {
+    let at = |line| crate::tree::Pos {
+        source,
+        line,
+        column: 1,
+    };
+    if text.starts_with('\u{feff}') {
+        out.push(Diagnostic {
+            pos: at(1),
+            path: String::new(),
+            problem: "the file starts with a byte-order mark".into(),
+            hint: "save it as UTF-8 without BOM".into(),
+        });
+    }
+    if let Some(i) = text.find("\r\n") {
+        out.push(Diagnostic {
+            pos: at(text[..i].matches('\n').count() + 1),
+            path: String::new(),
+            problem: "the file uses CRLF line endings".into(),
+            hint: "save it with LF line endings".into(),
+        });
     }
 }
 
@@ -98,8 +126,24 @@ pub fn load_project(base: &str, local: Option<&str>) -> Checked {
         out.extend(validate(&tree));
         tree
     });
+    for (source, text) in [(BASE, Some(base)), (LOCAL, local)] {
+        if let Some(text) = text {
+            encoding_rules(source, text, &mut out);
+        }
+    }
     out.sort_by_key(|d| (d.pos.source, d.pos.line, d.pos.column));
     out.dedup();
+    if out.len() > MAX_DIAGNOSTICS {
+        let more = out.len() - MAX_DIAGNOSTICS;
+        out.truncate(MAX_DIAGNOSTICS);
+        let pos = out[MAX_DIAGNOSTICS - 1].pos;
+        out.push(Diagnostic {
+            pos,
+            path: String::new(),
+            problem: format!("{more} more problems not shown"),
+            hint: "fix the ones above first".into(),
+        });
+    }
     Checked {
         tree,
         diagnostics: out,

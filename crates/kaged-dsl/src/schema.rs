@@ -346,9 +346,9 @@ fn text_schema(t: Text) -> Json {
         Text::Uri => json!({"type": "string", "pattern": "^(project|config):/"}),
         Text::ModelAlias => json!({"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}),
         Text::HostPattern => {
-            json!({"type": "string", "pattern": "^(\\*\\.)?[a-z0-9-]+(\\.[a-z0-9-]+)*(:[0-9]{1,5})?$"})
+            json!({"type": "string", "pattern": "^(\\*\\.)?[a-z0-9-]+(\\.[a-z0-9-]+)*(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$"})
         }
-        Text::ToolName => json!({"type": "string", "pattern": "^[a-z][a-z0-9_.-]*$"}),
+        Text::ToolName => json!({"type": "string", "pattern": "^[a-z][a-z0-9_.-]{0,63}$"}),
     }
 }
 

@@ -223,6 +223,8 @@ impl<'a> Builder<'a> {
                     );
                 }
                 let mut entries: Vec<Entry> = Vec::new();
+                // Duplicate detection by set: a mapping with many keys stays linear.
+                let mut seen = std::collections::HashSet::new();
                 loop {
                     let (key_event, key_span) = match self.next()? {
                         (Event::MappingEnd, _) => break,
@@ -230,7 +232,17 @@ impl<'a> Builder<'a> {
                     };
                     let key_pos = self.pos(key_span);
                     let key = match &key_event {
-                        Event::Scalar(text, ..) => text.to_string(),
+                        Event::Scalar(text, _, anchor, tag) => {
+                            if *anchor != 0 || tag.is_some() {
+                                self.refuse(
+                                    key_pos,
+                                    path,
+                                    "anchors and tags are not allowed in project files",
+                                    "write the key plainly",
+                                );
+                            }
+                            text.to_string()
+                        }
                         _ => {
                             self.refuse(
                                 key_pos,
@@ -246,7 +258,9 @@ impl<'a> Builder<'a> {
                     let (value_event, value_span) = self.next()?;
                     let value_path = child(path, &key);
                     let value = self.node(value_event, value_span, &value_path, depth + 1)?;
-                    if let Some(first) = entries.iter().find(|e| e.key == key) {
+                    if !seen.insert(key.clone())
+                        && let Some(first) = entries.iter().find(|e| e.key == key)
+                    {
                         let first_line = first.key_pos.line;
                         self.refuse(
                             key_pos,
@@ -371,8 +385,26 @@ fn merge_at(base: &mut Node, over: Node, locked: &[&str], path: &str, out: &mut 
             }
             (None, Kind::Scalar(Value::Null)) => {}
             (Some(i), _) => merge_at(&mut entries[i].value, entry.value, locked, &entry_path, out),
-            (None, _) => entries.push(entry),
+            (None, _) => {
+                let mut entry = entry;
+                strip_nulls(&mut entry.value);
+                entries.push(entry);
+            }
         }
+    }
+}
+
+/// In a subtree an overlay adds wholesale, `null` still means "absent".
+fn strip_nulls(node: &mut Node) {
+    match &mut node.kind {
+        Kind::Map(entries) => {
+            entries.retain(|e| e.value.kind != Kind::Scalar(Value::Null));
+            for e in entries {
+                strip_nulls(&mut e.value);
+            }
+        }
+        Kind::Seq(items) => items.iter_mut().for_each(strip_nulls),
+        Kind::Scalar(_) => {}
     }
 }
 

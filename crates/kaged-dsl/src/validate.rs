@@ -39,26 +39,46 @@ const SECRET_KEYS: &[&str] = &[
     "client_secret",
 ];
 
-/// Prefixes of well-known credential formats.
+/// Prefixes of well-known credential formats, looked for in every word of a value.
 fn looks_like_secret(s: &str) -> bool {
-    let t = s.trim();
-    [
-        "sk-",
-        "ghp_",
-        "gho_",
-        "ghs_",
-        "github_pat_",
-        "xoxb-",
-        "xoxp-",
-        "glpat-",
-        "-----BEGIN",
-    ]
-    .iter()
-    .any(|p| t.starts_with(p) && t.len() >= 12)
-        || (t.len() == 20
-            && t.starts_with("AKIA")
-            && t.chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+    s.split(|c: char| c.is_whitespace() || matches!(c, ':' | '=' | ',' | ';' | '"' | '\''))
+        .any(|t| {
+            [
+                "sk-",
+                "ghp_",
+                "gho_",
+                "ghs_",
+                "github_pat_",
+                "xoxb-",
+                "xoxp-",
+                "glpat-",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p) && t.len() >= 12)
+                || (t.len() == 20
+                    && t.starts_with("AKIA")
+                    && t.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+        })
+        || s.contains("-----BEGIN")
+}
+
+/// Host locations that only mean something on one operator's machine.
+fn operator_local_path(s: &str) -> bool {
+    let value = s.rsplit_once('=').map_or(s, |(_, v)| v);
+    value.starts_with('~')
+        || [
+            "/home/", "/Users/", "/root/", "/srv/", "/mnt/", "/media/", "/opt/",
+        ]
+        .iter()
+        .any(|p| value.starts_with(p))
+}
+
+/// A dated or versioned provider model name (`claude-3-5-sonnet-20241022`), not an alias.
+fn dated_model_id(s: &str) -> bool {
+    s.rsplit('-')
+        .next()
+        .is_some_and(|last| last.len() == 8 && last.chars().all(|c| c.is_ascii_digit()))
 }
 
 fn is_name(s: &str) -> bool {
@@ -294,6 +314,8 @@ impl Validator {
                             "this looks like a credential; secrets never go in a project file",
                             "pass it through the environment granted in local.toml",
                         );
+                    } else if operator_local_path(s) {
+                        self.report(it.pos, &p, format!("{s:?} is a path on the operator's machine"), "refer to project files with a relative path, and grant host paths in local.toml");
                     } else if i == 0 && s.starts_with('/') {
                         self.report(it.pos, &p, format!("{s:?} is an absolute host path"), "name the program (found on the cage's PATH), or grant the host path in local.toml");
                     } else if i == 0 && s.contains(' ') && items.len() == 1 {
@@ -343,6 +365,17 @@ impl Validator {
                     .strip_prefix("project:/")
                     .or_else(|| s.strip_prefix("config:/"));
                 match rest {
+                    Some(rest)
+                        if rest.starts_with('/')
+                            || rest.starts_with('\\')
+                            || rest.contains('\0') =>
+                    {
+                        fail(
+                            self,
+                            format!("{s:?} is not a path inside the project"),
+                            "write project:/relative/path with a single slash after the colon",
+                        )
+                    }
                     Some(rest) if rest.split('/').any(|seg| seg == "..") => fail(
                         self,
                         format!("{s:?} escapes the project with `..`"),
@@ -362,7 +395,7 @@ impl Validator {
                 }
             }
             Text::ModelAlias => {
-                if s.contains(':') || s.contains('/') {
+                if s.contains(':') || s.contains('/') || dated_model_id(s) {
                     fail(
                         self,
                         format!("{s:?} is a concrete provider model ID, which is operator-local"),

@@ -243,3 +243,99 @@ fn json_schema_comes_from_the_same_tables() {
     let props: Vec<&String> = s["properties"].as_object().unwrap().keys().collect();
     assert_eq!(props.len(), kaged_dsl::schema::PROJECT.fields.len());
 }
+
+#[test]
+fn review_cases_are_refused() {
+    let text = "\
+version: 1
+project: demo
+description: 'our key is sk-ant-0123456789abcdef'
+primary:
+  model: claude-3-5-sonnet-20241022
+  system_prompt: project://etc/shadow
+  subagents:
+    a:
+      command: [python, /home/alice/x.py, --cfg=~/y.toml, /dev/null]
+";
+    let diags = check_project(text, None);
+    let lines: Vec<String> = diags
+        .iter()
+        .map(|d| format!("{} {}", d.path, d.problem))
+        .collect();
+    for (path, problem) in [
+        ("description", "looks like a credential"),
+        ("primary.model", "concrete provider model ID"),
+        ("primary.system_prompt", "not a path inside the project"),
+        (
+            "primary.subagents.a.command[1]",
+            "path on the operator's machine",
+        ),
+        (
+            "primary.subagents.a.command[2]",
+            "path on the operator's machine",
+        ),
+    ] {
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.path == path && d.problem.contains(problem)),
+            "missing {path}: {problem} in {lines:#?}"
+        );
+    }
+    assert_eq!(diags.len(), 5, "/dev/null is a portable path: {lines:#?}");
+    assert!(
+        lines.iter().all(|l| !l.contains("sk-ant-0123")),
+        "the secret is never echoed"
+    );
+}
+
+#[test]
+fn encoding_and_volume_limits() {
+    let bom = format!("\u{feff}{VALID}");
+    assert!(
+        brief(&bom, None)
+            .iter()
+            .any(|l| l.contains("byte-order mark"))
+    );
+    let crlf = VALID.replace('\n', "\r\n");
+    assert!(
+        brief(&crlf, None)
+            .iter()
+            .any(|l| l.starts_with("0:1:1 : the file uses CRLF"))
+    );
+    // Many problems: capped, with a count of the rest.
+    let mut many = String::from("version: 1\nproject: demo\nprimary:\n  command: [a]\n");
+    for i in 0..500 {
+        many.push_str(&format!("extra{i}: 1\n"));
+    }
+    let diags = check_project(&many, None);
+    assert_eq!(diags.len(), kaged_dsl::MAX_DIAGNOSTICS + 1);
+    assert_eq!(diags.last().unwrap().problem, "300 more problems not shown");
+    // A mapping with many keys (and duplicates) is handled in one pass.
+    let mut wide = String::from("version: 1\nproject: demo\nprimary:\n  command: [a]\ntasks:\n");
+    for i in 0..20_000 {
+        wide.push_str(&format!("  t{}: {{ command: [x] }}\n", i % 10_000));
+    }
+    let diags = check_project(&wide, None);
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.problem.starts_with("duplicate key `t0`"))
+    );
+}
+
+#[test]
+fn overlay_nulls_inside_new_maps_mean_absent_and_key_anchors_are_refused() {
+    let local = "tasks:\n  t:\n    command: [make]\n    cwd: ~\n";
+    assert!(
+        brief(VALID, Some(local)).is_empty(),
+        "{:?}",
+        brief(VALID, Some(local))
+    );
+    let anchored = "version: 1\nproject: demo\n&a primary:\n  command: [a]\n";
+    assert!(
+        brief(anchored, None)
+            .iter()
+            .any(|l| l.contains("anchors and tags"))
+    );
+}

@@ -58,30 +58,80 @@ fn stamp(root: &Path) -> Stamp {
     (modified(&base), modified(&local))
 }
 
+/// Largest project file kaged reads (they are a few KiB).
+pub const MAX_PROJECT_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Read a project file: a regular file (not a symlink, FIFO or device), at most
+/// [`MAX_PROJECT_FILE_BYTES`]. `Ok(None)` when it does not exist.
+pub fn read_project_file(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (symlinks, FIFOs and devices are refused)",
+        ));
+    }
+    if meta.len() > MAX_PROJECT_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            MAX_PROJECT_FILE_BYTES / 1024
+        )));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_PROJECT_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    Ok(Some(text))
+}
+
 /// Read and check a project's files (blocking; the files are small).
 fn read(root: &Path) -> Result<(Checked, Stamp), ApiError> {
     let (base, local) = files(root);
     let stamp = stamp(root);
-    let base_text = std::fs::read_to_string(&base).map_err(|e| {
-        ApiError::new(
-            "not_found",
-            format!(
-                "cannot read {}: {e}; a project keeps its file at PROJECT/.kaged/project.yaml",
-                base.display()
-            ),
-        )
-    })?;
-    let local_text = match std::fs::read_to_string(&local) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+    let base_text = match read_project_file(&base) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(ApiError::new(
+                "not_found",
+                format!(
+                    "{} does not exist; a project keeps its file at PROJECT/.kaged/project.yaml",
+                    base.display()
+                ),
+            ));
+        }
         Err(e) => {
             return Err(ApiError::new(
                 "bad_request",
-                format!("cannot read {}: {e}", local.display()),
+                format!("cannot read {}: {e}", base.display()),
             ));
         }
     };
+    let local_text = read_project_file(&local).map_err(|e| {
+        ApiError::new(
+            "bad_request",
+            format!("cannot read {}: {e}", local.display()),
+        )
+    })?;
     Ok((load_project(&base_text, local_text.as_deref()), stamp))
+}
+
+/// A read failure or rename as the project's one diagnostic, so its state never claims to be
+/// valid.
+fn state_problem(message: &str) -> Diagnostic {
+    Diagnostic {
+        pos: kaged_dsl::Pos {
+            source: kaged_dsl::BASE,
+            line: 1,
+            column: 1,
+        },
+        path: String::new(),
+        problem: message.to_string(),
+        hint: "restore the file, or unload the project".into(),
+    }
 }
 
 async fn read_async(root: PathBuf) -> Result<(Checked, Stamp), ApiError> {
@@ -171,22 +221,7 @@ pub async fn load(
     let (Some(slug), Some(config)) = (checked.slug(), checked.resolved()) else {
         return Err(invalid(&root, &checked.diagnostics));
     };
-    if let Some(existing) = lock(&state.projects).get(&slug)
-        && existing.root != root
-    {
-        return Err(ApiError::new(
-            "conflict",
-            format!(
-                "a project named `{slug}` is already loaded from {}; unload it first",
-                existing.root.display()
-            ),
-        ));
-    }
     let now = now_ms();
-    state
-        .store
-        .put_project(slug.clone(), root.display().to_string(), now)
-        .await?;
     let project = ProjectState {
         slug: slug.clone(),
         root: root.clone(),
@@ -197,7 +232,30 @@ pub async fn load(
         stamp,
     };
     let body = view(&project);
-    lock(&state.projects).insert(slug.clone(), project);
+    {
+        // Check and insert under one lock, so two loads cannot both claim the slug.
+        let mut projects = lock(&state.projects);
+        if let Some(existing) = projects.get(&slug)
+            && existing.root != root
+        {
+            return Err(ApiError::new(
+                "conflict",
+                format!(
+                    "a project named `{slug}` is already loaded from {}; unload it first",
+                    existing.root.display()
+                ),
+            ));
+        }
+        projects.insert(slug.clone(), project);
+    }
+    if let Err(e) = state
+        .store
+        .put_project(slug.clone(), root.display().to_string(), now)
+        .await
+    {
+        lock(&state.projects).remove(&slug);
+        return Err(e.into());
+    }
     state
         .audit
         .record(AuditRecord {
@@ -235,8 +293,18 @@ async fn recheck(
     actor: Option<String>,
 ) -> Result<ProjectState, ApiError> {
     let current = find(state, slug)?;
-    let (checked, stamp) = read_async(current.root.clone()).await?;
     let now = now_ms();
+    let (checked, stamp) = match read_async(current.root.clone()).await {
+        Ok(read) => read,
+        Err(e) => {
+            let mut updated = current.clone();
+            updated.stamp = stamp(&current.root);
+            updated.checked_at_ms = now;
+            updated.diagnostics = vec![state_problem(&e.message)];
+            lock(&state.projects).insert(slug.to_string(), updated);
+            return Err(e);
+        }
+    };
     let renamed = checked.slug().is_some_and(|s| s != slug);
     let mut updated = current.clone();
     updated.stamp = stamp;
@@ -248,7 +316,9 @@ async fn recheck(
             Ok(updated.clone())
         }
         (Some(_), true) => {
-            updated.diagnostics = checked.diagnostics.clone();
+            updated.diagnostics = vec![state_problem(&format!(
+                "the file now names another project than `{slug}`"
+            ))];
             Err(ApiError::new(
                 "conflict",
                 format!(
@@ -328,7 +398,7 @@ pub async fn watch(state: Arc<ServerState>) {
                     Ok((checked, stamp)) => (checked.resolved(), checked.diagnostics, stamp),
                     Err(e) => {
                         tracing::warn!(project = %r.slug, error = %e.message, "a registered project cannot be read");
-                        (None, Vec::new(), (None, None))
+                        (None, vec![state_problem(&e.message)], (None, None))
                     }
                 };
                 let valid = config.is_some();
@@ -356,10 +426,15 @@ pub async fn watch(state: Arc<ServerState>) {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        let changed: Vec<String> = lock(&state.projects)
+        // Stat outside the lock: a slow filesystem must not stall the API.
+        let known: Vec<(String, PathBuf, Stamp)> = lock(&state.projects)
             .values()
-            .filter(|p| stamp(&p.root) != p.stamp)
-            .map(|p| p.slug.clone())
+            .map(|p| (p.slug.clone(), p.root.clone(), p.stamp))
+            .collect();
+        let changed: Vec<String> = known
+            .into_iter()
+            .filter(|(_, root, old)| stamp(root) != *old)
+            .map(|(slug, _, _)| slug)
             .collect();
         for slug in changed {
             match recheck(&state, &slug, None).await {

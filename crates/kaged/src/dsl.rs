@@ -33,22 +33,17 @@ pub fn run(command: DslCommand) -> Result<(), Failure> {
 
 fn validate(path: &Path, format: Format) -> Result<(), Failure> {
     let (base_path, local_path) = project_files(path);
-    let base = std::fs::read_to_string(&base_path).map_err(|e| {
+    let read = |path: &Path| {
+        kaged_server::read_project_file(path)
+            .map_err(|e| Failure::Config(format!("cannot read {}: {e}", path.display())))
+    };
+    let base = read(&base_path)?.ok_or_else(|| {
         Failure::Config(format!(
-            "cannot read {}: {e} (a project keeps its file at PROJECT/.kaged/project.yaml)",
+            "{} does not exist (a project keeps its file at PROJECT/.kaged/project.yaml)",
             base_path.display()
         ))
     })?;
-    let local = match std::fs::read_to_string(&local_path) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(Failure::Config(format!(
-                "cannot read {}: {e}",
-                local_path.display()
-            )));
-        }
-    };
+    let local = read(&local_path)?;
     let diagnostics = check_project(&base, local.as_deref());
     let base_name = base_path.display().to_string();
     let local_name = local_path.display().to_string();

@@ -231,3 +231,46 @@ async fn local_toml_is_loaded_checked_and_its_secrets_never_shown() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("local.toml:2:10: aliases.sonnet:"), "{err}");
 }
+
+#[tokio::test]
+async fn symlinked_files_are_refused_and_a_deleted_file_is_never_reported_valid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("home"));
+    // A project file that is a symlink (it could point anywhere the daemon can read).
+    let linked = tmp.path().join("linked");
+    std::fs::create_dir_all(linked.join(".kaged")).unwrap();
+    let real = tmp.path().join("real.yaml");
+    std::fs::write(&real, VALID).unwrap();
+    std::os::unix::fs::symlink(&real, linked.join(".kaged/project.yaml")).unwrap();
+    let out = d.cli(&["project", "load", linked.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kaged_cmd(&[])
+        .args(["dsl", "validate", linked.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // Deleted while loaded: the state says so, and the last valid configuration stays.
+    let project = tmp.path().join("demo");
+    write_project(&project, VALID);
+    assert!(
+        d.cli(&["project", "load", project.to_str().unwrap()])
+            .status
+            .success()
+    );
+    std::fs::remove_file(project.join(".kaged/project.yaml")).unwrap();
+    let p = wait_for(&d, "demo", |p| p["valid"] == false).await;
+    assert!(
+        p["diagnostics"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{p}"
+    );
+    assert_eq!(p["config"]["project"], "demo");
+}
