@@ -63,11 +63,31 @@ pub enum Command {
     /// Projects registered with the running daemon.
     #[command(subcommand)]
     Project(ProjectCommand),
+    /// Run one command in an agent's cage, to try a policy before trusting an agent with it.
+    #[command(subcommand)]
+    Cage(CageCommand),
+    /// Check that this host can build cages (bubblewrap, user namespaces) and say how to fix it.
+    Doctor,
     /// Project files: validate them, print their JSON Schema.
     #[command(subcommand)]
     Dsl(DslCommand),
     /// Print the version of this kaged binary.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CageCommand {
+    /// Run COMMAND in the foreground in an agent's cage; exits with the command's status.
+    Run {
+        /// The project directory (with .kaged/project.yaml).
+        project: std::path::PathBuf,
+        /// Whose cage (default: the primary agent's).
+        #[arg(long, default_value = "primary")]
+        agent: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

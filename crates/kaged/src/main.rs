@@ -1,5 +1,6 @@
 //! The `kaged` binary: command-line glue over the workspace crates.
 
+mod cage;
 mod cli;
 mod client;
 mod daemon;
@@ -30,6 +31,8 @@ pub enum Failure {
     Runtime(anyhow::Error),
     /// The checked input is invalid and the problems were already printed (exit 1).
     Invalid,
+    /// Exit with this status (a caged command's own).
+    Exit(u8),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -105,6 +108,8 @@ fn main() -> ExitCode {
             Command::Tokens(command) => client::tokens(mode, command).await,
             Command::Dsl(command) => dsl::run(command),
             Command::Project(command) => client::project(mode, command).await,
+            Command::Cage(command) => cage::run(command),
+            Command::Doctor => cage::doctor(),
             Command::Version => {
                 println!(
                     "kaged {} (database schema {})",
@@ -126,6 +131,7 @@ fn main() -> ExitCode {
             ExitCode::from(3)
         }
         Err(Failure::Invalid) => ExitCode::from(1),
+        Err(Failure::Exit(code)) => ExitCode::from(code),
         Err(Failure::Runtime(e)) => {
             eprintln!("kaged: {e:#}");
             ExitCode::from(1)

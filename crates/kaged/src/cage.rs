@@ -1,0 +1,172 @@
+//! `kaged cage run` and `kaged doctor`: the edge of `kaged-cage`.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::anyhow;
+use kaged_cage::{Host, Launch, Policy, SYSTEM_DIRS, compile, policy_for, unenforced};
+
+use crate::Failure;
+use crate::cli::CageCommand;
+
+const BWRAP: &str = "bwrap";
+
+fn bwrap_version() -> Option<String> {
+    let out = Command::new(BWRAP).arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Can this user build a minimal cage right now?
+fn userns_works() -> Result<(), String> {
+    let out = Command::new(BWRAP)
+        .args([
+            "--unshare-user",
+            "--unshare-pid",
+            "--ro-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+            "true",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+pub fn doctor() -> Result<(), Failure> {
+    let mut failed = false;
+    match bwrap_version() {
+        Some(v) => println!("ok    {v}"),
+        None => {
+            failed = true;
+            println!(
+                "FAIL  bubblewrap (bwrap) is not installed\n      fix: sudo apt-get install bubblewrap   (Fedora: sudo dnf install bubblewrap)"
+            );
+        }
+    }
+    if !failed {
+        match userns_works() {
+            Ok(()) => println!("ok    unprivileged user namespaces (a test cage started)"),
+            Err(why) => {
+                failed = true;
+                let apparmor = std::fs::read_to_string(
+                    "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+                )
+                .map(|v| v.trim() == "1")
+                .unwrap_or(false);
+                let fix = if apparmor {
+                    "Ubuntu's AppArmor blocks unprivileged user namespaces: sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0 (or install an AppArmor profile for bwrap)"
+                } else {
+                    "enable them: sudo sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces=10000"
+                };
+                println!("FAIL  a test cage could not start: {why}\n      fix: {fix}");
+            }
+        }
+    }
+    let delegated = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").is_ok()
+        && Command::new("systemd-run")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some();
+    if delegated {
+        println!(
+            "ok    cgroup v2 with a systemd user session (limits through systemd-run --user --scope)"
+        );
+    } else {
+        println!(
+            "warn  no systemd user session with cgroup delegation: limits would fall back to rlimits\n      fix: run kaged under `systemctl --user` (loginctl enable-linger \"$USER\")"
+        );
+    }
+    if failed {
+        Err(Failure::Exit(1))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn run(command: CageCommand) -> Result<(), Failure> {
+    let CageCommand::Run {
+        project,
+        agent,
+        command,
+    } = command;
+    let root = std::fs::canonicalize(&project)
+        .map_err(|e| Failure::Config(format!("{}: {e}", project.display())))?;
+    let base = root.join(".kaged/project.yaml");
+    let read = |p: &Path| {
+        kaged_server::read_project_file(p)
+            .map_err(|e| Failure::Config(format!("cannot read {}: {e}", p.display())))
+    };
+    let text = read(&base)?
+        .ok_or_else(|| Failure::Config(format!("{} does not exist", base.display())))?;
+    let local = read(&root.join(".kaged/project.local.yaml"))?;
+    let checked = kaged_dsl::load_project(&text, local.as_deref());
+    let Some(config) = checked.resolved() else {
+        return Err(Failure::Config(format!(
+            "{} has {} problem(s); run `kaged dsl validate {}`",
+            base.display(),
+            checked.diagnostics.len(),
+            root.display()
+        )));
+    };
+    let policy = policy_for(&config, &agent).map_err(|e| Failure::Config(e.to_string()))?;
+    let mut env: Vec<(String, String)> = ["TERM", "COLORTERM"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    env.sort();
+    let host = Host {
+        system_dirs: SYSTEM_DIRS
+            .iter()
+            .filter(|d| Path::new(d).exists())
+            .map(|d| d.to_string())
+            .collect(),
+        has_git: root.join(".git").is_dir(),
+        has_kaged: root.join(".kaged").is_dir(),
+    };
+    let launch = Launch {
+        project_root: &root,
+        cwd: Path::new(""),
+        command: &command,
+        env: &env,
+    };
+    let argv = compile(&policy, &host, &launch).map_err(|e| Failure::Config(e.to_string()))?;
+    let mut cmd = if policy == Policy::Disabled {
+        eprintln!(
+            "kaged: warning: the cage of `{agent}` is disabled; running uncaged as this user"
+        );
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]).current_dir(&root);
+        c
+    } else {
+        if bwrap_version().is_none() {
+            return Err(Failure::Runtime(anyhow!(
+                "bubblewrap (bwrap) is not installed, so no cage can be built and nothing runs uncaged; install it (sudo apt-get install bubblewrap), then see `kaged doctor`"
+            )));
+        }
+        for missing in unenforced(&policy) {
+            eprintln!("kaged: warning: not enforced: {missing}");
+        }
+        let mut c = Command::new(BWRAP);
+        c.args(&argv);
+        c
+    };
+    let status = cmd
+        .status()
+        .map_err(|e| Failure::Runtime(anyhow!("cannot start the cage: {e}")))?;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(()),
+        (Some(code), _) => Err(Failure::Exit(u8::try_from(code).unwrap_or(1))),
+        (None, Some(sig)) => Err(Failure::Exit(u8::try_from(128 + sig).unwrap_or(1))),
+        (None, None) => Err(Failure::Exit(1)),
+    }
+}

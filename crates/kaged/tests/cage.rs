@@ -1,0 +1,213 @@
+//! Escape attempts from inside a real bubblewrap cage (`kaged cage run`), each of which must
+//! fail, and the things a cage must still allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+
+const PROJECT: &str = "\
+version: 1
+project: cagetest
+primary:
+  command: [sh]
+  subagents:
+    online:
+      command: [sh]
+      cage: { network: host }
+    limited:
+      command: [sh]
+      cage: { limits: { pids: 64 } }
+";
+
+fn project(root: &Path) -> PathBuf {
+    let p = root.join("project");
+    std::fs::create_dir_all(p.join(".kaged")).unwrap();
+    std::fs::create_dir_all(p.join(".git")).unwrap();
+    std::fs::write(p.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(p.join(".kaged/project.yaml"), PROJECT).unwrap();
+    p
+}
+
+fn caged(project: &Path, agent: &str, script: &str) -> Output {
+    kaged_cmd(&[])
+        .args([
+            "cage",
+            "run",
+            project.to_str().unwrap(),
+            "--agent",
+            agent,
+            "--",
+            "bash",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> bool {
+    out.status.success()
+}
+
+#[test]
+fn escape_attempts_fail_and_the_workspace_works() {
+    if std::process::Command::new("bwrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!(
+            "bubblewrap is not installed: run ./scripts/test (installs it as root) or `sudo apt-get install bubblewrap`"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let p = project(tmp.path());
+    // Something secret outside the project, where a careless sandbox would expose it.
+    let secret = tmp.path().join("outside-secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+
+    // The workspace is writable and is the project.
+    let out = caged(&p, "primary", "echo made > /workspace/made.txt && pwd");
+    assert!(ok(&out), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/workspace");
+    assert_eq!(
+        std::fs::read_to_string(p.join("made.txt")).unwrap().trim(),
+        "made"
+    );
+
+    // The exit status is the command's.
+    assert_eq!(caged(&p, "primary", "exit 7").status.code(), Some(7));
+
+    let attempts: [(&str, String); 9] = [
+        (
+            "read a file outside the project",
+            format!("cat {}", secret.display()),
+        ),
+        (
+            "read the host's home",
+            "ls /root/ || ls /home/*/.ssh".into(),
+        ),
+        ("write .git", "echo evil > /workspace/.git/HEAD".into()),
+        (
+            "write .kaged",
+            "echo evil > /workspace/.kaged/project.yaml".into(),
+        ),
+        ("write a system directory", "touch /usr/kaged-escape".into()),
+        ("write /etc", "echo x >> /etc/passwd".into()),
+        (
+            "see the host's processes",
+            "test $(ls -d /proc/[0-9]* | wc -l) -gt 10".into(),
+        ),
+        (
+            "signal a process outside",
+            format!("kill -0 {}", std::process::id()),
+        ),
+        (
+            "reach a loopback server on the host",
+            "exec 3<>/dev/tcp/127.0.0.1/__PORT__".into(),
+        ),
+    ];
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port().to_string();
+    for (what, script) in attempts {
+        let script = script.replace("__PORT__", &port);
+        let out = caged(&p, "primary", &script);
+        assert!(
+            !ok(&out),
+            "escape succeeded: {what} ({script}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(p.join(".git/HEAD")).unwrap(),
+        "ref: refs/heads/main\n"
+    );
+    // The environment is cleared to an allowlist.
+    let out = caged(&p, "primary", "env");
+    let env = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        env.contains("HOME=/home/kaged") && env.contains("KAGED_CAGE=1"),
+        "{env}"
+    );
+    assert!(
+        !env.contains("CARGO") && !env.contains("RUST"),
+        "host variables leaked: {env}"
+    );
+
+    // With network: host, by explicit intent, the same server is reachable.
+    let out = caged(&p, "online", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}"));
+    assert!(ok(&out), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn unenforced_policy_is_reported_and_the_cage_dies_with_its_parent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = project(tmp.path());
+    let out = caged(&p, "limited", "true");
+    assert!(ok(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not enforced: resource limits"), "{err}");
+
+    // Kill `kaged cage run` hard: the caged process must not survive it.
+    let marker = format!("kaged-cage-marker-{}", std::process::id());
+    let mut child = kaged_cmd(&[])
+        .args([
+            "cage",
+            "run",
+            p.to_str().unwrap(),
+            "--",
+            "bash",
+            "-c",
+            &format!("sleep 1000; echo {marker}"),
+        ])
+        .spawn()
+        .unwrap();
+    let alive = |m: &str| {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(m))
+            })
+    };
+    let start = std::time::Instant::now();
+    while !alive(&marker) {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "the caged process never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = std::time::Instant::now();
+    while alive(&marker) {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "the caged process outlived its parent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // An unknown agent is a clear error.
+    let out = caged(&p, "ghost", "true");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent named `ghost`"));
+}
+
+#[test]
+fn doctor_reports_each_check() {
+    let out = kaged_cmd(&[]).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok    bubblewrap"), "{text}");
+    assert!(
+        text.contains("ok    unprivileged user namespaces"),
+        "{text}"
+    );
+}
