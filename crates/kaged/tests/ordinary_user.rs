@@ -208,3 +208,53 @@ async fn per_user_mode_works_unprivileged_with_xdg_defaults_and_runtime_fallback
         "{err}"
     );
 }
+
+#[test]
+fn cages_work_for_an_unprivileged_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::new(tmp.path());
+    let project = op.home.join("project");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    std::fs::create_dir_all(project.join(".git")).unwrap();
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        "version: 1\nproject: mine\nprimary:\n  command: [sh]\n",
+    )
+    .unwrap();
+    if current_uid() == 0 {
+        sh(
+            "chown",
+            &[
+                "-R",
+                &format!("{NOBODY}:{NOBODY}"),
+                op.home.to_str().unwrap(),
+            ],
+        );
+    }
+    let project_arg = project.to_str().unwrap();
+    let run = |script: &str| op.run(&["cage", "run", project_arg, "--", "sh", "-c", script], &[]);
+    let out = run("id -u; echo ok > /workspace/made.txt");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.join("made.txt"))
+            .unwrap()
+            .trim(),
+        "ok"
+    );
+    assert_eq!(
+        std::fs::metadata(project.join("made.txt")).unwrap().uid(),
+        op.uid,
+        "files belong to the operator"
+    );
+    assert!(!run("echo x > /workspace/.git/HEAD").status.success());
+    let out = op.run(&["doctor"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
