@@ -7,12 +7,19 @@
 //! `--die-with-parent`, `--new-session` (no TIOCSTI into the caller's terminal), and an
 //! environment cleared down to an allowlist.
 
+mod seccomp;
+
 use std::path::{Path, PathBuf};
+
+pub use seccomp::{SeccompError, profile_bpf};
 
 use serde_json::Value;
 
 /// Where the project appears inside every cage.
 pub const WORKSPACE: &str = "/workspace";
+/// The file descriptor on which bwrap reads the seccomp program (the edge opens it there).
+pub const SECCOMP_FD: &str = "3";
+
 /// The private home inside every cage.
 pub const CAGE_HOME: &str = "/home/kaged";
 /// System directories bound read-only when they exist on the host.
@@ -300,7 +307,7 @@ pub fn compile(
     } else {
         Path::new(WORKSPACE).join(launch.cwd).display().to_string()
     };
-    push(&["--chdir", &cwd, "--clearenv"]);
+    push(&["--chdir", &cwd, "--clearenv", "--seccomp", SECCOMP_FD]);
     for (k, v) in [
         (
             "PATH",
@@ -324,10 +331,7 @@ pub fn compile(
 /// Policy parts this build cannot enforce yet, to report (never to skip silently).
 pub fn unenforced(policy: &Policy) -> Vec<String> {
     let Policy::Caged {
-        network,
-        seccomp,
-        limits,
-        ..
+        network, limits, ..
     } = policy
     else {
         return Vec::new();
@@ -336,7 +340,6 @@ pub fn unenforced(policy: &Policy) -> Vec<String> {
     if let Network::Allow(hosts) = network {
         out.push(format!("network allowlist ({}) needs the kaged egress proxy, which is not built yet: the cage has no network at all", hosts.join(", ")));
     }
-    out.push(format!("seccomp profile `{seccomp}` is not applied yet"));
     if *limits != Limits::default() {
         out.push("resource limits (memory, CPU, PIDs, wall time) are not enforced yet".into());
     }

@@ -93,6 +93,38 @@ pub fn doctor() -> Result<(), Failure> {
     }
 }
 
+/// Write a seccomp program to a private file (0600 in a fresh 0700 directory).
+fn write_seccomp(bpf: &[u8]) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|e| anyhow!("no randomness: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("kaged-seccomp-{}", hex::encode(random)));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let path = dir.join("filter.bpf");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?
+        .write_all(bpf)?;
+    Ok(path)
+}
+
+/// `bwrap ARGV` with the seccomp program open on the fd the argv names (a shell opens it:
+/// std cannot hand a child an extra descriptor without unsafe code).
+fn bwrap_with_seccomp(argv: &[String], bpf: &Path) -> Command {
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(format!(
+            "exec {BWRAP} \"$@\" {}< \"$0\"",
+            kaged_cage::SECCOMP_FD
+        ))
+        .arg(bpf)
+        .args(argv);
+    c
+}
+
 pub fn run(command: CageCommand) -> Result<(), Failure> {
     let CageCommand::Run {
         project,
@@ -140,6 +172,7 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
         env: &env,
     };
     let argv = compile(&policy, &host, &launch).map_err(|e| Failure::Config(e.to_string()))?;
+    let mut seccomp_file: Option<std::path::PathBuf> = None;
     let mut cmd = if policy == Policy::Disabled {
         eprintln!(
             "kaged: warning: the cage of `{agent}` is disabled; running uncaged as this user"
@@ -156,13 +189,23 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
         for missing in unenforced(&policy) {
             eprintln!("kaged: warning: not enforced: {missing}");
         }
-        let mut c = Command::new(BWRAP);
-        c.args(&argv);
-        c
+        let Policy::Caged { seccomp, .. } = &policy else {
+            return Err(Failure::Runtime(anyhow!(
+                "internal: uncaged policy in the caged path"
+            )));
+        };
+        let bpf = kaged_cage::profile_bpf(seccomp).map_err(|e| Failure::Config(e.to_string()))?;
+        seccomp_file = Some(write_seccomp(&bpf).map_err(Failure::Runtime)?);
+        bwrap_with_seccomp(
+            &argv,
+            seccomp_file.as_deref().unwrap_or(Path::new("/dev/null")),
+        )
     };
-    let status = cmd
-        .status()
-        .map_err(|e| Failure::Runtime(anyhow!("cannot start the cage: {e}")))?;
+    let status = cmd.status();
+    if let Some(dir) = seccomp_file.as_deref().and_then(Path::parent) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let status = status.map_err(|e| Failure::Runtime(anyhow!("cannot start the cage: {e}")))?;
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),
         (Some(code), _) => Err(Failure::Exit(u8::try_from(code).unwrap_or(1))),
