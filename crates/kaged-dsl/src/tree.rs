@@ -95,7 +95,8 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-fn child(path: &str, key: &str) -> String {
+/// `path.key`, or `key` at the root: the dotted key paths of diagnostics.
+pub(crate) fn child(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {

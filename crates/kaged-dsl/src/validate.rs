@@ -3,7 +3,7 @@
 //! live here too: nothing operator-local may appear in a project file.
 
 use crate::schema::{AGENT, Object, PROJECT, Text, Ty};
-use crate::tree::{Diagnostic, Kind, Node, Pos, Value};
+use crate::tree::{Diagnostic, Kind, Node, Pos, Value, child};
 
 struct Validator {
     out: Vec<Diagnostic>,
@@ -11,14 +11,6 @@ struct Validator {
     agents: Vec<(String, Pos)>,
     /// References to agents: (name, where, key path).
     references: Vec<(String, Pos, String)>,
-}
-
-fn child(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
 }
 
 fn kind_name(node: &Node) -> &'static str {

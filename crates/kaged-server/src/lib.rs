@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 pub use audit::{AuditLog, AuditRecord, now_ms, rfc3339_utc};
 pub use error::ApiError;
 pub use listener::{BindError, BoundListener, ListenerInfo, Socket, bind_unix, serve_all};
-pub use projects::read_project_file;
+pub use projects::{UnreadableProject, project_files, read_project_file, read_project_texts};
 pub use state::{DaemonInfo, ServerState};
 
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.

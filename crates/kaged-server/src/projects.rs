@@ -41,19 +41,56 @@ pub struct ProjectState {
     stamp: Stamp,
 }
 
-fn files(root: &Path) -> (PathBuf, PathBuf) {
-    let base = root.join(".kaged/project.yaml");
-    let local = root.join(".kaged/project.local.yaml");
+/// `(project.yaml, project.local.yaml)` of a project directory, or of its project.yaml given
+/// directly.
+pub fn project_files(path: &Path) -> (PathBuf, PathBuf) {
+    let base = if path.is_dir() {
+        path.join(".kaged/project.yaml")
+    } else {
+        path.to_path_buf()
+    };
+    let local = base.with_file_name("project.local.yaml");
     (base, local)
 }
 
+/// Why a project's files could not be read.
+#[derive(Debug)]
+pub struct UnreadableProject {
+    /// `project.yaml` does not exist (as opposed to being unreadable).
+    pub missing: bool,
+    pub message: String,
+}
+
+/// Read `project.yaml` and, when present, `project.local.yaml` (regular files only, capped).
+/// The one reader behind the daemon, `kaged dsl validate` and `kaged cage run`.
+pub fn read_project_texts(
+    base: &Path,
+    local: &Path,
+) -> Result<(String, Option<String>), UnreadableProject> {
+    let unreadable = |path: &Path, e: std::io::Error| UnreadableProject {
+        missing: false,
+        message: format!("cannot read {}: {e}", path.display()),
+    };
+    let base_text = read_project_file(base)
+        .map_err(|e| unreadable(base, e))?
+        .ok_or_else(|| UnreadableProject {
+            missing: true,
+            message: format!(
+                "{} does not exist; a project keeps its file at PROJECT/.kaged/project.yaml",
+                base.display()
+            ),
+        })?;
+    let local_text = read_project_file(local).map_err(|e| unreadable(local, e))?;
+    Ok((base_text, local_text))
+}
+
 fn file_names(root: &Path) -> [String; 2] {
-    let (base, local) = files(root);
+    let (base, local) = project_files(root);
     [base.display().to_string(), local.display().to_string()]
 }
 
 fn stamp(root: &Path) -> Stamp {
-    let (base, local) = files(root);
+    let (base, local) = project_files(root);
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     (modified(&base), modified(&local))
 }
@@ -90,30 +127,16 @@ pub fn read_project_file(path: &Path) -> std::io::Result<Option<String>> {
 
 /// Read and check a project's files (blocking; the files are small).
 fn read(root: &Path) -> Result<(Checked, Stamp), ApiError> {
-    let (base, local) = files(root);
+    let (base, local) = project_files(root);
     let stamp = stamp(root);
-    let base_text = match read_project_file(&base) {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return Err(ApiError::new(
-                "not_found",
-                format!(
-                    "{} does not exist; a project keeps its file at PROJECT/.kaged/project.yaml",
-                    base.display()
-                ),
-            ));
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                "bad_request",
-                format!("cannot read {}: {e}", base.display()),
-            ));
-        }
-    };
-    let local_text = read_project_file(&local).map_err(|e| {
+    let (base_text, local_text) = read_project_texts(&base, &local).map_err(|e| {
         ApiError::new(
-            "bad_request",
-            format!("cannot read {}: {e}", local.display()),
+            if e.missing {
+                "not_found"
+            } else {
+                "bad_request"
+            },
+            e.message,
         )
     })?;
     Ok((load_project(&base_text, local_text.as_deref()), stamp))

@@ -4,12 +4,12 @@ use std::time::Instant;
 use kaged_auth::{Policy, SessionTable, UsedTokens};
 use kaged_config::{ModeDecision, Settings};
 use kaged_store::Store;
-use serde::Serialize;
 
 use crate::audit::AuditLog;
 
 /// Facts about this daemon start that `GET /api/v1/status` reports.
-#[derive(Debug, Clone, Serialize)]
+/// Not `Serialize` on purpose: `GET /api/v1/status` picks its fields one by one.
+#[derive(Debug, Clone)]
 pub struct DaemonInfo {
     pub version: String,
     pub pid: u32,

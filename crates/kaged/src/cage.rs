@@ -133,14 +133,9 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
     } = command;
     let root = std::fs::canonicalize(&project)
         .map_err(|e| Failure::Config(format!("{}: {e}", project.display())))?;
-    let base = root.join(".kaged/project.yaml");
-    let read = |p: &Path| {
-        kaged_server::read_project_file(p)
-            .map_err(|e| Failure::Config(format!("cannot read {}: {e}", p.display())))
-    };
-    let text = read(&base)?
-        .ok_or_else(|| Failure::Config(format!("{} does not exist", base.display())))?;
-    let local = read(&root.join(".kaged/project.local.yaml"))?;
+    let (base, local_path) = kaged_server::project_files(&root);
+    let (text, local) = kaged_server::read_project_texts(&base, &local_path)
+        .map_err(|e| Failure::Config(e.message))?;
     let checked = kaged_dsl::load_project(&text, local.as_deref());
     let Some(config) = checked.resolved() else {
         return Err(Failure::Config(format!(
@@ -172,34 +167,33 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
         env: &env,
     };
     let argv = compile(&policy, &host, &launch).map_err(|e| Failure::Config(e.to_string()))?;
+    // The seccomp program's private file, removed once the cage has run.
     let mut seccomp_file: Option<std::path::PathBuf> = None;
-    let mut cmd = if policy == Policy::Disabled {
-        eprintln!(
-            "kaged: warning: the cage of `{agent}` is disabled; running uncaged as this user"
-        );
-        let mut c = Command::new(&argv[0]);
-        c.args(&argv[1..]).current_dir(&root);
-        c
-    } else {
-        if bwrap_version().is_none() {
-            return Err(Failure::Runtime(anyhow!(
-                "bubblewrap (bwrap) is not installed, so no cage can be built and nothing runs uncaged; install it (sudo apt-get install bubblewrap), then see `kaged doctor`"
-            )));
+    let mut cmd = match &policy {
+        Policy::Disabled => {
+            eprintln!(
+                "kaged: warning: the cage of `{agent}` is disabled; running uncaged as this user"
+            );
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]).current_dir(&root);
+            c
         }
-        for missing in unenforced(&policy) {
-            eprintln!("kaged: warning: not enforced: {missing}");
+        Policy::Caged { seccomp, .. } => {
+            if bwrap_version().is_none() {
+                return Err(Failure::Runtime(anyhow!(
+                    "bubblewrap (bwrap) is not installed, so no cage can be built and nothing runs uncaged; install it (sudo apt-get install bubblewrap), then see `kaged doctor`"
+                )));
+            }
+            for missing in unenforced(&policy) {
+                eprintln!("kaged: warning: not enforced: {missing}");
+            }
+            let bpf =
+                kaged_cage::profile_bpf(seccomp).map_err(|e| Failure::Config(e.to_string()))?;
+            let file = write_seccomp(&bpf).map_err(Failure::Runtime)?;
+            let cmd = bwrap_with_seccomp(&argv, &file);
+            seccomp_file = Some(file);
+            cmd
         }
-        let Policy::Caged { seccomp, .. } = &policy else {
-            return Err(Failure::Runtime(anyhow!(
-                "internal: uncaged policy in the caged path"
-            )));
-        };
-        let bpf = kaged_cage::profile_bpf(seccomp).map_err(|e| Failure::Config(e.to_string()))?;
-        seccomp_file = Some(write_seccomp(&bpf).map_err(Failure::Runtime)?);
-        bwrap_with_seccomp(
-            &argv,
-            seccomp_file.as_deref().unwrap_or(Path::new("/dev/null")),
-        )
     };
     let status = cmd.status();
     if let Some(dir) = seccomp_file.as_deref().and_then(Path::parent) {

@@ -1,22 +1,11 @@
 //! `kaged dsl validate` and `kaged dsl schema`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kaged_dsl::{check_project, diagnostics_json, json_schema};
 
 use crate::Failure;
 use crate::cli::{DslCommand, Format};
-
-/// `(project.yaml, project.local.yaml)` for a project directory or its project.yaml.
-fn project_files(path: &Path) -> (PathBuf, PathBuf) {
-    let base = if path.is_dir() {
-        path.join(".kaged/project.yaml")
-    } else {
-        path.to_path_buf()
-    };
-    let local = base.with_file_name("project.local.yaml");
-    (base, local)
-}
 
 pub fn run(command: DslCommand) -> Result<(), Failure> {
     match command {
@@ -32,18 +21,9 @@ pub fn run(command: DslCommand) -> Result<(), Failure> {
 }
 
 fn validate(path: &Path, format: Format) -> Result<(), Failure> {
-    let (base_path, local_path) = project_files(path);
-    let read = |path: &Path| {
-        kaged_server::read_project_file(path)
-            .map_err(|e| Failure::Config(format!("cannot read {}: {e}", path.display())))
-    };
-    let base = read(&base_path)?.ok_or_else(|| {
-        Failure::Config(format!(
-            "{} does not exist (a project keeps its file at PROJECT/.kaged/project.yaml)",
-            base_path.display()
-        ))
-    })?;
-    let local = read(&local_path)?;
+    let (base_path, local_path) = kaged_server::project_files(path);
+    let (base, local) = kaged_server::read_project_texts(&base_path, &local_path)
+        .map_err(|e| Failure::Config(e.message))?;
     let diagnostics = check_project(&base, local.as_deref());
     let base_name = base_path.display().to_string();
     let local_name = local_path.display().to_string();
@@ -86,6 +66,7 @@ fn validate(path: &Path, format: Format) -> Result<(), Failure> {
     if diagnostics.is_empty() {
         Ok(())
     } else {
-        Err(Failure::Invalid)
+        // The problems are printed; exit 1 says "invalid".
+        Err(Failure::Exit(1))
     }
 }

@@ -29,8 +29,6 @@ pub enum Failure {
     NotRunning(String),
     /// Anything else (exit 1).
     Runtime(anyhow::Error),
-    /// The checked input is invalid and the problems were already printed (exit 1).
-    Invalid,
     /// Exit with this status (a caged command's own).
     Exit(u8),
 }
@@ -130,7 +128,6 @@ fn main() -> ExitCode {
             eprintln!("kaged: {msg}");
             ExitCode::from(3)
         }
-        Err(Failure::Invalid) => ExitCode::from(1),
         Err(Failure::Exit(code)) => ExitCode::from(code),
         Err(Failure::Runtime(e)) => {
             eprintln!("kaged: {e:#}");

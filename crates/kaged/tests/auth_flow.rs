@@ -280,68 +280,52 @@ async fn cross_origin_state_changes_are_refused_and_csrf_is_required() {
     let who: serde_json::Value = json_of(client.get(format!("{}/api/v1/whoami", d.base))).await;
     let csrf = who["csrf_token"].as_str().unwrap().to_string();
 
-    // Foreign origin, even with the right CSRF token.
-    let r = client
-        .post(&logout)
-        .header(ORIGIN, "http://evil.example")
-        .header("x-kaged-csrf", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "forbidden");
-    // Another local port is another origin.
-    let r = client
-        .post(&logout)
-        .header(ORIGIN, "http://127.0.0.1:1")
-        .header("x-kaged-csrf", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    // A browser's cross-site fetch metadata.
-    let r = client
-        .post(&logout)
-        .header(ORIGIN, d.base.as_str())
-        .header("sec-fetch-site", "cross-site")
-        .header("x-kaged-csrf", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    // No Origin at all, on a cookie-authenticated state change.
-    let r = client
-        .post(&logout)
-        .header("x-kaged-csrf", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    // Our origin but no or wrong CSRF token.
-    let r = client
-        .post(&logout)
-        .header(ORIGIN, d.base.as_str())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = client
-        .post(&logout)
-        .header(ORIGIN, d.base.as_str())
-        .header("x-kaged-csrf", "0".repeat(64))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let status = format!("{}/api/v1/status", d.base);
+    let zeros = "0".repeat(64);
+    // (why, Origin, Sec-Fetch-Site, X-Kaged-CSRF): every one is refused with 403 `forbidden`.
+    type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    let refused: [Case; 6] = [
+        (
+            "foreign origin, right token",
+            Some("http://evil.example"),
+            None,
+            Some(&csrf),
+        ),
+        (
+            "another local port",
+            Some("http://127.0.0.1:1"),
+            None,
+            Some(&csrf),
+        ),
+        (
+            "cross-site fetch metadata",
+            Some(&d.base),
+            Some("cross-site"),
+            Some(&csrf),
+        ),
+        ("no Origin at all", None, None, Some(&csrf)),
+        ("our origin, no token", Some(&d.base), None, None),
+        ("our origin, wrong token", Some(&d.base), None, Some(&zeros)),
+    ];
+    for (why, origin, site, token) in refused {
+        let mut req = client.post(&logout);
+        for (name, value) in [
+            ("origin", origin),
+            ("sec-fetch-site", site),
+            ("x-kaged-csrf", token),
+        ] {
+            if let Some(v) = value {
+                req = req.header(name, v);
+            }
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{why}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden", "{why}");
+    }
     // Still signed in after all of that.
     assert_eq!(
-        client
-            .get(format!("{}/api/v1/status", d.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client.get(&status).send().await.unwrap().status(),
         StatusCode::OK
     );
 
@@ -355,12 +339,7 @@ async fn cross_origin_state_changes_are_refused_and_csrf_is_required() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        client
-            .get(format!("{}/api/v1/status", d.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client.get(&status).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
 }

@@ -49,7 +49,6 @@ impl Operator {
                 "chown",
                 &["-R", &format!("{NOBODY}:{NOBODY}"), root.to_str().unwrap()],
             );
-            let _ = std::fs::remove_dir_all(format!("/tmp/kaged-{NOBODY}"));
             None
         } else {
             Some(root.join("xdg-runtime"))
@@ -110,6 +109,10 @@ impl Operator {
 async fn per_user_mode_works_unprivileged_with_xdg_defaults_and_runtime_fallback() {
     let tmp = tempfile::tempdir().unwrap();
     let op = Operator::new(tmp.path());
+    // Only this test uses the shared /tmp/kaged-UID fallback: start it clean.
+    if op.xdg_runtime.is_none() {
+        let _ = std::fs::remove_dir_all(op.runtime_dir());
+    }
 
     // Rule 5: nothing points anywhere, so per-user by default.
     let out = op.run(&["status"], &[]);
