@@ -125,7 +125,18 @@ pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(
         AuthMechanism::Insecure => Mechanism::Insecure,
         AuthMechanism::InsecureReadonly => Mechanism::InsecureReadonly,
         AuthMechanism::Sidecar => Mechanism::Sidecar {
-            nonce: sidecar_nonce(std::env::var(SIDECAR_NONCE_VAR).ok()).map_err(Failure::Config)?,
+            nonce: sidecar_nonce(std::env::var(SIDECAR_NONCE_VAR).ok()).map_err(|e| {
+                // Most often: someone trying kaged as root, where system-wide is the default.
+                let hint = if decision.rule == kaged_config::ModeRule::SystemUser {
+                    format!(
+                        "\n  ({}, so system-wide mode with sidecar sign-in was chosen; to run your own daemon with a launch URL instead: kaged start --mode user)",
+                        decision.reason
+                    )
+                } else {
+                    String::new()
+                };
+                Failure::Config(format!("{e}{hint}"))
+            })?,
         },
     };
     crate::logging::init(&settings.log_operational, settings.log_level)

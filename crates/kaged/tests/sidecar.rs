@@ -467,3 +467,42 @@ async fn insecure_and_no_sandbox_are_loud_on_every_response() {
         .unwrap();
     assert!(r.headers().get("x-kaged-warning").is_none());
 }
+
+#[test]
+fn the_readme_start_command_works_for_root_and_root_without_it_is_told_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().to_str().unwrap();
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap()
+        == 0;
+    if is_root {
+        // Detection picks system-wide (sidecar) for root: the refusal says how to get a launch URL.
+        let out = kaged_cmd(&[("HOME", home)])
+            .args(["start", "--bind", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("running as UID 0 (root)") && err.contains("kaged start --mode user"),
+            "{err}"
+        );
+    }
+    // `kaged start --mode user`, as in the README, prints a launch URL for anyone.
+    let mut cmd = kaged_cmd(&[("HOME", home)]);
+    cmd.args(["start", "--mode", "user", "--bind", "127.0.0.1:0"]);
+    let d = Daemon::spawn(
+        cmd,
+        &tmp.path().join(".local/share/kaged"),
+        &PathBuf::from(format!(
+            "/tmp/kaged-{}",
+            if is_root { 0 } else { std::process::id() }
+        )),
+        vec![("HOME".into(), home.into())],
+    );
+    assert!(d.launch_url.contains("/launch?token="), "{}", d.launch_url);
+    assert!(tmp.path().join(".config/kaged/config.toml").is_file());
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
