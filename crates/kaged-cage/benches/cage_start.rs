@@ -37,6 +37,8 @@ fn main() {
         cwd: Path::new(""),
         command: &command,
         env: &[],
+        own_terminal: false,
+        egress: None,
     };
     let Ok(argv) = compile(&Policy::default_cage(), &host, &launch) else {
         eprintln!("cannot compile the default cage");

@@ -7,10 +7,12 @@
 //! `--die-with-parent`, `--new-session` (no TIOCSTI into the caller's terminal), and an
 //! environment cleared down to an allowlist.
 
+mod run;
 mod seccomp;
 
 use std::path::{Path, PathBuf};
 
+pub use run::{PlanError, RunKind, RunPlan, plan_run};
 pub use seccomp::{SeccompError, profile_bpf};
 
 use serde_json::Value;
@@ -235,7 +237,30 @@ pub struct Launch<'a> {
     pub command: &'a [String],
     /// Environment passed in (already filtered to what the operator granted, plus TERM etc).
     pub env: &'a [(String, String)],
+    /// Whether the cage gets a terminal of its own (a kaged PTY). Only a cage that shares the
+    /// caller's terminal needs `--new-session` (TIOCSTI), which also costs it job control.
+    pub own_terminal: bool,
+    /// For a network allowlist: the kaged egress proxy to reach the outside through.
+    pub egress: Option<Egress<'a>>,
 }
+
+/// How a cage with an allowlist reaches kaged's egress proxy: the proxy's Unix socket and the
+/// kaged binary (which runs the in-cage bridge) are bound in, and the command runs under the
+/// bridge with the proxy variables set.
+#[derive(Debug, Clone)]
+pub struct Egress<'a> {
+    /// The proxy's Unix socket on the host.
+    pub socket: &'a Path,
+    /// The kaged executable on the host.
+    pub helper: &'a Path,
+}
+
+/// Where the egress proxy socket appears inside a cage.
+pub const EGRESS_SOCKET: &str = "/run/kaged/egress.sock";
+/// Where the kaged executable appears inside a cage (runs the bridge).
+pub const EGRESS_HELPER: &str = "/run/kaged/kaged";
+/// The bridge's address inside the cage's own loopback.
+pub const EGRESS_LISTEN: &str = "127.0.0.1:3128";
 
 /// The bubblewrap argv (without the `bwrap` program itself) for a caged launch.
 pub fn compile(
@@ -254,9 +279,11 @@ pub fn compile(
     };
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["--die-with-parent"]);
+    if !launch.own_terminal {
+        push(&["--new-session"]);
+    }
     push(&[
-        "--die-with-parent",
-        "--new-session",
         "--unshare-user",
         "--unshare-pid",
         "--unshare-ipc",
@@ -302,6 +329,20 @@ pub fn compile(
             &format!("{WORKSPACE}/.kaged"),
         ]);
     }
+    let egress = match (network, &launch.egress) {
+        (Network::Allow(_), Some(egress)) => Some(egress),
+        _ => None,
+    };
+    if let Some(egress) = egress {
+        push(&[
+            "--ro-bind",
+            &egress.helper.display().to_string(),
+            EGRESS_HELPER,
+            "--bind",
+            &egress.socket.display().to_string(),
+            EGRESS_SOCKET,
+        ]);
+    }
     let cwd = if launch.cwd.as_os_str().is_empty() {
         WORKSPACE.to_string()
     } else {
@@ -324,12 +365,35 @@ pub fn compile(
         push(&["--setenv", k, v]);
     }
     push(&["--"]);
+    if egress.is_some() {
+        push(&[
+            EGRESS_HELPER,
+            "cage-bridge",
+            "--listen",
+            EGRESS_LISTEN,
+            "--socket",
+            EGRESS_SOCKET,
+            "--",
+        ]);
+    }
     a.extend(launch.command.iter().cloned());
     Ok(a)
 }
 
+/// `prlimit` options for a cage's limits (applied to bwrap and inherited by the cage).
+pub fn rlimit_options(limits: &Limits) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(pids) = limits.pids {
+        out.push(format!("--nproc={pids}"));
+    }
+    if let Some(mb) = limits.memory_mb {
+        out.push(format!("--as={}", mb.saturating_mul(1024 * 1024)));
+    }
+    out
+}
+
 /// Policy parts this build cannot enforce yet, to report (never to skip silently).
-pub fn unenforced(policy: &Policy) -> Vec<String> {
+pub fn unenforced(policy: &Policy, egress: bool) -> Vec<String> {
     let Policy::Caged {
         network, limits, ..
     } = policy
@@ -337,8 +401,13 @@ pub fn unenforced(policy: &Policy) -> Vec<String> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    if let Network::Allow(hosts) = network {
-        out.push(format!("network allowlist ({}) needs the kaged egress proxy, which is not built yet: the cage has no network at all", hosts.join(", ")));
+    if let Network::Allow(hosts) = network
+        && !egress
+    {
+        out.push(format!(
+            "network allowlist ({}) needs the kaged egress proxy, which this run does not have: the cage has no network at all",
+            hosts.join(", ")
+        ));
     }
     if *limits != Limits::default() {
         out.push("resource limits (memory, CPU, PIDs, wall time) are not enforced yet".into());
@@ -384,6 +453,8 @@ mod tests {
                 cwd: Path::new("sub"),
                 command: &cmd,
                 env: &env,
+                own_terminal: false,
+                egress: None,
             },
         )
         .unwrap()
@@ -458,7 +529,7 @@ mod tests {
             argv(&allow).contains(&"--unshare-net".to_string()),
             "no proxy yet: no network"
         );
-        let missing = unenforced(&allow);
+        let missing = unenforced(&allow, false);
         assert!(
             missing.iter().any(|m| m.contains("allowlist"))
                 && missing.iter().any(|m| m.contains("limits"))
@@ -470,5 +541,67 @@ mod tests {
                 || err.to_string().contains("agents: primary"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn allowlist_goes_through_the_bridge_and_a_kaged_pty_keeps_job_control() {
+        let allow = policy_for(&config(), "allow").unwrap();
+        let cmd = vec!["curl".to_string(), "https://api.github.com".to_string()];
+        let launch = |egress| Launch {
+            project_root: Path::new("/p"),
+            cwd: Path::new(""),
+            command: &cmd,
+            env: &[],
+            own_terminal: true,
+            egress,
+        };
+        let with = compile(
+            &allow,
+            &host(),
+            &launch(Some(Egress {
+                socket: Path::new("/run/user/1/kaged/egress-1.sock"),
+                helper: Path::new("/usr/bin/kaged"),
+            })),
+        )
+        .unwrap();
+        assert!(with.contains(&"--unshare-net".to_string()));
+        assert!(has(&with, &["--ro-bind", "/usr/bin/kaged", EGRESS_HELPER]));
+        assert!(has(
+            &with,
+            &["--bind", "/run/user/1/kaged/egress-1.sock", EGRESS_SOCKET]
+        ));
+        assert!(has(
+            &with,
+            &[
+                "--",
+                EGRESS_HELPER,
+                "cage-bridge",
+                "--listen",
+                EGRESS_LISTEN,
+                "--socket",
+                EGRESS_SOCKET,
+                "--",
+                "curl"
+            ]
+        ));
+        assert!(!with.contains(&"--new-session".to_string()));
+        assert!(
+            unenforced(&allow, true)
+                .iter()
+                .all(|m| !m.contains("allowlist"))
+        );
+        // Without a proxy there is no bridge, and a closed cage never gets one.
+        let without = compile(&allow, &host(), &launch(None)).unwrap();
+        assert!(!without.iter().any(|a| a == EGRESS_HELPER));
+        let closed = compile(
+            &Policy::default_cage(),
+            &host(),
+            &launch(Some(Egress {
+                socket: Path::new("/s"),
+                helper: Path::new("/k"),
+            })),
+        )
+        .unwrap();
+        assert!(!closed.iter().any(|a| a == EGRESS_HELPER || a == "/s"));
     }
 }

@@ -17,6 +17,7 @@ mod launch;
 mod listener;
 mod middleware;
 mod projects;
+mod sessions;
 mod state;
 mod tokens;
 mod ui;
@@ -29,14 +30,15 @@ pub use audit::{AuditLog, AuditRecord, now_ms, rfc3339_utc};
 pub use error::ApiError;
 pub use listener::{BindError, BoundListener, ListenerInfo, Socket, bind_unix, serve_all};
 pub use projects::{UnreadableProject, project_files, read_project_file, read_project_texts};
+pub use sessions::stop_all as stop_sessions;
 pub use state::{DaemonInfo, ServerState};
 
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub fn router(state: ServerState) -> Router {
-    let state = std::sync::Arc::new(state);
+pub fn router(state: std::sync::Arc<ServerState>) -> Router {
     tokio::spawn(projects::watch(state.clone()));
+    tokio::spawn(sessions::housekeeping(state.clone()));
     let protected = Router::new()
         .route("/", get(ui::index))
         .route("/api/v1/status", get(api::status))
@@ -54,6 +56,18 @@ pub fn router(state: ServerState) -> Router {
             get(projects::get).delete(projects::unload),
         )
         .route("/api/v1/projects/{slug}/reload", post(projects::reload))
+        .route(
+            "/api/v1/projects/{slug}/sessions",
+            get(sessions::list_project).post(sessions::create),
+        )
+        .route("/api/v1/sessions", get(sessions::list))
+        .route("/api/v1/sessions/{id}", get(sessions::get))
+        .route("/api/v1/sessions/{id}/kill", post(sessions::kill))
+        .route(
+            "/api/v1/sessions/{id}/transcript",
+            get(sessions::transcript),
+        )
+        .route("/api/v1/sessions/{id}/pty", get(sessions::attach))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -65,6 +79,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/v1/dsl/schema", get(api::dsl_schema))
         .route("/launch", get(launch::launch))
         .route("/assets/{file}", get(ui::asset))
+        .route("/assets/vendor/{file}", get(ui::vendor_asset))
         .merge(protected)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -45,6 +45,7 @@ pub struct ServerState {
     /// Ids of tokens revoked while the daemon runs, so open sockets using them close at once.
     pub(crate) revoked_tokens: tokio::sync::broadcast::Sender<i64>,
     pub(crate) projects: Mutex<crate::projects::Registry>,
+    pub runs: crate::sessions::Sessions,
 }
 
 impl ServerState {
@@ -55,6 +56,7 @@ impl ServerState {
         audit: AuditLog,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
+        let info_transcripts = info.settings.home.join("transcripts");
         ServerState {
             policy,
             info,
@@ -68,6 +70,7 @@ impl ServerState {
             shutdown,
             revoked_tokens: tokio::sync::broadcast::channel(64).0,
             projects: Mutex::new(Default::default()),
+            runs: crate::sessions::Sessions::new(info_transcripts),
         }
     }
 }

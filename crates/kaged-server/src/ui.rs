@@ -1,5 +1,9 @@
 //! The bundled page at `/` (the full console comes later) and the short pages shown to a
 //! browser that is not signed in. No inline scripts or styles: the CSP stays strict.
+//!
+//! Third-party code (xterm.js and its fit addon) is served under `/assets/vendor/`: `build.rs`
+//! fetches it from the npm registry as pinned (and integrity-checked) by
+//! `ui/package-lock.json` into `OUT_DIR/vendor/`, and it is embedded from there.
 
 use std::sync::Arc;
 
@@ -24,6 +28,25 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The vendored files, by name under `/assets/vendor/`.
+const VENDOR: &[(&str, &str, &[u8])] = &[
+    (
+        "xterm.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!(concat!(env!("OUT_DIR"), "/vendor/xterm.js")),
+    ),
+    (
+        "xterm.css",
+        "text/css; charset=utf-8",
+        include_bytes!(concat!(env!("OUT_DIR"), "/vendor/xterm.css")),
+    ),
+    (
+        "addon-fit.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!(concat!(env!("OUT_DIR"), "/vendor/addon-fit.js")),
+    ),
+];
+
 pub async fn index(State(state): State<Arc<ServerState>>) -> Response {
     if !state.info.settings.ui_serve {
         return ApiError::new("not_found", "the web UI is disabled ([ui] serve = false)")
@@ -34,6 +57,17 @@ pub async fn index(State(state): State<Arc<ServerState>>) -> Response {
 
 pub async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => {
+            ([(header::CONTENT_TYPE, *content_type)], *body).into_response()
+        }
+        None => ApiError::new("not_found", "no such asset").into_response(),
+    }
+}
+
+/// `/assets/vendor/{file}`: headers (CSP, `cache-control: no-cache`, nosniff) come from
+/// `middleware::security_headers` as for every other asset.
+pub async fn vendor_asset(Path(file): Path<String>) -> Response {
+    match VENDOR.iter().find(|(name, _, _)| *name == file) {
         Some((_, content_type, body)) => {
             ([(header::CONTENT_TYPE, *content_type)], *body).into_response()
         }

@@ -95,6 +95,53 @@ pub struct ProjectRecord {
     pub loaded_at_ms: i64,
 }
 
+/// A session (one run of an agent, a terminal or a task) as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub project: String,
+    /// `agent`, `terminal` or `task`.
+    pub kind: String,
+    /// The agent's or task's name (`terminal` for a terminal).
+    pub name: String,
+    /// The command as started (inside the cage when caged).
+    pub command: Vec<String>,
+    pub caged: bool,
+    pub state: String,
+    pub exit_code: Option<i32>,
+    /// Why it failed, or who killed it.
+    pub reason: Option<String>,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+}
+
+/// One state change of a session. Its `id` orders all transitions of all sessions, so it
+/// is the cursor of the event stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub id: i64,
+    pub session_id: String,
+    pub state: String,
+    pub at_ms: i64,
+    pub actor: String,
+    pub detail: serde_json::Value,
+}
+
+/// A state change to record: the session row takes the new state (and the exit code,
+/// reason and end time when given) and a transition row is appended, in one transaction.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub session_id: String,
+    pub state: String,
+    pub at_ms: i64,
+    pub actor: String,
+    pub detail: serde_json::Value,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub ended: bool,
+}
+
 /// What a database does for kaged. Methods block; [`Store`] runs them off the async runtime.
 pub trait Backend: Send + Sync + 'static {
     fn describe(&self) -> String;
@@ -129,6 +176,21 @@ pub trait Backend: Send + Sync + 'static {
     /// `false` when no such project was registered.
     fn remove_project(&self, slug: &str) -> Result<bool>;
     fn list_projects(&self) -> Result<Vec<ProjectRecord>>;
+    /// Insert a new session (its first transition included).
+    fn create_session(&self, s: &SessionRecord, first: &StateChange) -> Result<Transition>;
+    fn change_state(&self, change: &StateChange) -> Result<Transition>;
+    /// Newest first; all projects when `project` is `None`.
+    fn list_sessions(&self, project: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>>;
+    fn get_session(&self, id: &str) -> Result<Option<SessionRecord>>;
+    /// Transitions with an id above `after`, oldest first (`session` narrows to one session).
+    fn transitions_after(
+        &self,
+        after: i64,
+        session: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Transition>>;
+    /// Sessions not in a final state (left behind by a daemon that stopped).
+    fn live_sessions(&self) -> Result<Vec<SessionRecord>>;
     /// Flush and release the database (SQLite: checkpoint the WAL).
     fn close(&self) -> Result<()>;
 }
@@ -231,6 +293,45 @@ impl Store {
 
     pub async fn list_projects(&self) -> Result<Vec<ProjectRecord>> {
         self.run(|b| b.list_projects()).await
+    }
+
+    pub async fn create_session(
+        &self,
+        session: SessionRecord,
+        first: StateChange,
+    ) -> Result<Transition> {
+        self.run(move |b| b.create_session(&session, &first)).await
+    }
+
+    pub async fn change_state(&self, change: StateChange) -> Result<Transition> {
+        self.run(move |b| b.change_state(&change)).await
+    }
+
+    pub async fn list_sessions(
+        &self,
+        project: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>> {
+        self.run(move |b| b.list_sessions(project.as_deref(), limit))
+            .await
+    }
+
+    pub async fn get_session(&self, id: String) -> Result<Option<SessionRecord>> {
+        self.run(move |b| b.get_session(&id)).await
+    }
+
+    pub async fn transitions_after(
+        &self,
+        after: i64,
+        session: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Transition>> {
+        self.run(move |b| b.transitions_after(after, session.as_deref(), limit))
+            .await
+    }
+
+    pub async fn live_sessions(&self) -> Result<Vec<SessionRecord>> {
+        self.run(|b| b.live_sessions()).await
     }
 
     pub async fn close(&self) -> Result<()> {

@@ -44,6 +44,33 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         root         TEXT    NOT NULL UNIQUE,
         loaded_at_ms INTEGER NOT NULL
      );",
+    // 5: sessions (runs of agents, terminals and tasks) and every state change of each. The
+    // output itself lives in a transcript file per session; the transitions double as the
+    // resumable event stream (their id is the cursor).
+    "CREATE TABLE sessions (
+        id            TEXT    PRIMARY KEY,
+        project       TEXT    NOT NULL,
+        kind          TEXT    NOT NULL CHECK (kind IN ('agent', 'terminal', 'task')),
+        name          TEXT    NOT NULL,
+        command       TEXT    NOT NULL,
+        caged         INTEGER NOT NULL,
+        state         TEXT    NOT NULL,
+        exit_code     INTEGER,
+        reason        TEXT,
+        created_by    TEXT    NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        ended_at_ms   INTEGER
+     );
+     CREATE INDEX sessions_project ON sessions (project, created_at_ms);
+     CREATE TABLE session_transitions (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT    NOT NULL REFERENCES sessions (id),
+        state      TEXT    NOT NULL,
+        at_ms      INTEGER NOT NULL,
+        actor      TEXT    NOT NULL,
+        detail     TEXT    NOT NULL DEFAULT '{}'
+     );
+     CREATE INDEX session_transitions_session ON session_transitions (session_id, id);",
 ];
 
 /// The schema version this build writes.

@@ -7,13 +7,59 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::migrations::{LATEST_SCHEMA, MIGRATIONS};
 use crate::{
-    AuditEvent, Backend, DaemonRun, ProjectRecord, Result, StoreError, StoredAuditEvent,
-    TokenRecord,
+    AuditEvent, Backend, DaemonRun, ProjectRecord, Result, SessionRecord, StateChange, StoreError,
+    StoredAuditEvent, TokenRecord, Transition,
 };
 
 const TOKEN_COLUMNS: &str = "id, actor, name, created_at_ms, last_used_at_ms, revoked_at_ms";
 /// Refresh `last_used_at_ms` at most this often.
 const LAST_USED_GRANULARITY_MS: i64 = 3_600_000;
+
+const SESSION_COLUMNS: &str = "id, project, kind, name, command, caged, state, exit_code, reason, \
+     created_by, created_at_ms, ended_at_ms";
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let command: String = r.get(4)?;
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        kind: r.get(2)?,
+        name: r.get(3)?,
+        command: serde_json::from_str(&command).unwrap_or_default(),
+        caged: r.get(5)?,
+        state: r.get(6)?,
+        exit_code: r.get(7)?,
+        reason: r.get(8)?,
+        created_by: r.get(9)?,
+        created_at_ms: r.get(10)?,
+        ended_at_ms: r.get(11)?,
+    })
+}
+
+fn insert_transition(
+    tx: &rusqlite::Transaction<'_>,
+    c: &StateChange,
+) -> rusqlite::Result<Transition> {
+    tx.execute(
+        "INSERT INTO session_transitions (session_id, state, at_ms, actor, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            c.session_id,
+            c.state,
+            c.at_ms,
+            c.actor,
+            c.detail.to_string()
+        ],
+    )?;
+    Ok(Transition {
+        id: tx.last_insert_rowid(),
+        session_id: c.session_id.clone(),
+        state: c.state.clone(),
+        at_ms: c.at_ms,
+        actor: c.actor.clone(),
+        detail: c.detail.clone(),
+    })
+}
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     Ok(TokenRecord {
@@ -374,6 +420,129 @@ impl Backend for SqliteBackend {
             .map_err(|e| self.err(e))
     }
 
+    fn create_session(&self, s: &SessionRecord, first: &StateChange) -> Result<Transition> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO sessions (id, project, kind, name, command, caged, state, exit_code, reason,
+                                   created_by, created_at_ms, ended_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                s.id,
+                s.project,
+                s.kind,
+                s.name,
+                serde_json::to_string(&s.command).unwrap_or_default(),
+                s.caged,
+                s.state,
+                s.exit_code,
+                s.reason,
+                s.created_by,
+                s.created_at_ms,
+                s.ended_at_ms
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        let t = insert_transition(&tx, first).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(t)
+    }
+
+    fn change_state(&self, c: &StateChange) -> Result<Transition> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE sessions SET state = ?2,
+                    exit_code = COALESCE(?3, exit_code),
+                    reason = COALESCE(?4, reason),
+                    ended_at_ms = CASE WHEN ?5 THEN ?6 ELSE ended_at_ms END
+             WHERE id = ?1",
+            params![
+                c.session_id,
+                c.state,
+                c.exit_code,
+                c.reason,
+                c.ended,
+                c.at_ms
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        let t = insert_transition(&tx, c).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(t)
+    }
+
+    fn list_sessions(&self, project: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions
+                 WHERE (?1 IS NULL OR project = ?1)
+                 ORDER BY created_at_ms DESC, rowid DESC LIMIT ?2"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![project, limit as i64], session_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    fn get_session(&self, id: &str) -> Result<Option<SessionRecord>> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+                [id],
+                session_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn transitions_after(
+        &self,
+        after: i64,
+        session: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Transition>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, session_id, state, at_ms, actor, detail FROM session_transitions
+                 WHERE id > ?1 AND (?2 IS NULL OR session_id = ?2)
+                 ORDER BY id LIMIT ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after, session, limit as i64], |r| {
+                let detail: String = r.get(5)?;
+                Ok(Transition {
+                    id: r.get(0)?,
+                    session_id: r.get(1)?,
+                    state: r.get(2)?,
+                    at_ms: r.get(3)?,
+                    actor: r.get(4)?,
+                    detail: serde_json::from_str(&detail).unwrap_or_default(),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    fn live_sessions(&self) -> Result<Vec<SessionRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions
+                 WHERE state NOT IN ('exited', 'failed', 'killed') ORDER BY created_at_ms"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], session_row).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
     fn close(&self) -> Result<()> {
         self.conn()
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
@@ -529,5 +698,58 @@ mod tests {
         b.end_run(second.id, 300).unwrap();
         let (_, prev) = b.begin_run(12, "0.1.0", "user", 400).unwrap();
         assert!(prev.is_none(), "second stopped cleanly");
+    }
+
+    #[test]
+    fn sessions_keep_every_transition_and_live_ones_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteBackend::open(&dir.path().join("k.db")).unwrap();
+        let change = |state: &str, at: i64, ended: bool| StateChange {
+            session_id: "s1".into(),
+            state: state.into(),
+            at_ms: at,
+            actor: "ann".into(),
+            detail: serde_json::json!({"n": at}),
+            exit_code: ended.then_some(0),
+            reason: None,
+            ended,
+        };
+        let session = SessionRecord {
+            id: "s1".into(),
+            project: "demo".into(),
+            kind: "terminal".into(),
+            name: "terminal".into(),
+            command: vec!["bash".into(), "-l".into()],
+            caged: true,
+            state: "queued".into(),
+            exit_code: None,
+            reason: None,
+            created_by: "ann".into(),
+            created_at_ms: 1,
+            ended_at_ms: None,
+        };
+        let first = db
+            .create_session(&session, &change("queued", 1, false))
+            .unwrap();
+        let running = db.change_state(&change("running", 2, false)).unwrap();
+        assert!(running.id > first.id);
+        assert_eq!(db.live_sessions().unwrap().len(), 1);
+        db.change_state(&change("exited", 3, true)).unwrap();
+        assert!(db.live_sessions().unwrap().is_empty());
+        let got = db.get_session("s1").unwrap().unwrap();
+        assert_eq!(
+            (got.state.as_str(), got.exit_code, got.ended_at_ms),
+            ("exited", Some(0), Some(3))
+        );
+        assert_eq!(got.command, session.command);
+        let all = db.transitions_after(0, Some("s1"), 10).unwrap();
+        assert_eq!(
+            all.iter().map(|t| t.state.as_str()).collect::<Vec<_>>(),
+            ["queued", "running", "exited"]
+        );
+        assert_eq!(db.transitions_after(first.id, None, 10).unwrap().len(), 2);
+        assert_eq!(db.list_sessions(Some("other"), 10).unwrap().len(), 0);
+        assert_eq!(db.list_sessions(None, 10).unwrap().len(), 1);
+        assert!(db.get_session("nope").unwrap().is_none());
     }
 }

@@ -1,23 +1,14 @@
 //! `kaged cage run` and `kaged doctor`: the edge of `kaged-cage`.
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::anyhow;
 use kaged_cage::{Host, Launch, Policy, SYSTEM_DIRS, compile, policy_for, unenforced};
 
 use crate::Failure;
 use crate::cli::CageCommand;
 
 const BWRAP: &str = "bwrap";
-
-fn bwrap_version() -> Option<String> {
-    let out = Command::new(BWRAP).arg("--version").output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 /// Can this user build a minimal cage right now?
 fn userns_works() -> Result<(), String> {
@@ -43,7 +34,7 @@ fn userns_works() -> Result<(), String> {
 
 pub fn doctor() -> Result<(), Failure> {
     let mut failed = false;
-    match bwrap_version() {
+    match kaged_spawn::bwrap_version() {
         Some(v) => println!("ok    {v}"),
         None => {
             failed = true;
@@ -93,38 +84,6 @@ pub fn doctor() -> Result<(), Failure> {
     }
 }
 
-/// Write a seccomp program to a private file (0600 in a fresh 0700 directory).
-fn write_seccomp(bpf: &[u8]) -> anyhow::Result<std::path::PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(|e| anyhow!("no randomness: {e}"))?;
-    let dir = std::env::temp_dir().join(format!("kaged-seccomp-{}", hex::encode(random)));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    let path = dir.join("filter.bpf");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?
-        .write_all(bpf)?;
-    Ok(path)
-}
-
-/// `bwrap ARGV` with the seccomp program open on the fd the argv names (a shell opens it:
-/// std cannot hand a child an extra descriptor without unsafe code).
-fn bwrap_with_seccomp(argv: &[String], bpf: &Path) -> Command {
-    let mut c = Command::new("/bin/sh");
-    c.arg("-c")
-        .arg(format!(
-            "exec {BWRAP} \"$@\" {}< \"$0\"",
-            kaged_cage::SECCOMP_FD
-        ))
-        .arg(bpf)
-        .args(argv);
-    c
-}
-
 pub fn run(command: CageCommand) -> Result<(), Failure> {
     let CageCommand::Run {
         project,
@@ -165,45 +124,52 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
         cwd: Path::new(""),
         command: &command,
         env: &env,
+        own_terminal: false,
+        egress: None,
     };
     let argv = compile(&policy, &host, &launch).map_err(|e| Failure::Config(e.to_string()))?;
-    // The seccomp program's private file, removed once the cage has run.
-    let mut seccomp_file: Option<std::path::PathBuf> = None;
-    let mut cmd = match &policy {
+    let spec = match &policy {
         Policy::Disabled => {
             eprintln!(
                 "kaged: warning: the cage of `{agent}` is disabled; running uncaged as this user"
             );
-            let mut c = Command::new(&argv[0]);
-            c.args(&argv[1..]).current_dir(&root);
-            c
+            kaged_spawn::Spec {
+                argv,
+                seccomp_bpf: None,
+                rlimits: Vec::new(),
+                cwd: Some(root.clone()),
+                env: uncaged_env(&env),
+            }
         }
         Policy::Caged { seccomp, .. } => {
-            if bwrap_version().is_none() {
-                return Err(Failure::Runtime(anyhow!(
-                    "bubblewrap (bwrap) is not installed, so no cage can be built and nothing runs uncaged; install it (sudo apt-get install bubblewrap), then see `kaged doctor`"
-                )));
-            }
-            for missing in unenforced(&policy) {
+            for missing in unenforced(&policy, false) {
                 eprintln!("kaged: warning: not enforced: {missing}");
             }
-            let bpf =
-                kaged_cage::profile_bpf(seccomp).map_err(|e| Failure::Config(e.to_string()))?;
-            let file = write_seccomp(&bpf).map_err(Failure::Runtime)?;
-            let cmd = bwrap_with_seccomp(&argv, &file);
-            seccomp_file = Some(file);
-            cmd
+            kaged_spawn::Spec {
+                argv,
+                seccomp_bpf: Some(
+                    kaged_cage::profile_bpf(seccomp).map_err(|e| Failure::Config(e.to_string()))?,
+                ),
+                rlimits: Vec::new(),
+                cwd: None,
+                env: Vec::new(),
+            }
         }
     };
-    let status = cmd.status();
-    if let Some(dir) = seccomp_file.as_deref().and_then(Path::parent) {
-        let _ = std::fs::remove_dir_all(dir);
+    let exit = kaged_spawn::run_foreground(&spec).map_err(|e| Failure::Runtime(e.into()))?;
+    match exit.code() {
+        0 => Ok(()),
+        code => Err(Failure::Exit(u8::try_from(code).unwrap_or(1))),
     }
-    let status = status.map_err(|e| Failure::Runtime(anyhow!("cannot start the cage: {e}")))?;
-    match (status.code(), status.signal()) {
-        (Some(0), _) => Ok(()),
-        (Some(code), _) => Err(Failure::Exit(u8::try_from(code).unwrap_or(1))),
-        (None, Some(sig)) => Err(Failure::Exit(u8::try_from(128 + sig).unwrap_or(1))),
-        (None, None) => Err(Failure::Exit(1)),
-    }
+}
+
+/// The environment of an uncaged run: what a caged one gets, with the daemon user's own
+/// PATH, HOME and USER (nothing else of the daemon's environment).
+pub fn uncaged_env(granted: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = ["PATH", "HOME", "USER", "LANG"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    env.extend(granted.iter().cloned());
+    env
 }

@@ -63,9 +63,23 @@ pub enum Command {
     /// Projects registered with the running daemon.
     #[command(subcommand)]
     Project(ProjectCommand),
+    /// Sessions: runs of agents, terminals and tasks on PTYs, live and resumable.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Run one command in an agent's cage, to try a policy before trusting an agent with it.
     #[command(subcommand)]
     Cage(CageCommand),
+    /// Inside a cage with a network allowlist: bridge 127.0.0.1 to kaged's egress proxy and run
+    /// the command with the proxy variables set (kaged runs this itself).
+    #[command(hide = true)]
+    CageBridge {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Check that this host can build cages (bubblewrap, user namespaces) and say how to fix it.
     Doctor,
     /// Project files: validate them, print their JSON Schema.
@@ -88,6 +102,41 @@ pub enum CageCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// Start an agent, a terminal or a task in a project and attach to it (prints the session
+    /// id first; with --detach, only the id).
+    Start {
+        /// The project's slug (see `kaged project list`).
+        project: String,
+        /// Run this command agent (`primary` for the root agent).
+        #[arg(long, group = "what")]
+        agent: Option<String>,
+        /// Run this project task.
+        #[arg(long, group = "what")]
+        task: Option<String>,
+        /// Open a terminal (the project's shell).
+        #[arg(long, group = "what")]
+        terminal: bool,
+        /// Print the session id and return; attach later with `kaged session attach ID`.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// List sessions, newest first.
+    List {
+        /// Only this project's.
+        project: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach this terminal to a session (Ctrl-] detaches; the run goes on).
+    Attach { id: String },
+    /// Write a session's raw output bytes to stdout.
+    Transcript { id: String },
+    /// Abort a run: SIGHUP and SIGTERM now, SIGKILL after 3 seconds.
+    Kill { id: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -25,13 +25,13 @@ fn not_running(decision: &ModeDecision) -> Failure {
     ))
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     discovery: Discovery,
     nonce: Secret,
 }
 
 /// Where a client command goes, and with which credential.
-enum Target {
+pub(crate) enum Target {
     Local(Daemon),
     /// `KAGED_SERVER`, with `KAGED_AUTH_TOKEN` as bearer token if set.
     Remote {
@@ -66,7 +66,7 @@ fn env_flag(name: &str) -> bool {
 }
 
 /// `KAGED_SERVER` (remote) or the local daemon of this mode.
-fn target(mode_flag: Option<DeploymentMode>) -> Result<Target, Failure> {
+pub(crate) fn target(mode_flag: Option<DeploymentMode>) -> Result<Target, Failure> {
     let Some(url) = std::env::var("KAGED_SERVER")
         .ok()
         .filter(|u| !u.trim().is_empty())
@@ -122,7 +122,7 @@ fn http() -> Result<reqwest::Client, Failure> {
         .map_err(|e| Failure::Runtime(anyhow!("cannot build an HTTP client: {e}")))
 }
 
-async fn call(
+pub(crate) async fn call(
     target: &Target,
     method: reqwest::Method,
     path: &str,
@@ -172,6 +172,72 @@ async fn call(
         return Err(Failure::Runtime(anyhow!(text)));
     }
     Ok(body)
+}
+
+/// `GET path` for raw bytes (a transcript); errors as [`call`] reports them.
+pub(crate) async fn call_bytes(target: &Target, path: &str) -> Result<Vec<u8>, Failure> {
+    let url = format!("{}{path}", target.url());
+    let response = target
+        .authorize(http_streaming()?.get(&url))
+        .send()
+        .await
+        .map_err(|e| Failure::Runtime(anyhow!("kaged does not answer at {}: {e}", target.url())))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        return Err(Failure::Runtime(anyhow!(
+            "{url}: {status} {}: {}",
+            body["error"]["code"].as_str().unwrap_or("?"),
+            body["error"]["message"].as_str().unwrap_or("unknown error")
+        )));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| Failure::Runtime(anyhow!("{url}: {e}")))?;
+    Ok(bytes.to_vec())
+}
+
+/// Like [`http`] without the overall timeout (transcripts can be large).
+fn http_streaming() -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Failure::Runtime(anyhow!("cannot build an HTTP client: {e}")))
+}
+
+/// A WebSocket handshake request for `path`, with the target's credential.
+pub(crate) fn ws_request(
+    target: &Target,
+    path: &str,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, Failure> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let base = target.url();
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        return Err(Failure::Config(format!("{base} is not an http(s) URL")));
+    };
+    let mut request = format!("{ws_base}{path}")
+        .into_client_request()
+        .map_err(|e| Failure::Config(format!("{ws_base}{path}: {e}")))?;
+    let credential = match target {
+        Target::Local(d) => Some((NONCE_HEADER, d.nonce.expose().to_string())),
+        Target::Remote { token: Some(t), .. } => {
+            Some(("authorization", format!("Bearer {}", t.expose())))
+        }
+        Target::Remote { token: None, .. } => None,
+    };
+    if let Some((name, value)) = credential {
+        let value = value
+            .parse()
+            .map_err(|_| Failure::Config("the credential is not a valid header value".into()))?;
+        request.headers_mut().insert(name, value);
+    }
+    Ok(request)
 }
 
 fn duration(secs: u64) -> String {

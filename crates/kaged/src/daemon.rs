@@ -362,13 +362,14 @@ async fn serve(
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shutdown_rx_serve = shutdown_rx.clone();
-    let app = kaged_server::router(ServerState::new(
+    let state = std::sync::Arc::new(ServerState::new(
         policy,
         info,
         store.clone(),
         audit.clone(),
         shutdown_rx,
     ));
+    let app = kaged_server::router(state.clone());
 
     let server = tokio::spawn(kaged_server::serve_all(listeners, app, shutdown_rx_serve));
 
@@ -396,6 +397,8 @@ async fn serve(
     tracing::info!(signal, "stopping: finishing in-flight requests");
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = shutdown_tx.send(true);
+    // Runs end first (their viewers are told), then the connections drain.
+    kaged_server::stop_sessions(&state).await;
     let mut server = server;
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
         Ok(Ok(Ok(()))) => {}

@@ -8,6 +8,7 @@ mod dsl;
 mod host;
 mod logging;
 mod runtime;
+mod session;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -84,6 +85,21 @@ pub fn config_for_start(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Runs inside a cage: its own small runtime, none of the daemon's machinery.
+    if let Command::CageBridge {
+        listen,
+        socket,
+        command,
+    } = &cli.command
+    {
+        return match kaged_egress::run_bridge_then(*listen, socket.clone(), command) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("kaged: cage bridge: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let mode = cli.mode.map(DeploymentMode::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -106,7 +122,9 @@ fn main() -> ExitCode {
             Command::Tokens(command) => client::tokens(mode, command).await,
             Command::Dsl(command) => dsl::run(command),
             Command::Project(command) => client::project(mode, command).await,
+            Command::Session(command) => session::run(mode, command).await,
             Command::Cage(command) => cage::run(command),
+            Command::CageBridge { .. } => Ok(()),
             Command::Doctor => cage::doctor(),
             Command::Version => {
                 println!(

@@ -1,0 +1,318 @@
+//! The sessions' JSON and transcript routes.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Extension, Path as UrlPath, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kaged_auth::Principal;
+use kaged_cage::RunKind;
+use kaged_store::SessionRecord;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::run::{StartRequest, abort, start};
+use super::valid_id;
+use crate::audit::AuditRecord;
+use crate::error::ApiError;
+use crate::listener::Peer;
+use crate::state::ServerState;
+
+/// Largest transcript range one request returns.
+const MAX_TRANSCRIPT_RANGE: u64 = 64 * 1024 * 1024;
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// `agent`, `terminal` or `task`.
+    kind: String,
+    /// The agent or task (agents default to `primary`).
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    rows: Option<u16>,
+    #[serde(default)]
+    cols: Option<u16>,
+}
+
+fn transcript_len(state: &ServerState, record: &SessionRecord) -> u64 {
+    match state.runs.get(&record.id) {
+        Some(live) => *live.end.borrow(),
+        None => std::fs::metadata(state.runs.transcripts.join(format!("{}.out", record.id)))
+            .map(|m| m.len())
+            .unwrap_or(0),
+    }
+}
+
+fn view(state: &ServerState, record: &SessionRecord) -> Value {
+    let mut v = serde_json::to_value(record).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("output_bytes".into(), json!(transcript_len(state, record)));
+        if let Some(live) = state.runs.get(&record.id) {
+            let (rows, cols) = live.size();
+            obj.insert("rows".into(), json!(rows));
+            obj.insert("cols".into(), json!(cols));
+            // Memory is fresher than the row for a run that is still going.
+            obj.insert("state".into(), json!(live.state().as_str()));
+        }
+    }
+    v
+}
+
+fn bad_size(v: Option<u16>, default: u16, field: &str) -> Result<u16, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(n) if (1..=1000).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::new(
+            "bad_request",
+            format!("{field} must be from 1 to 1000, got {n}"),
+        )),
+    }
+}
+
+/// `POST /api/v1/projects/{slug}/sessions`
+pub async fn create(
+    State(state): State<Arc<ServerState>>,
+    Extension(principal): Extension<Principal>,
+    Extension(peer): Extension<Peer>,
+    UrlPath(slug): UrlPath<String>,
+    body: Result<Json<CreateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(
+            "bad_request",
+            format!(
+                "{}; expected {{\"kind\": \"agent\"|\"terminal\"|\"task\", \"name\": \"...\", \"rows\": 24, \"cols\": 80}}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let kind = RunKind::parse(&body.kind).ok_or_else(|| {
+        ApiError::new(
+            "bad_request",
+            format!("kind {:?} is not one of agent, terminal, task", body.kind),
+        )
+    })?;
+    if kind == RunKind::Task && body.name.is_none() {
+        return Err(ApiError::new(
+            "bad_request",
+            "a task run needs \"name\": the task to run",
+        ));
+    }
+    let rows = bad_size(body.rows, 24, "rows")?;
+    let cols = bad_size(body.cols, 80, "cols")?;
+    let record = start(
+        &state,
+        StartRequest {
+            project: slug,
+            kind,
+            name: body.name,
+            rows,
+            cols,
+            actor: principal.id.clone(),
+            source: peer.0.clone(),
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "session": view(&state, &record) })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list_of(
+    state: &ServerState,
+    project: Option<String>,
+    limit: Option<usize>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
+    let records = state
+        .store
+        .list_sessions(project, limit)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let sessions: Vec<Value> = records.iter().map(|r| view(state, r)).collect();
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// `GET /api/v1/sessions?project=&limit=`
+pub async fn list(
+    State(state): State<Arc<ServerState>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new("bad_request", e.body_text()))?;
+    list_of(&state, q.project, q.limit).await
+}
+
+/// `GET /api/v1/projects/{slug}/sessions`
+pub async fn list_project(
+    State(state): State<Arc<ServerState>>,
+    UrlPath(slug): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    list_of(&state, Some(slug), None).await
+}
+
+pub(crate) async fn find(state: &ServerState, id: &str) -> Result<SessionRecord, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            "not_found",
+            format!("no session `{id}`; `kaged session list` shows them"),
+        )
+    };
+    if !valid_id(id) {
+        return Err(not_found());
+    }
+    state
+        .store
+        .get_session(id.to_string())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(not_found)
+}
+
+/// `GET /api/v1/sessions/{id}`: the session and every state change it went through.
+pub async fn get(
+    State(state): State<Arc<ServerState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = find(&state, &id).await?;
+    let transitions = state
+        .store
+        .transitions_after(0, Some(id), 10_000)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!({
+        "session": view(&state, &record),
+        "transitions": transitions,
+    })))
+}
+
+/// `POST /api/v1/sessions/{id}/kill`: signal now, SIGKILL after the grace period.
+pub async fn kill(
+    State(state): State<Arc<ServerState>>,
+    Extension(principal): Extension<Principal>,
+    Extension(peer): Extension<Peer>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let record = find(&state, &id).await?;
+    let Some(live) = state.runs.get(&id).filter(|l| !l.state().is_terminal()) else {
+        return Err(ApiError::new(
+            "conflict",
+            format!("session {id} has already ended ({})", record.state),
+        ));
+    };
+    state
+        .audit
+        .record(AuditRecord {
+            kind: "session.kill",
+            success: true,
+            identity: Some(principal.id.clone()),
+            source: peer.0.clone(),
+            detail: json!({"session": id, "project": record.project}),
+        })
+        .await;
+    let killer = crate::state::lock(&live.killer).clone();
+    match killer {
+        Some(killer) => {
+            let (state2, live2, by) = (state.clone(), live.clone(), principal.id.clone());
+            tokio::spawn(async move { abort(&state2, &live2, &killer, &by).await });
+        }
+        // Not spawned yet: the kill lands on the queued/starting state, and the runner
+        // kills what it spawns when it finds the state moved on.
+        None => {
+            super::transition(
+                &state.runs,
+                &state.store,
+                &live,
+                kaged_session::state::Event::Kill {
+                    actor: principal.id.clone(),
+                },
+                &principal.id,
+            )
+            .await;
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"session": id, "state": live.state().as_str()})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeQuery {
+    #[serde(default)]
+    start: Option<u64>,
+    #[serde(default)]
+    end: Option<u64>,
+}
+
+/// `GET /api/v1/sessions/{id}/transcript?start=&end=`: the raw output bytes `[start, end)`.
+/// The range actually returned is in `X-Kaged-Transcript-Range: start-end/total`.
+pub async fn transcript(
+    State(state): State<Arc<ServerState>>,
+    UrlPath(id): UrlPath<String>,
+    query: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new("bad_request", e.body_text()))?;
+    let record = find(&state, &id).await?;
+    let total = transcript_len(&state, &record);
+    let start = q.start.unwrap_or(0);
+    let end = q.end.unwrap_or(total).min(total);
+    if start > end {
+        return Err(ApiError::new(
+            "bad_request",
+            format!("start {start} is past end {end} (the transcript has {total} bytes)"),
+        ));
+    }
+    if end - start > MAX_TRANSCRIPT_RANGE {
+        return Err(ApiError::new(
+            "bad_request",
+            format!(
+                "at most {} MiB per request; ask for ranges with start= and end=",
+                MAX_TRANSCRIPT_RANGE >> 20
+            ),
+        ));
+    }
+    let path = state.runs.transcripts.join(format!("{id}.out"));
+    let bytes = tokio::task::spawn_blocking(move || read_range(&path, start, end))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot read the transcript: {e}")))?;
+    let mut response = Response::new(Body::from(bytes));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{start}-{end}/{total}")) {
+        headers.insert("x-kaged-transcript-range", v);
+    }
+    Ok(response)
+}
+
+/// Bytes `[start, end)` of a transcript file.
+pub(crate) fn read_range(path: &std::path::Path, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(start))?;
+    let mut out = Vec::new();
+    f.take(end.saturating_sub(start)).read_to_end(&mut out)?;
+    Ok(out)
+}

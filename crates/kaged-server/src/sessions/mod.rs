@@ -1,0 +1,345 @@
+//! The session manager: runs of command agents, terminals and tasks, each on a PTY of its own
+//! inside its project's cage.
+//!
+//! - State: every change goes through `kaged_session::state::apply`, is stored (row and
+//!   transition in one transaction) and is published on the event stream; the transition id is
+//!   the stream's cursor.
+//! - Output: one thread per run reads the PTY, writes each chunk to the run's transcript file
+//!   (0600) *before* anyone sees it, then appends it to the in-memory log and the screen model
+//!   and wakes the viewers. So what a viewer acknowledged is on disk even if kaged is killed.
+//! - Viewers pull from the log (or the transcript file for older bytes) at their own pace: a
+//!   slow or stalled viewer costs nothing and never slows the run.
+//! - Input and resizes go through a bounded queue to a writer thread, so a program that does
+//!   not read its input never blocks a WebSocket handler.
+
+mod http;
+mod pty;
+mod run;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kaged_cage::RunKind;
+use kaged_session::log::OutputLog;
+use kaged_session::screen::Screen;
+use kaged_session::state::{Event, State, StateKind, apply};
+use kaged_store::{StateChange, Store, Transition};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+pub use http::{create, get, kill, list, list_project, transcript};
+pub use pty::attach;
+
+use crate::audit::now_ms;
+use crate::error::ApiError;
+use crate::state::lock;
+
+/// Output kept in memory per run; older output is read from the transcript file.
+const LOG_CAPACITY: usize = 256 * 1024;
+/// Ended runs stay in memory this long (their final screen for late viewers).
+const KEEP_ENDED_MS: i64 = 10 * 60 * 1000;
+
+/// A change of state as published on the event stream.
+#[derive(Debug, Clone)]
+pub struct RunEvent {
+    pub transition: Transition,
+}
+
+impl RunEvent {
+    /// The JSON an events client receives. `run.started`/`run.ended` mark the edges the UI
+    /// cares about; every change is also a `session.state`.
+    pub fn to_json(&self) -> Value {
+        let t = &self.transition;
+        let kind = match t.state.as_str() {
+            "queued" => "session.created",
+            "running" => "run.started",
+            "exited" | "failed" | "killed" => "run.ended",
+            _ => "session.state",
+        };
+        json!({
+            "type": kind,
+            "cursor": t.id,
+            "session": t.session_id,
+            "state": t.state,
+            "at_ms": t.at_ms,
+            "actor": t.actor,
+            "detail": t.detail,
+        })
+    }
+}
+
+/// Input for a run's writer thread.
+pub(crate) enum Input {
+    Bytes(Vec<u8>),
+    Resize(u16, u16),
+}
+
+/// What viewers share with the run's threads.
+pub(crate) struct Output {
+    pub log: OutputLog,
+}
+
+/// The screen model and the offset it has processed up to (a consistent snapshot point).
+pub(crate) struct ScreenAt {
+    pub screen: Screen,
+    pub offset: u64,
+}
+
+/// A run the daemon holds in memory (running, or ended a short while ago).
+pub struct Live {
+    pub id: String,
+    pub project: String,
+    pub kind: RunKind,
+    pub name: String,
+    pub created_by: String,
+    pub transcript: PathBuf,
+    pub(crate) state: Mutex<State>,
+    pub(crate) output: Mutex<Output>,
+    pub(crate) screen: Mutex<ScreenAt>,
+    pub(crate) size: Mutex<(u16, u16)>,
+    /// The end offset of the output, bumped after every chunk: viewers wait on it.
+    pub(crate) end: watch::Sender<u64>,
+    /// The state's name, for viewers to notice changes.
+    pub(crate) state_kind: watch::Sender<StateKind>,
+    pub(crate) input: Mutex<Option<std::sync::mpsc::SyncSender<Input>>>,
+    pub(crate) killer: Mutex<Option<kaged_spawn::Killer>>,
+    pub(crate) ended_at_ms: Mutex<Option<i64>>,
+}
+
+impl Live {
+    pub fn state(&self) -> State {
+        lock(&self.state).clone()
+    }
+
+    pub fn size(&self) -> (u16, u16) {
+        *lock(&self.size)
+    }
+
+    /// Queue input or a resize; `false` when the run takes no more (ended, or the queue is
+    /// full because the program stopped reading).
+    pub(crate) fn send_input(&self, input: Input) -> bool {
+        lock(&self.input)
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(input).is_ok())
+    }
+}
+
+/// Live runs and the stream of their state changes.
+pub struct Sessions {
+    pub(crate) live: Mutex<HashMap<String, Arc<Live>>>,
+    pub(crate) events: broadcast::Sender<RunEvent>,
+    pub(crate) limits: kaged_session::limits::Limits,
+    pub(crate) transcripts: PathBuf,
+    /// Runs created before this instant belong to an earlier daemon.
+    pub(crate) started_at_ms: i64,
+}
+
+impl Sessions {
+    pub fn new(transcripts: PathBuf) -> Sessions {
+        Sessions {
+            live: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+            limits: Default::default(),
+            transcripts,
+            started_at_ms: now_ms(),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Live>> {
+        lock(&self.live).get(id).cloned()
+    }
+
+    /// Live (not ended) runs, for limits and shutdown.
+    pub(crate) fn running(&self) -> Vec<Arc<Live>> {
+        lock(&self.live)
+            .values()
+            .filter(|l| !l.state().is_terminal())
+            .cloned()
+            .collect()
+    }
+
+    /// Forget runs that ended long enough ago (their transcript stays on disk).
+    pub(crate) fn sweep(&self, now: i64) {
+        lock(&self.live)
+            .retain(|_, l| lock(&l.ended_at_ms).is_none_or(|t| now - t < KEEP_ENDED_MS));
+    }
+
+    /// Mark runs an earlier daemon left unfinished as failed: the raw PTY backend cannot
+    /// outlive its daemon, and their transcript is kept.
+    pub async fn recover(&self, store: &Store) {
+        let stale = match store.live_sessions().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list unfinished sessions");
+                return;
+            }
+        };
+        for record in stale
+            .into_iter()
+            .filter(|r| r.created_at_ms < self.started_at_ms)
+        {
+            let reason = match record.state.as_str() {
+                "queued" => kaged_session::state::DAEMON_LOST_QUEUED_REASON,
+                _ => kaged_session::state::DAEMON_LOST_REASON,
+            };
+            let change = StateChange {
+                session_id: record.id.clone(),
+                state: "failed".into(),
+                at_ms: now_ms(),
+                actor: "kaged".into(),
+                detail: json!({"project": record.project, "kind": record.kind, "name": record.name, "reason": reason}),
+                exit_code: None,
+                reason: Some(reason.into()),
+                ended: true,
+            };
+            match store.change_state(change).await {
+                Ok(t) => {
+                    tracing::warn!(session = %record.id, "a session of the previous kaged run was left unfinished; marked failed, transcript kept");
+                    let _ = self.events.send(RunEvent { transition: t });
+                }
+                Err(e) => {
+                    tracing::error!(session = %record.id, error = %e, "cannot mark a stale session")
+                }
+            }
+        }
+    }
+}
+
+/// Apply `event` to a live run, store the change and publish it. Returns the new state, or
+/// `None` when the event does not apply (e.g. a kill racing the exit).
+pub(crate) async fn transition(
+    sessions: &Sessions,
+    store: &Store,
+    live: &Live,
+    event: Event,
+    actor: &str,
+) -> Option<State> {
+    let next = {
+        let mut state = lock(&live.state);
+        match apply(&state, event) {
+            Ok(next) => {
+                *state = next.clone();
+                next
+            }
+            Err(e) => {
+                tracing::debug!(session = %live.id, error = %e, "state change ignored");
+                return None;
+            }
+        }
+    };
+    live.state_kind.send_replace(next.kind());
+    let ended = next.is_terminal();
+    if ended {
+        *lock(&live.ended_at_ms) = Some(now_ms());
+        *lock(&live.input) = None;
+    }
+    let (exit_code, reason) = match &next {
+        State::Exited { code, .. } => (Some(*code), None),
+        State::Failed { reason } => (None, Some(reason.clone())),
+        State::Killed { by } | State::Stopping { by, .. } => (None, Some(by.clone())),
+        _ => (None, None),
+    };
+    let mut detail = json!({
+        "project": live.project,
+        "kind": live.kind.as_str(),
+        "name": live.name,
+    });
+    if let (Some(obj), Ok(Value::Object(state))) =
+        (detail.as_object_mut(), serde_json::to_value(&next))
+    {
+        for (k, v) in state {
+            if k != "state" && !v.is_null() {
+                obj.insert(k, v);
+            }
+        }
+    }
+    let change = StateChange {
+        session_id: live.id.clone(),
+        state: next.as_str().into(),
+        at_ms: now_ms(),
+        actor: actor.into(),
+        detail,
+        exit_code,
+        reason,
+        ended,
+    };
+    match store.change_state(change).await {
+        Ok(t) => {
+            let _ = sessions.events.send(RunEvent { transition: t });
+        }
+        Err(e) => tracing::error!(session = %live.id, error = %e, "cannot store a state change"),
+    }
+    Some(next)
+}
+
+/// A new session id: 16 random bytes, hex.
+fn new_id() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ApiError::internal(format!("no randomness for a session id: {e}")))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Ids are ours (hex); anything else in a URL is refused before it reaches a path.
+pub(crate) fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Background upkeep: mark what an earlier daemon left unfinished, then forget long-ended runs.
+pub async fn housekeeping(state: Arc<crate::state::ServerState>) {
+    state.runs.recover(&state.store).await;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.runs.sweep(now_ms()),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// End every live run (the daemon is stopping; a raw PTY cannot outlive it) and wait until
+/// their ends are recorded, at most `grace` plus the kill.
+pub async fn stop_all(state: &Arc<crate::state::ServerState>) {
+    let running = state.runs.running();
+    let mut waits = Vec::new();
+    for live in running {
+        let killer = lock(&live.killer).clone();
+        let state = state.clone();
+        waits.push(tokio::spawn(async move {
+            match killer {
+                Some(k) => run::abort(&state, &live, &k, "kaged: daemon stopping").await,
+                None => {
+                    transition(
+                        &state.runs,
+                        &state.store,
+                        &live,
+                        Event::Kill {
+                            actor: "kaged: daemon stopping".into(),
+                        },
+                        "kaged",
+                    )
+                    .await;
+                }
+            }
+            // The run's thread records the exit; give it a moment to land.
+            let mut changes = live.state_kind.subscribe();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                while !changes.borrow_and_update().is_terminal() {
+                    if changes.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }));
+    }
+    for w in waits {
+        let _ = w.await;
+    }
+}

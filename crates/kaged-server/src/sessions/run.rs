@@ -1,0 +1,598 @@
+//! Starting a run: plan it, cage it, spawn it on a PTY, pump its output, reap it.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kaged_cage::{Host, Launch, Policy, RunKind, RunPlan, SYSTEM_DIRS};
+use kaged_config::SandboxMode;
+use kaged_session::log::OutputLog;
+use kaged_session::screen::Screen;
+use kaged_session::state::{Event, State, StateKind};
+use kaged_store::{SessionRecord, StateChange};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::{Input, LOG_CAPACITY, Live, Output, ScreenAt, new_id, transition};
+use crate::audit::{AuditRecord, now_ms};
+use crate::error::ApiError;
+use crate::state::{ServerState, lock};
+
+/// Bytes read from the PTY at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Input messages queued per run before input is refused (the program is not reading).
+const INPUT_QUEUE: usize = 1024;
+/// After SIGTERM/SIGHUP, how long a run has before SIGKILL.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// What the operator asked to start.
+pub struct StartRequest {
+    pub project: String,
+    pub kind: RunKind,
+    pub name: Option<String>,
+    pub rows: u16,
+    pub cols: u16,
+    pub actor: String,
+    pub source: Option<String>,
+}
+
+/// Everything decided before the run is created.
+struct Decided {
+    root: PathBuf,
+    plan: RunPlan,
+    policy: Policy,
+    /// Why the run is uncaged, when it is.
+    uncaged_because: Option<&'static str>,
+    allow: Vec<String>,
+}
+
+fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> {
+    let (root, config) = {
+        let projects = lock(&state.projects);
+        let p = projects.get(&req.project).ok_or_else(|| {
+            ApiError::new(
+                "not_found",
+                format!(
+                    "no project `{}` is loaded; `kaged project list` shows the loaded ones",
+                    req.project
+                ),
+            )
+        })?;
+        (p.root.clone(), p.config.clone())
+    };
+    let plan = kaged_cage::plan_run(&config, req.kind, req.name.as_deref())
+        .map_err(|e| ApiError::new("bad_request", e.to_string()))?;
+    let policy = kaged_cage::policy_for(&config, &plan.cage_agent)
+        .map_err(|e| ApiError::new("bad_request", e.to_string()))?;
+    let sandbox_off = state.info.settings.sandbox_mode == SandboxMode::Disabled;
+    let uncaged_because = match (&policy, sandbox_off) {
+        (_, true) => Some("the daemon runs with --no-sandbox ([sandbox] mode = \"disabled\")"),
+        (Policy::Disabled, false) => Some("the project sets `cage: disabled`"),
+        _ => None,
+    };
+    if uncaged_because.is_none() && kaged_spawn::bwrap_version().is_none() {
+        return Err(ApiError::new(
+            "unavailable",
+            "the sandbox cannot be built on this host (bubblewrap is missing), and kaged never runs caged work uncaged; run `kaged doctor` for the fix",
+        ));
+    }
+    let allow = match &policy {
+        Policy::Caged {
+            network: kaged_cage::Network::Allow(hosts),
+            ..
+        } if uncaged_because.is_none() => hosts.clone(),
+        _ => Vec::new(),
+    };
+    Ok(Decided {
+        root,
+        plan,
+        policy,
+        uncaged_because,
+        allow,
+    })
+}
+
+/// Create a session and start its run. Returns the new session's record.
+pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<SessionRecord, ApiError> {
+    let decided = decide(state, &req)?;
+    let sessions = &state.runs;
+    {
+        let running = sessions.running();
+        let in_project = running.iter().filter(|l| l.project == req.project).count();
+        let for_operator = running.iter().filter(|l| l.created_by == req.actor).count();
+        if let Err(e) = sessions.limits.check(in_project, for_operator) {
+            return Err(ApiError {
+                code: "rate_limited",
+                message: format!("{e}; end a run first (kaged session kill ID)"),
+                details: Some(
+                    json!({"resource": e.resource.as_str(), "limit": e.limit, "current": e.current}),
+                ),
+            });
+        }
+    }
+    let id = new_id()?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&sessions.transcripts)
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "cannot create {}: {e}",
+                sessions.transcripts.display()
+            ))
+        })?;
+    let transcript_path = sessions.transcripts.join(format!("{id}.out"));
+    let transcript = std::fs::OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&transcript_path)
+        .map_err(|e| {
+            ApiError::internal(format!("cannot create {}: {e}", transcript_path.display()))
+        })?;
+    let caged = decided.uncaged_because.is_none();
+    let record = SessionRecord {
+        id: id.clone(),
+        project: req.project.clone(),
+        kind: req.kind.as_str().into(),
+        name: decided.plan.name.clone(),
+        command: decided.plan.command.clone(),
+        caged,
+        state: "queued".into(),
+        exit_code: None,
+        reason: None,
+        created_by: req.actor.clone(),
+        created_at_ms: now_ms(),
+        ended_at_ms: None,
+    };
+    let (input_tx, input_rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
+    let live = Arc::new(Live {
+        id: id.clone(),
+        project: req.project.clone(),
+        kind: req.kind,
+        name: decided.plan.name.clone(),
+        created_by: req.actor.clone(),
+        transcript: transcript_path,
+        state: Mutex::new(State::Queued),
+        output: Mutex::new(Output {
+            log: OutputLog::new(LOG_CAPACITY),
+        }),
+        screen: Mutex::new(ScreenAt {
+            screen: Screen::new(req.rows, req.cols),
+            offset: 0,
+        }),
+        size: Mutex::new((req.rows, req.cols)),
+        end: watch::channel(0).0,
+        state_kind: watch::channel(StateKind::Queued).0,
+        input: Mutex::new(Some(input_tx)),
+        killer: Mutex::new(None),
+        ended_at_ms: Mutex::new(None),
+    });
+    let first = StateChange {
+        session_id: id.clone(),
+        state: "queued".into(),
+        at_ms: record.created_at_ms,
+        actor: req.actor.clone(),
+        detail: json!({"project": req.project, "kind": req.kind.as_str(), "name": record.name}),
+        exit_code: None,
+        reason: None,
+        ended: false,
+    };
+    let t = state
+        .store
+        .create_session(record.clone(), first)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot store the session: {e}")))?;
+    lock(&sessions.live).insert(id.clone(), live.clone());
+    let _ = sessions.events.send(super::RunEvent { transition: t });
+    state
+        .audit
+        .record(AuditRecord {
+            kind: "session.start",
+            success: true,
+            identity: Some(req.actor.clone()),
+            source: req.source.clone(),
+            detail: json!({
+                "session": id,
+                "project": req.project,
+                "kind": req.kind.as_str(),
+                "name": record.name,
+                "command": record.command,
+                "caged": caged,
+                "uncaged_because": decided.uncaged_because,
+                "network": network_summary(&decided.policy, caged),
+                "unenforced": if caged { kaged_cage::unenforced(&decided.policy, !decided.allow.is_empty()) } else { Vec::new() },
+            }),
+        })
+        .await;
+    let handle = tokio::runtime::Handle::current();
+    let runner = Runner {
+        state: state.clone(),
+        live: live.clone(),
+        decided,
+        rows: req.rows,
+        cols: req.cols,
+        handle,
+    };
+    std::thread::Builder::new()
+        .name(format!("kaged-run-{}", &id[..8]))
+        .spawn(move || runner.run(transcript, input_rx))
+        .map_err(|e| ApiError::internal(format!("cannot start the run's thread: {e}")))?;
+    Ok(record)
+}
+
+fn network_summary(policy: &Policy, caged: bool) -> Value {
+    match policy {
+        _ if !caged => json!("host (uncaged)"),
+        Policy::Caged { network, .. } => match network {
+            kaged_cage::Network::None => json!("none"),
+            kaged_cage::Network::Host => json!("host"),
+            kaged_cage::Network::Allow(h) => json!({"allow": h}),
+        },
+        Policy::Disabled => json!("host (uncaged)"),
+    }
+}
+
+struct Runner {
+    state: Arc<ServerState>,
+    live: Arc<Live>,
+    decided: Decided,
+    rows: u16,
+    cols: u16,
+    handle: tokio::runtime::Handle,
+}
+
+impl Runner {
+    fn transition(&self, event: Event, actor: &str) -> Option<State> {
+        self.handle.block_on(transition(
+            &self.state.runs,
+            &self.state.store,
+            &self.live,
+            event,
+            actor,
+        ))
+    }
+
+    fn audit(&self, kind: &'static str, success: bool, detail: Value) {
+        self.handle.block_on(self.state.audit.record(AuditRecord {
+            kind,
+            success,
+            identity: Some(self.live.created_by.clone()),
+            source: None,
+            detail,
+        }));
+    }
+
+    /// The whole life of the run, on its own thread (which lives as long as the run: the
+    /// spawned process dies with it, see `kaged_spawn`).
+    fn run(self, mut transcript: std::fs::File, input: std::sync::mpsc::Receiver<Input>) {
+        if self.transition(Event::Start, "kaged").is_none() {
+            return; // Killed while queued.
+        }
+        let egress = match self.start_egress() {
+            Ok(e) => e,
+            Err(reason) => return self.fail(reason),
+        };
+        let spec = match self.spec(egress.as_ref().map(|e| e.socket.as_path())) {
+            Ok(s) => s,
+            Err(reason) => return self.fail(reason),
+        };
+        let run = match kaged_spawn::spawn_pty(&spec, self.rows, self.cols) {
+            Ok(r) => r,
+            Err(e) => return self.fail(e.to_string()),
+        };
+        let kaged_spawn::PtyRun {
+            terminal,
+            killer,
+            waiter,
+        } = run;
+        *lock(&self.live.killer) = Some(killer.clone());
+        let pid = killer.pid();
+        // A kill that raced the spawn finds the killer now.
+        match self.transition(Event::Spawned { pid }, "kaged") {
+            Some(_) => {}
+            None => killer.kill(),
+        }
+        self.start_wall_clock(&killer);
+        let writer_terminal = terminal.clone();
+        let live = self.live.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("kaged-in-{}", &self.live.id[..8]))
+            .spawn(move || write_input(&writer_terminal, &live, input));
+        self.pump(&terminal, &mut transcript);
+        let exit = waiter.wait();
+        drop(egress);
+        *lock(&self.live.killer) = None;
+        let event = match exit.signal() {
+            Some(sig) => Event::exit_signal(sig),
+            None => Event::exit_code(exit.code()),
+        };
+        let end = self.live.end.borrow().to_owned();
+        let next = self.transition(event, "kaged");
+        self.audit(
+            "session.end",
+            true,
+            json!({
+                "session": self.live.id,
+                "project": self.live.project,
+                "state": next.as_ref().map(State::as_str),
+                "exit_code": exit.code(),
+                "signal": exit.signal(),
+                "output_bytes": end,
+            }),
+        );
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::warn!(session = %self.live.id, %reason, "run could not start");
+        self.transition(
+            Event::SpawnFailed {
+                reason: reason.clone(),
+            },
+            "kaged",
+        );
+        self.audit(
+            "session.end",
+            false,
+            json!({"session": self.live.id, "project": self.live.project, "reason": reason}),
+        );
+    }
+
+    fn spec(&self, egress_socket: Option<&Path>) -> Result<kaged_spawn::Spec, String> {
+        let d = &self.decided;
+        let mut env = vec![
+            ("TERM".to_string(), "xterm-256color".to_string()),
+            ("COLORTERM".to_string(), "truecolor".to_string()),
+        ];
+        env.push(("KAGED_SESSION".into(), self.live.id.clone()));
+        let helper =
+            std::env::current_exe().map_err(|e| format!("cannot find kaged itself: {e}"))?;
+        let host = Host {
+            system_dirs: SYSTEM_DIRS
+                .iter()
+                .filter(|p| Path::new(p).exists())
+                .map(|p| p.to_string())
+                .collect(),
+            has_git: d.root.join(".git").is_dir(),
+            has_kaged: d.root.join(".kaged").is_dir(),
+        };
+        let caged = d.uncaged_because.is_none();
+        let policy = if caged { &d.policy } else { &Policy::Disabled };
+        let argv = kaged_cage::compile(
+            policy,
+            &host,
+            &Launch {
+                project_root: &d.root,
+                cwd: &d.plan.cwd,
+                command: &d.plan.command,
+                env: &env,
+                own_terminal: true,
+                egress: egress_socket.map(|socket| kaged_cage::Egress {
+                    socket,
+                    helper: &helper,
+                }),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let limits = match policy {
+            Policy::Caged { limits, .. } => limits.clone(),
+            Policy::Disabled => Default::default(),
+        };
+        match policy {
+            Policy::Caged { seccomp, .. } => Ok(kaged_spawn::Spec {
+                argv,
+                seccomp_bpf: Some(kaged_cage::profile_bpf(seccomp).map_err(|e| e.to_string())?),
+                rlimits: kaged_cage::rlimit_options(&limits),
+                cwd: None,
+                env: Vec::new(),
+            }),
+            Policy::Disabled => {
+                let mut env = env;
+                for k in ["PATH", "HOME", "USER", "LANG", "SHELL"] {
+                    if let Ok(v) = std::env::var(k) {
+                        env.push((k.into(), v));
+                    }
+                }
+                Ok(kaged_spawn::Spec {
+                    argv,
+                    seccomp_bpf: None,
+                    rlimits: Vec::new(),
+                    cwd: Some(d.root.join(&d.plan.cwd)),
+                    env,
+                })
+            }
+        }
+    }
+
+    /// Read the PTY until the run closes it: transcript first, then memory, then viewers.
+    fn pump(&self, terminal: &kaged_spawn::Terminal, transcript: &mut std::fs::File) {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut transcript_ok = true;
+        loop {
+            let n = match terminal.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            if transcript_ok && let Err(e) = transcript.write_all(chunk) {
+                transcript_ok = false;
+                tracing::error!(session = %self.live.id, error = %e, "cannot write the transcript; output is kept in memory only from now on");
+            }
+            let end = {
+                let mut out = lock(&self.live.output);
+                let end = out.log.append(chunk);
+                if transcript_ok {
+                    let _ = out.log.mark_persisted(end);
+                }
+                end
+            };
+            {
+                let mut screen = lock(&self.live.screen);
+                screen.screen.process(chunk);
+                screen.offset = end;
+            }
+            self.live.end.send_replace(end);
+        }
+    }
+
+    fn start_wall_clock(&self, killer: &kaged_spawn::Killer) {
+        let cage_limit = match &self.decided.policy {
+            Policy::Caged { limits, .. } => limits.wall_time_secs,
+            Policy::Disabled => None,
+        };
+        let secs = match (cage_limit, self.decided.plan.timeout_secs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(secs) = secs else { return };
+        let state = self.state.clone();
+        let live = self.live.clone();
+        let killer = killer.clone();
+        self.handle.spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            if !live.state().is_terminal() {
+                let by = format!("kaged: wall-time limit of {secs}s");
+                abort(&state, &live, &killer, &by).await;
+            }
+        });
+    }
+
+    fn start_egress(&self) -> Result<Option<EgressRun>, String> {
+        if self.decided.allow.is_empty() {
+            return Ok(None);
+        }
+        EgressRun::start(&self.state, &self.live, &self.decided.allow, &self.handle).map(Some)
+    }
+}
+
+/// Signal a run, then kill it after the grace period. `by` is recorded as who ended it.
+pub(crate) async fn abort(
+    state: &Arc<ServerState>,
+    live: &Arc<Live>,
+    killer: &kaged_spawn::Killer,
+    by: &str,
+) {
+    let _ = transition(
+        &state.runs,
+        &state.store,
+        live,
+        Event::Kill { actor: by.into() },
+        by,
+    )
+    .await;
+    killer.signal_all(nix_signal::HANGUP);
+    killer.signal_all(nix_signal::TERMINATE);
+    let mut changes = live.state_kind.subscribe();
+    let ended = tokio::time::timeout(KILL_GRACE, async {
+        while !changes.borrow_and_update().is_terminal() {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    if ended.is_err() {
+        killer.kill();
+    }
+}
+
+/// The signals `abort` sends, named for readers of this file.
+mod nix_signal {
+    pub use kaged_spawn::Signal;
+    pub const HANGUP: Signal = Signal::SIGHUP;
+    pub const TERMINATE: Signal = Signal::SIGTERM;
+}
+
+fn write_input(
+    terminal: &kaged_spawn::Terminal,
+    live: &Live,
+    input: std::sync::mpsc::Receiver<Input>,
+) {
+    for message in input {
+        let result = match message {
+            Input::Bytes(bytes) => terminal.write_all(&bytes),
+            Input::Resize(rows, cols) => {
+                *lock(&live.size) = (rows, cols);
+                lock(&live.screen).screen.resize(rows, cols);
+                terminal.resize(rows, cols)
+            }
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+}
+
+/// A run's egress proxy: its socket and the task serving it (stopped on drop).
+struct EgressRun {
+    socket: PathBuf,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for EgressRun {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl EgressRun {
+    fn start(
+        state: &Arc<ServerState>,
+        live: &Arc<Live>,
+        allow: &[String],
+        handle: &tokio::runtime::Handle,
+    ) -> Result<EgressRun, String> {
+        let allowlist = kaged_egress::Allowlist::parse(allow).map_err(|e| e.to_string())?;
+        let dir = state.info.decision.paths.runtime_dir.join("egress");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let socket = dir.join(format!("{}.sock", &live.id[..16]));
+        let _ = std::fs::remove_file(&socket);
+        let listener = {
+            let _guard = handle.enter();
+            tokio::net::UnixListener::bind(&socket)
+                .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?
+        };
+        let (stop, mut stopped) = watch::channel(false);
+        let (decisions_tx, mut decisions) = tokio::sync::mpsc::unbounded_channel();
+        handle.spawn(kaged_egress::serve(
+            listener,
+            Arc::new(allowlist),
+            decisions_tx,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
+        let audit_state = state.clone();
+        let audit_live = live.clone();
+        handle.spawn(async move {
+            while let Some(d) = decisions.recv().await {
+                audit_state
+                    .audit
+                    .record(AuditRecord {
+                        kind: "cage.egress",
+                        success: d.allowed,
+                        identity: Some(audit_live.created_by.clone()),
+                        source: None,
+                        detail: json!({
+                            "session": audit_live.id,
+                            "project": audit_live.project,
+                            "method": d.method,
+                            "host": d.host,
+                            "port": d.port,
+                            "decision": if d.allowed { "allowed" } else { "refused" },
+                            "reason": d.reason,
+                        }),
+                    })
+                    .await;
+            }
+        });
+        Ok(EgressRun { socket, stop })
+    }
+}

@@ -1,0 +1,24 @@
+//! Sessions, decided without I/O: what the edge needs to supervise a process on a PTY and
+//! stream it to viewers, tested on data.
+//!
+//! - [`log`]: the output, numbered by byte offset, bounded in memory, never losing a byte
+//!   storage does not hold yet.
+//! - [`screen`]: the terminal state, for a snapshot a new viewer can draw at once.
+//! - [`state`]: the run state machine (queued → starting → running → exited, …).
+//! - [`frame`]: the PTY WebSocket wire protocol.
+//! - [`limits`]: how many sessions may be live per project and per operator.
+
+pub mod frame;
+pub mod limits;
+pub mod log;
+pub mod screen;
+pub mod state;
+
+pub use frame::{
+    ClientControl, FrameError, ServerBinary, ServerText, decode_server_binary, encode_output,
+    encode_snapshot, parse_client_text, parse_server_text,
+};
+pub use limits::{LimitExceeded, Limits, Resource};
+pub use log::{Chunk, OutputLog, PersistedAhead, Read};
+pub use screen::Screen;
+pub use state::{Event, InvalidTransition, State, StateKind, UnknownState, apply};
