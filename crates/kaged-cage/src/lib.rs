@@ -7,11 +7,13 @@
 //! `--die-with-parent`, `--new-session` (no TIOCSTI into the caller's terminal), and an
 //! environment cleared down to an allowlist.
 
+mod limits;
 mod run;
 mod seccomp;
 
 use std::path::{Path, PathBuf};
 
+pub use limits::{CPU_PERIOD_US, CgroupValues, LimitFacts, LimitPlan, plan_limits};
 pub use run::{PlanError, RunKind, RunPlan, plan_run};
 pub use seccomp::{SeccompError, profile_bpf};
 
@@ -380,18 +382,6 @@ pub fn compile(
     Ok(a)
 }
 
-/// `prlimit` options for a cage's limits (applied to bwrap and inherited by the cage).
-pub fn rlimit_options(limits: &Limits) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(pids) = limits.pids {
-        out.push(format!("--nproc={pids}"));
-    }
-    if let Some(mb) = limits.memory_mb {
-        out.push(format!("--as={}", mb.saturating_mul(1024 * 1024)));
-    }
-    out
-}
-
 /// Policy parts this build cannot enforce yet, to report (never to skip silently).
 pub fn unenforced(policy: &Policy, egress: bool) -> Vec<String> {
     let Policy::Caged {
@@ -409,9 +399,7 @@ pub fn unenforced(policy: &Policy, egress: bool) -> Vec<String> {
             hosts.join(", ")
         ));
     }
-    if *limits != Limits::default() {
-        out.push("resource limits (memory, CPU, PIDs, wall time) are not enforced yet".into());
-    }
+    let _ = limits; // Reported by `plan_limits`, which knows the host.
     out
 }
 
@@ -527,13 +515,10 @@ mod tests {
         let allow = policy_for(&config(), "allow").unwrap();
         assert!(
             argv(&allow).contains(&"--unshare-net".to_string()),
-            "no proxy yet: no network"
+            "without the proxy: no network"
         );
         let missing = unenforced(&allow, false);
-        assert!(
-            missing.iter().any(|m| m.contains("allowlist"))
-                && missing.iter().any(|m| m.contains("limits"))
-        );
+        assert!(missing.iter().any(|m| m.contains("allowlist")));
         let err = policy_for(&config(), "ghost").unwrap_err();
         assert!(
             err.to_string()

@@ -2,7 +2,8 @@
 //! terminal, then observe, signal and reap it.
 //!
 //! Every start goes through one command line:
-//! `setpriv --pdeathsig KILL -- [prlimit LIMITS --] [sh -c 'exec bwrap "$@" 3< FILTER'] ARGV`.
+//! `setpriv --pdeathsig KILL -- [systemd-run --scope ... --] [prlimit LIMITS --]
+//!  [sh -c 'join cgroups; exec bwrap "$@" 3< FILTER'] ARGV`.
 //! - `setpriv --pdeathsig` kills the run if the thread that started it dies with the daemon;
 //!   bwrap's own `--die-with-parent` then takes the whole cage down (its PID namespace dies
 //!   with its init).
@@ -14,6 +15,7 @@
 //! the snapshot of its descendants taken just before is killed too, which also covers an
 //! uncaged run whose children left its process group.
 
+mod cgroup;
 mod tree;
 
 use std::io::{Read, Write};
@@ -24,6 +26,7 @@ use std::sync::Arc;
 
 use nix::unistd::Pid;
 
+pub use cgroup::{Cgroups, limit_facts};
 pub use nix::sys::signal::Signal;
 pub use tree::descendants;
 
@@ -54,8 +57,12 @@ pub struct Spec {
     pub argv: Vec<String>,
     /// The compiled seccomp program; `Some` exactly when the run is caged.
     pub seccomp_bpf: Option<Vec<u8>>,
-    /// `prlimit` options (`--nproc=64`, ...); empty for none.
+    /// Put in front of everything else but `setpriv` (`systemd-run --user --scope ... --`).
+    pub prefix: Vec<String>,
+    /// `prlimit` options (`--as=...`); empty for none.
     pub rlimits: Vec<String>,
+    /// `cgroup.procs` files the launcher joins before it becomes the cage.
+    pub cgroup_procs: Vec<PathBuf>,
     /// Working directory of an uncaged run (a caged one gets `--chdir`).
     pub cwd: Option<PathBuf>,
     /// Environment of an uncaged run, which starts from an empty one (a caged run's comes from
@@ -159,6 +166,7 @@ pub struct Prepared {
 pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
     let mut c = Command::new("setpriv");
     c.args(["--pdeathsig", "KILL", "--"]);
+    c.args(&spec.prefix);
     if !spec.rlimits.is_empty() {
         c.arg("prlimit").args(&spec.rlimits).arg("--");
     }
@@ -168,9 +176,22 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
                 return Err(SpawnError::NoBwrap);
             }
             let file = SeccompFile::write(bpf).map_err(SpawnError::Seccomp)?;
+            // Joining the cgroups happens here, before bwrap: everything the cage forks is
+            // born inside them. A path with whitespace would split, so none is accepted.
+            let procs: Vec<String> = spec
+                .cgroup_procs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            if procs.iter().any(|p| p.contains(char::is_whitespace)) {
+                return Err(SpawnError::Start {
+                    program: "cgroup".into(),
+                    source: std::io::Error::other("a cgroup path holds whitespace"),
+                });
+            }
             c.args(["/bin/sh", "-c"])
                 .arg(format!(
-                    "exec {BWRAP} \"$@\" {}< \"$0\"",
+                    "for p in $KAGED_CGROUP_PROCS; do echo $$ > \"$p\" || exit 125; done; exec {BWRAP} \"$@\" {}< \"$0\"",
                     kaged_cage::SECCOMP_FD
                 ))
                 .arg(file.path());
@@ -185,8 +206,17 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
             c.current_dir(cwd);
         }
     } else {
-        // bwrap starts from --clearenv; only its own lookup needs PATH.
-        c.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        // bwrap starts from --clearenv; only the launcher reads these.
+        c.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env(
+                "KAGED_CGROUP_PROCS",
+                spec.cgroup_procs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
     }
     Ok(Prepared {
         command: c,
@@ -196,16 +226,85 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
     })
 }
 
-/// Run in the foreground on the caller's terminal (`kaged cage run`); returns how it ended.
-pub fn run_foreground(spec: &Spec) -> Result<Exit, SpawnError> {
-    let mut prepared = prepare(spec)?;
-    let status = prepared
-        .command
-        .status()
-        .map_err(|source| SpawnError::Start {
-            program: prepared.program.clone(),
+/// A caged run ready to start: what to start, its cgroups (kept until it ended) and how its
+/// limits are enforced on this host.
+pub struct CagedRun {
+    pub spec: Spec,
+    pub cgroups: Cgroups,
+    pub limits: kaged_cage::LimitPlan,
+}
+
+/// The one way from a compiled cage (bwrap `argv`, seccomp program, limits) to a [`Spec`]:
+/// limits are planned against this host and their cgroups made (named after `name`).
+pub fn caged(
+    argv: Vec<String>,
+    seccomp_bpf: Vec<u8>,
+    limits: &kaged_cage::Limits,
+    name: &str,
+) -> Result<CagedRun, SpawnError> {
+    let plan = kaged_cage::plan_limits(limits, &limit_facts());
+    let cgroups = if plan.cgroup.is_empty() {
+        Cgroups::default()
+    } else {
+        Cgroups::create(name, &plan.cgroup).map_err(|source| SpawnError::Start {
+            program: "cgroup".into(),
             source,
-        })?;
+        })?
+    };
+    Ok(CagedRun {
+        spec: Spec {
+            argv,
+            seccomp_bpf: Some(seccomp_bpf),
+            prefix: plan.prefix.clone(),
+            rlimits: plan.rlimits.clone(),
+            cgroup_procs: cgroups.procs_files(),
+            cwd: None,
+            env: Vec::new(),
+        },
+        cgroups,
+        limits: plan,
+    })
+}
+
+/// Run in the foreground on the caller's terminal (`kaged cage run`); returns how it ended.
+/// Past `wall_time`, or with more than `max_processes` processes (the watchdog of a host
+/// without cgroups; bwrap's own two not counted), the run is killed (reported as SIGKILL).
+pub fn run_foreground(
+    spec: &Spec,
+    wall_time: Option<std::time::Duration>,
+    max_processes: Option<u64>,
+) -> Result<Exit, SpawnError> {
+    let mut prepared = prepare(spec)?;
+    let start_error = |program: &str, source| SpawnError::Start {
+        program: program.to_string(),
+        source,
+    };
+    let mut child = prepared
+        .command
+        .spawn()
+        .map_err(|e| start_error(&prepared.program, e))?;
+    let killer = Killer {
+        pid: child.id(),
+        caged: prepared.caged,
+    };
+    let deadline = wall_time.map(|w| std::time::Instant::now() + w);
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| start_error(&prepared.program, e))?
+        {
+            break status;
+        }
+        let too_many = || {
+            max_processes.is_some_and(|max| {
+                killer.process_count() as u64 > max + if prepared.caged { 2 } else { 0 }
+            })
+        };
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) || too_many() {
+            killer.kill();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     drop(prepared.seccomp.take());
     Ok(Exit::of(status))
 }
@@ -337,7 +436,9 @@ mod tests {
         Spec {
             argv: cmd.iter().map(|s| s.to_string()).collect(),
             seccomp_bpf: None,
+            prefix: Vec::new(),
             rlimits: Vec::new(),
+            cgroup_procs: Vec::new(),
             cwd: Some(std::env::temp_dir()),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         }

@@ -128,6 +128,10 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
         egress: None,
     };
     let argv = compile(&policy, &host, &launch).map_err(|e| Failure::Config(e.to_string()))?;
+    // The cage's cgroups (if any) live until the command has ended.
+    let mut _cgroups = None;
+    let mut wall_time = None;
+    let mut max_processes = None;
     let spec = match &policy {
         Policy::Disabled => {
             eprintln!(
@@ -136,27 +140,41 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
             kaged_spawn::Spec {
                 argv,
                 seccomp_bpf: None,
+                prefix: Vec::new(),
                 rlimits: Vec::new(),
+                cgroup_procs: Vec::new(),
                 cwd: Some(root.clone()),
                 env: uncaged_env(&env),
             }
         }
-        Policy::Caged { seccomp, .. } => {
-            for missing in unenforced(&policy, false) {
+        Policy::Caged {
+            seccomp, limits, ..
+        } => {
+            if kaged_spawn::bwrap_version().is_none() {
+                return Err(Failure::Runtime(kaged_spawn::SpawnError::NoBwrap.into()));
+            }
+            let bpf =
+                kaged_cage::profile_bpf(seccomp).map_err(|e| Failure::Config(e.to_string()))?;
+            let name = format!("run-{}", std::process::id());
+            let run = kaged_spawn::caged(argv, bpf, limits, &name)
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            for missing in unenforced(&policy, false)
+                .into_iter()
+                .chain(run.limits.unenforced.iter().cloned())
+            {
                 eprintln!("kaged: warning: not enforced: {missing}");
             }
-            kaged_spawn::Spec {
-                argv,
-                seccomp_bpf: Some(
-                    kaged_cage::profile_bpf(seccomp).map_err(|e| Failure::Config(e.to_string()))?,
-                ),
-                rlimits: Vec::new(),
-                cwd: None,
-                env: Vec::new(),
-            }
+            wall_time = run
+                .limits
+                .wall_time_secs
+                .map(std::time::Duration::from_secs);
+            max_processes = run.limits.watchdog_pids;
+            _cgroups = Some(run.cgroups);
+            run.spec
         }
     };
-    let exit = kaged_spawn::run_foreground(&spec).map_err(|e| Failure::Runtime(e.into()))?;
+    let exit = kaged_spawn::run_foreground(&spec, wall_time, max_processes)
+        .map_err(|e| Failure::Runtime(e.into()))?;
     match exit.code() {
         0 => Ok(()),
         code => Err(Failure::Exit(u8::try_from(code).unwrap_or(1))),

@@ -235,6 +235,13 @@ fn network_summary(policy: &Policy, caged: bool) -> Value {
     }
 }
 
+/// A run ready to spawn, and what must live as long as it.
+struct Prepared {
+    spec: kaged_spawn::Spec,
+    cgroups: kaged_spawn::Cgroups,
+    limits: Option<kaged_cage::LimitPlan>,
+}
+
 struct Runner {
     state: Arc<ServerState>,
     live: Arc<Live>,
@@ -275,11 +282,20 @@ impl Runner {
             Ok(e) => e,
             Err(reason) => return self.fail(reason),
         };
-        let spec = match self.spec(egress.as_ref().map(|e| e.socket.as_path())) {
+        let prepared = match self.spec(egress.as_ref().map(|e| e.socket.as_path())) {
             Ok(s) => s,
             Err(reason) => return self.fail(reason),
         };
-        let run = match kaged_spawn::spawn_pty(&spec, self.rows, self.cols) {
+        if let Some(plan) = &prepared.limits
+            && !(plan.enforced.is_empty() && plan.unenforced.is_empty())
+        {
+            self.audit(
+                "cage.limits",
+                plan.unenforced.is_empty(),
+                json!({"session": self.live.id, "enforced": plan.enforced, "unenforced": plan.unenforced}),
+            );
+        }
+        let run = match kaged_spawn::spawn_pty(&prepared.spec, self.rows, self.cols) {
             Ok(r) => r,
             Err(e) => return self.fail(e.to_string()),
         };
@@ -296,6 +312,9 @@ impl Runner {
             None => killer.kill(),
         }
         self.start_wall_clock(&killer);
+        if let Some(pids) = prepared.limits.as_ref().and_then(|l| l.watchdog_pids) {
+            self.start_pids_watchdog(&killer, pids);
+        }
         let writer_terminal = terminal.clone();
         let live = self.live.clone();
         let _ = std::thread::Builder::new()
@@ -304,6 +323,7 @@ impl Runner {
         self.pump(&terminal, &mut transcript);
         let exit = waiter.wait();
         drop(egress);
+        drop(prepared.cgroups);
         *lock(&self.live.killer) = None;
         let event = match exit.signal() {
             Some(sig) => Event::exit_signal(sig),
@@ -340,7 +360,7 @@ impl Runner {
         );
     }
 
-    fn spec(&self, egress_socket: Option<&Path>) -> Result<kaged_spawn::Spec, String> {
+    fn spec(&self, egress_socket: Option<&Path>) -> Result<Prepared, String> {
         let d = &self.decided;
         let mut env = vec![
             ("TERM".to_string(), "xterm-256color".to_string()),
@@ -376,18 +396,19 @@ impl Runner {
             },
         )
         .map_err(|e| e.to_string())?;
-        let limits = match policy {
-            Policy::Caged { limits, .. } => limits.clone(),
-            Policy::Disabled => Default::default(),
-        };
         match policy {
-            Policy::Caged { seccomp, .. } => Ok(kaged_spawn::Spec {
-                argv,
-                seccomp_bpf: Some(kaged_cage::profile_bpf(seccomp).map_err(|e| e.to_string())?),
-                rlimits: kaged_cage::rlimit_options(&limits),
-                cwd: None,
-                env: Vec::new(),
-            }),
+            Policy::Caged {
+                seccomp, limits, ..
+            } => {
+                let bpf = kaged_cage::profile_bpf(seccomp).map_err(|e| e.to_string())?;
+                let run = kaged_spawn::caged(argv, bpf, limits, &self.live.id[..16])
+                    .map_err(|e| e.to_string())?;
+                Ok(Prepared {
+                    spec: run.spec,
+                    cgroups: run.cgroups,
+                    limits: Some(run.limits),
+                })
+            }
             Policy::Disabled => {
                 let mut env = env;
                 for k in ["PATH", "HOME", "USER", "LANG", "SHELL"] {
@@ -395,12 +416,18 @@ impl Runner {
                         env.push((k.into(), v));
                     }
                 }
-                Ok(kaged_spawn::Spec {
-                    argv,
-                    seccomp_bpf: None,
-                    rlimits: Vec::new(),
-                    cwd: Some(d.root.join(&d.plan.cwd)),
-                    env,
+                Ok(Prepared {
+                    spec: kaged_spawn::Spec {
+                        argv,
+                        seccomp_bpf: None,
+                        prefix: Vec::new(),
+                        rlimits: Vec::new(),
+                        cgroup_procs: Vec::new(),
+                        cwd: Some(d.root.join(&d.plan.cwd)),
+                        env,
+                    },
+                    cgroups: Default::default(),
+                    limits: None,
                 })
             }
         }
@@ -455,6 +482,26 @@ impl Runner {
             if !live.state().is_terminal() {
                 let by = format!("kaged: wall-time limit of {secs}s");
                 abort(&state, &live, &killer, &by).await;
+            }
+        });
+    }
+
+    /// Without a cgroup, count the cage's processes (bwrap's two included) and end the run
+    /// past the limit.
+    fn start_pids_watchdog(&self, killer: &kaged_spawn::Killer, pids: u64) {
+        let state = self.state.clone();
+        let live = self.live.clone();
+        let killer = killer.clone();
+        self.handle.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !live.state().is_terminal() {
+                tick.tick().await;
+                let count = killer.process_count() as u64;
+                if count > pids + 2 {
+                    let by = format!("kaged: pids limit of {pids} exceeded");
+                    abort(&state, &live, &killer, &by).await;
+                    return;
+                }
             }
         });
     }
