@@ -63,6 +63,12 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
         "auth_mode": s.auth_mode,
         "auth": s.auth,
         "sandbox_mode": s.sandbox_mode,
+        "sandbox": {
+            "mode": s.sandbox_mode,
+            "available": info.sandbox.problem.is_none(),
+            "problem": info.sandbox.problem,
+            "limits": info.sandbox.limits,
+        },
         "storage": {"url": state.store.describe(), "schema_version": schema},
         "logging": {"operational": s.log_operational, "level": s.log_level},
         "ui_serve": s.ui_serve,

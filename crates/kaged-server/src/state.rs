@@ -23,6 +23,17 @@ pub struct DaemonInfo {
     /// The operator-local configuration (local.toml); its secrets never serialize.
     pub local_path: std::path::PathBuf,
     pub local: kaged_config::LocalConfig,
+    /// What the startup preflight found about cages on this host.
+    pub sandbox: SandboxState,
+}
+
+/// The startup preflight's verdict on cages (empty when the sandbox is disabled).
+#[derive(Debug, Clone, Default)]
+pub struct SandboxState {
+    /// Why no cage can be built here; caged work is refused while it is `Some`.
+    pub problem: Option<String>,
+    /// How limits are enforced on this host.
+    pub limits: Option<String>,
 }
 
 /// Failed launch attempts allowed per window before `/launch` answers 429.

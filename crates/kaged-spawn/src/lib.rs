@@ -16,6 +16,7 @@
 //! uncaged run whose children left its process group.
 
 mod cgroup;
+mod preflight;
 mod tree;
 
 use std::io::{Read, Write};
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use nix::unistd::Pid;
 
 pub use cgroup::{Cgroups, limit_facts};
+pub use preflight::{Check, preflight, sandbox_problem};
 pub use nix::sys::signal::Signal;
 pub use tree::descendants;
 

@@ -1,86 +1,30 @@
 //! `kaged cage run` and `kaged doctor`: the edge of `kaged-cage`.
 
 use std::path::Path;
-use std::process::Command;
 
 use kaged_cage::{Host, Launch, Policy, SYSTEM_DIRS, compile, policy_for, unenforced};
 
 use crate::Failure;
 use crate::cli::CageCommand;
 
-const BWRAP: &str = "bwrap";
-
-/// Can this user build a minimal cage right now?
-fn userns_works() -> Result<(), String> {
-    let out = Command::new(BWRAP)
-        .args([
-            "--unshare-user",
-            "--unshare-pid",
-            "--ro-bind",
-            "/",
-            "/",
-            "--proc",
-            "/proc",
-            "true",
-        ])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
 
 pub fn doctor() -> Result<(), Failure> {
-    let mut failed = false;
-    match kaged_spawn::bwrap_version() {
-        Some(v) => println!("ok    {v}"),
-        None => {
-            failed = true;
-            println!(
-                "FAIL  bubblewrap (bwrap) is not installed\n      fix: sudo apt-get install bubblewrap   (Fedora: sudo dnf install bubblewrap)"
-            );
-        }
-    }
-    if !failed {
-        match userns_works() {
-            Ok(()) => println!("ok    unprivileged user namespaces (a test cage started)"),
-            Err(why) => {
-                failed = true;
-                let apparmor = std::fs::read_to_string(
-                    "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
-                )
-                .map(|v| v.trim() == "1")
-                .unwrap_or(false);
-                let fix = if apparmor {
-                    "Ubuntu's AppArmor blocks unprivileged user namespaces: sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0 (or install an AppArmor profile for bwrap)"
-                } else {
-                    "enable them: sudo sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces=10000"
-                };
-                println!("FAIL  a test cage could not start: {why}\n      fix: {fix}");
+    let checks = kaged_spawn::preflight();
+    for check in &checks {
+        match &check.outcome {
+            Ok(detail) => println!("ok    {}: {detail}", check.name),
+            Err(problem) => {
+                let level = if check.required { "FAIL" } else { "warn" };
+                println!("{level}  {}: {problem}", check.name);
+                if let Some(fix) = &check.fix {
+                    println!("      fix: {fix}");
+                }
             }
         }
     }
-    let delegated = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").is_ok()
-        && Command::new("systemd-run")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some();
-    if delegated {
-        println!(
-            "ok    cgroup v2 with a systemd user session (limits through systemd-run --user --scope)"
-        );
-    } else {
-        println!(
-            "warn  no systemd user session with cgroup delegation: limits would fall back to rlimits\n      fix: run kaged under `systemctl --user` (loginctl enable-linger \"$USER\")"
-        );
-    }
-    if failed {
-        Err(Failure::Exit(1))
-    } else {
-        Ok(())
+    match kaged_spawn::sandbox_problem(&checks) {
+        Some(_) => Err(Failure::Exit(1)),
+        None => Ok(()),
     }
 }
 

@@ -291,7 +291,17 @@ pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<
                 _ => text(&s["auth"]),
             },
         ),
-        ("sandbox", text(&s["sandbox_mode"])),
+        (
+            "sandbox",
+            match (s["sandbox"]["problem"].as_str(), s["sandbox_mode"].as_str()) {
+                (Some(problem), _) => format!("UNAVAILABLE: {problem} (kaged doctor)"),
+                (None, Some("enabled")) => format!(
+                    "enabled; {}",
+                    s["sandbox"]["limits"].as_str().unwrap_or("limits unknown")
+                ),
+                _ => text(&s["sandbox_mode"]),
+            },
+        ),
         ("config", text(&s["paths"]["config_file"])),
         ("data", text(&s["paths"]["data_dir"])),
         ("runtime", text(&s["paths"]["runtime_dir"])),

@@ -325,10 +325,42 @@ async fn serve(
         warnings.push("insecure: authentication is off (--insecure)".to_string());
         warning_headers.push("insecure");
     }
+    let mut sandbox = kaged_server::SandboxState::default();
     if settings.sandbox_mode == kaged_config::SandboxMode::Disabled {
         tracing::warn!("the sandbox is disabled: work will run uncaged as this user");
         warnings.push("no-sandbox: work runs without a sandbox".to_string());
         warning_headers.push("no-sandbox");
+    } else {
+        // The preflight of `kaged doctor`: caged work is refused (never run uncaged) when a
+        // cage cannot be built here.
+        let checks = tokio::task::spawn_blocking(kaged_spawn::preflight)
+            .await
+            .unwrap_or_default();
+        for check in &checks {
+            match &check.outcome {
+                Ok(detail) => tracing::info!(check = check.name, "{detail}"),
+                Err(problem) => tracing::warn!(
+                    check = check.name,
+                    fix = check.fix.as_deref().unwrap_or(""),
+                    "{problem}"
+                ),
+            }
+        }
+        sandbox.problem = kaged_spawn::sandbox_problem(&checks);
+        sandbox.limits = checks
+            .iter()
+            .find(|c| c.name == "limits")
+            .map(|c| match &c.outcome {
+                Ok(d) | Err(d) => d.clone(),
+            });
+        if let Some(problem) = &sandbox.problem {
+            eprintln!(
+                "kaged: warning: no cage can be built on this host ({problem}); caged work will be refused until it is fixed: run `kaged doctor`"
+            );
+            warnings.push(format!(
+                "sandbox-unavailable: {problem}; caged work is refused (kaged doctor)"
+            ));
+        }
     }
     if let Mechanism::Sidecar { .. } = mechanism {
         tracing::info!(
@@ -359,6 +391,7 @@ async fn serve(
         warning_headers,
         local_path,
         local: local_config,
+        sandbox,
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shutdown_rx_serve = shutdown_rx.clone();

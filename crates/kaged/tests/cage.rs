@@ -307,9 +307,23 @@ fn doctor_reports_each_check() {
     let out = kaged_cmd(&[]).arg("doctor").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("ok    bubblewrap"), "{text}");
+    assert!(text.contains("ok    bubblewrap: bubblewrap "), "{text}");
+    assert!(text.contains("ok    user namespaces: "), "{text}");
+    // Limits are a check of their own, a warning at worst.
     assert!(
-        text.contains("ok    unprivileged user namespaces"),
+        text.contains("ok    limits: ") || text.contains("warn  limits: "),
+        "{text}"
+    );
+    // Without bwrap on PATH: the failure and its fix, and a failing status.
+    let out = kaged_cmd(&[("PATH", "/nonexistent")])
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  bubblewrap: bubblewrap (bwrap) is not installed")
+            && text.contains("fix: sudo apt-get install bubblewrap"),
         "{text}"
     );
 }

@@ -72,11 +72,20 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         (Policy::Disabled, false) => Some("the project sets `cage: disabled`"),
         _ => None,
     };
-    if uncaged_because.is_none() && kaged_spawn::bwrap_version().is_none() {
-        return Err(ApiError::new(
-            "unavailable",
-            "the sandbox cannot be built on this host (bubblewrap is missing), and kaged never runs caged work uncaged; run `kaged doctor` for the fix",
-        ));
+    if uncaged_because.is_none() {
+        let problem = state.info.sandbox.problem.clone().or_else(|| {
+            kaged_spawn::bwrap_version()
+                .is_none()
+                .then(|| "bubblewrap (bwrap) is missing".to_string())
+        });
+        if let Some(problem) = problem {
+            return Err(ApiError::new(
+                "unavailable",
+                format!(
+                    "no cage can be built on this host ({problem}), and kaged never runs caged work uncaged; run `kaged doctor` for the fix"
+                ),
+            ));
+        }
     }
     let allow = match &policy {
         Policy::Caged {
