@@ -10,9 +10,11 @@
 mod allow;
 mod bridge;
 mod proxy;
+mod running;
 
 pub use allow::{
     AllowError, Allowlist, Decision, EntryKind, Host, check_resolved, parse_authority,
 };
 pub use bridge::{BridgeError, NO_PROXY_ENV_VARS, PROXY_ENV_VARS, bridge, run_bridge_then};
 pub use proxy::{EgressDecision, Limits, MAX_HEAD_BYTES, serve, serve_with};
+pub use running::{RunningProxy, StartError};

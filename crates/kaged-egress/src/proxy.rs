@@ -198,7 +198,7 @@ where
     let (request, buffered, head_len) =
         match timeout(context.limits.head_timeout, read_head(&mut client)).await {
             // Slow or silent clients and clients that hang up get no answer.
-            Err(_) | Ok(Err(HeadError::Closed)) => return,
+            Err(_) | Ok(Err(HeadError::Closed)) => return reply(&mut client, Status::BadRequest, "x").await,
             Ok(Err(HeadError::Bad(BadRequest::TooLarge))) => {
                 let body = format!("kaged: request head larger than {MAX_HEAD_BYTES} bytes\n");
                 return reply(&mut client, Status::HeadTooLarge, &body).await;
@@ -261,7 +261,7 @@ where
                 .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 .await
             {
-                Ok(()) => Ok(()),
+                Ok(()) => upstream.write_all(early).await,
                 Err(error) => Err(error),
             }
         }

@@ -134,7 +134,7 @@ async fn the_command_reaches_an_allowed_server_through_the_bridge() {
         r#"port=${{HTTPS_PROXY##*:}}
 exec 3<>/dev/tcp/127.0.0.1/$port || exit 3
 printf 'CONNECT 127.0.0.1:{server_port} HTTP/1.1\r\n\r\nping' >&3
-cat <&3 > '{out}'"#,
+timeout 5 cat <&3 > '{out}'"#,
         server_port = server.port(),
         out = out.display()
     );

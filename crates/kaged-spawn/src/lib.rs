@@ -28,8 +28,8 @@ use std::sync::Arc;
 use nix::unistd::Pid;
 
 pub use cgroup::{Cgroups, limit_facts};
-pub use preflight::{Check, preflight, sandbox_problem};
 pub use nix::sys::signal::Signal;
+pub use preflight::{Check, preflight, sandbox_problem};
 pub use tree::descendants;
 
 const BWRAP: &str = "bwrap";

@@ -56,8 +56,9 @@ pub fn preflight() -> Vec<Check> {
         fix: None,
     });
     let userns = userns_works();
-    let apparmor = std::fs::read_to_string("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
-        .is_ok_and(|v| v.trim() == "1");
+    let apparmor =
+        std::fs::read_to_string("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+            .is_ok_and(|v| v.trim() == "1");
     checks.push(Check {
         name: "user namespaces",
         outcome: userns

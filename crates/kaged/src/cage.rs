@@ -7,7 +7,6 @@ use kaged_cage::{Host, Launch, Policy, SYSTEM_DIRS, compile, policy_for, unenfor
 use crate::Failure;
 use crate::cli::CageCommand;
 
-
 pub fn doctor() -> Result<(), Failure> {
     let checks = kaged_spawn::preflight();
     for check in &checks {
@@ -28,7 +27,7 @@ pub fn doctor() -> Result<(), Failure> {
     }
 }
 
-pub fn run(command: CageCommand) -> Result<(), Failure> {
+pub async fn run(command: CageCommand) -> Result<(), Failure> {
     let CageCommand::Run {
         project,
         agent,
@@ -63,13 +62,41 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
         has_git: root.join(".git").is_dir(),
         has_kaged: root.join(".kaged").is_dir(),
     };
+    // An allowlist gets its proxy for the life of the command; its decisions are printed.
+    let helper = std::env::current_exe()
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot find kaged itself: {e}")))?;
+    let egress_dir = tempfile_dir("kaged-egress").map_err(Failure::Runtime)?;
+    let proxy = match &policy {
+        Policy::Caged {
+            network: kaged_cage::Network::Allow(hosts),
+            ..
+        } => {
+            let (proxy, mut decisions) =
+                kaged_egress::RunningProxy::start(&egress_dir.join("egress.sock"), hosts)
+                    .map_err(|e| Failure::Config(e.to_string()))?;
+            tokio::spawn(async move {
+                while let Some(d) = decisions.recv().await {
+                    let verdict = if d.allowed { "allowed" } else { "REFUSED" };
+                    eprintln!(
+                        "kaged: egress {verdict}: {} {}:{} ({})",
+                        d.method, d.host, d.port, d.reason
+                    );
+                }
+            });
+            Some(proxy)
+        }
+        _ => None,
+    };
     let launch = Launch {
         project_root: &root,
         cwd: Path::new(""),
         command: &command,
         env: &env,
         own_terminal: false,
-        egress: None,
+        egress: proxy.as_ref().map(|p| kaged_cage::Egress {
+            socket: p.socket(),
+            helper: &helper,
+        }),
     };
     let argv = compile(&policy, &host, &launch).map_err(|e| Failure::Config(e.to_string()))?;
     // The cage's cgroups (if any) live until the command has ended.
@@ -102,7 +129,7 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
             let name = format!("run-{}", std::process::id());
             let run = kaged_spawn::caged(argv, bpf, limits, &name)
                 .map_err(|e| Failure::Runtime(e.into()))?;
-            for missing in unenforced(&policy, false)
+            for missing in unenforced(&policy, proxy.is_some())
                 .into_iter()
                 .chain(run.limits.unenforced.iter().cloned())
             {
@@ -117,12 +144,28 @@ pub fn run(command: CageCommand) -> Result<(), Failure> {
             run.spec
         }
     };
-    let exit = kaged_spawn::run_foreground(&spec, wall_time, max_processes)
-        .map_err(|e| Failure::Runtime(e.into()))?;
+    let exit = tokio::task::spawn_blocking(move || {
+        kaged_spawn::run_foreground(&spec, wall_time, max_processes)
+    })
+    .await
+    .map_err(|e| Failure::Runtime(e.into()))?
+    .map_err(|e| Failure::Runtime(e.into()))?;
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&egress_dir);
     match exit.code() {
         0 => Ok(()),
         code => Err(Failure::Exit(u8::try_from(code).unwrap_or(1))),
     }
+}
+
+/// A fresh private (0700) directory under the temporary directory.
+fn tempfile_dir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", hex::encode(random)));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
 }
 
 /// The environment of an uncaged run: what a caged one gets, with the daemon user's own

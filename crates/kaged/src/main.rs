@@ -123,7 +123,7 @@ fn main() -> ExitCode {
             Command::Dsl(command) => dsl::run(command),
             Command::Project(command) => client::project(mode, command).await,
             Command::Session(command) => session::run(mode, command).await,
-            Command::Cage(command) => cage::run(command),
+            Command::Cage(command) => cage::run(command).await,
             Command::CageBridge { .. } => Ok(()),
             Command::Doctor => cage::doctor(),
             Command::Version => {

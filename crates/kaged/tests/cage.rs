@@ -382,3 +382,106 @@ fn the_default_seccomp_profile_blocks_dangerous_syscalls() {
     let relaxed = probe("loose");
     assert!(!relaxed.contains("keyctl EPERM"), "{relaxed}");
 }
+
+/// A loopback HTTP server answering every request with `body` (one thread, bounded).
+fn http_server(body: &'static str) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        for stream in listener.incoming().take(8) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, handle)
+}
+
+/// Inside the cage: through the proxy (plain HTTP and a CONNECT tunnel), to a port that is not
+/// allowed, and straight past the proxy.
+const EGRESS_PROBE: &str = r#"
+import os, sys, socket, urllib.request, urllib.error, http.client
+allowed, refused = sys.argv[1], sys.argv[2]
+try:
+    print("plain", urllib.request.urlopen(f"http://127.0.0.1:{allowed}/x", timeout=10).read().decode())
+except Exception as e:
+    print("plain failed", e)
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{refused}/x", timeout=10)
+    print("refused-port reachable")
+except urllib.error.HTTPError as e:
+    print("refused-port", e.code)
+c = http.client.HTTPConnection("127.0.0.1", 3128, timeout=10)
+c.set_tunnel("127.0.0.1", int(allowed))
+c.request("GET", "/t")
+print("tunnel", c.getresponse().read().decode())
+s = socket.socket()
+s.settimeout(5)
+try:
+    s.connect(("127.0.0.1", int(allowed)))
+    print("direct reachable")
+except OSError as e:
+    print("direct blocked")
+"#;
+
+#[test]
+fn network_allowlist_goes_through_the_egress_proxy_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (allowed, server) = http_server("hello-from-allowed");
+    let (refused, _other) = http_server("should-not-see");
+    let p = tmp.path().join("net");
+    std::fs::create_dir_all(p.join(".kaged")).unwrap();
+    std::fs::write(
+        p.join(".kaged/project.yaml"),
+        format!(
+            "version: 1\nproject: nettest\nprimary:\n  command: [sh]\n  cage:\n    network:\n      allow: [\"127.0.0.1:{allowed}\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = kaged_cmd(&[])
+        .args([
+            "cage",
+            "run",
+            p.to_str().unwrap(),
+            "--",
+            "python3",
+            "-c",
+            EGRESS_PROBE,
+        ])
+        .args([allowed.to_string(), refused.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("plain hello-from-allowed"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("refused-port 403"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("tunnel hello-from-allowed"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("direct blocked"), "{stdout}\n{stderr}");
+    // Every decision is reported.
+    assert!(
+        stderr.contains(&format!("egress allowed: GET 127.0.0.1:{allowed}"))
+            && stderr.contains(&format!("egress REFUSED: GET 127.0.0.1:{refused}"))
+            && stderr.contains(&format!("egress allowed: CONNECT 127.0.0.1:{allowed}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not enforced: network allowlist"),
+        "{stderr}"
+    );
+    drop(server);
+}

@@ -291,7 +291,7 @@ impl Runner {
             Ok(e) => e,
             Err(reason) => return self.fail(reason),
         };
-        let prepared = match self.spec(egress.as_ref().map(|e| e.socket.as_path())) {
+        let prepared = match self.spec(egress.as_ref().map(|e| e.proxy.socket())) {
             Ok(s) => s,
             Err(reason) => return self.fail(reason),
         };
@@ -581,17 +581,9 @@ fn write_input(
     }
 }
 
-/// A run's egress proxy: its socket and the task serving it (stopped on drop).
+/// A run's egress proxy (stopped when dropped), its decisions audited.
 struct EgressRun {
-    socket: PathBuf,
-    stop: watch::Sender<bool>,
-}
-
-impl Drop for EgressRun {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        let _ = std::fs::remove_file(&self.socket);
-    }
+    proxy: kaged_egress::RunningProxy,
 }
 
 impl EgressRun {
@@ -601,7 +593,6 @@ impl EgressRun {
         allow: &[String],
         handle: &tokio::runtime::Handle,
     ) -> Result<EgressRun, String> {
-        let allowlist = kaged_egress::Allowlist::parse(allow).map_err(|e| e.to_string())?;
         let dir = state.info.decision.paths.runtime_dir.join("egress");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -609,22 +600,10 @@ impl EgressRun {
             .create(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let socket = dir.join(format!("{}.sock", &live.id[..16]));
-        let _ = std::fs::remove_file(&socket);
-        let listener = {
+        let (proxy, mut decisions) = {
             let _guard = handle.enter();
-            tokio::net::UnixListener::bind(&socket)
-                .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?
+            kaged_egress::RunningProxy::start(&socket, allow).map_err(|e| e.to_string())?
         };
-        let (stop, mut stopped) = watch::channel(false);
-        let (decisions_tx, mut decisions) = tokio::sync::mpsc::unbounded_channel();
-        handle.spawn(kaged_egress::serve(
-            listener,
-            Arc::new(allowlist),
-            decisions_tx,
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
         let audit_state = state.clone();
         let audit_live = live.clone();
         handle.spawn(async move {
@@ -649,6 +628,6 @@ impl EgressRun {
                     .await;
             }
         });
-        Ok(EgressRun { socket, stop })
+        Ok(EgressRun { proxy })
     }
 }
