@@ -485,3 +485,28 @@ fn network_allowlist_goes_through_the_egress_proxy_and_nothing_else() {
     );
     drop(server);
 }
+
+#[test]
+fn tiocsti_cannot_push_input_into_the_callers_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = project(tmp.path());
+    // `script` gives `kaged cage run` a real terminal, as an operator's shell would.
+    let probe = "import fcntl, termios, sys\n\
+        try:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\n    print('TIOCSTI-WORKED')\n\
+        except OSError as e:\n    print('TIOCSTI-REFUSED', e.errno)\n";
+    let inner = format!(
+        "{} cage run {} -- python3 -c \"{}\"",
+        kaged_bin().display(),
+        p.display(),
+        probe.replace('"', "\\\"")
+    );
+    let out = std::process::Command::new("timeout")
+        .args(["20", "script", "-qec", &inner, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // EPERM is the seccomp filter's answer (a kernel with legacy_tiocsti=0 would say EIO).
+    assert!(text.contains("TIOCSTI-REFUSED 1"), "{text}");
+    assert!(!text.contains("TIOCSTI-WORKED"), "{text}");
+}
