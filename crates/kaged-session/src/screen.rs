@@ -720,26 +720,3 @@ mod tests {
         assert_eq!(format!("{original:?}"), "Screen { rows: 2, cols: 5, .. }");
     }
 }
-#[cfg(test)]
-mod perf_tmp {
-    #[test]
-    fn perf() {
-        let line = "\x1b[32mok\x1b[m  some output line with text — and ünïcode 中文 0123456789\r\n";
-        let data = line.repeat(200_000).into_bytes();
-        let t = std::time::Instant::now();
-        let mut s = super::Screen::new(50, 200);
-        for c in data.chunks(4096) { s.process(c); }
-        let a = t.elapsed();
-        let t = std::time::Instant::now();
-        let mut p = vt100::Parser::new(50, 200, 0);
-        for c in data.chunks(4096) { p.process(c); }
-        let b = t.elapsed();
-        let t = std::time::Instant::now();
-        let mut u = super::Unfinished::default();
-        for c in data.chunks(4096) { u.feed(c); }
-        let c = t.elapsed();
-        let t = std::time::Instant::now();
-        let snap = s.snapshot();
-        eprintln!("PERF {} MB: screen {a:?} vt100 {b:?} tracker {c:?} snapshot {:?} ({} bytes)", data.len()/1_000_000, t.elapsed(), snap.len());
-    }
-}
