@@ -126,7 +126,7 @@ impl Context {
         };
         tracing::debug!(
             method = %request.method,
-            target = %request.target(),
+            destination = %request.target(),
             allowed,
             "egress decision"
         );
@@ -198,7 +198,7 @@ where
     let (request, buffered, head_len) =
         match timeout(context.limits.head_timeout, read_head(&mut client)).await {
             // Slow or silent clients and clients that hang up get no answer.
-            Err(_) | Ok(Err(HeadError::Closed)) => return reply(&mut client, Status::BadRequest, "x").await,
+            Err(_) | Ok(Err(HeadError::Closed)) => return,
             Ok(Err(HeadError::Bad(BadRequest::TooLarge))) => {
                 let body = format!("kaged: request head larger than {MAX_HEAD_BYTES} bytes\n");
                 return reply(&mut client, Status::HeadTooLarge, &body).await;
@@ -272,11 +272,11 @@ where
         }
     };
     if let Err(error) = started {
-        tracing::debug!(target = %request.target(), %error, "egress: connection ended early");
+        tracing::debug!(destination = %request.target(), %error, "egress: connection ended early");
         return;
     }
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(target = %request.target(), %error, "egress: connection ended with an error");
+        tracing::debug!(destination = %request.target(), %error, "egress: connection ended with an error");
     }
 }
 
