@@ -96,7 +96,11 @@ fn main() -> ExitCode {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
                 eprintln!("kaged: cage bridge: {e}");
-                ExitCode::from(1)
+                // The shell's convention for a command that cannot run.
+                match e {
+                    kaged_egress::BridgeError::Spawn { .. } => ExitCode::from(127),
+                    _ => ExitCode::from(1),
+                }
             }
         };
     }
