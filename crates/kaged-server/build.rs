@@ -261,18 +261,36 @@ fn cached_or_download(
                 fetched = Some(bytes);
                 break;
             }
-            Err(e) => failures.push(format!("{e} (TLS roots: {label})")),
+            Err(e) => {
+                let e = e.to_string();
+                if !failures.iter().any(|(seen, _)| *seen == e) {
+                    failures.push((e, *label));
+                }
+            }
         }
     }
+    let proxy = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .find_map(|var| {
+            Some(format!(
+                " through the proxy {var}={}",
+                std::env::var(var).ok()?
+            ))
+        })
+        .unwrap_or_default();
     let bytes = fetched.ok_or_else(|| {
         format!(
-            "downloading {}@{} from {} failed: {}. The build fetches the web UI's JavaScript \
-             from the npm registry (proxies: HTTPS_PROXY / NO_PROXY; extra CAs: SSL_CERT_FILE). \
-             {OFFLINE_HELP}",
+            "downloading {}@{} from {}{proxy} failed: {}. The build fetches the web UI's \
+             JavaScript from the npm registry (proxies: HTTPS_PROXY / NO_PROXY; extra CAs: \
+             SSL_CERT_FILE). {OFFLINE_HELP}",
             pin.name,
             pin.version,
             pin.url,
-            failures.join("; ")
+            failures
+                .iter()
+                .map(|(e, label)| format!("{e} (TLS roots: {label})"))
+                .collect::<Vec<_>>()
+                .join("; ")
         )
     })?;
     verify(pin, &bytes, &pin.url)?;
