@@ -39,6 +39,7 @@ fn main() {
         env: &[],
         own_terminal: false,
         egress: None,
+        tty_helper: None,
     };
     let Ok(argv) = compile(&Policy::default_cage(), &host, &launch) else {
         eprintln!("cannot compile the default cage");

@@ -244,6 +244,10 @@ pub struct Launch<'a> {
     pub own_terminal: bool,
     /// For a network allowlist: the kaged egress proxy to reach the outside through.
     pub egress: Option<Egress<'a>>,
+    /// With `own_terminal`: the kaged executable, run first inside the cage as `cage-tty` to
+    /// make the command's process group the terminal's foreground one (the PTY's session
+    /// leader lives outside the cage's PID namespace, so shells would find no group to restore).
+    pub tty_helper: Option<&'a Path>,
 }
 
 /// How a cage with an allowlist reaches kaged's egress proxy: the proxy's Unix socket and the
@@ -335,11 +339,12 @@ pub fn compile(
         (Network::Allow(_), Some(egress)) => Some(egress),
         _ => None,
     };
+    let tty_helper = launch.tty_helper.filter(|_| launch.own_terminal);
+    if let Some(helper) = egress.map(|e| e.helper).or(tty_helper) {
+        push(&["--ro-bind", &helper.display().to_string(), EGRESS_HELPER]);
+    }
     if let Some(egress) = egress {
         push(&[
-            "--ro-bind",
-            &egress.helper.display().to_string(),
-            EGRESS_HELPER,
             "--bind",
             &egress.socket.display().to_string(),
             EGRESS_SOCKET,
@@ -367,6 +372,9 @@ pub fn compile(
         push(&["--setenv", k, v]);
     }
     push(&["--"]);
+    if tty_helper.is_some() {
+        push(&[EGRESS_HELPER, "cage-tty", "--"]);
+    }
     if egress.is_some() {
         push(&[
             EGRESS_HELPER,
@@ -443,6 +451,7 @@ mod tests {
                 env: &env,
                 own_terminal: false,
                 egress: None,
+                tty_helper: None,
             },
         )
         .unwrap()
@@ -539,6 +548,7 @@ mod tests {
             env: &[],
             own_terminal: true,
             egress,
+            tty_helper: None,
         };
         let with = compile(
             &allow,
@@ -588,5 +598,24 @@ mod tests {
         )
         .unwrap();
         assert!(!closed.iter().any(|a| a == EGRESS_HELPER || a == "/s"));
+    }
+
+    #[test]
+    fn a_kaged_terminal_gets_its_foreground_group_set_inside_the_cage() {
+        let cmd = vec!["sh".to_string()];
+        let launch = |own_terminal| Launch {
+            project_root: Path::new("/p"),
+            cwd: Path::new(""),
+            command: &cmd,
+            env: &[],
+            own_terminal,
+            egress: None,
+            tty_helper: Some(Path::new("/usr/bin/kaged")),
+        };
+        let a = compile(&Policy::default_cage(), &host(), &launch(true)).unwrap();
+        assert!(has(&a, &["--ro-bind", "/usr/bin/kaged", EGRESS_HELPER]));
+        assert!(has(&a, &["--", EGRESS_HELPER, "cage-tty", "--", "sh"]));
+        let shared = compile(&Policy::default_cage(), &host(), &launch(false)).unwrap();
+        assert!(!shared.iter().any(|x| x == "cage-tty"));
     }
 }

@@ -38,6 +38,8 @@ fn host() -> &'static HostLimits {
     HOST.get_or_init(|| {
         let systemd_user = std::process::Command::new("systemd-run")
             .args(["--user", "--scope", "--quiet", "--collect", "true"])
+            // Not our service manager's business: a failure would be reported as ours.
+            .env_remove("NOTIFY_SOCKET")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -219,6 +219,14 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
                     .collect::<Vec<_>>()
                     .join(" "),
             );
+        if !spec.prefix.is_empty() {
+            // `systemd-run --user` finds the user's service manager through these.
+            for k in ["XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"] {
+                if let Some(v) = std::env::var_os(k) {
+                    c.env(k, v);
+                }
+            }
+        }
     }
     Ok(Prepared {
         command: c,

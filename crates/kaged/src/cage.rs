@@ -93,6 +93,7 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
         command: &command,
         env: &env,
         own_terminal: false,
+        tty_helper: None,
         egress: proxy.as_ref().map(|p| kaged_cage::Egress {
             socket: p.socket(),
             helper: &helper,
@@ -177,4 +178,26 @@ pub fn uncaged_env(granted: &[(String, String)]) -> Vec<(String, String)> {
         .collect();
     env.extend(granted.iter().cloned());
     env
+}
+
+/// `kaged cage-tty -- CMD`, the first process inside a cage on a kaged PTY: put itself in a
+/// process group of its own, make that the terminal's foreground group, then become CMD.
+/// The PTY's session leader is outside the cage's PID namespace, so without this a shell sees
+/// no foreground group (0) and fails to restore it when it exits (dash exits 2).
+pub fn tty_then_exec(command: &[String]) -> std::io::Error {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        return std::io::Error::other("no command");
+    };
+    // A background group asking for the terminal gets SIGTTOU unless it is blocked.
+    let mut ttou = SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&ttou), None);
+    let me = nix::unistd::Pid::from_raw(0);
+    if nix::unistd::setpgid(me, me).is_ok() {
+        let _ = nix::unistd::tcsetpgrp(std::io::stdin(), nix::unistd::getpgrp());
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&ttou), None);
+    std::process::Command::new(program).args(args).exec()
 }

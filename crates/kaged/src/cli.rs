@@ -69,6 +69,13 @@ pub enum Command {
     /// Run one command in an agent's cage, to try a policy before trusting an agent with it.
     #[command(subcommand)]
     Cage(CageCommand),
+    /// Inside a cage on a kaged PTY: take the terminal's foreground group, then run the
+    /// command (kaged runs this itself).
+    #[command(hide = true)]
+    CageTty {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Inside a cage with a network allowlist: bridge 127.0.0.1 to kaged's egress proxy and run
     /// the command with the proxy variables set (kaged runs this itself).
     #[command(hide = true)]

@@ -85,6 +85,14 @@ pub fn config_for_start(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CageTty { command } = &cli.command {
+        let e = cage::tty_then_exec(command);
+        eprintln!(
+            "kaged: cannot run {}: {e}",
+            command.first().map_or("", String::as_str)
+        );
+        return ExitCode::from(127);
+    }
     // Runs inside a cage: its own small runtime, none of the daemon's machinery.
     if let Command::CageBridge {
         listen,
@@ -128,7 +136,7 @@ fn main() -> ExitCode {
             Command::Project(command) => client::project(mode, command).await,
             Command::Session(command) => session::run(mode, command).await,
             Command::Cage(command) => cage::run(command).await,
-            Command::CageBridge { .. } => Ok(()),
+            Command::CageBridge { .. } | Command::CageTty { .. } => Ok(()),
             Command::Doctor => cage::doctor(),
             Command::Version => {
                 println!(

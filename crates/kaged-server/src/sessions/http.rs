@@ -58,8 +58,12 @@ fn view(state: &ServerState, record: &SessionRecord) -> Value {
             let (rows, cols) = live.size();
             obj.insert("rows".into(), json!(rows));
             obj.insert("cols".into(), json!(cols));
-            // Memory is fresher than the row for a run that is still going.
-            obj.insert("state".into(), json!(live.state().as_str()));
+            // Memory is fresher than the row for a run that is still going; an end is reported
+            // from the row only, with its exit code, reason and time.
+            let state = live.state();
+            if !state.is_terminal() {
+                obj.insert("state".into(), json!(state.as_str()));
+            }
         }
     }
     v

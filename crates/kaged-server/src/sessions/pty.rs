@@ -328,7 +328,10 @@ async fn read_output(
     end: u64,
 ) -> std::io::Result<Vec<u8>> {
     let upto = if let Some(live) = live {
-        match lock(&live.output).log.read_from(cursor, FRAME_BYTES) {
+        // Never past the end this viewer was told about (it may resume from anything sent).
+        let max =
+            FRAME_BYTES.min(usize::try_from(end.saturating_sub(cursor)).unwrap_or(FRAME_BYTES));
+        match lock(&live.output).log.read_from(cursor, max) {
             Read::Bytes { data, .. } => return Ok(data),
             Read::Gap { earliest } => earliest.min(cursor + FRAME_BYTES as u64),
             Read::Ahead => return Ok(Vec::new()),

@@ -329,8 +329,15 @@ impl Runner {
         let _ = std::thread::Builder::new()
             .name(format!("kaged-in-{}", &self.live.id[..8]))
             .spawn(move || write_input(&writer_terminal, &live, input));
+        let pump_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let screen = self.start_screen(pump_done.clone());
         self.pump(&terminal, &mut transcript);
+        pump_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.live.end.send_modify(|_| {});
         let exit = waiter.wait();
+        if let Some(screen) = screen {
+            let _ = screen.join();
+        }
         drop(egress);
         drop(prepared.cgroups);
         *lock(&self.live.killer) = None;
@@ -398,6 +405,7 @@ impl Runner {
                 command: &d.plan.command,
                 env: &env,
                 own_terminal: true,
+                tty_helper: Some(&helper),
                 egress: egress_socket.map(|socket| kaged_cage::Egress {
                     socket,
                     helper: &helper,
@@ -456,21 +464,31 @@ impl Runner {
                 transcript_ok = false;
                 tracing::error!(session = %self.live.id, error = %e, "cannot write the transcript; output is kept in memory only from now on");
             }
-            let end = {
-                let mut out = lock(&self.live.output);
-                let end = out.log.append(chunk);
-                if transcript_ok {
-                    let _ = out.log.mark_persisted(end);
-                }
-                end
-            };
-            {
-                let mut screen = lock(&self.live.screen);
-                screen.screen.process(chunk);
-                screen.offset = end;
+            // `end` is published under the log's lock: a viewer never reads bytes from the
+            // log that lie past the end it may resume from.
+            let mut out = lock(&self.live.output);
+            let end = out.log.append(chunk);
+            if transcript_ok {
+                let _ = out.log.mark_persisted(end);
             }
             self.live.end.send_replace(end);
         }
+    }
+
+    /// The screen model follows the output on a thread of its own, in large batches: the
+    /// terminal parser is slower than a PTY, and the run must never wait for it. It may lag
+    /// behind during a flood (then it reads the transcript); a snapshot is always of a
+    /// consistent point (`ScreenAt.offset`), and viewers stream from there.
+    fn start_screen(
+        &self,
+        pump_done: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        let live = self.live.clone();
+        let handle = self.handle.clone();
+        std::thread::Builder::new()
+            .name(format!("kaged-scr-{}", &self.live.id[..8]))
+            .spawn(move || follow_screen(&live, &handle, &pump_done))
+            .ok()
     }
 
     fn start_wall_clock(&self, killer: &kaged_spawn::Killer) {
@@ -559,6 +577,56 @@ mod nix_signal {
     pub use kaged_spawn::Signal;
     pub const HANGUP: Signal = Signal::SIGHUP;
     pub const TERMINATE: Signal = Signal::SIGTERM;
+}
+
+/// Largest batch the screen model takes at once.
+const SCREEN_BATCH: usize = 256 * 1024;
+
+fn follow_screen(
+    live: &Live,
+    handle: &tokio::runtime::Handle,
+    pump_done: &std::sync::atomic::AtomicBool,
+) {
+    let mut ends = live.end.subscribe();
+    loop {
+        let done = pump_done.load(std::sync::atomic::Ordering::SeqCst);
+        let target = *ends.borrow_and_update();
+        let mut at = lock(&live.screen).offset;
+        while at < target {
+            let batch = {
+                let out = lock(&live.output);
+                match out.log.read_from(at, SCREEN_BATCH) {
+                    kaged_session::log::Read::Bytes { data, .. } => Some(data),
+                    _ => None,
+                }
+            };
+            let batch = match batch {
+                Some(b) => b,
+                // Fell out of memory: the transcript has it.
+                None => match super::http::read_range(
+                    &live.transcript,
+                    at,
+                    target.min(at + SCREEN_BATCH as u64),
+                ) {
+                    Ok(b) => b,
+                    Err(_) => break,
+                },
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let mut screen = lock(&live.screen);
+            screen.screen.process(&batch);
+            screen.offset = at + batch.len() as u64;
+            at = screen.offset;
+        }
+        if done {
+            return;
+        }
+        if handle.block_on(ends.changed()).is_err() {
+            return;
+        }
+    }
 }
 
 fn write_input(

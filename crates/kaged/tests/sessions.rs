@@ -1,0 +1,1249 @@
+//! Sessions through the real daemon: real PTYs in real bubblewrap cages, watched through the
+//! PTY WebSocket (`kaged_session::frame`) and the events WebSocket, driven over HTTP and the
+//! `kaged session` CLI. The frames are decoded here by hand, from the documented wire format.
+//!
+//! Every wait below is a guard against a hang (it fails with what was seen), never a timing
+//! assertion: latency is measured in benches only.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+/// The longest any one thing (a frame, a state change, a process ending) may take before the
+/// test gives up and reports what it saw.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// `seq 1 N` for the flood tasks.
+const FLOOD_LINES: u32 = 500_000; // ~3.9 MB on the PTY
+const MEDIUM_LINES: u32 = 100_000; // ~0.7 MB
+const BIG_LINES: u32 = 1_500_000; // ~12.4 MB: more than a stalled socket's buffers take
+
+fn project_yaml(marker: &str) -> String {
+    format!(
+        r#"version: 1
+project: demo
+primary:
+  command: [sh]
+tasks:
+  hello: {{ command: [sh, -c, "echo hello from kaged"] }}
+  flood: {{ command: [seq, "1", "{FLOOD_LINES}"] }}
+  medium: {{ command: [seq, "1", "{MEDIUM_LINES}"] }}
+  big: {{ command: [seq, "1", "{BIG_LINES}"] }}
+  yes: {{ command: [yes, "{marker}"] }}
+  ticker: {{ command: [sh, -c, "i=0; while :; do i=$((i+1)); echo {marker} $i; done"] }}
+terminals:
+  shell: [bash]
+"#
+    )
+}
+
+/// A daemon with the `demo` project loaded. `marker` is unique to the test: it appears in the
+/// command line of the processes it starts, so they can be found in /proc.
+struct Env {
+    tmp: tempfile::TempDir,
+    marker: String,
+}
+
+impl Env {
+    fn home(&self) -> PathBuf {
+        self.tmp.path().join("home")
+    }
+}
+
+async fn setup(tag: &str) -> (Env, Daemon) {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = format!("kaged-sessions-{tag}-{}", std::process::id());
+    let project = tmp.path().join("demo");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    std::fs::write(project.join(".kaged/project.yaml"), project_yaml(&marker)).unwrap();
+    let env = Env { tmp, marker };
+    let d = Daemon::start(&env.home());
+    load_project(&d, &project).await;
+    (env, d)
+}
+
+async fn load_project(d: &Daemon, project: &Path) {
+    let (status, body) = call(
+        d,
+        Method::POST,
+        "/api/v1/projects/load",
+        Some(json!({"path": project})),
+    )
+    .await;
+    assert!(status.is_success(), "load: {status} {body}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// A request authenticated with the nonce (as a local script would be): status and JSON body.
+async fn call(d: &Daemon, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = plain_client()
+        .request(method, format!("{}{path}", d.base))
+        .header("x-kaged-auth-nonce", d.nonce());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text:?}"));
+    (status, value)
+}
+
+/// Start a session; returns its id.
+async fn start(d: &Daemon, kind: &str, name: Option<&str>) -> String {
+    start_sized(d, kind, name, 24, 80).await
+}
+
+/// Start a session on a PTY of `rows`×`cols`; returns its id.
+async fn start_sized(d: &Daemon, kind: &str, name: Option<&str>, rows: u16, cols: u16) -> String {
+    let (status, body) = call(
+        d,
+        Method::POST,
+        "/api/v1/projects/demo/sessions",
+        Some(json!({"kind": kind, "name": name, "rows": rows, "cols": cols})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["session"]["id"].as_str().unwrap().to_string();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{body}"
+    );
+    id
+}
+
+/// `GET /api/v1/sessions/{id}`: `{"session": ..., "transitions": [...]}`.
+async fn get_session(d: &Daemon, id: &str) -> Value {
+    let (status, body) = call(d, Method::GET, &format!("/api/v1/sessions/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Poll the session until `ready` holds for it; returns the whole document.
+async fn wait_session(d: &Daemon, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = get_session(d, id).await;
+        if ready(&v["session"]) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{what} never happened to session {id}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The run's end is recorded: the stored row is final (its end time is set with its state,
+/// exit code and reason in one transaction).
+fn ended(s: &Value) -> bool {
+    s["ended_at_ms"].is_i64()
+}
+
+/// The whole transcript, checking the range header against the body.
+async fn transcript(d: &Daemon, id: &str) -> Vec<u8> {
+    let r = plain_client()
+        .get(format!("{}/api/v1/sessions/{id}/transcript", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let range = r
+        .headers()
+        .get("x-kaged-transcript-range")
+        .expect("x-kaged-transcript-range header")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let bytes = r.bytes().await.unwrap().to_vec();
+    let n = bytes.len();
+    assert_eq!(
+        range,
+        format!("0-{n}/{n}"),
+        "range header of the whole transcript"
+    );
+    bytes
+}
+
+async fn whoami(d: &Daemon) -> String {
+    let (_, who) = call(d, Method::GET, "/api/v1/whoami", None).await;
+    who["id"].as_str().unwrap().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSockets
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Where and how to connect, detached from the `Daemon` so tasks can own it.
+#[derive(Clone)]
+struct Conn {
+    base: String,
+    nonce: String,
+}
+
+impl Conn {
+    fn of(d: &Daemon) -> Conn {
+        Conn {
+            base: d.base.clone(),
+            nonce: d.nonce(),
+        }
+    }
+
+    /// A WebSocket as a non-browser client opens it: nonce header, no Origin.
+    async fn ws(&self, path: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("{}{path}", self.base.replace("http://", "ws://"));
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("x-kaged-auth-nonce", self.nonce.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+            .await
+            .map(|(ws, _)| ws)
+    }
+}
+
+#[derive(Debug)]
+enum Frame {
+    Output {
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Snapshot {
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Text(Value),
+    /// A close frame (its code), or the end of the stream without one (`None`).
+    Closed(Option<u16>),
+    /// The connection failed (e.g. the daemon was killed).
+    Broken(String),
+}
+
+/// One frame from `ws`, skipping pings and pongs.
+async fn next_frame(ws: &mut Ws) -> Frame {
+    loop {
+        let m = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no frame from the server within {PATIENCE:?}"));
+        return match m {
+            None => Frame::Closed(None),
+            Some(Err(e)) => Frame::Broken(e.to_string()),
+            Some(Ok(Message::Binary(b))) => {
+                assert!(b.len() >= 9, "binary frame shorter than its header: {b:?}");
+                let offset = u64::from_be_bytes(b[1..9].try_into().unwrap());
+                let data = b[9..].to_vec();
+                match b[0] {
+                    0x01 => Frame::Output { offset, data },
+                    0x02 => Frame::Snapshot { offset, data },
+                    k => panic!("unknown binary frame kind 0x{k:02x}"),
+                }
+            }
+            Some(Ok(Message::Text(t))) => Frame::Text(
+                serde_json::from_str(&t).unwrap_or_else(|e| panic!("text frame {t:?}: {e}")),
+            ),
+            Some(Ok(Message::Close(f))) => Frame::Closed(f.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+        };
+    }
+}
+
+/// What a viewer received from its resume offset on.
+#[derive(Debug, Default)]
+struct Seen {
+    start: u64,
+    bytes: Vec<u8>,
+    texts: Vec<Value>,
+    /// The close code, when the server closed the connection.
+    close: Option<u16>,
+    /// The connection ended (closed or broken).
+    finished: bool,
+    broken: Option<String>,
+}
+
+impl Seen {
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+
+    fn exit_code(&self) -> Option<i64> {
+        self.texts
+            .iter()
+            .find(|t| t["type"] == "exit")
+            .map(|t| t["code"].as_i64().unwrap())
+    }
+
+    fn states(&self) -> Vec<Value> {
+        self.texts
+            .iter()
+            .filter(|t| t["type"] == "state")
+            .cloned()
+            .collect()
+    }
+}
+
+/// A viewer on a session's PTY WebSocket.
+struct Viewer {
+    ws: Ws,
+    hello: Value,
+}
+
+impl Viewer {
+    /// Connect, read `hello`, send `resume`.
+    async fn open(conn: &Conn, id: &str, resume: Option<u64>) -> Viewer {
+        let ws = conn
+            .ws(&format!("/api/v1/sessions/{id}/pty"))
+            .await
+            .unwrap_or_else(|e| panic!("attach to {id}: {e}"));
+        let mut v = Viewer {
+            ws,
+            hello: Value::Null,
+        };
+        match next_frame(&mut v.ws).await {
+            Frame::Text(t) if t["type"] == "hello" => v.hello = t,
+            other => panic!("expected hello first, got {other:?}"),
+        }
+        assert_eq!(v.hello["session"], id, "{}", v.hello);
+        v.text(json!({"type": "resume", "offset": resume})).await;
+        v
+    }
+
+    async fn text(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    async fn input(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::Binary(bytes.to_vec().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Read output from offset `from` (where the viewer resumed, or where its last read
+    /// ended) until the connection ends or `enough` holds. Every output frame must start
+    /// exactly where the previous one ended: no gap, no overlap. No snapshot is expected (the
+    /// viewers here always resume at an offset).
+    async fn read(&mut self, from: u64, enough: impl Fn(&Seen) -> bool) -> Seen {
+        let mut seen = Seen {
+            start: from,
+            ..Seen::default()
+        };
+        loop {
+            match next_frame(&mut self.ws).await {
+                Frame::Output { offset, data } => {
+                    assert_eq!(
+                        offset,
+                        seen.end(),
+                        "an output frame of {} bytes starts at {offset}, but the stream so far ends at {}: a gap or a duplicate",
+                        data.len(),
+                        seen.end()
+                    );
+                    assert!(!data.is_empty(), "empty output frame at {offset}");
+                    seen.bytes.extend_from_slice(&data);
+                }
+                Frame::Snapshot { offset, data } => panic!(
+                    "unexpected snapshot ({} bytes at {offset}) after resuming at an offset",
+                    data.len()
+                ),
+                Frame::Text(t) => {
+                    assert_ne!(t["type"], "error", "the server refused something: {t}");
+                    seen.texts.push(t);
+                }
+                Frame::Closed(code) => {
+                    seen.close = code;
+                    seen.finished = true;
+                    return seen;
+                }
+                Frame::Broken(e) => {
+                    seen.broken = Some(e);
+                    seen.finished = true;
+                    return seen;
+                }
+            }
+            if enough(&seen) {
+                return seen;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bytes and processes
+
+/// What `seq 1 n` prints through a PTY (which turns `\n` into `\r\n`).
+fn seq_output(n: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 1..=n {
+        write!(out, "{i}\r\n").unwrap();
+    }
+    out
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Equal byte strings, or a failure that says where they part (not megabytes of dump).
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let around = |b: &[u8]| {
+        String::from_utf8_lossy(&b[at.saturating_sub(40)..(at + 40).min(b.len())]).to_string()
+    };
+    panic!(
+        "{what}: {} bytes vs {} expected, first difference at byte {at}:\n got:  {:?}\n want: {:?}",
+        got.len(),
+        want.len(),
+        around(got),
+        around(want)
+    );
+}
+
+/// PIDs of processes whose command line contains `marker` (what `pgrep -f` would find).
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            contains(&cmdline, marker.as_bytes()).then_some(pid)
+        })
+        .collect()
+}
+
+/// Wait until no process with `marker` in its command line is left.
+async fn wait_gone(marker: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{what}: processes still running: {:?}",
+            left.iter()
+                .map(|p| format!(
+                    "{p}: {}",
+                    String::from_utf8_lossy(
+                        &std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default()
+                    )
+                    .replace('\0', " ")
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn a_flood_read_across_a_reconnect_has_no_gap_and_no_duplicate() {
+    let (_env, d) = setup("flood").await;
+    let conn = Conn::of(&d);
+    let id = start(&d, "task", Some("flood")).await;
+
+    // The first viewer reads a part of the stream, then drops off mid-flood.
+    let mut first = Viewer::open(&conn, &id, Some(0)).await;
+    let part = first.read(0, |s| s.bytes.len() >= 1 << 20).await;
+    assert!(
+        !part.finished,
+        "the stream ended before 1 MiB: {part:?}",
+        part = (part.bytes.len(), &part.texts, part.close)
+    );
+    drop(first);
+    let k = part.end();
+
+    // The second resumes exactly there and reads to the end.
+    let mut second = Viewer::open(&conn, &id, Some(k)).await;
+    let end = second.hello["end"].as_u64().unwrap();
+    assert!(
+        end >= k,
+        "the first viewer was sent {k} bytes, but the reconnection says the output ends at {end} and refuses `resume` {k} as resume_ahead"
+    );
+    let rest = second.read(k, |_| false).await;
+    assert_eq!(rest.close, Some(1000), "normal close: {:?}", rest.texts);
+    assert_eq!(rest.exit_code(), Some(0), "{:?}", rest.texts);
+    assert_eq!(
+        rest.states().last().unwrap()["state"],
+        "exited",
+        "{:?}",
+        rest.texts
+    );
+
+    let mut received = part.bytes;
+    received.extend_from_slice(&rest.bytes);
+    let expected = seq_output(FLOOD_LINES);
+    let stored = transcript(&d, &id).await;
+    assert_same(
+        &received,
+        &stored,
+        "the two viewers' bytes vs the transcript",
+    );
+    assert_same(&stored, &expected, "the transcript vs `seq` through a PTY");
+    assert_eq!(sha256(&received), sha256(&expected));
+
+    let s = &get_session(&d, &id).await["session"];
+    assert_eq!(s["state"], "exited", "{s}");
+    assert_eq!(s["exit_code"], 0, "{s}");
+    assert_eq!(s["output_bytes"], expected.len() as u64, "{s}");
+    assert_eq!(s["caged"], true, "{s}");
+}
+
+#[tokio::test]
+async fn many_viewers_receive_identical_streams() {
+    let (_env, d) = setup("viewers").await;
+    let conn = Conn::of(&d);
+    let id = start(&d, "task", Some("medium")).await;
+    let viewers: Vec<_> = (0..8)
+        .map(|_| {
+            let (conn, id) = (conn.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut v = Viewer::open(&conn, &id, Some(0)).await;
+                v.read(0, |_| false).await
+            })
+        })
+        .collect();
+    let expected = seq_output(MEDIUM_LINES);
+    for (i, v) in futures_util::future::join_all(viewers)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let seen = v.unwrap();
+        assert_eq!(seen.close, Some(1000), "viewer {i}: {:?}", seen.texts);
+        assert_eq!(seen.exit_code(), Some(0), "viewer {i}: {:?}", seen.texts);
+        assert_same(&seen.bytes, &expected, &format!("viewer {i}"));
+    }
+    assert_same(&transcript(&d, &id).await, &expected, "transcript");
+}
+
+#[tokio::test]
+async fn a_stalled_viewer_stalls_neither_the_run_nor_other_viewers() {
+    let (_env, d) = setup("stalled").await;
+    let conn = Conn::of(&d);
+    let id = start(&d, "task", Some("big")).await;
+    // Asks for everything, then never reads: its socket buffers fill after a few MB.
+    let stalled = Viewer::open(&conn, &id, Some(0)).await;
+
+    let mut reader = Viewer::open(&conn, &id, Some(0)).await;
+    let seen = reader.read(0, |_| false).await;
+    assert_eq!(seen.close, Some(1000), "{:?}", seen.texts);
+    assert_eq!(seen.exit_code(), Some(0), "{:?}", seen.texts);
+    let expected = seq_output(BIG_LINES);
+    assert_same(&seen.bytes, &expected, "the reading viewer");
+
+    let s = &get_session(&d, &id).await["session"];
+    assert_eq!(s["state"], "exited", "{s}");
+    assert_eq!(s["output_bytes"], expected.len() as u64, "{s}");
+    assert_same(&transcript(&d, &id).await, &expected, "transcript");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn kill_during_output_ends_every_process_and_keeps_the_transcript() {
+    let (env, d) = setup("kill").await;
+    let conn = Conn::of(&d);
+    let operator = whoami(&d).await;
+    let id = start(&d, "task", Some("yes")).await;
+    let mut v = Viewer::open(&conn, &id, Some(0)).await;
+    let early = v.read(0, |s| s.bytes.len() >= 64 * 1024).await;
+    assert!(
+        !early.finished,
+        "`yes` stopped by itself: {:?}",
+        early.texts
+    );
+    assert!(
+        !processes_with(&env.marker).is_empty(),
+        "the run's processes are not visible by their marker"
+    );
+
+    let (status, body) = call(
+        &d,
+        Method::POST,
+        &format!("/api/v1/sessions/{id}/kill"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["session"], id.as_str(), "{body}");
+
+    // The viewer gets the rest of the output, the state, and a normal close.
+    let rest = v.read(early.end(), |_| false).await;
+    assert_eq!(rest.close, Some(1000), "{:?}", rest.texts);
+    assert_eq!(rest.exit_code(), None, "a killed run has no exit frame");
+    let last = rest.states().last().cloned().unwrap();
+    assert_eq!(last["state"], "killed", "{:?}", rest.texts);
+    assert_eq!(last["by"], operator.as_str(), "{:?}", rest.texts);
+
+    let v = wait_session(&d, &id, "the end", ended).await;
+    let s = &v["session"];
+    assert_eq!(s["state"], "killed", "{v}");
+    assert_eq!(s["reason"], operator.as_str(), "{v}");
+    let states: Vec<&str> = v["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["queued", "starting", "running", "stopping", "killed"],
+        "{v}"
+    );
+
+    // The transcript is kept, and is what the viewer saw: lines of `yes`.
+    let mut received = early.bytes;
+    received.extend_from_slice(&rest.bytes);
+    let stored = transcript(&d, &id).await;
+    assert_same(&received, &stored, "the viewer's bytes vs the transcript");
+    assert_eq!(s["output_bytes"], stored.len() as u64, "{s}");
+    let line = format!("{}\r\n", env.marker);
+    let whole = stored.len() - stored.len() % line.len();
+    assert!(
+        stored[..whole]
+            .chunks(line.len())
+            .all(|c| c == line.as_bytes()),
+        "the transcript is not `yes` output"
+    );
+    assert!(line.as_bytes().starts_with(&stored[whole..]));
+
+    wait_gone(&env.marker, "after the kill").await;
+
+    // An ended run cannot be killed again.
+    let (status, body) = call(
+        &d,
+        Method::POST,
+        &format!("/api/v1/sessions/{id}/kill"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+#[tokio::test]
+async fn a_daemon_killed_mid_run_leaves_a_failed_session_an_intact_transcript_and_no_process() {
+    let (env, d) = setup("crash").await;
+    let conn = Conn::of(&d);
+    let id = start(&d, "task", Some("ticker")).await;
+    let mut v = Viewer::open(&conn, &id, Some(0)).await;
+    let mut seen = v.read(0, |s| s.bytes.len() >= 256 * 1024).await;
+    assert!(!seen.finished, "the ticker stopped by itself");
+    assert!(!processes_with(&env.marker).is_empty());
+
+    d.signal("KILL");
+    // Whatever was already on its way still counts as received.
+    let after = v.read(seen.end(), |_| false).await;
+    seen.bytes.extend_from_slice(&after.bytes);
+    drop(v);
+    let (status, _) = d.stop_after_signal();
+    assert!(!status.success());
+
+    // The caged processes die with the daemon, before anything restarts.
+    wait_gone(&env.marker, "after the daemon was SIGKILLed").await;
+
+    let d = Daemon::start(&env.home());
+    let v = wait_session(&d, &id, "being marked failed", ended).await;
+    let s = &v["session"];
+    assert_eq!(s["state"], "failed", "{v}");
+    assert!(
+        s["reason"].as_str().unwrap().contains("kaged stopped"),
+        "{v}"
+    );
+    let stored = transcript(&d, &id).await;
+    assert!(
+        stored.len() >= seen.bytes.len(),
+        "the transcript ({} bytes) is shorter than what a viewer received ({})",
+        stored.len(),
+        seen.bytes.len()
+    );
+    assert_same(
+        &stored[..seen.bytes.len()],
+        &seen.bytes,
+        "the transcript's start vs what the viewer received",
+    );
+    // And the transcript is the ticker's lines, in order, without a hole.
+    let text = String::from_utf8(stored).unwrap();
+    let whole = &text[..text.rfind("\r\n").unwrap() + 2];
+    for (i, line) in whole.split_terminator("\r\n").enumerate() {
+        assert_eq!(line, format!("{} {}", env.marker, i + 1), "line {}", i + 1);
+    }
+    // A viewer of the failed run gets the stored output and the state.
+    let mut late = Viewer::open(&Conn::of(&d), &id, Some(0)).await;
+    let replay = late.read(0, |_| false).await;
+    assert_same(
+        replay.bytes.as_slice(),
+        text.as_bytes(),
+        "a late viewer's replay",
+    );
+    assert_eq!(replay.states().last().unwrap()["state"], "failed");
+}
+
+#[tokio::test]
+async fn a_terminal_takes_input_and_resizes() {
+    let (_env, d) = setup("terminal").await;
+    let conn = Conn::of(&d);
+    let id = start(&d, "terminal", None).await;
+    let mut v = Viewer::open(&conn, &id, Some(0)).await;
+    v.text(json!({"type": "resize", "rows": 40, "cols": 120}))
+        .await;
+    v.input(b"stty size\n").await;
+    let seen = v.read(0, |s| contains(&s.bytes, b"40 120")).await;
+    assert!(
+        contains(&seen.bytes, b"40 120"),
+        "no `40 120` in {:?}",
+        String::from_utf8_lossy(&seen.bytes)
+    );
+    let s = &get_session(&d, &id).await["session"];
+    assert_eq!(
+        (s["rows"].as_u64(), s["cols"].as_u64()),
+        (Some(40), Some(120)),
+        "{s}"
+    );
+
+    v.input(b"exit 3\n").await;
+    let rest = v.read(seen.end(), |_| false).await;
+    assert_eq!(rest.close, Some(1000), "{:?}", rest.texts);
+    assert_eq!(rest.exit_code(), Some(3), "{:?}", rest.texts);
+    let v = wait_session(&d, &id, "the end", ended).await;
+    assert_eq!(v["session"]["state"], "exited", "{v}");
+    assert_eq!(v["session"]["exit_code"], 3, "{v}");
+}
+
+/// Events from an events socket until `done` holds for one; the `hello` is checked and skipped.
+async fn read_events(ws: &mut Ws, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        match next_frame(ws).await {
+            Frame::Text(t) if t["type"] == "hello" => {
+                assert!(events.is_empty(), "hello after events: {t}");
+                assert!(t["identity"].is_string(), "{t}");
+            }
+            Frame::Text(t) => {
+                let stop = done(&t);
+                events.push(t);
+                if stop {
+                    return events;
+                }
+            }
+            other => panic!("unexpected on the events socket: {other:?}; so far: {events:?}"),
+        }
+    }
+}
+
+fn ended_event(id: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |e: &Value| e["session"] == id && e["type"] == "run.ended"
+}
+
+/// The (type, state) of one session's events, and a check that all cursors increase.
+fn summary(events: &[Value], id: &str) -> Vec<(String, String)> {
+    let cursors: Vec<i64> = events
+        .iter()
+        .map(|e| e["cursor"].as_i64().unwrap())
+        .collect();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "cursors do not increase: {cursors:?}"
+    );
+    events
+        .iter()
+        .filter(|e| e["session"] == id)
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn life_of_a_task() -> Vec<(String, String)> {
+    [
+        ("session.created", "queued"),
+        ("session.state", "starting"),
+        ("run.started", "running"),
+        ("run.ended", "exited"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect()
+}
+
+#[tokio::test]
+async fn events_replay_since_a_cursor_and_then_stream() {
+    let (_env, d) = setup("events").await;
+    let conn = Conn::of(&d);
+    let first = start(&d, "task", Some("hello")).await;
+    wait_session(&d, &first, "the end", ended).await;
+
+    let mut ws = conn.ws("/api/v1/events?since=0").await.unwrap();
+    let replay = read_events(&mut ws, ended_event(&first)).await;
+    assert_eq!(summary(&replay, &first), life_of_a_task(), "{replay:?}");
+    assert_eq!(replay[3]["detail"]["code"], 0, "{replay:?}");
+    let last = replay.last().unwrap()["cursor"].as_i64().unwrap();
+    drop(ws);
+
+    // Away for a while: what happened meanwhile is replayed, nothing older.
+    let second = start(&d, "task", Some("hello")).await;
+    wait_session(&d, &second, "the end", ended).await;
+    let mut ws = conn
+        .ws(&format!("/api/v1/events?since={last}"))
+        .await
+        .unwrap();
+    let missed = read_events(&mut ws, ended_event(&second)).await;
+    assert!(
+        missed
+            .iter()
+            .all(|e| e["cursor"].as_i64().unwrap() > last && e["session"] == second.as_str()),
+        "since={last} replayed older events: {missed:?}"
+    );
+    assert_eq!(summary(&missed, &second), life_of_a_task(), "{missed:?}");
+
+    // Then live: a new run streams on the same socket, continuing the cursors.
+    let last = missed.last().unwrap()["cursor"].as_i64().unwrap();
+    let third = start(&d, "task", Some("hello")).await;
+    let live = read_events(&mut ws, ended_event(&third)).await;
+    assert!(
+        live[0]["cursor"].as_i64().unwrap() > last,
+        "{live:?} after {last}"
+    );
+    assert_eq!(summary(&live, &third), life_of_a_task(), "{live:?}");
+}
+
+/// Run the CLI against `d` with `input` on its stdin; gives up after `PATIENCE`.
+fn cli_with_stdin(d: &Daemon, args: &[&str], input: &[u8]) -> std::process::Output {
+    let pairs: Vec<(&str, &str)> = d
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut child = kaged_cmd(&pairs)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!(
+                "`kaged {}` did not finish within {PATIENCE:?}",
+                args.join(" ")
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_session_cli_starts_lists_reads_and_attaches() {
+    let (_env, d) = setup("cli").await;
+    let out = d.cli(&["session", "start", "demo", "--task", "hello", "--detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id:?}"
+    );
+    wait_session(&d, &id, "the end", ended).await;
+
+    let out = d.cli(&["session", "transcript", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello from kaged\r\n");
+    assert_same(
+        &out.stdout,
+        &transcript(&d, &id).await,
+        "CLI vs HTTP transcript",
+    );
+
+    let out = d.cli(&["session", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8(out.stdout).unwrap();
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{list}"));
+    assert!(
+        row.contains("demo")
+            && row.contains("task")
+            && row.contains("hello")
+            && row.contains("exit 0"),
+        "{row}"
+    );
+
+    // Attach with piped stdin: the shell's exit status becomes the CLI's.
+    let out = d.cli(&["session", "start", "demo", "--terminal", "--detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tid = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = cli_with_stdin(
+        &d,
+        &["session", "attach", &tid],
+        b"echo attached-$((3+4)); exit 7\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("attached-7"), "{stdout}");
+    let s = &wait_session(&d, &tid, "the end", ended).await["session"];
+    assert_eq!(s["exit_code"], 7, "{s}");
+
+    // A malformed id is refused by the CLI itself.
+    let out = d.cli(&["session", "attach", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a session id"));
+}
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn errors_have_the_json_shape_and_the_right_code() {
+    let (_env, d) = setup("errors").await;
+    let conn = Conn::of(&d);
+    let create = |slug: &str, body: Value| {
+        let path = format!("/api/v1/projects/{slug}/sessions");
+        let d = &d;
+        async move { call(d, Method::POST, &path, Some(body)).await }
+    };
+
+    let (s, b) = create("nope", json!({"kind": "task", "name": "hello"})).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
+    let (s, b) = create("demo", json!({"kind": "bogus"})).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request");
+    let (s, b) = create("demo", json!({"kind": "task"})).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request");
+    let (s, b) = create("demo", json!({"kind": "task", "name": "ghost"})).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request");
+    let (s, b) = create("demo", json!({"kind": "terminal", "rows": 0})).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request");
+    let (s, b) = create("demo", json!({"kind": "terminal", "color": "red"})).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request");
+
+    let unknown = "0123456789abcdef0123456789abcdef";
+    for id in ["zzz", "../../etc/passwd", unknown] {
+        let id = id.replace('/', "%2F");
+        for (method, path) in [
+            (Method::GET, format!("/api/v1/sessions/{id}")),
+            (Method::GET, format!("/api/v1/sessions/{id}/transcript")),
+            (Method::POST, format!("/api/v1/sessions/{id}/kill")),
+        ] {
+            let (s, b) = call(&d, method, &path, None).await;
+            assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
+        }
+        match conn.ws(&format!("/api/v1/sessions/{id}/pty")).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), StatusCode::NOT_FOUND)
+            }
+            other => panic!(
+                "attach to {id}: expected a 404, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+
+    // Ended sessions: no second kill, no transcript range backwards, no resume past the end.
+    let id = start(&d, "task", Some("hello")).await;
+    wait_session(&d, &id, "the end", ended).await;
+    let (s, b) = call(
+        &d,
+        Method::POST,
+        &format!("/api/v1/sessions/{id}/kill"),
+        None,
+    )
+    .await;
+    assert_error(s, &b, StatusCode::CONFLICT, "conflict");
+    let (s, b) = call(
+        &d,
+        Method::GET,
+        &format!("/api/v1/sessions/{id}/transcript?start=5&end=2"),
+        None,
+    )
+    .await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request");
+    let mut v = Viewer::open(&conn, &id, Some(1 << 40)).await;
+    match next_frame(&mut v.ws).await {
+        Frame::Text(t) => assert_eq!(t["code"], "resume_ahead", "{t}"),
+        other => panic!("expected a resume_ahead error, got {other:?}"),
+    }
+    assert!(matches!(
+        next_frame(&mut v.ws).await,
+        Frame::Closed(Some(1008))
+    ));
+}
+
+/// Runs the daemon as `nobody` through setpriv when the suite runs as root (as CI does), else
+/// as the current user: the whole caged flow must work without privilege.
+#[tokio::test]
+async fn a_caged_terminal_works_for_an_unprivileged_operator() {
+    const NOBODY: u32 = 65534;
+    let as_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let uid = if as_root {
+        NOBODY
+    } else {
+        std::fs::metadata("/proc/self").unwrap().uid()
+    };
+    // The test binary may sit under a directory `nobody` cannot traverse.
+    let bin = root.join("bin/kaged");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::copy(kaged_bin(), &bin).unwrap();
+    let home = root.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let project = root.join("project");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        project_yaml("kaged-sessions-nobody"),
+    )
+    .unwrap();
+    let run = |cmd: &str, args: &[&str]| {
+        assert!(
+            Command::new(cmd).args(args).status().unwrap().success(),
+            "{cmd} {args:?}"
+        );
+    };
+    run(
+        "chmod",
+        &["0755", root.to_str().unwrap(), bin.to_str().unwrap()],
+    );
+    if as_root {
+        run(
+            "chown",
+            &["-R", &format!("{NOBODY}:{NOBODY}"), root.to_str().unwrap()],
+        );
+    }
+    let env: Vec<(String, String)> = vec![
+        ("KAGED_HOME".into(), home.to_str().unwrap().into()),
+        ("HOME".into(), home.to_str().unwrap().into()),
+    ];
+    let mut cmd = if as_root {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--",
+        ]);
+        c.arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["start", "--bind", "127.0.0.1:0"]);
+    let d = Daemon::spawn(cmd, &home, &home.join("run"), env);
+    load_project(&d, &project).await;
+    let operator = whoami(&d).await;
+    if as_root {
+        assert_eq!(operator, "user:nobody");
+    }
+
+    let id = start(&d, "terminal", None).await;
+    let mut v = Viewer::open(&Conn::of(&d), &id, Some(0)).await;
+    v.input(b"echo \"uid=$(id -u) caged=$KAGED_CAGE pwd=$(pwd)\"; exit 5\n")
+        .await;
+    let seen = v.read(0, |_| false).await;
+    let text = String::from_utf8_lossy(&seen.bytes);
+    assert!(
+        text.contains(&format!("uid={uid} caged=1 pwd=/workspace")),
+        "{text}"
+    );
+    assert_eq!(seen.exit_code(), Some(5), "{:?} {text}", seen.texts);
+
+    let v = wait_session(&d, &id, "the end", ended).await;
+    let s = &v["session"];
+    assert_eq!(
+        (s["state"].as_str(), s["exit_code"].as_i64()),
+        (Some("exited"), Some(5)),
+        "{v}"
+    );
+    assert_eq!(s["caged"], true, "{v}");
+    assert_eq!(s["created_by"], operator.as_str(), "{v}");
+    let file = home.join(format!("transcripts/{id}.out"));
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), uid);
+    assert_eq!(mode_of(&file), 0o600);
+    assert_same(
+        &std::fs::read(&file).unwrap(),
+        &transcript(&d, &id).await,
+        "transcript file vs HTTP",
+    );
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// While a run ends, `GET /api/v1/sessions/{id}` must not contradict itself: a session it
+/// reports as ended has its end recorded (exit code, end time, final transition). Polled
+/// without pause over several short runs, to land in the moment the run ends.
+#[tokio::test]
+async fn a_session_reported_ended_has_its_end_recorded() {
+    let (_env, d) = setup("consistent").await;
+    for _ in 0..20 {
+        let id = start(&d, "task", Some("hello")).await;
+        let start = Instant::now();
+        loop {
+            let v = get_session(&d, &id).await;
+            let s = &v["session"];
+            if s["state"] == "exited" {
+                let last = v["transitions"].as_array().unwrap().last().unwrap();
+                assert!(
+                    s["exit_code"] == 0 && s["ended_at_ms"].is_i64() && last["state"] == "exited",
+                    "the session says exited, but its exit code, end time or final transition is missing: {v}"
+                );
+                break;
+            }
+            assert!(start.elapsed() < PATIENCE, "never ended: {v}");
+        }
+    }
+}
+
+/// An interactive POSIX `sh` (dash on Debian) in a cage must report the exit status it is
+/// given, like bash does.
+#[tokio::test]
+async fn an_interactive_sh_in_a_cage_exits_with_its_status() {
+    let (_env, d) = setup("dash").await;
+    // The primary agent's command is `[sh]`: an interactive shell on the PTY.
+    let id = start(&d, "agent", Some("primary")).await;
+    let mut v = Viewer::open(&Conn::of(&d), &id, Some(0)).await;
+    v.input(b"echo sum=$((3+4)); exit 3\n").await;
+    let seen = v.read(0, |_| false).await;
+    let text = String::from_utf8_lossy(&seen.bytes).to_string();
+    assert!(text.contains("sum=7"), "{text}");
+    assert_eq!(seen.exit_code(), Some(3), "output: {text:?}");
+}
+
+/// A viewer resumes at the offset it has received up to; the server must never refuse that
+/// offset as ahead of the output. The viewer here reconnects after every frame while the run
+/// floods, on a large screen that makes the daemon's screen model slow: that widens the moment
+/// in which a frame may carry bytes the daemon has not counted in its end offset yet.
+#[tokio::test]
+async fn resuming_where_a_viewer_stopped_is_never_refused() {
+    let (_env, d) = setup("resume").await;
+    let conn = Conn::of(&d);
+    let id = start_sized(&d, "task", Some("flood"), 1000, 1000).await;
+    let mut received = Vec::new();
+    for reconnect in 0..100 {
+        let k = received.len() as u64;
+        let mut v = Viewer::open(&conn, &id, Some(k)).await;
+        let end = v.hello["end"].as_u64().unwrap();
+        assert!(
+            end >= k,
+            "reconnect {reconnect}: this viewer was sent {k} bytes, but a new connection says the output ends at {end} and refuses `resume` {k} as resume_ahead"
+        );
+        let seen = v.read(k, |s| !s.bytes.is_empty()).await;
+        received.extend_from_slice(&seen.bytes);
+        if seen.finished {
+            break;
+        }
+    }
+    let (status, body) = call(
+        &d,
+        Method::POST,
+        &format!("/api/v1/sessions/{id}/kill"),
+        None,
+    )
+    .await;
+    assert!(
+        status == StatusCode::ACCEPTED || status == StatusCode::CONFLICT,
+        "{status} {body}"
+    );
+    wait_session(&d, &id, "the end", ended).await;
+    let stored = transcript(&d, &id).await;
+    assert!(stored.len() >= received.len());
+    assert_same(
+        &stored[..received.len()],
+        &received,
+        "the transcript vs what the viewer was sent",
+    );
+    let expected = seq_output(FLOOD_LINES);
+    assert_same(
+        &received,
+        &expected[..received.len()],
+        "what the viewer was sent vs `seq`",
+    );
+}
