@@ -587,6 +587,10 @@ fn follow_screen(
     handle: &tokio::runtime::Handle,
     pump_done: &std::sync::atomic::AtomicBool,
 ) {
+    // Spare CPU only: during a flood the model falls behind (and catches up from the
+    // transcript) rather than taking a core from the program or the viewers. Linux applies
+    // a thread id's nice value to that thread alone.
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
     let mut ends = live.end.subscribe();
     loop {
         let done = pump_done.load(std::sync::atomic::Ordering::SeqCst);
