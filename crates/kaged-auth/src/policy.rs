@@ -341,7 +341,10 @@ impl Policy {
         let Some(cookie) = facts.session_cookie else {
             if let Mechanism::InsecureReadonly = self.mechanism {
                 // Nor the audit trail: it names people, addresses and token events.
+                // Transcripts are what the PTY stream shows: refused alike.
                 let streams_or_admin = facts.path.starts_with("/api/v1/events")
+                    || (facts.path.starts_with("/api/v1/sessions/")
+                        && facts.path.ends_with("/transcript"))
                     || facts.path.starts_with("/api/v1/audit")
                     || facts.path == "/api/v1/tokens"
                     || facts.path.starts_with("/api/v1/tokens/");

@@ -30,6 +30,9 @@ use crate::allow::{Allowlist, Decision, EntryKind, Host, check_resolved, parse_a
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// More headers than this is treated like an oversized head.
 const MAX_HEADERS: usize = 100;
+/// Open connections one cage may hold at once: each costs the daemon two descriptors, and a
+/// cage must not be able to starve the daemon (and every other cage) of them.
+pub const MAX_CONNECTIONS: usize = 128;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -98,6 +101,10 @@ pub async fn serve_with(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
+                    tracing::warn!(limit = MAX_CONNECTIONS, "egress proxy: connection limit reached; refusing");
+                    drop(stream);
+                }
                 Ok((stream, _)) => {
                     let context = Arc::clone(&context);
                     connections.spawn(async move { handle(stream, &context).await });

@@ -16,6 +16,7 @@
 //! uncaged run whose children left its process group.
 
 mod cgroup;
+mod facts;
 mod preflight;
 mod tree;
 
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use nix::unistd::Pid;
 
 pub use cgroup::{Cgroups, limit_facts};
+pub use facts::host_facts;
 pub use nix::sys::signal::Signal;
 pub use preflight::{Check, preflight, sandbox_problem};
 pub use tree::descendants;
@@ -276,6 +278,9 @@ pub fn caged(
     })
 }
 
+/// Held while a PTY is opened and while any run is spawned (see `spawn_pty`).
+static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Run in the foreground on the caller's terminal (`kaged cage run`); returns how it ended.
 /// Past `wall_time`, or with more than `max_processes` processes (the watchdog of a host
 /// without cgroups; bwrap's own two not counted), the run is killed (reported as SIGKILL).
@@ -289,10 +294,11 @@ pub fn run_foreground(
         program: program.to_string(),
         source,
     };
-    let mut child = prepared
-        .command
-        .spawn()
-        .map_err(|e| start_error(&prepared.program, e))?;
+    let spawned = {
+        let _spawning = SPAWN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        prepared.command.spawn()
+    };
+    let mut child = spawned.map_err(|e| start_error(&prepared.program, e))?;
     let killer = Killer {
         pid: child.id(),
         caged: prepared.caged,
@@ -410,6 +416,10 @@ pub struct PtyRun {
 /// the run (see `setpriv --pdeathsig` above).
 pub fn spawn_pty(spec: &Spec, rows: u16, cols: u16) -> Result<PtyRun, SpawnError> {
     let prepared = prepare(spec)?;
+    // pty-process opens the master and only then marks it close-on-exec: a run spawned by
+    // another thread in between would carry this run's terminal into its cage. Opening and
+    // spawning are therefore serialized.
+    let _spawning = SPAWN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (pty, pts) = pty_process::blocking::open().map_err(|e| SpawnError::Pty(e.to_string()))?;
     pty.resize(pty_process::Size::new(rows, cols))
         .map_err(|e| SpawnError::Pty(e.to_string()))?;

@@ -17,8 +17,13 @@ pub struct Check {
 fn userns_works() -> Result<(), String> {
     let out = Command::new("bwrap")
         .args([
+            // The namespaces of the default cage: some hosts allow user namespaces but refuse
+            // a network namespace inside them.
             "--unshare-user",
             "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-net",
             "--ro-bind",
             "/",
             "/",

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kaged_cage::{Host, Launch, Policy, SYSTEM_DIRS, compile, policy_for, unenforced};
+use kaged_cage::{Launch, Policy, compile, policy_for, unenforced};
 
 use crate::Failure;
 use crate::cli::CageCommand;
@@ -53,15 +53,7 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
     env.sort();
-    let host = Host {
-        system_dirs: SYSTEM_DIRS
-            .iter()
-            .filter(|d| Path::new(d).exists())
-            .map(|d| d.to_string())
-            .collect(),
-        has_git: root.join(".git").is_dir(),
-        has_kaged: root.join(".kaged").is_dir(),
-    };
+    let host = kaged_spawn::host_facts(&root, &policy).map_err(Failure::Config)?;
     // An allowlist gets its proxy for the life of the command; its decisions are printed.
     let helper = std::env::current_exe()
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot find kaged itself: {e}")))?;

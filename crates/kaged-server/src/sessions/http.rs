@@ -215,6 +215,15 @@ pub async fn kill(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
+    if !super::may_control(&principal, &record.created_by) {
+        return Err(ApiError::new(
+            "forbidden",
+            format!(
+                "session {id} belongs to {}; only they (or the local operator) may end it",
+                record.created_by
+            ),
+        ));
+    }
     let Some(live) = state.runs.get(&id).filter(|l| !l.state().is_terminal()) else {
         return Err(ApiError::new(
             "conflict",

@@ -285,6 +285,18 @@ fn new_id() -> Result<String, ApiError> {
     Ok(hex::encode(bytes))
 }
 
+/// Whether `principal` may type into, resize or kill a run `created_by` someone. On a shared
+/// box (sidecar, user tokens, trusted proxy) people control their own runs only; the local
+/// operator (nonce, launch-URL session), the bootstrap token and `--insecure` control all.
+pub(crate) fn may_control(principal: &kaged_auth::Principal, created_by: &str) -> bool {
+    use kaged_auth::AuthMethod::*;
+    match principal.method {
+        Sidecar | IdentityToken | TrustedProxy => principal.id == created_by,
+        Session | Nonce | Insecure | BootstrapToken => true,
+        InsecureReadonly => false,
+    }
+}
+
 /// Ids are ours (hex); anything else in a URL is refused before it reaches a path.
 pub(crate) fn valid_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())

@@ -49,7 +49,8 @@ pub async fn attach(
     let may_write = state
         .policy
         .check_change(&principal, "POST", "/api/v1/sessions")
-        .is_ok();
+        .is_ok()
+        && super::may_control(&principal, &record.created_by);
     Ok(ws
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
@@ -196,9 +197,16 @@ async fn serve(
         }
         (Some(offset), _) => offset,
         (None, Some(live)) => {
-            let (bytes, offset) = {
-                let s = lock(&live.screen);
+            let snap_live = live.clone();
+            let snapshot = tokio::task::spawn_blocking(move || {
+                super::run::catch_up(&snap_live, *snap_live.end.borrow());
+                let s = lock(&snap_live.screen);
                 (s.screen.snapshot(), s.offset)
+            })
+            .await;
+            let Ok((bytes, offset)) = snapshot else {
+                reader.abort();
+                return;
             };
             if sink
                 .send(Message::Binary(encode_snapshot(offset, &bytes).into()))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kaged_cage::{Host, Launch, Policy, RunKind, RunPlan, SYSTEM_DIRS};
+use kaged_cage::{Launch, Policy, RunKind, RunPlan};
 use kaged_config::SandboxMode;
 use kaged_session::log::OutputLog;
 use kaged_session::screen::Screen;
@@ -304,6 +304,10 @@ impl Runner {
                 json!({"session": self.live.id, "enforced": plan.enforced, "unenforced": plan.unenforced}),
             );
         }
+        // Killed while the cage was being prepared: nothing of the command may start.
+        if self.live.state().kind() != StateKind::Starting {
+            return;
+        }
         let run = match kaged_spawn::spawn_pty(&prepared.spec, self.rows, self.cols) {
             Ok(r) => r,
             Err(e) => return self.fail(e.to_string()),
@@ -385,15 +389,7 @@ impl Runner {
         env.push(("KAGED_SESSION".into(), self.live.id.clone()));
         let helper =
             std::env::current_exe().map_err(|e| format!("cannot find kaged itself: {e}"))?;
-        let host = Host {
-            system_dirs: SYSTEM_DIRS
-                .iter()
-                .filter(|p| Path::new(p).exists())
-                .map(|p| p.to_string())
-                .collect(),
-            has_git: d.root.join(".git").is_dir(),
-            has_kaged: d.root.join(".kaged").is_dir(),
-        };
+        let host = kaged_spawn::host_facts(&d.root, &d.policy)?;
         let caged = d.uncaged_because.is_none();
         let policy = if caged { &d.policy } else { &Policy::Disabled };
         let argv = kaged_cage::compile(
@@ -453,7 +449,7 @@ impl Runner {
     /// Read the PTY until the run closes it: transcript first, then memory, then viewers.
     fn pump(&self, terminal: &kaged_spawn::Terminal, transcript: &mut std::fs::File) {
         let mut buf = vec![0u8; READ_CHUNK];
-        let mut transcript_ok = true;
+        let mut transcript_ok = true; // Reported once.
         loop {
             let n = match terminal.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -468,9 +464,9 @@ impl Runner {
             // log that lie past the end it may resume from.
             let mut out = lock(&self.live.output);
             let end = out.log.append(chunk);
-            if transcript_ok {
-                let _ = out.log.mark_persisted(end);
-            }
+            // Marked even after a transcript failure (already logged): memory must stay
+            // bounded, so such bytes are lost to late readers rather than held forever.
+            let _ = out.log.mark_persisted(end);
             self.live.end.send_replace(end);
         }
     }
@@ -582,53 +578,78 @@ mod nix_signal {
 /// Largest batch the screen model takes at once.
 const SCREEN_BATCH: usize = 256 * 1024;
 
+/// Output quiet for this long lets the screen model catch up.
+const SCREEN_QUIET: Duration = Duration::from_millis(30);
+/// Behind by more than this, the model starts afresh from the last [`SCREEN_TAIL`] bytes
+/// rather than parse a whole flood nobody saw (what was on screen before is long gone).
+const SCREEN_MAX_LAG: u64 = 8 * 1024 * 1024;
+const SCREEN_TAIL: u64 = 1024 * 1024;
+
+/// Bring the screen model up to `upto` (bounded by the skip rule above).
+pub(crate) fn catch_up(live: &Live, upto: u64) {
+    let mut screen = lock(&live.screen);
+    if upto.saturating_sub(screen.offset) > SCREEN_MAX_LAG {
+        let (rows, cols) = *lock(&live.size);
+        screen.screen = kaged_session::screen::Screen::new(rows, cols);
+        screen.offset = upto - SCREEN_TAIL;
+    }
+    while screen.offset < upto {
+        let at = screen.offset;
+        let batch = {
+            let out = lock(&live.output);
+            match out
+                .log
+                .read_from(at, SCREEN_BATCH.min((upto - at) as usize))
+            {
+                kaged_session::log::Read::Bytes { data, .. } => Some(data),
+                _ => None,
+            }
+        };
+        // Fell out of memory: the transcript has it.
+        let batch = match batch {
+            Some(b) => b,
+            None => match super::http::read_range(
+                &live.transcript,
+                at,
+                upto.min(at + SCREEN_BATCH as u64),
+            ) {
+                Ok(b) => b,
+                Err(_) => return,
+            },
+        };
+        if batch.is_empty() {
+            return;
+        }
+        screen.screen.process(&batch);
+        screen.offset = at + batch.len() as u64;
+    }
+}
+
+/// The screen model follows the output lazily: when it goes quiet, and at the end. The
+/// terminal parser is slower than a PTY, so during a flood it waits (a new viewer's snapshot
+/// catches it up first, see `pty.rs`), and it never takes CPU from the run.
 fn follow_screen(
     live: &Live,
     handle: &tokio::runtime::Handle,
     pump_done: &std::sync::atomic::AtomicBool,
 ) {
-    // Spare CPU only: during a flood the model falls behind (and catches up from the
-    // transcript) rather than taking a core from the program or the viewers. Linux applies
-    // a thread id's nice value to that thread alone.
     let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
     let mut ends = live.end.subscribe();
     loop {
-        let done = pump_done.load(std::sync::atomic::Ordering::SeqCst);
-        let target = *ends.borrow_and_update();
-        let mut at = lock(&live.screen).offset;
-        while at < target {
-            let batch = {
-                let out = lock(&live.output);
-                match out.log.read_from(at, SCREEN_BATCH) {
-                    kaged_session::log::Read::Bytes { data, .. } => Some(data),
-                    _ => None,
+        if pump_done.load(std::sync::atomic::Ordering::SeqCst) {
+            catch_up(live, *ends.borrow());
+            return;
+        }
+        match handle.block_on(tokio::time::timeout(SCREEN_QUIET, ends.changed())) {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // Quiet: catch up, then sleep until there is more.
+                catch_up(live, *ends.borrow_and_update());
+                if handle.block_on(ends.changed()).is_err() {
+                    return;
                 }
-            };
-            let batch = match batch {
-                Some(b) => b,
-                // Fell out of memory: the transcript has it.
-                None => match super::http::read_range(
-                    &live.transcript,
-                    at,
-                    target.min(at + SCREEN_BATCH as u64),
-                ) {
-                    Ok(b) => b,
-                    Err(_) => break,
-                },
-            };
-            if batch.is_empty() {
-                break;
             }
-            let mut screen = lock(&live.screen);
-            screen.screen.process(&batch);
-            screen.offset = at + batch.len() as u64;
-            at = screen.offset;
-        }
-        if done {
-            return;
-        }
-        if handle.block_on(ends.changed()).is_err() {
-            return;
         }
     }
 }
