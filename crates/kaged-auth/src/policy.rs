@@ -628,6 +628,16 @@ mod tests {
             ("GET", "/api/v1/tokens", false),
             ("GET", "/api/v1/audit", false),
             ("GET", "/api/v1/events", true),
+            (
+                "GET",
+                "/api/v1/sessions/0123456789abcdef0123456789abcdef/transcript",
+                false,
+            ),
+            (
+                "GET",
+                "/api/v1/sessions/0123456789abcdef0123456789abcdef/pty",
+                true,
+            ),
         ] {
             let mut f = get("127.0.0.1:7777");
             f.method = method;

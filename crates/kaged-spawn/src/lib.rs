@@ -32,7 +32,7 @@ pub use cgroup::{Cgroups, limit_facts};
 pub use facts::host_facts;
 pub use nix::sys::signal::Signal;
 pub use preflight::{Check, preflight, sandbox_problem};
-pub use tree::descendants;
+pub use tree::{descendants, members};
 
 const BWRAP: &str = "bwrap";
 
@@ -340,7 +340,7 @@ impl Killer {
     /// Send `signal` to every process of the run (the started process last, so a cage's
     /// init does not take the others down before they had a chance to handle it).
     pub fn signal_all(&self, signal: Signal) {
-        for pid in descendants(self.pid) {
+        for pid in members(self.pid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
         }
         let _ = nix::sys::signal::kill(Pid::from_raw(self.pid as i32), signal);
@@ -348,7 +348,7 @@ impl Killer {
 
     /// End the run now: nothing of it survives.
     pub fn kill(&self) {
-        let rest = descendants(self.pid);
+        let rest = members(self.pid);
         let _ = nix::sys::signal::kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         if !self.caged {
             // The run leads its own session and process group (the PTY made it so).

@@ -13,6 +13,41 @@ fn parent_of(stat: &str) -> Option<u32> {
     fields.next()?.parse().ok()
 }
 
+/// The session of a process from its `/proc/PID/stat` text.
+fn session_of(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Every live process of `root`'s run: its descendants, and every process still in the
+/// session `root` leads (a run's processes keep it even when orphaned, e.g. a cage whose
+/// bwrap died before `--die-with-parent` took hold).
+pub fn members(root: u32) -> Vec<u32> {
+    let mut out = descendants(root);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != root
+                && !out.contains(&pid)
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .as_deref()
+                    .and_then(session_of)
+                    == Some(root)
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// Every live descendant of `root` (not `root` itself), parents before children.
 pub fn descendants(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -55,6 +90,7 @@ mod tests {
         assert_eq!(parent_of("42 (sh) S 7 42 42 0"), Some(7));
         assert_eq!(parent_of("42 (a) b) (c) R 9 1 1"), Some(9));
         assert_eq!(parent_of("42 (truncated"), None);
+        assert_eq!(session_of("42 (a) b) S 7 40 41 0"), Some(41));
     }
 
     #[test]

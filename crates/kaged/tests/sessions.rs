@@ -1247,3 +1247,54 @@ async fn resuming_where_a_viewer_stopped_is_never_refused() {
         "what the viewer was sent vs `seq`",
     );
 }
+
+/// On a shared box a user token controls its own runs only: another user may watch a run but
+/// neither type into it nor end it; the local operator may do both.
+#[tokio::test]
+async fn only_the_owner_or_the_local_operator_controls_a_run() {
+    let (_env, d) = setup("owner").await;
+    let token_for = |actor: &str| {
+        let out = d.cli(&["tokens", "create", "--actor", actor]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (alice, bob) = (token_for("alice"), token_for("bob"));
+    let as_user = |token: &str, method: Method, path: &str| {
+        plain_client()
+            .request(method, format!("{}{path}", d.base))
+            .header("authorization", format!("Bearer {token}"))
+    };
+    let created = as_user(&alice, Method::POST, "/api/v1/projects/demo/sessions")
+        .json(&json!({"kind": "terminal"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let body: Value = created.json().await.unwrap();
+    let id = body["session"]["id"].as_str().unwrap().to_string();
+    assert_eq!(body["session"]["created_by"], "alice", "{body}");
+    // Bob can read it, but not end it.
+    let seen = as_user(&bob, Method::GET, &format!("/api/v1/sessions/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen.status(), StatusCode::OK);
+    let refused = as_user(&bob, Method::POST, &format!("/api/v1/sessions/{id}/kill"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    assert!(get_session(&d, &id).await["session"]["state"] != "killed");
+    // The local operator can.
+    let (status, _) = call(
+        &d,
+        Method::POST,
+        &format!("/api/v1/sessions/{id}/kill"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    wait_session(&d, &id, "killed", |s| s["state"] == "killed").await;
+}
