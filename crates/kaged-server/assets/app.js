@@ -1023,7 +1023,7 @@ const THEME = {
   selectionBackground: "#3b5b8a",
 };
 const encoder = new TextEncoder();
-/** Largest input frame (the server takes up to 1 MiB; pastes are chunked). */
+/** Largest input frame (the server takes up to 256 KiB; pastes are chunked). */
 const INPUT_CHUNK = 64 * 1024;
 
 function newTerminal(host, readOnly) {

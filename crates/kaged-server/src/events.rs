@@ -76,6 +76,7 @@ async fn serve_events(
             .transitions_after(since, None, MAX_REPLAY)
             .await
             .unwrap_or_default();
+        let more = replay.len() == MAX_REPLAY;
         for t in replay {
             cursor = t.id;
             let event = crate::sessions::RunEvent { transition: t };
@@ -89,6 +90,16 @@ async fn serve_events(
         }
         if cursor == i64::MAX {
             cursor = since;
+        }
+        if more {
+            // Paged: the client comes back for the rest from where this page ended.
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: CLOSE_TOO_SLOW,
+                    reason: format!("more events; reconnect with ?since={cursor}").into(),
+                })))
+                .await;
+            return;
         }
     } else {
         cursor = i64::MIN;

@@ -105,6 +105,8 @@ pub struct Live {
     pub(crate) input: Mutex<Option<std::sync::mpsc::SyncSender<Input>>>,
     pub(crate) killer: Mutex<Option<kaged_spawn::Killer>>,
     pub(crate) ended_at_ms: Mutex<Option<i64>>,
+    /// Viewers attached now (capped, see `pty.rs`).
+    pub(crate) viewers: std::sync::atomic::AtomicUsize,
 }
 
 impl Live {

@@ -23,7 +23,9 @@ use crate::error::ApiError;
 use crate::state::{ServerState, lock};
 
 /// Largest client message (a paste); input is chunked by the client beyond that.
-const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
+const MAX_CLIENT_MESSAGE: usize = 256 * 1024;
+/// Viewers one live run may have at once.
+const MAX_VIEWERS: usize = 64;
 /// Output bytes per frame.
 const FRAME_BYTES: usize = 64 * 1024;
 /// A viewer that cannot take a frame for this long is dropped; it resumes from its offset.
@@ -46,6 +48,16 @@ pub async fn attach(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
+    let live = state.runs.get(&id);
+    let seat = match &live {
+        Some(live) => Some(ViewerSeat::take(live.clone()).ok_or_else(|| {
+            ApiError::new(
+                "rate_limited",
+                format!("session {id} already has {MAX_VIEWERS} viewers; close one first"),
+            )
+        })?),
+        None => None,
+    };
     let may_write = state
         .policy
         .check_change(&principal, "POST", "/api/v1/sessions")
@@ -54,7 +66,34 @@ pub async fn attach(
     Ok(ws
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, state, record, principal, may_write)))
+        .on_upgrade(move |socket| async move {
+            serve(socket, state, record, principal, may_write).await;
+            drop(seat);
+        }))
+}
+
+/// One of a live run's viewer places, given back when the viewer goes.
+struct ViewerSeat(Arc<Live>);
+
+impl ViewerSeat {
+    fn take(live: Arc<Live>) -> Option<ViewerSeat> {
+        use std::sync::atomic::Ordering;
+        let taken = live
+            .viewers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_VIEWERS).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then_some(ViewerSeat(live))
+    }
+}
+
+impl Drop for ViewerSeat {
+    fn drop(&mut self) {
+        self.0
+            .viewers
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;

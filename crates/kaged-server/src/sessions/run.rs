@@ -23,7 +23,8 @@ use crate::state::{ServerState, lock};
 /// Bytes read from the PTY at once.
 const READ_CHUNK: usize = 64 * 1024;
 /// Input messages queued per run before input is refused (the program is not reading).
-const INPUT_QUEUE: usize = 1024;
+/// With messages of at most 256 KiB that bounds a run's queued input to 16 MiB.
+const INPUT_QUEUE: usize = 64;
 /// After SIGTERM/SIGHUP, how long a run has before SIGKILL.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(3);
 
@@ -178,6 +179,7 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         input: Mutex::new(Some(input_tx)),
         killer: Mutex::new(None),
         ended_at_ms: Mutex::new(None),
+        viewers: std::sync::atomic::AtomicUsize::new(0),
     });
     let first = StateChange {
         session_id: id.clone(),
