@@ -390,12 +390,10 @@ pub fn compile(
     Ok(a)
 }
 
-/// Policy parts this build cannot enforce yet, to report (never to skip silently).
+/// Policy parts this run cannot enforce, to report (never to skip silently). Limits are
+/// reported by [`plan_limits`], which knows the host.
 pub fn unenforced(policy: &Policy, egress: bool) -> Vec<String> {
-    let Policy::Caged {
-        network, limits, ..
-    } = policy
-    else {
+    let Policy::Caged { network, .. } = policy else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -407,7 +405,6 @@ pub fn unenforced(policy: &Policy, egress: bool) -> Vec<String> {
             hosts.join(", ")
         ));
     }
-    let _ = limits; // Reported by `plan_limits`, which knows the host.
     out
 }
 

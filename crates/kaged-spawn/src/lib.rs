@@ -44,6 +44,10 @@ pub enum SpawnError {
     NoBwrap,
     #[error("cannot write the seccomp program: {0}")]
     Seccomp(std::io::Error),
+    #[error(
+        "cannot set up the cage's cgroups ({0}); run `kaged doctor` to see how limits can be enforced on this host"
+    )]
+    Cgroup(String),
     #[error("cannot open a PTY: {0}")]
     Pty(String),
     #[error("cannot start `{program}`: {source}")]
@@ -75,6 +79,27 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// An uncaged run (`cage: disabled`, `--no-sandbox`): `argv` in `cwd`, with `granted`
+    /// plus the daemon user's PATH, HOME, USER, LANG and SHELL, and nothing else of the
+    /// daemon's environment (its tokens included).
+    pub fn uncaged(argv: Vec<String>, cwd: PathBuf, granted: &[(String, String)]) -> Spec {
+        let mut env = granted.to_vec();
+        for k in ["PATH", "HOME", "USER", "LANG", "SHELL"] {
+            if let Ok(v) = std::env::var(k) {
+                env.push((k.into(), v));
+            }
+        }
+        Spec {
+            argv,
+            seccomp_bpf: None,
+            prefix: Vec::new(),
+            rlimits: Vec::new(),
+            cgroup_procs: Vec::new(),
+            cwd: Some(cwd),
+            env,
+        }
+    }
+
     pub fn is_caged(&self) -> bool {
         self.seccomp_bpf.is_some()
     }
@@ -120,6 +145,17 @@ pub fn bwrap_version() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A new directory only this user can enter (0700), under the temporary directory, with a
+/// random name starting with `prefix`. The caller removes it.
+pub fn private_dir(prefix: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", hex::encode(random)));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
 /// The seccomp program in a private file (0600 in a fresh 0700 directory), removed on drop.
 #[derive(Debug)]
 pub struct SeccompFile {
@@ -129,11 +165,8 @@ pub struct SeccompFile {
 
 impl SeccompFile {
     pub fn write(bpf: &[u8]) -> std::io::Result<SeccompFile> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        let mut random = [0u8; 8];
-        getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let dir = std::env::temp_dir().join(format!("kaged-seccomp-{}", hex::encode(random)));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = private_dir("kaged-seccomp")?;
         let file = SeccompFile {
             path: dir.join("filter.bpf"),
             dir,
@@ -188,10 +221,10 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
                 .map(|p| p.display().to_string())
                 .collect();
             if procs.iter().any(|p| p.contains(char::is_whitespace)) {
-                return Err(SpawnError::Start {
-                    program: "cgroup".into(),
-                    source: std::io::Error::other("a cgroup path holds whitespace"),
-                });
+                return Err(SpawnError::Cgroup(format!(
+                    "a cgroup path holds whitespace: {}",
+                    procs.join(" ")
+                )));
             }
             c.args(["/bin/sh", "-c"])
                 .arg(format!(
@@ -232,7 +265,16 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
     }
     Ok(Prepared {
         command: c,
-        program: spec.argv.first().cloned().unwrap_or_default(),
+        // What an operator would look for when the start fails (the first program is
+        // always setpriv; a caged argv starts with bwrap's options, not a program).
+        program: format!(
+            "setpriv (util-linux) running {}",
+            if spec.is_caged() {
+                "bwrap"
+            } else {
+                spec.argv.first().map_or("", String::as_str)
+            }
+        ),
         caged: spec.is_caged(),
         seccomp,
     })
@@ -258,10 +300,7 @@ pub fn caged(
     let cgroups = if plan.cgroup.is_empty() {
         Cgroups::default()
     } else {
-        Cgroups::create(name, &plan.cgroup).map_err(|source| SpawnError::Start {
-            program: "cgroup".into(),
-            source,
-        })?
+        Cgroups::create(name, &plan.cgroup).map_err(|e| SpawnError::Cgroup(e.to_string()))?
     };
     Ok(CagedRun {
         spec: Spec {
@@ -311,11 +350,7 @@ pub fn run_foreground(
         {
             break status;
         }
-        let too_many = || {
-            max_processes.is_some_and(|max| {
-                killer.process_count() as u64 > max + if prepared.caged { 2 } else { 0 }
-            })
-        };
+        let too_many = || max_processes.is_some_and(|max| killer.process_count() as u64 > max);
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) || too_many() {
             killer.kill();
         }
@@ -359,9 +394,15 @@ impl Killer {
         }
     }
 
-    /// How many processes the run has now (the started one included).
+    /// How many processes the command has now: for a cage, bwrap's own two (the outer
+    /// process and the namespace's init) are not counted, so this compares with a pids limit.
     pub fn process_count(&self) -> usize {
-        1 + descendants(self.pid).len()
+        let all = 1 + descendants(self.pid).len();
+        if self.caged {
+            all.saturating_sub(2)
+        } else {
+            all
+        }
     }
 }
 

@@ -57,7 +57,8 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
     // An allowlist gets its proxy for the life of the command; its decisions are printed.
     let helper = std::env::current_exe()
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot find kaged itself: {e}")))?;
-    let egress_dir = tempfile_dir("kaged-egress").map_err(Failure::Runtime)?;
+    let egress_dir = kaged_spawn::private_dir("kaged-egress")
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot make a private directory: {e}")))?;
     let proxy = match &policy {
         Policy::Caged {
             network: kaged_cage::Network::Allow(hosts),
@@ -101,15 +102,7 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
             eprintln!(
                 "kaged: warning: the cage of `{agent}` is disabled; running uncaged as this user"
             );
-            kaged_spawn::Spec {
-                argv,
-                seccomp_bpf: None,
-                prefix: Vec::new(),
-                rlimits: Vec::new(),
-                cgroup_procs: Vec::new(),
-                cwd: Some(root.clone()),
-                env: uncaged_env(&env),
-            }
+            kaged_spawn::Spec::uncaged(argv, root.clone(), &env)
         }
         Policy::Caged {
             seccomp, limits, ..
@@ -149,27 +142,6 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
         0 => Ok(()),
         code => Err(Failure::Exit(u8::try_from(code).unwrap_or(1))),
     }
-}
-
-/// A fresh private (0700) directory under the temporary directory.
-fn tempfile_dir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}", hex::encode(random)));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    Ok(dir)
-}
-
-/// The environment of an uncaged run: what a caged one gets, with the daemon user's own
-/// PATH, HOME and USER (nothing else of the daemon's environment).
-pub fn uncaged_env(granted: &[(String, String)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = ["PATH", "HOME", "USER", "LANG"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect();
-    env.extend(granted.iter().cloned());
-    env
 }
 
 /// `kaged cage-tty -- CMD`, the first process inside a cage on a kaged PTY: put itself in a

@@ -1298,3 +1298,109 @@ async fn only_the_owner_or_the_local_operator_controls_a_run() {
     assert_eq!(status, StatusCode::ACCEPTED);
     wait_session(&d, &id, "killed", |s| s["state"] == "killed").await;
 }
+
+/// A loopback HTTP server answering every request with 200 `ok` (bounded, test-owned).
+fn loopback_http() -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().take(4).flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+/// The audit trail of runs: every start (caged or not, and why not), end, kill and egress
+/// decision of the daemon's proxy.
+#[tokio::test]
+async fn runs_are_audited_start_end_kill_and_each_egress_decision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (allowed, refused) = (loopback_http(), loopback_http());
+    let project = tmp.path().join("audited");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    let probe = format!(
+        "import urllib.request as u\\nfor p in ({allowed}, {refused}):\\n    try: u.urlopen(f'http://127.0.0.1:{{p}}/', timeout=10).read(); print('ok', p)\\n    except Exception as e: print('no', p, e)"
+    );
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        format!(
+            "version: 1\nproject: audited\nprimary:\n  command: [python3, -c, \"{probe}\"]\n  cage:\n    network:\n      allow: [\"127.0.0.1:{allowed}\"]\n  subagents:\n    free:\n      command: [sleep, \"60\"]\n      cage: disabled\n"
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&tmp.path().join("home"));
+    load_project(&d, &project).await;
+    let start_agent = |name: &'static str| {
+        let d = &d;
+        async move {
+            let (status, body) = call(
+                d,
+                Method::POST,
+                "/api/v1/projects/audited/sessions",
+                Some(json!({"kind": "agent", "name": name})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["session"]["id"].as_str().unwrap().to_string()
+        }
+    };
+    let caged = start_agent("primary").await;
+    let done = wait_session(&d, &caged, "exited", |s| s["ended_at_ms"].is_number()).await;
+    assert_eq!(done["session"]["exit_code"], 0, "{done}");
+    let out = String::from_utf8(transcript(&d, &caged).await).unwrap();
+    assert!(out.contains(&format!("ok {allowed}")), "{out}");
+    assert!(out.contains(&format!("no {refused}")), "{out}");
+    let free = start_agent("free").await;
+    let (status, _) = call(
+        &d,
+        Method::POST,
+        &format!("/api/v1/sessions/{free}/kill"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    wait_session(&d, &free, "killed", |s| s["ended_at_ms"].is_number()).await;
+
+    let audit = d.api_get("/api/v1/audit?limit=200").await;
+    let events = audit["events"].as_array().unwrap();
+    let find = |kind: &str, pred: &dyn Fn(&Value) -> bool| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind && pred(&e["detail"]))
+            .unwrap_or_else(|| panic!("no {kind} event matching in {audit}"))
+            .clone()
+    };
+    let started = find("session.start", &|d| d["session"] == caged.as_str());
+    assert_eq!(started["detail"]["caged"], true);
+    assert_eq!(
+        started["detail"]["network"]["allow"][0],
+        format!("127.0.0.1:{allowed}")
+    );
+    let uncaged = find("session.start", &|d| d["session"] == free.as_str());
+    assert_eq!(uncaged["detail"]["caged"], false);
+    assert!(
+        uncaged["detail"]["uncaged_because"]
+            .as_str()
+            .unwrap()
+            .contains("cage: disabled")
+    );
+    let yes = find("cage.egress", &|d| d["port"] == allowed);
+    assert_eq!(yes["outcome"], "success");
+    assert_eq!(yes["detail"]["decision"], "allowed");
+    let no = find("cage.egress", &|d| d["port"] == refused);
+    assert_eq!(no["outcome"], "failure");
+    assert_eq!(no["detail"]["session"], caged.as_str());
+    let ended = find("session.end", &|d| d["session"] == caged.as_str());
+    assert_eq!(ended["detail"]["exit_code"], 0);
+    assert_eq!(ended["detail"]["state"], "exited");
+    let killed = find("session.kill", &|d| d["session"] == free.as_str());
+    assert_eq!(killed["identity"], whoami(&d).await.as_str());
+    let free_end = find("session.end", &|d| d["session"] == free.as_str());
+    assert_eq!(free_end["detail"]["state"], "killed");
+}

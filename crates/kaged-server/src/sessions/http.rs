@@ -240,27 +240,20 @@ pub async fn kill(
             detail: json!({"session": id, "project": record.project}),
         })
         .await;
-    let killer = crate::state::lock(&live.killer).clone();
-    match killer {
-        Some(killer) => {
-            let (state2, live2, by) = (state.clone(), live.clone(), principal.id.clone());
-            tokio::spawn(async move { abort(&state2, &live2, &killer, &by).await });
-        }
-        // Not spawned yet: the kill lands on the queued/starting state, and the runner
-        // kills what it spawns when it finds the state moved on.
-        None => {
-            super::transition(
-                &state.runs,
-                &state.store,
-                &live,
-                kaged_session::state::Event::Kill {
-                    actor: principal.id.clone(),
-                },
-                &principal.id,
-            )
-            .await;
-        }
-    }
+    // The kill is recorded (stopping, or killed when nothing was spawned yet) before the
+    // answer; the grace period runs on.
+    super::transition(
+        &state.runs,
+        &state.store,
+        &live,
+        kaged_session::state::Event::Kill {
+            actor: principal.id.clone(),
+        },
+        &principal.id,
+    )
+    .await;
+    let (state2, live2, by) = (state.clone(), live.clone(), principal.id.clone());
+    tokio::spawn(async move { abort(&state2, &live2, &by).await });
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"session": id, "state": live.state().as_str()})),

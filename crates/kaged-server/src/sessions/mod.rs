@@ -118,6 +118,16 @@ impl Live {
         *lock(&self.size)
     }
 
+    /// Output `[at, min(end, at + max))` from memory, or `None` when memory no longer holds
+    /// `at` (the transcript file always does: it is written first).
+    pub(crate) fn read_memory(&self, at: u64, end: u64, max: usize) -> Option<Vec<u8>> {
+        let max = max.min(usize::try_from(end.saturating_sub(at)).unwrap_or(max));
+        match lock(&self.output).log.read_from(at, max) {
+            kaged_session::log::Read::Bytes { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
     /// Queue input or a resize; `false` when the run takes no more (ended, or the queue is
     /// full because the program stopped reading).
     pub(crate) fn send_input(&self, input: Input) -> bool {
@@ -224,6 +234,8 @@ pub(crate) async fn transition(
     let next = {
         let mut state = lock(&live.state);
         match apply(&state, event) {
+            // A repeated kill changes nothing, so nothing is stored or published.
+            Ok(next) if next == *state => return Some(next),
             Ok(next) => {
                 *state = next.clone();
                 next
@@ -323,34 +335,11 @@ pub async fn stop_all(state: &Arc<crate::state::ServerState>) {
     let running = state.runs.running();
     let mut waits = Vec::new();
     for live in running {
-        let killer = lock(&live.killer).clone();
         let state = state.clone();
         waits.push(tokio::spawn(async move {
-            match killer {
-                Some(k) => run::abort(&state, &live, &k, "kaged: daemon stopping").await,
-                None => {
-                    transition(
-                        &state.runs,
-                        &state.store,
-                        &live,
-                        Event::Kill {
-                            actor: "kaged: daemon stopping".into(),
-                        },
-                        "kaged",
-                    )
-                    .await;
-                }
-            }
+            run::abort(&state, &live, "kaged: daemon stopping").await;
             // The run's thread records the exit; give it a moment to land.
-            let mut changes = live.state_kind.subscribe();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-                while !changes.borrow_and_update().is_terminal() {
-                    if changes.changed().await.is_err() {
-                        break;
-                    }
-                }
-            })
-            .await;
+            run::wait_ended(&live, std::time::Duration::from_secs(2)).await;
         }));
     }
     for w in waits {

@@ -13,7 +13,6 @@ use kaged_auth::Principal;
 use kaged_session::frame::{
     ClientControl, ServerText, encode_output, encode_snapshot, parse_client_text,
 };
-use kaged_session::log::Read;
 use kaged_session::state::StateKind;
 use kaged_store::SessionRecord;
 
@@ -374,19 +373,14 @@ async fn read_output(
     cursor: u64,
     end: u64,
 ) -> std::io::Result<Vec<u8>> {
-    let upto = if let Some(live) = live {
-        // Never past the end this viewer was told about (it may resume from anything sent).
-        let max =
-            FRAME_BYTES.min(usize::try_from(end.saturating_sub(cursor)).unwrap_or(FRAME_BYTES));
-        match lock(&live.output).log.read_from(cursor, max) {
-            Read::Bytes { data, .. } => return Ok(data),
-            Read::Gap { earliest } => earliest.min(cursor + FRAME_BYTES as u64),
-            Read::Ahead => return Ok(Vec::new()),
-        }
-    } else {
-        end.min(cursor + FRAME_BYTES as u64)
-    };
-    let path = transcript.to_path_buf();
+    // Never past the end this viewer was told about (it may resume from anything sent).
+    if let Some(data) = live.and_then(|l| l.read_memory(cursor, end, FRAME_BYTES)) {
+        return Ok(data);
+    }
+    let (path, upto) = (
+        transcript.to_path_buf(),
+        end.min(cursor + FRAME_BYTES as u64),
+    );
     tokio::task::spawn_blocking(move || read_range(&path, cursor, upto))
         .await
         .map_err(std::io::Error::other)?

@@ -326,7 +326,7 @@ impl Runner {
             Some(_) => {}
             None => killer.kill(),
         }
-        self.start_wall_clock(&killer);
+        self.start_wall_clock();
         if let Some(pids) = prepared.limits.as_ref().and_then(|l| l.watchdog_pids) {
             self.start_pids_watchdog(&killer, pids);
         }
@@ -424,27 +424,11 @@ impl Runner {
                     limits: Some(run.limits),
                 })
             }
-            Policy::Disabled => {
-                let mut env = env;
-                for k in ["PATH", "HOME", "USER", "LANG", "SHELL"] {
-                    if let Ok(v) = std::env::var(k) {
-                        env.push((k.into(), v));
-                    }
-                }
-                Ok(Prepared {
-                    spec: kaged_spawn::Spec {
-                        argv,
-                        seccomp_bpf: None,
-                        prefix: Vec::new(),
-                        rlimits: Vec::new(),
-                        cgroup_procs: Vec::new(),
-                        cwd: Some(d.root.join(&d.plan.cwd)),
-                        env,
-                    },
-                    cgroups: Default::default(),
-                    limits: None,
-                })
-            }
+            Policy::Disabled => Ok(Prepared {
+                spec: kaged_spawn::Spec::uncaged(argv, d.root.join(&d.plan.cwd), &env),
+                cgroups: Default::default(),
+                limits: None,
+            }),
         }
     }
 
@@ -489,7 +473,7 @@ impl Runner {
             .ok()
     }
 
-    fn start_wall_clock(&self, killer: &kaged_spawn::Killer) {
+    fn start_wall_clock(&self) {
         let cage_limit = match &self.decided.policy {
             Policy::Caged { limits, .. } => limits.wall_time_secs,
             Policy::Disabled => None,
@@ -501,18 +485,16 @@ impl Runner {
         let Some(secs) = secs else { return };
         let state = self.state.clone();
         let live = self.live.clone();
-        let killer = killer.clone();
+        // Ends with the run, so an ended run is not held in memory for the rest of its limit.
         self.handle.spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs)).await;
-            if !live.state().is_terminal() {
+            if !wait_ended(&live, Duration::from_secs(secs)).await {
                 let by = format!("kaged: wall-time limit of {secs}s");
-                abort(&state, &live, &killer, &by).await;
+                abort(&state, &live, &by).await;
             }
         });
     }
 
-    /// Without a cgroup, count the cage's processes (bwrap's two included) and end the run
-    /// past the limit.
+    /// Without a cgroup, count the cage's processes and end the run past the limit.
     fn start_pids_watchdog(&self, killer: &kaged_spawn::Killer, pids: u64) {
         let state = self.state.clone();
         let live = self.live.clone();
@@ -522,9 +504,9 @@ impl Runner {
             while !live.state().is_terminal() {
                 tick.tick().await;
                 let count = killer.process_count() as u64;
-                if count > pids + 2 {
+                if count > pids {
                     let by = format!("kaged: pids limit of {pids} exceeded");
-                    abort(&state, &live, &killer, &by).await;
+                    abort(&state, &live, &by).await;
                     return;
                 }
             }
@@ -540,12 +522,7 @@ impl Runner {
 }
 
 /// Signal a run, then kill it after the grace period. `by` is recorded as who ended it.
-pub(crate) async fn abort(
-    state: &Arc<ServerState>,
-    live: &Arc<Live>,
-    killer: &kaged_spawn::Killer,
-    by: &str,
-) {
+pub(crate) async fn abort(state: &Arc<ServerState>, live: &Arc<Live>, by: &str) {
     let _ = transition(
         &state.runs,
         &state.store,
@@ -554,27 +531,30 @@ pub(crate) async fn abort(
         by,
     )
     .await;
-    killer.signal_all(nix_signal::HANGUP);
-    killer.signal_all(nix_signal::TERMINATE);
+    // Not spawned yet: the kill lands on the queued or starting state, and the runner kills
+    // whatever it spawns once it finds the state moved on.
+    let Some(killer) = lock(&live.killer).clone() else {
+        return;
+    };
+    killer.signal_all(kaged_spawn::Signal::SIGHUP);
+    killer.signal_all(kaged_spawn::Signal::SIGTERM);
+    if !wait_ended(live, KILL_GRACE).await {
+        killer.kill();
+    }
+}
+
+/// Wait at most `limit` for the run to reach a final state; whether it did.
+pub(crate) async fn wait_ended(live: &Live, limit: Duration) -> bool {
     let mut changes = live.state_kind.subscribe();
-    let ended = tokio::time::timeout(KILL_GRACE, async {
+    tokio::time::timeout(limit, async {
         while !changes.borrow_and_update().is_terminal() {
             if changes.changed().await.is_err() {
                 break;
             }
         }
     })
-    .await;
-    if ended.is_err() {
-        killer.kill();
-    }
-}
-
-/// The signals `abort` sends, named for readers of this file.
-mod nix_signal {
-    pub use kaged_spawn::Signal;
-    pub const HANGUP: Signal = Signal::SIGHUP;
-    pub const TERMINATE: Signal = Signal::SIGTERM;
+    .await
+    .is_ok()
 }
 
 /// Largest batch the screen model takes at once.
@@ -597,19 +577,9 @@ pub(crate) fn catch_up(live: &Live, upto: u64) {
     }
     while screen.offset < upto {
         let at = screen.offset;
-        let batch = {
-            let out = lock(&live.output);
-            match out
-                .log
-                .read_from(at, SCREEN_BATCH.min((upto - at) as usize))
-            {
-                kaged_session::log::Read::Bytes { data, .. } => Some(data),
-                _ => None,
-            }
-        };
-        // Fell out of memory: the transcript has it.
-        let batch = match batch {
+        let batch = match live.read_memory(at, upto, SCREEN_BATCH) {
             Some(b) => b,
+            // Fell out of memory: the transcript has it.
             None => match super::http::read_range(
                 &live.transcript,
                 at,
