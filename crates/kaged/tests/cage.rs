@@ -52,8 +52,8 @@ fn caged(project: &Path, agent: &str, script: &str) -> Output {
         .unwrap()
 }
 
-/// `kaged cage run` of `script` in the `limited` cage as `uid` (0: as this user), bounded.
-fn limited_as(uid: u32, project: &Path, script: &str) -> Output {
+/// `kaged cage run` of `script` in `agent`'s cage as `uid` (0: as this user), bounded.
+fn caged_as(uid: u32, project: &Path, agent: &str, script: &str) -> Output {
     let mut c = if uid == 0 {
         std::process::Command::new("timeout")
     } else {
@@ -82,7 +82,8 @@ fn limited_as(uid: u32, project: &Path, script: &str) -> Output {
         .unwrap()
 }
 
-/// A bounded fork storm: 300 children that sleep; prints how many forks succeeded.
+/// A bounded fork storm: 300 children that sleep; prints how many forks succeeded once they
+/// have lived a while (a watchdog without a cgroup needs that while to see them).
 const FORK_STORM: &str = "
 import os, time
 ok = 0
@@ -95,6 +96,9 @@ for i in range(300):
         time.sleep(5)
         os._exit(0)
     ok += 1
+# A bomb keeps going: stay alive a while (1 s, well inside the 3 s wall time, so a kill
+# here is the pids limit's) while the children live.
+time.sleep(1)
 print('forks', ok, flush=True)
 ";
 
@@ -107,7 +111,7 @@ print('hog survived', flush=True)
 
 fn check_limits(uid: u32, project: &Path) {
     let who = if uid == 0 { "root" } else { "nobody" };
-    let out = limited_as(uid, project, FORK_STORM);
+    let out = caged_as(uid, project, "limited", FORK_STORM);
     let text = String::from_utf8_lossy(&out.stdout);
     let forks: Option<u32> = text.split_whitespace().nth(1).and_then(|n| n.parse().ok());
     // Either forks were refused at the limit (cgroup), or the run was killed (watchdog).
@@ -117,13 +121,13 @@ fn check_limits(uid: u32, project: &Path) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = limited_as(uid, project, MEMORY_HOG);
+    let out = caged_as(uid, project, "limited", MEMORY_HOG);
     assert!(
         !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("survived"),
         "{who}: the memory hog was not contained: {:?}",
         out
     );
-    let out = limited_as(uid, project, "import time; time.sleep(25); print('slept')");
+    let out = caged_as(uid, project, "limited", "import time; time.sleep(25); print('slept')");
     assert_eq!(
         out.status.code(),
         Some(137),
@@ -142,7 +146,7 @@ fn limits_contain_a_fork_storm_a_memory_hog_and_a_sleeper() {
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         check_limits(65534, &p);
         // What could not be enforced as asked is said.
-        let out = limited_as(65534, &p, "print('hi')");
+        let out = caged_as(65534, &p, "limited", "print('hi')");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not enforced: pids 32"), "{err}");
     }
