@@ -7,22 +7,22 @@
 //! `--die-with-parent`, `--new-session` (no TIOCSTI into the caller's terminal), and an
 //! environment cleared down to an allowlist.
 
+mod check;
 mod limits;
 mod run;
 mod seccomp;
 
 use std::path::{Path, PathBuf};
 
+pub use check::{Expect, Observed};
 pub use limits::{CPU_PERIOD_US, CgroupValues, LimitFacts, LimitPlan, plan_limits};
 pub use run::{PlanError, RunKind, RunPlan, plan_run};
-pub use seccomp::{SeccompError, profile_bpf};
+pub use seccomp::{SeccompError, SeccompPrograms, profile_bpf};
 
 use serde_json::Value;
 
 /// Where the project appears inside every cage.
 pub const WORKSPACE: &str = "/workspace";
-/// The file descriptor on which bwrap reads the seccomp program (the edge opens it there).
-pub const SECCOMP_FD: &str = "3";
 
 /// The private home inside every cage.
 pub const CAGE_HOME: &str = "/home/kaged";
@@ -95,6 +95,8 @@ pub enum CageError {
     Malformed { agent: String, field: String },
     #[error("the command is empty")]
     EmptyCommand,
+    #[error("kaged did not open {0} for the cage (a bug: report it)")]
+    MissingSource(String),
 }
 
 /// Find an agent's object in a resolved project (`primary` or any nested subagent).
@@ -220,20 +222,76 @@ pub fn policy_for(config: &Value, agent: &str) -> Result<Policy, CageError> {
     })
 }
 
+/// A file the edge opens for a cage (never by a path the cage could change) and hands bwrap
+/// as a descriptor: `--bind-fd` binds exactly the object that was opened and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The project root (bound read-write at [`WORKSPACE`]).
+    Root,
+    /// A path below the project root, opened component by component without following links.
+    Project(PathBuf),
+    /// The kaged executable, which runs the in-cage helpers (check, tty, egress bridge).
+    Helper,
+}
+
+/// What the edge must open for `policy`'s cage: `(source, required)`. An optional source that
+/// is absent is left out of [`Host::opened`]; `.git` absent is then masked (empty, read-only).
+pub fn sources(policy: &Policy) -> Vec<(Source, bool)> {
+    let mut out = vec![(Source::Root, true), (Source::Helper, true)];
+    if let Policy::Caged { mounts, .. } = policy {
+        out.extend(
+            mounts
+                .iter()
+                .map(|m| (Source::Project(m.relative.clone()), true)),
+        );
+    }
+    out.push((Source::Project(".git".into()), false));
+    out.push((Source::Project(".kaged".into()), false));
+    out
+}
+
+/// Identity of an opened file (`st_dev`, `st_ino`): the in-cage check compares what it sees
+/// at a destination with what the edge opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A source the edge opened, in the order of [`Host::opened`] (which fixes its descriptor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub source: Source,
+    pub id: FileId,
+}
+
 /// Facts about the host the compiler needs (gathered by the edge).
 #[derive(Debug, Clone, Default)]
 pub struct Host {
     /// Which of [`SYSTEM_DIRS`] exist.
     pub system_dirs: Vec<String>,
-    /// Whether the project has `.git` and `.kaged` directories (re-mounted read-only).
-    pub has_git: bool,
-    pub has_kaged: bool,
+    /// The sources opened for this cage; the i-th is at descriptor [`FIRST_SOURCE_FD`] + i.
+    pub opened: Vec<Opened>,
 }
+
+impl Host {
+    fn find(&self, source: &Source) -> Option<(i32, FileId)> {
+        let i = self.opened.iter().position(|o| &o.source == source)?;
+        Some((FIRST_SOURCE_FD + i32::try_from(i).ok()?, self.opened[i].id))
+    }
+}
+
+/// Descriptors as the launched bwrap sees them (the edge places them there): the seccomp
+/// programs, the argument list (so nothing of it, the environment included, shows in
+/// `/proc/PID/cmdline`), then every opened source.
+pub const SECCOMP_FD: i32 = 3;
+pub const SECCOMP_ENOSYS_FD: i32 = 4;
+pub const ARGS_FD: i32 = 5;
+pub const FIRST_SOURCE_FD: i32 = 6;
 
 /// What to run and where.
 #[derive(Debug, Clone)]
 pub struct Launch<'a> {
-    pub project_root: &'a Path,
     /// Working directory relative to the project root.
     pub cwd: &'a Path,
     pub command: &'a [String],
@@ -241,39 +299,48 @@ pub struct Launch<'a> {
     pub env: &'a [(String, String)],
     /// Whether the cage gets a terminal of its own (a kaged PTY). Only a cage that shares the
     /// caller's terminal needs `--new-session` (TIOCSTI), which also costs it job control.
+    /// On its own terminal the helper runs `cage-tty` first, to make the command's process
+    /// group the terminal's foreground one (the PTY's session leader lives outside the cage's
+    /// PID namespace, so shells would find no group to restore).
     pub own_terminal: bool,
-    /// For a network allowlist: the kaged egress proxy to reach the outside through.
-    pub egress: Option<Egress<'a>>,
-    /// With `own_terminal`: the kaged executable, run first inside the cage as `cage-tty` to
-    /// make the command's process group the terminal's foreground one (the PTY's session
-    /// leader lives outside the cage's PID namespace, so shells would find no group to restore).
-    pub tty_helper: Option<&'a Path>,
-}
-
-/// How a cage with an allowlist reaches kaged's egress proxy: the proxy's Unix socket and the
-/// kaged binary (which runs the in-cage bridge) are bound in, and the command runs under the
-/// bridge with the proxy variables set.
-#[derive(Debug, Clone)]
-pub struct Egress<'a> {
-    /// The proxy's Unix socket on the host.
-    pub socket: &'a Path,
-    /// The kaged executable on the host.
-    pub helper: &'a Path,
+    /// For a network allowlist: the kaged egress proxy's Unix socket on the host; the command
+    /// then runs under the in-cage bridge with the proxy variables set.
+    pub egress: Option<&'a Path>,
 }
 
 /// Where the egress proxy socket appears inside a cage.
 pub const EGRESS_SOCKET: &str = "/run/kaged/egress.sock";
-/// Where the kaged executable appears inside a cage (runs the bridge).
-pub const EGRESS_HELPER: &str = "/run/kaged/kaged";
+/// Where the kaged executable appears inside a cage (runs the helpers).
+pub const HELPER: &str = "/run/kaged/kaged";
 /// The bridge's address inside the cage's own loopback.
 pub const EGRESS_LISTEN: &str = "127.0.0.1:3128";
 
-/// The bubblewrap argv (without the `bwrap` program itself) for a caged launch.
-pub fn compile(
-    policy: &Policy,
-    host: &Host,
-    launch: &Launch<'_>,
-) -> Result<Vec<String>, CageError> {
+/// bwrap's command line for a caged launch, in two parts: the options, which the edge hands
+/// bwrap on [`ARGS_FD`] (bwrap wants the command itself on its command line), and the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CageArgs {
+    pub options: Vec<String>,
+    pub command: Vec<String>,
+}
+
+impl CageArgs {
+    /// Everything in order, as `bwrap OPTIONS -- COMMAND` would take it.
+    pub fn joined(&self) -> Vec<String> {
+        let mut all = self.options.clone();
+        if !all.is_empty() {
+            all.push("--".into());
+        }
+        all.extend(self.command.iter().cloned());
+        all
+    }
+}
+
+/// The bubblewrap arguments (without the `bwrap` program itself) for a caged launch (for
+/// `cage: disabled`, only the command). Every bind below the project comes from a descriptor,
+/// and the first thing run inside is `kaged cage-check`, which refuses to go on unless each
+/// of them is at its destination as intended (bwrap resolves destinations by path, through
+/// the project a cage can write).
+pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<CageArgs, CageError> {
     if launch.command.is_empty() {
         return Err(CageError::EmptyCommand);
     }
@@ -281,9 +348,17 @@ pub fn compile(
         network, mounts, ..
     } = policy
     else {
-        return Ok(launch.command.to_vec());
+        return Ok(CageArgs {
+            options: Vec::new(),
+            command: launch.command.to_vec(),
+        });
+    };
+    let required = |source: Source| {
+        host.find(&source)
+            .ok_or_else(|| CageError::MissingSource(format!("{source:?}")))
     };
     let mut a: Vec<String> = Vec::new();
+    let mut checks: Vec<Expect> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["--die-with-parent"]);
     if !launch.own_terminal {
@@ -291,6 +366,7 @@ pub fn compile(
     }
     push(&[
         "--unshare-user",
+        "--disable-userns",
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
@@ -309,53 +385,82 @@ pub fn compile(
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home", "--dir",
         CAGE_HOME, "--tmpfs", "/run",
     ]);
-    let root = launch.project_root.display().to_string();
-    push(&["--bind", &root, WORKSPACE]);
+    let (fd, id) = required(Source::Root)?;
+    push(&["--bind-fd", &fd.to_string(), WORKSPACE]);
+    checks.push(Expect::Bind {
+        path: WORKSPACE.into(),
+        id,
+        writable: true,
+    });
+    let at = |relative: &Path| Path::new(WORKSPACE).join(relative).display().to_string();
     for m in mounts {
-        let host_path = launch.project_root.join(&m.relative).display().to_string();
-        let at = Path::new(WORKSPACE).join(&m.relative).display().to_string();
+        let (fd, id) = required(Source::Project(m.relative.clone()))?;
+        let dest = at(&m.relative);
         push(&[
-            if m.writable { "--bind" } else { "--ro-bind" },
-            &host_path,
-            &at,
+            if m.writable {
+                "--bind-fd"
+            } else {
+                "--ro-bind-fd"
+            },
+            &fd.to_string(),
+            &dest,
         ]);
+        checks.push(Expect::Bind {
+            path: dest,
+            id,
+            writable: m.writable,
+        });
     }
-    // After any grant: the project's history and its kaged contract stay read-only.
-    if host.has_git {
-        push(&[
-            "--ro-bind",
-            &format!("{root}/.git"),
-            &format!("{WORKSPACE}/.git"),
-        ]);
+    // After any grant: the project's history and its kaged contract stay read-only. An absent
+    // `.git` is masked (an empty read-only directory), so no cage can plant one for the
+    // operator's next `git status` on the host (core.fsmonitor, hooks).
+    let git = at(Path::new(".git"));
+    match host.find(&Source::Project(".git".into())) {
+        Some((fd, id)) => {
+            push(&["--ro-bind-fd", &fd.to_string(), &git]);
+            checks.push(Expect::Bind {
+                path: git,
+                id,
+                writable: false,
+            });
+        }
+        None => {
+            push(&["--tmpfs", &git, "--remount-ro", &git]);
+            checks.push(Expect::Mask { path: git });
+        }
     }
-    if host.has_kaged {
-        push(&[
-            "--ro-bind",
-            &format!("{root}/.kaged"),
-            &format!("{WORKSPACE}/.kaged"),
-        ]);
+    if let Some((fd, id)) = host.find(&Source::Project(".kaged".into())) {
+        let kaged = at(Path::new(".kaged"));
+        push(&["--ro-bind-fd", &fd.to_string(), &kaged]);
+        checks.push(Expect::Bind {
+            path: kaged,
+            id,
+            writable: false,
+        });
     }
-    let egress = match (network, &launch.egress) {
-        (Network::Allow(_), Some(egress)) => Some(egress),
+    let (fd, _) = required(Source::Helper)?;
+    push(&["--ro-bind-fd", &fd.to_string(), HELPER]);
+    let egress = match (network, launch.egress) {
+        (Network::Allow(_), Some(socket)) => Some(socket),
         _ => None,
     };
-    let tty_helper = launch.tty_helper.filter(|_| launch.own_terminal);
-    if let Some(helper) = egress.map(|e| e.helper).or(tty_helper) {
-        push(&["--ro-bind", &helper.display().to_string(), EGRESS_HELPER]);
-    }
-    if let Some(egress) = egress {
-        push(&[
-            "--bind",
-            &egress.socket.display().to_string(),
-            EGRESS_SOCKET,
-        ]);
+    if let Some(socket) = egress {
+        push(&["--bind", &socket.display().to_string(), EGRESS_SOCKET]);
     }
     let cwd = if launch.cwd.as_os_str().is_empty() {
         WORKSPACE.to_string()
     } else {
         Path::new(WORKSPACE).join(launch.cwd).display().to_string()
     };
-    push(&["--chdir", &cwd, "--clearenv", "--seccomp", SECCOMP_FD]);
+    push(&[
+        "--chdir",
+        &cwd,
+        "--clearenv",
+        "--add-seccomp-fd",
+        &SECCOMP_FD.to_string(),
+        "--add-seccomp-fd",
+        &SECCOMP_ENOSYS_FD.to_string(),
+    ]);
     for (k, v) in [
         (
             "PATH",
@@ -371,23 +476,33 @@ pub fn compile(
     for (k, v) in launch.env {
         push(&["--setenv", k, v]);
     }
-    push(&["--"]);
-    if tty_helper.is_some() {
-        push(&[EGRESS_HELPER, "cage-tty", "--"]);
+    let mut command: Vec<String> = vec![HELPER.into(), "cage-check".into()];
+    for check in &checks {
+        command.extend(["--expect".into(), check.to_string()]);
+    }
+    command.push("--".into());
+    if launch.own_terminal {
+        command.extend([HELPER, "cage-tty", "--"].map(String::from));
     }
     if egress.is_some() {
-        push(&[
-            EGRESS_HELPER,
-            "cage-bridge",
-            "--listen",
-            EGRESS_LISTEN,
-            "--socket",
-            EGRESS_SOCKET,
-            "--",
-        ]);
+        command.extend(
+            [
+                HELPER,
+                "cage-bridge",
+                "--listen",
+                EGRESS_LISTEN,
+                "--socket",
+                EGRESS_SOCKET,
+                "--",
+            ]
+            .map(String::from),
+        );
     }
-    a.extend(launch.command.iter().cloned());
-    Ok(a)
+    command.extend(launch.command.iter().cloned());
+    Ok(CageArgs {
+        options: a,
+        command,
+    })
 }
 
 /// Policy parts this run cannot enforce, to report (never to skip silently). Limits are
@@ -427,11 +542,22 @@ mod tests {
         })
     }
 
-    fn host() -> Host {
+    /// Every source of `policy` opened, `.git` and `.kaged` included, ids 100, 101, ...
+    fn host_for(policy: &Policy, git: bool) -> Host {
         Host {
             system_dirs: vec!["/usr".into(), "/etc".into(), "/bin".into()],
-            has_git: true,
-            has_kaged: true,
+            opened: sources(policy)
+                .into_iter()
+                .filter(|(s, _)| git || *s != Source::Project(".git".into()))
+                .enumerate()
+                .map(|(i, (source, _))| Opened {
+                    source,
+                    id: FileId {
+                        dev: 7,
+                        ino: 100 + i as u64,
+                    },
+                })
+                .collect(),
         }
     }
 
@@ -440,18 +566,17 @@ mod tests {
         let env = vec![("TERM".to_string(), "xterm".to_string())];
         compile(
             policy,
-            &host(),
+            &host_for(policy, true),
             &Launch {
-                project_root: Path::new("/home/ann/src/demo"),
                 cwd: Path::new("sub"),
                 command: &cmd,
                 env: &env,
                 own_terminal: false,
                 egress: None,
-                tty_helper: None,
             },
         )
         .unwrap()
+        .joined()
     }
 
     fn has(a: &[String], seq: &[&str]) -> bool {
@@ -468,6 +593,7 @@ mod tests {
             "--die-with-parent",
             "--new-session",
             "--unshare-user",
+            "--disable-userns",
             "--unshare-pid",
             "--unshare-net",
             "--clearenv",
@@ -480,31 +606,87 @@ mod tests {
             !a.contains(&"/lib64".to_string()),
             "absent dirs are not bound"
         );
-        assert!(has(&a, &["--bind", "/home/ann/src/demo", "/workspace"]));
-        assert!(has(
-            &a,
-            &["--ro-bind", "/home/ann/src/demo/.git", "/workspace/.git"]
-        ));
-        assert!(has(
-            &a,
-            &[
-                "--ro-bind",
-                "/home/ann/src/demo/.kaged",
-                "/workspace/.kaged"
-            ]
-        ));
+        // Everything of the project comes from a descriptor (root 6, helper 7, .git 8, ...),
+        // never from a path a cage could swap.
+        assert!(has(&a, &["--bind-fd", "6", "/workspace"]));
+        assert!(has(&a, &["--ro-bind-fd", "8", "/workspace/.git"]));
+        assert!(has(&a, &["--ro-bind-fd", "9", "/workspace/.kaged"]));
+        assert!(has(&a, &["--ro-bind-fd", "7", HELPER]));
+        assert!(
+            !a.iter()
+                .any(|x| x == "--bind" || x.starts_with("/home/ann"))
+        );
+        assert!(has(&a, &["--add-seccomp-fd", "3", "--add-seccomp-fd", "4"]));
         assert!(has(&a, &["--tmpfs", "/home", "--dir", "/home/kaged"]));
         assert!(has(&a, &["--chdir", "/workspace/sub"]));
         assert!(has(&a, &["--setenv", "TERM", "xterm"]));
-        assert!(has(&a, &["--", "make", "test"]));
-        // The host home is never bound, and .git comes after the writable workspace.
-        assert!(
-            !a.iter().any(|x| x == "/root"
-                || x.starts_with("/home/ann") && !x.starts_with("/home/ann/src/demo"))
-        );
+        // The check comes first and knows every destination; then the command.
+        assert!(has(
+            &a,
+            &[
+                "--",
+                HELPER,
+                "cage-check",
+                "--expect",
+                "bind:rw:7:100:/workspace",
+                "--expect",
+                "bind:ro:7:102:/workspace/.git",
+                "--expect",
+                "bind:ro:7:103:/workspace/.kaged",
+                "--",
+                "make",
+                "test"
+            ]
+        ));
         let ws = a.iter().position(|x| x == "/workspace").unwrap();
         let git = a.iter().position(|x| x == "/workspace/.git").unwrap();
         assert!(git > ws);
+    }
+
+    #[test]
+    fn an_absent_git_is_masked_and_checked() {
+        let p = Policy::default_cage();
+        let cmd = vec!["sh".to_string()];
+        let a = compile(
+            &p,
+            &host_for(&p, false),
+            &Launch {
+                cwd: Path::new(""),
+                command: &cmd,
+                env: &[],
+                own_terminal: false,
+                egress: None,
+            },
+        )
+        .unwrap()
+        .joined();
+        assert!(has(
+            &a,
+            &[
+                "--tmpfs",
+                "/workspace/.git",
+                "--remount-ro",
+                "/workspace/.git"
+            ]
+        ));
+        assert!(has(&a, &["--expect", "mask:/workspace/.git"]));
+        // A source the edge did not open is a bug, never a path fallback.
+        let mut missing = host_for(&p, true);
+        missing.opened.retain(|o| o.source != Source::Helper);
+        assert!(matches!(
+            compile(
+                &p,
+                &missing,
+                &Launch {
+                    cwd: Path::new(""),
+                    command: &cmd,
+                    env: &[],
+                    own_terminal: false,
+                    egress: None,
+                },
+            ),
+            Err(CageError::MissingSource(_))
+        ));
     }
 
     #[test]
@@ -512,10 +694,8 @@ mod tests {
         let p = policy_for(&config(), "net").unwrap();
         let a = argv(&p);
         assert!(!a.contains(&"--unshare-net".to_string()));
-        assert!(has(
-            &a,
-            &["--bind", "/home/ann/src/demo/data", "/workspace/data"]
-        ));
+        assert!(has(&a, &["--bind-fd", "8", "/workspace/data"]));
+        assert!(has(&a, &["--expect", "bind:rw:7:102:/workspace/data"]));
         assert_eq!(policy_for(&config(), "free").unwrap(), Policy::Disabled);
         assert_eq!(argv(&Policy::Disabled), vec!["make", "test"]);
         let allow = policy_for(&config(), "allow").unwrap();
@@ -539,25 +719,21 @@ mod tests {
         let allow = policy_for(&config(), "allow").unwrap();
         let cmd = vec!["curl".to_string(), "https://api.github.com".to_string()];
         let launch = |egress| Launch {
-            project_root: Path::new("/p"),
             cwd: Path::new(""),
             command: &cmd,
             env: &[],
             own_terminal: true,
             egress,
-            tty_helper: None,
         };
+        let host = host_for(&allow, true);
         let with = compile(
             &allow,
-            &host(),
-            &launch(Some(Egress {
-                socket: Path::new("/run/user/1/kaged/egress-1.sock"),
-                helper: Path::new("/usr/bin/kaged"),
-            })),
+            &host,
+            &launch(Some(Path::new("/run/user/1/kaged/egress-1.sock"))),
         )
-        .unwrap();
+        .unwrap()
+        .joined();
         assert!(with.contains(&"--unshare-net".to_string()));
-        assert!(has(&with, &["--ro-bind", "/usr/bin/kaged", EGRESS_HELPER]));
         assert!(has(
             &with,
             &["--bind", "/run/user/1/kaged/egress-1.sock", EGRESS_SOCKET]
@@ -566,7 +742,10 @@ mod tests {
             &with,
             &[
                 "--",
-                EGRESS_HELPER,
+                HELPER,
+                "cage-tty",
+                "--",
+                HELPER,
                 "cage-bridge",
                 "--listen",
                 EGRESS_LISTEN,
@@ -583,36 +762,36 @@ mod tests {
                 .all(|m| !m.contains("allowlist"))
         );
         // Without a proxy there is no bridge, and a closed cage never gets one.
-        let without = compile(&allow, &host(), &launch(None)).unwrap();
-        assert!(!without.iter().any(|a| a == EGRESS_HELPER));
+        let without = compile(&allow, &host, &launch(None)).unwrap().joined();
+        assert!(!without.iter().any(|a| a == "cage-bridge"));
         let closed = compile(
             &Policy::default_cage(),
-            &host(),
-            &launch(Some(Egress {
-                socket: Path::new("/s"),
-                helper: Path::new("/k"),
-            })),
+            &host_for(&Policy::default_cage(), true),
+            &launch(Some(Path::new("/s"))),
         )
-        .unwrap();
-        assert!(!closed.iter().any(|a| a == EGRESS_HELPER || a == "/s"));
+        .unwrap()
+        .joined();
+        assert!(!closed.iter().any(|a| a == "cage-bridge" || a == "/s"));
     }
 
     #[test]
     fn a_kaged_terminal_gets_its_foreground_group_set_inside_the_cage() {
         let cmd = vec!["sh".to_string()];
         let launch = |own_terminal| Launch {
-            project_root: Path::new("/p"),
             cwd: Path::new(""),
             command: &cmd,
             env: &[],
             own_terminal,
             egress: None,
-            tty_helper: Some(Path::new("/usr/bin/kaged")),
         };
-        let a = compile(&Policy::default_cage(), &host(), &launch(true)).unwrap();
-        assert!(has(&a, &["--ro-bind", "/usr/bin/kaged", EGRESS_HELPER]));
-        assert!(has(&a, &["--", EGRESS_HELPER, "cage-tty", "--", "sh"]));
-        let shared = compile(&Policy::default_cage(), &host(), &launch(false)).unwrap();
+        let p = Policy::default_cage();
+        let a = compile(&p, &host_for(&p, true), &launch(true))
+            .unwrap()
+            .joined();
+        assert!(has(&a, &["--", HELPER, "cage-tty", "--", "sh"]));
+        let shared = compile(&p, &host_for(&p, true), &launch(false))
+            .unwrap()
+            .joined();
         assert!(!shared.iter().any(|x| x == "cage-tty"));
     }
 }

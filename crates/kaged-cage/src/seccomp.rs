@@ -46,7 +46,35 @@ const DEFAULT_DENY: &[i64] = &[
     libc::SYS_open_by_handle_at,
     libc::SYS_name_to_handle_at,
     libc::SYS_quotactl,
+    // The new mount API: a mount is a mount, whichever call makes it.
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    // io_uring performs operations no seccomp filter sees.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
 ];
+
+/// `clone` flags that make a namespace: refused on `clone` (an argument filter) for the same
+/// reason `unshare` is (a nested user namespace has every capability inside it).
+const NAMESPACE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+
+/// `personality` values programs really use (Docker's list: Linux, 32-bit, UNAME26, both,
+/// and the query); anything else (e.g. turning address randomization off) is refused.
+const PERSONALITY_ALLOWED: &[u64] = &[0, 0x0008, 0x20000, 0x20008, 0xffff_ffff];
 
 /// The relaxed profile, by explicit per-cage intent: only what could harm the host kernel.
 const RELAXED_DENY: &[i64] = &[
@@ -78,33 +106,32 @@ fn arch() -> Result<TargetArch, SeccompError> {
     }
 }
 
-/// The BPF program of a profile, as the bytes bubblewrap expects on its `--seccomp` fd.
-pub fn profile_bpf(profile: &str) -> Result<Vec<u8>, SeccompError> {
-    let deny = match profile {
-        "default" => DEFAULT_DENY,
-        "relaxed" => RELAXED_DENY,
-        other => return Err(SeccompError::UnknownProfile(other.into())),
-    };
+/// A profile's two BPF programs, as the bytes bubblewrap reads on `--add-seccomp-fd`: one
+/// whose matches fail with EPERM, one whose matches fail with ENOSYS (`clone3`: its flags sit
+/// in memory no filter can read, and ENOSYS makes the C library fall back to `clone`, whose
+/// flags the first program checks). The kernel runs both; a refusal wins over an allow.
+#[derive(Debug, Clone)]
+pub struct SeccompPrograms {
+    pub eperm: Vec<u8>,
+    pub enosys: Vec<u8>,
+}
+
+fn rule(conditions: Vec<(u8, SeccompCmpOp, u64)>) -> Result<SeccompRule, SeccompError> {
     let build = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        deny.iter().map(|nr| (*nr, Vec::new())).collect();
-    if profile == "default" {
-        let ioctl_arg = |value| {
-            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-                .and_then(|c| SeccompRule::new(vec![c]))
-        };
-        rules.insert(
-            libc::SYS_ioctl,
-            vec![
-                ioctl_arg(TIOCSTI).map_err(build)?,
-                ioctl_arg(TIOCLINUX).map_err(build)?,
-            ],
-        );
-    }
+    let conditions = conditions
+        .into_iter()
+        .map(|(arg, op, value)| SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(build)?;
+    SeccompRule::new(conditions).map_err(build)
+}
+
+fn program(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<Vec<u8>, SeccompError> {
+    let build = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Errno(errno as u32),
         arch()?,
     )
     .map_err(build)?;
@@ -119,6 +146,49 @@ pub fn profile_bpf(profile: &str) -> Result<Vec<u8>, SeccompError> {
     Ok(bytes)
 }
 
+/// The BPF programs of a profile.
+pub fn profile_bpf(profile: &str) -> Result<SeccompPrograms, SeccompError> {
+    let deny = match profile {
+        "default" => DEFAULT_DENY,
+        "relaxed" => RELAXED_DENY,
+        other => return Err(SeccompError::UnknownProfile(other.into())),
+    };
+    let mut eperm: BTreeMap<i64, Vec<SeccompRule>> =
+        deny.iter().map(|nr| (*nr, Vec::new())).collect();
+    let mut enosys: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    if profile == "default" {
+        eperm.insert(
+            libc::SYS_ioctl,
+            vec![
+                rule(vec![(1, SeccompCmpOp::Eq, TIOCSTI)])?,
+                rule(vec![(1, SeccompCmpOp::Eq, TIOCLINUX)])?,
+            ],
+        );
+        eperm.insert(
+            libc::SYS_clone,
+            NAMESPACE_FLAGS
+                .iter()
+                .map(|flag| rule(vec![(0, SeccompCmpOp::MaskedEq(*flag), *flag)]))
+                .collect::<Result<_, _>>()?,
+        );
+        // One rule whose conditions all hold: the value is none of the allowed ones.
+        eperm.insert(
+            libc::SYS_personality,
+            vec![rule(
+                PERSONALITY_ALLOWED
+                    .iter()
+                    .map(|v| (0, SeccompCmpOp::Ne, *v))
+                    .collect(),
+            )?],
+        );
+        enosys.insert(libc::SYS_clone3, Vec::new());
+    }
+    Ok(SeccompPrograms {
+        eperm: program(eperm, libc::EPERM)?,
+        enosys: program(enosys, libc::ENOSYS)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,8 +197,16 @@ mod tests {
     fn profiles_compile_to_whole_bpf_instructions() {
         let default = profile_bpf("default").unwrap();
         let relaxed = profile_bpf("relaxed").unwrap();
-        assert!(!default.is_empty() && default.len().is_multiple_of(8));
-        assert!(relaxed.len() < default.len());
+        for p in [
+            &default.eperm,
+            &default.enosys,
+            &relaxed.eperm,
+            &relaxed.enosys,
+        ] {
+            assert!(!p.is_empty() && p.len().is_multiple_of(8));
+        }
+        assert!(relaxed.eperm.len() < default.eperm.len());
+        assert!(relaxed.enosys.len() < default.enosys.len());
         assert!(matches!(
             profile_bpf("none"),
             Err(SeccompError::UnknownProfile(_))

@@ -1,56 +1,133 @@
 //! The host facts the cage compiler needs, gathered so that a cage cannot plant them.
 //!
-//! The project is writable inside its cage, so a run could leave a symlink where the next run
-//! expects `.git`, `.kaged` or a granted path; bwrap follows symlinks in bind sources, and the
-//! next cage would get whatever the link points at. Every bind source below the project root
-//! is therefore checked component by component, and a symlink refuses the run.
+//! The project is writable inside its cage, and other cages of the same project may be running:
+//! any path below the project root can become a symbolic link at any moment. So every source
+//! of a bind is opened here, component by component without following links (`O_PATH |
+//! O_NOFOLLOW`), and handed to bwrap as a descriptor: what gets bound is exactly the object
+//! checked, whatever happens to the path afterwards. A link on the way refuses the run.
 
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path};
 
-use kaged_cage::{Host, Policy, SYSTEM_DIRS};
+use kaged_cage::{FileId, Host, Opened, Policy, SYSTEM_DIRS, Source};
+use nix::fcntl::{OFlag, open, openat};
+use nix::sys::stat::{Mode, SFlag, fstat};
 
-/// Whether `relative` (below `root`) exists, refusing any symlink on the way.
-fn present_without_symlinks(root: &Path, relative: &Path) -> Result<bool, String> {
-    let mut at = root.to_path_buf();
-    for c in relative.components() {
+/// The opened sources of a cage: facts for the compiler, descriptors for bwrap (same order).
+pub struct Sources {
+    pub host: Host,
+    pub fds: Vec<OwnedFd>,
+}
+
+fn id_and_kind(fd: &OwnedFd, what: &Path) -> Result<(FileId, SFlag), String> {
+    let st = fstat(fd).map_err(|e| format!("{}: {e}", what.display()))?;
+    Ok((
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        },
+        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT,
+    ))
+}
+
+/// Open `relative` below the directory `root` without following any link; `Ok(None)` when a
+/// component does not exist.
+fn open_beneath(
+    root: &OwnedFd,
+    root_path: &Path,
+    relative: &Path,
+) -> Result<Option<OwnedFd>, String> {
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut at_path = root_path.to_path_buf();
+    let mut current: Option<OwnedFd> = None;
+    let components: Vec<Component> = relative.components().collect();
+    if components.is_empty() {
+        return Err(format!(
+            "{} is not a path below the project",
+            relative.display()
+        ));
+    }
+    for (i, c) in components.iter().enumerate() {
         let Component::Normal(name) = c else {
             return Err(format!(
                 "{} is not a plain relative path",
                 relative.display()
             ));
         };
-        at.push(name);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!(
-                    "{} is a symbolic link; kaged never binds through links inside a project (a cage could have planted it): replace it with a real directory or file",
-                    at.display()
-                ));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(format!("{}: {e}", at.display())),
+        at_path.push(name);
+        let dir = current.as_ref().unwrap_or(root);
+        let fd = match openat(dir, *name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", at_path.display())),
+        };
+        let (_, kind) = id_and_kind(&fd, &at_path)?;
+        if kind == SFlag::S_IFLNK {
+            return Err(format!(
+                "{} is a symbolic link; kaged never binds through links inside a project (a cage could have planted it): replace it with a real directory or file",
+                at_path.display()
+            ));
         }
+        if i + 1 < components.len() && kind != SFlag::S_IFDIR {
+            return Err(format!("{} is not a directory", at_path.display()));
+        }
+        current = Some(fd);
     }
-    Ok(true)
+    Ok(current)
 }
 
-/// Facts for compiling `policy`'s cage over the project at `root` (canonical).
-pub fn host_facts(root: &Path, policy: &Policy) -> Result<Host, String> {
-    if let Policy::Caged { mounts, .. } = policy {
-        for m in mounts {
-            present_without_symlinks(root, &m.relative)?;
-        }
+/// Open every source of `policy`'s cage over the project at `root` (canonical), with the
+/// kaged executable at `helper` (`/proc/self/exe` pins the running binary).
+pub fn open_sources(root: &Path, helper: &Path, policy: &Policy) -> Result<Sources, String> {
+    let root_fd = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the project {}: {e}", root.display()))?;
+    let mut opened = Vec::new();
+    let mut fds = Vec::new();
+    for (source, required) in kaged_cage::sources(policy) {
+        let (fd, what) = match &source {
+            Source::Root => (
+                Some(root_fd.try_clone().map_err(|e| e.to_string())?),
+                root.to_path_buf(),
+            ),
+            Source::Helper => (
+                Some(
+                    open(helper, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
+                        format!("cannot open kaged itself ({}): {e}", helper.display())
+                    })?,
+                ),
+                helper.to_path_buf(),
+            ),
+            Source::Project(relative) => {
+                (open_beneath(&root_fd, root, relative)?, root.join(relative))
+            }
+        };
+        let Some(fd) = fd else {
+            if required {
+                return Err(format!(
+                    "{} does not exist; the cage grants it (filesystem): create it, or remove the grant",
+                    what.display()
+                ));
+            }
+            continue;
+        };
+        let (id, _) = id_and_kind(&fd, &what)?;
+        opened.push(Opened { source, id });
+        fds.push(fd);
     }
-    Ok(Host {
-        system_dirs: SYSTEM_DIRS
-            .iter()
-            .filter(|d| Path::new(d).exists())
-            .map(|d| d.to_string())
-            .collect(),
-        // A `.git` file (a worktree's pointer) is kept read-only too.
-        has_git: present_without_symlinks(root, Path::new(".git"))?,
-        has_kaged: present_without_symlinks(root, Path::new(".kaged"))?,
+    Ok(Sources {
+        host: Host {
+            system_dirs: SYSTEM_DIRS
+                .iter()
+                .filter(|d| Path::new(d).exists())
+                .map(|d| d.to_string())
+                .collect(),
+            opened,
+        },
+        fds,
     })
 }
 
@@ -58,34 +135,85 @@ pub fn host_facts(root: &Path, policy: &Policy) -> Result<Host, String> {
 mod tests {
     use super::*;
 
+    fn opened(root: &Path, policy: &Policy) -> Result<Vec<Source>, String> {
+        open_sources(root, Path::new("/proc/self/exe"), policy)
+            .map(|s| s.host.opened.into_iter().map(|o| o.source).collect())
+    }
+
     #[test]
-    fn planted_links_refuse_the_run() {
+    fn planted_links_refuse_the_run_and_absent_optional_sources_are_left_out() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         std::fs::create_dir(root.join(".kaged")).unwrap();
         std::fs::write(root.join(".git"), "gitdir: /elsewhere\n").unwrap();
-        let host = host_facts(root, &Policy::default_cage()).unwrap();
-        assert!(host.has_git && host.has_kaged);
+        let all = opened(root, &Policy::default_cage()).unwrap();
+        assert_eq!(
+            all,
+            [
+                Source::Root,
+                Source::Helper,
+                Source::Project(".git".into()),
+                Source::Project(".kaged".into())
+            ]
+        );
         std::fs::remove_file(root.join(".git")).unwrap();
+        let without_git = opened(root, &Policy::default_cage()).unwrap();
+        assert!(!without_git.contains(&Source::Project(".git".into())));
         std::os::unix::fs::symlink("/etc", root.join(".git")).unwrap();
-        let err = host_facts(root, &Policy::default_cage()).unwrap_err();
+        let err = opened(root, &Policy::default_cage()).unwrap_err();
         assert!(err.contains("symbolic link"), "{err}");
         std::fs::remove_file(root.join(".git")).unwrap();
         std::fs::create_dir(root.join("real")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("real/data")).unwrap();
-        let granted = Policy::Caged {
+        let granted = |relative: &str| Policy::Caged {
             network: kaged_cage::Network::None,
             mounts: vec![kaged_cage::Mount {
-                relative: "real/data/x".into(),
+                relative: relative.into(),
                 writable: true,
             }],
             seccomp: "default".into(),
             limits: Default::default(),
         };
         assert!(
-            host_facts(root, &granted)
+            opened(root, &granted("real/data/x"))
                 .unwrap_err()
                 .contains("real/data")
         );
+        let missing = opened(root, &granted("real/nothing")).unwrap_err();
+        assert!(missing.contains("does not exist"), "{missing}");
+        std::fs::write(root.join("real/file"), "").unwrap();
+        assert!(
+            opened(root, &granted("real/file/x"))
+                .unwrap_err()
+                .contains("not a directory")
+        );
+    }
+
+    #[test]
+    fn ids_are_those_of_the_opened_objects() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join(".git")).unwrap();
+        let s = open_sources(
+            tmp.path(),
+            Path::new("/proc/self/exe"),
+            &Policy::default_cage(),
+        )
+        .unwrap();
+        let meta = std::fs::metadata(tmp.path().join(".git")).unwrap();
+        let git = s
+            .host
+            .opened
+            .iter()
+            .find(|o| o.source == Source::Project(".git".into()))
+            .unwrap();
+        assert_eq!(
+            git.id,
+            FileId {
+                dev: meta.dev(),
+                ino: meta.ino()
+            }
+        );
+        assert_eq!(s.fds.len(), s.host.opened.len());
     }
 }

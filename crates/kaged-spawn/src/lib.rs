@@ -3,24 +3,29 @@
 //!
 //! Every start goes through one command line:
 //! `setpriv --pdeathsig KILL -- [systemd-run --scope ... --] [prlimit LIMITS --]
-//!  [sh -c 'join cgroups; exec bwrap "$@" 3< FILTER'] ARGV`.
+//!  [sh -c 'join cgroups; exec bwrap --args 5'] [ARGV]`.
 //! - `setpriv --pdeathsig` kills the run if the thread that started it dies with the daemon;
 //!   bwrap's own `--die-with-parent` then takes the whole cage down (its PID namespace dies
 //!   with its init).
 //! - `prlimit` applies the rlimits `kaged-cage` chose.
-//! - The shell opens the seccomp program on the descriptor bwrap reads it from: std cannot hand
-//!   a child an extra descriptor without unsafe code.
+//! - A caged start gets exactly these descriptors (`fds`): the two seccomp programs (3, 4),
+//!   bwrap's arguments (5: nothing of them, the environment included, shows in
+//!   `/proc/PID/cmdline`), and every bind source opened without following links (6...).
+//!   Every child, caged or not, gets no other descriptor from 3 on.
 //!
 //! Killing: SIGKILL to the started process (bwrap, the PID namespace's parent) ends the cage;
 //! the snapshot of its descendants taken just before is killed too, which also covers an
 //! uncaged run whose children left its process group.
 
 mod cgroup;
+mod check;
 mod facts;
+mod fds;
 mod preflight;
 mod tree;
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -29,7 +34,9 @@ use std::sync::Arc;
 use nix::unistd::Pid;
 
 pub use cgroup::{Cgroups, limit_facts};
-pub use facts::host_facts;
+pub use check::cage_check;
+pub use facts::{Sources, open_sources};
+pub use fds::mark_inherited_cloexec;
 pub use nix::sys::signal::Signal;
 pub use preflight::{Check, preflight, sandbox_problem};
 pub use tree::{descendants, members};
@@ -42,8 +49,14 @@ pub enum SpawnError {
         "bubblewrap (bwrap) is not installed, so no cage can be built and nothing runs uncaged; install it (sudo apt-get install bubblewrap), then see `kaged doctor`"
     )]
     NoBwrap,
-    #[error("cannot write the seccomp program: {0}")]
-    Seccomp(std::io::Error),
+    #[error(
+        "{0} is too old for kaged's cages (it needs --bind-fd and --disable-userns, bubblewrap 0.8.0 or newer); upgrade bubblewrap, then see `kaged doctor`"
+    )]
+    OldBwrap(String),
+    #[error("cannot build the cage: {0}")]
+    Cage(String),
+    #[error("cannot hand the cage its descriptors: {0}")]
+    Descriptors(std::io::Error),
     #[error(
         "cannot set up the cage's cgroups ({0}); run `kaged doctor` to see how limits can be enforced on this host"
     )]
@@ -61,10 +74,12 @@ pub enum SpawnError {
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    /// Caged: bwrap's arguments (from `kaged_cage::compile`). Uncaged: the command itself.
+    /// The command (caged: as bwrap runs it, the in-cage helpers first; bwrap reads its
+    /// options from `cage`).
     pub argv: Vec<String>,
-    /// The compiled seccomp program; `Some` exactly when the run is caged.
-    pub seccomp_bpf: Option<Vec<u8>>,
+    /// The descriptors of a caged start (see the module documentation); `Some` exactly when
+    /// the run is caged.
+    pub cage: Option<CageFds>,
     /// Put in front of everything else but `setpriv` (`systemd-run --user --scope ... --`).
     pub prefix: Vec<String>,
     /// `prlimit` options (`--as=...`); empty for none.
@@ -76,6 +91,20 @@ pub struct Spec {
     /// Environment of an uncaged run, which starts from an empty one (a caged run's comes from
     /// bwrap's `--setenv`). The daemon's own environment never leaks into a run.
     pub env: Vec<(String, String)>,
+}
+
+/// A caged start's descriptors, in the order bwrap is told (3, 4, ...). Shared, because a
+/// [`Spec`] is cloned; each start hands the child its own duplicates.
+#[derive(Debug, Clone)]
+pub struct CageFds(Arc<Vec<OwnedFd>>);
+
+impl CageFds {
+    fn duplicates(&self) -> Result<Vec<OwnedFd>, SpawnError> {
+        self.0
+            .iter()
+            .map(|fd| fd.try_clone().map_err(SpawnError::Descriptors))
+            .collect()
+    }
 }
 
 impl Spec {
@@ -91,7 +120,7 @@ impl Spec {
         }
         Spec {
             argv,
-            seccomp_bpf: None,
+            cage: None,
             prefix: Vec::new(),
             rlimits: Vec::new(),
             cgroup_procs: Vec::new(),
@@ -101,7 +130,7 @@ impl Spec {
     }
 
     pub fn is_caged(&self) -> bool {
-        self.seccomp_bpf.is_some()
+        self.cage.is_some()
     }
 }
 
@@ -145,6 +174,28 @@ pub fn bwrap_version() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Whether a `bwrap --version` line names 0.8.0 or newer (`--bind-fd`, `--disable-userns`).
+fn bwrap_is_recent(version: &str) -> bool {
+    let numbers: Vec<u32> = version
+        .rsplit(' ')
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map_while(|n| n.parse().ok())
+        .collect();
+    numbers.first().copied().unwrap_or(0) > 0 || numbers.get(1).copied().unwrap_or(0) >= 8
+}
+
+/// The installed bwrap, if it can build kaged's cages.
+pub fn usable_bwrap() -> Result<String, SpawnError> {
+    let version = bwrap_version().ok_or(SpawnError::NoBwrap)?;
+    if bwrap_is_recent(&version) {
+        Ok(version)
+    } else {
+        Err(SpawnError::OldBwrap(version))
+    }
+}
+
 /// A new directory only this user can enter (0700), under the temporary directory, with a
 /// random name starting with `prefix`. The caller removes it.
 pub fn private_dir(prefix: &str) -> std::io::Result<PathBuf> {
@@ -156,47 +207,12 @@ pub fn private_dir(prefix: &str) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The seccomp program in a private file (0600 in a fresh 0700 directory), removed on drop.
-#[derive(Debug)]
-pub struct SeccompFile {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl SeccompFile {
-    pub fn write(bpf: &[u8]) -> std::io::Result<SeccompFile> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = private_dir("kaged-seccomp")?;
-        let file = SeccompFile {
-            path: dir.join("filter.bpf"),
-            dir,
-        };
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&file.path)?
-            .write_all(bpf)?;
-        Ok(file)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for SeccompFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A command ready to start, and the private files it needs until it has started.
+/// A command ready to start, and the descriptors its child gets.
 pub struct Prepared {
     pub command: Command,
     program: String,
     caged: bool,
-    seccomp: Option<SeccompFile>,
+    fds: Vec<OwnedFd>,
 }
 
 /// Build the one command line described in the module documentation.
@@ -207,12 +223,9 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
     if !spec.rlimits.is_empty() {
         c.arg("prlimit").args(&spec.rlimits).arg("--");
     }
-    let seccomp = match &spec.seccomp_bpf {
-        Some(bpf) => {
-            if bwrap_version().is_none() {
-                return Err(SpawnError::NoBwrap);
-            }
-            let file = SeccompFile::write(bpf).map_err(SpawnError::Seccomp)?;
+    let fds = match &spec.cage {
+        Some(cage) => {
+            usable_bwrap()?;
             // Joining the cgroups happens here, before bwrap: everything the cage forks is
             // born inside them. A path with whitespace would split, so none is accepted.
             let procs: Vec<String> = spec
@@ -228,41 +241,34 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
             }
             c.args(["/bin/sh", "-c"])
                 .arg(format!(
-                    "for p in $KAGED_CGROUP_PROCS; do echo $$ > \"$p\" || exit 125; done; exec {BWRAP} \"$@\" {}< \"$0\"",
-                    kaged_cage::SECCOMP_FD
+                    "for p in $KAGED_CGROUP_PROCS; do echo $$ > \"$p\" || exit 125; done; exec {BWRAP} --args {} -- \"$@\"",
+                    kaged_cage::ARGS_FD
                 ))
-                .arg(file.path());
-            Some(file)
-        }
-        None => None,
-    };
-    c.args(&spec.argv);
-    if spec.seccomp_bpf.is_none() {
-        c.env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
-        if let Some(cwd) = &spec.cwd {
-            c.current_dir(cwd);
-        }
-    } else {
-        // bwrap starts from --clearenv; only the launcher reads these.
-        c.env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env(
-                "KAGED_CGROUP_PROCS",
-                spec.cgroup_procs
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            );
-        if !spec.prefix.is_empty() {
-            // `systemd-run --user` finds the user's service manager through these.
-            for k in ["XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"] {
-                if let Some(v) = std::env::var_os(k) {
-                    c.env(k, v);
+                .arg("kaged-cage")
+                .args(&spec.argv);
+            // bwrap starts from --clearenv; only the launcher reads these.
+            c.env_clear()
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .env("KAGED_CGROUP_PROCS", procs.join(" "));
+            if !spec.prefix.is_empty() {
+                // `systemd-run --user` finds the user's service manager through these.
+                for k in ["XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"] {
+                    if let Some(v) = std::env::var_os(k) {
+                        c.env(k, v);
+                    }
                 }
             }
+            cage.duplicates()?
         }
-    }
+        None => {
+            c.args(&spec.argv);
+            c.env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
+            if let Some(cwd) = &spec.cwd {
+                c.current_dir(cwd);
+            }
+            Vec::new()
+        }
+    };
     Ok(Prepared {
         command: c,
         // What an operator would look for when the start fails (the first program is
@@ -276,7 +282,7 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
             }
         ),
         caged: spec.is_caged(),
-        seccomp,
+        fds,
     })
 }
 
@@ -288,24 +294,67 @@ pub struct CagedRun {
     pub limits: kaged_cage::LimitPlan,
 }
 
-/// The one way from a compiled cage (bwrap `argv`, seccomp program, limits) to a [`Spec`]:
-/// limits are planned against this host and their cgroups made (named after `name`).
-pub fn caged(
-    argv: Vec<String>,
-    seccomp_bpf: Vec<u8>,
-    limits: &kaged_cage::Limits,
-    name: &str,
-) -> Result<CagedRun, SpawnError> {
+/// Everything a caged start needs from its caller.
+pub struct CageRequest<'a> {
+    /// The project root (canonical).
+    pub root: &'a Path,
+    /// The kaged executable (`/proc/self/exe` for the running one), bound in for the helpers.
+    pub helper: &'a Path,
+    /// A `Policy::Caged`.
+    pub policy: &'a kaged_cage::Policy,
+    pub launch: kaged_cage::Launch<'a>,
+    /// Names the run's cgroups.
+    pub name: &'a str,
+}
+
+/// An anonymous in-memory file holding `bytes`, read from its start.
+fn memory_file(name: &str, bytes: &[u8]) -> Result<OwnedFd, SpawnError> {
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| SpawnError::Descriptors(e.into()))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes).map_err(SpawnError::Descriptors)?;
+    file.rewind().map_err(SpawnError::Descriptors)?;
+    Ok(file.into())
+}
+
+/// The one way from a cage policy to a [`Spec`]: the sources opened without following
+/// links, bwrap's arguments compiled and put in memory, the seccomp programs built, limits
+/// planned against this host and their cgroups made (named after `request.name`).
+pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
+    let kaged_cage::Policy::Caged {
+        seccomp, limits, ..
+    } = request.policy
+    else {
+        return Err(SpawnError::Cage("the cage is disabled".into()));
+    };
+    usable_bwrap()?;
+    let sources =
+        open_sources(request.root, request.helper, request.policy).map_err(SpawnError::Cage)?;
+    let args = kaged_cage::compile(request.policy, &sources.host, &request.launch)
+        .map_err(|e| SpawnError::Cage(e.to_string()))?;
+    let programs = kaged_cage::profile_bpf(seccomp).map_err(|e| SpawnError::Cage(e.to_string()))?;
+    let mut nul_separated = Vec::new();
+    for arg in &args.options {
+        nul_separated.extend_from_slice(arg.as_bytes());
+        nul_separated.push(0);
+    }
+    let mut fds = vec![
+        memory_file("kaged-seccomp", &programs.eperm)?,
+        memory_file("kaged-seccomp-enosys", &programs.enosys)?,
+        memory_file("kaged-bwrap-args", &nul_separated)?,
+    ];
+    fds.extend(sources.fds);
     let plan = kaged_cage::plan_limits(limits, &limit_facts());
     let cgroups = if plan.cgroup.is_empty() {
         Cgroups::default()
     } else {
-        Cgroups::create(name, &plan.cgroup).map_err(|e| SpawnError::Cgroup(e.to_string()))?
+        Cgroups::create(request.name, &plan.cgroup)
+            .map_err(|e| SpawnError::Cgroup(e.to_string()))?
     };
     Ok(CagedRun {
         spec: Spec {
-            argv,
-            seccomp_bpf: Some(seccomp_bpf),
+            argv: args.command,
+            cage: Some(CageFds(Arc::new(fds))),
             prefix: plan.prefix.clone(),
             rlimits: plan.rlimits.clone(),
             cgroup_procs: cgroups.procs_files(),
@@ -333,6 +382,7 @@ pub fn run_foreground(
         program: program.to_string(),
         source,
     };
+    fds::place(&mut prepared.command, std::mem::take(&mut prepared.fds));
     let spawned = {
         let _spawning = SPAWN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         prepared.command.spawn()
@@ -356,7 +406,6 @@ pub fn run_foreground(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    drop(prepared.seccomp.take());
     Ok(Exit::of(status))
 }
 
@@ -406,10 +455,9 @@ impl Killer {
     }
 }
 
-/// Reaps a started run (blocking). Keeps the run's private files until it has ended.
+/// Reaps a started run (blocking).
 pub struct Waiter {
     child: Child,
-    _seccomp: Option<SeccompFile>,
 }
 
 impl Waiter {
@@ -468,9 +516,9 @@ pub fn spawn_pty(spec: &Spec, rows: u16, cols: u16) -> Result<PtyRun, SpawnError
         command,
         program,
         caged,
-        seccomp,
+        fds,
     } = prepared;
-    let child = pty_process::blocking::Command::from(command)
+    let child = fds::place_pty(pty_process::blocking::Command::from(command), fds)
         .spawn(pts)
         .map_err(|e| SpawnError::Start {
             program,
@@ -482,10 +530,7 @@ pub fn spawn_pty(spec: &Spec, rows: u16, cols: u16) -> Result<PtyRun, SpawnError
             pid: child.id(),
             caged,
         },
-        waiter: Waiter {
-            child,
-            _seccomp: seccomp,
-        },
+        waiter: Waiter { child },
     })
 }
 
@@ -496,7 +541,7 @@ mod tests {
     fn uncaged(cmd: &[&str]) -> Spec {
         Spec {
             argv: cmd.iter().map(|s| s.to_string()).collect(),
-            seccomp_bpf: None,
+            cage: None,
             prefix: Vec::new(),
             rlimits: Vec::new(),
             cgroup_procs: Vec::new(),

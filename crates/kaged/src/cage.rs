@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kaged_cage::{Launch, Policy, compile, policy_for, unenforced};
+use kaged_cage::{Launch, Policy, policy_for, unenforced};
 
 use crate::Failure;
 use crate::cli::CageCommand;
@@ -53,10 +53,7 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
     env.sort();
-    let host = kaged_spawn::host_facts(&root, &policy).map_err(Failure::Config)?;
     // An allowlist gets its proxy for the life of the command; its decisions are printed.
-    let helper = std::env::current_exe()
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot find kaged itself: {e}")))?;
     let egress_dir = kaged_spawn::private_dir("kaged-egress")
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot make a private directory: {e}")))?;
     let proxy = match &policy {
@@ -80,19 +77,6 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
         }
         _ => None,
     };
-    let launch = Launch {
-        project_root: &root,
-        cwd: Path::new(""),
-        command: &command,
-        env: &env,
-        own_terminal: false,
-        tty_helper: None,
-        egress: proxy.as_ref().map(|p| kaged_cage::Egress {
-            socket: p.socket(),
-            helper: &helper,
-        }),
-    };
-    let argv = compile(&policy, &host, &launch).map_err(|e| Failure::Config(e.to_string()))?;
     // The cage's cgroups (if any) live until the command has ended.
     let mut _cgroups = None;
     let mut wall_time = None;
@@ -102,19 +86,26 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
             eprintln!(
                 "kaged: warning: the cage of `{agent}` is disabled; running uncaged as this user"
             );
-            kaged_spawn::Spec::uncaged(argv, root.clone(), &env)
+            kaged_spawn::Spec::uncaged(command.clone(), root.clone(), &env)
         }
-        Policy::Caged {
-            seccomp, limits, ..
-        } => {
-            if kaged_spawn::bwrap_version().is_none() {
-                return Err(Failure::Runtime(kaged_spawn::SpawnError::NoBwrap.into()));
-            }
-            let bpf =
-                kaged_cage::profile_bpf(seccomp).map_err(|e| Failure::Config(e.to_string()))?;
-            let name = format!("run-{}", std::process::id());
-            let run = kaged_spawn::caged(argv, bpf, limits, &name)
-                .map_err(|e| Failure::Runtime(e.into()))?;
+        Policy::Caged { .. } => {
+            let run = kaged_spawn::caged(&kaged_spawn::CageRequest {
+                root: &root,
+                helper: Path::new("/proc/self/exe"),
+                policy: &policy,
+                launch: Launch {
+                    cwd: Path::new(""),
+                    command: &command,
+                    env: &env,
+                    own_terminal: false,
+                    egress: proxy.as_ref().map(|p| p.socket()),
+                },
+                name: &format!("run-{}", std::process::id()),
+            })
+            .map_err(|e| match e {
+                kaged_spawn::SpawnError::Cage(problem) => Failure::Config(problem),
+                other => Failure::Runtime(other.into()),
+            })?;
             for missing in unenforced(&policy, proxy.is_some())
                 .into_iter()
                 .chain(run.limits.unenforced.iter().cloned())
@@ -150,10 +141,6 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
 /// no foreground group (0) and fails to restore it when it exits (dash exits 2).
 pub fn tty_then_exec(command: &[String]) -> std::io::Error {
     use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
-    use std::os::unix::process::CommandExt;
-    let Some((program, args)) = command.split_first() else {
-        return std::io::Error::other("no command");
-    };
     // A background group asking for the terminal gets SIGTTOU unless it is blocked.
     let mut ttou = SigSet::empty();
     ttou.add(Signal::SIGTTOU);
@@ -163,5 +150,14 @@ pub fn tty_then_exec(command: &[String]) -> std::io::Error {
         let _ = nix::unistd::tcsetpgrp(std::io::stdin(), nix::unistd::getpgrp());
     }
     let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&ttou), None);
+    exec(command)
+}
+
+/// Become `command` (returns only on failure).
+pub fn exec(command: &[String]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        return std::io::Error::other("no command");
+    };
     std::process::Command::new(program).args(args).exec()
 }

@@ -69,6 +69,15 @@ pub enum Command {
     /// Run one command in an agent's cage, to try a policy before trusting an agent with it.
     #[command(subcommand)]
     Cage(CageCommand),
+    /// The first process inside every cage: check that each bind is where it was meant to be
+    /// (nothing swapped while bwrap built the cage), then run the command (kaged runs this).
+    #[command(hide = true)]
+    CageCheck {
+        #[arg(long = "expect")]
+        expect: Vec<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Inside a cage on a kaged PTY: take the terminal's foreground group, then run the
     /// command (kaged runs this itself).
     #[command(hide = true)]

@@ -83,8 +83,25 @@ pub fn config_for_start(
     Ok((decision, settings, first_launch))
 }
 
+/// Exit status of a cage whose check failed (nothing of the command ran).
+const CAGE_REFUSED: u8 = 126;
+
 fn main() -> ExitCode {
+    // Nothing this process inherited reaches what it starts (cages above all).
+    kaged_spawn::mark_inherited_cloexec();
     let cli = Cli::parse();
+    if let Command::CageCheck { expect, command } = &cli.command {
+        if let Err(problem) = kaged_spawn::cage_check(expect) {
+            eprintln!("kaged: cage refused: {problem}");
+            return ExitCode::from(CAGE_REFUSED);
+        }
+        let e = cage::exec(command);
+        eprintln!(
+            "kaged: cannot run {}: {e}",
+            command.first().map_or("", String::as_str)
+        );
+        return ExitCode::from(127);
+    }
     if let Command::CageTty { command } = &cli.command {
         let e = cage::tty_then_exec(command);
         eprintln!(
@@ -136,7 +153,9 @@ fn main() -> ExitCode {
             Command::Project(command) => client::project(mode, command).await,
             Command::Session(command) => session::run(mode, command).await,
             Command::Cage(command) => cage::run(command).await,
-            Command::CageBridge { .. } | Command::CageTty { .. } => Ok(()),
+            Command::CageBridge { .. } | Command::CageTty { .. } | Command::CageCheck { .. } => {
+                Ok(())
+            }
             Command::Doctor => cage::doctor(),
             Command::Version => {
                 println!(

@@ -68,13 +68,7 @@ fn caged_as(uid: u32, project: &Path, agent: &str, script: &str) -> Output {
         c
     };
     c.args(["30", kaged_bin().to_str().unwrap()])
-        .args([
-            "cage",
-            "run",
-            project.to_str().unwrap(),
-            "--agent",
-            "limited",
-        ])
+        .args(["cage", "run", project.to_str().unwrap(), "--agent", agent])
         .args(["--", "python3", "-c", script])
         .env("HOME", "/tmp")
         .current_dir("/")
@@ -127,7 +121,12 @@ fn check_limits(uid: u32, project: &Path) {
         "{who}: the memory hog was not contained: {:?}",
         out
     );
-    let out = caged_as(uid, project, "limited", "import time; time.sleep(25); print('slept')");
+    let out = caged_as(
+        uid,
+        project,
+        "limited",
+        "import time; time.sleep(25); print('slept')",
+    );
     assert_eq!(
         out.status.code(),
         Some(137),

@@ -389,47 +389,36 @@ impl Runner {
             ("COLORTERM".to_string(), "truecolor".to_string()),
         ];
         env.push(("KAGED_SESSION".into(), self.live.id.clone()));
-        let helper =
-            std::env::current_exe().map_err(|e| format!("cannot find kaged itself: {e}"))?;
-        let host = kaged_spawn::host_facts(&d.root, &d.policy)?;
-        let caged = d.uncaged_because.is_none();
-        let policy = if caged { &d.policy } else { &Policy::Disabled };
-        let argv = kaged_cage::compile(
-            policy,
-            &host,
-            &Launch {
-                project_root: &d.root,
+        if d.uncaged_because.is_some() {
+            return Ok(Prepared {
+                spec: kaged_spawn::Spec::uncaged(
+                    d.plan.command.clone(),
+                    d.root.join(&d.plan.cwd),
+                    &env,
+                ),
+                cgroups: Default::default(),
+                limits: None,
+            });
+        }
+        let run = kaged_spawn::caged(&kaged_spawn::CageRequest {
+            root: &d.root,
+            helper: Path::new("/proc/self/exe"),
+            policy: &d.policy,
+            launch: Launch {
                 cwd: &d.plan.cwd,
                 command: &d.plan.command,
                 env: &env,
                 own_terminal: true,
-                tty_helper: Some(&helper),
-                egress: egress_socket.map(|socket| kaged_cage::Egress {
-                    socket,
-                    helper: &helper,
-                }),
+                egress: egress_socket,
             },
-        )
+            name: &self.live.id[..16],
+        })
         .map_err(|e| e.to_string())?;
-        match policy {
-            Policy::Caged {
-                seccomp, limits, ..
-            } => {
-                let bpf = kaged_cage::profile_bpf(seccomp).map_err(|e| e.to_string())?;
-                let run = kaged_spawn::caged(argv, bpf, limits, &self.live.id[..16])
-                    .map_err(|e| e.to_string())?;
-                Ok(Prepared {
-                    spec: run.spec,
-                    cgroups: run.cgroups,
-                    limits: Some(run.limits),
-                })
-            }
-            Policy::Disabled => Ok(Prepared {
-                spec: kaged_spawn::Spec::uncaged(argv, d.root.join(&d.plan.cwd), &env),
-                cgroups: Default::default(),
-                limits: None,
-            }),
-        }
+        Ok(Prepared {
+            spec: run.spec,
+            cgroups: run.cgroups,
+            limits: Some(run.limits),
+        })
     }
 
     /// Read the PTY until the run closes it: transcript first, then memory, then viewers.
