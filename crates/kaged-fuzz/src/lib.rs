@@ -338,30 +338,39 @@ fn preview(input: &[u8]) -> String {
 /// Runs `target` with `check`, and panics with a reproducible report on the first failure.
 /// `check` returns a behaviour label on success and a description of the broken property
 /// on failure; a panic inside it is a failure too.
-pub fn fuzz<F>(target: &Target<'_>, mut check: F) -> Report
+pub fn fuzz<F>(target: &Target<'_>, check: F) -> Report
+where
+    F: FnMut(&[u8]) -> Result<String, String>,
+{
+    match try_fuzz(target, check) {
+        Ok(report) => report,
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+/// [`fuzz`], returning the failure report instead of panicking with it.
+pub fn try_fuzz<F>(target: &Target<'_>, mut check: F) -> Result<Report, String>
 where
     F: FnMut(&[u8]) -> Result<String, String>,
 {
     install_quiet_hook();
     let started = Instant::now();
-    let seeds = match load_corpus(&target.corpus) {
-        Ok(seeds) => seeds,
-        Err(why) => panic!("fuzz {}: {why}", target.name),
-    };
+    let seeds =
+        load_corpus(&target.corpus).map_err(|why| format!("fuzz {}: {why}", target.name))?;
     let seed = seed_for(target.name);
     let mut rng = Rng::new(seed);
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut labels: HashSet<String> = HashSet::new();
     let mut executions: u64 = 0;
 
-    let fail = |check: &mut F, input: &[u8], why: String, origin: &str| -> ! {
+    let fail = |check: &mut F, input: &[u8], why: String, origin: &str| -> String {
         let small = shrink(check, input);
         let small_why = run_check(check, &small, true)
             .err()
             .unwrap_or_else(|| why.clone());
         let path = write_crash(target.name, &small);
         let full = write_crash(target.name, input);
-        panic!(
+        format!(
             "fuzz {}: {origin} breaks a property:\n  {why}\n\
              shrunk to {} bytes ({small_why}):\n  {}\n\
              saved as {} (unshrunk: {});\n\
@@ -384,7 +393,7 @@ where
                 labels.insert(label);
                 pool.push(bytes.clone());
             }
-            Err(why) => fail(&mut check, bytes, why, &format!("seed file {file}")),
+            Err(why) => return Err(fail(&mut check, bytes, why, &format!("seed file {file}"))),
         }
     }
 
@@ -407,7 +416,7 @@ where
                     pool.push(input);
                 }
             }
-            Err(why) => fail(&mut check, &input, why, "a mutated input"),
+            Err(why) => return Err(fail(&mut check, &input, why, "a mutated input")),
         }
     }
 
@@ -426,39 +435,45 @@ where
         report.pool,
         started.elapsed().as_secs_f64()
     );
-    report
+    Ok(report)
 }
 
-/// Counts proptest cases and prints the total when dropped (at the end of the test).
-pub struct CaseCounter {
-    name: &'static str,
-    count: std::sync::atomic::AtomicU64,
-    started: Instant,
-}
+/// Runs a proptest strategy for `cases(default_cases)` cases with a deterministic generator
+/// (varied by `KAGED_FUZZ_SEED`), panics with the shrunk counterexample on failure, and prints
+/// how many cases ran.
+pub fn prop<S, F>(name: &str, default_cases: u32, strategy: &S, test: F)
+where
+    S: proptest::strategy::Strategy,
+    S::Value: std::fmt::Debug,
+    F: Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+{
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-impl CaseCounter {
-    pub fn new(name: &'static str) -> Self {
-        CaseCounter {
-            name,
-            count: std::sync::atomic::AtomicU64::new(0),
-            started: Instant::now(),
-        }
+    let started = Instant::now();
+    let config = Config {
+        cases: cases(default_cases),
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut seed = [0u8; 32];
+    let mut rng = Rng::new(seed_for(name));
+    for chunk in seed.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
     }
-
-    pub fn tick(&self) {
-        self.count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for CaseCounter {
-    fn drop(&mut self) {
-        eprintln!(
-            "fuzz {}: {} proptest executions in {:.2} s",
-            self.name,
-            self.count.load(std::sync::atomic::Ordering::Relaxed),
-            self.started.elapsed().as_secs_f64()
-        );
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
+    let ran = std::cell::Cell::new(0u64);
+    let result = runner.run(strategy, |value| {
+        ran.set(ran.get() + 1);
+        test(value)
+    });
+    eprintln!(
+        "fuzz {name}: {} proptest executions in {:.2} s",
+        ran.get(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(failure) = result {
+        panic!("fuzz {name}: {failure}");
     }
 }
 
@@ -511,15 +526,13 @@ mod tests {
         assert!(report.behaviours > 1);
 
         // A "parser" that panics on two bangs: found from seeds without any, and shrunk to them.
-        let found = catch_unwind(AssertUnwindSafe(|| {
-            fuzz(&target, |input| {
-                if input.windows(2).any(|w| w == b"!!") {
-                    panic!("two bangs");
-                }
-                Ok(String::new())
-            })
-        }));
-        let message = *found.unwrap_err().downcast::<String>().unwrap();
+        let message = try_fuzz(&target, |input| {
+            if input.windows(2).any(|w| w == b"!!") {
+                panic!("two bangs");
+            }
+            Ok(String::new())
+        })
+        .unwrap_err();
         assert!(message.contains("shrunk to 2 bytes"), "{message}");
         assert!(message.contains("b\"!!\""), "{message}");
         std::fs::remove_dir_all(dir).unwrap();
