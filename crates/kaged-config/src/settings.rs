@@ -954,9 +954,23 @@ fn default_bind() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7777))
 }
 
+/// `s` as a TOML basic string. (Rust's `{:?}` is not one: it writes `\u{1}` and `\'`.)
 fn toml_string(s: &str) -> String {
-    // Debug formatting of a Rust string is a valid TOML basic string for paths and names.
-    format!("{s:?}")
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The `config.toml` written on first per-user launch: every key, with its default and meaning.
@@ -1062,6 +1076,22 @@ mod tests {
         let errs = resolve_text(text).unwrap_err().0;
         assert_eq!(errs.len(), 1, "{errs:?}");
         errs.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn rendered_strings_are_toml_strings() {
+        // Found by the config_toml fuzz target: `{:?}` wrote `"/\u{1}"`, which TOML refuses.
+        for text in [
+            "/\u{1}",
+            "a\"b\\c",
+            "tab\tnew\nline\r",
+            "\u{1b}[31m\u{7f}\u{85}",
+            "é 🙂 'q'",
+        ] {
+            let parsed: toml::Table =
+                toml::from_str(&format!("k = {}", toml_string(text))).unwrap();
+            assert_eq!(parsed["k"].as_str(), Some(text), "{text:?}");
+        }
     }
 
     #[test]

@@ -111,15 +111,30 @@ pub const MAX_DEPTH: usize = 64;
 struct Builder<'a> {
     source: usize,
     events: Parser<'a, StrInput<'a>>,
+    /// Characters on each line of the text, to keep positions inside it.
+    widths: Vec<usize>,
     diagnostics: Vec<Diagnostic>,
 }
 
 impl<'a> Builder<'a> {
     fn pos(&self, span: Span) -> Pos {
+        self.at(span.start.line(), span.start.col() + 1)
+    }
+
+    /// A position inside the text: the parser's markers can point one line past the end
+    /// (e.g. a syntax error found at the end of input), which an editor cannot jump to.
+    fn at(&self, line: usize, column: usize) -> Pos {
+        let last = self.widths.len().max(1);
+        let (line, column) = if line > last {
+            (last, usize::MAX)
+        } else {
+            (line.max(1), column.max(1))
+        };
+        let width = self.widths.get(line - 1).copied().unwrap_or(0);
         Pos {
             source: self.source,
-            line: span.start.line(),
-            column: span.start.col() + 1,
+            line,
+            column: column.min(width + 1),
         }
     }
 
@@ -127,11 +142,7 @@ impl<'a> Builder<'a> {
         match self.events.next() {
             Some(Ok(event)) => Ok(event),
             Some(Err(e)) => Err(Diagnostic {
-                pos: Pos {
-                    source: self.source,
-                    line: e.marker().line(),
-                    column: e.marker().col() + 1,
-                },
+                pos: self.at(e.marker().line(), e.marker().col() + 1),
                 path: String::new(),
                 problem: format!("YAML syntax error: {}", e.info()),
                 hint: "fix the syntax at this position".into(),
@@ -307,6 +318,7 @@ pub fn parse(source: usize, text: &str) -> Result<(Node, Vec<Diagnostic>), Diagn
     let mut b = Builder {
         source,
         events: Parser::new_from_str(text),
+        widths: text.split('\n').map(|line| line.chars().count()).collect(),
         diagnostics: Vec::new(),
     };
     let empty = |pos| Node {
@@ -489,6 +501,26 @@ mod tests {
         assert_eq!(root.kind, Kind::Scalar(Value::Null));
         let (_, diags) = parse(0, "a: 1\n---\nb: 2\n").unwrap();
         assert!(diags[0].problem.contains("one YAML document"));
+    }
+
+    #[test]
+    fn positions_stay_inside_the_text() {
+        // Found by the project_yaml fuzz target: the parser reported "%e" at line 2 of 1.
+        for text in ["%e", "a: [1,\n", "a: 'x", "a: \"x\n"] {
+            let e = parse(0, text).unwrap_err();
+            let lines: Vec<&str> = text.split('\n').collect();
+            assert!(
+                e.pos.line >= 1 && e.pos.line <= lines.len(),
+                "{text:?}: {e}"
+            );
+            let width = lines[e.pos.line - 1].chars().count();
+            assert!(
+                e.pos.column >= 1 && e.pos.column <= width + 1,
+                "{text:?}: {e}"
+            );
+        }
+        let e = parse(0, "%e").unwrap_err();
+        assert_eq!((e.pos.line, e.pos.column), (1, 3), "{e}");
     }
 
     #[test]

@@ -498,6 +498,9 @@ async fn reply<C: AsyncWrite + Unpin>(client: &mut C, status: Status, body: &str
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
