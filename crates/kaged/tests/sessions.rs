@@ -1515,7 +1515,10 @@ print("made", n, flush=True)
         egress.len(),
         summaries.len()
     );
-    assert!(made > 1000, "the flood was too slow to test anything: {made}");
+    assert!(
+        made > 1000,
+        "the flood was too slow to test anything: {made}"
+    );
     // The first 20 distinct destinations in full, a summary every minute and one at the end;
     // start, limits and end around them.
     assert!(egress.len() <= 20, "{} cage.egress rows", egress.len());
