@@ -14,17 +14,19 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixListener};
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::allow::{Allowlist, Decision, EntryKind, Host, check_resolved, parse_authority};
+use crate::reports::DecisionSender;
 
 /// Largest request head (request line and headers) the proxy reads.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -43,6 +45,10 @@ pub struct Limits {
     pub head_timeout: Duration,
     /// Name resolution and the upstream TCP connect together must finish within this.
     pub connect_timeout: Duration,
+    /// A tunnel (or forwarded request) with no bytes either way for this long is closed, so
+    /// forgotten connections do not hold the cage's connection slots and the daemon's
+    /// descriptors for ever.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +56,7 @@ impl Default for Limits {
         Limits {
             head_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -69,12 +76,12 @@ pub struct EgressDecision {
 }
 
 /// Serves the proxy on `listener` until `shutdown` completes, with the default [`Limits`].
-/// Every decision goes to `decisions` (a closed receiver is ignored). On shutdown the listener
+/// Every decision goes to `decisions`, which never makes the proxy wait. On shutdown the listener
 /// stops accepting and open connections are cut: the cage they served is going away.
 pub async fn serve(
     listener: UnixListener,
     allow: Arc<Allowlist>,
-    decisions: UnboundedSender<EgressDecision>,
+    decisions: DecisionSender,
     shutdown: impl Future<Output = ()>,
 ) {
     serve_with(listener, allow, decisions, Limits::default(), shutdown).await;
@@ -84,7 +91,7 @@ pub async fn serve(
 pub async fn serve_with(
     listener: UnixListener,
     allow: Arc<Allowlist>,
-    decisions: UnboundedSender<EgressDecision>,
+    decisions: DecisionSender,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -121,7 +128,7 @@ pub async fn serve_with(
 
 struct Context {
     allow: Arc<Allowlist>,
-    decisions: UnboundedSender<EgressDecision>,
+    decisions: DecisionSender,
     limits: Limits,
 }
 
@@ -137,8 +144,7 @@ impl Context {
             allowed,
             "egress decision"
         );
-        // The receiver may be gone while the daemon shuts down; the decision is still enforced.
-        let _ = self.decisions.send(EgressDecision {
+        self.decisions.report(EgressDecision {
             method: request.method.clone(),
             host,
             port: request.port,
@@ -282,8 +288,98 @@ where
         tracing::debug!(destination = %request.target(), %error, "egress: connection ended early");
         return;
     }
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(destination = %request.target(), %error, "egress: connection ended with an error");
+    match splice(&mut client, &mut upstream, context.limits.idle_timeout).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::debug!(destination = %request.target(), "egress: idle connection closed");
+        }
+        Err(error) => {
+            tracing::debug!(destination = %request.target(), %error, "egress: connection ended with an error");
+        }
+    }
+}
+
+/// Copies both ways until both sides are done, or until no byte has moved either way for
+/// `idle` (then `TimedOut`).
+async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    // Milliseconds since `started` of the last byte read on either side.
+    let last = AtomicU64::new(0);
+    let mut a = Active {
+        inner: a,
+        started,
+        last: &last,
+    };
+    let mut b = Active {
+        inner: b,
+        started,
+        last: &last,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    let watch = async {
+        loop {
+            let since = Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = started + since + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        copied = copy => copied.map(drop),
+        () = watch => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no bytes either way for {} s", idle.as_secs_f32()),
+        )),
+    }
+}
+
+/// A stream that notes when it last delivered bytes.
+struct Active<'a, S> {
+    inner: &'a mut S,
+    started: Instant,
+    last: &'a AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Active<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last.store(ms, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Active<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 

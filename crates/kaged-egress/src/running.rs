@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
-use crate::{AllowError, Allowlist, EgressDecision, serve};
+use crate::{AllowError, Allowlist, DECISION_QUEUE, Decisions, decision_channel, serve};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -30,11 +29,10 @@ pub struct RunningProxy {
 
 impl RunningProxy {
     /// Serve `allow` on a new Unix socket at `socket` (its directory must be private to the
-    /// daemon's user). Call within a tokio runtime. Decisions arrive on the receiver.
-    pub fn start(
-        socket: &Path,
-        allow: &[String],
-    ) -> Result<(RunningProxy, UnboundedReceiver<EgressDecision>), StartError> {
+    /// daemon's user). Call within a tokio runtime. Decisions arrive on [`Decisions`]; the
+    /// queue closes once the proxy has stopped (after this is dropped) and every open
+    /// connection has ended.
+    pub fn start(socket: &Path, allow: &[String]) -> Result<(RunningProxy, Decisions), StartError> {
         let allowlist = Allowlist::parse(allow)?;
         let _ = std::fs::remove_file(socket);
         let listener =
@@ -43,7 +41,7 @@ impl RunningProxy {
                 source,
             })?;
         let (stop, mut stopped) = watch::channel(false);
-        let (decisions_tx, decisions) = tokio::sync::mpsc::unbounded_channel();
+        let (decisions_tx, decisions) = decision_channel(DECISION_QUEUE);
         tokio::spawn(serve(
             listener,
             Arc::new(allowlist),

@@ -297,3 +297,49 @@ async fn shutdown_stops_accepting_and_cuts_open_tunnels() {
     assert_eq!(read_all(&mut client).await, "");
     assert!(UnixStream::connect(&proxy.socket).await.is_err());
 }
+
+#[tokio::test]
+async fn a_tunnel_idle_both_ways_is_closed_and_one_in_use_is_not() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let limits = Limits {
+        idle_timeout: IDLE,
+        ..Limits::default()
+    };
+    let mut proxy = start_proxy_with(&[format!("127.0.0.1:{port}")], limits);
+    // Upstream echoes each byte and otherwise stays open and silent.
+    tokio::spawn(async move {
+        let (mut upstream, _) = listener.accept().await.unwrap();
+        let mut byte = [0u8; 1];
+        while upstream.read_exact(&mut byte).await.is_ok() {
+            upstream.write_all(&byte).await.unwrap();
+        }
+    });
+    let mut client = UnixStream::connect(&proxy.socket).await.unwrap();
+    let request = format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(
+        read_head(&mut client).await,
+        "HTTP/1.1 200 Connection established\r\n\r\n"
+    );
+    assert!(proxy.next_decision().await.allowed);
+
+    // Bytes moving keep it open well past the idle limit.
+    let busy = std::time::Instant::now();
+    let mut quiet = busy;
+    while busy.elapsed() < IDLE * 3 {
+        tokio::time::sleep(IDLE / 4).await;
+        client.write_all(b"x").await.unwrap();
+        let echoed = tokio::time::timeout(PATIENCE, client.read_u8()).await;
+        assert!(matches!(echoed, Ok(Ok(b'x'))), "{echoed:?}");
+        quiet = std::time::Instant::now();
+    }
+    // Silence both ways: closed after about the limit, though upstream is still open.
+    assert_eq!(read_all(&mut client).await, "");
+    assert!(
+        quiet.elapsed() >= IDLE - Duration::from_millis(50),
+        "{:?}",
+        quiet.elapsed()
+    );
+}

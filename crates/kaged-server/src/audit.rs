@@ -3,7 +3,9 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use kaged_session::{Throttle, Verdict};
 use kaged_store::{AuditEvent, Store};
 use serde_json::json;
 
@@ -25,12 +27,20 @@ pub struct AuditRecord {
     pub detail: serde_json::Value,
 }
 
+/// Records of one kind and key passing at once before [`AuditLog::record_limited`] holds
+/// them back, and then one per [`LIMITED_EVERY`].
+const LIMITED_BURST: u32 = 10;
+const LIMITED_EVERY: Duration = Duration::from_secs(6);
+/// Kinds and keys throttled one by one; beyond, they share one bucket.
+const LIMITED_KEYS: usize = 1024;
+
 /// The audit trail: an append-only JSON-lines file (0600) and the `audit_events` table.
 #[derive(Clone)]
 pub struct AuditLog {
     path: PathBuf,
     file: Arc<Mutex<File>>,
     store: Store,
+    throttle: Arc<Mutex<Throttle<(&'static str, String)>>>,
 }
 
 impl AuditLog {
@@ -52,6 +62,11 @@ impl AuditLog {
             path: path.to_path_buf(),
             file: Arc::new(Mutex::new(file)),
             store,
+            throttle: Arc::new(Mutex::new(Throttle::new(
+                LIMITED_BURST,
+                LIMITED_EVERY,
+                LIMITED_KEYS,
+            ))),
         })
     }
 
@@ -59,9 +74,52 @@ impl AuditLog {
         &self.path
     }
 
+    /// Record an event that something outside the operator's hands can repeat at will (a run
+    /// rewriting its project file, a client failing to authenticate, repeated kills), at most
+    /// a burst and then one per interval per `kind` and `key`. What is held back is counted in
+    /// an `audit.suppressed` record: before the next one that passes, or once the key is quiet.
+    pub async fn record_limited(&self, key: &str, r: AuditRecord) {
+        let verdict = lock(&self.throttle).check(&(r.kind, key.to_owned()), Instant::now());
+        match verdict {
+            Verdict::Suppress => {
+                tracing::debug!(kind = r.kind, key, "audit record held back (rate limit)");
+            }
+            Verdict::Record { suppressed } => {
+                if suppressed > 0 {
+                    self.suppressed(r.kind, Some(key), suppressed).await;
+                }
+                self.record(r).await;
+            }
+        }
+    }
+
+    async fn suppressed(&self, kind: &str, key: Option<&str>, count: u64) {
+        self.write(AuditRecord {
+            kind: "audit.suppressed",
+            success: true,
+            identity: None,
+            source: None,
+            detail: json!({"kind": kind, "key": key, "count": count}),
+        })
+        .await;
+    }
+
     /// Record an event in both places. A failure is logged loudly but does not fail the caller:
     /// refusing logins because the disk is full would lock the operator out of their own daemon.
     pub async fn record(&self, r: AuditRecord) {
+        // Any record reports what quiet throttled keys still held back.
+        let held = lock(&self.throttle).quiet(Instant::now());
+        for (key, count) in held {
+            let (kind, key) = match &key {
+                Some((kind, key)) => (*kind, Some(key.as_str())),
+                None => ("(several)", None),
+            };
+            self.suppressed(kind, key, count).await;
+        }
+        self.write(r).await;
+    }
+
+    async fn write(&self, r: AuditRecord) {
         let event = AuditEvent {
             ts_ms: now_ms(),
             kind: r.kind.to_string(),

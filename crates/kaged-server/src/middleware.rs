@@ -334,15 +334,26 @@ pub async fn authenticate(
                 _ => None,
             };
             if let Some(method) = method {
+                // Limited per peer address (not port: each connection has its own), so a
+                // process hammering the daemon cannot flood the trail; others stay visible.
+                let source = peer(&request);
+                let key = source
+                    .as_deref()
+                    .map(|s| s.rsplit_once(':').map_or(s, |(address, _)| address))
+                    .unwrap_or("-")
+                    .to_owned();
                 state
                     .audit
-                    .record(AuditRecord {
-                        kind: "auth.failed",
-                        success: false,
-                        identity: None,
-                        source: peer(&request),
-                        detail: json!({"method": method, "path": request.uri().path()}),
-                    })
+                    .record_limited(
+                        &key,
+                        AuditRecord {
+                            kind: "auth.failed",
+                            success: false,
+                            identity: None,
+                            source,
+                            detail: json!({"method": method, "path": request.uri().path()}),
+                        },
+                    )
                     .await;
             }
             refuse(request.uri().path(), &denial)

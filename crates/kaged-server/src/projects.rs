@@ -355,16 +355,19 @@ async fn recheck(
         }
     };
     lock(&state.projects).insert(slug.to_string(), updated.clone());
-    state
-        .audit
-        .record(AuditRecord {
-            kind: "project.reloaded",
-            success: result.is_ok(),
-            identity: actor,
-            source: None,
-            detail: json!({"project": slug, "problems": updated.diagnostics.len()}),
-        })
-        .await;
+    let record = AuditRecord {
+        kind: "project.reloaded",
+        success: result.is_ok(),
+        identity: actor,
+        source: None,
+        detail: json!({"project": slug, "problems": updated.diagnostics.len()}),
+    };
+    match &record.identity {
+        Some(_) => state.audit.record(record).await,
+        // The watcher's re-checks follow the files, which a run in the project can rewrite
+        // at will: limited per project.
+        None => state.audit.record_limited(slug, record).await,
+    }
     result
 }
 

@@ -7,12 +7,14 @@
 //! - [`state`]: the run state machine (queued → starting → running → exited, …).
 //! - [`frame`]: the PTY WebSocket wire protocol.
 //! - [`limits`]: how many sessions may be live per project and per operator.
+//! - [`throttle`]: token buckets for audit records a run or a client can cause repeatedly.
 
 pub mod frame;
 pub mod limits;
 pub mod log;
 pub mod screen;
 pub mod state;
+pub mod throttle;
 
 pub use frame::{
     ClientControl, FrameError, ServerBinary, ServerText, decode_server_binary, encode_output,
@@ -22,3 +24,4 @@ pub use limits::{LimitExceeded, Limits, Resource};
 pub use log::{Chunk, OutputLog, PersistedAhead, Read};
 pub use screen::Screen;
 pub use state::{Event, InvalidTransition, State, StateKind, UnknownState, apply};
+pub use throttle::{Throttle, Verdict};

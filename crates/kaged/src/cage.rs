@@ -56,23 +56,32 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
     // An allowlist gets its proxy for the life of the command; its decisions are printed.
     let egress_dir = kaged_spawn::private_dir("kaged-egress")
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot make a private directory: {e}")))?;
+    let mut printer = None;
     let proxy = match &policy {
         Policy::Caged {
             network: kaged_cage::Network::Allow(hosts),
             ..
         } => {
-            let (proxy, mut decisions) =
+            let (proxy, decisions) =
                 kaged_egress::RunningProxy::start(&egress_dir.join("egress.sock"), hosts)
                     .map_err(|e| Failure::Config(e.to_string()))?;
-            tokio::spawn(async move {
-                while let Some(d) = decisions.recv().await {
-                    let verdict = if d.allowed { "allowed" } else { "REFUSED" };
-                    eprintln!(
-                        "kaged: egress {verdict}: {} {}:{} ({})",
-                        d.method, d.host, d.port, d.reason
-                    );
-                }
-            });
+            // The first distinct destinations in full, then summaries of the counts: a
+            // command hammering its proxy does not bury the terminal.
+            printer = Some(tokio::spawn(kaged_egress::aggregate(
+                decisions,
+                |report| async move {
+                    match report {
+                        kaged_egress::Report::Decision(d) => {
+                            let verdict = if d.allowed { "allowed" } else { "REFUSED" };
+                            eprintln!(
+                                "kaged: egress {verdict}: {} {}:{} ({})",
+                                d.method, d.host, d.port, d.reason
+                            );
+                        }
+                        kaged_egress::Report::Summary(s) => eprintln!("kaged: egress {s}"),
+                    }
+                },
+            )));
             Some(proxy)
         }
         _ => None,
@@ -128,6 +137,10 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
     .map_err(|e| Failure::Runtime(e.into()))?
     .map_err(|e| Failure::Runtime(e.into()))?;
     drop(proxy);
+    if let Some(printer) = printer {
+        // The final summary, once the stopped proxy's queue has drained.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), printer).await;
+    }
     let _ = std::fs::remove_dir_all(&egress_dir);
     match exit.code() {
         0 => Ok(()),

@@ -1404,3 +1404,155 @@ async fn runs_are_audited_start_end_kill_and_each_egress_decision() {
     let free_end = find("session.end", &|d| d["session"] == free.as_str());
     assert_eq!(free_end["detail"]["state"], "killed");
 }
+
+/// The daemon's resident memory in KiB (VmRSS of /proc/PID/status).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A cage hammering its proxy with refused CONNECTs (to 100 distinct destinations, as fast as
+/// it can for a few seconds) leaves a bounded audit trail: the first destinations in full,
+/// then summaries whose totals are the true count (what the proxy could not report is counted
+/// and reported too), and the daemon's memory does not grow with the flood.
+#[tokio::test]
+async fn an_egress_flood_is_aggregated_into_a_bounded_audit_trail() {
+    const SECONDS: u32 = 4;
+    const DISTINCT: u32 = 100;
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("flooding");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    std::fs::write(
+        project.join("flood.py"),
+        format!(
+            r#"import socket, time
+end = time.monotonic() + {SECONDS}
+n = 0
+while time.monotonic() < end:
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(f"CONNECT blocked{{n % {DISTINCT}}}.example:443 HTTP/1.1\r\n\r\n".encode())
+    data = b""
+    while True:
+        c = s.recv(4096)
+        if not c:
+            break
+        data += c
+    s.close()
+    if not data.startswith(b"HTTP/1.1 403"):
+        print("unexpected", data[:80])
+        break
+    n += 1
+print("made", n, flush=True)
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        "version: 1\nproject: flooding\nprimary:\n  command: [python3, flood.py]\n  cage:\n    network:\n      allow: [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let home = tmp.path().join("home");
+    let d = Daemon::start(&home);
+    load_project(&d, &project).await;
+    let pid = d.child.id();
+    let rss_before = rss_kib(pid);
+    let (status, body) = call(
+        &d,
+        Method::POST,
+        "/api/v1/projects/flooding/sessions",
+        Some(json!({"kind": "agent"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["session"]["id"].as_str().unwrap().to_string();
+    let done = wait_session(&d, &id, "exited", |s| s["ended_at_ms"].is_number()).await;
+    let out = String::from_utf8(transcript(&d, &id).await).unwrap();
+    assert_eq!(done["session"]["exit_code"], 0, "{done} {out}");
+    let made: u64 = out
+        .split_whitespace()
+        .skip_while(|w| *w != "made")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {out:?}"));
+    // The trail may still be catching up with the flood (it does today): wait until it stops
+    // growing, so what is counted is all of it.
+    let log = home.join("audit.log");
+    let mut size = 0;
+    let settle = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = std::fs::metadata(&log).unwrap().len();
+        if now == size || settle.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        size = now;
+    }
+    let rss_after = rss_kib(pid);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["detail"]["session"] == id.as_str())
+        .collect();
+    let egress: Vec<&Value> = rows.iter().filter(|e| e["kind"] == "cage.egress").collect();
+    let summaries: Vec<&Value> = rows
+        .iter()
+        .filter(|e| e["kind"] == "cage.egress.summary")
+        .collect();
+    let bytes: usize = text
+        .lines()
+        .filter(|l| l.contains(&id))
+        .map(|l| l.len() + 1)
+        .sum();
+    eprintln!(
+        "egress flood: {made} CONNECTs made; {} audit rows for the run ({} cage.egress, {} summaries), {bytes} bytes; daemon VmRSS {rss_before} KiB -> {rss_after} KiB",
+        rows.len(),
+        egress.len(),
+        summaries.len()
+    );
+    assert!(
+        made > 1000,
+        "the flood was too slow to test anything: {made}"
+    );
+    // The first 20 distinct destinations in full, a summary every minute and one at the end;
+    // start, limits and end around them.
+    assert!(egress.len() <= 20, "{} cage.egress rows", egress.len());
+    assert!(
+        !summaries.is_empty() && summaries.len() <= 3,
+        "{} summaries",
+        summaries.len()
+    );
+    assert!(rows.len() <= 20 + 3 + 3, "{} rows", rows.len());
+    let last = summaries.last().unwrap()["detail"].clone();
+    assert_eq!(last["final"], true, "{last}");
+    let refused = last["totals"]["refused"].as_u64().unwrap();
+    let dropped = last["totals"]["dropped"].as_u64().unwrap();
+    assert_eq!(last["totals"]["allowed"], 0, "{last}");
+    assert!(
+        refused <= made && refused + dropped >= made,
+        "made {made}, summary {last}"
+    );
+    // Top destinations in full, the rest counted: 100 distinct ones in all.
+    let listed = last["destinations"].as_array().unwrap();
+    assert!(!listed.is_empty() && listed.len() <= 10, "{last}");
+    let listed_count: u64 = listed.iter().map(|d| d["count"].as_u64().unwrap()).sum();
+    assert_eq!(
+        listed_count + last["others"]["count"].as_u64().unwrap(),
+        refused,
+        "{last}"
+    );
+    assert_eq!(
+        listed.len() as u64 + last["others"]["destinations"].as_u64().unwrap(),
+        u64::from(DISTINCT),
+        "{last}"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "daemon VmRSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+}

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kaged_egress::{Allowlist, EgressDecision, Limits, serve_with};
+use kaged_egress::{Allowlist, Decisions, EgressDecision, Limits, decision_channel, serve_with};
 use tempfile::TempDir;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Long enough for any loopback exchange; short enough that a hang fails the test quickly.
@@ -20,7 +20,7 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 
 pub struct Proxy {
     pub socket: PathBuf,
-    pub decisions: mpsc::UnboundedReceiver<EgressDecision>,
+    pub decisions: Decisions,
     pub stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<()>,
     _dir: TempDir,
@@ -36,7 +36,7 @@ impl Proxy {
 
     /// Asserts that no decision is waiting.
     pub fn no_decision(&mut self) {
-        assert!(self.decisions.try_recv().is_err(), "unexpected decision");
+        assert!(self.decisions.try_recv().is_none(), "unexpected decision");
     }
 }
 
@@ -49,7 +49,7 @@ pub fn start_proxy_with(entries: &[String], limits: Limits) -> Proxy {
     let socket = dir.path().join("egress.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     let allow = Arc::new(Allowlist::parse(entries).unwrap());
-    let (decisions_tx, decisions) = mpsc::unbounded_channel();
+    let (decisions_tx, decisions) = decision_channel(64);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve_with(
         listener,

@@ -230,15 +230,19 @@ pub async fn kill(
             format!("session {id} has already ended ({})", record.state),
         ));
     };
+    // Repeated kills of a run that is stopping are limited like any repeatable record.
     state
         .audit
-        .record(AuditRecord {
-            kind: "session.kill",
-            success: true,
-            identity: Some(principal.id.clone()),
-            source: peer.0.clone(),
-            detail: json!({"session": id, "project": record.project}),
-        })
+        .record_limited(
+            &id,
+            AuditRecord {
+                kind: "session.kill",
+                success: true,
+                identity: Some(principal.id.clone()),
+                source: peer.0.clone(),
+                detail: json!({"session": id, "project": record.project}),
+            },
+        )
         .await;
     // The kill is recorded (stopping, or killed when nothing was spawned yet) before the
     // answer; the grace period runs on.

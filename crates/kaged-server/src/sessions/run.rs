@@ -344,7 +344,9 @@ impl Runner {
         if let Some(screen) = screen {
             let _ = screen.join();
         }
-        drop(egress);
+        if let Some(egress) = egress {
+            egress.stop(&self.handle);
+        }
         drop(prepared.cgroups);
         *lock(&self.live.killer) = None;
         let event = match exit.signal() {
@@ -635,9 +637,13 @@ fn write_input(
     }
 }
 
-/// A run's egress proxy (stopped when dropped), its decisions audited.
+/// How long the end of a run waits for its last egress records (the final summary).
+const EGRESS_AUDIT_GRACE: Duration = Duration::from_secs(10);
+
+/// A run's egress proxy (stopped when dropped), its decisions aggregated into the audit trail.
 struct EgressRun {
     proxy: kaged_egress::RunningProxy,
+    audit: tokio::task::JoinHandle<()>,
 }
 
 impl EgressRun {
@@ -654,34 +660,86 @@ impl EgressRun {
             .create(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let socket = dir.join(format!("{}.sock", &live.id[..16]));
-        let (proxy, mut decisions) = {
+        let (proxy, decisions) = {
             let _guard = handle.enter();
             kaged_egress::RunningProxy::start(&socket, allow).map_err(|e| e.to_string())?
         };
-        let audit_state = state.clone();
-        let audit_live = live.clone();
-        handle.spawn(async move {
-            while let Some(d) = decisions.recv().await {
-                audit_state
-                    .audit
-                    .record(AuditRecord {
-                        kind: "cage.egress",
-                        success: d.allowed,
-                        identity: Some(audit_live.created_by.clone()),
-                        source: None,
-                        detail: json!({
-                            "session": audit_live.id,
-                            "project": audit_live.project,
-                            "method": d.method,
-                            "host": d.host,
-                            "port": d.port,
-                            "decision": if d.allowed { "allowed" } else { "refused" },
-                            "reason": d.reason,
-                        }),
-                    })
-                    .await;
-            }
-        });
-        Ok(EgressRun { proxy })
+        let audit = handle.spawn(audit_egress(state.clone(), live.clone(), decisions));
+        Ok(EgressRun { proxy, audit })
     }
+
+    /// Stop the proxy and wait for its final summary, so it is recorded before the run's end.
+    fn stop(self, handle: &tokio::runtime::Handle) {
+        let EgressRun { proxy, audit } = self;
+        drop(proxy);
+        // The timer is made inside the runtime: outside, tokio has no clock to give it.
+        let _ = handle.block_on(async { tokio::time::timeout(EGRESS_AUDIT_GRACE, audit).await });
+    }
+}
+
+/// Audit a run's egress: the first distinct destinations one `cage.egress` record each, then
+/// `cage.egress.summary` records (every minute while there is something new, and at the end)
+/// with the counts, so a cage hammering its proxy cannot flood the trail.
+async fn audit_egress(
+    state: Arc<ServerState>,
+    live: Arc<Live>,
+    decisions: kaged_egress::Decisions,
+) {
+    let state = &state;
+    let live = &live;
+    kaged_egress::aggregate(decisions, |report| async move {
+        let (kind, success, detail) = match report {
+            kaged_egress::Report::Decision(d) => (
+                "cage.egress",
+                d.allowed,
+                json!({
+                    "session": live.id,
+                    "project": live.project,
+                    "method": d.method,
+                    "host": d.host,
+                    "port": d.port,
+                    "decision": if d.allowed { "allowed" } else { "refused" },
+                    "reason": d.reason,
+                }),
+            ),
+            kaged_egress::Report::Summary(s) => (
+                "cage.egress.summary",
+                s.totals.refused == 0,
+                json!({
+                    "session": live.id,
+                    "project": live.project,
+                    "final": s.is_final,
+                    "totals": {
+                        "allowed": s.totals.allowed,
+                        "refused": s.totals.refused,
+                        "dropped": s.totals.dropped,
+                    },
+                    "since_last": s.since_last,
+                    "destinations": s.destinations.iter().map(|(d, count)| json!({
+                        "decision": if d.allowed { "allowed" } else { "refused" },
+                        "method": d.method,
+                        "host": d.host,
+                        "port": d.port,
+                        "count": count,
+                    })).collect::<Vec<_>>(),
+                    "others": {
+                        "destinations": s.others.destinations,
+                        "count": s.others.count,
+                        "untracked": s.others.untracked,
+                    },
+                }),
+            ),
+        };
+        state
+            .audit
+            .record(AuditRecord {
+                kind,
+                success,
+                identity: Some(live.created_by.clone()),
+                source: None,
+                detail,
+            })
+            .await;
+    })
+    .await;
 }
