@@ -10,12 +10,14 @@
 mod limits;
 mod run;
 mod seccomp;
+mod weaken;
 
 use std::path::{Path, PathBuf};
 
 pub use limits::{CPU_PERIOD_US, CgroupValues, LimitFacts, LimitPlan, plan_limits};
 pub use run::{PlanError, RunKind, RunPlan, plan_run};
 pub use seccomp::{SeccompError, profile_bpf};
+pub use weaken::{HostGrants, HostPath, Weakening, policy_weakenings, weakenings};
 
 use serde_json::Value;
 

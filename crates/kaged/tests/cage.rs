@@ -127,7 +127,12 @@ fn check_limits(uid: u32, project: &Path) {
         "{who}: the memory hog was not contained: {:?}",
         out
     );
-    let out = caged_as(uid, project, "limited", "import time; time.sleep(25); print('slept')");
+    let out = caged_as(
+        uid,
+        project,
+        "limited",
+        "import time; time.sleep(25); print('slept')",
+    );
     assert_eq!(
         out.status.code(),
         Some(137),
