@@ -458,6 +458,10 @@ pub async fn load(
         lock(&state.projects).remove(&slug);
         return Err(e.into());
     }
+    let loaded = lock(&state.projects).get(&slug).cloned();
+    if let Some(p) = loaded {
+        remember(&state, &p).await;
+    }
     state
         .audit
         .record(AuditRecord {
@@ -497,6 +501,21 @@ fn pending_error(slug: &str, w: &[Weakening]) -> ApiError {
             list.join("; ")
         ),
         details: Some(json!({"weakenings": weakenings_json(w)})),
+    }
+}
+
+/// Store the configuration in force and the recorded `.git`, so a restart judges the files
+/// against what the operator last had in force (a run may have edited them meanwhile).
+async fn remember(state: &ServerState, p: &ProjectState) {
+    if p.config.is_null() {
+        return;
+    }
+    if let Err(e) = state
+        .store
+        .set_project_accepted(p.slug.clone(), p.config.clone(), p.had_git)
+        .await
+    {
+        tracing::error!(project = %p.slug, error = %e, "cannot store the project's configuration in force; a restart will re-read its files as at a first load");
     }
 }
 
@@ -588,6 +607,9 @@ async fn recheck(
         }
     };
     store(&updated);
+    if result.is_ok() {
+        remember(state, &updated).await;
+    }
     state
         .audit
         .record(AuditRecord {
@@ -702,31 +724,7 @@ pub async fn watch(state: Arc<ServerState>) {
     match state.store.list_projects().await {
         Ok(records) => {
             for r in records {
-                let root = PathBuf::from(&r.root);
-                let (config, diagnostics, stamp) = match read_async(root.clone()).await {
-                    Ok((checked, stamp)) => (checked.resolved(), checked.diagnostics, stamp),
-                    Err(e) => {
-                        tracing::warn!(project = %r.slug, error = %e.message, "a registered project cannot be read");
-                        (None, vec![state_problem(&e.message)], (None, None))
-                    }
-                };
-                let valid = config.is_some();
-                let had_git = git_present(&root);
-                lock(&state.projects).insert(
-                    r.slug.clone(),
-                    ProjectState {
-                        slug: r.slug.clone(),
-                        root,
-                        config: config.unwrap_or(Value::Null),
-                        diagnostics,
-                        loaded_at_ms: r.loaded_at_ms,
-                        checked_at_ms: now_ms(),
-                        stamp,
-                        pending: None,
-                        had_git,
-                    },
-                );
-                tracing::info!(project = %r.slug, valid, "project restored");
+                restore(&state, r).await;
             }
             report_overlaps(&state).await;
         }
@@ -760,6 +758,51 @@ pub async fn watch(state: Arc<ServerState>) {
             }
         }
     }
+}
+
+/// Put a registered project back in the registry. What was last in force stays in force and the
+/// files are judged against it like an edit (a looser one waits for the operator); a row from
+/// before kaged stored it is read as at a first load.
+async fn restore(state: &ServerState, r: kaged_store::ProjectRecord) {
+    let root = PathBuf::from(&r.root);
+    let had_git = r.had_git.unwrap_or_else(|| git_present(&root));
+    let mut project = ProjectState {
+        slug: r.slug.clone(),
+        root: root.clone(),
+        config: Value::Null,
+        diagnostics: Vec::new(),
+        loaded_at_ms: r.loaded_at_ms,
+        checked_at_ms: now_ms(),
+        stamp: (None, None),
+        pending: None,
+        had_git,
+    };
+    if let Some(config) = r.accepted_config {
+        project.config = config;
+        lock(&state.projects).insert(r.slug.clone(), project);
+        let outcome = recheck(state, &r.slug, None, false).await;
+        let valid = outcome.is_ok();
+        if let Err(e) = outcome {
+            tracing::warn!(project = %r.slug, error = %e.message, "project restored; its files are not applied as they are");
+        }
+        tracing::info!(project = %r.slug, valid, "project restored");
+        return;
+    }
+    match read_async(root.clone()).await {
+        Ok((checked, stamp)) => {
+            project.config = checked.resolved().unwrap_or(Value::Null);
+            project.diagnostics = checked.diagnostics;
+            project.stamp = stamp;
+        }
+        Err(e) => {
+            tracing::warn!(project = %r.slug, error = %e.message, "a registered project cannot be read");
+            project.diagnostics = vec![state_problem(&e.message)];
+        }
+    }
+    let valid = !project.config.is_null();
+    lock(&state.projects).insert(r.slug.clone(), project.clone());
+    remember(state, &project).await;
+    tracing::info!(project = %r.slug, valid, "project restored");
 }
 
 /// Overlapping roots already in the registry at start (an older kaged, or local.toml): neither

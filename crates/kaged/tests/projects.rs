@@ -500,6 +500,14 @@ async fn a_weakening_edit_waits_for_the_operator_and_the_old_cage_stays_in_force
     let still = run_probe(&d, "weak").await;
     assert!(still.contains("host=kaged-cage"), "{still}");
 
+    // A restart does not apply it either: the files are judged against what was in force.
+    drop(d.stop());
+    let d = Daemon::start(&home);
+    let p = wait_for(&d, "weak", |p| p["pending_weakening"].is_object()).await;
+    assert!(p["config"]["primary"].get("cage").is_none(), "{p}");
+    let still = run_probe(&d, "weak").await;
+    assert!(still.contains("host=kaged-cage"), "{still}");
+
     // The operator accepts (by path): the new policy is in force, and who accepted is audited.
     let out = d.cli(&["project", "reload", project.to_str().unwrap(), "--accept"]);
     assert!(
@@ -589,6 +597,18 @@ async fn a_planted_git_refuses_the_next_run_until_accepted() {
         audit_kinds(&audit).contains(&"project.git_planted".into()),
         "{audit}"
     );
+
+    // Nor does a restart forget that the project had no .git.
+    drop(d.stop());
+    let d = Daemon::start(&tmp.path().join("home"));
+    let (status, body) = call(
+        &d,
+        reqwest::Method::POST,
+        "/api/v1/projects/nogit/sessions",
+        Some(serde_json::json!({"kind": "task", "name": "probe"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
 
     let out = d.cli(&["project", "reload", "nogit", "--accept"]);
     assert!(
