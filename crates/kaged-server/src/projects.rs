@@ -839,3 +839,75 @@ async fn report_overlaps(state: &ServerState) {
 
 /// The registry the server state holds.
 pub type Registry = BTreeMap<String, ProjectState>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+    use super::*;
+
+    fn project(slug: &str, root: &str) -> ProjectState {
+        ProjectState {
+            slug: slug.into(),
+            root: root.into(),
+            config: Value::Null,
+            diagnostics: Vec::new(),
+            loaded_at_ms: 0,
+            checked_at_ms: 0,
+            stamp: (None, None),
+            pending: None,
+            had_git: false,
+        }
+    }
+
+    #[test]
+    fn roots_overlap_when_one_holds_the_other_not_when_they_share_a_prefix() {
+        let mut registry = Registry::new();
+        registry.insert("mono".into(), project("mono", "/src/mono"));
+        registry.insert("other".into(), project("other", "/src/monorepo"));
+        let slugs = |slug: &str, root: &str| -> Vec<String> {
+            overlapping(&registry, slug, Path::new(root))
+                .iter()
+                .map(|p| p.slug.clone())
+                .collect()
+        };
+        assert_eq!(slugs("pkg", "/src/mono/packages/pkg"), ["mono"]);
+        assert_eq!(slugs("all", "/src"), ["mono", "other"]);
+        assert_eq!(slugs("same", "/src/mono"), ["mono"]);
+        assert!(slugs("mono", "/src/mono").is_empty(), "not with itself");
+        assert!(
+            slugs("mon", "/src/mon").is_empty(),
+            "a shared prefix is no overlap"
+        );
+        let m = overlap_message("pkg", Path::new("/src/mono/pkg"), &registry["mono"]);
+        assert!(
+            m.contains("`pkg` (/src/mono/pkg) lies inside the loaded project `mono`"),
+            "{m}"
+        );
+        assert!(m.contains("unload one of them"), "{m}");
+    }
+
+    #[test]
+    fn only_a_non_empty_git_counts() {
+        let root = std::env::temp_dir().join(format!("kaged-git-present-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        assert!(!git_present(&root));
+        std::fs::create_dir(root.join(".git")).unwrap();
+        assert!(!git_present(&root), "the cage mask's empty directory");
+        assert!(git_refusal("p", &root, false).is_none());
+        std::fs::write(root.join(".git/config"), "[core]\n").unwrap();
+        assert!(git_present(&root));
+        let e = git_refusal("p", &root, false).unwrap();
+        assert_eq!(e.code, "git_planted");
+        assert!(
+            e.message.contains("kaged project reload p --accept"),
+            "{}",
+            e.message
+        );
+        assert!(git_refusal("p", &root, true).is_none(), "recorded at load");
+        std::fs::remove_dir_all(root.join(".git")).unwrap();
+        // A worktree's or submodule's .git is a file.
+        std::fs::write(root.join(".git"), "gitdir: /elsewhere\n").unwrap();
+        assert!(git_present(&root));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
