@@ -11,6 +11,7 @@ mod check;
 mod limits;
 mod run;
 mod seccomp;
+mod weaken;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ pub use check::{Expect, Observed};
 pub use limits::{CPU_PERIOD_US, CgroupValues, LimitFacts, LimitPlan, plan_limits};
 pub use run::{PlanError, RunKind, RunPlan, plan_run};
 pub use seccomp::{SeccompError, SeccompPrograms, profile_bpf};
+pub use weaken::{HostGrants, HostPath, Weakening, policy_weakenings, weakenings};
 
 use serde_json::Value;
 

@@ -657,6 +657,10 @@ async function viewProjects(view, main) {
             p.slug,
           ),
           validityBadge(p.valid, p.problems),
+          p.pending_weakening
+            ? h("span", { class: "badge bad", text: "change to accept" })
+            : null,
+          (p.overlaps || []).length ? h("span", { class: "badge bad", text: "overlaps" }) : null,
           h("code", { class: "path block", text: p.root }),
         ),
       );
@@ -727,8 +731,76 @@ async function viewProject(view, main, slug) {
   const actionsResult = h("div", { id: "project-result" });
   const startResult = h("div", { id: "start-result", "aria-live": "polite" });
   const sessions = h("div", { id: "project-sessions" });
+  // A held edit that loosens a cage, and roots that overlap another project's.
+  const held = h("div", { id: "project-held", "aria-live": "polite" });
+
+  const renderHeld = (p) => {
+    const overlaps = (p.overlaps || []).map((o) =>
+      h(
+        "div",
+        { class: "notice error", role: "alert" },
+        h("strong", { text: "Overlapping projects: " }),
+        `this project's directory overlaps ${o.slug} (`,
+        h("code", { text: o.root }),
+        "). Runs of both are refused until one of them is unloaded.",
+      ),
+    );
+    const pending = p.pending_weakening;
+    if (!pending) {
+      fill(held, ...overlaps);
+      return;
+    }
+    const accept = h("button", {
+      type: "button",
+      class: "primary",
+      id: "accept-weakening",
+      text: "Accept",
+    });
+    const result = h("div", {});
+    accept.addEventListener("click", async () => {
+      fill(result);
+      accept.disabled = true;
+      try {
+        const body = await api("POST", `api/v1/projects/${encodeURIComponent(slug)}/reload`, {
+          accept: true,
+        });
+        if (!view.alive) return;
+        fill(actionsResult);
+        renderProject(body.project);
+        announce(`Accepted the change to ${slug}`);
+      } catch (e) {
+        if (view.alive) result.append(errorPanel(e));
+        accept.disabled = false;
+      }
+    });
+    fill(
+      held,
+      ...overlaps,
+      h(
+        "section",
+        { class: "notice warn", id: "pending-weakening", role: "alert" },
+        h("strong", { text: "An edit loosens this project's cages" }),
+        h(
+          "p",
+          {},
+          `Detected ${ago(pending.detected_at_ms)}. The previous configuration stays in force `,
+          "until you accept (a run may have written the file: review ",
+          h("code", { text: ".kaged/project.yaml" }),
+          " first).",
+        ),
+        h(
+          "ul",
+          { class: "weakenings" },
+          pending.weakenings.map((w) => h("li", { text: w.text })),
+        ),
+        h("div", { class: "actions" }, accept),
+        result,
+      ),
+    );
+  };
 
   const renderProject = (p) => {
+    renderHeld(p);
     fill(header,
       h(
         "nav",
@@ -769,8 +841,11 @@ async function viewProject(view, main, slug) {
       announce(`Reloaded ${slug}: valid`);
     } catch (e) {
       if (!view.alive) return;
-      // The problems are recorded on the project too: shown with its state, not twice.
-      actionsResult.append(errorPanel(e, { diagnostics: false }));
+      // The problems are recorded on the project too: shown with its state, not twice; a held
+      // weakening is the banner's.
+      if (e.code !== "weakening_pending") {
+        actionsResult.append(errorPanel(e, { diagnostics: false }));
+      }
       api("GET", `api/v1/projects/${encodeURIComponent(slug)}`)
         .then((b) => view.alive && renderProject(b.project))
         .catch(() => {});
@@ -853,6 +928,7 @@ async function viewProject(view, main, slug) {
   main.append(
     header,
     validity,
+    held,
     h("div", { class: "actions" }, reload, unload),
     actionsResult,
     start,

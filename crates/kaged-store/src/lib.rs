@@ -93,6 +93,10 @@ pub struct ProjectRecord {
     pub slug: String,
     pub root: String,
     pub loaded_at_ms: i64,
+    /// The resolved configuration last in force (loaded, or accepted by the operator).
+    pub accepted_config: Option<serde_json::Value>,
+    /// Whether the project had a `.git` when it was loaded or last accepted.
+    pub had_git: Option<bool>,
 }
 
 /// A session (one run of an agent, a terminal or a task) as stored.
@@ -172,7 +176,16 @@ pub trait Backend: Send + Sync + 'static {
     fn revoke_token(&self, id: i64, now_ms: i64) -> Result<Option<TokenRecord>>;
     /// The active token with this hash; marks it used (at most once an hour, to spare writes).
     fn find_active_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<TokenRecord>>;
+    /// Register a project; a new root for a slug forgets what was accepted for the old one.
     fn put_project(&self, slug: &str, root: &str, now_ms: i64) -> Result<()>;
+    /// Record the configuration in force and whether the project had a `.git`; `false` when no
+    /// such project is registered.
+    fn set_project_accepted(
+        &self,
+        slug: &str,
+        config: &serde_json::Value,
+        had_git: bool,
+    ) -> Result<bool>;
     /// `false` when no such project was registered.
     fn remove_project(&self, slug: &str) -> Result<bool>;
     fn list_projects(&self) -> Result<Vec<ProjectRecord>>;
@@ -285,6 +298,16 @@ impl Store {
 
     pub async fn put_project(&self, slug: String, root: String, now_ms: i64) -> Result<()> {
         self.run(move |b| b.put_project(&slug, &root, now_ms)).await
+    }
+
+    pub async fn set_project_accepted(
+        &self,
+        slug: String,
+        config: serde_json::Value,
+        had_git: bool,
+    ) -> Result<bool> {
+        self.run(move |b| b.set_project_accepted(&slug, &config, had_git))
+            .await
     }
 
     pub async fn remove_project(&self, slug: String) -> Result<bool> {

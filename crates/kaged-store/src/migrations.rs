@@ -71,6 +71,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         detail     TEXT    NOT NULL DEFAULT '{}'
      );
      CREATE INDEX session_transitions_session ON session_transitions (session_id, id);",
+    // 6: what the operator last accepted for each project (its resolved configuration, and
+    // whether it had a .git), so that a restart judges the files against it instead of trusting
+    // whatever a run wrote while kaged was down. NULL for rows from before.
+    "ALTER TABLE projects ADD COLUMN accepted_config TEXT;
+     ALTER TABLE projects ADD COLUMN had_git INTEGER;",
 ];
 
 /// The schema version this build writes.

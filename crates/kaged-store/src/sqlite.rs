@@ -388,10 +388,29 @@ impl Backend for SqliteBackend {
         self.conn()
             .execute(
                 "INSERT INTO projects (slug, root, loaded_at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (slug) DO UPDATE SET root = excluded.root, loaded_at_ms = excluded.loaded_at_ms",
+                 ON CONFLICT (slug) DO UPDATE SET
+                    accepted_config = CASE WHEN root = excluded.root THEN accepted_config END,
+                    had_git = CASE WHEN root = excluded.root THEN had_git END,
+                    root = excluded.root,
+                    loaded_at_ms = excluded.loaded_at_ms",
                 params![slug, root, now_ms],
             )
             .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn set_project_accepted(
+        &self,
+        slug: &str,
+        config: &serde_json::Value,
+        had_git: bool,
+    ) -> Result<bool> {
+        self.conn()
+            .execute(
+                "UPDATE projects SET accepted_config = ?2, had_git = ?3 WHERE slug = ?1",
+                params![slug, config.to_string(), had_git],
+            )
+            .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }
 
@@ -405,14 +424,21 @@ impl Backend for SqliteBackend {
     fn list_projects(&self) -> Result<Vec<ProjectRecord>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT slug, root, loaded_at_ms FROM projects ORDER BY slug")
+            .prepare(
+                "SELECT slug, root, loaded_at_ms, accepted_config, had_git FROM projects ORDER BY slug",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
+                let accepted: Option<String> = r.get(3)?;
                 Ok(ProjectRecord {
                     slug: r.get(0)?,
                     root: r.get(1)?,
                     loaded_at_ms: r.get(2)?,
+                    // Unreadable text counts as nothing accepted: the files are then read as
+                    // at a first load.
+                    accepted_config: accepted.and_then(|t| serde_json::from_str(&t).ok()),
+                    had_git: r.get(4)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -563,6 +589,28 @@ mod tests {
             source: Some("127.0.0.1:5000".into()),
             detail: serde_json::json!({"k": "v"}),
         }
+    }
+
+    #[test]
+    fn what_was_accepted_for_a_project_survives_until_its_root_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBackend::open(&dir.path().join("kaged.db")).unwrap();
+        b.put_project("demo", "/p/demo", 1).unwrap();
+        assert_eq!(b.list_projects().unwrap()[0].accepted_config, None);
+        let config = serde_json::json!({"project": "demo", "primary": {"cage": "disabled"}});
+        assert!(b.set_project_accepted("demo", &config, true).unwrap());
+        assert!(!b.set_project_accepted("other", &config, true).unwrap());
+        // Registered again from the same root (local.toml, at every start): kept.
+        b.put_project("demo", "/p/demo", 2).unwrap();
+        let r = &b.list_projects().unwrap()[0];
+        assert_eq!(
+            (r.accepted_config.as_ref(), r.had_git),
+            (Some(&config), Some(true))
+        );
+        // From another root: forgotten.
+        b.put_project("demo", "/q/demo", 3).unwrap();
+        let r = &b.list_projects().unwrap()[0];
+        assert_eq!((r.accepted_config.as_ref(), r.had_git), (None, None));
     }
 
     #[test]

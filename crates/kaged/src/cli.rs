@@ -167,6 +167,15 @@ pub enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read a project's files now. An edit that loosens a cage stays pending until accepted.
+    Reload {
+        /// The project's slug, or its directory.
+        project: String,
+        /// Apply a pending edit that loosens a cage (review .kaged/project.yaml first), and
+        /// re-record whether the project has a .git (after checking .git/config and its hooks).
+        #[arg(long)]
+        accept: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

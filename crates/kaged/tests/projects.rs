@@ -274,3 +274,347 @@ async fn symlinked_files_are_refused_and_a_deleted_file_is_never_reported_valid(
     );
     assert_eq!(p["config"]["project"], "demo");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Nested projects, weakening reloads, planted .git (issue 11)
+
+/// A request authenticated with the nonce: status and JSON body.
+async fn call(
+    d: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = plain_client()
+        .request(method, format!("{}{path}", d.base))
+        .header("x-kaged-auth-nonce", d.nonce());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+fn audit_kinds(audit: &serde_json::Value) -> Vec<String> {
+    audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Run the project's `probe` task to its end; its transcript.
+async fn run_probe(d: &Daemon, slug: &str) -> String {
+    let (status, body) = call(
+        d,
+        reqwest::Method::POST,
+        &format!("/api/v1/projects/{slug}/sessions"),
+        Some(serde_json::json!({"kind": "task", "name": "probe"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["session"]["id"].as_str().unwrap().to_string();
+    let start = Instant::now();
+    loop {
+        let (_, s) = call(
+            d,
+            reqwest::Method::GET,
+            &format!("/api/v1/sessions/{id}"),
+            None,
+        )
+        .await;
+        if s["session"]["ended_at_ms"].is_i64() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never ended: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = plain_client()
+        .get(format!("{}/api/v1/sessions/{id}/transcript", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .send()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&r.bytes().await.unwrap()).into_owned()
+}
+
+/// A project whose `probe` task prints the hostname the run sees (the cage's is `kaged-cage`)
+/// and its network interfaces (a cage without `network: host` has only `lo`).
+fn probe_project(slug: &str, cage: &str) -> String {
+    format!(
+        "version: 1\nproject: {slug}\nprimary:\n  command: [sh]\n{cage}tasks:\n  probe: {{ command: [sh, -c, \"echo host=$(cat /proc/sys/kernel/hostname) net=$(sed -n '3,$p' /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\\\n' ,)\"] }}\n"
+    )
+}
+
+#[tokio::test]
+async fn nested_project_roots_are_refused_either_way_and_reported_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let outer = tmp.path().join("mono");
+    let inner = outer.join("packages/pkg");
+    write_project(&outer, &VALID.replace("project: demo", "project: mono"));
+    write_project(&inner, &VALID.replace("project: demo", "project: pkg"));
+    let d = Daemon::start(&home);
+
+    // A project inside a loaded one.
+    assert!(
+        d.cli(&["project", "load", outer.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = d.cli(&["project", "load", inner.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("409") && err.contains("conflict"), "{err}");
+    assert!(
+        err.contains("`pkg`") && err.contains("`mono`") && err.contains("inside"),
+        "{err}"
+    );
+    assert!(err.contains("unload"), "{err}");
+
+    // A project around a loaded one.
+    let (status, _) = call(&d, reqwest::Method::DELETE, "/api/v1/projects/mono", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        d.cli(&["project", "load", inner.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let (status, body) = call(
+        &d,
+        reqwest::Method::POST,
+        "/api/v1/projects/load",
+        Some(serde_json::json!({"path": outer})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`mono`") && message.contains("`pkg`") && message.contains("unload"),
+        "{message}"
+    );
+
+    // A registry that already holds overlapping roots (local.toml lists the outer one): both
+    // stay listed, each says which it overlaps, and neither starts runs until one is unloaded.
+    drop(d.stop());
+    std::fs::write(
+        home.join("local.toml"),
+        format!("[projects.mono]\npath = \"{}\"\n", outer.display()),
+    )
+    .unwrap();
+    let d = Daemon::start(&home);
+    let p = wait_for(&d, "mono", |p| p["valid"] == true).await;
+    assert_eq!(p["overlaps"][0]["slug"], "pkg", "{p}");
+    let p = wait_for(&d, "pkg", |p| p["valid"] == true).await;
+    assert_eq!(p["overlaps"][0]["slug"], "mono", "{p}");
+    assert!(d.stderr_text().contains("overlap"), "{}", d.stderr_text());
+    let (status, body) = call(
+        &d,
+        reqwest::Method::POST,
+        "/api/v1/projects/pkg/sessions",
+        Some(serde_json::json!({"kind": "task", "name": "test"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unload"),
+        "{body}"
+    );
+    assert!(audit_kinds(&d.api_get("/api/v1/audit").await).contains(&"project.overlap".into()));
+}
+
+#[tokio::test]
+async fn a_weakening_edit_waits_for_the_operator_and_the_old_cage_stays_in_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let project = tmp.path().join("weak");
+    write_project(&project, &probe_project("weak", ""));
+    std::fs::create_dir_all(project.join("out")).unwrap();
+    let d = Daemon::start(&home);
+    assert!(
+        d.cli(&["project", "load", project.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let caged = run_probe(&d, "weak").await;
+    assert!(caged.contains("host=kaged-cage net=lo,"), "{caged}");
+
+    // Host network and a writable grant: held, listed, audited; the old cage stays.
+    write_project(
+        &project,
+        &probe_project(
+            "weak",
+            "  cage:\n    network: host\n    filesystem: [{ path: \"project:/out\", mode: rw }]\n",
+        ),
+    );
+    let p = wait_for(&d, "weak", |p| p["pending_weakening"].is_object()).await;
+    let listed = p["pending_weakening"]["weakenings"].to_string();
+    assert!(listed.contains("network host (was none)"), "{listed}");
+    assert!(
+        listed.contains("filesystem grant added: project:/out (rw)"),
+        "{listed}"
+    );
+    assert!(p["config"]["primary"].get("cage").is_none(), "{p}");
+    let still = run_probe(&d, "weak").await;
+    assert!(still.contains("host=kaged-cage net=lo,"), "{still}");
+
+    // Then `cage: disabled`: still held; a session start still runs caged.
+    write_project(&project, &probe_project("weak", "  cage: disabled\n"));
+    let p = wait_for(&d, "weak", |p| {
+        p["pending_weakening"]["weakenings"]
+            .to_string()
+            .contains("cage disabled")
+    })
+    .await;
+    assert!(p["config"]["primary"].get("cage").is_none(), "{p}");
+    let still = run_probe(&d, "weak").await;
+    assert!(still.contains("host=kaged-cage net=lo,"), "{still}");
+    let list = String::from_utf8(d.cli(&["project", "list"]).stdout).unwrap();
+    assert!(list.contains("weakening pending"), "{list}");
+
+    // Loading the same directory again does not apply it either.
+    let out = d.cli(&["project", "load", project.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("weakening_pending") && err.contains("--accept"),
+        "{err}"
+    );
+    // Nor does a reload without --accept.
+    let out = d.cli(&["project", "reload", "weak"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cage disabled") && err.contains("--accept"),
+        "{err}"
+    );
+    let still = run_probe(&d, "weak").await;
+    assert!(still.contains("host=kaged-cage"), "{still}");
+
+    // A restart does not apply it either: the files are judged against what was in force.
+    drop(d.stop());
+    let d = Daemon::start(&home);
+    let p = wait_for(&d, "weak", |p| p["pending_weakening"].is_object()).await;
+    assert!(p["config"]["primary"].get("cage").is_none(), "{p}");
+    let still = run_probe(&d, "weak").await;
+    assert!(still.contains("host=kaged-cage"), "{still}");
+
+    // The operator accepts (by path): the new policy is in force, and who accepted is audited.
+    let out = d.cli(&["project", "reload", project.to_str().unwrap(), "--accept"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cage disabled"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let p = d.api_get("/api/v1/projects/weak").await["project"].clone();
+    assert!(p["pending_weakening"].is_null(), "{p}");
+    assert_eq!(p["config"]["primary"]["cage"], "disabled");
+    let uncaged = run_probe(&d, "weak").await;
+    assert!(!uncaged.contains("host=kaged-cage"), "{uncaged}");
+
+    let audit = d.api_get("/api/v1/audit?limit=1000").await;
+    let events = audit["events"].as_array().unwrap();
+    let pending: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "project.weakening_pending")
+        .collect();
+    assert!(pending.len() >= 2, "{audit}");
+    let accepted = events
+        .iter()
+        .find(|e| e["kind"] == "project.weakening_accepted")
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert!(
+        accepted["identity"]
+            .as_str()
+            .is_some_and(|who| !who.is_empty()),
+        "who accepted: {accepted}"
+    );
+    assert!(
+        accepted["detail"]["weakenings"]
+            .to_string()
+            .contains("cage disabled"),
+        "{accepted}"
+    );
+
+    // Tightening again applies at once.
+    write_project(&project, &probe_project("weak", ""));
+    let p = wait_for(&d, "weak", |p| p["config"]["primary"].get("cage").is_none()).await;
+    assert!(p["pending_weakening"].is_null(), "{p}");
+}
+
+#[tokio::test]
+async fn a_planted_git_refuses_the_next_run_until_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("nogit");
+    write_project(&project, &probe_project("nogit", ""));
+    let d = Daemon::start(&tmp.path().join("home"));
+    assert!(
+        d.cli(&["project", "load", project.to_str().unwrap()])
+            .status
+            .success()
+    );
+    // An empty .git (what the cage's mask leaves on the host) is not a planted one.
+    std::fs::create_dir(project.join(".git")).unwrap();
+    assert!(run_probe(&d, "nogit").await.contains("host="));
+
+    std::fs::write(
+        project.join(".git/config"),
+        "[core]\n\tfsmonitor = \"touch /tmp/owned\"\n",
+    )
+    .unwrap();
+    let (status, body) = call(
+        &d,
+        reqwest::Method::POST,
+        "/api/v1/projects/nogit/sessions",
+        Some(serde_json::json!({"kind": "task", "name": "probe"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "git_planted", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&project.join(".git").display().to_string())
+            && message.contains("kaged project reload nogit --accept")
+            && message.contains("fsmonitor"),
+        "{message}"
+    );
+    let audit = d.api_get("/api/v1/audit").await;
+    assert!(
+        audit_kinds(&audit).contains(&"project.git_planted".into()),
+        "{audit}"
+    );
+
+    // Nor does a restart forget that the project had no .git.
+    drop(d.stop());
+    let d = Daemon::start(&tmp.path().join("home"));
+    let (status, body) = call(
+        &d,
+        reqwest::Method::POST,
+        "/api/v1/projects/nogit/sessions",
+        Some(serde_json::json!({"kind": "task", "name": "probe"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    let out = d.cli(&["project", "reload", "nogit", "--accept"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(run_probe(&d, "nogit").await.contains("host="));
+}

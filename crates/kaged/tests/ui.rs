@@ -813,6 +813,38 @@ async fn desktop_console_signs_in_loads_a_project_runs_a_terminal_survives_reloa
     )
     .await;
 
+    // An edit that loosens the cage waits for the operator: a banner lists it, Accept applies it.
+    std::fs::write(
+        &file,
+        PROJECT_YAML.replace(
+            "  command: [sh]\n",
+            "  command: [sh]\n  cage: { network: host }\n",
+        ),
+    )
+    .unwrap();
+    ui.click("#reload").await;
+    let banner = ui
+        .until(
+            "the weakening banner",
+            "const b = document.getElementById('pending-weakening'); return b && b.textContent;",
+        )
+        .await;
+    assert!(
+        banner.as_str().unwrap().contains("network host (was none)"),
+        "{banner}"
+    );
+    ui.assert_no_csp_violations("weakening banner").await;
+    ui.shot("ui-desktop-weakening.png").await;
+    ui.click("#accept-weakening").await;
+    ui.until(
+        "the banner gone after Accept",
+        "return !document.getElementById('pending-weakening');",
+    )
+    .await;
+    let p = call(&d, reqwest::Method::GET, "/api/v1/projects/demo", None).await;
+    assert_eq!(p["project"]["config"]["primary"]["cage"]["network"], "host");
+    std::fs::write(&file, PROJECT_YAML).unwrap();
+
     // Signed out (the cookie is gone, as after a daemon restart): the page says what to run.
     ui.client.delete_all_cookies().await.unwrap();
     ui.route("#/status").await;

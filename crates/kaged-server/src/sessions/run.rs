@@ -50,7 +50,7 @@ struct Decided {
 }
 
 fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> {
-    let (root, config) = {
+    let (root, config, had_git) = {
         let projects = lock(&state.projects);
         let p = projects.get(&req.project).ok_or_else(|| {
             ApiError::new(
@@ -61,8 +61,15 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
                 ),
             )
         })?;
-        (p.root.clone(), p.config.clone())
+        if let Some(refusal) = crate::projects::overlap_refusal(&projects, p) {
+            return Err(refusal);
+        }
+        (p.root.clone(), p.config.clone(), p.had_git)
     };
+    // Outside the lock (it reads the directory): a .git that appeared since the load is refused.
+    if let Some(refusal) = crate::projects::git_refusal(&req.project, &root, had_git) {
+        return Err(refusal);
+    }
     let plan = kaged_cage::plan_run(&config, req.kind, req.name.as_deref())
         .map_err(|e| ApiError::new("bad_request", e.to_string()))?;
     let policy = kaged_cage::policy_for(&config, &plan.cage_agent)
@@ -106,7 +113,14 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
 
 /// Create a session and start its run. Returns the new session's record.
 pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<SessionRecord, ApiError> {
-    let decided = decide(state, &req)?;
+    let decided = match decide(state, &req) {
+        Err(e) if e.code == "git_planted" => {
+            crate::projects::audit_git_refusal(state, &req.project, &req.actor, req.source.clone())
+                .await;
+            return Err(e);
+        }
+        decided => decided?,
+    };
     let sessions = &state.runs;
     {
         let running = sessions.running();
