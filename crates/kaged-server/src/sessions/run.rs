@@ -47,6 +47,29 @@ struct Decided {
     /// Why the run is uncaged, when it is.
     uncaged_because: Option<&'static str>,
     allow: Vec<String>,
+    /// The variables `local.toml` grants the project (`[projects.NAME] env`), with their
+    /// values from the daemon's environment. They reach a cage on bwrap's argument
+    /// descriptor, never on a command line.
+    granted_env: Vec<(String, String)>,
+}
+
+/// `local.toml`'s environment grants of `project` that are set in the daemon's environment
+/// (one missing is logged: the operator expected it to arrive).
+fn granted_env(state: &ServerState, project: &str) -> Vec<(String, String)> {
+    let Some(grants) = state.info.local.projects.get(project) else {
+        return Vec::new();
+    };
+    grants
+        .env
+        .iter()
+        .filter_map(|name| match std::env::var(name) {
+            Ok(value) => Some((name.clone(), value)),
+            Err(_) => {
+                tracing::warn!(project, variable = %name, "local.toml grants this variable to the project, but it is not set in kaged's environment; the run starts without it");
+                None
+            }
+        })
+        .collect()
 }
 
 fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> {
@@ -108,6 +131,7 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         policy,
         uncaged_because,
         allow,
+        granted_env: granted_env(state, &req.project),
     })
 }
 
@@ -405,6 +429,7 @@ impl Runner {
             ("COLORTERM".to_string(), "truecolor".to_string()),
         ];
         env.push(("KAGED_SESSION".into(), self.live.id.clone()));
+        env.extend(d.granted_env.iter().cloned());
         if d.uncaged_because.is_some() {
             return Ok(Prepared {
                 spec: kaged_spawn::Spec::uncaged(
