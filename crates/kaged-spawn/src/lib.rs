@@ -175,7 +175,7 @@ pub fn bwrap_version() -> Option<String> {
 }
 
 /// Whether a `bwrap --version` line names 0.8.0 or newer (`--bind-fd`, `--disable-userns`).
-fn bwrap_is_recent(version: &str) -> bool {
+pub(crate) fn bwrap_is_recent(version: &str) -> bool {
     let numbers: Vec<u32> = version
         .rsplit(' ')
         .next()
@@ -537,6 +537,15 @@ pub fn spawn_pty(spec: &Spec, rows: u16, cols: u16) -> Result<PtyRun, SpawnError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bwrap_versions_are_judged() {
+        assert!(bwrap_is_recent("bubblewrap 0.8.0"));
+        assert!(bwrap_is_recent("bubblewrap 0.11.1"));
+        assert!(bwrap_is_recent("bubblewrap 1.0"));
+        assert!(!bwrap_is_recent("bubblewrap 0.6.1"));
+        assert!(!bwrap_is_recent("bubblewrap"));
+    }
 
     fn uncaged(cmd: &[&str]) -> Spec {
         Spec {

@@ -24,6 +24,7 @@ fn userns_works() -> Result<(), String> {
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-net",
+            "--disable-userns",
             "--ro-bind",
             "/",
             "/",
@@ -54,6 +55,17 @@ pub fn preflight() -> Vec<Check> {
         });
         return checks;
     };
+    if !crate::bwrap_is_recent(&version) {
+        checks.push(Check {
+            name: "bubblewrap",
+            outcome: Err(format!(
+                "{version} is too old: kaged's cages need --bind-fd and --disable-userns (0.8.0 or newer)"
+            )),
+            required: true,
+            fix: Some("install bubblewrap 0.8.0 or newer (Debian 12, Ubuntu 24.04 and Fedora 38 have it)".into()),
+        });
+        return checks;
+    }
     checks.push(Check {
         name: "bubblewrap",
         outcome: Ok(version),
