@@ -1658,7 +1658,10 @@ serve = true
             &FlagOverrides::default(),
         )
         .unwrap_err();
-        assert!(errs.to_string().contains("KAGED_MAX_WAITING_CONNECTIONS"), "{errs}");
+        assert!(
+            errs.to_string().contains("KAGED_MAX_WAITING_CONNECTIONS"),
+            "{errs}"
+        );
     }
 
     #[test]

@@ -305,7 +305,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(expired_now(&conn).await, None);
         let request = conn.request();
-        assert_eq!(waiting.len(), 0, "a connection with a request in flight is not waiting");
+        assert_eq!(
+            waiting.len(),
+            0,
+            "a connection with a request in flight is not waiting"
+        );
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert_eq!(expired_now(&conn).await, None, "in flight: no timeout");
         drop(request);

@@ -230,7 +230,10 @@ async fn serve_connection(
             }
         })
     };
+    // hyper's own header timer is off: it would use one value for the first head and every
+    // idle wait; `Conn::expired` keeps the two apart.
     let served = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(None)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(served);

@@ -498,7 +498,10 @@ fn raise_open_file_limit() -> Option<u64> {
 
 /// The connection limits of `[daemon]`. The cap on waiting connections stays below half the
 /// descriptor limit, so idle clients can never take every descriptor.
-fn connection_limits(settings: &Settings, open_files: Option<u64>) -> kaged_server::ConnectionLimits {
+fn connection_limits(
+    settings: &Settings,
+    open_files: Option<u64>,
+) -> kaged_server::ConnectionLimits {
     let asked = settings.max_waiting_connections;
     let max_waiting = match open_files {
         Some(n) if asked > n / 2 => {

@@ -464,7 +464,10 @@ async fn half_sent_requests_neither_starve_others_nor_stay_open() {
     let d = start_with_nofile(
         tmp.path(),
         "256:4096",
-        &[("KAGED_HEADER_TIMEOUT", "2"), ("KAGED_MAX_WAITING_CONNECTIONS", "100")],
+        &[
+            ("KAGED_HEADER_TIMEOUT", "2"),
+            ("KAGED_MAX_WAITING_CONNECTIONS", "100"),
+        ],
     );
     let mut slow = half_sent(d.port(), 600).await;
 
@@ -514,7 +517,10 @@ async fn beyond_the_cap_the_longest_waiting_connections_are_closed_first() {
     let d = Daemon::start_with(
         tmp.path(),
         &["--bind", "127.0.0.1:0"],
-        &[("KAGED_HEADER_TIMEOUT", "300"), ("KAGED_MAX_WAITING_CONNECTIONS", "16")],
+        &[
+            ("KAGED_HEADER_TIMEOUT", "300"),
+            ("KAGED_MAX_WAITING_CONNECTIONS", "16"),
+        ],
     );
     let mut slow = half_sent(d.port(), 48).await;
     for (i, s) in slow[..32].iter_mut().enumerate() {
@@ -524,7 +530,11 @@ async fn beyond_the_cap_the_longest_waiting_connections_are_closed_first() {
         );
     }
     for (i, s) in slow[32..].iter().enumerate() {
-        assert!(still_open(s), "connection {}, among the 16 newest, was closed", 32 + i);
+        assert!(
+            still_open(s),
+            "connection {}, among the 16 newest, was closed",
+            32 + i
+        );
     }
     // A client that sends its request at once gets through (it evicts the oldest waiting one).
     let r = plain_client()
@@ -546,14 +556,17 @@ async fn idle_connections_close_but_websockets_and_their_requests_stay() {
     let d = Daemon::start_with(
         tmp.path(),
         &["--bind", "127.0.0.1:0"],
-        &[("KAGED_HEADER_TIMEOUT", "1"), ("KAGED_IDLE_TIMEOUT", "1")],
+        &[("KAGED_HEADER_TIMEOUT", "2"), ("KAGED_IDLE_TIMEOUT", "1")],
     );
 
     // A kept-alive connection that answered one request, then sits idle.
     let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", d.port()))
         .await
         .unwrap();
-    let head = format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", d.port());
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        d.port()
+    );
     idle.write_all(head.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -562,7 +575,11 @@ async fn idle_connections_close_but_websockets_and_their_requests_stay() {
             .await
             .unwrap()
             .unwrap();
-        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed before the answer: {}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
@@ -581,7 +598,7 @@ async fn idle_connections_close_but_websockets_and_their_requests_stay() {
         "an idle kept-alive connection stays open"
     );
     // Well past both timeouts, the WebSocket still answers.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     ws.send(Message::Ping(b"still there?".to_vec().into()))
         .await
         .unwrap();
