@@ -378,15 +378,22 @@ impl Policy {
     }
 }
 
+/// The token of `Bearer <token>`. RFC 9110 (11.1, 11.4): the scheme is case-insensitive and
+/// one or more SP separate it from the credentials. The token's characters are not held to
+/// token68: a configured bootstrap token may hold any character, and a miss is refused anyway.
+fn bearer_credentials(authorization: &str) -> Option<&str> {
+    let (scheme, rest) = authorization.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(rest.trim()).filter(|t| !t.is_empty())
+}
+
 impl Policy {
     /// First step for an `Authorization` header (the caller resolves `Lookup` in storage, and a
     /// miss is [`Denial::TokenInvalid`]; a storage error is an internal error, never a pass).
     pub fn check_bearer(&self, authorization: &str) -> Result<BearerCheck, Denial> {
-        let token = authorization
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(Denial::MalformedAuthorization)?;
+        let token = bearer_credentials(authorization).ok_or(Denial::MalformedAuthorization)?;
         if let Some(bootstrap) = &self.bootstrap_token
             && bootstrap.matches(token)
         {
@@ -475,7 +482,32 @@ mod tests {
                     .into()
             }
         );
-        for bad in ["secret", "bearer secret", "Bearer ", "Basic abc"] {
+        // The scheme is case-insensitive and any run of spaces may follow it (RFC 9110).
+        for same in [
+            "Bearer secret",
+            "bearer secret",
+            "BEARER secret",
+            "bEaReR secret",
+            "Bearer   secret",
+            "bearer  secret ",
+        ] {
+            assert_eq!(
+                p.check_bearer(same).unwrap(),
+                p.check_bearer("Bearer secret").unwrap(),
+                "{same}"
+            );
+        }
+        for bad in [
+            "secret",
+            "Bearer",
+            "Bearer ",
+            "Bearer    ",
+            "Bearersecret",
+            "Bearer\tsecret",
+            "Basic abc",
+            "Bearerx secret",
+            " Bearer secret",
+        ] {
             assert_eq!(
                 p.check_bearer(bad),
                 Err(Denial::MalformedAuthorization),

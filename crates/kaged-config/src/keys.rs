@@ -48,6 +48,27 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Extra Host names (and Origins) kaged answers to, e.g. the public name behind a sidecar.",
     },
     KeySpec {
+        section: "daemon",
+        key: "header_timeout",
+        env: "KAGED_HEADER_TIMEOUT",
+        expected: "a whole number of seconds from 1 to 3600, such as 10",
+        doc: "Seconds a client gets, from connecting, to send a complete request head; slower connections are closed.",
+    },
+    KeySpec {
+        section: "daemon",
+        key: "idle_timeout",
+        env: "KAGED_IDLE_TIMEOUT",
+        expected: "a whole number of seconds from 1 to 86400, such as 60",
+        doc: "Seconds a kept-alive connection may wait for its next request (never counted while a request, a long response or a WebSocket runs).",
+    },
+    KeySpec {
+        section: "daemon",
+        key: "max_waiting_connections",
+        env: "KAGED_MAX_WAITING_CONNECTIONS",
+        expected: "a whole number from 1 to 1000000, such as 512",
+        doc: "Connections with no request in flight (head not yet sent, or idle) held at once; beyond it the longest-waiting one is closed.",
+    },
+    KeySpec {
         section: "auth",
         key: "mode",
         env: "KAGED_AUTH_MODE",

@@ -175,6 +175,10 @@ pub struct Settings {
     pub listeners: Vec<Listener>,
     pub home: PathBuf,
     pub allowed_hosts: Vec<String>,
+    /// `[daemon] header_timeout`, `idle_timeout` (seconds) and `max_waiting_connections`.
+    pub header_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub max_waiting_connections: u64,
     /// `[auth.proxy] trusted_actor_header` and the listeners it is honoured on.
     pub trusted_actor_header: Option<String>,
     pub trusted_proxy_listeners: Vec<Listener>,
@@ -202,6 +206,7 @@ pub struct Settings {
 enum Raw {
     Str(String),
     Bool(bool),
+    Int(i64),
     List(Vec<String>),
     /// Any other TOML type, by name, for the error message.
     Other(&'static str),
@@ -224,6 +229,7 @@ enum Value {
     Secret(ConfigSecret),
     Listeners(Vec<Listener>),
     Header(String),
+    Number(u64),
 }
 
 struct Problem {
@@ -247,6 +253,10 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
         Raw::List(items) if spec.key == "listen" || spec.key == "trusted_proxy_listeners" => {
             return check_listeners(spec, items);
         }
+        Raw::Int(n) if NUMBER_KEYS.iter().any(|(k, _)| *k == spec.path()) => {
+            return check_number(spec, n);
+        }
+        Raw::Int(n) => return Err(wrong(spec, format!("the number {n}"))),
         Raw::Bool(b) => return Err(wrong(spec, format!("the boolean {b}"))),
         Raw::List(_) => return Err(wrong(spec, "an array")),
         Raw::Other(t) => return Err(wrong(spec, format!("a {t}"))),
@@ -338,6 +348,27 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
     }
 }
 
+/// Keys whose values are whole numbers, with their upper bound (the lower one is 1).
+const NUMBER_KEYS: &[(&str, i64)] = &[
+    ("daemon.header_timeout", 3600),
+    ("daemon.idle_timeout", 86_400),
+    ("daemon.max_waiting_connections", 1_000_000),
+];
+
+fn check_number(spec: &KeySpec, n: i64) -> Result<Value, Problem> {
+    let max = NUMBER_KEYS
+        .iter()
+        .find(|(k, _)| *k == spec.path())
+        .map_or(0, |(_, max)| *max);
+    match u64::try_from(n) {
+        Ok(v) if (1..=max).contains(&n) => Ok(Value::Number(v)),
+        _ => Err(Problem {
+            problem: format!("{n} is out of range"),
+            hint: format!("use {}", spec.expected),
+        }),
+    }
+}
+
 /// Keys whose values are booleans.
 const BOOL_KEYS: &[&str] = &[
     "ui.serve",
@@ -352,6 +383,12 @@ fn raw_from_env(spec: &KeySpec, text: &str) -> Raw {
             "true" | "1" | "yes" => Raw::Bool(true),
             "false" | "0" | "no" => Raw::Bool(false),
             _ => Raw::Str(text.to_string()),
+        };
+    }
+    if NUMBER_KEYS.iter().any(|(k, _)| *k == spec.path()) {
+        return match text.trim().parse::<i64>() {
+            Ok(n) => Raw::Int(n),
+            Err(_) => Raw::Str(text.to_string()),
         };
     }
     match spec.path().as_str() {
@@ -503,6 +540,10 @@ fn raw_from_toml(v: &DeValue<'_>) -> Raw {
     match v {
         DeValue::String(s) => Raw::Str(s.to_string()),
         DeValue::Boolean(b) => Raw::Bool(*b),
+        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) => Raw::Int(n),
+            Err(_) => Raw::Other("integer too large"),
+        },
         DeValue::Array(items) => {
             let mut out = Vec::new();
             for item in items {
@@ -774,6 +815,9 @@ pub fn resolve(
             Some(Value::Hosts(h)) => h,
             _ => Vec::new(),
         },
+        header_timeout_secs: number(take("daemon.header_timeout"), 10),
+        idle_timeout_secs: number(take("daemon.idle_timeout"), 60),
+        max_waiting_connections: number(take("daemon.max_waiting_connections"), 512),
         auth_mode,
         auth,
         auth_token: match take("auth.token") {
@@ -842,6 +886,13 @@ pub fn resolve(
         );
     }
     Ok(settings)
+}
+
+fn number(value: Option<Value>, default: u64) -> u64 {
+    match value {
+        Some(Value::Number(n)) => n,
+        _ => default,
+    }
 }
 
 /// Where a resolved key's value came from, as an error location.
@@ -991,7 +1042,7 @@ pub fn render_default_config(s: &Settings) -> String {
     format!(
         "# kaged configuration ({mode} mode), written on first launch.\n\
          # Precedence: command-line flags > KAGED_* environment > this file > defaults.\n\n\
-         [daemon]\n{}\nbind = {}\n{}\n# listen = [\"127.0.0.1:7777\", \"unix:///PATH/kaged.sock\"]\n{}\nhome = {}\n{}\nallowed_hosts = []\n\n\
+         [daemon]\n{}\nbind = {}\n{}\n# listen = [\"127.0.0.1:7777\", \"unix:///PATH/kaged.sock\"]\n{}\nhome = {}\n{}\nallowed_hosts = []\n{}\nheader_timeout = {}\n{}\nidle_timeout = {}\n{}\nmax_waiting_connections = {}\n\n\
          [auth]\n{}\nmode = \"secure\"\n{}\n# token = \"\"\n{}\ntrust_private_network = false\n{}\nrequire_token_identity = false\n\n\
          # [auth.proxy]\n{}\n# trusted_actor_header = \"X-Kaged-Actor\"\n{}\n# trusted_proxy_listeners = [\"unix:///PATH/proxy.sock\"]\n\n\
          [storage]\n{}\nurl = {}\n\n\
@@ -1005,6 +1056,12 @@ pub fn render_default_config(s: &Settings) -> String {
         doc("daemon", "home"),
         toml_string(&s.home.display().to_string()),
         doc("daemon", "allowed_hosts"),
+        doc("daemon", "header_timeout"),
+        s.header_timeout_secs,
+        doc("daemon", "idle_timeout"),
+        s.idle_timeout_secs,
+        doc("daemon", "max_waiting_connections"),
+        s.max_waiting_connections,
         doc("auth", "mode"),
         doc("auth", "token"),
         doc("auth", "trust_private_network"),
@@ -1502,7 +1559,7 @@ serve = true
                 "daemon.bind",
                 "not an IP address with a port",
             ),
-            ("[daemon]\nbind = 7777", "daemon.bind", "a integer"),
+            ("[daemon]\nbind = 7777", "daemon.bind", "the number 7777"),
             (
                 "[daemon]\nhome = \"relative/dir\"",
                 "daemon.home",
@@ -1567,6 +1624,21 @@ serve = true
                 "list of plugin names",
             ),
             ("[ui]\nserve = \"yes\"", "ui.serve", "true or false"),
+            (
+                "[daemon]\nheader_timeout = 0",
+                "daemon.header_timeout",
+                "0 is out of range",
+            ),
+            (
+                "[daemon]\nidle_timeout = \"60s\"",
+                "daemon.idle_timeout",
+                "whole number of seconds",
+            ),
+            (
+                "[daemon]\nmax_waiting_connections = 1.5",
+                "daemon.max_waiting_connections",
+                "whole number",
+            ),
         ];
         for (text, key, needle) in cases {
             let e = only_error(text);
@@ -1579,6 +1651,47 @@ serve = true
             assert!(shown.contains(needle), "{text}: {shown}");
             assert!(shown.contains("fix:"), "{text}: {shown}");
         }
+    }
+
+    #[test]
+    fn connection_limits_come_from_the_file_or_the_environment() {
+        let s = resolve_text("").unwrap();
+        assert_eq!(
+            (
+                s.header_timeout_secs,
+                s.idle_timeout_secs,
+                s.max_waiting_connections
+            ),
+            (10, 60, 512)
+        );
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            Some("[daemon]\nheader_timeout = 5\nidle_timeout = 0x1e\nmax_waiting_connections = 1_000\n"),
+            &env(&[("KAGED_HEADER_TIMEOUT", " 2 ")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.header_timeout_secs,
+                s.idle_timeout_secs,
+                s.max_waiting_connections
+            ),
+            (2, 30, 1000)
+        );
+        let errs = resolve(
+            &decision(),
+            &cfg(),
+            None,
+            &env(&[("KAGED_MAX_WAITING_CONNECTIONS", "lots")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            errs.to_string().contains("KAGED_MAX_WAITING_CONNECTIONS"),
+            "{errs}"
+        );
     }
 
     #[test]

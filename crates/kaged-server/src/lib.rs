@@ -11,6 +11,7 @@
 
 mod api;
 mod audit;
+mod connection;
 mod error;
 mod events;
 mod launch;
@@ -27,6 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 pub use audit::{AuditLog, AuditRecord, now_ms, rfc3339_utc};
+pub use connection::{ConnectionLimits, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_WAITING_CONNECTIONS};
 pub use error::ApiError;
 pub use listener::{BindError, BoundListener, ListenerInfo, Socket, bind_unix, serve_all};
 pub use projects::{UnreadableProject, project_files, read_project_file, read_project_texts};

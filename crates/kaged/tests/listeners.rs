@@ -392,3 +392,226 @@ async fn trusted_proxy_on_one_of_two_tcp_listeners_with_env_overrides() {
         (Some("alice"), Some("identity_token"))
     );
 }
+
+/// The start of a request whose head never ends: what a slow (or hostile) client leaves open.
+const HALF_SENT: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1";
+
+/// `kaged start` on a random loopback port under `prlimit --nofile=SOFT:HARD`, so a test can
+/// show what happens when the daemon starts with few descriptors.
+fn start_with_nofile(home: &Path, nofile: &str, env: &[(&str, &str)]) -> Daemon {
+    let mut all = vec![("KAGED_HOME", home.to_str().unwrap())];
+    all.extend_from_slice(env);
+    let plain = kaged_cmd(&all);
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.env_clear();
+    for (k, v) in plain.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.arg(format!("--nofile={nofile}"))
+        .arg("--")
+        .arg(kaged_bin())
+        .args(["start", "--bind", "127.0.0.1:0"]);
+    let owned = all
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Daemon::spawn(cmd, home, &home.join("run"), owned)
+}
+
+/// Open `n` connections (in order) that each send `HALF_SENT` and nothing more.
+async fn half_sent(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+        let mut s = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} was not even queued"))
+            .unwrap();
+        s.write_all(HALF_SENT).await.unwrap();
+        out.push(s);
+    }
+    out
+}
+
+/// Has the daemon closed this connection (EOF or reset) within `limit`?
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(limit, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A 408 or similar before the close is fine too; keep reading to the close.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Is this connection still open right now (nothing to read, no EOF)?
+fn still_open(s: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[tokio::test]
+async fn half_sent_requests_neither_starve_others_nor_stay_open() {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    // 256 descriptors to start with: more half-sent requests than that held every one of them.
+    let d = start_with_nofile(
+        tmp.path(),
+        "256:4096",
+        &[
+            ("KAGED_HEADER_TIMEOUT", "2"),
+            ("KAGED_MAX_WAITING_CONNECTIONS", "100"),
+        ],
+    );
+    let mut slow = half_sent(d.port(), 600).await;
+
+    // (a) A legitimate request is still answered while they are held.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("{}/api/v1/whoami", d.base))
+        .header("x-kaged-auth-nonce", d.nonce())
+        .send()
+        .await
+        .expect("a legitimate request is answered while 600 half-sent ones are held");
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // (b) Every half-sent request is closed: the oldest beyond the cap at once, the rest after
+    // the 2 s header timeout (the bound below is generous; only the outcome is asserted).
+    for (i, s) in slow.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(20)).await,
+            "half-sent connection {i} is still open"
+        );
+    }
+    // The soft limit was raised to the hard one at start.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(open_files, ["4096", "4096"], "{limits}");
+
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("open file limit"), "{log}");
+}
+
+#[tokio::test]
+async fn beyond_the_cap_the_longest_waiting_connections_are_closed_first() {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    // A header timeout far longer than the test: only the cap can close anything here.
+    let d = Daemon::start_with(
+        tmp.path(),
+        &["--bind", "127.0.0.1:0"],
+        &[
+            ("KAGED_HEADER_TIMEOUT", "300"),
+            ("KAGED_MAX_WAITING_CONNECTIONS", "16"),
+        ],
+    );
+    let mut slow = half_sent(d.port(), 48).await;
+    for (i, s) in slow[..32].iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(20)).await,
+            "connection {i}, among the 32 oldest, is still open"
+        );
+    }
+    for (i, s) in slow[32..].iter().enumerate() {
+        assert!(
+            still_open(s),
+            "connection {}, among the 16 newest, was closed",
+            32 + i
+        );
+    }
+    // A client that sends its request at once gets through (it evicts the oldest waiting one).
+    let r = plain_client()
+        .get(format!("{}/healthz", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(closed_within(&mut slow[32], Duration::from_secs(20)).await);
+}
+
+#[tokio::test]
+async fn idle_connections_close_but_websockets_and_their_requests_stay() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(
+        tmp.path(),
+        &["--bind", "127.0.0.1:0"],
+        &[("KAGED_HEADER_TIMEOUT", "2"), ("KAGED_IDLE_TIMEOUT", "1")],
+    );
+
+    // A kept-alive connection that answered one request, then sits idle.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", d.port()))
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        d.port()
+    );
+    idle.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("{\"status\":\"ok\"}") {
+        let n = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+
+    // An events WebSocket: upgraded, it is no longer an idle HTTP connection.
+    let url = format!("{}/api/v1/events", d.base.replace("http://", "ws://"));
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-kaged-auth-nonce", d.nonce().parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(20)).await,
+        "an idle kept-alive connection stays open"
+    );
+    // Well past both timeouts, the WebSocket still answers.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ws.send(Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(p))) => return Some(p),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(pong.as_deref(), Some(&b"still there?"[..]));
+}

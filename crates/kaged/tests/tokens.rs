@@ -72,6 +72,16 @@ async fn tokens_are_created_listed_used_and_revoked_through_the_cli() {
         .unwrap();
     assert_eq!(who["id"], "alice");
     assert_eq!(who["method"], "identity_token");
+    // The scheme is case-insensitive and may be followed by several spaces (RFC 9110).
+    for authorization in [format!("bearer {token}"), format!("BEARER   {token}")] {
+        let r = plain_client()
+            .get(format!("{}/api/v1/whoami", d.base))
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", &authorization[..9]);
+    }
 
     let out = d.cli(&["tokens", "revoke", "1"]);
     assert!(out.status.success());
