@@ -34,7 +34,8 @@ fn write_project(root: &Path, yaml: &str) {
     std::fs::write(root.join(".kaged/project.yaml"), yaml).unwrap();
 }
 
-/// Swaps `/workspace/out` with a symbolic link to `target` (absolute, on the host) in a tight
+/// Swaps `/workspace/out` with a symbolic link to `target` (relative: bwrap resolves sources
+/// under its old root, where a relative link leads where it does on the host) in a tight
 /// loop with `renameat2(RENAME_EXCHANGE)`, for `secs` seconds; prints how many swaps it made.
 const SWAPPER: &str = r#"
 import ctypes, os, sys, time
@@ -61,8 +62,11 @@ print("swaps", n, flush=True)
 #[test]
 fn a_swapped_bind_source_never_reaches_outside_the_project() {
     let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("operator-home");
-    std::fs::create_dir_all(home.join(".config")).unwrap();
+    // The operator's home, beside the project: `../home` leads there from the project on the
+    // host, and to the cage's own /home from /workspace, so a bind through the link succeeds
+    // on both sides (as in the attack that found this).
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
     let p = tmp.path().join("race");
     std::fs::create_dir_all(p.join("out")).unwrap();
     std::fs::create_dir_all(p.join(".git")).unwrap();
@@ -82,7 +86,7 @@ fn a_swapped_bind_source_never_reaches_outside_the_project() {
             "-c",
             SWAPPER,
         ])
-        .arg(home.join(".config"))
+        .arg("../home")
         .arg("60")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -129,7 +133,7 @@ fn a_swapped_bind_source_never_reaches_outside_the_project() {
     }
     let _ = swapper.kill();
     let swapped = swapper.wait_with_output().unwrap();
-    let hits: Vec<_> = std::fs::read_dir(home.join(".config"))
+    let hits: Vec<_> = std::fs::read_dir(&home)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
