@@ -60,6 +60,16 @@ fn host() -> &'static HostLimits {
     })
 }
 
+/// The cgroup directories in which this process makes run groups.
+pub(crate) fn roots() -> Vec<PathBuf> {
+    let host = host();
+    [&host.pids, &host.memory, &host.cpu]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
+
 /// How this host can enforce limits (probed once per process).
 pub fn limit_facts() -> LimitFacts {
     host().facts

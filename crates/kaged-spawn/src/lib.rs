@@ -25,6 +25,7 @@ mod facts;
 mod fds;
 mod pidfd;
 mod preflight;
+mod sweep;
 mod tree;
 
 use std::io::{Read, Seek, Write};
@@ -42,6 +43,7 @@ pub use facts::{Sources, open_sources};
 pub use fds::mark_inherited_cloexec;
 pub use nix::sys::signal::Signal;
 pub use preflight::{Check, preflight, sandbox_problem};
+pub use sweep::{Swept, sweep};
 pub use tree::{descendants, members};
 
 use tree::members_seen;
