@@ -672,3 +672,53 @@ fn leftovers_of_a_killed_daemon_are_swept_at_the_next_start() {
     let d = Daemon::start(tmp.path());
     assert!(!d.stderr_text().contains("swept"), "{}", d.stderr_text());
 }
+
+#[test]
+fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
+    let Some(root) = own_pids_cgroup() else {
+        eprintln!("no writable cgroup v1 pids hierarchy here: skipped");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("demo");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        "version: 1\nproject: demo\nprimary:\n  command: [sleep, \"300\"]\n  cage:\n    network:\n      allow: [\"127.0.0.1:1\"]\n    limits: { pids: 32 }\n",
+    )
+    .unwrap();
+    let home = tmp.path().join("home");
+    let d = Daemon::start(&home);
+    let out = d.cli(&["project", "load", project.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = d.cli(&["session", "start", "demo", "--agent", "primary", "--detach"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let group = root.join(format!("kaged-{}", &id[..16]));
+    let socket = home.join(format!("run/egress/{}.sock", &id[..16]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(std::fs::read_to_string(group.join("cgroup.procs")).is_ok_and(|p| !p.is_empty())
+        && socket.exists())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not start\n{}",
+            d.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.signal("KILL");
+    let _ = d.stop_after_signal();
+    // The cage dies with the daemon; its group and socket stay.
+    assert!(group.exists() && socket.exists());
+
+    let d = Daemon::start(&home);
+    let log = d.stderr_text();
+    assert!(
+        log.contains("swept what an earlier kaged left: 1 cgroup (")
+            && log.contains("), 1 egress socket,"),
+        "{log}"
+    );
+    assert!(!group.exists());
+    assert!(!socket.exists());
+}
