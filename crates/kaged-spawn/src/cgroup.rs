@@ -60,6 +60,16 @@ fn host() -> &'static HostLimits {
     })
 }
 
+/// The cgroup directories in which this process makes run groups.
+pub(crate) fn roots() -> Vec<PathBuf> {
+    let host = host();
+    [&host.pids, &host.memory, &host.cpu]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
+
 /// How this host can enforce limits (probed once per process).
 pub fn limit_facts() -> LimitFacts {
     host().facts
@@ -136,13 +146,7 @@ impl Drop for Cgroups {
         for dir in &self.dirs {
             // Anything left (it should not be) is killed so the group can go.
             for _ in 0..20 {
-                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                crate::pidfd::kill_cgroup(dir);
                 if std::fs::remove_dir(dir).is_ok() {
                     break;
                 }

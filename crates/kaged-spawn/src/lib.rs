@@ -15,13 +15,17 @@
 //!
 //! Killing: SIGKILL to the started process (bwrap, the PID namespace's parent) ends the cage;
 //! the snapshot of its descendants taken just before is killed too, which also covers an
-//! uncaged run whose children left its process group.
+//! uncaged run whose children left its process group. Every signal goes through a pidfd
+//! (`pidfd`), and nothing is signalled once the started process was reaped: until then its
+//! PID cannot be reused, so a `/proc` scan by that PID finds only the run's own processes.
 
 mod cgroup;
 mod check;
 mod facts;
 mod fds;
+mod pidfd;
 mod preflight;
+mod sweep;
 mod tree;
 
 use std::io::{Read, Seek, Write};
@@ -29,7 +33,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nix::unistd::Pid;
 
@@ -39,7 +43,10 @@ pub use facts::{Sources, open_sources};
 pub use fds::mark_inherited_cloexec;
 pub use nix::sys::signal::Signal;
 pub use preflight::{Check, preflight, sandbox_problem};
+pub use sweep::{Swept, sweep};
 pub use tree::{descendants, members};
+
+use tree::members_seen;
 
 const BWRAP: &str = "bwrap";
 
@@ -63,6 +70,8 @@ pub enum SpawnError {
     Cgroup(String),
     #[error("cannot open a PTY: {0}")]
     Pty(String),
+    #[error("cannot hold the started process through a pidfd (Linux 5.3 or newer is needed): {0}")]
+    Pidfd(std::io::Error),
     #[error("cannot start `{program}`: {source}")]
     Start {
         program: String,
@@ -387,18 +396,15 @@ pub fn run_foreground(
         let _spawning = SPAWN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         prepared.command.spawn()
     };
-    let mut child = spawned.map_err(|e| start_error(&prepared.program, e))?;
-    let killer = Killer {
-        pid: child.id(),
-        caged: prepared.caged,
-    };
+    let child = spawned.map_err(|e| start_error(&prepared.program, e))?;
+    let (killer, mut waiter) = hold(child, prepared.caged)?;
     let deadline = wall_time.map(|w| std::time::Instant::now() + w);
-    let status = loop {
-        if let Some(status) = child
+    let exit = loop {
+        if let Some(exit) = waiter
             .try_wait()
             .map_err(|e| start_error(&prepared.program, e))?
         {
-            break status;
+            break exit;
         }
         let too_many = || max_processes.is_some_and(|max| killer.process_count() as u64 > max);
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) || too_many() {
@@ -406,47 +412,105 @@ pub fn run_foreground(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    Ok(Exit::of(status))
+    Ok(exit)
 }
 
-/// Signals and kills a started run from any thread.
+/// The started process, shared by a run's [`Killer`]s and its [`Waiter`].
+#[derive(Debug)]
+struct Started {
+    pid: u32,
+    /// Opened while the child was unreaped, so it names exactly that process.
+    pidfd: OwnedFd,
+    /// Set when the child is reaped, under this lock. While it is false the PID, and the
+    /// process group and session of that number, are still the run's: killers hold the lock
+    /// for as long as they scan and signal by that number.
+    reaped: Mutex<bool>,
+}
+
+impl Started {
+    fn reaped(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.reaped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The killer and waiter of a just-spawned (so still unreaped) `child`.
+fn hold(mut child: Child, caged: bool) -> Result<(Killer, Waiter), SpawnError> {
+    let pid = child.id();
+    let pidfd = match pidfd::open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Without a pidfd the run could not be killed safely: it does not run at all.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SpawnError::Pidfd(e));
+        }
+    };
+    let started = Arc::new(Started {
+        pid,
+        pidfd,
+        reaped: Mutex::new(false),
+    });
+    Ok((
+        Killer {
+            started: started.clone(),
+            caged,
+        },
+        Waiter { child, started },
+    ))
+}
+
+/// Signals and kills a started run from any thread; once the run was reaped it signals
+/// nothing (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct Killer {
-    pid: u32,
+    started: Arc<Started>,
     caged: bool,
 }
 
 impl Killer {
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.started.pid
     }
 
     /// Send `signal` to every process of the run (the started process last, so a cage's
-    /// init does not take the others down before they had a chance to handle it).
-    pub fn signal_all(&self, signal: Signal) {
-        for pid in members(self.pid) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
+    /// init does not take the others down before they had a chance to handle it). Returns
+    /// how many processes it reached.
+    pub fn signal_all(&self, signal: Signal) -> usize {
+        let reaped = self.started.reaped();
+        if *reaped {
+            return 0;
         }
-        let _ = nix::sys::signal::kill(Pid::from_raw(self.pid as i32), signal);
+        let members = send_confirmed(&members_seen(self.started.pid), signal);
+        members + usize::from(pidfd::send(&self.started.pidfd, signal).is_ok())
     }
 
-    /// End the run now: nothing of it survives.
-    pub fn kill(&self) {
-        let rest = members(self.pid);
-        let _ = nix::sys::signal::kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+    /// End the run now: nothing of it survives. Returns how many processes were signalled
+    /// one by one (the process group of an uncaged run is killed as a whole besides).
+    pub fn kill(&self) -> usize {
+        let reaped = self.started.reaped();
+        if *reaped {
+            return 0;
+        }
+        let rest = members_seen(self.started.pid);
+        let started = usize::from(pidfd::send(&self.started.pidfd, Signal::SIGKILL).is_ok());
         if !self.caged {
-            // The run leads its own session and process group (the PTY made it so).
-            let _ = nix::sys::signal::killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            // The run leads its own session and process group (the PTY made it so); unreaped,
+            // the group of that number is still the run's.
+            let _ =
+                nix::sys::signal::killpg(Pid::from_raw(self.started.pid as i32), Signal::SIGKILL);
         }
-        for pid in rest {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
+        started + send_confirmed(&rest, Signal::SIGKILL)
     }
 
     /// How many processes the command has now: for a cage, bwrap's own two (the outer
     /// process and the namespace's init) are not counted, so this compares with a pids limit.
+    /// None once it was reaped.
     pub fn process_count(&self) -> usize {
-        let all = 1 + descendants(self.pid).len();
+        let reaped = self.started.reaped();
+        if *reaped {
+            return 0;
+        }
+        let all = 1 + descendants(self.started.pid).len();
         if self.caged {
             all.saturating_sub(2)
         } else {
@@ -455,18 +519,59 @@ impl Killer {
     }
 }
 
+/// Send `signal` to each `(pid, start)` a scan saw, through a pidfd confirmed to be that
+/// process; how many it reached.
+fn send_confirmed(seen: &[(u32, u64)], signal: Signal) -> usize {
+    seen.iter()
+        .filter_map(|&(pid, start)| pidfd::open_confirmed(pid, start))
+        .filter(|fd| pidfd::send(fd, signal).is_ok())
+        .count()
+}
+
 /// Reaps a started run (blocking).
 pub struct Waiter {
     child: Child,
+    started: Arc<Started>,
 }
 
 impl Waiter {
     pub fn wait(mut self) -> Exit {
-        match self.child.wait() {
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        // Wait for the exit without reaping, so that the reap itself is quick and done under
+        // the lock killers hold.
+        loop {
+            match waitid(
+                WaitId::PidFd(std::os::fd::AsFd::as_fd(&self.started.pidfd)),
+                WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+            ) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => break,
+                // Should not happen; polling still never blocks a killer for long.
+                Err(_) => loop {
+                    match self.try_wait() {
+                        Ok(Some(exit)) => return exit,
+                        Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                        Err(_) => return Exit::Code(1),
+                    }
+                },
+            }
+        }
+        let mut reaped = self.started.reaped();
+        let exit = match self.child.wait() {
             Ok(status) => Exit::of(status),
             // Only if it was already reaped, which nothing else here does.
             Err(_) => Exit::Code(1),
-        }
+        };
+        *reaped = true;
+        exit
+    }
+
+    /// Reap the run if it has ended.
+    fn try_wait(&mut self) -> std::io::Result<Option<Exit>> {
+        let mut reaped = self.started.reaped();
+        let status = self.child.try_wait()?;
+        *reaped |= status.is_some();
+        Ok(status.map(Exit::of))
     }
 }
 
@@ -524,13 +629,11 @@ pub fn spawn_pty(spec: &Spec, rows: u16, cols: u16) -> Result<PtyRun, SpawnError
             program,
             source: std::io::Error::other(e.to_string()),
         })?;
+    let (killer, waiter) = hold(child, caged)?;
     Ok(PtyRun {
         terminal: Terminal { pty: Arc::new(pty) },
-        killer: Killer {
-            pid: child.id(),
-            caged,
-        },
-        waiter: Waiter { child },
+        killer,
+        waiter,
     })
 }
 
@@ -625,6 +728,70 @@ mod tests {
                 "process {pid} survived"
             );
         }
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "))
+    }
+
+    #[test]
+    fn a_live_run_is_killed_through_its_pidfds() {
+        let run = spawn_pty(
+            &uncaged(&["sh", "-c", "sleep 300 & echo started; wait"]),
+            24,
+            80,
+        )
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let n = run.terminal.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("started"));
+        // Signal 0 reaches every process and harms none: the shell and its sleep.
+        assert_eq!(run.killer.signal_all(Signal::SIGCONT), 2);
+        assert_eq!(run.killer.process_count(), 2);
+        assert_eq!(run.killer.kill(), 2);
+        assert_eq!(run.waiter.wait(), Exit::Signal(9));
+    }
+
+    #[test]
+    fn a_reaped_run_signals_nothing_even_where_its_pid_lives_on() {
+        let run = spawn_pty(&uncaged(&["true"]), 24, 80).unwrap();
+        read_all(&run.terminal);
+        let killer = run.killer.clone();
+        assert_eq!(run.waiter.wait(), Exit::Code(0));
+        // Its own pidfd now names a reaped process.
+        let e = pidfd::send(&killer.started.pidfd, Signal::SIGKILL).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ESRCH));
+        assert_eq!(killer.kill(), 0);
+        assert_eq!(killer.signal_all(Signal::SIGTERM), 0);
+        assert_eq!(killer.process_count(), 0);
+
+        // PID reuse cannot be forced, so the old killer is pointed at the PID of a live
+        // session leader with a child, as if that process had been given the reaped PID.
+        let mut other = Command::new("setsid")
+            .args(["sh", "-c", "sleep 300 & wait"])
+            .spawn()
+            .unwrap();
+        let other_pid = other.id();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let children = descendants(other_pid);
+        assert_eq!(children.len(), 1, "{children:?}");
+        let reused = Killer {
+            started: Arc::new(Started {
+                pid: other_pid,
+                pidfd: killer.started.pidfd.try_clone().unwrap(),
+                reaped: Mutex::new(true),
+            }),
+            caged: false,
+        };
+        assert_eq!(reused.kill(), 0);
+        assert_eq!(reused.signal_all(Signal::SIGKILL), 0);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let survived = alive(other_pid) && alive(children[0]);
+        let _ = other.kill();
+        let _ = Command::new("kill").arg(children[0].to_string()).status();
+        let _ = other.wait();
+        assert!(survived, "a process that reused the PID was signalled");
     }
 
     #[test]

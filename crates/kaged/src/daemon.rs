@@ -240,6 +240,7 @@ async fn serve(
 
     let store = Store::open(&settings.storage_url)?;
     tracing::info!(database = %store.describe(), schema = store.schema_version().await?, "storage ready");
+    sweep_leftovers(&store, runtime_dir).await;
 
     let listeners = bind_listeners(&settings, uid).await?;
     let tcp_addrs: Vec<SocketAddr> = listeners
@@ -528,6 +529,34 @@ fn connection_limits(
         "connection limits"
     );
     limits
+}
+
+
+/// Sweep what an earlier kaged killed outright left (run cgroups, egress sockets, old seccomp
+/// directories). Runs only with both locks held and before any run starts, so nothing swept
+/// belongs to a live daemon of this runtime and data directory.
+async fn sweep_leftovers(store: &Store, runtime_dir: &std::path::Path) {
+    let runs: Vec<String> = match store.live_sessions().await {
+        Ok(sessions) => sessions
+            .iter()
+            .map(|s| kaged_server::run_name(&s.id).to_string())
+            .collect(),
+        Err(e) => {
+            // Their cgroups are kept (they may not be ours); the rest is still swept.
+            tracing::error!(error = %e, "cannot list unfinished sessions to sweep their cgroups");
+            Vec::new()
+        }
+    };
+    let egress = kaged_server::egress_dir(runtime_dir);
+    let swept = tokio::task::spawn_blocking(move || {
+        let runs: Vec<&str> = runs.iter().map(String::as_str).collect();
+        kaged_spawn::sweep(&runs, &egress)
+    })
+    .await
+    .unwrap_or_default();
+    if !swept.is_empty() {
+        tracing::info!("swept what an earlier kaged left: {swept}");
+    }
 }
 
 /// Bind every configured listener. TCP listeners pass the plain-HTTP exposure guardrail

@@ -559,3 +559,166 @@ fn auth_open_hands_the_browser_a_private_redirect_page_not_the_token() {
     assert!(status.success());
     assert!(!page.exists(), "removed at shutdown");
 }
+
+/// The pids cgroup v1 directory this test (and so a daemon it starts) lives in, if kaged can
+/// make groups there (root on a cgroup v1 host).
+fn own_pids_cgroup() -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "pids").then_some(path)
+    })?;
+    let dir = std::path::Path::new("/sys/fs/cgroup/pids").join(path.trim_start_matches('/'));
+    let probe = dir.join(format!("kaged-test-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).ok()?;
+    std::fs::remove_dir(&probe).ok()?;
+    Some(dir)
+}
+
+#[test]
+fn leftovers_of_a_killed_daemon_are_swept_at_the_next_start() {
+    use std::os::unix::fs::DirBuilderExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // A first start makes the database; then a session is left `running` in it, as a daemon
+    // killed during a run leaves it.
+    let (status, log) = Daemon::start(tmp.path()).stop();
+    assert!(status.success(), "{log}");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let id = format!("{:032x}", nanos ^ ((std::process::id() as u128) << 64));
+    let run = &id[..16];
+    let db = rusqlite::Connection::open(tmp.path().join("kaged.db")).unwrap();
+    db.execute(
+        "INSERT INTO sessions (id, project, kind, name, command, caged, state, created_by, created_at_ms)
+         VALUES (?1, 'demo', 'agent', 'shell', '[\"sh\"]', 1, 'running', 'user:test', 1)",
+        [&id],
+    )
+    .unwrap();
+    drop(db);
+
+    // Its cgroup, still holding a process; and a group of some other daemon's run.
+    let cgroups = own_pids_cgroup();
+    let mut orphan = None;
+    let other = format!("kaged-{:016x}", !(nanos as u64));
+    if let Some(root) = &cgroups {
+        let ours = root.join(format!("kaged-{run}"));
+        std::fs::create_dir(&ours).unwrap();
+        let sleeper = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        std::fs::write(ours.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        orphan = Some(sleeper);
+        std::fs::create_dir(root.join(&other)).unwrap();
+    } else {
+        eprintln!("no writable cgroup v1 pids hierarchy here: the cgroup part is not exercised");
+    }
+    // Its egress socket.
+    let egress = tmp.path().join("run/egress");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&egress)
+        .unwrap();
+    let socket = egress.join(format!("{run}.sock"));
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    // An older kaged's seccomp directory, in a temporary directory of this test's own.
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir(&tmpdir).unwrap();
+    let seccomp = tmpdir.join("kaged-seccomp-00112233aabbccdd");
+    std::fs::create_dir(&seccomp).unwrap();
+    std::fs::write(seccomp.join("filter.bpf"), b"\0\0\0\0").unwrap();
+    let unrelated = tmpdir.join("kaged-seccomp-notes.txt");
+    std::fs::write(&unrelated, b"not a directory of ours").unwrap();
+
+    let d = Daemon::start_with(
+        tmp.path(),
+        &["--bind", "127.0.0.1:0"],
+        &[("TMPDIR", tmpdir.to_str().unwrap())],
+    );
+    let log = d.stderr_text();
+    let cgroup_part = if cgroups.is_some() {
+        "1 cgroup (1 process killed)"
+    } else {
+        "0 cgroups (0 processes killed)"
+    };
+    assert!(
+        log.contains(&format!(
+            "swept what an earlier kaged left: {cgroup_part}, 1 egress socket, 1 seccomp directory"
+        )),
+        "{log}"
+    );
+    assert!(!socket.exists());
+    assert!(!seccomp.exists());
+    assert!(unrelated.exists());
+    if let (Some(root), Some(mut sleeper)) = (&cgroups, orphan) {
+        assert!(!root.join(format!("kaged-{run}")).exists());
+        let status = wait_timeout(&mut sleeper, Duration::from_secs(5));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        // Not provably left by a dead kaged: kept.
+        let kept = root.join(&other).exists();
+        let _ = std::fs::remove_dir(root.join(&other));
+        assert!(kept, "another daemon's cgroup was swept");
+    }
+    // Nothing left, nothing said.
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let d = Daemon::start(tmp.path());
+    assert!(!d.stderr_text().contains("swept"), "{}", d.stderr_text());
+}
+
+#[test]
+fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
+    let Some(root) = own_pids_cgroup() else {
+        eprintln!("no writable cgroup v1 pids hierarchy here: skipped");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("demo");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        "version: 1\nproject: demo\nprimary:\n  command: [sleep, \"300\"]\n  cage:\n    network:\n      allow: [\"127.0.0.1:1\"]\n    limits: { pids: 32 }\n",
+    )
+    .unwrap();
+    let home = tmp.path().join("home");
+    let d = Daemon::start(&home);
+    let out = d.cli(&["project", "load", project.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = d.cli(&["session", "start", "demo", "--agent", "primary", "--detach"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let group = root.join(format!("kaged-{}", &id[..16]));
+    let socket = home.join(format!("run/egress/{}.sock", &id[..16]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(std::fs::read_to_string(group.join("cgroup.procs")).is_ok_and(|p| !p.is_empty())
+        && socket.exists())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not start\n{}",
+            d.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.signal("KILL");
+    let _ = d.stop_after_signal();
+    // The cage dies with the daemon; its group and socket stay.
+    assert!(group.exists() && socket.exists());
+
+    let d = Daemon::start(&home);
+    let log = d.stderr_text();
+    assert!(
+        log.contains("swept what an earlier kaged left: 1 cgroup (")
+            && log.contains("), 1 egress socket,"),
+        "{log}"
+    );
+    assert!(!group.exists());
+    assert!(!socket.exists());
+}

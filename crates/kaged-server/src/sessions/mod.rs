@@ -311,6 +311,17 @@ pub(crate) fn may_control(principal: &kaged_auth::Principal, created_by: &str) -
     }
 }
 
+/// The name of a session's run: its cgroups (`kaged-NAME`) and its egress socket
+/// (`NAME.sock`) are named after it, so the daemon's start can sweep what a killed one left.
+pub fn run_name(id: &str) -> &str {
+    id.get(..16).unwrap_or(id)
+}
+
+/// Where the egress proxy sockets of runs live.
+pub fn egress_dir(runtime_dir: &std::path::Path) -> std::path::PathBuf {
+    runtime_dir.join("egress")
+}
+
 /// Ids are ours (hex); anything else in a URL is refused before it reaches a path.
 pub(crate) fn valid_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())

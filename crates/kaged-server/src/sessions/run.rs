@@ -362,7 +362,9 @@ impl Runner {
         // A kill that raced the spawn finds the killer now.
         match self.transition(Event::Spawned { pid }, "kaged") {
             Some(_) => {}
-            None => killer.kill(),
+            None => {
+                killer.kill();
+            }
         }
         self.start_wall_clock();
         if let Some(pids) = prepared.limits.as_ref().and_then(|l| l.watchdog_pids) {
@@ -452,7 +454,7 @@ impl Runner {
                 own_terminal: true,
                 egress: egress_socket,
             },
-            name: &self.live.id[..16],
+            name: super::run_name(&self.live.id),
         })
         .map_err(|e| e.to_string())?;
         Ok(Prepared {
@@ -692,13 +694,13 @@ impl EgressRun {
         allow: &[String],
         handle: &tokio::runtime::Handle,
     ) -> Result<EgressRun, String> {
-        let dir = state.info.decision.paths.runtime_dir.join("egress");
+        let dir = super::egress_dir(&state.info.decision.paths.runtime_dir);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let socket = dir.join(format!("{}.sock", &live.id[..16]));
+        let socket = dir.join(format!("{}.sock", super::run_name(&live.id)));
         let (proxy, decisions) = {
             let _guard = handle.enter();
             kaged_egress::RunningProxy::start(&socket, allow).map_err(|e| e.to_string())?
