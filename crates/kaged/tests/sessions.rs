@@ -1405,6 +1405,37 @@ async fn runs_are_audited_start_end_kill_and_each_egress_decision() {
     assert_eq!(free_end["detail"]["state"], "killed");
 }
 
+/// Output that pauses longer than the screen model's quiet time (30 ms), then a viewer that
+/// attaches without an offset (a snapshot): the screen follower, a thread outside the runtime
+/// that waits with a timer, must live through it, and the snapshot shows the screen.
+#[tokio::test]
+async fn the_screen_model_survives_output_that_pauses() {
+    let (_env, d) = setup("screen").await;
+    let conn = Conn::of(&d);
+    let id = start(&d, "terminal", None).await;
+    let mut v = Viewer::open(&conn, &id, Some(0)).await;
+    v.input(b"echo paused-$((6*7))\n").await;
+    let seen = v.read(0, |s| contains(&s.bytes, b"paused-42")).await;
+    assert!(contains(&seen.bytes, b"paused-42"), "{seen:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut late = Viewer::open(&conn, &id, None).await;
+    match next_frame(&mut late.ws).await {
+        Frame::Snapshot { data, .. } => assert!(
+            contains(&data, b"paused-42"),
+            "{:?}",
+            String::from_utf8_lossy(&data)
+        ),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    v.input(b"exit\n").await;
+    wait_session(&d, &id, "the end", ended).await;
+    let (_, log) = d.stop();
+    assert!(
+        !log.contains("panicked"),
+        "a thread of kaged panicked:\n{log}"
+    );
+}
+
 /// The daemon's resident memory in KiB (VmRSS of /proc/PID/status).
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
