@@ -180,6 +180,7 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         created_by: req.actor.clone(),
         transcript: transcript_path,
         state: Mutex::new(State::Queued),
+        changing: tokio::sync::Mutex::new(()),
         output: Mutex::new(Output {
             log: OutputLog::new(LOG_CAPACITY),
         }),
@@ -278,13 +279,8 @@ struct Runner {
 
 impl Runner {
     fn transition(&self, event: Event, actor: &str) -> Option<State> {
-        self.handle.block_on(transition(
-            &self.state.runs,
-            &self.state.store,
-            &self.live,
-            event,
-            actor,
-        ))
+        self.handle
+            .block_on(transition(&self.state, &self.live, event, actor))
     }
 
     fn audit(&self, kind: &'static str, success: bool, detail: Value) {
@@ -367,35 +363,14 @@ impl Runner {
             Some(sig) => Event::exit_signal(sig),
             None => Event::exit_code(exit.code()),
         };
-        let end = self.live.end.borrow().to_owned();
-        let next = self.transition(event, "kaged");
-        self.audit(
-            "session.end",
-            true,
-            json!({
-                "session": self.live.id,
-                "project": self.live.project,
-                "state": next.as_ref().map(State::as_str),
-                "exit_code": exit.code(),
-                "signal": exit.signal(),
-                "output_bytes": end,
-            }),
-        );
+        // Audited by the transition (or by the kill that ended the run first).
+        self.transition(event, "kaged");
     }
 
     fn fail(&self, reason: String) {
         tracing::warn!(session = %self.live.id, %reason, "run could not start");
-        self.transition(
-            Event::SpawnFailed {
-                reason: reason.clone(),
-            },
-            "kaged",
-        );
-        self.audit(
-            "session.end",
-            false,
-            json!({"session": self.live.id, "project": self.live.project, "reason": reason}),
-        );
+        // Audited by the transition (or by the kill that ended the run first).
+        self.transition(Event::SpawnFailed { reason }, "kaged");
     }
 
     fn spec(&self, egress_socket: Option<&Path>) -> Result<Prepared, String> {
@@ -528,14 +503,7 @@ impl Runner {
 
 /// Signal a run, then kill it after the grace period. `by` is recorded as who ended it.
 pub(crate) async fn abort(state: &Arc<ServerState>, live: &Arc<Live>, by: &str) {
-    let _ = transition(
-        &state.runs,
-        &state.store,
-        live,
-        Event::Kill { actor: by.into() },
-        by,
-    )
-    .await;
+    let _ = transition(state, live, Event::Kill { actor: by.into() }, by).await;
     // Not spawned yet: the kill lands on the queued or starting state, and the runner kills
     // whatever it spawns once it finds the state moved on.
     let Some(killer) = lock(&live.killer).clone() else {
@@ -785,6 +753,7 @@ mod tests {
             // Never read: the output stays in memory.
             transcript: PathBuf::from("/nonexistent/kaged-test.out"),
             state: Mutex::new(State::Running { pid: 1 }),
+            changing: tokio::sync::Mutex::new(()),
             output: Mutex::new(Output {
                 log: OutputLog::new(LOG_CAPACITY),
             }),
