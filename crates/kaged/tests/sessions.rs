@@ -1405,6 +1405,87 @@ async fn runs_are_audited_start_end_kill_and_each_egress_decision() {
     assert_eq!(free_end["detail"]["state"], "killed");
 }
 
+/// The `session.end` records of session `id` in the audit trail.
+async fn end_records(d: &Daemon, id: &str) -> Vec<Value> {
+    let audit = d.api_get("/api/v1/audit?limit=1000").await;
+    audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "session.end" && e["detail"]["session"] == id)
+        .cloned()
+        .collect()
+}
+
+/// A kill racing the run's start (queued, cage being built, just spawned) or its exit: whichever
+/// ends the run, its end is audited once, with the final state, and before the API reports the
+/// run ended (the trail is read the moment the session reads ended, without waiting).
+#[tokio::test]
+async fn a_killed_run_is_audited_once_before_it_reads_ended() {
+    let (_env, d) = setup("killrace").await;
+    let mut ids = Vec::new();
+    for delay_ms in [0u64, 0, 0, 1, 2, 5, 10, 20, 50, 200] {
+        // The primary agent is an interactive `sh` in a cage: it never ends on its own.
+        let id = start(&d, "agent", None).await;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let (status, body) = call(
+            &d,
+            Method::POST,
+            &format!("/api/v1/sessions/{id}/kill"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let v = wait_session(&d, &id, "the kill", ended).await;
+        assert_eq!(v["session"]["state"], "killed", "{v}");
+        let ends = end_records(&d, &id).await;
+        assert_eq!(
+            ends.len(),
+            1,
+            "killed after {delay_ms} ms: the session reads ended, so exactly one session.end: {ends:?}"
+        );
+        assert_eq!(ends[0]["detail"]["state"], "killed", "{ends:?}");
+        ids.push(id);
+    }
+    // The runner reaps the killed processes after the end was recorded: no second record.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for id in &ids {
+        let ends = end_records(&d, id).await;
+        assert_eq!(ends.len(), 1, "{id}: {ends:?}");
+    }
+}
+
+/// Output that pauses longer than the screen model's quiet time (30 ms), then a viewer that
+/// attaches without an offset (a snapshot): the screen follower, a thread outside the runtime
+/// that waits with a timer, must live through it, and the snapshot shows the screen.
+#[tokio::test]
+async fn the_screen_model_survives_output_that_pauses() {
+    let (_env, d) = setup("screen").await;
+    let conn = Conn::of(&d);
+    let id = start(&d, "terminal", None).await;
+    let mut v = Viewer::open(&conn, &id, Some(0)).await;
+    v.input(b"echo paused-$((6*7))\n").await;
+    let seen = v.read(0, |s| contains(&s.bytes, b"paused-42")).await;
+    assert!(contains(&seen.bytes, b"paused-42"), "{seen:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut late = Viewer::open(&conn, &id, None).await;
+    match next_frame(&mut late.ws).await {
+        Frame::Snapshot { data, .. } => assert!(
+            contains(&data, b"paused-42"),
+            "{:?}",
+            String::from_utf8_lossy(&data)
+        ),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    v.input(b"exit\n").await;
+    wait_session(&d, &id, "the end", ended).await;
+    let (_, log) = d.stop();
+    assert!(
+        !log.contains("panicked"),
+        "a thread of kaged panicked:\n{log}"
+    );
+}
+
 /// The daemon's resident memory in KiB (VmRSS of /proc/PID/status).
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -247,8 +247,7 @@ pub async fn kill(
     // The kill is recorded (stopping, or killed when nothing was spawned yet) before the
     // answer; the grace period runs on.
     super::transition(
-        &state.runs,
-        &state.store,
+        &state,
         &live,
         kaged_session::state::Event::Kill {
             actor: principal.id.clone(),

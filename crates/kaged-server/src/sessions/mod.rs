@@ -31,9 +31,9 @@ use tokio::sync::{broadcast, watch};
 pub use http::{create, get, kill, list, list_project, transcript};
 pub use pty::attach;
 
-use crate::audit::now_ms;
+use crate::audit::{AuditRecord, now_ms};
 use crate::error::ApiError;
-use crate::state::lock;
+use crate::state::{ServerState, lock};
 
 /// Output kept in memory per run; older output is read from the transcript file.
 const LOG_CAPACITY: usize = 256 * 1024;
@@ -95,6 +95,8 @@ pub struct Live {
     pub created_by: String,
     pub transcript: PathBuf,
     pub(crate) state: Mutex<State>,
+    /// Taken by every change of `state` (see [`transition`]).
+    pub(crate) changing: tokio::sync::Mutex<()>,
     pub(crate) output: Mutex<Output>,
     pub(crate) screen: Mutex<ScreenAt>,
     pub(crate) size: Mutex<(u16, u16)>,
@@ -224,28 +226,36 @@ impl Sessions {
 
 /// Apply `event` to a live run, store the change and publish it. Returns the new state, or
 /// `None` when the event does not apply (e.g. a kill racing the exit).
+///
+/// The run's end is audited here, by whichever change ends it (exit, kill, failed spawn), so
+/// exactly once, and before memory, the row or the event stream show it: a client that sees
+/// the run ended finds its `session.end` record.
 pub(crate) async fn transition(
-    sessions: &Sessions,
-    store: &Store,
+    state: &ServerState,
     live: &Live,
     event: Event,
     actor: &str,
 ) -> Option<State> {
-    let next = {
-        let mut state = lock(&live.state);
-        match apply(&state, event) {
-            // A repeated kill changes nothing, so nothing is stored or published.
-            Ok(next) if next == *state => return Some(next),
-            Ok(next) => {
-                *state = next.clone();
-                next
-            }
-            Err(e) => {
-                tracing::debug!(session = %live.id, error = %e, "state change ignored");
-                return None;
-            }
+    // Held from the decision to its publication: changes of one run never interleave.
+    let _changing = live.changing.lock().await;
+    let exit = match &event {
+        Event::Exit { code, signal } => Some((*code, *signal)),
+        _ => None,
+    };
+    let current = live.state();
+    let next = match apply(&current, event) {
+        // A repeated kill changes nothing, so nothing is stored or published.
+        Ok(next) if next == current => return Some(next),
+        Ok(next) => next,
+        Err(e) => {
+            tracing::debug!(session = %live.id, error = %e, "state change ignored");
+            return None;
         }
     };
+    if next.is_terminal() {
+        audit_end(state, live, &next, exit).await;
+    }
+    *lock(&live.state) = next.clone();
     live.state_kind.send_replace(next.kind());
     let ended = next.is_terminal();
     if ended {
@@ -263,10 +273,10 @@ pub(crate) async fn transition(
         "kind": live.kind.as_str(),
         "name": live.name,
     });
-    if let (Some(obj), Ok(Value::Object(state))) =
+    if let (Some(obj), Ok(Value::Object(fields))) =
         (detail.as_object_mut(), serde_json::to_value(&next))
     {
-        for (k, v) in state {
+        for (k, v) in fields {
             if k != "state" && !v.is_null() {
                 obj.insert(k, v);
             }
@@ -282,13 +292,48 @@ pub(crate) async fn transition(
         reason,
         ended,
     };
-    match store.change_state(change).await {
+    match state.store.change_state(change).await {
         Ok(t) => {
-            let _ = sessions.events.send(RunEvent { transition: t });
+            let _ = state.runs.events.send(RunEvent { transition: t });
         }
         Err(e) => tracing::error!(session = %live.id, error = %e, "cannot store a state change"),
     }
     Some(next)
+}
+
+/// The `session.end` record of a run that reached `end`; `exit` is the process's status when
+/// an exit ended it.
+async fn audit_end(
+    state: &ServerState,
+    live: &Live,
+    end: &State,
+    exit: Option<(i32, Option<i32>)>,
+) {
+    let (reason, by) = match end {
+        State::Failed { reason } => (Some(reason.as_str()), None),
+        State::Killed { by } => (None, Some(by.as_str())),
+        _ => (None, None),
+    };
+    let output_bytes = *live.end.borrow();
+    state
+        .audit
+        .record(AuditRecord {
+            kind: "session.end",
+            success: !matches!(end, State::Failed { .. }),
+            identity: Some(live.created_by.clone()),
+            source: None,
+            detail: json!({
+                "session": live.id,
+                "project": live.project,
+                "state": end.as_str(),
+                "exit_code": exit.map(|(code, _)| code),
+                "signal": exit.and_then(|(_, signal)| signal),
+                "output_bytes": output_bytes,
+                "reason": reason,
+                "by": by,
+            }),
+        })
+        .await;
 }
 
 /// A new session id: 16 random bytes, hex.

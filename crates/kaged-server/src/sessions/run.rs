@@ -204,6 +204,7 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         created_by: req.actor.clone(),
         transcript: transcript_path,
         state: Mutex::new(State::Queued),
+        changing: tokio::sync::Mutex::new(()),
         output: Mutex::new(Output {
             log: OutputLog::new(LOG_CAPACITY),
         }),
@@ -302,13 +303,8 @@ struct Runner {
 
 impl Runner {
     fn transition(&self, event: Event, actor: &str) -> Option<State> {
-        self.handle.block_on(transition(
-            &self.state.runs,
-            &self.state.store,
-            &self.live,
-            event,
-            actor,
-        ))
+        self.handle
+            .block_on(transition(&self.state, &self.live, event, actor))
     }
 
     fn audit(&self, kind: &'static str, success: bool, detail: Value) {
@@ -393,35 +389,14 @@ impl Runner {
             Some(sig) => Event::exit_signal(sig),
             None => Event::exit_code(exit.code()),
         };
-        let end = self.live.end.borrow().to_owned();
-        let next = self.transition(event, "kaged");
-        self.audit(
-            "session.end",
-            true,
-            json!({
-                "session": self.live.id,
-                "project": self.live.project,
-                "state": next.as_ref().map(State::as_str),
-                "exit_code": exit.code(),
-                "signal": exit.signal(),
-                "output_bytes": end,
-            }),
-        );
+        // Audited by the transition (or by the kill that ended the run first).
+        self.transition(event, "kaged");
     }
 
     fn fail(&self, reason: String) {
         tracing::warn!(session = %self.live.id, %reason, "run could not start");
-        self.transition(
-            Event::SpawnFailed {
-                reason: reason.clone(),
-            },
-            "kaged",
-        );
-        self.audit(
-            "session.end",
-            false,
-            json!({"session": self.live.id, "project": self.live.project, "reason": reason}),
-        );
+        // Audited by the transition (or by the kill that ended the run first).
+        self.transition(Event::SpawnFailed { reason }, "kaged");
     }
 
     fn spec(&self, egress_socket: Option<&Path>) -> Result<Prepared, String> {
@@ -555,14 +530,7 @@ impl Runner {
 
 /// Signal a run, then kill it after the grace period. `by` is recorded as who ended it.
 pub(crate) async fn abort(state: &Arc<ServerState>, live: &Arc<Live>, by: &str) {
-    let _ = transition(
-        &state.runs,
-        &state.store,
-        live,
-        Event::Kill { actor: by.into() },
-        by,
-    )
-    .await;
+    let _ = transition(state, live, Event::Kill { actor: by.into() }, by).await;
     // Not spawned yet: the kill lands on the queued or starting state, and the runner kills
     // whatever it spawns once it finds the state moved on.
     let Some(killer) = lock(&live.killer).clone() else {
@@ -644,12 +612,21 @@ fn follow_screen(
             catch_up(live, *ends.borrow());
             return;
         }
-        match handle.block_on(tokio::time::timeout(SCREEN_QUIET, ends.changed())) {
+        // The timer is made inside the runtime: this thread is not one of its workers, and
+        // outside it tokio has no clock to give (it panics).
+        let quiet =
+            handle.block_on(async { tokio::time::timeout(SCREEN_QUIET, ends.changed()).await });
+        match quiet {
             Ok(Ok(())) => continue,
             Ok(Err(_)) => return,
             Err(_) => {
                 // Quiet: catch up, then sleep until there is more.
                 catch_up(live, *ends.borrow_and_update());
+                // The pump's last wake-up may have been marked seen just above: then its
+                // `pump_done` is already set, and waiting would hang the run's end (it joins us).
+                if pump_done.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
                 if handle.block_on(ends.changed()).is_err() {
                     return;
                 }
@@ -783,4 +760,86 @@ async fn audit_egress(
             .await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::sessions::Live;
+
+    fn live() -> Live {
+        Live {
+            id: "0".repeat(32),
+            project: "p".into(),
+            kind: kaged_cage::RunKind::Terminal,
+            name: "shell".into(),
+            created_by: "tester".into(),
+            // Never read: the output stays in memory.
+            transcript: PathBuf::from("/nonexistent/kaged-test.out"),
+            state: Mutex::new(State::Running { pid: 1 }),
+            changing: tokio::sync::Mutex::new(()),
+            output: Mutex::new(Output {
+                log: OutputLog::new(LOG_CAPACITY),
+            }),
+            screen: Mutex::new(ScreenAt {
+                screen: Screen::new(24, 80),
+                offset: 0,
+            }),
+            size: Mutex::new((24, 80)),
+            end: watch::channel(0).0,
+            state_kind: watch::channel(StateKind::Running).0,
+            input: Mutex::new(None),
+            killer: Mutex::new(None),
+            ended_at_ms: Mutex::new(None),
+            viewers: AtomicUsize::new(0),
+        }
+    }
+
+    /// What `pump` does with a chunk.
+    fn publish(live: &Live, chunk: &[u8]) {
+        let mut out = lock(&live.output);
+        let end = out.log.append(chunk);
+        out.log.mark_persisted(end).unwrap();
+        live.end.send_replace(end);
+    }
+
+    /// The follower runs on a thread outside the runtime: output that pauses longer than
+    /// SCREEN_QUIET must bring the model up to date on its own, and the thread must live on.
+    #[test]
+    fn the_screen_model_follows_output_that_pauses() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let live = Arc::new(live());
+        let done = Arc::new(AtomicBool::new(false));
+        let follower = {
+            let (live, handle, done) = (live.clone(), runtime.handle().clone(), done.clone());
+            std::thread::spawn(move || follow_screen(&live, &handle, &done))
+        };
+        publish(&live, b"hello");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&live.screen).offset < 5 {
+            assert!(
+                !follower.is_finished(),
+                "the screen follower stopped while the run was going"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the screen model never caught up"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        publish(&live, b" world");
+        done.store(true, Ordering::SeqCst);
+        live.end.send_modify(|_| {});
+        assert!(follower.join().is_ok(), "the screen follower panicked");
+        let screen = lock(&live.screen);
+        assert_eq!(screen.offset, 11);
+        assert!(screen.screen.contents().contains("hello world"));
+    }
 }
