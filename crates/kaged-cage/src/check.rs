@@ -8,6 +8,14 @@
 //! built: every destination must hold the object kaged opened (same device and inode, not a
 //! link), read-only where it should be, and a masked `.git` must be an empty read-only tmpfs.
 //! Anything else ends the run before the command starts.
+//!
+//! A bind can also *land elsewhere*: bwrap turns a source descriptor back into a path (and its
+//! own check compares only the destination), so a swap at the right moment can mount the wrong
+//! source at a place the link pointed to, such as the cage's `/home`, while the destination
+//! itself looks right again a moment later. So the check also reads the cage's whole mount
+//! table: every mount point must be one kaged made (once), one bwrap makes for `/proc` and
+//! `/dev`, or one the host itself has below a system directory. A stray mount anywhere ends
+//! the run.
 
 use std::fmt;
 use std::str::FromStr;
@@ -127,9 +135,158 @@ impl Expect {
     }
 }
 
+/// Mount points bwrap makes itself below `/proc` and `/dev` (each at most once).
+const BWRAP_OWN: &[&str] = &[
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/console",
+    "/dev/pts",
+    "/dev/shm",
+    "/dev/mqueue",
+];
+
+/// Undo mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount points of a `/proc/PID/mountinfo` text, in order.
+pub fn mount_points(mountinfo: &str) -> Result<Vec<String>, String> {
+    mountinfo
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            line.split(' ')
+                .nth(4)
+                .map(unescape)
+                .ok_or_else(|| format!("unreadable mountinfo line {line:?}"))
+        })
+        .collect()
+}
+
+/// Judge a cage's mount points: `made` are the points kaged's cage has (each exactly once),
+/// `host_below_system` the host's own mounts below system directories (as the cage sees them).
+pub fn judge_mounts(
+    points: &[String],
+    made: &[String],
+    host_below_system: &[String],
+) -> Result<(), String> {
+    let count = |p: &str| points.iter().filter(|x| x.as_str() == p).count();
+    for p in made {
+        match count(p) {
+            1 => {}
+            0 => {
+                return Err(format!(
+                    "{p} is not mounted: the project changed while the cage was being built (another run may be tampering with it); nothing was run"
+                ));
+            }
+            n => {
+                return Err(format!(
+                    "{p} holds {n} mounts: the project changed while the cage was being built (another run may be tampering with it); nothing was run"
+                ));
+            }
+        }
+    }
+    for p in points {
+        let known = p == "/"
+            || made.contains(p)
+            || (BWRAP_OWN.contains(&p.as_str()) && count(p) == 1)
+            || host_below_system.contains(p);
+        if !known {
+            return Err(format!(
+                "{p} is a mount kaged did not make: the project changed while the cage was being built (another run may be tampering with it); nothing was run"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CAGE: &str = r"65 42 0:40 /newroot / rw,nosuid,nodev,relatime - tmpfs tmpfs rw
+66 65 254:0 /usr /usr ro,nosuid,nodev,relatime - ext4 /dev/vda rw
+72 65 0:41 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+73 72 0:41 /irq /proc/irq ro,nosuid,nodev,noexec,relatime - proc proc rw
+75 65 0:42 / /dev rw,nosuid,nodev,relatime - tmpfs tmpfs rw,mode=755
+76 75 0:6 /null /dev/null rw,nosuid,relatime - devtmpfs devtmpfs rw
+84 65 0:45 / /home rw,nosuid,nodev,relatime - tmpfs tmpfs rw,mode=755
+86 65 254:0 /src/p /workspace rw,nosuid,nodev,relatime - ext4 /dev/vda rw
+87 86 254:0 /src/p/my\040out /workspace/my\040out rw,nosuid,nodev,relatime - ext4 /dev/vda rw
+";
+
+    fn made() -> Vec<String> {
+        [
+            "/usr",
+            "/proc",
+            "/dev",
+            "/home",
+            "/workspace",
+            "/workspace/my out",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn the_mount_table_of_a_cage_is_judged_whole() {
+        let points = mount_points(CAGE).unwrap();
+        assert_eq!(points[8], "/workspace/my out");
+        assert!(judge_mounts(&points, &made(), &[]).is_ok());
+        // A bind that landed on the cage's /home (through a swapped link).
+        let landed = format!("{CAGE}90 84 254:0 /home/ann /home rw - ext4 /dev/vda rw\n");
+        let err = judge_mounts(&mount_points(&landed).unwrap(), &made(), &[]).unwrap_err();
+        assert!(err.contains("/home holds 2 mounts"), "{err}");
+        // ... or anywhere else.
+        let stray = format!("{CAGE}90 66 254:0 /home/ann /usr/lib rw - ext4 /dev/vda rw\n");
+        let err = judge_mounts(&mount_points(&stray).unwrap(), &made(), &[]).unwrap_err();
+        assert!(
+            err.contains("/usr/lib is a mount kaged did not make"),
+            "{err}"
+        );
+        // Unless the host has that mount itself.
+        assert!(
+            judge_mounts(
+                &mount_points(&stray).unwrap(),
+                &made(),
+                &["/usr/lib".into()]
+            )
+            .is_ok()
+        );
+        // A grant that never got its mount.
+        let mut more = made();
+        more.push("/workspace/data".into());
+        let err = judge_mounts(&points, &more, &[]).unwrap_err();
+        assert!(err.contains("/workspace/data is not mounted"), "{err}");
+        assert!(mount_points("1 2 3").is_err());
+    }
 
     const ID: FileId = FileId {
         dev: 64769,

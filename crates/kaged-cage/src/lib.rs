@@ -15,7 +15,7 @@ mod weaken;
 
 use std::path::{Path, PathBuf};
 
-pub use check::{Expect, Observed};
+pub use check::{Expect, Observed, judge_mounts, mount_points};
 pub use limits::{CPU_PERIOD_US, CgroupValues, LimitFacts, LimitPlan, plan_limits};
 pub use run::{PlanError, RunKind, RunPlan, plan_run};
 pub use seccomp::{SeccompError, SeccompPrograms, profile_bpf};
@@ -274,6 +274,9 @@ pub struct Host {
     pub system_dirs: Vec<String>,
     /// The sources opened for this cage; the i-th is at descriptor [`FIRST_SOURCE_FD`] + i.
     pub opened: Vec<Opened>,
+    /// The host's own mount points below the system directories, as a cage sees them (bwrap
+    /// binds those directories recursively).
+    pub system_submounts: Vec<String>,
 }
 
 impl Host {
@@ -361,6 +364,10 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     };
     let mut a: Vec<String> = Vec::new();
     let mut checks: Vec<Expect> = Vec::new();
+    // Every mount point the cage gets, for the check of its whole mount table.
+    let mut made: Vec<String> = ["/proc", "/dev", "/tmp", "/home", "/run", WORKSPACE]
+        .map(String::from)
+        .to_vec();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["--die-with-parent"]);
     if !launch.own_terminal {
@@ -381,6 +388,7 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     for dir in SYSTEM_DIRS {
         if host.system_dirs.iter().any(|d| d == dir) {
             push(&["--ro-bind", dir, dir]);
+            made.push(dir.to_string());
         }
     }
     push(&[
@@ -407,6 +415,7 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
             &fd.to_string(),
             &dest,
         ]);
+        made.push(dest.clone());
         checks.push(Expect::Bind {
             path: dest,
             id,
@@ -417,6 +426,7 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     // `.git` is masked (an empty read-only directory), so no cage can plant one for the
     // operator's next `git status` on the host (core.fsmonitor, hooks).
     let git = at(Path::new(".git"));
+    made.push(git.clone());
     match host.find(&Source::Project(".git".into())) {
         Some((fd, id)) => {
             push(&["--ro-bind-fd", &fd.to_string(), &git]);
@@ -433,6 +443,7 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     }
     if let Some((fd, id)) = host.find(&Source::Project(".kaged".into())) {
         let kaged = at(Path::new(".kaged"));
+        made.push(kaged.clone());
         push(&["--ro-bind-fd", &fd.to_string(), &kaged]);
         checks.push(Expect::Bind {
             path: kaged,
@@ -442,12 +453,14 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     }
     let (fd, _) = required(Source::Helper)?;
     push(&["--ro-bind-fd", &fd.to_string(), HELPER]);
+    made.push(HELPER.into());
     let egress = match (network, launch.egress) {
         (Network::Allow(_), Some(socket)) => Some(socket),
         _ => None,
     };
     if let Some(socket) = egress {
         push(&["--bind", &socket.display().to_string(), EGRESS_SOCKET]);
+        made.push(EGRESS_SOCKET.into());
     }
     let cwd = if launch.cwd.as_os_str().is_empty() {
         WORKSPACE.to_string()
@@ -481,6 +494,12 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     let mut command: Vec<String> = vec![HELPER.into(), "cage-check".into()];
     for check in &checks {
         command.extend(["--expect".into(), check.to_string()]);
+    }
+    for point in &made {
+        command.extend(["--mount".into(), point.clone()]);
+    }
+    for point in &host.system_submounts {
+        command.extend(["--host-mount".into(), point.clone()]);
     }
     command.push("--".into());
     if launch.own_terminal {
@@ -548,6 +567,7 @@ mod tests {
     fn host_for(policy: &Policy, git: bool) -> Host {
         Host {
             system_dirs: vec!["/usr".into(), "/etc".into(), "/bin".into()],
+            system_submounts: Vec::new(),
             opened: sources(policy)
                 .into_iter()
                 .filter(|(s, _)| git || *s != Source::Project(".git".into()))
@@ -635,11 +655,33 @@ mod tests {
                 "bind:ro:7:102:/workspace/.git",
                 "--expect",
                 "bind:ro:7:103:/workspace/.kaged",
-                "--",
-                "make",
-                "test"
+                "--mount",
+                "/proc",
             ]
         ));
+        let mounts: Vec<&str> = a
+            .windows(2)
+            .filter(|w| w[0] == "--mount")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                "/proc",
+                "/dev",
+                "/tmp",
+                "/home",
+                "/run",
+                "/workspace",
+                "/usr",
+                "/bin",
+                "/etc",
+                "/workspace/.git",
+                "/workspace/.kaged",
+                HELPER
+            ]
+        );
+        assert!(a.ends_with(&["--".into(), "make".into(), "test".into()]));
         let ws = a.iter().position(|x| x == "/workspace").unwrap();
         let git = a.iter().position(|x| x == "/workspace/.git").unwrap();
         assert!(git > ws);

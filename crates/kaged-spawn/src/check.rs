@@ -31,8 +31,17 @@ fn observe(path: &Path) -> Option<Observed> {
     })
 }
 
-/// Check every `--expect` of a cage (the first failure is the answer).
-pub fn cage_check(expects: &[String]) -> Result<(), String> {
+/// Check a cage as built: its whole mount table (`mounts`: the points kaged made;
+/// `host_mounts`: the host's own below system directories), then every `--expect` (the first
+/// failure is the answer).
+pub fn cage_check(
+    expects: &[String],
+    mounts: &[String],
+    host_mounts: &[String],
+) -> Result<(), String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read the cage's mount table: {e}"))?;
+    kaged_cage::judge_mounts(&kaged_cage::mount_points(&table)?, mounts, host_mounts)?;
     for spec in expects {
         let expect: Expect = spec.parse()?;
         expect.judge(observe(Path::new(expect.path())).as_ref())?;

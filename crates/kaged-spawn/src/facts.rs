@@ -118,17 +118,44 @@ pub fn open_sources(root: &Path, helper: &Path, policy: &Policy) -> Result<Sourc
         opened.push(Opened { source, id });
         fds.push(fd);
     }
+    let system_dirs: Vec<String> = SYSTEM_DIRS
+        .iter()
+        .filter(|d| Path::new(d).exists())
+        .map(|d| d.to_string())
+        .collect();
     Ok(Sources {
         host: Host {
-            system_dirs: SYSTEM_DIRS
-                .iter()
-                .filter(|d| Path::new(d).exists())
-                .map(|d| d.to_string())
-                .collect(),
+            system_submounts: system_submounts(&system_dirs),
+            system_dirs,
             opened,
         },
         fds,
     })
+}
+
+/// The host's mount points below the system directories, where a cage sees them (bwrap binds
+/// each directory recursively, after following a link such as `/bin` → `/usr/bin`).
+fn system_submounts(system_dirs: &[String]) -> Vec<String> {
+    let Ok(points) = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| e.to_string())
+        .and_then(|text| kaged_cage::mount_points(&text))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for dir in system_dirs {
+        let Ok(real) = std::fs::canonicalize(dir) else {
+            continue;
+        };
+        for point in &points {
+            if let Ok(rest) = Path::new(point).strip_prefix(&real)
+                && !rest.as_os_str().is_empty()
+            {
+                out.push(Path::new(dir).join(rest).display().to_string());
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

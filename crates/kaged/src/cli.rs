@@ -75,6 +75,10 @@ pub enum Command {
     CageCheck {
         #[arg(long = "expect")]
         expect: Vec<String>,
+        #[arg(long = "mount")]
+        mount: Vec<String>,
+        #[arg(long = "host-mount")]
+        host_mount: Vec<String>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },

@@ -531,7 +531,6 @@ fn connection_limits(
     limits
 }
 
-
 /// Sweep what an earlier kaged killed outright left (run cgroups, egress sockets, old seccomp
 /// directories). Runs only with both locks held and before any run starts, so nothing swept
 /// belongs to a live daemon of this runtime and data directory.

@@ -90,8 +90,14 @@ fn main() -> ExitCode {
     // Nothing this process inherited reaches what it starts (cages above all).
     kaged_spawn::mark_inherited_cloexec();
     let cli = Cli::parse();
-    if let Command::CageCheck { expect, command } = &cli.command {
-        if let Err(problem) = kaged_spawn::cage_check(expect) {
+    if let Command::CageCheck {
+        expect,
+        mount,
+        host_mount,
+        command,
+    } = &cli.command
+    {
+        if let Err(problem) = kaged_spawn::cage_check(expect, mount, host_mount) {
             eprintln!("kaged: cage refused: {problem}");
             return ExitCode::from(CAGE_REFUSED);
         }
