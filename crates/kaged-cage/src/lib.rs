@@ -8,6 +8,7 @@
 //! environment cleared down to an allowlist.
 
 mod check;
+mod identity;
 mod limits;
 mod run;
 mod seccomp;
@@ -16,6 +17,7 @@ mod weaken;
 use std::path::{Path, PathBuf};
 
 pub use check::{Expect, Observed};
+pub use identity::{Because, Identity, IdentityError, IdentityFacts, RunAs, run_as};
 pub use limits::{CPU_PERIOD_US, CgroupValues, LimitFacts, LimitPlan, plan_limits};
 pub use run::{PlanError, RunKind, RunPlan, plan_run};
 pub use seccomp::{SeccompError, SeccompPrograms, profile_bpf};
@@ -234,11 +236,16 @@ pub enum Source {
     Project(PathBuf),
     /// The kaged executable, which runs the in-cage helpers (check, tty, egress bridge).
     Helper,
+    /// The run's egress proxy socket ([`Launch::egress`]). By descriptor, because it lives in
+    /// the daemon's private runtime directory, which a cage switched to another user could
+    /// not reach by path.
+    Egress,
 }
 
-/// What the edge must open for `policy`'s cage: `(source, required)`. An optional source that
-/// is absent is left out of [`Host::opened`]; `.git` absent is then masked (empty, read-only).
-pub fn sources(policy: &Policy) -> Vec<(Source, bool)> {
+/// What the edge must open for `policy`'s cage, `egress` telling whether the run has an egress
+/// proxy: `(source, required)`. An optional source that is absent is left out of
+/// [`Host::opened`]; `.git` absent is then masked (empty, read-only).
+pub fn sources(policy: &Policy, egress: bool) -> Vec<(Source, bool)> {
     let mut out = vec![(Source::Root, true), (Source::Helper, true)];
     if let Policy::Caged { mounts, .. } = policy {
         out.extend(
@@ -249,6 +256,14 @@ pub fn sources(policy: &Policy) -> Vec<(Source, bool)> {
     }
     out.push((Source::Project(".git".into()), false));
     out.push((Source::Project(".kaged".into()), false));
+    if let Policy::Caged {
+        network: Network::Allow(_),
+        ..
+    } = policy
+        && egress
+    {
+        out.push((Source::Egress, true));
+    }
     out
 }
 
@@ -305,8 +320,9 @@ pub struct Launch<'a> {
     /// group the terminal's foreground one (the PTY's session leader lives outside the cage's
     /// PID namespace, so shells would find no group to restore).
     pub own_terminal: bool,
-    /// For a network allowlist: the kaged egress proxy's Unix socket on the host; the command
-    /// then runs under the in-cage bridge with the proxy variables set.
+    /// For a network allowlist: the kaged egress proxy's Unix socket on the host (the edge
+    /// opens it as [`Source::Egress`]); the command then runs under the in-cage bridge with
+    /// the proxy variables set.
     pub egress: Option<&'a Path>,
 }
 
@@ -446,8 +462,9 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
         (Network::Allow(_), Some(socket)) => Some(socket),
         _ => None,
     };
-    if let Some(socket) = egress {
-        push(&["--bind", &socket.display().to_string(), EGRESS_SOCKET]);
+    if egress.is_some() {
+        let (fd, _) = required(Source::Egress)?;
+        push(&["--bind-fd", &fd.to_string(), EGRESS_SOCKET]);
     }
     let cwd = if launch.cwd.as_os_str().is_empty() {
         WORKSPACE.to_string()
@@ -548,7 +565,7 @@ mod tests {
     fn host_for(policy: &Policy, git: bool) -> Host {
         Host {
             system_dirs: vec!["/usr".into(), "/etc".into(), "/bin".into()],
-            opened: sources(policy)
+            opened: sources(policy, true)
                 .into_iter()
                 .filter(|(s, _)| git || *s != Source::Project(".git".into()))
                 .enumerate()
@@ -736,9 +753,24 @@ mod tests {
         .unwrap()
         .joined();
         assert!(with.contains(&"--unshare-net".to_string()));
-        assert!(has(
-            &with,
-            &["--bind", "/run/user/1/kaged/egress-1.sock", EGRESS_SOCKET]
+        // By descriptor (after root, helper, .git and .kaged), never by the host path, which
+        // a cage switched to another user could not reach.
+        assert!(has(&with, &["--bind-fd", "10", EGRESS_SOCKET]));
+        assert!(!with.iter().any(|a| a.contains("egress-1.sock")));
+        assert_eq!(
+            host.opened.get(4).map(|o| &o.source),
+            Some(&Source::Egress)
+        );
+        // Without the socket opened, no path fallback.
+        let mut unopened = host.clone();
+        unopened.opened.retain(|o| o.source != Source::Egress);
+        assert!(matches!(
+            compile(
+                &allow,
+                &unopened,
+                &launch(Some(Path::new("/run/user/1/kaged/egress-1.sock")))
+            ),
+            Err(CageError::MissingSource(_))
         ));
         assert!(has(
             &with,
