@@ -7,7 +7,7 @@
 //! checked, whatever happens to the path afterwards. A link on the way refuses the run.
 
 use std::os::fd::OwnedFd;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use kaged_cage::{FileId, Host, Opened, Policy, SYSTEM_DIRS, Source};
 use nix::fcntl::{OFlag, open, openat};
@@ -77,8 +77,14 @@ fn open_beneath(
 }
 
 /// Open every source of `policy`'s cage over the project at `root` (canonical), with the
-/// kaged executable at `helper` (`/proc/self/exe` pins the running binary).
-pub fn open_sources(root: &Path, helper: &Path, policy: &Policy) -> Result<Sources, String> {
+/// kaged executable at `helper` (`/proc/self/exe` pins the running binary) and the run's
+/// egress proxy socket at `egress`, if it has one.
+pub fn open_sources(
+    root: &Path,
+    helper: &Path,
+    policy: &Policy,
+    egress: Option<&Path>,
+) -> Result<Sources, String> {
     let root_fd = open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -87,7 +93,7 @@ pub fn open_sources(root: &Path, helper: &Path, policy: &Policy) -> Result<Sourc
     .map_err(|e| format!("cannot open the project {}: {e}", root.display()))?;
     let mut opened = Vec::new();
     let mut fds = Vec::new();
-    for (source, required) in kaged_cage::sources(policy) {
+    for (source, required) in kaged_cage::sources(policy, egress.is_some()) {
         let (fd, what) = match &source {
             Source::Root => (
                 Some(root_fd.try_clone().map_err(|e| e.to_string())?),
@@ -104,6 +110,18 @@ pub fn open_sources(root: &Path, helper: &Path, policy: &Policy) -> Result<Sourc
             Source::Project(relative) => {
                 (open_beneath(&root_fd, root, relative)?, root.join(relative))
             }
+            // The daemon made it, in a directory only the daemon can write.
+            Source::Egress => match egress {
+                Some(socket) => (
+                    Some(
+                        open(socket, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(
+                            |e| format!("cannot open the egress socket {}: {e}", socket.display()),
+                        )?,
+                    ),
+                    socket.to_path_buf(),
+                ),
+                None => (None, PathBuf::new()),
+            },
         };
         let Some(fd) = fd else {
             if required {
@@ -136,7 +154,7 @@ mod tests {
     use super::*;
 
     fn opened(root: &Path, policy: &Policy) -> Result<Vec<Source>, String> {
-        open_sources(root, Path::new("/proc/self/exe"), policy)
+        open_sources(root, Path::new("/proc/self/exe"), policy, None)
             .map(|s| s.host.opened.into_iter().map(|o| o.source).collect())
     }
 
@@ -198,6 +216,7 @@ mod tests {
             tmp.path(),
             Path::new("/proc/self/exe"),
             &Policy::default_cage(),
+            None,
         )
         .unwrap();
         let meta = std::fs::metadata(tmp.path().join(".git")).unwrap();

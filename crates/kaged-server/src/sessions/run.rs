@@ -47,6 +47,8 @@ struct Decided {
     /// Why the run is uncaged, when it is.
     uncaged_because: Option<&'static str>,
     allow: Vec<String>,
+    /// Who the cage runs as when the daemon is root (cages never run as UID 0).
+    run_as: Option<kaged_cage::RunAs>,
 }
 
 fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> {
@@ -102,12 +104,22 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         } if uncaged_because.is_none() => hosts.clone(),
         _ => Vec::new(),
     };
+    let run_as = match uncaged_because {
+        Some(_) => None,
+        None => kaged_spawn::run_as(&root, &state.info.settings.cage_user).map_err(|problem| {
+            ApiError::new(
+                "unavailable",
+                format!("no cage can start for this project: {problem}"),
+            )
+        })?,
+    };
     Ok(Decided {
         root,
         plan,
         policy,
         uncaged_because,
         allow,
+        run_as,
     })
 }
 
@@ -229,6 +241,12 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
                 "uncaged_because": decided.uncaged_because,
                 "network": network_summary(&decided.policy, caged),
                 "unenforced": if caged { kaged_cage::unenforced(&decided.policy, !decided.allow.is_empty()) } else { Vec::new() },
+                "run_as": decided.run_as.map(|r| json!({
+                    "uid": r.identity.uid,
+                    "gid": r.identity.gid,
+                    "because": r.because.as_str(),
+                    "workspace_writable": r.workspace_writable,
+                })),
             }),
         })
         .await;
@@ -428,6 +446,7 @@ impl Runner {
                 egress: egress_socket,
             },
             name: &self.live.id[..16],
+            run_as: d.run_as.map(|r| r.identity),
         })
         .map_err(|e| e.to_string())?;
         Ok(Prepared {
