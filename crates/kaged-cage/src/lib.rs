@@ -236,9 +236,11 @@ pub enum Source {
     Project(PathBuf),
     /// The kaged executable, which runs the in-cage helpers (check, tty, egress bridge).
     Helper,
-    /// The run's egress proxy socket ([`Launch::egress`]). By descriptor, because it lives in
-    /// the daemon's private runtime directory, which a cage switched to another user could
-    /// not reach by path.
+    /// The directory of the run's egress proxy socket ([`Launch::egress`]), which holds
+    /// nothing else. By descriptor, because it lives in the daemon's private runtime
+    /// directory, which a cage switched to another user could not reach by path; the
+    /// directory and not the socket, because bwrap cannot bind a non-directory by descriptor
+    /// when its path is out of the user's reach.
     Egress,
 }
 
@@ -320,14 +322,14 @@ pub struct Launch<'a> {
     /// group the terminal's foreground one (the PTY's session leader lives outside the cage's
     /// PID namespace, so shells would find no group to restore).
     pub own_terminal: bool,
-    /// For a network allowlist: the kaged egress proxy's Unix socket on the host (the edge
-    /// opens it as [`Source::Egress`]); the command then runs under the in-cage bridge with
-    /// the proxy variables set.
+    /// For a network allowlist: the kaged egress proxy's Unix socket on the host, alone in a
+    /// directory of the run's own (the edge opens that as [`Source::Egress`]); the command
+    /// then runs under the in-cage bridge with the proxy variables set.
     pub egress: Option<&'a Path>,
 }
 
-/// Where the egress proxy socket appears inside a cage.
-pub const EGRESS_SOCKET: &str = "/run/kaged/egress.sock";
+/// Where the directory of the egress proxy socket appears inside a cage (read-only).
+pub const EGRESS_DIR: &str = "/run/kaged/egress";
 /// Where the kaged executable appears inside a cage (runs the helpers).
 pub const HELPER: &str = "/run/kaged/kaged";
 /// The bridge's address inside the cage's own loopback.
@@ -458,14 +460,16 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     }
     let (fd, _) = required(Source::Helper)?;
     push(&["--ro-bind-fd", &fd.to_string(), HELPER]);
-    let egress = match (network, launch.egress) {
-        (Network::Allow(_), Some(socket)) => Some(socket),
+    // The socket as the cage sees it: its directory, read-only (a socket on a read-only mount
+    // still accepts connections).
+    let egress = match (network, launch.egress.and_then(Path::file_name)) {
+        (Network::Allow(_), Some(name)) => {
+            let (fd, _) = required(Source::Egress)?;
+            push(&["--ro-bind-fd", &fd.to_string(), EGRESS_DIR]);
+            Some(Path::new(EGRESS_DIR).join(name).display().to_string())
+        }
         _ => None,
     };
-    if egress.is_some() {
-        let (fd, _) = required(Source::Egress)?;
-        push(&["--bind-fd", &fd.to_string(), EGRESS_SOCKET]);
-    }
     let cwd = if launch.cwd.as_os_str().is_empty() {
         WORKSPACE.to_string()
     } else {
@@ -503,7 +507,7 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     if launch.own_terminal {
         command.extend([HELPER, "cage-tty", "--"].map(String::from));
     }
-    if egress.is_some() {
+    if let Some(socket) = egress {
         command.extend(
             [
                 HELPER,
@@ -511,7 +515,7 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
                 "--listen",
                 EGRESS_LISTEN,
                 "--socket",
-                EGRESS_SOCKET,
+                &socket,
                 "--",
             ]
             .map(String::from),
@@ -753,10 +757,10 @@ mod tests {
         .unwrap()
         .joined();
         assert!(with.contains(&"--unshare-net".to_string()));
-        // By descriptor (after root, helper, .git and .kaged), never by the host path, which
-        // a cage switched to another user could not reach.
-        assert!(has(&with, &["--bind-fd", "10", EGRESS_SOCKET]));
-        assert!(!with.iter().any(|a| a.contains("egress-1.sock")));
+        // Its directory by descriptor (after root, helper, .git and .kaged), read-only, never
+        // by the host path, which a cage switched to another user could not reach.
+        assert!(has(&with, &["--ro-bind-fd", "10", EGRESS_DIR]));
+        assert!(!with.iter().any(|a| a.contains("/run/user/1")));
         assert_eq!(
             host.opened.get(4).map(|o| &o.source),
             Some(&Source::Egress)
@@ -784,7 +788,7 @@ mod tests {
                 "--listen",
                 EGRESS_LISTEN,
                 "--socket",
-                EGRESS_SOCKET,
+                "/run/kaged/egress/egress-1.sock",
                 "--",
                 "curl"
             ]

@@ -76,6 +76,26 @@ fn open_beneath(
     Ok(current)
 }
 
+/// An absent `.git` is masked inside the cage by an empty read-only directory, whose mount
+/// point bwrap creates in the project, as the cage's user. A cage switched away from root
+/// cannot create it in a project root owns, so root makes it here (empty, root's, as bwrap
+/// running as root always did), without following a link planted in its place.
+pub fn make_git_mount_point(root: &Path) -> Result<(), String> {
+    let root_fd = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the project {}: {e}", root.display()))?;
+    if fstat(&root_fd).map_err(|e| format!("{}: {e}", root.display()))?.st_uid != 0 {
+        return Ok(());
+    }
+    match nix::sys::stat::mkdirat(&root_fd, ".git", Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(format!("cannot create {}: {e}", root.join(".git").display())),
+    }
+}
+
 /// Open every source of `policy`'s cage over the project at `root` (canonical), with the
 /// kaged executable at `helper` (`/proc/self/exe` pins the running binary) and the run's
 /// egress proxy socket at `egress`, if it has one.
@@ -110,15 +130,20 @@ pub fn open_sources(
             Source::Project(relative) => {
                 (open_beneath(&root_fd, root, relative)?, root.join(relative))
             }
-            // The daemon made it, in a directory only the daemon can write.
-            Source::Egress => match egress {
-                Some(socket) => (
+            // The daemon made it, in a directory of the run's own that only the daemon can write.
+            Source::Egress => match egress.and_then(Path::parent) {
+                Some(dir) => (
                     Some(
-                        open(socket, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(
-                            |e| format!("cannot open the egress socket {}: {e}", socket.display()),
-                        )?,
+                        open(
+                            dir,
+                            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .map_err(|e| {
+                            format!("cannot open the egress directory {}: {e}", dir.display())
+                        })?,
                     ),
-                    socket.to_path_buf(),
+                    dir.to_path_buf(),
                 ),
                 None => (None, PathBuf::new()),
             },

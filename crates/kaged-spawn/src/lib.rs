@@ -353,14 +353,20 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
         ));
     }
     if let (Some(id), Some(socket)) = (request.run_as, request.launch.egress) {
-        // The cage connects to its proxy as its own user; the socket's directory stays
-        // private to the daemon (the cage gets the socket by descriptor).
-        std::os::unix::fs::chown(socket, Some(id.uid), Some(id.gid)).map_err(|e| {
-            SpawnError::Cage(format!(
-                "cannot hand the egress socket {} to the cage's user: {e}",
-                socket.display()
-            ))
-        })?;
+        // The cage connects to its proxy as its own user: the socket and its run's own
+        // directory become that user's (both stay out of reach by path, below the daemon's
+        // private directory; the cage gets the directory by descriptor, read-only).
+        for path in [socket, socket.parent().unwrap_or(socket)] {
+            std::os::unix::fs::chown(path, Some(id.uid), Some(id.gid)).map_err(|e| {
+                SpawnError::Cage(format!(
+                    "cannot hand {} to the cage's user: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+    }
+    if request.run_as.is_some() {
+        facts::make_git_mount_point(request.root).map_err(SpawnError::Cage)?;
     }
     let sources = open_sources(
         request.root,

@@ -677,6 +677,17 @@ const EGRESS_AUDIT_GRACE: Duration = Duration::from_secs(10);
 struct EgressRun {
     proxy: kaged_egress::RunningProxy,
     audit: tokio::task::JoinHandle<()>,
+    /// Declared after `proxy`: dropped after it removed the socket.
+    _dir: RemoveDir,
+}
+
+/// The run's egress directory, removed (once empty) when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 impl EgressRun {
@@ -686,25 +697,38 @@ impl EgressRun {
         allow: &[String],
         handle: &tokio::runtime::Handle,
     ) -> Result<EgressRun, String> {
-        let dir = state.info.decision.paths.runtime_dir.join("egress");
+        // A directory of the run's own holding only its socket: the cage gets the directory.
+        let dir = state
+            .info
+            .decision
+            .paths
+            .runtime_dir
+            .join("egress")
+            .join(&live.id[..16]);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let socket = dir.join(format!("{}.sock", &live.id[..16]));
+        let dir = RemoveDir(dir);
+        let socket = dir.0.join("egress.sock");
         let (proxy, decisions) = {
             let _guard = handle.enter();
             kaged_egress::RunningProxy::start(&socket, allow).map_err(|e| e.to_string())?
         };
         let audit = handle.spawn(audit_egress(state.clone(), live.clone(), decisions));
-        Ok(EgressRun { proxy, audit })
+        Ok(EgressRun {
+            proxy,
+            audit,
+            _dir: dir,
+        })
     }
 
     /// Stop the proxy and wait for its final summary, so it is recorded before the run's end.
     fn stop(self, handle: &tokio::runtime::Handle) {
-        let EgressRun { proxy, audit } = self;
+        let EgressRun { proxy, audit, _dir } = self;
         drop(proxy);
+        drop(_dir);
         // The timer is made inside the runtime: outside, tokio has no clock to give it.
         let _ = handle.block_on(async { tokio::time::timeout(EGRESS_AUDIT_GRACE, audit).await });
     }
