@@ -167,10 +167,7 @@ mod tests {
         g.owner_gid = Some(0);
         assert_eq!(run_as(&g).unwrap().unwrap().identity, id(1000, 65534));
         g.cage_identity = None;
-        assert!(matches!(
-            run_as(&g),
-            Err(IdentityError::UnknownCageUser(_))
-        ));
+        assert!(matches!(run_as(&g), Err(IdentityError::UnknownCageUser(_))));
         // An owner without write permission on their own directory is told so.
         let r = run_as(&facts(0, 1000, 1000, 0o555)).unwrap().unwrap();
         assert!(!r.workspace_writable);

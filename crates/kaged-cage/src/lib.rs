@@ -761,10 +761,7 @@ mod tests {
         // by the host path, which a cage switched to another user could not reach.
         assert!(has(&with, &["--ro-bind-fd", "10", EGRESS_DIR]));
         assert!(!with.iter().any(|a| a.contains("/run/user/1")));
-        assert_eq!(
-            host.opened.get(4).map(|o| &o.source),
-            Some(&Source::Egress)
-        );
+        assert_eq!(host.opened.get(4).map(|o| &o.source), Some(&Source::Egress));
         // Without the socket opened, no path fallback.
         let mut unopened = host.clone();
         unopened.opened.retain(|o| o.source != Source::Egress);

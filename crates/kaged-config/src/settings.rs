@@ -1578,14 +1578,26 @@ serve = true
                 "sandbox.default_seccomp",
                 "\"default\"",
             ),
-            ("[sandbox]\ncage_user = \"root\"", "sandbox.cage_user", "useradd"),
-            ("[sandbox]\ncage_user = \"0\"", "sandbox.cage_user", "never root"),
+            (
+                "[sandbox]\ncage_user = \"root\"",
+                "sandbox.cage_user",
+                "useradd",
+            ),
+            (
+                "[sandbox]\ncage_user = \"0\"",
+                "sandbox.cage_user",
+                "never root",
+            ),
             (
                 "[sandbox]\ncage_user = \"a b\"",
                 "sandbox.cage_user",
                 "\"nobody\"",
             ),
-            ("[sandbox]\ncage_user = 65534", "sandbox.cage_user", "a integer"),
+            (
+                "[sandbox]\ncage_user = 65534",
+                "sandbox.cage_user",
+                "a integer",
+            ),
             (
                 "[logging]\noperational = \"syslog\"",
                 "logging.operational",

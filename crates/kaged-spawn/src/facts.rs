@@ -87,12 +87,19 @@ pub fn make_git_mount_point(root: &Path) -> Result<(), String> {
         Mode::empty(),
     )
     .map_err(|e| format!("cannot open the project {}: {e}", root.display()))?;
-    if fstat(&root_fd).map_err(|e| format!("{}: {e}", root.display()))?.st_uid != 0 {
+    if fstat(&root_fd)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+        .st_uid
+        != 0
+    {
         return Ok(());
     }
     match nix::sys::stat::mkdirat(&root_fd, ".git", Mode::from_bits_truncate(0o755)) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
-        Err(e) => Err(format!("cannot create {}: {e}", root.join(".git").display())),
+        Err(e) => Err(format!(
+            "cannot create {}: {e}",
+            root.join(".git").display()
+        )),
     }
 }
 
@@ -136,7 +143,10 @@ pub fn open_sources(
                     Some(
                         open(
                             dir,
-                            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                            OFlag::O_PATH
+                                | OFlag::O_DIRECTORY
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_CLOEXEC,
                             Mode::empty(),
                         )
                         .map_err(|e| {

@@ -349,7 +349,8 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
     usable_bwrap()?;
     if request.run_as.is_none() && effective_uid() == 0 {
         return Err(SpawnError::Cage(
-            "cages never run as root, and no other user was chosen for this one (a bug: report it)".into(),
+            "cages never run as root, and no other user was chosen for this one (a bug: report it)"
+                .into(),
         ));
     }
     if let (Some(id), Some(socket)) = (request.run_as, request.launch.egress) {

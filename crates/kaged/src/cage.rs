@@ -42,15 +42,17 @@ fn run_as(
         None,
         kaged_config::FlagOverrides::default(),
     )?;
-    let Some(chosen) =
-        kaged_spawn::run_as(root, &settings.cage_user).map_err(Failure::Config)?
+    let Some(chosen) = kaged_spawn::run_as(root, &settings.cage_user).map_err(Failure::Config)?
     else {
         return Ok(None);
     };
     let who = kaged_spawn::describe_identity(chosen.identity);
     match chosen.because {
         kaged_cage::Because::ProjectOwner => {
-            eprintln!("kaged: the cage runs as {who}, the owner of {}", root.display())
+            eprintln!(
+                "kaged: the cage runs as {who}, the owner of {}",
+                root.display()
+            )
         }
         kaged_cage::Because::CageUser => eprintln!(
             "kaged: the cage runs as {who} ([sandbox] cage_user): {} is owned by root, and cages never run as root",

@@ -697,19 +697,11 @@ impl EgressRun {
         allow: &[String],
         handle: &tokio::runtime::Handle,
     ) -> Result<EgressRun, String> {
-        // A directory of the run's own holding only its socket: the cage gets the directory.
-        let dir = state
-            .info
-            .decision
-            .paths
-            .runtime_dir
-            .join("egress")
-            .join(&live.id[..16]);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // A private directory of the run's own holding only its socket; the cage gets the
+        // directory. Not below the runtime directory: bwrap resolves a bound descriptor's path
+        // as the cage's user, who may be another than the daemon's and could not enter it.
+        let dir = kaged_spawn::private_dir("kaged-egress")
+            .map_err(|e| format!("cannot create the egress directory: {e}"))?;
         let dir = RemoveDir(dir);
         let socket = dir.0.join("egress.sock");
         let (proxy, decisions) = {
