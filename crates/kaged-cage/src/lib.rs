@@ -8,6 +8,7 @@
 //! environment cleared down to an allowlist.
 
 mod check;
+mod identity;
 mod limits;
 mod run;
 mod seccomp;
@@ -16,6 +17,7 @@ mod weaken;
 use std::path::{Path, PathBuf};
 
 pub use check::{Expect, Observed, judge_mounts, mount_points};
+pub use identity::{Because, Identity, IdentityError, IdentityFacts, RunAs, run_as};
 pub use limits::{CPU_PERIOD_US, CgroupValues, LimitFacts, LimitPlan, plan_limits};
 pub use run::{PlanError, RunKind, RunPlan, plan_run};
 pub use seccomp::{SeccompError, SeccompPrograms, profile_bpf};
@@ -234,11 +236,18 @@ pub enum Source {
     Project(PathBuf),
     /// The kaged executable, which runs the in-cage helpers (check, tty, egress bridge).
     Helper,
+    /// The directory of the run's egress proxy socket ([`Launch::egress`]), which holds
+    /// nothing else. By descriptor, because it lives in the daemon's private runtime
+    /// directory, which a cage switched to another user could not reach by path; the
+    /// directory and not the socket, because bwrap cannot bind a non-directory by descriptor
+    /// when its path is out of the user's reach.
+    Egress,
 }
 
-/// What the edge must open for `policy`'s cage: `(source, required)`. An optional source that
-/// is absent is left out of [`Host::opened`]; `.git` absent is then masked (empty, read-only).
-pub fn sources(policy: &Policy) -> Vec<(Source, bool)> {
+/// What the edge must open for `policy`'s cage, `egress` telling whether the run has an egress
+/// proxy: `(source, required)`. An optional source that is absent is left out of
+/// [`Host::opened`]; `.git` absent is then masked (empty, read-only).
+pub fn sources(policy: &Policy, egress: bool) -> Vec<(Source, bool)> {
     let mut out = vec![(Source::Root, true), (Source::Helper, true)];
     if let Policy::Caged { mounts, .. } = policy {
         out.extend(
@@ -249,6 +258,14 @@ pub fn sources(policy: &Policy) -> Vec<(Source, bool)> {
     }
     out.push((Source::Project(".git".into()), false));
     out.push((Source::Project(".kaged".into()), false));
+    if let Policy::Caged {
+        network: Network::Allow(_),
+        ..
+    } = policy
+        && egress
+    {
+        out.push((Source::Egress, true));
+    }
     out
 }
 
@@ -308,13 +325,14 @@ pub struct Launch<'a> {
     /// group the terminal's foreground one (the PTY's session leader lives outside the cage's
     /// PID namespace, so shells would find no group to restore).
     pub own_terminal: bool,
-    /// For a network allowlist: the kaged egress proxy's Unix socket on the host; the command
+    /// For a network allowlist: the kaged egress proxy's Unix socket on the host, alone in a
+    /// directory of the run's own (the edge opens that as [`Source::Egress`]); the command
     /// then runs under the in-cage bridge with the proxy variables set.
     pub egress: Option<&'a Path>,
 }
 
-/// Where the egress proxy socket appears inside a cage.
-pub const EGRESS_SOCKET: &str = "/run/kaged/egress.sock";
+/// Where the directory of the egress proxy socket appears inside a cage (read-only).
+pub const EGRESS_DIR: &str = "/run/kaged/egress";
 /// Where the kaged executable appears inside a cage (runs the helpers).
 pub const HELPER: &str = "/run/kaged/kaged";
 /// The bridge's address inside the cage's own loopback.
@@ -454,14 +472,17 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     let (fd, _) = required(Source::Helper)?;
     push(&["--ro-bind-fd", &fd.to_string(), HELPER]);
     made.push(HELPER.into());
-    let egress = match (network, launch.egress) {
-        (Network::Allow(_), Some(socket)) => Some(socket),
+    // The socket as the cage sees it: its directory, read-only (a socket on a read-only mount
+    // still accepts connections).
+    let egress = match (network, launch.egress.and_then(Path::file_name)) {
+        (Network::Allow(_), Some(name)) => {
+            let (fd, _) = required(Source::Egress)?;
+            push(&["--ro-bind-fd", &fd.to_string(), EGRESS_DIR]);
+            made.push(EGRESS_DIR.into());
+            Some(Path::new(EGRESS_DIR).join(name).display().to_string())
+        }
         _ => None,
     };
-    if let Some(socket) = egress {
-        push(&["--bind", &socket.display().to_string(), EGRESS_SOCKET]);
-        made.push(EGRESS_SOCKET.into());
-    }
     let cwd = if launch.cwd.as_os_str().is_empty() {
         WORKSPACE.to_string()
     } else {
@@ -505,7 +526,7 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     if launch.own_terminal {
         command.extend([HELPER, "cage-tty", "--"].map(String::from));
     }
-    if egress.is_some() {
+    if let Some(socket) = egress {
         command.extend(
             [
                 HELPER,
@@ -513,7 +534,7 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
                 "--listen",
                 EGRESS_LISTEN,
                 "--socket",
-                EGRESS_SOCKET,
+                &socket,
                 "--",
             ]
             .map(String::from),
@@ -568,7 +589,7 @@ mod tests {
         Host {
             system_dirs: vec!["/usr".into(), "/etc".into(), "/bin".into()],
             system_submounts: Vec::new(),
-            opened: sources(policy)
+            opened: sources(policy, true)
                 .into_iter()
                 .filter(|(s, _)| git || *s != Source::Project(".git".into()))
                 .enumerate()
@@ -778,9 +799,21 @@ mod tests {
         .unwrap()
         .joined();
         assert!(with.contains(&"--unshare-net".to_string()));
-        assert!(has(
-            &with,
-            &["--bind", "/run/user/1/kaged/egress-1.sock", EGRESS_SOCKET]
+        // Its directory by descriptor (after root, helper, .git and .kaged), read-only, never
+        // by the host path, which a cage switched to another user could not reach.
+        assert!(has(&with, &["--ro-bind-fd", "10", EGRESS_DIR]));
+        assert!(!with.iter().any(|a| a.contains("/run/user/1")));
+        assert_eq!(host.opened.get(4).map(|o| &o.source), Some(&Source::Egress));
+        // Without the socket opened, no path fallback.
+        let mut unopened = host.clone();
+        unopened.opened.retain(|o| o.source != Source::Egress);
+        assert!(matches!(
+            compile(
+                &allow,
+                &unopened,
+                &launch(Some(Path::new("/run/user/1/kaged/egress-1.sock")))
+            ),
+            Err(CageError::MissingSource(_))
         ));
         assert!(has(
             &with,
@@ -794,7 +827,7 @@ mod tests {
                 "--listen",
                 EGRESS_LISTEN,
                 "--socket",
-                EGRESS_SOCKET,
+                "/run/kaged/egress/egress-1.sock",
                 "--",
                 "curl"
             ]

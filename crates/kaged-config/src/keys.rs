@@ -132,6 +132,13 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Seccomp profile for cages that name none.",
     },
     KeySpec {
+        section: "sandbox",
+        key: "cage_user",
+        env: "KAGED_SANDBOX_CAGE_USER",
+        expected: "an unprivileged user name or numeric UID as a string, such as \"nobody\" or \"65534\" (never root or 0)",
+        doc: "Who cages run as when the daemon is root and the project root is owned by root (a project owned by someone else runs as its owner).",
+    },
+    KeySpec {
         section: "logging",
         key: "operational",
         env: "KAGED_LOG_OPERATIONAL",

@@ -192,6 +192,9 @@ pub struct Settings {
     pub storage_url: StorageUrl,
     pub sandbox_mode: SandboxMode,
     pub default_seccomp: String,
+    /// `[sandbox] cage_user`: a user name or numeric UID, never root (checked here); who it
+    /// is on this host is resolved where cages start.
+    pub cage_user: String,
     pub log_operational: OperationalSink,
     pub log_audit: AuditSink,
     pub log_level: LogLevel,
@@ -327,6 +330,7 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
             "default" => Ok(Value::Name(text)),
             _ => Err(bad()),
         },
+        "sandbox.cage_user" => check_cage_user(spec, &text).map(Value::Name),
         "logging.operational" => match text.as_str() {
             "stderr" => Ok(Value::Operational(OperationalSink::Stderr)),
             _ => file_sink(&text)
@@ -490,6 +494,40 @@ fn check_listeners(spec: &KeySpec, items: Vec<String>) -> Result<Value, Problem>
         });
     }
     Ok(Value::Listeners(out))
+}
+
+/// A login name (letters, digits, '.', '_', '-'; not starting with '-') or a numeric UID,
+/// never root: cages never run as UID 0.
+fn check_cage_user(spec: &KeySpec, text: &str) -> Result<String, Problem> {
+    let name = text.trim();
+    let numeric = !name.is_empty() && name.chars().all(|c| c.is_ascii_digit());
+    if (numeric && name.parse::<u32>().is_ok_and(|uid| uid == 0)) || name == "root" {
+        return Err(Problem {
+            problem: format!("{text:?} is root, and cages never run as UID 0"),
+            hint: format!(
+                "use {}, or a dedicated user (sudo useradd --system --no-create-home kaged-cage)",
+                spec.expected
+            ),
+        });
+    }
+    let valid = if numeric {
+        name.parse::<u32>().is_ok_and(|uid| uid != u32::MAX)
+    } else {
+        name.len() <= 32
+            && !name.starts_with('-')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !name.is_empty()
+    };
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(Problem {
+            problem: format!("{text:?} is not a user name or UID"),
+            hint: format!("use {}", spec.expected),
+        })
+    }
 }
 
 fn absolute(text: &str) -> Option<PathBuf> {
@@ -841,6 +879,10 @@ pub fn resolve(
             Some(Value::Name(n)) => n,
             _ => "default".into(),
         },
+        cage_user: match take("sandbox.cage_user") {
+            Some(Value::Name(n)) => n,
+            _ => "nobody".into(),
+        },
         log_operational: match take("logging.operational") {
             Some(Value::Operational(o)) => o,
             _ => OperationalSink::Stderr,
@@ -1046,7 +1088,7 @@ pub fn render_default_config(s: &Settings) -> String {
          [auth]\n{}\nmode = \"secure\"\n{}\n# token = \"\"\n{}\ntrust_private_network = false\n{}\nrequire_token_identity = false\n\n\
          # [auth.proxy]\n{}\n# trusted_actor_header = \"X-Kaged-Actor\"\n{}\n# trusted_proxy_listeners = [\"unix:///PATH/proxy.sock\"]\n\n\
          [storage]\n{}\nurl = {}\n\n\
-         [sandbox]\n{}\nmode = {}\n{}\ndefault_seccomp = {}\n\n\
+         [sandbox]\n{}\nmode = {}\n{}\ndefault_seccomp = {}\n{}\ncage_user = {}\n\n\
          [logging]\n{}\noperational = {}\n{}\naudit = {}\n{}\nlevel = {}\n\n\
          [plugins]\n{}\ndir = {}\n{}\nenabled = [{}]\n\n\
          [ui]\n{}\nserve = {}\n",
@@ -1077,6 +1119,8 @@ pub fn render_default_config(s: &Settings) -> String {
         }),
         doc("sandbox", "default_seccomp"),
         toml_string(&s.default_seccomp),
+        doc("sandbox", "cage_user"),
+        toml_string(&s.cage_user),
         doc("logging", "operational"),
         operational,
         doc("logging", "audit"),
@@ -1592,6 +1636,26 @@ serve = true
                 "\"default\"",
             ),
             (
+                "[sandbox]\ncage_user = \"root\"",
+                "sandbox.cage_user",
+                "useradd",
+            ),
+            (
+                "[sandbox]\ncage_user = \"0\"",
+                "sandbox.cage_user",
+                "never root",
+            ),
+            (
+                "[sandbox]\ncage_user = \"a b\"",
+                "sandbox.cage_user",
+                "\"nobody\"",
+            ),
+            (
+                "[sandbox]\ncage_user = 65534",
+                "sandbox.cage_user",
+                "a integer",
+            ),
+            (
                 "[logging]\noperational = \"syslog\"",
                 "logging.operational",
                 "file:/ABSOLUTE/PATH",
@@ -1692,6 +1756,37 @@ serve = true
             errs.to_string().contains("KAGED_MAX_WAITING_CONNECTIONS"),
             "{errs}"
         );
+    }
+
+    #[test]
+    fn the_cage_user_defaults_to_nobody_and_is_never_root() {
+        assert_eq!(resolve_text("").unwrap().cage_user, "nobody");
+        let s = resolve_text("[sandbox]\ncage_user = \"kaged-cage\"").unwrap();
+        assert_eq!(s.cage_user, "kaged-cage");
+        assert_eq!(
+            resolve_text("[sandbox]\ncage_user = \"1001\"")
+                .unwrap()
+                .cage_user,
+            "1001"
+        );
+        let flags = FlagOverrides::default();
+        for root in ["0", "root", "000"] {
+            let errs = resolve(
+                &decision(),
+                &cfg(),
+                None,
+                &env(&[("KAGED_SANDBOX_CAGE_USER", root)]),
+                &flags,
+            )
+            .unwrap_err()
+            .0;
+            assert_eq!(errs.len(), 1, "{root}: {errs:?}");
+            assert!(
+                matches!(&errs[0].location, Location::Env { var } if var == "KAGED_SANDBOX_CAGE_USER"),
+                "{errs:?}"
+            );
+            assert!(errs[0].problem.contains("never run as UID 0"), "{errs:?}");
+        }
     }
 
     #[test]

@@ -162,6 +162,7 @@ fn rendered_fields(s: &Settings) -> String {
             &s.storage_url,
             s.sandbox_mode,
             &s.default_seccomp,
+            &s.cage_user,
             &s.log_operational,
             &s.log_audit,
             s.log_level,

@@ -7,7 +7,7 @@
 //! checked, whatever happens to the path afterwards. A link on the way refuses the run.
 
 use std::os::fd::OwnedFd;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use kaged_cage::{FileId, Host, Opened, Policy, SYSTEM_DIRS, Source};
 use nix::fcntl::{OFlag, open, openat};
@@ -76,9 +76,42 @@ fn open_beneath(
     Ok(current)
 }
 
+/// An absent `.git` is masked inside the cage by an empty read-only directory, whose mount
+/// point bwrap creates in the project, as the cage's user. A cage switched away from root
+/// cannot create it in a project root owns, so root makes it here (empty, root's, as bwrap
+/// running as root always did), without following a link planted in its place.
+pub fn make_git_mount_point(root: &Path) -> Result<(), String> {
+    let root_fd = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the project {}: {e}", root.display()))?;
+    if fstat(&root_fd)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+        .st_uid
+        != 0
+    {
+        return Ok(());
+    }
+    match nix::sys::stat::mkdirat(&root_fd, ".git", Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(format!(
+            "cannot create {}: {e}",
+            root.join(".git").display()
+        )),
+    }
+}
+
 /// Open every source of `policy`'s cage over the project at `root` (canonical), with the
-/// kaged executable at `helper` (`/proc/self/exe` pins the running binary).
-pub fn open_sources(root: &Path, helper: &Path, policy: &Policy) -> Result<Sources, String> {
+/// kaged executable at `helper` (`/proc/self/exe` pins the running binary) and the run's
+/// egress proxy socket at `egress`, if it has one.
+pub fn open_sources(
+    root: &Path,
+    helper: &Path,
+    policy: &Policy,
+    egress: Option<&Path>,
+) -> Result<Sources, String> {
     let root_fd = open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -87,7 +120,7 @@ pub fn open_sources(root: &Path, helper: &Path, policy: &Policy) -> Result<Sourc
     .map_err(|e| format!("cannot open the project {}: {e}", root.display()))?;
     let mut opened = Vec::new();
     let mut fds = Vec::new();
-    for (source, required) in kaged_cage::sources(policy) {
+    for (source, required) in kaged_cage::sources(policy, egress.is_some()) {
         let (fd, what) = match &source {
             Source::Root => (
                 Some(root_fd.try_clone().map_err(|e| e.to_string())?),
@@ -104,6 +137,26 @@ pub fn open_sources(root: &Path, helper: &Path, policy: &Policy) -> Result<Sourc
             Source::Project(relative) => {
                 (open_beneath(&root_fd, root, relative)?, root.join(relative))
             }
+            // The daemon made it, in a directory of the run's own that only the daemon can write.
+            Source::Egress => match egress.and_then(Path::parent) {
+                Some(dir) => (
+                    Some(
+                        open(
+                            dir,
+                            OFlag::O_PATH
+                                | OFlag::O_DIRECTORY
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .map_err(|e| {
+                            format!("cannot open the egress directory {}: {e}", dir.display())
+                        })?,
+                    ),
+                    dir.to_path_buf(),
+                ),
+                None => (None, PathBuf::new()),
+            },
         };
         let Some(fd) = fd else {
             if required {
@@ -163,7 +216,7 @@ mod tests {
     use super::*;
 
     fn opened(root: &Path, policy: &Policy) -> Result<Vec<Source>, String> {
-        open_sources(root, Path::new("/proc/self/exe"), policy)
+        open_sources(root, Path::new("/proc/self/exe"), policy, None)
             .map(|s| s.host.opened.into_iter().map(|o| o.source).collect())
     }
 
@@ -225,6 +278,7 @@ mod tests {
             tmp.path(),
             Path::new("/proc/self/exe"),
             &Policy::default_cage(),
+            None,
         )
         .unwrap();
         let meta = std::fs::metadata(tmp.path().join(".git")).unwrap();

@@ -3,11 +3,16 @@
 //!
 //! Every start goes through one command line:
 //! `setpriv --pdeathsig KILL -- [systemd-run --scope ... --] [prlimit LIMITS --]
-//!  [sh -c 'join cgroups; exec bwrap --args 5'] [ARGV]`.
+//!  [sh -c 'join cgroups; exec [setpriv --reuid U ...] bwrap --args 5'] [ARGV]`.
 //! - `setpriv --pdeathsig` kills the run if the thread that started it dies with the daemon;
 //!   bwrap's own `--die-with-parent` then takes the whole cage down (its PID namespace dies
 //!   with its init).
 //! - `prlimit` applies the rlimits `kaged-cage` chose.
+//! - Cages never run as UID 0: a root daemon's launcher joins the cgroups (which needs root),
+//!   then becomes the identity `kaged_cage::run_as` chose through a second `setpriv` (real
+//!   and effective IDs, no supplementary groups, no new privileges, and `--pdeathsig` again:
+//!   the kernel clears it when the UID changes). The descriptors survive the switch; nothing
+//!   the cage needs is reached by a path the new user could not open.
 //! - A caged start gets exactly these descriptors (`fds`): the two seccomp programs (3, 4),
 //!   bwrap's arguments (5: nothing of them, the environment included, shows in
 //!   `/proc/PID/cmdline`), and every bind source opened without following links (6...).
@@ -23,6 +28,7 @@ mod cgroup;
 mod check;
 mod facts;
 mod fds;
+mod identity;
 mod pidfd;
 mod preflight;
 mod sweep;
@@ -41,6 +47,7 @@ pub use cgroup::{Cgroups, limit_facts};
 pub use check::cage_check;
 pub use facts::{Sources, open_sources};
 pub use fds::mark_inherited_cloexec;
+pub use identity::{describe as describe_identity, effective_uid, run_as};
 pub use nix::sys::signal::Signal;
 pub use preflight::{Check, preflight, sandbox_problem};
 pub use sweep::{Swept, sweep};
@@ -100,6 +107,8 @@ pub struct Spec {
     /// Environment of an uncaged run, which starts from an empty one (a caged run's comes from
     /// bwrap's `--setenv`). The daemon's own environment never leaks into a run.
     pub env: Vec<(String, String)>,
+    /// Who a caged run becomes once it joined its cgroups (a root daemon's cages).
+    pub run_as: Option<kaged_cage::Identity>,
 }
 
 /// A caged start's descriptors, in the order bwrap is told (3, 4, ...). Shared, because a
@@ -135,6 +144,7 @@ impl Spec {
             cgroup_procs: Vec::new(),
             cwd: Some(cwd),
             env,
+            run_as: None,
         }
     }
 
@@ -248,9 +258,16 @@ pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
                     procs.join(" ")
                 )));
             }
+            let become_user = match spec.run_as {
+                Some(id) => format!(
+                    "setpriv --reuid={} --regid={} --clear-groups --no-new-privs --pdeathsig KILL -- ",
+                    id.uid, id.gid
+                ),
+                None => String::new(),
+            };
             c.args(["/bin/sh", "-c"])
                 .arg(format!(
-                    "for p in $KAGED_CGROUP_PROCS; do echo $$ > \"$p\" || exit 125; done; exec {BWRAP} --args {} -- \"$@\"",
+                    "for p in $KAGED_CGROUP_PROCS; do echo $$ > \"$p\" || exit 125; done; exec {become_user}{BWRAP} --args {} -- \"$@\"",
                     kaged_cage::ARGS_FD
                 ))
                 .arg("kaged-cage")
@@ -314,6 +331,8 @@ pub struct CageRequest<'a> {
     pub launch: kaged_cage::Launch<'a>,
     /// Names the run's cgroups.
     pub name: &'a str,
+    /// Who the cage runs as ([`run_as`]); `None` only when this process is not root.
+    pub run_as: Option<kaged_cage::Identity>,
 }
 
 /// An anonymous in-memory file holding `bytes`, read from its start.
@@ -337,8 +356,35 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
         return Err(SpawnError::Cage("the cage is disabled".into()));
     };
     usable_bwrap()?;
-    let sources =
-        open_sources(request.root, request.helper, request.policy).map_err(SpawnError::Cage)?;
+    if request.run_as.is_none() && effective_uid() == 0 {
+        return Err(SpawnError::Cage(
+            "cages never run as root, and no other user was chosen for this one (a bug: report it)"
+                .into(),
+        ));
+    }
+    if let (Some(id), Some(socket)) = (request.run_as, request.launch.egress) {
+        // The cage connects to its proxy as its own user: the socket and its run's own
+        // directory become that user's (both stay out of reach by path, below the daemon's
+        // private directory; the cage gets the directory by descriptor, read-only).
+        for path in [socket, socket.parent().unwrap_or(socket)] {
+            std::os::unix::fs::chown(path, Some(id.uid), Some(id.gid)).map_err(|e| {
+                SpawnError::Cage(format!(
+                    "cannot hand {} to the cage's user: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+    }
+    if request.run_as.is_some() {
+        facts::make_git_mount_point(request.root).map_err(SpawnError::Cage)?;
+    }
+    let sources = open_sources(
+        request.root,
+        request.helper,
+        request.policy,
+        request.launch.egress,
+    )
+    .map_err(SpawnError::Cage)?;
     let args = kaged_cage::compile(request.policy, &sources.host, &request.launch)
         .map_err(|e| SpawnError::Cage(e.to_string()))?;
     let programs = kaged_cage::profile_bpf(seccomp).map_err(|e| SpawnError::Cage(e.to_string()))?;
@@ -369,6 +415,7 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
             cgroup_procs: cgroups.procs_files(),
             cwd: None,
             env: Vec::new(),
+            run_as: request.run_as,
         },
         cgroups,
         limits: plan,
@@ -659,6 +706,7 @@ mod tests {
             cgroup_procs: Vec::new(),
             cwd: Some(std::env::temp_dir()),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            run_as: None,
         }
     }
 

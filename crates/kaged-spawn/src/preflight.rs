@@ -13,9 +13,23 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
-/// Can this user start a minimal cage right now?
+/// Can this user start a minimal cage right now? As root, the test cage runs as `nobody`
+/// (65534), as cages do: root itself may create user namespaces where others may not.
 fn userns_works() -> Result<(), String> {
-    let out = Command::new("bwrap")
+    let mut c = if crate::effective_uid() == 0 {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "bwrap",
+        ]);
+        c
+    } else {
+        Command::new("bwrap")
+    };
+    let out = c
         .args([
             // The namespaces of the default cage: some hosts allow user namespaces but refuse
             // a network namespace inside them.
@@ -32,6 +46,7 @@ fn userns_works() -> Result<(), String> {
             "/proc",
             "true",
         ])
+        .current_dir("/")
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {

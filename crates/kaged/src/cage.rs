@@ -27,7 +27,51 @@ pub fn doctor() -> Result<(), Failure> {
     }
 }
 
-pub async fn run(command: CageCommand) -> Result<(), Failure> {
+/// Who the cage over `root` runs as, said on stderr when it is not this user. The configuration
+/// (`[sandbox] cage_user`) matters only to root, so only root reads it here.
+fn run_as(
+    root: &Path,
+    mode: Option<kaged_config::DeploymentMode>,
+) -> Result<Option<kaged_cage::Identity>, Failure> {
+    if kaged_spawn::effective_uid() != 0 {
+        return Ok(None);
+    }
+    let (_, settings, _) = crate::config_for_start(
+        &crate::host::gather(),
+        mode,
+        None,
+        kaged_config::FlagOverrides::default(),
+    )?;
+    let Some(chosen) = kaged_spawn::run_as(root, &settings.cage_user).map_err(Failure::Config)?
+    else {
+        return Ok(None);
+    };
+    let who = kaged_spawn::describe_identity(chosen.identity);
+    match chosen.because {
+        kaged_cage::Because::ProjectOwner => {
+            eprintln!(
+                "kaged: the cage runs as {who}, the owner of {}",
+                root.display()
+            )
+        }
+        kaged_cage::Because::CageUser => eprintln!(
+            "kaged: the cage runs as {who} ([sandbox] cage_user): {} is owned by root, and cages never run as root",
+            root.display()
+        ),
+    }
+    if !chosen.workspace_writable {
+        eprintln!(
+            "kaged: warning: {who} cannot write the workspace ({}); chown the project to the user who should own its files",
+            root.display()
+        );
+    }
+    Ok(Some(chosen.identity))
+}
+
+pub async fn run(
+    command: CageCommand,
+    mode: Option<kaged_config::DeploymentMode>,
+) -> Result<(), Failure> {
     let CageCommand::Run {
         project,
         agent,
@@ -48,6 +92,10 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
         )));
     };
     let policy = policy_for(&config, &agent).map_err(|e| Failure::Config(e.to_string()))?;
+    let identity = match &policy {
+        Policy::Caged { .. } => run_as(&root, mode)?,
+        Policy::Disabled => None,
+    };
     let mut env: Vec<(String, String)> = ["TERM", "COLORTERM"]
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -110,6 +158,7 @@ pub async fn run(command: CageCommand) -> Result<(), Failure> {
                     egress: proxy.as_ref().map(|p| p.socket()),
                 },
                 name: &format!("run-{}", std::process::id()),
+                run_as: identity,
             })
             .map_err(|e| match e {
                 kaged_spawn::SpawnError::Cage(problem) => Failure::Config(problem),

@@ -158,7 +158,7 @@ fn main() -> ExitCode {
             Command::Dsl(command) => dsl::run(command),
             Command::Project(command) => client::project(mode, command).await,
             Command::Session(command) => session::run(mode, command).await,
-            Command::Cage(command) => cage::run(command).await,
+            Command::Cage(command) => cage::run(command, mode).await,
             Command::CageBridge { .. } | Command::CageTty { .. } | Command::CageCheck { .. } => {
                 Ok(())
             }

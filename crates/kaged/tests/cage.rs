@@ -32,6 +32,7 @@ fn project(root: &Path) -> PathBuf {
     std::fs::create_dir_all(p.join(".git")).unwrap();
     std::fs::write(p.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
     std::fs::write(p.join(".kaged/project.yaml"), PROJECT).unwrap();
+    cage_writable(&p);
     p
 }
 

@@ -75,6 +75,10 @@ fn a_swapped_bind_source_never_reaches_outside_the_project() {
         &p,
         "version: 1\nproject: race\nprimary:\n  command: [sh]\n  subagents:\n    writer:\n      command: [sh]\n      cage:\n        filesystem:\n          - { path: \"project:/out\", mode: rw }\n",
     );
+    // As root, cages run as another user: the project and the "home" are that user's, as an
+    // operator's own would be (so a leaked bind could be written to).
+    cage_writable(&p);
+    cage_writable(&home);
     const RUNS: usize = 40;
     let mut swapper = kaged_cmd(&[])
         .args([
@@ -174,6 +178,7 @@ fn a_cage_cannot_plant_a_git_directory() {
         &p,
         "version: 1\nproject: nogit\nprimary:\n  command: [sh]\n",
     );
+    cage_writable(&p);
     let plant = "mkdir -p /workspace/.git/hooks && printf '[core]\\n\\tfsmonitor = touch /tmp/owned\\n' > /workspace/.git/config";
     let out = run_in_cage(&p, "primary", &["sh", "-c", plant]);
     assert!(

@@ -51,6 +51,8 @@ struct Decided {
     /// values from the daemon's environment. They reach a cage on bwrap's argument
     /// descriptor, never on a command line.
     granted_env: Vec<(String, String)>,
+    /// Who the cage runs as when the daemon is root (cages never run as UID 0).
+    run_as: Option<kaged_cage::RunAs>,
 }
 
 /// `local.toml`'s environment grants of `project` that are set in the daemon's environment
@@ -125,6 +127,15 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         } if uncaged_because.is_none() => hosts.clone(),
         _ => Vec::new(),
     };
+    let run_as = match uncaged_because {
+        Some(_) => None,
+        None => kaged_spawn::run_as(&root, &state.info.settings.cage_user).map_err(|problem| {
+            ApiError::new(
+                "unavailable",
+                format!("no cage can start for this project: {problem}"),
+            )
+        })?,
+    };
     Ok(Decided {
         root,
         plan,
@@ -132,6 +143,7 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         uncaged_because,
         allow,
         granted_env: granted_env(state, &req.project),
+        run_as,
     })
 }
 
@@ -254,6 +266,12 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
                 "uncaged_because": decided.uncaged_because,
                 "network": network_summary(&decided.policy, caged),
                 "unenforced": if caged { kaged_cage::unenforced(&decided.policy, !decided.allow.is_empty()) } else { Vec::new() },
+                "run_as": decided.run_as.map(|r| json!({
+                    "uid": r.identity.uid,
+                    "gid": r.identity.gid,
+                    "because": r.because.as_str(),
+                    "workspace_writable": r.workspace_writable,
+                })),
             }),
         })
         .await;
@@ -430,6 +448,7 @@ impl Runner {
                 egress: egress_socket,
             },
             name: super::run_name(&self.live.id),
+            run_as: d.run_as.map(|r| r.identity),
         })
         .map_err(|e| e.to_string())?;
         Ok(Prepared {
@@ -662,6 +681,17 @@ const EGRESS_AUDIT_GRACE: Duration = Duration::from_secs(10);
 struct EgressRun {
     proxy: kaged_egress::RunningProxy,
     audit: tokio::task::JoinHandle<()>,
+    /// Declared after `proxy`: dropped after it removed the socket.
+    _dir: RemoveDir,
+}
+
+/// The run's egress directory, removed (once empty) when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 impl EgressRun {
@@ -671,25 +701,30 @@ impl EgressRun {
         allow: &[String],
         handle: &tokio::runtime::Handle,
     ) -> Result<EgressRun, String> {
-        let dir = super::egress_dir(&state.info.decision.paths.runtime_dir);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let socket = dir.join(format!("{}.sock", super::run_name(&live.id)));
+        // A private directory of the run's own holding only its socket; the cage gets the
+        // directory. Not below the runtime directory: bwrap resolves a bound descriptor's path
+        // as the cage's user, who may be another than the daemon's and could not enter it.
+        let dir = kaged_spawn::private_dir("kaged-egress")
+            .map_err(|e| format!("cannot create the egress directory: {e}"))?;
+        let dir = RemoveDir(dir);
+        let socket = dir.0.join("egress.sock");
         let (proxy, decisions) = {
             let _guard = handle.enter();
             kaged_egress::RunningProxy::start(&socket, allow).map_err(|e| e.to_string())?
         };
         let audit = handle.spawn(audit_egress(state.clone(), live.clone(), decisions));
-        Ok(EgressRun { proxy, audit })
+        Ok(EgressRun {
+            proxy,
+            audit,
+            _dir: dir,
+        })
     }
 
     /// Stop the proxy and wait for its final summary, so it is recorded before the run's end.
     fn stop(self, handle: &tokio::runtime::Handle) {
-        let EgressRun { proxy, audit } = self;
+        let EgressRun { proxy, audit, _dir } = self;
         drop(proxy);
+        drop(_dir);
         // The timer is made inside the runtime: outside, tokio has no clock to give it.
         let _ = handle.block_on(async { tokio::time::timeout(EGRESS_AUDIT_GRACE, audit).await });
     }

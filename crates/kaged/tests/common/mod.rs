@@ -243,3 +243,30 @@ pub fn mode_of(path: &Path) -> u32 {
 pub fn token_of(launch_url: &str) -> String {
     launch_url.split("token=").nth(1).unwrap().to_string()
 }
+
+/// Whether this test process is root (as CI runs the suite).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// The UID a root daemon's cage of a root-owned project runs as (`[sandbox] cage_user`'s
+/// default, `nobody`).
+pub const CAGE_UID: u32 = 65534;
+
+/// Make the project tree at `root` belong to the cage's user when the suite runs as root:
+/// cages never run as root, so a project root owns is not writable inside its cage (kaged
+/// then runs the cage as this owner). As an ordinary user, nothing changes.
+pub fn cage_writable(root: &Path) {
+    if !running_as_root() {
+        return;
+    }
+    let status = Command::new("chown")
+        .args(["-R", &format!("{CAGE_UID}:{CAGE_UID}"), "--"])
+        .arg(root)
+        .status()
+        .expect("run chown");
+    assert!(status.success(), "chown -R {}", root.display());
+}
