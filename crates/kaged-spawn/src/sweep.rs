@@ -82,14 +82,19 @@ fn judge(name: &str, runs: &[&str], alive: impl Fn(u32) -> bool) -> Verdict {
 }
 
 /// Whether `name` is a seccomp directory of an older kaged (`private_dir("kaged-seccomp")`).
+fn is_egress_dir_name(name: &str) -> bool {
+    name.strip_prefix("kaged-egress-")
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn is_seccomp_dir_name(name: &str) -> bool {
     name.strip_prefix("kaged-seccomp-")
         .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Sweep the leftovers of the runs `runs` (those its storage says were left unfinished),
-/// the egress sockets in `egress_dir` and this user's old seccomp directories under the
-/// temporary directory. Call it only while no other daemon can use `egress_dir` (the
+/// the egress sockets in `egress_dir` (older kaged), runs' egress directories under the
+/// temporary directory whose proxy is gone, and this user's old seccomp directories there. Call it only while no other daemon can use `egress_dir` (the
 /// runtime directory's lock held) and before any run starts.
 pub fn sweep(runs: &[&str], egress_dir: &Path) -> Swept {
     let mut swept = Swept::default();
@@ -137,11 +142,27 @@ pub fn sweep(runs: &[&str], egress_dir: &Path) -> Swept {
         for entry in entries.flatten() {
             let path = entry.path();
             // Not followed: a link or someone else's directory is not ours to remove.
-            if is_seccomp_dir_name(&entry.file_name().to_string_lossy())
-                && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == uid)
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if is_seccomp_dir_name(&name)
+                && meta.is_dir()
+                && meta.uid() == uid
                 && std::fs::remove_dir_all(&path).is_ok()
             {
                 swept.seccomp_dirs += 1;
+            }
+            // A run's egress directory (its owner is the cage's user when kaged is root) whose
+            // socket nobody listens on any more: a live proxy (another daemon's, a running
+            // `kaged cage run`) answers the connection and is kept.
+            if is_egress_dir_name(&name)
+                && meta.is_dir()
+                && (meta.uid() == uid || uid == 0)
+                && std::os::unix::net::UnixStream::connect(path.join("egress.sock")).is_err()
+                && std::fs::remove_dir_all(&path).is_ok()
+            {
+                swept.sockets += 1;
             }
         }
     }
@@ -181,6 +202,8 @@ mod tests {
         assert!(!is_seccomp_dir_name("kaged-seccomp-"));
         assert!(!is_seccomp_dir_name("kaged-seccomp-../x"));
         assert!(!is_seccomp_dir_name("kaged-egress-00ff"));
+        assert!(is_egress_dir_name("kaged-egress-00ff"));
+        assert!(!is_egress_dir_name("kaged-egress-../x"));
     }
 
     #[test]

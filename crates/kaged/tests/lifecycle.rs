@@ -688,17 +688,30 @@ fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
     )
     .unwrap();
     let home = tmp.path().join("home");
-    let d = Daemon::start(&home);
+    // A temporary directory of its own, where the run's egress directory is made.
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    let tmpdir_text = tmpdir.to_str().unwrap();
+    let with_tmp = |home: &std::path::Path| {
+        Daemon::start_with(home, &["--bind", "127.0.0.1:0"], &[("TMPDIR", tmpdir_text)])
+    };
+    let d = with_tmp(&home);
     let out = d.cli(&["project", "load", project.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let out = d.cli(&["session", "start", "demo", "--agent", "primary", "--detach"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let group = root.join(format!("kaged-{}", &id[..16]));
-    let socket = home.join(format!("run/egress/{}.sock", &id[..16]));
+    let socket = || {
+        std::fs::read_dir(&tmpdir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("egress.sock"))
+            .find(|s| s.exists())
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !(std::fs::read_to_string(group.join("cgroup.procs")).is_ok_and(|p| !p.is_empty())
-        && socket.exists())
+        && socket().is_some())
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -710,9 +723,10 @@ fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
     d.signal("KILL");
     let _ = d.stop_after_signal();
     // The cage dies with the daemon; its group and socket stay.
+    let socket = socket().unwrap();
     assert!(group.exists() && socket.exists());
 
-    let d = Daemon::start(&home);
+    let d = with_tmp(&home);
     let log = d.stderr_text();
     assert!(
         log.contains("swept what an earlier kaged left: 1 cgroup (")
