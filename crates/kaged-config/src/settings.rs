@@ -1653,7 +1653,7 @@ serve = true
             (
                 "[sandbox]\ncage_user = 65534",
                 "sandbox.cage_user",
-                "a integer",
+                "the number 65534 is not valid here",
             ),
             (
                 "[logging]\noperational = \"syslog\"",
