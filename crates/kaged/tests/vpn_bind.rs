@@ -29,24 +29,25 @@ impl Netns {
     /// `None` (skip) only when namespaces cannot be made and this is neither root nor CI.
     fn create(tag: &str) -> Option<Netns> {
         let name = format!("kaged-test-{}-{tag}", std::process::id());
-        let ns = Netns { name };
-        let made = ip(&["netns", "add", &ns.name])
-            .and_then(|()| ip(&["-n", &ns.name, "link", "set", "lo", "up"]))
-            .and_then(|()| {
-                ip(&[
-                    "-n",
-                    &ns.name,
-                    "addr",
-                    "add",
-                    &format!("{VPN_IP}/32"),
-                    "dev",
-                    "lo",
-                ])
-            });
+        // The guard exists only once the namespace does; from then on Drop deletes it.
+        let made = ip(&["netns", "add", &name]).and_then(|()| {
+            let ns = Netns { name: name.clone() };
+            ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{VPN_IP}/32"),
+                "dev",
+                "lo",
+            ])?;
+            Ok(ns)
+        });
         match made {
-            Ok(()) => Some(ns),
+            Ok(ns) => Some(ns),
             Err(why) if is_root() || std::env::var_os("CI").is_some() => {
-                panic!("cannot create the network namespace {}: {why}", ns.name)
+                panic!("cannot create the network namespace {name}: {why}")
             }
             Err(why) => {
                 eprintln!(
