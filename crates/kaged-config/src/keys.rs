@@ -87,7 +87,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "trust_private_network",
         env: "KAGED_TRUST_PRIVATE_NETWORK",
         expected: "true or false",
-        doc: "Assert the network is private (VPN): allows a non-loopback listener over plain HTTP.",
+        doc: "Assert the network is private (VPN): lets a bearer token travel over plain HTTP to a non-loopback listener.",
     },
     KeySpec {
         section: "auth",

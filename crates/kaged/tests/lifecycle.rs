@@ -504,7 +504,7 @@ fn wildcard_bind_is_refused_with_the_fix() {
         .args(["start", "--bind", "0.0.0.0:0"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = stderr_of(&out);
     assert!(
         err.contains("refusing to listen on 0.0.0.0:0 (all interfaces)"),
