@@ -206,10 +206,16 @@ pub(crate) fn bwrap_is_recent(version: &str) -> bool {
 }
 
 /// The installed bwrap, if it can build kaged's cages.
+/// Once found usable, bwrap is not asked again (each start used to run `bwrap --version`
+/// twice); a missing or old one is asked again, so installing it needs no restart.
 pub fn usable_bwrap() -> Result<String, SpawnError> {
+    static USABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(version) = USABLE.get() {
+        return Ok(version.clone());
+    }
     let version = bwrap_version().ok_or(SpawnError::NoBwrap)?;
     if bwrap_is_recent(&version) {
-        Ok(version)
+        Ok(USABLE.get_or_init(|| version).clone())
     } else {
         Err(SpawnError::OldBwrap(version))
     }
