@@ -33,7 +33,7 @@ pub use error::ApiError;
 pub use listener::{BindError, BoundListener, ListenerInfo, Socket, bind_unix, serve_all};
 pub use projects::{UnreadableProject, project_files, read_project_file, read_project_texts};
 pub use sessions::stop_all as stop_sessions;
-pub use sessions::{egress_dir, run_name};
+pub use sessions::{default_limits, egress_dir, run_name};
 pub use state::{DaemonInfo, SandboxState, ServerState};
 
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.

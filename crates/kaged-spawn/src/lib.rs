@@ -334,6 +334,8 @@ pub struct CageRequest<'a> {
     pub helper: &'a Path,
     /// A `Policy::Caged`.
     pub policy: &'a kaged_cage::Policy,
+    /// The daemon's default limits (`[sandbox]`), for every key the policy leaves unset.
+    pub default_limits: &'a kaged_cage::Limits,
     pub launch: kaged_cage::Launch<'a>,
     /// Names the run's cgroups.
     pub name: &'a str,
@@ -405,7 +407,7 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
         memory_file("kaged-bwrap-args", &nul_separated)?,
     ];
     fds.extend(sources.fds);
-    let plan = kaged_cage::plan_limits(limits, &limit_facts());
+    let plan = kaged_cage::plan_limits(limits, request.default_limits, &limit_facts());
     let cgroups = if plan.cgroup.is_empty() {
         Cgroups::default()
     } else {
@@ -427,6 +429,10 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
         limits: plan,
     })
 }
+
+/// How often a pids watchdog counts a run's processes (a host without cgroups). Short, so a
+/// fork flood is caught early; a count is one scan of `/proc`.
+pub const WATCHDOG_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Held while a PTY is opened and while any run is spawned (see `spawn_pty`).
 static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -463,7 +469,7 @@ pub fn run_foreground(
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) || too_many() {
             killer.kill();
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(WATCHDOG_POLL);
     };
     Ok(exit)
 }

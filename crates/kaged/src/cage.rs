@@ -28,20 +28,14 @@ pub fn doctor() -> Result<(), Failure> {
 }
 
 /// Who the cage over `root` runs as, said on stderr when it is not this user. The configuration
-/// (`[sandbox] cage_user`) matters only to root, so only root reads it here.
+/// (`[sandbox] cage_user`) matters only to root.
 fn run_as(
     root: &Path,
-    mode: Option<kaged_config::DeploymentMode>,
+    settings: &kaged_config::Settings,
 ) -> Result<Option<kaged_cage::Identity>, Failure> {
     if kaged_spawn::effective_uid() != 0 {
         return Ok(None);
     }
-    let (_, settings, _) = crate::config_for_start(
-        &crate::host::gather(),
-        mode,
-        None,
-        kaged_config::FlagOverrides::default(),
-    )?;
     let Some(chosen) = kaged_spawn::run_as(root, &settings.cage_user).map_err(Failure::Config)?
     else {
         return Ok(None);
@@ -92,10 +86,27 @@ pub async fn run(
         )));
     };
     let policy = policy_for(&config, &agent).map_err(|e| Failure::Config(e.to_string()))?;
-    let identity = match &policy {
-        Policy::Caged { .. } => run_as(&root, mode)?,
+    // The configuration gives a root daemon's cage user and every cage's default limits.
+    let settings = match &policy {
+        Policy::Caged { .. } => Some(
+            crate::config_for_start(
+                &crate::host::gather(),
+                mode,
+                None,
+                kaged_config::FlagOverrides::default(),
+            )?
+            .1,
+        ),
         Policy::Disabled => None,
     };
+    let identity = match &settings {
+        Some(settings) => run_as(&root, settings)?,
+        None => None,
+    };
+    let default_limits = settings
+        .as_ref()
+        .map(kaged_server::default_limits)
+        .unwrap_or_default();
     let mut env: Vec<(String, String)> = ["TERM", "COLORTERM"]
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -150,6 +161,7 @@ pub async fn run(
                 root: &root,
                 helper: Path::new("/proc/self/exe"),
                 policy: &policy,
+                default_limits: &default_limits,
                 launch: Launch {
                     cwd: Path::new(""),
                     command: &command,
