@@ -28,6 +28,7 @@ mod cgroup;
 mod check;
 mod facts;
 mod fds;
+mod helper;
 mod identity;
 mod pidfd;
 mod preflight;
@@ -47,6 +48,7 @@ pub use cgroup::{Cgroups, limit_facts};
 pub use check::cage_check;
 pub use facts::{Sources, open_sources};
 pub use fds::mark_inherited_cloexec;
+pub use helper::HelperCopy;
 pub use identity::{describe as describe_identity, effective_uid, run_as};
 pub use nix::sys::signal::Signal;
 pub use preflight::{Check, preflight, sandbox_problem};
@@ -330,7 +332,8 @@ pub struct CagedRun {
 pub struct CageRequest<'a> {
     /// The project root (canonical).
     pub root: &'a Path,
-    /// The kaged executable (`/proc/self/exe` for the running one), bound in for the helpers.
+    /// The kaged executable bound in for the helpers: a daemon's [`HelperCopy`] (which survives
+    /// an upgrade on disk), or `/proc/self/exe` for a short-lived command.
     pub helper: &'a Path,
     /// A `Policy::Caged`.
     pub policy: &'a kaged_cage::Policy,

@@ -342,6 +342,8 @@ async fn serve(
         warning_headers.push("insecure");
     }
     let mut sandbox = kaged_server::SandboxState::default();
+    // Removed once the daemon stopped (after its runs ended).
+    let mut helper_copy = None;
     if settings.sandbox_mode == kaged_config::SandboxMode::Disabled {
         tracing::warn!("the sandbox is disabled: work will run uncaged as this user");
         warnings.push("no-sandbox: work runs without a sandbox".to_string());
@@ -369,6 +371,23 @@ async fn serve(
             .map(|c| match &c.outcome {
                 Ok(d) | Err(d) => d.clone(),
             });
+        if sandbox.problem.is_none() {
+            // Cages bind this copy, not the binary on disk: an upgrade that replaces the file
+            // leaves running daemons able to start runs.
+            let root = kaged_spawn::effective_uid() == 0;
+            match tokio::task::spawn_blocking(move || kaged_spawn::HelperCopy::create(root)).await {
+                Ok(Ok(copy)) => {
+                    tracing::info!(path = %copy.path().display(), "cages bind a private copy of this binary");
+                    sandbox.helper = Some(copy.path().to_path_buf());
+                    helper_copy = Some(copy);
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "cannot keep a private copy of this binary; cages bind it from /proc/self/exe, so replacing it on disk stops new runs until kaged restarts"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot keep a private copy of this binary"),
+            }
+        }
         if let Some(problem) = &sandbox.problem {
             eprintln!(
                 "kaged: warning: no cage can be built on this host ({problem}); caged work will be refused until it is fixed: run `kaged doctor`"
@@ -479,6 +498,7 @@ async fn serve(
     store.end_run(run.id, now_ms()).await?;
     store.close().await?;
     drop(cleanup);
+    drop(helper_copy);
     drop(home_lock);
     drop(runtime_lock);
     tracing::info!("stopped");

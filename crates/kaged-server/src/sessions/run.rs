@@ -438,7 +438,13 @@ impl Runner {
         }
         let run = kaged_spawn::caged(&kaged_spawn::CageRequest {
             root: &d.root,
-            helper: Path::new("/proc/self/exe"),
+            helper: self
+                .state
+                .info
+                .sandbox
+                .helper
+                .as_deref()
+                .unwrap_or(Path::new("/proc/self/exe")),
             policy: &d.policy,
             default_limits: &super::default_limits(&self.state.info.settings),
             launch: Launch {
