@@ -140,9 +140,9 @@ fn assert_no_survivor(marker: &str, what: &str) {
 fn last_count(stdout: &str) -> Option<u32> {
     stdout
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("started "))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .find_map(|n| n.trim().parse().ok())
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn a_cage_without_limits_gets_the_default_pids_limit() {
         "the run was not killed by the pids watchdog: stdout {stdout} stderr {stderr}"
     );
     assert!(
-        count.is_some_and(|n| n >= 1000 && n < 3000),
+        count.is_some_and(|n| (1000..3000).contains(&n)),
         "the sleepers should have been stopped near the default of 1024: {count:?}"
     );
     // On a host without cgroups for this user, the default and its weaker means are said.
