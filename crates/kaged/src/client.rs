@@ -238,6 +238,9 @@ pub(crate) async fn call(
             "{url} answered with a redirect ({status}); kaged clients do not follow redirects with credentials: point KAGED_SERVER at the daemon itself"
         )));
     }
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(Value::Null);
+    }
     let body: Value = response
         .json()
         .await
@@ -606,7 +609,11 @@ pub async fn project(
                 let mut state = if p["valid"] == true {
                     "valid".to_string()
                 } else {
-                    format!("{} problems", p["problems"])
+                    match p["problems"].as_u64() {
+                        Some(1) => "1 problem".to_string(),
+                        Some(n) => format!("{n} problems"),
+                        None => "invalid".to_string(),
+                    }
                 };
                 if let Some(w) = p["pending_weakening"]["weakenings"].as_array() {
                     state = "weakening pending".into();
@@ -634,6 +641,17 @@ pub async fn project(
             for note in notes {
                 eprintln!("kaged: {note}");
             }
+        }
+        ProjectCommand::Unload { project } => {
+            let slug = project_slug(&target, &project).await?;
+            call(
+                &target,
+                reqwest::Method::DELETE,
+                &format!("/api/v1/projects/{slug}"),
+                None,
+            )
+            .await?;
+            println!("unloaded project {slug} (its directory and past sessions are kept)");
         }
         ProjectCommand::Reload { project, accept } => {
             let slug = project_slug(&target, &project).await?;
