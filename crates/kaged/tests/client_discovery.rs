@@ -151,22 +151,6 @@ fn root_after_start_mode_user_every_client_command_finds_the_daemon() {
     let tmp = tempfile::tempdir().unwrap();
     let user = UserEnv::new(tmp.path());
     let env = user.pairs();
-    // Nothing runs yet: exit 3, naming both places a daemon could be and why.
-    let out = ns.run(&env, &["status"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    let err = stderr_of(&out);
-    assert!(
-        err.contains("/run/kaged/daemon.json does not exist"),
-        "{err}"
-    );
-    assert!(err.contains("because running as UID 0 (root)"), "{err}");
-    let user_file = user.runtime.join("daemon.json");
-    assert!(
-        err.contains(&format!("{} does not exist", user_file.display())),
-        "{err}"
-    );
-    assert!(err.contains("no --mode was given"), "{err}");
-
     // The README's command, then every client command without --mode.
     let d = ns.start(
         &env,
@@ -199,6 +183,21 @@ fn root_after_start_mode_user_every_client_command_finds_the_daemon() {
     assert!(stderr_of(&out).contains("/run/kaged/daemon.json"));
     let (status, _) = d.stop();
     assert!(status.success());
+    // Once it stopped: exit 3, naming both places a daemon could be and why.
+    let out = ns.run(&env, &["status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("/run/kaged/daemon.json does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("because running as UID 0 (root)"), "{err}");
+    let user_file = user.runtime.join("daemon.json");
+    assert!(
+        err.contains(&format!("{} does not exist", user_file.display())),
+        "{err}"
+    );
+    assert!(err.contains("no --mode was given"), "{err}");
 }
 
 #[test]
