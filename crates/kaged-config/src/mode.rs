@@ -206,6 +206,37 @@ pub fn decide_mode(
     })
 }
 
+/// Where a client looks for a running daemon, first the mode it would choose itself. With
+/// `--mode`, or when both modes share one runtime directory (`KAGED_HOME`), that one place;
+/// otherwise also the other mode's runtime directory, so that a client finds a daemon of either
+/// mode (root after `kaged start --mode user`, an operator next to a system-wide daemon) and can
+/// tell when both run. A mode whose paths cannot be computed here (per-user without `HOME`) is
+/// left out, unless it is the one detection chose.
+pub fn client_candidates(
+    facts: &Facts,
+    flag: Option<DeploymentMode>,
+) -> Result<Vec<ModeDecision>, ConfigError> {
+    let detected = decide_mode(facts, flag)?;
+    if flag.is_some() {
+        return Ok(vec![detected]);
+    }
+    let other_mode = match detected.mode {
+        DeploymentMode::User => DeploymentMode::System,
+        DeploymentMode::System => DeploymentMode::User,
+    };
+    let other = decide_mode(facts, Some(other_mode))
+        .ok()
+        .filter(|o| o.paths.runtime_dir != detected.paths.runtime_dir)
+        .map(|o| ModeDecision {
+            reason: format!(
+                "no --mode was given, and a {} daemon would be there",
+                other_mode.describe()
+            ),
+            ..o
+        });
+    Ok(std::iter::once(detected).chain(other).collect())
+}
+
 fn user_paths(facts: &Facts) -> Result<Paths, ConfigError> {
     let home = facts.home();
     let base = |var: &str, fallback: &str| -> Result<PathBuf, ConfigError> {
@@ -375,5 +406,59 @@ mod tests {
     fn per_user_without_home_is_a_clear_error() {
         let e = decide_mode(&facts(1000, "ann", &[]), None).unwrap_err();
         assert!(e.to_string().contains("HOME"), "{e}");
+    }
+
+    #[test]
+    fn a_client_without_mode_looks_where_either_mode_would_be() {
+        // Root with a per-user runtime directory: /run/kaged first, then the per-user one.
+        let f = facts(
+            0,
+            "root",
+            &[("HOME", "/root"), ("XDG_RUNTIME_DIR", "/run/user/0")],
+        );
+        let c = client_candidates(&f, None).unwrap();
+        let dirs: Vec<_> = c.iter().map(|d| d.paths.runtime_dir.clone()).collect();
+        assert_eq!(
+            dirs,
+            [
+                PathBuf::from("/run/kaged"),
+                PathBuf::from("/run/user/0/kaged")
+            ]
+        );
+        assert_eq!(c[0].rule, ModeRule::SystemUser);
+        assert_eq!(c[1].mode, DeploymentMode::User);
+        assert!(
+            c[1].reason.contains("no --mode was given"),
+            "{}",
+            c[1].reason
+        );
+        // Root without XDG_RUNTIME_DIR: the per-user fallback under /tmp.
+        let c = client_candidates(&facts(0, "root", &[("HOME", "/root")]), None).unwrap();
+        assert_eq!(c[1].paths.runtime_dir, PathBuf::from("/tmp/kaged-0"));
+        // An ordinary user: their own first, then the system-wide one.
+        let c = client_candidates(&facts(1000, "ann", &[("HOME", "/home/ann")]), None).unwrap();
+        assert_eq!(
+            (c[0].mode, c[1].mode),
+            (DeploymentMode::User, DeploymentMode::System)
+        );
+        assert_eq!(c[1].paths.runtime_dir, PathBuf::from("/run/kaged"));
+    }
+
+    #[test]
+    fn a_client_with_mode_or_kaged_home_looks_in_one_place() {
+        let f = facts(0, "root", &[("HOME", "/root")]);
+        let c = client_candidates(&f, Some(DeploymentMode::User)).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].paths.runtime_dir, PathBuf::from("/tmp/kaged-0"));
+        // KAGED_HOME puts both modes' runtime files in one directory.
+        let c = client_candidates(&facts(0, "root", &[("KAGED_HOME", "/srv/k")]), None).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].paths.runtime_dir, PathBuf::from("/srv/k/run"));
+        // Root without HOME: the per-user place cannot be computed, so only /run/kaged.
+        let c = client_candidates(&facts(0, "root", &[]), None).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].mode, DeploymentMode::System);
+        // A bad KAGED_HOME is still an error.
+        assert!(client_candidates(&facts(0, "root", &[("KAGED_HOME", "rel")]), None).is_err());
     }
 }

@@ -39,7 +39,9 @@ pub fn status_for_code(code: &str) -> StatusCode {
         }
         "not_found" => StatusCode::NOT_FOUND,
         "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
-        "conflict" | "weakening_pending" | "git_planted" => StatusCode::CONFLICT,
+        "conflict" | "weakening_pending" | "git_planted" | "project_missing" => {
+            StatusCode::CONFLICT
+        }
         "gone" => StatusCode::GONE,
         "dsl_invalid" => StatusCode::UNPROCESSABLE_ENTITY,
         "rate_limited" => StatusCode::TOO_MANY_REQUESTS,

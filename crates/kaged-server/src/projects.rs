@@ -141,6 +141,33 @@ pub fn git_refusal(slug: &str, root: &Path, had_git: bool) -> Option<ApiError> {
     })
 }
 
+/// A project whose directory is gone (deleted, moved away, replaced by a file) starts no run:
+/// refused with the reason and the fix, instead of reaching bwrap (`Can't find source path`).
+/// Other trouble reading it (permissions) is left to the cage's own checks, which name it.
+pub fn missing_refusal(slug: &str, root: &Path) -> Option<ApiError> {
+    let problem = match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => return None,
+        Ok(_) => "is no longer a directory",
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            "no longer exists"
+        }
+        Err(_) => return None,
+    };
+    Some(ApiError {
+        code: "project_missing",
+        message: format!(
+            "the directory of project `{slug}`, {}, {problem}, so no run can start in it; put it back, or unload the project with `kaged project unload {slug}`",
+            root.display()
+        ),
+        details: Some(json!({"path": root})),
+    })
+}
+
 /// Audit a run refused because of a planted `.git`.
 pub async fn audit_git_refusal(
     state: &ServerState,

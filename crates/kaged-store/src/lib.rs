@@ -40,6 +40,14 @@ pub enum StoreError {
     },
     #[error("storage worker stopped: {0}")]
     Worker(String),
+    /// The file at the storage path is not SQLite (or is damaged beyond opening). kaged does not
+    /// touch it: the operator decides.
+    #[error(
+        "{path} is not a usable SQLite database ({reason}); kaged left its contents untouched. \
+         Move it aside (with any {path}-wal and {path}-shm next to it) to start with an empty database, \
+         or restore it from a backup, or point [storage] url at another file"
+    )]
+    NotADatabase { path: PathBuf, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -94,18 +94,18 @@ impl SqliteBackend {
                 .create(dir)
                 .map_err(io)?;
         }
-        let conn = Connection::open(path).map_err(|e| sql(path, e))?;
+        let conn = Connection::open(path).map_err(|e| opening(path, e))?;
         // The database holds the audit trail: owner only, whether we created it or not.
         let mode = fs::metadata(path).map_err(io)?.permissions().mode();
         if mode & 0o077 != 0 {
             fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
         }
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| sql(path, e))?;
+            .map_err(|e| opening(path, e))?;
         // Refuse a newer schema before changing anything (journal mode included).
         let found: u32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| sql(path, e))?;
+            .map_err(|e| opening(path, e))?;
         if found > LATEST_SCHEMA {
             return Err(StoreError::NewerSchema {
                 path: path.to_path_buf(),
@@ -114,11 +114,11 @@ impl SqliteBackend {
             });
         }
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| sql(path, e))?;
+            .map_err(|e| opening(path, e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| sql(path, e))?;
+            .map_err(|e| opening(path, e))?;
         conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(|e| sql(path, e))?;
+            .map_err(|e| opening(path, e))?;
         let backend = SqliteBackend {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -173,6 +173,20 @@ impl SqliteBackend {
         };
         backend.migrate(version)?;
         Ok(backend)
+    }
+}
+
+/// An error while opening: a file that is not SQLite (or is damaged) gets its own error, naming
+/// the file and what to do; anything else is reported as it is.
+fn opening(path: &Path, source: rusqlite::Error) -> StoreError {
+    match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::NotADatabase {
+                path: path.to_path_buf(),
+                reason: source.to_string(),
+            }
+        }
+        _ => sql(path, source),
     }
 }
 
@@ -675,6 +689,26 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, LATEST_SCHEMA + 5);
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_named_with_what_to_do_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kaged.db");
+        let text = "not a database, just notes the operator keeps here\n".repeat(20);
+        fs::write(&path, &text).unwrap();
+        let err = SqliteBackend::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::NotADatabase { .. }), "{err:?}");
+        let msg = err.to_string();
+        for needle in [
+            path.to_str().unwrap(),
+            "file is not a database",
+            "Move it aside",
+            "restore it from a backup",
+        ] {
+            assert!(msg.contains(needle), "{needle:?} in {msg}");
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]

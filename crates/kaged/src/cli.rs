@@ -171,6 +171,12 @@ pub enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Forget a loaded project: no new runs, no more watching. Its directory, transcripts and
+    /// session records stay.
+    Unload {
+        /// The project's slug, or its directory.
+        project: String,
+    },
     /// Re-read a project's files now. An edit that loosens a cage stays pending until accepted.
     Reload {
         /// The project's slug, or its directory.

@@ -91,7 +91,11 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         }
         (p.root.clone(), p.config.clone(), p.had_git)
     };
-    // Outside the lock (it reads the directory): a .git that appeared since the load is refused.
+    // Outside the lock (they read the directory): a root that is gone, or a .git that appeared
+    // since the load, is refused.
+    if let Some(refusal) = crate::projects::missing_refusal(&req.project, &root) {
+        return Err(refusal);
+    }
     if let Some(refusal) = crate::projects::git_refusal(&req.project, &root, had_git) {
         return Err(refusal);
     }
