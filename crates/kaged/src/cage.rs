@@ -28,20 +28,14 @@ pub fn doctor() -> Result<(), Failure> {
 }
 
 /// Who the cage over `root` runs as, said on stderr when it is not this user. The configuration
-/// (`[sandbox] cage_user`) matters only to root, so only root reads it here.
+/// (`[sandbox] cage_user`) matters only to root.
 fn run_as(
     root: &Path,
-    mode: Option<kaged_config::DeploymentMode>,
+    settings: &kaged_config::Settings,
 ) -> Result<Option<kaged_cage::Identity>, Failure> {
     if kaged_spawn::effective_uid() != 0 {
         return Ok(None);
     }
-    let (_, settings, _) = crate::config_for_start(
-        &crate::host::gather(),
-        mode,
-        None,
-        kaged_config::FlagOverrides::default(),
-    )?;
     let Some(chosen) = kaged_spawn::run_as(root, &settings.cage_user).map_err(Failure::Config)?
     else {
         return Ok(None);
@@ -92,8 +86,18 @@ pub async fn run(
         )));
     };
     let policy = policy_for(&config, &agent).map_err(|e| Failure::Config(e.to_string()))?;
+    // The same configuration and local.toml grants as the daemon's sessions.
+    let facts = crate::host::gather();
+    let (_, settings, _) =
+        crate::config_for_start(&facts, mode, None, kaged_config::FlagOverrides::default())?;
+    let slug = config
+        .get("project")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let grants = kaged_server::grants_of(&crate::read_local(&facts, &settings)?, &slug);
     let identity = match &policy {
-        Policy::Caged { .. } => run_as(&root, mode)?,
+        Policy::Caged { .. } => run_as(&root, &settings)?,
         Policy::Disabled => None,
     };
     let mut env: Vec<(String, String)> = ["TERM", "COLORTERM"]
@@ -101,6 +105,16 @@ pub async fn run(
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
     env.sort();
+    // local.toml's environment grants, values from this environment (on bwrap's argument
+    // descriptor, never on a command line).
+    for name in &grants.env {
+        match std::env::var(name) {
+            Ok(value) => env.push((name.clone(), value)),
+            Err(_) => eprintln!(
+                "kaged: warning: local.toml grants {name} to `{slug}`, but it is not set here; the command runs without it"
+            ),
+        }
+    }
     // An allowlist gets its proxy for the life of the command; its decisions are printed.
     let egress_dir = kaged_spawn::private_dir("kaged-egress")
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot make a private directory: {e}")))?;
@@ -159,6 +173,8 @@ pub async fn run(
                 },
                 name: &format!("run-{}", std::process::id()),
                 run_as: identity,
+                project: &slug,
+                grants: &grants.paths,
             })
             .map_err(|e| match e {
                 kaged_spawn::SpawnError::Cage(problem) => Failure::Config(problem),
