@@ -15,7 +15,9 @@ pub use launch::{
     DEFAULT_LAUNCH_TTL_SECS, LaunchTokenId, MAX_LAUNCH_TTL_SECS, TokenRejection, UsedTokens,
     mint_launch_token, verify_launch_token,
 };
-pub use network::{check_bearer_target, check_listener, is_non_public};
+pub use network::{
+    Exposure, ListenerAuth, ListenerRefusal, check_bearer_target, check_listener, is_non_public,
+};
 pub use policy::{
     AllowedHosts, AuthMethod, BearerCheck, CSRF_HEADER, Denial, Mechanism, NONCE_HEADER, Policy,
     Principal, RequestFacts, USER_EMAIL_HEADER, USER_ID_HEADER, hash_token, is_reserved_identity,

@@ -37,39 +37,88 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// Startup guardrail for a plain-HTTP TCP listener. Loopback is always fine. Anything else needs
-/// a bearer token and the operator's private-network opt-in, and must be one literal
-/// non-public address (never all interfaces).
-pub fn check_listener(
-    addr: SocketAddr,
-    has_token: bool,
-    trust_private: bool,
-) -> Result<(), String> {
+/// What a TCP listener exposes, once [`check_listener`] let it through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Loopback: nothing leaves the host.
+    Loopback,
+    /// One literal non-public address (a VPN, a LAN) over plain HTTP: sign-in secrets and all
+    /// traffic cross that network unencrypted, so it belongs on an encrypted overlay
+    /// (WireGuard, Tailscale). The daemon says so once at start.
+    PlainHttpPrivate,
+}
+
+/// How a listener's callers authenticate, as far as the plain-HTTP guardrail cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerAuth {
+    /// Launch URL and session cookie ([`crate::Mechanism::LaunchUrl`]).
+    pub launch_url: bool,
+    /// `--insecure`: nobody is authenticated.
+    pub insecure: bool,
+    /// `--insecure-readonly`: reads need nothing.
+    pub insecure_readonly: bool,
+    /// `[auth] token` is set, so bearer tokens are accepted.
+    pub bearer_token: bool,
+    /// `[auth] trust_private_network`: the operator asserts the network is private.
+    pub trust_private_network: bool,
+}
+
+const LISTENER_FIX: &str =
+    "put kaged behind a TLS-terminating reverse proxy, or bind 127.0.0.1 and use an SSH tunnel";
+
+/// Why a TCP listener is refused at start (a configuration problem: exit 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenerRefusal {
+    #[error(
+        "refusing --insecure on {0}: with no authentication at all, only a loopback address (127.0.0.1) is allowed"
+    )]
+    InsecureNotLoopback(SocketAddr),
+    #[error(
+        "refusing to listen on {addr} (all interfaces) over plain HTTP; bind one private address (e.g. a VPN IP such as 100.64.0.2:{port}) or 127.0.0.1, or {LISTENER_FIX}",
+        port = .0.port(), addr = .0
+    )]
+    AllInterfaces(SocketAddr),
+    #[error(
+        "refusing to listen on {addr}: {ip} is a public address and kaged does not terminate TLS; {LISTENER_FIX}",
+        ip = .0.ip(), addr = .0
+    )]
+    Public(SocketAddr),
+    #[error(
+        "refusing to listen on {0} without a bearer token: set [auth] token (or KAGED_AUTH_TOKEN) and [auth] trust_private_network = true (or KAGED_TRUST_PRIVATE_NETWORK=1) to assert this network is private, or {LISTENER_FIX}"
+    )]
+    NoToken(SocketAddr),
+    #[error(
+        "refusing to listen on {0}: a bearer token would travel over plain HTTP; set [auth] trust_private_network = true (or KAGED_TRUST_PRIVATE_NETWORK=1) if this network is private (VPN), or {LISTENER_FIX}"
+    )]
+    TokenWithoutTrust(SocketAddr),
+}
+
+/// Startup guardrail for a plain-HTTP TCP listener. Loopback is always fine (`--insecure` gets
+/// nothing else). Otherwise the address must be one literal non-public IP (never all
+/// interfaces, never public), and then:
+/// - launch-URL sign-in without a bearer token is accepted (the per-user guide's VPN bind);
+/// - a bearer token needs the operator's private-network opt-in, whatever the sign-in;
+/// - `--insecure-readonly` without a token sends no secret, so the address rule is enough;
+/// - anything else (sidecar sign-in) needs a bearer token and the opt-in.
+pub fn check_listener(addr: SocketAddr, auth: ListenerAuth) -> Result<Exposure, ListenerRefusal> {
     let ip = addr.ip();
-    if is_loopback(ip) {
-        return Ok(());
+    if auth.insecure && !is_loopback(ip) {
+        return Err(ListenerRefusal::InsecureNotLoopback(addr));
     }
-    let fix =
-        "put kaged behind a TLS-terminating reverse proxy, or bind 127.0.0.1 and use an SSH tunnel";
-    if ip.is_unspecified() {
-        return Err(format!(
-            "refusing to listen on {addr} (all interfaces) over plain HTTP; bind one private address (e.g. a VPN IP such as 100.64.0.2:{}) or 127.0.0.1, or {fix}",
-            addr.port()
-        ));
+    if is_loopback(ip) {
+        return Ok(Exposure::Loopback);
+    }
+    if ip.is_unspecified() || ip.to_canonical().is_unspecified() {
+        return Err(ListenerRefusal::AllInterfaces(addr));
     }
     if !is_non_public(ip) {
-        return Err(format!(
-            "refusing to listen on {addr}: {ip} is a public address and kaged does not terminate TLS; {fix}"
-        ));
+        return Err(ListenerRefusal::Public(addr));
     }
-    match (has_token, trust_private) {
-        (true, true) => Ok(()),
-        (false, _) => Err(format!(
-            "refusing to listen on {addr} without a bearer token: set [auth] token (or KAGED_AUTH_TOKEN) and [auth] trust_private_network = true (or KAGED_TRUST_PRIVATE_NETWORK=1) to assert this network is private, or {fix}"
-        )),
-        (true, false) => Err(format!(
-            "refusing to listen on {addr}: a bearer token would travel over plain HTTP; set [auth] trust_private_network = true (or KAGED_TRUST_PRIVATE_NETWORK=1) if this network is private (VPN), or {fix}"
-        )),
+    match (auth.bearer_token, auth.trust_private_network) {
+        (true, true) => Ok(Exposure::PlainHttpPrivate),
+        (true, false) => Err(ListenerRefusal::TokenWithoutTrust(addr)),
+        (false, _) if auth.launch_url || auth.insecure_readonly => Ok(Exposure::PlainHttpPrivate),
+        (false, _) => Err(ListenerRefusal::NoToken(addr)),
     }
 }
 
@@ -168,25 +217,129 @@ mod tests {
         }
     }
 
+    const LAUNCH: ListenerAuth = ListenerAuth {
+        launch_url: true,
+        insecure: false,
+        insecure_readonly: false,
+        bearer_token: false,
+        trust_private_network: false,
+    };
+    const SIDECAR: ListenerAuth = ListenerAuth {
+        launch_url: false,
+        ..LAUNCH
+    };
+    const TOKEN: ListenerAuth = ListenerAuth {
+        bearer_token: true,
+        ..LAUNCH
+    };
+    const TOKEN_TRUSTED: ListenerAuth = ListenerAuth {
+        trust_private_network: true,
+        ..TOKEN
+    };
+    const SIDECAR_TOKEN_TRUSTED: ListenerAuth = ListenerAuth {
+        launch_url: false,
+        ..TOKEN_TRUSTED
+    };
+    const INSECURE: ListenerAuth = ListenerAuth {
+        launch_url: false,
+        insecure: true,
+        ..TOKEN_TRUSTED
+    };
+    const READONLY: ListenerAuth = ListenerAuth {
+        launch_url: false,
+        insecure_readonly: true,
+        ..LAUNCH
+    };
+    const READONLY_TOKEN: ListenerAuth = ListenerAuth {
+        bearer_token: true,
+        ..READONLY
+    };
+
+    #[test]
+    fn launch_url_sign_in_accepts_every_literal_private_address() {
+        use Exposure::*;
+        for (addr, exposure) in [
+            ("127.0.0.1:7777", Loopback),
+            ("127.0.0.2:7777", Loopback),
+            ("[::1]:7777", Loopback),
+            ("[::ffff:127.0.0.1]:7777", Loopback),
+            // The guide's Option A: a Tailscale (CGNAT) or WireGuard address.
+            ("100.64.7.7:7777", PlainHttpPrivate),
+            ("100.127.255.254:7777", PlainHttpPrivate),
+            ("10.8.0.2:7777", PlainHttpPrivate),
+            ("172.16.0.2:7777", PlainHttpPrivate),
+            ("192.168.1.20:7777", PlainHttpPrivate),
+            ("169.254.10.10:7777", PlainHttpPrivate),
+            ("[fd7a:115c:a1e0::1]:7777", PlainHttpPrivate),
+            ("[fe80::1%2]:7777", PlainHttpPrivate),
+            ("[::ffff:100.64.0.9]:7777", PlainHttpPrivate),
+        ] {
+            let a: SocketAddr = addr.parse().unwrap();
+            assert_eq!(check_listener(a, LAUNCH), Ok(exposure), "{addr}");
+        }
+    }
+
     #[test]
     fn listener_guardrails() {
+        use ListenerRefusal::*;
+        type Case = (
+            &'static str,
+            ListenerAuth,
+            Result<Exposure, fn(SocketAddr) -> ListenerRefusal>,
+        );
+        let private = Ok(Exposure::PlainHttpPrivate);
+        let cases: &[Case] = &[
+            // Public addresses and wildcards: refused whatever the sign-in or the opt-ins.
+            ("8.8.8.8:7777", LAUNCH, Err(Public)),
+            ("8.8.8.8:7777", TOKEN_TRUSTED, Err(Public)),
+            ("100.128.0.1:7777", LAUNCH, Err(Public)),
+            ("[2606:4700::1111]:7777", LAUNCH, Err(Public)),
+            ("[::ffff:8.8.8.8]:7777", TOKEN_TRUSTED, Err(Public)),
+            ("[fec0::1]:7777", LAUNCH, Err(Public)),
+            ("0.0.0.0:7777", LAUNCH, Err(AllInterfaces)),
+            ("0.0.0.0:7777", TOKEN_TRUSTED, Err(AllInterfaces)),
+            ("[::]:7777", LAUNCH, Err(AllInterfaces)),
+            ("[::ffff:0.0.0.0]:7777", READONLY, Err(AllInterfaces)),
+            // Bearer-token rules as before: a token needs the private-network opt-in.
+            ("100.64.0.2:7777", TOKEN, Err(TokenWithoutTrust)),
+            ("100.64.0.2:7777", TOKEN_TRUSTED, private),
+            ("[fd00::7]:7777", TOKEN, Err(TokenWithoutTrust)),
+            // Sidecar sign-in off loopback: a token and the opt-in, as before.
+            ("100.64.0.2:7777", SIDECAR, Err(NoToken)),
+            ("100.64.0.2:7777", SIDECAR_TOKEN_TRUSTED, private),
+            // --insecure: loopback only, whatever else is set.
+            ("127.0.0.1:7777", INSECURE, Ok(Exposure::Loopback)),
+            ("100.64.0.9:7777", INSECURE, Err(InsecureNotLoopback)),
+            // --insecure-readonly: no secret without a token; with one, the usual rule.
+            ("100.64.0.9:7777", READONLY, private),
+            ("100.64.0.9:7777", READONLY_TOKEN, Err(TokenWithoutTrust)),
+            ("8.8.8.8:7777", READONLY, Err(Public)),
+        ];
+        for (addr, auth, want) in cases {
+            let a: SocketAddr = addr.parse().unwrap();
+            let want = want.map_err(|refusal| refusal(a));
+            assert_eq!(check_listener(a, *auth), want, "{addr} {auth:?}");
+        }
+    }
+
+    #[test]
+    fn listener_refusals_name_the_address_and_the_fix() {
         let a = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert!(check_listener(a("127.0.0.1:7777"), false, false).is_ok());
-        assert!(check_listener(a("[::1]:7777"), false, false).is_ok());
-        assert!(check_listener(a("[::ffff:127.0.0.1]:7777"), false, false).is_ok());
-        assert!(check_listener(a("100.64.0.2:7777"), true, true).is_ok());
-        let e = check_listener(a("100.64.0.2:7777"), false, true).unwrap_err();
-        assert!(e.contains("without a bearer token"), "{e}");
-        let e = check_listener(a("100.64.0.2:7777"), true, false).unwrap_err();
-        assert!(e.contains("trust_private_network"), "{e}");
-        let e = check_listener(a("0.0.0.0:7777"), true, true).unwrap_err();
-        assert!(e.contains("all interfaces"), "{e}");
-        let e = check_listener(a("[::]:7777"), true, true).unwrap_err();
-        assert!(e.contains("all interfaces"), "{e}");
-        let e = check_listener(a("8.8.8.8:7777"), true, true).unwrap_err();
-        assert!(e.contains("public address") && e.contains("TLS"), "{e}");
-        let e = check_listener(a("[::ffff:8.8.8.8]:7777"), true, true).unwrap_err();
-        assert!(e.contains("public address"), "{e}");
+        for (addr, auth, needle) in [
+            ("0.0.0.0:7777", LAUNCH, "all interfaces"),
+            ("8.8.8.8:7777", LAUNCH, "8.8.8.8 is a public address"),
+            ("10.0.0.7:7777", SIDECAR, "without a bearer token"),
+            ("10.0.0.7:7777", TOKEN, "trust_private_network"),
+        ] {
+            let e = check_listener(a(addr), auth).unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains(addr), "{addr}: {e}");
+            assert!(e.contains("TLS") && e.contains("SSH tunnel"), "{addr}: {e}");
+        }
+        let e = check_listener(a("100.64.0.9:0"), INSECURE).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("refusing --insecure on 100.64.0.9:0")
+        );
     }
 
     #[test]

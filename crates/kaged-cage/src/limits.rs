@@ -10,6 +10,11 @@
 //!   user (the daemon's threads and other cages included), so it cannot be a per-cage limit.
 //!
 //! Wall time is always the daemon's own timer. Whatever is weaker than asked is reported.
+//!
+//! Every cage has limits: the daemon's defaults (`[sandbox] pids`, `memory_mb`,
+//! `wall_time_secs`) fill each key its project leaves unset. One difference: a default memory
+//! limit is never turned into an address-space rlimit (that would stop node or the JVM from
+//! starting in every cage of a host without cgroups); it is then reported as not enforced.
 
 use crate::Limits;
 
@@ -58,14 +63,32 @@ pub struct LimitPlan {
     pub unenforced: Vec<String>,
 }
 
-pub fn plan_limits(limits: &Limits, facts: &LimitFacts) -> LimitPlan {
+/// Plan `asked` (the project's limits) with `defaults` filling the keys it leaves unset.
+pub fn plan_limits(asked: &Limits, defaults: &Limits, facts: &LimitFacts) -> LimitPlan {
+    let limits = &Limits {
+        memory_mb: asked.memory_mb.or(defaults.memory_mb),
+        cpu_percent: asked.cpu_percent.or(defaults.cpu_percent),
+        pids: asked.pids.or(defaults.pids),
+        wall_time_secs: asked.wall_time_secs.or(defaults.wall_time_secs),
+    };
+    // How a limit is named in reports: a default says where it came from.
+    let named = |what: &str, own: Option<u64>, key: &str| match own {
+        Some(_) => what.to_string(),
+        None => format!("{what} (the [sandbox] {key} default)"),
+    };
     let mut plan = LimitPlan {
         wall_time_secs: limits.wall_time_secs,
         ..Default::default()
     };
     if let Some(secs) = limits.wall_time_secs {
-        plan.enforced
-            .push(format!("wall time {secs}s: kaged kills the run"));
+        plan.enforced.push(format!(
+            "{}: kaged kills the run",
+            named(
+                &format!("wall time {secs}s"),
+                asked.wall_time_secs,
+                "wall_time_secs"
+            )
+        ));
     }
     if limits.memory_mb.is_none() && limits.pids.is_none() && limits.cpu_percent.is_none() {
         return plan;
@@ -78,12 +101,17 @@ pub fn plan_limits(limits: &Limits, facts: &LimitFacts) -> LimitPlan {
         if let Some(mb) = limits.memory_mb {
             prefix.push(format!("--property=MemoryMax={mb}M"));
             prefix.push("--property=MemorySwapMax=0".into());
-            plan.enforced
-                .push(format!("memory {mb} MiB: systemd scope"));
+            plan.enforced.push(format!(
+                "{}: systemd scope",
+                named(&format!("memory {mb} MiB"), asked.memory_mb, "memory_mb")
+            ));
         }
         if let Some(pids) = limits.pids {
             prefix.push(format!("--property=TasksMax={pids}"));
-            plan.enforced.push(format!("pids {pids}: systemd scope"));
+            plan.enforced.push(format!(
+                "{}: systemd scope",
+                named(&format!("pids {pids}"), asked.pids, "pids")
+            ));
         }
         if let Some(pct) = limits.cpu_percent {
             prefix.push(format!("--property=CPUQuota={pct}%"));
@@ -94,22 +122,27 @@ pub fn plan_limits(limits: &Limits, facts: &LimitFacts) -> LimitPlan {
         return plan;
     }
     if let Some(pids) = limits.pids {
+        let what = named(&format!("pids {pids}"), asked.pids, "pids");
         if facts.cgroup_pids {
             plan.cgroup.pids_max = Some(pids);
-            plan.enforced.push(format!("pids {pids}: cgroup pids.max"));
+            plan.enforced.push(format!("{what}: cgroup pids.max"));
         } else {
             plan.watchdog_pids = Some(pids);
             plan.unenforced.push(format!(
-                "pids {pids}: no cgroup to hold it; a watchdog counts the cage's processes a few times a second and kills the run past the limit (a fast fork bomb can overshoot in between)"
+                "{what}: no cgroup to hold it; a watchdog counts the cage's processes every few milliseconds and kills the whole run past the limit (a fast fork flood can overshoot in between)"
             ));
         }
     }
     if let Some(mb) = limits.memory_mb {
         let bytes = mb.saturating_mul(1024 * 1024);
+        let what = named(&format!("memory {mb} MiB"), asked.memory_mb, "memory_mb");
         if facts.cgroup_memory {
             plan.cgroup.memory_bytes = Some(bytes);
-            plan.enforced.push(format!(
-                "memory {mb} MiB: cgroup memory limit (swap included)"
+            plan.enforced
+                .push(format!("{what}: cgroup memory limit (swap included)"));
+        } else if asked.memory_mb.is_none() {
+            plan.unenforced.push(format!(
+                "{what}: no cgroup to hold it; not enforced (an address-space rlimit would stop node or the JVM from starting; set limits.memory_mb in the project to have one)"
             ));
         } else {
             plan.rlimits.push(format!("--as={bytes}"));
@@ -148,6 +181,7 @@ mod tests {
     fn systemd_scope_carries_every_limit() {
         let plan = plan_limits(
             &all(),
+            &Limits::default(),
             &LimitFacts {
                 systemd_user: true,
                 cgroup_pids: true,
@@ -177,6 +211,7 @@ mod tests {
     fn cgroup_v1_when_writable() {
         let plan = plan_limits(
             &all(),
+            &Limits::default(),
             &LimitFacts {
                 cgroup_pids: true,
                 cgroup_memory: true,
@@ -197,14 +232,94 @@ mod tests {
 
     #[test]
     fn without_cgroups_the_weaker_means_are_reported() {
-        let plan = plan_limits(&all(), &LimitFacts::default());
+        let plan = plan_limits(&all(), &Limits::default(), &LimitFacts::default());
         assert_eq!(plan.rlimits, [format!("--as={}", 256u64 << 20)]);
         assert_eq!(plan.watchdog_pids, Some(64));
         assert!(plan.cgroup.is_empty());
         assert_eq!(plan.unenforced.len(), 3, "{:?}", plan.unenforced);
         assert!(plan.unenforced.iter().any(|u| u.starts_with("cpu 50%")));
         assert!(!plan.rlimits.iter().any(|r| r.starts_with("--nproc")));
-        let none = plan_limits(&Limits::default(), &LimitFacts::default());
+        let none = plan_limits(
+            &Limits::default(),
+            &Limits::default(),
+            &LimitFacts::default(),
+        );
         assert_eq!(none, LimitPlan::default());
+    }
+
+    fn defaults() -> Limits {
+        Limits {
+            memory_mb: Some(4096),
+            pids: Some(1024),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_the_project_leaves_unset() {
+        let asked = Limits {
+            pids: Some(64),
+            wall_time_secs: Some(60),
+            ..Default::default()
+        };
+        let plan = plan_limits(
+            &asked,
+            &defaults(),
+            &LimitFacts {
+                cgroup_pids: true,
+                cgroup_memory: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(plan.cgroup.pids_max, Some(64));
+        assert_eq!(plan.cgroup.memory_bytes, Some(4096 << 20));
+        assert_eq!(plan.wall_time_secs, Some(60));
+        assert!(
+            plan.enforced
+                .iter()
+                .any(|e| e.contains("memory 4096 MiB (the [sandbox] memory_mb default)")),
+            "{:?}",
+            plan.enforced
+        );
+        // No limits: block at all still gets the defaults.
+        let plan = plan_limits(&Limits::default(), &defaults(), &LimitFacts::default());
+        assert_eq!(plan.watchdog_pids, Some(1024));
+        assert_eq!(plan.wall_time_secs, None);
+        let plan = plan_limits(
+            &Limits::default(),
+            &defaults(),
+            &LimitFacts {
+                systemd_user: true,
+                ..Default::default()
+            },
+        );
+        assert!(
+            plan.prefix
+                .contains(&"--property=TasksMax=1024".to_string())
+        );
+        assert!(
+            plan.prefix
+                .contains(&"--property=MemoryMax=4096M".to_string())
+        );
+    }
+
+    #[test]
+    fn a_default_memory_limit_never_becomes_an_address_space_rlimit() {
+        let plan = plan_limits(&Limits::default(), &defaults(), &LimitFacts::default());
+        assert!(plan.rlimits.is_empty(), "{:?}", plan.rlimits);
+        assert!(
+            plan.unenforced
+                .iter()
+                .any(|u| u.starts_with("memory 4096 MiB (the [sandbox] memory_mb default)")),
+            "{:?}",
+            plan.unenforced
+        );
+        // A project's own memory limit still does, as before.
+        let asked = Limits {
+            memory_mb: Some(256),
+            ..Default::default()
+        };
+        let plan = plan_limits(&asked, &defaults(), &LimitFacts::default());
+        assert_eq!(plan.rlimits, [format!("--as={}", 256u64 << 20)]);
     }
 }

@@ -87,7 +87,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "trust_private_network",
         env: "KAGED_TRUST_PRIVATE_NETWORK",
         expected: "true or false",
-        doc: "Assert the network is private (VPN): allows a non-loopback listener over plain HTTP.",
+        doc: "Assert the network is private (VPN): lets a bearer token travel over plain HTTP to a non-loopback listener.",
     },
     KeySpec {
         section: "auth",
@@ -137,6 +137,27 @@ pub const KEYS: &[KeySpec] = &[
         env: "KAGED_SANDBOX_CAGE_USER",
         expected: "an unprivileged user name or numeric UID as a string, such as \"nobody\" or \"65534\" (never root or 0)",
         doc: "Who cages run as when the daemon is root and the project root is owned by root (a project owned by someone else runs as its owner).",
+    },
+    KeySpec {
+        section: "sandbox",
+        key: "pids",
+        env: "KAGED_SANDBOX_PIDS",
+        expected: "a whole number of processes from 0 to 100000, such as 1024 (0: no default limit)",
+        doc: "Process (task) limit of every cage whose project sets no limits.pids; 0 for none. Without a cgroup a watchdog enforces it by killing the run.",
+    },
+    KeySpec {
+        section: "sandbox",
+        key: "memory_mb",
+        env: "KAGED_SANDBOX_MEMORY_MB",
+        expected: "a whole number of MiB from 0 to 1048576, such as 4096 (0: no default limit)",
+        doc: "Memory limit (MiB) of every cage whose project sets no limits.memory_mb; 0 for none. Enforced only where a cgroup or systemd scope can hold it.",
+    },
+    KeySpec {
+        section: "sandbox",
+        key: "wall_time_secs",
+        env: "KAGED_SANDBOX_WALL_TIME_SECS",
+        expected: "a whole number of seconds from 0 to 604800, such as 0 (0: no default limit)",
+        doc: "Wall-clock limit (seconds) of every cage whose project sets no limits.wall_time_secs, terminals and agents included; 0 (the default) for none.",
     },
     KeySpec {
         section: "logging",

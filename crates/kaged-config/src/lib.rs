@@ -15,6 +15,7 @@ pub use keys::{KEYS, KeySpec, closest};
 pub use local::{LocalConfig, PathGrant, ProjectGrants, Provider, local_config_path, parse_local};
 pub use mode::{DeploymentMode, Facts, ModeDecision, ModeRule, Paths, decide_mode};
 pub use settings::{
-    AuditSink, AuthMechanism, AuthMode, ConfigSecret, FlagOverrides, Listener, LogLevel,
-    OperationalSink, SandboxMode, Settings, Source, StorageUrl, render_default_config, resolve,
+    AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, Listener,
+    LogLevel, OperationalSink, SandboxMode, Settings, Source, StorageUrl, render_default_config,
+    resolve,
 };

@@ -195,6 +195,9 @@ pub struct Settings {
     /// `[sandbox] cage_user`: a user name or numeric UID, never root (checked here); who it
     /// is on this host is resolved where cages start.
     pub cage_user: String,
+    /// `[sandbox] pids`, `memory_mb` and `wall_time_secs`: what a cage gets where its project
+    /// sets no limit of its own (`None`: the key is 0, no default).
+    pub cage_limits: CageLimits,
     pub log_operational: OperationalSink,
     pub log_audit: AuditSink,
     pub log_level: LogLevel,
@@ -203,6 +206,25 @@ pub struct Settings {
     pub ui_serve: bool,
     /// `section.key` -> where its value came from.
     pub sources: BTreeMap<String, Source>,
+}
+
+/// Default limits of every cage (`[sandbox]`); a project's `limits:` overrides them per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CageLimits {
+    pub pids: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub wall_time_secs: Option<u64>,
+}
+
+impl CageLimits {
+    /// 1024 processes: far above what a build or an agent needs (a parallel cargo or make
+    /// build, node with its threads), far below what exhausts a host (pid_max is often 32768).
+    pub const DEFAULT_PIDS: u64 = 1024;
+    /// 4 GiB: room for a compiler, a language server and an agent at once.
+    pub const DEFAULT_MEMORY_MB: u64 = 4096;
+    /// None: terminals and agents are interactive and run for hours; a default wall time
+    /// would end an operator's work under their hands. Tasks bound themselves (`timeout`).
+    pub const DEFAULT_WALL_TIME_SECS: u64 = 0;
 }
 
 /// A value before it is checked against its key, from whichever source supplied it.
@@ -256,7 +278,7 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
         Raw::List(items) if spec.key == "listen" || spec.key == "trusted_proxy_listeners" => {
             return check_listeners(spec, items);
         }
-        Raw::Int(n) if NUMBER_KEYS.iter().any(|(k, _)| *k == spec.path()) => {
+        Raw::Int(n) if NUMBER_KEYS.iter().any(|(k, _, _)| *k == spec.path()) => {
             return check_number(spec, n);
         }
         Raw::Int(n) => return Err(wrong(spec, format!("the number {n}"))),
@@ -352,20 +374,23 @@ fn check(spec: &KeySpec, raw: Raw) -> Result<Value, Problem> {
     }
 }
 
-/// Keys whose values are whole numbers, with their upper bound (the lower one is 1).
-const NUMBER_KEYS: &[(&str, i64)] = &[
-    ("daemon.header_timeout", 3600),
-    ("daemon.idle_timeout", 86_400),
-    ("daemon.max_waiting_connections", 1_000_000),
+/// Keys whose values are whole numbers, with their bounds (0 means "none" where allowed).
+const NUMBER_KEYS: &[(&str, i64, i64)] = &[
+    ("daemon.header_timeout", 1, 3600),
+    ("daemon.idle_timeout", 1, 86_400),
+    ("daemon.max_waiting_connections", 1, 1_000_000),
+    ("sandbox.pids", 0, 100_000),
+    ("sandbox.memory_mb", 0, 1_048_576),
+    ("sandbox.wall_time_secs", 0, 604_800),
 ];
 
 fn check_number(spec: &KeySpec, n: i64) -> Result<Value, Problem> {
-    let max = NUMBER_KEYS
+    let (min, max) = NUMBER_KEYS
         .iter()
-        .find(|(k, _)| *k == spec.path())
-        .map_or(0, |(_, max)| *max);
+        .find(|(k, _, _)| *k == spec.path())
+        .map_or((1, 0), |(_, min, max)| (*min, *max));
     match u64::try_from(n) {
-        Ok(v) if (1..=max).contains(&n) => Ok(Value::Number(v)),
+        Ok(v) if (min..=max).contains(&n) => Ok(Value::Number(v)),
         _ => Err(Problem {
             problem: format!("{n} is out of range"),
             hint: format!("use {}", spec.expected),
@@ -389,7 +414,7 @@ fn raw_from_env(spec: &KeySpec, text: &str) -> Raw {
             _ => Raw::Str(text.to_string()),
         };
     }
-    if NUMBER_KEYS.iter().any(|(k, _)| *k == spec.path()) {
+    if NUMBER_KEYS.iter().any(|(k, _, _)| *k == spec.path()) {
         return match text.trim().parse::<i64>() {
             Ok(n) => Raw::Int(n),
             Err(_) => Raw::Str(text.to_string()),
@@ -883,6 +908,17 @@ pub fn resolve(
             Some(Value::Name(n)) => n,
             _ => "nobody".into(),
         },
+        cage_limits: CageLimits {
+            pids: nonzero(number(take("sandbox.pids"), CageLimits::DEFAULT_PIDS)),
+            memory_mb: nonzero(number(
+                take("sandbox.memory_mb"),
+                CageLimits::DEFAULT_MEMORY_MB,
+            )),
+            wall_time_secs: nonzero(number(
+                take("sandbox.wall_time_secs"),
+                CageLimits::DEFAULT_WALL_TIME_SECS,
+            )),
+        },
         log_operational: match take("logging.operational") {
             Some(Value::Operational(o)) => o,
             _ => OperationalSink::Stderr,
@@ -935,6 +971,10 @@ fn number(value: Option<Value>, default: u64) -> u64 {
         Some(Value::Number(n)) => n,
         _ => default,
     }
+}
+
+fn nonzero(n: u64) -> Option<u64> {
+    (n != 0).then_some(n)
 }
 
 /// Where a resolved key's value came from, as an error location.
@@ -1088,7 +1128,7 @@ pub fn render_default_config(s: &Settings) -> String {
          [auth]\n{}\nmode = \"secure\"\n{}\n# token = \"\"\n{}\ntrust_private_network = false\n{}\nrequire_token_identity = false\n\n\
          # [auth.proxy]\n{}\n# trusted_actor_header = \"X-Kaged-Actor\"\n{}\n# trusted_proxy_listeners = [\"unix:///PATH/proxy.sock\"]\n\n\
          [storage]\n{}\nurl = {}\n\n\
-         [sandbox]\n{}\nmode = {}\n{}\ndefault_seccomp = {}\n{}\ncage_user = {}\n\n\
+         [sandbox]\n{}\nmode = {}\n{}\ndefault_seccomp = {}\n{}\ncage_user = {}\n{}\npids = {}\n{}\nmemory_mb = {}\n{}\nwall_time_secs = {}\n\n\
          [logging]\n{}\noperational = {}\n{}\naudit = {}\n{}\nlevel = {}\n\n\
          [plugins]\n{}\ndir = {}\n{}\nenabled = [{}]\n\n\
          [ui]\n{}\nserve = {}\n",
@@ -1121,6 +1161,12 @@ pub fn render_default_config(s: &Settings) -> String {
         toml_string(&s.default_seccomp),
         doc("sandbox", "cage_user"),
         toml_string(&s.cage_user),
+        doc("sandbox", "pids"),
+        s.cage_limits.pids.unwrap_or(0),
+        doc("sandbox", "memory_mb"),
+        s.cage_limits.memory_mb.unwrap_or(0),
+        doc("sandbox", "wall_time_secs"),
+        s.cage_limits.wall_time_secs.unwrap_or(0),
         doc("logging", "operational"),
         operational,
         doc("logging", "audit"),
@@ -1653,7 +1699,7 @@ serve = true
             (
                 "[sandbox]\ncage_user = 65534",
                 "sandbox.cage_user",
-                "a integer",
+                "the number 65534 is not valid here",
             ),
             (
                 "[logging]\noperational = \"syslog\"",
@@ -1715,6 +1761,68 @@ serve = true
             assert!(shown.contains(needle), "{text}: {shown}");
             assert!(shown.contains("fix:"), "{text}: {shown}");
         }
+    }
+
+    #[test]
+    fn cage_limits_default_to_pids_and_memory_and_can_be_changed_or_turned_off() {
+        let s = resolve_text("").unwrap();
+        assert_eq!(
+            s.cage_limits,
+            CageLimits {
+                pids: Some(1024),
+                memory_mb: Some(4096),
+                wall_time_secs: None,
+            }
+        );
+        assert_eq!(s.sources["sandbox.pids"], Source::Default);
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            Some("[sandbox]\npids = 0\nmemory_mb = 512\nwall_time_secs = 3600\n"),
+            &env(&[("KAGED_SANDBOX_PIDS", "64")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.cage_limits,
+            CageLimits {
+                pids: Some(64),
+                memory_mb: Some(512),
+                wall_time_secs: Some(3600),
+            }
+        );
+        let s = resolve_text("[sandbox]\npids = 0\nmemory_mb = 0\n").unwrap();
+        assert_eq!((s.cage_limits.pids, s.cage_limits.memory_mb), (None, None));
+        let e = only_error("[sandbox]\npids = 100001");
+        assert_eq!(e.key, "sandbox.pids");
+        assert!(
+            matches!(e.location, Location::File { line: 2, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let e = only_error("[sandbox]\nmemory_mb = \"4G\"");
+        assert_eq!(e.key, "sandbox.memory_mb");
+        assert!(e.to_string().contains("whole number of MiB"), "{e}");
+        let errs = resolve(
+            &decision(),
+            &cfg(),
+            None,
+            &env(&[("KAGED_SANDBOX_WALL_TIME_SECS", "-1")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&errs.0[0].location, Location::Env { var } if var == "KAGED_SANDBOX_WALL_TIME_SECS"),
+            "{errs:?}"
+        );
+        let text = render_default_config(&resolve_text("").unwrap());
+        assert!(
+            text.contains("pids = 1024\n")
+                && text.contains("memory_mb = 4096\n")
+                && text.contains("wall_time_secs = 0\n")
+                && text.contains("KAGED_SANDBOX_PIDS"),
+            "{text}"
+        );
     }
 
     #[test]

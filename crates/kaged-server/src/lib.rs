@@ -35,7 +35,7 @@ pub use projects::{
     UnreadableProject, grants_of, project_files, read_project_file, read_project_texts,
 };
 pub use sessions::stop_all as stop_sessions;
-pub use sessions::{egress_dir, run_name};
+pub use sessions::{default_limits, egress_dir, run_name};
 pub use state::{DaemonInfo, SandboxState, ServerState};
 
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.

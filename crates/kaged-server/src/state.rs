@@ -34,6 +34,9 @@ pub struct SandboxState {
     pub problem: Option<String>,
     /// How limits are enforced on this host.
     pub limits: Option<String>,
+    /// The daemon's private copy of kaged, bound into cages as their helper (it survives the
+    /// binary being replaced on disk); `None`: `/proc/self/exe`.
+    pub helper: Option<std::path::PathBuf>,
 }
 
 /// Failed launch attempts allowed per window before `/launch` answers 429.

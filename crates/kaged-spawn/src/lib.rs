@@ -28,6 +28,7 @@ mod cgroup;
 mod check;
 mod facts;
 mod fds;
+mod helper;
 mod identity;
 mod pidfd;
 mod preflight;
@@ -47,6 +48,7 @@ pub use cgroup::{Cgroups, limit_facts};
 pub use check::cage_check;
 pub use facts::{Sources, open_sources};
 pub use fds::mark_inherited_cloexec;
+pub use helper::HelperCopy;
 pub use identity::{describe as describe_identity, effective_uid, run_as};
 pub use nix::sys::signal::Signal;
 pub use preflight::{Check, preflight, sandbox_problem};
@@ -206,10 +208,16 @@ pub(crate) fn bwrap_is_recent(version: &str) -> bool {
 }
 
 /// The installed bwrap, if it can build kaged's cages.
+/// Once found usable, bwrap is not asked again (each start used to run `bwrap --version`
+/// twice); a missing or old one is asked again, so installing it needs no restart.
 pub fn usable_bwrap() -> Result<String, SpawnError> {
+    static USABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(version) = USABLE.get() {
+        return Ok(version.clone());
+    }
     let version = bwrap_version().ok_or(SpawnError::NoBwrap)?;
     if bwrap_is_recent(&version) {
-        Ok(version)
+        Ok(USABLE.get_or_init(|| version).clone())
     } else {
         Err(SpawnError::OldBwrap(version))
     }
@@ -324,10 +332,13 @@ pub struct CagedRun {
 pub struct CageRequest<'a> {
     /// The project root (canonical).
     pub root: &'a Path,
-    /// The kaged executable (`/proc/self/exe` for the running one), bound in for the helpers.
+    /// The kaged executable bound in for the helpers: a daemon's [`HelperCopy`] (which survives
+    /// an upgrade on disk), or `/proc/self/exe` for a short-lived command.
     pub helper: &'a Path,
     /// A `Policy::Caged`.
     pub policy: &'a kaged_cage::Policy,
+    /// The daemon's default limits (`[sandbox]`), for every key the policy leaves unset.
+    pub default_limits: &'a kaged_cage::Limits,
     pub launch: kaged_cage::Launch<'a>,
     /// Names the run's cgroups.
     pub name: &'a str,
@@ -427,7 +438,7 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
         memory_file("kaged-bwrap-args", &nul_separated)?,
     ];
     fds.extend(sources.fds);
-    let plan = kaged_cage::plan_limits(limits, &limit_facts());
+    let plan = kaged_cage::plan_limits(limits, request.default_limits, &limit_facts());
     let cgroups = if plan.cgroup.is_empty() {
         Cgroups::default()
     } else {
@@ -449,6 +460,10 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
         limits: plan,
     })
 }
+
+/// How often a pids watchdog counts a run's processes (a host without cgroups). Short, so a
+/// fork flood is caught early; a count is one scan of `/proc`.
+pub const WATCHDOG_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Held while a PTY is opened and while any run is spawned (see `spawn_pty`).
 static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -485,7 +500,7 @@ pub fn run_foreground(
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) || too_many() {
             killer.kill();
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(WATCHDOG_POLL);
     };
     Ok(exit)
 }

@@ -1,5 +1,6 @@
 //! What a kaged killed outright leaves behind, swept when the next daemon starts: run
-//! cgroups, egress proxy sockets and the seccomp directories older kaged wrote.
+//! cgroups, egress proxy sockets, the seccomp directories older kaged wrote, and the copies of
+//! kaged ([`crate::HelperCopy`]) of daemons that are gone.
 //!
 //! Cgroups are shared by every kaged in the same cgroup (other daemons, `kaged cage run`), so
 //! only provably dead ones go: those of runs the caller's storage left unfinished, and those
@@ -16,6 +17,8 @@ pub struct Swept {
     pub killed: usize,
     pub sockets: usize,
     pub seccomp_dirs: usize,
+    /// Private copies of kaged ([`crate::HelperCopy`]) of daemons that are gone.
+    pub helper_copies: usize,
 }
 
 impl Swept {
@@ -30,7 +33,7 @@ impl std::fmt::Display for Swept {
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         write!(
             f,
-            "{} ({}), {}, {}",
+            "{} ({}), {}, {}, {}",
             plural(self.cgroups, "cgroup", "cgroups"),
             plural(self.killed, "process killed", "processes killed"),
             plural(self.sockets, "egress socket", "egress sockets"),
@@ -39,6 +42,7 @@ impl std::fmt::Display for Swept {
                 "seccomp directory",
                 "seccomp directories"
             ),
+            plural(self.helper_copies, "helper copy", "helper copies"),
         )
     }
 }
@@ -146,6 +150,14 @@ pub fn sweep(runs: &[&str], egress_dir: &Path) -> Swept {
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
+            // A daemon's copy of kaged whose daemon is gone (a live one is still bound).
+            if crate::helper::owner_pid(&name).is_some_and(|pid| !alive(pid))
+                && meta.is_dir()
+                && meta.uid() == uid
+                && std::fs::remove_dir_all(&path).is_ok()
+            {
+                swept.helper_copies += 1;
+            }
             if is_seccomp_dir_name(&name)
                 && meta.is_dir()
                 && meta.uid() == uid
@@ -213,10 +225,11 @@ mod tests {
             killed: 1,
             sockets: 1,
             seccomp_dirs: 3,
+            helper_copies: 1,
         };
         assert_eq!(
             swept.to_string(),
-            "2 cgroups (1 process killed), 1 egress socket, 3 seccomp directories"
+            "2 cgroups (1 process killed), 1 egress socket, 3 seccomp directories, 1 helper copy"
         );
         assert!(Swept::default().is_empty() && !swept.is_empty());
     }

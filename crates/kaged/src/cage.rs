@@ -86,7 +86,8 @@ pub async fn run(
         )));
     };
     let policy = policy_for(&config, &agent).map_err(|e| Failure::Config(e.to_string()))?;
-    // The same configuration and local.toml grants as the daemon's sessions.
+    // The same configuration and local.toml grants as the daemon's sessions; the
+    // configuration also gives a root daemon's cage user and every cage's default limits.
     let facts = crate::host::gather();
     let (_, settings, _) =
         crate::config_for_start(&facts, mode, None, kaged_config::FlagOverrides::default())?;
@@ -96,10 +97,18 @@ pub async fn run(
         .unwrap_or_default()
         .to_string();
     let grants = kaged_server::grants_of(&crate::read_local(&facts, &settings)?, &slug);
-    let identity = match &policy {
-        Policy::Caged { .. } => run_as(&root, &settings)?,
+    let settings = match &policy {
+        Policy::Caged { .. } => Some(settings),
         Policy::Disabled => None,
     };
+    let identity = match &settings {
+        Some(settings) => run_as(&root, settings)?,
+        None => None,
+    };
+    let default_limits = settings
+        .as_ref()
+        .map(kaged_server::default_limits)
+        .unwrap_or_default();
     let mut env: Vec<(String, String)> = ["TERM", "COLORTERM"]
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -164,6 +173,7 @@ pub async fn run(
                 root: &root,
                 helper: Path::new("/proc/self/exe"),
                 policy: &policy,
+                default_limits: &default_limits,
                 launch: Launch {
                     cwd: Path::new(""),
                     command: &command,

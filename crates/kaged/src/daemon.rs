@@ -129,6 +129,9 @@ pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(
             })?,
         },
     };
+    // An unsafe listener is a configuration problem: refused (exit 2) before anything is written.
+    let plain_http =
+        check_listeners(&settings, &mechanism).map_err(|e| Failure::Config(e.to_string()))?;
     crate::logging::init(&settings.log_operational, settings.log_level)
         .map_err(Failure::Runtime)?;
     for warning in &local.warnings {
@@ -141,6 +144,7 @@ pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(
         mechanism,
         first_launch_text,
         facts.uid,
+        &plain_http,
     )
     .await
     .map_err(Failure::Runtime)
@@ -177,6 +181,7 @@ async fn serve(
     mechanism: Mechanism,
     first_launch_text: Option<String>,
     uid: u32,
+    plain_http: &[SocketAddr],
 ) -> Result<()> {
     tracing::info!(
         mode = decision.mode.describe(),
@@ -246,6 +251,14 @@ async fn serve(
         ));
     };
     let base = base_url(local);
+    if !plain_http.is_empty() {
+        // Once, at start: the per-user guide's VPN bind is fine only on an encrypted overlay.
+        let listeners: Vec<String> = plain_http.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            "plain HTTP on {}: launch URLs, session cookies and all traffic cross that network unencrypted; this address belongs on an encrypted overlay (WireGuard, Tailscale), not a LAN or the internet",
+            listeners.join(", ")
+        );
+    }
 
     let nonce = Secret::from_random(random_bytes()?);
     let cookie_path = runtime::write_private_file(runtime_dir, AUTH_COOKIE_FILE, nonce.expose())?;
@@ -319,6 +332,8 @@ async fn serve(
         warning_headers.push("insecure");
     }
     let mut sandbox = kaged_server::SandboxState::default();
+    // Removed once the daemon stopped (after its runs ended).
+    let mut helper_copy = None;
     if settings.sandbox_mode == kaged_config::SandboxMode::Disabled {
         tracing::warn!("the sandbox is disabled: work will run uncaged as this user");
         warnings.push("no-sandbox: work runs without a sandbox".to_string());
@@ -346,6 +361,23 @@ async fn serve(
             .map(|c| match &c.outcome {
                 Ok(d) | Err(d) => d.clone(),
             });
+        if sandbox.problem.is_none() {
+            // Cages bind this copy, not the binary on disk: an upgrade that replaces the file
+            // leaves running daemons able to start runs.
+            let root = kaged_spawn::effective_uid() == 0;
+            match tokio::task::spawn_blocking(move || kaged_spawn::HelperCopy::create(root)).await {
+                Ok(Ok(copy)) => {
+                    tracing::info!(path = %copy.path().display(), "cages bind a private copy of this binary");
+                    sandbox.helper = Some(copy.path().to_path_buf());
+                    helper_copy = Some(copy);
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "cannot keep a private copy of this binary; cages bind it from /proc/self/exe, so replacing it on disk stops new runs until kaged restarts"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot keep a private copy of this binary"),
+            }
+        }
         if let Some(problem) = &sandbox.problem {
             eprintln!(
                 "kaged: warning: no cage can be built on this host ({problem}); caged work will be refused until it is fixed: run `kaged doctor`"
@@ -456,6 +488,7 @@ async fn serve(
     store.end_run(run.id, now_ms()).await?;
     store.close().await?;
     drop(cleanup);
+    drop(helper_copy);
     drop(home_lock);
     drop(runtime_lock);
     tracing::info!("stopped");
@@ -548,12 +581,35 @@ async fn sweep_leftovers(store: &Store, runtime_dir: &std::path::Path) {
     }
 }
 
-/// Bind every configured listener. TCP listeners pass the plain-HTTP exposure guardrail
-/// (`kaged_auth::check_listener`: loopback always; anything else one literal private address,
-/// with a bearer token and the private-network opt-in, or under `--insecure-readonly`). Unix
-/// sockets go in a private directory with mode 0600.
+/// The plain-HTTP exposure guardrail of every TCP listener (`kaged_auth::check_listener`:
+/// loopback always; anything else one literal non-public address, with launch-URL sign-in, or
+/// with a bearer token and the private-network opt-in, or under tokenless
+/// `--insecure-readonly`). Returns the listeners that expose plain HTTP beyond this host.
+fn check_listeners(
+    settings: &Settings,
+    mechanism: &Mechanism,
+) -> Result<Vec<SocketAddr>, kaged_auth::ListenerRefusal> {
+    let auth = kaged_auth::ListenerAuth {
+        launch_url: matches!(mechanism, Mechanism::LaunchUrl),
+        insecure: matches!(mechanism, Mechanism::Insecure),
+        insecure_readonly: matches!(mechanism, Mechanism::InsecureReadonly),
+        bearer_token: settings.auth_token.is_some(),
+        trust_private_network: settings.trust_private_network,
+    };
+    let mut plain_http = Vec::new();
+    for spec in &settings.listeners {
+        if let Listener::Tcp(addr) = spec
+            && kaged_auth::check_listener(*addr, auth)? == kaged_auth::Exposure::PlainHttpPrivate
+        {
+            plain_http.push(*addr);
+        }
+    }
+    Ok(plain_http)
+}
+
+/// Bind every configured listener (checked by [`check_listeners`] before). Unix sockets go in a
+/// private directory with mode 0600.
 async fn bind_listeners(settings: &Settings, uid: u32) -> Result<Vec<BoundListener>> {
-    let readonly = settings.auth == AuthMechanism::InsecureReadonly;
     let mut bound = Vec::new();
     for spec in &settings.listeners {
         let info = ListenerInfo {
@@ -563,23 +619,6 @@ async fn bind_listeners(settings: &Settings, uid: u32) -> Result<Vec<BoundListen
         };
         let socket = match spec {
             Listener::Tcp(addr) => {
-                if settings.auth == AuthMechanism::Insecure && !addr.ip().is_loopback() {
-                    return Err(anyhow!(
-                        "refusing --insecure on {addr}: with no authentication at all, only a loopback address (127.0.0.1) is allowed"
-                    ));
-                }
-                // Read-only without any token sends no secret over the wire, so only the
-                // private-address rule applies; with a token the usual rules do.
-                let tokenless_readonly = readonly && settings.auth_token.is_none();
-                kaged_auth::check_listener(
-                    *addr,
-                    settings.auth_token.is_some() || tokenless_readonly,
-                    settings.trust_private_network || tokenless_readonly,
-                )
-                .map_err(|e| anyhow!(e))?;
-                if !addr.ip().is_loopback() {
-                    tracing::warn!(listener = %addr, "listening on a non-loopback address over plain HTTP");
-                }
                 Socket::Tcp(TcpListener::bind(addr).await.map_err(|e| {
                     if e.kind() == std::io::ErrorKind::AddrInUse {
                         anyhow!(

@@ -504,7 +504,7 @@ fn wildcard_bind_is_refused_with_the_fix() {
         .args(["start", "--bind", "0.0.0.0:0"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = stderr_of(&out);
     assert!(
         err.contains("refusing to listen on 0.0.0.0:0 (all interfaces)"),
@@ -633,6 +633,13 @@ fn leftovers_of_a_killed_daemon_are_swept_at_the_next_start() {
     std::fs::write(seccomp.join("filter.bpf"), b"\0\0\0\0").unwrap();
     let unrelated = tmpdir.join("kaged-seccomp-notes.txt");
     std::fs::write(&unrelated, b"not a directory of ours").unwrap();
+    // The copy of kaged a daemon that is gone kept (no PID that large runs), and one of a
+    // live kaged (this test, as far as the sweep can tell), which stays.
+    let stale_helper = tmpdir.join("kaged-helper-99999999-00112233aabbccdd");
+    std::fs::create_dir(&stale_helper).unwrap();
+    std::fs::write(stale_helper.join("kaged"), b"\x7fELF").unwrap();
+    let live_helper = tmpdir.join(format!("kaged-helper-{}-0011", std::process::id()));
+    std::fs::create_dir(&live_helper).unwrap();
 
     let d = Daemon::start_with(
         tmp.path(),
@@ -647,10 +654,11 @@ fn leftovers_of_a_killed_daemon_are_swept_at_the_next_start() {
     };
     assert!(
         log.contains(&format!(
-            "swept what an earlier kaged left: {cgroup_part}, 1 egress socket, 1 seccomp directory"
+            "swept what an earlier kaged left: {cgroup_part}, 1 egress socket, 1 seccomp directory, 1 helper copy"
         )),
         "{log}"
     );
+    assert!(!stale_helper.exists() && live_helper.exists());
     assert!(!socket.exists());
     assert!(!seccomp.exists());
     assert!(unrelated.exists());
@@ -729,8 +737,13 @@ fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
     let d = with_tmp(&home);
     let log = d.stderr_text();
     assert!(
-        log.contains("swept what an earlier kaged left: 1 cgroup (")
-            && log.contains("), 1 egress socket,"),
+        // Its pids group, and its memory group where that hierarchy is writable (the
+        // default memory limit).
+        (log.contains("swept what an earlier kaged left: 1 cgroup (")
+            || log.contains("swept what an earlier kaged left: 2 cgroups ("))
+            && log.contains("), 1 egress socket,")
+            // The killed daemon's copy of kaged, too.
+            && log.contains(", 1 helper copy"),
         "{log}"
     );
     assert!(!group.exists());

@@ -329,6 +329,17 @@ fn remote_cli_uses_kaged_server_and_refuses_unsafe_targets() {
     assert!(trap.accept().is_err(), "the redirect target was contacted");
 }
 
+/// Sidecar sign-in (the bearer-token rules apply to it unchanged off loopback).
+const SIDECAR: &[(&str, &str)] = &[
+    ("KAGED_AUTH_MODE", "sidecar"),
+    (
+        "KAGED_AUTH_SIDECAR_NONCE",
+        "0123456789abcdef0123456789abcdef0123456789abcdef",
+    ),
+];
+
+/// Refused listeners are configuration problems: exit 2, with the reason and the fix. (Launch-URL
+/// sign-in on a private address is accepted: tests/vpn_bind.rs.)
 #[test]
 fn unsafe_listeners_are_refused_at_startup_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
@@ -340,7 +351,7 @@ fn unsafe_listeners_are_refused_at_startup_with_the_reason() {
             &[("KAGED_AUTH_TOKEN", BOOTSTRAP)],
             "trust_private_network",
         ),
-        ("[fd00::7]:0", &[], "without a bearer token"),
+        ("[fd00::7]:0", SIDECAR, "without a bearer token"),
         (
             "[2001:db8::1]:0",
             &[
@@ -357,7 +368,7 @@ fn unsafe_listeners_are_refused_at_startup_with_the_reason() {
             ],
             "public address",
         ),
-        ("100.64.0.2:0", &[], "without a bearer token"),
+        ("100.64.0.2:0", SIDECAR, "without a bearer token"),
         (
             "100.64.0.2:0",
             &[("KAGED_AUTH_TOKEN", BOOTSTRAP)],
@@ -395,7 +406,7 @@ fn unsafe_listeners_are_refused_at_startup_with_the_reason() {
             .args(["start", "--bind", bind])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{bind}");
+        assert_eq!(out.status.code(), Some(2), "{bind}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains(needle) && (err.contains("TLS") || err.contains("tunnel")),
@@ -425,14 +436,14 @@ fn insecure_modes_are_refused_on_unsafe_listeners() {
     .args(["start", "--insecure", "--bind", "100.64.0.9:0"])
     .output()
     .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing --insecure on 100.64.0.9:0"));
     // --insecure-readonly with a token still needs the private-network opt-in.
     let out = kaged_cmd(&[("KAGED_HOME", home), ("KAGED_AUTH_TOKEN", BOOTSTRAP)])
         .args(["start", "--insecure-readonly", "--bind", "100.64.0.9:0"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("trust_private_network"));
 }
 

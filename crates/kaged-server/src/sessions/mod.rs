@@ -362,6 +362,17 @@ pub fn run_name(id: &str) -> &str {
     id.get(..16).unwrap_or(id)
 }
 
+/// Every cage's default limits, from `[sandbox] pids`, `memory_mb` and `wall_time_secs`.
+pub fn default_limits(settings: &kaged_config::Settings) -> kaged_cage::Limits {
+    let l = settings.cage_limits;
+    kaged_cage::Limits {
+        memory_mb: l.memory_mb,
+        cpu_percent: None,
+        pids: l.pids,
+        wall_time_secs: l.wall_time_secs,
+    }
+}
+
 /// Where the egress proxy sockets of runs live.
 pub fn egress_dir(runtime_dir: &std::path::Path) -> std::path::PathBuf {
     runtime_dir.join("egress")

@@ -385,7 +385,7 @@ impl Runner {
                 killer.kill();
             }
         }
-        self.start_wall_clock();
+        self.start_wall_clock(prepared.limits.as_ref().and_then(|l| l.wall_time_secs));
         if let Some(pids) = prepared.limits.as_ref().and_then(|l| l.watchdog_pids) {
             self.start_pids_watchdog(&killer, pids);
         }
@@ -443,8 +443,15 @@ impl Runner {
         }
         let run = kaged_spawn::caged(&kaged_spawn::CageRequest {
             root: &d.root,
-            helper: Path::new("/proc/self/exe"),
+            helper: self
+                .state
+                .info
+                .sandbox
+                .helper
+                .as_deref()
+                .unwrap_or(Path::new("/proc/self/exe")),
             policy: &d.policy,
+            default_limits: &super::default_limits(&self.state.info.settings),
             launch: Launch {
                 cwd: &d.plan.cwd,
                 command: &d.plan.command,
@@ -506,11 +513,8 @@ impl Runner {
             .ok()
     }
 
-    fn start_wall_clock(&self) {
-        let cage_limit = match &self.decided.policy {
-            Policy::Caged { limits, .. } => limits.wall_time_secs,
-            Policy::Disabled => None,
-        };
+    /// `cage_limit`: the cage's wall time as planned (its project's, or the default).
+    fn start_wall_clock(&self, cage_limit: Option<u64>) {
         let secs = match (cage_limit, self.decided.plan.timeout_secs) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -527,23 +531,40 @@ impl Runner {
         });
     }
 
-    /// Without a cgroup, count the cage's processes and end the run past the limit.
+    /// Without a cgroup, count the cage's processes and end the run past the limit: on a
+    /// thread of its own (a scan of `/proc` blocks), every [`kaged_spawn::WATCHDOG_POLL`], and
+    /// with SIGKILL at once (no grace: a fork flood would go on growing through it). Killing
+    /// bwrap ends the cage's PID namespace, so processes that left the tree die too.
     fn start_pids_watchdog(&self, killer: &kaged_spawn::Killer, pids: u64) {
         let state = self.state.clone();
         let live = self.live.clone();
-        let killer = killer.clone();
-        self.handle.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            while !live.state().is_terminal() {
-                tick.tick().await;
-                let count = killer.process_count() as u64;
-                if count > pids {
-                    let by = format!("kaged: pids limit of {pids} exceeded");
-                    abort(&state, &live, &by).await;
-                    return;
+        let watched = killer.clone();
+        let handle = self.handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("kaged-pid-{}", &self.live.id[..8]))
+            .spawn(move || {
+                let killer = watched;
+                while !live.state().is_terminal() {
+                    let count = killer.process_count() as u64;
+                    if count > pids {
+                        killer.kill();
+                        let by = format!("kaged: pids limit of {pids} exceeded ({count} processes)");
+                        tracing::warn!(session = %live.id, count, limit = pids, "pids limit exceeded: the run is killed");
+                        handle.block_on(async {
+                            let _ = transition(&state, &live, Event::Kill { actor: by.clone() }, &by).await;
+                        });
+                        // Whatever a scan may have missed dies with the cage's namespace; kill
+                        // again in case bwrap was between forks.
+                        killer.kill();
+                        return;
+                    }
+                    std::thread::sleep(kaged_spawn::WATCHDOG_POLL);
                 }
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            tracing::error!(session = %self.live.id, error = %e, "cannot start the pids watchdog; the run is killed");
+            killer.kill();
+        }
     }
 
     fn start_egress(&self) -> Result<Option<EgressRun>, String> {
