@@ -10,6 +10,7 @@
 mod check;
 mod identity;
 mod limits;
+mod program;
 mod run;
 mod seccomp;
 mod weaken;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 pub use check::{Expect, Observed, judge_mounts, mount_points};
 pub use identity::{Because, Identity, IdentityError, IdentityFacts, RunAs, run_as};
 pub use limits::{CPU_PERIOD_US, CgroupValues, LimitFacts, LimitPlan, plan_limits};
+pub use program::{HostFs, Lookup, ProgramError, View, resolve_program};
 pub use run::{PlanError, RunKind, RunPlan, plan_run};
 pub use seccomp::{SeccompError, SeccompPrograms, profile_bpf};
 pub use weaken::{HostGrants, HostPath, Weakening, policy_weakenings, weakenings};
@@ -30,6 +32,15 @@ pub const WORKSPACE: &str = "/workspace";
 
 /// The private home inside every cage.
 pub const CAGE_HOME: &str = "/home/kaged";
+/// The cage's `PATH` after the directories granted `on_path`.
+pub const DEFAULT_PATH: &[&str] = &[
+    "/usr/local/bin",
+    "/usr/bin",
+    "/bin",
+    "/usr/local/sbin",
+    "/usr/sbin",
+    "/sbin",
+];
 /// System directories bound read-only when they exist on the host.
 pub const SYSTEM_DIRS: &[&str] = &[
     "/usr",
@@ -284,6 +295,53 @@ pub struct Opened {
     pub id: FileId,
 }
 
+/// A host path `local.toml` grants a project, as the edge resolved it: links followed on the
+/// host (the destination shows the object itself), outside the project (which a cage can
+/// write), bound by path and checked at its destination from inside the cage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    /// The canonical host path.
+    pub host: PathBuf,
+    /// Where it appears inside the cage (absolute; see [`grant_destination`]).
+    pub dest: String,
+    pub writable: bool,
+    /// Whether `dest` goes on the front of the cage's `PATH`.
+    pub on_path: bool,
+    /// What the edge resolved, which the in-cage check expects at `dest`.
+    pub id: FileId,
+}
+
+/// Where a grant's `at` appears inside a cage: `project:/x` below [`WORKSPACE`], `home:/x`
+/// below [`CAGE_HOME`], an absolute path as itself. `None` for anything else, or a path with
+/// `.`/`..` in it, or the workspace or the home itself.
+pub fn grant_destination(at: &str) -> Option<String> {
+    let (base, rest) = if let Some(rest) = at.strip_prefix("project:/") {
+        (WORKSPACE, rest)
+    } else if let Some(rest) = at.strip_prefix("home:/") {
+        (CAGE_HOME, rest)
+    } else if let Some(rest) = at.strip_prefix('/') {
+        ("", rest)
+    } else {
+        return None;
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() || parts.iter().any(|p| *p == "." || *p == "..") {
+        return None;
+    }
+    Some(format!("{base}/{}", parts.join("/")))
+}
+
+/// The cage's `PATH`: the destinations granted `on_path` (in their order), then
+/// [`DEFAULT_PATH`].
+pub fn cage_path(host: &Host) -> Vec<String> {
+    host.binds
+        .iter()
+        .filter(|b| b.on_path)
+        .map(|b| b.dest.clone())
+        .chain(DEFAULT_PATH.iter().map(|d| d.to_string()))
+        .collect()
+}
+
 /// Facts about the host the compiler needs (gathered by the edge).
 #[derive(Debug, Clone, Default)]
 pub struct Host {
@@ -291,9 +349,11 @@ pub struct Host {
     pub system_dirs: Vec<String>,
     /// The sources opened for this cage; the i-th is at descriptor [`FIRST_SOURCE_FD`] + i.
     pub opened: Vec<Opened>,
-    /// The host's own mount points below the system directories, as a cage sees them (bwrap
-    /// binds those directories recursively).
+    /// The host's own mount points below the system directories and the granted host paths,
+    /// as a cage sees them (bwrap binds those recursively).
     pub system_submounts: Vec<String>,
+    /// The host paths `local.toml` grants, in order (parents before what lies below them).
+    pub binds: Vec<HostBind>,
 }
 
 impl Host {
@@ -440,6 +500,21 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
             writable: m.writable,
         });
     }
+    // The operator's host grants (local.toml): outside the project, so bound by path; where
+    // they land is checked from inside like every bind.
+    for b in &host.binds {
+        push(&[
+            if b.writable { "--bind" } else { "--ro-bind" },
+            &b.host.display().to_string(),
+            &b.dest,
+        ]);
+        made.push(b.dest.clone());
+        checks.push(Expect::Bind {
+            path: b.dest.clone(),
+            id: b.id,
+            writable: b.writable,
+        });
+    }
     // After any grant: the project's history and its kaged contract stay read-only. An absent
     // `.git` is masked (an empty read-only directory), so no cage can plant one for the
     // operator's next `git status` on the host (core.fsmonitor, hooks).
@@ -497,11 +572,9 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
         "--add-seccomp-fd",
         &SECCOMP_ENOSYS_FD.to_string(),
     ]);
+    let path = cage_path(host).join(":");
     for (k, v) in [
-        (
-            "PATH",
-            "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
-        ),
+        ("PATH", path.as_str()),
         ("HOME", CAGE_HOME),
         ("USER", "kaged"),
         ("LANG", "C.UTF-8"),
@@ -589,6 +662,7 @@ mod tests {
         Host {
             system_dirs: vec!["/usr".into(), "/etc".into(), "/bin".into()],
             system_submounts: Vec::new(),
+            binds: Vec::new(),
             opened: sources(policy, true)
                 .into_iter()
                 .filter(|(s, _)| git || *s != Source::Project(".git".into()))
@@ -849,6 +923,73 @@ mod tests {
         .unwrap()
         .joined();
         assert!(!closed.iter().any(|a| a == "cage-bridge" || a == "/s"));
+    }
+
+    #[test]
+    fn host_grants_are_bound_read_only_checked_and_put_on_path() {
+        let p = Policy::default_cage();
+        let mut host = host_for(&p, true);
+        host.binds = vec![
+            HostBind {
+                host: "/home/ann/.cargo/bin".into(),
+                dest: "/home/ann/.cargo/bin".into(),
+                writable: false,
+                on_path: true,
+                id: FileId { dev: 9, ino: 1 },
+            },
+            HostBind {
+                host: "/home/ann/.rustup".into(),
+                dest: grant_destination("home:/.rustup/").unwrap(),
+                writable: false,
+                on_path: false,
+                id: FileId { dev: 9, ino: 2 },
+            },
+        ];
+        let cmd = vec!["cargo".to_string()];
+        let a = compile(
+            &p,
+            &host,
+            &Launch {
+                cwd: Path::new(""),
+                command: &cmd,
+                env: &[],
+                own_terminal: false,
+                egress: None,
+            },
+        )
+        .unwrap()
+        .joined();
+        assert!(has(
+            &a,
+            &["--ro-bind", "/home/ann/.cargo/bin", "/home/ann/.cargo/bin"]
+        ));
+        assert!(has(
+            &a,
+            &["--ro-bind", "/home/ann/.rustup", "/home/kaged/.rustup"]
+        ));
+        // After the home's tmpfs, and checked from inside like every bind.
+        let home = a.iter().position(|x| x == "/home").unwrap();
+        let cargo = a.iter().position(|x| x == "/home/ann/.cargo/bin").unwrap();
+        assert!(cargo > home);
+        assert!(has(&a, &["--expect", "bind:ro:9:1:/home/ann/.cargo/bin"]));
+        assert!(has(&a, &["--expect", "bind:ro:9:2:/home/kaged/.rustup"]));
+        assert!(has(&a, &["--mount", "/home/kaged/.rustup"]));
+        assert!(has(
+            &a,
+            &[
+                "--setenv",
+                "PATH",
+                "/home/ann/.cargo/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+            ]
+        ));
+        assert_eq!(
+            grant_destination("project:/data").as_deref(),
+            Some("/workspace/data")
+        );
+        assert_eq!(grant_destination("/opt//x/").as_deref(), Some("/opt/x"));
+        for bad in ["home:/", "home:/../etc", "/", "relative", "project:/a/../b"] {
+            assert_eq!(grant_destination(bad), None, "{bad}");
+        }
     }
 
     #[test]

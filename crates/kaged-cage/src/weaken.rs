@@ -28,9 +28,11 @@ impl std::fmt::Display for Weakening {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPath {
     pub host: PathBuf,
-    /// Where it appears (`project:/...`).
+    /// Where it appears (`project:/...`, `home:/...`, or the host path itself).
     pub at: String,
     pub writable: bool,
+    /// Whether its destination goes on the front of the cage's `PATH`.
+    pub on_path: bool,
 }
 
 /// What `local.toml` grants a project from the host.
@@ -406,6 +408,7 @@ mod tests {
                 host: "/data".into(),
                 at: "project:/data".into(),
                 writable: false,
+                on_path: false,
             }],
         };
         let mut new = old.clone();
@@ -415,6 +418,7 @@ mod tests {
             host: "/srv".into(),
             at: "project:/srv".into(),
             writable: false,
+            on_path: false,
         });
         let config = project(Value::Null);
         let got: Vec<String> = weakenings(&config, &config, &old, &new)

@@ -26,9 +26,91 @@ pub struct Provider {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PathGrant {
     pub host: PathBuf,
-    /// Where it appears for the project (`project:/...`).
+    /// Where it appears in the project's cages: `project:/...` (below the workspace),
+    /// `home:/...` (below the cage's home) or the host path itself (absolute, the default).
     pub at: String,
     pub mode: String,
+    /// Whether the destination goes on the front of the cage's `PATH` (a bin directory).
+    pub on_path: bool,
+}
+
+/// Cage directories a host grant may not land on or below: kaged makes them itself.
+const RESERVED: &[&str] = &["/proc", "/dev", "/tmp", "/run", "/workspace", "/home/kaged"];
+/// System directories every cage already sees read-only; a grant may not replace them.
+const SYSTEM: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/etc",
+    "/opt/kaged",
+];
+
+/// Why `at` (given the grant's `host`) is not a destination, with the fix; `None` when it is.
+fn bad_destination(at: &str, host: Option<&str>, mode: &str) -> Option<(String, String)> {
+    let plain =
+        |rest: &str| !rest.is_empty() && !rest.split('/').any(|seg| seg == ".." || seg == ".");
+    if let Some(rest) = at.strip_prefix("project:/") {
+        if rest.split('/').any(|seg| seg == "..") {
+            return Some((
+                format!("{at:?} leaves the project"),
+                "write where it appears, e.g. project:/data".into(),
+            ));
+        }
+        return None;
+    }
+    let read_only = || {
+        (mode != "ro").then(|| {
+            (
+                format!("{at:?} is outside the project, and host directories are granted read-only there"),
+                "use mode = \"ro\" (only project:/ grants may be rw)".to_string(),
+            )
+        })
+    };
+    if let Some(rest) = at.strip_prefix("home:/") {
+        if !plain(rest.trim_end_matches('/')) {
+            return Some((
+                format!("{at:?} is not a directory below the cage's home"),
+                "write home:/NAME, e.g. home:/.cargo".into(),
+            ));
+        }
+        return read_only();
+    }
+    if at.starts_with('/') {
+        let trimmed = at.trim_end_matches('/');
+        if !plain(trimmed.trim_start_matches('/')) {
+            return Some((
+                format!("{at:?} is not a plain absolute path"),
+                "write the host path itself, without . or ..".into(),
+            ));
+        }
+        if host.is_some_and(|h| h.trim_end_matches('/') != trimmed) {
+            return Some((
+                format!("{at:?} is not the host path"),
+                "a host directory appears at its own path (leave `at` out) or below the cage's home (home:/...)".into(),
+            ));
+        }
+        let under = |dir: &str| trimmed == dir || trimmed.starts_with(&format!("{dir}/"));
+        if let Some(dir) = RESERVED.iter().find(|d| under(d)) {
+            return Some((
+                format!("{at:?} is inside {dir}, which kaged makes for every cage"),
+                "grant it at home:/... instead".into(),
+            ));
+        }
+        if let Some(dir) = SYSTEM.iter().find(|d| under(d)) {
+            return Some((
+                format!("{at:?} is inside {dir}, which every cage already sees read-only"),
+                "remove the grant: the cage sees it already".into(),
+            ));
+        }
+        return read_only();
+    }
+    Some((
+        format!("{at:?} is not a project:/ or home:/ path, nor the host path"),
+        "write where it appears: project:/data, home:/.cargo, or leave `at` out for the host path itself".into(),
+    ))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -359,7 +441,8 @@ fn path_grant(
     key: &str,
 ) -> Option<PathGrant> {
     let t = r.table(item, key)?;
-    let (mut host, mut at, mut mode) = (None, None, "ro".to_string());
+    let (mut host, mut at, mut mode, mut on_path) = (None, None, "ro".to_string(), false);
+    let mut at_offset = item.span().start;
     for (fk, fv) in t.iter() {
         let field = fk.get_ref().as_ref();
         let fpath = format!("{key}.{field}");
@@ -379,18 +462,8 @@ fn path_grant(
                 })
             }
             "at" => {
-                at = r.string(fv, &fpath).filter(|s| {
-                    let ok = s.starts_with("project:/") && !s.split('/').any(|seg| seg == "..");
-                    if !ok {
-                        r.fail(
-                            fv.span().start,
-                            &fpath,
-                            format!("{s:?} is not a project:/ path"),
-                            "write where it appears, e.g. project:/data",
-                        );
-                    }
-                    ok
-                })
+                at_offset = fv.span().start;
+                at = r.string(fv, &fpath);
             }
             "mode" => {
                 if let Some(m) = r.string(fv, &fpath) {
@@ -406,25 +479,47 @@ fn path_grant(
                     }
                 }
             }
-            _ => r.unknown(fk.span().start, &fpath, &["host", "at", "mode"]),
+            "on_path" => match fv.get_ref() {
+                DeValue::Boolean(b) => on_path = *b,
+                _ => r.fail(
+                    fv.span().start,
+                    &fpath,
+                    "expected true or false",
+                    "write on_path = true for a directory of programs",
+                ),
+            },
+            _ => r.unknown(fk.span().start, &fpath, &["host", "at", "mode", "on_path"]),
         }
     }
-    match (host, at) {
-        (Some(host), Some(at)) => Some(PathGrant {
-            host: PathBuf::from(host),
-            at,
-            mode,
-        }),
-        _ => {
-            r.fail(
-                item.span().start,
-                key,
-                "a path grant needs host and at",
-                "write { host = \"/srv/data\", at = \"project:/data\" }",
-            );
-            None
-        }
+    // Without `at`, a host directory appears at its own path.
+    let Some(at) = at.or_else(|| host.clone()) else {
+        r.fail(
+            item.span().start,
+            key,
+            "a path grant needs host",
+            "write { host = \"/home/ann/.cargo/bin\", on_path = true }",
+        );
+        return None;
+    };
+    if let Some((problem, hint)) = bad_destination(&at, host.as_deref(), &mode) {
+        r.fail(at_offset, &format!("{key}.at"), problem, hint);
+        return None;
     }
+    let Some(host) = host else {
+        r.fail(
+            item.span().start,
+            key,
+            "a path grant needs host",
+            "write { host = \"/srv/data\", at = \"project:/data\" }",
+        );
+        return None;
+    };
+    Some(PathGrant {
+        host: PathBuf::from(host),
+        at,
+        mode,
+        on_path,
+    })
 }
 
 #[cfg(test)]
@@ -465,7 +560,8 @@ mod tests {
              [aliases]\nsonnet = \"sonnet-4\"\nhaiku = \"nobody:haiku\"\n\
              [providers.claude]\napi_key_env = \"lower\"\nkey = \"x\"\n\
              [projects.demo]\npath = \"src/demo\"\nenv = [\"bad name\"]\n\
-             paths = [{ host = \"data\", at = \"/abs\" }]\n",
+             paths = [{ host = \"data\", at = \"abs\" }, { host = \"/h/.cargo\", at = \"/elsewhere\" },\n\
+             { host = \"/h/.cargo\", at = \"home:/.cargo\", mode = \"rw\" }, { host = \"/proc/1\" }, { host = \"/usr/bin\" }]\n",
         )
         .unwrap_err()
         .0;
@@ -479,12 +575,46 @@ mod tests {
             "local.toml:9:8: projects.demo.path:",
             "local.toml:10:8: projects.demo.env[0]:",
             "projects.demo.paths.host:",
-            "projects.demo.paths.at:",
+            "projects.demo.paths.at: \"abs\" is not a project:/ or home:/ path",
+            "projects.demo.paths.at: \"/elsewhere\" is not the host path",
+            "projects.demo.paths.at: \"home:/.cargo\" is outside the project, and host directories are granted read-only",
+            "projects.demo.paths.at: \"/proc/1\" is inside /proc",
+            "projects.demo.paths.at: \"/usr/bin\" is inside /usr, which every cage already sees",
         ] {
             assert!(
                 shown.iter().any(|s| s.contains(needle)),
                 "missing {needle} in {shown:#?}"
             );
+        }
+    }
+
+    #[test]
+    fn host_directories_appear_at_their_own_path_or_below_the_cage_home() {
+        let c = parse(
+            "[projects.demo]\n\
+             paths = [{ host = \"/home/ann/.cargo/bin\", on_path = true },\n\
+             { host = \"/home/ann/.rustup\", at = \"home:/.rustup\" },\n\
+             { host = \"/home/ann/.nvm\", at = \"/home/ann/.nvm/\" }]\n",
+        )
+        .unwrap();
+        let paths = &c.projects["demo"].paths;
+        assert_eq!(paths[0].at, "/home/ann/.cargo/bin");
+        assert!(paths[0].on_path);
+        assert_eq!(paths[0].mode, "ro");
+        assert_eq!(paths[1].at, "home:/.rustup");
+        assert!(!paths[1].on_path);
+        assert_eq!(paths[2].at, "/home/ann/.nvm/");
+        for bad in [
+            "{ at = \"home:/x\" }",
+            "{ host = \"/h\", at = \"home:/\" }",
+            "{ host = \"/h\", at = \"home:/../etc\" }",
+            "{ host = \"/h\", on_path = \"yes\" }",
+            "{ host = \"/workspace/x\" }",
+            "{ host = \"/home/kaged/x\" }",
+            "{ host = \"/\" }",
+        ] {
+            let text = format!("[projects.demo]\npaths = [{bad}]\n");
+            assert!(parse(&text).is_err(), "{bad} was accepted");
         }
     }
 

@@ -251,6 +251,7 @@ fn render_local(config: &LocalConfig) -> String {
                 grant.insert("host".into(), Value::String(p.host.display().to_string()));
                 grant.insert("at".into(), Value::String(p.at.clone()));
                 grant.insert("mode".into(), Value::String(p.mode.clone()));
+                grant.insert("on_path".into(), Value::Boolean(p.on_path));
                 Value::Table(grant)
             })
             .collect();
@@ -413,6 +414,7 @@ fn grants() -> impl Strategy<Value = ProjectGrants> {
                 "(/[a-zA-Z0-9 ._é-]{1,8}){1,3}",
                 "project:/([a-z0-9_-]{1,8}(/[a-z0-9_-]{1,8}){0,2})?",
                 prop_oneof![Just("ro"), Just("rw")],
+                any::<bool>(),
             ),
             0..3,
         ),
@@ -422,10 +424,11 @@ fn grants() -> impl Strategy<Value = ProjectGrants> {
             env,
             paths: paths
                 .into_iter()
-                .map(|(host, at, mode)| PathGrant {
+                .map(|(host, at, mode, on_path)| PathGrant {
                     host: PathBuf::from(host),
                     at,
                     mode: mode.to_owned(),
+                    on_path,
                 })
                 .collect(),
         })

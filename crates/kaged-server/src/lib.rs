@@ -31,7 +31,9 @@ pub use audit::{AuditLog, AuditRecord, now_ms, rfc3339_utc};
 pub use connection::{ConnectionLimits, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_WAITING_CONNECTIONS};
 pub use error::ApiError;
 pub use listener::{BindError, BoundListener, ListenerInfo, Socket, bind_unix, serve_all};
-pub use projects::{UnreadableProject, project_files, read_project_file, read_project_texts};
+pub use projects::{
+    UnreadableProject, grants_of, project_files, read_project_file, read_project_texts,
+};
 pub use sessions::stop_all as stop_sessions;
 pub use sessions::{default_limits, egress_dir, run_name};
 pub use state::{DaemonInfo, SandboxState, ServerState};

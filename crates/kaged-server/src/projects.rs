@@ -72,7 +72,13 @@ pub fn git_present(root: &Path) -> bool {
 
 /// What `local.toml` grants the project from the host, for the weakening comparison.
 fn host_grants(state: &ServerState, slug: &str) -> HostGrants {
-    let Some(g) = state.info.local.projects.get(slug) else {
+    grants_of(&state.info.local, slug)
+}
+
+/// What `local` (`local.toml`) grants the project `slug` from the host: environment variable
+/// names and host paths (the daemon's sessions and `kaged cage run` read the same).
+pub fn grants_of(local: &kaged_config::LocalConfig, slug: &str) -> HostGrants {
+    let Some(g) = local.projects.get(slug) else {
         return HostGrants::default();
     };
     HostGrants {
@@ -84,6 +90,7 @@ fn host_grants(state: &ServerState, slug: &str) -> HostGrants {
                 host: p.host.clone(),
                 at: p.at.clone(),
                 writable: p.mode == "rw",
+                on_path: p.on_path,
             })
             .collect(),
     }

@@ -9,7 +9,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
-use kaged_cage::{FileId, Host, Opened, Policy, SYSTEM_DIRS, Source};
+use kaged_cage::{FileId, Host, HostBind, HostPath, Lookup, Opened, Policy, SYSTEM_DIRS, Source};
 use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::{Mode, SFlag, fstat};
 
@@ -176,19 +176,25 @@ pub fn open_sources(
         .filter(|d| Path::new(d).exists())
         .map(|d| d.to_string())
         .collect();
+    let below: Vec<(String, PathBuf)> = system_dirs
+        .iter()
+        .filter_map(|d| Some((d.clone(), std::fs::canonicalize(d).ok()?)))
+        .collect();
     Ok(Sources {
         host: Host {
-            system_submounts: system_submounts(&system_dirs),
+            system_submounts: submounts(&below),
             system_dirs,
             opened,
+            binds: Vec::new(),
         },
         fds,
     })
 }
 
-/// The host's mount points below the system directories, where a cage sees them (bwrap binds
-/// each directory recursively, after following a link such as `/bin` → `/usr/bin`).
-fn system_submounts(system_dirs: &[String]) -> Vec<String> {
+/// The host's mount points below each `(cage path, canonical host path)`, where a cage sees
+/// them (bwrap binds directories recursively, after following a link such as `/bin` →
+/// `/usr/bin`).
+pub fn submounts(dirs: &[(String, PathBuf)]) -> Vec<String> {
     let Ok(points) = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| e.to_string())
         .and_then(|text| kaged_cage::mount_points(&text))
@@ -196,12 +202,9 @@ fn system_submounts(system_dirs: &[String]) -> Vec<String> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for dir in system_dirs {
-        let Ok(real) = std::fs::canonicalize(dir) else {
-            continue;
-        };
+    for (dir, real) in dirs {
         for point in &points {
-            if let Ok(rest) = Path::new(point).strip_prefix(&real)
+            if let Ok(rest) = Path::new(point).strip_prefix(real)
                 && !rest.as_os_str().is_empty()
             {
                 out.push(Path::new(dir).join(rest).display().to_string());
@@ -209,6 +212,82 @@ fn system_submounts(system_dirs: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Resolve what `local.toml` grants the project at `root` (canonical) from the host: each
+/// host path with its links followed (the cage sees the object, not a link it could not
+/// follow), outside the project (which cages write: its paths are granted in project.yaml,
+/// by descriptor), with its identity for the in-cage check; parents before what lies below.
+pub fn resolve_grants(root: &Path, grants: &[HostPath]) -> Result<Vec<HostBind>, String> {
+    let mut out: Vec<HostBind> = Vec::new();
+    for g in grants {
+        let dest = kaged_cage::grant_destination(&g.at).ok_or_else(|| {
+            format!(
+                "local.toml grants {} at {:?}, which is not a place in a cage",
+                g.host.display(),
+                g.at
+            )
+        })?;
+        let host = std::fs::canonicalize(&g.host).map_err(|e| {
+            format!(
+                "local.toml grants {} to this project, but it cannot be resolved ({e}): create it, or remove the grant",
+                g.host.display()
+            )
+        })?;
+        if host.to_str().is_none() {
+            return Err(format!(
+                "local.toml grants {}, whose path is not UTF-8; grant a directory with a plain name",
+                host.display()
+            ));
+        }
+        if host.starts_with(root) {
+            return Err(format!(
+                "local.toml grants {}, which is inside the project (cages can change it); grant it in project.yaml's filesystem list instead",
+                g.host.display()
+            ));
+        }
+        if out.iter().any(|b| b.dest == dest) {
+            return Err(format!(
+                "local.toml grants two host paths at {dest}; keep one"
+            ));
+        }
+        let meta = std::fs::metadata(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+        use std::os::unix::fs::MetadataExt;
+        out.push(HostBind {
+            host,
+            dest,
+            writable: g.writable,
+            on_path: g.on_path,
+            id: FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+        });
+    }
+    // bwrap makes each mount point inside what is already mounted: shallower first.
+    out.sort_by_key(|b| Path::new(&b.dest).components().count());
+    Ok(out)
+}
+
+/// The host as `kaged_cage::resolve_program` asks about it.
+pub struct RealFs;
+
+impl kaged_cage::HostFs for RealFs {
+    fn lookup(&self, path: &Path) -> Lookup {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::symlink_metadata(path) {
+            Err(_) => Lookup::Missing,
+            Ok(m) if m.file_type().is_symlink() => std::fs::read_link(path)
+                .map(Lookup::Link)
+                .unwrap_or(Lookup::Missing),
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Lookup::Executable,
+            Ok(_) => Lookup::NotExecutable,
+        }
+    }
+
+    fn canonical(&self, path: &Path) -> Option<PathBuf> {
+        std::fs::canonicalize(path).ok()
+    }
 }
 
 #[cfg(test)]

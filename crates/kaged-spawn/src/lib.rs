@@ -344,6 +344,10 @@ pub struct CageRequest<'a> {
     pub name: &'a str,
     /// Who the cage runs as ([`run_as`]); `None` only when this process is not root.
     pub run_as: Option<kaged_cage::Identity>,
+    /// The project's name (for the `local.toml` lines a refusal suggests).
+    pub project: &'a str,
+    /// What `local.toml` grants the project from the host (paths; see `resolve_grants`).
+    pub grants: &'a [kaged_cage::HostPath],
 }
 
 /// An anonymous in-memory file holding `bytes`, read from its start.
@@ -389,13 +393,37 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
     if request.run_as.is_some() {
         facts::make_git_mount_point(request.root).map_err(SpawnError::Cage)?;
     }
-    let sources = open_sources(
+    let mut sources = open_sources(
         request.root,
         request.helper,
         request.policy,
         request.launch.egress,
     )
     .map_err(SpawnError::Cage)?;
+    let binds = facts::resolve_grants(request.root, request.grants).map_err(SpawnError::Cage)?;
+    sources.host.system_submounts.extend(facts::submounts(
+        &binds
+            .iter()
+            .map(|b| (b.dest.clone(), b.host.clone()))
+            .collect::<Vec<_>>(),
+    ));
+    sources.host.binds = binds;
+    // The program as the cage will see it: one that is only on kaged's PATH is refused here,
+    // with the grant that makes it visible, rather than dying with 127 inside.
+    if let Some(program) = request.launch.command.first() {
+        let operator_path: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        kaged_cage::resolve_program(
+            program,
+            &kaged_cage::cage_path(&sources.host),
+            &kaged_cage::View::of(&sources.host, request.root),
+            &facts::RealFs,
+            &operator_path,
+            request.project,
+        )
+        .map_err(|e| SpawnError::Cage(e.to_string()))?;
+    }
     let args = kaged_cage::compile(request.policy, &sources.host, &request.launch)
         .map_err(|e| SpawnError::Cage(e.to_string()))?;
     let programs = kaged_cage::profile_bpf(seccomp).map_err(|e| SpawnError::Cage(e.to_string()))?;

@@ -86,17 +86,19 @@ pub async fn run(
         )));
     };
     let policy = policy_for(&config, &agent).map_err(|e| Failure::Config(e.to_string()))?;
-    // The configuration gives a root daemon's cage user and every cage's default limits.
+    // The same configuration and local.toml grants as the daemon's sessions; the
+    // configuration also gives a root daemon's cage user and every cage's default limits.
+    let facts = crate::host::gather();
+    let (_, settings, _) =
+        crate::config_for_start(&facts, mode, None, kaged_config::FlagOverrides::default())?;
+    let slug = config
+        .get("project")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let grants = kaged_server::grants_of(&crate::read_local(&facts, &settings)?, &slug);
     let settings = match &policy {
-        Policy::Caged { .. } => Some(
-            crate::config_for_start(
-                &crate::host::gather(),
-                mode,
-                None,
-                kaged_config::FlagOverrides::default(),
-            )?
-            .1,
-        ),
+        Policy::Caged { .. } => Some(settings),
         Policy::Disabled => None,
     };
     let identity = match &settings {
@@ -112,6 +114,16 @@ pub async fn run(
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
     env.sort();
+    // local.toml's environment grants, values from this environment (on bwrap's argument
+    // descriptor, never on a command line).
+    for name in &grants.env {
+        match std::env::var(name) {
+            Ok(value) => env.push((name.clone(), value)),
+            Err(_) => eprintln!(
+                "kaged: warning: local.toml grants {name} to `{slug}`, but it is not set here; the command runs without it"
+            ),
+        }
+    }
     // An allowlist gets its proxy for the life of the command; its decisions are printed.
     let egress_dir = kaged_spawn::private_dir("kaged-egress")
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot make a private directory: {e}")))?;
@@ -171,6 +183,8 @@ pub async fn run(
                 },
                 name: &format!("run-{}", std::process::id()),
                 run_as: identity,
+                project: &slug,
+                grants: &grants.paths,
             })
             .map_err(|e| match e {
                 kaged_spawn::SpawnError::Cage(problem) => Failure::Config(problem),

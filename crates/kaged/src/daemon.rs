@@ -109,17 +109,7 @@ pub async fn run(args: StartArgs, mode_flag: Option<DeploymentMode>) -> Result<(
     let (decision, settings, first_launch_text) =
         config_for_start(&facts, mode_flag, args.config.as_deref(), flags)?;
     let local_path = kaged_config::local_config_path(&facts.env, &settings.config_file);
-    let local = match std::fs::read_to_string(&local_path) {
-        Ok(text) => kaged_config::parse_local(&local_path, &text)
-            .map_err(|e| Failure::Config(e.to_string()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => kaged_config::LocalConfig::default(),
-        Err(e) => {
-            return Err(Failure::Config(format!(
-                "cannot read {}: {e}",
-                local_path.display()
-            )));
-        }
-    };
+    let local = crate::read_local(&facts, &settings)?;
     let mechanism = match settings.auth {
         AuthMechanism::LaunchUrl => Mechanism::LaunchUrl,
         AuthMechanism::Insecure => Mechanism::Insecure,

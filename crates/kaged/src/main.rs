@@ -41,6 +41,26 @@ impl From<anyhow::Error> for Failure {
 }
 
 /// Mode, settings, and (on a first per-user launch) the config file text to write.
+/// `local.toml` (next to the configuration, or in `$KAGED_CONFIG_DIR`), empty when absent.
+pub fn read_local(
+    facts: &Facts,
+    settings: &kaged_config::Settings,
+) -> Result<kaged_config::LocalConfig, Failure> {
+    let path = kaged_config::local_config_path(&facts.env, &settings.config_file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            kaged_config::parse_local(&path, &text).map_err(|e| Failure::Config(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(kaged_config::LocalConfig::default())
+        }
+        Err(e) => Err(Failure::Config(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 pub fn config_for_start(
     facts: &Facts,
     mode_flag: Option<DeploymentMode>,

@@ -51,6 +51,9 @@ struct Decided {
     /// values from the daemon's environment. They reach a cage on bwrap's argument
     /// descriptor, never on a command line.
     granted_env: Vec<(String, String)>,
+    /// The project's name, and the host paths `local.toml` grants it.
+    project: String,
+    granted_paths: Vec<kaged_cage::HostPath>,
     /// Who the cage runs as when the daemon is root (cages never run as UID 0).
     run_as: Option<kaged_cage::RunAs>,
 }
@@ -147,6 +150,8 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         uncaged_because,
         allow,
         granted_env: granted_env(state, &req.project),
+        project: req.project.clone(),
+        granted_paths: crate::projects::grants_of(&state.info.local, &req.project).paths,
         run_as,
     })
 }
@@ -460,6 +465,8 @@ impl Runner {
             },
             name: super::run_name(&self.live.id),
             run_as: d.run_as.map(|r| r.identity),
+            project: &d.project,
+            grants: &d.granted_paths,
         })
         .map_err(|e| e.to_string())?;
         Ok(Prepared {
