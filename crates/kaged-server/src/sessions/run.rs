@@ -206,6 +206,7 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         created_by: req.actor.clone(),
         created_at_ms: now_ms(),
         ended_at_ms: None,
+        ..Default::default()
     };
     let (input_tx, input_rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
     let live = Arc::new(Live {
