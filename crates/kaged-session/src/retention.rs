@@ -209,7 +209,8 @@ mod tests {
             max_age_ms: 30 * DAY,
         };
         let now = 100 * DAY;
-        let cases: Vec<(&str, Vec<Kept>, Vec<(&str, Why)>)> = vec![
+        type Case<'a> = (&'a str, Vec<Kept>, Vec<(&'a str, Why)>);
+        let cases: Vec<Case> = vec![
             ("nothing kept", vec![], vec![]),
             (
                 "under both limits",

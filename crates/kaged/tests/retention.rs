@@ -396,7 +396,7 @@ async fn a_large_transcript_download_streams() {
         assert!(chunk.iter().all(|b| *b == 0));
         got += chunk.len() as u64;
         chunks += 1;
-        if chunks % 64 == 0 {
+        if chunks.is_multiple_of(64) {
             peak = peak.max(rss_kib(pid));
             // A slow reader: the daemon must not run ahead into memory.
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -309,11 +309,14 @@ pub async fn transcript(
         ));
     }
     let path = state.runs.transcript_path(&id);
-    let (body, length, dropped) =
-        tokio::task::spawn_blocking(move || super::transcript::stream(&path, start, end))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(format!("cannot read the transcript: {e}")))?;
+    let super::transcript::Streamed {
+        body,
+        length,
+        dropped,
+    } = tokio::task::spawn_blocking(move || super::transcript::stream(&path, start, end))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot read the transcript: {e}")))?;
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(

@@ -224,13 +224,18 @@ pub(crate) fn remove(head: &Path) -> io::Result<()> {
     }
 }
 
-/// Output `[start, end)` as a streamed body of the kept bytes, with their count. The files
-/// are opened before the answer starts, so a segment the run deletes meanwhile still streams.
-pub(crate) fn stream(
-    head: &Path,
-    start: u64,
-    end: u64,
-) -> io::Result<(axum::body::Body, u64, Option<(u64, u64)>)> {
+/// A transcript range as an answer body.
+pub(crate) struct Streamed {
+    pub body: axum::body::Body,
+    /// The kept bytes the body carries.
+    pub length: u64,
+    /// The offsets of the range the cap dropped (the body leaves them out).
+    pub dropped: Option<(u64, u64)>,
+}
+
+/// Output `[start, end)` as a streamed body of the kept bytes. The files are opened before
+/// the answer starts, so a segment the run deletes meanwhile still streams.
+pub(crate) fn stream(head: &Path, start: u64, end: u64) -> io::Result<Streamed> {
     let (pieces, files) = pieces(head)?;
     let mut queue = VecDeque::new();
     let mut length = 0;
@@ -278,7 +283,11 @@ pub(crate) fn stream(
             };
         }
     });
-    Ok((axum::body::Body::from_stream(body), length, dropped))
+    Ok(Streamed {
+        body: axum::body::Body::from_stream(body),
+        length,
+        dropped,
+    })
 }
 
 /// Bytes read at once while streaming a transcript.
