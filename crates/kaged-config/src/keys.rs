@@ -195,6 +195,27 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Plugins to start.",
     },
     KeySpec {
+        section: "sessions",
+        key: "max_total_mb",
+        env: "KAGED_SESSIONS_MAX_TOTAL_MB",
+        expected: "a whole number of MiB from 1 to 16777216, such as 2048",
+        doc: "Transcripts kept on disk in all, in MiB; past it the oldest ended sessions' transcripts are pruned (live sessions never).",
+    },
+    KeySpec {
+        section: "sessions",
+        key: "max_age_days",
+        env: "KAGED_SESSIONS_MAX_AGE_DAYS",
+        expected: "a whole number of days from 1 to 36500, such as 30",
+        doc: "Days an ended session's transcript is kept; older ones are pruned (the session row stays and says so).",
+    },
+    KeySpec {
+        section: "sessions",
+        key: "transcript_max_mb",
+        env: "KAGED_SESSIONS_TRANSCRIPT_MAX_MB",
+        expected: "a whole number of MiB from 1 to 1048576, such as 64",
+        doc: "Largest transcript of one session, in MiB: its first quarter and its newest bytes are kept, the middle of a longer output is dropped (offsets stay those of the output).",
+    },
+    KeySpec {
         section: "ui",
         key: "serve",
         env: "KAGED_UI_SERVE",

@@ -204,6 +204,10 @@ pub struct Settings {
     pub plugins_dir: PathBuf,
     pub plugins_enabled: Vec<String>,
     pub ui_serve: bool,
+    /// `[sessions]` retention: `max_total_mb`, `max_age_days` and `transcript_max_mb`.
+    pub sessions_max_total_mb: u64,
+    pub sessions_max_age_days: u64,
+    pub transcript_max_mb: u64,
     /// `section.key` -> where its value came from.
     pub sources: BTreeMap<String, Source>,
 }
@@ -382,6 +386,9 @@ const NUMBER_KEYS: &[(&str, i64, i64)] = &[
     ("sandbox.pids", 0, 100_000),
     ("sandbox.memory_mb", 0, 1_048_576),
     ("sandbox.wall_time_secs", 0, 604_800),
+    ("sessions.max_total_mb", 1, 16_777_216),
+    ("sessions.max_age_days", 1, 36_500),
+    ("sessions.transcript_max_mb", 1, 1_048_576),
 ];
 
 fn check_number(spec: &KeySpec, n: i64) -> Result<Value, Problem> {
@@ -943,6 +950,12 @@ pub fn resolve(
             Some(Value::Bool(b)) => b,
             _ => true,
         },
+        sessions_max_total_mb: number(take("sessions.max_total_mb"), DEFAULT_MAX_TOTAL_MB),
+        sessions_max_age_days: number(take("sessions.max_age_days"), DEFAULT_MAX_AGE_DAYS),
+        transcript_max_mb: number(
+            take("sessions.transcript_max_mb"),
+            DEFAULT_TRANSCRIPT_MAX_MB,
+        ),
         home,
         sources,
     };
@@ -965,6 +978,15 @@ pub fn resolve(
     }
     Ok(settings)
 }
+
+/// `[sessions] max_total_mb`: 2 GiB of transcripts in all, a small share of a laptop's disk
+/// that still holds weeks of ordinary agent and terminal sessions.
+pub const DEFAULT_MAX_TOTAL_MB: u64 = 2048;
+/// `[sessions] max_age_days`: a month of history.
+pub const DEFAULT_MAX_AGE_DAYS: u64 = 30;
+/// `[sessions] transcript_max_mb`: one runaway session (a build log in a loop) cannot take
+/// more than 64 MiB, yet a long ordinary session keeps all of its output.
+pub const DEFAULT_TRANSCRIPT_MAX_MB: u64 = 64;
 
 fn number(value: Option<Value>, default: u64) -> u64 {
     match value {
@@ -1131,6 +1153,7 @@ pub fn render_default_config(s: &Settings) -> String {
          [sandbox]\n{}\nmode = {}\n{}\ndefault_seccomp = {}\n{}\ncage_user = {}\n{}\npids = {}\n{}\nmemory_mb = {}\n{}\nwall_time_secs = {}\n\n\
          [logging]\n{}\noperational = {}\n{}\naudit = {}\n{}\nlevel = {}\n\n\
          [plugins]\n{}\ndir = {}\n{}\nenabled = [{}]\n\n\
+         [sessions]\n{}\nmax_total_mb = {}\n{}\nmax_age_days = {}\n{}\ntranscript_max_mb = {}\n\n\
          [ui]\n{}\nserve = {}\n",
         doc("daemon", "bind"),
         toml_string(&s.bind.to_string()),
@@ -1177,6 +1200,12 @@ pub fn render_default_config(s: &Settings) -> String {
         toml_string(&s.plugins_dir.display().to_string()),
         doc("plugins", "enabled"),
         plugins.join(", "),
+        doc("sessions", "max_total_mb"),
+        s.sessions_max_total_mb,
+        doc("sessions", "max_age_days"),
+        s.sessions_max_age_days,
+        doc("sessions", "transcript_max_mb"),
+        s.transcript_max_mb,
         doc("ui", "serve"),
         s.ui_serve,
         mode = s.mode.describe(),
@@ -1864,6 +1893,43 @@ serve = true
             errs.to_string().contains("KAGED_MAX_WAITING_CONNECTIONS"),
             "{errs}"
         );
+    }
+
+    #[test]
+    fn retention_limits_have_laptop_defaults_and_are_checked() {
+        let s = resolve_text("").unwrap();
+        assert_eq!(
+            (
+                s.sessions_max_total_mb,
+                s.sessions_max_age_days,
+                s.transcript_max_mb
+            ),
+            (2048, 30, 64)
+        );
+        let s = resolve(
+            &decision(),
+            &cfg(),
+            Some("[sessions]\nmax_total_mb = 100\nmax_age_days = 7\ntranscript_max_mb = 8\n"),
+            &env(&[("KAGED_SESSIONS_MAX_AGE_DAYS", "3")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.sessions_max_total_mb,
+                s.sessions_max_age_days,
+                s.transcript_max_mb
+            ),
+            (100, 3, 8)
+        );
+        let e = only_error("[sessions]\nmax_total_mb = 0\n");
+        assert_eq!(e.key, "sessions.max_total_mb");
+        assert!(e.to_string().contains("out of range"), "{e}");
+        assert!(e.to_string().contains(":2"), "{e}");
+        let e = only_error("[sessions]\ntranscript_max_mb = \"64M\"\n");
+        assert_eq!(e.key, "sessions.transcript_max_mb");
+        let e = only_error("[sessions]\nmax_age_day = 3\n");
+        assert!(e.to_string().contains("max_age_days"), "{e}");
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
             get(sessions::list_project).post(sessions::create),
         )
         .route("/api/v1/sessions", get(sessions::list))
+        .route("/api/v1/sessions/prune", post(sessions::prune))
         .route("/api/v1/sessions/{id}", get(sessions::get))
         .route("/api/v1/sessions/{id}/kill", post(sessions::kill))
         .route(

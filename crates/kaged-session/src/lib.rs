@@ -8,10 +8,12 @@
 //! - [`frame`]: the PTY WebSocket wire protocol.
 //! - [`limits`]: how many sessions may be live per project and per operator.
 //! - [`throttle`]: token buckets for audit records a run or a client can cause repeatedly.
+//! - [`retention`]: which transcripts to prune, and how one transcript is capped.
 
 pub mod frame;
 pub mod limits;
 pub mod log;
+pub mod retention;
 pub mod screen;
 pub mod state;
 pub mod throttle;

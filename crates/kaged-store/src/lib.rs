@@ -108,7 +108,7 @@ pub struct ProjectRecord {
 }
 
 /// A session (one run of an agent, a terminal or a task) as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct SessionRecord {
     pub id: String,
     pub project: String,
@@ -126,6 +126,12 @@ pub struct SessionRecord {
     pub created_by: String,
     pub created_at_ms: i64,
     pub ended_at_ms: Option<i64>,
+    /// When retention deleted the transcript (the row stays); `None` while it is kept.
+    pub transcript_pruned_at_ms: Option<i64>,
+    /// The output's length, recorded when the run ended or its transcript was pruned.
+    pub output_bytes: Option<u64>,
+    /// Output offsets `[from, to)` the per-transcript cap dropped from the middle.
+    pub dropped: Option<(u64, u64)>,
 }
 
 /// One state change of a session. Its `id` orders all transitions of all sessions, so it
@@ -212,6 +218,17 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Vec<Transition>>;
     /// Sessions not in a final state (left behind by a daemon that stopped).
     fn live_sessions(&self) -> Result<Vec<SessionRecord>>;
+    /// Sessions whose transcript is still kept (live ones included), oldest end first.
+    fn kept_transcripts(&self) -> Result<Vec<SessionRecord>>;
+    /// Record that a session's transcript was deleted (`output_bytes` long).
+    fn mark_transcript_pruned(&self, id: &str, at_ms: i64, output_bytes: u64) -> Result<bool>;
+    /// Record a transcript's final length and what its cap dropped.
+    fn set_transcript_extent(
+        &self,
+        id: &str,
+        output_bytes: u64,
+        dropped: Option<(u64, u64)>,
+    ) -> Result<()>;
     /// Flush and release the database (SQLite: checkpoint the WAL).
     fn close(&self) -> Result<()>;
 }
@@ -363,6 +380,30 @@ impl Store {
 
     pub async fn live_sessions(&self) -> Result<Vec<SessionRecord>> {
         self.run(|b| b.live_sessions()).await
+    }
+
+    pub async fn kept_transcripts(&self) -> Result<Vec<SessionRecord>> {
+        self.run(|b| b.kept_transcripts()).await
+    }
+
+    pub async fn mark_transcript_pruned(
+        &self,
+        id: String,
+        at_ms: i64,
+        output_bytes: u64,
+    ) -> Result<bool> {
+        self.run(move |b| b.mark_transcript_pruned(&id, at_ms, output_bytes))
+            .await
+    }
+
+    pub async fn set_transcript_extent(
+        &self,
+        id: String,
+        output_bytes: u64,
+        dropped: Option<(u64, u64)>,
+    ) -> Result<()> {
+        self.run(move |b| b.set_transcript_extent(&id, output_bytes, dropped))
+            .await
     }
 
     pub async fn close(&self) -> Result<()> {

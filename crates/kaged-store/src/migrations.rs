@@ -76,6 +76,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // whatever a run wrote while kaged was down. NULL for rows from before.
     "ALTER TABLE projects ADD COLUMN accepted_config TEXT;
      ALTER TABLE projects ADD COLUMN had_git INTEGER;",
+    // 7: transcript retention. When a session's transcript was pruned (the row stays), how long
+    // its output was, and the middle range a per-transcript cap dropped (offsets of the output).
+    "ALTER TABLE sessions ADD COLUMN transcript_pruned_at_ms INTEGER;
+     ALTER TABLE sessions ADD COLUMN output_bytes INTEGER;
+     ALTER TABLE sessions ADD COLUMN dropped_from INTEGER;
+     ALTER TABLE sessions ADD COLUMN dropped_to INTEGER;",
 ];
 
 /// The schema version this build writes.

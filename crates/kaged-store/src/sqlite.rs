@@ -16,7 +16,8 @@ const TOKEN_COLUMNS: &str = "id, actor, name, created_at_ms, last_used_at_ms, re
 const LAST_USED_GRANULARITY_MS: i64 = 3_600_000;
 
 const SESSION_COLUMNS: &str = "id, project, kind, name, command, caged, state, exit_code, reason, \
-     created_by, created_at_ms, ended_at_ms";
+     created_by, created_at_ms, ended_at_ms, transcript_pruned_at_ms, output_bytes, dropped_from, \
+     dropped_to";
 
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let command: String = r.get(4)?;
@@ -33,7 +34,21 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         created_by: r.get(9)?,
         created_at_ms: r.get(10)?,
         ended_at_ms: r.get(11)?,
+        transcript_pruned_at_ms: r.get(12)?,
+        output_bytes: r.get::<_, Option<i64>>(13)?.map(as_u64),
+        dropped: match (r.get::<_, Option<i64>>(14)?, r.get::<_, Option<i64>>(15)?) {
+            (Some(from), Some(to)) => Some((as_u64(from), as_u64(to))),
+            _ => None,
+        },
     })
+}
+
+fn as_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn insert_transition(
@@ -583,6 +598,52 @@ impl Backend for SqliteBackend {
             .map_err(|e| self.err(e))
     }
 
+    fn kept_transcripts(&self) -> Result<Vec<SessionRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE transcript_pruned_at_ms IS NULL
+                 ORDER BY ended_at_ms IS NULL, ended_at_ms, created_at_ms, id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], session_row).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    fn mark_transcript_pruned(&self, id: &str, at_ms: i64, output_bytes: u64) -> Result<bool> {
+        self.conn()
+            .execute(
+                "UPDATE sessions SET transcript_pruned_at_ms = ?2,
+                        output_bytes = MAX(COALESCE(output_bytes, 0), ?3)
+                 WHERE id = ?1 AND transcript_pruned_at_ms IS NULL",
+                params![id, at_ms, as_i64(output_bytes)],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
+    fn set_transcript_extent(
+        &self,
+        id: &str,
+        output_bytes: u64,
+        dropped: Option<(u64, u64)>,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE sessions SET output_bytes = ?2, dropped_from = ?3, dropped_to = ?4
+                 WHERE id = ?1",
+                params![
+                    id,
+                    as_i64(output_bytes),
+                    dropped.map(|d| as_i64(d.0)),
+                    dropped.map(|d| as_i64(d.1))
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     fn close(&self) -> Result<()> {
         self.conn()
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
@@ -809,6 +870,7 @@ mod tests {
             created_by: "ann".into(),
             created_at_ms: 1,
             ended_at_ms: None,
+            ..Default::default()
         };
         let first = db
             .create_session(&session, &change("queued", 1, false))
@@ -833,5 +895,61 @@ mod tests {
         assert_eq!(db.list_sessions(Some("other"), 10).unwrap().len(), 0);
         assert_eq!(db.list_sessions(None, 10).unwrap().len(), 1);
         assert!(db.get_session("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn pruned_transcripts_are_recorded_on_the_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteBackend::open(&dir.path().join("kaged.db")).unwrap();
+        for (id, created, ended) in [("a", 1, Some(5)), ("b", 2, Some(3)), ("c", 3, None)] {
+            let record = SessionRecord {
+                id: id.into(),
+                project: "demo".into(),
+                kind: "task".into(),
+                name: "t".into(),
+                state: if ended.is_some() { "exited" } else { "running" }.into(),
+                created_by: "ann".into(),
+                created_at_ms: created,
+                ended_at_ms: ended,
+                ..Default::default()
+            };
+            let first = StateChange {
+                session_id: id.into(),
+                state: record.state.clone(),
+                at_ms: created,
+                actor: "ann".into(),
+                detail: serde_json::json!({}),
+                exit_code: None,
+                reason: None,
+                ended: ended.is_some(),
+            };
+            db.create_session(&record, &first).unwrap();
+        }
+        let kept: Vec<String> = db
+            .kept_transcripts()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(kept, ["b", "a", "c"], "oldest end first, live last");
+        db.set_transcript_extent("a", 5000, Some((100, 4000)))
+            .unwrap();
+        assert!(db.mark_transcript_pruned("a", 9, 10).unwrap());
+        assert!(
+            !db.mark_transcript_pruned("a", 10, 10).unwrap(),
+            "pruned once"
+        );
+        let a = db.get_session("a").unwrap().unwrap();
+        assert_eq!(
+            (a.transcript_pruned_at_ms, a.output_bytes, a.dropped),
+            (Some(9), Some(5000), Some((100, 4000)))
+        );
+        let kept: Vec<String> = db
+            .kept_transcripts()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(kept, ["b", "c"]);
     }
 }

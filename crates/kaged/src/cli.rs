@@ -157,6 +157,15 @@ pub enum SessionCommand {
     Transcript { id: String },
     /// Abort a run: SIGHUP and SIGTERM now, SIGKILL after 3 seconds.
     Kill { id: String },
+    /// Apply transcript retention now ([sessions] max_total_mb, max_age_days): delete the
+    /// transcripts of the oldest ended sessions (never a live one); the rows stay.
+    Prune {
+        /// List what would be pruned and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -271,10 +271,15 @@ pub(crate) async fn call(
     Ok(body)
 }
 
-/// `GET path` for raw bytes (a transcript); errors as [`call`] reports them.
-pub(crate) async fn call_bytes(target: &Target, path: &str) -> Result<Vec<u8>, Failure> {
+/// `GET path` for raw bytes (a transcript), written to `out` as they arrive (never held
+/// whole); errors as [`call`] reports them. Returns the response's headers.
+pub(crate) async fn call_stream(
+    target: &Target,
+    path: &str,
+    out: &mut dyn std::io::Write,
+) -> Result<reqwest::header::HeaderMap, Failure> {
     let url = format!("{}{path}", target.url());
-    let response = target
+    let mut response = target
         .authorize(http_streaming()?.get(&url))
         .send()
         .await
@@ -288,11 +293,17 @@ pub(crate) async fn call_bytes(target: &Target, path: &str) -> Result<Vec<u8>, F
             body["error"]["message"].as_str().unwrap_or("unknown error")
         )));
     }
-    let bytes = response
-        .bytes()
+    let headers = response.headers().clone();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| Failure::Runtime(anyhow!("{url}: {e}")))?;
-    Ok(bytes.to_vec())
+        .map_err(|e| Failure::Runtime(anyhow!("{url}: {e}")))?
+    {
+        out.write_all(&chunk)
+            .map_err(|e| Failure::Runtime(e.into()))?;
+    }
+    out.flush().map_err(|e| Failure::Runtime(e.into()))?;
+    Ok(headers)
 }
 
 /// Like [`http`] without the overall timeout (transcripts can be large).

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::Failure;
 use crate::cli::SessionCommand;
-use crate::client::{Target, call, call_bytes, target, ws_request};
+use crate::client::{Target, call, call_stream, target, ws_request};
 
 /// Ctrl-]: detach (the run goes on), as telnet taught.
 const DETACH_KEY: u8 = 0x1d;
@@ -95,15 +95,55 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
         }
         SessionCommand::Attach { id } => attach(&target, check_id(&id)?).await,
         SessionCommand::Transcript { id } => {
-            let bytes = call_bytes(
+            let mut out = std::io::stdout().lock();
+            let headers = call_stream(
                 &target,
                 &format!("/api/v1/sessions/{}/transcript", check_id(&id)?),
+                &mut out,
             )
             .await?;
-            let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)
-                .and_then(|()| out.flush())
-                .map_err(|e| Failure::Runtime(e.into()))
+            if let Some(range) = headers
+                .get("x-kaged-transcript-dropped")
+                .and_then(|v| v.to_str().ok())
+            {
+                eprintln!(
+                    "kaged: output offsets {range} were dropped by the transcript cap ([sessions] transcript_max_mb); the first and the newest bytes are here"
+                );
+            }
+            Ok(())
+        }
+        SessionCommand::Prune { dry_run, json } => {
+            let path = if dry_run {
+                "/api/v1/sessions/prune?dry_run=true"
+            } else {
+                "/api/v1/sessions/prune"
+            };
+            let v = call(&target, reqwest::Method::POST, path, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            let pruned = v["pruned"].as_array().cloned().unwrap_or_default();
+            let verb = if dry_run { "would prune" } else { "pruned" };
+            for p in &pruned {
+                println!(
+                    "{verb} {}  {:<16} {:>12} bytes  ({})",
+                    text(p, "session"),
+                    text(p, "project"),
+                    p["bytes"].as_u64().unwrap_or(0),
+                    text(p, "why"),
+                );
+            }
+            println!(
+                "{} transcript{} {verb}; transcripts {} bytes, {} after (limits: {} MiB, {} days)",
+                pruned.len(),
+                if pruned.len() == 1 { "" } else { "s" },
+                v["total_bytes_before"].as_u64().unwrap_or(0),
+                v["total_bytes_after"].as_u64().unwrap_or(0),
+                v["max_total_mb"].as_u64().unwrap_or(0),
+                v["max_age_days"].as_u64().unwrap_or(0),
+            );
+            Ok(())
         }
         SessionCommand::Kill { id } => {
             let v = call(

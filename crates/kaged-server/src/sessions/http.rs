@@ -1,10 +1,8 @@
 //! The sessions' JSON and transcript routes.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path as UrlPath, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -22,8 +20,6 @@ use crate::error::ApiError;
 use crate::listener::Peer;
 use crate::state::ServerState;
 
-/// Largest transcript range one request returns.
-const MAX_TRANSCRIPT_RANGE: u64 = 64 * 1024 * 1024;
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
 
@@ -41,12 +37,14 @@ pub struct CreateRequest {
     cols: Option<u16>,
 }
 
+/// The output's length: from memory for a run held there, from the row once recorded, else
+/// from the transcript's pieces (a run of an earlier version, or one a crash interrupted).
 fn transcript_len(state: &ServerState, record: &SessionRecord) -> u64 {
-    match state.runs.get(&record.id) {
-        Some(live) => *live.end.borrow(),
-        None => std::fs::metadata(state.runs.transcripts.join(format!("{}.out", record.id)))
-            .map(|m| m.len())
-            .unwrap_or(0),
+    match (state.runs.get(&record.id), record.output_bytes) {
+        (Some(live), _) => *live.end.borrow(),
+        (None, Some(n)) => n,
+        (None, None) => super::transcript::pieces(&state.runs.transcript_path(&record.id))
+            .map_or(0, |(p, _)| p.end()),
     }
 }
 
@@ -54,7 +52,15 @@ fn view(state: &ServerState, record: &SessionRecord) -> Value {
     let mut v = serde_json::to_value(record).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
         obj.insert("output_bytes".into(), json!(transcript_len(state, record)));
+        obj.insert(
+            "transcript_pruned".into(),
+            json!(record.transcript_pruned_at_ms.is_some()),
+        );
         if let Some(live) = state.runs.get(&record.id) {
+            // Still being written: what the cap dropped so far is on disk, not yet in the row.
+            if let Ok((pieces, _)) = super::transcript::pieces(&live.transcript) {
+                obj.insert("dropped".into(), json!(pieces.dropped()));
+            }
             let (rows, cols) = live.size();
             obj.insert("rows".into(), json!(rows));
             obj.insert("cols".into(), json!(cols));
@@ -273,8 +279,10 @@ pub struct RangeQuery {
     end: Option<u64>,
 }
 
-/// `GET /api/v1/sessions/{id}/transcript?start=&end=`: the raw output bytes `[start, end)`.
-/// The range actually returned is in `X-Kaged-Transcript-Range: start-end/total`.
+/// `GET /api/v1/sessions/{id}/transcript?start=&end=`: the output `[start, end)` as kept,
+/// streamed from the files (never buffered), with its `Content-Length`. The range asked for is
+/// in `X-Kaged-Transcript-Range: start-end/total`; when the per-transcript cap dropped part of
+/// it, `X-Kaged-Transcript-Dropped: from-to` says which offsets the body leaves out.
 pub async fn transcript(
     State(state): State<Arc<ServerState>>,
     UrlPath(id): UrlPath<String>,
@@ -282,6 +290,15 @@ pub async fn transcript(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new("bad_request", e.body_text()))?;
     let record = find(&state, &id).await?;
+    if let Some(at) = record.transcript_pruned_at_ms {
+        return Err(ApiError {
+            code: "gone",
+            message: format!(
+                "the transcript of session {id} was pruned by retention ([sessions] max_total_mb, max_age_days); the session's record stays"
+            ),
+            details: Some(json!({"transcript_pruned_at_ms": at})),
+        });
+    }
     let total = transcript_len(&state, &record);
     let start = q.start.unwrap_or(0);
     let end = q.end.unwrap_or(total).min(total);
@@ -291,37 +308,56 @@ pub async fn transcript(
             format!("start {start} is past end {end} (the transcript has {total} bytes)"),
         ));
     }
-    if end - start > MAX_TRANSCRIPT_RANGE {
-        return Err(ApiError::new(
-            "bad_request",
-            format!(
-                "at most {} MiB per request; ask for ranges with start= and end=",
-                MAX_TRANSCRIPT_RANGE >> 20
-            ),
-        ));
-    }
-    let path = state.runs.transcripts.join(format!("{id}.out"));
-    let bytes = tokio::task::spawn_blocking(move || read_range(&path, start, end))
+    let path = state.runs.transcript_path(&id);
+    let super::transcript::Streamed {
+        body,
+        length,
+        dropped,
+    } = tokio::task::spawn_blocking(move || super::transcript::stream(&path, start, end))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(format!("cannot read the transcript: {e}")))?;
-    let mut response = Response::new(Body::from(bytes));
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if let Ok(v) = HeaderValue::from_str(&format!("{start}-{end}/{total}")) {
         headers.insert("x-kaged-transcript-range", v);
+    }
+    if let Some((from, to)) = dropped
+        && let Ok(v) = HeaderValue::from_str(&format!("{from}-{to}"))
+    {
+        headers.insert("x-kaged-transcript-dropped", v);
     }
     Ok(response)
 }
 
-/// Bytes `[start, end)` of a transcript file.
-pub(crate) fn read_range(path: &std::path::Path, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(start))?;
-    let mut out = Vec::new();
-    f.take(end.saturating_sub(start)).read_to_end(&mut out)?;
-    Ok(out)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /api/v1/sessions/prune[?dry_run=true]`: apply retention now (the local operator or
+/// the bootstrap token only). With `dry_run`, list what would go and delete nothing.
+pub async fn prune(
+    State(state): State<Arc<ServerState>>,
+    Extension(principal): Extension<Principal>,
+    Extension(peer): Extension<Peer>,
+    query: Result<Query<PruneQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new("bad_request", e.body_text()))?;
+    use kaged_auth::AuthMethod::*;
+    if !matches!(principal.method, Nonce | Session | BootstrapToken) {
+        return Err(ApiError::new(
+            "forbidden",
+            "pruning transcripts needs the local operator (kaged session prune on the daemon's host) or the bootstrap token",
+        ));
+    }
+    let report = super::retention::prune(&state, q.dry_run, &principal.id, peer.0.clone()).await?;
+    Ok(Json(report))
 }

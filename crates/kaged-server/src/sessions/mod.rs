@@ -14,7 +14,9 @@
 
 mod http;
 mod pty;
+mod retention;
 mod run;
+mod transcript;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,7 +30,7 @@ use kaged_store::{StateChange, Store, Transition};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
-pub use http::{create, get, kill, list, list_project, transcript};
+pub use http::{create, get, kill, list, list_project, prune, transcript};
 pub use pty::attach;
 
 use crate::audit::{AuditRecord, now_ms};
@@ -158,6 +160,11 @@ impl Sessions {
             transcripts,
             started_at_ms: now_ms(),
         }
+    }
+
+    /// Where the transcript of session `id` starts (its head file; see `transcript.rs`).
+    pub(crate) fn transcript_path(&self, id: &str) -> PathBuf {
+        self.transcripts.join(format!("{id}.out"))
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
@@ -383,14 +390,22 @@ pub(crate) fn valid_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Background upkeep: mark what an earlier daemon left unfinished, then forget long-ended runs.
+/// Background upkeep: mark what an earlier daemon left unfinished, apply transcript
+/// retention (now and hourly), and forget long-ended runs.
 pub async fn housekeeping(state: Arc<crate::state::ServerState>) {
     state.runs.recover(&state.store).await;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    let mut prune = tokio::time::interval(retention::PRUNE_EVERY);
     let mut shutdown = state.shutdown.clone();
     loop {
         tokio::select! {
             _ = tick.tick() => state.runs.sweep(now_ms()),
+            // The first tick is at once: retention runs at start.
+            _ = prune.tick() => {
+                if let Err(e) = retention::prune(&state, false, "kaged", None).await {
+                    tracing::error!(error = %e.message, "transcript retention failed");
+                }
+            }
             _ = shutdown.changed() => return,
         }
     }

@@ -16,7 +16,7 @@ use kaged_session::frame::{
 use kaged_session::state::StateKind;
 use kaged_store::SessionRecord;
 
-use super::http::{find, read_range};
+use super::http::find;
 use super::{Input, Live};
 use crate::error::ApiError;
 use crate::state::{ServerState, lock};
@@ -146,7 +146,9 @@ fn output_end(
             !l.state().is_terminal() || l.killer_alive(),
         ),
         None => (
-            std::fs::metadata(transcript).map(|m| m.len()).unwrap_or(0),
+            record.output_bytes.unwrap_or_else(|| {
+                super::transcript::pieces(transcript).map_or(0, |(p, _)| p.end())
+            }),
             !kind_of(&record.state).is_terminal(),
         ),
     }
@@ -182,7 +184,7 @@ async fn serve(
         }
     });
     let live = state.runs.get(&record.id);
-    let transcript = state.runs.transcripts.join(format!("{}.out", record.id));
+    let transcript = state.runs.transcript_path(&record.id);
     let (end, _) = output_end(live.as_ref(), &record, &transcript);
     let (rows, cols) = live.as_ref().map_or((24, 80), |l| l.size());
     let hello = ServerText::Hello {
@@ -270,7 +272,9 @@ async fn serve(
         // Send what the viewer has not seen yet, a frame at a time.
         let (end, growing) = output_end(live.as_ref(), &record, &transcript);
         if cursor < end {
-            let data = match read_output(live.as_deref(), &transcript, cursor, end).await {
+            // The transcript cap may have dropped the bytes at `cursor`: the frame then
+            // starts at the first kept offset after them (its offset says so).
+            let (at, data) = match read_output(live.as_deref(), &transcript, cursor, end).await {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = send_text(
@@ -284,9 +288,9 @@ async fn serve(
             if data.is_empty() {
                 break;
             }
-            let frame = Message::Binary(encode_output(cursor, &data).into());
+            let frame = Message::Binary(encode_output(at, &data).into());
             match tokio::time::timeout(SLOW_VIEWER, sink.send(frame)).await {
-                Ok(Ok(())) => cursor += data.len() as u64,
+                Ok(Ok(())) => cursor = at + data.len() as u64,
                 Ok(Err(_)) => break,
                 Err(_) => {
                     close(
@@ -366,22 +370,20 @@ async fn serve(
     reader.abort();
 }
 
-/// Output `[cursor, ...)`: from memory when it is there, else from the transcript file.
+/// Output from `cursor` (or the first kept offset after it), with the offset it starts at:
+/// from memory when it is there, else from the transcript.
 async fn read_output(
     live: Option<&Live>,
     transcript: &std::path::Path,
     cursor: u64,
     end: u64,
-) -> std::io::Result<Vec<u8>> {
+) -> std::io::Result<(u64, Vec<u8>)> {
     // Never past the end this viewer was told about (it may resume from anything sent).
     if let Some(data) = live.and_then(|l| l.read_memory(cursor, end, FRAME_BYTES)) {
-        return Ok(data);
+        return Ok((cursor, data));
     }
-    let (path, upto) = (
-        transcript.to_path_buf(),
-        end.min(cursor + FRAME_BYTES as u64),
-    );
-    tokio::task::spawn_blocking(move || read_range(&path, cursor, upto))
+    let path = transcript.to_path_buf();
+    tokio::task::spawn_blocking(move || super::transcript::read(&path, cursor, end, FRAME_BYTES))
         .await
         .map_err(std::io::Error::other)?
 }

@@ -1,7 +1,6 @@
 //! Starting a run: plan it, cage it, spawn it on a PTY, pump its output, reap it.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -192,15 +191,11 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
                 sessions.transcripts.display()
             ))
         })?;
-    let transcript_path = sessions.transcripts.join(format!("{id}.out"));
-    let transcript = std::fs::OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&transcript_path)
-        .map_err(|e| {
-            ApiError::internal(format!("cannot create {}: {e}", transcript_path.display()))
-        })?;
+    let transcript_path = sessions.transcript_path(&id);
+    let transcript =
+        super::transcript::Writer::create(&transcript_path, super::retention::cap(state)).map_err(
+            |e| ApiError::internal(format!("cannot create {}: {e}", transcript_path.display())),
+        )?;
     let caged = decided.uncaged_because.is_none();
     let record = SessionRecord {
         id: id.clone(),
@@ -215,6 +210,7 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         created_by: req.actor.clone(),
         created_at_ms: now_ms(),
         ended_at_ms: None,
+        ..Default::default()
     };
     let (input_tx, input_rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
     let live = Arc::new(Live {
@@ -346,7 +342,11 @@ impl Runner {
 
     /// The whole life of the run, on its own thread (which lives as long as the run: the
     /// spawned process dies with it, see `kaged_spawn`).
-    fn run(self, mut transcript: std::fs::File, input: std::sync::mpsc::Receiver<Input>) {
+    fn run(
+        self,
+        mut transcript: super::transcript::Writer,
+        input: std::sync::mpsc::Receiver<Input>,
+    ) {
         if self.transition(Event::Start, "kaged").is_none() {
             return; // Killed while queued.
         }
@@ -401,6 +401,7 @@ impl Runner {
         let pump_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let screen = self.start_screen(pump_done.clone());
         self.pump(&terminal, &mut transcript);
+        super::retention::record_extent(&self.state, &self.live.id, &transcript, &self.handle);
         pump_done.store(true, std::sync::atomic::Ordering::SeqCst);
         self.live.end.send_modify(|_| {});
         let exit = waiter.wait();
@@ -477,7 +478,7 @@ impl Runner {
     }
 
     /// Read the PTY until the run closes it: transcript first, then memory, then viewers.
-    fn pump(&self, terminal: &kaged_spawn::Terminal, transcript: &mut std::fs::File) {
+    fn pump(&self, terminal: &kaged_spawn::Terminal, transcript: &mut super::transcript::Writer) {
         let mut buf = vec![0u8; READ_CHUNK];
         let mut transcript_ok = true; // Reported once.
         loop {
@@ -630,19 +631,20 @@ pub(crate) fn catch_up(live: &Live, upto: u64) {
         let at = screen.offset;
         let batch = match live.read_memory(at, upto, SCREEN_BATCH) {
             Some(b) => b,
-            // Fell out of memory: the transcript has it.
-            None => match super::http::read_range(
-                &live.transcript,
-                at,
-                upto.min(at + SCREEN_BATCH as u64),
-            ) {
-                Ok(b) => b,
+            // Fell out of memory: the transcript has it (from the first kept offset on,
+            // when the cap dropped what is at `at`).
+            None => match super::transcript::read(&live.transcript, at, upto, SCREEN_BATCH) {
+                Ok((from, b)) => {
+                    screen.offset = from;
+                    b
+                }
                 Err(_) => return,
             },
         };
         if batch.is_empty() {
             return;
         }
+        let at = screen.offset;
         screen.screen.process(&batch);
         screen.offset = at + batch.len() as u64;
     }
