@@ -33,6 +33,7 @@ pub use error::ApiError;
 pub use listener::{BindError, BoundListener, ListenerInfo, Socket, bind_unix, serve_all};
 pub use projects::{
     UnreadableProject, grants_of, project_files, read_project_file, read_project_texts,
+    restore_registered as restore_projects,
 };
 pub use sessions::stop_all as stop_sessions;
 pub use sessions::{default_limits, egress_dir, run_name};

@@ -744,8 +744,9 @@ pub async fn unload(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Restore the registered projects, then re-check any whose files change, until shutdown.
-pub async fn watch(state: Arc<ServerState>) {
+/// Restore the registered projects. The daemon does this before it says it is ready, so a
+/// client that sees it ready finds every project it had (and its refusals) in place.
+pub async fn restore_registered(state: &ServerState) {
     // Projects the operator lists in local.toml are registered too (the file is the operator's).
     for (slug, grants) in &state.info.local.projects {
         let Some(path) = &grants.path else { continue };
@@ -761,12 +762,16 @@ pub async fn watch(state: Arc<ServerState>) {
     match state.store.list_projects().await {
         Ok(records) => {
             for r in records {
-                restore(&state, r).await;
+                restore(state, r).await;
             }
-            report_overlaps(&state).await;
+            report_overlaps(state).await;
         }
         Err(e) => tracing::error!(error = %e, "cannot list registered projects"),
     }
+}
+
+/// Re-check any project whose files change, until shutdown.
+pub async fn watch(state: Arc<ServerState>) {
     let mut shutdown = state.shutdown.clone();
     let mut tick = tokio::time::interval(WATCH_EVERY);
     loop {

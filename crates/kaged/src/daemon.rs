@@ -427,6 +427,8 @@ async fn serve(
         audit.clone(),
         shutdown_rx,
     ));
+    // Before ready: a client that finds the daemon finds its projects too.
+    kaged_server::restore_projects(&state).await;
     let app = kaged_server::router(state.clone());
 
     let server = tokio::spawn(kaged_server::serve_all(
