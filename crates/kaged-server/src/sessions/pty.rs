@@ -239,7 +239,10 @@ async fn serve(
         (None, Some(live)) => {
             let snap_live = live.clone();
             let snapshot = tokio::task::spawn_blocking(move || {
-                super::run::catch_up(&snap_live, *snap_live.end.borrow());
+                // The end copied out first: the pump publishes it under the output lock that
+                // `catch_up` takes, so a borrow held across the call would deadlock.
+                let end = *snap_live.end.borrow();
+                super::run::catch_up(&snap_live, end);
                 let s = lock(&snap_live.screen);
                 (s.screen.snapshot(), s.offset)
             })

@@ -662,7 +662,10 @@ fn follow_screen(
     let mut ends = live.end.subscribe();
     loop {
         if pump_done.load(std::sync::atomic::Ordering::SeqCst) {
-            catch_up(live, *ends.borrow());
+            // Copied out first: a borrow held across `catch_up` (which takes the output lock)
+            // would deadlock with the pump, which publishes the end under that lock.
+            let end = *ends.borrow();
+            catch_up(live, end);
             return;
         }
         // The timer is made inside the runtime: this thread is not one of its workers, and
@@ -673,8 +676,10 @@ fn follow_screen(
             Ok(Ok(())) => continue,
             Ok(Err(_)) => return,
             Err(_) => {
-                // Quiet: catch up, then sleep until there is more.
-                catch_up(live, *ends.borrow_and_update());
+                // Quiet: catch up, then sleep until there is more (the end copied out first,
+                // as above).
+                let end = *ends.borrow_and_update();
+                catch_up(live, end);
                 // The pump's last wake-up may have been marked seen just above: then its
                 // `pump_done` is already set, and waiting would hang the run's end (it joins us).
                 if pump_done.load(std::sync::atomic::Ordering::SeqCst) {
