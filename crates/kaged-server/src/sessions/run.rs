@@ -242,13 +242,17 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         reason: None,
         ended: false,
     };
-    let t = state
-        .store
-        .create_session(record.clone(), first)
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot store the session: {e}")))?;
+    // In memory before the event is out: a client reacting to it finds the run.
     lock(&sessions.live).insert(id.clone(), live.clone());
-    let _ = sessions.events.send(super::RunEvent { transition: t });
+    let store = state.store.clone();
+    let stored = record.clone();
+    if let Err(e) = sessions
+        .store_and_publish(async move { store.create_session(stored, first).await })
+        .await
+    {
+        lock(&sessions.live).remove(&id);
+        return Err(ApiError::internal(format!("cannot store the session: {e}")));
+    }
     state
         .audit
         .record(AuditRecord {
