@@ -62,13 +62,19 @@ impl Env {
 }
 
 async fn setup(tag: &str) -> (Env, Daemon) {
+    let (env, d) = setup_with(tag, &[]).await;
+    (env, d.failing_on_panics())
+}
+
+/// [`setup`] with more variables in the daemon's environment; panics are the caller's to check.
+async fn setup_with(tag: &str, extra_env: &[(&str, &str)]) -> (Env, Daemon) {
     let tmp = tempfile::tempdir().unwrap();
     let marker = format!("kaged-sessions-{tag}-{}", std::process::id());
     let project = tmp.path().join("demo");
     std::fs::create_dir_all(project.join(".kaged")).unwrap();
     std::fs::write(project.join(".kaged/project.yaml"), project_yaml(&marker)).unwrap();
     let env = Env { tmp, marker };
-    let d = Daemon::start(&env.home()).failing_on_panics();
+    let d = Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], extra_env);
     load_project(&d, &project).await;
     (env, d)
 }
@@ -1544,6 +1550,72 @@ async fn the_screen_model_survives_output_that_pauses() {
         !log.contains("panicked"),
         "a thread of kaged panicked:\n{log}"
     );
+}
+
+/// The line kaged logs for a panic in a thread of session `id`, once it is there.
+async fn panic_logged(d: &Daemon, id: &str, role: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let log = d.stderr_text();
+        if let Some(line) = log.lines().find(|l| {
+            l.contains("ERROR")
+                && l.contains("a thread of the run panicked")
+                && l.contains(&format!("session={id}"))
+                && l.contains(&format!("injected by KAGED_TEST_PANIC={role}"))
+        }) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error line for the panic of {role} in {id}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A panic in any thread of a run (injected: `KAGED_TEST_PANIC`, read by debug builds only)
+/// reaches the log as an error with the session id and the panic's message. The runner's
+/// panic (in the pump, mid-output) ends the run: its processes are killed and the session is
+/// `failed` with the reason, its end audited; the others leave the run going, logged.
+#[tokio::test]
+async fn a_panic_in_a_run_thread_is_logged_with_its_session_and_never_leaves_a_run_unended() {
+    let (env, d) = setup_with("panic-runner", &[("KAGED_TEST_PANIC", "runner")]).await;
+    let id = start(&d, "task", Some("ticker")).await;
+    let s = wait_session(&d, &id, "the end", ended).await;
+    assert_eq!(s["session"]["state"], "failed", "{s}");
+    let reason = s["session"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("panicked") && reason.contains("KAGED_TEST_PANIC"),
+        "{s}"
+    );
+    panic_logged(&d, &id, "runner").await;
+    wait_gone(&env.marker, "the ticker of a run whose thread panicked").await;
+    assert_eq!(end_records(&d, &id).await.len(), 1, "one session.end");
+    drop(d);
+
+    let (_env, d) = setup_with("panic-writer", &[("KAGED_TEST_PANIC", "writer")]).await;
+    let conn = Conn::of(&d);
+    let id = start(&d, "terminal", None).await;
+    let mut v = Viewer::open(&conn, &id, Some(0)).await;
+    v.input(b"echo typed\n").await;
+    panic_logged(&d, &id, "writer").await;
+    drop(v);
+    let (status, body) = call(
+        &d,
+        Method::POST,
+        &format!("/api/v1/sessions/{id}/kill"),
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{status} {body}");
+    wait_session(&d, &id, "the end", ended).await;
+    drop(d);
+
+    let (_env, d) = setup_with("panic-screen", &[("KAGED_TEST_PANIC", "screen")]).await;
+    let id = start(&d, "task", Some("hello")).await;
+    panic_logged(&d, &id, "screen").await;
+    let s = wait_session(&d, &id, "the end", ended).await;
+    assert_eq!(s["session"]["state"], "exited", "{s}");
 }
 
 /// The daemon's resident memory in KiB (VmRSS of /proc/PID/status).

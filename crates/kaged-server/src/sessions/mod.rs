@@ -13,6 +13,7 @@
 //!   not read its input never blocks a WebSocket handler.
 
 mod http;
+mod panics;
 mod pty;
 mod run;
 

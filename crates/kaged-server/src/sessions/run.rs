@@ -286,13 +286,32 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         decided,
         rows: req.rows,
         cols: req.cols,
-        handle,
+        handle: handle.clone(),
     };
-    std::thread::Builder::new()
-        .name(format!("kaged-run-{}", &id[..8]))
-        .spawn(move || runner.run(transcript, input_rx))
-        .map_err(|e| ApiError::internal(format!("cannot start the run's thread: {e}")))?;
+    let (state, live) = (state.clone(), live.clone());
+    super::panics::spawn(
+        "run",
+        &id,
+        move || runner.run(transcript, input_rx),
+        move |message| crashed(&state, &live, &handle, message),
+    )
+    .map_err(|e| ApiError::internal(format!("cannot start the run's thread: {e}")))?;
     Ok(record)
+}
+
+/// After the runner panicked: end whatever of the run still lives and mark it failed (unless it
+/// already has an end).
+fn crashed(
+    state: &Arc<ServerState>,
+    live: &Arc<Live>,
+    handle: &tokio::runtime::Handle,
+    message: &str,
+) {
+    if let Some(killer) = lock(&live.killer).take() {
+        killer.kill();
+    }
+    let reason = format!("kaged: the run's thread panicked ({message}); see kaged's log");
+    handle.block_on(transition(state, live, Event::Crashed { reason }, "kaged"));
 }
 
 fn network_summary(policy: &Policy, caged: bool) -> Value {
@@ -390,9 +409,12 @@ impl Runner {
         }
         let writer_terminal = terminal.clone();
         let live = self.live.clone();
-        let _ = std::thread::Builder::new()
-            .name(format!("kaged-in-{}", &self.live.id[..8]))
-            .spawn(move || write_input(&writer_terminal, &live, input));
+        let _ = super::panics::spawn(
+            "in",
+            &self.live.id,
+            move || write_input(&writer_terminal, &live, input),
+            |_| {},
+        );
         let pump_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let screen = self.start_screen(pump_done.clone());
         self.pump(&terminal, &mut transcript);
@@ -484,6 +506,8 @@ impl Runner {
             // bounded, so such bytes are lost to late readers rather than held forever.
             let _ = out.log.mark_persisted(end);
             self.live.end.send_replace(end);
+            drop(out);
+            super::panics::inject("runner");
         }
     }
 
@@ -497,10 +521,13 @@ impl Runner {
     ) -> Option<std::thread::JoinHandle<()>> {
         let live = self.live.clone();
         let handle = self.handle.clone();
-        std::thread::Builder::new()
-            .name(format!("kaged-scr-{}", &self.live.id[..8]))
-            .spawn(move || follow_screen(&live, &handle, &pump_done))
-            .ok()
+        super::panics::spawn(
+            "scr",
+            &self.live.id,
+            move || follow_screen(&live, &handle, &pump_done),
+            |_| {},
+        )
+        .ok()
     }
 
     fn start_wall_clock(&self) {
@@ -628,6 +655,7 @@ fn follow_screen(
     handle: &tokio::runtime::Handle,
     pump_done: &std::sync::atomic::AtomicBool,
 ) {
+    super::panics::inject("screen");
     let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
     let mut ends = live.end.subscribe();
     loop {
@@ -664,6 +692,7 @@ fn write_input(
     input: std::sync::mpsc::Receiver<Input>,
 ) {
     for message in input {
+        super::panics::inject("writer");
         let result = match message {
             Input::Bytes(bytes) => terminal.write_all(&bytes),
             Input::Resize(rows, cols) => {
