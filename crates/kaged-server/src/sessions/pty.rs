@@ -237,7 +237,9 @@ async fn serve(
         (None, Some(live)) => {
             let snap_live = live.clone();
             let snapshot = tokio::task::spawn_blocking(move || {
-                super::run::catch_up(&snap_live, *snap_live.end.borrow());
+                // Read first: the watch's read lock must not be held across `catch_up`.
+                let upto = *snap_live.end.borrow();
+                super::run::catch_up(&snap_live, upto);
                 let s = lock(&snap_live.screen);
                 (s.screen.snapshot(), s.offset)
             })

@@ -660,7 +660,11 @@ fn follow_screen(
     let mut ends = live.end.subscribe();
     loop {
         if pump_done.load(std::sync::atomic::Ordering::SeqCst) {
-            catch_up(live, *ends.borrow());
+            // Read first: a `borrow()` kept across `catch_up` holds the watch's read lock while
+            // it waits for the log's lock, and the pump, holding the log's lock, waits for the
+            // watch's write lock (a deadlock that froze runs mid-output).
+            let upto = *ends.borrow();
+            catch_up(live, upto);
             return;
         }
         // The timer is made inside the runtime: this thread is not one of its workers, and
@@ -672,7 +676,8 @@ fn follow_screen(
             Ok(Err(_)) => return,
             Err(_) => {
                 // Quiet: catch up, then sleep until there is more.
-                catch_up(live, *ends.borrow_and_update());
+                let upto = *ends.borrow_and_update();
+                catch_up(live, upto);
                 // The pump's last wake-up may have been marked seen just above: then its
                 // `pump_done` is already set, and waiting would hang the run's end (it joins us).
                 if pump_done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -872,6 +877,49 @@ mod tests {
         let end = out.log.append(chunk);
         out.log.mark_persisted(end).unwrap();
         live.end.send_replace(end);
+    }
+
+    /// Output in bursts, each starting while the follower catches up with the one before: the
+    /// pump (log lock, then the `end` watch) and the follower (the `end` watch, then the log)
+    /// once deadlocked here, the run frozen mid-output with its program blocked on the PTY.
+    #[test]
+    fn the_screen_follower_never_blocks_the_pump() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let live = Arc::new(live());
+        // Room for a whole burst: the follower then takes several batches from memory.
+        lock(&live.output).log = OutputLog::new(4 * SCREEN_BATCH);
+        let done = Arc::new(AtomicBool::new(false));
+        let follower = {
+            let (live, handle, done) = (live.clone(), runtime.handle().clone(), done.clone());
+            std::thread::spawn(move || follow_screen(&live, &handle, &done))
+        };
+        let pump = {
+            let live = live.clone();
+            std::thread::spawn(move || {
+                let line = b"0123456789 the quick brown fox jumps over the lazy dog\r\n";
+                for _ in 0..10 {
+                    for _ in 0..12_000 {
+                        publish(&live, line);
+                    }
+                    std::thread::sleep(SCREEN_QUIET + Duration::from_millis(2));
+                }
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pump.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the pump is stuck (deadlocked with the screen follower)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done.store(true, Ordering::SeqCst);
+        live.end.send_modify(|_| {});
+        assert!(follower.join().is_ok(), "the screen follower panicked");
     }
 
     /// The follower runs on a thread outside the runtime: output that pauses longer than
