@@ -293,6 +293,10 @@ pub(crate) async fn transition(
     if ended {
         *lock(&live.ended_at_ms) = Some(now_ms());
         *lock(&live.input) = None;
+        // An ended run stays in memory for late viewers (KEEP_ENDED_MS), but its output is
+        // in the transcript: keeping up to LOG_CAPACITY (and the buffer's slack) per ended
+        // run held ~660 KiB each.
+        lock(&live.output).log.release_persisted();
     }
     let (exit_code, reason) = match &next {
         State::Exited { code, .. } => (Some(*code), None),
