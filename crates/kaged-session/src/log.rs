@@ -193,6 +193,15 @@ impl OutputLog {
         data
     }
 
+    /// Forgets every persisted byte and returns the memory that held them (a run that ended:
+    /// its readers find the bytes in storage). Unpersisted bytes stay; offsets do not change.
+    pub fn release_persisted(&mut self) {
+        let drop = to_usize(self.persisted - self.start);
+        self.bytes.drain(..drop);
+        self.start += len_u64(drop);
+        self.bytes.shrink_to_fit();
+    }
+
     /// Drops the oldest persisted bytes while memory holds more than `capacity`.
     fn evict(&mut self) {
         let over = self.bytes.len().saturating_sub(self.capacity);
@@ -460,5 +469,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn releasing_keeps_offsets_and_unpersisted_bytes() {
+        let mut log = OutputLog::new(8);
+        log.append(b"0123456789");
+        log.mark_persisted(6).unwrap();
+        log.release_persisted();
+        assert_eq!((log.start(), log.end(), log.persisted()), (6, 10, 6));
+        assert_eq!(
+            log.read_from(6, 10),
+            Read::Bytes {
+                start: 6,
+                data: b"6789".to_vec()
+            }
+        );
+        assert!(
+            !matches!(log.read_from(5, 10), Read::Bytes { .. }),
+            "persisted bytes are gone"
+        );
+        log.mark_persisted(10).unwrap();
+        log.release_persisted();
+        assert!(log.is_empty());
+        assert_eq!(log.end(), 10);
+        assert_eq!(log.append(b"ab"), 12);
     }
 }

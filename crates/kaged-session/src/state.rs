@@ -77,6 +77,10 @@ pub enum Event {
     },
     /// The daemon found the run unfinished after a restart.
     DaemonLost,
+    /// A thread of the daemon that carried the run panicked; the run is over.
+    Crashed {
+        reason: String,
+    },
 }
 
 impl Event {
@@ -102,6 +106,7 @@ impl Event {
             Self::Exit { .. } => "exit",
             Self::Kill { .. } => "kill",
             Self::DaemonLost => "daemon lost",
+            Self::Crashed { .. } => "crashed",
         }
     }
 }
@@ -239,6 +244,10 @@ pub fn apply(state: &State, event: Event) -> Result<State, InvalidTransition> {
                 reason: DAEMON_LOST_REASON.to_owned(),
             }
         }
+        (
+            State::Queued | State::Starting | State::Running { .. } | State::Stopping { .. },
+            Event::Crashed { reason },
+        ) => State::Failed { reason },
         (_, event) => return Err(invalid(&event)),
     };
     Ok(next)
@@ -296,6 +305,9 @@ mod tests {
                 actor: "bob".into(),
             },
             Event::DaemonLost,
+            Event::Crashed {
+                reason: "panicked".into(),
+            },
         ]
     }
 
@@ -328,6 +340,12 @@ mod tests {
             (StateKind::Stopping, "exit") => Some(killed("alice")),
             (StateKind::Stopping, "kill") => Some(stopping()),
             (StateKind::Stopping, "daemon lost") => Some(lost),
+            (
+                StateKind::Queued | StateKind::Starting | StateKind::Running | StateKind::Stopping,
+                "crashed",
+            ) => Some(State::Failed {
+                reason: "panicked".into(),
+            }),
             _ => None,
         }
     }
@@ -356,7 +374,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(accepted, 13, "7 states x 6 events, 13 allowed");
+        assert_eq!(accepted, 17, "7 states x 7 events, 17 allowed");
     }
 
     #[test]

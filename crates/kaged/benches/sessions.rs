@@ -5,6 +5,10 @@
 //! installed into `target/bench-venv` on first use (skipped with the reason if that fails, or
 //! when `KAGED_BENCH_NO_JUPYTER=1`). Prints one table; nothing here asserts a time.
 //!
+//! The memory part (daemon RSS idle, after runs ended, per idle session, under a 150 MB flood
+//! with a stalled viewer; the daemon started with `RUST_BACKTRACE=1` as an operator's shell may
+//! have it) also runs alone: `KAGED_BENCH_ONLY=memory cargo bench -p kaged --bench sessions`.
+//!
 //! Run: cargo bench -p kaged --bench sessions
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic reports a broken setup
@@ -36,6 +40,10 @@ const SESSIONS: usize = 100;
 const PROJECTS: usize = 10;
 const OPERATORS: usize = 4;
 const CPU_WINDOW: Duration = Duration::from_secs(10);
+/// The memory part: runs started and ended, idle sessions kept, the flood behind a stalled viewer.
+const MEMORY_ENDED_RUNS: usize = 50;
+const MEMORY_IDLE_SESSIONS: usize = 30;
+const MEMORY_FLOOD_BYTES: u64 = 150_000_000;
 const READY_PREFIX: &str = "kaged: ready — launch URL: ";
 
 /// Waits until the viewer is attached, then prints `$1` bytes of `x`.
@@ -151,7 +159,7 @@ fn kaged_bin() -> PathBuf {
 fn write_project(root: &Path, name: &str) {
     std::fs::create_dir_all(root.join(".kaged")).unwrap();
     let yaml = format!(
-        "version: 1\nproject: {name}\nprimary:\n  command: [sh]\nterminals:\n  shell: [sh, echo.sh]\ntasks:\n  flood: {{ command: [sh, flood.sh, \"{FLOOD_BYTES}\"] }}\n  tick: {{ command: [sh, tick.sh] }}\n"
+        "version: 1\nproject: {name}\nprimary:\n  command: [sh]\nterminals:\n  shell: [sh, echo.sh]\ntasks:\n  flood: {{ command: [sh, flood.sh, \"{FLOOD_BYTES}\"] }}\n  flood150: {{ command: [sh, flood.sh, \"{MEMORY_FLOOD_BYTES}\"] }}\n  tick: {{ command: [sh, tick.sh] }}\n  short: {{ command: [seq, \"1\", \"100000\"] }}\n  idle: {{ command: [sleep, \"3600\"] }}\n"
     );
     std::fs::write(root.join(".kaged/project.yaml"), yaml).unwrap();
     std::fs::write(root.join("flood.sh"), FLOOD_SH).unwrap();
@@ -328,6 +336,10 @@ impl Drop for Daemon {
 
 impl Daemon {
     fn start(home: &Path) -> Daemon {
+        Daemon::start_with(home, &[])
+    }
+
+    fn start_with(home: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(kaged_bin());
         cmd.env_clear();
         for var in ["PATH", "LANG", "TZ"] {
@@ -335,6 +347,7 @@ impl Daemon {
                 cmd.env(var, v);
             }
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .env("KAGED_HOME", home)
             .args(["start", "--bind", "127.0.0.1:0"])
@@ -402,6 +415,31 @@ impl Daemon {
             .post(&format!("/api/v1/projects/{project}/sessions"), body, auth)
             .await;
         v["session"]["id"].as_str().unwrap().to_string()
+    }
+
+    async fn state(&self, id: &str) -> String {
+        let v: Value = self
+            .http
+            .get(format!("{}/api/v1/sessions/{id}", self.base))
+            .header("x-kaged-auth-nonce", &self.nonce)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["session"]["state"].as_str().unwrap_or("?").to_string()
+    }
+
+    async fn wait_ended(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !matches!(
+            self.state(id).await.as_str(),
+            "exited" | "failed" | "killed"
+        ) {
+            assert!(Instant::now() < deadline, "session {id} never ended");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn kill(&self, id: &str) {
@@ -999,6 +1037,128 @@ fn print_table(r: &Results) {
 
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+/// Daemon RSS idle, after runs ended, per idle session, and during and after a flood that a
+/// stalled viewer does not read; printed as its own table (targets from issue 12).
+async fn memory_part(home: &Path, roots: &[PathBuf]) {
+    let d = Daemon::start_with(home, &[("RUST_BACKTRACE", "1")]);
+    for root in roots {
+        d.post(
+            "/api/v1/projects/load",
+            json!({"path": root.display().to_string()}),
+            &d.nonce_header(),
+        )
+        .await;
+    }
+    let settle = || tokio::time::sleep(Duration::from_millis(1500));
+    settle().await;
+    let idle = rss_mib(d.pid());
+    eprintln!("memory: {MEMORY_ENDED_RUNS} short runs ...");
+    for batch in 0..MEMORY_ENDED_RUNS / PROJECTS {
+        let mut ids = Vec::new();
+        for p in 0..PROJECTS {
+            let body = json!({"kind": "task", "name": "short"});
+            ids.push(
+                d.create(&format!("bench{p}"), body, &d.nonce_header())
+                    .await,
+            );
+        }
+        for id in &ids {
+            d.wait_ended(id).await;
+        }
+        let _ = batch;
+    }
+    settle().await;
+    let ended = rss_mib(d.pid());
+    eprintln!("memory: {MEMORY_IDLE_SESSIONS} idle sessions ...");
+    let mut idle_ids = Vec::new();
+    for s in 0..MEMORY_IDLE_SESSIONS {
+        let body = json!({"kind": "task", "name": "idle"});
+        idle_ids.push(
+            d.create(&format!("bench{}", s % PROJECTS), body, &d.nonce_header())
+                .await,
+        );
+    }
+    settle().await;
+    let with_idle = rss_mib(d.pid());
+    for id in &idle_ids {
+        d.kill(id).await;
+    }
+    for id in &idle_ids {
+        d.wait_ended(id).await;
+    }
+    eprintln!("memory: a {MEMORY_FLOOD_BYTES}-byte flood with a stalled viewer ...");
+    let id = d
+        .create(
+            "bench0",
+            json!({"kind": "task", "name": "flood150"}),
+            &d.nonce_header(),
+        )
+        .await;
+    // Attached and never read again: its socket's buffers fill, then it stalls.
+    let stalled = d.viewer(&id).await;
+    let mut peak = 0.0f64;
+    let started = Instant::now();
+    loop {
+        peak = peak.max(rss_mib(d.pid()).unwrap_or(0.0));
+        if matches!(d.state(&id).await.as_str(), "exited" | "failed" | "killed") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the flood never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    settle().await;
+    let after_flood_stalled = rss_mib(d.pid());
+    drop(stalled);
+    settle().await;
+    let after_flood = rss_mib(d.pid());
+    let panics = d
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("panicked"))
+        .count();
+    let per_idle = match (with_idle, ended) {
+        (Some(w), Some(e)) => Some((w - e) / MEMORY_IDLE_SESSIONS as f64),
+        _ => None,
+    };
+    println!();
+    println!("memory (daemon with RUST_BACKTRACE=1)          RSS MiB  target");
+    println!(
+        "idle, projects loaded                          {:>7}  <= 20",
+        fmt(idle, 1)
+    );
+    println!(
+        "after {MEMORY_ENDED_RUNS} runs ended                            {:>7}  <= 20",
+        fmt(ended, 1)
+    );
+    println!(
+        "with {MEMORY_IDLE_SESSIONS} idle sessions                          {:>7}  ({} per session, <= 0.5)",
+        fmt(with_idle, 1),
+        fmt(per_idle, 3)
+    );
+    println!(
+        "150 MB flood, stalled viewer: peak             {:>7}  (report; flood {flood_secs:.1} s)",
+        fmt(Some(peak), 1)
+    );
+    println!(
+        "  after the flood, viewer still attached       {:>7}",
+        fmt(after_flood_stalled, 1)
+    );
+    println!(
+        "  after the viewer left                        {:>7}  <= 20",
+        fmt(after_flood, 1)
+    );
+    println!("panics in the daemon's log: {panics}");
+}
+
 fn main() {
     let bin = kaged_bin();
     if !bin.exists() {
@@ -1021,6 +1181,14 @@ fn main() {
             root
         })
         .collect();
+    if std::env::var("KAGED_BENCH_ONLY").is_ok_and(|p| p == "memory") {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(memory_part(&home, &roots));
+        return;
+    }
     let root = &roots[0];
     let mut r = Results::default();
     let bytes = FLOOD_BYTES.to_string();
@@ -1088,6 +1256,7 @@ fn main() {
             r.notes.push(format!("daemon error: {e}"));
         }
         drop(d);
+        memory_part(&tmp.path().join("home-memory"), &roots).await;
         eprintln!("jupyter server terminals ...");
         if let Err(why) = jupyter_part(tmp.path(), root, &mut r).await {
             r.notes.push(format!("jupyter skipped: {why}"));

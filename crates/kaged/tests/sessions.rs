@@ -62,13 +62,19 @@ impl Env {
 }
 
 async fn setup(tag: &str) -> (Env, Daemon) {
+    let (env, d) = setup_with(tag, &[]).await;
+    (env, d.failing_on_panics())
+}
+
+/// [`setup`] with more variables in the daemon's environment; panics are the caller's to check.
+async fn setup_with(tag: &str, extra_env: &[(&str, &str)]) -> (Env, Daemon) {
     let tmp = tempfile::tempdir().unwrap();
     let marker = format!("kaged-sessions-{tag}-{}", std::process::id());
     let project = tmp.path().join("demo");
     std::fs::create_dir_all(project.join(".kaged")).unwrap();
     std::fs::write(project.join(".kaged/project.yaml"), project_yaml(&marker)).unwrap();
     let env = Env { tmp, marker };
-    let d = Daemon::start(&env.home());
+    let d = Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], extra_env);
     load_project(&d, &project).await;
     (env, d)
 }
@@ -688,7 +694,7 @@ async fn a_daemon_killed_mid_run_leaves_a_failed_session_an_intact_transcript_an
     // The caged processes die with the daemon, before anything restarts.
     wait_gone(&env.marker, "after the daemon was SIGKILLed").await;
 
-    let d = Daemon::start(&env.home());
+    let d = Daemon::start(&env.home()).failing_on_panics();
     let v = wait_session(&d, &id, "being marked failed", ended).await;
     let s = &v["session"];
     assert_eq!(s["state"], "failed", "{v}");
@@ -854,6 +860,66 @@ async fn events_replay_since_a_cursor_and_then_stream() {
         "{live:?} after {last}"
     );
     assert_eq!(summary(&live, &third), life_of_a_task(), "{live:?}");
+}
+
+/// Runs started at once change state from many threads at once (handlers, run threads): a
+/// client following the live stream still receives every change exactly once, in cursor
+/// order, the same list a replay from storage gives. (Events published out of id order were
+/// lost to it: the stream skips ids at or below its cursor.)
+#[tokio::test]
+async fn concurrent_runs_lose_no_event_on_the_live_stream() {
+    const RUNS: usize = 12;
+    let (_env, d) = setup("events-concurrent").await;
+    let conn = Conn::of(&d);
+    let mut ws = conn.ws("/api/v1/events").await.unwrap();
+    match next_frame(&mut ws).await {
+        Frame::Text(t) if t["type"] == "hello" => {}
+        other => panic!("expected the hello, got {other:?}"),
+    }
+    let starts = (0..RUNS).map(|_| {
+        let d = &d;
+        async move { start(d, "task", Some("hello")).await }
+    });
+    let ids = futures_util::future::join_all(starts).await;
+    for id in &ids {
+        wait_session(&d, id, "the end", ended).await;
+    }
+    // Every run ended (storage says so): the live stream has it all, or never will.
+    let mut live = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while ids.iter().any(|id| !live.iter().any(ended_event(id))) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => live.push(serde_json::from_str::<Value>(&t).unwrap()),
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("the events socket ended: {other:?}; so far {live:?}"),
+            Err(_) => break,
+        }
+    }
+    let mut replay_ws = conn.ws("/api/v1/events?since=0").await.unwrap();
+    let ends = std::cell::Cell::new(0);
+    let replay = read_events(&mut replay_ws, |e| {
+        if e["type"] == "run.ended" && ids.iter().any(|id| e["session"] == id.as_str()) {
+            ends.set(ends.get() + 1);
+        }
+        ends.get() == RUNS
+    })
+    .await;
+    let cursors = |events: &[Value]| -> Vec<i64> {
+        events
+            .iter()
+            .filter(|e| ids.iter().any(|id| e["session"] == id.as_str()))
+            .map(|e| e["cursor"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        cursors(&live),
+        cursors(&replay),
+        "the live stream (left) lost or reordered events the replay (right) has"
+    );
+    for id in &ids {
+        assert_eq!(summary(&live, id), life_of_a_task(), "{live:?}");
+    }
 }
 
 /// Run the CLI against `d` with `input` on its stdin; gives up after `PATIENCE`.
@@ -1117,7 +1183,7 @@ async fn a_caged_terminal_works_for_an_unprivileged_operator() {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["start", "--bind", "127.0.0.1:0"]);
-    let d = Daemon::spawn(cmd, &home, &home.join("run"), env);
+    let d = Daemon::spawn(cmd, &home, &home.join("run"), env).failing_on_panics();
     load_project(&d, &project).await;
     let operator = whoami(&d).await;
     if as_root {
@@ -1334,7 +1400,7 @@ async fn runs_are_audited_start_end_kill_and_each_egress_decision() {
         ),
     )
     .unwrap();
-    let d = Daemon::start(&tmp.path().join("home"));
+    let d = Daemon::start(&tmp.path().join("home")).failing_on_panics();
     load_project(&d, &project).await;
     let start_agent = |name: &'static str| {
         let d = &d;
@@ -1486,6 +1552,72 @@ async fn the_screen_model_survives_output_that_pauses() {
     );
 }
 
+/// The line kaged logs for a panic in a thread of session `id`, once it is there.
+async fn panic_logged(d: &Daemon, id: &str, role: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let log = d.stderr_text();
+        if let Some(line) = log.lines().find(|l| {
+            l.contains("ERROR")
+                && l.contains("a thread of the run panicked")
+                && l.contains(&format!("session={id}"))
+                && l.contains(&format!("injected by KAGED_TEST_PANIC={role}"))
+        }) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error line for the panic of {role} in {id}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A panic in any thread of a run (injected: `KAGED_TEST_PANIC`, read by debug builds only)
+/// reaches the log as an error with the session id and the panic's message. The runner's
+/// panic (in the pump, mid-output) ends the run: its processes are killed and the session is
+/// `failed` with the reason, its end audited; the others leave the run going, logged.
+#[tokio::test]
+async fn a_panic_in_a_run_thread_is_logged_with_its_session_and_never_leaves_a_run_unended() {
+    let (env, d) = setup_with("panic-runner", &[("KAGED_TEST_PANIC", "runner")]).await;
+    let id = start(&d, "task", Some("ticker")).await;
+    let s = wait_session(&d, &id, "the end", ended).await;
+    assert_eq!(s["session"]["state"], "failed", "{s}");
+    let reason = s["session"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("panicked") && reason.contains("KAGED_TEST_PANIC"),
+        "{s}"
+    );
+    panic_logged(&d, &id, "runner").await;
+    wait_gone(&env.marker, "the ticker of a run whose thread panicked").await;
+    assert_eq!(end_records(&d, &id).await.len(), 1, "one session.end");
+    drop(d);
+
+    let (_env, d) = setup_with("panic-writer", &[("KAGED_TEST_PANIC", "writer")]).await;
+    let conn = Conn::of(&d);
+    let id = start(&d, "terminal", None).await;
+    let mut v = Viewer::open(&conn, &id, Some(0)).await;
+    v.input(b"echo typed\n").await;
+    panic_logged(&d, &id, "writer").await;
+    drop(v);
+    let (status, body) = call(
+        &d,
+        Method::POST,
+        &format!("/api/v1/sessions/{id}/kill"),
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{status} {body}");
+    wait_session(&d, &id, "the end", ended).await;
+    drop(d);
+
+    let (_env, d) = setup_with("panic-screen", &[("KAGED_TEST_PANIC", "screen")]).await;
+    let id = start(&d, "task", Some("hello")).await;
+    panic_logged(&d, &id, "screen").await;
+    let s = wait_session(&d, &id, "the end", ended).await;
+    assert_eq!(s["session"]["state"], "exited", "{s}");
+}
+
 /// The daemon's resident memory in KiB (VmRSS of /proc/PID/status).
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -1538,7 +1670,7 @@ print("made", n, flush=True)
     )
     .unwrap();
     let home = tmp.path().join("home");
-    let d = Daemon::start(&home);
+    let d = Daemon::start(&home).failing_on_panics();
     load_project(&d, &project).await;
     let pid = d.child.id();
     let rss_before = rss_kib(pid);

@@ -3,7 +3,7 @@
 //!
 //! - State: every change goes through `kaged_session::state::apply`, is stored (row and
 //!   transition in one transaction) and is published on the event stream; the transition id is
-//!   the stream's cursor.
+//!   the stream's cursor, and changes are published in id order (`Sessions::store_and_publish`).
 //! - Output: one thread per run reads the PTY, writes each chunk to the run's transcript file
 //!   (0600) *before* anyone sees it, then appends it to the in-memory log and the screen model
 //!   and wakes the viewers. So what a viewer acknowledged is on disk even if kaged is killed.
@@ -13,6 +13,7 @@
 //!   not read its input never blocks a WebSocket handler.
 
 mod http;
+mod panics;
 mod pty;
 mod retention;
 mod run;
@@ -145,6 +146,8 @@ impl Live {
 pub struct Sessions {
     pub(crate) live: Mutex<HashMap<String, Arc<Live>>>,
     pub(crate) events: broadcast::Sender<RunEvent>,
+    /// Held from a state change's write to its publication (see [`Sessions::store_and_publish`]).
+    order: Arc<tokio::sync::Mutex<()>>,
     pub(crate) limits: kaged_session::limits::Limits,
     pub(crate) transcripts: PathBuf,
     /// Runs created before this instant belong to an earlier daemon.
@@ -156,6 +159,7 @@ impl Sessions {
         Sessions {
             live: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
+            order: Arc::new(tokio::sync::Mutex::new(())),
             limits: Default::default(),
             transcripts,
             started_at_ms: now_ms(),
@@ -169,6 +173,31 @@ impl Sessions {
 
     pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
         self.events.subscribe()
+    }
+
+    /// Store a state change with `write` and publish what was stored. Every transition goes
+    /// through here. The store numbers transitions in the order it writes them; the events
+    /// stream follows the broadcast from a cursor and skips ids at or below it, so an event
+    /// published after a higher id would be lost to it for good. Holding one lock from the
+    /// write to the send makes publication order equal id order. The write and the send run
+    /// as a task of their own: a caller that goes away (a client hanging up on a kill) cannot
+    /// leave a change stored but unpublished.
+    pub(crate) async fn store_and_publish<F>(&self, write: F) -> kaged_store::Result<Transition>
+    where
+        F: std::future::Future<Output = kaged_store::Result<Transition>> + Send + 'static,
+    {
+        let order = self.order.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let _order = order.lock_owned().await;
+            let t = write.await?;
+            let _ = events.send(RunEvent {
+                transition: t.clone(),
+            });
+            Ok(t)
+        })
+        .await
+        .map_err(|e| kaged_store::StoreError::Worker(e.to_string()))?
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Live>> {
@@ -218,10 +247,13 @@ impl Sessions {
                 reason: Some(reason.into()),
                 ended: true,
             };
-            match store.change_state(change).await {
-                Ok(t) => {
+            let store = store.clone();
+            match self
+                .store_and_publish(async move { store.change_state(change).await })
+                .await
+            {
+                Ok(_) => {
                     tracing::warn!(session = %record.id, "a session of the previous kaged run was left unfinished; marked failed, transcript kept");
-                    let _ = self.events.send(RunEvent { transition: t });
                 }
                 Err(e) => {
                     tracing::error!(session = %record.id, error = %e, "cannot mark a stale session")
@@ -268,6 +300,10 @@ pub(crate) async fn transition(
     if ended {
         *lock(&live.ended_at_ms) = Some(now_ms());
         *lock(&live.input) = None;
+        // An ended run stays in memory for late viewers (KEEP_ENDED_MS), but its output is
+        // in the transcript: keeping up to LOG_CAPACITY (and the buffer's slack) per ended
+        // run held ~660 KiB each.
+        lock(&live.output).log.release_persisted();
     }
     let (exit_code, reason) = match &next {
         State::Exited { code, .. } => (Some(*code), None),
@@ -299,10 +335,13 @@ pub(crate) async fn transition(
         reason,
         ended,
     };
-    match state.store.change_state(change).await {
-        Ok(t) => {
-            let _ = state.runs.events.send(RunEvent { transition: t });
-        }
+    let store = state.store.clone();
+    match state
+        .runs
+        .store_and_publish(async move { store.change_state(change).await })
+        .await
+    {
+        Ok(_) => {}
         Err(e) => tracing::error!(session = %live.id, error = %e, "cannot store a state change"),
     }
     Some(next)
@@ -426,5 +465,114 @@ pub async fn stop_all(state: &Arc<crate::state::ServerState>) {
     }
     for w in waits {
         let _ = w.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use kaged_store::SessionRecord;
+
+    fn record(id: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            project: "p".into(),
+            kind: "task".into(),
+            name: "t".into(),
+            command: vec!["true".into()],
+            caged: true,
+            state: "queued".into(),
+            exit_code: None,
+            reason: None,
+            created_by: "tester".into(),
+            created_at_ms: 0,
+            ended_at_ms: None,
+            transcript_pruned_at_ms: None,
+            output_bytes: None,
+            dropped: None,
+        }
+    }
+
+    fn change(id: &str, state: &str) -> StateChange {
+        StateChange {
+            session_id: id.into(),
+            state: state.into(),
+            at_ms: 0,
+            actor: "tester".into(),
+            detail: json!({}),
+            exit_code: None,
+            reason: None,
+            ended: false,
+        }
+    }
+
+    /// Many runs changing state at once (session creations and transitions, each from a task
+    /// of its own on a multi-threaded runtime, as run threads and handlers do): a subscriber
+    /// of the stream sees every stored id exactly once, in increasing order. The events
+    /// WebSocket relies on it: it skips ids at or below its cursor.
+    #[test]
+    fn concurrent_publishers_publish_in_id_order() {
+        const PUBLISHERS: usize = 16;
+        const CHANGES: usize = 40;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let store =
+            Store::open(&kaged_config::StorageUrl::Sqlite(tmp.path().join("k.db"))).unwrap();
+        let sessions = Arc::new(Sessions::new(tmp.path().join("transcripts")));
+        let mut events = sessions.subscribe();
+        let stored: Vec<i64> = runtime.block_on(async {
+            let mut tasks = Vec::new();
+            for p in 0..PUBLISHERS {
+                let (store, sessions) = (store.clone(), sessions.clone());
+                tasks.push(tokio::spawn(async move {
+                    let id = format!("{p:032x}");
+                    let mut ids = Vec::new();
+                    let (s, r, first) = (store.clone(), record(&id), change(&id, "queued"));
+                    let t = sessions
+                        .store_and_publish(async move { s.create_session(r, first).await })
+                        .await
+                        .unwrap();
+                    ids.push(t.id);
+                    for n in 0..CHANGES {
+                        let (s, c) = (store.clone(), change(&id, &format!("step-{n}")));
+                        let t = sessions
+                            .store_and_publish(async move { s.change_state(c).await })
+                            .await
+                            .unwrap();
+                        ids.push(t.id);
+                    }
+                    ids
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all.sort_unstable();
+            all
+        });
+        assert_eq!(stored.len(), PUBLISHERS * (CHANGES + 1));
+        let mut seen = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            seen.push(e.transition.id);
+        }
+        let out_of_order: Vec<(i64, i64)> = seen
+            .windows(2)
+            .filter(|w| w[0] >= w[1])
+            .map(|w| (w[0], w[1]))
+            .collect();
+        assert!(
+            out_of_order.is_empty(),
+            "{} events published after a higher id (a cursor-following client loses each): {:?}",
+            out_of_order.len(),
+            &out_of_order[..out_of_order.len().min(10)]
+        );
+        assert_eq!(seen, stored, "every stored id published exactly once");
     }
 }

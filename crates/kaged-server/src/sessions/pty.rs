@@ -239,10 +239,9 @@ async fn serve(
         (None, Some(live)) => {
             let snap_live = live.clone();
             let snapshot = tokio::task::spawn_blocking(move || {
-                // The end copied out first: the pump publishes it under the output lock that
-                // `catch_up` takes, so a borrow held across the call would deadlock.
-                let end = *snap_live.end.borrow();
-                super::run::catch_up(&snap_live, end);
+                // Read first: the watch's read lock must not be held across `catch_up`.
+                let upto = *snap_live.end.borrow();
+                super::run::catch_up(&snap_live, upto);
                 let s = lock(&snap_live.screen);
                 (s.screen.snapshot(), s.offset)
             })

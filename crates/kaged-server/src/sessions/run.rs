@@ -247,13 +247,17 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         reason: None,
         ended: false,
     };
-    let t = state
-        .store
-        .create_session(record.clone(), first)
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot store the session: {e}")))?;
+    // In memory before the event is out: a client reacting to it finds the run.
     lock(&sessions.live).insert(id.clone(), live.clone());
-    let _ = sessions.events.send(super::RunEvent { transition: t });
+    let store = state.store.clone();
+    let stored = record.clone();
+    if let Err(e) = sessions
+        .store_and_publish(async move { store.create_session(stored, first).await })
+        .await
+    {
+        lock(&sessions.live).remove(&id);
+        return Err(ApiError::internal(format!("cannot store the session: {e}")));
+    }
     state
         .audit
         .record(AuditRecord {
@@ -287,13 +291,32 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         decided,
         rows: req.rows,
         cols: req.cols,
-        handle,
+        handle: handle.clone(),
     };
-    std::thread::Builder::new()
-        .name(format!("kaged-run-{}", &id[..8]))
-        .spawn(move || runner.run(transcript, input_rx))
-        .map_err(|e| ApiError::internal(format!("cannot start the run's thread: {e}")))?;
+    let (state, live) = (state.clone(), live.clone());
+    super::panics::spawn(
+        "run",
+        &id,
+        move || runner.run(transcript, input_rx),
+        move |message| crashed(&state, &live, &handle, message),
+    )
+    .map_err(|e| ApiError::internal(format!("cannot start the run's thread: {e}")))?;
     Ok(record)
+}
+
+/// After the runner panicked: end whatever of the run still lives and mark it failed (unless it
+/// already has an end).
+fn crashed(
+    state: &Arc<ServerState>,
+    live: &Arc<Live>,
+    handle: &tokio::runtime::Handle,
+    message: &str,
+) {
+    if let Some(killer) = lock(&live.killer).take() {
+        killer.kill();
+    }
+    let reason = format!("kaged: the run's thread panicked ({message}); see kaged's log");
+    handle.block_on(transition(state, live, Event::Crashed { reason }, "kaged"));
 }
 
 fn network_summary(policy: &Policy, caged: bool) -> Value {
@@ -395,9 +418,12 @@ impl Runner {
         }
         let writer_terminal = terminal.clone();
         let live = self.live.clone();
-        let _ = std::thread::Builder::new()
-            .name(format!("kaged-in-{}", &self.live.id[..8]))
-            .spawn(move || write_input(&writer_terminal, &live, input));
+        let _ = super::panics::spawn(
+            "in",
+            &self.live.id,
+            move || write_input(&writer_terminal, &live, input),
+            |_| {},
+        );
         let pump_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let screen = self.start_screen(pump_done.clone());
         self.pump(&terminal, &mut transcript);
@@ -499,6 +525,8 @@ impl Runner {
             // bounded, so such bytes are lost to late readers rather than held forever.
             let _ = out.log.mark_persisted(end);
             self.live.end.send_replace(end);
+            drop(out);
+            super::panics::inject("runner");
         }
     }
 
@@ -512,10 +540,13 @@ impl Runner {
     ) -> Option<std::thread::JoinHandle<()>> {
         let live = self.live.clone();
         let handle = self.handle.clone();
-        std::thread::Builder::new()
-            .name(format!("kaged-scr-{}", &self.live.id[..8]))
-            .spawn(move || follow_screen(&live, &handle, &pump_done))
-            .ok()
+        super::panics::spawn(
+            "scr",
+            &self.live.id,
+            move || follow_screen(&live, &handle, &pump_done),
+            |_| {},
+        )
+        .ok()
     }
 
     /// `cage_limit`: the cage's wall time as planned (its project's, or the default).
@@ -658,14 +689,16 @@ fn follow_screen(
     handle: &tokio::runtime::Handle,
     pump_done: &std::sync::atomic::AtomicBool,
 ) {
+    super::panics::inject("screen");
     let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
     let mut ends = live.end.subscribe();
     loop {
         if pump_done.load(std::sync::atomic::Ordering::SeqCst) {
-            // Copied out first: a borrow held across `catch_up` (which takes the output lock)
-            // would deadlock with the pump, which publishes the end under that lock.
-            let end = *ends.borrow();
-            catch_up(live, end);
+            // Read first: a `borrow()` kept across `catch_up` holds the watch's read lock while
+            // it waits for the log's lock, and the pump, holding the log's lock, waits for the
+            // watch's write lock (a deadlock that froze runs mid-output).
+            let upto = *ends.borrow();
+            catch_up(live, upto);
             return;
         }
         // The timer is made inside the runtime: this thread is not one of its workers, and
@@ -676,10 +709,9 @@ fn follow_screen(
             Ok(Ok(())) => continue,
             Ok(Err(_)) => return,
             Err(_) => {
-                // Quiet: catch up, then sleep until there is more (the end copied out first,
-                // as above).
-                let end = *ends.borrow_and_update();
-                catch_up(live, end);
+                // Quiet: catch up, then sleep until there is more.
+                let upto = *ends.borrow_and_update();
+                catch_up(live, upto);
                 // The pump's last wake-up may have been marked seen just above: then its
                 // `pump_done` is already set, and waiting would hang the run's end (it joins us).
                 if pump_done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -699,6 +731,7 @@ fn write_input(
     input: std::sync::mpsc::Receiver<Input>,
 ) {
     for message in input {
+        super::panics::inject("writer");
         let result = match message {
             Input::Bytes(bytes) => terminal.write_all(&bytes),
             Input::Resize(rows, cols) => {
@@ -878,6 +911,49 @@ mod tests {
         let end = out.log.append(chunk);
         out.log.mark_persisted(end).unwrap();
         live.end.send_replace(end);
+    }
+
+    /// Output in bursts, each starting while the follower catches up with the one before: the
+    /// pump (log lock, then the `end` watch) and the follower (the `end` watch, then the log)
+    /// once deadlocked here, the run frozen mid-output with its program blocked on the PTY.
+    #[test]
+    fn the_screen_follower_never_blocks_the_pump() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let live = Arc::new(live());
+        // Room for a whole burst: the follower then takes several batches from memory.
+        lock(&live.output).log = OutputLog::new(4 * SCREEN_BATCH);
+        let done = Arc::new(AtomicBool::new(false));
+        let follower = {
+            let (live, handle, done) = (live.clone(), runtime.handle().clone(), done.clone());
+            std::thread::spawn(move || follow_screen(&live, &handle, &done))
+        };
+        let pump = {
+            let live = live.clone();
+            std::thread::spawn(move || {
+                let line = b"0123456789 the quick brown fox jumps over the lazy dog\r\n";
+                for _ in 0..10 {
+                    for _ in 0..12_000 {
+                        publish(&live, line);
+                    }
+                    std::thread::sleep(SCREEN_QUIET + Duration::from_millis(2));
+                }
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pump.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the pump is stuck (deadlocked with the screen follower)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done.store(true, Ordering::SeqCst);
+        live.end.send_modify(|_| {});
+        assert!(follower.join().is_ok(), "the screen follower panicked");
     }
 
     /// The follower runs on a thread outside the runtime: output that pauses longer than

@@ -39,6 +39,9 @@ pub struct Daemon {
     pub base: String,
     pub launch_url: String,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// Fail the test when the daemon's log shows a panic (checked when the daemon is dropped,
+    /// stopped or not); see [`Daemon::failing_on_panics`].
+    pub fail_on_panic: bool,
 }
 
 impl Daemon {
@@ -94,7 +97,16 @@ impl Daemon {
             base,
             launch_url,
             stderr,
+            fail_on_panic: false,
         }
+    }
+
+    /// Make any panic of a kaged thread (a run's runner, writer or screen follower, a
+    /// handler...) fail the test at its end, even one kaged survived: Rust prints `panicked`
+    /// for each to stderr, and kaged logs it as an error with the session id.
+    pub fn failing_on_panics(mut self) -> Daemon {
+        self.fail_on_panic = true;
+        self
     }
 
     pub fn runtime_dir(&self) -> PathBuf {
@@ -165,6 +177,15 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.fail_on_panic && !std::thread::panicking() {
+            // Let the reader thread drain the pipe.
+            std::thread::sleep(Duration::from_millis(100));
+            let log = self.stderr.lock().unwrap().join("\n");
+            assert!(
+                !log.contains("panicked"),
+                "a thread of kaged panicked during the test:\n{log}"
+            );
+        }
     }
 }
 
