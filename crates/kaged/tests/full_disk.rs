@@ -34,7 +34,13 @@ impl Mount {
     fn new(dir: &Path, size: &str) -> Mount {
         std::fs::create_dir_all(dir).unwrap();
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .status()
             .expect("run mount");
@@ -213,7 +219,10 @@ async fn a_full_data_directory_holds_state_changes_refuses_work_and_recovers_wit
     assert_eq!(v["session"]["exit_code"], 0, "{v}");
     // Its end is not stored yet: the row still says running.
     let (row_state, _, _) = stored_row(&home.join("kaged.db"), &late);
-    assert_eq!(row_state, "running", "the row cannot have been written: {v}");
+    assert_eq!(
+        row_state, "running",
+        "the row cannot have been written: {v}"
+    );
 
     // Storage trouble is reported: readiness, status API, `kaged status`.
     let (status, body) = readyz(&d).await;
@@ -295,10 +304,7 @@ async fn a_full_data_directory_holds_state_changes_refuses_work_and_recovers_wit
         .iter()
         .find(|e| e["kind"] == "audit.lost")
         .unwrap_or_else(|| panic!("no audit.lost record: {audit}"));
-    assert!(
-        lost["detail"]["count"].as_u64().unwrap_or(0) >= 1,
-        "{lost}"
-    );
+    assert!(lost["detail"]["count"].as_u64().unwrap_or(0) >= 1, "{lost}");
 
     // The transcript: what was written before the fill is on disk; the rest was kept in
     // memory and the transcript route still answers.
@@ -314,7 +320,11 @@ async fn a_full_data_directory_holds_state_changes_refuses_work_and_recovers_wit
 
     // A new start works again and its end is stored.
     let (status, body) = start_task(&d, "hello").await;
-    assert_eq!(status, StatusCode::CREATED, "a start after recovery: {body}");
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a start after recovery: {body}"
+    );
     let hello = body["session"]["id"].as_str().unwrap().to_string();
     let v = wait_for("the new task's end stored", || async {
         let (_, v) = call(&d, Method::GET, &format!("/api/v1/sessions/{hello}"), None).await;

@@ -63,6 +63,9 @@ fn view(state: &ServerState, record: &SessionRecord) -> Value {
             let state = live.state();
             if !state.is_terminal() {
                 obj.insert("state".into(), json!(state.as_str()));
+            } else {
+                // Ended, but the row may lag (storage failing): memory has the end.
+                crate::storage::unstored_end(obj, &state);
             }
         }
     }
@@ -111,6 +114,7 @@ pub async fn create(
     }
     let rows = bad_size(body.rows, 24, "rows")?;
     let cols = bad_size(body.cols, 80, "cols")?;
+    crate::storage::refuse_new_work(&state)?;
     let record = start(
         &state,
         StartRequest {

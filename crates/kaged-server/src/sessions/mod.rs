@@ -296,7 +296,8 @@ pub(crate) async fn transition(
         Ok(t) => {
             let _ = state.runs.events.send(RunEvent { transition: t });
         }
-        Err(e) => tracing::error!(session = %live.id, error = %e, "cannot store a state change"),
+        // Held by the store and stored in order when storage recovers (`crate::storage`).
+        Err(e) => crate::storage::change_not_stored(&live.id, &e),
     }
     Some(next)
 }

@@ -246,7 +246,7 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         .store
         .create_session(record.clone(), first)
         .await
-        .map_err(|e| ApiError::internal(format!("cannot store the session: {e}")))?;
+        .map_err(|e| crate::storage::start_failed(state, e))?;
     lock(&sessions.live).insert(id.clone(), live.clone());
     let _ = sessions.events.send(super::RunEvent { transition: t });
     state
