@@ -77,3 +77,47 @@ fn push(q: &mut Queue, change: StateChange) {
     }
     q.changes.push_back(change);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(session: &str, state: &str) -> StateChange {
+        StateChange {
+            session_id: session.into(),
+            state: state.into(),
+            at_ms: 0,
+            actor: "t".into(),
+            detail: serde_json::Value::Null,
+            exit_code: None,
+            reason: None,
+            ended: false,
+        }
+    }
+
+    #[test]
+    fn once_one_change_is_held_the_next_ones_queue_behind_it_in_order() {
+        let h = Held::default();
+        assert!(h.hold_if_waiting(&change("a", "running")).is_none());
+        h.hold(change("a", "running"));
+        let e = h.hold_if_waiting(&change("a", "exited"));
+        assert!(matches!(e, Some(StoreError::Held { held: 1, .. })));
+        assert!(h.hold_if_waiting(&change("b", "exited")).is_some());
+        let mut order = Vec::new();
+        while let Some(c) = h.front() {
+            order.push(format!("{}:{}", c.session_id, c.state));
+            h.pop_front();
+        }
+        assert_eq!(order, ["a:running", "a:exited", "b:exited"]);
+        assert_eq!(h.counts(), (0, 0));
+    }
+
+    #[test]
+    fn beyond_the_bound_changes_are_dropped_and_counted() {
+        let h = Held::default();
+        for _ in 0..MAX_HELD + 3 {
+            h.hold(change("a", "running"));
+        }
+        assert_eq!(h.counts(), (MAX_HELD, 3));
+    }
+}
