@@ -141,8 +141,15 @@ pub(crate) fn warning(state: &ServerState) -> Option<String> {
     ))
 }
 
-/// What is reported of an ended run whose end is not stored yet: the row still shows an
-/// earlier state, memory has the end.
+/// Whether the store holds state changes it could not write (rows may lag memory). While it
+/// does not, an end is reported from the row only, so a client never sees an end without its
+/// exit code, end time and final transition.
+pub(crate) fn holding(state: &ServerState) -> bool {
+    state.store.held_changes().0 > 0
+}
+
+/// What is reported of an ended run whose end is held (storage failing): the row still shows
+/// an earlier state, memory has the end; `pending_store` says so.
 pub(crate) fn unstored_end(
     obj: &mut serde_json::Map<String, Value>,
     end: &kaged_session::state::State,

@@ -56,6 +56,7 @@ fn view(state: &ServerState, record: &SessionRecord) -> Value {
         obj.insert("output_bytes".into(), json!(transcript_len(state, record)));
         if let Some(live) = state.runs.get(&record.id) {
             let (rows, cols) = live.size();
+            let row_lags = crate::storage::holding(state);
             obj.insert("rows".into(), json!(rows));
             obj.insert("cols".into(), json!(cols));
             // Memory is fresher than the row for a run that is still going; an end is reported
@@ -63,8 +64,8 @@ fn view(state: &ServerState, record: &SessionRecord) -> Value {
             let state = live.state();
             if !state.is_terminal() {
                 obj.insert("state".into(), json!(state.as_str()));
-            } else {
-                // Ended, but the row may lag (storage failing): memory has the end.
+            } else if row_lags {
+                // Ended, but the end may be held (storage failing): memory has it.
                 crate::storage::unstored_end(obj, &state);
             }
         }
