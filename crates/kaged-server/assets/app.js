@@ -1834,6 +1834,13 @@ async function viewStatus(view, main) {
       ],
       ["Audit log", s.paths.audit_log, "mono"],
       ["Database", `${s.storage.url} (schema ${s.storage.schema_version})`, "mono"],
+      [
+        "Storage",
+        !s.storage.health || s.storage.health.state === "ok"
+          ? "ok"
+          : `FAILING since ${s.storage.health.since}${s.storage.health.full ? " (disk full)" : ""}: ` +
+            `${s.storage.health.last_error}; ${s.storage.health.held_changes} state change(s) held`,
+      ],
     ]),
     h(
       "details",
@@ -2015,6 +2022,17 @@ async function boot() {
     return;
   }
   document.body.dataset.state = "ready";
+  // Warnings can appear while the daemon runs (storage failing, e.g. a full disk): refresh
+  // the banner now and then.
+  setInterval(() => {
+    if (app.signedOut || document.visibilityState !== "visible") return;
+    api("GET", "api/v1/status")
+      .then((s) => {
+        app.status = s;
+        showWarnings(s.warnings);
+      })
+      .catch(() => {});
+  }, 15000);
   app.events = new EventStream();
   // --insecure-readonly serves plain reads only: no streams (views still work, unlive).
   if (!app.readOnly) app.events.start();

@@ -27,8 +27,12 @@ pub async fn dsl_schema() -> Json<Value> {
     Json(kaged_dsl::json_schema())
 }
 
-/// Readiness: storage is open, migrated and answering.
+/// Readiness: storage is open, migrated, answering and taking writes (503 with the reason
+/// while writes fail, e.g. a full disk).
 pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
+    if let Some(reason) = crate::storage::readiness(&state) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(reason)).into_response();
+    }
     match state.store.ping().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
@@ -42,6 +46,8 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
     let info = &state.info;
     let s = &info.settings;
     let schema = state.store.schema_version().await?;
+    let mut warnings = info.warnings.clone();
+    warnings.extend(crate::storage::warning(&state));
     Ok(Json(json!({
         "version": info.version,
         "pid": info.pid,
@@ -69,10 +75,14 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
             "problem": info.sandbox.problem,
             "limits": info.sandbox.limits,
         },
-        "storage": {"url": state.store.describe(), "schema_version": schema},
+        "storage": {
+            "url": state.store.describe(),
+            "schema_version": schema,
+            "health": crate::storage::report(&state),
+        },
         "logging": {"operational": s.log_operational, "level": s.log_level},
         "ui_serve": s.ui_serve,
-        "warnings": info.warnings,
+        "warnings": warnings,
         "sources": s.sources,
     })))
 }

@@ -33,6 +33,21 @@ const LIMITED_BURST: u32 = 10;
 const LIMITED_EVERY: Duration = Duration::from_secs(6);
 /// Kinds and keys throttled one by one; beyond, they share one bucket.
 const LIMITED_KEYS: usize = 1024;
+/// Kinds named one by one in an `audit.lost` record; beyond, counted under `(other)`.
+const LOST_KINDS: usize = 32;
+
+/// Audit records that could not be written (storage failing), reported in one `audit.lost`
+/// record once writes work again. Only counts are kept, never the records.
+#[derive(Default)]
+struct Lost {
+    /// Records that missed the file, the table, or both.
+    count: u64,
+    file: u64,
+    table: u64,
+    kinds: std::collections::BTreeMap<String, u64>,
+    first_ms: i64,
+    last_ms: i64,
+}
 
 /// The audit trail: an append-only JSON-lines file (0600) and the `audit_events` table.
 #[derive(Clone)]
@@ -41,6 +56,7 @@ pub struct AuditLog {
     file: Arc<Mutex<File>>,
     store: Store,
     throttle: Arc<Mutex<Throttle<(&'static str, String)>>>,
+    lost: Arc<Mutex<Lost>>,
 }
 
 impl AuditLog {
@@ -67,6 +83,7 @@ impl AuditLog {
                 LIMITED_EVERY,
                 LIMITED_KEYS,
             ))),
+            lost: Arc::new(Mutex::new(Lost::default())),
         })
     }
 
@@ -116,10 +133,71 @@ impl AuditLog {
             };
             self.suppressed(kind, key, count).await;
         }
+        if lock(&self.lost).count > 0 && self.store.health().is_ok() {
+            self.report_lost().await;
+        }
         self.write(r).await;
     }
 
-    async fn write(&self, r: AuditRecord) {
+    /// Audit records lost since the last `audit.lost` record.
+    pub fn lost_count(&self) -> u64 {
+        lock(&self.lost).count
+    }
+
+    /// Write one `audit.lost` record for the records that could not be written (called once
+    /// storage takes writes again); nothing when none was lost. If it fails too, the counts
+    /// are kept for the next try.
+    pub async fn report_lost(&self) {
+        let lost = std::mem::take(&mut *lock(&self.lost));
+        if lost.count == 0 {
+            return;
+        }
+        let ok = self
+            .write(AuditRecord {
+                kind: "audit.lost",
+                success: false,
+                identity: None,
+                source: None,
+                detail: json!({
+                    "count": lost.count,
+                    "file": lost.file,
+                    "table": lost.table,
+                    "kinds": lost.kinds,
+                    "first_ms": lost.first_ms,
+                    "last_ms": lost.last_ms,
+                    "reason": "storage was failing (see the daemon log); these records were not written",
+                }),
+            })
+            .await;
+        if !ok {
+            // The failed write counted itself; fold the earlier counts back in.
+            let mut now = lock(&self.lost);
+            now.count += lost.count;
+            now.file += lost.file;
+            now.table += lost.table;
+            if lost.first_ms != 0 {
+                now.first_ms = lost.first_ms;
+            }
+            for (kind, n) in lost.kinds {
+                note_kind(&mut now.kinds, &kind, n);
+            }
+        }
+    }
+
+    fn note_lost(&self, kind: &str, file: bool, table: bool, at_ms: i64) {
+        let mut lost = lock(&self.lost);
+        lost.count += 1;
+        lost.file += u64::from(file);
+        lost.table += u64::from(table);
+        if lost.first_ms == 0 {
+            lost.first_ms = at_ms;
+        }
+        lost.last_ms = at_ms;
+        note_kind(&mut lost.kinds, kind, 1);
+    }
+
+    /// `true` when the record reached both the file and the table.
+    async fn write(&self, r: AuditRecord) -> bool {
         let event = AuditEvent {
             ts_ms: now_ms(),
             kind: r.kind.to_string(),
@@ -137,16 +215,42 @@ impl AuditLog {
             "source": event.source,
             "detail": event.detail,
         });
-        {
+        let (kind, ts_ms) = (event.kind.clone(), event.ts_ms);
+        let file_lost = {
             let mut f = lock(&self.file);
-            if let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush()) {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot write the audit log file");
+            // One write per line: no other record's bytes between a line and its newline.
+            match f
+                .write_all(format!("{line}\n").as_bytes())
+                .and_then(|()| f.flush())
+            {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot write the audit log file");
+                    true
+                }
             }
+        };
+        let table_lost = match self.store.append_audit(event).await {
+            Ok(_) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the audit_events table");
+                true
+            }
+        };
+        if file_lost || table_lost {
+            self.note_lost(&kind, file_lost, table_lost, ts_ms);
         }
-        if let Err(e) = self.store.append_audit(event).await {
-            tracing::error!(error = %e, "cannot write the audit_events table");
-        }
+        !(file_lost || table_lost)
     }
+}
+
+fn note_kind(kinds: &mut std::collections::BTreeMap<String, u64>, kind: &str, n: u64) {
+    let key = if kinds.contains_key(kind) || kinds.len() < LOST_KINDS {
+        kind
+    } else {
+        "(other)"
+    };
+    *kinds.entry(key.to_string()).or_default() += n;
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds (proleptic Gregorian, UTC).

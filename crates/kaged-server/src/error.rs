@@ -46,7 +46,8 @@ pub fn status_for_code(code: &str) -> StatusCode {
         "dsl_invalid" => StatusCode::UNPROCESSABLE_ENTITY,
         "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
         "provider_unreachable" => StatusCode::BAD_GATEWAY,
-        "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable" | "storage_failing" => StatusCode::SERVICE_UNAVAILABLE,
+        "storage_full" => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -65,7 +66,16 @@ impl IntoResponse for ApiError {
 impl From<kaged_store::StoreError> for ApiError {
     fn from(e: kaged_store::StoreError) -> Self {
         tracing::error!(error = %e, "storage error");
-        ApiError::internal("storage error; see the daemon log")
+        match (e.trouble(), e.path().and_then(|p| p.parent())) {
+            (Some(kaged_store::Trouble::Full), Some(dir)) => ApiError::new(
+                "storage_full",
+                format!(
+                    "kaged's data directory {} is full: free space there and retry",
+                    dir.display()
+                ),
+            ),
+            _ => ApiError::internal("storage error; see the daemon log"),
+        }
     }
 }
 
@@ -79,6 +89,10 @@ mod tests {
         assert_eq!(
             status_for_code("dsl_invalid"),
             StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status_for_code("storage_full"),
+            StatusCode::INSUFFICIENT_STORAGE
         );
         assert_eq!(
             status_for_code("anything else"),

@@ -20,6 +20,7 @@ mod middleware;
 mod projects;
 mod sessions;
 mod state;
+mod storage;
 mod tokens;
 mod ui;
 
@@ -45,6 +46,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn router(state: std::sync::Arc<ServerState>) -> Router {
     tokio::spawn(projects::watch(state.clone()));
     tokio::spawn(sessions::housekeeping(state.clone()));
+    tokio::spawn(storage::recover(state.clone()));
     let protected = Router::new()
         .route("/", get(ui::index))
         .route("/api/v1/status", get(api::status))

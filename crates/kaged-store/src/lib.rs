@@ -4,6 +4,8 @@
 //! Only SQLite exists today. A PostgreSQL backend implements the same trait and is chosen by URL
 //! in [`Store::open`]; no caller changes.
 
+mod health;
+mod held;
 mod migrations;
 mod sqlite;
 
@@ -12,6 +14,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use health::{Failure, Health, Trouble};
+pub use held::MAX_HELD;
 pub use migrations::LATEST_SCHEMA;
 pub use sqlite::SqliteBackend;
 
@@ -48,6 +52,11 @@ pub enum StoreError {
          or restore it from a backup, or point [storage] url at another file"
     )]
     NotADatabase { path: PathBuf, reason: String },
+    /// Earlier state changes wait to be stored (storage failed); this one waits behind them.
+    #[error(
+        "storage is failing: the state change of session {session} is held with {held} other(s) and stored when storage recovers"
+    )]
+    Held { session: String, held: usize },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -231,11 +240,17 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// Flush and release the database (SQLite: checkpoint the WAL).
     fn close(&self) -> Result<()>;
+    /// A write that changes nothing, proving the database takes writes (storage recovery).
+    fn probe_write(&self) -> Result<()>;
 }
 
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Whether storage takes writes (see [`Health`]); shared by every clone.
+    health: Health,
+    /// State changes that could not be stored yet, oldest first (see `held.rs`).
+    held: held::Held,
 }
 
 impl Store {
@@ -244,22 +259,62 @@ impl Store {
         let backend: Arc<dyn Backend> = match url {
             kaged_config::StorageUrl::Sqlite(path) => Arc::new(SqliteBackend::open(path)?),
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            health: Health::default(),
+            held: held::Held::default(),
+        })
     }
 
     pub fn describe(&self) -> String {
         self.backend.describe()
     }
 
+    /// Whether storage takes writes, and since when it does not.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// A read: its failure is storage trouble, its success proves nothing about writes.
     async fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
     {
+        self.call(f, false).await
+    }
+
+    /// A write: its success marks storage healthy again.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
+    {
+        self.call(f, true).await
+    }
+
+    async fn call<T, F>(&self, f: F, write: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
+    {
         let backend = Arc::clone(&self.backend);
-        tokio::task::spawn_blocking(move || f(backend.as_ref()))
+        let result = tokio::task::spawn_blocking(move || f(backend.as_ref()))
             .await
-            .map_err(|e| StoreError::Worker(e.to_string()))?
+            .map_err(|e| StoreError::Worker(e.to_string()))
+            .and_then(|r| r);
+        let changed = self
+            .health
+            .observe(result.as_ref().map(|_| ()), write, health::now_ms());
+        if changed {
+            match self.health.failure() {
+                Some(f) => {
+                    tracing::error!(trouble = ?f.trouble, error = %f.last_error, "storage is failing")
+                }
+                None => tracing::info!("storage takes writes again"),
+            }
+        }
+        result
     }
 
     pub async fn schema_version(&self) -> Result<u32> {
@@ -271,7 +326,7 @@ impl Store {
     }
 
     pub async fn append_audit(&self, event: AuditEvent) -> Result<i64> {
-        self.run(move |b| b.append_audit(&event)).await
+        self.write(move |b| b.append_audit(&event)).await
     }
 
     pub async fn recent_audit(&self, limit: usize) -> Result<Vec<StoredAuditEvent>> {
@@ -285,12 +340,12 @@ impl Store {
         mode: String,
         now_ms: i64,
     ) -> Result<(DaemonRun, Option<DaemonRun>)> {
-        self.run(move |b| b.begin_run(pid, &version, &mode, now_ms))
+        self.write(move |b| b.begin_run(pid, &version, &mode, now_ms))
             .await
     }
 
     pub async fn end_run(&self, id: i64, now_ms: i64) -> Result<()> {
-        self.run(move |b| b.end_run(id, now_ms)).await
+        self.write(move |b| b.end_run(id, now_ms)).await
     }
 
     pub async fn create_token(
@@ -300,7 +355,7 @@ impl Store {
         name: Option<String>,
         now_ms: i64,
     ) -> Result<TokenRecord> {
-        self.run(move |b| b.create_token(&token_hash, &actor, name.as_deref(), now_ms))
+        self.write(move |b| b.create_token(&token_hash, &actor, name.as_deref(), now_ms))
             .await
     }
 
@@ -309,7 +364,7 @@ impl Store {
     }
 
     pub async fn revoke_token(&self, id: i64, now_ms: i64) -> Result<Option<TokenRecord>> {
-        self.run(move |b| b.revoke_token(id, now_ms)).await
+        self.write(move |b| b.revoke_token(id, now_ms)).await
     }
 
     pub async fn find_active_token(
@@ -317,12 +372,13 @@ impl Store {
         token_hash: String,
         now_ms: i64,
     ) -> Result<Option<TokenRecord>> {
-        self.run(move |b| b.find_active_token(&token_hash, now_ms))
+        self.write(move |b| b.find_active_token(&token_hash, now_ms))
             .await
     }
 
     pub async fn put_project(&self, slug: String, root: String, now_ms: i64) -> Result<()> {
-        self.run(move |b| b.put_project(&slug, &root, now_ms)).await
+        self.write(move |b| b.put_project(&slug, &root, now_ms))
+            .await
     }
 
     pub async fn set_project_accepted(
@@ -331,12 +387,12 @@ impl Store {
         config: serde_json::Value,
         had_git: bool,
     ) -> Result<bool> {
-        self.run(move |b| b.set_project_accepted(&slug, &config, had_git))
+        self.write(move |b| b.set_project_accepted(&slug, &config, had_git))
             .await
     }
 
     pub async fn remove_project(&self, slug: String) -> Result<bool> {
-        self.run(move |b| b.remove_project(&slug)).await
+        self.write(move |b| b.remove_project(&slug)).await
     }
 
     pub async fn list_projects(&self) -> Result<Vec<ProjectRecord>> {
@@ -348,11 +404,59 @@ impl Store {
         session: SessionRecord,
         first: StateChange,
     ) -> Result<Transition> {
-        self.run(move |b| b.create_session(&session, &first)).await
+        self.write(move |b| b.create_session(&session, &first))
+            .await
     }
 
+    /// Store a state change. While earlier changes are held (see [`Store::flush_held`]), this
+    /// one is held behind them ([`StoreError::Held`]); when storage fails for this one, it is
+    /// held and the failure returned. Either way it is stored later, in order, unless more
+    /// than [`MAX_HELD`] wait (then it is dropped, counted, and logged).
     pub async fn change_state(&self, change: StateChange) -> Result<Transition> {
-        self.run(move |b| b.change_state(&change)).await
+        if let Some(held) = self.held.hold_if_waiting(&change) {
+            return Err(held);
+        }
+        let c = change.clone();
+        let result = self.write(move |b| b.change_state(&c)).await;
+        if let Err(e) = &result
+            && e.trouble().is_some()
+        {
+            self.held.hold(change);
+        }
+        result
+    }
+
+    /// Store the held state changes, oldest first, until one fails; returns the transitions
+    /// stored (for the caller to publish) and the failure that stopped it, if any.
+    pub async fn flush_held(&self) -> (Vec<Transition>, Option<StoreError>) {
+        let _flushing = self.held.flushing.lock().await;
+        let mut stored = Vec::new();
+        while let Some(change) = self.held.front() {
+            match self.write(move |b| b.change_state(&change)).await {
+                Ok(t) => {
+                    self.held.pop_front();
+                    stored.push(t);
+                }
+                Err(e) if e.trouble().is_some() => return (stored, Some(e)),
+                Err(e) => {
+                    // Not storage trouble (the session row is gone?): it will never store.
+                    tracing::error!(error = %e, "a held state change cannot be stored; dropped");
+                    self.held.pop_front();
+                    self.held.count_dropped();
+                }
+            }
+        }
+        (stored, None)
+    }
+
+    /// How many state changes wait to be stored, and how many were dropped over the bound.
+    pub fn held_changes(&self) -> (usize, u64) {
+        self.held.counts()
+    }
+
+    /// A write that changes nothing: succeeds once storage takes writes again.
+    pub async fn probe_write(&self) -> Result<()> {
+        self.write(|b| b.probe_write()).await
     }
 
     pub async fn list_sessions(

@@ -421,6 +421,7 @@ pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<
                 text(&s["storage"]["schema_version"])
             ),
         ),
+        ("storage", storage_health(&s["storage"]["health"])),
         ("audit", text(&s["paths"]["audit_log"])),
     ];
     for (label, value) in rows {
@@ -432,6 +433,31 @@ pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<
         }
     }
     Ok(())
+}
+
+/// `kaged status`'s storage line: `ok`, or what fails since when and what waits.
+fn storage_health(h: &Value) -> String {
+    let held = h["held_changes"].as_u64().unwrap_or(0);
+    let lost = h["lost_audit_records"].as_u64().unwrap_or(0);
+    match h["state"].as_str() {
+        Some("failing") => {
+            let what = if h["full"].as_bool() == Some(true) {
+                "disk full"
+            } else {
+                "write errors"
+            };
+            format!(
+                "FAILING since {} ({what}: {}); {held} state change(s) held, {lost} audit record(s) lost; new sessions refused",
+                h["since"].as_str().unwrap_or("?"),
+                h["last_error"].as_str().unwrap_or("?"),
+            )
+        }
+        Some("ok") if held > 0 || lost > 0 => {
+            format!("ok ({held} held state change(s) being stored)")
+        }
+        Some(other) => other.to_string(),
+        None => "-".into(),
+    }
 }
 
 pub fn nonce(mode_flag: Option<DeploymentMode>) -> Result<(), Failure> {

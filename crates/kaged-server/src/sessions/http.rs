@@ -62,6 +62,7 @@ fn view(state: &ServerState, record: &SessionRecord) -> Value {
                 obj.insert("dropped".into(), json!(pieces.dropped()));
             }
             let (rows, cols) = live.size();
+            let row_lags = crate::storage::holding(state);
             obj.insert("rows".into(), json!(rows));
             obj.insert("cols".into(), json!(cols));
             // Memory is fresher than the row for a run that is still going; an end is reported
@@ -69,6 +70,9 @@ fn view(state: &ServerState, record: &SessionRecord) -> Value {
             let state = live.state();
             if !state.is_terminal() {
                 obj.insert("state".into(), json!(state.as_str()));
+            } else if row_lags {
+                // Ended, but the end may be held (storage failing): memory has it.
+                crate::storage::unstored_end(obj, &state);
             }
         }
     }
@@ -117,6 +121,7 @@ pub async fn create(
     }
     let rows = bad_size(body.rows, 24, "rows")?;
     let cols = bad_size(body.cols, 80, "cols")?;
+    crate::storage::refuse_new_work(&state)?;
     let record = start(
         &state,
         StartRequest {

@@ -182,6 +182,19 @@ impl Sessions {
     /// write to the send makes publication order equal id order. The write and the send run
     /// as a task of their own: a caller that goes away (a client hanging up on a kill) cannot
     /// leave a change stored but unpublished.
+    /// Store the changes held while storage failed and publish them, under the same order as
+    /// every other change (`crate::storage`), so they too go out in id order. Returns how many
+    /// were stored and whether one still failed.
+    pub(crate) async fn flush_held(&self, store: &kaged_store::Store) -> (usize, bool) {
+        let _order = self.order.lock().await;
+        let (stored, failed) = store.flush_held().await;
+        let count = stored.len();
+        for t in stored {
+            let _ = self.events.send(RunEvent { transition: t });
+        }
+        (count, failed.is_some())
+    }
+
     pub(crate) async fn store_and_publish<F>(&self, write: F) -> kaged_store::Result<Transition>
     where
         F: std::future::Future<Output = kaged_store::Result<Transition>> + Send + 'static,
@@ -342,7 +355,8 @@ pub(crate) async fn transition(
         .await
     {
         Ok(_) => {}
-        Err(e) => tracing::error!(session = %live.id, error = %e, "cannot store a state change"),
+        // Held by the store and stored in order when storage recovers (`crate::storage`).
+        Err(e) => crate::storage::change_not_stored(&live.id, &e),
     }
     Some(next)
 }

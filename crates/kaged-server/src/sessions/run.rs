@@ -256,7 +256,7 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         .await
     {
         lock(&sessions.live).remove(&id);
-        return Err(ApiError::internal(format!("cannot store the session: {e}")));
+        return Err(crate::storage::start_failed(state, e));
     }
     state
         .audit
