@@ -87,6 +87,27 @@ pub(crate) struct Output {
 pub(crate) struct ScreenAt {
     pub screen: Screen,
     pub offset: u64,
+    /// An ended run's final screen, as snapshot bytes: the terminal model (about 100 KiB for
+    /// 24x80) is dropped then, since nothing changes it any more.
+    pub frozen: Option<Vec<u8>>,
+}
+
+impl ScreenAt {
+    pub fn new(rows: u16, cols: u16) -> ScreenAt {
+        ScreenAt {
+            screen: Screen::new(rows, cols),
+            offset: 0,
+            frozen: None,
+        }
+    }
+
+    /// The screen as a viewer gets it first.
+    pub fn snapshot(&self) -> Vec<u8> {
+        match &self.frozen {
+            Some(bytes) => bytes.clone(),
+            None => self.screen.snapshot(),
+        }
+    }
 }
 
 /// A run the daemon holds in memory (running, or ended a short while ago).
@@ -315,8 +336,17 @@ pub(crate) async fn transition(
         *lock(&live.input) = None;
         // An ended run stays in memory for late viewers (KEEP_ENDED_MS), but its output is
         // in the transcript: keeping up to LOG_CAPACITY (and the buffer's slack) per ended
-        // run held ~660 KiB each.
+        // run held ~660 KiB each. Its screen is kept as a snapshot only (caught up first; the
+        // end is copied out of its watch before `catch_up` takes the output lock).
+        let end = *live.end.borrow();
+        run::catch_up(live, end);
+        {
+            let mut screen = lock(&live.screen);
+            screen.frozen = Some(screen.screen.snapshot());
+            screen.screen = Screen::new(1, 1);
+        }
         lock(&live.output).log.release_persisted();
+        kaged_spawn::release_free_memory();
     }
     let (exit_code, reason) = match &next {
         State::Exited { code, .. } => (Some(*code), None),

@@ -243,7 +243,7 @@ async fn serve(
                 let upto = *snap_live.end.borrow();
                 super::run::catch_up(&snap_live, upto);
                 let s = lock(&snap_live.screen);
-                (s.screen.snapshot(), s.offset)
+                (s.snapshot(), s.offset)
             })
             .await;
             let Ok((bytes, offset)) = snapshot else {

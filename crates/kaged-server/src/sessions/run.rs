@@ -8,7 +8,6 @@ use std::time::Duration;
 use kaged_cage::{Launch, Policy, RunKind, RunPlan};
 use kaged_config::SandboxMode;
 use kaged_session::log::OutputLog;
-use kaged_session::screen::Screen;
 use kaged_session::state::{Event, State, StateKind};
 use kaged_store::{SessionRecord, StateChange};
 use serde_json::{Value, json};
@@ -225,10 +224,7 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         output: Mutex::new(Output {
             log: OutputLog::new(LOG_CAPACITY),
         }),
-        screen: Mutex::new(ScreenAt {
-            screen: Screen::new(req.rows, req.cols),
-            offset: 0,
-        }),
+        screen: Mutex::new(ScreenAt::new(req.rows, req.cols)),
         size: Mutex::new((req.rows, req.cols)),
         end: watch::channel(0).0,
         state_kind: watch::channel(StateKind::Queued).0,
@@ -653,6 +649,9 @@ const SCREEN_TAIL: u64 = 1024 * 1024;
 /// Bring the screen model up to `upto` (bounded by the skip rule above).
 pub(crate) fn catch_up(live: &Live, upto: u64) {
     let mut screen = lock(&live.screen);
+    if screen.frozen.is_some() {
+        return; // The run ended: its final screen is kept as it was.
+    }
     if upto.saturating_sub(screen.offset) > SCREEN_MAX_LAG {
         let (rows, cols) = *lock(&live.size);
         screen.screen = kaged_session::screen::Screen::new(rows, cols);
@@ -891,10 +890,7 @@ mod tests {
             output: Mutex::new(Output {
                 log: OutputLog::new(LOG_CAPACITY),
             }),
-            screen: Mutex::new(ScreenAt {
-                screen: Screen::new(24, 80),
-                offset: 0,
-            }),
+            screen: Mutex::new(ScreenAt::new(24, 80)),
             size: Mutex::new((24, 80)),
             end: watch::channel(0).0,
             state_kind: watch::channel(StateKind::Running).0,
