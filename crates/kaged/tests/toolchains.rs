@@ -17,12 +17,23 @@ use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// A scratch directory under the target directory (not /tmp, which is the cage's own: a grant
-/// there goes below the cage's home), which the cage's user can traverse.
+/// Where the operator's "home" of these tests lives: not below /tmp (the cage's own: a grant
+/// there goes below the cage's home) and, wherever the checkout is (a 0700 home, /tmp), a place
+/// the cage's user can traverse: /var/tmp, else the target directory.
+fn base() -> PathBuf {
+    let var_tmp = Path::new("/var/tmp");
+    if var_tmp.is_dir() {
+        var_tmp.to_path_buf()
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    }
+}
+
+/// A scratch directory below [`base`], which the cage's user can traverse.
 fn scratch(tag: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix(&format!("kaged-toolchains-{tag}-"))
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .tempdir_in(base())
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
@@ -311,10 +322,10 @@ async fn a_task_in_the_operators_home_fails_with_the_grant_and_runs_with_it() {
 // ---------------------------------------------------------------------------------------------
 // Claude Code, for real.
 
-/// Where the npm package is installed once (under the target directory, so reruns are fast):
-/// a home of its own, as an operator's would be.
+/// Where the npm package is installed once (so reruns are fast): a home of its own, as an
+/// operator's would be, below [`base`].
 fn claude_home() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kaged-claude-code/home")
+    base().join("kaged-claude-code/home")
 }
 
 /// `HOME/.local/claude/node_modules/.bin/claude`, installed from the npm registry when it is
