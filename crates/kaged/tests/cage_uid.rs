@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const PROJECT: &str = "\
 version: 1
@@ -173,18 +173,6 @@ fn a_project_owned_by_a_user_runs_as_its_owner() {
     assert_eq!(owner(&q.join("helped")), (CAGE_UID, CAGE_UID));
 }
 
-async fn call(d: &Daemon, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = plain_client()
-        .request(method, format!("{}{path}", d.base))
-        .header("x-kaged-auth-nonce", d.nonce());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// A session of the daemon on a root-owned project: its cage runs as the cage user (said in
 /// the audit trail), and the kill path still ends every process of a run that is not root's.
 #[tokio::test]
@@ -195,21 +183,21 @@ async fn a_root_daemons_session_runs_as_the_cage_user_and_is_still_killed() {
     let tmp = tempfile::tempdir().unwrap();
     let p = project(tmp.path());
     let d = Daemon::start(&tmp.path().join("home"));
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        "/api/v1/projects/load",
-        Some(json!({"path": p})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/load",
+            Some(json!({"path": p})),
+        )
+        .await;
     assert!(status.is_success(), "{body}");
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        "/api/v1/projects/uidtest/sessions",
-        Some(json!({"kind": "agent", "name": "primary"})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/uidtest/sessions",
+            Some(json!({"kind": "agent", "name": "primary"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["session"]["id"].as_str().unwrap().to_string();
     let made = p.join("by-session");
@@ -222,7 +210,9 @@ async fn a_root_daemons_session_runs_as_the_cage_user_and_is_still_killed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(owner(&made), (CAGE_UID, CAGE_UID));
-    let (_, session) = call(&d, Method::GET, &format!("/api/v1/sessions/{id}"), None).await;
+    let (_, session) = d
+        .call(Method::GET, &format!("/api/v1/sessions/{id}"), None)
+        .await;
     let pid = session["session"]["pid"]
         .as_u64()
         .or_else(|| {
@@ -254,17 +244,15 @@ async fn a_root_daemons_session_runs_as_the_cage_user_and_is_still_killed() {
             .unwrap();
         assert_eq!(uid, "65534 65534 65534 65534", "process {pid}");
     }
-    let (status, _) = call(
-        &d,
-        Method::POST,
-        &format!("/api/v1/sessions/{id}/kill"),
-        None,
-    )
-    .await;
+    let (status, _) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let start = Instant::now();
     loop {
-        let (_, s) = call(&d, Method::GET, &format!("/api/v1/sessions/{id}"), None).await;
+        let (_, s) = d
+            .call(Method::GET, &format!("/api/v1/sessions/{id}"), None)
+            .await;
         if s["session"]["ended_at_ms"].is_number() {
             assert_eq!(s["session"]["state"], "killed", "{s}");
             break;

@@ -55,24 +55,8 @@ impl Drop for Mount {
     }
 }
 
-async fn call(d: &Daemon, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = plain_client()
-        .request(method, format!("{}{path}", d.base))
-        .header("x-kaged-auth-nonce", d.nonce());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text:?}"));
-    (status, value)
-}
-
 async fn start_task(d: &Daemon, name: &str) -> (StatusCode, Value) {
-    call(
-        d,
+    d.call(
         Method::POST,
         "/api/v1/projects/full/sessions",
         Some(json!({"kind": "task", "name": name})),
@@ -163,13 +147,13 @@ async fn a_full_data_directory_holds_state_changes_refuses_work_and_recovers_wit
     // Declared before the daemon: dropped (unmounted) after it stopped.
     let _mount = Mount::new(&home, "4m");
     let d = Daemon::start(&home);
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        "/api/v1/projects/load",
-        Some(json!({"path": project})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/load",
+            Some(json!({"path": project})),
+        )
+        .await;
     assert!(status.is_success(), "load: {status} {body}");
     let (status, body) = readyz(&d).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -179,7 +163,9 @@ async fn a_full_data_directory_holds_state_changes_refuses_work_and_recovers_wit
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let late = body["session"]["id"].as_str().unwrap().to_string();
     wait_for("the late task running", || async {
-        let (_, v) = call(&d, Method::GET, &format!("/api/v1/sessions/{late}"), None).await;
+        let (_, v) = d
+            .call(Method::GET, &format!("/api/v1/sessions/{late}"), None)
+            .await;
         let out = v["session"]["output_bytes"].as_u64().unwrap_or(0);
         if v["session"]["state"] == "running" && out > 0 {
             Ok(())
@@ -208,7 +194,9 @@ async fn a_full_data_directory_holds_state_changes_refuses_work_and_recovers_wit
 
     // The task ends while the disk is full: the API shows the end from memory.
     let v = wait_for("the late task's end shown while full", || async {
-        let (_, v) = call(&d, Method::GET, &format!("/api/v1/sessions/{late}"), None).await;
+        let (_, v) = d
+            .call(Method::GET, &format!("/api/v1/sessions/{late}"), None)
+            .await;
         if v["session"]["state"] == "exited" {
             Ok(v)
         } else {
@@ -254,7 +242,9 @@ async fn a_full_data_directory_holds_state_changes_refuses_work_and_recovers_wit
     // Space comes back: the held end is stored, without a restart, within a few seconds.
     std::fs::remove_file(&filler).unwrap();
     let v = wait_for("the held end stored", || async {
-        let (_, v) = call(&d, Method::GET, &format!("/api/v1/sessions/{late}"), None).await;
+        let (_, v) = d
+            .call(Method::GET, &format!("/api/v1/sessions/{late}"), None)
+            .await;
         if v["session"]["ended_at_ms"].is_i64() && v["session"]["pending_store"].is_null() {
             Ok(v)
         } else {
@@ -297,7 +287,7 @@ async fn a_full_data_directory_holds_state_changes_refuses_work_and_recovers_wit
     assert_eq!(s["storage"]["health"]["state"], "ok", "{s}");
 
     // The audit records lost while full are accounted for in one audit.lost record.
-    let (_, audit) = call(&d, Method::GET, "/api/v1/audit?limit=50", None).await;
+    let (_, audit) = d.call(Method::GET, "/api/v1/audit?limit=50", None).await;
     let lost = audit["events"]
         .as_array()
         .unwrap()
@@ -327,7 +317,9 @@ async fn a_full_data_directory_holds_state_changes_refuses_work_and_recovers_wit
     );
     let hello = body["session"]["id"].as_str().unwrap().to_string();
     let v = wait_for("the new task's end stored", || async {
-        let (_, v) = call(&d, Method::GET, &format!("/api/v1/sessions/{hello}"), None).await;
+        let (_, v) = d
+            .call(Method::GET, &format!("/api/v1/sessions/{hello}"), None)
+            .await;
         if v["session"]["ended_at_ms"].is_i64() {
             Ok(v)
         } else {

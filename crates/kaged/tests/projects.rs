@@ -278,25 +278,6 @@ async fn symlinked_files_are_refused_and_a_deleted_file_is_never_reported_valid(
 // ---------------------------------------------------------------------------------------------
 // Nested projects, weakening reloads, planted .git (issue 11)
 
-/// A request authenticated with the nonce: status and JSON body.
-async fn call(
-    d: &Daemon,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (StatusCode, serde_json::Value) {
-    let mut request = plain_client()
-        .request(method, format!("{}{path}", d.base))
-        .header("x-kaged-auth-nonce", d.nonce());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_default())
-}
-
 fn audit_kinds(audit: &serde_json::Value) -> Vec<String> {
     audit["events"]
         .as_array()
@@ -308,24 +289,24 @@ fn audit_kinds(audit: &serde_json::Value) -> Vec<String> {
 
 /// Run the project's `probe` task to its end; its transcript.
 async fn run_probe(d: &Daemon, slug: &str) -> String {
-    let (status, body) = call(
-        d,
-        reqwest::Method::POST,
-        &format!("/api/v1/projects/{slug}/sessions"),
-        Some(serde_json::json!({"kind": "task", "name": "probe"})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/projects/{slug}/sessions"),
+            Some(serde_json::json!({"kind": "task", "name": "probe"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["session"]["id"].as_str().unwrap().to_string();
     let start = Instant::now();
     loop {
-        let (_, s) = call(
-            d,
-            reqwest::Method::GET,
-            &format!("/api/v1/sessions/{id}"),
-            None,
-        )
-        .await;
+        let (_, s) = d
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/sessions/{id}"),
+                None,
+            )
+            .await;
         if s["session"]["ended_at_ms"].is_i64() {
             break;
         }
@@ -379,20 +360,22 @@ async fn nested_project_roots_are_refused_either_way_and_reported_at_start() {
     assert!(err.contains("unload"), "{err}");
 
     // A project around a loaded one.
-    let (status, _) = call(&d, reqwest::Method::DELETE, "/api/v1/projects/mono", None).await;
+    let (status, _) = d
+        .call(reqwest::Method::DELETE, "/api/v1/projects/mono", None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(
         d.cli(&["project", "load", inner.to_str().unwrap()])
             .status
             .success()
     );
-    let (status, body) = call(
-        &d,
-        reqwest::Method::POST,
-        "/api/v1/projects/load",
-        Some(serde_json::json!({"path": outer})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/projects/load",
+            Some(serde_json::json!({"path": outer})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
@@ -414,13 +397,13 @@ async fn nested_project_roots_are_refused_either_way_and_reported_at_start() {
     let p = wait_for(&d, "pkg", |p| p["valid"] == true).await;
     assert_eq!(p["overlaps"][0]["slug"], "mono", "{p}");
     assert!(d.stderr_text().contains("overlap"), "{}", d.stderr_text());
-    let (status, body) = call(
-        &d,
-        reqwest::Method::POST,
-        "/api/v1/projects/pkg/sessions",
-        Some(serde_json::json!({"kind": "task", "name": "test"})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/projects/pkg/sessions",
+            Some(serde_json::json!({"kind": "task", "name": "test"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
         body["error"]["message"]
@@ -576,13 +559,13 @@ async fn a_planted_git_refuses_the_next_run_until_accepted() {
         "[core]\n\tfsmonitor = \"touch /tmp/owned\"\n",
     )
     .unwrap();
-    let (status, body) = call(
-        &d,
-        reqwest::Method::POST,
-        "/api/v1/projects/nogit/sessions",
-        Some(serde_json::json!({"kind": "task", "name": "probe"})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/projects/nogit/sessions",
+            Some(serde_json::json!({"kind": "task", "name": "probe"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "git_planted", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
@@ -601,13 +584,13 @@ async fn a_planted_git_refuses_the_next_run_until_accepted() {
     // Nor does a restart forget that the project had no .git.
     drop(d.stop());
     let d = Daemon::start(&tmp.path().join("home"));
-    let (status, body) = call(
-        &d,
-        reqwest::Method::POST,
-        "/api/v1/projects/nogit/sessions",
-        Some(serde_json::json!({"kind": "task", "name": "probe"})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/projects/nogit/sessions",
+            Some(serde_json::json!({"kind": "task", "name": "probe"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 
     let out = d.cli(&["project", "reload", "nogit", "--accept"]);

@@ -64,47 +64,34 @@ impl Env {
 
     async fn daemon(&self, env: &[(&str, &str)]) -> Daemon {
         let d = Daemon::start_with(&self.home(), &["--bind", "127.0.0.1:0"], env);
-        let (status, body) = call(
-            &d,
-            Method::POST,
-            "/api/v1/projects/load",
-            Some(json!({"path": self.tmp.path().join("demo")})),
-        )
-        .await;
+        let (status, body) = d
+            .call(
+                Method::POST,
+                "/api/v1/projects/load",
+                Some(json!({"path": self.tmp.path().join("demo")})),
+            )
+            .await;
         assert!(status.is_success(), "load: {status} {body}");
         d
     }
 }
 
-async fn call(d: &Daemon, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = plain_client()
-        .request(method, format!("{}{path}", d.base))
-        .header("x-kaged-auth-nonce", d.nonce());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text:?}"));
-    (status, value)
-}
-
 async fn start_task(d: &Daemon, task: &str) -> String {
-    let (status, body) = call(
-        d,
-        Method::POST,
-        "/api/v1/projects/demo/sessions",
-        Some(json!({"kind": "task", "name": task})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/sessions",
+            Some(json!({"kind": "task", "name": task})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["session"]["id"].as_str().unwrap().to_string()
 }
 
 async fn session(d: &Daemon, id: &str) -> Value {
-    let (status, body) = call(d, Method::GET, &format!("/api/v1/sessions/{id}"), None).await;
+    let (status, body) = d
+        .call(Method::GET, &format!("/api/v1/sessions/{id}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["session"].clone()
 }
@@ -133,7 +120,7 @@ fn transcript_files(dir: &Path, id: &str) -> bool {
 }
 
 async fn pruned_records(d: &Daemon) -> Vec<Value> {
-    let (status, body) = call(d, Method::GET, "/api/v1/audit?limit=1000", None).await;
+    let (status, body) = d.call(Method::GET, "/api/v1/audit?limit=1000", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["events"]
         .as_array()
@@ -224,13 +211,13 @@ async fn pruning_removes_the_oldest_ended_transcripts_first_and_never_a_live_one
         // The row still knows how long the output was.
         assert!(s["output_bytes"].as_u64().unwrap() > 300_000, "{s}");
         if gone {
-            let (status, body) = call(
-                &d,
-                Method::GET,
-                &format!("/api/v1/sessions/{id}/transcript"),
-                None,
-            )
-            .await;
+            let (status, body) = d
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/sessions/{id}/transcript"),
+                    None,
+                )
+                .await;
             assert_eq!(status, StatusCode::GONE, "{body}");
             assert_eq!(body["error"]["code"], "gone", "{body}");
         }

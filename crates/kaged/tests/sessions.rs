@@ -80,34 +80,18 @@ async fn setup_with(tag: &str, extra_env: &[(&str, &str)]) -> (Env, Daemon) {
 }
 
 async fn load_project(d: &Daemon, project: &Path) {
-    let (status, body) = call(
-        d,
-        Method::POST,
-        "/api/v1/projects/load",
-        Some(json!({"path": project})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/load",
+            Some(json!({"path": project})),
+        )
+        .await;
     assert!(status.is_success(), "load: {status} {body}");
 }
 
 // ---------------------------------------------------------------------------------------------
 // HTTP
-
-/// A request authenticated with the nonce (as a local script would be): status and JSON body.
-async fn call(d: &Daemon, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = plain_client()
-        .request(method, format!("{}{path}", d.base))
-        .header("x-kaged-auth-nonce", d.nonce());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text:?}"));
-    (status, value)
-}
 
 /// Start a session; returns its id.
 async fn start(d: &Daemon, kind: &str, name: Option<&str>) -> String {
@@ -116,13 +100,13 @@ async fn start(d: &Daemon, kind: &str, name: Option<&str>) -> String {
 
 /// Start a session on a PTY of `rows`×`cols`; returns its id.
 async fn start_sized(d: &Daemon, kind: &str, name: Option<&str>, rows: u16, cols: u16) -> String {
-    let (status, body) = call(
-        d,
-        Method::POST,
-        "/api/v1/projects/demo/sessions",
-        Some(json!({"kind": kind, "name": name, "rows": rows, "cols": cols})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/sessions",
+            Some(json!({"kind": kind, "name": name, "rows": rows, "cols": cols})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["session"]["id"].as_str().unwrap().to_string();
     assert!(
@@ -134,7 +118,9 @@ async fn start_sized(d: &Daemon, kind: &str, name: Option<&str>, rows: u16, cols
 
 /// `GET /api/v1/sessions/{id}`: `{"session": ..., "transitions": [...]}`.
 async fn get_session(d: &Daemon, id: &str) -> Value {
-    let (status, body) = call(d, Method::GET, &format!("/api/v1/sessions/{id}"), None).await;
+    let (status, body) = d
+        .call(Method::GET, &format!("/api/v1/sessions/{id}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
@@ -188,7 +174,7 @@ async fn transcript(d: &Daemon, id: &str) -> Vec<u8> {
 }
 
 async fn whoami(d: &Daemon) -> String {
-    let (_, who) = call(d, Method::GET, "/api/v1/whoami", None).await;
+    let (_, who) = d.call(Method::GET, "/api/v1/whoami", None).await;
     who["id"].as_str().unwrap().to_string()
 }
 
@@ -610,13 +596,9 @@ async fn kill_during_output_ends_every_process_and_keeps_the_transcript() {
         "the run's processes are not visible by their marker"
     );
 
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        &format!("/api/v1/sessions/{id}/kill"),
-        None,
-    )
-    .await;
+    let (status, body) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["session"], id.as_str(), "{body}");
 
@@ -663,13 +645,9 @@ async fn kill_during_output_ends_every_process_and_keeps_the_transcript() {
     wait_gone(&env.marker, "after the kill").await;
 
     // An ended run cannot be killed again.
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        &format!("/api/v1/sessions/{id}/kill"),
-        None,
-    )
-    .await;
+    let (status, body) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
 
@@ -1052,7 +1030,7 @@ async fn errors_have_the_json_shape_and_the_right_code() {
     let create = |slug: &str, body: Value| {
         let path = format!("/api/v1/projects/{slug}/sessions");
         let d = &d;
-        async move { call(d, Method::POST, &path, Some(body)).await }
+        async move { d.call(Method::POST, &path, Some(body)).await }
     };
 
     let (s, b) = create("nope", json!({"kind": "task", "name": "hello"})).await;
@@ -1076,7 +1054,7 @@ async fn errors_have_the_json_shape_and_the_right_code() {
             (Method::GET, format!("/api/v1/sessions/{id}/transcript")),
             (Method::POST, format!("/api/v1/sessions/{id}/kill")),
         ] {
-            let (s, b) = call(&d, method, &path, None).await;
+            let (s, b) = d.call(method, &path, None).await;
             assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
         }
         match conn.ws(&format!("/api/v1/sessions/{id}/pty")).await {
@@ -1093,21 +1071,17 @@ async fn errors_have_the_json_shape_and_the_right_code() {
     // Ended sessions: no second kill, no transcript range backwards, no resume past the end.
     let id = start(&d, "task", Some("hello")).await;
     wait_session(&d, &id, "the end", ended).await;
-    let (s, b) = call(
-        &d,
-        Method::POST,
-        &format!("/api/v1/sessions/{id}/kill"),
-        None,
-    )
-    .await;
+    let (s, b) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
     assert_error(s, &b, StatusCode::CONFLICT, "conflict");
-    let (s, b) = call(
-        &d,
-        Method::GET,
-        &format!("/api/v1/sessions/{id}/transcript?start=5&end=2"),
-        None,
-    )
-    .await;
+    let (s, b) = d
+        .call(
+            Method::GET,
+            &format!("/api/v1/sessions/{id}/transcript?start=5&end=2"),
+            None,
+        )
+        .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request");
     let mut v = Viewer::open(&conn, &id, Some(1 << 40)).await;
     match next_frame(&mut v.ws).await {
@@ -1287,13 +1261,9 @@ async fn resuming_where_a_viewer_stopped_is_never_refused() {
             break;
         }
     }
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        &format!("/api/v1/sessions/{id}/kill"),
-        None,
-    )
-    .await;
+    let (status, body) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
     assert!(
         status == StatusCode::ACCEPTED || status == StatusCode::CONFLICT,
         "{status} {body}"
@@ -1354,13 +1324,9 @@ async fn only_the_owner_or_the_local_operator_controls_a_run() {
     assert_eq!(body["error"]["code"], "forbidden", "{body}");
     assert!(get_session(&d, &id).await["session"]["state"] != "killed");
     // The local operator can.
-    let (status, _) = call(
-        &d,
-        Method::POST,
-        &format!("/api/v1/sessions/{id}/kill"),
-        None,
-    )
-    .await;
+    let (status, _) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     wait_session(&d, &id, "killed", |s| s["state"] == "killed").await;
 }
@@ -1405,13 +1371,13 @@ async fn runs_are_audited_start_end_kill_and_each_egress_decision() {
     let start_agent = |name: &'static str| {
         let d = &d;
         async move {
-            let (status, body) = call(
-                d,
-                Method::POST,
-                "/api/v1/projects/audited/sessions",
-                Some(json!({"kind": "agent", "name": name})),
-            )
-            .await;
+            let (status, body) = d
+                .call(
+                    Method::POST,
+                    "/api/v1/projects/audited/sessions",
+                    Some(json!({"kind": "agent", "name": name})),
+                )
+                .await;
             assert_eq!(status, StatusCode::CREATED, "{body}");
             body["session"]["id"].as_str().unwrap().to_string()
         }
@@ -1423,13 +1389,9 @@ async fn runs_are_audited_start_end_kill_and_each_egress_decision() {
     assert!(out.contains(&format!("ok {allowed}")), "{out}");
     assert!(out.contains(&format!("no {refused}")), "{out}");
     let free = start_agent("free").await;
-    let (status, _) = call(
-        &d,
-        Method::POST,
-        &format!("/api/v1/sessions/{free}/kill"),
-        None,
-    )
-    .await;
+    let (status, _) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{free}/kill"), None)
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     wait_session(&d, &free, "killed", |s| s["ended_at_ms"].is_number()).await;
 
@@ -1494,13 +1456,9 @@ async fn a_killed_run_is_audited_once_before_it_reads_ended() {
         // The primary agent is an interactive `sh` in a cage: it never ends on its own.
         let id = start(&d, "agent", None).await;
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        let (status, body) = call(
-            &d,
-            Method::POST,
-            &format!("/api/v1/sessions/{id}/kill"),
-            None,
-        )
-        .await;
+        let (status, body) = d
+            .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+            .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         let v = wait_session(&d, &id, "the kill", ended).await;
         assert_eq!(v["session"]["state"], "killed", "{v}");
@@ -1600,13 +1558,9 @@ async fn a_panic_in_a_run_thread_is_logged_with_its_session_and_never_leaves_a_r
     v.input(b"echo typed\n").await;
     panic_logged(&d, &id, "writer").await;
     drop(v);
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        &format!("/api/v1/sessions/{id}/kill"),
-        None,
-    )
-    .await;
+    let (status, body) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
     assert!(status.is_success(), "{status} {body}");
     wait_session(&d, &id, "the end", ended).await;
     drop(d);
@@ -1674,13 +1628,13 @@ print("made", n, flush=True)
     load_project(&d, &project).await;
     let pid = d.child.id();
     let rss_before = rss_kib(pid);
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        "/api/v1/projects/flooding/sessions",
-        Some(json!({"kind": "agent"})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/flooding/sessions",
+            Some(json!({"kind": "agent"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["session"]["id"].as_str().unwrap().to_string();
     let done = wait_session(&d, &id, "exited", |s| s["ended_at_ms"].is_number()).await;

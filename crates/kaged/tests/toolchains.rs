@@ -214,33 +214,22 @@ fn a_program_in_the_operators_home_is_refused_with_its_grant_and_runs_once_grant
 // ---------------------------------------------------------------------------------------------
 // The same through the daemon: a session's task.
 
-async fn call(d: &Daemon, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = plain_client()
-        .request(method, format!("{}{path}", d.base))
-        .header("x-kaged-auth-nonce", d.nonce());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let value = response.json().await.unwrap_or(Value::Null);
-    (status, value)
-}
-
 /// Start the `lint` task and wait for its end; the session document.
 async fn lint(d: &Daemon) -> Value {
-    let (status, body) = call(
-        d,
-        Method::POST,
-        "/api/v1/projects/toolchains/sessions",
-        Some(json!({"kind": "task", "name": "lint", "rows": 24, "cols": 80})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/toolchains/sessions",
+            Some(json!({"kind": "task", "name": "lint", "rows": 24, "cols": 80})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["session"]["id"].as_str().unwrap().to_string();
     let start = Instant::now();
     loop {
-        let (_, v) = call(d, Method::GET, &format!("/api/v1/sessions/{id}"), None).await;
+        let (_, v) = d
+            .call(Method::GET, &format!("/api/v1/sessions/{id}"), None)
+            .await;
         if v["session"]["ended_at_ms"].is_i64() {
             return v;
         }
@@ -283,13 +272,13 @@ async fn a_task_in_the_operators_home_fails_with_the_grant_and_runs_with_it() {
     let home = dir.path().join("kaged");
 
     let d = start_daemon(&home, &config, &operator_path);
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        "/api/v1/projects/load",
-        Some(json!({"path": project})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/load",
+            Some(json!({"path": project})),
+        )
+        .await;
     assert!(status.is_success(), "load: {status} {body}");
     let failed = lint(&d).await;
     let shown = failed.to_string();

@@ -22,33 +22,22 @@ tasks:
   hello: { command: [sh, -c, "echo hello from the cage"] }
 "#;
 
-async fn call(d: &Daemon, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = plain_client()
-        .request(method, format!("{}{path}", d.base))
-        .header("x-kaged-auth-nonce", d.nonce());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(json!(text)))
-}
-
 /// Start the `hello` task and wait for its end: `(session, transcript)`.
 async fn hello(d: &Daemon) -> (Value, String) {
-    let (status, body) = call(
-        d,
-        Method::POST,
-        "/api/v1/projects/upgraded/sessions",
-        Some(json!({"kind": "task", "name": "hello", "rows": 24, "cols": 80})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/upgraded/sessions",
+            Some(json!({"kind": "task", "name": "hello", "rows": 24, "cols": 80})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["session"]["id"].as_str().unwrap().to_string();
     let started = Instant::now();
     let session = loop {
-        let (_, v) = call(d, Method::GET, &format!("/api/v1/sessions/{id}"), None).await;
+        let (_, v) = d
+            .call(Method::GET, &format!("/api/v1/sessions/{id}"), None)
+            .await;
         if v["session"]["ended_at_ms"].is_i64() {
             break v["session"].clone();
         }
@@ -120,13 +109,13 @@ async fn caged_runs_still_start_after_the_binary_is_replaced_on_disk() {
         .args(["start", "--bind", "127.0.0.1:0"])
         .stdin(Stdio::null());
     let d = Daemon::spawn(cmd, &home, &home.join("run"), env);
-    let (status, body) = call(
-        &d,
-        Method::POST,
-        "/api/v1/projects/load",
-        Some(json!({"path": project})),
-    )
-    .await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/load",
+            Some(json!({"path": project})),
+        )
+        .await;
     assert!(status.is_success(), "load: {status} {body}");
     let (session, transcript) = hello(&d).await;
     assert_ran(&session, &transcript, "before the upgrade");

@@ -111,11 +111,13 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         _ => None,
     };
     if uncaged_because.is_none() {
-        let problem = state.info.sandbox.problem.clone().or_else(|| {
-            kaged_spawn::bwrap_version()
-                .is_none()
-                .then(|| "bubblewrap (bwrap) is missing".to_string())
-        });
+        // The same check the spawn makes (a usable bwrap is asked once, not at every start).
+        let problem = state
+            .info
+            .sandbox
+            .problem
+            .clone()
+            .or_else(|| kaged_spawn::usable_bwrap().err().map(|e| e.to_string()));
         if let Some(problem) = problem {
             return Err(ApiError::new(
                 "unavailable",

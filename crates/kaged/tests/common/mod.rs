@@ -144,6 +144,31 @@ impl Daemon {
             .unwrap()
     }
 
+    /// A request authenticated with the nonce (as a local script would be): the status and the
+    /// body as JSON (`null` when empty; the text itself when it is not JSON, so a failure shows it).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = plain_client()
+            .request(method, format!("{}{path}", self.base))
+            .header("x-kaged-auth-nonce", self.nonce());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        (status, value)
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
