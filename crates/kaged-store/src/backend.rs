@@ -1,0 +1,132 @@
+//! The [`Backend`] trait: what a database must do for kaged, and guarantee while doing it.
+
+use crate::{
+    AuditEvent, DaemonRun, ProjectRecord, Result, SessionRecord, StateChange, StoredAuditEvent,
+    TokenRecord, Transition,
+};
+
+/// What a database does for kaged. Methods block; [`crate::Store`] runs them off the async
+/// runtime, one call per blocking task, from any thread (hence `Send + Sync`).
+///
+/// Guarantees every implementation keeps (SQLite today, PostgreSQL next):
+///
+/// - **Opening.** The constructor creates a missing database with owner-only access, applies
+///   the migrations the database lacks in order (each one and its version bump together, or
+///   neither), and refuses a database whose schema is newer than [`crate::LATEST_SCHEMA`]
+///   ([`crate::StoreError::NewerSchema`]) or that is not a database of its kind
+///   ([`crate::StoreError::NotADatabase`]) *before changing anything in it*.
+/// - **Atomicity.** A method that writes several rows writes all or none of them.
+/// - **Durability.** A write that returned `Ok` survives a crash of the daemon (SQLite's WAL
+///   with `synchronous = NORMAL` may lose it only to a power loss, never corrupt it).
+/// - **Errors.** Storage trouble (disk full, I/O error, read-only, database unreachable) comes
+///   back as an error whose [`crate::StoreError::trouble`] says so; [`crate::Store`] reports
+///   it as failing storage and holds state changes. An error of the request itself (a
+///   constraint, an unknown row) must *not* look like storage trouble. "Not found" is never
+///   an error: it is `None` or `false`.
+/// - **Secrets.** Bearer tokens are stored and looked up by their SHA-256 hash only; nothing
+///   here ever sees a plaintext token.
+/// - **Order.** Ids of audit records and of session transitions increase in the order the rows
+///   were written and are never reused: the event stream uses transition ids as its cursor.
+pub trait Backend: Send + Sync + 'static {
+    /// Where the data lives, for logs and `kaged status` (`sqlite:///path`); never a password.
+    fn describe(&self) -> String;
+    /// The schema version in force (the number of migrations applied).
+    fn schema_version(&self) -> Result<u32>;
+    /// A cheap round trip proving the database answers (readiness). Reads only.
+    fn ping(&self) -> Result<()>;
+    /// Append one audit record; returns its id. The audit trail is append-only: the database
+    /// itself must refuse updates and deletes of stored records (triggers in SQLite), not only
+    /// this API.
+    fn append_audit(&self, event: &AuditEvent) -> Result<i64>;
+    /// The newest `limit` audit records, newest first. `detail` that is not JSON comes back as
+    /// a JSON string, never an error.
+    fn recent_audit(&self, limit: usize) -> Result<Vec<StoredAuditEvent>>;
+    /// Record a daemon start; returns the new run and the previous run if it never recorded a
+    /// stop (the daemon crashed or was killed). Reading the previous run and inserting the new
+    /// one is one transaction.
+    fn begin_run(
+        &self,
+        pid: u32,
+        version: &str,
+        mode: &str,
+        now_ms: i64,
+    ) -> Result<(DaemonRun, Option<DaemonRun>)>;
+    /// Record the clean stop of the run `id` (a no-op for an unknown id).
+    fn end_run(&self, id: i64, now_ms: i64) -> Result<()>;
+    /// Store a new token by its hash. The database refuses (as an error of the request) a hash
+    /// that is not 64 characters, a hash already stored, an empty actor or the actor
+    /// `bootstrap` (any case), and an empty name.
+    fn create_token(
+        &self,
+        token_hash: &str,
+        actor: &str,
+        name: Option<&str>,
+        now_ms: i64,
+    ) -> Result<TokenRecord>;
+    /// Every token, revoked ones included, oldest first.
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Revoke an active token; returns it as revoked. `None` when no active token has this id
+    /// (unknown or already revoked): a token is revoked once, at its first revocation's time.
+    fn revoke_token(&self, id: i64, now_ms: i64) -> Result<Option<TokenRecord>>;
+    /// The active (not revoked) token with this hash. Marks it used at most once an hour, to
+    /// spare writes; a failure of that bookkeeping write never fails the lookup.
+    fn find_active_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<TokenRecord>>;
+    /// Register a project (or register it again). A new root for a slug forgets what was
+    /// accepted for the old one (`accepted_config`, `had_git`); the same root keeps it.
+    fn put_project(&self, slug: &str, root: &str, now_ms: i64) -> Result<()>;
+    /// Record the configuration in force and whether the project had a `.git`; `false` when no
+    /// such project is registered.
+    fn set_project_accepted(
+        &self,
+        slug: &str,
+        config: &serde_json::Value,
+        had_git: bool,
+    ) -> Result<bool>;
+    /// Forget a project (its sessions stay); `false` when no such project was registered.
+    fn remove_project(&self, slug: &str) -> Result<bool>;
+    /// Every registered project, by slug. An accepted configuration that no longer reads as
+    /// JSON comes back as `None` (the files are then judged as at a first load).
+    fn list_projects(&self) -> Result<Vec<ProjectRecord>>;
+    /// Insert a new session and its first transition, in one transaction; returns the
+    /// transition (with its id).
+    fn create_session(&self, s: &SessionRecord, first: &StateChange) -> Result<Transition>;
+    /// Apply a state change to the session row (state; exit code and reason when given; the
+    /// end time when `ended`) and append its transition, in one transaction; returns the
+    /// transition. Changes are stored in the order of the calls.
+    fn change_state(&self, change: &StateChange) -> Result<Transition>;
+    /// At most `limit` sessions, newest first; all projects when `project` is `None`.
+    fn list_sessions(&self, project: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>>;
+    /// One session; `None` when unknown.
+    fn get_session(&self, id: &str) -> Result<Option<SessionRecord>>;
+    /// At most `limit` transitions with an id above `after`, in id order (`session` narrows to
+    /// one session). This is the event stream's replay: it must see every transition whose
+    /// write returned before the call.
+    fn transitions_after(
+        &self,
+        after: i64,
+        session: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Transition>>;
+    /// Sessions not in a final state (`exited`, `failed`, `killed`): left behind by a daemon
+    /// that stopped, oldest first.
+    fn live_sessions(&self) -> Result<Vec<SessionRecord>>;
+    /// Sessions whose transcript is still kept (live ones included): ended ones by end time,
+    /// oldest first, then the live ones.
+    fn kept_transcripts(&self) -> Result<Vec<SessionRecord>>;
+    /// Record that a session's transcript was deleted (`output_bytes` long, never lowering a
+    /// length already recorded); `false` when it was already marked or the session is unknown.
+    fn mark_transcript_pruned(&self, id: &str, at_ms: i64, output_bytes: u64) -> Result<bool>;
+    /// Record a transcript's final length and the range its cap dropped (`None`: nothing).
+    fn set_transcript_extent(
+        &self,
+        id: &str,
+        output_bytes: u64,
+        dropped: Option<(u64, u64)>,
+    ) -> Result<()>;
+    /// Flush and release what the database holds at a clean stop (SQLite: checkpoint the WAL
+    /// into the main file). Other calls may still follow and must work.
+    fn close(&self) -> Result<()>;
+    /// A real write that changes nothing, proving the database takes writes again (storage
+    /// recovery). It must fail while writes fail, and never adds or changes a row.
+    fn probe_write(&self) -> Result<()>;
+}

@@ -1,0 +1,45 @@
+//! The one error type of the storage boundary, and what each variant tells the operator.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, written by a newer kaged (this kaged knows up to {supported}); \
+         upgrade kaged, or point [storage] url at another file"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage worker stopped: {0}")]
+    Worker(String),
+    /// The file at the storage path is not SQLite (or is damaged beyond opening). kaged does not
+    /// touch it: the operator decides.
+    #[error(
+        "{path} is not a usable SQLite database ({reason}); kaged left its contents untouched. \
+         Move it aside (with any {path}-wal and {path}-shm next to it) to start with an empty database, \
+         or restore it from a backup, or point [storage] url at another file"
+    )]
+    NotADatabase { path: PathBuf, reason: String },
+    /// Earlier state changes wait to be stored (storage failed); this one waits behind them.
+    #[error(
+        "storage is failing: the state change of session {session} is held with {held} other(s) and stored when storage recovers"
+    )]
+    Held { session: String, held: usize },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;

@@ -1,0 +1,111 @@
+//! The rows kaged stores, as every backend hands them in and out.
+
+use serde::Serialize;
+
+/// One audit record: who did what, from where, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEvent {
+    pub ts_ms: i64,
+    /// Dotted event name, e.g. `auth.login`.
+    pub kind: String,
+    /// `success` or `failure`.
+    pub outcome: String,
+    pub identity: Option<String>,
+    /// Peer address of the request, if any.
+    pub source: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredAuditEvent {
+    pub id: i64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// A daemon start as recorded in storage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DaemonRun {
+    pub id: i64,
+    pub pid: u32,
+    pub version: String,
+    pub mode: String,
+    pub started_at_ms: i64,
+    pub stopped_at_ms: Option<i64>,
+}
+
+/// A bearer token as stored: never its plaintext or hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub actor: String,
+    pub name: Option<String>,
+    pub created_at_ms: i64,
+    pub last_used_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// A project registered with the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProjectRecord {
+    pub slug: String,
+    pub root: String,
+    pub loaded_at_ms: i64,
+    /// The resolved configuration last in force (loaded, or accepted by the operator).
+    pub accepted_config: Option<serde_json::Value>,
+    /// Whether the project had a `.git` when it was loaded or last accepted.
+    pub had_git: Option<bool>,
+}
+
+/// A session (one run of an agent, a terminal or a task) as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct SessionRecord {
+    pub id: String,
+    pub project: String,
+    /// `agent`, `terminal` or `task`.
+    pub kind: String,
+    /// The agent's or task's name (`terminal` for a terminal).
+    pub name: String,
+    /// The command as started (inside the cage when caged).
+    pub command: Vec<String>,
+    pub caged: bool,
+    pub state: String,
+    pub exit_code: Option<i32>,
+    /// Why it failed, or who killed it.
+    pub reason: Option<String>,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    /// When retention deleted the transcript (the row stays); `None` while it is kept.
+    pub transcript_pruned_at_ms: Option<i64>,
+    /// The output's length, recorded when the run ended or its transcript was pruned.
+    pub output_bytes: Option<u64>,
+    /// Output offsets `[from, to)` the per-transcript cap dropped from the middle.
+    pub dropped: Option<(u64, u64)>,
+}
+
+/// One state change of a session. Its `id` orders all transitions of all sessions, so it
+/// is the cursor of the event stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub id: i64,
+    pub session_id: String,
+    pub state: String,
+    pub at_ms: i64,
+    pub actor: String,
+    pub detail: serde_json::Value,
+}
+
+/// A state change to record: the session row takes the new state (and the exit code,
+/// reason and end time when given) and a transition row is appended, in one transaction.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub session_id: String,
+    pub state: String,
+    pub at_ms: i64,
+    pub actor: String,
+    pub detail: serde_json::Value,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub ended: bool,
+}
