@@ -1,3 +1,5 @@
+//! The command line (clap): every command, flag and help text of `kaged`.
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kaged_config::DeploymentMode;
 
@@ -17,6 +19,22 @@ pub struct Cli {
     pub mode: Option<ModeArg>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+// Arguments several commands share, each defined once here and flattened where used.
+
+// `--json`: machine-readable output instead of the table.
+#[derive(Args, Copy, Clone, Debug)]
+pub struct JsonOutput {
+    #[arg(long)]
+    pub json: bool,
+}
+
+// A loaded project, named by its slug or by its directory.
+#[derive(Args, Clone, Debug)]
+pub struct ProjectRef {
+    /// The project's slug, or its directory.
+    pub project: String,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -49,10 +67,10 @@ pub enum Command {
         SIGTERM or SIGINT stops it gracefully.")]
     Start(StartArgs),
     /// Show the running daemon's mode, paths, bind address, auth mode, pid and uptime.
+    #[command(mut_arg("json", |a| a.help("Print the daemon's full status document as JSON")))]
     Status {
-        /// Print the daemon's full status document as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: JsonOutput,
     },
     /// Launch URLs and the per-startup nonce.
     #[command(subcommand)]
@@ -148,8 +166,8 @@ pub enum SessionCommand {
     List {
         /// Only this project's.
         project: Option<String>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: JsonOutput,
     },
     /// Attach this terminal to a session (Ctrl-] detaches; the run goes on).
     Attach { id: String },
@@ -163,8 +181,8 @@ pub enum SessionCommand {
         /// List what would be pruned and delete nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: JsonOutput,
     },
 }
 
@@ -177,19 +195,19 @@ pub enum ProjectCommand {
     },
     /// List the loaded projects and whether their files are currently valid.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: JsonOutput,
     },
     /// Forget a loaded project: no new runs, no more watching. Its directory, transcripts and
     /// session records stay.
     Unload {
-        /// The project's slug, or its directory.
-        project: String,
+        #[command(flatten)]
+        project: ProjectRef,
     },
     /// Re-read a project's files now. An edit that loosens a cage stays pending until accepted.
     Reload {
-        /// The project's slug, or its directory.
-        project: String,
+        #[command(flatten)]
+        project: ProjectRef,
         /// Apply a pending edit that loosens a cage (review .kaged/project.yaml first), and
         /// re-record whether the project has a .git (after checking .git/config and its hooks).
         #[arg(long)]
@@ -232,8 +250,8 @@ pub enum TokensCommand {
     },
     /// List tokens (never their secrets), revoked ones included.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: JsonOutput,
     },
     /// Revoke a token at once.
     Revoke {

@@ -20,7 +20,7 @@ use kaged_config::{
     render_default_config, resolve,
 };
 
-use crate::cli::{AuthCommand, Cli, Command};
+use crate::cli::{AuthCommand, Cli, Command, JsonOutput};
 
 /// How a command failed, which decides the exit code.
 pub enum Failure {
@@ -169,7 +169,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Start(args) => daemon::run(args, mode).await,
-            Command::Status { json } => client::status(mode, json).await,
+            Command::Status {
+                output: JsonOutput { json },
+            } => client::status(mode, json).await,
             Command::Auth(AuthCommand::Nonce) => client::nonce(mode),
             Command::Auth(AuthCommand::Open { no_browser, ttl }) => {
                 client::open(mode, no_browser, ttl).await

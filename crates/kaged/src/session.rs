@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Failure;
-use crate::cli::SessionCommand;
+use crate::cli::{JsonOutput, SessionCommand};
 use crate::client::{Target, call, call_stream, target, ws_request};
 
 /// Ctrl-]: detach (the run goes on), as telnet taught.
@@ -62,7 +62,10 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
             }
             attach(&target, &id).await
         }
-        SessionCommand::List { project, json } => {
+        SessionCommand::List {
+            project,
+            output: JsonOutput { json },
+        } => {
             let path = match &project {
                 Some(p) => format!("/api/v1/projects/{p}/sessions"),
                 None => "/api/v1/sessions".into(),
@@ -112,7 +115,10 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
             }
             Ok(())
         }
-        SessionCommand::Prune { dry_run, json } => {
+        SessionCommand::Prune {
+            dry_run,
+            output: JsonOutput { json },
+        } => {
             let path = if dry_run {
                 "/api/v1/sessions/prune?dry_run=true"
             } else {
