@@ -1,8 +1,8 @@
 //! `KEYS`, the one list of `config.toml` keys. A row names its section, key, `KAGED_*`
 //! variable, expected form and meaning, and carries its parser, its default, the field of
 //! [`Settings`] it fills and how the default file shows it. Reading the file and the
-//! environment, "did you mean" hints, provenance, the default `config.toml` and the README's
-//! table all come from here.
+//! environment, "did you mean" hints, provenance and the default `config.toml` all come from
+//! here; the README's configuration table lists the same rows.
 
 use std::fmt;
 use std::net::SocketAddr;
