@@ -30,7 +30,7 @@ impl fmt::Display for Location {
 }
 
 /// One problem in the configuration: where, which key, what was wrong, and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     pub location: Location,
     /// Dotted key path such as `daemon.bind`; empty for a file-level problem (syntax).

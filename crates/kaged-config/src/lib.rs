@@ -5,19 +5,19 @@
 //! rule (mode detection, path layout, precedence, validation) is unit-tested on data.
 
 mod error;
-mod keys;
 mod local;
 mod mode;
 mod settings;
+mod suggest;
 
 pub use error::{ConfigError, ConfigErrors, Location};
-pub use keys::{KEYS, KeySpec, closest};
 pub use local::{LocalConfig, PathGrant, ProjectGrants, Provider, local_config_path, parse_local};
 pub use mode::{
     DeploymentMode, Facts, ModeDecision, ModeRule, Paths, client_candidates, decide_mode,
 };
 pub use settings::{
-    AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, Listener,
-    LogLevel, OperationalSink, SandboxMode, Settings, Source, StorageUrl, render_default_config,
-    resolve,
+    AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, KEYS, KeySpec,
+    Listener, LogLevel, OperationalSink, SandboxMode, Settings, Source, StorageUrl,
+    render_default_config, resolve,
 };
+pub use suggest::closest;

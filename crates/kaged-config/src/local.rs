@@ -214,7 +214,7 @@ impl Reader<'_> {
 
     fn unknown(&mut self, offset: usize, key: &str, known: &[&str]) {
         let leaf = key.rsplit('.').next().unwrap_or(key);
-        let hint = match crate::keys::closest(leaf, known) {
+        let hint = match crate::suggest::closest(leaf, known) {
             Some(c) => format!("did you mean `{c}`? known here: {}", known.join(", ")),
             None => format!("remove it; known here: {}", known.join(", ")),
         };
