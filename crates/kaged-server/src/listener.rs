@@ -103,7 +103,7 @@ pub async fn bind_unix(path: PathBuf) -> Result<(UnixListener, PathBuf), BindErr
 
 /// Serve `app` on every listener until `shutdown` turns true, then let in-flight requests
 /// finish. Unix sockets are removed afterwards. `limits` bound what idle and slow connections
-/// may hold (see [`crate::connection`]); the cap on waiting connections spans all listeners.
+/// may hold (see `crate::connection`); the cap on waiting connections spans all listeners.
 pub async fn serve_all(
     listeners: Vec<BoundListener>,
     app: Router,

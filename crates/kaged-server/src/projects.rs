@@ -253,7 +253,7 @@ fn stamp(root: &Path) -> Stamp {
 pub const MAX_PROJECT_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Read a project file: a regular file (not a symlink, FIFO or device), at most
-/// [`MAX_PROJECT_FILE_BYTES`]. `Ok(None)` when it does not exist.
+/// `MAX_PROJECT_FILE_BYTES`. `Ok(None)` when it does not exist.
 pub fn read_project_file(path: &Path) -> std::io::Result<Option<String>> {
     use std::io::Read;
     let meta = match std::fs::symlink_metadata(path) {

@@ -175,6 +175,8 @@ pub enum SessionCommand {
     Transcript { id: String },
     /// Abort a run: SIGHUP and SIGTERM now, SIGKILL after 3 seconds.
     Kill { id: String },
+    // The help text names a config section, `[sessions]`; clap prints it as written.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Apply transcript retention now ([sessions] max_total_mb, max_age_days): delete the
     /// transcripts of the oldest ended sessions (never a live one); the rows stay.
     Prune {
@@ -263,6 +265,8 @@ pub enum TokensCommand {
 
 #[derive(Args, Debug)]
 pub struct StartArgs {
+    // The help text names a config section, `[daemon]`; clap prints it as written.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Listen on this address (IP:PORT), overriding [daemon] bind and KAGED_BIND.
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<String>,

@@ -1,13 +1,11 @@
 //! Startup, shutdown, storage and configuration behaviour of the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -570,7 +568,13 @@ fn own_pids_cgroup() -> Option<std::path::PathBuf> {
         controllers.split(',').any(|c| c == "pids").then_some(path)
     })?;
     let dir = std::path::Path::new("/sys/fs/cgroup/pids").join(path.trim_start_matches('/'));
-    let probe = dir.join(format!("kaged-test-probe-{}", std::process::id()));
+    // Unique within the process too: tests run as threads of one binary.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let probe = dir.join(format!(
+        "kaged-test-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     std::fs::create_dir(&probe).ok()?;
     std::fs::remove_dir(&probe).ok()?;
     Some(dir)

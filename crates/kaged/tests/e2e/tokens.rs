@@ -2,9 +2,7 @@
 //! credentials x routes x methods, client-side transport rules, and startup guardrails.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 
 const BOOTSTRAP: &str = "b00757a9f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbcc";

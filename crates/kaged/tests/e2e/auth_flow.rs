@@ -1,9 +1,7 @@
 //! The per-user launch flow and every way around it, through the real binary and real HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use reqwest::header::{HOST, ORIGIN, SET_COOKIE};
 

@@ -4,14 +4,12 @@
 //! sleepers and a fast fork flood, and leave no process of either behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// No `limits:` anywhere.
 const PROJECT: &str = "\

@@ -3,13 +3,11 @@
 //! mode with its paths redirected under a temporary root.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

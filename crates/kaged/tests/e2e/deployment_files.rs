@@ -2,8 +2,6 @@
 //! oauth2-proxy example carries the whole header contract.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
@@ -26,7 +24,7 @@ fn systemd_units_verify_with_the_real_binary() {
         let text = std::fs::read_to_string(repo().join("examples/deployment").join(unit)).unwrap();
         assert!(text.contains("Type=notify"), "{unit}");
         // Point ExecStart at the binary under test so verify checks a real executable.
-        let exec = common::kaged_bin().display().to_string();
+        let exec = crate::common::kaged_bin().display().to_string();
         let text = text
             .replace("%h/.local/bin/kaged", &exec)
             .replace("/usr/local/bin/kaged", &exec);

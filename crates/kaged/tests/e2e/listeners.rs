@@ -2,14 +2,12 @@
 //! trusted-proxy actor header honoured only on its listener, and `--insecure-readonly`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 
 /// One HTTP/1.1 request over a Unix socket; returns the status and the body.

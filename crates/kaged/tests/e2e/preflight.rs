@@ -2,9 +2,7 @@
 //! shows it in status, and refuses caged work instead of running it uncaged.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn without_bubblewrap_caged_work_is_refused_never_run_uncaged() {

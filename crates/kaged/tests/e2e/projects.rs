@@ -2,12 +2,10 @@
 //! persistence across a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 
 const VALID: &str = "version: 1\nproject: demo\nprimary:\n  command: [claude]\ntasks:\n  test: { command: [cargo, test] }\n";

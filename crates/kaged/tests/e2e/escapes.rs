@@ -2,13 +2,11 @@
 //! must fail now. Run against the real binary and real bubblewrap cages.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn run_in_cage(project: &Path, agent: &str, argv: &[&str]) -> Output {
     kaged_cmd(&[])

@@ -2,12 +2,10 @@
 //! fail, and the things a cage must still allow.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 const PROJECT: &str = "\
 version: 1

@@ -3,13 +3,11 @@
 //! daemon and CLI run as `nobody` through setpriv; otherwise as the current user.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 const NOBODY: u32 = 65534;
 

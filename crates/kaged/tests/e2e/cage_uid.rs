@@ -3,14 +3,12 @@
 //! bubblewrap, the real binary; as an ordinary user these tests have nothing to show and say so.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -223,7 +221,9 @@ async fn a_root_daemons_session_runs_as_the_cage_user_and_is_still_killed() {
         })
         .unwrap();
     // Every process of the run (bwrap's two and the command) belongs to the cage user.
-    let marker = "sleep 300";
+    // The project's whole `sh -c` script: unique to this test (another test's `sleep 300` may
+    // run in the same process tree now that the suite is one binary).
+    let marker = "touch /workspace/by-session; sleep 300";
     let run_pids: Vec<u32> = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())

@@ -8,14 +8,12 @@
 //! must run; otherwise it is skipped with a loud message.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const VPN_IP: &str = "100.64.7.7";
 const PORT: u16 = 7777;
