@@ -103,13 +103,15 @@ fn console_table() -> Result<(), String> {
             .file_name()
             .into_string()
             .map_err(|name| format!("{}: the file name {name:?} is not UTF-8", dir.display()))?;
-        // Editors' and npm's leftovers (`.foo.swp`, `node_modules/`) are nobody's web code.
-        if name.starts_with('.') || name == "node_modules" || NOT_SERVED.contains(&name.as_str()) {
+        // Editors' and npm's leftovers (`.app.js.swp`, `app.js~`, `node_modules/`) are nobody's
+        // web code.
+        let leftover = name.starts_with('.') || name.ends_with('~') || name == "node_modules";
+        if leftover || NOT_SERVED.contains(&name.as_str()) {
             continue;
         }
         if !path.is_file() {
             return Err(format!(
-                "{}: the console's folder is flat (assets are served at /assets/{{file}}); move it or its files into {CONSOLE_DIR}/",
+                "{}: the console's folder is flat (its files are served at /assets/{{file}}): move what is in this directory up into {CONSOLE_DIR}/",
                 path.display()
             ));
         }

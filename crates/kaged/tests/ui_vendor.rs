@@ -99,10 +99,18 @@ async fn every_file_of_the_console_folder_is_served_with_its_type_and_nothing_el
         assert_eq!(header("cache-control"), "no-cache", "{name}");
         assert_eq!(header("x-content-type-options"), "nosniff", "{name}");
         let body = response.bytes().await.unwrap();
-        assert_eq!(body, std::fs::read(&path).unwrap(), "{name} is served as it is");
+        assert_eq!(
+            body,
+            std::fs::read(&path).unwrap(),
+            "{name} is served as it is"
+        );
     }
     // The entry module and the ones it is split into (API, router, PTY, terminal, screens).
-    assert!(modules >= 10, "only {modules} modules in {}", folder.display());
+    assert!(
+        modules >= 10,
+        "only {modules} modules in {}",
+        folder.display()
+    );
 
     // What is in the folder but is not web code, and what is nowhere: 404, never a fallback page.
     for path in [
