@@ -1,11 +1,14 @@
-//! Fetches the web UI's third-party code (xterm.js and its fit addon) into `OUT_DIR/vendor/`,
-//! where `src/ui.rs` embeds it with `include_bytes!`.
+//! Prepares the web console for `src/ui.rs` to embed:
+//! - the console's own files: every `.js` and `.css` file in `ui/` becomes a row of the table
+//!   `OUT_DIR/console_files.rs` (served under `/assets/`), so adding a module needs no list kept
+//!   by hand;
+//! - its third-party code (xterm.js and its fit addon), fetched into `OUT_DIR/vendor/`.
 //!
 //! What is fetched is pinned by `ui/package-lock.json` (npm lockfile v3): for each package the
 //! tarball at its `resolved` URL, which must be on <https://registry.npmjs.org/>, is downloaded
 //! and its SHA-512 is checked against the lockfile's `integrity` *before* anything is unpacked.
 //! Only the files the UI serves are taken out of it. Tarballs are cached under `OUT_DIR/npm/`, so
-//! a rebuild does not download again; the script reruns only when the lockfile, this file or
+//! a rebuild does not download again; the script reruns only when `ui/`, this file or
 //! `KAGED_UI_VENDOR_DIR` change. Node and npm are not needed to build (only to change versions:
 //! see `ui/README.md`).
 //!
@@ -30,6 +33,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest, Sha512};
 use ureq::tls::{RootCerts, TlsConfig};
 
+/// The web console's folder: its own source (HTML, CSS, JavaScript modules) and the npm pins.
+const CONSOLE_DIR: &str = "ui";
 const LOCKFILE: &str = "ui/package-lock.json";
 const REGISTRY: &str = "https://registry.npmjs.org/";
 const VENDOR_ENV: &str = "KAGED_UI_VENDOR_DIR";
@@ -47,6 +52,20 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Content types of the console's files served under `/assets/`, by extension.
+const SERVED_TYPES: &[(&str, &str)] = &[
+    ("js", "text/javascript; charset=utf-8"),
+    ("css", "text/css; charset=utf-8"),
+];
+/// Files of `ui/` that are not served under `/assets/`: the page itself (served at `/`), and
+/// what only the build and people read.
+const NOT_SERVED: &[&str] = &[
+    "index.html",
+    "README.md",
+    "package.json",
+    "package-lock.json",
+];
+
 const OFFLINE_HELP: &str = "To build without network access, put the tarballs named in \
 crates/kaged-server/ui/package-lock.json (`resolved`) in a directory, or the files xterm.js, \
 xterm.css and addon-fit.js, and set KAGED_UI_VENDOR_DIR=/absolute/path/to/it \
@@ -54,15 +73,82 @@ xterm.css and addon-fit.js, and set KAGED_UI_VENDOR_DIR=/absolute/path/to/it \
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // A directory: Cargo watches every file below it, so a new module reruns this script.
+    println!("cargo:rerun-if-changed={CONSOLE_DIR}");
     println!("cargo:rerun-if-changed={LOCKFILE}");
     println!("cargo:rerun-if-env-changed={VENDOR_ENV}");
-    if let Err(message) = run() {
+    if let Err(message) = console_table().and_then(|()| run()) {
         for line in message.lines() {
             println!("cargo:warning={line}");
         }
         eprintln!("error: {message}");
         std::process::exit(1);
     }
+}
+
+/// Write `OUT_DIR/console_files.rs`: `CONSOLE_FILES`, one `(name, content type, bytes)` row per
+/// served file of `ui/`, sorted by name. The folder is flat because `/assets/{file}` is one path
+/// segment; a subdirectory or a file of unknown type fails the build rather than go unserved.
+fn console_table() -> Result<(), String> {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR is not set")?;
+    let dir = PathBuf::from(manifest_dir).join(CONSOLE_DIR);
+    let entries = fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    let mut rows = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        let path = entry.path();
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|name| format!("{}: the file name {name:?} is not UTF-8", dir.display()))?;
+        // Editors' and npm's leftovers (`.app.js.swp`, `app.js~`, `node_modules/`) are nobody's
+        // web code.
+        let leftover = name.starts_with('.') || name.ends_with('~') || name == "node_modules";
+        if leftover || NOT_SERVED.contains(&name.as_str()) {
+            continue;
+        }
+        if !path.is_file() {
+            return Err(format!(
+                "{}: the console's folder is flat (its files are served at /assets/{{file}}): move what is in this directory up into {CONSOLE_DIR}/",
+                path.display()
+            ));
+        }
+        let extension = name
+            .rsplit_once('.')
+            .map(|(_, ext)| ext)
+            .unwrap_or_default();
+        let content_type = SERVED_TYPES
+            .iter()
+            .find(|(ext, _)| *ext == extension)
+            .map(|(_, content_type)| *content_type)
+            .ok_or_else(|| {
+                format!(
+                    "{}: no content type for .{extension} files; add it to SERVED_TYPES (or the file to NOT_SERVED) in crates/kaged-server/build.rs",
+                    path.display()
+                )
+            })?;
+        let path = path
+            .to_str()
+            .ok_or_else(|| format!("{}: the path is not UTF-8", path.display()))?
+            .to_string();
+        rows.insert(name, (content_type, path));
+    }
+    let mut table = String::from(
+        "/// The console's files served under `/assets/`: (name, content type, bytes). Generated by\n\
+         /// `build.rs` from every `.js` and `.css` file in `crates/kaged-server/ui/`.\n\
+         pub(crate) const CONSOLE_FILES: &[(&str, &str, &[u8])] = &[\n",
+    );
+    for (name, (content_type, path)) in &rows {
+        let _ = writeln!(
+            table,
+            "    ({name:?}, {content_type:?}, include_bytes!({path:?})),"
+        );
+    }
+    table.push_str("];\n");
+    let target = out.join("console_files.rs");
+    fs::write(&target, table).map_err(|e| format!("writing {}: {e}", target.display()))
 }
 
 /// One package pinned by the lockfile.

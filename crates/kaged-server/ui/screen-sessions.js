@@ -1,0 +1,149 @@
+// The Sessions screen (`#/sessions`), and what other screens show of sessions: the live list
+// (also on a project's page), titles, state badges, why a run ended, Abort.
+
+import { ago, announce, errorPanel, fill, fmtBytes, h } from "./dom.js";
+
+const LIVE_STATES = new Set(["queued", "starting", "running", "stopping"]);
+export const isLive = (state) => LIVE_STATES.has(state);
+
+export function sessionTitle(s) {
+  if (s.kind === "terminal") return "Terminal";
+  if (s.kind === "agent") return `Agent ${s.name}`;
+  if (s.kind === "task") return `Task ${s.name}`;
+  return `${s.kind} ${s.name}`;
+}
+
+function stateText(s) {
+  switch (s.state) {
+    case "exited":
+      return `exited ${s.exit_code ?? s.code ?? "?"}`;
+    case "killed":
+      return "killed";
+    case "failed":
+      return "failed";
+    default:
+      return s.state;
+  }
+}
+
+export function stateBadge(s) {
+  return h("span", {
+    class: `badge state state-${s.state}`,
+    dataset: { state: s.state },
+    text: stateText(s),
+  });
+}
+
+/** Why a run ended, in words. */
+export function endedText(s) {
+  const by = s.by || s.reason;
+  switch (s.state) {
+    case "exited": {
+      const code = s.exit_code ?? s.code;
+      return code > 128
+        ? `Exited with code ${code} (signal ${code - 128})`
+        : `Exited with code ${code}`;
+    }
+    case "killed":
+      return by ? `Killed by ${by}` : "Killed";
+    case "failed":
+      return by ? `Failed: ${by}` : "Failed";
+    case "stopping":
+      return by ? `Stopping (aborted by ${by})…` : "Stopping…";
+    default:
+      return "";
+  }
+}
+
+export async function abortSession(api, id) {
+  // Immediate: no confirmation. SIGHUP+SIGTERM now, SIGKILL 3 s later (server side).
+  try {
+    await api.call("POST", `api/v1/sessions/${id}/kill`);
+    announce("Abort sent");
+    return true;
+  } catch (e) {
+    announce(`Abort failed: ${e.message}`);
+    throw e;
+  }
+}
+
+/** A live-updating list of sessions (of one project, or all). */
+export async function sessionList(ctx, view, host, { project }) {
+  const { api } = ctx;
+  const list = h("ul", { class: "cards sessions", id: "session-list" });
+  const note = h("div");
+  fill(host, list, note);
+  const ids = new Set();
+  const load = async () => {
+    const path = project
+      ? `api/v1/projects/${encodeURIComponent(project)}/sessions`
+      : "api/v1/sessions?limit=200";
+    const { sessions } = await api.call("GET", path);
+    if (!view.alive) return;
+    ids.clear();
+    fill(list);
+    if (sessions.length === 0) {
+      list.append(h("li", { class: "empty", text: "No sessions yet." }));
+    }
+    for (const s of sessions) {
+      ids.add(s.id);
+      const meta = [
+        project ? null : s.project,
+        `by ${s.created_by}`,
+        ago(s.created_at_ms),
+        fmtBytes(s.output_bytes),
+        s.caged ? null : "uncaged",
+      ].filter(Boolean);
+      const item = h(
+        "li",
+        { class: "card session", dataset: { session: s.id, state: s.state } },
+        h("a", { class: "card-title", href: `#/sessions/${s.id}`, text: sessionTitle(s) }),
+        stateBadge(s),
+        h("span", { class: "meta", text: meta.join(" · ") }),
+      );
+      const why = !isLive(s.state) ? endedText(s) : null;
+      if (why && s.state !== "exited") item.append(h("span", { class: "meta", text: why }));
+      if (isLive(s.state) && s.state !== "stopping") {
+        const abort = h("button", {
+          type: "button",
+          class: "danger small",
+          text: "Abort",
+          "aria-label": `Abort ${sessionTitle(s)} started ${ago(s.created_at_ms)}`,
+        });
+        abort.addEventListener("click", () => {
+          abort.disabled = true;
+          abortSession(api, s.id).catch((e) => fill(note, errorPanel(e)));
+        });
+        item.append(abort);
+      }
+      list.append(item);
+    }
+  };
+  await load();
+  // Live: any change to a session shown here (or a new one of this project) re-reads the list.
+  let pending = null;
+  const refresh = () => {
+    if (pending) return;
+    pending = setTimeout(() => {
+      pending = null;
+      if (view.alive) load().catch(() => {});
+    }, 150);
+  };
+  view.onDispose(() => clearTimeout(pending));
+  view.onEvent((e) => {
+    if (e.type === "reconnected") return refresh();
+    const ours = !project || (e.detail && e.detail.project === project) || ids.has(e.session);
+    if (!ours) return;
+    refresh();
+    if (e.type === "run.ended" || e.type === "run.started") {
+      const what = e.detail && e.detail.kind ? `${e.detail.kind} ${e.detail.name || ""}` : "A run";
+      announce(`${what.trim()} is now ${e.state}`);
+    }
+  });
+}
+
+export async function viewSessions(ctx, view, main) {
+  const host = h("div");
+  main.append(h("h1", { text: "Sessions" }), host);
+  await sessionList(ctx, view, host, { project: null });
+}
