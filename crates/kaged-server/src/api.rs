@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::audit::{AuditRecord, now_ms};
 use crate::error::ApiError;
 use crate::listener::Peer;
-use crate::middleware::CurrentSession;
+use crate::middleware::CurrentLogin;
 use crate::state::{ServerState, lock};
 
 /// Liveness: the process answers. Reveals nothing.
@@ -99,13 +99,13 @@ pub async fn local(State(state): State<Arc<ServerState>>) -> Json<Value> {
 pub async fn whoami(
     State(state): State<Arc<ServerState>>,
     Extension(principal): Extension<Principal>,
-    session: Option<Extension<CurrentSession>>,
+    login: Option<Extension<CurrentLogin>>,
 ) -> Json<Value> {
     let now = (now_ms() / 1000) as u64;
-    let csrf = session.and_then(|Extension(CurrentSession(cookie))| {
-        lock(&state.sessions)
+    let csrf = login.and_then(|Extension(CurrentLogin(cookie))| {
+        lock(&state.logins)
             .lookup(cookie.expose(), now)
-            .map(|s| s.csrf.expose().to_string())
+            .map(|login| login.csrf.expose().to_string())
     });
     Json(json!({
         "id": principal.id,
@@ -142,11 +142,11 @@ pub async fn audit(
 pub async fn logout(
     State(state): State<Arc<ServerState>>,
     Extension(principal): Extension<Principal>,
-    session: Option<Extension<CurrentSession>>,
+    login: Option<Extension<CurrentLogin>>,
     Extension(peer): Extension<Peer>,
 ) -> Response {
-    let revoked = session
-        .map(|Extension(CurrentSession(cookie))| lock(&state.sessions).revoke(cookie.expose()))
+    let revoked = login
+        .map(|Extension(CurrentLogin(cookie))| lock(&state.logins).revoke(cookie.expose()))
         .unwrap_or(false);
     state
         .audit
@@ -160,7 +160,7 @@ pub async fn logout(
         .await;
     let expire = format!(
         "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-        kaged_auth::SESSION_COOKIE
+        kaged_auth::LOGIN_COOKIE
     );
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, expire)]).into_response()
 }

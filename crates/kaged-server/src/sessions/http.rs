@@ -357,7 +357,7 @@ pub async fn prune(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new("bad_request", e.body_text()))?;
     use kaged_auth::AuthMethod::*;
-    if !matches!(principal.method, Nonce | Session | BootstrapToken) {
+    if !matches!(principal.method, Nonce | LoginCookie | BootstrapToken) {
         return Err(ApiError::new(
             "forbidden",
             "pruning transcripts needs the local operator (kaged session prune on the daemon's host) or the bootstrap token",
