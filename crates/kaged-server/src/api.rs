@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{AuditRecord, now_ms};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::listener::Peer;
 use crate::middleware::CurrentLogin;
 use crate::state::{ServerState, lock};
@@ -37,7 +37,7 @@ pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            ApiError::new("unavailable", "storage is not ready").into_response()
+            ApiError::new(ErrorCode::Unavailable, "storage is not ready").into_response()
         }
     }
 }
@@ -127,7 +127,7 @@ pub async fn audit(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| {
         ApiError::new(
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "bad query string: {}; use ?limit=N with N from 1 to 1000",
                 e.body_text()
@@ -166,12 +166,12 @@ pub async fn logout(
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new("not_found", "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not accept that method",
     )
 }

@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 
 pub use audit::{AuditLog, AuditRecord, now_ms, rfc3339_utc};
 pub use connection::{ConnectionLimits, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_WAITING_CONNECTIONS};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use listener::{BindError, BoundListener, ListenerInfo, Socket, bind_unix, serve_all};
 pub use projects::{
     UnreadableProject, grants_of, project_files, read_project_file, read_project_texts,

@@ -14,7 +14,7 @@ use kaged_auth::{
 use serde_json::json;
 
 use crate::audit::{AuditRecord, now_ms};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::listener::{ListenerInfo, Peer};
 use crate::state::{ServerState, lock};
 use crate::ui;
@@ -79,7 +79,7 @@ fn trusted_actor(
             method: AuthMethod::TrustedProxy,
         }),
         None if kaged_auth::is_state_changing(request.method().as_str()) => Err(ApiError::new(
-            "actor_header_required",
+            ErrorCode::ActorHeaderRequired,
             format!(
                 "the {name} header is required on the trusted-proxy listener {} but was missing or empty",
                 listener.label
@@ -196,7 +196,7 @@ fn facts<'a>(request: &'a Request, login_cookie: Option<&'a str>) -> RequestFact
 
 /// A refusal in the form the caller can use: JSON under `/api/`, a short page elsewhere.
 pub(crate) fn refuse(path: &str, denial: &Denial) -> Response {
-    let error = ApiError::new(denial.code(), denial.to_string());
+    let error = ApiError::from(denial);
     if path.starts_with("/api/") {
         error.into_response()
     } else {
@@ -208,7 +208,7 @@ pub(crate) fn refuse(path: &str, denial: &Denial) -> Response {
             }
             other => other.to_string(),
         };
-        let sign_in = error.code == "unauthenticated";
+        let sign_in = error.code == ErrorCode::Unauthenticated;
         ui::problem_page(error.status(), &message, sign_in)
     }
 }
