@@ -429,6 +429,7 @@ async fn serve(
     ));
     // Before ready: a client that finds the daemon finds its projects too.
     kaged_server::restore_projects(&state).await;
+    kaged_server::spawn_background(&state);
     let app = kaged_server::router(state.clone());
 
     let server = tokio::spawn(kaged_server::serve_all(
