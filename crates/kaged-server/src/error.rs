@@ -294,9 +294,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_response_carries_the_wire_string_and_the_status() {
+    #[tokio::test]
+    async fn the_response_carries_the_wire_string_and_the_status() {
         let response = ApiError::new(ErrorCode::GitPlanted, "x").into_response();
         assert_eq!(response.status(), StatusCode::CONFLICT);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"code": "git_planted", "message": "x"}})
+        );
     }
 }
