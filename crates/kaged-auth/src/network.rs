@@ -51,7 +51,7 @@ pub enum Exposure {
 /// How a listener's callers authenticate, as far as the plain-HTTP guardrail cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerAuth {
-    /// Launch URL and session cookie ([`crate::Mechanism::LaunchUrl`]).
+    /// Launch URL and login cookie ([`crate::Mechanism::LaunchUrl`]).
     pub launch_url: bool,
     /// `--insecure`: nobody is authenticated.
     pub insecure: bool,

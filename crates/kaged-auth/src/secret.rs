@@ -2,7 +2,7 @@ use std::fmt;
 
 use subtle::ConstantTimeEq;
 
-/// Bytes of OS randomness behind every nonce, session id and CSRF token (256 bits).
+/// Bytes of OS randomness behind every nonce, login cookie and CSRF token (256 bits).
 pub const NONCE_BYTES: usize = 32;
 
 /// A secret string (nonce, token, cookie value). `Debug` and `Display` never show it; the only

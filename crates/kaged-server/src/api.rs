@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{AuditRecord, now_ms};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::listener::Peer;
-use crate::middleware::CurrentSession;
+use crate::middleware::CurrentLogin;
 use crate::state::{ServerState, lock};
 
 /// Liveness: the process answers. Reveals nothing.
@@ -37,7 +37,7 @@ pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            ApiError::new("unavailable", "storage is not ready").into_response()
+            ApiError::new(ErrorCode::Unavailable, "storage is not ready").into_response()
         }
     }
 }
@@ -99,13 +99,13 @@ pub async fn local(State(state): State<Arc<ServerState>>) -> Json<Value> {
 pub async fn whoami(
     State(state): State<Arc<ServerState>>,
     Extension(principal): Extension<Principal>,
-    session: Option<Extension<CurrentSession>>,
+    login: Option<Extension<CurrentLogin>>,
 ) -> Json<Value> {
     let now = (now_ms() / 1000) as u64;
-    let csrf = session.and_then(|Extension(CurrentSession(cookie))| {
-        lock(&state.sessions)
+    let csrf = login.and_then(|Extension(CurrentLogin(cookie))| {
+        lock(&state.logins)
             .lookup(cookie.expose(), now)
-            .map(|s| s.csrf.expose().to_string())
+            .map(|login| login.csrf.expose().to_string())
     });
     Json(json!({
         "id": principal.id,
@@ -127,7 +127,7 @@ pub async fn audit(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| {
         ApiError::new(
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "bad query string: {}; use ?limit=N with N from 1 to 1000",
                 e.body_text()
@@ -142,11 +142,11 @@ pub async fn audit(
 pub async fn logout(
     State(state): State<Arc<ServerState>>,
     Extension(principal): Extension<Principal>,
-    session: Option<Extension<CurrentSession>>,
+    login: Option<Extension<CurrentLogin>>,
     Extension(peer): Extension<Peer>,
 ) -> Response {
-    let revoked = session
-        .map(|Extension(CurrentSession(cookie))| lock(&state.sessions).revoke(cookie.expose()))
+    let revoked = login
+        .map(|Extension(CurrentLogin(cookie))| lock(&state.logins).revoke(cookie.expose()))
         .unwrap_or(false);
     state
         .audit
@@ -160,18 +160,18 @@ pub async fn logout(
         .await;
     let expire = format!(
         "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-        kaged_auth::SESSION_COOKIE
+        kaged_auth::LOGIN_COOKIE
     );
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, expire)]).into_response()
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new("not_found", "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not accept that method",
     )
 }

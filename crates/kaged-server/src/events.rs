@@ -40,7 +40,9 @@ pub async fn events(
     Extension(principal): Extension<Principal>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, crate::error::ApiError> {
-    let Query(q) = query.map_err(|e| crate::error::ApiError::new("bad_request", e.body_text()))?;
+    let Query(q) = query.map_err(|e| {
+        crate::error::ApiError::new(crate::error::ErrorCode::BadRequest, e.body_text())
+    })?;
     Ok(ws
         .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
         .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)

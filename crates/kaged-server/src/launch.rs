@@ -1,4 +1,4 @@
-//! `GET /launch?token=`: exchange a one-time launch token for a session cookie.
+//! `GET /launch?token=`: exchange a one-time launch token for a login cookie.
 
 use std::sync::Arc;
 
@@ -6,7 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kaged_auth::{
-    AuthMethod, Mechanism, Principal, SESSION_COOKIE, SESSION_TTL_SECS, TokenRejection,
+    AuthMethod, LOGIN_COOKIE, LOGIN_TTL_SECS, Mechanism, Principal, TokenRejection,
     verify_launch_token,
 };
 use serde_json::json;
@@ -70,10 +70,9 @@ pub async fn launch(State(state): State<Arc<ServerState>>, request: Request) -> 
         id: state.policy.operator.clone(),
         email: None,
         token_id: None,
-        method: AuthMethod::Session,
+        method: AuthMethod::LoginCookie,
     };
-    let (cookie, _) =
-        lock(&state.sessions).create(cookie_bytes, csrf_bytes, principal.clone(), now);
+    let (cookie, _) = lock(&state.logins).create(cookie_bytes, csrf_bytes, principal.clone(), now);
     state
         .audit
         .record(AuditRecord {
@@ -86,7 +85,7 @@ pub async fn launch(State(state): State<Arc<ServerState>>, request: Request) -> 
         .await;
     tracing::info!(identity = %principal.id, launch_token_id = %token_id, "operator signed in with a launch token");
     let set_cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={SESSION_TTL_SECS}",
+        "{LOGIN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={LOGIN_TTL_SECS}",
         cookie.expose()
     );
     let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();

@@ -1,13 +1,22 @@
-//! kaged's HTTP edge.
+//! kaged's HTTP edge: the router, its middleware, the handlers, and the daemon's background
+//! upkeep.
 //!
-//! Every request passes, in order: security headers (outermost, so errors get them too) ->
-//! transport checks (Host allowlist, Origin, Sec-Fetch-Site) -> for protected routes,
-//! authentication and CSRF (decided by `kaged-auth`) -> the handler, which receives the
-//! [`kaged_auth::Principal`] and never reads credentials itself.
+//! [`serve_all`] accepts on every listener (`listener`, with the connection limits of
+//! `connection`) and hands each request to [`router`]. Every request then passes, outermost
+//! first: security headers (so refusals carry them too), `X-Kaged-Warning` headers, the request
+//! log, the transport checks (Host allowlist, Origin, Sec-Fetch-Site); protected routes then
+//! authenticate (`middleware::authenticate`: bearer token, nonce header, sidecar identity or
+//! login cookie, CSRF, all decided by `kaged-auth`) and the handler receives the
+//! [`kaged_auth::Principal`], never a credential.
 //!
-//! Modules follow that path: `middleware` (checks), `launch` (launch-token exchange),
-//! `api` (JSON handlers), `ui` (bundled page and the signed-out page), `error` (the one JSON
-//! error shape), `audit` (the audit sink), `state` (what handlers share).
+//! Handlers: `api` (status, whoami, audit, logout), `launch` (launch token → login cookie),
+//! `tokens`, `projects` (and its file watcher), `sessions` (runs: start, list, kill, transcript,
+//! PTY WebSocket), `events` (the event stream), `ui` (the bundled console). Shared pieces:
+//! `error` (the one JSON error shape and its [`ErrorCode`]s), `audit` (the audit sink), `storage`
+//! (held state changes, refusals while storage fails), `state` (what handlers share).
+//!
+//! [`router`] only builds routes; the daemon starts the upkeep tasks itself with
+//! [`spawn_background`], so the router can be exercised in-process without them.
 
 mod api;
 mod audit;
@@ -18,6 +27,8 @@ mod launch;
 mod listener;
 mod middleware;
 mod projects;
+#[cfg(test)]
+mod router_tests;
 mod sessions;
 mod state;
 mod storage;
@@ -30,7 +41,7 @@ use axum::routing::{get, post};
 
 pub use audit::{AuditLog, AuditRecord, now_ms, rfc3339_utc};
 pub use connection::{ConnectionLimits, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_WAITING_CONNECTIONS};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use listener::{BindError, BoundListener, ListenerInfo, Socket, bind_unix, serve_all};
 pub use projects::{
     UnreadableProject, grants_of, project_files, read_project_file, read_project_texts,
@@ -43,10 +54,17 @@ pub use state::{DaemonInfo, SandboxState, ServerState};
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub fn router(state: std::sync::Arc<ServerState>) -> Router {
+/// The daemon's upkeep for as long as it runs: re-check projects whose files change, session
+/// housekeeping (runs an earlier daemon left, transcript retention, forgetting ended runs) and
+/// the retry of state changes held while storage failed. Call once, inside the Tokio runtime.
+pub fn spawn_background(state: &std::sync::Arc<ServerState>) {
     tokio::spawn(projects::watch(state.clone()));
     tokio::spawn(sessions::housekeeping(state.clone()));
     tokio::spawn(storage::recover(state.clone()));
+}
+
+/// Every route and its middleware. Starts nothing: see [`spawn_background`].
+pub fn router(state: std::sync::Arc<ServerState>) -> Router {
     let protected = Router::new()
         .route("/", get(ui::index))
         .route("/api/v1/status", get(api::status))

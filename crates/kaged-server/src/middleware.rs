@@ -7,14 +7,14 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kaged_auth::{
-    AuthMethod, BearerCheck, CSRF_HEADER, Denial, Mechanism, NONCE_HEADER, Principal, RequestFacts,
-    SESSION_COOKIE, Secret, USER_EMAIL_HEADER, USER_ID_HEADER,
+    AuthMethod, BearerCheck, CSRF_HEADER, Denial, LOGIN_COOKIE, Mechanism, NONCE_HEADER, Principal,
+    RequestFacts, Secret, USER_EMAIL_HEADER, USER_ID_HEADER,
 };
 
 use serde_json::json;
 
 use crate::audit::{AuditRecord, now_ms};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::listener::{ListenerInfo, Peer};
 use crate::state::{ServerState, lock};
 use crate::ui;
@@ -79,7 +79,7 @@ fn trusted_actor(
             method: AuthMethod::TrustedProxy,
         }),
         None if kaged_auth::is_state_changing(request.method().as_str()) => Err(ApiError::new(
-            "actor_header_required",
+            ErrorCode::ActorHeaderRequired,
             format!(
                 "the {name} header is required on the trusted-proxy listener {} but was missing or empty",
                 listener.label
@@ -161,19 +161,19 @@ fn malformed_header(headers: &HeaderMap) -> Option<&'static str> {
         })
 }
 
-fn session_cookies(headers: &HeaderMap) -> Vec<&str> {
+fn login_cookies(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(name, _)| *name == SESSION_COOKIE)
+        .filter(|(name, _)| *name == LOGIN_COOKIE)
         .map(|(_, value)| value)
         .collect()
 }
 
-fn facts<'a>(request: &'a Request, session_cookie: Option<&'a str>) -> RequestFacts<'a> {
+fn facts<'a>(request: &'a Request, login_cookie: Option<&'a str>) -> RequestFacts<'a> {
     let h = request.headers();
     RequestFacts {
         method: request.method().as_str(),
@@ -182,7 +182,7 @@ fn facts<'a>(request: &'a Request, session_cookie: Option<&'a str>) -> RequestFa
         host: header(h, header::HOST),
         origin: header(h, header::ORIGIN),
         sec_fetch_site: header(h, "sec-fetch-site"),
-        session_cookie,
+        login_cookie,
         nonce_header: header(h, NONCE_HEADER),
         authorization: header(h, header::AUTHORIZATION),
         user_id_header: header(h, USER_ID_HEADER),
@@ -196,19 +196,19 @@ fn facts<'a>(request: &'a Request, session_cookie: Option<&'a str>) -> RequestFa
 
 /// A refusal in the form the caller can use: JSON under `/api/`, a short page elsewhere.
 pub(crate) fn refuse(path: &str, denial: &Denial) -> Response {
-    let error = ApiError::new(denial.code(), denial.to_string());
+    let error = ApiError::from(denial);
     if path.starts_with("/api/") {
         error.into_response()
     } else {
         let message = match denial {
             Denial::MissingCredentials => "You are not signed in.".to_string(),
-            Denial::InvalidSession => {
+            Denial::InvalidLogin => {
                 "Your session has ended: you signed out, it expired, or kaged restarted."
                     .to_string()
             }
             other => other.to_string(),
         };
-        let sign_in = error.code == "unauthenticated";
+        let sign_in = error.code == ErrorCode::Unauthenticated;
         ui::problem_page(error.status(), &message, sign_in)
     }
 }
@@ -225,9 +225,9 @@ pub async fn check_transport(
     next.run(request).await
 }
 
-/// The session cookie a request was authenticated with (absent for nonce-header callers).
+/// The login cookie a request was authenticated with (absent for nonce-header callers).
 #[derive(Clone)]
-pub struct CurrentSession(pub Secret);
+pub struct CurrentLogin(pub Secret);
 
 /// Authentication and CSRF for protected routes; hands the handler a `Principal`.
 pub async fn authenticate(
@@ -263,22 +263,22 @@ pub async fn authenticate(
             }
         }
     } else {
-        let cookies = session_cookies(request.headers());
-        let sessions = lock(&state.sessions);
+        let cookies = login_cookies(request.headers());
+        let logins = lock(&state.logins);
         // Another local app may have planted a cookie of the same name: any valid one counts.
         let mut result = state
             .policy
-            .authenticate(&facts(&request, None), &sessions, now)
+            .authenticate(&facts(&request, None), &logins, now)
             .map(|p| (p, None));
         for cookie in &cookies {
             result = state
                 .policy
-                .authenticate(&facts(&request, Some(cookie)), &sessions, now)
-                // Only a principal that came from this cookie carries it as its session.
+                .authenticate(&facts(&request, Some(cookie)), &logins, now)
+                // Only a principal that came from this cookie carries it as its login.
                 .map(|p| {
-                    let session = (p.method == AuthMethod::Session)
-                        .then(|| CurrentSession(Secret::new(cookie.to_string())));
-                    (p, session)
+                    let login = (p.method == AuthMethod::LoginCookie)
+                        .then(|| CurrentLogin(Secret::new(cookie.to_string())));
+                    (p, login)
                 });
             if result.is_ok() {
                 break;
@@ -288,20 +288,20 @@ pub async fn authenticate(
     };
     // On a trusted-proxy listener the proxy's header names the actor; elsewhere it means nothing.
     let decision = match decision {
-        Ok((principal, session)) => match trusted_actor(&state, &request, principal) {
-            Ok(principal) => Ok((principal, session)),
+        Ok((principal, login)) => match trusted_actor(&state, &request, principal) {
+            Ok(principal) => Ok((principal, login)),
             Err(error) => return error.into_response(),
         },
         Err(denial) => Err(denial),
     };
-    let decision = decision.and_then(|(principal, session)| {
+    let decision = decision.and_then(|(principal, login)| {
         state
             .policy
             .check_change(&principal, request.method().as_str(), request.uri().path())
-            .map(|()| (principal, session))
+            .map(|()| (principal, login))
     });
     match decision {
-        Ok((principal, session)) => {
+        Ok((principal, login)) => {
             if principal.method == AuthMethod::Sidecar
                 && lock(&state.seen_identities).insert(principal.id.clone())
             {
@@ -318,8 +318,8 @@ pub async fn authenticate(
                     .await;
             }
             request.extensions_mut().insert(principal);
-            if let Some(session) = session {
-                request.extensions_mut().insert(session);
+            if let Some(login) = login {
+                request.extensions_mut().insert(login);
             }
             next.run(request).await
         }
@@ -330,7 +330,7 @@ pub async fn authenticate(
                 Denial::WrongNonce => Some("nonce"),
                 Denial::SidecarIdentityMissing => Some("sidecar"),
                 Denial::TokenInvalid | Denial::MalformedAuthorization => Some("bearer"),
-                Denial::InvalidSession => Some("session_cookie"),
+                Denial::InvalidLogin => Some("session_cookie"),
                 _ => None,
             };
             if let Some(method) = method {
@@ -381,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn session_cookie_is_found_among_others() {
+    fn login_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
@@ -391,6 +391,6 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("kaged_session=def"),
         );
-        assert_eq!(session_cookies(&h), vec!["abc", "def"]);
+        assert_eq!(login_cookies(&h), vec!["abc", "def"]);
     }
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{AuditRecord, now_ms};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::listener::Peer;
 use crate::state::{ServerState, lock};
 
@@ -127,7 +127,12 @@ fn overlap_message(slug: &str, root: &Path, other: &ProjectState) -> String {
 pub fn overlap_refusal(projects: &Registry, p: &ProjectState) -> Option<ApiError> {
     overlapping(projects, &p.slug, &p.root)
         .first()
-        .map(|other| ApiError::new("conflict", overlap_message(&p.slug, &p.root, other)))
+        .map(|other| {
+            ApiError::new(
+                ErrorCode::Conflict,
+                overlap_message(&p.slug, &p.root, other),
+            )
+        })
 }
 
 /// Why a run of `slug` may not start now: a `.git` appeared since it was loaded or accepted.
@@ -137,7 +142,7 @@ pub fn git_refusal(slug: &str, root: &Path, had_git: bool) -> Option<ApiError> {
     }
     let git = root.join(".git");
     Some(ApiError {
-        code: "git_planted",
+        code: ErrorCode::GitPlanted,
         message: format!(
             "{} appeared since project `{slug}` was loaded, and a run may have planted it: git on the host runs what its config names (core.fsmonitor, hooks). Check {}/config (core.fsmonitor, core.hooksPath) and {}/hooks, or remove it; then accept it with `kaged project reload {slug} --accept`",
             git.display(),
@@ -166,7 +171,7 @@ pub fn missing_refusal(slug: &str, root: &Path) -> Option<ApiError> {
         Err(_) => return None,
     };
     Some(ApiError {
-        code: "project_missing",
+        code: ErrorCode::ProjectMissing,
         message: format!(
             "the directory of project `{slug}`, {}, {problem}, so no run can start in it; put it back, or unload the project with `kaged project unload {slug}`",
             root.display()
@@ -286,9 +291,9 @@ fn read(root: &Path) -> Result<(Checked, Stamp), ApiError> {
     let (base_text, local_text) = read_project_texts(&base, &local).map_err(|e| {
         ApiError::new(
             if e.missing {
-                "not_found"
+                ErrorCode::NotFound
             } else {
-                "bad_request"
+                ErrorCode::BadRequest
             },
             e.message,
         )
@@ -322,7 +327,7 @@ fn invalid(root: &Path, diagnostics: &[Diagnostic]) -> ApiError {
     let files = [names[0].as_str(), names[1].as_str()];
     let n = diagnostics.len();
     ApiError {
-        code: "dsl_invalid",
+        code: ErrorCode::DslInvalid,
         message: format!(
             "the project file has {n} problem{}; run `kaged dsl validate {}` for details",
             if n == 1 { "" } else { "s" },
@@ -410,7 +415,7 @@ pub async fn load(
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| {
         ApiError::new(
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "{}; send JSON {{\"path\": \"/ABSOLUTE/PROJECT/DIR\"}}",
                 e.body_text()
@@ -420,7 +425,7 @@ pub async fn load(
     let path = PathBuf::from(&body.path);
     if !path.is_absolute() {
         return Err(ApiError::new(
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "{:?} is not an absolute path; give the project directory's absolute path",
                 body.path
@@ -428,7 +433,7 @@ pub async fn load(
         ));
     }
     let root = std::fs::canonicalize(&path)
-        .map_err(|e| ApiError::new("not_found", format!("{}: {e}", path.display())))?;
+        .map_err(|e| ApiError::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
     let (checked, stamp) = read_async(root.clone()).await?;
     let (Some(slug), Some(config)) = (checked.slug(), checked.resolved()) else {
         return Err(invalid(&root, &checked.diagnostics));
@@ -451,7 +456,7 @@ pub async fn load(
         let reloading = match projects.get(&slug) {
             Some(existing) if existing.root != root => {
                 return Err(ApiError::new(
-                    "conflict",
+                    ErrorCode::Conflict,
                     format!(
                         "a project named `{slug}` is already loaded from {}; unload it first",
                         existing.root.display()
@@ -464,7 +469,7 @@ pub async fn load(
         if !reloading {
             if let Some(other) = overlapping(&projects, &slug, &root).first() {
                 return Err(ApiError::new(
-                    "conflict",
+                    ErrorCode::Conflict,
                     overlap_message(&slug, &root, other),
                 ));
             }
@@ -512,7 +517,7 @@ pub async fn load(
 fn find(state: &ServerState, slug: &str) -> Result<ProjectState, ApiError> {
     lock(&state.projects).get(slug).cloned().ok_or_else(|| {
         ApiError::new(
-            "not_found",
+            ErrorCode::NotFound,
             format!("no project `{slug}` is loaded; see `kaged project list`"),
         )
     })
@@ -529,7 +534,7 @@ pub async fn get(
 fn pending_error(slug: &str, w: &[Weakening]) -> ApiError {
     let list: Vec<String> = w.iter().map(ToString::to_string).collect();
     ApiError {
-        code: "weakening_pending",
+        code: ErrorCode::WeakeningPending,
         message: format!(
             "the project files of `{slug}` now loosen its cages ({}); the previous configuration stays in force until the operator accepts: review .kaged/project.yaml, then run `kaged project reload {slug} --accept` (or Accept in the console)",
             list.join("; ")
@@ -629,7 +634,7 @@ async fn recheck(
                 "the file now names another project than `{slug}`"
             ))];
             Err(ApiError::new(
-                "conflict",
+                ErrorCode::Conflict,
                 format!(
                     "the file now names another project; unload `{slug}` and load the directory again"
                 ),
@@ -710,7 +715,7 @@ pub async fn reload(
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
-                "bad_request",
+                ErrorCode::BadRequest,
                 format!("{e}; send no body, or JSON {{\"accept\": true}}"),
             )
         })?
@@ -939,7 +944,7 @@ mod tests {
         std::fs::write(root.join(".git/config"), "[core]\n").unwrap();
         assert!(git_present(&root));
         let e = git_refusal("p", &root, false).unwrap();
-        assert_eq!(e.code, "git_planted");
+        assert_eq!(e.code, ErrorCode::GitPlanted);
         assert!(
             e.message.contains("kaged project reload p --accept"),
             "{}",

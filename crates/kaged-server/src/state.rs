@@ -1,7 +1,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use kaged_auth::{Policy, SessionTable, UsedTokens};
+use kaged_auth::{Logins, Policy, UsedTokens};
 use kaged_config::{ModeDecision, Settings};
 use kaged_store::Store;
 
@@ -48,7 +48,7 @@ pub struct ServerState {
     pub info: DaemonInfo,
     pub store: Store,
     pub audit: AuditLog,
-    pub(crate) sessions: Mutex<SessionTable>,
+    pub(crate) logins: Mutex<Logins>,
     pub(crate) used_tokens: Mutex<UsedTokens>,
     pub(crate) launch_failures: Mutex<Vec<i64>>,
     /// Sidecar identities already attributed in the audit log this run.
@@ -76,7 +76,7 @@ impl ServerState {
             info,
             store,
             audit,
-            sessions: Mutex::new(SessionTable::default()),
+            logins: Mutex::new(Logins::default()),
             used_tokens: Mutex::new(UsedTokens::default()),
             launch_failures: Mutex::new(Vec::new()),
             seen_identities: Mutex::new(Default::default()),

@@ -20,7 +20,7 @@ use kaged_store::{StoreError, Trouble};
 use serde_json::{Value, json};
 
 use crate::audit::rfc3339_utc;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::ServerState;
 
 /// How often held state changes are retried (and storage probed while it fails).
@@ -31,7 +31,7 @@ fn refusal(state: &ServerState, trouble: Trouble, detail: &str) -> ApiError {
     let home = state.info.settings.home.display();
     let (code, message) = match trouble {
         Trouble::Full => (
-            "storage_full",
+            ErrorCode::StorageFull,
             format!(
                 "kaged's data directory {home} is full ({detail}): nothing new starts until \
                  space is freed there; free space (e.g. old transcripts in {home}/transcripts) \
@@ -39,7 +39,7 @@ fn refusal(state: &ServerState, trouble: Trouble, detail: &str) -> ApiError {
             ),
         ),
         Trouble::Failing => (
-            "storage_failing",
+            ErrorCode::StorageFailing,
             format!(
                 "kaged cannot write to its database in {home} ({detail}): nothing new starts \
                  until storage recovers; see the daemon log and `kaged status`"

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::audit::{AuditRecord, now_ms};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::listener::Peer;
 use crate::state::ServerState;
 
@@ -32,14 +32,14 @@ fn admin(state: &ServerState, principal: &Principal) -> Result<(), ApiError> {
     state
         .policy
         .may_administer_tokens(principal)
-        .map_err(|d| ApiError::new(d.code(), d.to_string()))
+        .map_err(|d| ApiError::from(&d))
 }
 
 fn label(field: &str, value: &str) -> Result<String, ApiError> {
     let v = value.trim();
     if v.is_empty() || v.len() > MAX_LABEL_LEN || v.chars().any(char::is_control) {
         return Err(ApiError::new(
-            "validation_failed",
+            ErrorCode::ValidationFailed,
             format!("{field} must be 1 to {MAX_LABEL_LEN} printable characters"),
         ));
     }
@@ -55,7 +55,7 @@ pub async fn create(
     admin(&state, &principal)?;
     let Json(body) = body.map_err(|e| {
         ApiError::new(
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "{}; send JSON {{\"actor\": NAME, \"name\": LABEL}}",
                 e.body_text()
@@ -65,7 +65,7 @@ pub async fn create(
     let actor = label("actor", &body.actor)?;
     if kaged_auth::is_reserved_identity(&actor) {
         return Err(ApiError::new(
-            "validation_failed",
+            ErrorCode::ValidationFailed,
             format!(
                 "the actor {actor:?} is reserved (bootstrap, insecure, anonymous and user:* name kaged's own principals)"
             ),
@@ -117,11 +117,15 @@ pub async fn revoke(
     id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&state, &principal)?;
-    let Path(id) =
-        id.map_err(|_| ApiError::new("bad_request", "the token id must be a positive integer"))?;
+    let Path(id) = id.map_err(|_| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            "the token id must be a positive integer",
+        )
+    })?;
     let Some(token) = state.store.revoke_token(id, now_ms()).await? else {
         return Err(ApiError::new(
-            "not_found",
+            ErrorCode::NotFound,
             format!(
                 "no active token with id {id} (unknown or already revoked); see `kaged tokens list`"
             ),

@@ -19,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::ServerState;
 
 const INDEX_HTML: &str = include_str!("../ui/index.html");
@@ -48,8 +48,11 @@ const VENDOR: &[(&str, &str, &[u8])] = &[
 
 pub async fn index(State(state): State<Arc<ServerState>>) -> Response {
     if !state.info.settings.ui_serve {
-        return ApiError::new("not_found", "the web UI is disabled ([ui] serve = false)")
-            .into_response();
+        return ApiError::new(
+            ErrorCode::NotFound,
+            "the web UI is disabled ([ui] serve = false)",
+        )
+        .into_response();
     }
     Html(INDEX_HTML).into_response()
 }
@@ -70,7 +73,7 @@ fn serve(table: &[(&str, &'static str, &'static [u8])], file: &str) -> Response 
         Some((_, content_type, body)) => {
             ([(header::CONTENT_TYPE, *content_type)], *body).into_response()
         }
-        None => ApiError::new("not_found", "no such asset").into_response(),
+        None => ApiError::new(ErrorCode::NotFound, "no such asset").into_response(),
     }
 }
 

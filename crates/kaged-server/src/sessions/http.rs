@@ -84,7 +84,7 @@ fn bad_size(v: Option<u16>, default: u16, field: &str) -> Result<u16, ApiError> 
         None => Ok(default),
         Some(n) if (1..=1000).contains(&n) => Ok(n),
         Some(n) => Err(ApiError::new(
-            "bad_request",
+            crate::error::ErrorCode::BadRequest,
             format!("{field} must be from 1 to 1000, got {n}"),
         )),
     }
@@ -100,7 +100,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| {
         ApiError::new(
-            "bad_request",
+            crate::error::ErrorCode::BadRequest,
             format!(
                 "{}; expected {{\"kind\": \"agent\"|\"terminal\"|\"task\", \"name\": \"...\", \"rows\": 24, \"cols\": 80}}",
                 e.body_text()
@@ -109,13 +109,13 @@ pub async fn create(
     })?;
     let kind = RunKind::parse(&body.kind).ok_or_else(|| {
         ApiError::new(
-            "bad_request",
+            crate::error::ErrorCode::BadRequest,
             format!("kind {:?} is not one of agent, terminal, task", body.kind),
         )
     })?;
     if kind == RunKind::Task && body.name.is_none() {
         return Err(ApiError::new(
-            "bad_request",
+            crate::error::ErrorCode::BadRequest,
             "a task run needs \"name\": the task to run",
         ));
     }
@@ -171,7 +171,8 @@ pub async fn list(
     State(state): State<Arc<ServerState>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new("bad_request", e.body_text()))?;
+    let Query(q) =
+        query.map_err(|e| ApiError::new(crate::error::ErrorCode::BadRequest, e.body_text()))?;
     list_of(&state, q.project, q.limit).await
 }
 
@@ -186,7 +187,7 @@ pub async fn list_project(
 pub(crate) async fn find(state: &ServerState, id: &str) -> Result<SessionRecord, ApiError> {
     let not_found = || {
         ApiError::new(
-            "not_found",
+            crate::error::ErrorCode::NotFound,
             format!("no session `{id}`; `kaged session list` shows them"),
         )
     };
@@ -228,7 +229,7 @@ pub async fn kill(
     let record = find(&state, &id).await?;
     if !super::may_control(&principal, &record.created_by) {
         return Err(ApiError::new(
-            "forbidden",
+            crate::error::ErrorCode::Forbidden,
             format!(
                 "session {id} belongs to {}; only they (or the local operator) may end it",
                 record.created_by
@@ -237,7 +238,7 @@ pub async fn kill(
     }
     let Some(live) = state.runs.get(&id).filter(|l| !l.state().is_terminal()) else {
         return Err(ApiError::new(
-            "conflict",
+            crate::error::ErrorCode::Conflict,
             format!("session {id} has already ended ({})", record.state),
         ));
     };
@@ -293,11 +294,12 @@ pub async fn transcript(
     UrlPath(id): UrlPath<String>,
     query: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new("bad_request", e.body_text()))?;
+    let Query(q) =
+        query.map_err(|e| ApiError::new(crate::error::ErrorCode::BadRequest, e.body_text()))?;
     let record = find(&state, &id).await?;
     if let Some(at) = record.transcript_pruned_at_ms {
         return Err(ApiError {
-            code: "gone",
+            code: crate::error::ErrorCode::Gone,
             message: format!(
                 "the transcript of session {id} was pruned by retention ([sessions] max_total_mb, max_age_days); the session's record stays"
             ),
@@ -309,7 +311,7 @@ pub async fn transcript(
     let end = q.end.unwrap_or(total).min(total);
     if start > end {
         return Err(ApiError::new(
-            "bad_request",
+            crate::error::ErrorCode::BadRequest,
             format!("start {start} is past end {end} (the transcript has {total} bytes)"),
         ));
     }
@@ -355,11 +357,12 @@ pub async fn prune(
     Extension(peer): Extension<Peer>,
     query: Result<Query<PruneQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new("bad_request", e.body_text()))?;
+    let Query(q) =
+        query.map_err(|e| ApiError::new(crate::error::ErrorCode::BadRequest, e.body_text()))?;
     use kaged_auth::AuthMethod::*;
-    if !matches!(principal.method, Nonce | Session | BootstrapToken) {
+    if !matches!(principal.method, Nonce | LoginCookie | BootstrapToken) {
         return Err(ApiError::new(
-            "forbidden",
+            crate::error::ErrorCode::Forbidden,
             "pruning transcripts needs the local operator (kaged session prune on the daemon's host) or the bootstrap token",
         ));
     }

@@ -441,7 +441,7 @@ pub(crate) fn may_control(principal: &kaged_auth::Principal, created_by: &str) -
     use kaged_auth::AuthMethod::*;
     match principal.method {
         Sidecar | IdentityToken | TrustedProxy => principal.id == created_by,
-        Session | Nonce | Insecure | BootstrapToken => true,
+        LoginCookie | Nonce | Insecure | BootstrapToken => true,
         InsecureReadonly => false,
     }
 }

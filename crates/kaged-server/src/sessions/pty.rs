@@ -51,7 +51,7 @@ pub async fn attach(
     let seat = match &live {
         Some(live) => Some(ViewerSeat::take(live.clone()).ok_or_else(|| {
             ApiError::new(
-                "rate_limited",
+                crate::error::ErrorCode::RateLimited,
                 format!("session {id} already has {MAX_VIEWERS} viewers; close one first"),
             )
         })?),

@@ -80,7 +80,7 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         let projects = lock(&state.projects);
         let p = projects.get(&req.project).ok_or_else(|| {
             ApiError::new(
-                "not_found",
+                crate::error::ErrorCode::NotFound,
                 format!(
                     "no project `{}` is loaded; `kaged project list` shows the loaded ones",
                     req.project
@@ -101,9 +101,9 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         return Err(refusal);
     }
     let plan = kaged_cage::plan_run(&config, req.kind, req.name.as_deref())
-        .map_err(|e| ApiError::new("bad_request", e.to_string()))?;
+        .map_err(|e| ApiError::new(crate::error::ErrorCode::BadRequest, e.to_string()))?;
     let policy = kaged_cage::policy_for(&config, &plan.cage_agent)
-        .map_err(|e| ApiError::new("bad_request", e.to_string()))?;
+        .map_err(|e| ApiError::new(crate::error::ErrorCode::BadRequest, e.to_string()))?;
     let sandbox_off = state.info.settings.sandbox_mode == SandboxMode::Disabled;
     let uncaged_because = match (&policy, sandbox_off) {
         (_, true) => Some("the daemon runs with --no-sandbox ([sandbox] mode = \"disabled\")"),
@@ -120,7 +120,7 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
             .or_else(|| kaged_spawn::usable_bwrap().err().map(|e| e.to_string()));
         if let Some(problem) = problem {
             return Err(ApiError::new(
-                "unavailable",
+                crate::error::ErrorCode::Unavailable,
                 format!(
                     "no cage can be built on this host ({problem}), and kaged never runs caged work uncaged; run `kaged doctor` for the fix"
                 ),
@@ -138,7 +138,7 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
         Some(_) => None,
         None => kaged_spawn::run_as(&root, &state.info.settings.cage_user).map_err(|problem| {
             ApiError::new(
-                "unavailable",
+                crate::error::ErrorCode::Unavailable,
                 format!("no cage can start for this project: {problem}"),
             )
         })?,
@@ -159,7 +159,7 @@ fn decide(state: &ServerState, req: &StartRequest) -> Result<Decided, ApiError> 
 /// Create a session and start its run. Returns the new session's record.
 pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<SessionRecord, ApiError> {
     let decided = match decide(state, &req) {
-        Err(e) if e.code == "git_planted" => {
+        Err(e) if e.code == crate::error::ErrorCode::GitPlanted => {
             crate::projects::audit_git_refusal(state, &req.project, &req.actor, req.source.clone())
                 .await;
             return Err(e);
@@ -173,7 +173,7 @@ pub async fn start(state: &Arc<ServerState>, req: StartRequest) -> Result<Sessio
         let for_operator = running.iter().filter(|l| l.created_by == req.actor).count();
         if let Err(e) = sessions.limits.check(in_project, for_operator) {
             return Err(ApiError {
-                code: "rate_limited",
+                code: crate::error::ErrorCode::RateLimited,
                 message: format!("{e}; end a run first (kaged session kill ID)"),
                 details: Some(
                     json!({"resource": e.resource.as_str(), "limit": e.limit, "current": e.current}),

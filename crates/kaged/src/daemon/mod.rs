@@ -252,6 +252,7 @@ fn start_serving(
     shutdown: watch::Receiver<bool>,
     limits: ConnectionLimits,
 ) -> JoinHandle<std::io::Result<()>> {
+    kaged_server::spawn_background(state);
     let app = kaged_server::router(state.clone());
     tokio::spawn(kaged_server::serve_all(listeners, app, shutdown, limits))
 }
