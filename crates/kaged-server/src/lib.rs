@@ -36,16 +36,15 @@ pub use projects::{
     UnreadableProject, grants_of, project_files, read_project_file, read_project_texts,
     restore_registered as restore_projects,
 };
-pub use sessions::stop_all as stop_sessions;
 pub use sessions::{default_limits, egress_dir, run_name};
-pub use state::{DaemonInfo, SandboxState, ServerState};
+pub use state::{DaemonInfo, SandboxState, ServerState, stop_sessions};
 
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn router(state: std::sync::Arc<ServerState>) -> Router {
     tokio::spawn(projects::watch(state.clone()));
-    tokio::spawn(sessions::housekeeping(state.clone()));
+    tokio::spawn(sessions::housekeeping(state.runs.clone()));
     tokio::spawn(storage::recover(state.clone()));
     let protected = Router::new()
         .route("/", get(ui::index))
