@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 
 pub use deps::{Deps, LoadedProject, Projects, RunSettings};
 pub use http::{create, get, kill, list, list_project, prune, transcript};
-pub use live::{Live, RunInfo};
+pub use live::Live;
 pub use manager::Sessions;
 pub use pty::attach;
 

@@ -62,7 +62,7 @@ mod tests {
     use crate::sessions::live::{LOG_CAPACITY, SCREEN_BATCH};
 
     fn live(log_capacity: usize) -> Live {
-        let info = crate::sessions::RunInfo {
+        let info = crate::sessions::live::RunInfo {
             id: "0".repeat(32),
             project: "p".into(),
             kind: kaged_cage::RunKind::Terminal,
