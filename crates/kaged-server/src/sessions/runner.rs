@@ -4,26 +4,25 @@
 //! helpers below, pumps the output, reaps the process and records the end.
 //!
 //! ```text
-//!                       Sessions::transition (store, then publish on the events broadcast)
-//!                         ^ Start, Spawned, Exit/SpawnFailed        ^ Kill
-//!                         |                                         |
-//!  thread kaged-run-ID ---+--> spawn_pty --> PTY master              |
-//!    | pump: terminal.read --> transcript::Writer (disk, first)      |
-//!    |                     --> Live::append (OutputLog) --> `end` watch --+--> viewers (pty.rs)
-//!    |                                                                    +--> thread kaged-scr-ID
-//!    |                                                                          (screen.rs: Live::catch_up
-//!    |                                                                           when output goes quiet)
-//!    | starts:                                                                  |
-//!    +--> thread kaged-in-ID   <-- input queue (sync_channel, INPUT_QUEUE) <-- Live::send_input
-//!    |      (write_input: bytes and resizes to the PTY)                            (pty.rs)
-//!    +--> thread kaged-pid-ID  (stop.rs, no cgroup only: counts processes,    ---> Kill
-//!    |      SIGKILL past the limit)
-//!    +--> task wall-clock      (stop.rs: abort after the wall-time limit)     ---> Kill
-//!    +--> egress proxy tasks   (egress.rs, allowlist only: kaged_egress on a
-//!    |      Unix socket) --> decisions queue --> task audit_egress --> audit trail
-//!    | at EOF: extent stored, pump_done + `end` woken (the screen follower
-//!    |   finishes and is joined), wait (reap), egress stopped (final summary),
-//!    |   cgroups removed, killer cleared, Exit transition
+//! thread kaged-run-ID (Runner::run)
+//!  |-- [allowlist only] egress proxy tasks (egress.rs, kaged_egress on a Unix socket)
+//!  |      --> decisions (bounded queue) --> task audit_egress --> audit trail
+//!  |-- kaged_spawn::caged --> spawn_pty --> Killer put in Live (kills reach the run by it)
+//!  |-- task wall-clock (stop.rs) ........... limit reached --> stop::abort --> Kill
+//!  |-- thread kaged-pid-ID (stop.rs) ....... [no cgroup only] count > limit --> SIGKILL, Kill
+//!  |-- thread kaged-in-ID (write_input) <-- input queue (sync_channel, 64) <-- Live::send_input
+//!  |      bytes and resizes to the PTY                                        (pty.rs viewers)
+//!  |-- thread kaged-scr-ID (screen.rs) <-- `end` watch: Live::catch_up once output is quiet
+//!  `-- pump, on this thread:
+//!         PTY read --> transcript::Writer (disk, first)
+//!                  --> Live::append (OutputLog) --> `end` watch --> viewers (pty.rs)
+//!                                                               --> screen follower
+//!      at EOF: extent stored in the row; pump_done set and `end` woken; wait (reap); the
+//!      screen follower joined; egress stopped (final summary); cgroups removed; killer
+//!      cleared; Exit.
+//!
+//! Every change of state (Start, Spawned, Exit, SpawnFailed here; Kill from outside) goes
+//! through Sessions::transition --> store, then the events broadcast (store_and_publish).
 //! ```
 //!
 //! A kill from outside (`stop::abort`, the HTTP kill, shutdown) goes through the run's
