@@ -47,9 +47,8 @@ pub use projects::{
     UnreadableProject, grants_of, project_files, read_project_file, read_project_texts,
     restore_registered as restore_projects,
 };
-pub use sessions::stop_all as stop_sessions;
 pub use sessions::{default_limits, egress_dir, run_name};
-pub use state::{DaemonInfo, SandboxState, ServerState};
+pub use state::{DaemonInfo, SandboxState, ServerState, stop_sessions};
 
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -59,7 +58,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// the retry of state changes held while storage failed. Call once, inside the Tokio runtime.
 pub fn spawn_background(state: &std::sync::Arc<ServerState>) {
     tokio::spawn(projects::watch(state.clone()));
-    tokio::spawn(sessions::housekeeping(state.clone()));
+    tokio::spawn(sessions::housekeeping(state.runs.clone()));
     tokio::spawn(storage::recover(state.clone()));
 }
 

@@ -182,14 +182,13 @@ pub fn missing_refusal(slug: &str, root: &Path) -> Option<ApiError> {
 
 /// Audit a run refused because of a planted `.git`.
 pub async fn audit_git_refusal(
-    state: &ServerState,
+    audit: &crate::audit::AuditLog,
     slug: &str,
+    root: Option<PathBuf>,
     actor: &str,
     source: Option<String>,
 ) {
-    let root = lock(&state.projects).get(slug).map(|p| p.root.clone());
-    state
-        .audit
+    audit
         .record(AuditRecord {
             kind: "project.git_planted",
             success: false,

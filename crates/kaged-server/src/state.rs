@@ -1,11 +1,19 @@
-use std::sync::Mutex;
+//! The daemon's shared state (`ServerState`, the axum router's state) and what it hands the
+//! session manager (`sessions::Deps`, built here: nothing under `sessions/` names this type).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use axum::extract::FromRef;
 
 use kaged_auth::{Logins, Policy, UsedTokens};
 use kaged_config::{ModeDecision, Settings};
 use kaged_store::Store;
 
 use crate::audit::AuditLog;
+use crate::error::{ApiError, ErrorCode};
+use crate::sessions::{Deps, LoadedProject, Projects, RunSettings, Sessions};
 
 /// Facts about this daemon start that `GET /api/v1/status` reports.
 /// Not `Serialize` on purpose: `GET /api/v1/status` picks its fields one by one.
@@ -44,7 +52,8 @@ pub(crate) const LAUNCH_FAILURES_PER_WINDOW: usize = 20;
 pub(crate) const LAUNCH_WINDOW_MS: i64 = 60_000;
 
 pub struct ServerState {
-    pub policy: Policy,
+    /// Shared with the session manager (the write gate of the PTY channel).
+    pub policy: Arc<Policy>,
     pub info: DaemonInfo,
     pub store: Store,
     pub audit: AuditLog,
@@ -58,8 +67,9 @@ pub struct ServerState {
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     /// Ids of tokens revoked while the daemon runs, so open sockets using them close at once.
     pub(crate) revoked_tokens: tokio::sync::broadcast::Sender<i64>,
-    pub(crate) projects: Mutex<crate::projects::Registry>,
-    pub runs: crate::sessions::Sessions,
+    /// Shared with the session manager through [`LoadedProjects`].
+    pub(crate) projects: Arc<Mutex<crate::projects::Registry>>,
+    pub runs: Sessions,
 }
 
 impl ServerState {
@@ -70,7 +80,18 @@ impl ServerState {
         audit: AuditLog,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        let info_transcripts = info.settings.home.join("transcripts");
+        let policy = Arc::new(policy);
+        let projects: Arc<Mutex<crate::projects::Registry>> = Default::default();
+        let revoked_tokens = tokio::sync::broadcast::channel(64).0;
+        let runs = Sessions::new(Deps {
+            store: store.clone(),
+            audit: audit.clone(),
+            settings: run_settings(&info),
+            projects: Arc::new(LoadedProjects(projects.clone())),
+            policy: policy.clone(),
+            shutdown: shutdown.clone(),
+            revoked_tokens: revoked_tokens.clone(),
+        });
         ServerState {
             policy,
             info,
@@ -82,11 +103,70 @@ impl ServerState {
             seen_identities: Mutex::new(Default::default()),
             started: Instant::now(),
             shutdown,
-            revoked_tokens: tokio::sync::broadcast::channel(64).0,
-            projects: Mutex::new(Default::default()),
-            runs: crate::sessions::Sessions::new(info_transcripts),
+            revoked_tokens,
+            projects,
+            runs,
         }
     }
+}
+
+/// The axum handlers of `sessions/` take the session manager as their state.
+impl FromRef<Arc<ServerState>> for Sessions {
+    fn from_ref(state: &Arc<ServerState>) -> Sessions {
+        state.runs.clone()
+    }
+}
+
+/// What runs need of the daemon's settings and the start-up preflight.
+fn run_settings(info: &DaemonInfo) -> RunSettings {
+    let settings = &info.settings;
+    RunSettings {
+        home: settings.home.clone(),
+        transcripts: settings.home.join("transcripts"),
+        sandbox_disabled: settings.sandbox_mode == kaged_config::SandboxMode::Disabled,
+        sandbox_problem: info.sandbox.problem.clone(),
+        helper: info.sandbox.helper.clone(),
+        cage_user: settings.cage_user.clone(),
+        default_limits: crate::sessions::default_limits(settings),
+        local: info.local.clone(),
+        transcript_max_mb: settings.transcript_max_mb,
+        sessions_max_total_mb: settings.sessions_max_total_mb,
+        sessions_max_age_days: settings.sessions_max_age_days,
+    }
+}
+
+/// The project registry as the session manager looks projects up.
+struct LoadedProjects(Arc<Mutex<crate::projects::Registry>>);
+
+impl Projects for LoadedProjects {
+    fn for_run(&self, slug: &str) -> Result<LoadedProject, ApiError> {
+        let projects = lock(&self.0);
+        let p = projects.get(slug).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no project `{slug}` is loaded; `kaged project list` shows the loaded ones"
+                ),
+            )
+        })?;
+        if let Some(refusal) = crate::projects::overlap_refusal(&projects, p) {
+            return Err(refusal);
+        }
+        Ok(LoadedProject {
+            root: p.root.clone(),
+            config: p.config.clone(),
+            had_git: p.had_git,
+        })
+    }
+
+    fn root(&self, slug: &str) -> Option<PathBuf> {
+        lock(&self.0).get(slug).map(|p| p.root.clone())
+    }
+}
+
+/// End every live run and wait for their ends to be recorded (the daemon is stopping).
+pub async fn stop_sessions(state: &Arc<ServerState>) {
+    state.runs.stop_all().await;
 }
 
 /// Lock a mutex whose data stays consistent even if a holder panicked (every critical section

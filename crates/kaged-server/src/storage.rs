@@ -13,10 +13,11 @@
 //! - [`readiness`], [`report`] and [`warning`] feed `/readyz`, `GET /api/v1/status` (and so
 //!   `kaged status`) and the console's warning banner.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kaged_store::{StoreError, Trouble};
+use kaged_store::{Store, StoreError, Trouble};
 use serde_json::{Value, json};
 
 use crate::audit::rfc3339_utc;
@@ -27,8 +28,8 @@ use crate::state::ServerState;
 pub const RETRY_EVERY: Duration = Duration::from_secs(2);
 
 /// The message of a refusal: what is wrong, where, and the fix.
-fn refusal(state: &ServerState, trouble: Trouble, detail: &str) -> ApiError {
-    let home = state.info.settings.home.display();
+fn refusal(data_dir: &Path, trouble: Trouble, detail: &str) -> ApiError {
+    let home = data_dir.display();
     let (code, message) = match trouble {
         Trouble::Full => (
             ErrorCode::StorageFull,
@@ -47,22 +48,22 @@ fn refusal(state: &ServerState, trouble: Trouble, detail: &str) -> ApiError {
         ),
     };
     let mut e = ApiError::new(code, message);
-    e.details = Some(json!({"data_dir": state.info.settings.home}));
+    e.details = Some(json!({"data_dir": data_dir}));
     e
 }
 
 /// Refuse work that would need storage (a session start) while storage is failing.
-pub(crate) fn refuse_new_work(state: &ServerState) -> Result<(), ApiError> {
-    match state.store.health().failure() {
+pub(crate) fn refuse_new_work(store: &Store, data_dir: &Path) -> Result<(), ApiError> {
+    match store.health().failure() {
         None => Ok(()),
-        Some(f) => Err(refusal(state, f.trouble, &f.last_error)),
+        Some(f) => Err(refusal(data_dir, f.trouble, &f.last_error)),
     }
 }
 
 /// The error of a session start whose row could not be stored.
-pub(crate) fn start_failed(state: &ServerState, e: StoreError) -> ApiError {
+pub(crate) fn start_failed(data_dir: &Path, e: StoreError) -> ApiError {
     match e.trouble() {
-        Some(trouble) => refusal(state, trouble, &e.to_string()),
+        Some(trouble) => refusal(data_dir, trouble, &e.to_string()),
         None => ApiError::internal(format!("cannot store the session: {e}")),
     }
 }
@@ -86,7 +87,7 @@ pub(crate) fn change_not_stored(session: &str, e: &StoreError) {
 /// `/readyz`'s refusal while storage is failing (503 with the reason), `None` when ready.
 pub(crate) fn readiness(state: &ServerState) -> Option<Value> {
     let f = state.store.health().failure()?;
-    let e = refusal(state, f.trouble, &f.last_error);
+    let e = refusal(&state.info.settings.home, f.trouble, &f.last_error);
     Some(json!({
         "status": "unavailable",
         "error": {"code": e.code, "message": e.message, "details": report(state)},
@@ -144,8 +145,8 @@ pub(crate) fn warning(state: &ServerState) -> Option<String> {
 /// Whether the store holds state changes it could not write (rows may lag memory). While it
 /// does not, an end is reported from the row only, so a client never sees an end without its
 /// exit code, end time and final transition.
-pub(crate) fn holding(state: &ServerState) -> bool {
-    state.store.held_changes().0 > 0
+pub(crate) fn holding(store: &Store) -> bool {
+    store.held_changes().0 > 0
 }
 
 /// What is reported of an ended run whose end is held (storage failing): the row still shows

@@ -1,7 +1,5 @@
 //! The sessions' JSON and transcript routes.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path as UrlPath, Query, State};
@@ -13,12 +11,12 @@ use kaged_store::SessionRecord;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::run::{StartRequest, abort, start};
-use super::valid_id;
+use super::start::{StartRequest, start};
+use super::stop::abort;
+use super::{Sessions, valid_id};
 use crate::audit::AuditRecord;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::listener::Peer;
-use crate::state::ServerState;
 
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
@@ -39,30 +37,33 @@ pub struct CreateRequest {
 
 /// The output's length: from memory for a run held there, from the row once recorded, else
 /// from the transcript's pieces (a run of an earlier version, or one a crash interrupted).
-fn transcript_len(state: &ServerState, record: &SessionRecord) -> u64 {
-    match (state.runs.get(&record.id), record.output_bytes) {
-        (Some(live), _) => *live.end.borrow(),
+fn transcript_len(sessions: &Sessions, record: &SessionRecord) -> u64 {
+    match (sessions.get(&record.id), record.output_bytes) {
+        (Some(live), _) => live.end(),
         (None, Some(n)) => n,
-        (None, None) => super::transcript::pieces(&state.runs.transcript_path(&record.id))
+        (None, None) => super::transcript::pieces(&sessions.transcript_path(&record.id))
             .map_or(0, |(p, _)| p.end()),
     }
 }
 
-fn view(state: &ServerState, record: &SessionRecord) -> Value {
+fn view(sessions: &Sessions, record: &SessionRecord) -> Value {
     let mut v = serde_json::to_value(record).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("output_bytes".into(), json!(transcript_len(state, record)));
+        obj.insert(
+            "output_bytes".into(),
+            json!(transcript_len(sessions, record)),
+        );
         obj.insert(
             "transcript_pruned".into(),
             json!(record.transcript_pruned_at_ms.is_some()),
         );
-        if let Some(live) = state.runs.get(&record.id) {
+        if let Some(live) = sessions.get(&record.id) {
             // Still being written: what the cap dropped so far is on disk, not yet in the row.
-            if let Ok((pieces, _)) = super::transcript::pieces(&live.transcript) {
+            if let Ok((pieces, _)) = super::transcript::pieces(live.transcript()) {
                 obj.insert("dropped".into(), json!(pieces.dropped()));
             }
             let (rows, cols) = live.size();
-            let row_lags = crate::storage::holding(state);
+            let row_lags = crate::storage::holding(&sessions.deps().store);
             obj.insert("rows".into(), json!(rows));
             obj.insert("cols".into(), json!(cols));
             // Memory is fresher than the row for a run that is still going; an end is reported
@@ -84,7 +85,7 @@ fn bad_size(v: Option<u16>, default: u16, field: &str) -> Result<u16, ApiError> 
         None => Ok(default),
         Some(n) if (1..=1000).contains(&n) => Ok(n),
         Some(n) => Err(ApiError::new(
-            crate::error::ErrorCode::BadRequest,
+            ErrorCode::BadRequest,
             format!("{field} must be from 1 to 1000, got {n}"),
         )),
     }
@@ -92,7 +93,7 @@ fn bad_size(v: Option<u16>, default: u16, field: &str) -> Result<u16, ApiError> 
 
 /// `POST /api/v1/projects/{slug}/sessions`
 pub async fn create(
-    State(state): State<Arc<ServerState>>,
+    State(sessions): State<Sessions>,
     Extension(principal): Extension<Principal>,
     Extension(peer): Extension<Peer>,
     UrlPath(slug): UrlPath<String>,
@@ -100,7 +101,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| {
         ApiError::new(
-            crate::error::ErrorCode::BadRequest,
+            ErrorCode::BadRequest,
             format!(
                 "{}; expected {{\"kind\": \"agent\"|\"terminal\"|\"task\", \"name\": \"...\", \"rows\": 24, \"cols\": 80}}",
                 e.body_text()
@@ -109,21 +110,22 @@ pub async fn create(
     })?;
     let kind = RunKind::parse(&body.kind).ok_or_else(|| {
         ApiError::new(
-            crate::error::ErrorCode::BadRequest,
+            ErrorCode::BadRequest,
             format!("kind {:?} is not one of agent, terminal, task", body.kind),
         )
     })?;
     if kind == RunKind::Task && body.name.is_none() {
         return Err(ApiError::new(
-            crate::error::ErrorCode::BadRequest,
+            ErrorCode::BadRequest,
             "a task run needs \"name\": the task to run",
         ));
     }
     let rows = bad_size(body.rows, 24, "rows")?;
     let cols = bad_size(body.cols, 80, "cols")?;
-    crate::storage::refuse_new_work(&state)?;
+    let deps = sessions.deps();
+    crate::storage::refuse_new_work(&deps.store, &deps.settings.home)?;
     let record = start(
-        &state,
+        &sessions,
         StartRequest {
             project: slug,
             kind,
@@ -137,7 +139,7 @@ pub async fn create(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "session": view(&state, &record) })),
+        Json(json!({ "session": view(&sessions, &record) })),
     )
         .into_response())
 }
@@ -152,49 +154,50 @@ pub struct ListQuery {
 }
 
 async fn list_of(
-    state: &ServerState,
+    sessions: &Sessions,
     project: Option<String>,
     limit: Option<usize>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
-    let records = state
+    let records = sessions
+        .deps()
         .store
         .list_sessions(project, limit)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let sessions: Vec<Value> = records.iter().map(|r| view(state, r)).collect();
+    let sessions: Vec<Value> = records.iter().map(|r| view(sessions, r)).collect();
     Ok(Json(json!({ "sessions": sessions })))
 }
 
 /// `GET /api/v1/sessions?project=&limit=`
 pub async fn list(
-    State(state): State<Arc<ServerState>>,
+    State(sessions): State<Sessions>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::new(crate::error::ErrorCode::BadRequest, e.body_text()))?;
-    list_of(&state, q.project, q.limit).await
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    list_of(&sessions, q.project, q.limit).await
 }
 
 /// `GET /api/v1/projects/{slug}/sessions`
 pub async fn list_project(
-    State(state): State<Arc<ServerState>>,
+    State(sessions): State<Sessions>,
     UrlPath(slug): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    list_of(&state, Some(slug), None).await
+    list_of(&sessions, Some(slug), None).await
 }
 
-pub(crate) async fn find(state: &ServerState, id: &str) -> Result<SessionRecord, ApiError> {
+pub(crate) async fn find(sessions: &Sessions, id: &str) -> Result<SessionRecord, ApiError> {
     let not_found = || {
         ApiError::new(
-            crate::error::ErrorCode::NotFound,
+            ErrorCode::NotFound,
             format!("no session `{id}`; `kaged session list` shows them"),
         )
     };
     if !valid_id(id) {
         return Err(not_found());
     }
-    state
+    sessions
+        .deps()
         .store
         .get_session(id.to_string())
         .await
@@ -204,46 +207,48 @@ pub(crate) async fn find(state: &ServerState, id: &str) -> Result<SessionRecord,
 
 /// `GET /api/v1/sessions/{id}`: the session and every state change it went through.
 pub async fn get(
-    State(state): State<Arc<ServerState>>,
+    State(sessions): State<Sessions>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = find(&state, &id).await?;
-    let transitions = state
+    let record = find(&sessions, &id).await?;
+    let transitions = sessions
+        .deps()
         .store
         .transitions_after(0, Some(id), 10_000)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(json!({
-        "session": view(&state, &record),
+        "session": view(&sessions, &record),
         "transitions": transitions,
     })))
 }
 
 /// `POST /api/v1/sessions/{id}/kill`: signal now, SIGKILL after the grace period.
 pub async fn kill(
-    State(state): State<Arc<ServerState>>,
+    State(sessions): State<Sessions>,
     Extension(principal): Extension<Principal>,
     Extension(peer): Extension<Peer>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let record = find(&state, &id).await?;
+    let record = find(&sessions, &id).await?;
     if !super::may_control(&principal, &record.created_by) {
         return Err(ApiError::new(
-            crate::error::ErrorCode::Forbidden,
+            ErrorCode::Forbidden,
             format!(
                 "session {id} belongs to {}; only they (or the local operator) may end it",
                 record.created_by
             ),
         ));
     }
-    let Some(live) = state.runs.get(&id).filter(|l| !l.state().is_terminal()) else {
+    let Some(live) = sessions.get(&id).filter(|l| !l.state().is_terminal()) else {
         return Err(ApiError::new(
-            crate::error::ErrorCode::Conflict,
+            ErrorCode::Conflict,
             format!("session {id} has already ended ({})", record.state),
         ));
     };
     // Repeated kills of a run that is stopping are limited like any repeatable record.
-    state
+    sessions
+        .deps()
         .audit
         .record_limited(
             &id,
@@ -258,17 +263,17 @@ pub async fn kill(
         .await;
     // The kill is recorded (stopping, or killed when nothing was spawned yet) before the
     // answer; the grace period runs on.
-    super::transition(
-        &state,
-        &live,
-        kaged_session::state::Event::Kill {
-            actor: principal.id.clone(),
-        },
-        &principal.id,
-    )
-    .await;
-    let (state2, live2, by) = (state.clone(), live.clone(), principal.id.clone());
-    tokio::spawn(async move { abort(&state2, &live2, &by).await });
+    sessions
+        .transition(
+            &live,
+            kaged_session::state::Event::Kill {
+                actor: principal.id.clone(),
+            },
+            &principal.id,
+        )
+        .await;
+    let (sessions2, live2, by) = (sessions.clone(), live.clone(), principal.id.clone());
+    tokio::spawn(async move { abort(&sessions2, &live2, &by).await });
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"session": id, "state": live.state().as_str()})),
@@ -290,32 +295,31 @@ pub struct RangeQuery {
 /// in `X-Kaged-Transcript-Range: start-end/total`; when the per-transcript cap dropped part of
 /// it, `X-Kaged-Transcript-Dropped: from-to` says which offsets the body leaves out.
 pub async fn transcript(
-    State(state): State<Arc<ServerState>>,
+    State(sessions): State<Sessions>,
     UrlPath(id): UrlPath<String>,
     query: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::new(crate::error::ErrorCode::BadRequest, e.body_text()))?;
-    let record = find(&state, &id).await?;
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let record = find(&sessions, &id).await?;
     if let Some(at) = record.transcript_pruned_at_ms {
         return Err(ApiError {
-            code: crate::error::ErrorCode::Gone,
+            code: ErrorCode::Gone,
             message: format!(
                 "the transcript of session {id} was pruned by retention ([sessions] max_total_mb, max_age_days); the session's record stays"
             ),
             details: Some(json!({"transcript_pruned_at_ms": at})),
         });
     }
-    let total = transcript_len(&state, &record);
+    let total = transcript_len(&sessions, &record);
     let start = q.start.unwrap_or(0);
     let end = q.end.unwrap_or(total).min(total);
     if start > end {
         return Err(ApiError::new(
-            crate::error::ErrorCode::BadRequest,
+            ErrorCode::BadRequest,
             format!("start {start} is past end {end} (the transcript has {total} bytes)"),
         ));
     }
-    let path = state.runs.transcript_path(&id);
+    let path = sessions.transcript_path(&id);
     let super::transcript::Streamed {
         body,
         length,
@@ -352,20 +356,20 @@ pub struct PruneQuery {
 /// `POST /api/v1/sessions/prune[?dry_run=true]`: apply retention now (the local operator or
 /// the bootstrap token only). With `dry_run`, list what would go and delete nothing.
 pub async fn prune(
-    State(state): State<Arc<ServerState>>,
+    State(sessions): State<Sessions>,
     Extension(principal): Extension<Principal>,
     Extension(peer): Extension<Peer>,
     query: Result<Query<PruneQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::new(crate::error::ErrorCode::BadRequest, e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     use kaged_auth::AuthMethod::*;
     if !matches!(principal.method, Nonce | LoginCookie | BootstrapToken) {
         return Err(ApiError::new(
-            crate::error::ErrorCode::Forbidden,
+            ErrorCode::Forbidden,
             "pruning transcripts needs the local operator (kaged session prune on the daemon's host) or the bootstrap token",
         ));
     }
-    let report = super::retention::prune(&state, q.dry_run, &principal.id, peer.0.clone()).await?;
+    let report =
+        super::retention::prune(&sessions, q.dry_run, &principal.id, peer.0.clone()).await?;
     Ok(Json(report))
 }

@@ -17,14 +17,12 @@ use kaged_session::state::StateKind;
 use kaged_store::SessionRecord;
 
 use super::http::find;
-use super::{Input, Live};
-use crate::error::ApiError;
-use crate::state::{ServerState, lock};
+use super::live::MAX_VIEWERS;
+use super::{Input, Live, Sessions};
+use crate::error::{ApiError, ErrorCode};
 
 /// Largest client message (a paste); input is chunked by the client beyond that.
 const MAX_CLIENT_MESSAGE: usize = 256 * 1024;
-/// Viewers one live run may have at once.
-const MAX_VIEWERS: usize = 64;
 /// Output bytes per frame.
 const FRAME_BYTES: usize = 64 * 1024;
 /// A viewer that cannot take a frame for this long is dropped; it resumes from its offset.
@@ -42,22 +40,23 @@ const CLOSE_TOO_SLOW: u16 = 4000;
 
 pub async fn attach(
     ws: WebSocketUpgrade,
-    State(state): State<Arc<ServerState>>,
+    State(sessions): State<Sessions>,
     Extension(principal): Extension<Principal>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let record = find(&state, &id).await?;
-    let live = state.runs.get(&id);
+    let record = find(&sessions, &id).await?;
+    let live = sessions.get(&id);
     let seat = match &live {
-        Some(live) => Some(ViewerSeat::take(live.clone()).ok_or_else(|| {
+        Some(live) => Some(live.take_seat().ok_or_else(|| {
             ApiError::new(
-                crate::error::ErrorCode::RateLimited,
+                ErrorCode::RateLimited,
                 format!("session {id} already has {MAX_VIEWERS} viewers; close one first"),
             )
         })?),
         None => None,
     };
-    let may_write = state
+    let may_write = sessions
+        .deps()
         .policy
         .check_change(&principal, "POST", "/api/v1/sessions")
         .is_ok()
@@ -66,33 +65,9 @@ pub async fn attach(
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
-            serve(socket, state, record, principal, may_write).await;
+            serve(socket, sessions, record, principal, may_write).await;
             drop(seat);
         }))
-}
-
-/// One of a live run's viewer places, given back when the viewer goes.
-struct ViewerSeat(Arc<Live>);
-
-impl ViewerSeat {
-    fn take(live: Arc<Live>) -> Option<ViewerSeat> {
-        use std::sync::atomic::Ordering;
-        let taken = live
-            .viewers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < MAX_VIEWERS).then_some(n + 1)
-            })
-            .is_ok();
-        taken.then_some(ViewerSeat(live))
-    }
-}
-
-impl Drop for ViewerSeat {
-    fn drop(&mut self) {
-        self.0
-            .viewers
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
@@ -141,10 +116,7 @@ fn output_end(
     transcript: &std::path::Path,
 ) -> (u64, bool) {
     match live {
-        Some(l) => (
-            *l.end.borrow(),
-            !l.state().is_terminal() || l.killer_alive(),
-        ),
+        Some(l) => (l.end(), l.producing()),
         None => (
             record.output_bytes.unwrap_or_else(|| {
                 super::transcript::pieces(transcript).map_or(0, |(p, _)| p.end())
@@ -159,16 +131,9 @@ fn kind_of(name: &str) -> StateKind {
     name.parse().unwrap_or(StateKind::Failed)
 }
 
-impl Live {
-    /// The reader may still be draining output after the state turned final.
-    fn killer_alive(&self) -> bool {
-        lock(&self.killer).is_some()
-    }
-}
-
 async fn serve(
     socket: WebSocket,
-    state: Arc<ServerState>,
+    sessions: Sessions,
     record: SessionRecord,
     principal: Principal,
     may_write: bool,
@@ -183,8 +148,8 @@ async fn serve(
             }
         }
     });
-    let live = state.runs.get(&record.id);
-    let transcript = state.runs.transcript_path(&record.id);
+    let live = sessions.get(&record.id);
+    let transcript = sessions.transcript_path(&record.id);
     let (end, _) = output_end(live.as_ref(), &record, &transcript);
     let (rows, cols) = live.as_ref().map_or((24, 80), |l| l.size());
     let hello = ServerText::Hello {
@@ -238,14 +203,7 @@ async fn serve(
         (Some(offset), _) => offset,
         (None, Some(live)) => {
             let snap_live = live.clone();
-            let snapshot = tokio::task::spawn_blocking(move || {
-                // Read first: the watch's read lock must not be held across `catch_up`.
-                let upto = *snap_live.end.borrow();
-                super::run::catch_up(&snap_live, upto);
-                let s = lock(&snap_live.screen);
-                (s.snapshot(), s.offset)
-            })
-            .await;
+            let snapshot = tokio::task::spawn_blocking(move || snap_live.snapshot()).await;
             let Ok((bytes, offset)) = snapshot else {
                 reader.abort();
                 return;
@@ -265,10 +223,10 @@ async fn serve(
     for c in early {
         handle_control(&mut sink, live.as_deref(), c, may_write).await;
     }
-    let mut end_rx = live.as_ref().map(|l| l.end.subscribe());
-    let mut state_rx = live.as_ref().map(|l| l.state_kind.subscribe());
-    let mut shutdown = state.shutdown.clone();
-    let mut revoked = state.revoked_tokens.subscribe();
+    let mut end_rx = live.as_ref().map(|l| l.subscribe_end());
+    let mut state_rx = live.as_ref().map(|l| l.subscribe_state());
+    let mut shutdown = sessions.deps().shutdown.clone();
+    let mut revoked = sessions.deps().revoked_tokens.subscribe();
     let mut last_state: Option<StateKind> = None;
     loop {
         // Send what the viewer has not seen yet, a frame at a time.

@@ -7,10 +7,9 @@ use std::time::Duration;
 use kaged_session::retention::{Cap, Kept, Limits, plan};
 use serde_json::{Value, json};
 
-use super::transcript;
+use super::{RunSettings, Sessions, transcript};
 use crate::audit::{AuditRecord, now_ms};
 use crate::error::ApiError;
-use crate::state::{ServerState, lock};
 
 /// How often retention runs while the daemon is up.
 pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -22,12 +21,11 @@ const DAY_MS: i64 = 86_400_000;
 static PRUNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The per-transcript cap of new runs (`[sessions] transcript_max_mb`).
-pub(crate) fn cap(state: &ServerState) -> Cap {
-    Cap::of(state.info.settings.transcript_max_mb.saturating_mul(MIB))
+pub(crate) fn cap(settings: &RunSettings) -> Cap {
+    Cap::of(settings.transcript_max_mb.saturating_mul(MIB))
 }
 
-fn limits(state: &ServerState) -> Limits {
-    let s = &state.info.settings;
+fn limits(s: &RunSettings) -> Limits {
     Limits {
         max_total_bytes: s.sessions_max_total_mb.saturating_mul(MIB),
         max_age_ms: i64::try_from(s.sessions_max_age_days)
@@ -39,7 +37,7 @@ fn limits(state: &ServerState) -> Limits {
 /// Record a run's final output length and what its cap dropped, in its row (called by the
 /// run's thread once the output ended).
 pub(crate) fn record_extent(
-    state: &ServerState,
+    store: &kaged_store::Store,
     id: &str,
     writer: &transcript::Writer,
     handle: &tokio::runtime::Handle,
@@ -48,11 +46,7 @@ pub(crate) fn record_extent(
     if let Some((from, to)) = dropped {
         tracing::info!(session = %id, from, to, "the transcript cap dropped the middle of this run's output");
     }
-    if let Err(e) = handle.block_on(state.store.set_transcript_extent(
-        id.to_string(),
-        bytes,
-        dropped,
-    )) {
+    if let Err(e) = handle.block_on(store.set_transcript_extent(id.to_string(), bytes, dropped)) {
         tracing::error!(session = %id, error = %e, "cannot record the transcript's extent");
     }
 }
@@ -62,22 +56,20 @@ pub(crate) fn record_extent(
 /// touched. Each deletion marks the row and writes a `session.transcript.pruned` record;
 /// `dry_run` only reports. Returns the report the API answers with.
 pub(crate) async fn prune(
-    state: &ServerState,
+    sessions: &Sessions,
     dry_run: bool,
     actor: &str,
     source: Option<String>,
 ) -> Result<Value, ApiError> {
     let _one = PRUNING.lock().await;
-    let limits = limits(state);
-    let rows = state.store.kept_transcripts().await?;
-    let live: std::collections::HashSet<String> = lock(&state.runs.live)
-        .values()
-        .filter(|l| !l.state().is_terminal() || lock(&l.killer).is_some())
-        .map(|l| l.id.clone())
-        .collect();
+    let deps = sessions.deps();
+    let settings = &deps.settings;
+    let limits = limits(settings);
+    let rows = deps.store.kept_transcripts().await?;
+    let live = sessions.producing();
     let paths: Vec<_> = rows
         .iter()
-        .map(|r| state.runs.transcript_path(&r.id))
+        .map(|r| sessions.transcript_path(&r.id))
         .collect();
     let sizes = tokio::task::spawn_blocking(move || {
         paths
@@ -118,7 +110,7 @@ pub(crate) async fn prune(
             pruned.push(entry);
             continue;
         }
-        let path = state.runs.transcript_path(&row.id);
+        let path = sessions.transcript_path(&row.id);
         let removed = tokio::task::spawn_blocking(move || {
             let output = transcript::pieces(&path).map_or(0, |(p, _)| p.end());
             transcript::remove(&path).map(|()| output)
@@ -132,12 +124,10 @@ pub(crate) async fn prune(
                 continue;
             }
         };
-        state
-            .store
+        deps.store
             .mark_transcript_pruned(row.id.clone(), now, output_bytes)
             .await?;
-        state
-            .audit
+        deps.audit
             .record(AuditRecord {
                 kind: "session.transcript.pruned",
                 success: true,
@@ -150,8 +140,8 @@ pub(crate) async fn prune(
                     "output_bytes": output_bytes,
                     "why": p.why.as_str(),
                     "ended_at_ms": row.ended_at_ms,
-                    "max_total_mb": state.info.settings.sessions_max_total_mb,
-                    "max_age_days": state.info.settings.sessions_max_age_days,
+                    "max_total_mb": settings.sessions_max_total_mb,
+                    "max_age_days": settings.sessions_max_age_days,
                 }),
             })
             .await;
@@ -168,8 +158,8 @@ pub(crate) async fn prune(
     }
     Ok(json!({
         "dry_run": dry_run,
-        "max_total_mb": state.info.settings.sessions_max_total_mb,
-        "max_age_days": state.info.settings.sessions_max_age_days,
+        "max_total_mb": settings.sessions_max_total_mb,
+        "max_age_days": settings.sessions_max_age_days,
         "total_bytes_before": total_before,
         "total_bytes_after": total_after,
         "pruned": pruned,
