@@ -12,10 +12,18 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Why a resolved configuration is not a project (never for one that validated).
+/// Why a resolved configuration is not a project.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the resolved project does not fit the project model: {0}")]
-pub struct ModelError(String);
+pub enum ModelError {
+    /// No configuration at all (`null`): a project whose files never validated.
+    #[error(
+        "this project has no valid configuration in force; `kaged dsl validate` on its directory lists the problems"
+    )]
+    Absent,
+    /// Never for one that validated: the model and the schema disagree (a bug).
+    #[error("the resolved project does not fit the project model (a bug: report it): {0}")]
+    Mismatch(String),
+}
 
 /// A project file (`.kaged/project.yaml` with its overlay), version 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +50,10 @@ pub const PRIMARY: &str = "primary";
 impl Project {
     /// The model of a resolved configuration (JSON, as [`crate::to_json`] writes it).
     pub fn from_resolved(config: &serde_json::Value) -> Result<Project, ModelError> {
-        Project::deserialize(config).map_err(|e| ModelError(e.to_string()))
+        if config.is_null() {
+            return Err(ModelError::Absent);
+        }
+        Project::deserialize(config).map_err(|e| ModelError::Mismatch(e.to_string()))
     }
 
     /// The agent called `name`: `primary`, or the first subagent of that name, depth first
@@ -345,7 +356,6 @@ impl std::fmt::Display for ProjectPath {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
     use super::*;
     use crate::load_project;
     use serde_json::json;
@@ -516,8 +526,11 @@ mod tests {
 
     #[test]
     fn what_never_validates_does_not_convert() {
+        assert_eq!(
+            Project::from_resolved(&json!(null)),
+            Err(ModelError::Absent)
+        );
         for bad in [
-            json!(null),
             json!({"version": 1, "project": "demo"}),
             json!({"version": 1, "project": "demo", "primary": {"command": ["x"], "cage": "off"}}),
             json!({"version": 1, "project": "demo", "primary": {"command": ["x"], "cage": {"network": "lan"}}}),

@@ -39,7 +39,8 @@ impl Checked {
     /// The typed model of the resolved configuration (only when valid). An error would mean the
     /// model and the schema disagree: a bug, which the tests look for.
     pub fn project(&self) -> Option<Result<Project, ModelError>> {
-        self.resolved().map(|config| Project::from_resolved(&config))
+        self.resolved()
+            .map(|config| Project::from_resolved(&config))
     }
 
     /// The project slug, when the tree has one.
