@@ -18,7 +18,7 @@ mod run;
 mod seccomp;
 mod weaken;
 
-pub use check::{Expect, Observed, judge_mounts, mount_points};
+pub use check::{CheckError, Expect, Observed, judge_mounts, mount_points};
 pub use compile::{
     ARGS_FD, CageArgs, EGRESS_DIR, EGRESS_LISTEN, FIRST_SOURCE_FD, FileId, HELPER, Host, HostBind,
     Launch, Opened, SECCOMP_ENOSYS_FD, SECCOMP_FD, Source, cage_path, compile, grant_destination,
