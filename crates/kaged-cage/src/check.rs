@@ -50,11 +50,32 @@ impl fmt::Display for Expect {
     }
 }
 
+/// Why the in-cage check refuses to run the command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    #[error("malformed --expect {0:?}")]
+    MalformedExpect(String),
+    #[error("unreadable mountinfo line {0:?}")]
+    UnreadableMountinfo(String),
+    /// A destination or the mount table is not what kaged built.
+    #[error(
+        "{path} {what}: the project changed while the cage was being built (another run may be tampering with it); nothing was run"
+    )]
+    Changed { path: String, what: String },
+}
+
+fn changed(path: &str, what: impl Into<String>) -> CheckError {
+    CheckError::Changed {
+        path: path.into(),
+        what: what.into(),
+    }
+}
+
 impl FromStr for Expect {
-    type Err = String;
+    type Err = CheckError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("malformed --expect {s:?}");
+        let bad = || CheckError::MalformedExpect(s.into());
         if let Some(path) = s.strip_prefix("mask:") {
             return absolute(path)
                 .then(|| Expect::Mask { path: path.into() })
@@ -103,13 +124,9 @@ impl Expect {
     }
 
     /// `Ok` when `seen` (`None`: nothing there) is what was intended.
-    pub fn judge(&self, seen: Option<&Observed>) -> Result<(), String> {
+    pub fn judge(&self, seen: Option<&Observed>) -> Result<(), CheckError> {
         let path = self.path();
-        let changed = |what: &str| {
-            Err(format!(
-                "{path} {what}: the project changed while the cage was being built (another run may be tampering with it); nothing was run"
-            ))
-        };
+        let changed = |what: &str| Err(changed(path, what));
         let Some(seen) = seen else {
             return changed("is missing");
         };
@@ -177,7 +194,7 @@ fn unescape(field: &str) -> String {
 }
 
 /// The mount points of a `/proc/PID/mountinfo` text, in order.
-pub fn mount_points(mountinfo: &str) -> Result<Vec<String>, String> {
+pub fn mount_points(mountinfo: &str) -> Result<Vec<String>, CheckError> {
     mountinfo
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -185,7 +202,7 @@ pub fn mount_points(mountinfo: &str) -> Result<Vec<String>, String> {
             line.split(' ')
                 .nth(4)
                 .map(unescape)
-                .ok_or_else(|| format!("unreadable mountinfo line {line:?}"))
+                .ok_or_else(|| CheckError::UnreadableMountinfo(line.into()))
         })
         .collect()
 }
@@ -196,20 +213,16 @@ pub fn judge_mounts(
     points: &[String],
     made: &[String],
     host_below_system: &[String],
-) -> Result<(), String> {
+) -> Result<(), CheckError> {
     let count = |p: &str| points.iter().filter(|x| x.as_str() == p).count();
     for p in made {
         match count(p) {
             1 => {}
             0 => {
-                return Err(format!(
-                    "{p} is not mounted: the project changed while the cage was being built (another run may be tampering with it); nothing was run"
-                ));
+                return Err(changed(p, "is not mounted"));
             }
             n => {
-                return Err(format!(
-                    "{p} holds {n} mounts: the project changed while the cage was being built (another run may be tampering with it); nothing was run"
-                ));
+                return Err(changed(p, format!("holds {n} mounts")));
             }
         }
     }
@@ -219,9 +232,7 @@ pub fn judge_mounts(
             || (BWRAP_OWN.contains(&p.as_str()) && count(p) == 1)
             || host_below_system.contains(p);
         if !known {
-            return Err(format!(
-                "{p} is a mount kaged did not make: the project changed while the cage was being built (another run may be tampering with it); nothing was run"
-            ));
+            return Err(changed(p, "is a mount kaged did not make"));
         }
     }
     Ok(())
@@ -262,11 +273,15 @@ mod tests {
         assert!(judge_mounts(&points, &made(), &[]).is_ok());
         // A bind that landed on the cage's /home (through a swapped link).
         let landed = format!("{CAGE}90 84 254:0 /home/ann /home rw - ext4 /dev/vda rw\n");
-        let err = judge_mounts(&mount_points(&landed).unwrap(), &made(), &[]).unwrap_err();
+        let err = judge_mounts(&mount_points(&landed).unwrap(), &made(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/home holds 2 mounts"), "{err}");
         // ... or anywhere else.
         let stray = format!("{CAGE}90 66 254:0 /home/ann /usr/lib rw - ext4 /dev/vda rw\n");
-        let err = judge_mounts(&mount_points(&stray).unwrap(), &made(), &[]).unwrap_err();
+        let err = judge_mounts(&mount_points(&stray).unwrap(), &made(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("/usr/lib is a mount kaged did not make"),
             "{err}"
@@ -283,7 +298,7 @@ mod tests {
         // A grant that never got its mount.
         let mut more = made();
         more.push("/workspace/data".into());
-        let err = judge_mounts(&points, &more, &[]).unwrap_err();
+        let err = judge_mounts(&points, &more, &[]).unwrap_err().to_string();
         assert!(err.contains("/workspace/data is not mounted"), "{err}");
         assert!(mount_points("1 2 3").is_err());
     }
@@ -346,13 +361,28 @@ mod tests {
         // The bind landed elsewhere: the path shows the project's own (writable) directory.
         let mut writable = seen(ID);
         writable.read_only = false;
-        assert!(ro.judge(Some(&writable)).unwrap_err().contains("writable"));
+        assert!(
+            ro.judge(Some(&writable))
+                .unwrap_err()
+                .to_string()
+                .contains("writable")
+        );
         let other = seen(FileId { dev: 1, ino: 2 });
-        assert!(ro.judge(Some(&other)).unwrap_err().contains("not what"));
+        assert!(
+            ro.judge(Some(&other))
+                .unwrap_err()
+                .to_string()
+                .contains("not what")
+        );
         let mut link = seen(ID);
         link.is_symlink = true;
-        assert!(ro.judge(Some(&link)).unwrap_err().contains("symbolic link"));
-        assert!(ro.judge(None).unwrap_err().contains("missing"));
+        assert!(
+            ro.judge(Some(&link))
+                .unwrap_err()
+                .to_string()
+                .contains("symbolic link")
+        );
+        assert!(ro.judge(None).unwrap_err().to_string().contains("missing"));
         // A writable grant only needs to be the object opened.
         let rw = Expect::Bind {
             path: "/workspace/out".into(),

@@ -1,11 +1,10 @@
 //! What a run of a project starts: the command, where, in whose cage, and for how long. Pure:
-//! a resolved project configuration and the operator's choice in, a [`RunPlan`] out.
+//! the project model and the operator's choice in, a [`RunPlan`] out.
 
 use std::path::PathBuf;
 
-use serde_json::Value;
-
-use crate::{agent_names, find_agent};
+use kaged_dsl::Project;
+use kaged_dsl::model::{PRIMARY, ProjectPath};
 
 /// The three kinds of run kaged starts for a project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +49,7 @@ pub struct RunPlan {
     pub timeout_secs: Option<u64>,
 }
 
+/// Why a run cannot be planned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("no agent named `{0}` in this project (agents: {1})")]
@@ -64,33 +64,27 @@ pub enum PlanError {
     Malformed { field: String },
 }
 
-fn argv(v: Option<&Value>, field: &str) -> Result<Option<Vec<String>>, PlanError> {
-    let Some(v) = v else { return Ok(None) };
+/// A command as the project gives it; validation keeps it non-empty.
+fn argv(command: &[String], field: &str) -> Result<Vec<String>, PlanError> {
+    if command.is_empty() {
+        return Err(PlanError::Malformed {
+            field: field.into(),
+        });
+    }
+    Ok(command.to_vec())
+}
+
+/// `project:/sub/dir` → `sub/dir`; `None` (the root) → empty. A `config:/` path, or one with
+/// anything but plain names in it, is no working directory.
+fn cwd(path: Option<&ProjectPath>, field: &str) -> Result<PathBuf, PlanError> {
     let malformed = || PlanError::Malformed {
         field: field.into(),
     };
-    let items = v.as_array().ok_or_else(malformed)?;
-    let out: Vec<String> = items
-        .iter()
-        .map(|i| i.as_str().map(String::from).ok_or_else(malformed))
-        .collect::<Result<_, _>>()?;
-    if out.is_empty() {
-        return Err(malformed());
-    }
-    Ok(Some(out))
-}
-
-/// `project:/sub/dir` → `sub/dir` (validated files only hold such paths).
-fn cwd(v: Option<&Value>, field: &str) -> Result<PathBuf, PlanError> {
-    let Some(v) = v else {
-        return Ok(PathBuf::new());
+    let rest = match path {
+        None => return Ok(PathBuf::new()),
+        Some(ProjectPath::Project(rest)) => rest,
+        Some(ProjectPath::Config(_)) => return Err(malformed()),
     };
-    let rest = v
-        .as_str()
-        .and_then(|s| s.strip_prefix("project:/"))
-        .ok_or_else(|| PlanError::Malformed {
-            field: field.into(),
-        })?;
     let path = PathBuf::from(rest);
     if path
         .components()
@@ -98,23 +92,27 @@ fn cwd(v: Option<&Value>, field: &str) -> Result<PathBuf, PlanError> {
     {
         Ok(path)
     } else {
-        Err(PlanError::Malformed {
-            field: field.into(),
-        })
+        Err(malformed())
     }
 }
 
 /// The plan of a run of `kind` (`name` is the agent or task; ignored for terminals; an agent
 /// run defaults to `primary`).
-pub fn plan_run(config: &Value, kind: RunKind, name: Option<&str>) -> Result<RunPlan, PlanError> {
+pub fn plan_run(
+    project: &Project,
+    kind: RunKind,
+    name: Option<&str>,
+) -> Result<RunPlan, PlanError> {
     match kind {
         RunKind::Agent => {
-            let name = name.unwrap_or("primary");
-            let agent = find_agent(config, name).ok_or_else(|| {
-                PlanError::UnknownAgent(name.into(), agent_names(config).join(", "))
+            let name = name.unwrap_or(PRIMARY);
+            let agent = project.agent(name).ok_or_else(|| {
+                PlanError::UnknownAgent(name.into(), project.agent_names().join(", "))
             })?;
-            let command = argv(agent.get("command"), "command")?
-                .ok_or_else(|| PlanError::NotACommandAgent(name.into()))?;
+            let command = match &agent.command {
+                Some(command) => argv(command, "command")?,
+                None => return Err(PlanError::NotACommandAgent(name.into())),
+            };
             Ok(RunPlan {
                 name: name.into(),
                 command,
@@ -124,47 +122,38 @@ pub fn plan_run(config: &Value, kind: RunKind, name: Option<&str>) -> Result<Run
             })
         }
         RunKind::Terminal => {
-            let t = config.get("terminals");
-            let get = |k: &str| t.and_then(|t| t.get(k));
+            let terminals = project.terminals.as_ref();
             Ok(RunPlan {
                 name: "terminal".into(),
-                command: argv(get("shell"), "terminals.shell")?
-                    .unwrap_or_else(|| vec!["bash".into(), "-l".into()]),
-                cwd: cwd(get("cwd"), "terminals.cwd")?,
-                cage_agent: get("agent")
-                    .and_then(Value::as_str)
-                    .unwrap_or("primary")
+                command: match terminals.and_then(|t| t.shell.as_ref()) {
+                    Some(shell) => argv(shell, "terminals.shell")?,
+                    None => vec!["bash".into(), "-l".into()],
+                },
+                cwd: cwd(terminals.and_then(|t| t.cwd.as_ref()), "terminals.cwd")?,
+                cage_agent: terminals
+                    .and_then(|t| t.agent.as_deref())
+                    .unwrap_or(PRIMARY)
                     .into(),
                 timeout_secs: None,
             })
         }
         RunKind::Task => {
-            let tasks = config.get("tasks").and_then(Value::as_object);
             let known = || {
-                tasks
-                    .map(|t| t.keys().cloned().collect::<Vec<_>>().join(", "))
+                Some(project.task_names().join(", "))
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "none".into())
             };
             let name = name.ok_or_else(|| PlanError::UnknownTask(String::new(), known()))?;
-            let task = tasks
-                .and_then(|t| t.get(name))
+            let task = project
+                .task(name)
                 .ok_or_else(|| PlanError::UnknownTask(name.into(), known()))?;
             let field = |k: &str| format!("tasks.{name}.{k}");
             Ok(RunPlan {
                 name: name.into(),
-                command: argv(task.get("command"), &field("command"))?.ok_or_else(|| {
-                    PlanError::Malformed {
-                        field: field("command"),
-                    }
-                })?,
-                cwd: cwd(task.get("cwd"), &field("cwd"))?,
-                cage_agent: task
-                    .get("agent")
-                    .and_then(Value::as_str)
-                    .unwrap_or("primary")
-                    .into(),
-                timeout_secs: task.get("timeout_secs").and_then(Value::as_u64),
+                command: argv(&task.command, &field("command"))?,
+                cwd: cwd(task.cwd.as_ref(), &field("cwd"))?,
+                cage_agent: task.agent.as_deref().unwrap_or(PRIMARY).into(),
+                timeout_secs: task.timeout_secs,
             })
         }
     }
@@ -175,16 +164,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn config() -> Value {
-        json!({
+    fn config() -> Project {
+        model(json!({
+            "version": 1,
             "project": "demo",
             "primary": {
                 "command": ["claude", "--x"],
-                "subagents": {"thinker": {"model": "m", "system_prompt": "p"}}
+                "subagents": {"thinker": {"model": "m", "system_prompt": "config:/p.md"}}
             },
             "tasks": {"test": {"command": ["cargo", "test"], "cwd": "project:/crates", "agent": "thinker", "timeout_secs": 60}},
             "terminals": {"shell": ["zsh"], "cwd": "project:/src"}
-        })
+        }))
+    }
+
+    fn model(config: serde_json::Value) -> Project {
+        Project::from_resolved(&config).unwrap()
     }
 
     #[test]
@@ -209,7 +203,7 @@ mod tests {
             (k.cwd, k.cage_agent.as_str(), k.timeout_secs),
             (PathBuf::from("crates"), "thinker", Some(60))
         );
-        let bare = json!({"primary": {"command": ["x"]}});
+        let bare = model(json!({"version": 1, "project": "demo", "primary": {"command": ["x"]}}));
         assert_eq!(
             plan_run(&bare, RunKind::Terminal, None).unwrap().command,
             ["bash", "-l"]
@@ -230,8 +224,25 @@ mod tests {
         );
         let e = plan_run(&c, RunKind::Agent, Some("ghost")).unwrap_err();
         assert!(e.to_string().contains("agents: primary, thinker"), "{e}");
-        let escape =
-            json!({"primary": {"command": ["x"]}, "terminals": {"cwd": "project:/../etc"}});
-        assert!(plan_run(&escape, RunKind::Terminal, None).is_err());
+        // Validation refuses `..`; a working directory never leaves the project or enters
+        // `.kaged` either way.
+        for odd in ["project:/../etc", "project:/./src", "config:/prompts"] {
+            let escape = model(json!({"version": 1, "project": "demo",
+                "primary": {"command": ["x"]}, "terminals": {"cwd": odd}}));
+            assert_eq!(
+                plan_run(&escape, RunKind::Terminal, None)
+                    .unwrap_err()
+                    .to_string(),
+                "`terminals.cwd` is malformed in the resolved project",
+                "{odd}"
+            );
+        }
+        let none = model(json!({"version": 1, "project": "demo", "primary": {"command": ["x"]}}));
+        assert_eq!(
+            plan_run(&none, RunKind::Task, Some("lint"))
+                .unwrap_err()
+                .to_string(),
+            "no task named `lint` in this project (tasks: none)"
+        );
     }
 }

@@ -5,9 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use serde_json::Value;
+use kaged_dsl::Project;
+use kaged_dsl::model::PRIMARY;
 
-use crate::{Limits, Network, Policy, agent_names, policy_for};
+use crate::{Limits, Network, Policy, policy_for};
 
 /// One way a new configuration is weaker than the one in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,41 +154,42 @@ pub fn policy_weakenings(old: &Policy, new: &Policy) -> Vec<String> {
     out
 }
 
-/// The policy an agent had. An agent that did not exist (or an old configuration that never
-/// validated) is held to the default cage, so a new agent is judged like an edit of the default.
-fn policy_or_default(config: &Value, agent: &str) -> Policy {
-    policy_for(config, agent).unwrap_or_else(|_| Policy::default_cage())
+/// The policy an agent had. An agent that did not exist (or no configuration in force) is held
+/// to the default cage, so a new agent is judged like an edit of the default.
+fn policy_or_default(old: Option<&Project>, agent: &str) -> Policy {
+    old.and_then(|project| policy_for(project, agent).ok())
+        .unwrap_or_else(Policy::default_cage)
 }
 
-/// The agent whose cage terminals (`None`) or a task run in.
-fn run_agent(config: &Value, task: Option<&str>) -> Option<String> {
-    let holder = match task {
-        None => config.get("terminals"),
-        Some(t) => config.get("tasks")?.get(t),
+/// Every agent's name; without a configuration, `primary` only.
+fn agent_names(project: Option<&Project>) -> Vec<String> {
+    project.map_or_else(|| vec![PRIMARY.to_string()], Project::agent_names)
+}
+
+/// The agent whose cage terminals (`None`) or a task run in. `None` for a task when the
+/// project has no `tasks:` at all (a task new to a project that had other tasks is held to
+/// primary's cage).
+fn run_agent(project: Option<&Project>, task: Option<&str>) -> Option<String> {
+    let agent = match task {
+        None => project
+            .and_then(|p| p.terminals.as_ref())
+            .and_then(|t| t.agent.as_deref()),
+        Some(t) => project?
+            .tasks
+            .as_ref()?
+            .get(t)
+            .and_then(|task| task.agent.as_deref()),
     };
-    Some(
-        holder
-            .and_then(|h| h.get("agent"))
-            .and_then(Value::as_str)
-            .unwrap_or("primary")
-            .to_string(),
-    )
+    Some(agent.unwrap_or(PRIMARY).to_string())
 }
 
-fn task_names(config: &Value) -> Vec<String> {
-    config
-        .get("tasks")
-        .and_then(Value::as_object)
-        .map(|t| t.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-/// Every way the resolved configuration `new` (with the operator's `new_grants`) is weaker than
-/// `old` (with `old_grants`): per agent, per terminal or task that moved to another agent's
-/// cage, and per host grant. Empty when the change only tightens or is neutral.
+/// Every way the project `new` (with the operator's `new_grants`) is weaker than `old` (with
+/// `old_grants`; `None`: no configuration was in force): per agent, per terminal or task that
+/// moved to another agent's cage, and per host grant. Empty when the change only tightens or
+/// is neutral.
 pub fn weakenings(
-    old: &Value,
-    new: &Value,
+    old: Option<&Project>,
+    new: &Project,
     old_grants: &HostGrants,
     new_grants: &HostGrants,
 ) -> Vec<Weakening> {
@@ -198,7 +200,7 @@ pub fn weakenings(
             change,
         }));
     };
-    for agent in agent_names(new) {
+    for agent in new.agent_names() {
         let Ok(n) = policy_for(new, &agent) else {
             continue;
         };
@@ -211,14 +213,14 @@ pub fn weakenings(
     // A terminal or task moved into another agent's (looser) cage.
     let mut runs: Vec<(String, Option<String>)> = vec![("terminals".into(), None)];
     runs.extend(
-        task_names(new)
+        new.task_names()
             .into_iter()
             .map(|t| (format!("task {t}"), Some(t))),
     );
     for (subject, task) in runs {
         let (Some(old_agent), Some(new_agent)) = (
             run_agent(old, task.as_deref()),
-            run_agent(new, task.as_deref()),
+            run_agent(Some(new), task.as_deref()),
         ) else {
             continue;
         };
@@ -265,7 +267,7 @@ pub fn weakenings(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn project(primary_cage: Value) -> Value {
         let mut primary = json!({"command": ["sh"]});
@@ -276,11 +278,22 @@ mod tests {
                "tasks": {"build": {"command": ["make"]}}})
     }
 
+    fn model(config: &Value) -> Project {
+        Project::from_resolved(config).unwrap()
+    }
+
+    /// `old` as a daemon holds it: `Null` when no configuration is in force.
     fn changes(old: &Value, new: &Value) -> Vec<String> {
-        weakenings(old, new, &HostGrants::default(), &HostGrants::default())
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        let old = (!old.is_null()).then(|| model(old));
+        weakenings(
+            old.as_ref(),
+            &model(new),
+            &HostGrants::default(),
+            &HostGrants::default(),
+        )
+        .iter()
+        .map(ToString::to_string)
+        .collect()
     }
 
     #[test]
@@ -420,8 +433,8 @@ mod tests {
             writable: false,
             on_path: false,
         });
-        let config = project(Value::Null);
-        let got: Vec<String> = weakenings(&config, &config, &old, &new)
+        let config = model(&project(Value::Null));
+        let got: Vec<String> = weakenings(Some(&config), &config, &old, &new)
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -433,6 +446,6 @@ mod tests {
                 "host grants: host path /srv at project:/srv granted (ro)",
             ]
         );
-        assert!(weakenings(&config, &config, &new, &old).is_empty());
+        assert!(weakenings(Some(&config), &config, &new, &old).is_empty());
     }
 }

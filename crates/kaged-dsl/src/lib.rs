@@ -1,15 +1,20 @@
 //! kaged project files (`.kaged/project.yaml`), decided without I/O.
 //!
-//! This first part is the foundation the schema builds on: a YAML tree in which every key and
-//! value keeps its source position, diagnostics that name file, line, column and key path, and
-//! the `project.local.yaml` overlay merge (objects merge, arrays replace, `null` removes, locked
-//! keys stay). The project schema itself (agents, cages, tasks) comes next (issue 4).
+//! A YAML tree in which every key and value keeps its source position (`tree`), diagnostics
+//! that name file, line, column and key path, and the `project.local.yaml` overlay merge
+//! (objects merge, arrays replace, `null` removes, locked keys stay). The v1 schema is written
+//! once as data (`schema`): the validator (`validate`, portability rules included) and the
+//! published JSON Schema both come from it. `load_project` parses, overlays and validates; a
+//! valid project's resolved configuration becomes the typed [`Project`] model (`model`), which
+//! `kaged-cage` plans runs and cages from.
 
+pub mod model;
 mod project;
 pub mod schema;
 mod tree;
 mod validate;
 
+pub use model::{ModelError, Project};
 pub use project::{
     BASE, Checked, LOCAL, LOCKED_KEYS, MAX_DIAGNOSTICS, check_project, diagnostics_json,
     load_project, to_json,

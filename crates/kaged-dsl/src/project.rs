@@ -1,5 +1,6 @@
 //! A project as files: `project.yaml`, optionally overlaid by `project.local.yaml`.
 
+use crate::model::{ModelError, Project};
 use crate::tree::{Diagnostic, Kind, Node, Value, merge, parse};
 use crate::validate::validate;
 
@@ -33,6 +34,13 @@ impl Checked {
             .as_ref()
             .filter(|_| self.diagnostics.is_empty())
             .map(to_json)
+    }
+
+    /// The typed model of the resolved configuration (only when valid). An error would mean the
+    /// model and the schema disagree: a bug, which the tests look for.
+    pub fn project(&self) -> Option<Result<Project, ModelError>> {
+        self.resolved()
+            .map(|config| Project::from_resolved(&config))
     }
 
     /// The project slug, when the tree has one.

@@ -164,6 +164,11 @@ fn check_project_text(base: &str, local: Option<&str>) -> Result<String, String>
     if checked.slug().is_none() {
         return Err("a valid project without a slug".into());
     }
+    // Every valid project has a typed model, which carries all of it.
+    match checked.project() {
+        Some(Ok(project)) if serde_json::to_value(&project).ok().as_ref() == Some(&resolved) => {}
+        other => return Err(format!("resolved {text} has the model {other:?}")),
+    }
     Ok(format!("valid {}", local.is_some()))
 }
 

@@ -217,27 +217,37 @@ impl Allowlist {
     }
 }
 
+/// Why a name's DNS answer may not be connected to, phrased to follow the name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveRefusal {
+    #[error("resolves to no address")]
+    NoAddress,
+    #[error(
+        "resolves to {0}, which is not a loopback address; `localhost` may only reach loopback"
+    )]
+    NotLoopback(IpAddr),
+    #[error(
+        "resolves to non-public address {0}; only IP-literal entries and `localhost` may reach loopback, private, link-local or other non-public addresses"
+    )]
+    NotPublic(IpAddr),
+}
+
 /// The DNS-rebinding rule: given what an allowed name resolved to, may the proxy connect?
 /// IP-literal entries accept their address as is; `localhost` must resolve to loopback only;
 /// every other name must resolve to public addresses only (one non-public answer refuses all,
-/// so a mixed answer cannot be raced). `Err` carries the reason, phrased to follow the name.
-pub fn check_resolved(kind: EntryKind, addrs: &[IpAddr]) -> Result<(), String> {
+/// so a mixed answer cannot be raced).
+pub fn check_resolved(kind: EntryKind, addrs: &[IpAddr]) -> Result<(), ResolveRefusal> {
     if addrs.is_empty() {
-        return Err("resolves to no address".to_owned());
+        return Err(ResolveRefusal::NoAddress);
     }
     match kind {
         EntryKind::IpLiteral => Ok(()),
         EntryKind::Localhost => match addrs.iter().find(|ip| !ip.to_canonical().is_loopback()) {
-            Some(ip) => Err(format!(
-                "resolves to {ip}, which is not a loopback address; `localhost` may only reach loopback"
-            )),
+            Some(ip) => Err(ResolveRefusal::NotLoopback(*ip)),
             None => Ok(()),
         },
         EntryKind::Hostname => match addrs.iter().find(|ip| is_restricted(**ip)) {
-            Some(ip) => Err(format!(
-                "resolves to non-public address {ip}; only IP-literal entries and `localhost` \
-                 may reach loopback, private, link-local or other non-public addresses"
-            )),
+            Some(ip) => Err(ResolveRefusal::NotPublic(*ip)),
             None => Ok(()),
         },
     }
@@ -704,9 +714,17 @@ mod tests {
             "::127.0.0.1",
         ];
         for addr in non_public {
-            let error = check_resolved(EntryKind::Hostname, &[ip(addr)]).unwrap_err();
+            let error = check_resolved(EntryKind::Hostname, &[ip(addr)])
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("non-public"), "{addr}: {error}");
         }
+        assert_eq!(
+            check_resolved(EntryKind::Hostname, &[ip("10.0.0.1")])
+                .unwrap_err()
+                .to_string(),
+            "resolves to non-public address 10.0.0.1; only IP-literal entries and `localhost` may reach loopback, private, link-local or other non-public addresses"
+        );
         // A single non-public answer among public ones refuses the lot.
         let mixed = [ip("140.82.112.3"), ip("127.0.0.1")];
         assert!(check_resolved(EntryKind::Hostname, &mixed).is_err());
@@ -725,8 +743,9 @@ mod tests {
         let loopback = [ip("127.0.0.1"), ip("::1"), ip("::ffff:127.0.0.1")];
         assert_eq!(check_resolved(EntryKind::Localhost, &loopback), Ok(()));
         for addr in ["10.0.0.1", "140.82.112.3", "fe80::1"] {
-            let error =
-                check_resolved(EntryKind::Localhost, &[ip("127.0.0.1"), ip(addr)]).unwrap_err();
+            let error = check_resolved(EntryKind::Localhost, &[ip("127.0.0.1"), ip(addr)])
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("not a loopback"), "{addr}: {error}");
         }
     }

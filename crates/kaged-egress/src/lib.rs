@@ -17,7 +17,8 @@ mod running;
 pub mod tally;
 
 pub use allow::{
-    AllowError, Allowlist, Decision, EntryKind, Host, check_resolved, parse_authority,
+    AllowError, Allowlist, Decision, EntryKind, Host, ResolveRefusal, check_resolved,
+    parse_authority,
 };
 pub use bridge::{BridgeError, NO_PROXY_ENV_VARS, PROXY_ENV_VARS, bridge, run_bridge_then};
 pub use proxy::{EgressDecision, Limits, MAX_HEAD_BYTES, serve, serve_with};

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kaged_auth::Principal;
 use kaged_cage::{HostGrants, HostPath, Weakening, weakenings};
-use kaged_dsl::{Checked, Diagnostic, diagnostics_json, load_project};
+use kaged_dsl::{Checked, Diagnostic, Project, diagnostics_json, load_project};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -601,7 +601,18 @@ async fn recheck(
     let result = match (checked.resolved(), renamed) {
         (Some(config), false) => {
             let grants = host_grants(state, slug);
-            let weaker = weakenings(&current.config, &config, &grants, &grants);
+            // `Null` in force (files that never validated) is no configuration; a new one that
+            // does not fit the model is never applied unjudged.
+            let weaker = match Project::from_resolved(&config) {
+                Ok(new) => {
+                    let old = Project::from_resolved(&current.config).ok();
+                    weakenings(old.as_ref(), &new, &grants, &grants)
+                }
+                Err(e) => vec![Weakening {
+                    subject: "project".into(),
+                    change: e.to_string(),
+                }],
+            };
             updated.diagnostics.clear();
             if weaker.is_empty() || accept {
                 updated.config = config;

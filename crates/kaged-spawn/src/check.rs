@@ -41,10 +41,18 @@ pub fn cage_check(
 ) -> Result<(), String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read the cage's mount table: {e}"))?;
-    kaged_cage::judge_mounts(&kaged_cage::mount_points(&table)?, mounts, host_mounts)?;
+    let problem = |e: kaged_cage::CheckError| e.to_string();
+    kaged_cage::judge_mounts(
+        &kaged_cage::mount_points(&table).map_err(problem)?,
+        mounts,
+        host_mounts,
+    )
+    .map_err(problem)?;
     for spec in expects {
-        let expect: Expect = spec.parse()?;
-        expect.judge(observe(Path::new(expect.path())).as_ref())?;
+        let expect: Expect = spec.parse().map_err(problem)?;
+        expect
+            .judge(observe(Path::new(expect.path())).as_ref())
+            .map_err(problem)?;
     }
     Ok(())
 }

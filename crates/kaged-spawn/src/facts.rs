@@ -197,7 +197,7 @@ pub fn open_sources(
 pub fn submounts(dirs: &[(String, PathBuf)]) -> Vec<String> {
     let Ok(points) = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| e.to_string())
-        .and_then(|text| kaged_cage::mount_points(&text))
+        .and_then(|text| kaged_cage::mount_points(&text).map_err(|e| e.to_string()))
     else {
         return Vec::new();
     };

@@ -77,7 +77,7 @@ pub async fn run(
     let (text, local) = kaged_server::read_project_texts(&base, &local_path)
         .map_err(|e| Failure::Config(e.message))?;
     let checked = kaged_dsl::load_project(&text, local.as_deref());
-    let Some(config) = checked.resolved() else {
+    let Some(project) = checked.project() else {
         return Err(Failure::Config(format!(
             "{} has {} problem(s); run `kaged dsl validate {}`",
             base.display(),
@@ -85,17 +85,14 @@ pub async fn run(
             root.display()
         )));
     };
-    let policy = policy_for(&config, &agent).map_err(|e| Failure::Config(e.to_string()))?;
+    let project = project.map_err(|e| Failure::Config(e.to_string()))?;
+    let policy = policy_for(&project, &agent).map_err(|e| Failure::Config(e.to_string()))?;
     // The same configuration and local.toml grants as the daemon's sessions; the
     // configuration also gives a root daemon's cage user and every cage's default limits.
     let facts = crate::host::gather();
     let (_, settings, _) =
         crate::config_for_start(&facts, mode, None, kaged_config::FlagOverrides::default())?;
-    let slug = config
-        .get("project")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let slug = project.slug.clone();
     let grants = kaged_server::grants_of(&crate::read_local(&facts, &settings)?, &slug);
     let settings = match &policy {
         Policy::Caged { .. } => Some(settings),

@@ -84,9 +84,11 @@ fn decide(sessions: &Sessions, req: &StartRequest) -> Result<Decided, ApiError> 
     if let Some(refusal) = crate::projects::git_refusal(&req.project, &root, had_git) {
         return Err(refusal);
     }
-    let plan = kaged_cage::plan_run(&config, req.kind, req.name.as_deref())
+    let project = kaged_dsl::Project::from_resolved(&config)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
-    let policy = kaged_cage::policy_for(&config, &plan.cage_agent)
+    let plan = kaged_cage::plan_run(&project, req.kind, req.name.as_deref())
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let policy = kaged_cage::policy_for(&project, &plan.cage_agent)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     let sandbox_off = settings.sandbox_disabled;
     let uncaged_because = match (&policy, sandbox_off) {
