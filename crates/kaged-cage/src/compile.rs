@@ -390,7 +390,7 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
 }
 
 /// Policy parts this run cannot enforce, to report (never to skip silently). Limits are
-/// reported by [`plan_limits`], which knows the host.
+/// reported by [`plan_limits`](crate::plan_limits), which knows the host.
 pub fn unenforced(policy: &Policy, egress: bool) -> Vec<String> {
     let Policy::Caged { network, .. } = policy else {
         return Vec::new();
