@@ -50,15 +50,24 @@ fn settings(dir: &Path) -> RunSettings {
     }
 }
 
+/// `config` (JSON is YAML) through the DSL, as the daemon keeps it once it validated.
+fn resolved(config: serde_json::Value) -> serde_json::Value {
+    let checked = kaged_dsl::load_project(&config.to_string(), None);
+    checked
+        .resolved()
+        .unwrap_or_else(|| panic!("{config} is not a valid project: {:?}", checked.diagnostics))
+}
+
 /// An uncaged project (`cage: disabled`, so no bubblewrap is needed) whose tasks are `tasks`.
 fn project(root: &Path, tasks: serde_json::Value) -> LoadedProject {
     LoadedProject {
         root: root.to_path_buf(),
-        config: json!({
+        config: resolved(json!({
+            "version": 1,
             "project": "demo",
             "primary": {"command": ["sh"], "cage": "disabled"},
             "tasks": tasks,
-        }),
+        })),
         had_git: false,
     }
 }
@@ -297,7 +306,11 @@ fn starts_are_refused_before_anything_is_created() {
         s.sandbox_problem = Some("bubblewrap is missing".into());
         let (sessions, _store) = manager(other.path(), s);
         let mut caged = project(other.path(), json!({}));
-        caged.config["primary"] = json!({"command": ["sh"]});
+        caged.config = resolved(json!({
+            "version": 1,
+            "project": "demo",
+            "primary": {"command": ["sh"]},
+        }));
         let sessions = Sessions::new(Deps {
             projects: Arc::new(FakeProjects(HashMap::from([("demo".to_string(), caged)]))),
             ..sessions_deps(&sessions)
