@@ -1,3 +1,6 @@
+//! `Secret`: a string that never prints (redacted `Debug`/`Display`) and compares in constant
+//! time; built from random bytes the caller draws (nonces, login cookies, CSRF tokens).
+
 use std::fmt;
 
 use subtle::ConstantTimeEq;

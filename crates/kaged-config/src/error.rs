@@ -1,3 +1,6 @@
+//! Configuration errors that name where the bad value came from (file, line and column,
+//! variable or flag), the key, and how to fix it.
+
 use std::fmt;
 use std::path::PathBuf;
 

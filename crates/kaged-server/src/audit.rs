@@ -1,3 +1,6 @@
+//! The audit sink (`AuditLog`): every record goes to the JSON-lines audit file and the
+//! append-only `audit_events` table; repeatable records are throttled and counted.
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -1,3 +1,6 @@
+//! The layers every request passes (security and warning headers, the request log, the
+//! Host/Origin transport check) and `authenticate`, which turns credentials into a `Principal`.
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;

@@ -3,7 +3,7 @@
 //! configuration: the project keeps running on it and shows the new problems.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,8 +14,8 @@ use axum::extract::{Extension, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kaged_auth::Principal;
-use kaged_cage::{HostGrants, HostPath, Weakening, weakenings};
-use kaged_dsl::{Checked, Diagnostic, Project, diagnostics_json, load_project};
+use kaged_cage::{Weakening, weakenings};
+use kaged_dsl::{Diagnostic, Project, diagnostics_json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -24,11 +24,19 @@ use crate::error::{ApiError, ErrorCode};
 use crate::listener::Peer;
 use crate::state::{ServerState, lock};
 
+mod files;
+mod refusals;
+mod watch;
+
+pub use files::*;
+pub use refusals::*;
+pub use watch::*;
+
 /// How often the watcher looks at project files.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// Modification times of `project.yaml` and `project.local.yaml`: the watcher's change test.
-type Stamp = (Option<SystemTime>, Option<SystemTime>);
+pub(super) type Stamp = (Option<SystemTime>, Option<SystemTime>);
 
 #[derive(Debug, Clone)]
 pub struct ProjectState {
@@ -55,285 +63,6 @@ pub struct Pending {
     pub config: Value,
     pub weakenings: Vec<Weakening>,
     pub detected_at_ms: i64,
-}
-
-/// Whether `root/.git` holds anything. An empty directory is what the cage's mask of an absent
-/// `.git` leaves behind on the host, so it does not count; anything unreadable does.
-pub fn git_present(root: &Path) -> bool {
-    let git = root.join(".git");
-    match std::fs::symlink_metadata(&git) {
-        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
-        Ok(m) if m.file_type().is_dir() => std::fs::read_dir(&git)
-            .map(|mut entries| entries.next().is_some())
-            .unwrap_or(true),
-        Ok(_) => true,
-    }
-}
-
-/// What `local.toml` grants the project from the host, for the weakening comparison.
-fn host_grants(state: &ServerState, slug: &str) -> HostGrants {
-    grants_of(&state.info.local, slug)
-}
-
-/// What `local` (`local.toml`) grants the project `slug` from the host: environment variable
-/// names and host paths (the daemon's sessions and `kaged cage run` read the same).
-pub fn grants_of(local: &kaged_config::LocalConfig, slug: &str) -> HostGrants {
-    let Some(g) = local.projects.get(slug) else {
-        return HostGrants::default();
-    };
-    HostGrants {
-        env: g.env.clone(),
-        paths: g
-            .paths
-            .iter()
-            .map(|p| HostPath {
-                host: p.host.clone(),
-                at: p.at.clone(),
-                writable: p.mode == "rw",
-                on_path: p.on_path,
-            })
-            .collect(),
-    }
-}
-
-/// Loaded projects whose roots overlap `root` (one inside the other, or the same), other than
-/// `slug` itself.
-pub fn overlapping<'a>(projects: &'a Registry, slug: &str, root: &Path) -> Vec<&'a ProjectState> {
-    projects
-        .values()
-        .filter(|p| p.slug != slug && (p.root.starts_with(root) || root.starts_with(&p.root)))
-        .collect()
-}
-
-/// Why `slug` at `root` and `other` cannot both be loaded, with the fix. A cage sees its whole
-/// project read-write, so the outer project's runs could rewrite the inner one's `.kaged`.
-fn overlap_message(slug: &str, root: &Path, other: &ProjectState) -> String {
-    let how = if other.root == root {
-        "is the same directory as".to_string()
-    } else if root.starts_with(&other.root) {
-        "lies inside".to_string()
-    } else {
-        "contains".to_string()
-    };
-    format!(
-        "project `{slug}` ({}) {how} the loaded project `{}` ({}): nested projects are refused, since the outer project's runs could rewrite the inner one's .kaged files; unload one of them (`kaged project list`, then DELETE /api/v1/projects/SLUG or Unload in the console) and keep the other",
-        root.display(),
-        other.slug,
-        other.root.display()
-    )
-}
-
-/// Why a run of `p` may not start now: its root overlaps another loaded project's.
-pub fn overlap_refusal(projects: &Registry, p: &ProjectState) -> Option<ApiError> {
-    overlapping(projects, &p.slug, &p.root)
-        .first()
-        .map(|other| {
-            ApiError::new(
-                ErrorCode::Conflict,
-                overlap_message(&p.slug, &p.root, other),
-            )
-        })
-}
-
-/// Why a run of `slug` may not start now: a `.git` appeared since it was loaded or accepted.
-pub fn git_refusal(slug: &str, root: &Path, had_git: bool) -> Option<ApiError> {
-    if had_git || !git_present(root) {
-        return None;
-    }
-    let git = root.join(".git");
-    Some(ApiError {
-        code: ErrorCode::GitPlanted,
-        message: format!(
-            "{} appeared since project `{slug}` was loaded, and a run may have planted it: git on the host runs what its config names (core.fsmonitor, hooks). Check {}/config (core.fsmonitor, core.hooksPath) and {}/hooks, or remove it; then accept it with `kaged project reload {slug} --accept`",
-            git.display(),
-            git.display(),
-            git.display()
-        ),
-        details: Some(json!({"path": git})),
-    })
-}
-
-/// A project whose directory is gone (deleted, moved away, replaced by a file) starts no run:
-/// refused with the reason and the fix, instead of reaching bwrap (`Can't find source path`).
-/// Other trouble reading it (permissions) is left to the cage's own checks, which name it.
-pub fn missing_refusal(slug: &str, root: &Path) -> Option<ApiError> {
-    let problem = match std::fs::metadata(root) {
-        Ok(m) if m.is_dir() => return None,
-        Ok(_) => "is no longer a directory",
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            "no longer exists"
-        }
-        Err(_) => return None,
-    };
-    Some(ApiError {
-        code: ErrorCode::ProjectMissing,
-        message: format!(
-            "the directory of project `{slug}`, {}, {problem}, so no run can start in it; put it back, or unload the project with `kaged project unload {slug}`",
-            root.display()
-        ),
-        details: Some(json!({"path": root})),
-    })
-}
-
-/// Audit a run refused because of a planted `.git`.
-pub async fn audit_git_refusal(
-    audit: &crate::audit::AuditLog,
-    slug: &str,
-    root: Option<PathBuf>,
-    actor: &str,
-    source: Option<String>,
-) {
-    audit
-        .record(AuditRecord {
-            kind: "project.git_planted",
-            success: false,
-            identity: Some(actor.to_string()),
-            source,
-            detail: json!({"project": slug, "path": root.map(|r| r.join(".git"))}),
-        })
-        .await;
-}
-
-/// `(project.yaml, project.local.yaml)` of a project directory, or of its project.yaml given
-/// directly.
-pub fn project_files(path: &Path) -> (PathBuf, PathBuf) {
-    let base = if path.is_dir() {
-        path.join(".kaged/project.yaml")
-    } else {
-        path.to_path_buf()
-    };
-    let local = base.with_file_name("project.local.yaml");
-    (base, local)
-}
-
-/// Why a project's files could not be read.
-#[derive(Debug)]
-pub struct UnreadableProject {
-    /// `project.yaml` does not exist (as opposed to being unreadable).
-    pub missing: bool,
-    pub message: String,
-}
-
-/// Read `project.yaml` and, when present, `project.local.yaml` (regular files only, capped).
-/// The one reader behind the daemon, `kaged dsl validate` and `kaged cage run`.
-pub fn read_project_texts(
-    base: &Path,
-    local: &Path,
-) -> Result<(String, Option<String>), UnreadableProject> {
-    let unreadable = |path: &Path, e: std::io::Error| UnreadableProject {
-        missing: false,
-        message: format!("cannot read {}: {e}", path.display()),
-    };
-    let base_text = read_project_file(base)
-        .map_err(|e| unreadable(base, e))?
-        .ok_or_else(|| UnreadableProject {
-            missing: true,
-            message: format!(
-                "{} does not exist; a project keeps its file at PROJECT/.kaged/project.yaml",
-                base.display()
-            ),
-        })?;
-    let local_text = read_project_file(local).map_err(|e| unreadable(local, e))?;
-    Ok((base_text, local_text))
-}
-
-fn file_names(root: &Path) -> [String; 2] {
-    let (base, local) = project_files(root);
-    [base.display().to_string(), local.display().to_string()]
-}
-
-fn stamp(root: &Path) -> Stamp {
-    let (base, local) = project_files(root);
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (modified(&base), modified(&local))
-}
-
-/// Largest project file kaged reads (they are a few KiB).
-pub const MAX_PROJECT_FILE_BYTES: u64 = 1024 * 1024;
-
-/// Read a project file: a regular file (not a symlink, FIFO or device), at most
-/// `MAX_PROJECT_FILE_BYTES`. `Ok(None)` when it does not exist.
-pub fn read_project_file(path: &Path) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_file() {
-        return Err(std::io::Error::other(
-            "not a regular file (symlinks, FIFOs and devices are refused)",
-        ));
-    }
-    if meta.len() > MAX_PROJECT_FILE_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {} KiB",
-            MAX_PROJECT_FILE_BYTES / 1024
-        )));
-    }
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_PROJECT_FILE_BYTES + 1)
-        .read_to_string(&mut text)?;
-    Ok(Some(text))
-}
-
-/// Read and check a project's files (blocking; the files are small).
-fn read(root: &Path) -> Result<(Checked, Stamp), ApiError> {
-    let (base, local) = project_files(root);
-    let stamp = stamp(root);
-    let (base_text, local_text) = read_project_texts(&base, &local).map_err(|e| {
-        ApiError::new(
-            if e.missing {
-                ErrorCode::NotFound
-            } else {
-                ErrorCode::BadRequest
-            },
-            e.message,
-        )
-    })?;
-    Ok((load_project(&base_text, local_text.as_deref()), stamp))
-}
-
-/// A read failure or rename as the project's one diagnostic, so its state never claims to be
-/// valid.
-fn state_problem(message: &str) -> Diagnostic {
-    Diagnostic {
-        pos: kaged_dsl::Pos {
-            source: kaged_dsl::BASE,
-            line: 1,
-            column: 1,
-        },
-        path: String::new(),
-        problem: message.to_string(),
-        hint: "restore the file, or unload the project".into(),
-    }
-}
-
-async fn read_async(root: PathBuf) -> Result<(Checked, Stamp), ApiError> {
-    tokio::task::spawn_blocking(move || read(&root))
-        .await
-        .map_err(|e| ApiError::internal(format!("project check failed: {e}")))?
-}
-
-fn invalid(root: &Path, diagnostics: &[Diagnostic]) -> ApiError {
-    let names = file_names(root);
-    let files = [names[0].as_str(), names[1].as_str()];
-    let n = diagnostics.len();
-    ApiError {
-        code: ErrorCode::DslInvalid,
-        message: format!(
-            "the project file has {n} problem{}; run `kaged dsl validate {}` for details",
-            if n == 1 { "" } else { "s" },
-            root.display()
-        ),
-        details: Some(json!({ "diagnostics": diagnostics_json(diagnostics, &files) })),
-    }
 }
 
 fn weakenings_json(w: &[Weakening]) -> Value {
@@ -759,147 +488,14 @@ pub async fn unload(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Restore the registered projects. The daemon does this before it says it is ready, so a
-/// client that sees it ready finds every project it had (and its refusals) in place.
-pub async fn restore_registered(state: &ServerState) {
-    // Projects the operator lists in local.toml are registered too (the file is the operator's).
-    for (slug, grants) in &state.info.local.projects {
-        let Some(path) = &grants.path else { continue };
-        let root = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-        if let Err(e) = state
-            .store
-            .put_project(slug.clone(), root.display().to_string(), now_ms())
-            .await
-        {
-            tracing::error!(project = %slug, error = %e, "cannot register a project from local.toml");
-        }
-    }
-    match state.store.list_projects().await {
-        Ok(records) => {
-            for r in records {
-                restore(state, r).await;
-            }
-            report_overlaps(state).await;
-        }
-        Err(e) => tracing::error!(error = %e, "cannot list registered projects"),
-    }
-}
-
-/// Re-check any project whose files change, until shutdown.
-pub async fn watch(state: Arc<ServerState>) {
-    let mut shutdown = state.shutdown.clone();
-    let mut tick = tokio::time::interval(WATCH_EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => {}
-        }
-        // Stat outside the lock: a slow filesystem must not stall the API.
-        let known: Vec<(String, PathBuf, Stamp)> = lock(&state.projects)
-            .values()
-            .map(|p| (p.slug.clone(), p.root.clone(), p.stamp))
-            .collect();
-        let changed: Vec<String> = known
-            .into_iter()
-            .filter(|(_, root, old)| stamp(root) != *old)
-            .map(|(slug, _, _)| slug)
-            .collect();
-        for slug in changed {
-            match recheck(&state, &slug, None, false).await {
-                Ok(_) => {
-                    tracing::info!(project = %slug, "project file changed; new configuration in force")
-                }
-                Err(e) => {
-                    tracing::warn!(project = %slug, error = %e.message, "project file changed but is not valid; the last valid configuration stays in force")
-                }
-            }
-        }
-    }
-}
-
-/// Put a registered project back in the registry. What was last in force stays in force and the
-/// files are judged against it like an edit (a looser one waits for the operator); a row from
-/// before kaged stored it is read as at a first load.
-async fn restore(state: &ServerState, r: kaged_store::ProjectRecord) {
-    let root = PathBuf::from(&r.root);
-    let had_git = r.had_git.unwrap_or_else(|| git_present(&root));
-    let mut project = ProjectState {
-        slug: r.slug.clone(),
-        root: root.clone(),
-        config: Value::Null,
-        diagnostics: Vec::new(),
-        loaded_at_ms: r.loaded_at_ms,
-        checked_at_ms: now_ms(),
-        stamp: (None, None),
-        pending: None,
-        had_git,
-    };
-    if let Some(config) = r.accepted_config {
-        project.config = config;
-        lock(&state.projects).insert(r.slug.clone(), project);
-        let outcome = recheck(state, &r.slug, None, false).await;
-        let valid = outcome.is_ok();
-        if let Err(e) = outcome {
-            tracing::warn!(project = %r.slug, error = %e.message, "project restored; its files are not applied as they are");
-        }
-        tracing::info!(project = %r.slug, valid, "project restored");
-        return;
-    }
-    match read_async(root.clone()).await {
-        Ok((checked, stamp)) => {
-            project.config = checked.resolved().unwrap_or(Value::Null);
-            project.diagnostics = checked.diagnostics;
-            project.stamp = stamp;
-        }
-        Err(e) => {
-            tracing::warn!(project = %r.slug, error = %e.message, "a registered project cannot be read");
-            project.diagnostics = vec![state_problem(&e.message)];
-        }
-    }
-    let valid = !project.config.is_null();
-    lock(&state.projects).insert(r.slug.clone(), project.clone());
-    remember(state, &project).await;
-    tracing::info!(project = %r.slug, valid, "project restored");
-}
-
-/// Overlapping roots already in the registry at start (an older kaged, or local.toml): neither
-/// is dropped; both stay listed with what they overlap, runs of either are refused until one is
-/// unloaded, and each pair is logged and audited.
-async fn report_overlaps(state: &ServerState) {
-    let pairs: Vec<(String, String)> = {
-        let projects = lock(&state.projects);
-        projects
-            .values()
-            .flat_map(|p| {
-                overlapping(&projects, &p.slug, &p.root)
-                    .into_iter()
-                    .filter(|o| p.slug < o.slug)
-                    .map(|o| (p.slug.clone(), overlap_message(&p.slug, &p.root, o)))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    for (slug, message) in pairs {
-        tracing::error!(project = %slug, "overlapping project roots: {message}");
-        state
-            .audit
-            .record(AuditRecord {
-                kind: "project.overlap",
-                success: false,
-                identity: None,
-                source: None,
-                detail: json!({"project": slug, "problem": message}),
-            })
-            .await;
-    }
-}
-
 /// The registry the server state holds.
 pub type Registry = BTreeMap<String, ProjectState>;
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+    use std::path::Path;
+
     use super::*;
 
     fn project(slug: &str, root: &str) -> ProjectState {
