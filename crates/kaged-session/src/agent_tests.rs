@@ -78,19 +78,28 @@ fn the_wire_form_is_the_documented_one() {
         json!({"seq": 7, "at_ms": 42, "parent_call_id": "c9",
                "event": {"type": "turn_ended", "reason": "end_turn"}})
     );
-    let top = rec(1, AgentEvent::Usage {
-        input_tokens: 1,
-        output_tokens: 2,
-        cached_tokens: 0,
-        cost: None,
-    });
+    let top = rec(
+        1,
+        AgentEvent::Usage {
+            input_tokens: 1,
+            output_tokens: 2,
+            cached_tokens: 0,
+            cost: None,
+        },
+    );
     assert_eq!(
         serde_json::to_value(&top).unwrap(),
         json!({"seq": 1, "at_ms": 1001, "event": {"type": "usage", "input_tokens": 1,
                "output_tokens": 2, "cached_tokens": 0}}),
         "no parent and no cost: the keys are left out"
     );
-    for reason in ["end_turn", "max_steps", "max_output_tokens", "aborted", "error"] {
+    for reason in [
+        "end_turn",
+        "max_steps",
+        "max_output_tokens",
+        "aborted",
+        "error",
+    ] {
         let e: AgentEvent =
             serde_json::from_value(json!({"type": "turn_ended", "reason": reason})).unwrap();
         assert_eq!(serde_json::to_value(&e).unwrap()["reason"], reason);
@@ -273,23 +282,35 @@ fn history_keeps_cut_short_text_answers_orphan_calls_and_skips_subagents() {
     let mut records = vec![
         rec(1, UserMessage { text: "go".into() }),
         rec(2, TurnStarted { turn: 1 }),
-        rec(3, ToolCall {
-            call_id: "sub".into(),
-            name: "agent.helper".into(),
-            arguments: json!("not json {"),
-        }),
+        rec(
+            3,
+            ToolCall {
+                call_id: "sub".into(),
+                name: "agent.helper".into(),
+                arguments: json!("not json {"),
+            },
+        ),
     ];
     // The subagent's own conversation nests under the call and stays out of the parent's.
     for (seq, event) in [
-        (4, UserMessage {
-            text: "inner".into(),
-        }),
-        (5, MessageStarted {
-            role: Role::Assistant,
-        }),
-        (6, MessageCompleted {
-            text: "inner answer".into(),
-        }),
+        (
+            4,
+            UserMessage {
+                text: "inner".into(),
+            },
+        ),
+        (
+            5,
+            MessageStarted {
+                role: Role::Assistant,
+            },
+        ),
+        (
+            6,
+            MessageCompleted {
+                text: "inner answer".into(),
+            },
+        ),
     ] {
         records.push(Sequenced {
             parent_call_id: Some("sub".into()),
@@ -298,15 +319,24 @@ fn history_keeps_cut_short_text_answers_orphan_calls_and_skips_subagents() {
     }
     records.extend([
         // The daemon stopped here: no result, no turn end.
-        rec(7, MessageStarted {
-            role: Role::Assistant,
-        }),
-        rec(8, TextDelta {
-            text: "partial".into(),
-        }),
-        rec(9, UserMessage {
-            text: "again".into(),
-        }),
+        rec(
+            7,
+            MessageStarted {
+                role: Role::Assistant,
+            },
+        ),
+        rec(
+            8,
+            TextDelta {
+                text: "partial".into(),
+            },
+        ),
+        rec(
+            9,
+            UserMessage {
+                text: "again".into(),
+            },
+        ),
         rec(10, TurnStarted { turn: 2 }),
     ]);
     let got = history(&records);

@@ -48,9 +48,7 @@ impl StoreError {
             | StoreError::Io { path, .. }
             | StoreError::NewerSchema { path, .. }
             | StoreError::NotADatabase { path, .. } => Some(path),
-            StoreError::Worker(_) | StoreError::Held { .. } | StoreError::OutOfOrder { .. } => {
-                None
-            }
+            StoreError::Worker(_) | StoreError::Held { .. } | StoreError::OutOfOrder { .. } => None,
         }
     }
 }

@@ -184,7 +184,7 @@ impl AgentLog {
             let at_ms = now_ms();
             let mut records = Vec::new();
             let mut rows = Vec::new();
-            for (n, event) in events.into_iter().flat_map(AgentEvent::bounded).zip(1..) {
+            for (event, n) in events.into_iter().flat_map(AgentEvent::bounded).zip(1u64..) {
                 let body = serde_json::to_string(&event).map_err(LogError::Encode)?;
                 let record = Sequenced {
                     seq: last + n,

@@ -77,7 +77,11 @@ async fn appends_are_numbered_stored_then_published_and_bounded() {
     };
     let nested = log.append("s", Some("call-1"), vec![long]).await.unwrap();
     assert_eq!(nested.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
-    assert!(nested.iter().all(|r| r.parent_call_id.as_deref() == Some("call-1")));
+    assert!(
+        nested
+            .iter()
+            .all(|r| r.parent_call_id.as_deref() == Some("call-1"))
+    );
     assert!(log.append("s", None, vec![]).await.unwrap().is_empty());
 
     // Everything published was stored first, and comes back the same from storage.

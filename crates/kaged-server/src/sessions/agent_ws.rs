@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path as UrlPath, Query, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -70,7 +70,13 @@ async fn close(sink: &mut Sink, code: u16, reason: &str) {
     .await;
 }
 
-async fn serve(socket: WebSocket, sessions: Sessions, id: String, principal: Principal, after: u64) {
+async fn serve(
+    socket: WebSocket,
+    sessions: Sessions,
+    id: String,
+    principal: Principal,
+    after: u64,
+) {
     let (mut sink, mut stream) = socket.split();
     // Read what the client sends (pongs, close) so the connection's state moves on; the
     // library answers pings. Its end (close or error) ends the connection.

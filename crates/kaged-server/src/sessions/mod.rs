@@ -38,13 +38,14 @@ mod stop;
 mod transcript;
 
 #[cfg(test)]
+mod agent_ws_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
-pub use agent_log::{AgentLog, LogError, Subscription};
 pub use agent_ws::events as agent_events;
 pub use deps::{Deps, LoadedProject, Projects, RunSettings};
 pub use http::{create, get, kill, list, list_project, prune, transcript};

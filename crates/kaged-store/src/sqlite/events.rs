@@ -69,7 +69,11 @@ pub(super) fn after(
          WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let rows = stmt.query_map(
-        params![session, as_i64(after), i64::try_from(limit).unwrap_or(i64::MAX)],
+        params![
+            session,
+            as_i64(after),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ],
         |r| {
             Ok(SessionEvent {
                 seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),

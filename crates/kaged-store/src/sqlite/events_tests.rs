@@ -60,7 +60,12 @@ fn events_are_appended_in_order_only_and_read_back_as_written() {
     assert_eq!(db.last_event_seq("nope").unwrap(), 0);
 
     // A gap, a repeat, a batch out of order inside: refused whole, as an error of the request.
-    for bad in [batch(7..=8), batch(5..=6), vec![ev(6), ev(8)], vec![ev(6), ev(6)]] {
+    for bad in [
+        batch(7..=8),
+        batch(5..=6),
+        vec![ev(6), ev(8)],
+        vec![ev(6), ev(6)],
+    ] {
         let err = db.append_events("s1", &bad).unwrap_err();
         assert!(matches!(err, StoreError::OutOfOrder { .. }), "{err:?}");
         assert!(err.trouble().is_none());
@@ -115,8 +120,18 @@ async fn the_store_appends_and_replays_through_its_async_handle() {
         .append_events("s".into(), batch(4..=4))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::OutOfOrder { seq: 4, expected: 5, .. }));
-    assert!(store.health().failure().is_none(), "a refusal is not trouble");
+    assert!(matches!(
+        err,
+        StoreError::OutOfOrder {
+            seq: 4,
+            expected: 5,
+            ..
+        }
+    ));
+    assert!(
+        store.health().failure().is_none(),
+        "a refusal is not trouble"
+    );
     assert_eq!(store.last_event_seq("s".into()).await.unwrap(), 4);
     assert_eq!(
         store.events_after("s".into(), 1, 2).await.unwrap(),
