@@ -173,11 +173,11 @@ async fn concurrent_writers_and_subscribers_at_random_points_see_each_record_onc
         let log = log.clone();
         writers.push(tokio::spawn(async move {
             for b in 0..BATCHES {
-                let session = if (w + b) % 3 == 0 { "b" } else { "a" };
+                let session = if (w + b).is_multiple_of(3) { "b" } else { "a" };
                 let n = 1 + (w * 7 + b) % 5;
                 let events = (0..n).map(|i| delta(w * 1000 + b * 10 + i)).collect();
                 log.append(session, None, events).await.unwrap();
-                if b % 8 == 0 {
+                if b.is_multiple_of(8) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -185,12 +185,12 @@ async fn concurrent_writers_and_subscribers_at_random_points_see_each_record_onc
     }
     let mut readers = Vec::new();
     for r in 0..24u64 {
-        let session = if r % 4 == 0 { "b" } else { "a" };
+        let session = if r.is_multiple_of(4) { "b" } else { "a" };
         // Join at a random point of what is stored so far.
         let last = log.last_seq(session).await.unwrap();
         let after = random(last + 1);
         let mut sub = log.subscribe(session, after).await.unwrap();
-        let slow = r % 5 == 0;
+        let slow = r.is_multiple_of(5);
         readers.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             // Read until told where the log ends (writers done), then up to there.
@@ -200,7 +200,7 @@ async fn concurrent_writers_and_subscribers_at_random_points_see_each_record_onc
                     Ok(record) => seen.push(record.unwrap().seq),
                     Err(_) => break,
                 }
-                if slow && seen.len() % 64 == 0 {
+                if slow && seen.len().is_multiple_of(64) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }

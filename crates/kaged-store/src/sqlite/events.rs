@@ -27,8 +27,8 @@ pub(super) fn append(
     events: &[SessionEvent],
 ) -> rusqlite::Result<Result<(), StoreError>> {
     let tx = conn.transaction()?;
-    let mut expected = last_seq(&tx, session)? + 1;
-    for e in events {
+    let first = last_seq(&tx, session)? + 1;
+    for (expected, e) in (first..).zip(events) {
         if e.seq != expected {
             return Ok(Err(StoreError::OutOfOrder {
                 session: session.to_string(),
@@ -36,7 +36,6 @@ pub(super) fn append(
                 expected,
             }));
         }
-        expected += 1;
     }
     {
         let mut insert = tx.prepare_cached(

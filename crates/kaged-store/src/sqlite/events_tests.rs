@@ -34,7 +34,7 @@ fn ev(seq: u64) -> SessionEvent {
         seq,
         at_ms: 100 + seq as i64,
         kind: "text_delta".into(),
-        parent_call_id: (seq % 3 == 0).then(|| format!("call-{seq}")),
+        parent_call_id: seq.is_multiple_of(3).then(|| format!("call-{seq}")),
         body: format!(r#"{{"type":"text_delta","text":"t{seq} é"}}"#),
     }
 }
