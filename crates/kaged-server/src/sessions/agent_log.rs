@@ -17,6 +17,7 @@
 //! is bounded per session ([`TAIL_RECORDS`], [`TAIL_BYTES`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kaged_session::agent::{AgentEvent, Sequenced};
@@ -30,7 +31,9 @@ use crate::audit::now_ms;
 pub const TAIL_RECORDS: usize = 512;
 /// At most this many bytes of event JSON kept in memory per session (the newest record is kept
 /// whatever its size).
-pub const TAIL_BYTES: usize = 1024 * 1024;
+pub const TAIL_BYTES: usize = 256 * 1024;
+/// A log nobody appended to for this long gives its memory back ([`AgentLog::sweep`]).
+pub const IDLE_MS: i64 = 10 * 60 * 1000;
 /// Records read from storage at a time by a subscriber that is behind the tail.
 const PAGE: usize = 256;
 
@@ -81,6 +84,8 @@ struct SessionLog {
     tail: Mutex<Tail>,
     /// The last published `seq`: subscribers wake on it.
     last: watch::Sender<u64>,
+    /// When it was last appended to or subscribed (for [`AgentLog::sweep`]).
+    used_ms: AtomicI64,
 }
 
 #[derive(Default)]
@@ -151,7 +156,7 @@ impl AgentLog {
     }
 
     fn log(&self, session: &str) -> Arc<SessionLog> {
-        lock(&self.shared.logs)
+        let log = lock(&self.shared.logs)
             .entry(session.to_string())
             .or_insert_with(|| {
                 Arc::new(SessionLog {
@@ -159,9 +164,12 @@ impl AgentLog {
                     order: tokio::sync::Mutex::new(None),
                     tail: Mutex::new(Tail::default()),
                     last: watch::channel(0).0,
+                    used_ms: AtomicI64::new(0),
                 })
             })
-            .clone()
+            .clone();
+        log.used_ms.store(now_ms(), Ordering::Relaxed);
+        log
     }
 
     /// Append `events` to the log of `session` (a stored session): each is first brought
@@ -271,6 +279,19 @@ impl AgentLog {
             if !full {
                 return Ok(out);
             }
+        }
+    }
+
+    /// Give back the memory of logs unused for [`IDLE_MS`] (from the session manager's
+    /// housekeeping): their tails are emptied, and those nobody follows are forgotten.
+    pub fn sweep(&self, now: i64) {
+        let idle: Vec<String> = lock(&self.shared.logs)
+            .values()
+            .filter(|l| now - l.used_ms.load(Ordering::Relaxed) >= IDLE_MS)
+            .map(|l| l.id.clone())
+            .collect();
+        for id in idle {
+            self.release(&id);
         }
     }
 

@@ -139,8 +139,20 @@ async fn a_subscriber_far_behind_reads_storage_then_the_tail_without_gap_or_repe
     );
     // After release, memory is empty and everything comes from storage.
     log.release("s");
+    assert!(
+        lock(&log.shared.logs)["s"]
+            .tail
+            .lock()
+            .unwrap()
+            .records
+            .is_empty()
+    );
     drop((stalled, mid));
-    log.release("s");
+    // Idle and followed by nobody: the housekeeping sweep forgets it (not before).
+    log.sweep(now_ms());
+    assert!(lock(&log.shared.logs).contains_key("s"));
+    log.sweep(now_ms() + IDLE_MS);
+    assert!(!lock(&log.shared.logs).contains_key("s"));
     let mut late = log.subscribe("s", total - 3).await.unwrap();
     assert_eq!(take(&mut late, 3).await, [total - 2, total - 1, total]);
     log.append("s", None, vec![delta(0)]).await.unwrap();

@@ -107,10 +107,12 @@ impl Sessions {
             .collect()
     }
 
-    /// Forget runs that ended long enough ago (their transcript stays on disk).
+    /// Forget runs that ended long enough ago (their transcript stays on disk), and the memory
+    /// of idle agent event logs.
     pub(crate) fn sweep(&self, now: i64) {
         lock(&self.shared.live)
             .retain(|_, l| l.ended_at_ms().is_none_or(|t| now - t < KEEP_ENDED_MS));
+        self.shared.agent_log.sweep(now);
     }
 
     /// Store the changes held while storage failed and publish them, under the same order as
