@@ -94,6 +94,7 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
             get(sessions::transcript),
         )
         .route("/api/v1/sessions/{id}/pty", get(sessions::attach))
+        .route("/api/v1/sessions/{id}/events", get(sessions::agent_events))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

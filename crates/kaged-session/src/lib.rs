@@ -6,10 +6,13 @@
 //! - [`screen`]: the terminal state, for a snapshot a new viewer can draw at once.
 //! - [`state`]: the run state machine (queued → starting → running → exited, …).
 //! - [`frame`]: the PTY WebSocket wire protocol.
+//! - [`agent`]: a model agent's event log (docs/agent-protocol.md) and the conversation
+//!   rebuilt from it.
 //! - [`limits`]: how many sessions may be live per project and per operator.
 //! - [`throttle`]: token buckets for audit records a run or a client can cause repeatedly.
 //! - [`retention`]: which transcripts to prune, and how one transcript is capped.
 
+pub mod agent;
 pub mod frame;
 pub mod limits;
 pub mod log;

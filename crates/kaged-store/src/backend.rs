@@ -1,8 +1,8 @@
 //! The [`Backend`] trait: what a database must do for kaged, and guarantee while doing it.
 
 use crate::{
-    AuditEvent, DaemonRun, ProjectRecord, Result, SessionRecord, StateChange, StoredAuditEvent,
-    TokenRecord, Transition,
+    AuditEvent, DaemonRun, ProjectRecord, Result, SessionEvent, SessionRecord, StateChange,
+    StoredAuditEvent, TokenRecord, Transition,
 };
 
 /// What a database does for kaged. Methods block; [`crate::Store`] runs them off the async
@@ -27,6 +27,8 @@ use crate::{
 ///   here ever sees a plaintext token.
 /// - **Order.** Ids of audit records and of session transitions increase in the order the rows
 ///   were written and are never reused: the event stream uses transition ids as its cursor.
+///   A session's event log (`session_events`) is numbered by its writer, from 1 with no gap;
+///   the backend refuses a batch that does not continue it exactly.
 pub trait Backend: Send + Sync + 'static {
     /// Where the data lives, for logs and `kaged status` (`sqlite:///path`); never a password.
     fn describe(&self) -> String;
@@ -123,6 +125,20 @@ pub trait Backend: Send + Sync + 'static {
         output_bytes: u64,
         dropped: Option<(u64, u64)>,
     ) -> Result<()>;
+    /// Append a batch of events to the log of `session` (an existing session), in one
+    /// transaction: all or none. The batch must continue the log exactly: its first `seq` is
+    /// the stored last plus one (1 for an empty log) and each next one adds one; otherwise
+    /// nothing is written and the error is [`crate::StoreError::OutOfOrder`] (an error of the
+    /// request, not storage trouble), so two writers racing on one log cannot interleave or
+    /// overwrite. A `body` that is not JSON, or an unknown session, is refused as an error of
+    /// the request too. An empty batch writes nothing and succeeds. Rows are never updated.
+    fn append_events(&self, session: &str, events: &[SessionEvent]) -> Result<()>;
+    /// At most `limit` events of `session` with `seq > after`, in `seq` order, bodies exactly
+    /// as appended. This is a log's replay: it must see every event whose append returned
+    /// before the call. An unknown session has no events (an empty list, not an error).
+    fn events_after(&self, session: &str, after: u64, limit: usize) -> Result<Vec<SessionEvent>>;
+    /// The last `seq` of `session`'s log; 0 when it has none (or the session is unknown).
+    fn last_event_seq(&self, session: &str) -> Result<u64>;
     /// Flush and release what the database holds at a clean stop (SQLite: checkpoint the WAL
     /// into the main file). Other calls may still follow and must work.
     fn close(&self) -> Result<()>;

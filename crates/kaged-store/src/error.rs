@@ -40,6 +40,15 @@ pub enum StoreError {
         "storage is failing: the state change of session {session} is held with {held} other(s) and stored when storage recovers"
     )]
     Held { session: String, held: usize },
+    /// Events appended out of order: a session's log is numbered from 1 with no gap.
+    #[error(
+        "event {seq} of session {session} is out of order: the log's next number is {expected}"
+    )]
+    OutOfOrder {
+        session: String,
+        seq: u64,
+        expected: u64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -36,7 +36,8 @@ impl StoreError {
             // not a database is refused at open, before there is a store to report on.
             StoreError::NewerSchema { .. }
             | StoreError::NotADatabase { .. }
-            | StoreError::Held { .. } => None,
+            | StoreError::Held { .. }
+            | StoreError::OutOfOrder { .. } => None,
         }
     }
 
@@ -47,7 +48,7 @@ impl StoreError {
             | StoreError::Io { path, .. }
             | StoreError::NewerSchema { path, .. }
             | StoreError::NotADatabase { path, .. } => Some(path),
-            StoreError::Worker(_) | StoreError::Held { .. } => None,
+            StoreError::Worker(_) | StoreError::Held { .. } | StoreError::OutOfOrder { .. } => None,
         }
     }
 }

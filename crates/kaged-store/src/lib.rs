@@ -27,8 +27,8 @@ pub use health::{Failure, Health, Trouble};
 pub use held::MAX_HELD;
 pub use migrations::LATEST_SCHEMA;
 pub use records::{
-    AuditEvent, DaemonRun, ProjectRecord, SessionRecord, StateChange, StoredAuditEvent,
-    TokenRecord, Transition,
+    AuditEvent, DaemonRun, ProjectRecord, SessionEvent, SessionRecord, StateChange,
+    StoredAuditEvent, TokenRecord, Transition,
 };
 pub use sqlite::SqliteBackend;
 
@@ -298,6 +298,31 @@ impl Store {
     ) -> Result<()> {
         self.run(move |b| b.set_transcript_extent(&id, output_bytes, dropped))
             .await
+    }
+
+    /// Append events to the log of `session`, all or none (see [`Backend::append_events`]:
+    /// the batch must continue the log exactly). A write: it updates [`Health`] like any
+    /// other, but nothing is held when storage fails: the caller learns the events were not
+    /// stored (and must not publish them).
+    pub async fn append_events(&self, session: String, events: Vec<SessionEvent>) -> Result<()> {
+        self.write(move |b| b.append_events(&session, &events))
+            .await
+    }
+
+    /// At most `limit` events of `session` after `after`, in order.
+    pub async fn events_after(
+        &self,
+        session: String,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SessionEvent>> {
+        self.run(move |b| b.events_after(&session, after, limit))
+            .await
+    }
+
+    /// The last `seq` of `session`'s event log, 0 when empty.
+    pub async fn last_event_seq(&self, session: String) -> Result<u64> {
+        self.run(move |b| b.last_event_seq(&session)).await
     }
 
     pub async fn close(&self) -> Result<()> {

@@ -82,6 +82,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      ALTER TABLE sessions ADD COLUMN output_bytes INTEGER;
      ALTER TABLE sessions ADD COLUMN dropped_from INTEGER;
      ALTER TABLE sessions ADD COLUMN dropped_to INTEGER;",
+    // 8: the event log of model-agent sessions: numbered per session from 1 with no gap
+    // (the key), `kind` the event's type, `body` its JSON; `parent_call_id` for a subagent's
+    // events. Append-only in practice (no statement updates it); a session's rows go with it.
+    "CREATE TABLE session_events (
+        session_id     TEXT    NOT NULL REFERENCES sessions (id),
+        seq            INTEGER NOT NULL CHECK (seq > 0),
+        at_ms          INTEGER NOT NULL,
+        kind           TEXT    NOT NULL,
+        parent_call_id TEXT,
+        body           TEXT    NOT NULL CHECK (json_valid(body)),
+        PRIMARY KEY (session_id, seq)
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

@@ -109,3 +109,19 @@ pub struct StateChange {
     pub reason: Option<String>,
     pub ended: bool,
 }
+
+/// One record of a session's event log (a model agent's events, see
+/// `kaged_session::agent`), as stored. The store does not read `body`: it keeps the JSON text
+/// it was given and hands it back as it was.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionEvent {
+    /// From 1 per session, with no gap.
+    pub seq: u64,
+    pub at_ms: i64,
+    /// The event's type (`text_delta`, `tool_call`, …).
+    pub kind: String,
+    /// Set on a subagent's events: the parent's tool call they nest under.
+    pub parent_call_id: Option<String>,
+    /// The event as JSON text (a JSON value; the database refuses anything else).
+    pub body: String,
+}

@@ -10,6 +10,7 @@ use kaged_store::{StateChange, Store, Transition};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::agent_log::AgentLog;
 use super::deps::Deps;
 use super::live::Live;
 use super::{RunEvent, lock};
@@ -33,24 +34,32 @@ struct Shared {
     limits: kaged_session::limits::Limits,
     /// Runs created before this instant belong to an earlier daemon.
     started_at_ms: i64,
+    /// The event logs of model-agent sessions (`agent_log.rs`).
+    agent_log: AgentLog,
 }
 
 impl Sessions {
     pub fn new(deps: Deps) -> Sessions {
         Sessions {
             shared: Arc::new(Shared {
-                deps,
                 live: Mutex::new(HashMap::new()),
                 events: broadcast::channel(1024).0,
                 order: Arc::new(tokio::sync::Mutex::new(())),
                 limits: Default::default(),
                 started_at_ms: now_ms(),
+                agent_log: AgentLog::new(deps.store.clone()),
+                deps,
             }),
         }
     }
 
     pub(crate) fn deps(&self) -> &Deps {
         &self.shared.deps
+    }
+
+    /// The event logs of model-agent sessions: append (stored, then published) and follow.
+    pub fn agent_log(&self) -> &AgentLog {
+        &self.shared.agent_log
     }
 
     pub(crate) fn limits(&self) -> &kaged_session::limits::Limits {
@@ -98,10 +107,12 @@ impl Sessions {
             .collect()
     }
 
-    /// Forget runs that ended long enough ago (their transcript stays on disk).
+    /// Forget runs that ended long enough ago (their transcript stays on disk), and the memory
+    /// of idle agent event logs.
     pub(crate) fn sweep(&self, now: i64) {
         lock(&self.shared.live)
             .retain(|_, l| l.ended_at_ms().is_none_or(|t| now - t < KEEP_ENDED_MS));
+        self.shared.agent_log.sweep(now);
     }
 
     /// Store the changes held while storage failed and publish them, under the same order as

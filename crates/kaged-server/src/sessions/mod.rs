@@ -18,8 +18,11 @@
 //! decision), `runner.rs` (the run's threads and tasks), `screen.rs` (the screen follower),
 //! `egress.rs` (a run's egress proxy and its audit), `stop.rs` (kill, wall time, pids
 //! watchdog), `transcript.rs` (the files), `retention.rs`, `http.rs` and `pty.rs` (routes),
-//! `panics.rs` (the run threads' panic handling).
+//! `panics.rs` (the run threads' panic handling), `agent_log.rs` (a model agent's event log:
+//! stored, then published; followed from any `seq`) and `agent_ws.rs` (its WebSocket).
 
+mod agent_log;
+mod agent_ws;
 mod deps;
 mod egress;
 mod http;
@@ -35,12 +38,15 @@ mod stop;
 mod transcript;
 
 #[cfg(test)]
+mod agent_ws_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
+pub use agent_ws::events as agent_events;
 pub use deps::{Deps, LoadedProject, Projects, RunSettings};
 pub use http::{create, get, kill, list, list_project, prune, transcript};
 pub use live::Live;

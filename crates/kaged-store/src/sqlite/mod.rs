@@ -2,16 +2,19 @@
 //! daemon is the only writer and its statements are short).
 //!
 //! `schema.rs` opens the file and migrates it; each other file holds the statements of one
-//! group of tables (`audit.rs`, `runs.rs`, `tokens.rs`, `projects.rs`, `sessions.rs`). Those
+//! group of tables (`audit.rs`, `runs.rs`, `tokens.rs`, `projects.rs`, `sessions.rs`, `events.rs`). Those
 //! speak `rusqlite` only; the [`Backend`] impl here maps their errors to [`StoreError`], once.
 
 mod audit;
+mod events;
 mod projects;
 mod runs;
 mod schema;
 mod sessions;
 mod tokens;
 
+#[cfg(test)]
+mod events_tests;
 #[cfg(test)]
 mod tests;
 
@@ -21,8 +24,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 use crate::{
-    AuditEvent, Backend, DaemonRun, ProjectRecord, Result, SessionRecord, StateChange, StoreError,
-    StoredAuditEvent, TokenRecord, Transition,
+    AuditEvent, Backend, DaemonRun, ProjectRecord, Result, SessionEvent, SessionRecord,
+    StateChange, StoreError, StoredAuditEvent, TokenRecord, Transition,
 };
 
 /// SQLite in WAL mode, one connection guarded by a mutex.
@@ -176,6 +179,21 @@ impl Backend for SqliteBackend {
         dropped: Option<(u64, u64)>,
     ) -> Result<()> {
         self.with(|c| sessions::set_transcript_extent(c, id, output_bytes, dropped))
+    }
+
+    fn append_events(&self, session: &str, events: &[SessionEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| events::append(c, session, events))?
+    }
+
+    fn events_after(&self, session: &str, after: u64, limit: usize) -> Result<Vec<SessionEvent>> {
+        self.with(|c| events::after(c, session, after, limit))
+    }
+
+    fn last_event_seq(&self, session: &str) -> Result<u64> {
+        self.with(|c| events::last_seq(c, session))
     }
 
     fn close(&self) -> Result<()> {
