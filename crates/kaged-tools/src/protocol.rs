@@ -5,8 +5,8 @@
 //! `{"cancel": N}`. Out: exactly one line per call, in the order calls finish:
 //! `{"id": N, "ok": true, "output": "...", "truncated": false}` or
 //! `{"id": N, "ok": false, "error": "..."}`; a line that is not a call gets an error line,
-//! with its `id` when one could be read. EOF on stdin ends the executor and every call still
-//! running (their shells killed).
+//! with its `id` when one could be read. EOF on stdin ends the executor: every call still
+//! running is cancelled (its shell killed) and answered so.
 //!
 //! The side that reads the executor's output must treat it as the cage's: a process in the
 //! cage can write to it too. So lines are bounded ([`read_line`]) and only ids the reader is

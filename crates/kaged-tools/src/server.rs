@@ -1,7 +1,7 @@
 //! The executor's loop (`kaged tool-exec`): read calls, run each as its own task (a long
 //! `shell.bash` does not hold up a `file.read`), write each reply as it finishes. A cancel
 //! aborts its call's task (dropping a running shell kills its process group). EOF on the
-//! input ends every running call the same way, then the executor.
+//! input cancels every running call the same way (each still answered), then ends.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -88,22 +88,7 @@ where
                 },
             },
             Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let (task, reply) = match done {
-                    Ok((task, reply)) => (task, reply),
-                    Err(e) => {
-                        let id = call_of.get(&e.id()).copied();
-                        let why = if e.is_cancelled() {
-                            "the call was cancelled (a running command was killed)".to_string()
-                        } else {
-                            "the tool failed unexpectedly".to_string()
-                        };
-                        (e.id(), Reply::error(id, why))
-                    }
-                };
-                if let Some(id) = call_of.remove(&task) {
-                    running.remove(&id);
-                }
-                Some(reply)
+                Some(collected(done, &mut call_of, &mut running))
             },
         };
         if let Some(reply) = reply {
@@ -111,11 +96,43 @@ where
             output.flush().await?;
         }
     };
-    // Every call still running ends now (dropping a shell kills its process group).
+    // Every call still running ends now (dropping a shell kills its process group); each is
+    // still answered, for whoever reads on.
+    tasks.abort_all();
+    while let Some(done) = tasks.join_next_with_id().await {
+        let reply = collected(done, &mut call_of, &mut running);
+        if output.write_all(reply.line().as_bytes()).await.is_err() {
+            break;
+        }
+    }
     tasks.shutdown().await;
     reader.abort();
     let _ = output.flush().await;
     result
+}
+
+/// The reply of a finished task (a cancelled or failed one's says so), forgetting the call.
+fn collected(
+    done: Result<(tokio::task::Id, Reply), tokio::task::JoinError>,
+    call_of: &mut HashMap<tokio::task::Id, u64>,
+    running: &mut HashMap<u64, tokio::task::AbortHandle>,
+) -> Reply {
+    let (task, reply) = match done {
+        Ok((task, reply)) => (task, reply),
+        Err(e) => {
+            let id = call_of.get(&e.id()).copied();
+            let why = if e.is_cancelled() {
+                "the call was cancelled (a running command was killed)"
+            } else {
+                "the tool failed unexpectedly"
+            };
+            (e.id(), Reply::error(id, why.to_string()))
+        }
+    };
+    if let Some(id) = call_of.remove(&task) {
+        running.remove(&id);
+    }
+    reply
 }
 
 #[cfg(test)]
@@ -194,6 +211,8 @@ mod tests {
         assert_eq!((cancelled.id, cancelled.ok), (Some(1), false));
         assert!(cancelled.error.unwrap().contains("cancelled"));
         drop(input);
+        let ended = next(&mut lines).await;
+        assert_eq!((ended.id, ended.ok), (Some(2), false));
         served.await.unwrap().unwrap();
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
