@@ -10,7 +10,8 @@ use crate::process::{SPAWN_LOCK, hold};
 use crate::*;
 
 /// A run started on pipes: the caller's ends of its stdin, stdout and stderr (blocking; an
-/// async caller turns each into an `OwnedFd`, e.g. for `tokio::net::unix::pipe`).
+/// async caller turns each into an `OwnedFd`, e.g. for `tokio::net::unix::pipe`). Read
+/// stderr too (a cage's refusal by `cage-check` is said there): a full pipe stops the run.
 pub struct PipedRun {
     pub stdin: ChildStdin,
     pub stdout: ChildStdout,

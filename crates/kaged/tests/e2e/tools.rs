@@ -402,6 +402,19 @@ async fn the_daemons_way_runs_the_executor_on_pipes_in_a_real_cage() {
         std::fs::read_to_string(root.join("made.txt")).unwrap(),
         "by the daemon's way"
     );
+    // 50 MB of output comes back as its head and tail, marked as cut.
+    let flood = exec
+        .call(
+            "shell.bash",
+            json!({"command": "head -c 50000000 /dev/zero | tr '\\0' x; echo; echo end"}),
+        )
+        .await
+        .unwrap();
+    let kaged_tools::ToolOutcome::Ok { output, truncated } = &flood else {
+        panic!("{flood:?}")
+    };
+    assert!(*truncated && output.len() < 70 * 1024, "{}", output.len());
+    assert!(output.ends_with("end\n[exit code 0]"));
     // A long call is cancelled by dropping it; the executor answers the next one at once.
     let long = exec
         .start("shell.bash", json!({"command": "sleep 300"}))
