@@ -140,6 +140,31 @@ pub fn specs() -> Vec<ToolSpec> {
     TOOLS.iter().filter_map(|t| spec(t)).collect()
 }
 
+/// The built-in tools an agent gets: every one, but those its `tools:` settings switch off
+/// (`(name, enabled)` pairs; names that are no built-in tool are left to whoever offers them,
+/// e.g. subagents).
+pub fn enabled_tools<'a>(
+    settings: impl IntoIterator<Item = (&'a str, bool)>,
+) -> std::collections::BTreeSet<String> {
+    let off: std::collections::BTreeSet<&str> = settings
+        .into_iter()
+        .filter(|(_, enabled)| !enabled)
+        .map(|(name, _)| name)
+        .collect();
+    TOOLS
+        .iter()
+        .filter(|t| !off.contains(*t))
+        .map(|t| t.to_string())
+        .collect()
+}
+
+/// The arguments that start the executor for `enabled` tools (none: none), after the kaged
+/// binary as the cage sees it (`kaged_cage::HELPER`): `tool-exec --tools a,b`.
+pub fn executor_args(enabled: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let list: Vec<&str> = enabled.iter().map(String::as_str).collect();
+    vec!["tool-exec".into(), "--tools".into(), list.join(",")]
+}
+
 /// A tool's result before it becomes an outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Done {
@@ -257,6 +282,23 @@ mod tests {
             assert!(s.parameters["required"].is_array(), "{}", s.name);
         }
         assert!(spec("file.delete").is_none());
+    }
+
+    #[test]
+    fn settings_switch_built_in_tools_off() {
+        assert_eq!(enabled_tools([]).len(), TOOLS.len());
+        let some = enabled_tools([
+            ("shell.bash", false),
+            ("file.read", true),
+            ("helper", false),
+        ]);
+        assert!(!some.contains("shell.bash") && some.contains("file.read"));
+        assert_eq!(some.len(), TOOLS.len() - 1);
+        let only_read: std::collections::BTreeSet<String> = ["file.read".to_string()].into();
+        assert_eq!(
+            executor_args(&only_read),
+            ["tool-exec", "--tool", "file.read"]
+        );
     }
 
     #[test]

@@ -122,9 +122,9 @@ pub enum Command {
     /// reply line each on stdout, until stdin ends (kaged runs this itself; see kaged-tools).
     #[command(hide = true)]
     ToolExec {
-        /// Run only these tools (repeatable; default: every built-in tool).
-        #[arg(long = "tool")]
-        tool: Vec<String>,
+        /// Run only these tools, comma-separated (empty: none; default: every built-in tool).
+        #[arg(long)]
+        tools: Option<String>,
     },
     /// Check that this host can build cages (bubblewrap, user namespaces) and say how to fix it.
     Doctor,

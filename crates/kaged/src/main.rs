@@ -105,7 +105,7 @@ pub fn config_for_start(
 
 /// `kaged tool-exec`, inside a model agent's cage: its own small runtime, none of the
 /// daemon's machinery. Ends when stdin does (every running call with it).
-fn tool_exec(only: &[String]) -> ExitCode {
+fn tool_exec(only: Option<&str>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -116,7 +116,12 @@ fn tool_exec(only: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let enabled = (!only.is_empty()).then(|| only.iter().cloned().collect());
+    let enabled = only.map(|list| {
+        list.split(',')
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect()
+    });
     let served = runtime.block_on(kaged_tools::serve(
         tokio::io::stdin(),
         tokio::io::stdout(),
@@ -185,8 +190,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Command::ToolExec { tool } = &cli.command {
-        return tool_exec(tool);
+    if let Command::ToolExec { tools } = &cli.command {
+        return tool_exec(tools.as_deref());
     }
     let mode = cli.mode.map(DeploymentMode::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -345,6 +345,25 @@ fn the_env_check_sees_a_key_where_there_is_one() {
     bare.finish();
 }
 
+/// `--tools` limits what the executor runs; empty, it runs nothing.
+#[test]
+fn the_executor_runs_only_the_tools_it_was_given() {
+    let s = setup(0);
+    let mut c = operator(&s);
+    c.args(["tool-exec", "--tools", ""]);
+    let mut none = Exec::start(c);
+    let r = none.call("shell.bash", json!({"command": "true"}));
+    assert!(r["error"].as_str().unwrap().contains("not enabled"), "{r}");
+    none.finish();
+    let mut c = operator(&s);
+    c.args(["tool-exec", "--tools", "shell.bash"]);
+    let mut bash = Exec::start(c);
+    assert_eq!(bash.bash("echo hi"), "hi\n[exit code 0]");
+    let r = bash.call("file.read", json!({"path": "/etc/hostname"}));
+    assert!(r["error"].as_str().unwrap().contains("not enabled"), "{r}");
+    bash.finish();
+}
+
 /// The daemon's way: `kaged_spawn::caged` with the kaged binary as the helper, the executor
 /// started on pipes (`spawn_piped`), spoken to through `kaged_tools::ToolExecutor`.
 #[tokio::test]
@@ -359,7 +378,10 @@ async fn the_daemons_way_runs_the_executor_on_pipes_in_a_real_cage() {
     let run_as = kaged_spawn::run_as(&root, "nobody")
         .unwrap()
         .map(|r| r.identity);
-    let command = vec![kaged_cage::HELPER.to_string(), "tool-exec".to_string()];
+    // As the project's `tools:` would switch one off.
+    let enabled = kaged_tools::enabled_tools([("search.glob", false)]);
+    let mut command = vec![kaged_cage::HELPER.to_string()];
+    command.extend(kaged_tools::executor_args(&enabled));
     let run = kaged_spawn::caged(&kaged_spawn::CageRequest {
         root: &root,
         helper: &s.bin,
@@ -402,6 +424,11 @@ async fn the_daemons_way_runs_the_executor_on_pipes_in_a_real_cage() {
         std::fs::read_to_string(root.join("made.txt")).unwrap(),
         "by the daemon's way"
     );
+    let off = exec
+        .call("search.glob", json!({"pattern": "*"}))
+        .await
+        .unwrap();
+    assert!(off.text().contains("not enabled"), "{off:?}");
     // 50 MB of output comes back as its head and tail, marked as cut.
     let flood = exec
         .call(
