@@ -52,9 +52,11 @@ fn shell() -> &'static str {
     if has_bash { "bash" } else { "sh" }
 }
 
-/// The command's process group, killed when this is dropped (cancel included). The leader
-/// is the child, unreaped until `wait` returns, so until then the number cannot name anyone
-/// else's group.
+/// The command's process group, killed when this is dropped (cancel included). Until the
+/// leader (the child) is reaped, the number is the group's. After that it stays the group's
+/// for as long as any member lives (the kernel does not hand out a number a group still
+/// uses), which is when killing matters; with no member left the kill finds nobody, short of
+/// the number being reused within the moment between reap and kill.
 struct Group(Option<i32>);
 
 impl Group {
