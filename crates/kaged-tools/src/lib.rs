@@ -297,7 +297,11 @@ mod tests {
         let only_read: std::collections::BTreeSet<String> = ["file.read".to_string()].into();
         assert_eq!(
             executor_args(&only_read),
-            ["tool-exec", "--tool", "file.read"]
+            ["tool-exec", "--tools", "file.read"]
+        );
+        assert_eq!(
+            executor_args(&Default::default()),
+            ["tool-exec", "--tools", ""]
         );
     }
 
