@@ -116,6 +116,12 @@ pub struct Agent {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<ProjectPath>,
+    /// A model agent's most model calls in one turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// A model agent's most output tokens in one response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
     /// The argv of an external agent CLI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
@@ -430,14 +436,17 @@ mod tests {
                 .iter()
                 .position(|k| *k == field.name)
                 .is_some_and(|i| i != pick);
-            // A field only another excluded one needs (`system_prompt` without `model`).
+            let is_excluded = |name: &str| {
+                object
+                    .exactly_one
+                    .iter()
+                    .position(|k| *k == name)
+                    .is_some_and(|i| i != pick)
+            };
+            // A field only another excluded one needs (`system_prompt` without `model`), or
+            // one that needs an excluded field (`max_steps` without `model`).
             let needs_excluded = object.requires.iter().any(|(a, b)| {
-                *b == field.name
-                    && object
-                        .exactly_one
-                        .iter()
-                        .position(|k| k == a)
-                        .is_some_and(|i| i != pick)
+                (*b == field.name && is_excluded(a)) || (*a == field.name && is_excluded(b))
             });
             if excluded || needs_excluded {
                 continue;

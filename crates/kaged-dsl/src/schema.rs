@@ -232,6 +232,24 @@ pub static AGENT: Object = Object {
         ),
         f("system_prompt", &URI, false, "project:/ path of the prompt"),
         f(
+            "max_steps",
+            &Ty::Int {
+                min: 1,
+                max: 10_000,
+            },
+            false,
+            "model agent: the most model calls in one turn (each answer to tool results is one)",
+        ),
+        f(
+            "max_output_tokens",
+            &Ty::Int {
+                min: 1,
+                max: 1_000_000,
+            },
+            false,
+            "model agent: the most tokens the model may write in one response",
+        ),
+        f(
             "command",
             &ARGV,
             false,
@@ -265,7 +283,11 @@ pub static AGENT: Object = Object {
         ),
     ],
     exactly_one: &["model", "command"],
-    requires: &[("model", "system_prompt")],
+    requires: &[
+        ("model", "system_prompt"),
+        ("max_steps", "model"),
+        ("max_output_tokens", "model"),
+    ],
 };
 
 static TASK: Object = Object {

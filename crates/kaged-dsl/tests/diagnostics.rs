@@ -339,3 +339,35 @@ fn overlay_nulls_inside_new_maps_mean_absent_and_key_anchors_are_refused() {
             .any(|l| l.contains("anchors and tags"))
     );
 }
+
+/// A model agent's turn bounds and its built-in tools, switched on and off.
+#[test]
+fn model_agent_bounds_and_tool_settings() {
+    let base = "version: 1\nproject: demo\nprimary:\n  model: fast\n  system_prompt: project:/p.md\n  max_steps: 20\n  max_output_tokens: 4096\n  tools:\n    file.read: { enabled: true }\n    file.write: { enabled: false }\n    edit.text: { enabled: true }\n    search.grep: { enabled: true }\n    search.glob: { enabled: true }\n    shell.bash: { enabled: false }\n";
+    assert!(brief(base, None).is_empty(), "{:?}", brief(base, None));
+    let project = kaged_dsl::load_project(base, None)
+        .project()
+        .unwrap()
+        .unwrap();
+    assert_eq!(project.primary.max_steps, Some(20));
+    assert_eq!(project.primary.max_output_tokens, Some(4096));
+    let tools = project.primary.tools.as_ref().unwrap();
+    assert!(!tools["shell.bash"].enabled && tools["file.read"].enabled);
+
+    let zero = base.replace("max_steps: 20", "max_steps: 0");
+    assert_eq!(brief(&zero, None).len(), 1, "{:?}", brief(&zero, None));
+    let text = base.replace("max_output_tokens: 4096", "max_output_tokens: many");
+    assert_eq!(brief(&text, None).len(), 1, "{:?}", brief(&text, None));
+    let unknown = base.replace("enabled: false }\n", "enabled: false, approval: ask }\n");
+    assert!(!brief(&unknown, None).is_empty());
+    let bad_name = base.replace("shell.bash:", "Shell Bash:");
+    assert!(!brief(&bad_name, None).is_empty());
+    // The bounds are a model agent's: a command agent with them is told.
+    let command = "version: 1\nproject: demo\nprimary:\n  command: [claude]\n  max_steps: 3\n";
+    let problems = brief(command, None);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("`max_steps` needs `model`"),
+        "{problems:?}"
+    );
+}

@@ -186,8 +186,14 @@ pub fn caged(request: &CageRequest<'_>) -> Result<CagedRun, SpawnError> {
     ));
     sources.host.binds = binds;
     // The program as the cage will see it: one that is only on kaged's PATH is refused here,
-    // with the grant that makes it visible, rather than dying with 127 inside.
-    if let Some(program) = request.launch.command.first() {
+    // with the grant that makes it visible, rather than dying with 127 inside. The helper
+    // (`kaged tool-exec`) is bound into every cage, so it needs no resolving.
+    if let Some(program) = request
+        .launch
+        .command
+        .first()
+        .filter(|p| p.as_str() != kaged_cage::HELPER)
+    {
         let operator_path: Vec<PathBuf> = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default();

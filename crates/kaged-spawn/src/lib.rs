@@ -1,5 +1,6 @@
-//! The process edge: start what `kaged-cage` compiled, on a kaged PTY or on the caller's
-//! terminal, then observe, signal and reap it.
+//! The process edge: start what `kaged-cage` compiled, on a kaged PTY, on pipes (a caged
+//! `kaged tool-exec`: `spawn_piped`) or on the caller's terminal, then observe, signal and
+//! reap it.
 //!
 //! Every start goes through one command line:
 //! `setpriv --pdeathsig KILL -- [systemd-run --scope ... --] [prlimit LIMITS --]
@@ -33,6 +34,7 @@ mod identity;
 mod launch;
 mod memory;
 mod pidfd;
+mod piped;
 mod preflight;
 mod process;
 mod sweep;
@@ -53,6 +55,7 @@ pub use identity::{describe as describe_identity, effective_uid, run_as};
 pub use launch::{CageRequest, CagedRun, Prepared, caged, prepare};
 pub use memory::release_free_memory;
 pub use nix::sys::signal::Signal;
+pub use piped::{PipedRun, spawn_piped};
 pub use preflight::{Check, preflight, sandbox_problem};
 pub use process::{Killer, PtyRun, Terminal, WATCHDOG_POLL, Waiter, run_foreground, spawn_pty};
 pub use sweep::{Swept, sweep};

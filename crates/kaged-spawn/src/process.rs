@@ -16,7 +16,7 @@ use crate::*;
 pub const WATCHDOG_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Held while a PTY is opened and while any run is spawned (see `spawn_pty`).
-static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Run in the foreground on the caller's terminal (`kaged cage run`); returns how it ended.
 /// Past `wall_time`, or with more than `max_processes` processes (the watchdog of a host
@@ -74,7 +74,7 @@ impl Started {
 }
 
 /// The killer and waiter of a just-spawned (so still unreaped) `child`.
-fn hold(mut child: Child, caged: bool) -> Result<(Killer, Waiter), SpawnError> {
+pub(crate) fn hold(mut child: Child, caged: bool) -> Result<(Killer, Waiter), SpawnError> {
     let pid = child.id();
     let pidfd = match pidfd::open(pid) {
         Ok(fd) => fd,

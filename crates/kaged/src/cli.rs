@@ -118,6 +118,14 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Inside a model agent's cage: run tool calls read as JSON lines on stdin, one JSON
+    /// reply line each on stdout, until stdin ends (kaged runs this itself; see kaged-tools).
+    #[command(hide = true)]
+    ToolExec {
+        /// Run only these tools, comma-separated (empty: none; default: every built-in tool).
+        #[arg(long)]
+        tools: Option<String>,
+    },
     /// Check that this host can build cages (bubblewrap, user namespaces) and say how to fix it.
     Doctor,
     /// Project files: validate them, print their JSON Schema.

@@ -103,6 +103,41 @@ pub fn config_for_start(
     Ok((decision, settings, first_launch))
 }
 
+/// `kaged tool-exec`, inside a model agent's cage: its own small runtime, none of the
+/// daemon's machinery. Ends when stdin does (every running call with it).
+fn tool_exec(only: Option<&str>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kaged: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let enabled = only.map(|list| {
+        list.split(',')
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect()
+    });
+    let served = runtime.block_on(kaged_tools::serve(
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+        enabled,
+    ));
+    // Nothing is waited for: a read of stdin may still be blocked in its thread.
+    runtime.shutdown_background();
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kaged: tool-exec: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Exit status of a cage whose check failed (nothing of the command ran).
 const CAGE_REFUSED: u8 = 126;
 
@@ -155,6 +190,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::ToolExec { tools } = &cli.command {
+        return tool_exec(tools.as_deref());
+    }
     let mode = cli.mode.map(DeploymentMode::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -181,9 +219,10 @@ fn main() -> ExitCode {
             Command::Project(command) => client::project(mode, command).await,
             Command::Session(command) => session::run(mode, command).await,
             Command::Cage(command) => cage::run(command, mode).await,
-            Command::CageBridge { .. } | Command::CageTty { .. } | Command::CageCheck { .. } => {
-                Ok(())
-            }
+            Command::CageBridge { .. }
+            | Command::CageTty { .. }
+            | Command::CageCheck { .. }
+            | Command::ToolExec { .. } => Ok(()),
             Command::Doctor => cage::doctor(),
             Command::Version => {
                 println!(

@@ -32,6 +32,7 @@ mod small_things;
 mod tidy;
 mod tokens;
 mod toolchains;
+mod tools;
 mod upgrade;
 mod vpn_bind;
 
