@@ -1,0 +1,2 @@
+//! Request building tests.
+use super::*;
