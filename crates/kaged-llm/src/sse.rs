@@ -63,13 +63,13 @@ impl SseParser {
         Ok(out)
     }
 
-    /// The stream ended: an unterminated last line and undispatched data still count.
+    /// The stream ended. An unterminated last line was cut short and is dropped; complete
+    /// data lines not yet followed by a blank line still make an event (`data: [DONE]\n`
+    /// at the very end counts).
     pub fn finish(&mut self) -> Result<Vec<SseEvent>, LlmError> {
         let mut out = Vec::new();
-        if !self.line.is_empty() {
-            let line = std::mem::take(&mut self.line);
-            self.line_done(&line, &mut out)?;
-        }
+        self.line.clear();
+        self.after_cr = false;
         self.line_done(b"", &mut out)?;
         Ok(out)
     }
@@ -131,7 +131,7 @@ impl SseParser {
 mod tests {
     use super::*;
 
-    const STREAM: &str = "\u{feff}: hello\r\nevent: first\ndata: one\ndata:two\r\n\r\nid: 7\nretry: 10\ndata: {\"a\": \"é\"}\r\rdata\n\nevent: ignored-without-data\n\nevent: last\ndata: end";
+    const STREAM: &str = "\u{feff}: hello\r\nevent: first\ndata: one\ndata:two\r\n\r\nid: 7\nretry: 10\ndata: {\"a\": \"é\"}\r\rdata\n\nevent: ignored-without-data\n\nevent: last\ndata: end\n";
 
     fn expected() -> Vec<SseEvent> {
         let e = |event: Option<&str>, data: &str| SseEvent {
@@ -185,6 +185,14 @@ mod tests {
                 SseEvent { event: None, data: "a".into() },
                 SseEvent { event: None, data: "b".into() },
             ]
+        );
+    }
+
+    #[test]
+    fn a_line_cut_short_at_the_end_is_dropped() {
+        assert_eq!(
+            parse_in(&[b"data: a\n\ndata: {\"trunc"]),
+            vec![SseEvent { event: None, data: "a".into() }]
         );
     }
 

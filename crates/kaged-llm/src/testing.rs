@@ -258,7 +258,11 @@ async fn handle(
                 Part::Bytes(b) => return Some((Ok(Bytes::from(b)), parts)),
                 Part::Pause(d) => tokio::time::sleep(d).await,
                 Part::Stall => tokio::time::sleep(Duration::from_secs(3600)).await,
-                Part::Cut => return Some((Err(io::Error::other("cut by the fixture")), parts)),
+                Part::Cut => {
+                    // Let what came before reach the client first: hyper flushes lazily.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Some((Err(io::Error::other("cut by the fixture")), parts));
+                }
             }
         }
     });
