@@ -625,7 +625,7 @@ mod tests {
              paths = [{ host = \"/srv/data\", at = \"project:/data\", mode = \"ro\" }]\n",
         )
         .unwrap();
-        assert_eq!(c.aliases["sonnet"], "claude:sonnet-4");
+        assert_eq!(c.aliases["sonnet"][0].to_string(), "claude:sonnet-4");
         assert_eq!(
             c.providers["claude"].api_key_env.as_deref(),
             Some("ANTHROPIC_API_KEY")

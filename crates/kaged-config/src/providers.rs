@@ -291,6 +291,86 @@ mod tests {
         }
     }
 
+    fn parse(text: &str) -> Result<LocalConfig, crate::ConfigErrors> {
+        crate::parse_local(Path::new("/home/ann/.config/kaged/local.toml"), text)
+    }
+
+    const LOCAL: &str = "[aliases]\n\
+        fast = [\"anthropic:claude-haiku-4-5\", \"router:meta/llama-3.1-8b\"]\n\
+        smart = \"openai:gpt-5\"\n\
+        local = \"ollama:llama3.2:1b\"\n\
+        [providers.anthropic]\napi_key_env = \"ANTHROPIC_API_KEY\"\n\
+        price_input_per_mtok = 1\nprice_output_per_mtok = 5.0\nprice_cached_per_mtok = 0.1\n\
+        [providers.openai]\napi_key_env = \"OPENAI_API_KEY\"\nprice_input_per_mtok = 1.25\nprice_output_per_mtok = 10\n\
+        [providers.router]\ndriver = \"openai-completions\"\nbase_url = \"https://openrouter.ai/api\"\napi_key_env = \"OPENROUTER_API_KEY\"\n\
+        [providers.ollama]\nbase_url = \"http://127.0.0.1:11434\"\n";
+
+    #[test]
+    fn aliases_resolve_to_their_routes_first_choice_first() {
+        let c = parse(LOCAL).unwrap();
+        let path = Path::new("/home/ann/.config/kaged/local.toml");
+        let fast = resolve_alias(&c, path, "fast").unwrap();
+        assert_eq!(fast.len(), 2);
+        assert_eq!(fast[0].provider_name, "anthropic");
+        assert_eq!(fast[0].driver, Driver::AnthropicMessages);
+        assert_eq!(fast[0].base_url, "https://api.anthropic.com");
+        assert_eq!(fast[0].model, "claude-haiku-4-5");
+        assert_eq!(
+            fast[0].provider.prices,
+            Some(Prices { input_per_mtok: 1.0, output_per_mtok: 5.0, cached_per_mtok: 0.1 })
+        );
+        assert_eq!(fast[1].driver, Driver::OpenaiCompletions);
+        assert_eq!(fast[1].base_url, "https://openrouter.ai/api");
+        assert_eq!(fast[1].model, "meta/llama-3.1-8b");
+        let smart = resolve_alias(&c, path, "smart").unwrap();
+        assert_eq!(smart[0].driver, Driver::OpenaiResponses);
+        assert_eq!(smart[0].base_url, "https://api.openai.com");
+        // The cached price defaults to the input price.
+        assert_eq!(smart[0].provider.prices.map(|p| p.cached_per_mtok), Some(1.25));
+        let local = resolve_alias(&c, path, "local").unwrap();
+        assert_eq!((local[0].driver, local[0].model.as_str()), (Driver::OpenaiCompletions, "llama3.2:1b"));
+        assert_eq!(local[0].provider.prices, None);
+    }
+
+    #[test]
+    fn a_missing_alias_names_the_line_to_add() {
+        let c = parse(LOCAL).unwrap();
+        let path = Path::new("/home/ann/.config/kaged/local.toml");
+        let e = resolve_alias(&c, path, "reviewer").unwrap_err();
+        assert_eq!(e.line, "reviewer = \"anthropic:MODEL\"");
+        let shown = e.to_string();
+        assert!(shown.contains("model alias `reviewer` is not defined in /home/ann/.config/kaged/local.toml"), "{shown}");
+        assert!(shown.contains("under [aliases]") && shown.contains("    reviewer = \"anthropic:MODEL\""), "{shown}");
+        let e = resolve_alias(&LocalConfig::default(), path, "odd name").unwrap_err();
+        assert_eq!(e.line, "\"odd name\" = \"PROVIDER:MODEL\"");
+    }
+
+    #[test]
+    fn provider_mistakes_are_reported_with_line_key_and_fix() {
+        let errs = parse(
+            "[aliases]\nfast = []\nslow = [\"a:m\", 3]\n\
+             [providers.a]\ndriver = \"anthropic\"\n\
+             base_url = \"http://api.example.com\"\n\
+             price_input_per_mtok = -1\n\
+             [providers.b]\nprice_output_per_mtok = 2\nbase_url = \"http://8.8.8.8\"\n",
+        )
+        .unwrap_err()
+        .0;
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        for needle in [
+            "local.toml:2:8: aliases.fast: an empty fallback list",
+            "local.toml:3:16: aliases.slow: expected a string",
+            "local.toml:5:10: providers.a.driver: unknown driver \"anthropic\"",
+            "local.toml:6:12: providers.a.base_url: \"http://api.example.com\" is plain http to the host name",
+            "fix: use https://api.example.com",
+            "local.toml:7:24: providers.a.price_input_per_mtok: expected a price",
+            "providers.b: prices need both price_input_per_mtok and price_output_per_mtok",
+            "providers.b.base_url: \"http://8.8.8.8\" is plain http to the public address 8.8.8.8",
+        ] {
+            assert!(shown.iter().any(|s| s.contains(needle)), "missing {needle} in {shown:#?}");
+        }
+    }
+
     #[test]
     fn alias_targets_split_at_the_first_colon() {
         let t = AliasTarget::parse("ollama:llama3.2:1b").unwrap();
