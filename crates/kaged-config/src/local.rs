@@ -263,14 +263,21 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
                     let items: Vec<&toml::Spanned<DeValue<'_>>> = match av.get_ref() {
                         DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
                         DeValue::Array(_) => {
-                            r.fail(av.span().start, &path, "an empty fallback list", "write \"provider:model\" or [\"a:m1\", \"b:m2\"]");
+                            r.fail(
+                                av.span().start,
+                                &path,
+                                "an empty fallback list",
+                                "write \"provider:model\" or [\"a:m1\", \"b:m2\"]",
+                            );
                             continue;
                         }
                         _ => vec![av],
                     };
                     let mut targets = Vec::new();
                     for item in items {
-                        let Some(text) = r.string(item, &path) else { continue };
+                        let Some(text) = r.string(item, &path) else {
+                            continue;
+                        };
                         match AliasTarget::parse(&text) {
                             Some(t) => targets.push(t),
                             None => r.fail(
@@ -439,7 +446,12 @@ fn provider(
                     if is_env_name(&s) {
                         p.api_key_env = Some(s);
                     } else {
-                        r.fail(fv.span().start, &fpath, format!("{s:?} is not an environment variable name"), "use UPPER_CASE letters, digits and _, e.g. ANTHROPIC_API_KEY");
+                        r.fail(
+                            fv.span().start,
+                            &fpath,
+                            format!("{s:?} is not an environment variable name"),
+                            "use UPPER_CASE letters, digits and _, e.g. ANTHROPIC_API_KEY",
+                        );
                     }
                 }
             }
@@ -472,7 +484,9 @@ fn provider(
             "price_input_per_mtok" | "price_output_per_mtok" | "price_cached_per_mtok" => {
                 price_at.get_or_insert(fk.span().start);
                 let value = match fv.get_ref() {
-                    DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok().map(|v| v as f64),
+                    DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                        .ok()
+                        .map(|v| v as f64),
                     DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
                     _ => None,
                 };

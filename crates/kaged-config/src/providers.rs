@@ -68,9 +68,7 @@ impl fmt::Display for Driver {
 
 /// A driver name that is not one of [`Driver::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown driver {0:?}: use anthropic-messages, openai-responses or openai-completions"
-)]
+#[error("unknown driver {0:?}: use anthropic-messages, openai-responses or openai-completions")]
 pub struct UnknownDriver(pub String);
 
 impl FromStr for Driver {
@@ -235,12 +233,22 @@ pub fn check_base_url(url: &str) -> Result<(), (String, String)> {
         _ if host.eq_ignore_ascii_case("localhost") => Ok(()),
         Some(ip) if kaged_auth::is_non_public(ip) && !ip.is_unspecified() => Ok(()),
         Some(ip) => Err((
-            format!("{url:?} is plain http to the public address {ip}: the key and the conversation would cross the internet unencrypted"),
-            format!("use https:// (e.g. {:?})", url.replacen("http://", "https://", 1)),
+            format!(
+                "{url:?} is plain http to the public address {ip}: the key and the conversation would cross the internet unencrypted"
+            ),
+            format!(
+                "use https:// (e.g. {:?})",
+                url.replacen("http://", "https://", 1)
+            ),
         )),
         None => Err((
-            format!("{url:?} is plain http to the host name {host:?}: only loopback and literal private IPs may use http"),
-            format!("use https://{}, or http:// with the server's private IP", rest),
+            format!(
+                "{url:?} is plain http to the host name {host:?}: only loopback and literal private IPs may use http"
+            ),
+            format!(
+                "use https://{}, or http:// with the server's private IP",
+                rest
+            ),
         )),
     }
 }
@@ -254,10 +262,7 @@ mod tests {
         for d in Driver::ALL {
             assert_eq!(d.to_string().parse::<Driver>(), Ok(d));
         }
-        assert_eq!(
-            Driver::default_for("anthropic"),
-            Driver::AnthropicMessages
-        );
+        assert_eq!(Driver::default_for("anthropic"), Driver::AnthropicMessages);
         assert_eq!(Driver::default_for("openai"), Driver::OpenaiResponses);
         assert_eq!(Driver::default_for("ollama"), Driver::OpenaiCompletions);
         assert!("anthropic".parse::<Driver>().is_err());
@@ -317,7 +322,11 @@ mod tests {
         assert_eq!(fast[0].model, "claude-haiku-4-5");
         assert_eq!(
             fast[0].provider.prices,
-            Some(Prices { input_per_mtok: 1.0, output_per_mtok: 5.0, cached_per_mtok: 0.1 })
+            Some(Prices {
+                input_per_mtok: 1.0,
+                output_per_mtok: 5.0,
+                cached_per_mtok: 0.1
+            })
         );
         assert_eq!(fast[1].driver, Driver::OpenaiCompletions);
         assert_eq!(fast[1].base_url, "https://openrouter.ai/api");
@@ -326,9 +335,15 @@ mod tests {
         assert_eq!(smart[0].driver, Driver::OpenaiResponses);
         assert_eq!(smart[0].base_url, "https://api.openai.com");
         // The cached price defaults to the input price.
-        assert_eq!(smart[0].provider.prices.map(|p| p.cached_per_mtok), Some(1.25));
+        assert_eq!(
+            smart[0].provider.prices.map(|p| p.cached_per_mtok),
+            Some(1.25)
+        );
         let local = resolve_alias(&c, path, "local").unwrap();
-        assert_eq!((local[0].driver, local[0].model.as_str()), (Driver::OpenaiCompletions, "llama3.2:1b"));
+        assert_eq!(
+            (local[0].driver, local[0].model.as_str()),
+            (Driver::OpenaiCompletions, "llama3.2:1b")
+        );
         assert_eq!(local[0].provider.prices, None);
     }
 
@@ -339,8 +354,17 @@ mod tests {
         let e = resolve_alias(&c, path, "reviewer").unwrap_err();
         assert_eq!(e.line, "reviewer = \"anthropic:MODEL\"");
         let shown = e.to_string();
-        assert!(shown.contains("model alias `reviewer` is not defined in /home/ann/.config/kaged/local.toml"), "{shown}");
-        assert!(shown.contains("under [aliases]") && shown.contains("    reviewer = \"anthropic:MODEL\""), "{shown}");
+        assert!(
+            shown.contains(
+                "model alias `reviewer` is not defined in /home/ann/.config/kaged/local.toml"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("under [aliases]")
+                && shown.contains("    reviewer = \"anthropic:MODEL\""),
+            "{shown}"
+        );
         let e = resolve_alias(&LocalConfig::default(), path, "odd name").unwrap_err();
         assert_eq!(e.line, "\"odd name\" = \"PROVIDER:MODEL\"");
     }
@@ -367,14 +391,20 @@ mod tests {
             "providers.b: prices need both price_input_per_mtok and price_output_per_mtok",
             "providers.b.base_url: \"http://8.8.8.8\" is plain http to the public address 8.8.8.8",
         ] {
-            assert!(shown.iter().any(|s| s.contains(needle)), "missing {needle} in {shown:#?}");
+            assert!(
+                shown.iter().any(|s| s.contains(needle)),
+                "missing {needle} in {shown:#?}"
+            );
         }
     }
 
     #[test]
     fn alias_targets_split_at_the_first_colon() {
         let t = AliasTarget::parse("ollama:llama3.2:1b").unwrap();
-        assert_eq!((t.provider.as_str(), t.model.as_str()), ("ollama", "llama3.2:1b"));
+        assert_eq!(
+            (t.provider.as_str(), t.model.as_str()),
+            ("ollama", "llama3.2:1b")
+        );
         assert_eq!(t.to_string(), "ollama:llama3.2:1b");
         assert!(AliasTarget::parse("nomodel").is_none());
         assert!(AliasTarget::parse("x:").is_none());

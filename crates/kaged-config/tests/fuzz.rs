@@ -243,9 +243,18 @@ fn render_local(config: &LocalConfig) -> String {
             t.insert("driver".into(), Value::String(driver.to_string()));
         }
         if let Some(prices) = p.prices {
-            t.insert("price_input_per_mtok".into(), Value::Float(prices.input_per_mtok));
-            t.insert("price_output_per_mtok".into(), Value::Float(prices.output_per_mtok));
-            t.insert("price_cached_per_mtok".into(), Value::Float(prices.cached_per_mtok));
+            t.insert(
+                "price_input_per_mtok".into(),
+                Value::Float(prices.input_per_mtok),
+            );
+            t.insert(
+                "price_output_per_mtok".into(),
+                Value::Float(prices.output_per_mtok),
+            );
+            t.insert(
+                "price_cached_per_mtok".into(),
+                Value::Float(prices.cached_per_mtok),
+            );
         }
         providers.insert(name.clone(), Value::Table(t));
     }

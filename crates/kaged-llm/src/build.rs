@@ -130,7 +130,11 @@ fn anthropic(model: &str, request: &Request) -> Value {
     body.insert("model".into(), json!(model));
     body.insert(
         "max_tokens".into(),
-        json!(request.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)),
+        json!(
+            request
+                .max_output_tokens
+                .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+        ),
     );
     if let Some(system) = &request.system {
         body.insert("system".into(), json!(system));
@@ -245,11 +249,14 @@ fn completions(model: &str, request: &Request) -> Value {
                 } else {
                     json!(text)
                 };
-                messages.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
+                messages
+                    .push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
             }
             Message::ToolResult {
                 call_id, content, ..
-            } => messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": content})),
+            } => {
+                messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": content}))
+            }
         }
     }
     let mut body = Map::new();

@@ -17,18 +17,41 @@ fn request() -> Request {
     Request {
         system: Some("You are terse.".into()),
         messages: vec![
-            Message::User { text: "Read main.rs".into() },
+            Message::User {
+                text: "Read main.rs".into(),
+            },
             Message::Assistant {
                 text: "Reading.".into(),
                 tool_calls: vec![
-                    ToolCall { id: "c1".into(), name: "file.read".into(), arguments: r#"{"path":"main.rs"}"#.into() },
-                    ToolCall { id: "c2".into(), name: "search.grep".into(), arguments: "not json".into() },
+                    ToolCall {
+                        id: "c1".into(),
+                        name: "file.read".into(),
+                        arguments: r#"{"path":"main.rs"}"#.into(),
+                    },
+                    ToolCall {
+                        id: "c2".into(),
+                        name: "search.grep".into(),
+                        arguments: "not json".into(),
+                    },
                 ],
             },
-            Message::ToolResult { call_id: "c1".into(), content: "fn main() {}".into(), is_error: false },
-            Message::ToolResult { call_id: "c2".into(), content: "bad arguments".into(), is_error: true },
-            Message::User { text: "Thanks".into() },
-            Message::Assistant { text: String::new(), tool_calls: vec![] },
+            Message::ToolResult {
+                call_id: "c1".into(),
+                content: "fn main() {}".into(),
+                is_error: false,
+            },
+            Message::ToolResult {
+                call_id: "c2".into(),
+                content: "bad arguments".into(),
+                is_error: true,
+            },
+            Message::User {
+                text: "Thanks".into(),
+            },
+            Message::Assistant {
+                text: String::new(),
+                tool_calls: vec![],
+            },
         ],
         tools: vec![ToolSpec {
             name: "file.read".into(),
@@ -41,9 +64,18 @@ fn request() -> Request {
 
 #[test]
 fn urls_append_v1_once() {
-    assert_eq!(url("https://api.anthropic.com", "messages"), "https://api.anthropic.com/v1/messages");
-    assert_eq!(url("https://openrouter.ai/api/", "chat/completions"), "https://openrouter.ai/api/v1/chat/completions");
-    assert_eq!(url("http://127.0.0.1:8080/v1/", "responses"), "http://127.0.0.1:8080/v1/responses");
+    assert_eq!(
+        url("https://api.anthropic.com", "messages"),
+        "https://api.anthropic.com/v1/messages"
+    );
+    assert_eq!(
+        url("https://openrouter.ai/api/", "chat/completions"),
+        "https://openrouter.ai/api/v1/chat/completions"
+    );
+    assert_eq!(
+        url("http://127.0.0.1:8080/v1/", "responses"),
+        "http://127.0.0.1:8080/v1/responses"
+    );
 }
 
 #[test]
@@ -55,9 +87,15 @@ fn tool_names_become_wire_names() {
 
 #[test]
 fn anthropic_messages_puts_the_system_prompt_on_top_and_merges_user_turns() {
-    let w = build(&endpoint(Driver::AnthropicMessages, "https://api.anthropic.com"), &request());
+    let w = build(
+        &endpoint(Driver::AnthropicMessages, "https://api.anthropic.com"),
+        &request(),
+    );
     assert_eq!(w.url, "https://api.anthropic.com/v1/messages");
-    assert!(w.headers.contains(&("anthropic-version", "2023-06-01".into())));
+    assert!(
+        w.headers
+            .contains(&("anthropic-version", "2023-06-01".into()))
+    );
     assert!(matches!(&w.auth, Some(Auth::XApiKey(k)) if k.expose() == "sk-build-test-key"));
     assert_eq!(
         w.body,
@@ -83,7 +121,10 @@ fn anthropic_messages_puts_the_system_prompt_on_top_and_merges_user_turns() {
             "stream": true,
         })
     );
-    let plain = Request { messages: vec![Message::User { text: "hi".into() }], ..Request::default() };
+    let plain = Request {
+        messages: vec![Message::User { text: "hi".into() }],
+        ..Request::default()
+    };
     let w = build(&endpoint(Driver::AnthropicMessages, "https://x"), &plain);
     assert_eq!(w.body["max_tokens"], json!(DEFAULT_MAX_OUTPUT_TOKENS));
     assert!(w.body.get("system").is_none() && w.body.get("tools").is_none());
@@ -92,7 +133,10 @@ fn anthropic_messages_puts_the_system_prompt_on_top_and_merges_user_turns() {
 
 #[test]
 fn openai_responses_uses_instructions_and_function_call_items() {
-    let w = build(&endpoint(Driver::OpenaiResponses, "https://api.openai.com"), &request());
+    let w = build(
+        &endpoint(Driver::OpenaiResponses, "https://api.openai.com"),
+        &request(),
+    );
     assert_eq!(w.url, "https://api.openai.com/v1/responses");
     assert!(matches!(&w.auth, Some(Auth::Bearer(_))));
     assert_eq!(
@@ -150,9 +194,16 @@ fn openai_completions_uses_a_system_message_tool_messages_and_usage_in_the_strea
     let only_calls = Request {
         messages: vec![Message::Assistant {
             text: String::new(),
-            tool_calls: vec![ToolCall { id: "c".into(), name: "n".into(), arguments: "{}".into() }],
+            tool_calls: vec![ToolCall {
+                id: "c".into(),
+                name: "n".into(),
+                arguments: "{}".into(),
+            }],
         }],
         ..Request::default()
     };
-    assert_eq!(build(&e, &only_calls).body["messages"][0]["content"], Value::Null);
+    assert_eq!(
+        build(&e, &only_calls).body["messages"][0]["content"],
+        Value::Null
+    );
 }

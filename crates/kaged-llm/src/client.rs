@@ -213,7 +213,7 @@ fn scrub(text: &str, key: Option<&Secret>) -> String {
 /// `retry-after-ms` (OpenAI) or `retry-after` in seconds.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let header = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
-    let valid = |v: f64| v.is_finite() && v >= 0.0 && v < 86_400.0;
+    let valid = |v: f64| (0.0..86_400.0).contains(&v);
     if let Some(ms) = header("retry-after-ms").filter(|v| valid(v / 1000.0)) {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
@@ -260,20 +260,28 @@ mod tests {
         h.insert("retry-after-ms", HeaderValue::from_static("1500"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
         let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&h), None);
     }
 
     #[test]
     fn error_bodies_give_their_message_and_never_the_key() {
         assert_eq!(
-            error_message(r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#),
+            error_message(
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#
+            ),
             "slow down"
         );
         assert_eq!(error_message("  plain text "), "plain text");
         let key = Secret::new("sk-test-0123456789".into());
         assert_eq!(
-            scrub("Incorrect API key provided: sk-test-0123456789.", Some(&key)),
+            scrub(
+                "Incorrect API key provided: sk-test-0123456789.",
+                Some(&key)
+            ),
             "Incorrect API key provided: <redacted>."
         );
     }

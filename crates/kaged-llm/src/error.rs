@@ -52,9 +52,15 @@ impl LlmError {
                     return code == 429 || (500..600).contains(&code);
                 }
                 let kind = kind.to_ascii_lowercase();
-                ["overloaded", "rate_limit", "server_error", "api_error", "unavailable"]
-                    .iter()
-                    .any(|k| kind.contains(k))
+                [
+                    "overloaded",
+                    "rate_limit",
+                    "server_error",
+                    "api_error",
+                    "unavailable",
+                ]
+                .iter()
+                .any(|k| kind.contains(k))
             }
             LlmError::Connect(_) | LlmError::Timeout => true,
             LlmError::Stalled | LlmError::Protocol(_) | LlmError::Cut(_) | LlmError::Request(_) => {

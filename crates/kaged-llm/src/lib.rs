@@ -40,6 +40,6 @@ pub use error::LlmError;
 pub use kaged_config::Driver;
 pub use retry::{Prices, RetryPolicy, cost};
 pub use types::{
-    DEFAULT_MAX_OUTPUT_TOKENS, Endpoint, Event, Message, MissingKey, Request, StopReason,
-    Timeouts, ToolCall, ToolSpec, Usage,
+    DEFAULT_MAX_OUTPUT_TOKENS, Endpoint, Event, Message, MissingKey, Request, StopReason, Timeouts,
+    ToolCall, ToolSpec, Usage,
 };

@@ -40,10 +40,7 @@ impl RetryPolicy {
     /// more than `max`.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
         let exponent = attempt.saturating_sub(1).min(30);
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << exponent)
-            .min(self.max);
+        let ceiling = self.base.saturating_mul(1u32 << exponent).min(self.max);
         let jitter = if jitter.is_finite() {
             jitter.clamp(0.0, 1.0)
         } else {
@@ -80,8 +77,14 @@ mod tests {
         assert_eq!(p.delay(3, None, 0.5), Duration::from_secs(3));
         assert_eq!(p.delay(9, None, 1.0), Duration::from_secs(10));
         assert_eq!(p.delay(40, None, 1.0), Duration::from_secs(10));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(7)), 0.0), Duration::from_secs(7));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(70)), 0.0), Duration::from_secs(10));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(7)), 0.0),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(70)), 0.0),
+            Duration::from_secs(10)
+        );
         assert_eq!(p.delay(2, None, f64::NAN), Duration::from_secs(2));
         assert!(p.may_retry(4));
         assert!(!p.may_retry(5));

@@ -182,8 +182,14 @@ mod tests {
         assert_eq!(
             parse_in(&[b"data: a\r", b"\n\r", b"\ndata: b\r", b"\r"]),
             vec![
-                SseEvent { event: None, data: "a".into() },
-                SseEvent { event: None, data: "b".into() },
+                SseEvent {
+                    event: None,
+                    data: "a".into()
+                },
+                SseEvent {
+                    event: None,
+                    data: "b".into()
+                },
             ]
         );
     }
@@ -192,14 +198,20 @@ mod tests {
     fn a_line_cut_short_at_the_end_is_dropped() {
         assert_eq!(
             parse_in(&[b"data: a\n\ndata: {\"trunc"]),
-            vec![SseEvent { event: None, data: "a".into() }]
+            vec![SseEvent {
+                event: None,
+                data: "a".into()
+            }]
         );
     }
 
     #[test]
     fn bad_bytes_and_huge_lines_are_protocol_errors() {
         let mut p = SseParser::new();
-        assert!(matches!(p.push(b"data: \xff\xfe\n"), Err(LlmError::Protocol(_))));
+        assert!(matches!(
+            p.push(b"data: \xff\xfe\n"),
+            Err(LlmError::Protocol(_))
+        ));
         let mut p = SseParser::new();
         let big = vec![b'a'; MAX_LINE + 1];
         match p.push(&big) {

@@ -127,7 +127,12 @@ impl Reply {
             .flat_map(|part| match part {
                 Part::Bytes(b) => b
                     .chunks(size)
-                    .flat_map(|c| [Part::Bytes(c.to_vec()), Part::Pause(Duration::from_millis(1))])
+                    .flat_map(|c| {
+                        [
+                            Part::Bytes(c.to_vec()),
+                            Part::Pause(Duration::from_millis(1)),
+                        ]
+                    })
                     .collect(),
                 other => vec![other],
             })
@@ -239,7 +244,12 @@ async fn handle(
         path: uri.path().to_string(),
         headers: headers
             .iter()
-            .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body: serde_json::from_str(&body_text).unwrap_or(Value::Null),
         body_text,

@@ -2,6 +2,7 @@
 //! (path, auth header, system prompt, history with tool calls and results, tools, stream flag;
 //! the key nowhere else) and the events it yields; errors mid-stream, cut connections, stalls
 //! and 429s.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::time::Duration;
 
@@ -33,7 +34,9 @@ fn request() -> Request {
     Request {
         system: Some("SYSTEM-PROMPT: be brief".into()),
         messages: vec![
-            Message::User { text: "USER-ONE".into() },
+            Message::User {
+                text: "USER-ONE".into(),
+            },
             Message::Assistant {
                 text: "ASSISTANT-ONE".into(),
                 tool_calls: vec![ToolCall {
@@ -105,9 +108,11 @@ fn check_sent(driver: Driver, sent: &RecordedRequest) {
     let (path, auth_header, auth_value) = match driver {
         Driver::AnthropicMessages => ("/v1/messages", "x-api-key", KEY.to_string()),
         Driver::OpenaiResponses => ("/v1/responses", "authorization", format!("Bearer {KEY}")),
-        Driver::OpenaiCompletions => {
-            ("/v1/chat/completions", "authorization", format!("Bearer {KEY}"))
-        }
+        Driver::OpenaiCompletions => (
+            "/v1/chat/completions",
+            "authorization",
+            format!("Bearer {KEY}"),
+        ),
     };
     assert_eq!(sent.path, path);
     assert_eq!(sent.header(auth_header), Some(auth_value.as_str()));
@@ -123,7 +128,13 @@ fn check_sent(driver: Driver, sent: &RecordedRequest) {
     assert_eq!(body["stream"], Value::Bool(true));
     assert_eq!(body["model"], "test-model");
     let text = body.to_string();
-    for needle in ["USER-ONE", "ASSISTANT-ONE", "TOOL-RESULT-ONE", "call_prev", "file__read"] {
+    for needle in [
+        "USER-ONE",
+        "ASSISTANT-ONE",
+        "TOOL-RESULT-ONE",
+        "call_prev",
+        "file__read",
+    ] {
         assert!(text.contains(needle), "{needle} missing from {text}");
     }
     match driver {
@@ -132,7 +143,10 @@ fn check_sent(driver: Driver, sent: &RecordedRequest) {
             assert_eq!(body["system"], "SYSTEM-PROMPT: be brief");
             assert_eq!(body["max_tokens"], 1000);
             assert_eq!(body["messages"][2]["content"][0]["type"], "tool_result");
-            assert_eq!(body["messages"][2]["content"][0]["tool_use_id"], "call_prev");
+            assert_eq!(
+                body["messages"][2]["content"][0]["tool_use_id"],
+                "call_prev"
+            );
             assert_eq!(body["tools"].as_array().map(Vec::len), Some(4));
         }
         Driver::OpenaiResponses => {
@@ -178,7 +192,12 @@ fn usage(input_tokens: u64, output_tokens: u64, cached_tokens: u64) -> Event {
 
 fn expected(driver: Driver, name: &str) -> Vec<Event> {
     let ids = match driver {
-        Driver::AnthropicMessages => ["toolu_01ReadMain", "toolu_01Glob", "toolu_02Bash", "toolu_03Noargs"],
+        Driver::AnthropicMessages => [
+            "toolu_01ReadMain",
+            "toolu_01Glob",
+            "toolu_02Bash",
+            "toolu_03Noargs",
+        ],
         _ => ["call_read1", "call_glob", "call_bash", "call_status"],
     };
     match name {
@@ -198,14 +217,26 @@ fn expected(driver: Driver, name: &str) -> Vec<Event> {
             Event::Finished(StopReason::ToolUse),
         ],
         "parallel" => {
-            let glob = [started(0, ids[1], "search.glob"), args(0, r#"{"pattern""#), args(0, r#": "**/*.toml"}"#)];
-            let bash = [started(1, ids[2], "shell.bash"), args(1, r#"{"command": "cargo"#), args(1, r#" --version"}"#)];
+            let glob = [
+                started(0, ids[1], "search.glob"),
+                args(0, r#"{"pattern""#),
+                args(0, r#": "**/*.toml"}"#),
+            ];
+            let bash = [
+                started(1, ids[2], "shell.bash"),
+                args(1, r#"{"command": "cargo"#),
+                args(1, r#" --version"}"#),
+            ];
             let mut out = match driver {
                 // Anthropic's blocks come one after the other; the OpenAI drivers interleave.
                 Driver::AnthropicMessages => [glob, bash].concat(),
                 _ => vec![
-                    glob[0].clone(), bash[0].clone(), glob[1].clone(), bash[1].clone(),
-                    glob[2].clone(), bash[2].clone(),
+                    glob[0].clone(),
+                    bash[0].clone(),
+                    glob[1].clone(),
+                    bash[1].clone(),
+                    glob[2].clone(),
+                    bash[2].clone(),
                 ],
             };
             out.extend([
@@ -233,7 +264,11 @@ async fn each_driver_sends_the_conversation_and_yields_the_fixtures_events() {
                 let server = server_with(reply).await;
                 let (events, error) = collect(&client, &endpoint(driver, &server)).await.unwrap();
                 assert_eq!(error, None, "{dir}/{name}");
-                assert_eq!(events, expected(driver, name), "{dir}/{name} split {split:?}");
+                assert_eq!(
+                    events,
+                    expected(driver, name),
+                    "{dir}/{name} split {split:?}"
+                );
                 let sent = server.requests();
                 assert_eq!(sent.len(), 1);
                 check_sent(driver, &sent[0]);
@@ -256,7 +291,10 @@ async fn an_error_event_mid_stream_ends_the_answer_with_the_providers_error() {
         };
         match error {
             Some(e @ LlmError::Provider { .. }) => {
-                assert!(matches!(&e, LlmError::Provider { kind: k, .. } if k == kind), "{dir}: {e:?}");
+                assert!(
+                    matches!(&e, LlmError::Provider { kind: k, .. } if k == kind),
+                    "{dir}: {e:?}"
+                );
                 assert_eq!(e.is_retryable(), retryable);
             }
             other => panic!("{dir}: {other:?}"),
@@ -328,9 +366,16 @@ async fn a_429_gives_the_providers_message_and_retry_after() {
             Driver::OpenaiCompletions => 2,
         };
         match &error {
-            LlmError::Http { status: 429, message, retry_after } => {
+            LlmError::Http {
+                status: 429,
+                message,
+                retry_after,
+            } => {
                 assert_eq!(*retry_after, Some(Duration::from_secs(seconds)), "{dir}");
-                assert!(message.to_ascii_lowercase().contains("rate limit"), "{dir}: {message}");
+                assert!(
+                    message.to_ascii_lowercase().contains("rate limit"),
+                    "{dir}: {message}"
+                );
             }
             other => panic!("{dir}: {other:?}"),
         }
@@ -363,14 +408,21 @@ async fn the_key_never_shows_in_errors_or_debug_output() {
 #[tokio::test]
 async fn unreachable_providers_and_slow_headers_are_connect_and_timeout_errors() {
     // A port nobody listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let endpoint = Endpoint {
         driver: Driver::OpenaiCompletions,
         base_url: format!("http://127.0.0.1:{port}"),
         api_key: None,
         model: "m".into(),
     };
-    let error = client(Duration::from_secs(1)).stream(&endpoint, &request()).await.unwrap_err();
+    let error = client(Duration::from_secs(1))
+        .stream(&endpoint, &request())
+        .await
+        .unwrap_err();
     assert!(matches!(error, LlmError::Connect(_)), "{error:?}");
     assert!(error.is_retryable());
     // A listener that accepts and never answers: the request timeout fires.
@@ -382,11 +434,17 @@ async fn unreachable_providers_and_slow_headers_are_connect_and_timeout_errors()
             held.push(socket);
         }
     });
-    let endpoint = Endpoint { base_url: format!("http://{addr}"), ..endpoint };
+    let endpoint = Endpoint {
+        base_url: format!("http://{addr}"),
+        ..endpoint
+    };
     let client = Client::new(Timeouts {
         request: Duration::from_millis(300),
         ..Timeouts::default()
     })
     .unwrap();
-    assert_eq!(client.stream(&endpoint, &request()).await.unwrap_err(), LlmError::Timeout);
+    assert_eq!(
+        client.stream(&endpoint, &request()).await.unwrap_err(),
+        LlmError::Timeout
+    );
 }

@@ -58,9 +58,10 @@ impl State {
                         name: name.to_string(),
                     });
                     let mut fragments = false;
-                    if let Some(input) = block.get("input").filter(|i| {
-                        i.as_object().is_some_and(|o| !o.is_empty())
-                    }) {
+                    if let Some(input) = block
+                        .get("input")
+                        .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+                    {
                         out.push(Event::ToolCallArguments {
                             index,
                             fragment: input.to_string(),

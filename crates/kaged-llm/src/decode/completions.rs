@@ -69,7 +69,9 @@ impl State {
             if let Some(text) = str_at(choice, "/delta/content").filter(|t| !t.is_empty()) {
                 out.push(Event::Text(text.to_string()));
             }
-            let pieces = choice.pointer("/delta/tool_calls").and_then(Value::as_array);
+            let pieces = choice
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array);
             for piece in pieces.into_iter().flatten() {
                 self.piece(piece, &sse.data, &mut out)?;
             }
@@ -99,7 +101,10 @@ impl State {
         self.last = Some(number);
         if !self.calls.contains_key(&number) {
             let Some(name) = str_at(piece, "/function/name").filter(|s| !s.is_empty()) else {
-                return Err(protocol("a tool call's first piece without a function name", data));
+                return Err(protocol(
+                    "a tool call's first piece without a function name",
+                    data,
+                ));
             };
             let index = self.calls.len();
             out.push(Event::ToolCallStarted {

@@ -98,8 +98,14 @@ pub fn decode_all(
 fn object(sse: &SseEvent) -> Result<Value, LlmError> {
     match serde_json::from_str::<Value>(&sse.data) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err(protocol("an event whose data is not a JSON object", &sse.data)),
-        Err(e) => Err(protocol(&format!("an event whose data is not JSON ({e})"), &sse.data)),
+        Ok(_) => Err(protocol(
+            "an event whose data is not a JSON object",
+            &sse.data,
+        )),
+        Err(e) => Err(protocol(
+            &format!("an event whose data is not JSON ({e})"),
+            &sse.data,
+        )),
     }
 }
 

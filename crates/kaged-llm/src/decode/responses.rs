@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-
 use super::{object, provider_error, str_at, u64_at};
 use crate::error::{LlmError, protocol};
 use crate::sse::SseEvent;
@@ -40,7 +39,10 @@ impl State {
                 if str_at(&item, "/type") == Some("function_call") {
                     let id = str_at(&item, "/call_id").or(str_at(&item, "/id"));
                     let (Some(id), Some(name)) = (id, str_at(&item, "/name")) else {
-                        return Err(protocol("a function_call item without call_id or name", &sse.data));
+                        return Err(protocol(
+                            "a function_call item without call_id or name",
+                            &sse.data,
+                        ));
                     };
                     let index = self.count;
                     self.count += 1;
@@ -72,7 +74,10 @@ impl State {
             }
             "response.function_call_arguments.delta" => {
                 let Some(call) = self.calls.get_mut(&u64_at(&v, "/output_index")) else {
-                    return Err(protocol("arguments for an output item that is not a function_call", &sse.data));
+                    return Err(protocol(
+                        "arguments for an output item that is not a function_call",
+                        &sse.data,
+                    ));
                 };
                 let fragment = str_at(&v, "/delta").unwrap_or_default();
                 if !fragment.is_empty() {

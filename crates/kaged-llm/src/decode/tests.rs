@@ -13,7 +13,10 @@ const DRIVERS: [(Driver, &str); 3] = [
 
 /// A fixture's body as the provider sends it (head and directives dropped).
 fn body(dir: &str, name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/{dir}/{name}.sse", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/{dir}/{name}.sse",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     let (_, body) = text.split_once("\n\n").unwrap();
     body.split_inclusive('\n')
@@ -60,7 +63,14 @@ fn run(driver: Driver, pieces: &[&[u8]]) -> (Vec<Event>, Option<String>, bool) {
 fn every_fixture_decodes_the_same_in_any_chunking() {
     let mut seed = 0x9e37_79b9_u64;
     for (driver, dir) in DRIVERS {
-        for name in ["text", "tool_split", "parallel", "error_mid", "cut", "stall"] {
+        for name in [
+            "text",
+            "tool_split",
+            "parallel",
+            "error_mid",
+            "cut",
+            "stall",
+        ] {
             let bytes = body(dir, name);
             let whole = run(driver, &[&bytes]);
             assert!(!whole.0.is_empty(), "{dir}/{name} yields nothing");
@@ -150,11 +160,28 @@ fn completions_pieces_without_an_index_and_finish_reasons() {
     assert_eq!(
         events,
         vec![
-            Event::ToolCallStarted { index: 0, id: "a".into(), name: "x".into() },
-            Event::ToolCallArguments { index: 0, fragment: "{\"q\"".into() },
-            Event::ToolCallArguments { index: 0, fragment: ":1}".into() },
-            Event::ToolCallStarted { index: 1, id: "b".into(), name: "y".into() },
-            Event::ToolCallArguments { index: 1, fragment: "{}".into() },
+            Event::ToolCallStarted {
+                index: 0,
+                id: "a".into(),
+                name: "x".into()
+            },
+            Event::ToolCallArguments {
+                index: 0,
+                fragment: "{\"q\"".into()
+            },
+            Event::ToolCallArguments {
+                index: 0,
+                fragment: ":1}".into()
+            },
+            Event::ToolCallStarted {
+                index: 1,
+                id: "b".into(),
+                name: "y".into()
+            },
+            Event::ToolCallArguments {
+                index: 1,
+                fragment: "{}".into()
+            },
             Event::Finished(StopReason::MaxTokens),
         ]
     );
