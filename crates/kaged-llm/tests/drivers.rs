@@ -448,3 +448,36 @@ async fn unreachable_providers_and_slow_headers_are_connect_and_timeout_errors()
         LlmError::Timeout
     );
 }
+
+#[tokio::test]
+async fn a_retry_after_a_429_gets_the_answer() {
+    let server = ProviderServer::start().await.unwrap();
+    server.push(Reply::fixture("openai-completions/rate_limited.sse").unwrap());
+    server.push(Reply::fixture("openai-completions/text.sse").unwrap());
+    let policy = kaged_llm::RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+    };
+    let client = client(Duration::from_secs(10));
+    let endpoint = endpoint(Driver::OpenaiCompletions, &server);
+    let mut attempt = 1;
+    let events = loop {
+        match collect(&client, &endpoint).await {
+            Ok((events, None)) => break events,
+            Err(e) if e.is_retryable() && policy.may_retry(attempt) => {
+                let wait = policy.delay(attempt, e.retry_after(), 0.5);
+                // retry-after (2 s) is honoured up to the policy's maximum.
+                assert_eq!(wait, Duration::from_millis(50));
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(attempt, 2);
+    assert_eq!(events, expected(Driver::OpenaiCompletions, "text"));
+    let sent = server.requests();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].body, sent[1].body);
+}
