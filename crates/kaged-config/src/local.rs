@@ -128,7 +128,9 @@ pub struct ProjectGrants {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LocalConfig {
     pub operator_name: Option<String>,
-    /// alias -> `provider:model`, or a fallback list of them (first choice first).
+    /// alias -> `provider:model`, or a fallback list of them (first choice first). Serialized
+    /// as written: a string, or a list of strings.
+    #[serde(serialize_with = "crate::providers::serialize_aliases")]
     pub aliases: BTreeMap<String, Vec<AliasTarget>>,
     pub providers: BTreeMap<String, Provider>,
     pub projects: BTreeMap<String, ProjectGrants>,

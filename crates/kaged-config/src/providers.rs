@@ -2,6 +2,7 @@
 //! plain http only to loopback or a literal private IP), prices, alias targets, and resolving a
 //! DSL model alias to its fallback list of routes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -90,8 +91,8 @@ pub struct Prices {
     pub cached_per_mtok: f64,
 }
 
-/// One `provider:model` of an alias.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One `provider:model` of an alias (serialized as that string).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AliasTarget {
     pub provider: String,
     pub model: String,
@@ -101,6 +102,28 @@ impl fmt::Display for AliasTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.provider, self.model)
     }
+}
+
+impl Serialize for AliasTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `[aliases]` as the file writes it: one target as a string, a fallback list as a list.
+pub(crate) fn serialize_aliases<S: serde::Serializer>(
+    aliases: &BTreeMap<String, Vec<AliasTarget>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(aliases.len()))?;
+    for (alias, targets) in aliases {
+        match targets.as_slice() {
+            [one] => map.serialize_entry(alias, one)?,
+            many => map.serialize_entry(alias, many)?,
+        }
+    }
+    map.end()
 }
 
 impl AliasTarget {
@@ -345,6 +368,19 @@ mod tests {
             (Driver::OpenaiCompletions, "llama3.2:1b")
         );
         assert_eq!(local[0].provider.prices, None);
+    }
+
+    #[test]
+    fn aliases_serialize_as_written() {
+        let c = parse(LOCAL).unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["aliases"]["smart"], "openai:gpt-5");
+        assert_eq!(
+            v["aliases"]["fast"],
+            serde_json::json!(["anthropic:claude-haiku-4-5", "router:meta/llama-3.1-8b"])
+        );
+        assert_eq!(v["providers"]["router"]["driver"], "openai-completions");
+        assert_eq!(v["providers"]["openai"]["prices"]["output_per_mtok"], 10.0);
     }
 
     #[test]
