@@ -7,6 +7,7 @@
 mod error;
 mod local;
 mod mode;
+mod providers;
 mod settings;
 mod suggest;
 
@@ -14,6 +15,9 @@ pub use error::{ConfigError, ConfigErrors, Location};
 pub use local::{LocalConfig, PathGrant, ProjectGrants, Provider, local_config_path, parse_local};
 pub use mode::{
     DeploymentMode, Facts, ModeDecision, ModeRule, Paths, client_candidates, decide_mode,
+};
+pub use providers::{
+    AliasTarget, Driver, MissingAlias, Prices, Route, UnknownDriver, check_base_url, resolve_alias,
 };
 pub use settings::{
     AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, KEYS, KeySpec,

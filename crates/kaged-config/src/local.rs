@@ -10,6 +10,7 @@ use serde::Serialize;
 use toml::de::{DeTable, DeValue};
 
 use crate::error::{ConfigError, ConfigErrors, Location, line_column};
+use crate::providers::{AliasTarget, Driver, Prices, check_base_url};
 use crate::settings::ConfigSecret;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -21,6 +22,10 @@ pub struct Provider {
     pub api_key: Option<ConfigSecret>,
     pub has_inline_key: bool,
     pub base_url: Option<String>,
+    /// The wire driver as written; `None` means [`Driver::default_for`] the provider's name.
+    pub driver: Option<Driver>,
+    /// What the provider charges, when the operator says.
+    pub prices: Option<Prices>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,8 +128,10 @@ pub struct ProjectGrants {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LocalConfig {
     pub operator_name: Option<String>,
-    /// alias -> `provider:model`
-    pub aliases: BTreeMap<String, String>,
+    /// alias -> `provider:model`, or a fallback list of them (first choice first). Serialized
+    /// as written: a string, or a list of strings.
+    #[serde(serialize_with = "crate::providers::serialize_aliases")]
+    pub aliases: BTreeMap<String, Vec<AliasTarget>>,
     pub providers: BTreeMap<String, Provider>,
     pub projects: BTreeMap<String, ProjectGrants>,
     /// Non-fatal advice (an inline key) for the log.
@@ -149,7 +156,7 @@ fn is_env_name(s: &str) -> bool {
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn is_name(s: &str) -> bool {
+pub(crate) fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()
@@ -254,20 +261,37 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
                 for (ak, av) in t.iter() {
                     let alias = ak.get_ref().to_string();
                     let path = format!("aliases.{alias}");
-                    let Some(target) = r.string(av, &path) else {
-                        continue;
-                    };
                     alias_at.insert(alias.clone(), av.span().start);
-                    match target.split_once(':') {
-                        Some((p, m)) if is_name(p) && !m.is_empty() => {
-                            out.aliases.insert(alias, target);
+                    let items: Vec<&toml::Spanned<DeValue<'_>>> = match av.get_ref() {
+                        DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
+                        DeValue::Array(_) => {
+                            r.fail(
+                                av.span().start,
+                                &path,
+                                "an empty fallback list",
+                                "write \"provider:model\" or [\"a:m1\", \"b:m2\"]",
+                            );
+                            continue;
                         }
-                        _ => r.fail(
-                            av.span().start,
-                            &path,
-                            format!("{target:?} is not provider:model"),
-                            "write \"provider:model\", e.g. \"claude:sonnet-4\"",
-                        ),
+                        _ => vec![av],
+                    };
+                    let mut targets = Vec::new();
+                    for item in items {
+                        let Some(text) = r.string(item, &path) else {
+                            continue;
+                        };
+                        match AliasTarget::parse(&text) {
+                            Some(t) => targets.push(t),
+                            None => r.fail(
+                                item.span().start,
+                                &path,
+                                format!("{text:?} is not provider:model"),
+                                "write \"provider:model\", e.g. \"anthropic:claude-sonnet-4-5\", or a fallback list [\"a:m1\", \"b:m2\"]",
+                            ),
+                        }
+                    }
+                    if !targets.is_empty() {
+                        out.aliases.insert(alias, targets);
                     }
                 }
             }
@@ -279,67 +303,7 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
                     let Some(pt) = r.table(pv, &path) else {
                         continue;
                     };
-                    let mut p = Provider {
-                        api_key_env: None,
-                        api_key: None,
-                        has_inline_key: false,
-                        base_url: None,
-                    };
-                    for (fk, fv) in pt.iter() {
-                        let field = fk.get_ref().as_ref();
-                        let fpath = format!("{path}.{field}");
-                        match field {
-                            "api_key_env" => {
-                                if let Some(s) = r.string(fv, &fpath) {
-                                    if is_env_name(&s) {
-                                        p.api_key_env = Some(s);
-                                    } else {
-                                        r.fail(fv.span().start, &fpath, format!("{s:?} is not an environment variable name"), "use UPPER_CASE letters, digits and _, e.g. ANTHROPIC_API_KEY");
-                                    }
-                                }
-                            }
-                            "api_key" => {
-                                // Never echo the key itself.
-                                if let DeValue::String(s) = fv.get_ref() {
-                                    p.api_key = Some(ConfigSecret::new(s.to_string()));
-                                    p.has_inline_key = true;
-                                    out.warnings.push(format!(
-                                        "{fpath}: an inline key in {}; prefer api_key_env",
-                                        path_display(r.path)
-                                    ));
-                                } else {
-                                    r.fail(
-                                        fv.span().start,
-                                        &fpath,
-                                        "expected a string",
-                                        "quote the value, or better use api_key_env",
-                                    );
-                                }
-                            }
-                            "base_url" => {
-                                if let Some(s) = r.string(fv, &fpath) {
-                                    if s.starts_with("https://")
-                                        || s.starts_with("http://127.0.0.1")
-                                        || s.starts_with("http://localhost")
-                                    {
-                                        p.base_url = Some(s);
-                                    } else {
-                                        r.fail(
-                                            fv.span().start,
-                                            &fpath,
-                                            format!("{s:?} is not an https URL"),
-                                            "use https://, or http:// only to localhost",
-                                        );
-                                    }
-                                }
-                            }
-                            _ => r.unknown(
-                                fk.span().start,
-                                &fpath,
-                                &["api_key_env", "api_key", "base_url"],
-                            ),
-                        }
-                    }
+                    let p = provider(&mut r, pt, &path, &mut out.warnings);
                     out.providers.insert(name, p);
                 }
             }
@@ -406,10 +370,9 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
     let missing: Vec<(String, String)> = out
         .aliases
         .iter()
-        .filter_map(|(alias, target)| {
-            let provider = target.split(':').next().unwrap_or_default();
-            (!out.providers.contains_key(provider)).then(|| (alias.clone(), provider.to_string()))
-        })
+        .flat_map(|(alias, targets)| targets.iter().map(move |t| (alias, t)))
+        .filter(|(_, t)| !out.providers.contains_key(&t.provider))
+        .map(|(alias, t)| (alias.clone(), t.provider.clone()))
         .collect();
     for (alias, provider) in missing {
         let offset = alias_at.get(&alias).copied().unwrap_or(0);
@@ -417,7 +380,7 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
             offset,
             &format!("aliases.{alias}"),
             format!("the provider `{provider}` is not configured"),
-            format!("add [providers.{provider}] with api_key_env"),
+            format!("add [providers.{provider}] with api_key_env (and base_url unless it is anthropic or openai)"),
         );
     }
     if r.errors.is_empty() {
@@ -433,6 +396,143 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
 
 fn path_display(p: &Path) -> String {
     p.display().to_string()
+}
+
+const PROVIDER_KEYS: &[&str] = &[
+    "driver",
+    "base_url",
+    "api_key_env",
+    "api_key",
+    "price_input_per_mtok",
+    "price_output_per_mtok",
+    "price_cached_per_mtok",
+];
+
+/// One `[providers.NAME]` table.
+fn provider(
+    r: &mut Reader<'_>,
+    pt: &DeTable<'_>,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Provider {
+    let mut p = Provider {
+        api_key_env: None,
+        api_key: None,
+        has_inline_key: false,
+        base_url: None,
+        driver: None,
+        prices: None,
+    };
+    // input, output, cached; with where the first price sits.
+    let mut prices: [Option<f64>; 3] = [None; 3];
+    let mut price_at = None;
+    for (fk, fv) in pt.iter() {
+        let field = fk.get_ref().as_ref();
+        let fpath = format!("{path}.{field}");
+        match field {
+            "driver" => {
+                if let Some(s) = r.string(fv, &fpath) {
+                    match s.parse::<Driver>() {
+                        Ok(d) => p.driver = Some(d),
+                        Err(e) => r.fail(
+                            fv.span().start,
+                            &fpath,
+                            e.to_string(),
+                            "leave driver out for the default by name (anthropic → anthropic-messages, openai → openai-responses, else openai-completions)",
+                        ),
+                    }
+                }
+            }
+            "api_key_env" => {
+                if let Some(s) = r.string(fv, &fpath) {
+                    if is_env_name(&s) {
+                        p.api_key_env = Some(s);
+                    } else {
+                        r.fail(
+                            fv.span().start,
+                            &fpath,
+                            format!("{s:?} is not an environment variable name"),
+                            "use UPPER_CASE letters, digits and _, e.g. ANTHROPIC_API_KEY",
+                        );
+                    }
+                }
+            }
+            "api_key" => {
+                // Never echo the key itself.
+                if let DeValue::String(s) = fv.get_ref() {
+                    p.api_key = Some(ConfigSecret::new(s.to_string()));
+                    p.has_inline_key = true;
+                    warnings.push(format!(
+                        "{fpath}: an inline key in {}; prefer api_key_env",
+                        path_display(r.path)
+                    ));
+                } else {
+                    r.fail(
+                        fv.span().start,
+                        &fpath,
+                        "expected a string",
+                        "quote the value, or better use api_key_env",
+                    );
+                }
+            }
+            "base_url" => {
+                if let Some(s) = r.string(fv, &fpath) {
+                    match check_base_url(&s) {
+                        Ok(()) => p.base_url = Some(s),
+                        Err((problem, hint)) => r.fail(fv.span().start, &fpath, problem, hint),
+                    }
+                }
+            }
+            "price_input_per_mtok" | "price_output_per_mtok" | "price_cached_per_mtok" => {
+                price_at.get_or_insert(fk.span().start);
+                let value = match fv.get_ref() {
+                    DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                        .ok()
+                        .map(|v| v as f64),
+                    DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+                    _ => None,
+                };
+                match value.filter(|v| v.is_finite() && *v >= 0.0) {
+                    Some(v) => {
+                        let slot = match field {
+                            "price_input_per_mtok" => 0,
+                            "price_output_per_mtok" => 1,
+                            _ => 2,
+                        };
+                        prices[slot] = Some(v);
+                    }
+                    None => r.fail(
+                        fv.span().start,
+                        &fpath,
+                        "expected a price: a number of at least 0",
+                        "write the price per million tokens, e.g. 3.0",
+                    ),
+                }
+            }
+            _ => r.unknown(fk.span().start, &fpath, PROVIDER_KEYS),
+        }
+    }
+    match prices {
+        [Some(input), Some(output), cached] => {
+            p.prices = Some(Prices {
+                input_per_mtok: input,
+                output_per_mtok: output,
+                cached_per_mtok: cached.unwrap_or(input),
+            });
+        }
+        [None, None, None] => {}
+        _ => {
+            if let Some(at) = price_at {
+                r.fail(
+                    at,
+                    path,
+                    "prices need both price_input_per_mtok and price_output_per_mtok",
+                    "give both (price_cached_per_mtok is optional and defaults to the input price)",
+                );
+            }
+        }
+    }
+    p
 }
 
 fn path_grant(
@@ -541,7 +641,7 @@ mod tests {
              paths = [{ host = \"/srv/data\", at = \"project:/data\", mode = \"ro\" }]\n",
         )
         .unwrap();
-        assert_eq!(c.aliases["sonnet"], "claude:sonnet-4");
+        assert_eq!(c.aliases["sonnet"][0].to_string(), "claude:sonnet-4");
         assert_eq!(
             c.providers["claude"].api_key_env.as_deref(),
             Some("ANTHROPIC_API_KEY")

@@ -218,7 +218,13 @@ fn render_local(config: &LocalConfig) -> String {
     let aliases: Table = config
         .aliases
         .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .map(|(k, targets)| {
+            let value = match targets.as_slice() {
+                [one] => Value::String(one.to_string()),
+                many => Value::Array(many.iter().map(|t| Value::String(t.to_string())).collect()),
+            };
+            (k.clone(), value)
+        })
         .collect();
     root.insert("aliases".into(), Value::Table(aliases));
     let mut providers = Table::new();
@@ -232,6 +238,23 @@ fn render_local(config: &LocalConfig) -> String {
         }
         if let Some(url) = &p.base_url {
             t.insert("base_url".into(), Value::String(url.clone()));
+        }
+        if let Some(driver) = p.driver {
+            t.insert("driver".into(), Value::String(driver.to_string()));
+        }
+        if let Some(prices) = p.prices {
+            t.insert(
+                "price_input_per_mtok".into(),
+                Value::Float(prices.input_per_mtok),
+            );
+            t.insert(
+                "price_output_per_mtok".into(),
+                Value::Float(prices.output_per_mtok),
+            );
+            t.insert(
+                "price_cached_per_mtok".into(),
+                Value::Float(prices.cached_per_mtok),
+            );
         }
         providers.insert(name.clone(), Value::Table(t));
     }
@@ -394,14 +417,22 @@ fn provider() -> impl Strategy<Value = Provider> {
         proptest::option::of("[ -~]{8,30}"),
         proptest::option::of(prop_oneof![
             "https://[a-z.]{1,12}(/[a-z0-9]{0,6})?",
-            "http://(127\\.0\\.0\\.1|localhost)(:[0-9]{1,5})?",
+            "http://(127\\.0\\.0\\.1|localhost|10\\.[1-9][0-9]?\\.0\\.1)(:[0-9]{1,5})?",
         ]),
+        proptest::option::of(0usize..3),
+        proptest::option::of((0u32..100_000, 0u32..100_000, 0u32..100_000)),
     )
-        .prop_map(|(api_key_env, key, base_url)| Provider {
+        .prop_map(|(api_key_env, key, base_url, driver, prices)| Provider {
             api_key_env,
             has_inline_key: key.is_some(),
             api_key: key.map(kaged_config::ConfigSecret::new),
             base_url,
+            driver: driver.map(|i| kaged_config::Driver::ALL[i]),
+            prices: prices.map(|(i, o, c)| kaged_config::Prices {
+                input_per_mtok: f64::from(i) / 100.0,
+                output_per_mtok: f64::from(o) / 100.0,
+                cached_per_mtok: f64::from(c) / 100.0,
+            }),
         })
 }
 
@@ -438,7 +469,11 @@ fn local_config() -> impl Strategy<Value = LocalConfig> {
     (
         proptest::option::of(any::<String>()),
         prop::collection::btree_map(name(), provider(), 0..3),
-        prop::collection::btree_map(any::<String>(), (0usize..3, "[ -~]{1,12}"), 0..3),
+        prop::collection::btree_map(
+            any::<String>(),
+            prop::collection::vec((0usize..3, "[!-~][ -~]{0,11}"), 1..3),
+            0..3,
+        ),
         prop::collection::btree_map(any::<String>(), grants(), 0..3),
     )
         .prop_map(|(operator_name, providers, aliases, projects)| {
@@ -449,8 +484,15 @@ fn local_config() -> impl Strategy<Value = LocalConfig> {
             } else {
                 aliases
                     .into_iter()
-                    .map(|(alias, (i, model))| {
-                        (alias, format!("{}:{model}", names[i % names.len()]))
+                    .map(|(alias, targets)| {
+                        let targets = targets
+                            .into_iter()
+                            .map(|(i, model)| kaged_config::AliasTarget {
+                                provider: names[i % names.len()].clone(),
+                                model,
+                            })
+                            .collect();
+                        (alias, targets)
                     })
                     .collect()
             };
