@@ -32,6 +32,8 @@ mod router_tests;
 mod sessions;
 mod state;
 mod storage;
+#[cfg(test)]
+mod test_state;
 mod tokens;
 mod ui;
 

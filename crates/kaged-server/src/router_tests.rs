@@ -2,18 +2,15 @@
 //! requests sent with `oneshot`, no socket and no background task. Each test fails if the check
 //! it names is removed.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use kaged_auth::{AllowedHosts, Mechanism, Policy, Secret, mint_launch_token};
-use kaged_config::{DeploymentMode, Facts, FlagOverrides, decide_mode, resolve};
+use kaged_auth::{Secret, mint_launch_token};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::audit::{AuditLog, now_ms};
-use crate::state::{DaemonInfo, ServerState};
+use crate::audit::now_ms;
+use crate::test_state::{nonce, test_state};
 
 const HOST: &str = "127.0.0.1:7777";
 const ORIGIN: &str = "http://127.0.0.1:7777";
@@ -21,66 +18,16 @@ const ORIGIN: &str = "http://127.0.0.1:7777";
 struct Daemon {
     router: Router,
     nonce: Secret,
-    _home: tempfile::TempDir,
-}
-
-fn nonce() -> Secret {
-    Secret::new("n".repeat(64))
+    _test: tempfile::TempDir,
 }
 
 /// A launch-URL daemon as `kaged start` builds one, minus listeners and background tasks.
 fn daemon() -> Daemon {
-    let home = tempfile::tempdir().unwrap();
-    let facts = Facts {
-        uid: 1000,
-        user_name: Some("ann".into()),
-        env: [(
-            "KAGED_HOME".to_string(),
-            home.path().to_str().unwrap().to_string(),
-        )]
-        .into(),
-        existing_dirs: Default::default(),
-    };
-    let decision = decide_mode(&facts, Some(DeploymentMode::User)).unwrap();
-    let config = home.path().join("config.toml");
-    let settings = resolve(
-        &decision,
-        &config,
-        None,
-        &Default::default(),
-        &FlagOverrides::default(),
-    )
-    .unwrap();
-    std::fs::create_dir_all(&settings.home).unwrap();
-    let store = kaged_store::Store::open(&settings.storage_url).unwrap();
-    let audit = AuditLog::open(&home.path().join("audit.jsonl"), store.clone()).unwrap();
-    let policy = Policy {
-        allowed: AllowedHosts::for_listeners(&[HOST.parse().unwrap()], &[]),
-        nonce: nonce(),
-        mechanism: Mechanism::LaunchUrl,
-        operator: "user:ann".into(),
-        bootstrap_token: None,
-        require_token_identity: false,
-    };
-    let info = DaemonInfo {
-        version: "test".into(),
-        pid: std::process::id(),
-        started_at_ms: now_ms(),
-        url: format!("http://{HOST}"),
-        decision,
-        settings,
-        warnings: Vec::new(),
-        warning_headers: Vec::new(),
-        local_path: home.path().join("local.toml"),
-        local: Default::default(),
-        sandbox: Default::default(),
-    };
-    let (_, shutdown) = tokio::sync::watch::channel(false);
-    let state = Arc::new(ServerState::new(policy, info, store, audit, shutdown));
+    let test = test_state(HOST.parse().unwrap());
     Daemon {
-        router: crate::router(state),
+        router: crate::router(test.state),
         nonce: nonce(),
-        _home: home,
+        _test: test._home,
     }
 }
 

@@ -3,30 +3,21 @@
 //! → `message_delta` (stop reason, output usage) → `message_stop`; `ping` and unknown events are
 //! ignored, `error` ends the answer with the provider's error.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
+use super::calls::ToolCalls;
 use super::{object, provider_error, str_at, u64_at};
 use crate::error::{LlmError, protocol};
 use crate::sse::SseEvent;
 use crate::types::{Event, StopReason, Usage};
-
-/// A tool-use block in flight: kaged's index, and whether arguments came.
-#[derive(Debug)]
-struct Block {
-    index: usize,
-    fragments: bool,
-}
 
 #[derive(Debug, Default)]
 pub struct State {
     pub(super) finished: bool,
     usage: Usage,
     stop: Option<StopReason>,
-    /// Content block number → tool call in flight.
-    tools: BTreeMap<u64, Block>,
-    calls: usize,
+    /// Tool calls by content block number.
+    calls: ToolCalls,
 }
 
 impl State {
@@ -50,25 +41,13 @@ impl State {
                     else {
                         return Err(protocol("a tool_use block without id or name", &sse.data));
                     };
-                    let index = self.calls;
-                    self.calls += 1;
-                    out.push(Event::ToolCallStarted {
-                        index,
-                        id: id.to_string(),
-                        name: name.to_string(),
-                    });
-                    let mut fragments = false;
+                    self.calls.start(number, |_| id.to_string(), name, &mut out);
                     if let Some(input) = block
                         .get("input")
                         .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
                     {
-                        out.push(Event::ToolCallArguments {
-                            index,
-                            fragment: input.to_string(),
-                        });
-                        fragments = true;
+                        self.calls.fragment(number, &input.to_string(), &mut out);
                     }
-                    self.tools.insert(number, Block { index, fragments });
                 } else if let Some(text) = str_at(&block, "/text").filter(|t| !t.is_empty()) {
                     out.push(Event::Text(text.to_string()));
                 }
@@ -82,33 +61,21 @@ impl State {
                         }
                     }
                     Some("input_json_delta") => {
-                        let Some(block) = self.tools.get_mut(&number) else {
+                        let fragment = str_at(&v, "/delta/partial_json").unwrap_or_default();
+                        if !self.calls.fragment(number, fragment, &mut out) {
                             return Err(protocol(
                                 "input_json_delta for a block that is not a tool_use",
                                 &sse.data,
                             ));
-                        };
-                        let fragment = str_at(&v, "/delta/partial_json").unwrap_or_default();
-                        if !fragment.is_empty() {
-                            block.fragments = true;
-                            out.push(Event::ToolCallArguments {
-                                index: block.index,
-                                fragment: fragment.to_string(),
-                            });
                         }
                     }
                     _ => {} // thinking, signatures, citations: not relayed
                 }
             }
             "content_block_stop" => {
-                if let Some(block) = self.tools.remove(&u64_at(&v, "/index"))
-                    && !block.fragments
-                {
-                    out.push(Event::ToolCallArguments {
-                        index: block.index,
-                        fragment: "{}".into(),
-                    });
-                }
+                let number = u64_at(&v, "/index");
+                self.calls.end(number, None, &mut out);
+                self.calls.forget(number);
             }
             "message_delta" => {
                 if let Some(reason) = str_at(&v, "/delta/stop_reason") {

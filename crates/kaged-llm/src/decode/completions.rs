@@ -4,28 +4,21 @@
 //! `stream_options.include_usage`), then `data: [DONE]`. A chunk with an `error` object ends the
 //! answer with the provider's error.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
+use super::calls::ToolCalls;
 use super::{object, provider_error, str_at};
 use crate::error::{LlmError, protocol};
 use crate::sse::SseEvent;
 use crate::types::{Event, StopReason, Usage};
-
-#[derive(Debug)]
-struct Call {
-    index: usize,
-    fragments: bool,
-}
 
 #[derive(Debug, Default)]
 pub struct State {
     pub(super) finished: bool,
     usage: Option<Usage>,
     stop: Option<StopReason>,
-    /// The provider's tool-call index → kaged's.
-    calls: BTreeMap<u64, Call>,
+    /// Tool calls by the provider's tool-call index.
+    calls: ToolCalls,
     /// The provider's index of the last call that grew (for pieces without an index).
     last: Option<u64>,
 }
@@ -95,52 +88,27 @@ impl State {
             // No index: a piece with a new id starts a call, others extend the last one.
             None => match (id, self.last) {
                 (None, Some(last)) => last,
-                _ => self.calls.keys().next_back().map_or(0, |k| k + 1),
+                _ => self.calls.highest_number().map_or(0, |k| k + 1),
             },
         };
         self.last = Some(number);
-        if !self.calls.contains_key(&number) {
+        if !self.calls.is_known(number) {
             let Some(name) = str_at(piece, "/function/name").filter(|s| !s.is_empty()) else {
                 return Err(protocol(
                     "a tool call's first piece without a function name",
                     data,
                 ));
             };
-            let index = self.calls.len();
-            out.push(Event::ToolCallStarted {
-                index,
-                id: id.map_or_else(|| format!("call_{index}"), str::to_string),
-                name: name.to_string(),
-            });
-            self.calls.insert(
-                number,
-                Call {
-                    index,
-                    fragments: false,
-                },
-            );
+            let id = |index| id.map_or_else(|| format!("call_{index}"), str::to_string);
+            self.calls.start(number, id, name, out);
         }
         let fragment = str_at(piece, "/function/arguments").unwrap_or_default();
-        if !fragment.is_empty()
-            && let Some(call) = self.calls.get_mut(&number)
-        {
-            call.fragments = true;
-            out.push(Event::ToolCallArguments {
-                index: call.index,
-                fragment: fragment.to_string(),
-            });
-        }
+        self.calls.fragment(number, fragment, out);
         Ok(())
     }
 
     /// Calls that got no argument fragments get `{}` once the choice finishes.
     fn close(&mut self, out: &mut Vec<Event>) {
-        for call in self.calls.values_mut().filter(|c| !c.fragments) {
-            call.fragments = true;
-            out.push(Event::ToolCallArguments {
-                index: call.index,
-                fragment: "{}".into(),
-            });
-        }
+        self.calls.end_all(out);
     }
 }

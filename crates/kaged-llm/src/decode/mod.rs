@@ -3,6 +3,7 @@
 //! when the answer is complete; anything after that is ignored.
 
 mod anthropic;
+mod calls;
 mod completions;
 mod responses;
 

@@ -4,25 +4,17 @@
 //! made) or `response.incomplete` (the limit hit); `response.failed` and `error` end the answer
 //! with the provider's error. Other events (created, in_progress, …) are ignored.
 
-use std::collections::BTreeMap;
-
+use super::calls::ToolCalls;
 use super::{object, provider_error, str_at, u64_at};
 use crate::error::{LlmError, protocol};
 use crate::sse::SseEvent;
 use crate::types::{Event, StopReason, Usage};
 
-#[derive(Debug)]
-struct Call {
-    index: usize,
-    fragments: bool,
-}
-
 #[derive(Debug, Default)]
 pub struct State {
     pub(super) finished: bool,
-    /// Output item number → tool call.
-    calls: BTreeMap<u64, Call>,
-    count: usize,
+    /// Tool calls by output item number.
+    calls: ToolCalls,
 }
 
 impl State {
@@ -44,27 +36,10 @@ impl State {
                             &sse.data,
                         ));
                     };
-                    let index = self.count;
-                    self.count += 1;
-                    out.push(Event::ToolCallStarted {
-                        index,
-                        id: id.to_string(),
-                        name: name.to_string(),
-                    });
+                    let number = u64_at(&v, "/output_index");
+                    self.calls.start(number, |_| id.to_string(), name, &mut out);
                     let arguments = str_at(&item, "/arguments").unwrap_or_default();
-                    if !arguments.is_empty() {
-                        out.push(Event::ToolCallArguments {
-                            index,
-                            fragment: arguments.to_string(),
-                        });
-                    }
-                    self.calls.insert(
-                        u64_at(&v, "/output_index"),
-                        Call {
-                            index,
-                            fragments: !arguments.is_empty(),
-                        },
-                    );
+                    self.calls.fragment(number, arguments, &mut out);
                 }
             }
             "response.output_text.delta" | "response.refusal.delta" => {
@@ -73,35 +48,24 @@ impl State {
                 }
             }
             "response.function_call_arguments.delta" => {
-                let Some(call) = self.calls.get_mut(&u64_at(&v, "/output_index")) else {
+                let fragment = str_at(&v, "/delta").unwrap_or_default();
+                if !self
+                    .calls
+                    .fragment(u64_at(&v, "/output_index"), fragment, &mut out)
+                {
                     return Err(protocol(
                         "arguments for an output item that is not a function_call",
                         &sse.data,
                     ));
-                };
-                let fragment = str_at(&v, "/delta").unwrap_or_default();
-                if !fragment.is_empty() {
-                    call.fragments = true;
-                    out.push(Event::ToolCallArguments {
-                        index: call.index,
-                        fragment: fragment.to_string(),
-                    });
                 }
             }
             "response.output_item.done" => {
-                if let Some(call) = self.calls.get_mut(&u64_at(&v, "/output_index"))
-                    && !call.fragments
-                {
-                    // No deltas came: the finished item carries the whole arguments.
-                    let arguments = str_at(&v, "/item/arguments")
-                        .filter(|a| !a.is_empty())
-                        .unwrap_or("{}");
-                    call.fragments = true;
-                    out.push(Event::ToolCallArguments {
-                        index: call.index,
-                        fragment: arguments.to_string(),
-                    });
-                }
+                // Without deltas, the finished item carries the whole arguments.
+                self.calls.end(
+                    u64_at(&v, "/output_index"),
+                    str_at(&v, "/item/arguments"),
+                    &mut out,
+                );
             }
             "response.completed" | "response.incomplete" => {
                 let response = v.get("response").cloned().unwrap_or_default();
@@ -118,7 +82,7 @@ impl State {
                         Some(other) => StopReason::Other(other.to_string()),
                         None => StopReason::Other("incomplete".into()),
                     }
-                } else if self.count > 0 {
+                } else if self.calls.started() > 0 {
                     StopReason::ToolUse
                 } else {
                     StopReason::EndTurn

@@ -7,85 +7,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use kaged_auth::{AllowedHosts, Mechanism, Policy, Secret};
-use kaged_config::{DeploymentMode, Facts, FlagOverrides, decide_mode, resolve};
 use kaged_session::agent::{AgentEvent, Sequenced};
 use kaged_store::{SessionRecord, StateChange};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, client::IntoClientRequest};
 
-use crate::audit::{AuditLog, now_ms};
 use crate::listener::{BoundListener, ListenerInfo, Socket};
-use crate::state::{DaemonInfo, ServerState};
+use crate::state::ServerState;
+use crate::test_state::{TestState, nonce, test_state};
 
 const SESSION: &str = "0123456789abcdef0123456789abcdef";
-
-fn nonce() -> Secret {
-    Secret::new("n".repeat(64))
-}
 
 struct Daemon {
     state: Arc<ServerState>,
     addr: std::net::SocketAddr,
-    _stop: tokio::sync::watch::Sender<bool>,
-    _home: tempfile::TempDir,
+    /// Keeps the temporary directory and the accept loop alive.
+    _test: TestState,
 }
 
 /// The whole HTTP stack (`router` + `serve_all`) on a loopback port, with one agent session.
 async fn daemon() -> Daemon {
-    let home = tempfile::tempdir().unwrap();
-    let facts = Facts {
-        uid: 1000,
-        user_name: Some("ann".into()),
-        env: [(
-            "KAGED_HOME".to_string(),
-            home.path().to_str().unwrap().to_string(),
-        )]
-        .into(),
-        existing_dirs: Default::default(),
-    };
-    let decision = decide_mode(&facts, Some(DeploymentMode::User)).unwrap();
-    let settings = resolve(
-        &decision,
-        &home.path().join("config.toml"),
-        None,
-        &Default::default(),
-        &FlagOverrides::default(),
-    )
-    .unwrap();
-    std::fs::create_dir_all(&settings.home).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let store = kaged_store::Store::open(&settings.storage_url).unwrap();
-    let audit = AuditLog::open(&home.path().join("audit.jsonl"), store.clone()).unwrap();
-    let policy = Policy {
-        allowed: AllowedHosts::for_listeners(&[addr], &[]),
-        nonce: nonce(),
-        mechanism: Mechanism::LaunchUrl,
-        operator: "user:ann".into(),
-        bootstrap_token: None,
-        require_token_identity: false,
-    };
-    let info = DaemonInfo {
-        version: "test".into(),
-        pid: std::process::id(),
-        started_at_ms: now_ms(),
-        url: format!("http://{addr}"),
-        decision,
-        settings,
-        warnings: Vec::new(),
-        warning_headers: Vec::new(),
-        local_path: home.path().join("local.toml"),
-        local: Default::default(),
-        sandbox: Default::default(),
-    };
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let state = Arc::new(ServerState::new(
-        policy,
-        info,
-        store.clone(),
-        audit,
-        shutdown.clone(),
-    ));
+    let test = test_state(addr);
+    let (state, store) = (test.state.clone(), test.store.clone());
     let record = SessionRecord {
         id: SESSION.into(),
         project: "demo".into(),
@@ -119,14 +63,13 @@ async fn daemon() -> Daemon {
     tokio::spawn(crate::serve_all(
         vec![bound],
         app,
-        shutdown,
+        test.shutdown.clone(),
         Default::default(),
     ));
     Daemon {
         state,
         addr,
-        _stop: stop,
-        _home: home,
+        _test: test,
     }
 }
 
@@ -134,14 +77,18 @@ type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Daemon {
-    async fn connect(&self, session: &str, query: &str, nonce: bool) -> Result<Client, WsError> {
+    async fn connect(
+        &self,
+        session: &str,
+        query: &str,
+        with_nonce: bool,
+    ) -> Result<Client, WsError> {
         let url = format!("ws://{}/api/v1/sessions/{session}/events{query}", self.addr);
         let mut request = url.into_client_request().unwrap();
-        if nonce {
-            request.headers_mut().insert(
-                kaged_auth::NONCE_HEADER,
-                nonce_value().expose().parse().unwrap(),
-            );
+        if with_nonce {
+            request
+                .headers_mut()
+                .insert(kaged_auth::NONCE_HEADER, nonce().expose().parse().unwrap());
         }
         tokio_tungstenite::connect_async(request)
             .await
@@ -158,10 +105,6 @@ impl Daemon {
             .unwrap();
         records.last().map_or(0, |r| r.seq)
     }
-}
-
-fn nonce_value() -> Secret {
-    nonce()
 }
 
 fn delta(n: u64) -> AgentEvent {
