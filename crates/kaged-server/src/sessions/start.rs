@@ -54,6 +54,8 @@ pub(crate) struct Decided {
     pub(crate) run_as: Option<kaged_cage::RunAs>,
     /// A model agent's conversation: what its loop runs with.
     pub(crate) conversation: Option<super::conversation::Setup>,
+    /// The project as it was when the run started (a conversation's subagents are built from it).
+    pub(crate) model: kaged_dsl::Project,
 }
 
 /// `local.toml`'s environment grants of `project` that are set in the daemon's environment
@@ -189,6 +191,7 @@ fn decide(sessions: &Sessions, req: &StartRequest) -> Result<Decided, ApiError> 
         allow,
         granted_env,
         conversation,
+        model: project,
         project: req.project.clone(),
         granted_paths: crate::projects::grants_of(&settings.local, &req.project).paths,
         run_as,

@@ -9,6 +9,8 @@
 //!   the model stops, `max_steps`, `max_output_tokens`, an abort or the run's end.
 //! - `model.rs`: one model call: the alias's routes in order, retries with backoff, the
 //!   streamed answer recorded as events.
+//! - `subagent.rs`: subagents, offered as the tools `agent.NAME`, each call in a cage of its
+//!   own.
 //! - `http.rs`: messages, abort and the conversation's records.
 //!
 //! An ended conversation resumes when it is sent a message (a new cage; the model gets the
@@ -18,6 +20,7 @@
 mod http;
 mod model;
 pub(crate) mod runner;
+mod subagent;
 mod turn;
 
 use std::collections::{BTreeSet, VecDeque};

@@ -18,6 +18,7 @@ use kaged_session::state::{Event, StateKind};
 use serde_json::json;
 
 use super::Control;
+use super::subagent::CageBase;
 use super::turn::Conversation;
 use crate::sessions::runner::Runner;
 
@@ -83,12 +84,23 @@ impl Runner {
             |_| {},
         );
         let (ended_tx, ended_rx) = tokio::sync::watch::channel(false);
+        let d = &self.decided;
         let conversation = Conversation {
             sessions: self.sessions.clone(),
             id: id.clone(),
-            root: self.decided.root.clone(),
+            root: d.root.clone(),
             setup,
             control,
+            base: CageBase {
+                project: d.model.clone(),
+                slug: d.project.clone(),
+                root: d.root.clone(),
+                run_as: d.run_as.map(|r| r.identity),
+                granted_env: d.granted_env.clone(),
+                granted_paths: d.granted_paths.clone(),
+                session: id.clone(),
+            },
+            subagents: Default::default(),
         };
         let stdin: std::os::fd::OwnedFd = stdin.into();
         let stdout: std::os::fd::OwnedFd = stdout.into();

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kaged_llm::{Client, Message, Request, StopReason, Timeouts, ToolSpec};
 use kaged_session::agent::{self, AgentEvent, EndReason};
@@ -14,6 +14,7 @@ use kaged_tools::ToolExecutor;
 use tokio::sync::watch;
 
 use super::model::{self, Failed};
+use super::subagent::{self, CageBase};
 use super::{Control, Setup};
 use crate::sessions::{RunSettings, Sessions};
 
@@ -24,11 +25,29 @@ pub(crate) struct Conversation {
     pub root: PathBuf,
     pub setup: Setup,
     pub control: Arc<Control>,
+    /// What subagents' cages are built from.
+    pub base: CageBase,
+    /// Subagent cages started so far (names their cgroups).
+    pub subagents: AtomicU64,
 }
 
-/// One turn in progress (what the model call and the tools record through).
+/// Subagents of subagents, at most this deep.
+const MAX_DEPTH: usize = 4;
+
+/// Who a loop runs for: the session's agent (`parent` `None`) or a subagent called by the
+/// parent's tool call `parent`.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    parent: Option<&'a str>,
+    setup: &'a Setup,
+    executor: &'a ToolExecutor,
+    depth: usize,
+}
+
+/// One model call's view of its turn (what it records through).
 pub(crate) struct Turn<'a> {
     conversation: &'a Conversation,
+    parent: Option<&'a str>,
 }
 
 impl Turn<'_> {
@@ -42,19 +61,30 @@ impl Turn<'_> {
 
     /// Append `events` (stored, then published); a failure is the turn's end.
     pub(crate) async fn record(&self, events: Vec<AgentEvent>) -> Result<(), String> {
-        self.conversation.record(events).await
+        self.conversation.record_in(self.parent, events).await
+    }
+}
+
+fn storage(message: String) -> Failed {
+    Failed {
+        code: "storage",
+        message,
     }
 }
 
 impl Conversation {
     async fn record(&self, events: Vec<AgentEvent>) -> Result<(), String> {
+        self.record_in(None, events).await
+    }
+
+    async fn record_in(&self, parent: Option<&str>, events: Vec<AgentEvent>) -> Result<(), String> {
         let events: Vec<AgentEvent> = events.into_iter().flat_map(AgentEvent::bounded).collect();
         if events.is_empty() {
             return Ok(());
         }
         self.sessions
             .agent_log()
-            .append(&self.id, None, events)
+            .append(&self.id, parent, events)
             .await
             .map(|_| ())
             .map_err(|e| {
@@ -84,6 +114,12 @@ impl Conversation {
                 return;
             }
         };
+        let scope = Scope {
+            parent: None,
+            setup: &self.setup,
+            executor: &executor,
+            depth: 0,
+        };
         loop {
             if !self.control.has_queued() {
                 tokio::select! {
@@ -97,7 +133,7 @@ impl Conversation {
             abort.mark_unchanged();
             self.control.in_turn.store(true, Ordering::SeqCst);
             let reason = tokio::select! {
-                reason = self.turn(turns, &client, &executor) => reason,
+                reason = self.turn(scope, turns, &client) => reason,
                 _ = abort.changed() => EndReason::Aborted,
                 _ = ended.wait_for(|e| *e) => EndReason::Aborted,
             };
@@ -165,37 +201,65 @@ impl Conversation {
         self.record(events).await
     }
 
-    /// One turn; records an `error` when one ends it (the caller records `turn_ended`).
-    async fn turn(&self, number: u64, client: &Client, executor: &ToolExecutor) -> EndReason {
-        match self.steps(number, client, executor).await {
+    /// One turn of `scope`; records an `error` when one ends it (the caller records
+    /// `turn_ended`).
+    async fn turn(&self, scope: Scope<'_>, number: u64, client: &Client) -> EndReason {
+        match self.steps(scope, number, client).await {
             Ok(reason) => reason,
             Err(Failed { code, message }) => {
                 let _ = self
-                    .record(vec![AgentEvent::Error {
-                        code: code.into(),
-                        message,
-                    }])
+                    .record_in(
+                        scope.parent,
+                        vec![AgentEvent::Error {
+                            code: code.into(),
+                            message,
+                        }],
+                    )
                     .await;
                 EndReason::Error
             }
         }
     }
 
+    /// The conversation of the session's agent (`parent` `None`) or of the subagent run by
+    /// the call `parent`, as recorded so far.
+    async fn history_of(&self, parent: Option<&str>) -> Result<Vec<agent::Message>, Failed> {
+        let records = self
+            .sessions
+            .agent_log()
+            .read_all(&self.id)
+            .await
+            .map_err(|e| storage(e.to_string()))?;
+        Ok(match parent {
+            None => agent::history(&records),
+            Some(parent) => {
+                let own: Vec<agent::Sequenced> = records
+                    .into_iter()
+                    .filter(|r| r.parent_call_id.as_deref() == Some(parent))
+                    .map(|r| agent::Sequenced {
+                        parent_call_id: None,
+                        ..r
+                    })
+                    .collect();
+                agent::history(&own)
+            }
+        })
+    }
+
     async fn steps(
         &self,
+        scope: Scope<'_>,
         number: u64,
         client: &Client,
-        executor: &ToolExecutor,
     ) -> Result<EndReason, Failed> {
-        let storage = |message: String| Failed {
-            code: "storage",
-            message,
-        };
-        self.take_messages().await.map_err(storage)?;
-        self.record(vec![AgentEvent::TurnStarted { turn: number }])
+        let top = scope.parent.is_none();
+        if top {
+            self.take_messages().await.map_err(storage)?;
+        }
+        self.record_in(scope.parent, vec![AgentEvent::TurnStarted { turn: number }])
             .await
             .map_err(storage)?;
-        let setup = &self.setup;
+        let setup = scope.setup;
         let system = match &setup.system_prompt {
             Some(path) => Some(
                 super::read_prompt(&self.root, path).map_err(|message| Failed {
@@ -206,25 +270,27 @@ impl Conversation {
             None => None,
         };
         let endpoints = model::endpoints(&self.sessions.deps().settings, &setup.model)?;
-        let tools = tool_specs(&setup.tools);
-        let turn = Turn { conversation: self };
+        let mut tools = tool_specs(&setup.tools);
+        if scope.depth < MAX_DEPTH {
+            tools.extend(subagent::specs(&self.base.project, setup));
+        }
+        let turn = Turn {
+            conversation: self,
+            parent: scope.parent,
+        };
         let mut steps = 0u64;
         loop {
             if setup.max_steps.is_some_and(|max| steps >= max) {
                 return Ok(EndReason::MaxSteps);
             }
             steps += 1;
-            // Steering: what the operator sent meanwhile joins before this call.
-            self.take_messages().await.map_err(storage)?;
-            let records = self
-                .sessions
-                .agent_log()
-                .read_all(&self.id)
-                .await
-                .map_err(|e| storage(e.to_string()))?;
+            if top {
+                // Steering: what the operator sent meanwhile joins before this call.
+                self.take_messages().await.map_err(storage)?;
+            }
             let request = Request {
                 system: system.clone(),
-                messages: conversation_of(&agent::history(&records)),
+                messages: conversation_of(&self.history_of(scope.parent).await?),
                 tools: tools.clone(),
                 max_output_tokens: setup
                     .max_output_tokens
@@ -237,23 +303,25 @@ impl Conversation {
                     _ => EndReason::EndTurn,
                 });
             }
-            self.run_tools(executor, answer.tool_calls).await?;
+            self.run_tools(scope, client, answer.tool_calls).await?;
             if answer.stop == StopReason::MaxTokens {
                 return Ok(EndReason::MaxOutputTokens);
             }
         }
     }
 
-    /// Record the calls, run them at once in the cage, record each result as it comes.
+    /// Record the calls, start the built-in ones at once in the cage, run subagents in turn,
+    /// and record each result.
     async fn run_tools(
         &self,
-        executor: &ToolExecutor,
+        scope: Scope<'_>,
+        client: &Client,
         calls: Vec<kaged_llm::ToolCall>,
     ) -> Result<(), Failed> {
-        let storage = |message: String| Failed {
-            code: "storage",
-            message,
-        };
+        enum Started {
+            Tool(Result<kaged_tools::PendingCall, String>),
+            Subagent(Setup, serde_json::Value),
+        }
         let mut started = Vec::new();
         let mut events = Vec::new();
         for call in calls {
@@ -264,36 +332,57 @@ impl Conversation {
                 name: call.name.clone(),
                 arguments: arguments.clone(),
             });
-            let pending = if self.setup.tools.contains(&call.name) {
-                executor
-                    .start(&call.name, arguments)
-                    .map_err(|e| e.to_string())
-            } else {
-                let offered: Vec<&str> = self.setup.tools.iter().map(String::as_str).collect();
-                Err(format!(
+            let sub = call
+                .name
+                .strip_prefix(subagent::PREFIX)
+                .filter(|_| scope.depth < MAX_DEPTH)
+                .filter(|name| {
+                    self.base
+                        .project
+                        .agent(&scope.setup.agent)
+                        .is_some_and(|a| a.subagents.contains_key(*name))
+                })
+                .and_then(|name| Setup::of(&self.base.project, name));
+            let job = match sub {
+                Some(setup) => Started::Subagent(setup, arguments),
+                None if scope.setup.tools.contains(&call.name) => Started::Tool(
+                    scope
+                        .executor
+                        .start(&call.name, arguments)
+                        .map_err(|e| e.to_string()),
+                ),
+                None => Started::Tool(Err(format!(
                     "unknown tool `{}`; the tools are: {}",
                     call.name,
-                    offered.join(", ")
-                ))
+                    tool_names(&self.base.project, scope)
+                ))),
             };
-            started.push((call.id, pending));
+            started.push((call.id, job));
         }
-        self.record(events).await.map_err(storage)?;
+        self.record_in(scope.parent, events)
+            .await
+            .map_err(storage)?;
         let mut gone = None;
-        for (call_id, pending) in started {
-            let (ok, content) = match pending {
-                Ok(p) => match p.outcome().await {
+        for (call_id, job) in started {
+            let (ok, content) = match job {
+                Started::Tool(Ok(p)) => match p.outcome().await {
                     Ok(outcome) => (outcome.is_ok(), outcome.text().to_string()),
                     Err(e) => {
                         gone = Some(e.to_string());
                         (false, e.to_string())
                     }
                 },
-                Err(message) => (false, message),
+                Started::Tool(Err(message)) => (false, message),
+                Started::Subagent(setup, arguments) => {
+                    Box::pin(self.run_subagent(scope, client, &call_id, setup, arguments)).await
+                }
             };
-            self.record(vec![AgentEvent::tool_result(call_id, ok, &content)])
-                .await
-                .map_err(storage)?;
+            self.record_in(
+                scope.parent,
+                vec![AgentEvent::tool_result(call_id, ok, &content)],
+            )
+            .await
+            .map_err(storage)?;
         }
         match gone {
             Some(message) => Err(Failed {
@@ -303,6 +392,100 @@ impl Conversation {
             None => Ok(()),
         }
     }
+
+    /// A subagent's whole run for the parent's call `call_id`: its answer, and whether it
+    /// finished well.
+    async fn run_subagent(
+        &self,
+        scope: Scope<'_>,
+        client: &Client,
+        call_id: &str,
+        setup: Setup,
+        arguments: serde_json::Value,
+    ) -> (bool, String) {
+        let task = match kaged_tools::arguments_of(&arguments) {
+            Ok(args) => match args.get("task").and_then(|t| t.as_str()) {
+                Some(task) if !task.trim().is_empty() => task.to_string(),
+                _ => {
+                    return (
+                        false,
+                        "give the subagent a task: {\"task\": \"...\"}".into(),
+                    );
+                }
+            },
+            Err(e) => return (false, e),
+        };
+        let n = self.subagents.fetch_add(1, Ordering::Relaxed) + 1;
+        let cage = match subagent::start(&self.sessions, &self.base, &setup, n).await {
+            Ok(c) => c,
+            Err(e) => {
+                return (
+                    false,
+                    format!("the subagent `{}` cannot start: {e}", setup.agent),
+                );
+            }
+        };
+        if let Err(e) = self
+            .record_in(Some(call_id), vec![AgentEvent::UserMessage { text: task }])
+            .await
+        {
+            return (false, e);
+        }
+        let sub = Scope {
+            parent: Some(call_id),
+            setup: &setup,
+            executor: &cage.executor,
+            depth: scope.depth + 1,
+        };
+        let reason = self.turn(sub, 1, client).await;
+        let _ = self
+            .record_in(Some(call_id), vec![AgentEvent::TurnEnded { reason }])
+            .await;
+        drop(cage);
+        let answer = self
+            .history_of(Some(call_id))
+            .await
+            .ok()
+            .and_then(|h| {
+                h.into_iter().rev().find_map(|m| match m {
+                    agent::Message::Assistant { text } => Some(text),
+                    _ => None,
+                })
+            })
+            .unwrap_or_default();
+        match reason {
+            EndReason::EndTurn => (true, answer),
+            other => (
+                false,
+                format!(
+                    "the subagent `{}` stopped ({}) before it finished{}",
+                    setup.agent,
+                    serde_json::to_value(other)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    if answer.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its last message: {answer}")
+                    }
+                ),
+            ),
+        }
+    }
+}
+
+/// Every tool `scope`'s agent may call, for an unknown tool's message.
+fn tool_names(project: &kaged_dsl::Project, scope: Scope<'_>) -> String {
+    let mut names: Vec<String> = scope.setup.tools.iter().cloned().collect();
+    if scope.depth < MAX_DEPTH {
+        names.extend(
+            subagent::specs(project, scope.setup)
+                .into_iter()
+                .map(|s| s.name),
+        );
+    }
+    names.join(", ")
 }
 
 /// The tools offered to the model.
