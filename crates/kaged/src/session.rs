@@ -67,7 +67,7 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
                     return Ok(());
                 }
                 eprintln!("{id}");
-                return agent::attach_conversation(&target, &id, 0).await;
+                return agent::attach_conversation(target, mode, &id, 0).await;
             }
             println!("{id}");
             if detach {
@@ -124,7 +124,7 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
         SessionCommand::Attach { id, after } => {
             let id = check_id(&id)?;
             if agent::is_conversation(&agent::session(&target, id).await?) {
-                agent::attach_conversation(&target, id, after).await
+                agent::attach_conversation(target, mode, id, after).await
             } else {
                 attach(&target, id).await
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use futures_util::StreamExt;
+use kaged_config::DeploymentMode;
 use kaged_session::agent::Sequenced;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -141,7 +142,9 @@ enum Ended {
 
 /// What `attach` keeps across connections.
 struct Attach<'a> {
-    target: &'a Target,
+    /// Found again before each reconnect: a restarted local daemon has a new address and nonce.
+    target: Target,
+    mode: Option<DeploymentMode>,
     id: &'a str,
     /// The last seq handled: a reconnect asks for what follows it.
     last: u64,
@@ -157,7 +160,8 @@ struct Attach<'a> {
 /// streams; each stdin line is sent as a message; stdin's end detaches (once what is
 /// recorded so far has been shown). The run goes on either way.
 pub(crate) async fn attach_conversation(
-    target: &Target,
+    target: Target,
+    mode: Option<DeploymentMode>,
     id: &str,
     after: u64,
 ) -> Result<(), Failure> {
@@ -178,6 +182,7 @@ pub(crate) async fn attach_conversation(
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut state = Attach {
         target,
+        mode,
         id,
         last: after,
         render: Live::new(width(), color),
@@ -189,8 +194,11 @@ pub(crate) async fn attach_conversation(
     let mut dropped_at: Option<tokio::time::Instant> = None;
     let mut delay = Duration::from_millis(100);
     loop {
+        if !first && let Ok(found) = super::transport::target(state.mode) {
+            state.target = found;
+        }
         let request = ws_request(
-            target,
+            &state.target,
             &format!("/api/v1/sessions/{id}/events?after={}", state.last),
         )?;
         let socket = match tokio_tungstenite::connect_async(request).await {
@@ -215,9 +223,19 @@ pub(crate) async fn attach_conversation(
             }
         };
         first = false;
-        dropped_at = None;
-        delay = Duration::from_millis(100);
-        match follow(&mut state, socket).await? {
+        let (since, from) = (tokio::time::Instant::now(), state.last);
+        let ended = follow(&mut state, socket).await?;
+        // A connection that brought records or lasted resets the reconnect budget; one closed
+        // at once again and again does not.
+        if state.last > from || since.elapsed() > Duration::from_secs(5) {
+            dropped_at = None;
+            delay = Duration::from_millis(100);
+        } else {
+            dropped_at.get_or_insert(since);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        match ended {
             Ended::Detached => {
                 finish(&mut state)?;
                 return Ok(());
@@ -283,7 +301,7 @@ async fn follow(
             line = state.lines.recv(), if state.stdin_open => match line {
                 Some(line) => {
                     if !line.trim().is_empty()
-                        && let Err(e) = send(state.target, state.id, &line).await
+                        && let Err(e) = send(&state.target, state.id, &line).await
                     {
                         eprintln!("kaged: not sent: {}", failure_text(&e));
                     }
@@ -291,7 +309,7 @@ async fn follow(
                 None => {
                     state.stdin_open = false;
                     // Show what is recorded now, then detach.
-                    let (_, last_seq) = page(state.target, state.id, state.last, 1).await?;
+                    let (_, last_seq) = page(&state.target, state.id, state.last, 1).await?;
                     state.catch_up = Some((last_seq, tokio::time::Instant::now() + CATCH_UP_FOR));
                 }
             },
