@@ -162,7 +162,7 @@ pub enum SessionCommand {
         #[arg(long, group = "what")]
         agent: Option<String>,
         /// A model agent's first message (a command agent has none).
-        #[arg(long, requires = "agent", value_name = "TEXT")]
+        #[arg(long, value_name = "TEXT")]
         message: Option<String>,
         /// Run this project task.
         #[arg(long, group = "what")]

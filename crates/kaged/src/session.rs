@@ -38,6 +38,11 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
             terminal,
             detach,
         } => {
+            if message.is_some() && agent.is_none() {
+                return Err(Failure::Config(
+                    "--message is for an agent: --agent NAME --message TEXT".into(),
+                ));
+            }
             let (kind, name) = match (agent, task, terminal) {
                 (Some(a), None, false) => ("agent", Some(a)),
                 (None, Some(t), false) => ("task", Some(t)),
