@@ -153,13 +153,17 @@ pub enum CageCommand {
 #[derive(Subcommand, Debug)]
 pub enum SessionCommand {
     /// Start an agent, a terminal or a task in a project and attach to it (prints the session
-    /// id first; with --detach, only the id).
+    /// id first; with --detach, only the id). A model agent's session is a conversation:
+    /// --message gives it its first message.
     Start {
         /// The project's slug (see `kaged project list`).
         project: String,
-        /// Run this command agent (`primary` for the root agent).
+        /// Run this agent (`primary` for the root agent).
         #[arg(long, group = "what")]
         agent: Option<String>,
+        /// A model agent's first message (a command agent has none).
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
         /// Run this project task.
         #[arg(long, group = "what")]
         task: Option<String>,
@@ -177,10 +181,37 @@ pub enum SessionCommand {
         #[command(flatten)]
         output: JsonOutput,
     },
-    /// Attach this terminal to a session (Ctrl-] detaches; the run goes on).
-    Attach { id: String },
-    /// Write a session's raw output bytes to stdout.
-    Transcript { id: String },
+    /// Show one session: its project, kind, state, command, and whether it is a conversation.
+    Show {
+        id: String,
+        #[command(flatten)]
+        output: JsonOutput,
+    },
+    /// Attach this terminal to a session (Ctrl-] detaches; the run goes on). A conversation
+    /// streams as text; each line typed is sent as a message; Ctrl-D detaches.
+    Attach {
+        id: String,
+        /// A conversation: show only the records after this seq (default: all of them).
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: u64,
+    },
+    /// Send a model agent's session a message (taken at its next model call; an ended
+    /// session is resumed).
+    Send {
+        id: String,
+        /// The message; `-` reads it from stdin.
+        text: String,
+    },
+    /// Abort a conversation's turn in flight (the session goes on and takes the next message).
+    Abort { id: String },
+    /// Write a session's raw output bytes to stdout; a conversation as text (who said what,
+    /// each tool call and its result).
+    Transcript {
+        id: String,
+        /// A conversation's records as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Abort a run: SIGHUP and SIGTERM now, SIGKILL after 3 seconds.
     Kill { id: String },
     // The help text names a config section, `[sessions]`; clap prints it as written.

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::Failure;
 use crate::cli::{JsonOutput, SessionCommand};
-use crate::client::{Target, call, call_stream, target, ws_request};
+use crate::client::{Target, agent, call, call_stream, target, ws_request};
 
 /// Ctrl-]: detach (the run goes on), as telnet taught.
 const DETACH_KEY: u8 = 0x1d;
@@ -33,10 +33,16 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
         SessionCommand::Start {
             project,
             agent,
+            message,
             task,
             terminal,
             detach,
         } => {
+            if message.is_some() && agent.is_none() {
+                return Err(Failure::Config(
+                    "--message is for an agent: --agent NAME --message TEXT".into(),
+                ));
+            }
             let (kind, name) = match (agent, task, terminal) {
                 (Some(a), None, false) => ("agent", Some(a)),
                 (None, Some(t), false) => ("task", Some(t)),
@@ -48,14 +54,26 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
                 }
             };
             let (rows, cols) = terminal_size().unwrap_or((24, 80));
+            let mut body = json!({"kind": kind, "name": name, "rows": rows, "cols": cols});
+            if let Some(message) = message {
+                body["message"] = json!(message);
+            }
             let v = call(
                 &target,
                 reqwest::Method::POST,
                 &format!("/api/v1/projects/{project}/sessions"),
-                Some(json!({"kind": kind, "name": name, "rows": rows, "cols": cols})),
+                Some(body),
             )
             .await?;
             let id = v["session"]["id"].as_str().unwrap_or_default().to_string();
+            if agent::is_conversation(&v["session"]) {
+                if detach {
+                    println!("{id}");
+                    return Ok(());
+                }
+                eprintln!("{id}");
+                return agent::attach_conversation(target, mode, &id, 0).await;
+            }
             println!("{id}");
             if detach {
                 return Ok(());
@@ -87,7 +105,7 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
                     "{:<32}  {:<16} {:<8} {:<12} {:<8} {:>10}  {}",
                     text(s, "id"),
                     text(s, "project"),
-                    text(s, "kind"),
+                    kind_of(s),
                     text(s, "name"),
                     state_of(s),
                     s["output_bytes"].as_u64().unwrap_or(0),
@@ -96,12 +114,68 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
             }
             Ok(())
         }
-        SessionCommand::Attach { id } => attach(&target, check_id(&id)?).await,
-        SessionCommand::Transcript { id } => {
+        SessionCommand::Show {
+            id,
+            output: JsonOutput { json },
+        } => {
+            let s = agent::session(&target, check_id(&id)?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                return Ok(());
+            }
+            show(&s);
+            Ok(())
+        }
+        SessionCommand::Attach { id, after } => {
+            let id = check_id(&id)?;
+            if agent::is_conversation(&agent::session(&target, id).await?) {
+                agent::attach_conversation(target, mode, id, after).await
+            } else {
+                attach(&target, id).await
+            }
+        }
+        SessionCommand::Send { id, text } => {
+            let text = if text == "-" {
+                let mut buf = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
+                    .map_err(|e| Failure::Runtime(anyhow!("cannot read stdin: {e}")))?;
+                buf.trim_end_matches(['\n', '\r']).to_string()
+            } else {
+                text
+            };
+            agent::send(&target, check_id(&id)?, &text).await
+        }
+        SessionCommand::Abort { id } => {
+            let v = call(
+                &target,
+                reqwest::Method::POST,
+                &format!("/api/v1/sessions/{}/abort", check_id(&id)?),
+                None,
+            )
+            .await?;
+            if v["aborted"].as_bool() == Some(true) {
+                println!("{id}: turn aborted");
+            } else {
+                println!("{id}: no turn was running");
+            }
+            Ok(())
+        }
+        SessionCommand::Transcript { id, json } => {
+            let id = check_id(&id)?;
+            let s = agent::session(&target, id).await?;
+            if agent::is_conversation(&s) {
+                return agent::print_transcript(&target, id, json).await;
+            }
+            if json {
+                return Err(Failure::Config(format!(
+                    "session {id} is a {}, not a conversation: its transcript is raw output (drop --json)",
+                    text(&s, "kind")
+                )));
+            }
             let mut out = std::io::stdout().lock();
             let headers = call_stream(
                 &target,
-                &format!("/api/v1/sessions/{}/transcript", check_id(&id)?),
+                &format!("/api/v1/sessions/{id}/transcript"),
                 &mut out,
             )
             .await?;
@@ -167,6 +241,51 @@ pub async fn run(mode: Option<DeploymentMode>, command: SessionCommand) -> Resul
 
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("-")
+}
+
+/// The KIND column: `model` for a model agent's session (a conversation).
+fn kind_of(s: &Value) -> &str {
+    if agent::is_conversation(s) {
+        "model"
+    } else {
+        text(s, "kind")
+    }
+}
+
+/// `kaged session show`: one field a line.
+fn show(s: &Value) {
+    let kind = if agent::is_conversation(s) {
+        format!("{} (a model agent's conversation)", text(s, "kind"))
+    } else {
+        text(s, "kind").to_string()
+    };
+    let command: Vec<&str> = s["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let rows = [
+        ("id", text(s, "id").to_string()),
+        ("project", text(s, "project").to_string()),
+        ("kind", kind),
+        ("name", text(s, "name").to_string()),
+        ("state", state_of(s)),
+        ("reason", text(s, "reason").to_string()),
+        (
+            "caged",
+            s["caged"].as_bool().map_or("-".into(), |c| c.to_string()),
+        ),
+        ("command", command.join(" ")),
+        ("created by", text(s, "created_by").to_string()),
+        (
+            "output",
+            format!("{} bytes", s["output_bytes"].as_u64().unwrap_or(0)),
+        ),
+    ];
+    for (key, value) in rows {
+        println!("{:<11} {value}", format!("{key}:"));
+    }
 }
 
 fn state_of(s: &Value) -> String {

@@ -1,8 +1,12 @@
 //! Commands that talk to the running daemon: finding it (`discovery.rs`), calling it
 //! (`transport.rs`), and the commands themselves: `status`, `auth nonce`/`auth open`
-//! (`auth.rs`), `tokens`, `project` (`projects.rs`). `kaged session` lives in `session.rs`.
+//! (`auth.rs`), `tokens`, `project` (`projects.rs`). `kaged session` lives in `session.rs`; for a
+//! model agent's session (a conversation) it uses `agent.rs` (send, attach, transcript) and
+//! `conversation.rs` (the records rendered as text).
 
+pub(crate) mod agent;
 mod auth;
+mod conversation;
 mod discovery;
 mod projects;
 mod status;

@@ -11,6 +11,7 @@
 
 mod common;
 
+mod agent_cli;
 mod auth_flow;
 mod cage;
 mod cage_uid;
