@@ -11,6 +11,7 @@
 
 mod common;
 
+mod agents;
 mod auth_flow;
 mod cage;
 mod cage_uid;
