@@ -284,3 +284,219 @@ async fn the_message_route_refuses_what_it_cannot_take() {
     let v = abort(d, &id).await;
     assert_eq!(v["aborted"], false, "{v}");
 }
+
+/// `max_steps: 2`: a model that keeps calling tools is stopped after two model calls;
+/// `max_output_tokens: 5`: an answer cut at the limit ends the turn with that reason (and the
+/// limit is sent to the provider). Same session, one after the other.
+#[tokio::test]
+async fn a_turn_ends_at_max_steps_and_at_max_output_tokens() {
+    let env = ModelEnv::start(COMPLETIONS, "  max_steps: 2\n  max_output_tokens: 5\n", &[]).await;
+    let d = &env.daemon;
+    let p = &env.provider;
+    // Two replies only: a third call would get a 500 and end the turn `error`, not `max_steps`.
+    for i in 0..2 {
+        p.push(tool_reply(
+            COMPLETIONS,
+            &[Call::new(
+                &format!("call_{i}"),
+                "shell.bash",
+                &json!({"command": "echo again"}),
+            )],
+        ));
+    }
+    let id = env.create("Loop forever.").await;
+    let mut ws = EventsWs::open(d, &id, 0).await;
+    let turn = ws.until_turn_ended().await;
+    assert_eq!(
+        turn_end_reasons(&turn),
+        ["max_steps"],
+        "{}",
+        summarize(&turn)
+    );
+    // Give a third call the time to show up if the limit did not hold.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(p.requests().len(), 2, "model calls past max_steps");
+    assert_eq!(p.requests()[0].body["max_tokens"], 5);
+
+    p.push(reply(
+        COMPLETIONS,
+        &["one ", "two ", "three"],
+        &[],
+        Stop::MaxTokens,
+        5,
+        0,
+    ));
+    send_message(d, &id, "Talk long.").await;
+    let long = ws.until_turn_ended().await;
+    assert_eq!(
+        turn_end_reasons(&long),
+        ["max_output_tokens"],
+        "{}",
+        summarize(&long)
+    );
+    assert_eq!(streamed_text(&long), "one two three");
+}
+
+/// Abort during a slow stream ends the turn `aborted` at once; the session takes the next
+/// message. Steering: a message sent during a turn is taken at the next model call.
+#[tokio::test]
+async fn abort_ends_a_slow_turn_at_once_and_a_message_sent_during_a_turn_steers_it() {
+    let env = ModelEnv::start(ANTHROPIC, "", &[]).await;
+    let d = &env.daemon;
+    let p = &env.provider;
+    let words: Vec<String> = (0..100).map(|i| format!("w{i} ")).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    // 100 deltas 200 ms apart: 20 s if nothing stops it.
+    p.push(reply(ANTHROPIC, &words, &[], Stop::EndTurn, 100, 200));
+    let id = env.create("Talk slowly.").await;
+    let mut ws = EventsWs::open(d, &id, 0).await;
+    ws.until(|r| kind(r) == "text_delta").await;
+    let at = std::time::Instant::now();
+    let v = abort(d, &id).await;
+    assert_eq!(v["aborted"], true, "{v}");
+    let rest = ws.until_turn_ended().await;
+    assert!(
+        at.elapsed().as_millis() < 2000,
+        "abort took {:?}",
+        at.elapsed()
+    );
+    assert_eq!(
+        turn_end_reasons(&rest),
+        ["aborted"],
+        "{}",
+        summarize(&ws.seen)
+    );
+    assert!(of_kind(&ws.seen, "text_delta").len() < 50);
+    let session = session_json(d, &id).await;
+    assert_eq!(session["state"], "running", "{session}");
+
+    // The next message works, and its request holds what streamed before the abort.
+    p.push(text_reply(ANTHROPIC, &["Fine."]));
+    send_message(d, &id, "Quick now.").await;
+    let next = ws.until_turn_ended().await;
+    assert_eq!(
+        turn_end_reasons(&next),
+        ["end_turn"],
+        "{}",
+        summarize(&next)
+    );
+    let requests = p.wait_requests(2).await;
+    assert!(
+        requests[1].body_text.contains("w0 "),
+        "{}",
+        requests[1].body_text
+    );
+
+    // Steering: the first call of the turn streams a tool call slowly; a message sent then is
+    // taken at the second call of the same turn.
+    p.push(reply(
+        ANTHROPIC,
+        &[],
+        &[Call::new(
+            "toolu_s",
+            "shell.bash",
+            &json!({"command": "echo steer"}),
+        )],
+        Stop::ToolUse,
+        5,
+        150,
+    ));
+    p.push(text_reply(ANTHROPIC, &["Turning left."]));
+    send_message(d, &id, "Go straight.").await;
+    ws.until(|r| kind(r) == "turn_started").await;
+    let queued = send_message(d, &id, "Actually, turn left.").await;
+    assert!(queued["queued"].as_u64().unwrap() >= 1, "{queued}");
+    assert_eq!(queued["resumed"], false, "{queued}");
+    let steered = ws.until_turn_ended().await;
+    let all = summarize(&steered);
+    assert_eq!(turn_end_reasons(&steered), ["end_turn"], "{all}");
+    assert!(
+        of_kind(&steered, "turn_started").is_empty(),
+        "one turn:\n{all}"
+    );
+    let requests = p.wait_requests(4).await;
+    assert!(!requests[2].body_text.contains("Actually, turn left."));
+    assert!(
+        requests[3].body_text.contains("Actually, turn left."),
+        "the second call of the turn lacks the message: {}",
+        requests[3].body_text
+    );
+    let taken = steered
+        .iter()
+        .position(|r| kind(r) == "user_message" && r["event"]["text"] == "Actually, turn left.")
+        .unwrap_or_else(|| panic!("{all}"));
+    let result = steered
+        .iter()
+        .position(|r| kind(r) == "tool_result")
+        .unwrap();
+    assert!(
+        result < taken,
+        "taken at the next model call, after the tool:\n{all}"
+    );
+}
+
+/// Configuration mistakes: an alias missing from local.toml (the error names the line to add)
+/// and a prompt file that disappeared. Each is a clear error; the daemon stays up; the session
+/// works again once fixed.
+#[tokio::test]
+async fn a_missing_alias_and_a_vanished_prompt_are_clear_errors() {
+    let env = ModelEnv::start(COMPLETIONS, "", &[]).await;
+    let d = &env.daemon;
+    let p = &env.provider;
+
+    // The prompt file is gone.
+    std::fs::remove_file(env.project.join("prompts/primary.md")).unwrap();
+    let id = env.create("Hello?").await;
+    let mut ws = EventsWs::open(d, &id, 0).await;
+    let failed = ws.until_turn_ended().await;
+    let all = summarize(&failed);
+    assert_eq!(turn_end_reasons(&failed), ["error"], "{all}");
+    let error = &of_kind(&failed, "error")[0]["event"];
+    assert_eq!(error["code"], "prompt", "{all}");
+    assert!(
+        error["message"].as_str().unwrap().contains("primary.md"),
+        "{error}"
+    );
+    assert!(p.requests().is_empty(), "no model call without a prompt");
+    assert_eq!(
+        failed[0]["event"]["text"], "Hello?",
+        "the message is kept: {all}"
+    );
+    // Back: the next turn reads it again.
+    std::fs::write(
+        env.project.join("prompts/primary.md"),
+        "Prompt, restored.\n",
+    )
+    .unwrap();
+    crate::common::cage_writable(&env.project);
+    p.push(text_reply(COMPLETIONS, &["Hi."]));
+    send_message(d, &id, "Again?").await;
+    let ok = ws.until_turn_ended().await;
+    assert_eq!(turn_end_reasons(&ok), ["end_turn"], "{}", summarize(&ok));
+    let r = &p.wait_requests(1).await[0];
+    assert!(r.body_text.contains("Prompt, restored.") && r.body_text.contains("Hello?"));
+
+    // An alias local.toml lacks.
+    let root = env.tmp.path().join("noalias");
+    write_model_project_on(&root, "noalias", "nosuch", "", "");
+    load_project_at(d, &root).await;
+    let (status, v) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/noalias/sessions",
+            Some(json!({"kind": "agent", "message": "Hi"})),
+        )
+        .await;
+    let line = "nosuch = \"";
+    if status == StatusCode::CREATED {
+        let id = v["session"]["id"].as_str().unwrap().to_string();
+        let records = wait_conversation(d, &id, |r| kind(r) == "error").await;
+        let error = &of_kind(&records, "error")[0]["event"];
+        assert_eq!(error["code"], "alias", "{}", summarize(&records));
+        assert!(error["message"].as_str().unwrap().contains(line), "{error}");
+    } else {
+        assert!(v.to_string().contains(line), "{status}: {v}");
+    }
+    let (status, _) = d.call(Method::GET, "/api/v1/whoami", None).await;
+    assert_eq!(status, StatusCode::OK, "the daemon is up");
+}

@@ -52,12 +52,18 @@ pub struct Provider {
 
 impl Provider {
     pub fn start() -> Provider {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let server = runtime.block_on(ProviderServer::start()).unwrap();
+        // Built on a plain thread: the caller may be inside a runtime, where `block_on` panics.
+        let (runtime, server) = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let server = runtime.block_on(ProviderServer::start()).unwrap();
+            (runtime, server)
+        })
+        .join()
+        .unwrap();
         Provider {
             server: Some(server),
             runtime: Some(runtime),
