@@ -404,6 +404,8 @@ async fn abort_ends_a_slow_turn_at_once_and_a_message_sent_during_a_turn_steers_
     p.push(text_reply(ANTHROPIC, &["Turning left."]));
     send_message(d, &id, "Go straight.").await;
     ws.until(|r| kind(r) == "turn_started").await;
+    // The turn's first model call is on its way (its reply streams for about a second).
+    p.wait_requests(3).await;
     let queued = send_message(d, &id, "Actually, turn left.").await;
     assert!(queued["queued"].as_u64().unwrap() >= 1, "{queued}");
     assert_eq!(queued["resumed"], false, "{queued}");
