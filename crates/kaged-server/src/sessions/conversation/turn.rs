@@ -364,25 +364,43 @@ impl Conversation {
             .map_err(storage)?;
         let mut gone = None;
         for (call_id, job) in started {
-            let (ok, content) = match job {
+            let (ok, content, cut) = match job {
                 Started::Tool(Ok(p)) => match p.outcome().await {
-                    Ok(outcome) => (outcome.is_ok(), outcome.text().to_string()),
+                    Ok(kaged_tools::ToolOutcome::Ok { output, truncated }) => {
+                        (true, output, truncated)
+                    }
+                    Ok(outcome) => (false, outcome.text().to_string(), false),
                     Err(e) => {
                         gone = Some(e.to_string());
-                        (false, e.to_string())
+                        (false, e.to_string(), false)
                     }
                 },
-                Started::Tool(Err(message)) => (false, message),
+                Started::Tool(Err(message)) => (false, message, false),
                 Started::Subagent(setup, arguments) => {
-                    Box::pin(self.run_subagent(scope, client, &call_id, setup, arguments)).await
+                    let (ok, content) =
+                        Box::pin(self.run_subagent(scope, client, &call_id, setup, arguments))
+                            .await;
+                    (ok, content, false)
                 }
             };
-            self.record_in(
-                scope.parent,
-                vec![AgentEvent::tool_result(call_id, ok, &content)],
-            )
-            .await
-            .map_err(storage)?;
+            // The tool's own cut (marked in its text) or the log's bound.
+            let result = match AgentEvent::tool_result(call_id, ok, &content) {
+                AgentEvent::ToolResult {
+                    call_id,
+                    ok,
+                    content,
+                    truncated,
+                } => AgentEvent::ToolResult {
+                    call_id,
+                    ok,
+                    content,
+                    truncated: truncated || cut,
+                },
+                other => other,
+            };
+            self.record_in(scope.parent, vec![result])
+                .await
+                .map_err(storage)?;
         }
         match gone {
             Some(message) => Err(Failed {
