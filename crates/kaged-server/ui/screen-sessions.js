@@ -1,5 +1,6 @@
 // The Sessions screen (`#/sessions`), and what other screens show of sessions: the live list
-// (also on a project's page), titles, state badges, why a run ended, Abort.
+// (also on a project's page), titles, state badges, conversations marked, why a run ended,
+// Abort (End for a conversation: a message resumes it).
 
 import { ago, announce, errorPanel, fill, fmtBytes, h } from "./dom.js";
 
@@ -55,6 +56,15 @@ export function endedText(s) {
   }
 }
 
+/** Marks a model agent's session (a conversation, not a terminal). */
+export function conversationBadge() {
+  return h("span", {
+    class: "badge conversation-badge",
+    text: "conversation",
+    title: "A model agent: open it to read and send messages",
+  });
+}
+
 export async function abortSession(api, id) {
   // Immediate: no confirmation. SIGHUP+SIGTERM now, SIGKILL 3 s later (server side).
   try {
@@ -99,16 +109,18 @@ export async function sessionList(ctx, view, host, { project }) {
         { class: "card session", dataset: { session: s.id, state: s.state } },
         h("a", { class: "card-title", href: `#/sessions/${s.id}`, text: sessionTitle(s) }),
         stateBadge(s),
+        s.conversation ? conversationBadge() : null,
         h("span", { class: "meta", text: meta.join(" · ") }),
       );
       const why = !isLive(s.state) ? endedText(s) : null;
       if (why && s.state !== "exited") item.append(h("span", { class: "meta", text: why }));
       if (isLive(s.state) && s.state !== "stopping") {
+        const verb = s.conversation ? "End" : "Abort";
         const abort = h("button", {
           type: "button",
           class: "danger small",
-          text: "Abort",
-          "aria-label": `Abort ${sessionTitle(s)} started ${ago(s.created_at_ms)}`,
+          text: verb,
+          "aria-label": `${verb} ${sessionTitle(s)} started ${ago(s.created_at_ms)}`,
         });
         abort.addEventListener("click", () => {
           abort.disabled = true;

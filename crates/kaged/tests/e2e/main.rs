@@ -33,6 +33,7 @@ mod tidy;
 mod tokens;
 mod toolchains;
 mod tools;
+mod ui_conversation;
 mod upgrade;
 mod vpn_bind;
 

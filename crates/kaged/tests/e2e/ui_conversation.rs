@@ -1,0 +1,285 @@
+//! The web console's view of a model agent's session (a conversation), in headless Chromium
+//! through chromedriver (the `ui` module's harness). One test draws a recorded event log with
+//! the console's own `conversation.js` on the signed-in page and checks the DOM it makes:
+//! streamed text, the model's text never parsed as HTML, tool calls collapsed with their
+//! arguments and results, a subagent nested in its parent's call, usage, turns, errors, no
+//! record drawn twice.
+
+use serde_json::{Value, json};
+
+use crate::common::Daemon;
+use crate::ui::{ONE_BROWSER, Ui, Viewport};
+
+/// What a model could send to get an element made: it must stay text.
+const HOSTILE: &str = "<img src=x onerror=\"window.__kagedXss = 1\">";
+
+/// A recorded log: two turns, a tool call with output and a cut result, a subagent (records
+/// with `parent_call_id`) inside its call, a failed call, usage with a cost, an error.
+fn recorded_log() -> Vec<Value> {
+    let events = vec![
+        (
+            None,
+            json!({"type": "user_message", "text": "Read the README, then ask the helper."}),
+        ),
+        (None, json!({"type": "turn_started", "turn": 1})),
+        (
+            None,
+            json!({"type": "message_started", "role": "assistant"}),
+        ),
+        (None, json!({"type": "text_delta", "text": "Hel"})),
+        (None, json!({"type": "text_delta", "text": "lo "})),
+        (None, json!({"type": "text_delta", "text": HOSTILE})),
+        (
+            None,
+            json!({"type": "message_completed", "text": format!("Hello {HOSTILE}")}),
+        ),
+        (
+            None,
+            json!({"type": "tool_call", "call_id": "call_1", "name": "file.read",
+                   "arguments": {"path": "README.md", "offset": 1}}),
+        ),
+        (
+            None,
+            json!({"type": "tool_output", "call_id": "call_1", "chunk": "<b>not bold</b>"}),
+        ),
+        (
+            None,
+            json!({"type": "tool_result", "call_id": "call_1", "ok": true,
+                   "content": "# README\n<script>alert(1)</script>", "truncated": true}),
+        ),
+        (
+            None,
+            json!({"type": "tool_call", "call_id": "call_2", "name": "agent.helper",
+                   "arguments": {"task": "Summarize the README"}}),
+        ),
+        (
+            Some("call_2"),
+            json!({"type": "user_message", "text": "Summarize the README"}),
+        ),
+        (Some("call_2"), json!({"type": "turn_started", "turn": 1})),
+        (
+            Some("call_2"),
+            json!({"type": "message_started", "role": "assistant"}),
+        ),
+        (
+            Some("call_2"),
+            json!({"type": "text_delta", "text": "A short summary."}),
+        ),
+        (
+            Some("call_2"),
+            json!({"type": "message_completed", "text": "A short summary."}),
+        ),
+        (
+            Some("call_2"),
+            json!({"type": "usage", "input_tokens": 20, "output_tokens": 4, "cached_tokens": 0}),
+        ),
+        (
+            Some("call_2"),
+            json!({"type": "turn_ended", "reason": "end_turn"}),
+        ),
+        (
+            None,
+            json!({"type": "tool_result", "call_id": "call_2", "ok": true,
+                   "content": "A short summary.", "truncated": false}),
+        ),
+        (
+            None,
+            json!({"type": "tool_call", "call_id": "call_3", "name": "shell.bash",
+                   "arguments": "{not json"}),
+        ),
+        (
+            None,
+            json!({"type": "tool_result", "call_id": "call_3", "ok": false,
+                   "content": "arguments are not JSON", "truncated": false}),
+        ),
+        (
+            None,
+            json!({"type": "usage", "input_tokens": 1204, "output_tokens": 38,
+                   "cached_tokens": 1024, "cost": 0.0013}),
+        ),
+        (None, json!({"type": "turn_ended", "reason": "end_turn"})),
+        (None, json!({"type": "user_message", "text": "And now?"})),
+        (None, json!({"type": "turn_started", "turn": 2})),
+        (
+            None,
+            json!({"type": "tool_call", "call_id": "call_4", "name": "shell.bash",
+                   "arguments": {"command": "sleep 100"}}),
+        ),
+        (
+            None,
+            json!({"type": "error", "code": "provider", "message": "the provider failed"}),
+        ),
+        (None, json!({"type": "turn_ended", "reason": "error"})),
+        (None, json!({"type": "some_future_event", "x": 1})),
+        (None, json!({"type": "turn_started", "turn": 3})),
+    ];
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, (parent, event))| {
+            let mut r =
+                json!({"seq": i + 1, "at_ms": 1_767_225_600_000u64 + i as u64, "event": event});
+            if let Some(p) = parent {
+                r["parent_call_id"] = json!(p);
+            }
+            r
+        })
+        .collect()
+}
+
+/// Draw `records` with the console's `conversation.js` into a new element on the page; what
+/// the script reports about the DOM it made.
+const DRAW: &str = r#"
+const records = arguments[0];
+return import(new URL('assets/conversation.js', document.baseURI).href).then((m) => {
+  const host = document.createElement('div');
+  host.id = 'render-check';
+  document.querySelector('main').append(host);
+  const c = new m.Conversation(host);
+  const drawn = records.map((r) => c.apply(r));
+  // The same records again (a reconnect's overlap): nothing is drawn twice.
+  const again = records.map((r) => c.apply(r));
+  const q = (s) => host.querySelector(s);
+  const text = (s) => (q(s) ? q(s).textContent : null);
+  const tools = Array.from(host.querySelectorAll('details.tool'));
+  return {
+    drawn: drawn.filter(Boolean).length,
+    again: again.filter(Boolean).length,
+    elements: Array.from(host.querySelectorAll('img, script, b')).length,
+    xss: window.__kagedXss === undefined ? null : window.__kagedXss,
+    messages: Array.from(host.querySelectorAll(':scope > .msg')).map(
+      (e) => [e.dataset.role, e.querySelector('.text').textContent, 'streaming' in e.dataset]),
+    tools: tools.map((d) => ({
+      id: d.dataset.callId, open: d.open, status: d.dataset.status,
+      summary: d.querySelector('summary').textContent,
+      nested: d.classList.contains('nested'),
+    })),
+    args1: text('[data-call-id="call_1"] .tool-arguments'),
+    output1: text('[data-call-id="call_1"] .tool-output'),
+    result1: text('[data-call-id="call_1"] .tool-result'),
+    truncated1: !q('[data-call-id="call_1"] .tool-truncated').hidden,
+    truncated2: !q('[data-call-id="call_2"] .tool-truncated').hidden,
+    args3: text('[data-call-id="call_3"] .tool-arguments'),
+    sub: Array.from(host.querySelectorAll('[data-call-id="call_2"] .subagent > *')).map(
+      (e) => e.className + ':' + e.textContent),
+    turns: Array.from(host.querySelectorAll(':scope > .turn-mark, :scope > .turn-end')).map(
+      (e) => e.textContent),
+    usage: Array.from(host.querySelectorAll(':scope > .usage')).map((e) => e.textContent),
+    errors: Array.from(host.querySelectorAll('.agent-error')).map((e) => e.textContent),
+    running: c.running,
+    turn: c.turn,
+    lastSeq: c.lastSeq,
+    totals: c.totals,
+  };
+});
+"#;
+
+#[tokio::test]
+async fn a_recorded_log_draws_as_text_with_collapsed_tool_calls_and_a_nested_subagent() {
+    let _one = ONE_BROWSER.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("home"));
+    let Some(ui) = Ui::start(Viewport::Desktop, "conversation-render").await else {
+        return;
+    };
+    ui.goto(&d.launch_url).await;
+    ui.ready().await;
+    let log = recorded_log();
+    let n = log.len() as u64;
+    let v = ui.js(DRAW, vec![json!(log)]).await;
+
+    assert_eq!(v["drawn"], json!(n), "{v:#}");
+    assert_eq!(v["again"], 0, "records drawn twice: {v:#}");
+    assert_eq!(v["lastSeq"], json!(n));
+    // The model's text and the tools' output are text: no element made from them.
+    assert_eq!(v["elements"], 0, "HTML from the log became elements: {v:#}");
+    assert_eq!(v["xss"], Value::Null);
+    assert_eq!(
+        v["messages"],
+        json!([
+            ["user", "Read the README, then ask the helper.", false],
+            ["assistant", format!("Hello {HOSTILE}"), false],
+            ["user", "And now?", false],
+        ])
+    );
+
+    // Tool calls: collapsed, name and a short summary of the arguments, their status.
+    let tools = v["tools"].as_array().unwrap();
+    let ids: Vec<&str> = tools.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["call_1", "call_2", "call_3", "call_4"], "{v:#}");
+    assert!(tools.iter().all(|t| t["open"] == false), "{v:#}");
+    assert_eq!(tools[0]["status"], "ok");
+    let summary = tools[0]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("file.read")
+            && summary.contains("path: README.md")
+            && summary.contains("offset: 1"),
+        "{summary}"
+    );
+    assert_eq!(tools[1]["status"], "ok");
+    assert!(
+        tools[1]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("task: Summarize the README")
+    );
+    assert_eq!(tools[2]["status"], "error");
+    // The turn ended (an error) with call_4 unanswered.
+    assert_eq!(tools[3]["status"], "cancelled");
+    assert!(tools.iter().all(|t| t["nested"] == false));
+    // Pretty-printed: one key a line.
+    let args1 = v["args1"].as_str().unwrap();
+    assert_eq!(args1.lines().count(), 4, "{args1}");
+    assert_eq!(
+        serde_json::from_str::<Value>(args1).unwrap(),
+        json!({"path": "README.md", "offset": 1})
+    );
+    assert_eq!(
+        v["args3"], "{not json",
+        "arguments that were not JSON, as sent"
+    );
+    assert_eq!(v["output1"], "<b>not bold</b>");
+    assert_eq!(v["result1"], "# README\n<script>alert(1)</script>");
+    assert_eq!(v["truncated1"], true);
+    assert_eq!(v["truncated2"], false);
+
+    // The subagent's records are inside its call's block, in order.
+    let sub: Vec<&str> = v["sub"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(sub.len(), 5, "{sub:?}");
+    assert!(sub[0].starts_with("msg user:Task") && sub[0].ends_with("Summarize the README"));
+    assert_eq!(sub[1], "turn-mark:Subagent turn 1");
+    assert!(sub[2].starts_with("msg assistant:Subagent") && sub[2].ends_with("A short summary."));
+    assert_eq!(sub[3], "usage:20 in · 4 out tokens");
+    assert_eq!(
+        sub[4],
+        "turn-end reason-end_turn:Turn 1 ended: the model finished"
+    );
+
+    assert_eq!(
+        v["turns"],
+        json!([
+            "Turn 1",
+            "Turn 1 ended: the model finished",
+            "Turn 2",
+            "Turn 2 ended: an error",
+            "Turn 3"
+        ])
+    );
+    assert_eq!(
+        v["usage"],
+        json!(["1,204 in · 38 out · 1,024 cached tokens · $0.0013"])
+    );
+    assert_eq!(v["errors"], json!(["provider: the provider failed"]));
+    // Turn 3 started and has not ended: a turn runs.
+    assert_eq!(v["running"], true);
+    assert_eq!(v["turn"], 3);
+    assert_eq!(v["totals"]["input_tokens"], 1224);
+    assert_eq!(v["totals"]["calls"], 2);
+    ui.assert_no_csp_violations("conversation render").await;
+    ui.close().await;
+}
