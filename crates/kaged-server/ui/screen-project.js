@@ -5,23 +5,8 @@
 import { isSendKey } from "./conversation.js";
 import { ago, announce, diagnosticsList, errorPanel, fill, h } from "./dom.js";
 import { validityBadge } from "./screen-projects.js";
-import { sessionList } from "./screen-sessions.js";
+import { allAgents, isCommandAgent, isModelAgent, sessionList } from "./screen-sessions.js";
 
-/** The agents of a resolved project: primary and its nested subagents. */
-function allAgents(config) {
-  const out = [];
-  const walk = (name, agent) => {
-    if (!agent || typeof agent !== "object") return;
-    out.push({ name, agent });
-    for (const [sub, def] of Object.entries(agent.subagents || {})) walk(sub, def);
-  };
-  walk("primary", config.primary);
-  return out;
-}
-
-/** Command agents run on a terminal; model agents (`model:`, no `command:`) converse. */
-const isCommandAgent = (agent) => Array.isArray(agent.command);
-const isModelAgent = (agent) => !isCommandAgent(agent) && agent.model != null;
 
 /** Rough PTY size for a new run: the session view fits the real size on attach. */
 function guessSize() {
