@@ -129,7 +129,10 @@ export function mountConversation(ctx, view, host, session, status) {
     stick = nearBottom();
     frame = requestAnimationFrame(draw);
   };
-  view.onDispose(() => frame && cancelAnimationFrame(frame));
+  view.onDispose(() => {
+    if (frame) cancelAnimationFrame(frame);
+    delete document.body.dataset.conversation;
+  });
 
   const onRecord = (record) => {
     if (!view.alive) return;
