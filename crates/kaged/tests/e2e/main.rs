@@ -11,6 +11,12 @@
 
 mod common;
 
+mod agents;
+mod agents_failures;
+mod agents_real;
+mod agents_replies;
+mod agents_restart;
+mod agents_tools;
 mod auth_flow;
 mod cage;
 mod cage_uid;

@@ -1,6 +1,9 @@
 //! Test harness: runs the real `kaged` binary against temporary directories.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+/// Model agents: the provider test server, configuration, the agent routes (`provider.rs`).
+pub mod provider;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
