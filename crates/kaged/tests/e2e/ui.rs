@@ -68,7 +68,7 @@ pub(crate) enum Viewport {
 
 /// chromedriver (in its own process group, with the Chromium it starts) and a session on it.
 pub(crate) struct Ui {
-    client: Client,
+    pub(crate) client: Client,
     driver: Child,
     name: &'static str,
     started: Instant,
