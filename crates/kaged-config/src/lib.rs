@@ -21,7 +21,7 @@ pub use providers::{
 };
 pub use settings::{
     AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, KEYS, KeySpec,
-    Listener, LogLevel, OperationalSink, SandboxMode, Settings, Source, StorageUrl,
+    Listener, LogLevel, ModelSettings, OperationalSink, SandboxMode, Settings, Source, StorageUrl,
     render_default_config, resolve,
 };
 pub use suggest::closest;

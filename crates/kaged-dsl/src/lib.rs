@@ -14,7 +14,7 @@ pub mod schema;
 mod tree;
 mod validate;
 
-pub use model::{ModelError, Project};
+pub use model::{Agent, ModelError, Project, ProjectPath};
 pub use project::{
     BASE, Checked, LOCAL, LOCKED_KEYS, MAX_DIAGNOSTICS, check_project, diagnostics_json,
     load_project, to_json,

@@ -97,6 +97,12 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
         )
         .route("/api/v1/sessions/{id}/pty", get(sessions::attach))
         .route("/api/v1/sessions/{id}/events", get(sessions::agent_events))
+        .route("/api/v1/sessions/{id}/messages", post(sessions::messages))
+        .route("/api/v1/sessions/{id}/abort", post(sessions::abort))
+        .route(
+            "/api/v1/sessions/{id}/conversation",
+            get(sessions::conversation),
+        )
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -129,6 +129,8 @@ fn run_settings(info: &DaemonInfo) -> RunSettings {
         cage_user: settings.cage_user.clone(),
         default_limits: crate::sessions::default_limits(settings),
         local: info.local.clone(),
+        local_path: info.local_path.clone(),
+        models: settings.models,
         transcript_max_mb: settings.transcript_max_mb,
         sessions_max_total_mb: settings.sessions_max_total_mb,
         sessions_max_age_days: settings.sessions_max_age_days,

@@ -81,6 +81,9 @@ pub enum Event {
     Crashed {
         reason: String,
     },
+    /// An ended conversation (a model agent's session) was sent a message: it runs again, with
+    /// its whole history. Only the session manager decides which sessions may resume.
+    Resume,
 }
 
 impl Event {
@@ -107,6 +110,7 @@ impl Event {
             Self::Kill { .. } => "kill",
             Self::DaemonLost => "daemon lost",
             Self::Crashed { .. } => "crashed",
+            Self::Resume => "resume",
         }
     }
 }
@@ -248,6 +252,9 @@ pub fn apply(state: &State, event: Event) -> Result<State, InvalidTransition> {
             State::Queued | State::Starting | State::Running { .. } | State::Stopping { .. },
             Event::Crashed { reason },
         ) => State::Failed { reason },
+        (State::Exited { .. } | State::Failed { .. } | State::Killed { .. }, Event::Resume) => {
+            State::Queued
+        }
         (_, event) => return Err(invalid(&event)),
     };
     Ok(next)
@@ -308,6 +315,7 @@ mod tests {
             Event::Crashed {
                 reason: "panicked".into(),
             },
+            Event::Resume,
         ]
     }
 
@@ -346,6 +354,9 @@ mod tests {
             ) => Some(State::Failed {
                 reason: "panicked".into(),
             }),
+            (StateKind::Exited | StateKind::Failed | StateKind::Killed, "resume") => {
+                Some(State::Queued)
+            }
             _ => None,
         }
     }
@@ -374,14 +385,15 @@ mod tests {
                 }
             }
         }
-        assert_eq!(accepted, 17, "7 states x 7 events, 17 allowed");
+        assert_eq!(accepted, 20, "7 states x 8 events, 20 allowed");
     }
 
     #[test]
-    fn terminal_states_accept_nothing() {
+    fn terminal_states_accept_nothing_but_a_resume() {
         for state in all_states().into_iter().filter(State::is_terminal) {
             for event in all_events() {
-                assert!(apply(&state, event).is_err(), "{}", state.as_str());
+                let resume = event == Event::Resume;
+                assert_eq!(apply(&state, event).is_ok(), resume, "{}", state.as_str());
             }
         }
         let terminal: Vec<_> = StateKind::ALL

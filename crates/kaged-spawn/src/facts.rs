@@ -103,6 +103,73 @@ pub fn make_git_mount_point(root: &Path) -> Result<(), String> {
     }
 }
 
+/// Why a file of a project could not be read by [`read_beneath`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadBeneathError {
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    #[error("{path} is larger than {max} bytes")]
+    TooLarge { path: PathBuf, max: u64 },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The content of the regular file `relative` below the project at `root`, opened component
+/// by component without following any link (a cage can write the project: a link it planted
+/// would make the daemon read, and hand its model, a file of the host). At most `max` bytes.
+pub fn read_beneath(root: &Path, relative: &Path, max: u64) -> Result<Vec<u8>, ReadBeneathError> {
+    use std::io::Read;
+    let path = root.join(relative);
+    let refused = |e: String| ReadBeneathError::Refused(e);
+    let root_fd = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| refused(format!("cannot open the project {}: {e}", root.display())))?;
+    let parent = relative.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = match parent {
+        Some(p) => match open_beneath(&root_fd, root, p).map_err(refused)? {
+            Some(fd) => fd,
+            None => return Err(ReadBeneathError::Missing(path)),
+        },
+        None => root_fd,
+    };
+    let Some(name) = relative.file_name() else {
+        return Err(refused(format!("{} names no file", relative.display())));
+    };
+    // O_NONBLOCK: a FIFO planted there must not hang the daemon.
+    let fd = match openat(
+        &dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Err(ReadBeneathError::Missing(path)),
+        Err(nix::errno::Errno::ELOOP) => {
+            return Err(refused(format!(
+                "{} is a symbolic link; kaged never reads through links inside a project (a cage could have planted it): replace it with a real file",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(refused(format!("{}: {e}", path.display()))),
+    };
+    let (_, kind) = id_and_kind(&fd, &path).map_err(refused)?;
+    if kind != SFlag::S_IFREG {
+        return Err(refused(format!("{} is not a regular file", path.display())));
+    }
+    let mut content = Vec::new();
+    std::fs::File::from(fd)
+        .take(max + 1)
+        .read_to_end(&mut content)
+        .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+    if content.len() as u64 > max {
+        return Err(ReadBeneathError::TooLarge { path, max });
+    }
+    Ok(content)
+}
+
 /// Open every source of `policy`'s cage over the project at `root` (canonical), with the
 /// kaged executable at `helper` (`/proc/self/exe` pins the running binary) and the run's
 /// egress proxy socket at `egress`, if it has one.
@@ -292,6 +359,40 @@ impl kaged_cage::HostFs for RealFs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_beneath_reads_files_and_refuses_links_and_what_is_not_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("prompts")).unwrap();
+        std::fs::write(root.join("prompts/p.md"), "be brief").unwrap();
+        std::fs::write(dir.path().join("secret"), "key").unwrap();
+        let read = |rel: &str, max| read_beneath(root, Path::new(rel), max);
+        assert_eq!(read("prompts/p.md", 100).unwrap(), b"be brief");
+        assert!(matches!(
+            read("prompts/p.md", 3),
+            Err(ReadBeneathError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read("prompts/gone.md", 100),
+            Err(ReadBeneathError::Missing(_))
+        ));
+        assert!(matches!(
+            read("nodir/p.md", 100),
+            Err(ReadBeneathError::Missing(_))
+        ));
+        std::os::unix::fs::symlink(root.join("secret"), root.join("prompts/link.md")).unwrap();
+        let e = read("prompts/link.md", 100).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        std::os::unix::fs::symlink(root.join("prompts"), root.join("linkdir")).unwrap();
+        let e = read("linkdir/p.md", 100).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        let e = read("prompts", 100).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        nix::unistd::mkfifo(&root.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read("fifo", 100).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
     use super::*;
 
     fn opened(root: &Path, policy: &Policy) -> Result<Vec<Source>, String> {

@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 pub use cgroup::{Cgroups, limit_facts};
 pub use check::cage_check;
-pub use facts::{Sources, open_sources};
+pub use facts::{ReadBeneathError, Sources, open_sources, read_beneath};
 pub use fds::mark_inherited_cloexec;
 pub use helper::HelperCopy;
 pub use identity::{describe as describe_identity, effective_uid, run_as};

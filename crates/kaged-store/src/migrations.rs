@@ -94,6 +94,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         body           TEXT    NOT NULL CHECK (json_valid(body)),
         PRIMARY KEY (session_id, seq)
      ) WITHOUT ROWID;",
+    // 9: whether a session is a model agent's conversation (its output is its event log, and a
+    // message to it after its end resumes it).
+    "ALTER TABLE sessions ADD COLUMN conversation INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.

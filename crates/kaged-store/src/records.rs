@@ -82,6 +82,8 @@ pub struct SessionRecord {
     pub output_bytes: Option<u64>,
     /// Output offsets `[from, to)` the per-transcript cap dropped from the middle.
     pub dropped: Option<(u64, u64)>,
+    /// A model agent's conversation (no terminal: its output is its event log).
+    pub conversation: bool,
 }
 
 /// One state change of a session. Its `id` orders all transitions of all sessions, so it

@@ -32,7 +32,7 @@ pub use keys::{KEYS, KeySpec};
 pub use render::render_default_config;
 pub use types::{
     AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, Listener,
-    LogLevel, OperationalSink, SandboxMode, Settings, Source, StorageUrl,
+    LogLevel, ModelSettings, OperationalSink, SandboxMode, Settings, Source, StorageUrl,
 };
 
 use crate::error::{ConfigError, ConfigErrors, Location};
@@ -104,6 +104,11 @@ fn unset(decision: &ModeDecision, config_file: &Path) -> Settings {
         log_operational: OperationalSink::Stderr,
         log_audit: AuditSink::File(PathBuf::new()),
         log_level: LogLevel::Info,
+        models: ModelSettings {
+            request_timeout_secs: 0,
+            stall_timeout_secs: 0,
+            max_attempts: 0,
+        },
         plugins_dir: PathBuf::new(),
         plugins_enabled: Vec::new(),
         ui_serve: false,

@@ -879,6 +879,11 @@ fn every_key_has_a_default_in_its_field() {
         log_operational: OperationalSink::Stderr,
         log_audit: AuditSink::File(home.join("audit.log")),
         log_level: LogLevel::Info,
+        models: ModelSettings {
+            request_timeout_secs: 120,
+            stall_timeout_secs: 60,
+            max_attempts: 4,
+        },
         plugins_dir: home.join("plugins"),
         plugins_enabled: Vec::new(),
         ui_serve: true,

@@ -190,6 +190,8 @@ pub struct Settings {
     pub log_operational: OperationalSink,
     pub log_audit: AuditSink,
     pub log_level: LogLevel,
+    /// `[models]`: how model agents call their providers.
+    pub models: ModelSettings,
     pub plugins_dir: PathBuf,
     pub plugins_enabled: Vec<String>,
     pub ui_serve: bool,
@@ -199,6 +201,14 @@ pub struct Settings {
     pub transcript_max_mb: u64,
     /// `section.key` -> where its value came from.
     pub sources: BTreeMap<String, Source>,
+}
+
+/// `[models]`: the timeouts and retries of model agents' provider calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ModelSettings {
+    pub request_timeout_secs: u64,
+    pub stall_timeout_secs: u64,
+    pub max_attempts: u64,
 }
 
 /// Default limits of every cage (`[sandbox]`); a project's `limits:` overrides them per key.

@@ -261,6 +261,22 @@ impl AgentLog {
         log.load(&mut order, &self.shared.store).await
     }
 
+    /// At most `limit` stored records of `session` after `after`, in order.
+    pub async fn page(
+        &self,
+        session: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Sequenced>, LogError> {
+        self.shared
+            .store
+            .events_after(session.to_string(), after, limit)
+            .await?
+            .into_iter()
+            .map(|row| decode(session, row))
+            .collect()
+    }
+
     /// Every stored record of `session` (for `kaged_session::agent::history` when a
     /// conversation continues), read from storage a page at a time.
     pub async fn read_all(&self, session: &str) -> Result<Vec<Sequenced>, LogError> {

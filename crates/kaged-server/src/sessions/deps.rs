@@ -42,8 +42,13 @@ pub struct RunSettings {
     pub cage_user: String,
     /// Every cage's default limits (`[sandbox]`, see `default_limits`).
     pub default_limits: kaged_cage::Limits,
-    /// `local.toml`: the environment and host paths granted to projects.
+    /// `local.toml`: the environment and host paths granted to projects, the model aliases
+    /// and providers.
     pub local: kaged_config::LocalConfig,
+    /// Where `local.toml` is (named in a missing alias's fix).
+    pub local_path: PathBuf,
+    /// `[models]`: model agents' timeouts and attempts.
+    pub models: kaged_config::ModelSettings,
     /// `[sessions] transcript_max_mb`, `max_total_mb`, `max_age_days`.
     pub transcript_max_mb: u64,
     pub sessions_max_total_mb: u64,

@@ -33,6 +33,9 @@ pub struct CreateRequest {
     rows: Option<u16>,
     #[serde(default)]
     cols: Option<u16>,
+    /// A model agent's first message.
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// The output's length: from memory for a run held there, from the row once recorded, else
@@ -103,7 +106,7 @@ pub async fn create(
         ApiError::new(
             ErrorCode::BadRequest,
             format!(
-                "{}; expected {{\"kind\": \"agent\"|\"terminal\"|\"task\", \"name\": \"...\", \"rows\": 24, \"cols\": 80}}",
+                "{}; expected {{\"kind\": \"agent\"|\"terminal\"|\"task\", \"name\": \"...\", \"rows\": 24, \"cols\": 80, \"message\": \"...\"}}",
                 e.body_text()
             ),
         )
@@ -120,6 +123,9 @@ pub async fn create(
             "a task run needs \"name\": the task to run",
         ));
     }
+    if let Some(text) = &body.message {
+        super::conversation::check_message(text)?;
+    }
     let rows = bad_size(body.rows, 24, "rows")?;
     let cols = bad_size(body.cols, 80, "cols")?;
     let deps = sessions.deps();
@@ -134,6 +140,8 @@ pub async fn create(
             cols,
             actor: principal.id.clone(),
             source: peer.0.clone(),
+            message: body.message,
+            resume: None,
         },
     )
     .await?;

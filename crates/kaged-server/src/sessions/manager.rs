@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::agent_log::AgentLog;
+use super::conversation::Control;
 use super::deps::Deps;
 use super::live::Live;
 use super::{RunEvent, lock};
@@ -36,6 +37,8 @@ struct Shared {
     started_at_ms: i64,
     /// The event logs of model-agent sessions (`agent_log.rs`).
     agent_log: AgentLog,
+    /// The controls of conversations held in memory (by session id).
+    conversations: Mutex<HashMap<String, Arc<Control>>>,
 }
 
 impl Sessions {
@@ -48,6 +51,7 @@ impl Sessions {
                 limits: Default::default(),
                 started_at_ms: now_ms(),
                 agent_log: AgentLog::new(deps.store.clone()),
+                conversations: Mutex::new(HashMap::new()),
                 deps,
             }),
         }
@@ -80,13 +84,26 @@ impl Sessions {
     }
 
     /// Hold `live` in memory (before its first event is out: a client reacting to it finds
-    /// the run).
-    pub(crate) fn insert(&self, live: Arc<Live>) {
-        lock(&self.shared.live).insert(live.id().to_string(), live);
+    /// the run), with its controls when it is a conversation.
+    pub(crate) fn insert(&self, live: Arc<Live>, conversation: Option<Arc<Control>>) {
+        let id = live.id().to_string();
+        let mut conversations = lock(&self.shared.conversations);
+        match conversation {
+            Some(c) => conversations.insert(id.clone(), c),
+            None => conversations.remove(&id),
+        };
+        drop(conversations);
+        lock(&self.shared.live).insert(id, live);
     }
 
     pub(crate) fn remove(&self, id: &str) {
         lock(&self.shared.live).remove(id);
+        lock(&self.shared.conversations).remove(id);
+    }
+
+    /// The controls of the conversation `id` held in memory.
+    pub(crate) fn conversation_control(&self, id: &str) -> Option<Arc<Control>> {
+        lock(&self.shared.conversations).get(id).cloned()
     }
 
     /// Live (not ended) runs, for limits and shutdown.
@@ -110,8 +127,10 @@ impl Sessions {
     /// Forget runs that ended long enough ago (their transcript stays on disk), and the memory
     /// of idle agent event logs.
     pub(crate) fn sweep(&self, now: i64) {
-        lock(&self.shared.live)
-            .retain(|_, l| l.ended_at_ms().is_none_or(|t| now - t < KEEP_ENDED_MS));
+        let mut live = lock(&self.shared.live);
+        live.retain(|_, l| l.ended_at_ms().is_none_or(|t| now - t < KEEP_ENDED_MS));
+        lock(&self.shared.conversations).retain(|id, _| live.contains_key(id));
+        drop(live);
         self.shared.agent_log.sweep(now);
     }
 

@@ -19,21 +19,23 @@
 //! `egress.rs` (a run's egress proxy and its audit), `stop.rs` (kill, wall time, pids
 //! watchdog), `transcript.rs` (the files), `retention.rs`, `http.rs` and `pty.rs` (routes),
 //! `panics.rs` (the run threads' panic handling), `agent_log.rs` (a model agent's event log:
-//! stored, then published; followed from any `seq`) and `agent_ws.rs` (its WebSocket).
+//! stored, then published; followed from any `seq`), `agent_ws.rs` (its WebSocket) and
+//! `conversation/` (model agents: the cage's tool executor, the agent loop, their routes).
 
 mod agent_log;
 mod agent_ws;
+mod conversation;
 mod deps;
 mod egress;
-mod http;
+pub(crate) mod http;
 mod live;
 mod manager;
 mod panics;
 mod pty;
 mod retention;
-mod runner;
+pub(crate) mod runner;
 mod screen;
-mod start;
+pub(crate) mod start;
 mod stop;
 mod transcript;
 
@@ -47,6 +49,7 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 pub use agent_ws::events as agent_events;
+pub use conversation::{abort, conversation, messages};
 pub use deps::{Deps, LoadedProject, Projects, RunSettings};
 pub use http::{create, get, kill, list, list_project, prune, transcript};
 pub use live::Live;

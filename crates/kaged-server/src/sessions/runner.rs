@@ -46,17 +46,17 @@ use crate::audit::AuditRecord;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// A run ready to spawn, and what must live as long as it.
-struct Prepared {
-    spec: kaged_spawn::Spec,
-    cgroups: kaged_spawn::Cgroups,
-    limits: Option<kaged_cage::LimitPlan>,
+pub(super) struct Prepared {
+    pub(super) spec: kaged_spawn::Spec,
+    pub(super) cgroups: kaged_spawn::Cgroups,
+    pub(super) limits: Option<kaged_cage::LimitPlan>,
 }
 
 pub(crate) struct Runner {
-    sessions: Sessions,
-    live: Arc<Live>,
-    decided: Decided,
-    handle: tokio::runtime::Handle,
+    pub(super) sessions: Sessions,
+    pub(super) live: Arc<Live>,
+    pub(super) decided: Decided,
+    pub(super) handle: tokio::runtime::Handle,
 }
 
 impl Runner {
@@ -74,12 +74,12 @@ impl Runner {
         }
     }
 
-    fn transition(&self, event: Event, actor: &str) -> Option<State> {
+    pub(super) fn transition(&self, event: Event, actor: &str) -> Option<State> {
         self.handle
             .block_on(self.sessions.transition(&self.live, event, actor))
     }
 
-    fn audit(&self, kind: &'static str, success: bool, detail: Value) {
+    pub(super) fn audit(&self, kind: &'static str, success: bool, detail: Value) {
         self.handle
             .block_on(self.sessions.deps().audit.record(AuditRecord {
                 kind,
@@ -187,18 +187,24 @@ impl Runner {
         self.transition(event, "kaged");
     }
 
-    fn fail(&self, reason: String) {
+    pub(super) fn fail(&self, reason: String) {
         tracing::warn!(session = %self.live.id(), %reason, "run could not start");
         // Audited by the transition (or by the kill that ended the run first).
         self.transition(Event::SpawnFailed { reason }, "kaged");
     }
 
-    fn spec(&self, egress_socket: Option<&Path>) -> Result<Prepared, String> {
+    pub(super) fn spec(&self, egress_socket: Option<&Path>) -> Result<Prepared, String> {
         let d = &self.decided;
-        let mut env = vec![
-            ("TERM".to_string(), "xterm-256color".to_string()),
-            ("COLORTERM".to_string(), "truecolor".to_string()),
-        ];
+        let conversation = d.conversation.is_some();
+        let mut env = if conversation {
+            // A tool's shell has no terminal.
+            vec![("TERM".to_string(), "dumb".to_string())]
+        } else {
+            vec![
+                ("TERM".to_string(), "xterm-256color".to_string()),
+                ("COLORTERM".to_string(), "truecolor".to_string()),
+            ]
+        };
         env.push(("KAGED_SESSION".into(), self.live.id().to_string()));
         env.extend(d.granted_env.iter().cloned());
         if d.uncaged_because.is_some() {
@@ -225,7 +231,7 @@ impl Runner {
                 cwd: &d.plan.cwd,
                 command: &d.plan.command,
                 env: &env,
-                own_terminal: true,
+                own_terminal: !conversation,
                 egress: egress_socket,
             },
             name: super::run_name(self.live.id()),
@@ -277,7 +283,7 @@ impl Runner {
     }
 
     /// `cage_limit`: the cage's wall time as planned (its project's, or the default).
-    fn start_wall_clock(&self, cage_limit: Option<u64>) {
+    pub(super) fn start_wall_clock(&self, cage_limit: Option<u64>) {
         let secs = match (cage_limit, self.decided.plan.timeout_secs) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -287,7 +293,7 @@ impl Runner {
         }
     }
 
-    fn start_egress(&self) -> Result<Option<EgressRun>, String> {
+    pub(super) fn start_egress(&self) -> Result<Option<EgressRun>, String> {
         if self.decided.allow.is_empty() {
             return Ok(None);
         }

@@ -29,6 +29,10 @@ pub struct StartRequest {
     pub cols: u16,
     pub actor: String,
     pub source: Option<String>,
+    /// A model agent's first message.
+    pub message: Option<String>,
+    /// An ended conversation to run again (same id, its history kept).
+    pub resume: Option<SessionRecord>,
 }
 
 /// Everything decided before the run is created.
@@ -48,6 +52,8 @@ pub(crate) struct Decided {
     pub(crate) granted_paths: Vec<kaged_cage::HostPath>,
     /// Who the cage runs as when the daemon is root (cages never run as UID 0).
     pub(crate) run_as: Option<kaged_cage::RunAs>,
+    /// A model agent's conversation: what its loop runs with.
+    pub(crate) conversation: Option<super::conversation::Setup>,
 }
 
 /// `local.toml`'s environment grants of `project` that are set in the daemon's environment
@@ -86,8 +92,30 @@ fn decide(sessions: &Sessions, req: &StartRequest) -> Result<Decided, ApiError> 
     }
     let project = kaged_dsl::Project::from_resolved(&config)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
-    let plan = kaged_cage::plan_run(&project, req.kind, req.name.as_deref())
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let conversation = match req.kind {
+        RunKind::Agent => super::conversation::Setup::of(
+            &project,
+            req.name.as_deref().unwrap_or(kaged_dsl::model::PRIMARY),
+        ),
+        _ => None,
+    };
+    if conversation.is_none() && req.message.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "\"message\" is for model agents (with `model:`); this run has a terminal: type into it over /pty",
+        ));
+    }
+    let mut plan = match &conversation {
+        Some(setup) => RunPlan {
+            name: setup.agent.clone(),
+            command: setup.command(kaged_cage::HELPER),
+            cwd: PathBuf::new(),
+            cage_agent: setup.agent.clone(),
+            timeout_secs: None,
+        },
+        None => kaged_cage::plan_run(&project, req.kind, req.name.as_deref())
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?,
+    };
     let policy = kaged_cage::policy_for(&project, &plan.cage_agent)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     let sandbox_off = settings.sandbox_disabled;
@@ -111,6 +139,15 @@ fn decide(sessions: &Sessions, req: &StartRequest) -> Result<Decided, ApiError> 
             ));
         }
     }
+    if let (Some(setup), Some(_)) = (&conversation, uncaged_because) {
+        // Uncaged, the executor is this very binary on the host.
+        let exe = settings
+            .helper
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+        plan.command = setup.command(&exe.to_string_lossy());
+    }
     let allow = match &policy {
         Policy::Caged {
             network: kaged_cage::Network::Allow(hosts),
@@ -127,13 +164,31 @@ fn decide(sessions: &Sessions, req: &StartRequest) -> Result<Decided, ApiError> 
             )
         })?,
     };
+    let mut granted_env = granted_env(&settings.local, &req.project);
+    if conversation.is_some() {
+        // A provider's key stays in the daemon, even when local.toml grants its variable.
+        let keys: Vec<&String> = settings
+            .local
+            .providers
+            .values()
+            .filter_map(|p| p.api_key_env.as_ref())
+            .collect();
+        granted_env.retain(|(name, _)| {
+            let key = keys.contains(&name);
+            if key {
+                tracing::warn!(project = %req.project, variable = %name, "local.toml grants a provider's key variable to the project; a model agent's cage never gets it");
+            }
+            !key
+        });
+    }
     Ok(Decided {
         root,
         plan,
         policy,
         uncaged_because,
         allow,
-        granted_env: granted_env(&settings.local, &req.project),
+        granted_env,
+        conversation,
         project: req.project.clone(),
         granted_paths: crate::projects::grants_of(&settings.local, &req.project).paths,
         run_as,
@@ -177,23 +232,25 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
             });
         }
     }
-    let id = new_id()?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&deps.settings.transcripts)
-        .map_err(|e| {
-            ApiError::internal(format!(
-                "cannot create {}: {e}",
-                deps.settings.transcripts.display()
-            ))
-        })?;
+    if req.resume.is_some() && decided.conversation.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "agent {} is no longer a model agent in the project file; start a new session",
+                decided.plan.name
+            ),
+        ));
+    }
+    let id = match &req.resume {
+        Some(record) => record.id.clone(),
+        None => new_id()?,
+    };
     let transcript_path = sessions.transcript_path(&id);
-    let transcript =
-        super::transcript::Writer::create(&transcript_path, super::retention::cap(&deps.settings))
-            .map_err(|e| {
-                ApiError::internal(format!("cannot create {}: {e}", transcript_path.display()))
-            })?;
+    // A conversation's output is its event log: it has no transcript file.
+    let transcript = match decided.conversation {
+        Some(_) => None,
+        None => Some(create_transcript(sessions, &transcript_path)?),
+    };
     let caged = decided.uncaged_because.is_none();
     let record = SessionRecord {
         id: id.clone(),
@@ -205,9 +262,13 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
         state: "queued".into(),
         exit_code: None,
         reason: None,
-        created_by: req.actor.clone(),
-        created_at_ms: now_ms(),
+        created_by: req
+            .resume
+            .as_ref()
+            .map_or_else(|| req.actor.clone(), |r| r.created_by.clone()),
+        created_at_ms: req.resume.as_ref().map_or_else(now_ms, |r| r.created_at_ms),
         ended_at_ms: None,
+        conversation: decided.conversation.is_some(),
         ..Default::default()
     };
     let (input_tx, input_rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
@@ -217,31 +278,58 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
             project: req.project.clone(),
             kind: req.kind,
             name: decided.plan.name.clone(),
-            created_by: req.actor.clone(),
+            created_by: record.created_by.clone(),
             transcript: transcript_path,
         },
         req.rows,
         req.cols,
         input_tx,
     ));
+    let resumed = req.resume.is_some();
+    if let Some(earlier) = &req.resume {
+        // The state machine's rule: only an ended run resumes.
+        let kind: Result<kaged_session::state::StateKind, _> = earlier.state.parse();
+        if !kind.is_ok_and(|k| k.is_terminal()) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "session {id} is {}; it takes messages as it is",
+                    earlier.state
+                ),
+            ));
+        }
+    }
     let first = StateChange {
         session_id: id.clone(),
         state: "queued".into(),
-        at_ms: record.created_at_ms,
+        at_ms: now_ms(),
         actor: req.actor.clone(),
-        detail: json!({"project": req.project, "kind": req.kind.as_str(), "name": record.name}),
+        detail: json!({"project": req.project, "kind": req.kind.as_str(), "name": record.name, "conversation": record.conversation, "resumed": resumed}),
         exit_code: None,
         reason: None,
         ended: false,
     };
+    let control = decided.conversation.as_ref().map(|_| {
+        let control = Arc::new(super::conversation::Control::default());
+        if let Some(text) = req.message.clone() {
+            control.send(text);
+        }
+        control
+    });
     // In memory before the event is out: a client reacting to it finds the run.
-    sessions.insert(live.clone());
+    sessions.insert(live.clone(), control.clone());
     let store = deps.store.clone();
     let stored = record.clone();
-    if let Err(e) = sessions
-        .store_and_publish(async move { store.create_session(stored, first).await })
-        .await
-    {
+    let written = if resumed {
+        sessions
+            .store_and_publish(async move { store.change_state(first).await })
+            .await
+    } else {
+        sessions
+            .store_and_publish(async move { store.create_session(stored, first).await })
+            .await
+    };
+    if let Err(e) = written {
         sessions.remove(&id);
         return Err(crate::storage::start_failed(&deps.settings.home, e));
     }
@@ -258,6 +346,8 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
                 "name": record.name,
                 "command": record.command,
                 "caged": caged,
+                "conversation": record.conversation,
+                "resumed": resumed,
                 "uncaged_because": decided.uncaged_because,
                 "network": network_summary(&decided.policy, caged),
                 "unenforced": if caged { kaged_cage::unenforced(&decided.policy, !decided.allow.is_empty()) } else { Vec::new() },
@@ -273,14 +363,47 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
     let handle = tokio::runtime::Handle::current();
     let runner = Runner::new(sessions.clone(), live.clone(), decided, handle.clone());
     let (sessions, live) = (sessions.clone(), live.clone());
-    super::panics::spawn(
-        "run",
-        &id,
-        move || runner.run(transcript, input_rx, req.rows, req.cols),
-        move |message| crashed(&sessions, &live, &handle, message),
-    )
-    .map_err(|e| ApiError::internal(format!("cannot start the run's thread: {e}")))?;
+    let spawned = match (control, transcript) {
+        (Some(control), _) => super::panics::spawn(
+            "run",
+            &id,
+            move || runner.run_conversation(control),
+            move |message| crashed(&sessions, &live, &handle, message),
+        ),
+        (None, Some(transcript)) => super::panics::spawn(
+            "run",
+            &id,
+            move || runner.run(transcript, input_rx, req.rows, req.cols),
+            move |message| crashed(&sessions, &live, &handle, message),
+        ),
+        (None, None) => {
+            return Err(ApiError::internal(
+                "a terminal run without its transcript (a bug)",
+            ));
+        }
+    };
+    spawned.map_err(|e| ApiError::internal(format!("cannot start the run's thread: {e}")))?;
     Ok(record)
+}
+
+/// A new run's transcript file (0600, in its 0700 directory).
+fn create_transcript(
+    sessions: &Sessions,
+    path: &std::path::Path,
+) -> Result<super::transcript::Writer, ApiError> {
+    let deps = sessions.deps();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&deps.settings.transcripts)
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "cannot create {}: {e}",
+                deps.settings.transcripts.display()
+            ))
+        })?;
+    super::transcript::Writer::create(path, super::retention::cap(&deps.settings))
+        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", path.display())))
 }
 
 /// After the runner panicked: end whatever of the run still lives and mark it failed (unless it

@@ -44,6 +44,12 @@ fn settings(dir: &Path) -> RunSettings {
         cage_user: "nobody".into(),
         default_limits: kaged_cage::Limits::default(),
         local: Default::default(),
+        local_path: dir.join("local.toml"),
+        models: kaged_config::ModelSettings {
+            request_timeout_secs: 5,
+            stall_timeout_secs: 5,
+            max_attempts: 1,
+        },
         transcript_max_mb: 64,
         sessions_max_total_mb: 1024,
         sessions_max_age_days: 30,
@@ -124,6 +130,8 @@ fn task(name: &str) -> StartRequest {
         cols: 80,
         actor: "tester".into(),
         source: None,
+        message: None,
+        resume: None,
     }
 }
 
@@ -443,6 +451,7 @@ fn record(id: &str) -> SessionRecord {
         transcript_pruned_at_ms: None,
         output_bytes: None,
         dropped: None,
+        conversation: false,
     }
 }
 

@@ -93,20 +93,77 @@ fn a_version_7_database_gains_the_event_log_and_keeps_its_sessions() {
     {
         let old = SqliteBackend::open_at_version(&path, 7).unwrap();
         assert_eq!(old.schema_version().unwrap(), 7);
-        session(&old, "old");
+    }
+    {
+        // A row as version 7 wrote it (no `conversation` column yet).
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO sessions (id, project, kind, name, command, caged, state, created_by, created_at_ms)
+             VALUES ('old', 'demo', 'agent', 'primary', '[]', 1, 'exited', 'ann', 1)",
+            [],
+        )
+        .unwrap();
         assert!(
-            old.append_events("old", &batch(1..=1)).is_err(),
+            conn.execute("SELECT 1 FROM session_events", []).is_err(),
             "no session_events before migration 8"
         );
     }
     let db = SqliteBackend::open(&path).unwrap();
-    assert_eq!(LATEST_SCHEMA, 8);
-    assert_eq!(db.schema_version().unwrap(), 8);
-    assert!(db.get_session("old").unwrap().is_some());
+    assert_eq!(LATEST_SCHEMA, 9);
+    assert_eq!(db.schema_version().unwrap(), 9);
+    let kept = db.get_session("old").unwrap().unwrap();
+    assert!(
+        !kept.conversation,
+        "a session from before is no conversation"
+    );
+    assert_eq!(kept.state, "exited");
     db.append_events("old", &batch(1..=2)).unwrap();
     drop(db);
     let db = SqliteBackend::open(&path).unwrap();
     assert_eq!(db.events_after("old", 0, 10).unwrap(), batch(1..=2));
+}
+
+#[test]
+fn a_resumed_conversation_loses_its_earlier_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteBackend::open(&dir.path().join("k.db")).unwrap();
+    let record = SessionRecord {
+        id: "c".into(),
+        project: "demo".into(),
+        kind: "agent".into(),
+        name: "primary".into(),
+        state: "queued".into(),
+        created_by: "ann".into(),
+        created_at_ms: 1,
+        conversation: true,
+        ..Default::default()
+    };
+    let change =
+        |state: &str, ended: bool, exit_code: Option<i32>, reason: Option<&str>| StateChange {
+            session_id: "c".into(),
+            state: state.into(),
+            at_ms: 5,
+            actor: "ann".into(),
+            detail: serde_json::json!({}),
+            exit_code,
+            reason: reason.map(str::to_string),
+            ended,
+        };
+    db.create_session(&record, &change("queued", false, None, None))
+        .unwrap();
+    db.change_state(&change("failed", true, Some(1), Some("kaged stopped")))
+        .unwrap();
+    let ended = db.get_session("c").unwrap().unwrap();
+    assert!(ended.conversation);
+    assert_eq!((ended.ended_at_ms, ended.exit_code), (Some(5), Some(1)));
+    db.change_state(&change("queued", false, None, None))
+        .unwrap();
+    let resumed = db.get_session("c").unwrap().unwrap();
+    assert_eq!(resumed.state, "queued");
+    assert_eq!(
+        (resumed.ended_at_ms, resumed.exit_code, resumed.reason),
+        (None, None, None)
+    );
 }
 
 #[tokio::test]

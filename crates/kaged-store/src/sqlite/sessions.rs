@@ -8,7 +8,7 @@ use crate::{SessionRecord, StateChange, Transition};
 
 const SESSION_COLUMNS: &str = "id, project, kind, name, command, caged, state, exit_code, reason, \
      created_by, created_at_ms, ended_at_ms, transcript_pruned_at_ms, output_bytes, dropped_from, \
-     dropped_to";
+     dropped_to, conversation";
 
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let command: String = r.get(4)?;
@@ -31,6 +31,7 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
             (Some(from), Some(to)) => Some((as_u64(from), as_u64(to))),
             _ => None,
         },
+        conversation: r.get(16)?,
     })
 }
 
@@ -86,8 +87,8 @@ pub(super) fn create(
     let tx = conn.transaction()?;
     tx.execute(
         "INSERT INTO sessions (id, project, kind, name, command, caged, state, exit_code, reason,
-                               created_by, created_at_ms, ended_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                               created_by, created_at_ms, ended_at_ms, conversation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             s.id,
             s.project,
@@ -100,7 +101,8 @@ pub(super) fn create(
             s.reason,
             s.created_by,
             s.created_at_ms,
-            s.ended_at_ms
+            s.ended_at_ms,
+            s.conversation
         ],
     )?;
     let t = insert_transition(&tx, first)?;
@@ -110,11 +112,12 @@ pub(super) fn create(
 
 pub(super) fn change_state(conn: &mut Connection, c: &StateChange) -> rusqlite::Result<Transition> {
     let tx = conn.transaction()?;
+    // Back to `queued` is a conversation resumed: its earlier end is no longer its end.
     tx.execute(
         "UPDATE sessions SET state = ?2,
-                exit_code = COALESCE(?3, exit_code),
-                reason = COALESCE(?4, reason),
-                ended_at_ms = CASE WHEN ?5 THEN ?6 ELSE ended_at_ms END
+                exit_code = CASE WHEN ?2 = 'queued' THEN NULL ELSE COALESCE(?3, exit_code) END,
+                reason = CASE WHEN ?2 = 'queued' THEN NULL ELSE COALESCE(?4, reason) END,
+                ended_at_ms = CASE WHEN ?5 THEN ?6 WHEN ?2 = 'queued' THEN NULL ELSE ended_at_ms END
          WHERE id = ?1",
         params![
             c.session_id,
