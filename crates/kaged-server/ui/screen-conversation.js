@@ -68,6 +68,8 @@ export function mountConversation(ctx, view, host, session, status) {
   const conversation = new Conversation(log);
   /** Messages sent and not yet taken by the agent (no `user_message` record yet). */
   let pending = [];
+  /** The operator's messages taken while a send was in flight (its answer may come after). */
+  let takenDuringSend = [];
   let resuming = false;
   let sending = false;
 
@@ -145,6 +147,8 @@ export function mountConversation(ctx, view, host, session, status) {
       if (i >= 0) {
         pending[i].el.remove();
         pending.splice(i, 1);
+      } else if (sending) {
+        takenDuringSend.push(event.text);
       }
     }
     // Say what happened now, not what the replay of older records draws.
@@ -188,20 +192,26 @@ export function mountConversation(ctx, view, host, session, status) {
     const text = box.value;
     if (!text.trim() || sending) return;
     sending = true;
+    takenDuringSend = [];
     fill(problem);
     renderState();
     try {
       const res = await api.call("POST", `api/v1/sessions/${id}/messages`, { text });
       if (!view.alive) return;
       box.value = "";
+      const taken = takenDuringSend.indexOf(text);
+      if (taken >= 0) takenDuringSend.splice(taken, 1);
       const el = h(
         "div",
         { class: "msg user pending", dataset: { role: "user" } },
         h("p", { class: "who", text: "You (sent, not taken yet)" }),
         h("div", { class: "text", text }),
       );
-      pending.push({ text, el });
-      pendingHost.append(el);
+      // Shown as waiting, unless the agent took it before this answer came.
+      if (taken < 0) {
+        pending.push({ text, el });
+        pendingHost.append(el);
+      }
       stick = true;
       if (res && res.resumed) {
         resuming = true;

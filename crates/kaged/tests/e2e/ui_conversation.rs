@@ -538,6 +538,14 @@ async fn a_conversation_streams_shows_a_tool_call_collapsed_takes_messages_abort
     .await;
     conversation_state(&ui, "idle").await;
     assert_eq!(session_json(d, &id).await["state"], "running");
+    // Every message sent was taken: none is left shown as waiting.
+    let waiting = ui
+        .js(
+            "return document.getElementById('pending-messages').children.length;",
+            vec![],
+        )
+        .await;
+    assert_eq!(waiting, 0, "messages still shown as not taken");
     ui.assert_no_csp_violations("conversation after resume")
         .await;
     ui.shot("ui-conversation-resumed.png").await;
