@@ -90,7 +90,9 @@ export class AgentEvents {
     const delay = Math.min(5000, 250 * 2 ** Math.min(this.failures - 1, 5));
     this.hooks.onStatus(
       "reconnecting",
-      e.code === 1001 ? "kaged is stopping; reconnecting…" : "connection lost; reconnecting…",
+      e.code === 1001
+        ? "kaged is stopping; reconnecting…"
+        : `connection lost (${e.code}${e.reason ? `: ${e.reason}` : ""}); reconnecting…`,
     );
     this.timer = setTimeout(() => {
       this.timer = null;

@@ -150,10 +150,15 @@ export async function viewSession(ctx, view, main, id) {
   renderHistory(body.transitions || []);
   render();
 
+  // Several state changes come close together (queued, starting, running): only the answer to
+  // the latest read counts, so an older one landing last cannot bring back an older state.
+  let reads = 0;
   const refreshSession = async () => {
+    reads += 1;
+    const mine = reads;
     try {
       const b = await api.call("GET", `api/v1/sessions/${id}`);
-      if (!view.alive) return;
+      if (!view.alive || mine !== reads) return;
       session = b.session;
       renderHistory(b.transitions || []);
       render();
