@@ -1,21 +1,12 @@
 // A project's screen (`#/projects/SLUG`): its state and diagnostics, a held change that loosens
-// its cages (Accept), overlaps, Reload and Unload, what can be started, and its sessions.
+// its cages (Accept), overlaps, Reload and Unload, what can be started (a model agent with an
+// optional first message), and its sessions.
 
+import { isSendKey } from "./conversation.js";
 import { ago, announce, diagnosticsList, errorPanel, fill, h } from "./dom.js";
 import { validityBadge } from "./screen-projects.js";
-import { sessionList } from "./screen-sessions.js";
+import { allAgents, isCommandAgent, isModelAgent, sessionList } from "./screen-sessions.js";
 
-/** The command agents of a resolved project (primary and nested subagents with `command`). */
-function commandAgents(config) {
-  const out = [];
-  const walk = (name, agent) => {
-    if (!agent || typeof agent !== "object") return;
-    if (Array.isArray(agent.command)) out.push({ name, agent });
-    for (const [sub, def] of Object.entries(agent.subagents || {})) walk(sub, def);
-  };
-  walk("primary", config.primary);
-  return out;
-}
 
 /** Rough PTY size for a new run: the session view fits the real size on attach. */
 function guessSize() {
@@ -172,6 +163,7 @@ export async function viewProject(ctx, view, main, slug) {
   // What can be started.
   const config = project.config;
   const startButtons = [];
+  /** `body`: the create request, or a function making it at the click. */
   const starter = (label, body, detail, id) => {
     const button = h("button", { type: "button", class: "start", id }, h("span", { text: label }));
     if (detail) button.append(h("code", { class: "cmd", text: detail }));
@@ -180,11 +172,12 @@ export async function viewProject(ctx, view, main, slug) {
       for (const b of startButtons) b.disabled = true;
       try {
         const size = guessSize();
-        const res = await api.call("POST", `api/v1/projects/${encodeURIComponent(slug)}/sessions`, {
-          ...body,
-          rows: size.rows,
-          cols: size.cols,
-        });
+        const request = typeof body === "function" ? body() : { ...body, ...size };
+        const res = await api.call(
+          "POST",
+          `api/v1/projects/${encodeURIComponent(slug)}/sessions`,
+          request,
+        );
         announce(`Started ${label}`);
         location.hash = `#/sessions/${res.session.id}`;
       } catch (e) {
@@ -197,7 +190,35 @@ export async function viewProject(ctx, view, main, slug) {
     return button;
   };
   const shell = (config.terminals && config.terminals.shell) || ["bash", "-l"];
-  const agents = commandAgents(config);
+  const agents = allAgents(config).filter(({ agent }) => isCommandAgent(agent));
+  const models = allAgents(config).filter(({ agent }) => isModelAgent(agent));
+  /** A model agent's starter: its button and an optional first message (Enter starts). */
+  const modelStarter = ({ name, agent }) => {
+    const boxId = `first-message-${name}`;
+    const box = h("textarea", { id: boxId, rows: "2", class: "first-message" });
+    const button = starter(
+      `Agent ${name}`,
+      () => {
+        const message = box.value;
+        return message.trim() ? { kind: "agent", name, message } : { kind: "agent", name };
+      },
+      `model: ${typeof agent.model === "string" ? agent.model : JSON.stringify(agent.model)}`,
+      `start-agent-${name}`,
+    );
+    button.append(h("span", { class: "conversation-badge badge", text: "conversation" }));
+    box.addEventListener("keydown", (e) => {
+      if (!isSendKey(e)) return;
+      e.preventDefault();
+      if (!button.disabled) button.click();
+    });
+    return h(
+      "div",
+      { class: "model-starter" },
+      button,
+      h("label", { for: boxId, class: "small", text: `First message to ${name} (optional)` }),
+      box,
+    );
+  };
   const tasks = Object.entries(config.tasks || {});
   const start = h(
     "section",
@@ -215,6 +236,7 @@ export async function viewProject(ctx, view, main, slug) {
           `start-agent-${name}`,
         ),
       ),
+      models.map(modelStarter),
       tasks.map(([name, task]) =>
         starter(
           `Task ${name}`,

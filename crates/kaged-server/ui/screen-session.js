@@ -1,9 +1,11 @@
 // A session's screen (`#/sessions/ID`): a live run's terminal on the PTY WebSocket with its
-// keys and Abort, or an ended run's transcript in a read-only terminal; its state changes.
+// keys and Abort, or an ended run's transcript in a read-only terminal; a model agent's
+// conversation (screen-conversation.js) instead of a terminal; its state changes.
 
 import { syncScriptStyles } from "./csp.js";
 import { announce, errorPanel, factRows, fill, fmtBytes, fmtTime, fmtWhen, h } from "./dom.js";
 import { PtyView } from "./pty.js";
+import { mountConversation } from "./screen-conversation.js";
 import { abortSession, endedText, isLive, sessionTitle, stateBadge } from "./screen-sessions.js";
 import { clipboardButtons, keyButtons, newTerminal, termToolbar } from "./terminal.js";
 
@@ -12,6 +14,9 @@ export async function viewSession(ctx, view, main, id) {
   const body = await api.call("GET", `api/v1/sessions/${id}`);
   if (!view.alive) return;
   let session = body.session;
+  // A model agent's session has no terminal: its conversation takes the terminal's place.
+  const conversation = session.conversation === true;
+  let onSession = () => {};
   document.body.classList.add("session-page");
   view.onDispose(() => document.body.classList.remove("session-page"));
 
@@ -22,11 +27,15 @@ export async function viewSession(ctx, view, main, id) {
   const abort = h("button", {
     type: "button",
     class: "danger",
-    id: "abort",
-    text: "Abort",
-    "aria-label": "Abort this run now",
+    id: conversation ? "end-session" : "abort",
+    text: conversation ? "End" : "Abort",
+    "aria-label": conversation
+      ? "End this conversation now (a message resumes it)"
+      : "Abort this run now",
   });
-  const termHost = h("div", { class: "term", id: "terminal" });
+  const termHost = conversation
+    ? h("div", { class: "conversation-host", id: "conversation-host" })
+    : h("div", { class: "term", id: "terminal" });
   const tools = h("div", { class: "term-tools" });
   const history = h("ol", { class: "history" });
 
@@ -45,6 +54,7 @@ export async function viewSession(ctx, view, main, id) {
     endedLine.hidden = !why;
     endedLine.textContent = why;
     document.body.dataset.sessionState = session.state;
+    onSession(session);
   };
 
   abort.addEventListener("click", async () => {
@@ -68,6 +78,7 @@ export async function viewSession(ctx, view, main, id) {
     fmtWhen(session.created_at_ms),
     session.caged ? "caged" : "UNCAGED",
   ];
+  if (conversation) meta.unshift("conversation");
   main.append(
     h(
       "div",
@@ -94,7 +105,7 @@ export async function viewSession(ctx, view, main, id) {
     endedLine,
     notice,
     termHost,
-    tools,
+    ...(conversation ? [] : [tools]),
     h(
       "details",
       { class: "more" },
@@ -104,7 +115,7 @@ export async function viewSession(ctx, view, main, id) {
         { class: "facts" },
         factRows([
           ["Session", session.id, "mono"],
-          ["Command", (session.command || []).join(" "), "mono"],
+          [conversation ? "Tool executor" : "Command", (session.command || []).join(" "), "mono"],
           ["Project", session.project],
         ]),
       ),
@@ -116,7 +127,9 @@ export async function viewSession(ctx, view, main, id) {
         h("a", {
           href: `api/v1/sessions/${id}/transcript`,
           download: `kaged-${id}.out`,
-          text: "Download the transcript (raw bytes)",
+          text: conversation
+            ? "Download the tool executor's log (raw bytes)"
+            : "Download the transcript (raw bytes)",
         }),
       ),
     ),
@@ -137,10 +150,15 @@ export async function viewSession(ctx, view, main, id) {
   renderHistory(body.transitions || []);
   render();
 
+  // Several state changes come close together (queued, starting, running): only the answer to
+  // the latest read counts, so an older one landing last cannot bring back an older state.
+  let reads = 0;
   const refreshSession = async () => {
+    reads += 1;
+    const mine = reads;
     try {
       const b = await api.call("GET", `api/v1/sessions/${id}`);
-      if (!view.alive) return;
+      if (!view.alive || mine !== reads) return;
       session = b.session;
       renderHistory(b.transitions || []);
       render();
@@ -151,6 +169,11 @@ export async function viewSession(ctx, view, main, id) {
   view.onEvent((e) => {
     if (e.type === "reconnected" || e.session === id) refreshSession();
   });
+
+  if (conversation) {
+    onSession = mountConversation(ctx, view, termHost, session, status);
+    return;
+  }
 
   if (!isLive(session.state) || ctx.readOnly) {
     if (ctx.readOnly && isLive(session.state)) {

@@ -1,10 +1,28 @@
 // The Sessions screen (`#/sessions`), and what other screens show of sessions: the live list
-// (also on a project's page), titles, state badges, why a run ended, Abort.
+// (also on a project's page), titles, state badges, conversations marked, why a run ended,
+// Abort (End for a conversation: a message resumes it).
 
+import { isSendKey } from "./conversation.js";
 import { ago, announce, errorPanel, fill, fmtBytes, h } from "./dom.js";
 
 const LIVE_STATES = new Set(["queued", "starting", "running", "stopping"]);
 export const isLive = (state) => LIVE_STATES.has(state);
+
+/** The agents of a resolved project configuration: primary and its nested subagents. */
+export function allAgents(config) {
+  const out = [];
+  const walk = (name, agent) => {
+    if (!agent || typeof agent !== "object") return;
+    out.push({ name, agent });
+    for (const [sub, def] of Object.entries(agent.subagents || {})) walk(sub, def);
+  };
+  walk("primary", config && config.primary);
+  return out;
+}
+
+/** Command agents run on a terminal; model agents (`model:`, no `command:`) converse. */
+export const isCommandAgent = (agent) => Array.isArray(agent.command);
+export const isModelAgent = (agent) => !isCommandAgent(agent) && agent.model != null;
 
 export function sessionTitle(s) {
   if (s.kind === "terminal") return "Terminal";
@@ -55,6 +73,15 @@ export function endedText(s) {
   }
 }
 
+/** Marks a model agent's session (a conversation, not a terminal). */
+export function conversationBadge() {
+  return h("span", {
+    class: "badge conversation-badge",
+    text: "conversation",
+    title: "A model agent: open it to read and send messages",
+  });
+}
+
 export async function abortSession(api, id) {
   // Immediate: no confirmation. SIGHUP+SIGTERM now, SIGKILL 3 s later (server side).
   try {
@@ -99,16 +126,18 @@ export async function sessionList(ctx, view, host, { project }) {
         { class: "card session", dataset: { session: s.id, state: s.state } },
         h("a", { class: "card-title", href: `#/sessions/${s.id}`, text: sessionTitle(s) }),
         stateBadge(s),
+        s.conversation ? conversationBadge() : null,
         h("span", { class: "meta", text: meta.join(" · ") }),
       );
       const why = !isLive(s.state) ? endedText(s) : null;
       if (why && s.state !== "exited") item.append(h("span", { class: "meta", text: why }));
       if (isLive(s.state) && s.state !== "stopping") {
+        const verb = s.conversation ? "End" : "Abort";
         const abort = h("button", {
           type: "button",
           class: "danger small",
-          text: "Abort",
-          "aria-label": `Abort ${sessionTitle(s)} started ${ago(s.created_at_ms)}`,
+          text: verb,
+          "aria-label": `${verb} ${sessionTitle(s)} started ${ago(s.created_at_ms)}`,
         });
         abort.addEventListener("click", () => {
           abort.disabled = true;
@@ -142,8 +171,80 @@ export async function sessionList(ctx, view, host, { project }) {
   });
 }
 
+/**
+ * "Start a model agent": every loaded project's model agents, an optional first message. Shown
+ * only when there is one to start (filled in after the list, without holding the page up).
+ */
+async function modelAgentStarter(ctx, view, host) {
+  const { api } = ctx;
+  const { projects } = await api.call("GET", "api/v1/projects");
+  const found = [];
+  for (const p of projects) {
+    const { project } = await api.call("GET", `api/v1/projects/${encodeURIComponent(p.slug)}`);
+    for (const { name, agent } of allAgents(project.config)) {
+      if (isModelAgent(agent)) found.push({ slug: p.slug, name });
+    }
+  }
+  if (!view.alive || ctx.readOnly || found.length === 0) return;
+  const select = h(
+    "select",
+    { id: "new-agent" },
+    found.map(({ slug, name }) =>
+      h("option", { value: JSON.stringify([slug, name]), text: `${slug}: ${name}` }),
+    ),
+  );
+  const box = h("textarea", { id: "new-agent-message", rows: "2", class: "first-message" });
+  const button = h("button", {
+    type: "submit",
+    class: "primary",
+    id: "new-agent-start",
+    text: "Start",
+  });
+  const result = h("div", { "aria-live": "polite" });
+  const form = h(
+    "form",
+    { class: "panel model-start", id: "new-agent-form", "aria-labelledby": "new-agent-title" },
+    h("h2", { id: "new-agent-title", text: "Start a model agent" }),
+    h("label", { for: "new-agent", text: "Agent" }),
+    select,
+    h("label", { for: "new-agent-message", text: "First message (optional)" }),
+    box,
+    h("div", { class: "actions" }, button),
+    result,
+  );
+  const start = async () => {
+    const [slug, name] = JSON.parse(select.value);
+    const body = { kind: "agent", name };
+    if (box.value.trim()) body.message = box.value;
+    fill(result);
+    button.disabled = true;
+    try {
+      const path = `api/v1/projects/${encodeURIComponent(slug)}/sessions`;
+      const res = await api.call("POST", path, body);
+      announce(`Started agent ${name} of ${slug}`);
+      location.hash = `#/sessions/${res.session.id}`;
+    } catch (e) {
+      if (view.alive) result.append(errorPanel(e));
+    } finally {
+      button.disabled = false;
+    }
+  };
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    start();
+  });
+  box.addEventListener("keydown", (e) => {
+    if (!isSendKey(e)) return;
+    e.preventDefault();
+    if (!button.disabled) start();
+  });
+  fill(host, form);
+}
+
 export async function viewSessions(ctx, view, main) {
   const host = h("div");
-  main.append(h("h1", { text: "Sessions" }), host);
+  const starter = h("div", { id: "new-agent-host" });
+  main.append(h("h1", { text: "Sessions" }), host, starter);
   await sessionList(ctx, view, host, { project: null });
+  modelAgentStarter(ctx, view, starter).catch(() => {});
 }

@@ -20,11 +20,11 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 /// The longest one thing (a page, a command's output, a state change) may take.
-const PATIENCE: Duration = Duration::from_secs(30);
-const ENTER: &str = "\u{e007}";
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const ENTER: &str = "\u{e007}";
 
 /// One browser at a time: the machines running this have few cores, and Chromium is heavy.
-static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn artifacts() -> PathBuf {
     let dir = std::env::var_os("KAGED_TEST_ARTIFACTS")
@@ -60,15 +60,15 @@ fn make_project(dir: &Path) -> PathBuf {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Viewport {
+pub(crate) enum Viewport {
     Desktop,
     /// 360×740 CSS pixels, touch, mobile (Chromium's device emulation).
     Phone,
 }
 
 /// chromedriver (in its own process group, with the Chromium it starts) and a session on it.
-struct Ui {
-    client: Client,
+pub(crate) struct Ui {
+    pub(crate) client: Client,
     driver: Child,
     name: &'static str,
     started: Instant,
@@ -88,7 +88,7 @@ impl Drop for Ui {
 
 impl Ui {
     /// `None` only when the operator explicitly opted out of browser tests.
-    async fn start(viewport: Viewport, name: &'static str) -> Option<Ui> {
+    pub(crate) async fn start(viewport: Viewport, name: &'static str) -> Option<Ui> {
         let found = Command::new("chromedriver")
             .arg("--version")
             .output()
@@ -172,7 +172,7 @@ impl Ui {
     }
 
     /// Log a step (shown with the failure report, or live with --nocapture).
-    fn step(&self, what: &str) {
+    pub(crate) fn step(&self, what: &str) {
         eprintln!(
             "[{} +{:.1}s] {what}",
             self.name,
@@ -181,16 +181,16 @@ impl Ui {
     }
 
     /// End the browser session (Chromium exits); `Drop` stops chromedriver.
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         self.client.clone().close().await.unwrap();
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.client.goto(url).await.unwrap();
     }
 
     /// Change the route of the single-page app without reloading it.
-    async fn route(&self, hash: &str) {
+    pub(crate) async fn route(&self, hash: &str) {
         self.step(&format!("go to {hash}"));
         self.js(
             "location.hash = arguments[0]; return true;",
@@ -199,7 +199,7 @@ impl Ui {
         .await;
     }
 
-    async fn js(&self, script: &str, args: Vec<Value>) -> Value {
+    pub(crate) async fn js(&self, script: &str, args: Vec<Value>) -> Value {
         self.client
             .execute(script, args)
             .await
@@ -207,11 +207,11 @@ impl Ui {
     }
 
     /// Poll `script` (a function body) until it returns something truthy; return that.
-    async fn until(&self, what: &str, script: &str) -> Value {
+    pub(crate) async fn until(&self, what: &str, script: &str) -> Value {
         self.until_args(what, script, vec![]).await
     }
 
-    async fn until_args(&self, what: &str, script: &str, args: Vec<Value>) -> Value {
+    pub(crate) async fn until_args(&self, what: &str, script: &str, args: Vec<Value>) -> Value {
         self.step(&format!("wait for {what}"));
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -242,7 +242,7 @@ impl Ui {
         }
     }
 
-    async fn page_text(&self) -> String {
+    pub(crate) async fn page_text(&self) -> String {
         self.client
             .execute(
                 "return location.hash + '\\n' + (document.body ? document.body.innerText : '')",
@@ -254,7 +254,7 @@ impl Ui {
             .unwrap_or_default()
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.step(&format!("click {css}"));
         let el = self
             .client
@@ -268,7 +268,7 @@ impl Ui {
             .unwrap_or_else(|e| panic!("[{}] click {css}: {e}", self.name));
     }
 
-    async fn fill(&self, css: &str, text: &str) {
+    pub(crate) async fn fill(&self, css: &str, text: &str) {
         let el = self
             .client
             .wait()
@@ -327,7 +327,7 @@ impl Ui {
     }
 
     /// Wait for the console to be ready after a (re)load.
-    async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         self.until(
             "the console to be ready",
             "return document.body.dataset.state === 'ready' && !document.querySelector('main[aria-busy]');",
@@ -345,7 +345,7 @@ impl Ui {
     }
 
     /// What the page's CSP refused since it loaded (the console records it on <html>).
-    async fn assert_no_csp_violations(&self, screen: &str) {
+    pub(crate) async fn assert_no_csp_violations(&self, screen: &str) {
         let v = self
             .js(
                 "return document.documentElement.dataset.cspViolations || '';",
@@ -361,7 +361,7 @@ impl Ui {
     }
 
     /// Every visible control has a name a screen reader can say.
-    async fn assert_labelled(&self, screen: &str) {
+    pub(crate) async fn assert_labelled(&self, screen: &str) {
         let unnamed = self
             .js(
                 "return Array.from(document.querySelectorAll('button, input, select, a[href]'))
@@ -381,7 +381,7 @@ impl Ui {
     }
 
     /// The page is no wider than the viewport (nothing scrolls sideways at 360 px).
-    async fn assert_no_sideways_scroll(&self, screen: &str) {
+    pub(crate) async fn assert_no_sideways_scroll(&self, screen: &str) {
         let v = self
             .js(
                 "return [document.documentElement.scrollWidth, window.innerWidth];",
@@ -396,7 +396,7 @@ impl Ui {
         );
     }
 
-    async fn shot(&self, file: &str) {
+    pub(crate) async fn shot(&self, file: &str) {
         self.step(&format!("screenshot {file}"));
         // Let pending paints land (fonts, the terminal's render frame) before the picture.
         self.js(
@@ -420,7 +420,7 @@ impl Ui {
             .to_string()
     }
 
-    async fn session_id(&self) -> String {
+    pub(crate) async fn session_id(&self) -> String {
         let v = self
             .until(
                 "a session page",
