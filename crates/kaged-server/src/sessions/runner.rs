@@ -74,12 +74,12 @@ impl Runner {
         }
     }
 
-    pub(super) fn transition(&self, event: Event, actor: &str) -> Option<State> {
+    fn transition(&self, event: Event, actor: &str) -> Option<State> {
         self.handle
             .block_on(self.sessions.transition(&self.live, event, actor))
     }
 
-    pub(super) fn audit(&self, kind: &'static str, success: bool, detail: Value) {
+    fn audit(&self, kind: &'static str, success: bool, detail: Value) {
         self.handle
             .block_on(self.sessions.deps().audit.record(AuditRecord {
                 kind,
@@ -99,30 +99,9 @@ impl Runner {
         rows: u16,
         cols: u16,
     ) {
-        if self.transition(Event::Start, "kaged").is_none() {
-            return; // Killed while queued.
-        }
-        let egress = match self.start_egress() {
-            Ok(e) => e,
-            Err(reason) => return self.fail(reason),
-        };
-        let prepared = match self.spec(egress.as_ref().map(|e| e.proxy.socket())) {
-            Ok(s) => s,
-            Err(reason) => return self.fail(reason),
-        };
-        if let Some(plan) = &prepared.limits
-            && !(plan.enforced.is_empty() && plan.unenforced.is_empty())
-        {
-            self.audit(
-                "cage.limits",
-                plan.unenforced.is_empty(),
-                json!({"session": self.live.id(), "enforced": plan.enforced, "unenforced": plan.unenforced}),
-            );
-        }
-        // Killed while the cage was being prepared: nothing of the command may start.
-        if self.live.state().kind() != StateKind::Starting {
+        let Some((egress, prepared)) = self.prepare() else {
             return;
-        }
+        };
         let run = match kaged_spawn::spawn_pty(&prepared.spec, rows, cols) {
             Ok(r) => r,
             Err(e) => return self.fail(e.to_string()),
@@ -132,25 +111,7 @@ impl Runner {
             killer,
             waiter,
         } = run;
-        self.live.set_killer(Some(killer.clone()));
-        let pid = killer.pid();
-        // A kill that raced the spawn finds the killer now.
-        match self.transition(Event::Spawned { pid }, "kaged") {
-            Some(_) => {}
-            None => {
-                killer.kill();
-            }
-        }
-        self.start_wall_clock(prepared.limits.as_ref().and_then(|l| l.wall_time_secs));
-        if let Some(pids) = prepared.limits.as_ref().and_then(|l| l.watchdog_pids) {
-            super::stop::start_pids_watchdog(
-                &self.sessions,
-                &self.live,
-                &killer,
-                pids,
-                &self.handle,
-            );
-        }
+        self.spawned(&killer, prepared.limits.as_ref());
         let writer_terminal = terminal.clone();
         let live = self.live.clone();
         let _ = super::panics::spawn(
@@ -174,6 +135,75 @@ impl Runner {
         if let Some(screen) = screen {
             let _ = screen.join();
         }
+        self.finish(exit, egress, prepared);
+    }
+
+    /// Everything before the spawn, shared by PTY runs and conversations: `Start`, the egress
+    /// proxy, the cage (its limits audited). `None` when the run failed (recorded) or was
+    /// killed meanwhile: nothing of the command may start.
+    pub(super) fn prepare(&self) -> Option<(Option<EgressRun>, Prepared)> {
+        self.transition(Event::Start, "kaged")?; // None: killed while queued.
+        let egress = match self.start_egress() {
+            Ok(e) => e,
+            Err(reason) => {
+                self.fail(reason);
+                return None;
+            }
+        };
+        let prepared = match self.spec(egress.as_ref().map(|e| e.proxy.socket())) {
+            Ok(s) => s,
+            Err(reason) => {
+                self.fail(reason);
+                return None;
+            }
+        };
+        if let Some(plan) = &prepared.limits
+            && !(plan.enforced.is_empty() && plan.unenforced.is_empty())
+        {
+            self.audit(
+                "cage.limits",
+                plan.unenforced.is_empty(),
+                json!({"session": self.live.id(), "enforced": plan.enforced, "unenforced": plan.unenforced}),
+            );
+        }
+        (self.live.state().kind() == StateKind::Starting).then_some((egress, prepared))
+    }
+
+    /// Right after the spawn: the killer where kills find it, `Spawned` (a kill that raced
+    /// the spawn kills it now), the wall clock and, without a cgroup, the pids watchdog.
+    pub(super) fn spawned(
+        &self,
+        killer: &kaged_spawn::Killer,
+        limits: Option<&kaged_cage::LimitPlan>,
+    ) {
+        self.live.set_killer(Some(killer.clone()));
+        if self
+            .transition(Event::Spawned { pid: killer.pid() }, "kaged")
+            .is_none()
+        {
+            killer.kill();
+        }
+        self.start_wall_clock(limits.and_then(|l| l.wall_time_secs));
+        if let Some(pids) = limits.and_then(|l| l.watchdog_pids) {
+            super::stop::start_pids_watchdog(
+                &self.sessions,
+                &self.live,
+                killer,
+                pids,
+                &self.handle,
+            );
+        }
+    }
+
+    /// After the reap: the egress proxy's final summary, the cgroups removed, the killer
+    /// cleared, then the exit recorded (and audited by the transition, or by the kill that
+    /// ended the run first).
+    pub(super) fn finish(
+        &self,
+        exit: kaged_spawn::Exit,
+        egress: Option<EgressRun>,
+        prepared: Prepared,
+    ) {
         if let Some(egress) = egress {
             egress.stop(&self.handle);
         }
@@ -183,7 +213,6 @@ impl Runner {
             Some(sig) => Event::exit_signal(sig),
             None => Event::exit_code(exit.code()),
         };
-        // Audited by the transition (or by the kill that ended the run first).
         self.transition(event, "kaged");
     }
 
@@ -193,7 +222,7 @@ impl Runner {
         self.transition(Event::SpawnFailed { reason }, "kaged");
     }
 
-    pub(super) fn spec(&self, egress_socket: Option<&Path>) -> Result<Prepared, String> {
+    fn spec(&self, egress_socket: Option<&Path>) -> Result<Prepared, String> {
         let d = &self.decided;
         let conversation = d.conversation.is_some();
         let mut env = if conversation {
@@ -283,7 +312,7 @@ impl Runner {
     }
 
     /// `cage_limit`: the cage's wall time as planned (its project's, or the default).
-    pub(super) fn start_wall_clock(&self, cage_limit: Option<u64>) {
+    fn start_wall_clock(&self, cage_limit: Option<u64>) {
         let secs = match (cage_limit, self.decided.plan.timeout_secs) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -293,7 +322,7 @@ impl Runner {
         }
     }
 
-    pub(super) fn start_egress(&self) -> Result<Option<EgressRun>, String> {
+    fn start_egress(&self) -> Result<Option<EgressRun>, String> {
         if self.decided.allow.is_empty() {
             return Ok(None);
         }

@@ -364,13 +364,14 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
         })
         .await;
     let handle = tokio::runtime::Handle::current();
+    let decided_setup = decided.conversation.clone();
     let runner = Runner::new(sessions.clone(), live.clone(), decided, handle.clone());
     let (sessions, live) = (sessions.clone(), live.clone());
-    let spawned = match (control, transcript) {
-        (Some(control), _) => super::panics::spawn(
+    let spawned = match (decided_setup.zip(control), transcript) {
+        (Some((setup, control)), _) => super::panics::spawn(
             "run",
             &id,
-            move || runner.run_conversation(control),
+            move || runner.run_conversation(setup, control),
             move |message| crashed(&sessions, &live, &handle, message),
         ),
         (None, Some(transcript)) => super::panics::spawn(

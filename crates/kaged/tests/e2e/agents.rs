@@ -489,16 +489,49 @@ async fn a_missing_alias_and_a_vanished_prompt_are_clear_errors() {
             Some(json!({"kind": "agent", "message": "Hi"})),
         )
         .await;
-    let line = "nosuch = \"";
-    if status == StatusCode::CREATED {
-        let id = v["session"]["id"].as_str().unwrap().to_string();
-        let records = wait_conversation(d, &id, |r| kind(r) == "error").await;
-        let error = &of_kind(&records, "error")[0]["event"];
-        assert_eq!(error["code"], "alias", "{}", summarize(&records));
-        assert!(error["message"].as_str().unwrap().contains(line), "{error}");
-    } else {
-        assert!(v.to_string().contains(line), "{status}: {v}");
-    }
+    // The session starts; its turn fails with the line to add.
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let id = v["session"]["id"].as_str().unwrap().to_string();
+    let records = wait_conversation(d, &id, |r| kind(r) == "error").await;
+    let error = &of_kind(&records, "error")[0]["event"];
+    assert_eq!(error["code"], "alias", "{}", summarize(&records));
+    assert!(
+        error["message"].as_str().unwrap().contains("nosuch = \""),
+        "{error}"
+    );
     let (status, _) = d.call(Method::GET, "/api/v1/whoami", None).await;
     assert_eq!(status, StatusCode::OK, "the daemon is up");
+}
+
+/// Attack: the project is writable from the cage, so an agent can turn its own prompt file
+/// into a link to a host file only the daemon can read (here a stand-in for the operator's
+/// key). The daemon reads prompts without following links: the turn fails with `prompt`, and
+/// the provider (hence the agent) never gets the file's content. Without `read_beneath` the
+/// secret would be the next system prompt.
+#[tokio::test]
+async fn a_prompt_turned_into_a_link_to_a_host_secret_is_not_followed() {
+    let env = ModelEnv::start(COMPLETIONS, "", &[]).await;
+    let d = &env.daemon;
+    let p = &env.provider;
+    let secret = env.tmp.path().join("operator-secret");
+    std::fs::write(&secret, "HOST-SECRET-7f3a\n").unwrap();
+    let prompt = env.project.join("prompts/primary.md");
+    std::fs::remove_file(&prompt).unwrap();
+    std::os::unix::fs::symlink(&secret, &prompt).unwrap();
+    let id = env.create("Hello?").await;
+    let mut ws = EventsWs::open(d, &id, 0).await;
+    let turn = ws.until_turn_ended().await;
+    let all = summarize(&turn);
+    assert_eq!(turn_end_reasons(&turn), ["error"], "{all}");
+    let error = &of_kind(&turn, "error")[0]["event"];
+    assert_eq!(error["code"], "prompt", "{all}");
+    assert!(
+        error["message"].as_str().unwrap().contains("symbolic link"),
+        "{error}"
+    );
+    assert!(
+        p.requests().is_empty(),
+        "no model call with a linked prompt"
+    );
+    assert!(!all.contains("HOST-SECRET"), "{all}");
 }

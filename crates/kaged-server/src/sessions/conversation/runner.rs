@@ -14,12 +14,9 @@
 use std::io::BufRead;
 use std::sync::Arc;
 
-use kaged_session::state::{Event, StateKind};
-use serde_json::json;
-
-use super::Control;
 use super::subagent::CageBase;
 use super::turn::Conversation;
+use super::{Control, Setup};
 use crate::sessions::runner::Runner;
 
 /// Lines of an executor's stderr copied to kaged's log, at most.
@@ -27,33 +24,10 @@ const STDERR_LINES: usize = 200;
 
 impl Runner {
     /// The whole life of a conversation's run.
-    pub(crate) fn run_conversation(self, control: Arc<Control>) {
-        let Some(setup) = self.decided.conversation.clone() else {
-            return self.fail("kaged: a conversation without its agent's setup (a bug)".into());
-        };
-        if self.transition(Event::Start, "kaged").is_none() {
+    pub(crate) fn run_conversation(self, setup: Setup, control: Arc<Control>) {
+        let Some((egress, prepared)) = self.prepare() else {
             return;
-        }
-        let egress = match self.start_egress() {
-            Ok(e) => e,
-            Err(reason) => return self.fail(reason),
         };
-        let prepared = match self.spec(egress.as_ref().map(|e| e.proxy.socket())) {
-            Ok(s) => s,
-            Err(reason) => return self.fail(reason),
-        };
-        if let Some(plan) = &prepared.limits
-            && !(plan.enforced.is_empty() && plan.unenforced.is_empty())
-        {
-            self.audit(
-                "cage.limits",
-                plan.unenforced.is_empty(),
-                json!({"session": self.live.id(), "enforced": plan.enforced, "unenforced": plan.unenforced}),
-            );
-        }
-        if self.live.state().kind() != StateKind::Starting {
-            return;
-        }
         let run = match kaged_spawn::spawn_piped(&prepared.spec) {
             Ok(r) => r,
             Err(e) => return self.fail(e.to_string()),
@@ -65,14 +39,7 @@ impl Runner {
             killer,
             waiter,
         } = run;
-        self.live.set_killer(Some(killer.clone()));
-        if self
-            .transition(Event::Spawned { pid: killer.pid() }, "kaged")
-            .is_none()
-        {
-            killer.kill();
-        }
-        self.start_wall_clock(prepared.limits.as_ref().and_then(|l| l.wall_time_secs));
+        self.spawned(&killer, prepared.limits.as_ref());
         let id = self.live.id().to_string();
         let _ = crate::sessions::panics::spawn(
             "err",
@@ -101,6 +68,7 @@ impl Runner {
                 session: id.clone(),
             },
             subagents: Default::default(),
+            log: Default::default(),
         };
         let stdin: std::os::fd::OwnedFd = stdin.into();
         let stdout: std::os::fd::OwnedFd = stdout.into();
@@ -123,16 +91,7 @@ impl Runner {
         let _ = self.handle.block_on(async {
             tokio::time::timeout(std::time::Duration::from_secs(5), task).await
         });
-        if let Some(egress) = egress {
-            egress.stop(&self.handle);
-        }
-        drop(prepared.cgroups);
-        self.live.set_killer(None);
-        let event = match exit.signal() {
-            Some(sig) => Event::exit_signal(sig),
-            None => Event::exit_code(exit.code()),
-        };
-        self.transition(event, "kaged");
+        self.finish(exit, egress, prepared);
     }
 }
 

@@ -29,6 +29,28 @@ pub(crate) struct Conversation {
     pub base: CageBase,
     /// Subagent cages started so far (names their cgroups).
     pub subagents: AtomicU64,
+    /// The log as far as the conversations given to models need it: read from storage once
+    /// when the run starts, then kept in step with every append, so a model call does not
+    /// read the whole log again. A message's deltas go once it is completed (see `remember`).
+    pub log: std::sync::Mutex<Vec<agent::Sequenced>>,
+}
+
+/// Keep `record` in `log`, dropping what `agent::history` never needs: a completed message's
+/// deltas (they are contiguous just before it: its scope streams alone) and tool output.
+fn remember(log: &mut Vec<agent::Sequenced>, record: agent::Sequenced) {
+    match &record.event {
+        AgentEvent::ToolOutput { .. } => return,
+        AgentEvent::MessageCompleted { .. } => {
+            while log.last().is_some_and(|last| {
+                matches!(last.event, AgentEvent::TextDelta { .. })
+                    && last.parent_call_id == record.parent_call_id
+            }) {
+                log.pop();
+            }
+        }
+        _ => {}
+    }
+    log.push(record);
 }
 
 /// Subagents of subagents, at most this deep.
@@ -86,7 +108,12 @@ impl Conversation {
             .agent_log()
             .append(&self.id, parent, events)
             .await
-            .map(|_| ())
+            .map(|records| {
+                let mut log = crate::sessions::lock(&self.log);
+                for record in records {
+                    remember(&mut log, (*record).clone());
+                }
+            })
             .map_err(|e| {
                 tracing::error!(session = %self.id, error = %e, "cannot record the conversation's events");
                 format!("cannot record the conversation: {e}")
@@ -175,6 +202,12 @@ impl Conversation {
                 _ => {}
             }
         }
+        {
+            let mut log = crate::sessions::lock(&self.log);
+            for record in records {
+                remember(&mut log, record);
+            }
+        }
         if open {
             self.record(vec![
                 AgentEvent::Error {
@@ -223,27 +256,22 @@ impl Conversation {
 
     /// The conversation of the session's agent (`parent` `None`) or of the subagent run by
     /// the call `parent`, as recorded so far.
-    async fn history_of(&self, parent: Option<&str>) -> Result<Vec<agent::Message>, Failed> {
-        let records = self
-            .sessions
-            .agent_log()
-            .read_all(&self.id)
-            .await
-            .map_err(|e| storage(e.to_string()))?;
-        Ok(match parent {
-            None => agent::history(&records),
+    fn history_of(&self, parent: Option<&str>) -> Vec<agent::Message> {
+        let log = crate::sessions::lock(&self.log);
+        match parent {
+            None => agent::history(log.iter()),
             Some(parent) => {
-                let own: Vec<agent::Sequenced> = records
-                    .into_iter()
+                let own: Vec<agent::Sequenced> = log
+                    .iter()
                     .filter(|r| r.parent_call_id.as_deref() == Some(parent))
                     .map(|r| agent::Sequenced {
                         parent_call_id: None,
-                        ..r
+                        ..r.clone()
                     })
                     .collect();
                 agent::history(&own)
             }
-        })
+        }
     }
 
     async fn steps(
@@ -290,7 +318,7 @@ impl Conversation {
             }
             let request = Request {
                 system: system.clone(),
-                messages: conversation_of(&self.history_of(scope.parent).await?),
+                messages: conversation_of(&self.history_of(scope.parent)),
                 tools: tools.clone(),
                 max_output_tokens: setup
                     .max_output_tokens
@@ -462,13 +490,11 @@ impl Conversation {
         drop(cage);
         let answer = self
             .history_of(Some(call_id))
-            .await
-            .ok()
-            .and_then(|h| {
-                h.into_iter().rev().find_map(|m| match m {
-                    agent::Message::Assistant { text } => Some(text),
-                    _ => None,
-                })
+            .into_iter()
+            .rev()
+            .find_map(|m| match m {
+                agent::Message::Assistant { text } => Some(text),
+                _ => None,
             })
             .unwrap_or_default();
         match reason {
@@ -623,5 +649,76 @@ mod tests {
             panic!("{got:?}")
         };
         assert!(text.is_empty() && tool_calls[0].id == "c3");
+    }
+
+    #[test]
+    fn the_remembered_log_gives_the_same_history_without_completed_deltas() {
+        let rec = |seq: u64, parent: Option<&str>, event: AgentEvent| agent::Sequenced {
+            seq,
+            at_ms: 0,
+            parent_call_id: parent.map(str::to_string),
+            event,
+        };
+        let delta = |t: &str| AgentEvent::TextDelta { text: t.into() };
+        let started = AgentEvent::MessageStarted {
+            role: agent::Role::Assistant,
+        };
+        let full = vec![
+            rec(1, None, AgentEvent::UserMessage { text: "hi".into() }),
+            rec(2, None, AgentEvent::TurnStarted { turn: 1 }),
+            rec(3, None, started.clone()),
+            rec(4, None, delta("Hel")),
+            rec(5, None, delta("lo")),
+            rec(
+                6,
+                None,
+                AgentEvent::MessageCompleted {
+                    text: "Hello".into(),
+                },
+            ),
+            rec(
+                7,
+                None,
+                AgentEvent::ToolCall {
+                    call_id: "c".into(),
+                    name: "agent.helper".into(),
+                    arguments: json!({"task": "t"}),
+                },
+            ),
+            rec(8, Some("c"), started.clone()),
+            rec(9, Some("c"), delta("sub")),
+            rec(
+                10,
+                Some("c"),
+                AgentEvent::MessageCompleted { text: "sub".into() },
+            ),
+            rec(
+                11,
+                None,
+                AgentEvent::ToolOutput {
+                    call_id: "c".into(),
+                    chunk: "x".into(),
+                },
+            ),
+            rec(12, None, AgentEvent::tool_result("c", true, "sub")),
+            // Cut short: its deltas are all there is of it.
+            rec(13, None, started),
+            rec(14, None, delta("par")),
+            rec(15, None, delta("tial")),
+        ];
+        let mut kept = Vec::new();
+        for r in full.clone() {
+            remember(&mut kept, r);
+        }
+        assert_eq!(agent::history(&kept), agent::history(&full));
+        let seqs: Vec<u64> = kept.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 6, 7, 8, 10, 12, 13, 14, 15]);
+        let last = agent::history(&kept).pop();
+        assert_eq!(
+            last,
+            Some(agent::Message::Assistant {
+                text: "partial".into()
+            })
+        );
     }
 }
