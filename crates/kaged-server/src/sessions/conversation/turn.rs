@@ -596,6 +596,12 @@ impl Conversation {
         match sub {
             Some(setup) => Handler::Subagent(setup),
             None if scope.setup.tools.contains(name) => Handler::Tool(name.to_string()),
+            None if agent.is_some_and(|a| a.approval_of(name) == Approval::Deny) => {
+                Handler::Unknown(format!(
+                    "`{name}` is not allowed for this agent (the project file says `approval: deny` or `enabled: false`); the tools are: {}",
+                    tool_names(&self.base.project, scope)
+                ))
+            }
             None => Handler::Unknown(format!(
                 "unknown tool `{name}`; the tools are: {}",
                 tool_names(&self.base.project, scope)
