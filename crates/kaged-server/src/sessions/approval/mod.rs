@@ -8,6 +8,8 @@
 //! - `http.rs`: `GET /api/v1/approvals`, `GET/POST /api/v1/approvals/{id}`.
 
 mod http;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
