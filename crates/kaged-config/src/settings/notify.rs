@@ -91,7 +91,7 @@ pub(crate) fn webhook(spec: &KeySpec, raw: Raw) -> Result<Option<String>, Proble
         return Ok(Some(text.to_string()));
     }
     match host {
-        Host::Domain(name) if name == "localhost" => Ok(Some(text.to_string())),
+        Host::Domain("localhost") => Ok(Some(text.to_string())),
         Host::Ipv4(ip) if private(ip.into()) => Ok(Some(text.to_string())),
         Host::Ipv6(ip) if private(ip.into()) => Ok(Some(text.to_string())),
         Host::Domain(name) => Err(problem(
