@@ -304,6 +304,8 @@ impl Notifier {
     }
 
     /// Queue `n` for delivery. Never blocks, never fails: a full queue drops `n` (logged).
+    /// Callable from any thread (a run's own threads too): it needs no runtime. Notifications
+    /// still queued when the daemon's runtime stops are not sent.
     pub fn send(&self, n: Notification) {
         let Some(queue) = &self.queue else {
             return;
