@@ -354,7 +354,11 @@ async fn a_receiver_failing_twice_gets_three_posts_then_the_next_notification() 
     assert!(got[2].at - got[1].at >= Duration::from_millis(200));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(r.received().len(), 3, "delivered on the third attempt");
-    notifier.send(Notification::run_failed("p", "s1", "x"));
+    // From a thread outside the runtime, as a run's threads send.
+    let from_thread = notifier.clone();
+    std::thread::spawn(move || from_thread.send(Notification::run_failed("p", "s1", "x")))
+        .join()
+        .unwrap();
     assert_eq!(r.wait_for(4).await.len(), 4);
 }
 
