@@ -15,7 +15,13 @@ use crate::sessions::agent_log::tests::store_with;
 async fn service(dir: &std::path::Path, timeout_secs: u64) -> Approvals {
     let store = store_with(dir, &["s"]).await;
     let audit = AuditLog::open(&dir.join("audit.log"), store.clone()).unwrap();
-    Approvals::new(store.clone(), audit, AgentLog::new(store), timeout_secs)
+    Approvals::new(
+        store.clone(),
+        audit,
+        AgentLog::new(store),
+        timeout_secs,
+        crate::notify::Notifier::disabled(),
+    )
 }
 
 async fn ask(approvals: &Approvals, call: &str) -> ApprovalRecord {
