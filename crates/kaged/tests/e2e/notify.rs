@@ -1,7 +1,18 @@
 //! Notifications and `[notify]`: a webhook kaged must not use is refused at start naming the
-//! file, key and line; a webhook's token never shows in status, the written config or the log.
+//! file, key and line; a webhook's token never shows in status, the written config or the log;
+//! a model agent's call under `approval: ask` sends exactly one notification to a real webhook
+//! receiver, with its title and link and without the call's arguments or any credential.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::provider::*;
 use crate::common::*;
 
 #[test]
@@ -104,5 +115,271 @@ async fn a_webhook_token_shows_nowhere() {
     ] {
         assert!(!s.contains("s3cr3t"), "{what}: {s}");
         assert!(!s.contains("kaged-topic"), "{what}: {s}");
+    }
+}
+
+// ---- one notification per approval ---------------------------------------------------------
+
+/// One request the webhook receiver got: its head (request line and headers) and its body.
+#[derive(Debug, Clone)]
+struct Hit {
+    head: String,
+    body: String,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    fn whole(&self) -> String {
+        format!("{}\r\n\r\n{}", self.head, self.body)
+    }
+}
+
+/// A webhook receiver on a loopback port, on a thread of its own: records every request and
+/// answers 200.
+struct Receiver {
+    port: u16,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let seen = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                if let Some(hit) = read_request(&mut stream) {
+                    seen.lock().unwrap().push(hit);
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Receiver { port, hits }
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, n: usize) -> Vec<Hit> {
+        let start = Instant::now();
+        while self.hits().len() < n {
+            assert!(
+                start.elapsed() < AGENT_PATIENCE,
+                "the webhook got {} requests, not {n}: {:?}",
+                self.hits().len(),
+                self.hits()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.hits()
+    }
+}
+
+fn read_request(stream: &mut TcpStream) -> Option<Hit> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = data[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
+    Some(Hit {
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// The pending approvals of the daemon.
+async fn pending(d: &Daemon) -> Vec<Value> {
+    let (status, v) = d
+        .call(Method::GET, "/api/v1/approvals?state=pending", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v["approvals"].as_array().unwrap().clone()
+}
+
+async fn wait_pending(d: &Daemon, n: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let p = pending(d).await;
+        if p.len() >= n {
+            return p;
+        }
+        assert!(start.elapsed() < AGENT_PATIENCE, "pending approvals: {p:?}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// A model agent whose `shell.bash` asks: two calls, two approvals, two notifications (each
+/// with its title and link), and nothing in them of the call's arguments, the provider key,
+/// the launch token, the nonce or the bootstrap token.
+#[tokio::test]
+async fn one_notification_per_approval_without_secrets() {
+    const ARG: &str = "arg-s3cr3t-5521";
+    const BOOTSTRAP: &str = "bootstrap-9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+    let receiver = Receiver::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let project = tmp.path().join("proj");
+    let provider = Provider::start();
+    local_toml(COMPLETIONS, &provider.base_url()).write(&home);
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "[notify]\nwebhook = \"http://127.0.0.1:{}/kaged-topic\"\npublic_url = \"https://kaged.example/\"\n",
+            receiver.port
+        ),
+    )
+    .unwrap();
+    write_model_project(
+        &project,
+        "agents",
+        "  tools:\n    shell.bash:\n      approval: ask\n",
+        "",
+    );
+    let d = start_daemon(&home, &[("KAGED_AUTH_TOKEN", BOOTSTRAP)]);
+    load_project_at(&d, &project).await;
+
+    provider.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new(
+            "call_1",
+            "shell.bash",
+            &json!({ "command": format!("echo {ARG}-one") }),
+        )],
+    ));
+    provider.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new(
+            "call_2",
+            "shell.bash",
+            &json!({ "command": format!("echo {ARG}-two") }),
+        )],
+    ));
+    provider.push(text_reply(COMPLETIONS, &["Done."]));
+    let id = create_agent(&d, "agents", "primary", Some("Run it.")).await;
+
+    let mut approval_ids = Vec::new();
+    for n in 1..=2 {
+        let p = wait_pending(&d, 1).await;
+        assert_eq!(p.len(), 1, "{p:?}");
+        let approval = &p[0];
+        let apr = approval["id"].as_str().unwrap().to_string();
+        assert_eq!(approval["tool"], "shell.bash");
+        assert_eq!(approval["session_id"], id.as_str());
+        // Its notification arrives (once) while it waits.
+        let hits = receiver.wait_for(n).await;
+        let hit = &hits[n - 1];
+        assert!(
+            hit.head.starts_with("POST /kaged-topic HTTP/1.1"),
+            "{}",
+            hit.head
+        );
+        assert_eq!(
+            hit.header("x-kaged-event").as_deref(),
+            Some("approval.requested")
+        );
+        assert_eq!(
+            hit.header("title").as_deref(),
+            Some("Approval needed: shell.bash in agents")
+        );
+        assert_eq!(
+            hit.header("click"),
+            Some(format!("https://kaged.example/#/approvals/{apr}"))
+        );
+        assert!(
+            hit.body.contains(&format!("kaged approvals approve {apr}")),
+            "{}",
+            hit.body
+        );
+        let (status, v) = d
+            .call(
+                Method::POST,
+                &format!("/api/v1/approvals/{apr}"),
+                Some(json!({"decision": "approve"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        approval_ids.push(apr);
+    }
+    let turn = wait_conversation(&d, &id, is_turn_ended).await;
+    assert_eq!(
+        turn_end_reasons(&turn),
+        ["end_turn"],
+        "{}",
+        summarize(&turn)
+    );
+    // One per approval, no more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hits = receiver.hits();
+    let approvals: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| h.header("x-kaged-event").as_deref() == Some("approval.requested"))
+        .collect();
+    assert_eq!(approvals.len(), 2, "{hits:?}");
+    for (hit, apr) in approvals.iter().zip(&approval_ids) {
+        assert!(hit.header("click").unwrap().ends_with(apr.as_str()));
+    }
+    // The agent then waits for the operator: one notification says so, linking the session.
+    let waiting: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| h.header("x-kaged-event").as_deref() == Some("session.waiting"))
+        .collect();
+    assert_eq!(waiting.len(), 1, "{hits:?}");
+    assert_eq!(
+        waiting[0].header("click"),
+        Some(format!("https://kaged.example/#/sessions/{id}"))
+    );
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    let launch_token = token_of(&d.launch_url);
+    let nonce = d.nonce();
+    for hit in &hits {
+        let whole = hit.whole();
+        for (what, secret) in [
+            ("the command's arguments", ARG),
+            ("the provider key", KEY),
+            ("the launch token", launch_token.as_str()),
+            ("the nonce", nonce.trim()),
+            ("the bootstrap token", BOOTSTRAP),
+        ] {
+            assert!(!whole.contains(secret), "{what} in a notification: {whole}");
+        }
+        assert!(!whole.contains("echo"), "{whole}");
     }
 }
