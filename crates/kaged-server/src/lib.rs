@@ -87,6 +87,11 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
             "/api/v1/projects/{slug}/sessions",
             get(sessions::list_project).post(sessions::create),
         )
+        .route("/api/v1/approvals", get(sessions::approval::list))
+        .route(
+            "/api/v1/approvals/{id}",
+            get(sessions::approval::get).post(sessions::approval::decide),
+        )
         .route("/api/v1/sessions", get(sessions::list))
         .route("/api/v1/sessions/prune", post(sessions::prune))
         .route("/api/v1/sessions/{id}", get(sessions::get))

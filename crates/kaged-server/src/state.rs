@@ -134,6 +134,7 @@ fn run_settings(info: &DaemonInfo) -> RunSettings {
         transcript_max_mb: settings.transcript_max_mb,
         sessions_max_total_mb: settings.sessions_max_total_mb,
         sessions_max_age_days: settings.sessions_max_age_days,
+        approval_timeout_secs: 0,
     }
 }
 

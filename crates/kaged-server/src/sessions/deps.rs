@@ -53,6 +53,8 @@ pub struct RunSettings {
     pub transcript_max_mb: u64,
     pub sessions_max_total_mb: u64,
     pub sessions_max_age_days: u64,
+    /// `[sessions] approval_timeout_secs`: past it a pending approval is denied (0: never).
+    pub approval_timeout_secs: u64,
 }
 
 /// A loaded project, as a run needs it.

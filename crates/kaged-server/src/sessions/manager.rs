@@ -39,10 +39,19 @@ struct Shared {
     agent_log: AgentLog,
     /// The controls of conversations held in memory (by session id).
     conversations: Mutex<HashMap<String, Arc<Control>>>,
+    /// Tool calls waiting for the operator's decision.
+    approvals: super::Approvals,
 }
 
 impl Sessions {
     pub fn new(deps: Deps) -> Sessions {
+        let agent_log = AgentLog::new(deps.store.clone());
+        let approvals = super::Approvals::new(
+            deps.store.clone(),
+            deps.audit.clone(),
+            agent_log.clone(),
+            deps.settings.approval_timeout_secs,
+        );
         Sessions {
             shared: Arc::new(Shared {
                 live: Mutex::new(HashMap::new()),
@@ -50,8 +59,9 @@ impl Sessions {
                 order: Arc::new(tokio::sync::Mutex::new(())),
                 limits: Default::default(),
                 started_at_ms: now_ms(),
-                agent_log: AgentLog::new(deps.store.clone()),
+                agent_log,
                 conversations: Mutex::new(HashMap::new()),
+                approvals,
                 deps,
             }),
         }
@@ -64,6 +74,11 @@ impl Sessions {
     /// The event logs of model-agent sessions: append (stored, then published) and follow.
     pub fn agent_log(&self) -> &AgentLog {
         &self.shared.agent_log
+    }
+
+    /// Tool calls waiting for the operator's decision.
+    pub fn approvals(&self) -> &super::Approvals {
+        &self.shared.approvals
     }
 
     pub(crate) fn limits(&self) -> &kaged_session::limits::Limits {

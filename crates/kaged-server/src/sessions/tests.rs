@@ -53,6 +53,7 @@ fn settings(dir: &Path) -> RunSettings {
         transcript_max_mb: 64,
         sessions_max_total_mb: 1024,
         sessions_max_age_days: 30,
+        approval_timeout_secs: 0,
     }
 }
 
