@@ -92,6 +92,13 @@ async fn decide(target: &super::Target, id: &str, body: Value) -> Result<(), Fai
         &v
     };
     println!("{}", decided_line(id, approval));
+    // Decided, but the stopped conversation it pauses could not go on.
+    if let Some(why) = v["resume_error"].as_str() {
+        eprintln!(
+            "kaged: session {} could not be resumed: {why}",
+            approval["session_id"].as_str().unwrap_or("?")
+        );
+    }
     Ok(())
 }
 
@@ -145,7 +152,12 @@ fn refusal(id: &str, status: StatusCode, body: &Value) -> String {
         .map(String::from)
         .unwrap_or_else(|| format!("{status}"));
     if status == StatusCode::CONFLICT {
-        format!("{id} was already decided: {message}")
+        // The daemon's message may say it was already decided itself: said once.
+        const SAID: &str = "already decided: ";
+        let how = message
+            .find(SAID)
+            .map_or(message.as_str(), |at| &message[at + SAID.len()..]);
+        format!("{id} was already decided: {how}")
     } else {
         message
     }
@@ -410,6 +422,17 @@ mod tests {
                 &body("conflict", "approved by user:alice")
             ),
             "apr_1 was already decided: approved by user:alice"
+        );
+        assert_eq!(
+            refusal(
+                "apr_1",
+                StatusCode::CONFLICT,
+                &body(
+                    "conflict",
+                    "approval apr_1 was already decided: denied by bob (too late)"
+                )
+            ),
+            "apr_1 was already decided: denied by bob (too late)"
         );
         assert_eq!(
             refusal(

@@ -4,8 +4,8 @@
 //! command in the cage, denying gives the model the operator's message, approving for the
 //! session lets the next call run unasked; two deciders at once get one 200 and one 409; a
 //! pending approval survives a daemon restart; `approval: deny` hides the tool from the model;
-//! `approval_timeout_secs` denies what no one answered; on a shared box another user cannot
-//! decide someone else's approval.
+//! `approval_timeout_secs` denies what no one answered; an abort or a kill cancels what is
+//! pending; on a shared box another user cannot decide someone else's approval.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::process::Output;
@@ -218,6 +218,11 @@ async fn an_approved_call_shows_everywhere_then_runs_in_the_cage() {
         assert_eq!(a[k], Value::Null, "{k}: {a}");
     }
     assert!(a["requested_at_ms"].as_i64().unwrap() > 0, "{a}");
+    let (status, v) = d
+        .call(Method::GET, "/api/v1/approvals?state=maybe", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
     // Paused: nothing ran, the model was not asked again.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!env.project.join("made.txt").exists(), "it ran unapproved");
@@ -350,11 +355,13 @@ async fn an_approved_call_shows_everywhere_then_runs_in_the_cage() {
     // A second decision: refused, saying it was decided.
     let out = d.cli(&["approvals", "deny", &apr, "--message", "too late"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = stderr(&out);
     assert!(
-        stderr(&out).contains(&format!("{apr} was already decided: ")),
-        "{}",
-        stderr(&out)
+        said.starts_with(&format!("kaged: {apr} was already decided: approved")),
+        "{said}"
     );
+    assert_eq!(said.matches("already decided").count(), 1, "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
     assert_eq!(approval(d, &apr).await["state"], "approved");
 
     // The terminal's views of the conversation.
@@ -540,6 +547,17 @@ async fn two_deciders_at_once_one_wins_the_other_gets_409() {
             .is_some_and(|m| !m.is_empty())
     );
     let won = winner.1.get("approval").unwrap_or(&winner.1).clone();
+    // The loser is told who decided first, and how.
+    let told = loser.1["error"]["message"].as_str().unwrap();
+    let how = if won["decision"] == "approve" {
+        "approved"
+    } else {
+        "denied"
+    };
+    assert!(
+        told.contains(how) && told.contains(won["decided_by"].as_str().unwrap()),
+        "{told} vs {won}"
+    );
     let record = approval(d, &apr).await;
     assert_eq!(record["decision"], won["decision"], "{record} vs {won}");
     assert_eq!(record["state"], won["state"], "{record} vs {won}");
@@ -740,6 +758,116 @@ async fn another_user_cannot_decide_someone_elses_approval() {
     assert!(out.status.success(), "{}", stderr(&out));
     let record = approval(d, &apr).await;
     assert_eq!(record["decided_by"], "alice", "{record}");
+    let audit = d.api_get("/api/v1/audit?limit=1000").await;
+    let of = |kind: &str| -> Vec<Value> {
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind && e["detail"]["approval"] == apr.as_str())
+            .cloned()
+            .collect()
+    };
+    let asked = of("approval.requested");
+    assert_eq!(asked.len(), 1, "{audit}");
+    assert_eq!(asked[0]["detail"]["tool"], "shell.bash", "{audit}");
+    let decided = of("approval.decided");
+    assert_eq!(decided.len(), 1, "bob's refusal is no decision: {audit}");
+    assert_eq!(decided[0]["identity"], "alice", "{audit}");
+    assert_eq!(decided[0]["detail"]["decision"], "approve", "{audit}");
     finished_turn(d, &id).await;
     assert!(env.project.join("alice.txt").exists());
+}
+
+/// An abort of the turn cancels its pending approval: decided by `kaged`, saying why; nothing
+/// runs; a later decision is told it was cancelled.
+#[tokio::test]
+async fn an_abort_cancels_the_pending_approval() {
+    let env = setup(ASK, None).await;
+    let (d, p) = (&env.daemon, &env.provider);
+    p.push(bash("call_a", "echo a > a.txt"));
+    let id = env.create("First.").await;
+    let apr = wait_pending(d, &id, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    abort(d, &id).await;
+    let records = wait_conversation(d, &id, is_turn_ended).await;
+    let all = summarize(&records);
+    assert_eq!(turn_end_reasons(&records), ["aborted"], "{all}");
+    let decided = &of_kind(&records, "approval_decided")[0]["event"];
+    assert_eq!(decided["state"], "cancelled", "{all}");
+    assert_eq!(decided["decided_by"], "kaged", "{all}");
+    assert_eq!(decided["reason"], "the turn was aborted", "{all}");
+    let record = approval(d, &apr).await;
+    assert_eq!(
+        (&record["state"], &record["decided_by"], &record["reason"]),
+        (
+            &json!("cancelled"),
+            &json!("kaged"),
+            &json!("the turn was aborted")
+        ),
+        "{record}"
+    );
+    let out = d.cli(&["approvals", "approve", &apr]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).starts_with(&format!("kaged: {apr} was already decided: cancelled")),
+        "{}",
+        stderr(&out)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!env.project.join("a.txt").exists());
+    assert_eq!(p.requests().len(), 1, "the model was asked again");
+}
+
+/// A kill of the session cancels its pending approval, and the killed session makes no
+/// further model call.
+///
+/// FOR THE LEAD: ignored because of a server bug: after `POST /sessions/{id}/kill` with an
+/// approval pending, the loop records `tool_result` "denied: the session was killed" and calls
+/// the provider once more (a third request carrying that result) before its turn ends
+/// `aborted`. An abort does not (see the test above). Remove the `ignore` once fixed.
+#[tokio::test]
+#[ignore = "server bug: a killed session with a pending approval calls the model once more"]
+async fn a_kill_cancels_the_pending_approval_and_asks_the_model_nothing_more() {
+    let env = setup(ASK, None).await;
+    let (d, p) = (&env.daemon, &env.provider);
+    p.push(bash("call_b", "echo b > b.txt"));
+    let id = env.create("Go.").await;
+    let apr = wait_pending(d, &id, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, v) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let start = Instant::now();
+    let record = loop {
+        let record = approval(d, &apr).await;
+        if record["state"] != "pending" {
+            break record;
+        }
+        assert!(start.elapsed() < AGENT_PATIENCE, "still pending: {record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (&record["state"], &record["decided_by"], &record["reason"]),
+        (
+            &json!("cancelled"),
+            &json!("kaged"),
+            &json!("the session was killed")
+        ),
+        "{record}"
+    );
+    wait_state(d, &id, &["killed", "failed"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!env.project.join("b.txt").exists());
+    assert_eq!(
+        p.requests().len(),
+        1,
+        "the killed session asked the model again:\n{}",
+        summarize(&conversation(d, &id, 0).await.0)
+    );
 }
