@@ -644,6 +644,43 @@ async fn a_denied_tool_is_not_offered_to_the_model() {
         .collect();
     assert!(!offered.contains(&"shell__bash"), "{offered:?}");
     assert!(offered.contains(&"file__read"), "{offered:?}");
+
+    // A model that calls it anyway gets a failure; nothing runs, nothing is asked.
+    let result = call_denied_tool(&env).await;
+    assert_eq!(result["ok"], false, "{result}");
+}
+
+/// A model calls `shell.bash` (by its wire name, as models do) though the project denies it:
+/// the failed result, with nothing run and nothing asked.
+async fn call_denied_tool(env: &ModelEnv) -> Value {
+    let d = &env.daemon;
+    env.provider.push(bash("call_no", "echo ran > ran.txt"));
+    env.provider.push(text_reply(COMPLETIONS, &["Ok."]));
+    let id = env.create("Try it.").await;
+    let records = finished_turn(d, &id).await;
+    let all = summarize(&records);
+    assert!(of_kind(&records, "approval_requested").is_empty(), "{all}");
+    assert!(!env.project.join("ran.txt").exists(), "{all}");
+    of_kind(&records, "tool_result")[0]["event"].clone()
+}
+
+/// The model that calls a denied tool is told it is not allowed (not that it is unknown).
+///
+/// FOR THE LEAD: ignored because of a server bug: the check added in 8aca4be (`approval_of(name)
+/// == Deny` in conversation/turn.rs) sees the wire name the model sent (`shell__bash`), which
+/// names no configured tool, so the model is told "unknown tool `shell__bash`; the tools are:
+/// …" (and the `tool_call` record keeps the wire name). Map the wire name back to the dotted
+/// name before that check; then remove the `ignore`.
+#[tokio::test]
+#[ignore = "server bug: a denied tool called by its wire name is reported as unknown"]
+async fn a_call_of_a_denied_tool_is_told_it_is_not_allowed() {
+    let env = setup("  tools: { shell.bash: { approval: deny } }\n", None).await;
+    let result = call_denied_tool(&env).await;
+    assert_eq!(result["ok"], false, "{result}");
+    assert!(
+        result["content"].as_str().unwrap().contains("not allowed"),
+        "{result}"
+    );
 }
 
 /// `[sessions] approval_timeout_secs = 2`: an approval no one answers is denied by `kaged`,
@@ -870,4 +907,140 @@ async fn a_kill_cancels_the_pending_approval_and_asks_the_model_nothing_more() {
         "the killed session asked the model again:\n{}",
         summarize(&conversation(d, &id, 0).await.0)
     );
+}
+
+/// Approvals inside a subagent: the parent's call of `agent.helper` (under `ask`) waits first;
+/// then the helper's own `shell.bash` (under `ask` in its tools) waits with the parent's call
+/// id and the helper's name; approving both runs the command and the parent gets the answer.
+#[tokio::test]
+async fn a_subagents_calls_wait_for_approval_under_the_parents_call() {
+    let agents = "  tools: { agent.helper: { approval: ask } }\n  subagents:\n    helper:\n      model: fast\n      system_prompt: project:/prompts/helper.md\n      tools: { shell.bash: { approval: ask } }\n";
+    let env = setup(agents, None).await;
+    std::fs::write(
+        env.project.join("prompts/helper.md"),
+        "You are the helper.\n",
+    )
+    .unwrap();
+    crate::common::cage_writable(&env.project);
+    let (d, p) = (&env.daemon, &env.provider);
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new(
+            "call_sub",
+            "agent.helper",
+            &json!({"task": "Make the file."}),
+        )],
+    ));
+    p.push(bash("call_inner", "echo inner > inner.txt; echo inner-ok"));
+    p.push(text_reply(COMPLETIONS, &["Helper made it."]));
+    p.push(text_reply(COMPLETIONS, &["The helper made it."]));
+    let id = env.create("Delegate.").await;
+
+    let outer = wait_pending(d, &id, 1).await[0].clone();
+    assert_eq!(outer["tool"], "agent.helper", "{outer}");
+    assert_eq!(outer["agent"], "primary", "{outer}");
+    assert_eq!(outer["arguments"]["task"], "Make the file.", "{outer}");
+    assert_eq!(p.requests().len(), 1, "the helper ran unapproved");
+    let out = d.cli(&["approvals", "list"]);
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.contains("agent.helper") && l.contains("Make the file.")),
+        "{}",
+        stdout(&out)
+    );
+    let out = d.cli(&["approvals", "approve", outer["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let inner = loop {
+        let list = wait_pending(d, &id, 1).await;
+        if list[0]["id"] != outer["id"] {
+            break list[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(inner["tool"], "shell.bash", "{inner}");
+    assert_eq!(inner["agent"], "helper", "{inner}");
+    assert_eq!(inner["parent_call_id"], "call_sub", "{inner}");
+    assert_eq!(inner["call_id"], "call_inner", "{inner}");
+    assert!(!env.project.join("inner.txt").exists());
+    let records = wait_conversation(d, &id, |r| {
+        kind(r) == "approval_requested" && r["event"]["call_id"] == "call_inner"
+    })
+    .await;
+    let asked = records
+        .iter()
+        .find(|r| kind(r) == "approval_requested" && r["event"]["call_id"] == "call_inner")
+        .unwrap();
+    assert_eq!(asked["parent_call_id"], "call_sub", "{asked}");
+
+    let out = d.cli(&["approvals", "approve", inner["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "approved {} (shell.bash in agents)\n",
+            inner["id"].as_str().unwrap()
+        )
+    );
+    let records = finished_turn(d, &id).await;
+    let all = summarize(&records);
+    assert_eq!(
+        turn_end_reasons(&records).last().map(String::as_str),
+        Some("end_turn"),
+        "{all}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.project.join("inner.txt")).unwrap(),
+        "inner\n"
+    );
+    let requests = p.wait_requests(4).await;
+    assert!(sent_result(&requests, "call_inner").contains("inner-ok"));
+    assert!(sent_result(&requests, "call_sub").contains("Helper made it."));
+}
+
+/// An approval for the session is stored: after a daemon restart, the resumed session's next
+/// call of the same tool runs without asking.
+#[tokio::test]
+async fn approve_for_the_session_holds_after_a_restart() {
+    let env = setup(ASK, None).await;
+    let ModelEnv {
+        daemon,
+        provider: p,
+        home,
+        project,
+        tmp: _tmp,
+        ..
+    } = env;
+    p.push(bash("call_one", "echo one > one.txt"));
+    p.push(text_reply(COMPLETIONS, &["One."]));
+    let id = create_agent(&daemon, "agents", "primary", Some("One.")).await;
+    let apr = wait_pending(&daemon, &id, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, v) = decide(&daemon, &apr, json!({"decision": "approve_session"})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    finished_turn(&daemon, &id).await;
+    assert!(project.join("one.txt").exists());
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{status}: {log}");
+
+    let d = start_daemon(&home, &[]).failing_on_panics();
+    p.push(bash("call_two", "echo two > two.txt"));
+    p.push(text_reply(COMPLETIONS, &["Two."]));
+    let (_, last) = conversation(&d, &id, 0).await;
+    let v = send_message(&d, &id, "Two.").await;
+    assert_eq!(v["resumed"], true, "{v}");
+    let records = wait_conversation(&d, &id, |r| {
+        is_turn_ended(r) && r["seq"].as_u64().unwrap() > last
+    })
+    .await;
+    let all = summarize(&records);
+    assert_eq!(
+        of_kind(&records, "approval_requested").len(),
+        1,
+        "asked again:\n{all}"
+    );
+    assert!(project.join("two.txt").exists(), "{all}");
 }
