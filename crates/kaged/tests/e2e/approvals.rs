@@ -277,6 +277,17 @@ async fn an_approved_call_shows_everywhere_then_runs_in_the_cage() {
     assert_eq!(asked["tool"], "shell.bash", "{asked}");
     assert_eq!(asked["arguments"], a["arguments"], "{asked}");
 
+    // `kaged session attach` shows the waiting call and the commands that decide it.
+    let out = d.cli(&["session", "attach", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = stdout(&out);
+    assert!(
+        shown.contains(&format!(
+            "⏸ waiting for approval {apr}: shell.bash echo approved > made.txt; echo ran-$((40+2))\n  kaged approvals approve {apr}  |  kaged approvals deny {apr} --message TEXT\n"
+        )),
+        "{shown}"
+    );
+
     // An unknown id: the daemon's message, exit 1.
     let out = d.cli(&["approvals", "approve", "apr_0000000000000000"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
