@@ -235,6 +235,7 @@ pub enum SessionCommand {
 pub enum ApprovalsCommand {
     /// List the pending approvals of every project, newest first: id, age, project, agent,
     /// tool, its arguments on one line, state.
+    #[command(mut_arg("json", |a| a.help("Print the approvals as the API serves them (a JSON array)")))]
     List {
         /// Decided ones too (approved, denied, cancelled).
         #[arg(long)]

@@ -20,6 +20,10 @@ pub async fn approvals(
     mode_flag: Option<DeploymentMode>,
     command: ApprovalsCommand,
 ) -> Result<(), Failure> {
+    // A malformed id is a usage error, before any daemon is looked for.
+    if let ApprovalsCommand::Approve { id, .. } | ApprovalsCommand::Deny { id, .. } = &command {
+        check_id(id)?;
+    }
     let target = target(mode_flag)?;
     match command {
         ApprovalsCommand::List {

@@ -288,10 +288,17 @@ async fn an_approved_call_shows_everywhere_then_runs_in_the_cage() {
         "{shown}"
     );
 
-    // An unknown id: the daemon's message, exit 1.
+    // An unknown id: the daemon's message, exit 1; not an id at all: a usage error.
     let out = d.cli(&["approvals", "approve", "apr_0000000000000000"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("apr_0000000000000000"),
+        "{}",
+        stderr(&out)
+    );
+    let out = d.cli(&["approvals", "deny", "../sessions"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 
     // Approve from the CLI: the command runs in the cage, the model gets its output.
     let out = d.cli(&["approvals", "approve", &apr]);
