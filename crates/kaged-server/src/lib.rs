@@ -26,6 +26,7 @@ mod events;
 mod launch;
 mod listener;
 mod middleware;
+pub mod notify;
 mod projects;
 #[cfg(test)]
 mod router_tests;

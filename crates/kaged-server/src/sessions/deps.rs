@@ -23,6 +23,8 @@ pub struct Deps {
     pub shutdown: watch::Receiver<bool>,
     /// Ids of tokens revoked while the daemon runs: viewers using them close at once.
     pub revoked_tokens: broadcast::Sender<i64>,
+    /// `[notify] webhook`: approvals asked for, agents waiting, runs failed.
+    pub notifier: crate::notify::Notifier,
 }
 
 /// The settings runs depend on (from `config.toml`, `local.toml` and the start-up preflight).

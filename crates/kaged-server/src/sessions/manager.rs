@@ -51,6 +51,7 @@ impl Sessions {
             deps.audit.clone(),
             agent_log.clone(),
             deps.settings.approval_timeout_secs,
+            deps.notifier.clone(),
         );
         Sessions {
             shared: Arc::new(Shared {
@@ -256,6 +257,16 @@ impl Sessions {
         };
         if next.is_terminal() {
             self.audit_end(live, &next, exit).await;
+        }
+        if let State::Failed { reason } = &next {
+            let info = live.info();
+            self.deps()
+                .notifier
+                .send(crate::notify::Notification::run_failed(
+                    &info.project,
+                    &info.id,
+                    reason,
+                ));
         }
         live.set_state(next.clone(), now_ms());
         let (exit_code, reason) = match &next {

@@ -8,6 +8,8 @@
 //! - `http.rs`: `GET /api/v1/approvals`, `GET/POST /api/v1/approvals/{id}`.
 
 mod http;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,7 @@ use tokio::sync::{Notify, broadcast};
 use super::agent_log::AgentLog;
 use super::lock;
 use crate::audit::{AuditLog, AuditRecord, now_ms};
+use crate::notify::{Notification, Notifier};
 
 pub use http::{decide, get, list};
 
@@ -115,6 +118,7 @@ struct Shared {
     waiting: Mutex<HashMap<String, Arc<Notify>>>,
     /// `[sessions] approval_timeout_secs`; `None`: wait for ever.
     timeout: Option<Duration>,
+    notifier: Notifier,
 }
 
 fn new_id() -> Result<String, ApprovalError> {
@@ -124,12 +128,19 @@ fn new_id() -> Result<String, ApprovalError> {
 }
 
 impl Approvals {
-    pub fn new(store: Store, audit: AuditLog, log: AgentLog, timeout_secs: u64) -> Approvals {
+    pub fn new(
+        store: Store,
+        audit: AuditLog,
+        log: AgentLog,
+        timeout_secs: u64,
+        notifier: Notifier,
+    ) -> Approvals {
         Approvals {
             shared: Arc::new(Shared {
                 store,
                 audit,
                 log,
+                notifier,
                 events: broadcast::channel(256).0,
                 waiting: Mutex::new(HashMap::new()),
                 timeout: (timeout_secs > 0).then(|| Duration::from_secs(timeout_secs)),
@@ -211,6 +222,13 @@ impl Approvals {
             kind: "approval.requested",
             approval: record.clone(),
         });
+        self.shared.notifier.send(Notification::approval_requested(
+            &record.project,
+            &record.agent,
+            &record.tool,
+            &record.session_id,
+            &record.id,
+        ));
         Ok(record)
     }
 

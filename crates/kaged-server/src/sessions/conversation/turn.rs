@@ -1,7 +1,8 @@
 //! The agent loop of one conversation, a task as long as its run: wait for operator messages,
 //! run a turn (model call, tool calls, model call, …) until the model stops, `max_steps` or
 //! `max_output_tokens`, an abort or the run's end. Every turn ends with exactly one
-//! `turn_ended` record. The conversation given to the model is rebuilt from the log at each
+//! `turn_ended` record (a turn paused on approvals when its run ends stays open, and goes on
+//! when the conversation next runs). The conversation given to the model is rebuilt from the log at each
 //! call (`kaged_session::agent::history`), so a resumed session continues with its history.
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use super::model::{self, Failed};
 use super::subagent::{self, CageBase};
 use super::{Control, Setup};
+use crate::notify::Notification;
 use crate::sessions::{RunSettings, Sessions};
 
 /// What the loop works with.
@@ -222,6 +224,17 @@ impl Conversation {
             }
             let _ = self.record(vec![AgentEvent::TurnEnded { reason }]).await;
             self.control.in_turn.store(false, Ordering::SeqCst);
+            if reason != EndReason::Aborted && !self.control.has_queued() {
+                // The agent waits for the operator (an abort was the operator's own doing).
+                self.sessions
+                    .deps()
+                    .notifier
+                    .send(Notification::session_waiting(
+                        &self.base.slug,
+                        &self.setup.agent,
+                        &self.id,
+                    ));
+            }
         }
     }
 
