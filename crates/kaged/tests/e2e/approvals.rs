@@ -703,13 +703,7 @@ async fn a_call_of_a_denied_tool_is_told_it_is_not_allowed() {
 
 /// `[sessions] approval_timeout_secs = 2`: an approval no one answers is denied by `kaged`,
 /// saying why, and the model receives that.
-///
-/// FOR THE LEAD: ignored until `[sessions] approval_timeout_secs` is in main (helper notify's
-/// kaged-config change) AND `run_settings` in kaged-server/src/state.rs passes
-/// `settings.approval_timeout_secs` instead of `0`. With both (tried on a scratch merge of
-/// `notify`), it passes: then remove the `ignore`.
 #[tokio::test]
-#[ignore = "needs [sessions] approval_timeout_secs in kaged-config and wired in state.rs::run_settings"]
 async fn an_unanswered_approval_is_denied_after_the_timeout() {
     let env = setup(ASK, Some("[sessions]\napproval_timeout_secs = 2\n")).await;
     let (d, p) = (&env.daemon, &env.provider);
