@@ -1056,3 +1056,145 @@ async fn approve_for_the_session_holds_after_a_restart() {
     );
     assert!(project.join("two.txt").exists(), "{all}");
 }
+
+/// Two calls needing approval in one reply: both wait at once; one approved, one denied; only
+/// the approved one runs, and the model gets both results, in the order it asked.
+#[tokio::test]
+async fn two_waiting_calls_of_one_reply_are_decided_each_on_its_own() {
+    let env = setup(ASK, None).await;
+    let (d, p) = (&env.daemon, &env.provider);
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[
+            Call::new(
+                "call_x",
+                "shell.bash",
+                &json!({"command": "echo x > x.txt"}),
+            ),
+            Call::new(
+                "call_y",
+                "shell.bash",
+                &json!({"command": "echo y > y.txt"}),
+            ),
+        ],
+    ));
+    p.push(text_reply(COMPLETIONS, &["Half."]));
+    let id = env.create("Both.").await;
+    let pending = wait_pending(d, &id, 2).await;
+    let of_call = |call: &str| {
+        pending
+            .iter()
+            .find(|a| a["call_id"] == call)
+            .unwrap_or_else(|| panic!("{call}: {pending:?}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (x, y) = (of_call("call_x"), of_call("call_y"));
+    // Newest first: y was asked after x.
+    let out = d.cli(&["approvals", "list"]);
+    let rows: Vec<String> = stdout(&out)
+        .lines()
+        .skip(1)
+        .map(|l| l[..20].to_string())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", stdout(&out));
+    let out = d.cli(&["approvals", "deny", &y, "--message", "not y"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.cli(&["approvals", "approve", &x]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records = finished_turn(d, &id).await;
+    let all = summarize(&records);
+    assert_eq!(turn_end_reasons(&records), ["end_turn"], "{all}");
+    assert!(env.project.join("x.txt").exists(), "{all}");
+    assert!(!env.project.join("y.txt").exists(), "{all}");
+    let requests = p.wait_requests(2).await;
+    assert_eq!(
+        sent_result(&requests, "call_y"),
+        "denied by the operator: not y"
+    );
+    let order: Vec<&str> = requests[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["tool_call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["call_x", "call_y"], "{all}");
+}
+
+/// A subagent's call waiting when kaged stops: after the restart it is still pending, and
+/// approving it runs the command, the subagent answers, and the parent's turn goes on.
+///
+/// FOR THE LEAD: ignored because of a server gap against the contract ("deciding one later
+/// resumes the conversation… the paused turn continues from that call"): `resume_if_stopped`
+/// in kaged-server/src/sessions/approval/http.rs returns early when `parent_call_id` is set, so
+/// the POST answers 200 `resumed: false` with no `resume_error`, the decision is logged, the
+/// session stays `killed` and nothing runs. Remove the `ignore` once a subagent's paused call
+/// resumes too (or refuse such a decision with a message saying what to do).
+#[tokio::test]
+#[ignore = "server gap: a subagent's approval decided after a restart does not resume the conversation"]
+async fn a_subagents_pending_approval_survives_a_restart() {
+    let agents = "  subagents:\n    helper:\n      model: fast\n      system_prompt: project:/prompts/helper.md\n      tools: { shell.bash: { approval: ask } }\n";
+    let env = setup(agents, None).await;
+    std::fs::write(
+        env.project.join("prompts/helper.md"),
+        "You are the helper.\n",
+    )
+    .unwrap();
+    crate::common::cage_writable(&env.project);
+    let ModelEnv {
+        daemon,
+        provider: p,
+        home,
+        project,
+        tmp: _tmp,
+        ..
+    } = env;
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new(
+            "call_sub",
+            "agent.helper",
+            &json!({"task": "Make it."}),
+        )],
+    ));
+    p.push(bash("call_inner", "echo inner > inner.txt; echo inner-ok"));
+    let id = create_agent(&daemon, "agents", "primary", Some("Delegate.")).await;
+    let apr = wait_pending(&daemon, &id, 1).await[0].clone();
+    assert_eq!(apr["parent_call_id"], "call_sub", "{apr}");
+    let apr = apr["id"].as_str().unwrap().to_string();
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{status}: {log}");
+
+    let d = start_daemon(&home, &[]).failing_on_panics();
+    assert_eq!(wait_pending(&d, &id, 1).await[0]["id"], apr.as_str());
+    p.push(text_reply(COMPLETIONS, &["Helper made it."]));
+    p.push(text_reply(COMPLETIONS, &["The helper made it."]));
+    let out = d.cli(&["approvals", "approve", &apr]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records = wait_conversation(&d, &id, |r| {
+        kind(r) == "tool_result" && r["event"]["call_id"] == "call_sub"
+    })
+    .await;
+    let all = summarize(&records);
+    assert_eq!(
+        std::fs::read_to_string(project.join("inner.txt")).unwrap_or_default(),
+        "inner\n",
+        "{all}"
+    );
+    let requests = p.wait_requests(4).await;
+    assert!(
+        sent_result(&requests, "call_inner").contains("inner-ok"),
+        "{all}"
+    );
+    assert!(
+        sent_result(&requests, "call_sub").contains("Helper made it."),
+        "{all}"
+    );
+    assert_eq!(
+        turn_end_reasons(&records).last().map(String::as_str),
+        Some("end_turn"),
+        "{all}"
+    );
+}
