@@ -1091,14 +1091,16 @@ async fn two_waiting_calls_of_one_reply_are_decided_each_on_its_own() {
             .to_string()
     };
     let (x, y) = (of_call("call_x"), of_call("call_y"));
-    // Newest first: y was asked after x.
     let out = d.cli(&["approvals", "list"]);
-    let rows: Vec<String> = stdout(&out)
+    let mut rows: Vec<String> = stdout(&out)
         .lines()
         .skip(1)
         .map(|l| l[..20].to_string())
         .collect();
-    assert_eq!(rows.len(), 2, "{}", stdout(&out));
+    rows.sort();
+    let mut both = vec![x.clone(), y.clone()];
+    both.sort();
+    assert_eq!(rows, both, "{}", stdout(&out));
     let out = d.cli(&["approvals", "deny", &y, "--message", "not y"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = d.cli(&["approvals", "approve", &x]);
