@@ -486,7 +486,11 @@ async fn a_denied_call_does_not_run_and_the_model_gets_the_message() {
 /// Approved for the session: the agent's next `shell.bash` runs without a new approval.
 #[tokio::test]
 async fn approve_for_the_session_lets_the_next_call_run_unasked() {
-    let env = setup(ASK, None).await;
+    let env = setup(
+        "  tools: { shell.bash: { approval: ask }, file.write: { approval: ask } }\n",
+        None,
+    )
+    .await;
     let (d, p) = (&env.daemon, &env.provider);
     p.push(bash("call_one", "echo one > one.txt"));
     p.push(bash("call_two", "echo two > two.txt"));
@@ -529,6 +533,20 @@ async fn approve_for_the_session_lets_the_next_call_run_unasked() {
         summarize(&turn)
     );
     assert!(env.project.join("three.txt").exists());
+
+    // Only that tool: a file.write still asks.
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new(
+            "call_write",
+            "file.write",
+            &json!({"path": "w.txt", "content": "w"}),
+        )],
+    ));
+    send_message(d, &id, "Write.").await;
+    let asked = wait_pending(d, &id, 1).await;
+    assert_eq!(asked[0]["tool"], "file.write", "{asked:?}");
+    assert!(!env.project.join("w.txt").exists());
 }
 
 /// Two clients decide at once: one gets 200, the other 409 `conflict`, and the record (and what
