@@ -84,6 +84,10 @@ pub enum Command {
     /// Sessions: runs of agents, terminals and tasks on PTYs, live and resumable.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Tool calls of model agents waiting for a decision (`approval: ask` in the project
+    /// file): list them, approve or deny one.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Run one command in an agent's cage, to try a policy before trusting an agent with it.
     #[command(subcommand)]
     Cage(CageCommand),
@@ -224,6 +228,40 @@ pub enum SessionCommand {
         dry_run: bool,
         #[command(flatten)]
         output: JsonOutput,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCommand {
+    /// List the pending approvals of every project, newest first: id, age, project, agent,
+    /// tool, its arguments on one line, state.
+    #[command(mut_arg("json", |a| a.help("Print the approvals as the API serves them (a JSON array)")))]
+    List {
+        /// Decided ones too (approved, denied, cancelled).
+        #[arg(long)]
+        all: bool,
+        /// Only this project's.
+        #[arg(long, value_name = "SLUG")]
+        project: Option<String>,
+        #[command(flatten)]
+        output: JsonOutput,
+    },
+    /// Let the waiting tool call run; the paused turn goes on.
+    Approve {
+        /// The approval's id (apr_…; see `kaged approvals list`).
+        id: String,
+        /// Also let this agent's later calls of the same tool in this session run without asking.
+        #[arg(long)]
+        session: bool,
+    },
+    /// Refuse the waiting tool call: it does not run, and the model gets the refusal (with
+    /// the message) as the tool's result.
+    Deny {
+        /// The approval's id (apr_…; see `kaged approvals list`).
+        id: String,
+        /// Why, for the model (it receives `denied by the operator: TEXT`).
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
     },
 }
 

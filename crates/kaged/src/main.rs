@@ -215,6 +215,7 @@ fn main() -> ExitCode {
                 client::open(mode, no_browser, ttl).await
             }
             Command::Tokens(command) => client::tokens(mode, command).await,
+            Command::Approvals(command) => client::approvals(mode, command).await,
             Command::Dsl(command) => dsl::run(command),
             Command::Project(command) => client::project(mode, command).await,
             Command::Session(command) => session::run(mode, command).await,

@@ -2,8 +2,9 @@
 //! `kaged session attach` (the model's text as it streams, one line per tool call and result)
 //! and [`Transcript`] for `kaged session transcript` (who said what, each tool call with its
 //! arguments and its whole result). A subagent's records (`parent_call_id`) are indented under
-//! the call that runs them. Model and tool text never reaches the terminal with its control
-//! characters: they are shown as `^[`-style escapes.
+//! the call that runs them. A call waiting for an approval shows the commands that decide it,
+//! and then how it was decided. Model and tool text never reaches the terminal with its
+//! control characters: they are shown as `^[`-style escapes.
 
 use std::collections::HashMap;
 
@@ -86,6 +87,32 @@ fn usage_text(input: u64, output: u64, cached: u64, cost: Option<f64>) -> String
     text.push_str(" tokens");
     if let Some(cost) = cost {
         text.push_str(&format!(", ${cost:.4}"));
+    }
+    text
+}
+
+/// A decided approval in words: `approved apr_… by user:root`, `approved apr_… for this
+/// session by …`, `denied apr_… by user:root: MESSAGE`, `denied apr_… by kaged: REASON`,
+/// `cancelled apr_… by kaged: the turn was aborted`.
+fn decided_text(
+    id: &str,
+    state: &str,
+    decision: Option<&str>,
+    message: Option<&str>,
+    decided_by: &str,
+    reason: Option<&str>,
+) -> String {
+    let scope = if decision == Some("approve_session") {
+        " for this session"
+    } else {
+        ""
+    };
+    let mut text = format!("{state} {id}{scope} by {decided_by}");
+    for why in [message, reason].into_iter().flatten() {
+        if !why.trim().is_empty() {
+            text.push_str(": ");
+            text.push_str(why);
+        }
     }
     text
 }
@@ -267,6 +294,43 @@ impl Live {
                 };
                 self.lines(&mut out, &line);
             }
+            AgentEvent::ApprovalRequested {
+                approval_id,
+                tool,
+                arguments,
+                ..
+            } => {
+                let what = super::approvals::arguments_summary(tool, arguments, self.width);
+                let line = one_line(
+                    &format!("{indent}⏸ waiting for approval {approval_id}: {tool} {what}"),
+                    self.width,
+                );
+                // Whole, never cut: the commands are to be copied.
+                let hint = format!(
+                    "{indent}  kaged approvals approve {approval_id}  |  kaged approvals deny {approval_id} --message TEXT\n"
+                );
+                self.lines(&mut out, &format!("{line}\n{hint}"));
+            }
+            AgentEvent::ApprovalDecided {
+                approval_id,
+                state,
+                decision,
+                message,
+                decided_by,
+                reason,
+                ..
+            } => {
+                let text = decided_text(
+                    approval_id,
+                    state,
+                    decision.as_deref(),
+                    message.as_deref(),
+                    decided_by,
+                    reason.as_deref(),
+                );
+                let line = one_line(&format!("{indent}  {text}"), self.width);
+                self.lines(&mut out, &format!("{line}\n"));
+            }
             AgentEvent::TurnEnded { reason } => {
                 if *reason != EndReason::EndTurn {
                     let line = format!("{indent}[turn ended: {}]\n", reason_text(*reason));
@@ -280,8 +344,6 @@ impl Live {
                 let rest = format!("{indent}  ");
                 self.lines(&mut out, &block(message, &first, &rest));
             }
-            // Rendered by the approvals CLI work (issue 15).
-            AgentEvent::ApprovalRequested { .. } | AgentEvent::ApprovalDecided { .. } => {}
         }
         out
     }
@@ -397,6 +459,37 @@ impl Transcript {
             } => {
                 let text = usage_text(*input_tokens, *output_tokens, *cached_tokens, *cost);
                 out.push_str(&format!("{indent}usage: {text}\n"));
+            }
+            AgentEvent::ApprovalRequested {
+                approval_id,
+                tool,
+                arguments,
+                ..
+            } => {
+                out.push_str(&block(
+                    &format!("{approval_id}: {tool} {arguments}"),
+                    &format!("{indent}waiting for approval "),
+                    &rest,
+                ));
+            }
+            AgentEvent::ApprovalDecided {
+                approval_id,
+                state,
+                decision,
+                message,
+                decided_by,
+                reason,
+                ..
+            } => {
+                let text = decided_text(
+                    approval_id,
+                    state,
+                    decision.as_deref(),
+                    message.as_deref(),
+                    decided_by,
+                    reason.as_deref(),
+                );
+                out.push_str(&block(&text, &format!("{indent}approval: "), &rest));
             }
             AgentEvent::TurnEnded { reason } if *reason != EndReason::EndTurn => {
                 out.push_str(&format!("{indent}[turn ended: {}]\n", reason_text(*reason)));

@@ -321,3 +321,84 @@ fn one_line_cuts_on_characters_not_bytes() {
     assert_eq!(one_line("a\nb\tc", 80), "a b c");
     assert_eq!(clean("\u{1b}x\u{7f}"), "^[x^?");
 }
+
+/// A call paused for an approval, approved, run; a second one denied with a message; a third
+/// denied by kaged when no one answered; a subagent's cancelled one.
+fn approvals() -> Vec<Sequenced> {
+    records(&[
+        (
+            None,
+            json!({"type": "tool_call", "call_id": "c1", "name": "shell.bash", "arguments": {"command": "touch made.txt"}}),
+        ),
+        (
+            None,
+            json!({"type": "approval_requested", "approval_id": "apr_00000000000000aa", "call_id": "c1", "tool": "shell.bash", "arguments": {"command": "touch made.txt"}}),
+        ),
+        (
+            None,
+            json!({"type": "approval_decided", "approval_id": "apr_00000000000000aa", "call_id": "c1", "state": "approved", "decision": "approve_session", "decided_by": "user:root"}),
+        ),
+        (
+            None,
+            json!({"type": "tool_result", "call_id": "c1", "ok": true, "content": "", "truncated": false}),
+        ),
+        (
+            None,
+            json!({"type": "approval_requested", "approval_id": "apr_00000000000000bb", "call_id": "c2", "tool": "file.write", "arguments": {"path": "x.txt", "content": "a\nb"}}),
+        ),
+        (
+            None,
+            json!({"type": "approval_decided", "approval_id": "apr_00000000000000bb", "call_id": "c2", "state": "denied", "decision": "deny", "message": "not there\nplease", "decided_by": "alice"}),
+        ),
+        (
+            None,
+            json!({"type": "approval_decided", "approval_id": "apr_00000000000000cc", "call_id": "c3", "state": "denied", "decision": "deny", "decided_by": "kaged", "reason": "no decision within 2 s (approval_timeout_secs)"}),
+        ),
+        (
+            None,
+            json!({"type": "tool_call", "call_id": "p1", "name": "agent.helper", "arguments": {"task": "t"}}),
+        ),
+        (
+            Some("p1"),
+            json!({"type": "approval_decided", "approval_id": "apr_00000000000000dd", "call_id": "s1", "state": "cancelled", "decided_by": "kaged", "reason": "the turn was aborted"}),
+        ),
+    ])
+}
+
+#[test]
+fn live_shows_a_waiting_call_with_the_commands_that_decide_it_and_the_decision() {
+    assert_eq!(
+        live(&approvals(), 160),
+        "⚙ shell.bash {\"command\":\"touch made.txt\"}\n\
+         ⏸ waiting for approval apr_00000000000000aa: shell.bash touch made.txt\n  \
+         kaged approvals approve apr_00000000000000aa  |  kaged approvals deny apr_00000000000000aa --message TEXT\n  \
+         approved apr_00000000000000aa for this session by user:root\n  \
+         ✓ shell.bash: (empty)\n\
+         ⏸ waiting for approval apr_00000000000000bb: file.write {\"content\":\"a\\nb\",\"path\":\"x.txt\"}\n  \
+         kaged approvals approve apr_00000000000000bb  |  kaged approvals deny apr_00000000000000bb --message TEXT\n  \
+         denied apr_00000000000000bb by alice: not there please\n  \
+         denied apr_00000000000000cc by kaged: no decision within 2 s (approval_timeout_secs)\n\
+         ⚙ agent.helper {\"task\":\"t\"}\n      \
+         cancelled apr_00000000000000dd by kaged: the turn was aborted\n"
+    );
+    // The waiting line is cut to the width; the commands never are.
+    let out = live(&approvals()[..2], 40);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[1], "⏸ waiting for approval apr_000000000000…");
+    assert!(lines[2].ends_with("--message TEXT"), "{out}");
+}
+
+#[test]
+fn transcript_shows_the_whole_arguments_of_a_waiting_call_and_who_decided() {
+    let recs = approvals();
+    assert_eq!(
+        transcript(&recs[1..7]),
+        "waiting for approval apr_00000000000000aa: shell.bash {\"command\":\"touch made.txt\"}\n\
+         approval: approved apr_00000000000000aa for this session by user:root\n\
+         tool result: tool (ok): (empty)\n\
+         waiting for approval apr_00000000000000bb: file.write {\"content\":\"a\\nb\",\"path\":\"x.txt\"}\n\
+         approval: denied apr_00000000000000bb by alice: not there\n  \
+         please\n\
+         approval: denied apr_00000000000000cc by kaged: no decision within 2 s (approval_timeout_secs)\n"
+    );
+}

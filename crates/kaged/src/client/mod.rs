@@ -1,10 +1,11 @@
 //! Commands that talk to the running daemon: finding it (`discovery.rs`), calling it
 //! (`transport.rs`), and the commands themselves: `status`, `auth nonce`/`auth open`
-//! (`auth.rs`), `tokens`, `project` (`projects.rs`). `kaged session` lives in `session.rs`; for a
-//! model agent's session (a conversation) it uses `agent.rs` (send, attach, transcript) and
-//! `conversation.rs` (the records rendered as text).
+//! (`auth.rs`), `tokens`, `project` (`projects.rs`), `approvals`. `kaged session` lives in
+//! `session.rs`; for a model agent's session (a conversation) it uses `agent.rs` (send,
+//! attach, transcript) and `conversation.rs` (the records rendered as text).
 
 pub(crate) mod agent;
+mod approvals;
 mod auth;
 mod conversation;
 mod discovery;
@@ -13,6 +14,7 @@ mod status;
 mod tokens;
 mod transport;
 
+pub use approvals::approvals;
 pub use auth::{nonce, open};
 pub use projects::project;
 pub use status::status;

@@ -74,37 +74,17 @@ fn http() -> Result<reqwest::Client, Failure> {
         .map_err(|e| Failure::Runtime(anyhow!("cannot build an HTTP client: {e}")))
 }
 
+/// A JSON call: the body of a success, or the error the daemon answered as a failure whose
+/// text names the URL, the status, the error code and its message.
 pub(crate) async fn call(
     target: &Target,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, Failure> {
-    let url = format!("{}{path}", target.url());
-    let mut request = target.authorize(http()?.request(method, &url));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| Failure::Runtime(anyhow!("kaged does not answer at {}: {e}", target.url())))?;
-    let status = response.status();
-    if status.is_redirection() {
-        // Credentials never follow a redirect, to this origin or any other.
-        return Err(Failure::Runtime(anyhow!(
-            "{url} answered with a redirect ({status}); kaged clients do not follow redirects with credentials: point KAGED_SERVER at the daemon itself"
-        )));
-    }
-    if status == reqwest::StatusCode::NO_CONTENT {
-        return Ok(Value::Null);
-    }
-    let body: Value = response
-        .json()
-        .await
-        .with_context(|| format!("{url} did not return JSON ({status})"))
-        .map_err(Failure::Runtime)?;
+    let (status, body) = call_answer(target, method, path, body).await?;
     if !status.is_success() {
+        let url = format!("{}{path}", target.url());
         let message = body["error"]["message"].as_str().unwrap_or("unknown error");
         let code = body["error"]["code"].as_str().unwrap_or("?");
         let mut text = format!("{url}: {status} {code}: {message}");
@@ -127,6 +107,42 @@ pub(crate) async fn call(
         return Err(Failure::Runtime(anyhow!(text)));
     }
     Ok(body)
+}
+
+/// A JSON call whose error answers the caller handles itself: the status and the body
+/// (`null` for 204), whatever the status. Only a daemon that cannot be reached, a redirect or
+/// a body that is not JSON fail.
+pub(crate) async fn call_answer(
+    target: &Target,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(reqwest::StatusCode, Value), Failure> {
+    let url = format!("{}{path}", target.url());
+    let mut request = target.authorize(http()?.request(method, &url));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| Failure::Runtime(anyhow!("kaged does not answer at {}: {e}", target.url())))?;
+    let status = response.status();
+    if status.is_redirection() {
+        // Credentials never follow a redirect, to this origin or any other.
+        return Err(Failure::Runtime(anyhow!(
+            "{url} answered with a redirect ({status}); kaged clients do not follow redirects with credentials: point KAGED_SERVER at the daemon itself"
+        )));
+    }
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok((status, Value::Null));
+    }
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not return JSON ({status})"))
+        .map_err(Failure::Runtime)?;
+    Ok((status, body))
 }
 
 /// `GET path` for raw bytes (a transcript), written to `out` as they arrive (never held

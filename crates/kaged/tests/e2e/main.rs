@@ -18,6 +18,7 @@ mod agents_real;
 mod agents_replies;
 mod agents_restart;
 mod agents_tools;
+mod approvals;
 mod auth_flow;
 mod cage;
 mod cage_uid;
