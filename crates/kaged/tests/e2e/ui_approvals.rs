@@ -193,15 +193,24 @@ async fn markdown_is_drawn_as_elements_never_from_html_and_links_only_for_http()
     ui.close().await;
 }
 
-/// Draw a recorded log with approvals; what the cards became.
+/// Draw records of a recorded log with approvals (the same conversation on every call); what
+/// the cards became.
 const DRAW_APPROVALS: &str = r#"
-const [records, split] = arguments;
+const [records] = arguments;
 return import(new URL('assets/conversation.js', document.baseURI).href).then((m) => {
-  const host = document.createElement('div');
-  host.id = 'approvals-check';
-  document.querySelector('main').append(host);
-  const c = new m.Conversation(host);
-  const look = () => ({
+  let host = document.getElementById('approvals-check');
+  if (!host) {
+    host = document.createElement('div');
+    host.id = 'approvals-check';
+    host.className = 'conversation';
+    document.querySelector('main').replaceChildren(host);
+    // An API client that is never called here: the cards get their buttons.
+    const api = { call: () => Promise.reject(new Error('no API in this test')) };
+    window.__recorded = new m.Conversation(host, { api });
+  }
+  const c = window.__recorded;
+  records.forEach((r) => c.apply(r));
+  return {
     waiting: c.waiting,
     cards: Array.from(host.querySelectorAll('.approval')).map((e) => ({
       id: e.dataset.approval, state: e.dataset.state, tool: e.dataset.tool,
@@ -215,11 +224,7 @@ return import(new URL('assets/conversation.js', document.baseURI).href).then((m)
     })),
     status: Object.fromEntries(Array.from(host.querySelectorAll('details.tool')).map(
       (d) => [d.dataset.callId, d.dataset.status])),
-  });
-  records.slice(0, split).forEach((r) => c.apply(r));
-  const before = look();
-  records.slice(split).forEach((r) => c.apply(r));
-  return { before, after: look() };
+  };
 });
 "#;
 
@@ -236,7 +241,7 @@ async fn a_recorded_log_shows_approval_cards_where_the_turn_paused_and_their_out
     let _one = ONE_BROWSER.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let d = crate::common::Daemon::start(&tmp.path().join("home"));
-    let Some(ui) = Ui::start(Viewport::Desktop, "approvals-render").await else {
+    let Some(ui) = Ui::start(Viewport::Phone, "approvals-render").await else {
         return;
     };
     ui.goto(&d.launch_url).await;
@@ -297,8 +302,8 @@ async fn a_recorded_log_shows_approval_cards_where_the_turn_paused_and_their_out
         .enumerate()
         .map(|(i, (p, e))| record(i as u64 + 1, p, e))
         .collect();
-    let v = ui.js(DRAW_APPROVALS, vec![json!(records), json!(7)]).await;
-    let before = &v["before"];
+    let before = ui.js(DRAW_APPROVALS, vec![json!(records[..7])]).await;
+    let v = &before;
     assert_eq!(before["waiting"], 2, "{v:#}");
     let cards = before["cards"].as_array().unwrap();
     assert_eq!(cards.len(), 2, "{v:#}");
@@ -306,16 +311,19 @@ async fn a_recorded_log_shows_approval_cards_where_the_turn_paused_and_their_out
     assert_eq!(cards[0]["state"], "pending");
     assert_eq!(cards[0]["command"], command, "the command whole");
     assert_eq!(cards[0]["fields"], json!(["timeout_secs: 30"]));
-    // Recorded without an API client: no buttons to press.
-    assert_eq!(cards[0]["buttons"], 0);
+    // Approve, Approve for session, Deny… (the deny form's own buttons are hidden).
+    assert_eq!(cards[0]["buttons"], 3);
     assert_eq!(before["status"]["c1"], "approval");
     // The subagent's card: in its parent's block, opened so it is seen; the long value folded.
     assert_eq!(cards[1]["inSubagent"], true);
     assert_eq!(cards[1]["visible"], true, "{v:#}");
     assert_eq!(cards[1]["folded"], json!(["content"]));
     assert_eq!(cards[1]["fields"], json!(["path: notes.txt"]));
+    ui.assert_no_sideways_scroll("recorded approvals").await;
+    ui.shot("ui-approvals-recorded-pending.png").await;
 
-    let after = &v["after"];
+    let after = ui.js(DRAW_APPROVALS, vec![json!(records[7..])]).await;
+    let v = &after;
     assert_eq!(after["waiting"], 0, "{v:#}");
     let cards = after["cards"].as_array().unwrap();
     assert_eq!(cards[0]["state"], "denied");
@@ -335,6 +343,7 @@ async fn a_recorded_log_shows_approval_cards_where_the_turn_paused_and_their_out
         "Approved for the rest of this session by user:root"
     );
     assert_eq!(after["status"]["s1"], "running");
+    ui.shot("ui-approvals-recorded-decided.png").await;
     let made = ui
         .js(
             "return document.querySelectorAll('#approvals-check b, #approvals-check img').length;",
@@ -387,6 +396,23 @@ const WATCH_CARDS: &str = "window.__cardSeen = {};
         if (!(e.dataset.approval in window.__cardSeen)) window.__cardSeen[e.dataset.approval] = Date.now();
       }
     }).observe(document.body, { childList: true, subtree: true });
+    return true;";
+
+/// The browser's Notification, replaced by one that records what it was asked to show.
+const FAKE_NOTIFICATION: &str = "window.__notes = [];
+    window.__shown = [];
+    window.Notification = class {
+      static permission = 'default';
+      static requestPermission() {
+        window.Notification.permission = 'granted';
+        return Promise.resolve('granted');
+      }
+      constructor(title, options) {
+        window.__notes.push([title, options.body]);
+        window.__shown.push(this);
+      }
+      close() {}
+    };
     return true;";
 
 /// A fresh sign-in URL (`kaged auth open`), for a second browser.
@@ -662,6 +688,36 @@ async fn a_phone_approves_a_pending_call_and_another_browser_sees_it_resolved() 
         .await;
     assert_eq!(made, json!([0, true]));
 
+    // The other browser asks for notifications (a stand-in for the browser's Notification,
+    // which headless Chromium cannot show), goes to another screen and is hidden.
+    other.js(FAKE_NOTIFICATION, vec![]).await;
+    other.click("#notify-me").await;
+    other
+        .until(
+            "notifications on",
+            "return document.querySelector('.notify')?.dataset.state === 'on';",
+        )
+        .await;
+    assert_eq!(
+        other
+            .js(
+                "return localStorage.getItem('kaged.notifyApprovals');",
+                vec![]
+            )
+            .await,
+        "on",
+        "the choice is remembered"
+    );
+    other.route("#/projects").await;
+    other.ready().await;
+    other
+        .js(
+            "Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+             return true;",
+            vec![],
+        )
+        .await;
+
     // A second call, denied from the conversation's own card with a message for the model.
     p.push(tool_reply(
         COMPLETIONS,
@@ -692,6 +748,26 @@ async fn a_phone_approves_a_pending_call_and_another_browser_sees_it_resolved() 
         .until(
             "the count 1 on the other browser",
             "return document.title === '(1) kaged';",
+        )
+        .await;
+    // One notification: the tool, the project and agent; never the arguments.
+    let notes = other.js("return window.__notes;", vec![]).await;
+    assert_eq!(
+        notes,
+        json!([["Approval needed: shell.bash", "agents / primary"]]),
+        "{notes}"
+    );
+    // Clicking it opens the Approvals screen.
+    other
+        .js(
+            "window.__shown[0].onclick({ preventDefault() {} }); return true;",
+            vec![],
+        )
+        .await;
+    other
+        .until(
+            "the Approvals screen from the notification",
+            "return location.hash === '#/approvals';",
         )
         .await;
     phone
