@@ -100,8 +100,8 @@ function shortId(id) {
 /**
  * A card for `approval` (the API's Approval: at least `id`, `tool`, `arguments`, `state`).
  * Options: `api` (none: no buttons), `readOnly`, `inline` (in a conversation: no project or
- * session line; once decided the card becomes one line), `onDecided(approval)` (after this
- * card's decision, or a 409 telling it was decided elsewhere).
+ * session line; once decided the card becomes one line), `onDecided(approval, conflict)` (after
+ * this card's decision; `conflict`: a 409 said it was decided elsewhere first).
  */
 export class ApprovalCard {
   constructor(approval, { api = null, readOnly = false, inline = false, onDecided = null } = {}) {
@@ -272,7 +272,7 @@ export class ApprovalCard {
       announce(line);
       if (current && current.state !== "pending") this.resolve(current);
       else this.setBusy(false);
-      if (this.onDecided) this.onDecided(current || this.approval);
+      if (this.onDecided) this.onDecided(current || this.approval, true);
     }
   }
 

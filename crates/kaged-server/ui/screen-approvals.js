@@ -87,10 +87,10 @@ export async function viewApprovals(ctx, view, main, focusId) {
     new ApprovalCard(a, {
       api: ctx.api,
       readOnly: ctx.readOnly,
-      onDecided: (done) => {
+      onDecided: (done, conflict) => {
         store.noteDecided(done);
-        // A 409: what this page showed was out of date.
-        if (!done || done.state === "pending") store.refresh();
+        // A 409: what this page showed was out of date; list again.
+        if (conflict) store.refresh();
       },
     });
 

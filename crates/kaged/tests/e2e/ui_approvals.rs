@@ -415,6 +415,37 @@ const FAKE_NOTIFICATION: &str = "window.__notes = [];
     };
     return true;";
 
+/// A model agent whose `shell.bash` asks first, on a provider with prices (usage has a cost).
+async fn asking_env() -> ModelEnv {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let project = tmp.path().join("proj");
+    let provider = Provider::start();
+    let prices = "price_input_per_mtok = 1.0\nprice_output_per_mtok = 2.0\n";
+    LocalToml::new()
+        .alias("fast", &["local:e2e-model"])
+        .provider_with("local", COMPLETIONS, &provider.base_url(), prices)
+        .write(&home);
+    let slug = "agents";
+    write_model_project(
+        &project,
+        slug,
+        "  tools: { shell.bash: { approval: ask } }\n",
+        "",
+    );
+    let daemon = start_daemon(&home, &[]);
+    load_project_at(&daemon, &project).await;
+    ModelEnv {
+        daemon,
+        provider,
+        home,
+        project,
+        slug: slug.into(),
+        driver: COMPLETIONS.into(),
+        tmp,
+    }
+}
+
 /// A fresh sign-in URL (`kaged auth open`), for a second browser.
 fn another_launch_url(d: &crate::common::Daemon) -> String {
     let out = d.cli(&["auth", "open", "--no-browser"]);
@@ -436,12 +467,7 @@ const REPLY: [&str; 3] = [
 #[tokio::test]
 async fn a_phone_approves_a_pending_call_and_another_browser_sees_it_resolved() {
     let _one = ONE_BROWSER.lock().await;
-    let env = ModelEnv::start(
-        COMPLETIONS,
-        "  tools: { shell.bash: { approval: ask } }\n",
-        &[],
-    )
-    .await;
+    let env = asking_env().await;
     let d = &env.daemon;
     let p = &env.provider;
     let Some(phone) = Ui::start(Viewport::Phone, "approvals-phone").await else {
@@ -680,6 +706,19 @@ async fn a_phone_approves_a_pending_call_and_another_browser_sees_it_resolved() 
         "no javascript: link: {md:#}"
     );
     assert_eq!(md["list"], 1);
+    // The session's usage, summed over its model calls, with its cost.
+    let usage = phone
+        .until(
+            "the session's usage",
+            "const t = document.getElementById('conversation-usage').textContent;
+             return t.startsWith('2 model calls: ') && t;",
+        )
+        .await;
+    let usage = usage.as_str().unwrap();
+    assert!(
+        usage.starts_with("2 model calls: ") && usage.contains(" out ") && usage.contains('$'),
+        "{usage}"
+    );
     let made = phone
         .js(
             "return [document.querySelectorAll('#conversation img, #conversation a[href^=\"javascript\"]').length, window.__kagedXss === undefined];",
