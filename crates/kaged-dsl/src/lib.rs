@@ -11,10 +11,11 @@
 pub mod model;
 mod project;
 pub mod schema;
+mod tighten;
 mod tree;
 mod validate;
 
-pub use model::{Agent, ModelError, Project, ProjectPath};
+pub use model::{Agent, Approval, ModelError, Project, ProjectPath, Tool};
 pub use project::{
     BASE, Checked, LOCAL, LOCKED_KEYS, MAX_DIAGNOSTICS, check_project, diagnostics_json,
     load_project, to_json,

@@ -134,6 +134,16 @@ pub struct Agent {
     pub subagents: BTreeMap<String, Agent>,
 }
 
+impl Agent {
+    /// What a call of `tool` needs (`allow` for a tool the agent does not mention).
+    pub fn approval_of(&self, tool: &str) -> Approval {
+        self.tools
+            .as_ref()
+            .and_then(|tools| tools.get(tool))
+            .map_or(Approval::Allow, Tool::level)
+    }
+}
+
 /// An agent's `cage:`: `disabled`, or the cage's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "AgentCageText", into = "AgentCageText")]
@@ -289,7 +299,54 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tool {
-    pub enabled: bool,
+    /// `None`: enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `None`: `allow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+impl Tool {
+    /// What a call needs: `enabled: false` is as strict as `deny`.
+    pub fn level(&self) -> Approval {
+        if self.enabled == Some(false) {
+            Approval::Deny
+        } else {
+            self.approval.unwrap_or_default()
+        }
+    }
+
+    /// Whether the tool is offered to the model at all.
+    pub fn offered(&self) -> bool {
+        self.level() != Approval::Deny
+    }
+}
+
+/// What a tool call needs before it runs. Ordered from the most to the least permissive, so
+/// "tighter" is "greater".
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// It runs.
+    #[default]
+    Allow,
+    /// Each call waits for the operator's decision.
+    Ask,
+    /// It is not offered to the model.
+    Deny,
+}
+
+impl Approval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approval::Allow => "allow",
+            Approval::Ask => "ask",
+            Approval::Deny => "deny",
+        }
+    }
 }
 
 /// A named project command the operator launches.

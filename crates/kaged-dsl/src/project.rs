@@ -129,7 +129,9 @@ pub fn load_project(base: &str, local: Option<&str>) -> Checked {
     };
     let tree = base_tree.map(|mut tree| {
         if let Some(over) = local_tree {
-            out.extend(merge(&mut tree, over, LOCKED_KEYS));
+            let base = tree.clone();
+            out.extend(merge(&mut tree, over.clone(), LOCKED_KEYS));
+            out.extend(crate::tighten::loosened(&base, &over, &tree));
         }
         out.extend(validate(&tree));
         tree

@@ -208,12 +208,20 @@ static CAGE_TY: Ty = Ty::Object(&CAGE);
 static TOOL: Object = Object {
     name: "tool",
     doc: "Per-agent tool setting.",
-    fields: &[f(
-        "enabled",
-        &BOOL,
-        true,
-        "whether the agent may use the tool",
-    )],
+    fields: &[
+        f(
+            "enabled",
+            &BOOL,
+            false,
+            "whether the agent may use the tool (default true)",
+        ),
+        f(
+            "approval",
+            &Ty::Enum(&["allow", "ask", "deny"]),
+            false,
+            "allow: it runs; ask: each call waits for the operator's decision; deny: it is not offered (default allow)",
+        ),
+    ],
     exactly_one: &[],
     requires: &[],
 };

@@ -352,14 +352,24 @@ fn model_agent_bounds_and_tool_settings() {
     assert_eq!(project.primary.max_steps, Some(20));
     assert_eq!(project.primary.max_output_tokens, Some(4096));
     let tools = project.primary.tools.as_ref().unwrap();
-    assert!(!tools["shell.bash"].enabled && tools["file.read"].enabled);
+    assert!(!tools["shell.bash"].offered() && tools["file.read"].offered());
 
     let zero = base.replace("max_steps: 20", "max_steps: 0");
     assert_eq!(brief(&zero, None).len(), 1, "{:?}", brief(&zero, None));
     let text = base.replace("max_output_tokens: 4096", "max_output_tokens: many");
     assert_eq!(brief(&text, None).len(), 1, "{:?}", brief(&text, None));
-    let unknown = base.replace("enabled: false }\n", "enabled: false, approval: ask }\n");
+    let unknown = base.replace("enabled: false }\n", "enabled: false, approve: ask }\n");
     assert!(!brief(&unknown, None).is_empty());
+    let bad_level = base.replace(
+        "shell.bash: { enabled: false }",
+        "shell.bash: { approval: maybe }",
+    );
+    let problems = brief(&bad_level, None);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("primary.tools.shell.bash.approval"),
+        "{problems:?}"
+    );
     let bad_name = base.replace("shell.bash:", "Shell Bash:");
     assert!(!brief(&bad_name, None).is_empty());
     // The bounds are a model agent's: a command agent with them is told.
@@ -369,5 +379,86 @@ fn model_agent_bounds_and_tool_settings() {
     assert!(
         problems[0].contains("`max_steps` needs `model`"),
         "{problems:?}"
+    );
+}
+
+/// `approval:` per tool: the default, the levels, and what a denied tool means.
+#[test]
+fn tool_approval_levels() {
+    use kaged_dsl::Approval;
+    let base = "version: 1\nproject: demo\nprimary:\n  model: fast\n  system_prompt: project:/p.md\n  tools:\n    shell.bash: { approval: ask }\n    file.write: { approval: deny }\n    file.read: {}\n    edit.text: { enabled: false, approval: ask }\n";
+    assert!(brief(base, None).is_empty(), "{:?}", brief(base, None));
+    let project = kaged_dsl::load_project(base, None)
+        .project()
+        .unwrap()
+        .unwrap();
+    let primary = &project.primary;
+    assert_eq!(primary.approval_of("shell.bash"), Approval::Ask);
+    assert_eq!(primary.approval_of("file.write"), Approval::Deny);
+    assert_eq!(primary.approval_of("file.read"), Approval::Allow);
+    assert_eq!(
+        primary.approval_of("search.grep"),
+        Approval::Allow,
+        "unmentioned"
+    );
+    assert_eq!(primary.approval_of("edit.text"), Approval::Deny, "disabled");
+    let tools = primary.tools.as_ref().unwrap();
+    assert!(tools["shell.bash"].offered() && !tools["file.write"].offered());
+    let schema = json_schema().to_string();
+    assert!(
+        schema.contains(r#""enum":["allow","ask","deny"]"#),
+        "{schema}"
+    );
+}
+
+/// The local file may tighten an approval and never loosen one, however it tries.
+#[test]
+fn the_local_overlay_may_only_tighten_approvals() {
+    let base = "version: 1\nproject: demo\nprimary:\n  model: fast\n  system_prompt: project:/p.md\n  tools:\n    shell.bash: { approval: ask }\n    file.read: {}\n  subagents:\n    helper:\n      model: fast\n      system_prompt: project:/h.md\n      tools:\n        file.write: { approval: deny }\n";
+    assert!(brief(base, None).is_empty(), "{:?}", brief(base, None));
+    let tighter = "primary:\n  tools:\n    shell.bash: { approval: deny }\n    file.read: { approval: ask }\n";
+    assert!(
+        brief(base, Some(tighter)).is_empty(),
+        "{:?}",
+        brief(base, Some(tighter))
+    );
+    let checked = kaged_dsl::load_project(base, Some(tighter));
+    let project = checked.project().unwrap().unwrap();
+    assert_eq!(
+        project.primary.approval_of("file.read"),
+        kaged_dsl::Approval::Ask
+    );
+
+    let looser = "primary:\n  tools:\n    shell.bash: { approval: allow }\n";
+    assert_eq!(
+        brief(base, Some(looser)),
+        vec![
+            "1:3:19 primary.tools.shell.bash: project.local.yaml makes `shell.bash` run without asking but project.yaml says `approval: ask`"
+        ]
+    );
+    let removed = "primary:\n  tools:\n    shell.bash: null\n";
+    let problems = brief(base, Some(removed));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("1:3:5 primary.tools.shell.bash:"),
+        "{problems:?}"
+    );
+    let all_removed = "primary:\n  tools: null\n";
+    let problems = brief(base, Some(all_removed));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("1:2:3 "), "{problems:?}");
+    let nested = "primary:\n  subagents:\n    helper:\n      tools:\n        file.write: { approval: ask }\n";
+    let problems = brief(base, Some(nested));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("primary.subagents.helper.tools.file.write: project.local.yaml makes `file.write` ask but project.yaml says `approval: deny`"),
+        "{problems:?}"
+    );
+    // Removing the subagent altogether leaves nothing to loosen.
+    let gone = "primary:\n  subagents:\n    helper: null\n";
+    assert!(
+        brief(base, Some(gone)).is_empty(),
+        "{:?}",
+        brief(base, Some(gone))
     );
 }

@@ -48,6 +48,15 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
     let schema = state.store.schema_version().await?;
     let mut warnings = info.warnings.clone();
     warnings.extend(crate::storage::warning(&state));
+    let pending = state
+        .store
+        .list_approvals(kaged_store::ApprovalFilter {
+            state: Some("pending".into()),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?
+        .len();
     Ok(Json(json!({
         "version": info.version,
         "pid": info.pid,
@@ -82,6 +91,7 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
         },
         "logging": {"operational": s.log_operational, "level": s.log_level},
         "ui_serve": s.ui_serve,
+        "approvals": {"pending": pending},
         "warnings": warnings,
         "sources": s.sources,
     })))

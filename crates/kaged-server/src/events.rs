@@ -2,7 +2,9 @@
 //! with who they are, replays the session state changes after `since` (from storage, so a
 //! client that was away, even across a daemon restart, misses nothing), then streams new ones
 //! as they happen (`session.created`, `run.started`, `session.state`, `run.ended`, each with
-//! its `cursor`).
+//! its `cursor`). Approvals (`approval.requested`, `approval.decided`, each with the whole
+//! `approval`) are streamed live only: they are durable records a client lists
+//! (`GET /api/v1/approvals?state=pending`) when it (re)connects.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +73,7 @@ async fn serve_events(
     }
     // Subscribe before reading storage, so nothing falls between the replay and the stream.
     let mut runs = state.runs.subscribe();
+    let mut approvals = state.runs.approvals().subscribe();
     let mut cursor = since.unwrap_or(i64::MAX);
     if let Some(since) = since {
         let replay = state
@@ -147,6 +150,23 @@ async fn serve_events(
                         .send(Message::Close(Some(CloseFrame {
                             code: CLOSE_TOO_SLOW,
                             reason: format!("missed {missed} events; reconnect with ?since={cursor}").into(),
+                        })))
+                        .await;
+                    break;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            event = approvals.recv() => match event {
+                Ok(event) => {
+                    if socket.send(Message::Text(event.to_json().to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CLOSE_TOO_SLOW,
+                            reason: format!("missed {missed} approval events; reconnect with ?since={cursor} and list the approvals").into(),
                         })))
                         .await;
                     break;

@@ -26,6 +26,7 @@ mod events;
 mod launch;
 mod listener;
 mod middleware;
+pub mod notify;
 mod projects;
 #[cfg(test)]
 mod router_tests;
@@ -86,6 +87,11 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
         .route(
             "/api/v1/projects/{slug}/sessions",
             get(sessions::list_project).post(sessions::create),
+        )
+        .route("/api/v1/approvals", get(sessions::approval::list))
+        .route(
+            "/api/v1/approvals/{id}",
+            get(sessions::approval::get).post(sessions::approval::decide),
         )
         .route("/api/v1/sessions", get(sessions::list))
         .route("/api/v1/sessions/prune", post(sessions::prune))

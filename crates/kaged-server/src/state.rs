@@ -91,6 +91,7 @@ impl ServerState {
             policy: policy.clone(),
             shutdown: shutdown.clone(),
             revoked_tokens: revoked_tokens.clone(),
+            notifier: crate::notify::Notifier::new(&info.settings, &info.url),
         });
         ServerState {
             policy,
@@ -134,6 +135,7 @@ fn run_settings(info: &DaemonInfo) -> RunSettings {
         transcript_max_mb: settings.transcript_max_mb,
         sessions_max_total_mb: settings.sessions_max_total_mb,
         sessions_max_age_days: settings.sessions_max_age_days,
+        approval_timeout_secs: settings.approval_timeout_secs,
     }
 }
 

@@ -80,11 +80,33 @@ pub enum AgentEvent {
     TurnEnded { reason: EndReason },
     /// Something went wrong (`code` is stable, `message` for people).
     Error { code: String, message: String },
+    /// The tool call `call_id` waits for the operator's decision (the approval `approval_id`;
+    /// the turn is paused until it is decided).
+    ApprovalRequested {
+        approval_id: String,
+        call_id: String,
+        tool: String,
+        arguments: serde_json::Value,
+    },
+    /// The approval was decided: `state` `approved`, `denied` or `cancelled`; `decided_by` who
+    /// (or `kaged`, with `reason`, when no one did).
+    ApprovalDecided {
+        approval_id: String,
+        call_id: String,
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decision: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        decided_by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 impl AgentEvent {
     /// Every event type's wire name, in declaration order.
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 13] = [
         "user_message",
         "turn_started",
         "message_started",
@@ -96,6 +118,8 @@ impl AgentEvent {
         "usage",
         "turn_ended",
         "error",
+        "approval_requested",
+        "approval_decided",
     ];
 
     /// The wire name of this event (its `type`).
@@ -112,6 +136,8 @@ impl AgentEvent {
             AgentEvent::Usage { .. } => 8,
             AgentEvent::TurnEnded { .. } => 9,
             AgentEvent::Error { .. } => 10,
+            AgentEvent::ApprovalRequested { .. } => 11,
+            AgentEvent::ApprovalDecided { .. } => 12,
         };
         Self::KINDS[index]
     }
@@ -323,8 +349,11 @@ pub fn history<'a>(events: impl IntoIterator<Item = &'a Sequenced>) -> Vec<Messa
                     }
                 }
             }
-            AgentEvent::ToolOutput { .. } | AgentEvent::Usage { .. } | AgentEvent::Error { .. } => {
-            }
+            AgentEvent::ToolOutput { .. }
+            | AgentEvent::Usage { .. }
+            | AgentEvent::Error { .. }
+            | AgentEvent::ApprovalRequested { .. }
+            | AgentEvent::ApprovalDecided { .. } => {}
         }
     }
     close_message(&mut out, &mut open);

@@ -47,6 +47,21 @@ fn every_variant() -> Vec<AgentEvent> {
             code: "provider".into(),
             message: "overloaded".into(),
         },
+        AgentEvent::ApprovalRequested {
+            approval_id: "apr_1".into(),
+            call_id: "c1".into(),
+            tool: "shell.bash".into(),
+            arguments: json!({"command": "ls"}),
+        },
+        AgentEvent::ApprovalDecided {
+            approval_id: "apr_1".into(),
+            call_id: "c1".into(),
+            state: "denied".into(),
+            decision: Some("deny".into()),
+            message: Some("not now".into()),
+            decided_by: "user:ann".into(),
+            reason: None,
+        },
     ]
 }
 

@@ -1,8 +1,9 @@
 //! The [`Backend`] trait: what a database must do for kaged, and guarantee while doing it.
 
 use crate::{
-    AuditEvent, DaemonRun, ProjectRecord, Result, SessionEvent, SessionRecord, StateChange,
-    StoredAuditEvent, TokenRecord, Transition,
+    ApprovalDecision, ApprovalFilter, ApprovalRecord, AuditEvent, DaemonRun, Decided,
+    ProjectRecord, Result, SessionEvent, SessionRecord, StateChange, StoredAuditEvent, TokenRecord,
+    Transition,
 };
 
 /// What a database does for kaged. Methods block; [`crate::Store`] runs them off the async
@@ -139,6 +140,19 @@ pub trait Backend: Send + Sync + 'static {
     fn events_after(&self, session: &str, after: u64, limit: usize) -> Result<Vec<SessionEvent>>;
     /// The last `seq` of `session`'s log; 0 when it has none (or the session is unknown).
     fn last_event_seq(&self, session: &str) -> Result<u64>;
+    /// Store a new approval (normally `pending`). An unknown session or arguments that are
+    /// not JSON are refused as errors of the request.
+    fn create_approval(&self, approval: &ApprovalRecord) -> Result<()>;
+    /// Decide the approval `id` if it is still pending, atomically: of two racing decisions
+    /// exactly one is [`Decided::Now`], the other [`Decided::Already`] with the winner's
+    /// record. A decided approval is never changed again (the database refuses it too).
+    fn decide_approval(&self, id: &str, decision: &ApprovalDecision) -> Result<Decided>;
+    /// One approval; `None` when unknown.
+    fn get_approval(&self, id: &str) -> Result<Option<ApprovalRecord>>;
+    /// Approvals matching `filter`, newest first, at most `filter.limit`.
+    fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<ApprovalRecord>>;
+    /// Whether `agent`'s calls of `tool` in `session` were approved for the rest of it.
+    fn granted_for_session(&self, session: &str, agent: &str, tool: &str) -> Result<bool>;
     /// Flush and release what the database holds at a clean stop (SQLite: checkpoint the WAL
     /// into the main file). Other calls may still follow and must work.
     fn close(&self) -> Result<()>;

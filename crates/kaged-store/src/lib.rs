@@ -27,8 +27,9 @@ pub use health::{Failure, Health, Trouble};
 pub use held::MAX_HELD;
 pub use migrations::LATEST_SCHEMA;
 pub use records::{
-    AuditEvent, DaemonRun, ProjectRecord, SessionEvent, SessionRecord, StateChange,
-    StoredAuditEvent, TokenRecord, Transition,
+    ApprovalDecision, ApprovalFilter, ApprovalRecord, AuditEvent, DaemonRun, Decided,
+    ProjectRecord, SessionEvent, SessionRecord, StateChange, StoredAuditEvent, TokenRecord,
+    Transition,
 };
 pub use sqlite::SqliteBackend;
 
@@ -323,6 +324,34 @@ impl Store {
     /// The last `seq` of `session`'s event log, 0 when empty.
     pub async fn last_event_seq(&self, session: String) -> Result<u64> {
         self.run(move |b| b.last_event_seq(&session)).await
+    }
+
+    /// Store a new approval. A write.
+    pub async fn create_approval(&self, approval: ApprovalRecord) -> Result<()> {
+        self.write(move |b| b.create_approval(&approval)).await
+    }
+
+    /// Decide a pending approval; the first decision wins (see [`Backend::decide_approval`]).
+    pub async fn decide_approval(&self, id: String, decision: ApprovalDecision) -> Result<Decided> {
+        self.write(move |b| b.decide_approval(&id, &decision)).await
+    }
+
+    pub async fn get_approval(&self, id: String) -> Result<Option<ApprovalRecord>> {
+        self.run(move |b| b.get_approval(&id)).await
+    }
+
+    pub async fn list_approvals(&self, filter: ApprovalFilter) -> Result<Vec<ApprovalRecord>> {
+        self.run(move |b| b.list_approvals(&filter)).await
+    }
+
+    pub async fn granted_for_session(
+        &self,
+        session: String,
+        agent: String,
+        tool: String,
+    ) -> Result<bool> {
+        self.run(move |b| b.granted_for_session(&session, &agent, &tool))
+            .await
     }
 
     pub async fn close(&self) -> Result<()> {

@@ -97,6 +97,32 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 9: whether a session is a model agent's conversation (its output is its event log, and a
     // message to it after its end resumes it).
     "ALTER TABLE sessions ADD COLUMN conversation INTEGER NOT NULL DEFAULT 0;",
+    // 10: approvals: a tool call waiting for (or given) the operator's decision. Decided once:
+    // the only update is from `pending`, and the first one wins.
+    "CREATE TABLE approvals (
+        id              TEXT    PRIMARY KEY,
+        session_id      TEXT    NOT NULL REFERENCES sessions (id),
+        project         TEXT    NOT NULL,
+        agent           TEXT    NOT NULL,
+        tool            TEXT    NOT NULL,
+        call_id         TEXT    NOT NULL,
+        parent_call_id  TEXT,
+        arguments       TEXT    NOT NULL CHECK (json_valid(arguments)),
+        owner           TEXT    NOT NULL,
+        state           TEXT    NOT NULL
+                        CHECK (state IN ('pending', 'approved', 'denied', 'cancelled')),
+        decision        TEXT    CHECK (decision IN ('approve', 'approve_session', 'deny')),
+        message         TEXT,
+        decided_by      TEXT,
+        reason          TEXT,
+        requested_at_ms INTEGER NOT NULL,
+        decided_at_ms   INTEGER
+     );
+     CREATE INDEX approvals_state ON approvals (state, requested_at_ms);
+     CREATE INDEX approvals_session ON approvals (session_id, agent, tool);
+     CREATE TRIGGER approvals_decided_once BEFORE UPDATE ON approvals
+     WHEN OLD.state <> 'pending'
+     BEGIN SELECT RAISE(ABORT, 'an approval is decided once'); END;",
 ];
 
 /// The schema version this build writes.

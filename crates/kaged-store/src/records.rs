@@ -127,3 +127,61 @@ pub struct SessionEvent {
     /// The event as JSON text (a JSON value; the database refuses anything else).
     pub body: String,
 }
+
+/// A tool call that waits for (or was given) the operator's decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalRecord {
+    pub id: String,
+    pub session_id: String,
+    pub project: String,
+    pub agent: String,
+    pub tool: String,
+    pub call_id: String,
+    pub parent_call_id: Option<String>,
+    pub arguments: serde_json::Value,
+    /// The session's `created_by`: who may decide on a shared box.
+    pub owner: String,
+    /// `pending`, `approved`, `denied` or `cancelled`.
+    pub state: String,
+    /// `approve`, `approve_session` or `deny`; `None` while pending and when cancelled.
+    pub decision: Option<String>,
+    /// A deny's message (what the model receives).
+    pub message: Option<String>,
+    /// Who decided: a principal, or `kaged` (with `reason`).
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub requested_at_ms: i64,
+    pub decided_at_ms: Option<i64>,
+}
+
+/// A decision about a pending approval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalDecision {
+    /// `approved`, `denied` or `cancelled`.
+    pub state: String,
+    pub decision: Option<String>,
+    pub message: Option<String>,
+    pub decided_by: String,
+    pub reason: Option<String>,
+    pub at_ms: i64,
+}
+
+/// What came of deciding an approval.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decided {
+    /// This decision was the first: the record as it now is.
+    Now(ApprovalRecord),
+    /// Another decision came first: the record as that one left it.
+    Already(ApprovalRecord),
+    /// No such approval.
+    Unknown,
+}
+
+/// Which approvals to list (newest first).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApprovalFilter {
+    pub state: Option<String>,
+    pub project: Option<String>,
+    pub session: Option<String>,
+    pub limit: usize,
+}

@@ -13,7 +13,7 @@ use super::types::{
     AuditSink, AuthMode, CageLimits, DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_TOTAL_MB,
     DEFAULT_TRANSCRIPT_MAX_MB, LogLevel, OperationalSink, SandboxMode, StorageUrl,
 };
-use super::value;
+use super::{notify, value};
 
 #[derive(Clone, Copy)]
 pub struct KeySpec {
@@ -495,6 +495,52 @@ pub const KEYS: &[KeySpec] = &[
             default: |_, _| DEFAULT_TRANSCRIPT_MAX_MB,
             field: |s| &mut s.transcript_max_mb,
             show: |s| Shown::plain(s.transcript_max_mb),
+        },
+    },
+    KeySpec {
+        section: "sessions",
+        key: "approval_timeout_secs",
+        env: "KAGED_SESSIONS_APPROVAL_TIMEOUT_SECS",
+        expected: "a whole number of seconds from 0 to 604800, such as 600 (0: never)",
+        doc: "Seconds a tool call waiting for approval waits; then it is denied and the model is told why. 0 (the default): it waits until someone decides.",
+        value: &Typed {
+            kind: Kind::Number,
+            parse: |spec, raw| value::number(spec, raw, 0, 604_800),
+            default: |_, _| 0,
+            field: |s| &mut s.approval_timeout_secs,
+            show: |s| Shown::plain(s.approval_timeout_secs),
+        },
+    },
+    KeySpec {
+        section: "notify",
+        key: "webhook",
+        env: "KAGED_NOTIFY_WEBHOOK",
+        expected: "an https URL such as \"https://ntfy.sh/YOUR-TOPIC\" (http only to localhost or a private IP)",
+        doc: "ntfy-compatible URL that gets a POST when an approval is requested, an agent waits, or a run fails; a token in it is never shown or logged.",
+        value: &Typed {
+            kind: Kind::Text,
+            parse: notify::webhook,
+            default: |_, _| None,
+            field: |s| &mut s.notify.webhook,
+            // Never the value: it may hold a token.
+            show: |_| Shown::Example("\"https://ntfy.sh/YOUR-TOPIC\""),
+        },
+    },
+    KeySpec {
+        section: "notify",
+        key: "public_url",
+        env: "KAGED_NOTIFY_PUBLIC_URL",
+        expected: "an http(s) address without a path, such as \"https://kaged.example.com\"",
+        doc: "Where operators open kaged, for the notifications' links; default: http:// and the first TCP listener.",
+        value: &Typed {
+            kind: Kind::Text,
+            parse: notify::public_url,
+            default: |_, _| None,
+            field: |s| &mut s.notify.public_url,
+            show: |s| match &s.notify.public_url {
+                Some(url) => Shown::text(url),
+                None => Shown::Example("\"https://kaged.example.com\""),
+            },
         },
     },
     KeySpec {

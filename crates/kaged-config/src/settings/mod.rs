@@ -12,11 +12,13 @@
 //! - `keys.rs`: [`KEYS`]. `field.rs`: what a row carries (parser, default, field, rendering).
 //! - `value.rs`: the parsers, one per kind of value; a value of the wrong kind is an error.
 //! - `sources.rs`: the flag, the environment and the file, each value with its location.
+//! - `notify.rs`: the `[notify]` URLs and how a webhook is shown (never whole).
 //! - `cross.rs`: rules across keys. `render.rs`: the default `config.toml`.
 
 mod cross;
 mod field;
 mod keys;
+mod notify;
 mod render;
 mod sources;
 #[cfg(test)]
@@ -29,6 +31,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use keys::{KEYS, KeySpec};
+pub use notify::{NotifySettings, redacted_url};
 pub use render::render_default_config;
 pub use types::{
     AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, Listener,
@@ -115,6 +118,11 @@ fn unset(decision: &ModeDecision, config_file: &Path) -> Settings {
         sessions_max_total_mb: 0,
         sessions_max_age_days: 0,
         transcript_max_mb: 0,
+        approval_timeout_secs: 0,
+        notify: NotifySettings {
+            webhook: None,
+            public_url: None,
+        },
         sources: BTreeMap::new(),
     }
 }

@@ -827,6 +827,8 @@ fn rendered_default_config_round_trips() {
             "daemon.listen",
             "auth.proxy.trusted_actor_header",
             "auth.proxy.trusted_proxy_listeners",
+            "notify.webhook",
+            "notify.public_url",
         ]
         .contains(&key.as_str())
         {
@@ -890,6 +892,11 @@ fn every_key_has_a_default_in_its_field() {
         sessions_max_total_mb: 2048,
         sessions_max_age_days: 30,
         transcript_max_mb: 64,
+        approval_timeout_secs: 0,
+        notify: NotifySettings {
+            webhook: None,
+            public_url: None,
+        },
         home,
         sources: KEYS.iter().map(|k| (k.path(), Source::Default)).collect(),
     };
@@ -1039,4 +1046,198 @@ fn a_shadowed_file_value_is_still_checked() {
     .0;
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].key, "ui.serve");
+}
+
+#[test]
+fn approval_timeout_defaults_to_never_and_is_bounded() {
+    assert_eq!(resolve_text("").unwrap().approval_timeout_secs, 0);
+    let s = resolve_text("[sessions]\napproval_timeout_secs = 600\n").unwrap();
+    assert_eq!(s.approval_timeout_secs, 600);
+    assert_eq!(
+        s.sources["sessions.approval_timeout_secs"],
+        Source::File { line: 2 }
+    );
+    let s = resolve(
+        &decision(),
+        &cfg(),
+        None,
+        &env(&[("KAGED_SESSIONS_APPROVAL_TIMEOUT_SECS", "30")]),
+        &FlagOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(s.approval_timeout_secs, 30);
+    for bad in ["604801", "-1"] {
+        let e = only_error(&format!("[sessions]\napproval_timeout_secs = {bad}\n"));
+        assert_eq!(e.key, "sessions.approval_timeout_secs");
+        assert!(e.to_string().contains("out of range"), "{e}");
+        assert!(e.to_string().contains("from 0 to 604800"), "{e}");
+    }
+    assert_eq!(
+        resolve_text("[sessions]\napproval_timeout_secs = 604800\n")
+            .unwrap()
+            .approval_timeout_secs,
+        604_800
+    );
+}
+
+#[test]
+fn webhooks_are_https_or_plain_http_to_this_host_or_a_private_ip() {
+    for ok in [
+        "https://ntfy.sh/kaged-ann",
+        "https://ntfy.example/topic?auth=SECRET",
+        "https://ann:SECRET@ntfy.example:8443/topic",
+        "http://127.0.0.1:8080/topic",
+        "http://localhost/topic",
+        "http://LOCALHOST:9/t",
+        "http://[::1]:80/t",
+        "http://10.1.2.3/t",
+        "http://172.16.0.9/t",
+        "http://192.168.1.10/t",
+        "http://100.64.0.2:2586/t",
+        "http://[fd00::1]/t",
+    ] {
+        let s = resolve_text(&format!("[notify]\nwebhook = \"{ok}\"\n")).unwrap();
+        assert_eq!(s.notify.webhook.as_deref(), Some(ok), "{ok}");
+    }
+    for (bad, needle) in [
+        (
+            "http://example.com/x",
+            "plain http to the host name \"example.com\"",
+        ),
+        (
+            "http://ntfy.example/t?auth=SECRET",
+            "plain http to the host name",
+        ),
+        ("http://8.8.8.8/t", "plain http to a public address"),
+        ("http://0.0.0.0/t", "plain http to a public address"),
+        ("http://172.32.0.1/t", "plain http to a public address"),
+        // The host is evil.example, whatever stands before the @.
+        (
+            "http://127.0.0.1@evil.example/t",
+            "host name \"evil.example\"",
+        ),
+        (
+            "http://evil.example\\\\@127.0.0.1/t",
+            "host name \"evil.example\"",
+        ),
+        ("http://localhost.evil.example/t", "host name"),
+        ("ftp://127.0.0.1/t", "scheme \"ftp\""),
+        ("ntfy.sh/topic", "not an absolute URL"),
+        ("https://", "not an absolute URL"),
+    ] {
+        let e = only_error(&format!("# notify\n[notify]\nwebhook = \"{bad}\"\n"));
+        assert_eq!(e.key, "notify.webhook", "{bad}");
+        assert!(
+            matches!(e.location, Location::File { line: 3, .. }),
+            "{bad}: {e:?}"
+        );
+        let shown = e.to_string();
+        assert!(shown.contains(needle), "{bad}: {shown}");
+        assert!(shown.contains("fix: use"), "{bad}: {shown}");
+        // The value may be a secret: errors show scheme and host at most.
+        assert!(
+            !shown.contains("SECRET") && !shown.contains("/t\""),
+            "{bad}: {shown}"
+        );
+    }
+    let errs = resolve(
+        &decision(),
+        &cfg(),
+        None,
+        &env(&[("KAGED_NOTIFY_WEBHOOK", "http://example.com/SECRET")]),
+        &FlagOverrides::default(),
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(
+        errs[0].location,
+        Location::Env {
+            var: "KAGED_NOTIFY_WEBHOOK".into()
+        }
+    );
+    assert!(!errs[0].to_string().contains("SECRET"), "{}", errs[0]);
+}
+
+#[test]
+fn the_public_url_is_an_origin_without_a_trailing_slash() {
+    for (given, stored) in [
+        ("https://kaged.example.com/", "https://kaged.example.com"),
+        ("https://kaged.example.com", "https://kaged.example.com"),
+        ("http://100.64.0.2:7777", "http://100.64.0.2:7777"),
+        (
+            "HTTPS://Kaged.Example.com:443/",
+            "https://kaged.example.com",
+        ),
+        ("http://[::1]:7777/", "http://[::1]:7777"),
+    ] {
+        let s = resolve_text(&format!("[notify]\npublic_url = \"{given}\"\n")).unwrap();
+        assert_eq!(s.notify.public_url.as_deref(), Some(stored), "{given}");
+    }
+    let s = resolve(
+        &decision(),
+        &cfg(),
+        None,
+        &env(&[("KAGED_NOTIFY_PUBLIC_URL", "https://k.example/")]),
+        &FlagOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(s.notify.public_url.as_deref(), Some("https://k.example"));
+    for (bad, needle) in [
+        (
+            "https://kaged.example.com/console",
+            "path, query or fragment",
+        ),
+        ("https://kaged.example.com/?a=1", "path, query or fragment"),
+        ("https://kaged.example.com/#/x", "path, query or fragment"),
+        ("ftp://kaged.example.com", "not https or http"),
+        ("kaged.example.com", "not an absolute URL"),
+        ("https://ann:SECRET@kaged.example.com", "user or password"),
+    ] {
+        let e = only_error(&format!("[notify]\npublic_url = \"{bad}\"\n"));
+        assert_eq!(e.key, "notify.public_url", "{bad}");
+        let shown = e.to_string();
+        assert!(shown.contains(needle), "{bad}: {shown}");
+        assert!(
+            shown.contains("fix: use an http(s) address"),
+            "{bad}: {shown}"
+        );
+        assert!(!shown.contains("SECRET"), "{bad}: {shown}");
+    }
+}
+
+#[test]
+fn settings_never_show_the_webhook_whole() {
+    let s = resolve_text(
+        "[notify]\nwebhook = \"https://ann:PW-s3cr3t@ntfy.example/topic?auth=tk-s3cr3t\"\npublic_url = \"https://k.example\"\n",
+    )
+    .unwrap();
+    let rendered = render_default_config(&s);
+    for shown in [
+        format!("{s:?}"),
+        serde_json::to_string(&s).unwrap(),
+        rendered.clone(),
+    ] {
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(!shown.contains("/topic"), "{shown}");
+    }
+    assert!(
+        rendered.contains("# webhook = \"https://ntfy.sh/YOUR-TOPIC\""),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("public_url = \"https://k.example\""),
+        "{rendered}"
+    );
+    // The default file has the section commented out, with the variables named.
+    let defaults = render_default_config(&resolve_text("").unwrap());
+    assert!(defaults.contains("\n# [notify]\n"), "{defaults}");
+    assert!(
+        defaults.contains("(env KAGED_NOTIFY_WEBHOOK)"),
+        "{defaults}"
+    );
+    assert!(
+        defaults
+            .contains("(env KAGED_SESSIONS_APPROVAL_TIMEOUT_SECS)\napproval_timeout_secs = 0\n"),
+        "{defaults}"
+    );
 }

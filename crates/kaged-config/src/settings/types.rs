@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::notify::NotifySettings;
 use crate::mode::DeploymentMode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -199,6 +200,11 @@ pub struct Settings {
     pub sessions_max_total_mb: u64,
     pub sessions_max_age_days: u64,
     pub transcript_max_mb: u64,
+    /// `[sessions] approval_timeout_secs`: seconds a pending approval waits before it is
+    /// denied; 0: it waits until decided.
+    pub approval_timeout_secs: u64,
+    /// `[notify]`: the webhook (secret: never shown whole) and the console's public address.
+    pub notify: NotifySettings,
     /// `section.key` -> where its value came from.
     pub sources: BTreeMap<String, Source>,
 }

@@ -48,7 +48,7 @@ fn wrong_kind(spec: &KeySpec, raw: Raw) -> Problem {
 }
 
 /// A text value; anything else is a problem naming what it was.
-fn text(spec: &KeySpec, raw: Raw) -> Result<String, Problem> {
+pub(crate) fn text(spec: &KeySpec, raw: Raw) -> Result<String, Problem> {
     match raw {
         Raw::Str(s) => Ok(s),
         other => Err(wrong_kind(spec, other)),

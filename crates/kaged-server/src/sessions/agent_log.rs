@@ -414,4 +414,4 @@ impl Subscription {
 
 #[cfg(test)]
 #[path = "agent_log_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -23,6 +23,8 @@ pub struct Deps {
     pub shutdown: watch::Receiver<bool>,
     /// Ids of tokens revoked while the daemon runs: viewers using them close at once.
     pub revoked_tokens: broadcast::Sender<i64>,
+    /// `[notify] webhook`: approvals asked for, agents waiting, runs failed.
+    pub notifier: crate::notify::Notifier,
 }
 
 /// The settings runs depend on (from `config.toml`, `local.toml` and the start-up preflight).
@@ -53,6 +55,8 @@ pub struct RunSettings {
     pub transcript_max_mb: u64,
     pub sessions_max_total_mb: u64,
     pub sessions_max_age_days: u64,
+    /// `[sessions] approval_timeout_secs`: past it a pending approval is denied (0: never).
+    pub approval_timeout_secs: u64,
 }
 
 /// A loaded project, as a run needs it.

@@ -269,6 +269,15 @@ pub async fn kill(
             },
         )
         .await;
+    // Approvals die with the run they belong to (before it ends: its loop then closes the
+    // turn instead of leaving it paused).
+    if let Err(e) = sessions
+        .approvals()
+        .cancel_pending(&id, "the session was killed")
+        .await
+    {
+        tracing::error!(session = %id, error = %e, "cannot cancel the killed session's approvals");
+    }
     // The kill is recorded (stopping, or killed when nothing was spawned yet) before the
     // answer; the grace period runs on.
     sessions

@@ -39,10 +39,20 @@ struct Shared {
     agent_log: AgentLog,
     /// The controls of conversations held in memory (by session id).
     conversations: Mutex<HashMap<String, Arc<Control>>>,
+    /// Tool calls waiting for the operator's decision.
+    approvals: super::Approvals,
 }
 
 impl Sessions {
     pub fn new(deps: Deps) -> Sessions {
+        let agent_log = AgentLog::new(deps.store.clone());
+        let approvals = super::Approvals::new(
+            deps.store.clone(),
+            deps.audit.clone(),
+            agent_log.clone(),
+            deps.settings.approval_timeout_secs,
+            deps.notifier.clone(),
+        );
         Sessions {
             shared: Arc::new(Shared {
                 live: Mutex::new(HashMap::new()),
@@ -50,8 +60,9 @@ impl Sessions {
                 order: Arc::new(tokio::sync::Mutex::new(())),
                 limits: Default::default(),
                 started_at_ms: now_ms(),
-                agent_log: AgentLog::new(deps.store.clone()),
+                agent_log,
                 conversations: Mutex::new(HashMap::new()),
+                approvals,
                 deps,
             }),
         }
@@ -64,6 +75,11 @@ impl Sessions {
     /// The event logs of model-agent sessions: append (stored, then published) and follow.
     pub fn agent_log(&self) -> &AgentLog {
         &self.shared.agent_log
+    }
+
+    /// Tool calls waiting for the operator's decision.
+    pub fn approvals(&self) -> &super::Approvals {
+        &self.shared.approvals
     }
 
     pub(crate) fn limits(&self) -> &kaged_session::limits::Limits {
@@ -241,6 +257,16 @@ impl Sessions {
         };
         if next.is_terminal() {
             self.audit_end(live, &next, exit).await;
+        }
+        if let State::Failed { reason } = &next {
+            let info = live.info();
+            self.deps()
+                .notifier
+                .send(crate::notify::Notification::run_failed(
+                    &info.project,
+                    &info.id,
+                    reason,
+                ));
         }
         live.set_state(next.clone(), now_ms());
         let (exit_code, reason) = match &next {

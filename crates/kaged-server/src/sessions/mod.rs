@@ -19,11 +19,13 @@
 //! `egress.rs` (a run's egress proxy and its audit), `stop.rs` (kill, wall time, pids
 //! watchdog), `transcript.rs` (the files), `retention.rs`, `http.rs` and `pty.rs` (routes),
 //! `panics.rs` (the run threads' panic handling), `agent_log.rs` (a model agent's event log:
-//! stored, then published; followed from any `seq`), `agent_ws.rs` (its WebSocket) and
-//! `conversation/` (model agents: the cage's tool executor, the agent loop, their routes).
+//! stored, then published; followed from any `seq`), `agent_ws.rs` (its WebSocket),
+//! `conversation/` (model agents: the cage's tool executor, the agent loop, their routes) and
+//! `approval/` (tool calls waiting for the operator's decision, and their routes).
 
 mod agent_log;
 mod agent_ws;
+pub(crate) mod approval;
 mod conversation;
 mod deps;
 mod egress;
@@ -49,6 +51,7 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 pub use agent_ws::events as agent_events;
+pub use approval::Approvals;
 pub use conversation::{abort, conversation, messages};
 pub use deps::{Deps, LoadedProject, Projects, RunSettings};
 pub use http::{create, get, kill, list, list_project, prune, transcript};

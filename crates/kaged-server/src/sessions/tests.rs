@@ -53,6 +53,7 @@ fn settings(dir: &Path) -> RunSettings {
         transcript_max_mb: 64,
         sessions_max_total_mb: 1024,
         sessions_max_age_days: 30,
+        approval_timeout_secs: 0,
     }
 }
 
@@ -109,6 +110,7 @@ fn manager(dir: &Path, settings: RunSettings) -> (Sessions, Store) {
         policy: Arc::new(policy),
         shutdown: tokio::sync::watch::channel(false).1,
         revoked_tokens: tokio::sync::broadcast::channel(4).0,
+        notifier: crate::notify::Notifier::disabled(),
     });
     (sessions, store)
 }
@@ -362,6 +364,7 @@ fn sessions_deps(sessions: &Sessions) -> Deps {
         policy: d.policy.clone(),
         shutdown: d.shutdown.clone(),
         revoked_tokens: d.revoked_tokens.clone(),
+        notifier: d.notifier.clone(),
     }
 }
 

@@ -5,7 +5,7 @@ use super::SqliteBackend;
 use crate::migrations::LATEST_SCHEMA;
 use crate::{Backend, SessionEvent, SessionRecord, StateChange, Store, StoreError};
 
-fn session(db: &SqliteBackend, id: &str) {
+pub(super) fn session(db: &SqliteBackend, id: &str) {
     let record = SessionRecord {
         id: id.into(),
         project: "demo".into(),
@@ -109,8 +109,8 @@ fn a_version_7_database_gains_the_event_log_and_keeps_its_sessions() {
         );
     }
     let db = SqliteBackend::open(&path).unwrap();
-    assert_eq!(LATEST_SCHEMA, 9);
-    assert_eq!(db.schema_version().unwrap(), 9);
+    assert_eq!(LATEST_SCHEMA, 10);
+    assert_eq!(db.schema_version().unwrap(), 10);
     let kept = db.get_session("old").unwrap().unwrap();
     assert!(
         !kept.conversation,

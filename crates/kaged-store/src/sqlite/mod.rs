@@ -2,9 +2,11 @@
 //! daemon is the only writer and its statements are short).
 //!
 //! `schema.rs` opens the file and migrates it; each other file holds the statements of one
-//! group of tables (`audit.rs`, `runs.rs`, `tokens.rs`, `projects.rs`, `sessions.rs`, `events.rs`). Those
+//! group of tables (`audit.rs`, `runs.rs`, `tokens.rs`, `projects.rs`, `sessions.rs`, `events.rs`,
+//! `approvals.rs`). Those
 //! speak `rusqlite` only; the [`Backend`] impl here maps their errors to [`StoreError`], once.
 
+mod approvals;
 mod audit;
 mod events;
 mod projects;
@@ -13,6 +15,8 @@ mod schema;
 mod sessions;
 mod tokens;
 
+#[cfg(test)]
+mod approvals_tests;
 #[cfg(test)]
 mod events_tests;
 #[cfg(test)]
@@ -24,8 +28,9 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 use crate::{
-    AuditEvent, Backend, DaemonRun, ProjectRecord, Result, SessionEvent, SessionRecord,
-    StateChange, StoreError, StoredAuditEvent, TokenRecord, Transition,
+    ApprovalDecision, ApprovalFilter, ApprovalRecord, AuditEvent, Backend, DaemonRun, Decided,
+    ProjectRecord, Result, SessionEvent, SessionRecord, StateChange, StoreError, StoredAuditEvent,
+    TokenRecord, Transition,
 };
 
 /// SQLite in WAL mode, one connection guarded by a mutex.
@@ -194,6 +199,26 @@ impl Backend for SqliteBackend {
 
     fn last_event_seq(&self, session: &str) -> Result<u64> {
         self.with(|c| events::last_seq(c, session))
+    }
+
+    fn create_approval(&self, approval: &ApprovalRecord) -> Result<()> {
+        self.with(|c| approvals::create(c, approval))
+    }
+
+    fn decide_approval(&self, id: &str, decision: &ApprovalDecision) -> Result<Decided> {
+        self.with(|c| approvals::decide(c, id, decision))
+    }
+
+    fn get_approval(&self, id: &str) -> Result<Option<ApprovalRecord>> {
+        self.with(|c| approvals::get(c, id))
+    }
+
+    fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<ApprovalRecord>> {
+        self.with(|c| approvals::list(c, filter))
+    }
+
+    fn granted_for_session(&self, session: &str, agent: &str, tool: &str) -> Result<bool> {
+        self.with(|c| approvals::granted_for_session(c, session, agent, tool))
     }
 
     fn close(&self) -> Result<()> {

@@ -280,6 +280,8 @@ impl Live {
                 let rest = format!("{indent}  ");
                 self.lines(&mut out, &block(message, &first, &rest));
             }
+            // Rendered by the approvals CLI work (issue 15).
+            AgentEvent::ApprovalRequested { .. } | AgentEvent::ApprovalDecided { .. } => {}
         }
         out
     }

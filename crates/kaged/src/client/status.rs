@@ -82,6 +82,14 @@ pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<
         ),
         ("storage", storage_health(&s["storage"]["health"])),
         ("audit", text(&s["paths"]["audit_log"])),
+        (
+            "approvals",
+            match s["approvals"]["pending"].as_u64() {
+                Some(0) => "none pending".to_string(),
+                Some(n) => format!("{n} pending (kaged approvals list)"),
+                None => "unknown".to_string(),
+            },
+        ),
     ];
     for (label, value) in rows {
         println!("  {label:<9} {value}");

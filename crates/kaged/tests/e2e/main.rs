@@ -29,6 +29,7 @@ mod escapes;
 mod full_disk;
 mod lifecycle;
 mod listeners;
+mod notify;
 mod ordinary_user;
 mod preflight;
 mod projects;

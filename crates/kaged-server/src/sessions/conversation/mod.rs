@@ -61,7 +61,7 @@ impl Setup {
             .tools
             .iter()
             .flatten()
-            .map(|(tool, t)| (tool.as_str(), t.enabled));
+            .map(|(tool, t)| (tool.as_str(), t.offered()));
         Some(Setup {
             agent: name.to_string(),
             model,

@@ -58,6 +58,7 @@ impl Runner {
             root: d.root.clone(),
             setup,
             control,
+            owner: self.live.info().created_by.clone(),
             base: CageBase {
                 project: d.model.clone(),
                 slug: d.project.clone(),

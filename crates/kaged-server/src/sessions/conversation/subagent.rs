@@ -38,7 +38,10 @@ pub(crate) fn specs(project: &Project, setup: &Setup) -> Vec<ToolSpec> {
     agent
         .subagents
         .iter()
-        .filter(|(_, a)| a.model.is_some())
+        .filter(|(name, a)| {
+            a.model.is_some()
+                && agent.approval_of(&format!("{PREFIX}{name}")) != kaged_dsl::Approval::Deny
+        })
         .map(|(name, a)| ToolSpec {
             name: format!("{PREFIX}{name}"),
             description: format!(

@@ -1,13 +1,15 @@
 //! The agent loop of one conversation, a task as long as its run: wait for operator messages,
 //! run a turn (model call, tool calls, model call, …) until the model stops, `max_steps` or
 //! `max_output_tokens`, an abort or the run's end. Every turn ends with exactly one
-//! `turn_ended` record. The conversation given to the model is rebuilt from the log at each
+//! `turn_ended` record (a turn paused on approvals when its run ends stays open, and goes on
+//! when the conversation next runs). The conversation given to the model is rebuilt from the log at each
 //! call (`kaged_session::agent::history`), so a resumed session continues with its history.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use kaged_dsl::Approval;
 use kaged_llm::{Client, Message, Request, StopReason, Timeouts, ToolSpec};
 use kaged_session::agent::{self, AgentEvent, EndReason};
 use kaged_tools::ToolExecutor;
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 use super::model::{self, Failed};
 use super::subagent::{self, CageBase};
 use super::{Control, Setup};
+use crate::notify::Notification;
 use crate::sessions::{RunSettings, Sessions};
 
 /// What the loop works with.
@@ -25,6 +28,8 @@ pub(crate) struct Conversation {
     pub root: PathBuf,
     pub setup: Setup,
     pub control: Arc<Control>,
+    /// Who started the session (who may decide its approvals on a shared box).
+    pub owner: String,
     /// What subagents' cages are built from.
     pub base: CageBase,
     /// Subagent cages started so far (names their cgroups).
@@ -55,6 +60,38 @@ fn remember(log: &mut Vec<agent::Sequenced>, record: agent::Sequenced) {
 
 /// Subagents of subagents, at most this deep.
 const MAX_DEPTH: usize = 4;
+
+/// The result of a call that ran when its run ended: it is not run a second time.
+const INTERRUPTED: &str =
+    "cut short: the run ended (kaged stopped) while this call ran; it was not run again";
+
+/// A tool call of a turn on its way to its result.
+pub(crate) struct Call {
+    id: String,
+    name: String,
+    arguments: serde_json::Value,
+    /// The approval it waits for (or was given).
+    approval: Option<String>,
+    /// It was under way when an earlier run ended: it is not run again.
+    interrupted: bool,
+}
+
+/// How a call is carried out.
+enum Handler {
+    /// A built-in tool, in the agent's cage.
+    Tool(String),
+    /// A subagent, in a cage of its own.
+    Subagent(Setup),
+    /// Nothing: the model is told why.
+    Unknown(String),
+}
+
+fn approval_failed(e: crate::sessions::approval::ApprovalError) -> Failed {
+    Failed {
+        code: "approval",
+        message: e.to_string(),
+    }
+}
 
 /// Who a loop runs for: the session's agent (`parent` `None`) or a subagent called by the
 /// parent's tool call `parent`.
@@ -134,8 +171,8 @@ impl Conversation {
                 return;
             }
         };
-        let mut turns = match self.close_open_turn().await {
-            Ok(n) => n,
+        let (mut turns, mut paused) = match self.close_open_turn().await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::error!(session = %self.id, error = %e, "cannot read the conversation");
                 return;
@@ -148,28 +185,73 @@ impl Conversation {
             depth: 0,
         };
         loop {
-            if !self.control.has_queued() {
+            if paused.is_none() && !self.control.has_queued() {
                 tokio::select! {
                     _ = self.control.wake.notified() => {}
                     _ = ended.wait_for(|e| *e) => return,
                 }
                 continue;
             }
-            turns += 1;
+            // A turn kaged stopped in while it waited for approvals goes on (same number).
+            let resumed = paused.take();
+            if resumed.is_none() {
+                turns += 1;
+            }
             let mut abort = self.control.abort.subscribe();
             abort.mark_unchanged();
             self.control.in_turn.store(true, Ordering::SeqCst);
             let reason = tokio::select! {
-                reason = self.turn(scope, turns, &client) => reason,
+                reason = self.turn(scope, turns, &client, resumed.unwrap_or_default()) => reason,
                 _ = abort.changed() => EndReason::Aborted,
                 _ = ended.wait_for(|e| *e) => EndReason::Aborted,
             };
-            let _ = self.record(vec![AgentEvent::TurnEnded { reason }]).await;
-            self.control.in_turn.store(false, Ordering::SeqCst);
             if *ended.borrow() {
+                // The run ended. A turn paused on approvals stays open (a kill cancelled
+                // them first; a daemon stop keeps them): deciding one takes it up again.
+                if !self.waits_for_approvals().await {
+                    let _ = self.record(vec![AgentEvent::TurnEnded { reason }]).await;
+                }
                 return;
             }
+            if reason == EndReason::Aborted
+                && let Err(e) = self
+                    .sessions
+                    .approvals()
+                    .cancel_pending(&self.id, "the turn was aborted")
+                    .await
+            {
+                tracing::error!(session = %self.id, error = %e, "cannot cancel the aborted turn's approvals");
+            }
+            let _ = self.record(vec![AgentEvent::TurnEnded { reason }]).await;
+            self.control.in_turn.store(false, Ordering::SeqCst);
+            if reason != EndReason::Aborted && !self.control.has_queued() {
+                // The agent waits for the operator (an abort was the operator's own doing).
+                self.sessions
+                    .deps()
+                    .notifier
+                    .send(Notification::session_waiting(
+                        &self.base.slug,
+                        &self.setup.agent,
+                        &self.id,
+                    ));
+            }
         }
+    }
+
+    /// Whether a call of this session's turn waits for a decision.
+    async fn waits_for_approvals(&self) -> bool {
+        let pending = self
+            .sessions
+            .approvals()
+            .store()
+            .list_approvals(kaged_store::ApprovalFilter {
+                state: Some("pending".into()),
+                session: Some(self.id.clone()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await;
+        pending.is_ok_and(|p| p.iter().any(|a| a.parent_call_id.is_none()))
     }
 
     fn timeouts(&self) -> Timeouts {
@@ -181,9 +263,11 @@ impl Conversation {
         }
     }
 
-    /// The number of turns so far; a turn an earlier run left open (kaged stopped during it)
-    /// is closed first, saying so.
-    async fn close_open_turn(&self) -> Result<u64, String> {
+    /// The number of turns so far, and the calls of a turn an earlier run left paused on
+    /// approvals (kaged stopped while they waited): that turn goes on from them. Any other
+    /// turn an earlier run left open is closed first, saying so; approvals nothing waits for
+    /// any more (a subagent's, whose cage is gone) are cancelled.
+    async fn close_open_turn(&self) -> Result<(u64, Option<Vec<Call>>), String> {
         let records = self
             .sessions
             .agent_log()
@@ -192,13 +276,40 @@ impl Conversation {
             .map_err(|e| e.to_string())?;
         let mut turns = 0;
         let mut open = false;
+        let mut calls: Vec<Call> = Vec::new();
+        let mut done = std::collections::HashSet::new();
         for r in records.iter().filter(|r| r.parent_call_id.is_none()) {
-            match r.event {
+            match &r.event {
                 AgentEvent::TurnStarted { turn } => {
-                    turns = turn;
+                    turns = *turn;
                     open = true;
+                    calls.clear();
+                    done.clear();
                 }
                 AgentEvent::TurnEnded { .. } => open = false,
+                AgentEvent::ToolCall {
+                    call_id,
+                    name,
+                    arguments,
+                } => calls.push(Call {
+                    id: call_id.clone(),
+                    name: name.clone(),
+                    arguments: arguments.clone(),
+                    approval: None,
+                    interrupted: true,
+                }),
+                AgentEvent::ApprovalRequested {
+                    approval_id,
+                    call_id,
+                    ..
+                } => {
+                    if let Some(call) = calls.iter_mut().find(|c| &c.id == call_id) {
+                        call.approval = Some(approval_id.clone());
+                    }
+                }
+                AgentEvent::ToolResult { call_id, .. } => {
+                    done.insert(call_id.clone());
+                }
                 _ => {}
             }
         }
@@ -207,6 +318,19 @@ impl Conversation {
             for record in records {
                 remember(&mut log, record);
             }
+        }
+        calls.retain(|c| !done.contains(&c.id));
+        let paused = if open && calls.iter().any(|c| c.approval.is_some()) {
+            for call in &mut calls {
+                call.interrupted = !self.still_to_run(call).await?;
+            }
+            Some(calls)
+        } else {
+            None
+        };
+        self.cancel_stale_approvals(paused.as_deref()).await?;
+        if paused.is_some() {
+            return Ok((turns, paused));
         }
         if open {
             self.record(vec![
@@ -220,7 +344,70 @@ impl Conversation {
             ])
             .await?;
         }
-        Ok(turns)
+        Ok((turns, None))
+    }
+
+    /// Whether a call of a paused turn is to be carried out now: its approval is pending, was
+    /// refused (the model is told), or was granted after the run that asked ended. One granted
+    /// while that run lived may have started already: it is not run twice.
+    async fn still_to_run(&self, call: &Call) -> Result<bool, String> {
+        let Some(id) = &call.approval else {
+            return Ok(false);
+        };
+        let store = &self.sessions.deps().store;
+        let Some(record) = store
+            .get_approval(id.clone())
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(false);
+        };
+        if record.state != "approved" {
+            return Ok(true);
+        }
+        let transitions = store
+            .transitions_after(0, Some(self.id.clone()), 10_000)
+            .await
+            .map_err(|e| e.to_string())?;
+        let run_end = transitions.iter().find(|t| {
+            t.at_ms >= record.requested_at_ms
+                && matches!(t.state.as_str(), "exited" | "failed" | "killed")
+        });
+        Ok(match (run_end, record.decided_at_ms) {
+            (Some(end), Some(decided)) => decided > end.at_ms,
+            _ => false,
+        })
+    }
+
+    /// Cancel this session's pending approvals that no call of `paused` waits for.
+    async fn cancel_stale_approvals(&self, paused: Option<&[Call]>) -> Result<(), String> {
+        let approvals = self.sessions.approvals();
+        let pending = approvals
+            .store()
+            .list_approvals(kaged_store::ApprovalFilter {
+                state: Some("pending".into()),
+                session: Some(self.id.clone()),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let waited: std::collections::HashSet<&str> = paused
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| !c.interrupted)
+            .filter_map(|c| c.approval.as_deref())
+            .collect();
+        for stale in pending.iter().filter(|a| !waited.contains(a.id.as_str())) {
+            approvals
+                .cancel(
+                    &stale.id,
+                    "the run that asked ended (kaged stopped during a subagent's turn)",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Record the operator's queued messages.
@@ -236,8 +423,14 @@ impl Conversation {
 
     /// One turn of `scope`; records an `error` when one ends it (the caller records
     /// `turn_ended`).
-    async fn turn(&self, scope: Scope<'_>, number: u64, client: &Client) -> EndReason {
-        match self.steps(scope, number, client).await {
+    async fn turn(
+        &self,
+        scope: Scope<'_>,
+        number: u64,
+        client: &Client,
+        paused: Vec<Call>,
+    ) -> EndReason {
+        match self.steps(scope, number, client, paused).await {
             Ok(reason) => reason,
             Err(Failed { code, message }) => {
                 let _ = self
@@ -274,19 +467,24 @@ impl Conversation {
         }
     }
 
+    /// The model calls and tool calls of a turn; a paused turn taken up again starts with
+    /// the calls it paused on (`paused`).
     async fn steps(
         &self,
         scope: Scope<'_>,
         number: u64,
         client: &Client,
+        paused: Vec<Call>,
     ) -> Result<EndReason, Failed> {
         let top = scope.parent.is_none();
-        if top {
-            self.take_messages().await.map_err(storage)?;
+        if paused.is_empty() {
+            if top {
+                self.take_messages().await.map_err(storage)?;
+            }
+            self.record_in(scope.parent, vec![AgentEvent::TurnStarted { turn: number }])
+                .await
+                .map_err(storage)?;
         }
-        self.record_in(scope.parent, vec![AgentEvent::TurnStarted { turn: number }])
-            .await
-            .map_err(storage)?;
         let setup = scope.setup;
         let system = match &setup.system_prompt {
             Some(path) => Some(
@@ -306,6 +504,9 @@ impl Conversation {
             conversation: self,
             parent: scope.parent,
         };
+        if !paused.is_empty() {
+            self.finish_calls(scope, client, paused).await?;
+        }
         let mut steps = 0u64;
         loop {
             if setup.max_steps.is_some_and(|max| steps >= max) {
@@ -338,19 +539,15 @@ impl Conversation {
         }
     }
 
-    /// Record the calls, start the built-in ones at once in the cage, run subagents in turn,
-    /// and record each result.
+    /// Record the calls, ask for the approvals they need, and carry them out
+    /// ([`Self::finish_calls`]).
     async fn run_tools(
         &self,
         scope: Scope<'_>,
         client: &Client,
         calls: Vec<kaged_llm::ToolCall>,
     ) -> Result<(), Failed> {
-        enum Started {
-            Tool(Result<kaged_tools::PendingCall, String>),
-            Subagent(Setup, serde_json::Value),
-        }
-        let mut started = Vec::new();
+        let mut planned = Vec::new();
         let mut events = Vec::new();
         for call in calls {
             let arguments = serde_json::from_str(&call.arguments)
@@ -360,40 +557,156 @@ impl Conversation {
                 name: call.name.clone(),
                 arguments: arguments.clone(),
             });
-            let sub = call
-                .name
-                .strip_prefix(subagent::PREFIX)
-                .filter(|_| scope.depth < MAX_DEPTH)
-                .filter(|name| {
-                    self.base
-                        .project
-                        .agent(&scope.setup.agent)
-                        .is_some_and(|a| a.subagents.contains_key(*name))
-                })
-                .and_then(|name| Setup::of(&self.base.project, name));
-            let job = match sub {
-                Some(setup) => Started::Subagent(setup, arguments),
-                None if scope.setup.tools.contains(&call.name) => Started::Tool(
-                    scope
-                        .executor
-                        .start(&call.name, arguments)
-                        .map_err(|e| e.to_string()),
-                ),
-                None => Started::Tool(Err(format!(
-                    "unknown tool `{}`; the tools are: {}",
-                    call.name,
-                    tool_names(&self.base.project, scope)
-                ))),
-            };
-            started.push((call.id, job));
+            planned.push(Call {
+                id: call.id,
+                name: call.name,
+                arguments,
+                approval: None,
+                interrupted: false,
+            });
         }
         self.record_in(scope.parent, events)
             .await
             .map_err(storage)?;
+        for call in &mut planned {
+            if matches!(self.handler(scope, &call.name), Handler::Unknown(_))
+                || !self.needs_approval(scope, &call.name).await?
+            {
+                continue;
+            }
+            let record = self
+                .sessions
+                .approvals()
+                .request(crate::sessions::approval::Request {
+                    session: &self.id,
+                    project: &self.base.slug,
+                    owner: &self.owner,
+                    agent: &scope.setup.agent,
+                    tool: &call.name,
+                    call_id: &call.id,
+                    parent_call_id: scope.parent,
+                    arguments: &call.arguments,
+                })
+                .await
+                .map_err(approval_failed)?;
+            call.approval = Some(record.id);
+        }
+        self.finish_calls(scope, client, planned).await
+    }
+
+    /// How `scope`'s agent carries out a call of `name`.
+    fn handler(&self, scope: Scope<'_>, name: &str) -> Handler {
+        let agent = self.base.project.agent(&scope.setup.agent);
+        let sub = name
+            .strip_prefix(subagent::PREFIX)
+            .filter(|_| scope.depth < MAX_DEPTH)
+            .filter(|sub| {
+                agent.is_some_and(|a| {
+                    a.subagents.contains_key(*sub) && a.approval_of(name) != Approval::Deny
+                })
+            })
+            .and_then(|sub| Setup::of(&self.base.project, sub));
+        match sub {
+            Some(setup) => Handler::Subagent(setup),
+            None if scope.setup.tools.contains(name) => Handler::Tool(name.to_string()),
+            None if agent.is_some_and(|a| a.approval_of(name) == Approval::Deny) => {
+                Handler::Unknown(format!(
+                    "`{name}` is not allowed for this agent (the project file says `approval: deny` or `enabled: false`); the tools are: {}",
+                    tool_names(&self.base.project, scope)
+                ))
+            }
+            None => Handler::Unknown(format!(
+                "unknown tool `{name}`; the tools are: {}",
+                tool_names(&self.base.project, scope)
+            )),
+        }
+    }
+
+    /// Whether a call of `name` by `scope`'s agent waits for the operator: `approval: ask`,
+    /// unless it was approved for the rest of this session.
+    async fn needs_approval(&self, scope: Scope<'_>, name: &str) -> Result<bool, Failed> {
+        let level = self
+            .base
+            .project
+            .agent(&scope.setup.agent)
+            .map_or(Approval::Allow, |a| a.approval_of(name));
+        if level != Approval::Ask {
+            return Ok(false);
+        }
+        let granted = self
+            .sessions
+            .approvals()
+            .granted(&self.id, &scope.setup.agent, name)
+            .await
+            .map_err(approval_failed)?;
+        Ok(!granted)
+    }
+
+    /// Start at once, in the cage, the built-in calls that need no decision; then, in order,
+    /// wait for each decision needed, run subagents, and record each result.
+    async fn finish_calls(
+        &self,
+        scope: Scope<'_>,
+        client: &Client,
+        calls: Vec<Call>,
+    ) -> Result<(), Failed> {
+        enum Ready {
+            Tool(Result<kaged_tools::PendingCall, String>),
+            Subagent(Setup, serde_json::Value),
+            Done(String),
+        }
+        enum Started {
+            Ready(Ready),
+            Waiting(String, Handler, serde_json::Value),
+        }
+        let start = |name: &str, arguments| {
+            scope
+                .executor
+                .start(name, arguments)
+                .map_err(|e| e.to_string())
+        };
+        let mut started = Vec::new();
+        for call in calls {
+            let job = match (
+                call.interrupted,
+                self.handler(scope, &call.name),
+                call.approval,
+            ) {
+                (true, _, _) => Started::Ready(Ready::Done(INTERRUPTED.to_string())),
+                (false, Handler::Unknown(message), _) => Started::Ready(Ready::Done(message)),
+                (false, handler, Some(id)) => Started::Waiting(id, handler, call.arguments),
+                (false, Handler::Tool(name), None) => {
+                    Started::Ready(Ready::Tool(start(&name, call.arguments)))
+                }
+                (false, Handler::Subagent(setup), None) => {
+                    Started::Ready(Ready::Subagent(setup, call.arguments))
+                }
+            };
+            started.push((call.id, job));
+        }
         let mut gone = None;
         for (call_id, job) in started {
+            let job = match job {
+                Started::Waiting(id, handler, arguments) => {
+                    let record = self
+                        .sessions
+                        .approvals()
+                        .wait(&id)
+                        .await
+                        .map_err(approval_failed)?;
+                    match handler {
+                        _ if record.state != "approved" => {
+                            Ready::Done(crate::sessions::approval::refusal(&record))
+                        }
+                        Handler::Tool(name) => Ready::Tool(start(&name, arguments)),
+                        Handler::Subagent(setup) => Ready::Subagent(setup, arguments),
+                        Handler::Unknown(message) => Ready::Done(message),
+                    }
+                }
+                Started::Ready(ready) => ready,
+            };
             let (ok, content, cut) = match job {
-                Started::Tool(Ok(p)) => match p.outcome().await {
+                Ready::Tool(Ok(p)) => match p.outcome().await {
                     Ok(kaged_tools::ToolOutcome::Ok { output, truncated }) => {
                         (true, output, truncated)
                     }
@@ -403,8 +716,8 @@ impl Conversation {
                         (false, e.to_string(), false)
                     }
                 },
-                Started::Tool(Err(message)) => (false, message, false),
-                Started::Subagent(setup, arguments) => {
+                Ready::Tool(Err(message)) | Ready::Done(message) => (false, message, false),
+                Ready::Subagent(setup, arguments) => {
                     let (ok, content) =
                         Box::pin(self.run_subagent(scope, client, &call_id, setup, arguments))
                             .await;
@@ -483,7 +796,7 @@ impl Conversation {
             executor: &cage.executor,
             depth: scope.depth + 1,
         };
-        let reason = self.turn(sub, 1, client).await;
+        let reason = self.turn(sub, 1, client, Vec::new()).await;
         let _ = self
             .record_in(Some(call_id), vec![AgentEvent::TurnEnded { reason }])
             .await;
