@@ -157,6 +157,8 @@ export function mountConversation(ctx, view, host, session, status) {
       if (i >= 0) {
         pending[i].el.remove();
         pending.splice(i, 1);
+        // Taken: "Queued" no longer holds.
+        if (pending.length === 0) note.querySelector("#queued-note")?.remove();
       } else if (sending) {
         takenDuringSend.push(event.text);
       }
@@ -229,7 +231,7 @@ export function mountConversation(ctx, view, host, session, status) {
         announce("Sent; resuming the conversation");
       } else if (conversation.running) {
         const queued = "Queued: the agent takes it at its next model call.";
-        fill(note, h("p", { class: "muted small", text: queued }));
+        fill(note, h("p", { class: "muted small", id: "queued-note", text: queued }));
         announce("Sent; queued for the next model call");
       } else {
         fill(note);

@@ -726,6 +726,7 @@ async fn a_phone_approves_a_pending_call_and_another_browser_sees_it_resolved() 
         )
         .await;
     assert_eq!(made, json!([0, true]));
+    phone.shot("ui-approvals-markdown.png").await;
 
     // The other browser asks for notifications (a stand-in for the browser's Notification,
     // which headless Chromium cannot show), goes to another screen and is hidden.
