@@ -664,6 +664,20 @@ async fn a_phone_approves_a_pending_call_and_another_browser_sees_it_resolved() 
         ])
     );
 
+    // A notification's link (`#/approvals/ID`) shows that approval, decided or not.
+    phone.route(&format!("#/approvals/{aid}")).await;
+    phone.ready().await;
+    let single = phone
+        .until(
+            "the linked approval",
+            "return document.querySelector('#approval-single .approval[data-state=\"approved\"] .approval-outcome')?.textContent;",
+        )
+        .await;
+    assert!(
+        single.as_str().unwrap().starts_with("Approved by "),
+        "{single}"
+    );
+
     // The conversation: the inline card resolved, the model's Markdown drawn safely.
     phone.route(&format!("#/sessions/{id}")).await;
     phone.ready().await;
