@@ -14,9 +14,12 @@
 // First: its listeners and the style shim must be in place before anything else runs.
 import "./csp.js";
 import { ApiClient } from "./api.js";
+import { PendingApprovals } from "./approvals.js";
 import { $, announce, errorPanel, fill, h } from "./dom.js";
 import { EventStream } from "./events.js";
+import { notifyApproval } from "./notifications.js";
 import { Router } from "./router.js";
+import { viewApprovals } from "./screen-approvals.js";
 import { viewAudit } from "./screen-audit.js";
 import { viewProject } from "./screen-project.js";
 import { viewProjects } from "./screen-projects.js";
@@ -29,6 +32,8 @@ const ROUTES = [
   [/^#\/projects\/([A-Za-z0-9._-]+)$/, "projects", viewProject],
   [/^#\/sessions\/?$/, "sessions", viewSessions],
   [/^#\/sessions\/([0-9a-f]{32})$/, "sessions", viewSession],
+  [/^#\/approvals\/?$/, "approvals", viewApprovals],
+  [/^#\/approvals\/([A-Za-z0-9_-]{1,64})$/, "approvals", viewApprovals],
   [/^#\/status$/, "status", viewStatus],
   [/^#\/audit$/, "audit", viewAudit],
 ];
@@ -36,6 +41,20 @@ const ROUTES = [
 /** What the shell itself tracks; the screens see it only through `ctx`. */
 const shell = { signedOut: false, router: null, events: null };
 const api = new ApiClient(showSignedOut);
+/** The page's title without the count of pending approvals. */
+const baseTitle = document.title;
+
+/** The count of pending approvals: on the nav entry and before the page title. */
+function showApprovalCount(n) {
+  const badge = $("approvals-count");
+  badge.textContent = n > 0 ? String(n) : "";
+  badge.hidden = n === 0;
+  const link = $("nav-approvals");
+  if (n > 0) link.setAttribute("aria-label", `Approvals: ${n} waiting`);
+  else link.removeAttribute("aria-label");
+  document.title = n > 0 ? `(${n}) ${baseTitle}` : baseTitle;
+  document.body.dataset.approvals = String(n);
+}
 
 function showWarnings(warnings) {
   const banner = $("warnings");
@@ -67,6 +86,7 @@ function showSignedOut() {
   shell.signedOut = true;
   if (shell.router) shell.router.dispose();
   if (shell.events) shell.events.stop();
+  document.title = baseTitle;
   document.body.dataset.state = "signed-out";
   $("sign-out").hidden = true;
   $("who").textContent = "";
@@ -130,10 +150,17 @@ async function boot() {
   document.body.dataset.state = "ready";
   const events = new EventStream(api);
   shell.events = events;
+  // --insecure-readonly serves plain reads only: no streams (listed once, not live).
+  const approvals = new PendingApprovals(api, who.method === "insecure_readonly" ? null : events);
+  approvals.on((change) => {
+    showApprovalCount(approvals.count);
+    if (change.kind === "requested" && change.live) notifyApproval(change.approval);
+  });
   /** What every screen gets: the API, the event stream, who is signed in, the last status. */
   const ctx = {
     api,
     events,
+    approvals,
     who,
     readOnly: who.method === "insecure_readonly",
     status,
@@ -154,6 +181,7 @@ async function boot() {
       .catch(() => {});
   }, 15000);
   // --insecure-readonly serves plain reads only: no streams (views still work, unlive).
+  approvals.start();
   if (!ctx.readOnly) events.start();
   window.addEventListener("online", () => events.nudge());
   document.addEventListener("visibilitychange", () => {

@@ -1,14 +1,18 @@
 // A model agent's conversation drawn from its event log (docs/agent-protocol.md): the records
 // `{seq, at_ms, parent_call_id?, event}` go into `Conversation.apply` one by one, in seq order,
-// and the DOM follows: the operator's messages, the model's text as it streams in, tool calls as
-// collapsed <details> blocks (arguments, output, result), usage, turn boundaries, errors. A
-// subagent's records (`parent_call_id`) nest inside the parent's tool-call block.
+// and the DOM follows: the operator's messages, the model's text as it streams in (drawn as
+// Markdown, markdown.js), tool calls as collapsed <details> blocks (arguments, output, result),
+// an approval card where a call waits for the operator (approval-card.js), usage, turn
+// boundaries, errors. A subagent's records (`parent_call_id`) nest inside the parent's block.
 //
-// Pure rendering: no network, no timers; the browser tests feed it recorded logs directly.
-// Everything the model, a tool or the log says is text: it reaches the DOM only through
-// textContent and Text nodes, never as HTML.
+// Rendering only: no timers, and no network except an approval card's buttons (when given an
+// API client); the browser tests feed it recorded logs directly. Everything the model, a tool
+// or the log says is text: it reaches the DOM only through textContent and Text nodes, never as
+// HTML (Markdown is parsed into elements by markdown.js, which never parses HTML).
 
+import { ApprovalCard } from "./approval-card.js";
 import { h } from "./dom.js";
+import { renderMarkdown } from "./markdown.js";
 
 /** The longest argument summary shown on a collapsed tool call. */
 const SUMMARY_CHARS = 80;
@@ -128,8 +132,9 @@ class ToolBlock {
     );
   }
 
+  /** Running, or waiting for the operator's approval. */
   get running() {
-    return this.el.dataset.status === "running";
+    return this.el.dataset.status === "running" || this.el.dataset.status === "approval";
   }
 
   setStatus(status, label) {
@@ -163,13 +168,49 @@ class ToolBlock {
 }
 
 /**
+ * One message: the operator's (plain text) or a model's (Markdown, drawn again whenever its text
+ * changed: at once when it ends, else at the next `Conversation.flush`).
+ */
+class Message {
+  constructor(el, body, markdown, dirty) {
+    this.el = el;
+    this.body = body;
+    this.markdown = markdown;
+    this.dirty = dirty;
+    this.source = "";
+    this.plain = document.createTextNode("");
+    if (!markdown) body.append(this.plain);
+  }
+
+  append(chunk) {
+    if (!chunk) return;
+    this.source += chunk;
+    if (this.markdown) this.dirty.add(this);
+    else this.plain.appendData(chunk);
+  }
+
+  set(text) {
+    if (text === this.source) return;
+    this.source = text;
+    if (this.markdown) this.dirty.add(this);
+    else this.plain.data = text;
+  }
+
+  draw() {
+    this.dirty.delete(this);
+    if (this.markdown) renderMarkdown(this.body, this.source);
+  }
+}
+
+/**
  * One agent's part of the log: the root conversation, or a subagent's inside its parent's call.
  * It knows the message being streamed and its calls still running.
  */
 class Scope {
-  constructor(host, nested) {
+  constructor(host, nested, dirty) {
     this.host = host;
     this.nested = nested;
+    this.dirty = dirty;
     this.message = null;
     this.turn = null;
     this.calls = [];
@@ -182,34 +223,42 @@ class Scope {
 
   startMessage(role) {
     this.endMessage();
-    const text = document.createTextNode("");
+    const user = role === "user";
     let who = this.nested ? "Subagent" : "Model";
-    if (role === "user") who = this.nested ? "Task" : "You";
+    if (user) who = this.nested ? "Task" : "You";
+    const body = h("div", { class: user ? "text" : "text md" });
     const el = this.add(
       h(
         "div",
         {
-          class: `msg ${role === "user" ? "user" : "assistant"}`,
+          class: `msg ${user ? "user" : "assistant"}`,
           dataset: { role, streaming: "true" },
         },
         h("p", { class: "who", text: who }),
-        h("div", { class: "text" }, text),
+        body,
       ),
     );
-    this.message = { el, text };
+    this.message = new Message(el, body, !user, this.dirty);
     return this.message;
   }
 
   endMessage() {
-    if (this.message) delete this.message.el.dataset.streaming;
+    if (this.message) {
+      delete this.message.el.dataset.streaming;
+      this.message.draw();
+    }
     this.message = null;
   }
 }
 
 export class Conversation {
-  /** `host`: the element the conversation is drawn in (emptied). */
-  constructor(host) {
+  /**
+   * `host`: the element the conversation is drawn in (emptied). `options.api` (an ApiClient)
+   * gives approval cards their buttons (none without it, or with `options.readOnly`).
+   */
+  constructor(host, options = {}) {
     this.host = host;
+    this.options = options;
     this.reset();
   }
 
@@ -217,7 +266,12 @@ export class Conversation {
   reset() {
     this.host.replaceChildren();
     this.lastSeq = 0;
-    this.root = new Scope(this.host, false);
+    /** Model messages whose text changed since they were last drawn. */
+    this.dirty = new Set();
+    this.root = new Scope(this.host, false, this.dirty);
+    /** Approval cards by approval id, and the <details> opened to show a pending one. */
+    this.approvals = new Map();
+    this.opened = new Map();
     /** Scopes of subagents, by the parent's call id. */
     this.scopes = new Map();
     /** Tool-call blocks by call id (a subagent's calls too). */
@@ -232,6 +286,18 @@ export class Conversation {
     return this.turn !== null;
   }
 
+  /** How many approvals shown wait for a decision. */
+  get waiting() {
+    let n = 0;
+    for (const card of this.approvals.values()) if (card.pending) n += 1;
+    return n;
+  }
+
+  /** Draw the Markdown of the messages still streaming (once a frame is enough). */
+  flush() {
+    for (const message of [...this.dirty]) message.draw();
+  }
+
   scopeFor(parentCallId) {
     if (!parentCallId) return this.root;
     let scope = this.scopes.get(parentCallId);
@@ -244,7 +310,7 @@ export class Conversation {
       this.calls.set(parentCallId, block);
       this.root.add(block.el);
     }
-    scope = new Scope(block.nestHost(), true);
+    scope = new Scope(block.nestHost(), true, this.dirty);
     this.scopes.set(parentCallId, scope);
     return scope;
   }
@@ -261,6 +327,66 @@ export class Conversation {
     return block;
   }
 
+  /** A call waits for the operator: its card, where the turn paused. */
+  approvalRequested(scope, event, at) {
+    const id = event.approval_id;
+    if (typeof id !== "string" || this.approvals.has(id)) return;
+    const block = this.calls.get(event.call_id);
+    if (block && block.running) block.setStatus("approval", "waiting for approval");
+    const card = new ApprovalCard(
+      {
+        id,
+        tool: event.tool || (block && block.el.dataset.tool) || "tool",
+        arguments: event.arguments,
+        call_id: event.call_id,
+        state: "pending",
+        requested_at_ms: at,
+      },
+      { api: this.options.api || null, readOnly: this.options.readOnly, inline: true },
+    );
+    this.approvals.set(id, card);
+    scope.add(card.el);
+    // A subagent's call: open the blocks around it so the card is seen.
+    const opened = [];
+    for (let d = card.el.parentElement?.closest("details"); d; ) {
+      if (!d.open) {
+        d.open = true;
+        opened.push(d);
+      }
+      d = d.parentElement?.closest("details");
+    }
+    if (opened.length) this.opened.set(id, opened);
+  }
+
+  /** The decision: the card becomes a line saying it; an approved call runs on. */
+  approvalDecided(scope, event) {
+    const id = event.approval_id;
+    const decided = {
+      state: event.state,
+      decision: event.decision ?? null,
+      message: event.message ?? null,
+      decided_by: event.decided_by ?? null,
+      reason: event.reason ?? null,
+    };
+    let card = this.approvals.get(id);
+    if (!card) {
+      // The request is not in what we were given: the outcome alone.
+      card = new ApprovalCard(
+        { id, tool: "tool", call_id: event.call_id, ...decided },
+        { inline: true },
+      );
+      this.approvals.set(id, card);
+      scope.add(card.el);
+    }
+    card.resolve(decided);
+    for (const d of this.opened.get(id) || []) d.open = false;
+    this.opened.delete(id);
+    const block = this.calls.get(event.call_id);
+    if (block && block.el.dataset.status === "approval") {
+      block.setStatus("running", event.state === "approved" ? "running" : event.state);
+    }
+  }
+
   /**
    * Draw one record. Records at or below the last seq drawn are ignored (a reconnect never
    * shows anything twice); returns whether the record was drawn.
@@ -274,7 +400,7 @@ export class Conversation {
     switch (event.type) {
       case "user_message": {
         const m = scope.startMessage("user");
-        m.text.appendData(event.text || "");
+        m.append(event.text || "");
         scope.endMessage();
         break;
       }
@@ -295,13 +421,13 @@ export class Conversation {
         scope.startMessage(event.role === "user" ? "user" : "assistant");
         break;
       case "text_delta":
-        (scope.message || scope.startMessage("assistant")).text.appendData(event.text || "");
+        (scope.message || scope.startMessage("assistant")).append(event.text || "");
         break;
       case "message_completed": {
         const m = scope.message || scope.startMessage("assistant");
         // The whole text is the reference: the deltas of a message that began before what we
         // were given are not missing from it.
-        if (typeof event.text === "string" && m.text.data !== event.text) m.text.data = event.text;
+        if (typeof event.text === "string") m.set(event.text);
         scope.endMessage();
         break;
       }
@@ -348,6 +474,13 @@ export class Conversation {
         );
         break;
       }
+      case "approval_requested":
+        scope.endMessage();
+        this.approvalRequested(scope, event, at);
+        break;
+      case "approval_decided":
+        this.approvalDecided(scope, event);
+        break;
       case "error":
         scope.endMessage();
         scope.add(

@@ -1,6 +1,7 @@
 // The events WebSocket (`api/v1/events`): session state changes, live. Reconnects with
 // back-off and resumes after the last event seen; after a gap it tells listeners
-// `{type: "reconnected"}` so views re-read what they show.
+// `{type: "reconnected"}` so views re-read what they show. Every connection (the first too) is
+// `{type: "connected"}`: messages that are live only (approvals) are listed again then.
 
 import { wsUrl } from "./api.js";
 
@@ -49,6 +50,8 @@ export class EventStream {
         this.everConnected = true;
         this.failures = 0;
         document.body.dataset.events = "live";
+        // Every connection: what is not replayed (approvals) is listed again.
+        this.emit({ type: "connected" });
         // After a gap, views re-read what they show (the replay covers transitions only).
         if (again) this.emit({ type: "reconnected" });
         return;

@@ -65,7 +65,7 @@ export function mountConversation(ctx, view, host, session, status) {
   );
   host.append(scroller, totals, form);
 
-  const conversation = new Conversation(log);
+  const conversation = new Conversation(log, { api, readOnly: ctx.readOnly });
   /** Messages sent and not yet taken by the agent (no `user_message` record yet). */
   let pending = [];
   /** The operator's messages taken while a send was in flight (its answer may come after). */
@@ -90,12 +90,16 @@ export function mountConversation(ctx, view, host, session, status) {
     else state = "idle";
     document.body.dataset.conversation = state;
     const turn = conversation.turn;
+    const waiting = conversation.waiting;
     turnState.textContent = {
       ended: "Ended",
       starting: resuming ? "Resuming…" : "Starting…",
-      running: `Turn ${turn} running…`,
+      running: waiting
+        ? `Turn ${turn}: waiting for your approval`
+        : `Turn ${turn} running…`,
       idle: "Waiting for your message",
     }[state];
+    turnState.dataset.waiting = waiting ? "approval" : "";
     turnState.dataset.state = state;
     if (document.activeElement === abort && !running) box.focus();
     abort.disabled = !running;
@@ -123,6 +127,7 @@ export function mountConversation(ctx, view, host, session, status) {
   const draw = () => {
     frame = null;
     if (!view.alive) return;
+    conversation.flush();
     if (stick) scroller.scrollTop = scroller.scrollHeight;
     renderState();
   };
@@ -135,6 +140,11 @@ export function mountConversation(ctx, view, host, session, status) {
     if (frame) cancelAnimationFrame(frame);
     delete document.body.dataset.conversation;
   });
+  // The ages on approval cards (`asked 2 min ago`).
+  const ticker = setInterval(() => {
+    for (const card of conversation.approvals.values()) if (card.pending) card.tick();
+  }, 15000);
+  view.onDispose(() => clearInterval(ticker));
 
   const onRecord = (record) => {
     if (!view.alive) return;
@@ -147,6 +157,8 @@ export function mountConversation(ctx, view, host, session, status) {
       if (i >= 0) {
         pending[i].el.remove();
         pending.splice(i, 1);
+        // Taken: "Queued" no longer holds.
+        if (pending.length === 0) note.querySelector("#queued-note")?.remove();
       } else if (sending) {
         takenDuringSend.push(event.text);
       }
@@ -155,6 +167,7 @@ export function mountConversation(ctx, view, host, session, status) {
     if (record.at_ms >= mountedAt - 1000) {
       if (event.type === "turn_ended") announce(`Turn ended: ${event.reason}`);
       if (event.type === "error") announce(`Error: ${event.code}: ${event.message}`);
+      if (event.type === "approval_requested") announce(`Approval needed: ${event.tool}`);
     }
   };
 
@@ -218,7 +231,7 @@ export function mountConversation(ctx, view, host, session, status) {
         announce("Sent; resuming the conversation");
       } else if (conversation.running) {
         const queued = "Queued: the agent takes it at its next model call.";
-        fill(note, h("p", { class: "muted small", text: queued }));
+        fill(note, h("p", { class: "muted small", id: "queued-note", text: queued }));
         announce("Sent; queued for the next model call");
       } else {
         fill(note);

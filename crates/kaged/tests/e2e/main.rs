@@ -42,6 +42,7 @@ mod tidy;
 mod tokens;
 mod toolchains;
 mod tools;
+mod ui_approvals;
 mod ui_conversation;
 mod upgrade;
 mod vpn_bind;
