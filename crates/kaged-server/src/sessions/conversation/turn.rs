@@ -313,8 +313,8 @@ impl Conversation {
             conversation: self,
             parent: scope.parent,
         };
-        if !paused.is_empty() {
-            self.finish_calls(scope, client, paused).await?;
+        if !paused.is_empty() && !self.finish_calls(scope, client, paused).await? {
+            return Ok(EndReason::Aborted);
         }
         let mut steps = 0u64;
         loop {
@@ -341,7 +341,9 @@ impl Conversation {
                     _ => EndReason::EndTurn,
                 });
             }
-            self.run_tools(scope, client, answer.tool_calls).await?;
+            if !self.run_tools(scope, client, answer.tool_calls).await? {
+                return Ok(EndReason::Aborted);
+            }
             if answer.stop == StopReason::MaxTokens {
                 return Ok(EndReason::MaxOutputTokens);
             }

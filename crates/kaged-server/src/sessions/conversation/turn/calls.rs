@@ -43,26 +43,27 @@ fn approval_failed(e: crate::sessions::approval::ApprovalError) -> Failed {
 
 impl Conversation {
     /// Record the calls, ask for the approvals they need, and carry them out
-    /// ([`Self::finish_calls`]).
+    /// ([`Self::finish_calls`]); `false` when the turn is to end (see there).
     pub(super) async fn run_tools(
         &self,
         scope: Scope<'_>,
         client: &Client,
         calls: Vec<kaged_llm::ToolCall>,
-    ) -> Result<(), Failed> {
+    ) -> Result<bool, Failed> {
         let mut planned = Vec::new();
         let mut events = Vec::new();
         for call in calls {
             let arguments = serde_json::from_str(&call.arguments)
                 .unwrap_or(serde_json::Value::String(call.arguments.clone()));
+            let name = self.known_name(scope, call.name);
             events.push(AgentEvent::ToolCall {
                 call_id: call.id.clone(),
-                name: call.name.clone(),
+                name: name.clone(),
                 arguments: arguments.clone(),
             });
             planned.push(Call {
                 id: call.id,
-                name: call.name,
+                name,
                 arguments,
                 approval: None,
                 interrupted: false,
@@ -95,6 +96,27 @@ impl Conversation {
             call.approval = Some(record.id);
         }
         self.finish_calls(scope, client, planned).await
+    }
+
+    /// kaged's name of a tool the model called by its wire name (`shell__bash`): the provider's
+    /// answer maps back only the tools offered, so a call of one that was not (denied, or
+    /// another agent's) arrives as the wire spelling. Names kaged knows of none stay as sent.
+    fn known_name(&self, scope: Scope<'_>, name: String) -> String {
+        let agent = self.base.project.agent(&scope.setup.agent);
+        let configured = agent
+            .and_then(|a| a.tools.as_ref())
+            .into_iter()
+            .flat_map(|tools| tools.keys().cloned());
+        let subagents = agent
+            .into_iter()
+            .flat_map(|a| a.subagents.keys().map(|s| format!("{}{s}", subagent::PREFIX)));
+        kaged_tools::TOOLS
+            .iter()
+            .map(|t| t.to_string())
+            .chain(configured)
+            .chain(subagents)
+            .find(|known| *known == name || kaged_llm::build::wire_tool_name(known) == name)
+            .unwrap_or(name)
     }
 
     /// How `scope`'s agent carries out a call of `name`.
@@ -146,13 +168,15 @@ impl Conversation {
     }
 
     /// Start at once, in the cage, the built-in calls that need no decision; then, in order,
-    /// wait for each decision needed, run subagents, and record each result.
+    /// wait for each decision needed, run subagents, and record each result. `false` when
+    /// the turn is to end: an approval it waited for was cancelled (a kill), so the model is
+    /// not asked again.
     pub(super) async fn finish_calls(
         &self,
         scope: Scope<'_>,
         client: &Client,
         calls: Vec<Call>,
-    ) -> Result<(), Failed> {
+    ) -> Result<bool, Failed> {
         enum Ready {
             Tool(Result<kaged_tools::PendingCall, String>),
             Subagent(Setup, serde_json::Value),
@@ -188,7 +212,11 @@ impl Conversation {
             started.push((call.id, job));
         }
         let mut gone = None;
+        let mut go_on = true;
         for (call_id, job) in started {
+            if !go_on {
+                break;
+            }
             let job = match job {
                 Started::Waiting(id, handler, arguments) => {
                     let record = self
@@ -197,6 +225,7 @@ impl Conversation {
                         .wait(&id)
                         .await
                         .map_err(approval_failed)?;
+                    go_on = record.state != "cancelled";
                     match handler {
                         _ if record.state != "approved" => {
                             Ready::Done(crate::sessions::approval::refusal(&record))
@@ -251,7 +280,7 @@ impl Conversation {
                 code: "executor",
                 message,
             }),
-            None => Ok(()),
+            None => Ok(go_on),
         }
     }
 }
