@@ -701,14 +701,9 @@ async fn call_denied_tool(env: &ModelEnv) -> Value {
 }
 
 /// The model that calls a denied tool is told it is not allowed (not that it is unknown).
-///
-/// FOR THE LEAD: ignored because of a server bug: the check added in 8aca4be (`approval_of(name)
-/// == Deny` in conversation/turn.rs) sees the wire name the model sent (`shell__bash`), which
-/// names no configured tool, so the model is told "unknown tool `shell__bash`; the tools are:
-/// …" (and the `tool_call` record keeps the wire name). Map the wire name back to the dotted
-/// name before that check; then remove the `ignore`.
+/// (The model calls it by its wire name, `shell__bash`; kaged records and judges the
+/// dotted name.)
 #[tokio::test]
-#[ignore = "server bug: a denied tool called by its wire name is reported as unknown"]
 async fn a_call_of_a_denied_tool_is_told_it_is_not_allowed() {
     let env = setup("  tools: { shell.bash: { approval: deny } }\n", None).await;
     let result = call_denied_tool(&env).await;
@@ -890,13 +885,8 @@ async fn an_abort_cancels_the_pending_approval() {
 
 /// A kill of the session cancels its pending approval, and the killed session makes no
 /// further model call.
-///
-/// FOR THE LEAD: ignored because of a server bug: after `POST /sessions/{id}/kill` with an
-/// approval pending, the loop records `tool_result` "denied: the session was killed" and calls
-/// the provider once more (a third request carrying that result) before its turn ends
-/// `aborted`. An abort does not (see the test above). Remove the `ignore` once fixed.
+/// (An abort does the same: see the test above.)
 #[tokio::test]
-#[ignore = "server bug: a killed session with a pending approval calls the model once more"]
 async fn a_kill_cancels_the_pending_approval_and_asks_the_model_nothing_more() {
     let env = setup(ASK, None).await;
     let (d, p) = (&env.daemon, &env.provider);
@@ -1145,15 +1135,8 @@ async fn two_waiting_calls_of_one_reply_are_decided_each_on_its_own() {
 
 /// A subagent's call waiting when kaged stops: after the restart it is still pending, and
 /// approving it runs the command, the subagent answers, and the parent's turn goes on.
-///
-/// FOR THE LEAD: ignored because of a server gap against the contract ("deciding one later
-/// resumes the conversation… the paused turn continues from that call"): `resume_if_stopped`
-/// in kaged-server/src/sessions/approval/http.rs returns early when `parent_call_id` is set, so
-/// the POST answers 200 `resumed: false` with no `resume_error`, the decision is logged, the
-/// session stays `killed` and nothing runs. Remove the `ignore` once a subagent's paused call
-/// resumes too (or refuse such a decision with a message saying what to do).
+/// (The parent's turn and the subagent's are both taken up again from their calls.)
 #[tokio::test]
-#[ignore = "server gap: a subagent's approval decided after a restart does not resume the conversation"]
 async fn a_subagents_pending_approval_survives_a_restart() {
     let agents = "  subagents:\n    helper:\n      model: fast\n      system_prompt: project:/prompts/helper.md\n      tools: { shell.bash: { approval: ask } }\n";
     let env = setup(agents, None).await;

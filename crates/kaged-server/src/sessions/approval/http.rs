@@ -206,8 +206,8 @@ fn already(earlier: &ApprovalRecord) -> ApiError {
 }
 
 /// Resume the conversation of `record` when it is not running (its loop then takes the
-/// decision from storage); `Ok(false)` when it runs (its loop was woken) or is no
-/// conversation's top-level call.
+/// decision from storage, a subagent's turn too); `Ok(false)` when it runs (its loop was
+/// woken) or is no conversation.
 async fn resume_if_stopped(
     sessions: &Sessions,
     principal: &Principal,
@@ -215,10 +215,9 @@ async fn resume_if_stopped(
     record: &ApprovalRecord,
 ) -> Result<bool, ApiError> {
     let id = &record.session_id;
-    if record.parent_call_id.is_some()
-        || sessions
-            .get(id)
-            .is_some_and(|live| !live.state().is_terminal())
+    if sessions
+        .get(id)
+        .is_some_and(|live| !live.state().is_terminal())
     {
         return Ok(false);
     }

@@ -359,34 +359,39 @@ impl Conversation {
         call_id: &str,
         setup: Setup,
         arguments: serde_json::Value,
-    ) -> (bool, String) {
+        paused: Vec<calls::Call>,
+    ) -> (Option<EndReason>, bool, String) {
         let task = match kaged_tools::arguments_of(&arguments) {
             Ok(args) => match args.get("task").and_then(|t| t.as_str()) {
                 Some(task) if !task.trim().is_empty() => task.to_string(),
                 _ => {
                     return (
+                        None,
                         false,
                         "give the subagent a task: {\"task\": \"...\"}".into(),
                     );
                 }
             },
-            Err(e) => return (false, e),
+            Err(e) => return (None, false, e),
         };
         let n = self.subagents.fetch_add(1, Ordering::Relaxed) + 1;
         let cage = match subagent::start(&self.sessions, &self.base, &setup, n).await {
             Ok(c) => c,
             Err(e) => {
                 return (
+                    None,
                     false,
                     format!("the subagent `{}` cannot start: {e}", setup.agent),
                 );
             }
         };
-        if let Err(e) = self
-            .record_in(Some(call_id), vec![AgentEvent::UserMessage { text: task }])
-            .await
+        // A paused turn goes on: its task is in the log already.
+        if paused.is_empty()
+            && let Err(e) = self
+                .record_in(Some(call_id), vec![AgentEvent::UserMessage { text: task }])
+                .await
         {
-            return (false, e);
+            return (None, false, e);
         }
         let sub = Scope {
             parent: Some(call_id),
@@ -394,7 +399,7 @@ impl Conversation {
             executor: &cage.executor,
             depth: scope.depth + 1,
         };
-        let reason = self.turn(sub, 1, client, Vec::new()).await;
+        let reason = self.turn(sub, 1, client, paused).await;
         let _ = self
             .record_in(Some(call_id), vec![AgentEvent::TurnEnded { reason }])
             .await;
@@ -409,8 +414,9 @@ impl Conversation {
             })
             .unwrap_or_default();
         match reason {
-            EndReason::EndTurn => (true, answer),
+            EndReason::EndTurn => (Some(reason), true, answer),
             other => (
+                Some(reason),
                 false,
                 format!(
                     "the subagent `{}` stopped ({}) before it finished{}",

@@ -22,6 +22,9 @@ pub(super) struct Call {
     pub(super) approval: Option<String>,
     /// It was under way when an earlier run ended: it is not run again.
     pub(super) interrupted: bool,
+    /// A subagent call whose own turn an earlier run left paused on approvals: the subagent
+    /// goes on from these calls of its.
+    pub(super) subagent: Option<Vec<Call>>,
 }
 
 /// How a call is carried out.
@@ -67,6 +70,7 @@ impl Conversation {
                 arguments,
                 approval: None,
                 interrupted: false,
+                subagent: None,
             });
         }
         self.record_in(scope.parent, events)
@@ -107,9 +111,11 @@ impl Conversation {
             .and_then(|a| a.tools.as_ref())
             .into_iter()
             .flat_map(|tools| tools.keys().cloned());
-        let subagents = agent
-            .into_iter()
-            .flat_map(|a| a.subagents.keys().map(|s| format!("{}{s}", subagent::PREFIX)));
+        let subagents = agent.into_iter().flat_map(|a| {
+            a.subagents
+                .keys()
+                .map(|s| format!("{}{s}", subagent::PREFIX))
+        });
         kaged_tools::TOOLS
             .iter()
             .map(|t| t.to_string())
@@ -179,7 +185,8 @@ impl Conversation {
     ) -> Result<bool, Failed> {
         enum Ready {
             Tool(Result<kaged_tools::PendingCall, String>),
-            Subagent(Setup, serde_json::Value),
+            /// The subagent, and the calls of its paused turn to go on from (none: a new one).
+            Subagent(Setup, serde_json::Value, Vec<Call>),
             Done(String),
         }
         enum Started {
@@ -205,9 +212,11 @@ impl Conversation {
                 (false, Handler::Tool(name), None) => {
                     Started::Ready(Ready::Tool(start(&name, call.arguments)))
                 }
-                (false, Handler::Subagent(setup), None) => {
-                    Started::Ready(Ready::Subagent(setup, call.arguments))
-                }
+                (false, Handler::Subagent(setup), None) => Started::Ready(Ready::Subagent(
+                    setup,
+                    call.arguments,
+                    call.subagent.unwrap_or_default(),
+                )),
             };
             started.push((call.id, job));
         }
@@ -231,7 +240,7 @@ impl Conversation {
                             Ready::Done(crate::sessions::approval::refusal(&record))
                         }
                         Handler::Tool(name) => Ready::Tool(start(&name, arguments)),
-                        Handler::Subagent(setup) => Ready::Subagent(setup, arguments),
+                        Handler::Subagent(setup) => Ready::Subagent(setup, arguments, Vec::new()),
                         Handler::Unknown(message) => Ready::Done(message),
                     }
                 }
@@ -249,10 +258,13 @@ impl Conversation {
                     }
                 },
                 Ready::Tool(Err(message)) | Ready::Done(message) => (false, message, false),
-                Ready::Subagent(setup, arguments) => {
-                    let (ok, content) =
-                        Box::pin(self.run_subagent(scope, client, &call_id, setup, arguments))
-                            .await;
+                Ready::Subagent(setup, arguments, paused) => {
+                    let (reason, ok, content) = Box::pin(
+                        self.run_subagent(scope, client, &call_id, setup, arguments, paused),
+                    )
+                    .await;
+                    // Its turn aborted: an approval in it was cancelled (a kill).
+                    go_on = reason != Some(kaged_session::agent::EndReason::Aborted);
                     (ok, content, false)
                 }
             };
