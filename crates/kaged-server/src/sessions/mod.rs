@@ -160,7 +160,12 @@ pub async fn housekeeping(sessions: Sessions) {
     let mut shutdown = sessions.deps().shutdown.clone();
     loop {
         tokio::select! {
-            _ = tick.tick() => sessions.sweep(now_ms()),
+            _ = tick.tick() => {
+                sessions.sweep(now_ms());
+                if let Err(e) = sessions.approvals().expire_overdue().await {
+                    tracing::error!(error = %e, "cannot deny the approvals past their deadline");
+                }
+            }
             // The first tick is at once: retention runs at start.
             _ = prune.tick() => {
                 if let Err(e) = retention::prune(&sessions, false, "kaged", None).await {

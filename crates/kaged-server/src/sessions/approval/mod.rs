@@ -260,40 +260,77 @@ impl Approvals {
             if record.state != "pending" {
                 return Ok(record);
             }
-            let Some(timeout) = self.shared.timeout else {
+            let Some(left) = self.time_left(&record) else {
                 wake.notified().await;
                 continue;
             };
-            let deadline_ms = record
-                .requested_at_ms
-                .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
-            let left = u64::try_from(deadline_ms.saturating_sub(now_ms())).unwrap_or(0);
-            if left == 0 {
-                let reason = format!(
-                    "no decision within {} s (approval_timeout_secs)",
-                    timeout.as_secs()
-                );
-                let settled = self
-                    .settle(
-                        id,
-                        Choice::Deny.state(),
-                        Some(Choice::Deny),
-                        None,
-                        KAGED,
-                        Some(reason),
-                        None,
-                    )
-                    .await?;
-                return match settled {
+            if left.is_zero() {
+                return match self.expire(id).await? {
                     Decided::Now(r) | Decided::Already(r) => Ok(r),
                     Decided::Unknown => Err(gone(id)),
                 };
             }
-            let _ = tokio::time::timeout(Duration::from_millis(left), wake.notified()).await;
+            let _ = tokio::time::timeout(left, wake.notified()).await;
         }
     }
 
-    /// An operator's decision (the caller checked they may make it).
+    /// How long `record` may still wait (`approval_timeout_secs` from its request); `None`
+    /// without a timeout.
+    fn time_left(&self, record: &ApprovalRecord) -> Option<Duration> {
+        let timeout = self.shared.timeout?;
+        let deadline_ms = record
+            .requested_at_ms
+            .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+        let left = u64::try_from(deadline_ms.saturating_sub(now_ms())).unwrap_or(0);
+        Some(Duration::from_millis(left))
+    }
+
+    /// Deny `id` for want of a decision in time, saying so.
+    async fn expire(&self, id: &str) -> Result<Decided, ApprovalError> {
+        let seconds = self.shared.timeout.map_or(0, |t| t.as_secs());
+        let reason = format!("no decision within {seconds} s (approval_timeout_secs)");
+        let deny = Some(Choice::Deny);
+        self.settle(
+            id,
+            Choice::Deny.state(),
+            deny,
+            None,
+            KAGED,
+            Some(reason),
+            None,
+        )
+        .await
+    }
+
+    /// Deny, saying so, the pending approvals past their deadline. A running loop's own wait
+    /// does this on time; these are the ones of conversations that are not running (kaged
+    /// was stopped), so the inbox never offers one that has run out. Returns how many.
+    pub async fn expire_overdue(&self) -> Result<usize, ApprovalError> {
+        if self.shared.timeout.is_none() {
+            return Ok(0);
+        }
+        let pending = self
+            .shared
+            .store
+            .list_approvals(ApprovalFilter {
+                state: Some("pending".into()),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await?;
+        let mut expired = 0;
+        for a in pending {
+            if self.time_left(&a).is_some_and(|left| left.is_zero())
+                && matches!(self.expire(&a.id).await?, Decided::Now(_))
+            {
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    /// An operator's decision (the caller checked they may make it); one past the deadline
+    /// finds the approval denied by kaged instead.
     pub async fn decide(
         &self,
         id: &str,
@@ -302,6 +339,12 @@ impl Approvals {
         by: &str,
         source: Option<String>,
     ) -> Result<Decided, ApprovalError> {
+        if let Some(record) = self.shared.store.get_approval(id.into()).await?
+            && record.state == "pending"
+            && self.time_left(&record).is_some_and(|left| left.is_zero())
+        {
+            self.expire(id).await?;
+        }
         self.settle(id, choice.state(), Some(choice), message, by, None, source)
             .await
     }

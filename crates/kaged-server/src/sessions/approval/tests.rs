@@ -156,3 +156,46 @@ async fn cancelling_a_session_settles_only_its_pending_approvals() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_nobody_waits_for_runs_out_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = service(dir.path(), 1).await;
+    let swept = ask(&approvals, "c1").await;
+    let late = ask(&approvals, "c2").await;
+    assert_eq!(approvals.expire_overdue().await.unwrap(), 0, "not yet");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(approvals.expire_overdue().await.unwrap(), 2);
+    let store = approvals.store();
+    let swept = store.get_approval(swept.id).await.unwrap().unwrap();
+    assert_eq!(
+        refusal(&swept),
+        "denied: no decision within 1 s (approval_timeout_secs)"
+    );
+    // An operator's decision after the deadline finds it decided.
+    let again = approvals
+        .decide(&late.id, Choice::Approve, None, "ann", None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, Decided::Already(r) if r.decided_by.as_deref() == Some(KAGED)),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_past_the_deadline_of_an_unswept_approval_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = service(dir.path(), 1).await;
+    let a = ask(&approvals, "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let outcome = approvals
+        .decide(&a.id, Choice::Approve, None, "ann", None)
+        .await
+        .unwrap();
+    let Decided::Already(record) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(record.state, "denied");
+    assert_eq!(record.decided_by.as_deref(), Some(KAGED));
+}
