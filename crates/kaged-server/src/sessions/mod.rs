@@ -26,7 +26,7 @@
 mod agent_log;
 mod agent_ws;
 pub(crate) mod approval;
-mod conversation;
+pub(crate) mod conversation;
 mod deps;
 mod egress;
 pub(crate) mod http;

@@ -94,20 +94,25 @@ fn usage_text(input: u64, output: u64, cached: u64, cost: Option<f64>) -> String
 /// A decided approval in words: `approved apr_… by user:root`, `approved apr_… for this
 /// session by …`, `denied apr_… by user:root: MESSAGE`, `denied apr_… by kaged: REASON`,
 /// `cancelled apr_… by kaged: the turn was aborted`.
-fn decided_text(
-    id: &str,
-    state: &str,
-    decision: Option<&str>,
-    message: Option<&str>,
-    decided_by: &str,
-    reason: Option<&str>,
-) -> String {
-    let scope = if decision == Some("approve_session") {
+fn decided_text(event: &AgentEvent) -> String {
+    let AgentEvent::ApprovalDecided {
+        approval_id,
+        state,
+        decision,
+        message,
+        decided_by,
+        reason,
+        ..
+    } = event
+    else {
+        return String::new();
+    };
+    let scope = if decision.as_deref() == Some("approve_session") {
         " for this session"
     } else {
         ""
     };
-    let mut text = format!("{state} {id}{scope} by {decided_by}");
+    let mut text = format!("{state} {approval_id}{scope} by {decided_by}");
     for why in [message, reason].into_iter().flatten() {
         if !why.trim().is_empty() {
             text.push_str(": ");
@@ -311,23 +316,8 @@ impl Live {
                 );
                 self.lines(&mut out, &format!("{line}\n{hint}"));
             }
-            AgentEvent::ApprovalDecided {
-                approval_id,
-                state,
-                decision,
-                message,
-                decided_by,
-                reason,
-                ..
-            } => {
-                let text = decided_text(
-                    approval_id,
-                    state,
-                    decision.as_deref(),
-                    message.as_deref(),
-                    decided_by,
-                    reason.as_deref(),
-                );
+            decided @ AgentEvent::ApprovalDecided { .. } => {
+                let text = decided_text(decided);
                 let line = one_line(&format!("{indent}  {text}"), self.width);
                 self.lines(&mut out, &format!("{line}\n"));
             }
@@ -472,23 +462,8 @@ impl Transcript {
                     &rest,
                 ));
             }
-            AgentEvent::ApprovalDecided {
-                approval_id,
-                state,
-                decision,
-                message,
-                decided_by,
-                reason,
-                ..
-            } => {
-                let text = decided_text(
-                    approval_id,
-                    state,
-                    decision.as_deref(),
-                    message.as_deref(),
-                    decided_by,
-                    reason.as_deref(),
-                );
+            decided @ AgentEvent::ApprovalDecided { .. } => {
+                let text = decided_text(decided);
                 out.push_str(&block(&text, &format!("{indent}approval: "), &rest));
             }
             AgentEvent::TurnEnded { reason } if *reason != EndReason::EndTurn => {

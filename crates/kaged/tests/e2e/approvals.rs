@@ -25,26 +25,13 @@ const ASK: &str = "  tools: { shell.bash: { approval: ask } }\n";
 /// A provider, a daemon (with `config` as its `config.toml`, if any) and the project `agents`
 /// whose `primary` has `primary_extra`.
 async fn setup(primary_extra: &str, config: Option<&str>) -> ModelEnv {
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let project = tmp.path().join("proj");
-    let provider = Provider::start();
-    local_toml(COMPLETIONS, &provider.base_url()).write(&home);
-    if let Some(text) = config {
-        std::fs::write(home.join("config.toml"), text).unwrap();
-    }
-    write_model_project(&project, "agents", primary_extra, "");
-    let daemon = start_daemon(&home, &[]).failing_on_panics();
-    load_project_at(&daemon, &project).await;
-    ModelEnv {
-        daemon,
-        provider,
-        home,
-        project,
-        slug: "agents".into(),
-        driver: COMPLETIONS.into(),
-        tmp,
-    }
+    ModelEnv::start_spec(EnvSpec {
+        primary_extra,
+        config,
+        fail_on_panics: true,
+        ..EnvSpec::default()
+    })
+    .await
 }
 
 /// A reply asking for one `shell.bash` of `command`.

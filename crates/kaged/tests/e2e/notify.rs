@@ -254,27 +254,18 @@ async fn one_notification_per_approval_without_secrets() {
     const ARG: &str = "arg-s3cr3t-5521";
     const BOOTSTRAP: &str = "bootstrap-9f8e7d6c5b4a39281706f5e4d3c2b1a0";
     let receiver = Receiver::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let project = tmp.path().join("proj");
-    let provider = Provider::start();
-    local_toml(COMPLETIONS, &provider.base_url()).write(&home);
-    std::fs::write(
-        home.join("config.toml"),
-        format!(
-            "[notify]\nwebhook = \"http://127.0.0.1:{}/kaged-topic\"\npublic_url = \"https://kaged.example/\"\n",
-            receiver.port
-        ),
-    )
-    .unwrap();
-    write_model_project(
-        &project,
-        "agents",
-        "  tools:\n    shell.bash:\n      approval: ask\n",
-        "",
+    let config = format!(
+        "[notify]\nwebhook = \"http://127.0.0.1:{}/kaged-topic\"\npublic_url = \"https://kaged.example/\"\n",
+        receiver.port
     );
-    let d = start_daemon(&home, &[("KAGED_AUTH_TOKEN", BOOTSTRAP)]);
-    load_project_at(&d, &project).await;
+    let env = ModelEnv::start_spec(EnvSpec {
+        primary_extra: "  tools:\n    shell.bash:\n      approval: ask\n",
+        config: Some(&config),
+        env: &[("KAGED_AUTH_TOKEN", BOOTSTRAP)],
+        ..EnvSpec::default()
+    })
+    .await;
+    let (d, provider) = (&env.daemon, &env.provider);
 
     provider.push(tool_reply(
         COMPLETIONS,
@@ -293,11 +284,11 @@ async fn one_notification_per_approval_without_secrets() {
         )],
     ));
     provider.push(text_reply(COMPLETIONS, &["Done."]));
-    let id = create_agent(&d, "agents", "primary", Some("Run it.")).await;
+    let id = create_agent(d, "agents", "primary", Some("Run it.")).await;
 
     let mut approval_ids = Vec::new();
     for n in 1..=2 {
-        let p = wait_pending(&d, 1).await;
+        let p = wait_pending(d, 1).await;
         assert_eq!(p.len(), 1, "{p:?}");
         let approval = &p[0];
         let apr = approval["id"].as_str().unwrap().to_string();
@@ -338,7 +329,7 @@ async fn one_notification_per_approval_without_secrets() {
         assert_eq!(status, StatusCode::OK, "{v}");
         approval_ids.push(apr);
     }
-    let turn = wait_conversation(&d, &id, is_turn_ended).await;
+    let turn = wait_conversation(d, &id, is_turn_ended).await;
     assert_eq!(
         turn_end_reasons(&turn),
         ["end_turn"],

@@ -417,33 +417,17 @@ const FAKE_NOTIFICATION: &str = "window.__notes = [];
 
 /// A model agent whose `shell.bash` asks first, on a provider with prices (usage has a cost).
 async fn asking_env() -> ModelEnv {
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let project = tmp.path().join("proj");
-    let provider = Provider::start();
-    let prices = "price_input_per_mtok = 1.0\nprice_output_per_mtok = 2.0\n";
-    LocalToml::new()
-        .alias("fast", &["local:e2e-model"])
-        .provider_with("local", COMPLETIONS, &provider.base_url(), prices)
-        .write(&home);
-    let slug = "agents";
-    write_model_project(
-        &project,
-        slug,
-        "  tools: { shell.bash: { approval: ask } }\n",
-        "",
-    );
-    let daemon = start_daemon(&home, &[]);
-    load_project_at(&daemon, &project).await;
-    ModelEnv {
-        daemon,
-        provider,
-        home,
-        project,
-        slug: slug.into(),
-        driver: COMPLETIONS.into(),
-        tmp,
-    }
+    ModelEnv::start_spec(EnvSpec {
+        primary_extra: "  tools: { shell.bash: { approval: ask } }\n",
+        local: Some(|base_url| {
+            let prices = "price_input_per_mtok = 1.0\nprice_output_per_mtok = 2.0\n";
+            LocalToml::new()
+                .alias("fast", &["local:e2e-model"])
+                .provider_with("local", COMPLETIONS, base_url, prices)
+        }),
+        ..EnvSpec::default()
+    })
+    .await
 }
 
 /// A fresh sign-in URL (`kaged auth open`), for a second browser.

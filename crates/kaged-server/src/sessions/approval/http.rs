@@ -12,7 +12,6 @@ use super::{ApprovalError, Choice};
 use crate::error::{ApiError, ErrorCode};
 use crate::listener::Peer;
 use crate::sessions::Sessions;
-use crate::sessions::start::{StartRequest, start};
 
 const DEFAULT_LIMIT: usize = 200;
 const MAX_LIMIT: usize = 1000;
@@ -225,22 +224,6 @@ async fn resume_if_stopped(
     if !session.conversation {
         return Ok(false);
     }
-    let deps = sessions.deps();
-    crate::storage::refuse_new_work(&deps.store, &deps.settings.home)?;
-    start(
-        sessions,
-        StartRequest {
-            project: session.project.clone(),
-            kind: kaged_cage::RunKind::Agent,
-            name: Some(session.name.clone()),
-            rows: 24,
-            cols: 80,
-            actor: principal.id.clone(),
-            source: peer.0.clone(),
-            message: None,
-            resume: Some(session),
-        },
-    )
-    .await?;
+    crate::sessions::conversation::resume(sessions, principal, peer, session, None).await?;
     Ok(true)
 }

@@ -111,10 +111,27 @@ pub async fn messages(
         )
             .into_response());
     }
+    resume(&sessions, &principal, &peer, record, Some(body.text)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"session": id, "queued": 1, "resumed": true})),
+    )
+        .into_response())
+}
+
+/// Resume the ended conversation `record` in a new cage (its loop takes the history, and a
+/// turn paused on approvals, from the log), with `message` queued.
+pub(crate) async fn resume(
+    sessions: &Sessions,
+    principal: &Principal,
+    peer: &Peer,
+    record: SessionRecord,
+    message: Option<String>,
+) -> Result<(), ApiError> {
     let deps = sessions.deps();
     crate::storage::refuse_new_work(&deps.store, &deps.settings.home)?;
     start(
-        &sessions,
+        sessions,
         StartRequest {
             project: record.project.clone(),
             kind: kaged_cage::RunKind::Agent,
@@ -123,16 +140,12 @@ pub async fn messages(
             cols: 80,
             actor: principal.id.clone(),
             source: peer.0.clone(),
-            message: Some(body.text),
+            message,
             resume: Some(record),
         },
     )
-    .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"session": id, "queued": 1, "resumed": true})),
-    )
-        .into_response())
+    .await
+    .map(|_| ())
 }
 
 /// `POST /api/v1/sessions/{id}/abort`: end the turn in flight; the session stays.

@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use kaged_dsl::{Agent, Project, ProjectPath};
 use tokio::sync::{Notify, watch};
 
-pub(crate) use http::check_message;
 pub use http::{abort, conversation, messages};
+pub(crate) use http::{check_message, resume};
 
 use super::lock;
 

@@ -282,6 +282,41 @@ pub async fn load_project_at(d: &Daemon, root: &Path) {
     );
 }
 
+/// What [`ModelEnv::start_spec`] sets up; `EnvSpec::default()` is the usual setup.
+pub struct EnvSpec<'a> {
+    pub driver: &'a str,
+    /// Project `slug` (default `agents`).
+    pub slug: &'a str,
+    /// More lines of `primary` and more top-level YAML (see [`write_model_project`]).
+    pub primary_extra: &'a str,
+    pub rest: &'a str,
+    /// `config.toml [models]` keys, or the whole `config.toml` (not both).
+    pub models: &'a [(&'a str, u64)],
+    pub config: Option<&'a str>,
+    /// `local.toml` from the provider's base URL (default: [`local_toml`] of `driver`).
+    pub local: Option<fn(&str) -> LocalToml>,
+    /// More daemon environment.
+    pub env: &'a [(&'a str, &'a str)],
+    /// The daemon's panics fail the test.
+    pub fail_on_panics: bool,
+}
+
+impl Default for EnvSpec<'_> {
+    fn default() -> Self {
+        EnvSpec {
+            driver: COMPLETIONS,
+            slug: "agents",
+            primary_extra: "",
+            rest: "",
+            models: &[],
+            config: None,
+            local: None,
+            env: &[],
+            fail_on_panics: false,
+        }
+    }
+}
+
 /// A provider, a daemon holding the key, and a loaded project with a model agent: the usual
 /// setup. Fields are public to reach past it.
 pub struct ModelEnv {
@@ -310,24 +345,51 @@ impl ModelEnv {
         models: &[(&str, u64)],
         env: &[(&str, &str)],
     ) -> ModelEnv {
+        Self::start_spec(EnvSpec {
+            driver,
+            primary_extra,
+            rest,
+            models,
+            env,
+            ..EnvSpec::default()
+        })
+        .await
+    }
+
+    /// The setup `spec` describes (the provider is started first: `spec.local` gets its URL).
+    pub async fn start_spec(spec: EnvSpec<'_>) -> ModelEnv {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().join("home");
         let project = tmp.path().join("proj");
         let provider = Provider::start();
-        local_toml(driver, &provider.base_url()).write(&home);
-        if !models.is_empty() {
-            write_models_config(&home, models);
+        match spec.local {
+            Some(local) => local(&provider.base_url()),
+            None => local_toml(spec.driver, &provider.base_url()),
         }
-        write_model_project(&project, "agents", primary_extra, rest);
-        let daemon = start_daemon(&home, env);
+        .write(&home);
+        assert!(
+            spec.models.is_empty() || spec.config.is_none(),
+            "give [models] in `config`"
+        );
+        if let Some(text) = spec.config {
+            std::fs::create_dir_all(&home).unwrap();
+            std::fs::write(home.join("config.toml"), text).unwrap();
+        } else if !spec.models.is_empty() {
+            write_models_config(&home, spec.models);
+        }
+        write_model_project(&project, spec.slug, spec.primary_extra, spec.rest);
+        let mut daemon = start_daemon(&home, spec.env);
+        if spec.fail_on_panics {
+            daemon = daemon.failing_on_panics();
+        }
         load_project_at(&daemon, &project).await;
         ModelEnv {
             daemon,
             provider,
             home,
             project,
-            slug: "agents".into(),
-            driver: driver.into(),
+            slug: spec.slug.into(),
+            driver: spec.driver.into(),
             tmp,
         }
     }
