@@ -54,6 +54,14 @@ async fn get(d: &Daemon, path: &str) -> Value {
 }
 
 /// The session's pending approvals, waited for until there are `n`.
+/// The id of the one approval `session` waits for, once it does.
+async fn pending_id(d: &Daemon, session: &str) -> String {
+    wait_pending(d, session, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 async fn wait_pending(d: &Daemon, session: &str, n: usize) -> Vec<Value> {
     let start = Instant::now();
     loop {
@@ -408,10 +416,7 @@ async fn a_denied_call_does_not_run_and_the_model_gets_the_message() {
     p.push(bash("call_rm", "echo ran > ran.txt"));
     p.push(text_reply(COMPLETIONS, &["Understood."]));
     let id = env.create("Clean up.").await;
-    let apr = wait_pending(d, &id, 1).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let apr = pending_id(d, &id).await;
     let out = d.cli(&[
         "approvals",
         "deny",
@@ -458,10 +463,7 @@ async fn a_denied_call_does_not_run_and_the_model_gets_the_message() {
     p.push(bash("call_two", "true"));
     p.push(text_reply(COMPLETIONS, &["ok"]));
     send_message(d, &id, "Again.").await;
-    let second = wait_pending(d, &id, 1).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = pending_id(d, &id).await;
     let (status, v) = decide(d, &second, json!({"decision": "approve", "message": "x"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["code"], "bad_request", "{v}");
@@ -483,10 +485,7 @@ async fn approve_for_the_session_lets_the_next_call_run_unasked() {
     p.push(bash("call_two", "echo two > two.txt"));
     p.push(text_reply(COMPLETIONS, &["Both."]));
     let id = env.create("Write two files.").await;
-    let apr = wait_pending(d, &id, 1).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let apr = pending_id(d, &id).await;
     let out = d.cli(&["approvals", "approve", &apr, "--session"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -545,10 +544,7 @@ async fn two_deciders_at_once_one_wins_the_other_gets_409() {
     p.push(bash("call_race", "echo raced > raced.txt"));
     p.push(text_reply(COMPLETIONS, &["Done."]));
     let id = env.create("Race.").await;
-    let apr = wait_pending(d, &id, 1).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let apr = pending_id(d, &id).await;
     let (a, b) = tokio::join!(
         decide(d, &apr, json!({"decision": "approve"})),
         decide(d, &apr, json!({"decision": "deny", "message": "no"})),
@@ -711,10 +707,7 @@ async fn an_unanswered_approval_is_denied_after_the_timeout() {
     p.push(text_reply(COMPLETIONS, &["Fine."]));
     let started = Instant::now();
     let id = env.create("Wait for it.").await;
-    let apr = wait_pending(d, &id, 1).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let apr = pending_id(d, &id).await;
     let records = wait_conversation(d, &id, |r| kind(r) == "approval_decided").await;
     assert!(
         started.elapsed() >= Duration::from_secs(2),
@@ -836,10 +829,7 @@ async fn an_abort_cancels_the_pending_approval() {
     let (d, p) = (&env.daemon, &env.provider);
     p.push(bash("call_a", "echo a > a.txt"));
     let id = env.create("First.").await;
-    let apr = wait_pending(d, &id, 1).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let apr = pending_id(d, &id).await;
     abort(d, &id).await;
     let records = wait_conversation(d, &id, is_turn_ended).await;
     let all = summarize(&records);
@@ -879,10 +869,7 @@ async fn a_kill_cancels_the_pending_approval_and_asks_the_model_nothing_more() {
     let (d, p) = (&env.daemon, &env.provider);
     p.push(bash("call_b", "echo b > b.txt"));
     let id = env.create("Go.").await;
-    let apr = wait_pending(d, &id, 1).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let apr = pending_id(d, &id).await;
     let (status, v) = d
         .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
         .await;
