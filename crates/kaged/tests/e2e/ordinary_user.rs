@@ -259,3 +259,99 @@ fn cages_work_for_an_unprivileged_user() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A model agent as the unprivileged operator's own daemon: its `shell.bash` under
+/// `approval: ask` waits, the operator approves it with the CLI as themselves, and the command
+/// runs in the agent's cage as them, writing into their project.
+#[tokio::test]
+async fn an_unprivileged_operator_approves_a_model_agents_call_that_runs_in_its_cage() {
+    use crate::common::provider::*;
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::new(tmp.path());
+    let provider = Provider::start();
+    local_toml(COMPLETIONS, &provider.base_url()).write(&op.home.join(".config/kaged"));
+    let project = op.home.join("project");
+    write_model_project(
+        &project,
+        "mine",
+        "  tools: { shell.bash: { approval: ask } }\n",
+        "",
+    );
+    if current_uid() == 0 {
+        sh(
+            "chown",
+            &[
+                "-R",
+                &format!("{NOBODY}:{NOBODY}"),
+                op.home.to_str().unwrap(),
+            ],
+        );
+    }
+    let env = op.env(&[(KEY_ENV, KEY)]);
+    let d = Daemon::spawn(
+        op.command(&["start", "--bind", "127.0.0.1:0"], &env),
+        &op.home.join(".local/share/kaged"),
+        &op.runtime_dir(),
+        env.clone(),
+    );
+    load_project_at(&d, &project).await;
+    provider.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new(
+            "call_who",
+            "shell.bash",
+            &json!({"command": "id -u > who.txt; echo written"}),
+        )],
+    ));
+    provider.push(text_reply(COMPLETIONS, &["Done."]));
+    let id = create_agent(&d, "mine", "primary", Some("Who are you?")).await;
+    let mut pending = Vec::new();
+    for _ in 0..200 {
+        let v = d.api_get("/api/v1/approvals?state=pending").await;
+        pending = v["approvals"].as_array().unwrap().clone();
+        if !pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert!(
+        !project.join("who.txt").exists(),
+        "nothing runs before the decision"
+    );
+    let apr = pending[0]["id"].as_str().unwrap();
+    let out = op
+        .command(&["approvals", "approve", apr], &env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = wait_conversation(&d, &id, |r| kind(r) == "turn_ended").await;
+    let decided = records
+        .iter()
+        .find(|r| kind(r) == "approval_decided")
+        .unwrap_or_else(|| panic!("{}", summarize(&records)));
+    let operator = if current_uid() == 0 {
+        "user:nobody".to_string()
+    } else {
+        d.api_get("/api/v1/whoami").await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(decided["event"]["decided_by"], operator.as_str());
+    let who = project.join("who.txt");
+    assert_eq!(
+        std::fs::read_to_string(&who).unwrap().trim(),
+        op.uid.to_string(),
+        "{}",
+        summarize(&records)
+    );
+    assert_eq!(std::fs::metadata(&who).unwrap().uid(), op.uid);
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+}
