@@ -4,6 +4,7 @@
 //! contents, the agent's exit code the shim's.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -199,4 +200,111 @@ fn the_shim_relays_serves_and_notices_and_exits_with_the_agents_code() {
         )
     );
     assert_eq!(answers[6], ok(json!("t-4"), json!({})));
+}
+
+/// In a real cage (`kaged cage run`, the shim as the cage's helper `/run/kaged/kaged`): the
+/// cage's view decides, not the shim: a write into the project lands, a write to a read-only
+/// bind and a read of a host file outside the view fail, and so does a terminal's write.
+#[test]
+fn in_a_cage_requests_see_only_the_cages_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let host_secret = dir.path().join("host-secret.txt");
+    std::fs::write(&host_secret, "HOST SECRET\n").unwrap();
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    std::fs::create_dir_all(project.join(".git")).unwrap();
+    std::fs::write(project.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        "version: 1\nproject: shimcage\nprimary:\n  command: [sh]\n",
+    )
+    .unwrap();
+    std::fs::write(project.join("agent.py"), AGENT).unwrap();
+    crate::common::cage_writable(&project);
+    let host_secret = host_secret.to_str().unwrap();
+    let req = |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let requests = json!([
+        req(
+            1,
+            "fs/write_text_file",
+            json!({"path": "/workspace/made/in-cage.txt", "content": "made\n"})
+        ),
+        req(
+            2,
+            "fs/write_text_file",
+            json!({"path": "/etc/kaged-acp-shim-test", "content": "x"})
+        ),
+        req(3, "fs/read_text_file", json!({"path": host_secret})),
+        req(
+            4,
+            "terminal/create",
+            json!({"command": "touch /usr/kaged-acp-shim-test; pwd"})
+        ),
+        req(5, "terminal/wait_for_exit", json!({"terminalId": "term-1"})),
+        req(6, "terminal/output", json!({"terminalId": "term-1"})),
+    ]);
+    let mut shim = crate::common::kaged_cmd(&[])
+        .args(["cage", "run", project.to_str().unwrap(), "--"])
+        .args([
+            "/run/kaged/kaged",
+            "acp-shim",
+            "--",
+            "python3",
+            "/workspace/agent.py",
+        ])
+        .arg(requests.to_string())
+        .arg("/workspace/answers.jsonl")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = shim.stdin.take().unwrap();
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"hello\"}\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = shim.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut upstream = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        upstream.push(line);
+    }
+    drop(stdin);
+    let status = shim.wait().unwrap();
+    assert_eq!(status.code(), Some(5), "{upstream:#?}");
+    assert_eq!(upstream.len(), 7, "{upstream:#?}");
+    assert!(upstream.iter().all(|l| !l.contains("HOST SECRET")));
+    let answers: Vec<Value> = std::fs::read_to_string(project.join("answers.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers[0]["result"], json!({}), "{answers:#?}");
+    assert_eq!(
+        std::fs::read_to_string(project.join("made/in-cage.txt")).unwrap(),
+        "made\n"
+    );
+    assert_eq!(
+        answers[1]["error"],
+        json!({"code": -32603, "message": "cannot write /etc/kaged-acp-shim-test: Read-only file system"})
+    );
+    assert!(!Path::new("/etc/kaged-acp-shim-test").exists());
+    assert_eq!(
+        answers[2]["error"]["message"],
+        json!(format!(
+            "cannot read {host_secret}: No such file or directory"
+        ))
+    );
+    assert_eq!(answers[4]["result"]["exitCode"], json!(0), "{answers:#?}");
+    let output = answers[5]["result"]["output"].as_str().unwrap();
+    assert!(output.contains("Read-only file system"), "{output}");
+    assert!(output.ends_with("/workspace\n"), "{output}");
+    assert!(!Path::new("/usr/kaged-acp-shim-test").exists());
 }
