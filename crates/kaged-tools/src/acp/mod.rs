@@ -30,6 +30,9 @@ use terminal::Terminals;
 
 /// The longest line the shim holds whole (and parses); longer ones are streamed through.
 pub const MAX_LINE: usize = 8 << 20;
+/// Served requests in progress at once (a `terminal/wait_for_exit` does not count): beyond
+/// that the agent's output waits, so memory stays bounded however fast it asks.
+const IN_FLIGHT: usize = 16;
 /// How long the agent's output is still passed on once it exited.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -203,18 +206,31 @@ async fn relay_up<W: AsyncWrite + Unpin + Send + 'static>(
     let Some(agent_out) = agent_out else { return };
     let mut reader = BufReader::new(agent_out);
     let mut serving = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
         // Collect finished tasks as we go.
         while serving.try_join_next().is_some() {}
         match next_piece(&mut reader, MAX_LINE).await {
             Ok(Piece::Line(line)) => match jsonrpc::served_request(&line) {
                 Some(request) => {
-                    serving.spawn(serve_one(
+                    let slot = if request.method == "terminal/wait_for_exit" {
+                        None
+                    } else {
+                        match slots.clone().acquire_owned().await {
+                            Ok(slot) => Some(slot),
+                            Err(_) => break,
+                        }
+                    };
+                    let served = serve_one(
                         request,
                         terminals.clone(),
                         agent_in.clone(),
                         upstream.clone(),
-                    ));
+                    );
+                    serving.spawn(async move {
+                        served.await;
+                        drop(slot);
+                    });
                 }
                 None => {
                     let mut up = upstream.lock().await;

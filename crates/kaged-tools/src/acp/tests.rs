@@ -140,17 +140,21 @@ async fn the_agents_exit_code_or_signal_is_the_shims() {
 }
 
 /// An agent that sends each request of `requests` (one JSON line each), waits for its
-/// answer, writes what it was answered to `answers` (one line each), then exits with 9.
+/// answer, writes what it was answered to `answers` (one line each), then exits with 9. An
+/// element that is a list is a batch: all sent at once, then all their answers read.
 fn scripted_agent(requests: &[Value], answers: &std::path::Path) -> Vec<String> {
     let script = r#"
 import json, sys
 requests = json.loads(sys.argv[1])
 with open(sys.argv[2], "w") as answers:
-    for request in requests:
-        sys.stdout.write(json.dumps(request) + "\n")
+    for item in requests:
+        batch = item if isinstance(item, list) else [item]
+        for request in batch:
+            sys.stdout.write(json.dumps(request) + "\n")
         sys.stdout.flush()
-        answers.write(sys.stdin.readline())
-        answers.flush()
+        for _ in batch:
+            answers.write(sys.stdin.readline())
+            answers.flush()
 sys.exit(9)
 "#;
     vec![
@@ -271,4 +275,39 @@ async fn terminals_die_with_the_shim() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!alive(&pid), "the terminal's shell {pid} outlived the shim");
+}
+
+#[tokio::test]
+async fn a_waiting_terminal_holds_up_no_other_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("answers.jsonl");
+    let file = dir.path().join("f.txt");
+    std::fs::write(&file, "text\n").unwrap();
+    let requests = json!([
+        {"jsonrpc":"2.0","id":1,"method":"terminal/create","params":{"command":"sleep 300"}},
+        [
+            {"jsonrpc":"2.0","id":2,"method":"terminal/wait_for_exit","params":{"terminalId":"term-1"}},
+            {"jsonrpc":"2.0","id":3,"method":"fs/read_text_file","params":{"path":file}},
+            {"jsonrpc":"2.0","id":4,"method":"terminal/kill","params":{"terminalId":"term-1"}},
+        ],
+    ]);
+    let argv = scripted_agent(requests.as_array().unwrap(), &log);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let shim = start(&argv);
+    assert_eq!(shim.exit_code().await, 9);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let got = answers(&log);
+    let mut ids: Vec<u64> = got.iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    // The wait ends only once the kill (sent after it) was served; the read (sent after it
+    // too) is not held up.
+    assert_eq!(ids.pop(), Some(2), "{got:#?}");
+    ids.sort();
+    assert_eq!(ids, [1, 3, 4], "{got:#?}");
+    let read = got.iter().find(|a| a["id"] == json!(3)).unwrap();
+    assert_eq!(read["result"]["content"], json!("text\n"));
+    assert_eq!(
+        got[3]["result"],
+        json!({"exitCode": null, "signal": "SIGKILL"})
+    );
 }
