@@ -3,7 +3,7 @@
 //!
 //! - Lines from the daemon go to the agent unchanged; lines from the agent go to the daemon
 //!   unchanged, except requests for the client methods of [`SERVED_METHODS`]: the shim
-//!   carries those out itself, here in the cage ([`fs`], [`terminal`]), answers the agent,
+//!   carries those out itself, here in the cage (`fs.rs`, `terminal.rs`), answers the agent,
 //!   and sends the daemon one `_kaged/served` notification per request (what was asked and
 //!   whether it worked; never file contents or output).
 //! - A line longer than [`MAX_LINE`] is passed on unchanged without being held whole (the
