@@ -48,7 +48,8 @@
 //! `reject_always`; default the first three), each option's id and name being its kind. The
 //! outcome is said as `permission ID: OPTION` (`OPTION` is the selected option id or
 //! `cancelled`) unless `quiet`; then `if_allowed` runs for an `allow_*` option, `if_rejected`
-//! for any other; a `cancelled` outcome ends the turn with `cancelled`.
+//! for any other; a `cancelled` outcome ends the turn with `cancelled`. An error answer is said
+//! as `permission ID failed: MESSAGE (CODE)` and `if_rejected` runs.
 //!
 //! `session/cancel` for the session: the running prompt stops before its next step (a sleep
 //! or an unanswered unknown method ends at once; a pending client request is still awaited)

@@ -297,7 +297,19 @@ impl Turn {
                 options,
             ))
             .block_task()
-            .await?;
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                let line = format!(
+                    "permission {} failed: {}",
+                    request.tool_call_id,
+                    describe(&e)
+                );
+                self.say(&line)?;
+                return self.run(if_rejected).await;
+            }
+        };
         let chosen = match &answer.outcome {
             RequestPermissionOutcome::Selected(selected) => selected.option_id.0.to_string(),
             _ => "cancelled".to_string(),

@@ -156,6 +156,16 @@ async fn a_permission_round_trip_branches_on_the_selected_option() {
     let (_dir, stops, rec) = turns(permission_script(), cancel, &["go"]).await;
     assert_eq!(stops, vec![Ok(StopReason::Cancelled)]);
     assert_eq!(rec.said(), "permission call_1: cancelled");
+
+    let error = Answers {
+        permission: Some("!error"),
+    };
+    let (_dir, stops, rec) = turns(permission_script(), error, &["go"]).await;
+    assert_eq!(stops, vec![Ok(StopReason::EndTurn)]);
+    assert_eq!(
+        rec.said(),
+        "permission call_1 failed: no approvals here (-32603) -> skipped -> after"
+    );
 }
 
 #[tokio::test]
@@ -449,9 +459,21 @@ fn a_bad_script_exits_with_status_2_before_speaking() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `sya`"));
     let out = std::process::Command::new(client::binary())
+        .env("KAGED_ACP_SCRIPT", &path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the script from the environment"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `sya`"));
+    let out = std::process::Command::new(client::binary())
+        .env_remove("KAGED_ACP_SCRIPT")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: kaged-acp-scripted"));
 }
 
 #[test]

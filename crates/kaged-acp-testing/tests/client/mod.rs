@@ -17,8 +17,8 @@ use futures_util::StreamExt;
 use kaged_acp_testing::Script;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// What the client does with a permission request: select this option id, or answer
-/// `cancelled` when `None`.
+/// What the client does with a permission request: select this option id, answer
+/// `cancelled` when `None`, or an error for `Some("!error")`.
 #[derive(Clone)]
 pub struct Answers {
     pub permission: Option<&'static str>,
@@ -190,6 +190,9 @@ pub async fn run<R>(
         .on_receive_request(
             async move |req: RequestPermissionRequest, responder, _cx| {
                 lock(&s2).rec.permissions.push(req);
+                if answers.permission == Some("!error") {
+                    return responder.respond_with_error(Error::new(-32603, "no approvals here"));
+                }
                 let outcome = match answers.permission {
                     Some(id) => {
                         RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(id))
