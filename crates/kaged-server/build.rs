@@ -57,10 +57,12 @@ const SERVED_TYPES: &[(&str, &str)] = &[
     ("js", "text/javascript; charset=utf-8"),
     ("css", "text/css; charset=utf-8"),
 ];
-/// Files of `ui/` that are not served under `/assets/`: the page itself (served at `/`), and
-/// what only the build and people read.
+/// Files of `ui/` that are not served under `/assets/`: the page itself (served at `/`), the
+/// service worker (served at `/sw.js`: a worker's scope is its own folder or below), and what
+/// only the build and people read.
 const NOT_SERVED: &[&str] = &[
     "index.html",
+    "sw.js",
     "README.md",
     "package.json",
     "package-lock.json",

@@ -15,7 +15,7 @@ mod tighten;
 mod tree;
 mod validate;
 
-pub use model::{Agent, Approval, ModelError, Project, ProjectPath, Tool};
+pub use model::{Agent, Approval, ModelError, Project, ProjectPath, Protocol, Tool};
 pub use project::{
     BASE, Checked, LOCAL, LOCKED_KEYS, MAX_DIAGNOSTICS, check_project, diagnostics_json,
     load_project, to_json,

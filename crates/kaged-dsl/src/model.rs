@@ -125,6 +125,9 @@ pub struct Agent {
     /// The argv of an external agent CLI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// How kaged talks to a command agent (`None`: a PTY).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
     /// `None`: the default cage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cage: Option<AgentCage>,
@@ -135,6 +138,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Whether this is a command agent speaking the Agent Client Protocol.
+    pub fn speaks_acp(&self) -> bool {
+        self.command.is_some() && self.protocol == Some(Protocol::Acp)
+    }
+
     /// What a call of `tool` needs (`allow` for a tool the agent does not mention).
     pub fn approval_of(&self, tool: &str) -> Approval {
         self.tools
@@ -321,6 +329,17 @@ impl Tool {
     pub fn offered(&self) -> bool {
         self.level() != Approval::Deny
     }
+}
+
+/// How kaged talks to a command agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// A terminal: kaged sees bytes.
+    Pty,
+    /// The Agent Client Protocol (JSON-RPC on stdio): kaged sees messages, tool calls and
+    /// permission requests.
+    Acp,
 }
 
 /// What a tool call needs before it runs. Ordered from the most to the least permissive, so

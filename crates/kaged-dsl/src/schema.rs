@@ -264,6 +264,12 @@ pub static AGENT: Object = Object {
             "argv of an external agent CLI, run on a PTY in the cage",
         ),
         f(
+            "protocol",
+            &Ty::Enum(&["pty", "acp"]),
+            false,
+            "command agent: pty (a terminal, the default) or acp (the Agent Client Protocol on stdio)",
+        ),
+        f(
             "cage",
             &Ty::LiteralOr(&["disabled"], &CAGE_TY),
             false,
@@ -295,6 +301,7 @@ pub static AGENT: Object = Object {
         ("model", "system_prompt"),
         ("max_steps", "model"),
         ("max_output_tokens", "model"),
+        ("protocol", "command"),
     ],
 };
 

@@ -462,3 +462,32 @@ fn the_local_overlay_may_only_tighten_approvals() {
         brief(base, Some(gone))
     );
 }
+
+/// `protocol: acp` is a command agent's; a model agent with it, or another value, is refused.
+#[test]
+fn a_command_agent_may_speak_acp() {
+    let acp = "version: 1\nproject: demo\nprimary:\n  command: [gemini, --experimental-acp]\n  protocol: acp\n";
+    assert!(brief(acp, None).is_empty(), "{:?}", brief(acp, None));
+    let project = kaged_dsl::load_project(acp, None)
+        .project()
+        .unwrap()
+        .unwrap();
+    assert!(project.primary.speaks_acp());
+    let pty = acp.replace("protocol: acp", "protocol: pty");
+    let project = kaged_dsl::load_project(&pty, None)
+        .project()
+        .unwrap()
+        .unwrap();
+    assert!(!project.primary.speaks_acp());
+    let bad = acp.replace("protocol: acp", "protocol: grpc");
+    let problems = brief(&bad, None);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("primary.protocol"), "{problems:?}");
+    let model = "version: 1\nproject: demo\nprimary:\n  model: fast\n  system_prompt: project:/p.md\n  protocol: acp\n";
+    let problems = brief(model, None);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("`protocol` needs `command`"),
+        "{problems:?}"
+    );
+}

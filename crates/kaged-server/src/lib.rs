@@ -121,6 +121,7 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
         .route("/launch", get(launch::launch))
         .route("/assets/{file}", get(ui::asset))
         .route("/assets/vendor/{file}", get(ui::vendor_asset))
+        .route("/sw.js", get(ui::service_worker))
         .merge(protected)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -102,11 +102,16 @@ pub enum AgentEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// Reasoning the agent shares while it works (an ACP agent's thought chunks), as it comes.
+    ThoughtDelta { text: String },
+    /// The agent's plan: its entries as it sent them (each with `content`, `status`,
+    /// `priority`); a new plan replaces the last one.
+    Plan { entries: serde_json::Value },
 }
 
 impl AgentEvent {
     /// Every event type's wire name, in declaration order.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 15] = [
         "user_message",
         "turn_started",
         "message_started",
@@ -120,6 +125,8 @@ impl AgentEvent {
         "error",
         "approval_requested",
         "approval_decided",
+        "thought_delta",
+        "plan",
     ];
 
     /// The wire name of this event (its `type`).
@@ -138,6 +145,8 @@ impl AgentEvent {
             AgentEvent::Error { .. } => 10,
             AgentEvent::ApprovalRequested { .. } => 11,
             AgentEvent::ApprovalDecided { .. } => 12,
+            AgentEvent::ThoughtDelta { .. } => 13,
+            AgentEvent::Plan { .. } => 14,
         };
         Self::KINDS[index]
     }
@@ -164,6 +173,12 @@ impl AgentEvent {
                 split(&text, MAX_CHUNK_BYTES)
                     .into_iter()
                     .map(|text| AgentEvent::TextDelta { text })
+                    .collect()
+            }
+            AgentEvent::ThoughtDelta { text } if text.len() > MAX_CHUNK_BYTES => {
+                split(&text, MAX_CHUNK_BYTES)
+                    .into_iter()
+                    .map(|text| AgentEvent::ThoughtDelta { text })
                     .collect()
             }
             AgentEvent::ToolOutput { call_id, chunk } if chunk.len() > MAX_CHUNK_BYTES => {
@@ -353,7 +368,9 @@ pub fn history<'a>(events: impl IntoIterator<Item = &'a Sequenced>) -> Vec<Messa
             | AgentEvent::Usage { .. }
             | AgentEvent::Error { .. }
             | AgentEvent::ApprovalRequested { .. }
-            | AgentEvent::ApprovalDecided { .. } => {}
+            | AgentEvent::ApprovalDecided { .. }
+            | AgentEvent::ThoughtDelta { .. }
+            | AgentEvent::Plan { .. } => {}
         }
     }
     close_message(&mut out, &mut open);

@@ -62,6 +62,10 @@ fn every_variant() -> Vec<AgentEvent> {
             decided_by: "user:ann".into(),
             reason: None,
         },
+        AgentEvent::ThoughtDelta { text: "hmm".into() },
+        AgentEvent::Plan {
+            entries: json!([{"content": "read", "status": "pending", "priority": "high"}]),
+        },
     ]
 }
 

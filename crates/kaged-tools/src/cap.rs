@@ -53,6 +53,25 @@ impl HeadTail {
         self.seen
     }
 
+    /// What the tail holds as text, from the first whole character on (invalid UTF-8
+    /// replaced), and whether anything before it was cut. For a collector with no head
+    /// (`HeadTail::new(0, n)`): the last `n` bytes of a stream, read as often as wanted.
+    pub fn tail_text(&self) -> (String, bool) {
+        let cut = self.seen > (self.head.len() + self.tail.len()) as u64;
+        let mut bytes: Vec<u8> = self.tail.iter().copied().collect();
+        if cut {
+            // A character cut at its start is dropped whole (UTF-8 continuation bytes).
+            let start = bytes
+                .iter()
+                .take(3)
+                .take_while(|b| **b & 0xC0 == 0x80)
+                .count();
+            bytes.drain(..start);
+        }
+        let head = String::from_utf8_lossy(&self.head);
+        (head.into_owned() + &String::from_utf8_lossy(&bytes), cut)
+    }
+
     /// The text (invalid UTF-8 replaced), and whether anything was cut. A cut is marked
     /// where it is, with how many bytes are missing.
     pub fn finish(self) -> (String, bool) {
@@ -145,6 +164,22 @@ mod tests {
         let (text, cut) = c.finish();
         assert!(cut);
         assert!(text.contains('\u{FFFD}'), "{text}");
+    }
+
+    #[test]
+    fn a_tail_alone_keeps_the_last_bytes_from_a_whole_character() {
+        let mut c = HeadTail::new(0, 4);
+        c.push(b"ab");
+        assert_eq!(c.tail_text(), ("ab".to_string(), false));
+        c.push("é".as_bytes());
+        assert_eq!(c.tail_text(), ("abé".to_string(), false));
+        c.push(b"z");
+        assert_eq!(c.tail_text(), ("béz".to_string(), true));
+        c.push(b"w");
+        assert_eq!(c.tail_text(), ("ézw".to_string(), true));
+        // The last 4 bytes start inside 'é': it is dropped, not garbled.
+        c.push(b"v");
+        assert_eq!(c.tail_text(), ("zwv".to_string(), true));
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! - [`ToolExecutor`]: the daemon's side of that protocol over any reader and writer (the
 //!   pipes of a caged `kaged tool-exec`).
 //!
+//! - [`acp`]: `kaged acp-shim`, the relay between the daemon and an ACP agent in its cage,
+//!   serving the agent's file and terminal requests inside the cage.
+//!
 //! The tools check no paths themselves: inside the cage, what is outside the cage's view does
 //! not exist for them, which is the guarantee (a check here could only be weaker).
 
+pub mod acp;
 mod cap;
 mod client;
 mod files;

@@ -18,7 +18,7 @@ use crate::cap::{HeadTail, KEEP_EACH_END};
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 pub const MAX_TIMEOUT_SECS: u64 = 600;
 /// How long output is still read once the command exited (and its group was killed).
-const DRAIN: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,7 +41,7 @@ pub fn timeout_of(args: &BashArgs) -> Result<Duration, String> {
 }
 
 /// `bash` when it is on PATH, else `sh`.
-fn shell() -> &'static str {
+pub(crate) fn shell() -> &'static str {
     let has_bash = std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|d| {
             use std::os::unix::fs::PermissionsExt;
@@ -57,10 +57,10 @@ fn shell() -> &'static str {
 /// for as long as any member lives (the kernel does not hand out a number a group still
 /// uses), which is when killing matters; with no member left the kill finds nobody, short of
 /// the number being reused within the moment between reap and kill.
-struct Group(Option<i32>);
+pub(crate) struct Group(pub(crate) Option<i32>);
 
 impl Group {
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(pgid) = self.0 {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }

@@ -130,6 +130,14 @@ pub enum Command {
         #[arg(long)]
         tools: Option<String>,
     },
+    /// Inside an ACP agent's cage: run the agent on pipes and relay its JSON-RPC lines to and
+    /// from stdin and stdout, serving its file and terminal requests in the cage (kaged runs
+    /// this itself; see kaged-tools' acp module). Exits with the agent's exit code.
+    #[command(hide = true)]
+    AcpShim {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Check that this host can build cages (bubblewrap, user namespaces) and say how to fix it.
     Doctor,
     /// Project files: validate them, print their JSON Schema.

@@ -138,6 +138,35 @@ fn tool_exec(only: Option<&str>) -> ExitCode {
     }
 }
 
+/// `kaged acp-shim -- AGENT…`, inside an ACP agent's cage: its own small runtime, none of
+/// the daemon's machinery. Exits with the agent's exit code (127: it could not be started).
+fn acp_shim(command: &[String]) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kaged: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let ran = runtime.block_on(kaged_tools::acp::run_shim(
+        command,
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+    ));
+    // Nothing is waited for: a read of stdin may still be blocked in its thread.
+    runtime.shutdown_background();
+    match ran {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("kaged: acp-shim: {e}");
+            ExitCode::from(127)
+        }
+    }
+}
+
 /// Exit status of a cage whose check failed (nothing of the command ran).
 const CAGE_REFUSED: u8 = 126;
 
@@ -193,6 +222,9 @@ fn main() -> ExitCode {
     if let Command::ToolExec { tools } = &cli.command {
         return tool_exec(tools.as_deref());
     }
+    if let Command::AcpShim { command } = &cli.command {
+        return acp_shim(command);
+    }
     let mode = cli.mode.map(DeploymentMode::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -223,7 +255,8 @@ fn main() -> ExitCode {
             Command::CageBridge { .. }
             | Command::CageTty { .. }
             | Command::CageCheck { .. }
-            | Command::ToolExec { .. } => Ok(()),
+            | Command::ToolExec { .. }
+            | Command::AcpShim { .. } => Ok(()),
             Command::Doctor => cage::doctor(),
             Command::Version => {
                 println!(

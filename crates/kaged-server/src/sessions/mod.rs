@@ -23,6 +23,7 @@
 //! `conversation/` (model agents: the cage's tool executor, the agent loop, their routes) and
 //! `approval/` (tool calls waiting for the operator's decision, and their routes).
 
+mod acp;
 mod agent_log;
 mod agent_ws;
 pub(crate) mod approval;

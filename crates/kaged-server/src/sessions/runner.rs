@@ -224,9 +224,9 @@ impl Runner {
 
     fn spec(&self, egress_socket: Option<&Path>) -> Result<Prepared, String> {
         let d = &self.decided;
-        let conversation = d.conversation.is_some();
+        // Runs on pipes (a conversation's executor, an ACP agent) have no terminal.
+        let conversation = d.conversation.is_some() || d.acp.is_some();
         let mut env = if conversation {
-            // A tool's shell has no terminal.
             vec![("TERM".to_string(), "dumb".to_string())]
         } else {
             vec![

@@ -54,6 +54,8 @@ pub(crate) struct Decided {
     pub(crate) run_as: Option<kaged_cage::RunAs>,
     /// A model agent's conversation: what its loop runs with.
     pub(crate) conversation: Option<super::conversation::Setup>,
+    /// An ACP agent's conversation.
+    pub(crate) acp: Option<super::acp::AcpSetup>,
     /// The project as it was when the run started (a conversation's subagents are built from it).
     pub(crate) model: kaged_dsl::Project,
 }
@@ -101,10 +103,17 @@ fn decide(sessions: &Sessions, req: &StartRequest) -> Result<Decided, ApiError> 
         ),
         _ => None,
     };
-    if conversation.is_none() && req.message.is_some() {
+    let acp = match (req.kind, &conversation) {
+        (RunKind::Agent, None) => super::acp::AcpSetup::of(
+            &project,
+            req.name.as_deref().unwrap_or(kaged_dsl::model::PRIMARY),
+        ),
+        _ => None,
+    };
+    if conversation.is_none() && acp.is_none() && req.message.is_some() {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
-            "\"message\" is for model agents (with `model:`); this run has a terminal: type into it over /pty",
+            "\"message\" is for model agents (with `model:`) and ACP agents (`protocol: acp`); this run has a terminal: type into it over /pty",
         ));
     }
     let mut plan = match &conversation {
@@ -141,14 +150,22 @@ fn decide(sessions: &Sessions, req: &StartRequest) -> Result<Decided, ApiError> 
             ));
         }
     }
-    if let (Some(setup), Some(_)) = (&conversation, uncaged_because) {
-        // Uncaged, the executor is this very binary on the host.
-        let exe = settings
+    // Uncaged, the executor (or the ACP shim) is this very binary on the host.
+    let kaged_here = match uncaged_because {
+        None => kaged_cage::HELPER.to_string(),
+        Some(_) => settings
             .helper
             .clone()
             .or_else(|| std::env::current_exe().ok())
-            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-        plan.command = setup.command(&exe.to_string_lossy());
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+            .to_string_lossy()
+            .into_owned(),
+    };
+    if let (Some(setup), Some(_)) = (&conversation, uncaged_because) {
+        plan.command = setup.command(&kaged_here);
+    }
+    if acp.is_some() {
+        plan.command = super::acp::AcpSetup::command(&kaged_here, &plan.command);
     }
     let allow = match &policy {
         Policy::Caged {
@@ -191,6 +208,7 @@ fn decide(sessions: &Sessions, req: &StartRequest) -> Result<Decided, ApiError> 
         allow,
         granted_env,
         conversation,
+        acp,
         model: project,
         project: req.project.clone(),
         granted_paths: crate::projects::grants_of(&settings.local, &req.project).paths,
@@ -235,11 +253,12 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
             });
         }
     }
-    if req.resume.is_some() && decided.conversation.is_none() {
+    let conversation = decided.conversation.is_some() || decided.acp.is_some();
+    if req.resume.is_some() && !conversation {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!(
-                "agent {} is no longer a model agent in the project file; start a new session",
+                "agent {} is no longer a model agent or an ACP agent in the project file; start a new session",
                 decided.plan.name
             ),
         ));
@@ -250,9 +269,9 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
     };
     let transcript_path = sessions.transcript_path(&id);
     // A conversation's output is its event log: it has no transcript file.
-    let transcript = match decided.conversation {
-        Some(_) => None,
-        None => Some(create_transcript(sessions, &transcript_path)?),
+    let transcript = match conversation {
+        true => None,
+        false => Some(create_transcript(sessions, &transcript_path)?),
     };
     let caged = decided.uncaged_because.is_none();
     let record = SessionRecord {
@@ -271,7 +290,7 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
             .map_or_else(|| req.actor.clone(), |r| r.created_by.clone()),
         created_at_ms: req.resume.as_ref().map_or_else(now_ms, |r| r.created_at_ms),
         ended_at_ms: None,
-        conversation: decided.conversation.is_some(),
+        conversation,
         ..Default::default()
     };
     let (input_tx, input_rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
@@ -312,7 +331,7 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
         reason: None,
         ended: false,
     };
-    let control = decided.conversation.as_ref().map(|_| {
+    let control = conversation.then(|| {
         let control = Arc::new(super::conversation::Control::default());
         if let Some(text) = req.message.clone() {
             control.send(text);
@@ -365,24 +384,31 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
         .await;
     let handle = tokio::runtime::Handle::current();
     let decided_setup = decided.conversation.clone();
+    let decided_acp = decided.acp.clone();
     let runner = Runner::new(sessions.clone(), live.clone(), decided, handle.clone());
     let (sessions, live) = (sessions.clone(), live.clone());
-    let spawned = match (decided_setup.zip(control), transcript) {
-        (Some((setup, control)), _) => super::panics::spawn(
+    let spawned = match (decided_setup, decided_acp, control, transcript) {
+        (Some(setup), _, Some(control), _) => super::panics::spawn(
             "run",
             &id,
             move || runner.run_conversation(setup, control),
             move |message| crashed(&sessions, &live, &handle, message),
         ),
-        (None, Some(transcript)) => super::panics::spawn(
+        (None, Some(setup), Some(control), _) => super::panics::spawn(
+            "run",
+            &id,
+            move || runner.run_acp(setup, control),
+            move |message| crashed(&sessions, &live, &handle, message),
+        ),
+        (None, None, None, Some(transcript)) => super::panics::spawn(
             "run",
             &id,
             move || runner.run(transcript, input_rx, req.rows, req.cols),
             move |message| crashed(&sessions, &live, &handle, message),
         ),
-        (None, None) => {
+        _ => {
             return Err(ApiError::internal(
-                "a terminal run without its transcript (a bug)",
+                "a run without its transcript or its conversation (a bug)",
             ));
         }
     };

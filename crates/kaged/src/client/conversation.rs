@@ -334,6 +334,24 @@ impl Live {
                 let rest = format!("{indent}  ");
                 self.lines(&mut out, &block(message, &first, &rest));
             }
+            // Reasoning stays out of the way; `transcript --json` has it.
+            AgentEvent::ThoughtDelta { .. } => {}
+            AgentEvent::Plan { entries } => {
+                let steps: Vec<String> = entries
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "[{}] {}",
+                            e["status"].as_str().unwrap_or("?"),
+                            e["content"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                let line = one_line(&format!("{indent}plan: {}", steps.join("; ")), self.width);
+                self.lines(&mut out, &format!("{line}\n"));
+            }
         }
         out
     }

@@ -11,6 +11,7 @@
 
 mod common;
 
+mod acp_shim;
 mod agent_cli;
 mod agents;
 mod agents_failures;
@@ -50,6 +51,7 @@ mod vpn_bind;
 // These three still declare their own `mod common;` (as separate test binaries did). Loaded
 // through `#[path]`, that declaration resolves next to them, to this directory's `common/`, so
 // they compile unchanged. Once they say `use crate::common::*;`, drop the attributes.
+mod acp;
 #[path = "browser.rs"]
 #[allow(clippy::duplicate_mod)]
 mod browser;

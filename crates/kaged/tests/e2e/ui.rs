@@ -70,6 +70,8 @@ pub(crate) enum Viewport {
 pub(crate) struct Ui {
     pub(crate) client: Client,
     driver: Child,
+    /// chromedriver's port (for its Chrome-only endpoints, which fantoccini does not wrap).
+    port: u16,
     name: &'static str,
     started: Instant,
     _profile: tempfile::TempDir,
@@ -165,10 +167,31 @@ impl Ui {
         Some(Ui {
             client,
             driver: driver.take().unwrap(),
+            port,
             name,
             started: Instant::now(),
             _profile: profile,
         })
+    }
+
+    /// Run a Chrome DevTools Protocol command through chromedriver (`goog/cdp/execute`); its
+    /// result.
+    pub(crate) async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        let session = self.client.session_id().await.unwrap().unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/session/{session}/goog/cdp/execute",
+            self.port
+        );
+        let response = plain_client()
+            .post(url)
+            .json(&json!({"cmd": cmd, "params": params}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let v: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "[{}] {cmd}: {status} {v}", self.name);
+        v["value"].clone()
     }
 
     /// Log a step (shown with the failure report, or live with --nocapture).

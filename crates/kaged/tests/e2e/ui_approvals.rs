@@ -11,7 +11,13 @@
 //!   Approvals screen within 2 s, thumb-sized stacked buttons, the badge and title counting it
 //!   on both, Approve tapped (the command runs in the cage), the other browser seeing it
 //!   resolved, a 409 said as "Already decided by …", the conversation view's inline card
-//!   (Deny with a message the model receives), the model's Markdown reply drawn safely.
+//!   (Deny with a message the model receives), the model's Markdown reply drawn safely, the
+//!   other browser's notification shown through the console's service worker.
+//! - The service worker (`/sw.js`, served as JavaScript, `no-cache`): registered from the served
+//!   page when notifications are turned on, at the console's scope; an approval's notification
+//!   shown through `registration.showNotification` (the permission granted over CDP, the browser
+//!   listing it after), never with the arguments; its click handler (run against stand-ins for
+//!   `clients`) leading a console window to the approval; `new Notification` without workers.
 
 use std::time::{Duration, Instant};
 
@@ -398,7 +404,8 @@ const WATCH_CARDS: &str = "window.__cardSeen = {};
     }).observe(document.body, { childList: true, subtree: true });
     return true;";
 
-/// The browser's Notification, replaced by one that records what it was asked to show.
+/// The browser's Notification, replaced by one that answers the permission prompt (headless
+/// Chromium has none to click) and records what the page itself was asked to show.
 const FAKE_NOTIFICATION: &str = "window.__notes = [];
     window.__shown = [];
     window.Notification = class {
@@ -726,9 +733,18 @@ async fn a_phone_approves_a_pending_call_and_another_browser_sees_it_resolved() 
     assert_eq!(made, json!([0, true]));
     phone.shot("ui-approvals-markdown.png").await;
 
-    // The other browser asks for notifications (a stand-in for the browser's Notification,
-    // which headless Chromium cannot show), goes to another screen and is hidden.
+    // The other browser asks for notifications (the browser's permission prompt answered by a
+    // stand-in for its Notification, the permission itself granted as the operator would), goes
+    // to another screen and is hidden. The notification goes through the console's service
+    // worker, which shows it for real.
+    other
+        .cdp(
+            "Browser.grantPermissions",
+            json!({"origin": d.base, "permissions": ["notifications"]}),
+        )
+        .await;
     other.js(FAKE_NOTIFICATION, vec![]).await;
+    other.js(WATCH_WORKER, vec![]).await;
     other.click("#notify-me").await;
     other
         .until(
@@ -788,24 +804,46 @@ async fn a_phone_approves_a_pending_call_and_another_browser_sees_it_resolved() 
             "return document.title === '(1) kaged';",
         )
         .await;
-    // One notification: the tool, the project and agent; never the arguments.
-    let notes = other.js("return window.__notes;", vec![]).await;
+    // One notification, through the worker: the tool, the project and agent, the approval's id
+    // and link; never the arguments.
+    let shown = other
+        .until(
+            "the notification shown",
+            "const w = window.__viaWorker; return w.length && w[0].shown !== null && w;",
+        )
+        .await;
+    let link = format!("{}/#/approvals/{aid2}", d.base);
     assert_eq!(
-        notes,
-        json!([["Approval needed: shell.bash", "agents / primary"]]),
-        "{notes}"
+        shown,
+        json!([{
+            "title": "Approval needed: shell.bash",
+            "options": {"body": "agents / primary", "tag": aid2, "data": {"url": link}},
+            "scope": format!("{}/", d.base),
+            "shown": true,
+        }]),
+        "{shown:#}"
     );
-    // Clicking it opens the Approvals screen.
+    assert!(!shown.to_string().contains("rm -rf"), "{shown}");
+    assert_eq!(
+        other.js("return window.__notes;", vec![]).await,
+        json!([]),
+        "not the page's own Notification"
+    );
+    // Clicking it: the worker tells the console's window where to go (its `kaged.open`
+    // message), and the window shows that approval.
     other
         .js(
-            "window.__shown[0].onclick({ preventDefault() {} }); return true;",
+            "navigator.serviceWorker.dispatchEvent(new MessageEvent('message',
+               { data: { kind: 'kaged.open', url: window.__viaWorker[0].options.data.url } }));
+             return true;",
             vec![],
         )
         .await;
     other
-        .until(
-            "the Approvals screen from the notification",
-            "return location.hash === '#/approvals';",
+        .until_args(
+            "the approval from the notification",
+            "return location.hash === `#/approvals/${arguments[0]}`;",
+            vec![json!(aid2)],
         )
         .await;
     phone
@@ -874,4 +912,281 @@ async fn a_phone_approves_a_pending_call_and_another_browser_sees_it_resolved() 
     phone.shot("ui-approvals-inline-denied.png").await;
     other.close().await;
     phone.close().await;
+}
+
+/// Record what the page asks of the service worker's `showNotification`: the title, the
+/// options, the registration's scope and, once settled, whether the real one showed it.
+const WATCH_WORKER: &str = "window.__viaWorker = [];
+    const real = ServiceWorkerRegistration.prototype.showNotification;
+    ServiceWorkerRegistration.prototype.showNotification = function (title, options) {
+      const seen = { title, options, scope: this.scope, shown: null };
+      window.__viaWorker.push(seen);
+      return real.call(this, title, options).then(
+        () => { seen.shown = true; },
+        (e) => { seen.shown = String(e); throw e; });
+    };
+    return true;";
+
+/// Record the page's own notifications (`new Notification`, still the browser's), and hide the
+/// page (a notification is only for a hidden page).
+const WATCH_PAGE: &str = "window.__viaPage = [];
+    window.__pageShown = [];
+    window.Notification = class extends window.Notification {
+      constructor(title, options) {
+        window.__viaPage.push([title, options]);
+        super(title, options);
+        window.__pageShown.push(this);
+      }
+    };
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+    return true;";
+
+/// `notifyApproval` of the console's notifications.js, for `arguments[0]`: whether it showed
+/// one, and what went through the worker and the page.
+const NOTIFY: &str = "return import(new URL('assets/notifications.js', document.baseURI).href)
+    .then((m) => m.notifyApproval(arguments[0]))
+    .then((shown) => ({ shown, worker: window.__viaWorker, page: window.__viaPage }));";
+
+/// sw.js's click handler, run in the page against stand-ins for the worker's `registration`
+/// and `clients`: for each case (the notification's data, the windows open), what it did.
+const SW_CLICKS: &str = r#"
+const [scope, cases] = arguments;
+window.registration = { scope };
+const out = [];
+return import(new URL('sw.js', document.baseURI).href).then(async () => {
+  for (const [data, urls] of cases) {
+    const did = [];
+    window.clients = {
+      matchAll: async (o) => { did.push(['matchAll', o.type, o.includeUncontrolled]);
+        return urls.map((url) => ({ url, focused: false, visibilityState: 'hidden',
+          postMessage: (m) => did.push(['postMessage', url, m.kind, m.url]),
+          focus: async () => { did.push(['focus', url]); } })); },
+      openWindow: async (url) => { did.push(['openWindow', url]); },
+    };
+    let waited = null;
+    const e = new Event('notificationclick');
+    e.notification = { data, close: () => did.push(['close']) };
+    e.waitUntil = (p) => { waited = p; };
+    window.dispatchEvent(e);
+    await waited;
+    out.push(did);
+  }
+  return out;
+});
+"#;
+
+/// Phones show notifications only through a service worker: the console registers its own from
+/// the served page when notifications are turned on, at the console's scope, and shows an
+/// approval's notification through it (never with the arguments); the worker's click handler
+/// leads to the approval in a console window; `/sw.js` is served as JavaScript, revalidated.
+#[tokio::test]
+async fn notifications_go_through_the_consoles_service_worker() {
+    let _one = ONE_BROWSER.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = crate::common::Daemon::start(&tmp.path().join("home"));
+    let base = d.base.clone();
+
+    // Served at the root, without sign-in like the assets, as JavaScript, revalidated each time.
+    let client = crate::common::plain_client();
+    let response = client.get(format!("{base}/sw.js")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(header("content-type"), "text/javascript; charset=utf-8");
+    assert_eq!(header("cache-control"), "no-cache");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert!(header("content-security-policy").contains("script-src 'self'"));
+    let body = response.text().await.unwrap();
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kaged-server/ui/sw.js");
+    assert_eq!(body, std::fs::read_to_string(file).unwrap());
+    let elsewhere = client
+        .get(format!("{base}/assets/sw.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 404, "one URL for the worker");
+
+    let Some(ui) = Ui::start(Viewport::Phone, "approvals-worker").await else {
+        return;
+    };
+    ui.goto(&d.launch_url).await;
+    ui.ready().await;
+    // Nothing is registered before the operator asks for notifications.
+    let before = ui
+        .js(
+            "return navigator.serviceWorker.getRegistrations().then((r) => r.length);",
+            vec![],
+        )
+        .await;
+    assert_eq!(before, 0);
+    // The operator allows notifications for the console's origin (headless Chromium has no
+    // prompt to click).
+    ui.cdp(
+        "Browser.grantPermissions",
+        json!({"origin": base, "permissions": ["notifications"]}),
+    )
+    .await;
+    ui.route("#/approvals").await;
+    ui.ready().await;
+    ui.click("#notify-me").await;
+    ui.until(
+        "notifications on",
+        "return document.querySelector('.notify')?.dataset.state === 'on';",
+    )
+    .await;
+    let ready = ui
+        .js(
+            "return navigator.serviceWorker.ready.then((r) => [r.scope, r.active.scriptURL]);",
+            vec![],
+        )
+        .await;
+    assert_eq!(ready, json!([format!("{base}/"), format!("{base}/sw.js")]));
+
+    // An approval while the page is hidden: shown through the worker's registration, its id the
+    // tag, its link the data; the arguments nowhere.
+    ui.js(WATCH_WORKER, vec![]).await;
+    ui.js(WATCH_PAGE, vec![]).await;
+    let approval = json!({
+        "id": "apr_00000000000000b1", "tool": "shell.bash", "project": "agents",
+        "agent": "primary", "arguments": {"command": "cat secret-token.txt"},
+    });
+    let shown = ui.js(NOTIFY, vec![approval]).await;
+    let link = format!("{base}/#/approvals/apr_00000000000000b1");
+    assert_eq!(
+        shown,
+        json!({
+            "shown": true,
+            "worker": [{
+                "title": "Approval needed: shell.bash",
+                "options": {"body": "agents / primary", "tag": "apr_00000000000000b1",
+                            "data": {"url": link}},
+                "scope": format!("{base}/"),
+                "shown": true,
+            }],
+            "page": [],
+        }),
+        "{shown:#}"
+    );
+    assert!(!shown.to_string().contains("secret-token"), "{shown}");
+    let listed = ui
+        .js(
+            "return navigator.serviceWorker.ready.then((r) => r.getNotifications())
+               .then((ns) => ns.map((n) => [n.title, n.body, n.tag, n.data && n.data.url]));",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        listed,
+        json!([[
+            "Approval needed: shell.bash",
+            "agents / primary",
+            "apr_00000000000000b1",
+            link
+        ]]),
+        "the browser holds it"
+    );
+
+    // A click: a console window focused and told where to go (or one opened there); only this
+    // console's approvals routes are followed.
+    let scope = format!("{base}/");
+    let page = format!("{base}/#/projects");
+    let elsewhere = "http://203.0.113.9/#/approvals/apr_x";
+    let clicks = ui
+        .js(
+            SW_CLICKS,
+            vec![
+                json!(scope),
+                json!([
+                    [{"url": link}, [page, "http://127.0.0.1:1/other/"]],
+                    [{"url": link}, []],
+                    [{"url": elsewhere}, []],
+                    [null, [page]],
+                ]),
+            ],
+        )
+        .await;
+    let list = format!("{base}/#/approvals");
+    let matched = json!(["matchAll", "window", true]);
+    assert_eq!(
+        clicks,
+        json!([
+            [
+                ["close"],
+                matched,
+                ["postMessage", page, "kaged.open", link],
+                ["focus", page]
+            ],
+            [["close"], matched, ["openWindow", link]],
+            [["close"], matched, ["openWindow", list]],
+            [
+                ["close"],
+                matched,
+                ["postMessage", page, "kaged.open", list],
+                ["focus", page]
+            ],
+        ]),
+        "{clicks:#}"
+    );
+    // The page told to go there goes; a foreign URL is ignored.
+    let went = ui
+        .js(
+            "const go = (url) => navigator.serviceWorker.dispatchEvent(
+               new MessageEvent('message', { data: { kind: 'kaged.open', url } }));
+             go('http://203.0.113.9/#/approvals/apr_x');
+             const after_foreign = location.hash;
+             go(arguments[0]);
+             return [after_foreign, location.hash];",
+            vec![json!(link)],
+        )
+        .await;
+    assert_eq!(
+        went,
+        json!(["#/approvals", "#/approvals/apr_00000000000000b1"])
+    );
+
+    // Without service workers (an older browser): the page's own notification, the same words;
+    // a click on it leads to the Approvals screen.
+    ui.route("#/projects").await;
+    let fallback = ui
+        .js(
+            &format!("delete Navigator.prototype.serviceWorker; {NOTIFY}"),
+            vec![json!({
+                "id": "apr_00000000000000b2", "tool": "file.write", "project": "agents",
+                "agent": "primary", "arguments": {"path": "secret-token.txt"},
+            })],
+        )
+        .await;
+    assert_eq!(fallback["shown"], true, "{fallback:#}");
+    assert_eq!(
+        fallback["worker"].as_array().unwrap().len(),
+        1,
+        "not through the worker: {fallback:#}"
+    );
+    assert_eq!(
+        fallback["page"],
+        json!([[
+            "Approval needed: file.write",
+            {"body": "agents / primary", "tag": "apr_00000000000000b2"}
+        ]]),
+        "{fallback:#}"
+    );
+    assert!(!fallback.to_string().contains("secret-token"), "{fallback}");
+    ui.js(
+        "window.__pageShown[0].onclick({ preventDefault() {} }); return true;",
+        vec![],
+    )
+    .await;
+    ui.until(
+        "the Approvals screen from the page's notification",
+        "return location.hash === '#/approvals';",
+    )
+    .await;
+    ui.assert_no_csp_violations("service worker").await;
+    ui.close().await;
 }

@@ -71,6 +71,8 @@ async fn every_file_of_the_console_folder_is_served_with_its_type_and_nothing_el
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         let content_type = match path.extension().and_then(|e| e.to_str()) {
+            // The service worker: at `/sw.js` (ui_approvals.rs), not under `/assets/`.
+            _ if name == "sw.js" => continue,
             Some("js") => "text/javascript",
             Some("css") => "text/css",
             _ => continue,
@@ -119,6 +121,7 @@ async fn every_file_of_the_console_folder_is_served_with_its_type_and_nothing_el
         "assets/package-lock.json",
         "assets/README.md",
         "assets/index.html",
+        "assets/sw.js",
         "assets/vendor/nope.js",
     ] {
         let response = client

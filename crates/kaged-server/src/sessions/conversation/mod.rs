@@ -97,9 +97,9 @@ pub(crate) fn read_prompt(root: &std::path::Path, path: &ProjectPath) -> Result<
 #[derive(Default)]
 pub(crate) struct Control {
     queue: Mutex<VecDeque<String>>,
-    wake: Notify,
-    abort: watch::Sender<u64>,
-    in_turn: AtomicBool,
+    pub(crate) wake: Notify,
+    pub(crate) abort: watch::Sender<u64>,
+    pub(crate) in_turn: AtomicBool,
 }
 
 impl Control {
@@ -117,11 +117,11 @@ impl Control {
     }
 
     /// Every queued message, oldest first.
-    fn take(&self) -> Vec<String> {
+    pub(crate) fn take(&self) -> Vec<String> {
         lock(&self.queue).drain(..).collect()
     }
 
-    fn has_queued(&self) -> bool {
+    pub(crate) fn has_queued(&self) -> bool {
         !lock(&self.queue).is_empty()
     }
 

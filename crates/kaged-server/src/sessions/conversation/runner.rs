@@ -22,9 +22,55 @@ use crate::sessions::runner::Runner;
 /// Lines of an executor's stderr copied to kaged's log, at most.
 const STDERR_LINES: usize = 200;
 
+/// The loop that speaks to a piped run: it reads the run's stdout, writes its stdin, and ends
+/// its work when the watch flips (the run ended).
+pub(crate) type PipedLoop = Box<
+    dyn FnOnce(
+            tokio::net::unix::pipe::Receiver,
+            tokio::net::unix::pipe::Sender,
+            tokio::sync::watch::Receiver<bool>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
 impl Runner {
     /// The whole life of a conversation's run.
     pub(crate) fn run_conversation(self, setup: Setup, control: Arc<Control>) {
+        self.run_piped("tool executor", move |runner| {
+            let d = &runner.decided;
+            let id = runner.live.id().to_string();
+            let conversation = Conversation {
+                sessions: runner.sessions.clone(),
+                id: id.clone(),
+                root: d.root.clone(),
+                setup,
+                control,
+                owner: runner.live.info().created_by.clone(),
+                base: CageBase {
+                    project: d.model.clone(),
+                    slug: d.project.clone(),
+                    root: d.root.clone(),
+                    run_as: d.run_as.map(|r| r.identity),
+                    granted_env: d.granted_env.clone(),
+                    granted_paths: d.granted_paths.clone(),
+                    session: id,
+                },
+                subagents: Default::default(),
+                log: Default::default(),
+            };
+            Box::new(move |from, to, ended| {
+                Box::pin(async move {
+                    let executor = kaged_tools::ToolExecutor::new(from, to);
+                    conversation.run(executor, ended).await;
+                })
+            })
+        });
+    }
+
+    /// A run on pipes (no PTY): the cage's command spawned with its stdin and stdout given to
+    /// the loop `make` builds (a task), its stderr copied to kaged's log (`what` names it
+    /// there), and the end once the process is reaped and the loop has closed its turn.
+    pub(crate) fn run_piped(self, what: &'static str, make: impl FnOnce(&Runner) -> PipedLoop) {
         let Some((egress, prepared)) = self.prepare() else {
             return;
         };
@@ -46,43 +92,21 @@ impl Runner {
             &id,
             {
                 let id = id.clone();
-                move || log_stderr(&id, stderr)
+                move || log_stderr(&id, what, stderr)
             },
             |_| {},
         );
         let (ended_tx, ended_rx) = tokio::sync::watch::channel(false);
-        let d = &self.decided;
-        let conversation = Conversation {
-            sessions: self.sessions.clone(),
-            id: id.clone(),
-            root: d.root.clone(),
-            setup,
-            control,
-            owner: self.live.info().created_by.clone(),
-            base: CageBase {
-                project: d.model.clone(),
-                slug: d.project.clone(),
-                root: d.root.clone(),
-                run_as: d.run_as.map(|r| r.identity),
-                granted_env: d.granted_env.clone(),
-                granted_paths: d.granted_paths.clone(),
-                session: id.clone(),
-            },
-            subagents: Default::default(),
-            log: Default::default(),
-        };
+        let talk = make(&self);
         let stdin: std::os::fd::OwnedFd = stdin.into();
         let stdout: std::os::fd::OwnedFd = stdout.into();
         let task = self.handle.spawn(async move {
             let to = tokio::net::unix::pipe::Sender::from_owned_fd(stdin);
             let from = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout);
             match (from, to) {
-                (Ok(from), Ok(to)) => {
-                    let executor = kaged_tools::ToolExecutor::new(from, to);
-                    conversation.run(executor, ended_rx).await;
-                }
+                (Ok(from), Ok(to)) => talk(from, to, ended_rx).await,
                 (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!(session = %conversation.id, error = %e, "cannot speak to the tool executor");
+                    tracing::error!(session = %id, error = %e, "cannot speak to the {what}");
                 }
             }
         });
@@ -96,16 +120,16 @@ impl Runner {
     }
 }
 
-/// Copy the executor's stderr (a cage's refusal is said there) to kaged's log, a bounded
+/// Copy a piped run's stderr (a cage's refusal is said there) to kaged's log, a bounded
 /// number of lines; read to the end so a full pipe never stops it.
-fn log_stderr(id: &str, stderr: std::process::ChildStderr) {
+fn log_stderr(id: &str, what: &str, stderr: std::process::ChildStderr) {
     let mut lines = std::io::BufReader::new(stderr).split(b'\n');
     let mut logged = 0;
     while let Some(Ok(line)) = lines.next() {
         if logged < STDERR_LINES {
             logged += 1;
             let text = String::from_utf8_lossy(&line);
-            tracing::warn!(session = %id, line = %text.chars().take(1000).collect::<String>(), "tool executor");
+            tracing::warn!(session = %id, from = what, line = %text.chars().take(1000).collect::<String>(), "stderr");
         }
     }
 }

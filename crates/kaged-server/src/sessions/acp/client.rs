@@ -1,0 +1,620 @@
+//! kaged as an ACP agent's client: `initialize`, `session/new`, a `session/prompt` per turn
+//! (the operator's queued messages), `session/cancel` on abort; the agent's `session/update`s
+//! recorded in order, its permission requests turned into kaged approvals, and anything the
+//! protocol does not allow (a line that is not JSON-RPC, an answer to a request kaged never
+//! made, silence at `initialize`) ending the run with the reason. Lines are bounded; a flood of
+//! updates is held back by the bounded queue between the reader and the recorder (the agent
+//! then waits on its own output), never by memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kaged_dsl::{Approval, Tool};
+use kaged_session::agent::{AgentEvent, EndReason};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+
+use super::translate::{Translator, tool_name};
+use crate::audit::AuditRecord;
+use crate::sessions::Sessions;
+use crate::sessions::approval::Request;
+use crate::sessions::conversation::Control;
+
+/// How long an agent may take to answer `initialize` and `session/new`.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a cancelled prompt may take to end before kaged ends the turn itself.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// The longest line kaged reads from an agent.
+const MAX_LINE: usize = 8 * 1024 * 1024;
+/// Messages read ahead of the recorder.
+const QUEUE: usize = 256;
+/// The protocol version kaged speaks.
+const PROTOCOL_VERSION: u64 = 1;
+
+/// One ACP agent's conversation.
+pub(crate) struct AcpClient {
+    pub sessions: Sessions,
+    pub id: String,
+    pub slug: String,
+    pub owner: String,
+    /// The agent's name in the project file, and its `tools:` settings (the policy of its
+    /// permission requests, by `acp.KIND`).
+    pub name: String,
+    pub tools: BTreeMap<String, Tool>,
+    pub control: Arc<Control>,
+    /// The project as the agent sees it (the `cwd` of its ACP session).
+    pub cwd: PathBuf,
+}
+
+/// What the reader hands on.
+enum Incoming {
+    Message(Value),
+    /// A line that is not a JSON object, or too long.
+    Bad(String),
+}
+
+/// The requests kaged made and waits for.
+type Pending = std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>;
+
+/// The wire towards the agent.
+struct Rpc {
+    to: Mutex<pipe::Sender>,
+    next: AtomicU64,
+    pending: Pending,
+}
+
+impl Rpc {
+    async fn send(&self, message: &Value) -> Result<(), String> {
+        let mut line = serde_json::to_vec(message).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let mut to = self.to.lock().await;
+        to.write_all(&line)
+            .await
+            .map_err(|e| format!("cannot write to the agent: {e}"))
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<oneshot::Receiver<Result<Value, Value>>, String> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        crate::sessions::lock(&self.pending).insert(id, tx);
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await?;
+        Ok(rx)
+    }
+
+    async fn notify(&self, method: &str, params: Value) -> Result<(), String> {
+        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params}))
+            .await
+    }
+
+    async fn answer(&self, id: Value, outcome: Result<Value, (i64, String)>) {
+        let message = match outcome {
+            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            Err((code, message)) => {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+            }
+        };
+        if let Err(e) = self.send(&message).await {
+            tracing::warn!(error = %e, "cannot answer the ACP agent");
+        }
+    }
+}
+
+/// Read the agent's lines into `tx` until its output ends.
+async fn read_lines(from: pipe::Receiver, tx: mpsc::Sender<Incoming>) {
+    let mut reader = tokio::io::BufReader::new(from);
+    loop {
+        let mut line = Vec::new();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await;
+        let incoming = match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line.len() > MAX_LINE => {
+                Incoming::Bad(format!("a line longer than {MAX_LINE} bytes"))
+            }
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim();
+                if text.is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<Value>(text) {
+                    Ok(v) if v.is_object() => Incoming::Message(v),
+                    _ => Incoming::Bad(format!("`{}`", text.chars().take(200).collect::<String>())),
+                }
+            }
+        };
+        if tx.send(incoming).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the recorder and the turns share.
+struct Shared {
+    client: AcpClient,
+    rpc: Rpc,
+    translator: std::sync::Mutex<Translator>,
+    /// The agent's ACP session, once it has one.
+    session: std::sync::Mutex<Option<String>>,
+}
+
+impl Shared {
+    async fn record(&self, events: Vec<AgentEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .client
+            .sessions
+            .agent_log()
+            .append(&self.client.id, None, events)
+            .await
+        {
+            tracing::error!(session = %self.client.id, error = %e, "cannot record the ACP agent's events");
+        }
+    }
+
+    /// Handle what the agent sends until its output ends or it breaks the protocol; why.
+    async fn dispatch(self: Arc<Self>, mut rx: mpsc::Receiver<Incoming>) -> String {
+        while let Some(incoming) = rx.recv().await {
+            let message = match incoming {
+                Incoming::Bad(what) => {
+                    return format!("the agent wrote a line that is not JSON-RPC: {what}");
+                }
+                Incoming::Message(m) => m,
+            };
+            let method = message["method"].as_str().map(str::to_string);
+            match (method, message.get("id").cloned()) {
+                (Some(method), Some(id)) => self.request(&method, id, &message["params"]).await,
+                (Some(method), None) => self.notification(&method, &message["params"]).await,
+                (None, Some(id)) => {
+                    let waiting = id
+                        .as_u64()
+                        .and_then(|n| crate::sessions::lock(&self.rpc.pending).remove(&n));
+                    let Some(waiting) = waiting else {
+                        return format!("the agent answered a request kaged never made (id {id})");
+                    };
+                    let outcome = match message.get("error") {
+                        Some(error) => Err(error.clone()),
+                        None => Ok(message["result"].clone()),
+                    };
+                    let _ = waiting.send(outcome);
+                }
+                (None, None) => {
+                    return "the agent wrote a JSON object that is neither a request, a response nor a notification".into();
+                }
+            }
+        }
+        "the agent's output ended (it exited)".into()
+    }
+
+    async fn notification(&self, method: &str, params: &Value) {
+        match method {
+            "session/update" => {
+                let events = crate::sessions::lock(&self.translator).update(&params["update"]);
+                self.record(events).await;
+            }
+            "_kaged/served" => self.audit_served(params).await,
+            other => {
+                tracing::debug!(session = %self.client.id, method = other, "ACP notification ignored")
+            }
+        }
+    }
+
+    async fn request(self: &Arc<Self>, method: &str, id: Value, params: &Value) {
+        if method == "session/request_permission" {
+            // In a task of its own: the decision may take long, and updates keep coming.
+            let shared = self.clone();
+            let params = params.clone();
+            tokio::spawn(async move {
+                let outcome = shared.permission(&params).await;
+                shared.rpc.answer(id, Ok(json!({"outcome": outcome}))).await;
+            });
+            return;
+        }
+        self.record(vec![AgentEvent::Error {
+            code: "acp".into(),
+            message: format!("the agent asked for `{method}`, which kaged does not serve"),
+        }])
+        .await;
+        self.rpc
+            .answer(id, Err((-32601, format!("method not found: {method}"))))
+            .await;
+    }
+
+    /// The `_kaged/served` notice of the in-cage shim: an fs or terminal request it carried out.
+    async fn audit_served(&self, params: &Value) {
+        let c = &self.client;
+        c.sessions
+            .deps()
+            .audit
+            .record_limited(
+                &c.id,
+                AuditRecord {
+                    kind: "acp.served",
+                    success: params["ok"].as_bool().unwrap_or(false),
+                    identity: Some(c.owner.clone()),
+                    source: None,
+                    detail: json!({"session": c.id, "project": c.slug, "agent": c.name,
+                        "method": params["method"], "path": params["path"],
+                        "command": params["command"], "error": params["error"]}),
+                },
+            )
+            .await;
+    }
+
+    /// The outcome of a permission request: the project's policy for the call's kind
+    /// (`acp.KIND`; without a setting, the operator is asked), or the operator's decision.
+    async fn permission(&self, params: &Value) -> Value {
+        let call = &params["toolCall"];
+        let call_id = call["toolCallId"].as_str().unwrap_or_default().to_string();
+        let announced = crate::sessions::lock(&self.translator).announced(&call_id);
+        let kind = call["kind"].as_str().unwrap_or(&announced.kind);
+        let tool = tool_name(kind);
+        let options: Vec<Value> = params["options"].as_array().cloned().unwrap_or_default();
+        let pick = |kinds: &[&str]| {
+            kinds.iter().find_map(|k| {
+                options
+                    .iter()
+                    .find(|o| o["kind"].as_str() == Some(k))
+                    .and_then(|o| o["optionId"].as_str())
+                    .map(|id| json!({"outcome": "selected", "optionId": id}))
+            })
+        };
+        let cancelled = json!({"outcome": "cancelled"});
+        let allow = ["allow_once", "allow_always"];
+        let reject = ["reject_once", "reject_always"];
+        let c = &self.client;
+        let level = c.tools.get(&tool).map_or(Approval::Ask, Tool::level);
+        let approvals = c.sessions.approvals();
+        let chosen = match level {
+            Approval::Allow => pick(&allow),
+            Approval::Deny => pick(&reject),
+            Approval::Ask
+                if approvals
+                    .granted(&c.id, &c.name, &tool)
+                    .await
+                    .unwrap_or(false) =>
+            {
+                pick(&allow)
+            }
+            Approval::Ask => {
+                let arguments = json!({
+                    "title": call["title"].as_str().unwrap_or(&announced.title),
+                    "input": if call["rawInput"].is_null() { announced.raw_input.clone() } else { call["rawInput"].clone() },
+                    "options": options.iter().map(|o| o["name"].clone()).collect::<Vec<_>>(),
+                });
+                let asked = approvals
+                    .request(Request {
+                        session: &c.id,
+                        project: &c.slug,
+                        owner: &c.owner,
+                        agent: &c.name,
+                        tool: &tool,
+                        call_id: &call_id,
+                        parent_call_id: None,
+                        arguments: &arguments,
+                    })
+                    .await;
+                let decided = match asked {
+                    Ok(record) => approvals.wait(&record.id).await,
+                    Err(e) => Err(e),
+                };
+                match decided {
+                    Ok(r) if r.decision.as_deref() == Some("approve_session") => {
+                        pick(&["allow_always", "allow_once"])
+                    }
+                    Ok(r) if r.state == "approved" => pick(&allow),
+                    Ok(r) if r.state == "denied" => pick(&reject),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::error!(session = %c.id, error = %e, "an ACP permission request could not be asked");
+                        None
+                    }
+                }
+            }
+        };
+        chosen.unwrap_or(cancelled)
+    }
+}
+
+/// The answer to a request, or why there is none: a JSON-RPC error, the time ran out, the
+/// agent broke the protocol or exited (`stopped` is the recorder's end), or the run ended.
+async fn answer_of(
+    rx: oneshot::Receiver<Result<Value, Value>>,
+    method: &str,
+    timeout: Option<Duration>,
+    stopped: &mut tokio::task::JoinHandle<String>,
+    ended: &mut watch::Receiver<bool>,
+) -> Result<Value, String> {
+    let limit = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        answer = rx => match answer {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(error)) => Err(format!("the agent answered `{method}` with an error: {error}")),
+            Err(_) => Err(format!("the agent never answered `{method}`")),
+        },
+        _ = limit => Err(format!(
+            "the agent did not answer `{method}` within {} s",
+            timeout.map_or(0, |t| t.as_secs())
+        )),
+        why = &mut *stopped => Err(why.unwrap_or_else(|e| format!("kaged's ACP reader stopped: {e}"))),
+        _ = ended.wait_for(|e| *e) => Err("the run ended".into()),
+    }
+}
+
+impl AcpClient {
+    /// The conversation: until the run ends or the agent breaks the protocol.
+    pub(crate) async fn run(
+        self,
+        from: pipe::Receiver,
+        to: pipe::Sender,
+        mut ended: watch::Receiver<bool>,
+    ) {
+        let turns = self.close_open_turn().await;
+        let shared = Arc::new(Shared {
+            client: self,
+            rpc: Rpc {
+                to: Mutex::new(to),
+                next: AtomicU64::new(0),
+                pending: Default::default(),
+            },
+            translator: Default::default(),
+            session: Default::default(),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(read_lines(from, tx));
+        let mut stopped = tokio::spawn(shared.clone().dispatch(rx));
+        if let Err(why) = shared.start(&mut stopped, &mut ended).await {
+            if !*ended.borrow() {
+                shared.fail(&why, None).await;
+            }
+            return;
+        }
+        shared.turns(turns, &mut stopped, &mut ended).await;
+    }
+
+    /// The number of turns so far; a turn an earlier run left open is closed (its agent is
+    /// gone; a new ACP session starts), and approvals nothing waits for any more cancelled.
+    async fn close_open_turn(&self) -> u64 {
+        let records = self
+            .sessions
+            .agent_log()
+            .read_all(&self.id)
+            .await
+            .unwrap_or_default();
+        let mut turns = 0;
+        let mut open = false;
+        for r in records.iter().filter(|r| r.parent_call_id.is_none()) {
+            match r.event {
+                AgentEvent::TurnStarted { turn } => {
+                    turns = turn;
+                    open = true;
+                }
+                AgentEvent::TurnEnded { .. } => open = false,
+                _ => {}
+            }
+        }
+        let _ = self
+            .sessions
+            .approvals()
+            .cancel_pending(
+                &self.id,
+                "the agent's run ended; it asks again if it still needs to",
+            )
+            .await;
+        if open {
+            let _ = self
+                .sessions
+                .agent_log()
+                .append(
+                    &self.id,
+                    None,
+                    vec![
+                        AgentEvent::Error {
+                            code: "daemon".into(),
+                            message: "the turn was cut short: the agent's run ended (kaged stopped or the session was killed); it starts a new ACP session".into(),
+                        },
+                        AgentEvent::TurnEnded {
+                            reason: EndReason::Error,
+                        },
+                    ],
+                )
+                .await;
+        }
+        turns
+    }
+}
+
+impl Shared {
+    /// `initialize` and `session/new`.
+    async fn start(
+        &self,
+        stopped: &mut tokio::task::JoinHandle<String>,
+        ended: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let init = self
+            .rpc
+            .call(
+                "initialize",
+                json!({
+                    "protocolVersion": PROTOCOL_VERSION,
+                    "clientCapabilities": {"fs": {"readTextFile": true, "writeTextFile": true}, "terminal": true},
+                    "clientInfo": {"name": "kaged", "version": env!("CARGO_PKG_VERSION")},
+                }),
+            )
+            .await?;
+        let answer = answer_of(init, "initialize", Some(START_TIMEOUT), stopped, ended).await?;
+        let version = answer["protocolVersion"].as_u64();
+        if version != Some(PROTOCOL_VERSION) {
+            return Err(format!(
+                "the agent speaks ACP version {}; kaged speaks version {PROTOCOL_VERSION}",
+                version.map_or_else(|| "(none given)".to_string(), |v| v.to_string())
+            ));
+        }
+        let new = self
+            .rpc
+            .call(
+                "session/new",
+                json!({"cwd": self.client.cwd, "mcpServers": []}),
+            )
+            .await?;
+        let answer = answer_of(new, "session/new", Some(START_TIMEOUT), stopped, ended).await?;
+        let session = answer["sessionId"]
+            .as_str()
+            .ok_or("the agent's answer to `session/new` has no `sessionId`")?;
+        *crate::sessions::lock(&self.session) = Some(session.to_string());
+        Ok(())
+    }
+
+    /// Turns, one per batch of queued operator messages, until the run ends.
+    async fn turns(
+        &self,
+        mut turns: u64,
+        stopped: &mut tokio::task::JoinHandle<String>,
+        ended: &mut watch::Receiver<bool>,
+    ) {
+        let control = self.client.control.clone();
+        let session = crate::sessions::lock(&self.session)
+            .clone()
+            .unwrap_or_default();
+        loop {
+            if !control.has_queued() {
+                tokio::select! {
+                    _ = control.wake.notified() => continue,
+                    _ = ended.wait_for(|e| *e) => return,
+                    // Idle, the agent exited or broke the protocol: the run's end says how.
+                    _ = &mut *stopped => return,
+                }
+            }
+            let messages = control.take();
+            turns += 1;
+            let mut events: Vec<AgentEvent> = messages
+                .iter()
+                .map(|text| AgentEvent::UserMessage { text: text.clone() })
+                .collect();
+            events.push(AgentEvent::TurnStarted { turn: turns });
+            self.record(events).await;
+            let prompt: Vec<Value> = messages
+                .iter()
+                .map(|text| json!({"type": "text", "text": text}))
+                .collect();
+            control.in_turn.store(true, Ordering::SeqCst);
+            let outcome = self
+                .prompt(
+                    json!({"sessionId": session, "prompt": prompt}),
+                    stopped,
+                    ended,
+                )
+                .await;
+            control.in_turn.store(false, Ordering::SeqCst);
+            match outcome {
+                Ok(result) => {
+                    let (events, reason) =
+                        crate::sessions::lock(&self.translator).finished(&result);
+                    let mut events = events;
+                    events.push(AgentEvent::TurnEnded { reason });
+                    self.record(events).await;
+                    if reason != EndReason::Aborted && !control.has_queued() {
+                        let c = &self.client;
+                        c.sessions.deps().notifier.send(
+                            crate::notify::Notification::session_waiting(&c.slug, &c.name, &c.id),
+                        );
+                    }
+                }
+                Err(why) => {
+                    if !*ended.borrow() || stopped.is_finished() {
+                        self.fail(&why, Some(EndReason::Error)).await;
+                    } else {
+                        let mut events = crate::sessions::lock(&self.translator).close();
+                        events.push(AgentEvent::TurnEnded {
+                            reason: EndReason::Aborted,
+                        });
+                        self.record(events).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One `session/prompt`: its result, with an abort sent on as `session/cancel` (and the
+    /// turn's approvals cancelled); the turn ends without the agent if it does not stop.
+    async fn prompt(
+        &self,
+        params: Value,
+        stopped: &mut tokio::task::JoinHandle<String>,
+        ended: &mut watch::Receiver<bool>,
+    ) -> Result<Value, String> {
+        let session = params["sessionId"].clone();
+        let rx = self.rpc.call("session/prompt", params).await?;
+        let mut abort = self.client.control.abort.subscribe();
+        abort.mark_unchanged();
+        let answer = answer_of(rx, "session/prompt", None, stopped, ended);
+        tokio::pin!(answer);
+        tokio::select! {
+            result = &mut answer => return result,
+            _ = abort.changed() => {}
+        }
+        let c = &self.client;
+        let _ = c
+            .sessions
+            .approvals()
+            .cancel_pending(&c.id, "the turn was aborted")
+            .await;
+        self.rpc
+            .notify("session/cancel", json!({"sessionId": session}))
+            .await?;
+        match tokio::time::timeout(CANCEL_GRACE, answer).await {
+            Ok(result) => result,
+            Err(_) => Ok(json!({"stopReason": "cancelled"})),
+        }
+    }
+
+    /// The agent broke the protocol (or never started): say why in the log (closing the turn
+    /// when one is open), fail the run with the reason, and end the agent.
+    async fn fail(&self, why: &str, open_turn: Option<EndReason>) {
+        let mut events = crate::sessions::lock(&self.translator).close();
+        events.push(AgentEvent::Error {
+            code: "acp".into(),
+            message: why.to_string(),
+        });
+        if let Some(reason) = open_turn {
+            events.push(AgentEvent::TurnEnded { reason });
+        }
+        self.record(events).await;
+        let c = &self.client;
+        tracing::warn!(session = %c.id, reason = %why, "the ACP agent's run ends");
+        if let Some(live) = c.sessions.get(&c.id) {
+            c.sessions
+                .transition(
+                    &live,
+                    kaged_session::state::Event::Crashed {
+                        reason: format!("the ACP agent: {why}"),
+                    },
+                    "kaged",
+                )
+                .await;
+            if let Some(killer) = live.killer() {
+                killer.kill();
+            }
+        }
+    }
+}
