@@ -51,12 +51,7 @@ impl State {
 /// Steps run before a session exists (no updates, no cancel).
 fn wire_turn(cx: ConnectionTo<Client>) -> Turn {
     let (_tx, cancel) = watch::channel(false);
-    Turn {
-        cx,
-        session: None,
-        cancel,
-        prompt_text: String::new(),
-    }
+    Turn::new(cx, None, cancel, String::new())
 }
 
 /// The error a `fail` step answers with.
@@ -155,12 +150,7 @@ pub async fn serve(script: Script) -> Result<(), agent_client_protocol::Error> {
                         })
                         .collect();
                     note(&format!("session/prompt {}: {prompt_text:?}", n + 1));
-                    let turn = Turn {
-                        cx,
-                        session: Some(req.session_id.clone()),
-                        cancel,
-                        prompt_text,
-                    };
+                    let turn = Turn::new(cx, Some(req.session_id.clone()), cancel, prompt_text);
                     let steps = state.script.prompts.get(n).map(Vec::as_slice);
                     let flow = turn.run(steps.unwrap_or_default()).await?;
                     let reason = match flow {
@@ -173,7 +163,7 @@ pub async fn serve(script: Script) -> Result<(), agent_client_protocol::Error> {
                         Flow::Exited => return hold(responder).await,
                     };
                     note(&format!("prompt {} ends: {reason:?}", n + 1));
-                    responder.respond(PromptResponse::new(reason))
+                    responder.respond(PromptResponse::new(reason).usage(turn.usage()))
                 })
             },
             agent_client_protocol::on_receive_request!(),

@@ -39,6 +39,7 @@
 //! | `{"read_file": {"path", "line", "limit"}}` | `fs/read_text_file`; then says the content, or `read_file PATH failed: MESSAGE (CODE)` |
 //! | `{"terminal": {"command", "args", "cwd", "output_byte_limit", "tool_call_id"}}` | `terminal/create`, (a `tool_call_update` embedding the terminal if `tool_call_id`), `terminal/wait_for_exit`, `terminal/output`, `terminal/release`; then says the output, and `terminal exit: CODE` (or `terminal exit: signal SIG`, `(truncated)` appended); on an error `terminal COMMAND failed: MESSAGE (CODE)` |
 //! | `{"usage": {"used", "size", "cost": {"amount", "currency"}}}` | a `usage_update` |
+//! | `{"turn_usage": {"input_tokens", "output_tokens", "cached_read_tokens"}}` | the `usage` of this turn's `session/prompt` answer (`totalTokens` = input + output; ACP's unstable end-turn usage) |
 //! | `{"echo_prompt": true}` | one `agent_message_chunk` with the prompt's text blocks |
 //! | `{"stop": "end_turn"\|"max_tokens"\|"max_turn_requests"\|"refusal"\|"cancelled"}` | ends the turn with that `stopReason`; later steps do not run (without it: `end_turn`) |
 //! | `{"fail": "message"}` | answers the current request with error -32603 `message` |
@@ -79,5 +80,5 @@ pub use agent_client_protocol as acp;
 pub use locate::scripted_agent_binary;
 pub use script::{
     CostStep, PermissionStep, PlanItem, ReadFileStep, Script, Step, TerminalStep, ToolCallStep,
-    ToolUpdateStep, UsageStep, WriteFileStep,
+    ToolUpdateStep, TurnUsageStep, UsageStep, WriteFileStep,
 };

@@ -260,6 +260,20 @@ pub struct UsageStep {
     pub cost: Option<CostStep>,
 }
 
+/// `{"turn_usage": {...}}`: the token usage sent with this turn's `session/prompt` answer
+/// (`usage`: `totalTokens` is input + output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnUsageStep {
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens read from a cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_read_tokens: Option<u64>,
+}
+
 /// The cost of a [`UsageStep`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -307,6 +321,8 @@ pub enum Step {
     Terminal(TerminalStep),
     /// A `usage_update`.
     Usage(UsageStep),
+    /// The `usage` of the turn's answer.
+    TurnUsage(TurnUsageStep),
     /// Says the text of the prompt.
     EchoPrompt,
     /// Ends the turn with this stop reason (steps after it do not run).
@@ -429,6 +445,15 @@ impl Step {
         })
     }
 
+    /// `{"turn_usage": {"input_tokens", "output_tokens"}}`.
+    pub fn turn_usage(input_tokens: u64, output_tokens: u64) -> Self {
+        Self::TurnUsage(TurnUsageStep {
+            input_tokens,
+            output_tokens,
+            cached_read_tokens: None,
+        })
+    }
+
     /// Whether the step only touches the wire, so it may run before a session exists.
     pub fn is_wire_step(&self) -> bool {
         matches!(
@@ -473,6 +498,8 @@ struct StepFields {
     terminal: Option<TerminalStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     usage: Option<UsageStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    turn_usage: Option<TurnUsageStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     echo_prompt: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -520,6 +547,7 @@ impl TryFrom<StepFields> for Step {
         found.extend(f.read_file.map(Step::ReadFile));
         found.extend(f.terminal.map(Step::Terminal));
         found.extend(f.usage.map(Step::Usage));
+        found.extend(f.turn_usage.map(Step::TurnUsage));
         found.extend(f.echo_prompt.filter(|on| *on).map(|_| Step::EchoPrompt));
         found.extend(f.stop.map(Step::Stop));
         found.extend(f.fail.map(Step::Fail));
@@ -562,6 +590,7 @@ impl From<Step> for StepFields {
             Step::ReadFile(r) => f.read_file = Some(r),
             Step::Terminal(t) => f.terminal = Some(t),
             Step::Usage(u) => f.usage = Some(u),
+            Step::TurnUsage(u) => f.turn_usage = Some(u),
             Step::EchoPrompt => f.echo_prompt = Some(true),
             Step::Stop(s) => f.stop = Some(s),
             Step::Fail(m) => f.fail = Some(m),

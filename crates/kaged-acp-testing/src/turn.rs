@@ -11,7 +11,7 @@ use agent_client_protocol::v1::schema::{
     ContentBlock, ContentChunk, CreateTerminalRequest, PermissionOption, PermissionOptionKind,
     Plan, PlanEntry, ReadTextFileRequest, ReleaseTerminalRequest, RequestPermissionOutcome,
     RequestPermissionRequest, SessionId, SessionNotification, SessionUpdate, StopReason, Terminal,
-    TerminalOutputRequest, ToolCall, ToolCallContent, ToolCallUpdate, ToolCallUpdateFields,
+    TerminalOutputRequest, ToolCall, ToolCallContent, ToolCallUpdate, ToolCallUpdateFields, Usage,
     UsageUpdate, WaitForTerminalExitRequest, WriteTextFileRequest,
 };
 use agent_client_protocol::{Client, UntypedMessage};
@@ -37,13 +37,15 @@ type Result<T> = std::result::Result<T, agent_client_protocol::Error>;
 /// One run of steps for a session (or before one exists, `session` is `None`).
 pub struct Turn {
     /// The connection to the client.
-    pub cx: ConnectionTo<Client>,
+    cx: ConnectionTo<Client>,
     /// The session the updates are for.
-    pub session: Option<SessionId>,
+    session: Option<SessionId>,
     /// Set to `true` by `session/cancel`.
-    pub cancel: watch::Receiver<bool>,
+    cancel: watch::Receiver<bool>,
     /// The text blocks of the prompt, for `echo_prompt`.
-    pub prompt_text: String,
+    prompt_text: String,
+    /// The usage for the turn's answer, set by `turn_usage`.
+    usage: std::sync::Mutex<Option<Usage>>,
 }
 
 /// Writes one line to stderr, where the tests and the daemon's log see it.
@@ -78,6 +80,27 @@ fn split(text: &str, pieces: usize) -> Vec<String> {
 }
 
 impl Turn {
+    /// A turn for `session` (none before a session exists) that a cancel ends.
+    pub fn new(
+        cx: ConnectionTo<Client>,
+        session: Option<SessionId>,
+        cancel: watch::Receiver<bool>,
+        prompt_text: String,
+    ) -> Self {
+        Self {
+            cx,
+            session,
+            cancel,
+            prompt_text,
+            usage: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The usage a `turn_usage` step set.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage.lock().ok().and_then(|u| u.clone())
+    }
+
     fn cancelled(&self) -> bool {
         *self.cancel.borrow()
     }
@@ -189,6 +212,17 @@ impl Turn {
                     ));
                 }
                 self.update(SessionUpdate::UsageUpdate(usage))?;
+            }
+            Step::TurnUsage(u) => {
+                let usage = Usage::new(
+                    u.input_tokens + u.output_tokens,
+                    u.input_tokens,
+                    u.output_tokens,
+                )
+                .cached_read_tokens(u.cached_read_tokens);
+                if let Ok(mut slot) = self.usage.lock() {
+                    *slot = Some(usage);
+                }
             }
             Step::EchoPrompt => self.update(SessionUpdate::AgentMessageChunk(
                 ContentChunk::new(ContentBlock::from(self.prompt_text.as_str())),

@@ -70,6 +70,7 @@ async fn updates_arrive_in_script_order_and_the_turn_ends_with_the_scripted_reas
             Step::tool_call("call_1", "Write a.txt", ToolKind::Edit),
             Step::tool_update("call_1", ToolCallStatus::Completed, Some("done")),
             Step::usage(1200, 200_000),
+            Step::turn_usage(100, 20),
             Step::Stop(StopReason::MaxTokens),
             Step::say("never"),
         ])
@@ -105,6 +106,16 @@ async fn updates_arrive_in_script_order_and_the_turn_ends_with_the_scripted_reas
         panic!("{:?}", rec.updates[7]);
     };
     assert_eq!((usage.used, usage.size), (1200, 200_000));
+    let answer = rec
+        .agent_lines()
+        .into_iter()
+        .find(|l| l.contains("max_tokens"))
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(answer).unwrap();
+    assert_eq!(
+        answer["result"]["usage"],
+        serde_json::json!({"totalTokens": 120, "inputTokens": 100, "outputTokens": 20})
+    );
     assert_eq!(rec.status.and_then(|s| s.code()), Some(0), "{}", rec.stderr);
 }
 
