@@ -88,6 +88,16 @@ pub enum Command {
     /// file): list them, approve or deny one.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Speak the Agent Client Protocol on stdin/stdout as a kaged agent of PROJECT, for an
+    /// editor: each ACP session is a kaged session of that agent, in its cage; kaged's
+    /// approvals come as permission requests.
+    Acp {
+        /// The project (its slug).
+        project: String,
+        /// The agent (default: primary).
+        #[arg(long)]
+        agent: Option<String>,
+    },
     /// Run one command in an agent's cage, to try a policy before trusting an agent with it.
     #[command(subcommand)]
     Cage(CageCommand),

@@ -248,6 +248,7 @@ fn main() -> ExitCode {
             }
             Command::Tokens(command) => client::tokens(mode, command).await,
             Command::Approvals(command) => client::approvals(mode, command).await,
+            Command::Acp { project, agent } => client::acp(mode, project, agent).await,
             Command::Dsl(command) => dsl::run(command),
             Command::Project(command) => client::project(mode, command).await,
             Command::Session(command) => session::run(mode, command).await,

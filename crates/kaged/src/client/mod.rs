@@ -4,6 +4,8 @@
 //! `session.rs`; for a model agent's session (a conversation) it uses `agent.rs` (send,
 //! attach, transcript) and `conversation.rs` (the records rendered as text).
 
+mod acp;
+mod acp_map;
 pub(crate) mod agent;
 mod approvals;
 mod auth;
@@ -14,6 +16,7 @@ mod status;
 mod tokens;
 mod transport;
 
+pub use acp::acp;
 pub use approvals::approvals;
 pub use auth::{nonce, open};
 pub use projects::project;

@@ -403,7 +403,8 @@ async fn a_misbehaving_agent_fails_its_run_with_the_reason() {
             records.iter().any(|r| kind(r) == "error"
                 && r["event"]["code"] == "acp"
                 && r["event"]["message"].as_str().unwrap().contains(reason)),
-            "{what}: {all}"
+            "{what}: {all}\n{session}\n{}",
+            env.daemon.stderr.lock().unwrap().join("\n")
         );
         if what != "version" {
             assert_eq!(said(&records), "before", "{what}: kept: {all}");

@@ -53,6 +53,7 @@ mod vpn_bind;
 // they compile unchanged. Once they say `use crate::common::*;`, drop the attributes.
 mod acp;
 mod acp_scripted;
+mod acp_server;
 #[path = "browser.rs"]
 #[allow(clippy::duplicate_mod)]
 mod browser;

@@ -33,6 +33,20 @@ const CANCEL_GRACE: Duration = Duration::from_secs(10);
 const MAX_LINE: usize = 8 * 1024 * 1024;
 /// Messages read ahead of the recorder.
 const QUEUE: usize = 256;
+/// Why the recorder stopped (set once, when it has): the agent's output ended, or it broke
+/// the protocol.
+type Stopped = watch::Receiver<Option<String>>;
+
+/// Wait until the recorder stopped; why.
+async fn reason(stopped: &mut Stopped) -> String {
+    match stopped.wait_for(Option::is_some).await {
+        Ok(why) => why.clone().unwrap_or_default(),
+        Err(_) => "kaged's ACP reader stopped".into(),
+    }
+}
+
+/// Why a request has no answer when the run ended first (the reader then says why).
+const RUN_ENDED: &str = "the run ended";
 /// The protocol version kaged speaks.
 const PROTOCOL_VERSION: u64 = 1;
 
@@ -336,7 +350,7 @@ async fn answer_of(
     rx: oneshot::Receiver<Result<Value, Value>>,
     method: &str,
     timeout: Option<Duration>,
-    stopped: &mut tokio::task::JoinHandle<String>,
+    stopped: &mut Stopped,
     ended: &mut watch::Receiver<bool>,
 ) -> Result<Value, String> {
     let limit = async {
@@ -355,8 +369,8 @@ async fn answer_of(
             "the agent did not answer `{method}` within {} s",
             timeout.map_or(0, |t| t.as_secs())
         )),
-        why = &mut *stopped => Err(why.unwrap_or_else(|e| format!("kaged's ACP reader stopped: {e}"))),
-        _ = ended.wait_for(|e| *e) => Err("the run ended".into()),
+        why = reason(stopped) => Err(why),
+        _ = ended.wait_for(|e| *e) => Err(RUN_ENDED.into()),
     }
 }
 
@@ -381,7 +395,12 @@ impl AcpClient {
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(read_lines(from, tx));
-        let mut stopped = tokio::spawn(shared.clone().dispatch(rx));
+        let (why_tx, mut stopped) = watch::channel(None);
+        let recorder = shared.clone();
+        tokio::spawn(async move {
+            let why = recorder.dispatch(rx).await;
+            let _ = why_tx.send(Some(why));
+        });
         if let Err(why) = shared.start(&mut stopped, &mut ended).await {
             if !*ended.borrow() {
                 shared.fail(&why, None).await;
@@ -447,7 +466,7 @@ impl Shared {
     /// `initialize` and `session/new`.
     async fn start(
         &self,
-        stopped: &mut tokio::task::JoinHandle<String>,
+        stopped: &mut Stopped,
         ended: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
         let init = self
@@ -488,7 +507,7 @@ impl Shared {
     async fn turns(
         &self,
         mut turns: u64,
-        stopped: &mut tokio::task::JoinHandle<String>,
+        stopped: &mut Stopped,
         ended: &mut watch::Receiver<bool>,
     ) {
         let control = self.client.control.clone();
@@ -501,7 +520,7 @@ impl Shared {
                     _ = control.wake.notified() => continue,
                     _ = ended.wait_for(|e| *e) => return,
                     // Idle, the agent exited or broke the protocol: the run's end says how.
-                    _ = &mut *stopped => return,
+                    _ = reason(stopped) => return,
                 }
             }
             let messages = control.take();
@@ -540,14 +559,23 @@ impl Shared {
                     }
                 }
                 Err(why) => {
-                    if !*ended.borrow() || stopped.is_finished() {
-                        self.fail(&why, Some(EndReason::Error)).await;
-                    } else {
+                    if self.killed() {
                         let mut events = crate::sessions::lock(&self.translator).close();
                         events.push(AgentEvent::TurnEnded {
                             reason: EndReason::Aborted,
                         });
                         self.record(events).await;
+                    } else {
+                        // The run ended under the turn: the reader says why (the agent
+                        // exited, or broke the protocol) once it has read to the end.
+                        let why = if why == RUN_ENDED {
+                            tokio::time::timeout(Duration::from_secs(2), reason(stopped))
+                                .await
+                                .unwrap_or(why)
+                        } else {
+                            why
+                        };
+                        self.fail(&why, Some(EndReason::Error)).await;
                     }
                     return;
                 }
@@ -560,7 +588,7 @@ impl Shared {
     async fn prompt(
         &self,
         params: Value,
-        stopped: &mut tokio::task::JoinHandle<String>,
+        stopped: &mut Stopped,
         ended: &mut watch::Receiver<bool>,
     ) -> Result<Value, String> {
         let session = params["sessionId"].clone();
@@ -586,6 +614,18 @@ impl Shared {
             Ok(result) => result,
             Err(_) => Ok(json!({"stopReason": "cancelled"})),
         }
+    }
+
+    /// Whether the operator ended the session (its turn then ends `aborted`, not in error).
+    fn killed(&self) -> bool {
+        let c = &self.client;
+        c.sessions.get(&c.id).is_some_and(|live| {
+            matches!(
+                live.state(),
+                kaged_session::state::State::Stopping { .. }
+                    | kaged_session::state::State::Killed { .. }
+            )
+        })
     }
 
     /// The agent broke the protocol (or never started): say why in the log (closing the turn
