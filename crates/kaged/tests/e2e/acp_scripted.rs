@@ -207,8 +207,8 @@ async fn an_abort_reaches_the_official_crates_agent_as_cancel() {
 }
 
 /// Malformed JSON and a response to an unknown id from the crate's agent fail the run with the
-/// reason; an exit mid-turn ends the run (its exit code, or "output ended (it exited)") with one
-/// ended turn; the records before each are kept and the daemon stays up.
+/// reason; an exit mid-turn ends the turn with "output ended (it exited)"; the records before
+/// each are kept and the daemon stays up.
 #[tokio::test]
 async fn the_official_crates_agent_misbehaving_fails_its_run_with_the_reason() {
     let cases = [
@@ -217,9 +217,10 @@ async fn the_official_crates_agent_misbehaving_fails_its_run_with_the_reason() {
             Step::RespondUnknownId(424242),
             "answered a request kaged never made (id 424242)",
         ),
-        (Step::Exit(3), ""),
+        (Step::Exit(3), "output ended (it exited)"),
     ];
     for (step, reason) in cases {
+        let exits = matches!(step, Step::Exit(_));
         let what = format!("{step:?}");
         let script = Script::new().prompt([Step::say("before"), step, Step::SleepMs(5_000)]);
         let env = env(&script).await;
@@ -228,25 +229,17 @@ async fn the_official_crates_agent_misbehaving_fails_its_run_with_the_reason() {
         let (records, _) = conversation(&env.daemon, &id, 0).await;
         let all = format!("{session}\n{}", summarize(&records));
         assert_eq!(said(&records), "before", "{what}: {all}");
-        assert_eq!(turn_end_reasons(&records).len(), 1, "{what}: {all}");
-        if reason.is_empty() {
-            // Which the daemon sees first, the exit or the end of output, decides which of the
-            // two it reports (see the report of this branch).
-            let exited = session["exit_code"] == 3
-                || session["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("output ended (it exited)"));
-            assert!(exited, "{what}: {all}");
-        } else {
+        assert!(
+            of_kind(&records, "error")
+                .iter()
+                .any(|r| r["event"]["message"].as_str().unwrap().contains(reason)),
+            "{what}: {all}"
+        );
+        assert_eq!(turn_end_reasons(&records), ["error"], "{what}: {all}");
+        if !exits {
             assert_eq!(session["state"], "failed", "{what}: {all}");
             assert!(
                 session["reason"].as_str().unwrap().contains(reason),
-                "{what}: {all}"
-            );
-            assert!(
-                of_kind(&records, "error")
-                    .iter()
-                    .any(|r| r["event"]["message"].as_str().unwrap().contains(reason)),
                 "{what}: {all}"
             );
         }
