@@ -107,11 +107,14 @@ pub enum AgentEvent {
     /// The agent's plan: its entries as it sent them (each with `content`, `status`,
     /// `priority`); a new plan replaces the last one.
     Plan { entries: serde_json::Value },
+    /// An ACP agent's own session id (`loaded`: an earlier one it took up again), so a later
+    /// run can ask the agent to load it.
+    AcpSession { session_id: String, loaded: bool },
 }
 
 impl AgentEvent {
     /// Every event type's wire name, in declaration order.
-    pub const KINDS: [&'static str; 15] = [
+    pub const KINDS: [&'static str; 16] = [
         "user_message",
         "turn_started",
         "message_started",
@@ -127,6 +130,7 @@ impl AgentEvent {
         "approval_decided",
         "thought_delta",
         "plan",
+        "acp_session",
     ];
 
     /// The wire name of this event (its `type`).
@@ -147,6 +151,7 @@ impl AgentEvent {
             AgentEvent::ApprovalDecided { .. } => 12,
             AgentEvent::ThoughtDelta { .. } => 13,
             AgentEvent::Plan { .. } => 14,
+            AgentEvent::AcpSession { .. } => 15,
         };
         Self::KINDS[index]
     }
@@ -370,7 +375,8 @@ pub fn history<'a>(events: impl IntoIterator<Item = &'a Sequenced>) -> Vec<Messa
             | AgentEvent::ApprovalRequested { .. }
             | AgentEvent::ApprovalDecided { .. }
             | AgentEvent::ThoughtDelta { .. }
-            | AgentEvent::Plan { .. } => {}
+            | AgentEvent::Plan { .. }
+            | AgentEvent::AcpSession { .. } => {}
         }
     }
     close_message(&mut out, &mut open);

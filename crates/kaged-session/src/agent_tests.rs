@@ -66,6 +66,10 @@ fn every_variant() -> Vec<AgentEvent> {
         AgentEvent::Plan {
             entries: json!([{"content": "read", "status": "pending", "priority": "high"}]),
         },
+        AgentEvent::AcpSession {
+            session_id: "sess-1".into(),
+            loaded: false,
+        },
     ]
 }
 

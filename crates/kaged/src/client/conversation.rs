@@ -334,8 +334,8 @@ impl Live {
                 let rest = format!("{indent}  ");
                 self.lines(&mut out, &block(message, &first, &rest));
             }
-            // Reasoning stays out of the way; `transcript --json` has it.
-            AgentEvent::ThoughtDelta { .. } => {}
+            // Reasoning and bookkeeping stay out of the way; `transcript --json` has them.
+            AgentEvent::ThoughtDelta { .. } | AgentEvent::AcpSession { .. } => {}
             AgentEvent::Plan { entries } => {
                 let steps: Vec<String> = entries
                     .as_array()

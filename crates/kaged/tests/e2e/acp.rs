@@ -18,6 +18,7 @@ const AGENT: &str = include_str!("acp/agent.py");
 
 struct AcpEnv {
     daemon: Daemon,
+    home: std::path::PathBuf,
     root: std::path::PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -43,6 +44,7 @@ async fn acp_env(script: Value, extra: &str) -> AcpEnv {
     load_project_at(&daemon, &root).await;
     AcpEnv {
         daemon,
+        home,
         root,
         _tmp: tmp,
     }
@@ -443,4 +445,49 @@ async fn an_agent_silent_at_initialize_is_given_up() {
             .contains("did not answer `initialize` within 30 s"),
         "{session}"
     );
+}
+
+/// After kaged restarts, a message resumes the session with a new agent process: one that can
+/// load sessions takes up its own (its replay is not recorded twice); one that cannot starts a
+/// new one.
+#[tokio::test]
+async fn after_a_restart_an_agent_takes_up_its_own_session_when_it_can() {
+    for can_load in [true, false] {
+        let script = json!({"load": can_load, "prompts": [[{"session": true}]]});
+        let mut env = acp_env(script, "").await;
+        let id = env.start("One.").await;
+        let records = env.turn(&id, 1).await;
+        assert_eq!(said(&records), "session s-1 new", "{}", summarize(&records));
+        let (status, log) = env.daemon.stop();
+        assert!(status.success(), "{log}");
+        env.daemon = start_daemon(&env.home, &[]);
+        send_message(&env.daemon, &id, "Two.").await;
+        let records = env.turn(&id, 2).await;
+        let all = summarize(&records);
+        let want = if can_load {
+            "session s-1 loaded"
+        } else {
+            "session s-1 new"
+        };
+        assert!(said(&records).ends_with(want), "{can_load}: {all}");
+        assert!(
+            !all.contains("REPLAYED"),
+            "the replay is not recorded again: {all}"
+        );
+        let sessions: Vec<(String, bool)> = records
+            .iter()
+            .filter(|r| kind(r) == "acp_session")
+            .map(|r| {
+                (
+                    r["event"]["session_id"].as_str().unwrap().to_string(),
+                    r["event"]["loaded"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            sessions,
+            [("s-1".to_string(), false), ("s-1".to_string(), can_load)],
+            "{all}"
+        );
+    }
 }

@@ -162,6 +162,9 @@ struct Shared {
     translator: std::sync::Mutex<Translator>,
     /// The agent's ACP session, once it has one.
     session: std::sync::Mutex<Option<String>>,
+    /// While the agent replays an earlier session (`session/load`): its updates are history
+    /// kaged recorded already, not recorded again.
+    loading: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -216,6 +219,7 @@ impl Shared {
 
     async fn notification(&self, method: &str, params: &Value) {
         match method {
+            "session/update" if self.loading.load(Ordering::SeqCst) => {}
             "session/update" => {
                 let events = crate::sessions::lock(&self.translator).update(&params["update"]);
                 self.record(events).await;
@@ -382,7 +386,7 @@ impl AcpClient {
         to: pipe::Sender,
         mut ended: watch::Receiver<bool>,
     ) {
-        let turns = self.close_open_turn().await;
+        let (turns, earlier) = self.close_open_turn().await;
         let shared = Arc::new(Shared {
             client: self,
             rpc: Rpc {
@@ -392,6 +396,7 @@ impl AcpClient {
             },
             translator: Default::default(),
             session: Default::default(),
+            loading: Default::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(read_lines(from, tx));
@@ -401,7 +406,7 @@ impl AcpClient {
             let why = recorder.dispatch(rx).await;
             let _ = why_tx.send(Some(why));
         });
-        if let Err(why) = shared.start(&mut stopped, &mut ended).await {
+        if let Err(why) = shared.start(earlier, &mut stopped, &mut ended).await {
             if !*ended.borrow() {
                 shared.fail(&why, None).await;
             }
@@ -410,9 +415,10 @@ impl AcpClient {
         shared.turns(turns, &mut stopped, &mut ended).await;
     }
 
-    /// The number of turns so far; a turn an earlier run left open is closed (its agent is
-    /// gone; a new ACP session starts), and approvals nothing waits for any more cancelled.
-    async fn close_open_turn(&self) -> u64 {
+    /// The number of turns so far and the agent's last ACP session; a turn an earlier run
+    /// left open is closed (its agent is gone), and approvals nothing waits for any more
+    /// cancelled.
+    async fn close_open_turn(&self) -> (u64, Option<String>) {
         let records = self
             .sessions
             .agent_log()
@@ -421,13 +427,15 @@ impl AcpClient {
             .unwrap_or_default();
         let mut turns = 0;
         let mut open = false;
+        let mut earlier = None;
         for r in records.iter().filter(|r| r.parent_call_id.is_none()) {
-            match r.event {
+            match &r.event {
                 AgentEvent::TurnStarted { turn } => {
-                    turns = turn;
+                    turns = *turn;
                     open = true;
                 }
                 AgentEvent::TurnEnded { .. } => open = false,
+                AgentEvent::AcpSession { session_id, .. } => earlier = Some(session_id.clone()),
                 _ => {}
             }
         }
@@ -449,7 +457,7 @@ impl AcpClient {
                     vec![
                         AgentEvent::Error {
                             code: "daemon".into(),
-                            message: "the turn was cut short: the agent's run ended (kaged stopped or the session was killed); it starts a new ACP session".into(),
+                            message: "the turn was cut short: the agent's run ended (kaged stopped or the session was killed)".into(),
                         },
                         AgentEvent::TurnEnded {
                             reason: EndReason::Error,
@@ -458,14 +466,17 @@ impl AcpClient {
                 )
                 .await;
         }
-        turns
+        (turns, earlier)
     }
 }
 
 impl Shared {
-    /// `initialize` and `session/new`.
+    /// `initialize`, then `session/load` of the `earlier` session when the agent can load
+    /// sessions (its replay is not recorded again), else `session/new`; the session is
+    /// recorded (`acp_session`).
     async fn start(
         &self,
+        earlier: Option<String>,
         stopped: &mut Stopped,
         ended: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
@@ -488,6 +499,30 @@ impl Shared {
                 version.map_or_else(|| "(none given)".to_string(), |v| v.to_string())
             ));
         }
+        let can_load = answer["agentCapabilities"]["loadSession"].as_bool() == Some(true);
+        if let Some(earlier) = earlier.filter(|_| can_load) {
+            self.loading.store(true, Ordering::SeqCst);
+            let load = self
+                .rpc
+                .call(
+                    "session/load",
+                    json!({"sessionId": earlier, "cwd": self.client.cwd, "mcpServers": []}),
+                )
+                .await?;
+            let loaded = answer_of(load, "session/load", Some(START_TIMEOUT), stopped, ended).await;
+            self.loading.store(false, Ordering::SeqCst);
+            match loaded {
+                Ok(_) => return self.begin(&earlier, true).await,
+                Err(why) if *ended.borrow() || stopped.borrow().is_some() => return Err(why),
+                Err(why) => {
+                    self.record(vec![AgentEvent::Error {
+                        code: "acp".into(),
+                        message: format!("{why}; a new ACP session starts (the agent does not remember the earlier turns)"),
+                    }])
+                    .await;
+                }
+            }
+        }
         let new = self
             .rpc
             .call(
@@ -499,7 +534,16 @@ impl Shared {
         let session = answer["sessionId"]
             .as_str()
             .ok_or("the agent's answer to `session/new` has no `sessionId`")?;
+        self.begin(session, false).await
+    }
+
+    async fn begin(&self, session: &str, loaded: bool) -> Result<(), String> {
         *crate::sessions::lock(&self.session) = Some(session.to_string());
+        self.record(vec![AgentEvent::AcpSession {
+            session_id: session.to_string(),
+            loaded,
+        }])
+        .await;
         Ok(())
     }
 

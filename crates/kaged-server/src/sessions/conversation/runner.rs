@@ -14,7 +14,7 @@
 use std::io::BufRead;
 use std::sync::Arc;
 
-use super::subagent::CageBase;
+use super::subagent::{self, CageBase};
 use super::turn::Conversation;
 use super::{Control, Setup};
 use crate::sessions::runner::Runner;
@@ -55,7 +55,7 @@ impl Runner {
                     granted_paths: d.granted_paths.clone(),
                     session: id,
                 },
-                subagents: Default::default(),
+                subagents: std::sync::atomic::AtomicU64::new(subagent::first_number()),
                 log: Default::default(),
             };
             Box::new(move |from, to, ended| {

@@ -30,6 +30,17 @@ pub(crate) struct CageBase {
     pub session: String,
 }
 
+/// Where a run numbers its subagents' cages from: random, so a run after a restart never
+/// takes the cgroup name of a cage the earlier run left behind (the start-up sweep removes
+/// those, but a run may start before a dying cage's cgroup is gone).
+pub(crate) fn first_number() -> u64 {
+    let mut bytes = [0u8; 4];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from(u32::from_le_bytes(bytes)) << 16,
+        Err(_) => crate::audit::now_ms().unsigned_abs() << 16,
+    }
+}
+
 /// The tools for the model subagents of `setup`'s agent.
 pub(crate) fn specs(project: &Project, setup: &Setup) -> Vec<ToolSpec> {
     let Some(agent) = project.agent(&setup.agent) else {
@@ -108,7 +119,7 @@ pub(crate) async fn start(
             .helper
             .clone()
             .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-        let name = format!("{}-s{n}", crate::sessions::run_name(&base.session));
+        let name = format!("{}-s{n:x}", crate::sessions::run_name(&base.session));
         let run = kaged_spawn::caged(&kaged_spawn::CageRequest {
             root: &base.root,
             helper: &helper,

@@ -36,7 +36,7 @@ pub(crate) struct Conversation {
     pub owner: String,
     /// What subagents' cages are built from.
     pub base: CageBase,
-    /// Subagent cages started so far (names their cgroups).
+    /// Numbers the subagent cages of this run (names their cgroups; from a random start).
     pub subagents: AtomicU64,
     /// The log as far as the conversations given to models need it: read from storage once
     /// when the run starts, then kept in step with every append, so a model call does not

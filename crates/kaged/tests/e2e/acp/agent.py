@@ -2,6 +2,7 @@
 stdio. It reads its script (JSON) from the file named by its first argument:
 
   {"initialize": "ok" | "never" | "version2",
+   "load": BOOL,                        # it can load sessions (session/load replays one)
    "prompts": [[STEP, ...], ...]}       # the steps of the 1st, 2nd, ... session/prompt
 
 STEP is one of
@@ -25,6 +26,7 @@ STEP is one of
   {"flood": N}                          N message chunks as fast as possible
   {"exit": CODE}                        exit at once
   {"stop": REASON}                      end the prompt (default "end_turn"), with usage
+  {"session": true}                     says "session ID new" or "session ID loaded"
 """
 import json
 import os
@@ -154,6 +156,8 @@ def run(steps):
             os._exit(step["exit"])
         elif "stop" in step:
             return step["stop"]
+        elif "session" in step:
+            say("session %s %s" % (state["session"], "loaded" if state.get("loaded") else "new"))
     return None
 
 
@@ -166,7 +170,15 @@ while True:
             continue
         version = 2 if mode == "version2" else 1
         send({"jsonrpc": "2.0", "id": message["id"],
-              "result": {"protocolVersion": version, "agentCapabilities": {}, "authMethods": []}})
+              "result": {"protocolVersion": version,
+                         "agentCapabilities": {"loadSession": bool(script.get("load"))},
+                         "authMethods": []}})
+    elif method == "session/load":
+        state["session"] = message["params"]["sessionId"]
+        state["loaded"] = True
+        update({"sessionUpdate": "user_message_chunk", "content": {"type": "text", "text": "REPLAYED question"}})
+        update({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "REPLAYED answer"}})
+        send({"jsonrpc": "2.0", "id": message["id"], "result": {}})
     elif method == "session/new":
         send({"jsonrpc": "2.0", "id": message["id"], "result": {"sessionId": state["session"]}})
     elif method == "session/prompt":
