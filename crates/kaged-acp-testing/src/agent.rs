@@ -10,8 +10,8 @@ use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::ConnectionTo;
 use agent_client_protocol::v1::schema::{
     AgentCapabilities, CancelNotification, ContentBlock, Implementation, InitializeRequest,
-    InitializeResponse, NewSessionRequest, NewSessionResponse, PromptRequest, PromptResponse,
-    SessionId, StopReason,
+    InitializeResponse, LoadSessionRequest, LoadSessionResponse, NewSessionRequest,
+    NewSessionResponse, PromptRequest, PromptResponse, SessionId, StopReason,
 };
 use agent_client_protocol::{Agent, Client};
 use tokio::sync::watch;
@@ -25,6 +25,8 @@ struct State {
     script: Script,
     prompts: AtomicUsize,
     sessions: AtomicUsize,
+    /// Sessions taken up by `session/load`.
+    loaded: Mutex<std::collections::HashSet<String>>,
     /// The cancel switch of each session's running prompt.
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
@@ -73,10 +75,12 @@ pub async fn serve(script: Script) -> Result<(), agent_client_protocol::Error> {
         prompts: AtomicUsize::new(0),
         sessions: AtomicUsize::new(0),
         cancels: Mutex::new(HashMap::new()),
+        loaded: Mutex::new(std::collections::HashSet::new()),
     });
     let on_init = state.clone();
     let on_new = state.clone();
     let on_prompt = state.clone();
+    let on_load = state.clone();
     let on_cancel = state;
     Agent
         .v1()
@@ -106,7 +110,10 @@ pub async fn serve(script: Script) -> Result<(), agent_client_protocol::Error> {
                     }
                     responder.respond(
                         InitializeResponse::new(ProtocolVersion::V1)
-                            .agent_capabilities(AgentCapabilities::new())
+                            .agent_capabilities(
+                                AgentCapabilities::new()
+                                    .load_session(state.script.load_session.is_some()),
+                            )
                             .agent_info(Implementation::new(
                                 "kaged-acp-scripted",
                                 env!("CARGO_PKG_VERSION"),
@@ -150,7 +157,12 @@ pub async fn serve(script: Script) -> Result<(), agent_client_protocol::Error> {
                         })
                         .collect();
                     note(&format!("session/prompt {}: {prompt_text:?}", n + 1));
-                    let turn = Turn::new(cx, Some(req.session_id.clone()), cancel, prompt_text);
+                    let loaded = state
+                        .loaded
+                        .lock()
+                        .is_ok_and(|l| l.contains(req.session_id.0.as_ref()));
+                    let turn = Turn::new(cx, Some(req.session_id.clone()), cancel, prompt_text)
+                        .loaded(loaded);
                     let steps = state.script.prompts.get(n).map(Vec::as_slice);
                     let flow = turn.run(steps.unwrap_or_default()).await?;
                     let reason = match flow {
@@ -164,6 +176,32 @@ pub async fn serve(script: Script) -> Result<(), agent_client_protocol::Error> {
                     };
                     note(&format!("prompt {} ends: {reason:?}", n + 1));
                     responder.respond(PromptResponse::new(reason).usage(turn.usage()))
+                })
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .on_receive_request(
+            async move |req: LoadSessionRequest, responder, cx: ConnectionTo<Client>| {
+                let state = on_load.clone();
+                cx.clone().spawn(async move {
+                    let Some(steps) = &state.script.load_session else {
+                        let refusal = agent_client_protocol::Error::method_not_found();
+                        return responder.respond_with_error(refusal);
+                    };
+                    note(&format!("session/load: {}", req.session_id.0));
+                    if let Ok(mut loaded) = state.loaded.lock() {
+                        loaded.insert(req.session_id.0.to_string());
+                    }
+                    let (_tx, cancel) = watch::channel(false);
+                    let turn = Turn::new(cx, Some(req.session_id.clone()), cancel, String::new())
+                        .loaded(true);
+                    match turn.run(steps).await? {
+                        Flow::Fail(message) => {
+                            responder.respond_with_error(scripted_error(message))
+                        }
+                        Flow::Exited => hold(responder).await,
+                        Flow::Done | Flow::Stop(_) => responder.respond(LoadSessionResponse::new()),
+                    }
                 })
             },
             agent_client_protocol::on_receive_request!(),

@@ -11,13 +11,16 @@
 //!   "never_initialize": false,
 //!   "initialize":  [ steps before the initialize answer ],
 //!   "new_session": [ steps before the session/new answer ],
+//!   "load_session": [ steps before the session/load answer (the replay) ],
 //!   "prompts": [ [ steps of the 1st session/prompt ], [ steps of the 2nd ], … ]
 //! }
 //! ```
 //!
 //! Every key is optional. Prompts are counted over the whole process (all sessions); a prompt
 //! past the end of `prompts` ends its turn with `end_turn` at once. Sessions are named
-//! `scripted-1`, `scripted-2`, …. `initialize` and `new_session` take only the wire steps
+//! `scripted-1`, `scripted-2`, …. With `load_session` the agent advertises `loadSession`
+//! and answers `session/load` (any session id) after those steps; without it, `session/load`
+//! is refused as an unknown method. `initialize` and `new_session` take only the wire steps
 //! (`sleep_ms`, `raw`, `respond_unknown_id`, `call_unknown_method`, `exit`, `fail`). A bad
 //! script (unknown key, two actions in one step, unknown kind) exits with status 2 before
 //! reading stdin. Every step, outcome and request is also noted on stderr, one line each,
@@ -31,6 +34,8 @@
 //! |---|---|
 //! | `{"say": "text", "chunks": N}` | `agent_message_chunk` updates: the text in N pieces (default 1) |
 //! | `{"think": "text"}` | one `agent_thought_chunk` |
+//! | `{"user_chunk": "text"}` | one `user_message_chunk` (for a `session/load` replay) |
+//! | `{"say_session": true}` | says `session ID new`, or `session ID loaded` once `session/load` took it up |
 //! | `{"plan": ["entry", {"content", "priority", "status"}]}` | a `plan` (a bare string: medium, pending) |
 //! | `{"tool_call": {"id", "title", "kind", "status", "raw_input", "locations"}}` | a `tool_call` (kind default `other`, status default `pending`) |
 //! | `{"tool_update": {"id", "status", "text", "raw_output"}}` | a `tool_call_update` (text becomes the call's content) |

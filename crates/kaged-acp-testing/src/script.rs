@@ -23,6 +23,10 @@ pub struct Script {
     /// Steps before the `session/new` answer (wire steps only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub new_session: Vec<Step>,
+    /// Advertise `loadSession` and answer `session/load` after these steps (the replay: any
+    /// session steps, e.g. `user_chunk` and `say`). Absent: `session/load` is not offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_session: Option<Vec<Step>>,
     /// One list of steps per `session/prompt`, in order. A prompt past the end ends its turn
     /// with `end_turn` and no updates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -289,6 +293,10 @@ pub struct CostStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "StepFields", into = "StepFields")]
 pub enum Step {
+    /// A `user_message_chunk` (as in a `session/load` replay).
+    UserChunk(String),
+    /// Says `session ID new` or `session ID loaded`.
+    SaySession,
     /// Agent message text, sent as `pieces` `agent_message_chunk` updates.
     Say {
         /// The whole text.
@@ -477,6 +485,10 @@ struct StepFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     chunks: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_chunk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    say_session: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     think: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     plan: Option<Vec<PlanItem>>,
@@ -539,6 +551,8 @@ impl TryFrom<StepFields> for Step {
         } else if f.if_allowed.is_some() || f.if_rejected.is_some() {
             return Err("`if_allowed` and `if_rejected` go with `permission`".to_string());
         }
+        found.extend(f.user_chunk.map(Step::UserChunk));
+        found.extend(f.say_session.filter(|on| *on).map(|_| Step::SaySession));
         found.extend(f.think.map(Step::Think));
         found.extend(f.plan.map(Step::Plan));
         found.extend(f.tool_call.map(Step::ToolCall));
@@ -573,6 +587,8 @@ impl From<Step> for StepFields {
                 f.say = Some(text);
                 f.chunks = (pieces != 1).then_some(pieces);
             }
+            Step::UserChunk(t) => f.user_chunk = Some(t),
+            Step::SaySession => f.say_session = Some(true),
             Step::Think(t) => f.think = Some(t),
             Step::Plan(p) => f.plan = Some(p),
             Step::ToolCall(t) => f.tool_call = Some(t),

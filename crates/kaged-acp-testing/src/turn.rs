@@ -44,6 +44,8 @@ pub struct Turn {
     cancel: watch::Receiver<bool>,
     /// The text blocks of the prompt, for `echo_prompt`.
     prompt_text: String,
+    /// The session was taken up by `session/load` (for `say_session`).
+    loaded: bool,
     /// The usage for the turn's answer, set by `turn_usage`.
     usage: std::sync::Mutex<Option<Usage>>,
 }
@@ -92,8 +94,15 @@ impl Turn {
             session,
             cancel,
             prompt_text,
+            loaded: false,
             usage: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Marks the session as taken up by `session/load`.
+    pub fn loaded(mut self, loaded: bool) -> Self {
+        self.loaded = loaded;
+        self
     }
 
     /// The usage a `turn_usage` step set.
@@ -164,6 +173,14 @@ impl Turn {
                         ContentBlock::from(piece),
                     )))?;
                 }
+            }
+            Step::UserChunk(text) => self.update(SessionUpdate::UserMessageChunk(
+                ContentChunk::new(ContentBlock::from(text.as_str())),
+            ))?,
+            Step::SaySession => {
+                let id = self.session_id();
+                let how = if self.loaded { "loaded" } else { "new" };
+                self.say(&format!("session {} {how}", id.0))?;
             }
             Step::Think(text) => self.update(SessionUpdate::AgentThoughtChunk(
                 ContentChunk::new(ContentBlock::from(text.as_str())),

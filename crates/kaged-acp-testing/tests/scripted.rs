@@ -300,6 +300,53 @@ async fn cancel_ends_a_running_prompt_with_cancelled() {
     );
 }
 
+#[tokio::test]
+async fn a_session_is_loaded_with_its_replay_when_the_script_offers_it() {
+    use agent_client_protocol::schema::ProtocolVersion;
+    use agent_client_protocol::v1::schema::{InitializeRequest, LoadSessionRequest, SessionId};
+    let replay = vec![
+        Step::UserChunk("REPLAYED question".to_string()),
+        Step::say("REPLAYED answer"),
+    ];
+    for offered in [true, false] {
+        let mut script = Script::new().prompt([Step::SaySession]);
+        script.load_session = offered.then(|| replay.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (result, rec) = run(&script, &root, ALLOW, async |cx| {
+            let init = cx
+                .send_request(InitializeRequest::new(ProtocolVersion::V1))
+                .block_task()
+                .await?;
+            let load = cx
+                .send_request(LoadSessionRequest::new("earlier-7", root.clone()))
+                .block_task()
+                .await;
+            let stop = prompt(&cx, &SessionId::from("earlier-7"), "again").await?;
+            Ok((
+                init.agent_capabilities.load_session,
+                load.map_err(|e| i32::from(e.code)),
+                stop,
+            ))
+        })
+        .await;
+        let (advertised, load, stop) = result.unwrap();
+        assert_eq!(advertised, offered);
+        assert_eq!(stop.stop_reason, StopReason::EndTurn);
+        if offered {
+            assert!(load.is_ok());
+            assert!(matches!(
+                &rec.updates[0],
+                SessionUpdate::UserMessageChunk(_)
+            ));
+            assert_eq!(rec.said(), "REPLAYED answersession earlier-7 loaded");
+        } else {
+            assert_eq!(load.err(), Some(-32601));
+            assert_eq!(rec.said(), "session earlier-7 new");
+        }
+    }
+}
+
 /// The index of the first agent line containing `needle`.
 fn position(rec: &Recorded, needle: &str) -> usize {
     rec.agent_lines()
@@ -417,9 +464,11 @@ async fn a_slow_initialize_and_a_failing_prompt() {
 
 #[test]
 fn scripts_round_trip_through_json_and_bad_ones_are_refused() {
-    let script = permission_script()
+    let mut script = permission_script()
         .prompt([Step::Flood(3), Step::Raw("{".to_string()), Step::Exit(4)])
         .on_new_session([Step::SleepMs(5)]);
+    script.load_session = Some(vec![Step::UserChunk("q".to_string()), Step::SaySession]);
+    assert!(script.to_json().contains(r#""say_session": true"#));
     assert_eq!(Script::parse(&script.to_json()).unwrap(), script);
 
     let text = r#"{"prompts": [[
