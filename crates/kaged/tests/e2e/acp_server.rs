@@ -1,7 +1,9 @@
-//! `kaged acp PROJECT`: kaged as an ACP agent on stdio, driven by a test ACP client (JSON-RPC
-//! lines on the process's stdin/stdout) against the real daemon: a prompt streams the session's
-//! turn back as `session/update`s, kaged's approval arrives as `session/request_permission` and
-//! the client's choice decides it, and `session/cancel` aborts the turn.
+//! `kaged acp PROJECT`: kaged as an ACP agent on stdio, against the real daemon, driven by a
+//! test client writing JSON-RPC lines by hand (every field checked) and by a client written with
+//! the official `agent-client-protocol` crate (kaged's answers parse as the crate's types): a
+//! prompt streams the session's turn back as `session/update`s, kaged's approval arrives as
+//! `session/request_permission` and the client's choice decides it, and `session/cancel` aborts
+//! the turn.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::io::{BufRead, Write};
@@ -226,4 +228,120 @@ async fn an_editor_drives_a_caged_kaged_agent_and_answers_its_approvals() {
     // An unknown method is refused, the server goes on.
     let unknown = tokio::task::block_in_place(|| client.call(5, "session/fork", json!({})));
     assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
+}
+
+/// The same from a client written with the official `agent-client-protocol` crate (its typed
+/// requests, its parsing of kaged's answers and updates): a prompt whose approval the client
+/// grants runs the command in the cage and ends `end_turn`.
+#[tokio::test(flavor = "multi_thread")]
+async fn kaged_acp_speaks_the_protocol_as_the_official_crate_reads_it() {
+    use agent_client_protocol::schema::ProtocolVersion;
+    use agent_client_protocol::v1::schema::*;
+    use agent_client_protocol::{Client, Error, Lines};
+    use futures_util::StreamExt;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let env = ModelEnv::start_spec(EnvSpec {
+        primary_extra: "  tools: { shell.bash: { approval: ask } }\n",
+        ..EnvSpec::default()
+    })
+    .await;
+    let (d, p) = (&env.daemon, &env.provider);
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new(
+            "call_crate",
+            "shell.bash",
+            &json!({"command": "echo from-crate > crate.txt; echo made"}),
+        )],
+    ));
+    p.push(text_reply(COMPLETIONS, &["Made ", "it."]));
+    let env_vars: Vec<(&str, &str)> = d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut child = tokio::process::Command::from(kaged_cmd(&env_vars))
+        .args(["acp", &env.slug])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let incoming = futures_util::stream::unfold(BufReader::new(stdout).lines(), {
+        async |mut lines| match lines.next_line().await {
+            Ok(Some(line)) => Some((Ok(line), lines)),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), lines)),
+        }
+    });
+    let outgoing = futures_util::sink::unfold(stdin, move |mut stdin, line: String| async move {
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok::<_, std::io::Error>(stdin)
+    });
+    let transport = Lines::new(Box::pin(outgoing), Box::pin(incoming));
+    let updates: Arc<Mutex<Vec<SessionUpdate>>> = Arc::default();
+    let asked: Arc<Mutex<Vec<RequestPermissionRequest>>> = Arc::default();
+    let (seen, permissions) = (updates.clone(), asked.clone());
+    let outcome = Client
+        .v1()
+        .name("kaged-e2e-client")
+        .on_receive_notification(
+            async move |n: SessionNotification, _cx| {
+                seen.lock().unwrap().push(n.update);
+                Ok(())
+            },
+            agent_client_protocol::on_receive_notification!(),
+        )
+        .on_receive_request(
+            async move |req: RequestPermissionRequest, responder, _cx| {
+                permissions.lock().unwrap().push(req);
+                responder.respond(RequestPermissionResponse::new(
+                    RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new("approve")),
+                ))
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .connect_with(transport, async |cx| {
+            let init = cx
+                .send_request(InitializeRequest::new(ProtocolVersion::V1))
+                .block_task()
+                .await?;
+            assert_eq!(init.protocol_version, ProtocolVersion::V1);
+            let session = cx
+                .send_request(NewSessionRequest::new(std::path::PathBuf::from("/x")))
+                .block_task()
+                .await?;
+            let done = cx
+                .send_request(PromptRequest::new(
+                    session.session_id.clone(),
+                    vec![ContentBlock::from("Make the file.")],
+                ))
+                .block_task()
+                .await?;
+            Ok::<_, Error>(done.stop_reason)
+        })
+        .await;
+    assert_eq!(outcome.unwrap(), StopReason::EndTurn);
+    let asked = asked.lock().unwrap();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].tool_call.fields.kind, Some(ToolKind::Execute));
+    let said: String = updates
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|u| match u {
+            SessionUpdate::AgentMessageChunk(c) => match &c.content {
+                ContentBlock::Text(t) => Some(t.text.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, "Made it.");
+    assert_eq!(
+        std::fs::read_to_string(env.project.join("crate.txt")).unwrap(),
+        "from-crate\n"
+    );
 }
