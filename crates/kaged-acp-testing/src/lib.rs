@@ -4,6 +4,14 @@
 //! says; this library holds the script's Rust form ([`Script`], [`Step`]) so tests can write
 //! scripts in Rust, and [`scripted_agent_binary`] to find (building if needed) the binary.
 //!
+//! The crate also builds `kaged-acp-client --permission OPTION_ID|cancel -- COMMAND ARGS…`, an
+//! ACP client written with the crate's client side: it runs an agent, prompts once per line of
+//! its stdin, answers permission requests with the given option, and prints a JSON report.
+//!
+//! This crate is a Cargo workspace of its own, excluded from kaged's: the official crate turns
+//! on serde_json's `preserve_order`, which feature unification would otherwise spread to kaged's
+//! builds. kaged's e2e tests build it with `cargo build --manifest-path … --locked --bins`.
+//!
 //! # Script
 //!
 //! ```json

@@ -1,6 +1,6 @@
 //! Finding the `kaged-acp-scripted` binary from another crate's tests: `KAGED_ACP_SCRIPTED`
-//! if set, else `cargo build -p kaged-acp-testing --bin kaged-acp-scripted` (a no-op when it is
-//! up to date; honours `CARGO_TARGET_DIR`) and the path cargo reports.
+//! if set, else `cargo build --bin kaged-acp-scripted` in this crate's own workspace (a no-op
+//! when it is up to date; honours `CARGO_TARGET_DIR`) and the path cargo reports.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,13 +18,10 @@ fn locate() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(path));
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let output = Command::new(cargo)
-        .current_dir(workspace)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
             "build",
-            "-p",
-            "kaged-acp-testing",
             "--bin",
             "kaged-acp-scripted",
             "--message-format=json-render-diagnostics",

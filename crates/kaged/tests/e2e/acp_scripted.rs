@@ -1,5 +1,6 @@
 //! An agent built with the official `agent-client-protocol` crate (`kaged-acp-scripted`, from
-//! `crates/kaged-acp-testing`) through the real daemon, in a real cage: its binary is copied
+//! `crates/kaged-acp-testing`, a standalone workspace built by `common::acp_testing`; its
+//! scripts are JSON, documented in that crate's lib docs) through the real daemon, in a real cage: its binary is copied
 //! into the project and runs there on the C library alone; a turn of every update kind with a
 //! permission the operator grants, files and a command served in the cage, an abort while a
 //! permission waits, and misbehaviours failing the run with the reason.
@@ -7,11 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use kaged_acp_testing::acp::v1::schema::{ToolCallStatus, ToolKind};
-use kaged_acp_testing::{Script, Step};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::common::acp_testing::acp_testing;
 use crate::common::provider::*;
 use crate::common::{Daemon, cage_writable};
 
@@ -23,13 +23,16 @@ struct Env {
 
 /// A daemon and a project whose primary is `kaged-acp-scripted script.json`, the binary and
 /// the script in the project.
-async fn env(script: &Script) -> Env {
+async fn env(script: &Value) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("proj");
     std::fs::create_dir_all(root.join(".kaged")).unwrap();
-    let binary = kaged_acp_testing::scripted_agent_binary().unwrap();
-    std::fs::copy(&binary, root.join("kaged-acp-scripted")).unwrap();
-    script.write_to(&root.join("script.json")).unwrap();
+    std::fs::copy(acp_testing().scripted, root.join("kaged-acp-scripted")).unwrap();
+    std::fs::write(
+        root.join("script.json"),
+        serde_json::to_string_pretty(script).unwrap(),
+    )
+    .unwrap();
     std::fs::write(
         root.join(".kaged/project.yaml"),
         "version: 1\nproject: acpscripted\nprimary:\n  command: [./kaged-acp-scripted, script.json]\n  protocol: acp\n",
@@ -94,31 +97,24 @@ fn said(records: &[Value]) -> String {
 #[tokio::test]
 async fn the_official_crates_agent_runs_a_whole_turn_in_a_cage() {
     let outside = format!("/etc/kaged-acp-scripted-{}", std::process::id());
-    let mut permission = Step::permission(
-        "t1",
-        [
-            Step::write_file("/workspace/out.txt", "from the crate's agent\n"),
-            Step::write_file(&outside, "escaped\n"),
-            Step::read_file("/workspace/out.txt"),
-            Step::terminal("sh", &["-c", "pwd; cat out.txt"]),
-            Step::tool_update("t1", ToolCallStatus::Completed, Some("wrote out.txt")),
-        ],
-        [Step::say("not allowed")],
-    );
-    if let Step::Permission { request, .. } = &mut permission {
-        request.title = Some("Write out.txt".to_string());
-        request.kind = Some(ToolKind::Edit);
-    }
-    let script = Script::new().prompt([
-        Step::say_in("Writing the file.", 3),
-        Step::think("the project is /workspace"),
-        Step::Plan(vec![kaged_acp_testing::PlanItem::Text(
-            "write out.txt".into(),
-        )]),
-        Step::tool_call("t1", "Write out.txt", ToolKind::Edit),
-        permission,
-        Step::turn_usage(120, 30),
-    ]);
+    let script = json!({"prompts": [[
+        {"say": "Writing the file.", "chunks": 3},
+        {"think": "the project is /workspace"},
+        {"plan": ["write out.txt"]},
+        {"tool_call": {"id": "t1", "title": "Write out.txt", "kind": "edit"}},
+        {
+            "permission": {"tool_call_id": "t1", "title": "Write out.txt", "kind": "edit"},
+            "if_allowed": [
+                {"write_file": {"path": "/workspace/out.txt", "content": "from the crate's agent\n"}},
+                {"write_file": {"path": outside, "content": "escaped\n"}},
+                {"read_file": {"path": "/workspace/out.txt"}},
+                {"terminal": {"command": "sh", "args": ["-c", "pwd; cat out.txt"]}},
+                {"tool_update": {"id": "t1", "status": "completed", "text": "wrote out.txt"}}
+            ],
+            "if_rejected": [{"say": "not allowed"}]
+        },
+        {"turn_usage": {"input_tokens": 120, "output_tokens": 30}}
+    ]]});
     let env = env(&script).await;
     let id = create_agent(&env.daemon, "acpscripted", "primary", Some("Write it.")).await;
     let approval = env.pending(&id).await;
@@ -182,13 +178,14 @@ async fn the_official_crates_agent_runs_a_whole_turn_in_a_cage() {
 /// its turn `cancelled` (recorded `aborted`), and answers the next message.
 #[tokio::test]
 async fn an_abort_reaches_the_official_crates_agent_as_cancel() {
-    let script = Script::new()
-        .prompt([
-            Step::tool_call("t1", "Run tests", ToolKind::Execute),
-            Step::permission("t1", [Step::SleepMs(20_000)], []),
-            Step::say("never"),
-        ])
-        .prompt([Step::EchoPrompt]);
+    let script = json!({"prompts": [
+        [
+            {"tool_call": {"id": "t1", "title": "Run tests", "kind": "execute"}},
+            {"permission": {"tool_call_id": "t1"}, "if_allowed": [{"sleep_ms": 20_000}]},
+            {"say": "never"}
+        ],
+        [{"echo_prompt": true}]
+    ]});
     let env = env(&script).await;
     let id = create_agent(&env.daemon, "acpscripted", "primary", Some("Test.")).await;
     env.pending(&id).await;
@@ -212,17 +209,17 @@ async fn an_abort_reaches_the_official_crates_agent_as_cancel() {
 #[tokio::test]
 async fn the_official_crates_agent_misbehaving_fails_its_run_with_the_reason() {
     let cases = [
-        (Step::Raw("{this is not json".to_string()), "not JSON-RPC"),
+        (json!({"raw": "{this is not json"}), "not JSON-RPC"),
         (
-            Step::RespondUnknownId(424242),
+            json!({"respond_unknown_id": 424242}),
             "answered a request kaged never made (id 424242)",
         ),
-        (Step::Exit(3), "output ended (it exited)"),
+        (json!({"exit": 3}), "output ended (it exited)"),
     ];
     for (step, reason) in cases {
-        let exits = matches!(step, Step::Exit(_));
-        let what = format!("{step:?}");
-        let script = Script::new().prompt([Step::say("before"), step, Step::SleepMs(5_000)]);
+        let exits = step.get("exit").is_some();
+        let what = step.to_string();
+        let script = json!({"prompts": [[{"say": "before"}, step, {"sleep_ms": 5_000}]]});
         let env = env(&script).await;
         let id = create_agent(&env.daemon, "acpscripted", "primary", Some("Go.")).await;
         let session = wait_state(&env.daemon, &id, &["failed", "exited", "killed"]).await;

@@ -1,6 +1,7 @@
 //! `kaged acp PROJECT`: kaged as an ACP agent on stdio, against the real daemon, driven by a
-//! test client writing JSON-RPC lines by hand (every field checked) and by a client written with
-//! the official `agent-client-protocol` crate (kaged's answers parse as the crate's types): a
+//! test client writing JSON-RPC lines by hand (every field checked) and by `kaged-acp-client`, a
+//! client written with the official `agent-client-protocol` crate (kaged's answers parse as the
+//! crate's types): a
 //! prompt streams the session's turn back as `session/update`s, kaged's approval arrives as
 //! `session/request_permission` and the client's choice decides it, and `session/cancel` aborts
 //! the turn.
@@ -14,8 +15,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::kaged_cmd;
+use crate::common::acp_testing::acp_testing;
 use crate::common::provider::*;
+use crate::common::{kaged_bin, kaged_cmd};
 
 struct Client {
     child: Child,
@@ -230,18 +232,13 @@ async fn an_editor_drives_a_caged_kaged_agent_and_answers_its_approvals() {
     assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
 }
 
-/// The same from a client written with the official `agent-client-protocol` crate (its typed
-/// requests, its parsing of kaged's answers and updates): a prompt whose approval the client
-/// grants runs the command in the cage and ends `end_turn`.
+/// The same from a client written with the official `agent-client-protocol` crate
+/// (`kaged-acp-client` from the standalone `crates/kaged-acp-testing`: its typed requests, its
+/// parsing of kaged's answers and updates): a prompt whose approval the client grants runs the
+/// command in the cage and ends `end_turn`.
 #[tokio::test(flavor = "multi_thread")]
 async fn kaged_acp_speaks_the_protocol_as_the_official_crate_reads_it() {
-    use agent_client_protocol::schema::ProtocolVersion;
-    use agent_client_protocol::v1::schema::*;
-    use agent_client_protocol::{Client, Error, Lines};
-    use futures_util::StreamExt;
-    use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
+    let client = tokio::task::block_in_place(acp_testing).client;
     let env = ModelEnv::start_spec(EnvSpec {
         primary_extra: "  tools: { shell.bash: { approval: ask } }\n",
         ..EnvSpec::default()
@@ -257,89 +254,65 @@ async fn kaged_acp_speaks_the_protocol_as_the_official_crate_reads_it() {
         )],
     ));
     p.push(text_reply(COMPLETIONS, &["Made ", "it."]));
-    let env_vars: Vec<(&str, &str)> = d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut child = tokio::process::Command::from(kaged_cmd(&env_vars))
+    // The client runs `kaged acp` with its own environment: the daemon's, as `kaged_cmd` sets it.
+    let env_vars: Vec<(&str, &str)> = d
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let template = kaged_cmd(&env_vars);
+    let mut cmd = std::process::Command::new(&client);
+    cmd.env_clear();
+    for (k, v) in template.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd
+        .arg("--permission")
+        .arg("approve")
+        .arg("--")
+        .arg(kaged_bin())
         .args(["acp", &env.slug])
+        .current_dir(&env.project)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let incoming = futures_util::stream::unfold(BufReader::new(stdout).lines(), {
-        async |mut lines| match lines.next_line().await {
-            Ok(Some(line)) => Some((Ok(line), lines)),
-            Ok(None) => None,
-            Err(e) => Some((Err(e), lines)),
-        }
-    });
-    let outgoing = futures_util::sink::unfold(stdin, move |mut stdin, line: String| async move {
-        stdin.write_all(format!("{line}\n").as_bytes()).await?;
-        stdin.flush().await?;
-        Ok::<_, std::io::Error>(stdin)
-    });
-    let transport = Lines::new(Box::pin(outgoing), Box::pin(incoming));
-    let updates: Arc<Mutex<Vec<SessionUpdate>>> = Arc::default();
-    let asked: Arc<Mutex<Vec<RequestPermissionRequest>>> = Arc::default();
-    let (seen, permissions) = (updates.clone(), asked.clone());
-    let outcome = Client
-        .v1()
-        .name("kaged-e2e-client")
-        .on_receive_notification(
-            async move |n: SessionNotification, _cx| {
-                seen.lock().unwrap().push(n.update);
-                Ok(())
-            },
-            agent_client_protocol::on_receive_notification!(),
-        )
-        .on_receive_request(
-            async move |req: RequestPermissionRequest, responder, _cx| {
-                permissions.lock().unwrap().push(req);
-                responder.respond(RequestPermissionResponse::new(
-                    RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new("approve")),
-                ))
-            },
-            agent_client_protocol::on_receive_request!(),
-        )
-        .connect_with(transport, async |cx| {
-            let init = cx
-                .send_request(InitializeRequest::new(ProtocolVersion::V1))
-                .block_task()
-                .await?;
-            assert_eq!(init.protocol_version, ProtocolVersion::V1);
-            let session = cx
-                .send_request(NewSessionRequest::new(std::path::PathBuf::from("/x")))
-                .block_task()
-                .await?;
-            let done = cx
-                .send_request(PromptRequest::new(
-                    session.session_id.clone(),
-                    vec![ContentBlock::from("Make the file.")],
-                ))
-                .block_task()
-                .await?;
-            Ok::<_, Error>(done.stop_reason)
-        })
-        .await;
-    assert_eq!(outcome.unwrap(), StopReason::EndTurn);
-    let asked = asked.lock().unwrap();
-    assert_eq!(asked.len(), 1);
-    assert_eq!(asked[0].tool_call.fields.kind, Some(ToolKind::Execute));
-    let said: String = updates
-        .lock()
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Make the file.\n")
+        .unwrap();
+    let output = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert!(
+        output.status.success(),
+        "kaged-acp-client: {}",
+        output.status
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["initialize"]["protocolVersion"], 1, "{report}");
+    assert_eq!(
+        report["initialize"]["agentInfo"]["name"], "kaged",
+        "{report}"
+    );
+    assert!(report["session"].as_str().is_some(), "{report}");
+    let prompts = report["prompts"].as_array().unwrap();
+    assert_eq!(prompts.len(), 1, "{report}");
+    assert_eq!(prompts[0]["stop_reason"], "end_turn", "{report}");
+    let asked = prompts[0]["permissions"].as_array().unwrap();
+    assert_eq!(asked.len(), 1, "{report}");
+    assert_eq!(asked[0]["toolCall"]["kind"], "execute", "{report}");
+    let said: String = prompts[0]["updates"]
+        .as_array()
         .unwrap()
         .iter()
-        .filter_map(|u| match u {
-            SessionUpdate::AgentMessageChunk(c) => match &c.content {
-                ContentBlock::Text(t) => Some(t.text.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
+        .filter(|u| u["sessionUpdate"] == "agent_message_chunk" && u["content"]["type"] == "text")
+        .filter_map(|u| u["content"]["text"].as_str())
         .collect();
-    assert_eq!(said, "Made it.");
+    assert_eq!(said, "Made it.", "{report}");
     assert_eq!(
         std::fs::read_to_string(env.project.join("crate.txt")).unwrap(),
         "from-crate\n"
