@@ -1,7 +1,10 @@
-//! `kaged acp PROJECT`: kaged as an ACP agent on stdio, driven by a test ACP client (JSON-RPC
-//! lines on the process's stdin/stdout) against the real daemon: a prompt streams the session's
-//! turn back as `session/update`s, kaged's approval arrives as `session/request_permission` and
-//! the client's choice decides it, and `session/cancel` aborts the turn.
+//! `kaged acp PROJECT`: kaged as an ACP agent on stdio, against the real daemon, driven by a
+//! test client writing JSON-RPC lines by hand (every field checked) and by `kaged-acp-client`, a
+//! client written with the official `agent-client-protocol` crate (kaged's answers parse as the
+//! crate's types): a
+//! prompt streams the session's turn back as `session/update`s, kaged's approval arrives as
+//! `session/request_permission` and the client's choice decides it, and `session/cancel` aborts
+//! the turn.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::io::{BufRead, Write};
@@ -12,8 +15,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::kaged_cmd;
+use crate::common::acp_testing::acp_testing;
 use crate::common::provider::*;
+use crate::common::{kaged_bin, kaged_cmd};
 
 struct Client {
     child: Child,
@@ -226,4 +230,91 @@ async fn an_editor_drives_a_caged_kaged_agent_and_answers_its_approvals() {
     // An unknown method is refused, the server goes on.
     let unknown = tokio::task::block_in_place(|| client.call(5, "session/fork", json!({})));
     assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
+}
+
+/// The same from a client written with the official `agent-client-protocol` crate
+/// (`kaged-acp-client` from the standalone `crates/kaged-acp-testing`: its typed requests, its
+/// parsing of kaged's answers and updates): a prompt whose approval the client grants runs the
+/// command in the cage and ends `end_turn`.
+#[tokio::test(flavor = "multi_thread")]
+async fn kaged_acp_speaks_the_protocol_as_the_official_crate_reads_it() {
+    let client = tokio::task::block_in_place(acp_testing).client;
+    let env = ModelEnv::start_spec(EnvSpec {
+        primary_extra: "  tools: { shell.bash: { approval: ask } }\n",
+        ..EnvSpec::default()
+    })
+    .await;
+    let (d, p) = (&env.daemon, &env.provider);
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new(
+            "call_crate",
+            "shell.bash",
+            &json!({"command": "echo from-crate > crate.txt; echo made"}),
+        )],
+    ));
+    p.push(text_reply(COMPLETIONS, &["Made ", "it."]));
+    // The client runs `kaged acp` with its own environment: the daemon's, as `kaged_cmd` sets it.
+    let env_vars: Vec<(&str, &str)> = d
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let template = kaged_cmd(&env_vars);
+    let mut cmd = std::process::Command::new(&client);
+    cmd.env_clear();
+    for (k, v) in template.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd
+        .arg("--permission")
+        .arg("approve")
+        .arg("--")
+        .arg(kaged_bin())
+        .args(["acp", &env.slug])
+        .current_dir(&env.project)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Make the file.\n")
+        .unwrap();
+    let output = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert!(
+        output.status.success(),
+        "kaged-acp-client: {}",
+        output.status
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["initialize"]["protocolVersion"], 1, "{report}");
+    assert_eq!(
+        report["initialize"]["agentInfo"]["name"], "kaged",
+        "{report}"
+    );
+    assert!(report["session"].as_str().is_some(), "{report}");
+    let prompts = report["prompts"].as_array().unwrap();
+    assert_eq!(prompts.len(), 1, "{report}");
+    assert_eq!(prompts[0]["stop_reason"], "end_turn", "{report}");
+    let asked = prompts[0]["permissions"].as_array().unwrap();
+    assert_eq!(asked.len(), 1, "{report}");
+    assert_eq!(asked[0]["toolCall"]["kind"], "execute", "{report}");
+    let said: String = prompts[0]["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["sessionUpdate"] == "agent_message_chunk" && u["content"]["type"] == "text")
+        .filter_map(|u| u["content"]["text"].as_str())
+        .collect();
+    assert_eq!(said, "Made it.", "{report}");
+    assert_eq!(
+        std::fs::read_to_string(env.project.join("crate.txt")).unwrap(),
+        "from-crate\n"
+    );
 }

@@ -52,6 +52,7 @@ mod vpn_bind;
 // through `#[path]`, that declaration resolves next to them, to this directory's `common/`, so
 // they compile unchanged. Once they say `use crate::common::*;`, drop the attributes.
 mod acp;
+mod acp_scripted;
 mod acp_server;
 #[path = "browser.rs"]
 #[allow(clippy::duplicate_mod)]

@@ -4,6 +4,9 @@
 /// Model agents: the provider test server, configuration, the agent routes (`provider.rs`).
 pub mod provider;
 
+/// The standalone scripted ACP agent and ACP client, built once per process (`acp_testing.rs`).
+pub mod acp_testing;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
