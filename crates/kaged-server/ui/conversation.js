@@ -214,6 +214,10 @@ class Scope {
     this.message = null;
     this.turn = null;
     this.calls = [];
+    /** The thought being streamed (its text element), if any. */
+    this.thought = null;
+    /** The plan shown last: a new one replaces it. */
+    this.plan = null;
   }
 
   add(el) {
@@ -397,6 +401,7 @@ export class Conversation {
     const event = record.event || {};
     const scope = this.scopeFor(record.parent_call_id);
     const at = record.at_ms;
+    if (event.type !== "thought_delta") scope.thought = null;
     switch (event.type) {
       case "user_message": {
         const m = scope.startMessage("user");
@@ -472,6 +477,40 @@ export class Conversation {
             text: `${turn ? `Turn ${turn}` : "Turn"} ended: ${END_REASONS[reason] || reason}`,
           }),
         );
+        break;
+      }
+      case "thought_delta": {
+        // An agent's reasoning (ACP thought chunks): plain text, folded away.
+        scope.endMessage();
+        if (!scope.thought) {
+          const text = h("pre", { class: "thought-text" });
+          scope.add(h("details", { class: "thought" }, h("summary", { text: "Thinking" }), text));
+          scope.thought = text;
+        }
+        scope.thought.append(event.text || "");
+        break;
+      }
+      case "plan": {
+        scope.endMessage();
+        const entries = Array.isArray(event.entries) ? event.entries : [];
+        const el = h(
+          "div",
+          { class: "plan" },
+          h("p", { class: "who", text: "Plan" }),
+          h(
+            "ol",
+            {},
+            ...entries.map((e) =>
+              h("li", {
+                class: `plan-${String(e.status || "pending").replace(/[^a-z_]/g, "")}`,
+                dataset: { status: e.status || "pending" },
+                text: `${e.content || ""}${e.status ? ` (${String(e.status).replace("_", " ")})` : ""}`,
+              }),
+            ),
+          ),
+        );
+        if (scope.plan) scope.plan.remove();
+        scope.plan = scope.add(el);
         break;
       }
       case "approval_requested":

@@ -1190,3 +1190,78 @@ async fn notifications_go_through_the_consoles_service_worker() {
     ui.assert_no_csp_violations("service worker").await;
     ui.close().await;
 }
+
+/// An ACP agent's records: its thoughts stream into one folded block (as text, never markup),
+/// and a new plan replaces the last.
+#[tokio::test]
+async fn an_acp_agents_thoughts_and_plan_are_drawn() {
+    let _one = ONE_BROWSER.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = crate::common::Daemon::start(&tmp.path().join("home"));
+    let Some(ui) = Ui::start(Viewport::Phone, "acp-render").await else {
+        return;
+    };
+    ui.goto(&d.launch_url).await;
+    ui.ready().await;
+    let events = [
+        json!({"type": "turn_started", "turn": 1}),
+        json!({"type": "thought_delta", "text": "look at <b>src</b> "}),
+        json!({"type": "thought_delta", "text": "first"}),
+        json!({"type": "plan", "entries": [
+            {"content": "read the code", "status": "in_progress", "priority": "high"},
+            {"content": "write the fix", "status": "pending", "priority": "high"}]}),
+        json!({"type": "thought_delta", "text": "then write"}),
+        json!({"type": "plan", "entries": [
+            {"content": "read the code", "status": "completed", "priority": "high"},
+            {"content": "write the fix", "status": "in_progress", "priority": "high"}]}),
+        json!({"type": "acp_session", "session_id": "s-1", "loaded": false}),
+    ];
+    let records: Vec<Value> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| record(i as u64 + 1, None, e))
+        .collect();
+    let drawn = ui
+        .js(
+            r#"
+const [records] = arguments;
+return import(new URL('assets/conversation.js', document.baseURI).href).then((m) => {
+  const host = document.createElement('div');
+  host.className = 'conversation';
+  document.querySelector('main').replaceChildren(host);
+  const c = new m.Conversation(host, {});
+  records.forEach((r) => c.apply(r));
+  return {
+    thoughts: Array.from(host.querySelectorAll('details.thought')).map((d) => ({
+      text: d.querySelector('.thought-text').textContent, open: d.open,
+      markup: d.querySelectorAll('b').length })),
+    plans: Array.from(host.querySelectorAll('.plan')).map((p) =>
+      Array.from(p.querySelectorAll('li')).map((li) => [li.dataset.status, li.textContent])),
+  };
+});
+"#,
+            vec![json!(records)],
+        )
+        .await;
+    let v = &drawn;
+    assert_eq!(
+        drawn["thoughts"],
+        json!([
+            {"text": "look at <b>src</b> first", "open": false, "markup": 0},
+            {"text": "then write", "open": false, "markup": 0}
+        ]),
+        "{v:#}"
+    );
+    assert_eq!(
+        drawn["plans"],
+        json!([[
+            ["completed", "read the code (completed)"],
+            ["in_progress", "write the fix (in progress)"]
+        ]]),
+        "one plan, the last: {v:#}"
+    );
+    ui.assert_no_sideways_scroll("acp records").await;
+    ui.assert_no_csp_violations("acp records").await;
+    ui.shot("ui-acp-thoughts-and-plan.png").await;
+    ui.close().await;
+}
