@@ -48,15 +48,7 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
     let schema = state.store.schema_version().await?;
     let mut warnings = info.warnings.clone();
     warnings.extend(crate::storage::warning(&state));
-    let pending = state
-        .store
-        .list_approvals(kaged_store::ApprovalFilter {
-            state: Some("pending".into()),
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await?
-        .len();
+    let pending = state.runs.approvals().pending(None).await?.len();
     Ok(Json(json!({
         "version": info.version,
         "pid": info.pid,

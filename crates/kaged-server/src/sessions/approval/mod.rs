@@ -309,15 +309,7 @@ impl Approvals {
         if self.shared.timeout.is_none() {
             return Ok(0);
         }
-        let pending = self
-            .shared
-            .store
-            .list_approvals(ApprovalFilter {
-                state: Some("pending".into()),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await?;
+        let pending = self.pending(None).await?;
         let mut expired = 0;
         for a in pending {
             if self.time_left(&a).is_some_and(|left| left.is_zero())
@@ -364,20 +356,40 @@ impl Approvals {
         .map(|_| ())
     }
 
-    /// Cancel every pending approval of `session` (an abort, a kill), saying why.
-    pub async fn cancel_pending(&self, session: &str, reason: &str) -> Result<(), ApprovalError> {
-        let pending = self
+    /// The pending approvals of `session` (of every session: `None`), newest first.
+    pub async fn pending(
+        &self,
+        session: Option<&str>,
+    ) -> Result<Vec<ApprovalRecord>, ApprovalError> {
+        Ok(self
             .shared
             .store
             .list_approvals(ApprovalFilter {
                 state: Some("pending".into()),
-                session: Some(session.into()),
+                session: session.map(str::to_string),
                 limit: 10_000,
                 ..Default::default()
             })
-            .await?;
-        for a in pending {
-            self.cancel(&a.id, reason).await?;
+            .await?)
+    }
+
+    /// Cancel every pending approval of `session` (an abort, a kill), saying why.
+    pub async fn cancel_pending(&self, session: &str, reason: &str) -> Result<(), ApprovalError> {
+        self.cancel_pending_except(session, &Default::default(), reason)
+            .await
+    }
+
+    /// Cancel the pending approvals of `session` but those in `kept`, saying why.
+    pub async fn cancel_pending_except(
+        &self,
+        session: &str,
+        kept: &std::collections::HashSet<String>,
+        reason: &str,
+    ) -> Result<(), ApprovalError> {
+        for a in self.pending(Some(session)).await? {
+            if !kept.contains(&a.id) {
+                self.cancel(&a.id, reason).await?;
+            }
         }
         Ok(())
     }

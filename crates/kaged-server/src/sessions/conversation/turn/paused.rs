@@ -170,42 +170,20 @@ impl Conversation {
 
     /// Cancel this session's pending approvals no paused call waits for (`kept`).
     async fn cancel_stale_approvals(&self, kept: &HashSet<String>) -> Result<(), String> {
-        let approvals = self.sessions.approvals();
-        let pending = approvals
-            .store()
-            .list_approvals(kaged_store::ApprovalFilter {
-                state: Some("pending".into()),
-                session: Some(self.id.clone()),
-                limit: 10_000,
-                ..Default::default()
-            })
+        self.sessions
+            .approvals()
+            .cancel_pending_except(
+                &self.id,
+                kept,
+                "the run that asked ended before it could wait again",
+            )
             .await
-            .map_err(|e| e.to_string())?;
-        for stale in pending.iter().filter(|a| !kept.contains(&a.id)) {
-            approvals
-                .cancel(
-                    &stale.id,
-                    "the run that asked ended before it could wait again",
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+            .map_err(|e| e.to_string())
     }
 
     /// Whether a call of this session's turn (or of a subagent's in it) waits for a decision.
     pub(super) async fn waits_for_approvals(&self) -> bool {
-        let pending = self
-            .sessions
-            .approvals()
-            .store()
-            .list_approvals(kaged_store::ApprovalFilter {
-                state: Some("pending".into()),
-                session: Some(self.id.clone()),
-                limit: 1000,
-                ..Default::default()
-            })
-            .await;
+        let pending = self.sessions.approvals().pending(Some(&self.id)).await;
         pending.is_ok_and(|p| !p.is_empty())
     }
 }
