@@ -21,7 +21,7 @@ pub use providers::{
 };
 pub use settings::{
     AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, KEYS, KeySpec,
-    Listener, LogLevel, ModelSettings, NotifySettings, OperationalSink, SandboxMode, Settings,
-    Source, StorageUrl, redacted_url, render_default_config, resolve,
+    Listener, LogLevel, ModelSettings, NotifySettings, OnDaemonStop, OperationalSink, SandboxMode,
+    Settings, Source, StorageUrl, redacted_url, render_default_config, resolve,
 };
 pub use suggest::closest;

@@ -11,7 +11,7 @@ use super::field::{Field, Kind, Shown, Typed};
 use super::render::toml_string;
 use super::types::{
     AuditSink, AuthMode, CageLimits, DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_TOTAL_MB,
-    DEFAULT_TRANSCRIPT_MAX_MB, LogLevel, OperationalSink, SandboxMode, StorageUrl,
+    DEFAULT_TRANSCRIPT_MAX_MB, LogLevel, OnDaemonStop, OperationalSink, SandboxMode, StorageUrl,
 };
 use super::{notify, value};
 
@@ -509,6 +509,20 @@ pub const KEYS: &[KeySpec] = &[
             default: |_, _| 0,
             field: |s| &mut s.approval_timeout_secs,
             show: |s| Shown::plain(s.approval_timeout_secs),
+        },
+    },
+    KeySpec {
+        section: "sessions",
+        key: "on_daemon_stop",
+        env: "KAGED_SESSIONS_ON_DAEMON_STOP",
+        expected: "one of \"keep\", \"kill\"",
+        doc: "What stopping kaged does to running terminals, command agents and tasks: keep (the default) leaves them running in their run holders and the next start takes them up again; kill ends them. `kaged stop --kill-runs` kills them either way. Model and ACP agents always end and resume on the next message.",
+        value: &Typed {
+            kind: Kind::Text,
+            parse: value::on_daemon_stop,
+            default: |_, _| OnDaemonStop::Keep,
+            field: |s| &mut s.on_daemon_stop,
+            show: |s| Shown::text(s.on_daemon_stop.as_str()),
         },
     },
     KeySpec {

@@ -35,7 +35,8 @@ pub use notify::{NotifySettings, redacted_url};
 pub use render::render_default_config;
 pub use types::{
     AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, Listener,
-    LogLevel, ModelSettings, OperationalSink, SandboxMode, Settings, Source, StorageUrl,
+    LogLevel, ModelSettings, OnDaemonStop, OperationalSink, SandboxMode, Settings, Source,
+    StorageUrl,
 };
 
 use crate::error::{ConfigError, ConfigErrors, Location};
@@ -119,6 +120,7 @@ fn unset(decision: &ModeDecision, config_file: &Path) -> Settings {
         sessions_max_age_days: 0,
         transcript_max_mb: 0,
         approval_timeout_secs: 0,
+        on_daemon_stop: OnDaemonStop::Keep,
         notify: NotifySettings {
             webhook: None,
             public_url: None,

@@ -893,6 +893,7 @@ fn every_key_has_a_default_in_its_field() {
         sessions_max_age_days: 30,
         transcript_max_mb: 64,
         approval_timeout_secs: 0,
+        on_daemon_stop: OnDaemonStop::Keep,
         notify: NotifySettings {
             webhook: None,
             public_url: None,
@@ -1240,4 +1241,14 @@ fn settings_never_show_the_webhook_whole() {
             .contains("(env KAGED_SESSIONS_APPROVAL_TIMEOUT_SECS)\napproval_timeout_secs = 0\n"),
         "{defaults}"
     );
+}
+
+#[test]
+fn on_daemon_stop_is_keep_or_kill() {
+    assert_eq!(resolve_text("").unwrap().on_daemon_stop, OnDaemonStop::Keep);
+    let s = resolve_text("[sessions]\non_daemon_stop = \"kill\"\n").unwrap();
+    assert_eq!(s.on_daemon_stop, OnDaemonStop::Kill);
+    let e = only_error("[sessions]\non_daemon_stop = \"pause\"\n");
+    assert_eq!(e.key, "sessions.on_daemon_stop");
+    assert!(e.to_string().contains("\"keep\", \"kill\""), "{e}");
 }

@@ -63,6 +63,25 @@ impl LogLevel {
     }
 }
 
+/// `[sessions] on_daemon_stop`: what a stopping daemon does with its terminal runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDaemonStop {
+    /// They go on in their holders; the next start takes them up again.
+    Keep,
+    /// They are ended (SIGHUP and SIGTERM, SIGKILL after 3 s), as before run holders.
+    Kill,
+}
+
+impl OnDaemonStop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDaemonStop::Keep => "keep",
+            OnDaemonStop::Kill => "kill",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "path")]
 pub enum OperationalSink {
@@ -203,6 +222,8 @@ pub struct Settings {
     /// `[sessions] approval_timeout_secs`: seconds a pending approval waits before it is
     /// denied; 0: it waits until decided.
     pub approval_timeout_secs: u64,
+    /// `[sessions] on_daemon_stop`: keep (the default) or kill terminal runs when kaged stops.
+    pub on_daemon_stop: OnDaemonStop,
     /// `[notify]`: the webhook (secret: never shown whole) and the console's public address.
     pub notify: NotifySettings,
     /// `section.key` -> where its value came from.

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use super::keys::KeySpec;
 use super::types::{
-    AuditSink, AuthMode, ConfigSecret, Listener, LogLevel, OperationalSink, SandboxMode, StorageUrl,
+    AuditSink, AuthMode, ConfigSecret, Listener, LogLevel, OnDaemonStop, OperationalSink,
+    SandboxMode, StorageUrl,
 };
 
 /// A value before it is checked against its key, from whichever source supplied it.
@@ -149,6 +150,14 @@ pub(crate) fn log_level(spec: &KeySpec, raw: Raw) -> Result<LogLevel, Problem> {
             ("debug", LogLevel::Debug),
             ("trace", LogLevel::Trace),
         ],
+    )
+}
+
+pub(crate) fn on_daemon_stop(spec: &KeySpec, raw: Raw) -> Result<OnDaemonStop, Problem> {
+    one_of(
+        spec,
+        raw,
+        &[("keep", OnDaemonStop::Keep), ("kill", OnDaemonStop::Kill)],
     )
 }
 
