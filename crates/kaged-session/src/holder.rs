@@ -617,6 +617,10 @@ pub struct HolderSpec {
     /// Wall-clock end (ms since the epoch): HUP and TERM, then KILL after `kill_grace_ms`.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// The wall-time limit behind `deadline_ms`, for the `killed_by` it gives
+    /// (`kaged: wall-time limit of Ns`).
+    #[serde(default)]
+    pub wall_time_secs: Option<u64>,
     /// Kill the run once it has more processes than this (hosts without cgroups).
     #[serde(default)]
     pub watchdog_pids: Option<u64>,
@@ -864,6 +868,7 @@ mod tests {
             rows: 24,
             cols: 80,
             deadline_ms: Some(9),
+            wall_time_secs: Some(1),
             watchdog_pids: None,
             kill_grace_ms: 3000,
             egress_dir: None,
