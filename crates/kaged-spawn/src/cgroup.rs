@@ -169,6 +169,21 @@ impl Cgroups {
     }
 }
 
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            // Anything left (it should not be) is killed so the group can go.
+            for _ in 0..20 {
+                crate::pidfd::kill_cgroup(dir);
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,20 +209,5 @@ mod tests {
             adopted.release(),
             vec![PathBuf::from("/sys/fs/cgroup/pids/kaged-0011")]
         );
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for dir in &self.dirs {
-            // Anything left (it should not be) is killed so the group can go.
-            for _ in 0..20 {
-                crate::pidfd::kill_cgroup(dir);
-                if std::fs::remove_dir(dir).is_ok() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
     }
 }
