@@ -101,7 +101,7 @@ impl Client {
                 versions: Vec::new(),
             },
         };
-        match client.next()? {
+        match client.read_frame()? {
             ToClient::Hello(hello) => client.hello = hello,
             other => return Err(broken(format!("expected Hello, got {other:?}"))),
         }
@@ -132,7 +132,7 @@ impl Client {
     }
 
     /// The next frame (blocking). The holder closing the connection is `UnexpectedEof`.
-    pub fn next(&mut self) -> std::io::Result<ToClient> {
+    pub fn read_frame(&mut self) -> std::io::Result<ToClient> {
         let mut buf = [0u8; 64 * 1024];
         loop {
             match self.decoder.next_to_client() {
@@ -158,7 +158,7 @@ fn control(socket: &Path, frame: ToHolder, timeout: Duration) -> std::io::Result
     let mut client = Client::connect(socket, Some(timeout))?;
     client.sender.send(&frame)?;
     loop {
-        match client.next()? {
+        match client.read_frame()? {
             ToClient::Done { n } => return Ok(n),
             ToClient::Error { code, message } => {
                 return Err(std::io::Error::other(format!("{code}: {message}")));

@@ -45,6 +45,27 @@ pub fn run_spec(spec: &HolderSpec, cage: Option<kaged_spawn::CageFds>) -> kaged_
     }
 }
 
+/// Copy what the daemon's start (`kaged_spawn::caged` or `Spec::uncaged`) decided into a
+/// holder's spec: the inverse of [`run_spec`]. The cage's descriptors themselves are handed
+/// over by [`launch`].
+pub fn fill_from(spec: &mut HolderSpec, run: &kaged_spawn::Spec) {
+    spec.argv = run.argv.clone();
+    spec.prefix = run.prefix.clone();
+    spec.rlimits = run.rlimits.clone();
+    spec.cgroup_procs = run
+        .cgroup_procs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    spec.cwd = run.cwd.as_ref().map(|p| p.display().to_string());
+    spec.env = run.env.clone();
+    spec.run_as = run.run_as.map(|id| kaged_session::holder::RunAs {
+        uid: id.uid,
+        gid: id.gid,
+    });
+    spec.cage_fd_count = run.cage.as_ref().map_or(0, |c| c.len() as u32);
+}
+
 /// What this build calls itself to a holder (`kaged X.Y.Z`).
 pub fn client_name() -> String {
     format!("kaged {}", env!("CARGO_PKG_VERSION"))

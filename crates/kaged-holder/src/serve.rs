@@ -563,10 +563,10 @@ impl<'a> Holder<'a> {
             }
             // What the cap dropped is gone for everyone: the stream jumps to the first kept
             // byte, as a read of the files would.
-            if let Some((from, to)) = self.writer.dropped() {
-                if (from..to).contains(&cursor) {
-                    cursor = to;
-                }
+            if let Some((from, to)) = self.writer.dropped()
+                && (from..to).contains(&cursor)
+            {
+                cursor = to;
             }
             if cursor < written {
                 let (at, bytes) = if cursor >= self.recent.start {

@@ -101,7 +101,7 @@ fn collect(c: &mut Client) -> (Vec<(u64, Vec<u8>)>, u64, StatusFile) {
     let mut frames = Vec::new();
     let mut written = None;
     loop {
-        match c.next().unwrap() {
+        match c.read_frame().unwrap() {
             ToClient::Output { offset, bytes } => frames.push((offset, bytes)),
             ToClient::Eof { written: w, .. } => written = Some(w),
             ToClient::Exit(status) => return (frames, written.expect("Eof before Exit"), status),
@@ -175,7 +175,7 @@ fn detached_runs_go_on_and_a_reattach_from_the_last_offset_has_no_gap_and_no_dup
     first.sender().attach(0).unwrap();
     let mut frames = Vec::new();
     while contiguous(&frames, 0).len() < 40 {
-        if let ToClient::Output { offset, bytes } = first.next().unwrap() {
+        if let ToClient::Output { offset, bytes } = first.read_frame().unwrap() {
             frames.push((offset, bytes));
         }
     }
@@ -223,7 +223,7 @@ fn input_reaches_the_program_and_a_kill_is_recorded_with_who() {
             "{:?}",
             String::from_utf8_lossy(&text)
         );
-        if let ToClient::Output { bytes, .. } = c.next().unwrap() {
+        if let ToClient::Output { bytes, .. } = c.read_frame().unwrap() {
             text.extend(bytes);
         }
     }
@@ -250,10 +250,10 @@ fn a_client_offering_only_an_unknown_version_is_refused_with_ours_but_can_still_
         other => panic!("accepted: {other:?}"),
     }
     c.sender().attach(0).unwrap();
-    assert!(matches!(c.next().unwrap(), ToClient::Error { .. }));
+    assert!(matches!(c.read_frame().unwrap(), ToClient::Error { .. }));
     // Kill is frozen: it works with any version.
     c.sender().kill("by an old daemon").unwrap();
-    assert!(matches!(c.next().unwrap(), ToClient::Done { n } if n >= 1));
+    assert!(matches!(c.read_frame().unwrap(), ToClient::Done { n } if n >= 1));
     let status = held.join();
     assert_eq!(status.killed_by.as_deref(), Some("by an old daemon"));
 }
@@ -268,7 +268,7 @@ fn the_wall_time_deadline_stops_the_run_and_says_so() {
     c.sender().attach(0).unwrap();
     let mut limit = None;
     let status = loop {
-        match c.next().unwrap() {
+        match c.read_frame().unwrap() {
             ToClient::Limit { by } => limit = Some(by),
             ToClient::Exit(s) => break s,
             _ => {}
@@ -318,7 +318,7 @@ fn an_attach_inside_the_capped_range_starts_at_the_first_kept_byte() {
     let (head, kept) = info.dropped.expect("a dropped range");
     assert_eq!(head, 250);
     c.sender().attach(300).unwrap();
-    let ToClient::Output { offset, bytes } = c.next().unwrap() else {
+    let ToClient::Output { offset, bytes } = c.read_frame().unwrap() else {
         panic!("no output");
     };
     assert_eq!(offset, kept);
