@@ -6,6 +6,8 @@
 //! - [`screen`]: the terminal state, for a snapshot a new viewer can draw at once.
 //! - [`state`]: the run state machine (queued → starting → running → exited, …).
 //! - [`frame`]: the PTY WebSocket wire protocol.
+//! - [`holder`]: the run holder's socket protocol (docs/holder-protocol.md), its spec and
+//!   status file.
 //! - [`agent`]: a model agent's event log (docs/agent-protocol.md) and the conversation
 //!   rebuilt from it.
 //! - [`limits`]: how many sessions may be live per project and per operator.
@@ -14,6 +16,7 @@
 
 pub mod agent;
 pub mod frame;
+pub mod holder;
 pub mod limits;
 pub mod log;
 pub mod retention;

@@ -8,7 +8,7 @@
 //! its offset (what viewers resume from), and what was dropped is one range between the head
 //! and the first kept segment.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `[sessions]` limits, in bytes and milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ pub fn plan(kept: &[Kept], limits: Limits, now_ms: i64) -> Vec<Prune> {
 }
 
 /// How one transcript is capped: at most `head + tail` bytes on disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cap {
     /// The first bytes of the output, always kept.
     pub head: u64,

@@ -395,3 +395,132 @@ fn proptest_binary_frames_round_trip() {
         },
     );
 }
+
+/// Every frame in `input`, decoded once whole and once fed byte by byte: both agree, every
+/// frame understood re-encodes to one that decodes to the same value, and decoding ends.
+fn check_holder(input: &[u8]) -> Result<String, String> {
+    use kaged_session::holder::{Decoder, Step};
+    fn run<T>(input: &[u8], by_byte: bool, next: fn(&mut Decoder) -> Step<T>) -> Vec<Step<T>> {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let drain = |d: &mut Decoder, out: &mut Vec<Step<T>>| loop {
+            match next(d) {
+                Step::Incomplete => break,
+                Step::Error(e) if e.is_fatal() => {
+                    out.push(Step::Error(e));
+                    break;
+                }
+                s => out.push(s),
+            }
+        };
+        if by_byte {
+            for b in input {
+                d.push(&[*b]);
+                if matches!(out.last(), Some(Step::Error(e)) if e.is_fatal()) {
+                    break;
+                }
+                drain(&mut d, &mut out);
+            }
+        } else {
+            d.push(input);
+            drain(&mut d, &mut out);
+        }
+        out
+    }
+    let mut labels = Vec::new();
+    let whole = run(input, false, Decoder::next_to_holder);
+    if whole != run(input, true, Decoder::next_to_holder) {
+        return Err("to-holder: whole and byte-by-byte decoding differ".into());
+    }
+    for step in &whole {
+        match step {
+            Step::Frame(f) => {
+                let mut d = Decoder::new();
+                d.push(&f.encode());
+                if d.next_to_holder() != Step::Frame(f.clone()) {
+                    return Err(format!("{f:?} does not round-trip"));
+                }
+                labels.push(format!("h:{:?}", std::mem::discriminant(f)));
+            }
+            Step::Error(e) => labels.push(format!("h:{}", e.code())),
+            Step::Incomplete => return Err("Incomplete pushed".into()),
+        }
+    }
+    let whole = run(input, false, Decoder::next_to_client);
+    if whole != run(input, true, Decoder::next_to_client) {
+        return Err("to-client: whole and byte-by-byte decoding differ".into());
+    }
+    for step in &whole {
+        if let Step::Frame(f) = step {
+            let mut d = Decoder::new();
+            d.push(&f.encode());
+            if d.next_to_client() != Step::Frame(f.clone()) {
+                return Err(format!("{f:?} does not round-trip"));
+            }
+            labels.push(format!("c:{:?}", std::mem::discriminant(f)));
+        }
+    }
+    labels.sort();
+    labels.dedup();
+    Ok(labels.join(","))
+}
+
+#[test]
+fn fuzz_holder_frame() {
+    let report = fuzz(
+        &Target {
+            name: "holder_frame",
+            corpus: corpus("holder_frame"),
+            dictionary: &[
+                "\x00\x00\x00\x00",
+                "\x00\x00\x00\x10",
+                "\x10",
+                "\x11",
+                "\x21",
+                "\x7f",
+                "{\"from\":",
+                "{\"by\":\"",
+                "{\"versions\":[",
+                "{\"refused\":",
+                "\"state\":\"",
+                "}",
+            ],
+            iterations: 40_000,
+            max_len: 512,
+        },
+        check_holder,
+    );
+    assert!(report.behaviours >= 8, "{report:?}");
+}
+
+#[test]
+fn proptest_holder_outputs_and_inputs_round_trip_in_any_split() {
+    use kaged_session::holder::{Decoder, Step, ToClient, ToHolder};
+    let strategy = (
+        any::<u64>(),
+        prop::collection::vec(any::<u8>(), 0..300),
+        1..64usize,
+    );
+    prop("holder_frames", 256, &strategy, |(offset, bytes, piece)| {
+        let out = ToClient::Output {
+            offset,
+            bytes: bytes.clone(),
+        };
+        let mut d = Decoder::new();
+        let encoded = out.encode();
+        let mut got = Vec::new();
+        for chunk in encoded.chunks(piece) {
+            d.push(chunk);
+            while let Step::Frame(f) = d.next_to_client() {
+                got.push(f);
+            }
+        }
+        prop_assert_eq!(got, vec![out]);
+        let input = ToHolder::Input(bytes);
+        let mut d = Decoder::new();
+        d.push(&input.encode());
+        prop_assert_eq!(d.next_to_holder(), Step::Frame(input));
+        check_holder(&encoded).map_err(TestCaseError::fail)?;
+        Ok(())
+    });
+}

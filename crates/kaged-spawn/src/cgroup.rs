@@ -132,6 +132,34 @@ impl Cgroups {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// Give the groups up without removing them (a run holder adopts them): the caller now
+    /// owns their removal.
+    pub fn release(mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.dirs)
+    }
+
+    /// Take over groups another process made (see [`Cgroups::release`]): dropping them kills
+    /// what is left in them and removes them. Only `kaged-*` directories under
+    /// `/sys/fs/cgroup` are taken; others are ignored.
+    pub fn adopt(dirs: Vec<PathBuf>) -> Cgroups {
+        let dirs = dirs
+            .into_iter()
+            .filter(|d| {
+                d.starts_with("/sys/fs/cgroup")
+                    && d.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("kaged-"))
+                    && !d.components().any(|c| c == std::path::Component::ParentDir)
+            })
+            .collect();
+        Cgroups { dirs }
+    }
+
+    /// The groups' directories.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
     /// Whether the cage's pids group hit its limit (a fork was refused).
     pub fn pids_limit_hit(&self) -> bool {
         self.dirs.iter().any(|d| {
@@ -153,5 +181,33 @@ impl Drop for Cgroups {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_groups_are_kept_and_only_kaged_groups_are_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = dir.path().join("kaged-x");
+        std::fs::create_dir(&kept).unwrap();
+        let released = Cgroups {
+            dirs: vec![kept.clone()],
+        }
+        .release();
+        assert_eq!(released, vec![kept.clone()]);
+        assert!(kept.exists(), "release removed the group");
+        let adopted = Cgroups::adopt(vec![
+            kept,
+            "/sys/fs/cgroup/pids/kaged-0011".into(),
+            "/sys/fs/cgroup/pids/other".into(),
+            "/sys/fs/cgroup/pids/../kaged-0011".into(),
+        ]);
+        assert_eq!(
+            adopted.release(),
+            vec![PathBuf::from("/sys/fs/cgroup/pids/kaged-0011")]
+        );
     }
 }

@@ -42,6 +42,28 @@ pub fn mark_inherited_cloexec() {
     cloexec_from(3);
 }
 
+/// Take ownership of descriptor `fd`, which this process inherited open (a run holder's spec,
+/// readiness pipe and cage descriptors). Call it at the start of `main`, before anything
+/// else could own that number; a closed number is an error.
+pub fn inherited(fd: RawFd) -> std::io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(std::io::Error::other(format!(
+            "descriptor {fd} is standard I/O, not an inherited one"
+        )));
+    }
+    // SAFETY: F_GETFD only reads the flags; it fails with EBADF on a closed number.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the number is open (checked above) and, at the start of main, owned by nothing
+    // else in this process; from now on only the returned OwnedFd closes it.
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // Nothing this process starts gets it unless placed there on purpose.
+    // SAFETY: sets the close-on-exec flag only.
+    unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(owned)
+}
+
 /// The `pre_exec` closure that puts `fds` at 3, 4, ... in the child and marks every other
 /// descriptor from 3 on close-on-exec (so only these, and stdio, cross the exec).
 fn placer(fds: Vec<OwnedFd>) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {

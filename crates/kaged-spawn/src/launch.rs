@@ -128,7 +128,7 @@ pub struct CageRequest<'a> {
 }
 
 /// An anonymous in-memory file holding `bytes`, read from its start.
-fn memory_file(name: &str, bytes: &[u8]) -> Result<OwnedFd, SpawnError> {
+pub(crate) fn memory_file(name: &str, bytes: &[u8]) -> Result<OwnedFd, SpawnError> {
     let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
         .map_err(|e| SpawnError::Descriptors(e.into()))?;
     let mut file = std::fs::File::from(fd);

@@ -30,6 +30,7 @@ mod check;
 mod facts;
 mod fds;
 mod helper;
+mod holder;
 mod identity;
 mod launch;
 mod memory;
@@ -49,8 +50,9 @@ use std::sync::Arc;
 pub use cgroup::{Cgroups, limit_facts};
 pub use check::cage_check;
 pub use facts::{ReadBeneathError, Sources, open_sources, read_beneath};
-pub use fds::mark_inherited_cloexec;
+pub use fds::{inherited, mark_inherited_cloexec};
 pub use helper::HelperCopy;
+pub use holder::{HOLDER_READY_TIMEOUT, HolderLaunch, HolderStarted, spawn_holder};
 pub use identity::{describe as describe_identity, effective_uid, run_as};
 pub use launch::{CageRequest, CagedRun, Prepared, caged, prepare};
 pub use memory::release_free_memory;
@@ -125,6 +127,24 @@ pub struct Spec {
 pub struct CageFds(Arc<Vec<OwnedFd>>);
 
 impl CageFds {
+    /// A run holder's cage descriptors: `count` of them from `first` on, inherited from the
+    /// daemon (see [`inherited`]).
+    pub fn from_inherited(first: i32, count: u32) -> std::io::Result<CageFds> {
+        let fds = (0..count)
+            .map(|i| inherited(first + i as i32))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(CageFds(Arc::new(fds)))
+    }
+
+    /// How many descriptors a caged start gets.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn duplicates(&self) -> Result<Vec<OwnedFd>, SpawnError> {
         self.0
             .iter()

@@ -175,6 +175,16 @@ pub struct Waiter {
 }
 
 impl Waiter {
+    /// The started process's pidfd: readable once it ended (for a poll loop; then
+    /// [`Waiter::try_wait`] reaps it).
+    pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.started.pidfd)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.started.pid
+    }
+
     pub fn wait(mut self) -> Exit {
         use rustix::process::{WaitId, WaitIdOptions, waitid};
         // Wait for the exit without reaping, so that the reap itself is quick and done under
@@ -206,8 +216,8 @@ impl Waiter {
         exit
     }
 
-    /// Reap the run if it has ended.
-    fn try_wait(&mut self) -> std::io::Result<Option<Exit>> {
+    /// Reap the run if it has ended (never blocks).
+    pub fn try_wait(&mut self) -> std::io::Result<Option<Exit>> {
         let mut reaped = self.started.reaped();
         let status = self.child.try_wait()?;
         *reaped |= status.is_some();
@@ -230,6 +240,25 @@ impl Terminal {
     /// Write input (blocking while the program does not read).
     pub fn write_all(&self, data: &[u8]) -> std::io::Result<()> {
         (&*self.pty).write_all(data)
+    }
+
+    /// Write what the terminal takes now (the master may be non-blocking: see
+    /// [`Terminal::set_nonblocking`]).
+    pub fn write(&self, data: &[u8]) -> std::io::Result<usize> {
+        (&*self.pty).write(data)
+    }
+
+    /// Make reads and writes return `WouldBlock` instead of waiting (for a poll loop).
+    pub fn set_nonblocking(&self) -> std::io::Result<()> {
+        let fd = std::os::fd::AsFd::as_fd(&*self.pty);
+        let flags = rustix::fs::fcntl_getfl(fd)?;
+        rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+        Ok(())
+    }
+
+    /// The master's descriptor, to poll.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&*self.pty)
     }
 
     pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {

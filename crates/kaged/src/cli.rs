@@ -153,6 +153,18 @@ pub enum Command {
         #[arg(long)]
         tools: Option<String>,
     },
+    /// Hold one run so it outlives the daemon: its terminal, transcript and limits, served on
+    /// a private socket (kaged starts this itself; see kaged-holder and
+    /// docs/holder-protocol.md).
+    #[command(hide = true)]
+    RunHolder {
+        /// The descriptor holding the run's spec (JSON).
+        #[arg(long)]
+        spec_fd: i32,
+        /// The descriptor to write the readiness line to.
+        #[arg(long)]
+        ready_fd: i32,
+    },
     /// Inside an ACP agent's cage: run the agent on pipes and relay its JSON-RPC lines to and
     /// from stdin and stdout, serving its file and terminal requests in the cage (kaged runs
     /// this itself; see kaged-tools' acp module). Exits with the agent's exit code.

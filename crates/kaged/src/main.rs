@@ -219,6 +219,11 @@ fn main() -> ExitCode {
             }
         };
     }
+    // A run holder: one thread and one poll loop, no async runtime.
+    if let Command::RunHolder { spec_fd, ready_fd } = &cli.command {
+        let code = kaged_holder::run_holder(*spec_fd, *ready_fd);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     if let Command::ToolExec { tools } = &cli.command {
         return tool_exec(tools.as_deref());
     }
@@ -258,6 +263,7 @@ fn main() -> ExitCode {
             | Command::CageTty { .. }
             | Command::CageCheck { .. }
             | Command::ToolExec { .. }
+            | Command::RunHolder { .. }
             | Command::AcpShim { .. } => Ok(()),
             Command::Doctor => cage::doctor(),
             Command::Version => {

@@ -29,6 +29,7 @@ mod deployment_files;
 mod dsl;
 mod escapes;
 mod full_disk;
+mod holder_process;
 mod lifecycle;
 mod listeners;
 mod notify;
