@@ -180,11 +180,21 @@ pub async fn method_not_allowed() -> ApiError {
 
 /// `POST /api/v1/daemon/stop` (`kaged stop`): the local operator asks the daemon to stop as a
 /// stop signal would. Answered before the stop begins; the CLI waits for the process to end.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// End the runs the daemon would keep for the next start (`on_daemon_stop = "keep"`).
+    #[serde(default)]
+    kill_runs: bool,
+}
+
 pub async fn stop(
     State(state): State<Arc<ServerState>>,
     Extension(principal): Extension<Principal>,
     Extension(peer): Extension<Peer>,
+    body: Option<Json<StopRequest>>,
 ) -> Result<Response, ApiError> {
+    let kill_runs = body.map(|Json(b)| b.kill_runs).unwrap_or_default();
     let allowed = state.policy.may_stop_daemon(&principal);
     state
         .audit
@@ -193,15 +203,20 @@ pub async fn stop(
             success: allowed.is_ok(),
             identity: Some(principal.id.clone()),
             source: peer.0.clone(),
-            detail: json!({"pid": state.info.pid}),
+            detail: json!({"pid": state.info.pid, "kill_runs": kill_runs}),
         })
         .await;
     allowed.map_err(|d| ApiError::from(&d))?;
+    if kill_runs {
+        state
+            .kill_runs
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     // `notify_one` keeps the request if the daemon is not waiting yet.
     state.stop_requested.notify_one();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"stopping": true, "pid": state.info.pid})),
+        Json(json!({"stopping": true, "pid": state.info.pid, "kill_runs": kill_runs})),
     )
         .into_response())
 }

@@ -50,8 +50,8 @@ pub use projects::{
     UnreadableProject, grants_of, project_files, read_project_file, read_project_texts,
     restore_registered as restore_projects,
 };
-pub use sessions::{default_limits, egress_dir, run_name};
-pub use state::{DaemonInfo, SandboxState, ServerState, stop_sessions};
+pub use sessions::{HolderSettings, default_limits, egress_dir, holder_dir, run_name};
+pub use state::{DaemonInfo, SandboxState, ServerState, reattach_runs, stop_sessions};
 
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.
 const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -72,6 +72,8 @@ pub struct ServerState {
     pub runs: Sessions,
     /// Notified when the local operator asked the daemon to stop (`kaged stop`).
     pub stop_requested: tokio::sync::Notify,
+    /// Whether that stop is to end the runs held for the next daemon too (`--kill-runs`).
+    pub(crate) kill_runs: std::sync::atomic::AtomicBool,
 }
 
 impl ServerState {
@@ -110,7 +112,15 @@ impl ServerState {
             projects,
             runs,
             stop_requested: tokio::sync::Notify::new(),
+            kill_runs: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+}
+
+impl ServerState {
+    /// Whether the stop asked for ends the held runs too (`kaged stop --kill-runs`).
+    pub fn kill_runs_requested(&self) -> bool {
+        self.kill_runs.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -139,6 +149,12 @@ fn run_settings(info: &DaemonInfo) -> RunSettings {
         sessions_max_total_mb: settings.sessions_max_total_mb,
         sessions_max_age_days: settings.sessions_max_age_days,
         approval_timeout_secs: settings.approval_timeout_secs,
+        holders: Some(crate::sessions::HolderSettings {
+            // The daemon's own executable, even once an upgrade replaced it on disk.
+            exe: PathBuf::from("/proc/self/exe"),
+            dir: crate::sessions::holder_dir(&info.decision.paths.runtime_dir),
+        }),
+        on_daemon_stop: settings.on_daemon_stop,
     }
 }
 
@@ -171,9 +187,18 @@ impl Projects for LoadedProjects {
     }
 }
 
-/// End every live run and wait for their ends to be recorded (the daemon is stopping).
-pub async fn stop_sessions(state: &Arc<ServerState>) {
-    state.runs.stop_all().await;
+/// The daemon is stopping: let go of the runs it keeps (`[sessions] on_daemon_stop`, unless
+/// `kill_runs`), end every other live run and wait for their ends to be recorded.
+pub async fn stop_sessions(state: &Arc<ServerState>, kill_runs: bool) {
+    state.runs.stop_all(kill_runs).await;
+}
+
+/// Take up the runs an earlier daemon left to their holders (before "ready"); how many.
+pub async fn reattach_runs(state: &Arc<ServerState>) -> usize {
+    match state.runs.deps().settings.holders.clone() {
+        Some(holders) => state.runs.reattach(&holders).await,
+        None => 0,
+    }
 }
 
 /// Lock a mutex whose data stays consistent even if a holder panicked (every critical section

@@ -193,6 +193,18 @@ impl OutputLog {
         data
     }
 
+    /// Output goes on from `offset` (past the end): the bytes before it are not in memory (a
+    /// run taken up again after a restart, or a range its transcript's cap dropped). They are
+    /// in storage or nowhere, so everything below `offset` counts as persisted. An offset at
+    /// or below the end changes nothing.
+    pub fn skip_to(&mut self, offset: u64) {
+        if offset > self.end() {
+            self.bytes.clear();
+            self.start = offset;
+            self.persisted = offset;
+        }
+    }
+
     /// Forgets every persisted byte and returns the memory that held them (a run that ended:
     /// its readers find the bytes in storage). Unpersisted bytes stay; offsets do not change.
     pub fn release_persisted(&mut self) {
@@ -494,5 +506,24 @@ mod tests {
         assert!(log.is_empty());
         assert_eq!(log.end(), 10);
         assert_eq!(log.append(b"ab"), 12);
+    }
+
+    #[test]
+    fn a_skip_moves_the_end_and_keeps_later_output() {
+        let mut log = OutputLog::new(16);
+        log.append(b"abc");
+        log.skip_to(2);
+        assert_eq!(
+            (log.start(), log.end()),
+            (0, 3),
+            "at or below the end: nothing"
+        );
+        log.skip_to(100);
+        assert_eq!((log.start(), log.end(), log.persisted()), (100, 100, 100));
+        assert!(matches!(log.read_from(50, 10), Read::Gap { earliest: 100 }));
+        log.append(b"xyz");
+        assert!(
+            matches!(log.read_from(100, 10), Read::Bytes { start: 100, ref data } if data == b"xyz")
+        );
     }
 }

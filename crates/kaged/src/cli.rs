@@ -69,12 +69,18 @@ pub enum Command {
     /// Stop the local daemon gracefully (as SIGTERM does) and wait until it has stopped.
     #[command(
         long_about = "Stop the local daemon gracefully and wait until it has stopped.\n\n\
-        The daemon stops as on SIGTERM: its runs end (their viewers are told), in-flight \
-        requests get 10 s. Only the local operator can do this (the CLI on the daemon's host, \
+        The daemon stops as on SIGTERM: terminals, command agents and tasks go on in their run \
+        holders and the next `kaged start` takes them up (`[sessions] on_daemon_stop`; \
+        --kill-runs ends them), other runs end (their viewers are told), in-flight requests \
+        get 10 s. Only the local operator can do this (the CLI on the daemon's host, \
         as its user). Exits 0 when the daemon stopped or was not running, 1 when it is still \
         stopping after --timeout seconds."
     )]
     Stop {
+        /// End the terminals, command agents and tasks too (by default they go on in their
+        /// holders and the next start takes them up, unless `[sessions] on_daemon_stop = "kill"`).
+        #[arg(long)]
+        kill_runs: bool,
         /// Seconds to wait for the daemon to stop.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: u64,

@@ -57,6 +57,11 @@ pub struct RunSettings {
     pub sessions_max_age_days: u64,
     /// `[sessions] approval_timeout_secs`: past it a pending approval is denied (0: never).
     pub approval_timeout_secs: u64,
+    /// Where terminal runs are held so they outlive the daemon (`None`: the daemon holds
+    /// them itself, and they end with it; the library's tests, which have no kaged binary).
+    pub holders: Option<super::held::HolderSettings>,
+    /// `[sessions] on_daemon_stop`: what stopping does to held runs.
+    pub on_daemon_stop: kaged_config::OnDaemonStop,
 }
 
 /// A loaded project, as a run needs it.

@@ -39,6 +39,32 @@ pub(crate) const SCREEN_BATCH: usize = 256 * 1024;
 const SCREEN_MAX_LAG: u64 = 8 * 1024 * 1024;
 const SCREEN_TAIL: u64 = 1024 * 1024;
 
+/// What reaches a spawned run's processes: the daemon's own child (a run on pipes, or a
+/// terminal without a holder), or the run holder that owns it (`held.rs`).
+#[derive(Clone)]
+pub(crate) enum RunControl {
+    Local(kaged_spawn::Killer),
+    Held(Arc<super::held::HeldControl>),
+}
+
+impl RunControl {
+    /// Send `signal` to every process of the run; how many it reached.
+    pub(crate) fn signal_all(&self, signal: kaged_spawn::Signal) -> usize {
+        match self {
+            RunControl::Local(k) => k.signal_all(signal),
+            RunControl::Held(h) => h.signal_all(signal),
+        }
+    }
+
+    /// SIGKILL every process of the run (`by`: who, for a holder's status file).
+    pub(crate) fn kill(&self, by: &str) -> usize {
+        match self {
+            RunControl::Local(k) => k.kill(),
+            RunControl::Held(h) => h.kill(by),
+        }
+    }
+}
+
 /// What identifies a run and never changes.
 #[derive(Debug, Clone)]
 pub struct RunInfo {
@@ -67,7 +93,7 @@ struct RunSlot {
     /// The writer thread's queue; `None` once the run ended.
     input: Option<SyncSender<Input>>,
     /// Present from the spawn until the run was reaped.
-    killer: Option<kaged_spawn::Killer>,
+    control: Option<RunControl>,
     ended_at_ms: Option<i64>,
 }
 
@@ -112,7 +138,7 @@ impl Live {
                 state,
                 size: (rows, cols),
                 input,
-                killer: None,
+                control: None,
                 ended_at_ms: None,
             }),
             output: Mutex::new(OutputLog::new(log_capacity)),
@@ -160,6 +186,16 @@ impl Live {
         let _ = log.mark_persisted(end);
         self.end.send_replace(end);
         end
+    }
+
+    /// Output goes on from `offset`: what lies before it is not in memory (a run taken up
+    /// again after a restart: it is in the transcript; a range the cap dropped: it is gone).
+    pub(crate) fn skip_to(&self, offset: u64) {
+        let mut log = lock(&self.output);
+        if offset > log.end() {
+            log.skip_to(offset);
+            self.end.send_replace(offset);
+        }
     }
 
     /// Where the output ends now.
@@ -289,24 +325,24 @@ impl Live {
 
     // --- processes ----------------------------------------------------------------------
 
-    /// The spawned run's killer, until it is reaped.
-    pub(crate) fn set_killer(&self, killer: Option<kaged_spawn::Killer>) {
-        lock(&self.run).killer = killer;
+    /// What signals and kills the spawned run, until it is reaped.
+    pub(crate) fn set_control(&self, control: Option<RunControl>) {
+        lock(&self.run).control = control;
     }
 
-    pub(crate) fn killer(&self) -> Option<kaged_spawn::Killer> {
-        lock(&self.run).killer.clone()
+    pub(crate) fn control(&self) -> Option<RunControl> {
+        lock(&self.run).control.clone()
     }
 
-    pub(crate) fn take_killer(&self) -> Option<kaged_spawn::Killer> {
-        lock(&self.run).killer.take()
+    pub(crate) fn take_control(&self) -> Option<RunControl> {
+        lock(&self.run).control.take()
     }
 
     /// Whether the run may still produce output: not ended, or ended while its reader still
     /// drains the PTY (its processes not reaped yet). Retention never touches such a run.
     pub(crate) fn producing(&self) -> bool {
         let run = lock(&self.run);
-        !run.state.is_terminal() || run.killer.is_some()
+        !run.state.is_terminal() || run.control.is_some()
     }
 
     // --- state --------------------------------------------------------------------------

@@ -72,6 +72,11 @@ impl Sessions {
         &self.shared.deps
     }
 
+    /// Runs created before this instant belong to an earlier daemon.
+    pub(crate) fn started_at_ms(&self) -> i64 {
+        self.shared.started_at_ms
+    }
+
     /// The event logs of model-agent sessions: append (stored, then published) and follow.
     pub fn agent_log(&self) -> &AgentLog {
         &self.shared.agent_log
@@ -188,8 +193,8 @@ impl Sessions {
         .map_err(|e| kaged_store::StoreError::Worker(e.to_string()))?
     }
 
-    /// Mark runs an earlier daemon left unfinished as failed: the raw PTY backend cannot
-    /// outlive its daemon, and their transcript is kept.
+    /// Mark runs an earlier daemon left unfinished as failed (their transcript is kept):
+    /// those not taken up again from their holders ([`Sessions::reattach`]).
     pub async fn recover(&self) {
         let store = &self.deps().store;
         let stale = match store.live_sessions().await {
@@ -201,7 +206,7 @@ impl Sessions {
         };
         for record in stale
             .into_iter()
-            .filter(|r| r.created_at_ms < self.shared.started_at_ms)
+            .filter(|r| r.created_at_ms < self.shared.started_at_ms && self.get(&r.id).is_none())
         {
             let reason = match record.state.as_str() {
                 "queued" => kaged_session::state::DAEMON_LOST_QUEUED_REASON,
@@ -342,11 +347,32 @@ impl Sessions {
             .await;
     }
 
-    /// End every live run (the daemon is stopping; a raw PTY cannot outlive it) and wait until
+    /// The daemon is stopping: with `on_daemon_stop = "keep"` (and not `kill_runs`), let go of
+    /// the runs in holders (they go on; the next start takes them up) except those whose
+    /// network goes through the daemon's egress proxy; end every other live run and wait until
     /// their ends are recorded, at most the kill's grace plus a moment.
-    pub async fn stop_all(&self) {
+    pub async fn stop_all(&self, kill_runs: bool) {
+        let keep =
+            !kill_runs && self.deps().settings.on_daemon_stop == kaged_config::OnDaemonStop::Keep;
         let mut waits = Vec::new();
         for live in self.running() {
+            if keep
+                && let Some(super::live::RunControl::Held(held)) = live.control()
+                && !held.proxied
+            {
+                held.detach(&live);
+                self.deps()
+                    .audit
+                    .record(AuditRecord {
+                        kind: "session.detached",
+                        success: true,
+                        identity: Some(live.info().created_by.clone()),
+                        source: None,
+                        detail: json!({"session": live.id(), "project": live.info().project, "pid": held.pid}),
+                    })
+                    .await;
+                continue;
+            }
             let sessions = self.clone();
             waits.push(tokio::spawn(async move {
                 super::stop::abort(&sessions, &live, "kaged: daemon stopping").await;

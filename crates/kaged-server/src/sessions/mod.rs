@@ -30,6 +30,8 @@ pub(crate) mod approval;
 pub(crate) mod conversation;
 mod deps;
 mod egress;
+mod held;
+pub use held::{HolderSettings, holder_dir};
 pub(crate) mod http;
 mod live;
 mod manager;

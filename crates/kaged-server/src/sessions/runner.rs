@@ -74,7 +74,7 @@ impl Runner {
         }
     }
 
-    fn transition(&self, event: Event, actor: &str) -> Option<State> {
+    pub(super) fn transition(&self, event: Event, actor: &str) -> Option<State> {
         self.handle
             .block_on(self.sessions.transition(&self.live, event, actor))
     }
@@ -121,7 +121,7 @@ impl Runner {
             |_| {},
         );
         let pump_done = Arc::new(AtomicBool::new(false));
-        let screen = self.start_screen(pump_done.clone());
+        let screen = start_screen(&self.live, &self.handle, pump_done.clone());
         self.pump(&terminal, &mut transcript);
         super::retention::record_extent(
             &self.sessions.deps().store,
@@ -176,14 +176,15 @@ impl Runner {
         killer: &kaged_spawn::Killer,
         limits: Option<&kaged_cage::LimitPlan>,
     ) {
-        self.live.set_killer(Some(killer.clone()));
+        self.live
+            .set_control(Some(super::live::RunControl::Local(killer.clone())));
         if self
             .transition(Event::Spawned { pid: killer.pid() }, "kaged")
             .is_none()
         {
             killer.kill();
         }
-        self.start_wall_clock(limits.and_then(|l| l.wall_time_secs));
+        self.start_wall_clock(limits);
         if let Some(pids) = limits.and_then(|l| l.watchdog_pids) {
             super::stop::start_pids_watchdog(
                 &self.sessions,
@@ -208,7 +209,7 @@ impl Runner {
             egress.stop(&self.handle);
         }
         drop(prepared.cgroups);
-        self.live.set_killer(None);
+        self.live.set_control(None);
         let event = match exit.signal() {
             Some(sig) => Event::exit_signal(sig),
             None => Event::exit_code(exit.code()),
@@ -295,29 +296,8 @@ impl Runner {
         }
     }
 
-    /// The screen model follows the output on a thread of its own, in large batches: the
-    /// terminal parser is slower than a PTY, and the run must never wait for it. It may lag
-    /// behind during a flood (then it reads the transcript); a snapshot is always of a
-    /// consistent point (its offset), and viewers stream from there.
-    fn start_screen(&self, pump_done: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
-        let live = self.live.clone();
-        let handle = self.handle.clone();
-        super::panics::spawn(
-            "scr",
-            self.live.id(),
-            move || super::screen::follow_screen(&live, &handle, &pump_done),
-            |_| {},
-        )
-        .ok()
-    }
-
-    /// `cage_limit`: the cage's wall time as planned (its project's, or the default).
-    fn start_wall_clock(&self, cage_limit: Option<u64>) {
-        let secs = match (cage_limit, self.decided.plan.timeout_secs) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(secs) = secs {
+    fn start_wall_clock(&self, limits: Option<&kaged_cage::LimitPlan>) {
+        if let Some(secs) = self.wall_time(limits) {
             super::stop::start_wall_clock(&self.sessions, &self.live, secs, &self.handle);
         }
     }
@@ -334,6 +314,26 @@ impl Runner {
         )
         .map(Some)
     }
+}
+
+/// The screen model follows the output on a thread of its own, in large batches: the
+/// terminal parser is slower than a PTY, and the run must never wait for it. It may lag
+/// behind during a flood (then it reads the transcript); a snapshot is always of a
+/// consistent point (its offset), and viewers stream from there.
+pub(super) fn start_screen(
+    live: &Arc<Live>,
+    handle: &tokio::runtime::Handle,
+    pump_done: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let (live, handle) = (live.clone(), handle.clone());
+    let id = live.id().to_string();
+    super::panics::spawn(
+        "scr",
+        &id,
+        move || super::screen::follow_screen(&live, &handle, &pump_done),
+        |_| {},
+    )
+    .ok()
 }
 
 /// The input writer: bytes and resizes from the queue to the PTY, until the run ends or the

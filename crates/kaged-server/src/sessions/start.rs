@@ -18,7 +18,7 @@ use crate::error::{ApiError, ErrorCode};
 
 /// Input messages queued per run before input is refused (the program is not reading).
 /// With messages of at most 256 KiB that bounds a run's queued input to 16 MiB.
-const INPUT_QUEUE: usize = 64;
+pub(super) const INPUT_QUEUE: usize = 64;
 
 /// What the operator asked to start.
 pub struct StartRequest {
@@ -400,12 +400,22 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
             move || runner.run_acp(setup, control),
             move |message| crashed(&sessions, &live, &handle, message),
         ),
-        (None, None, None, Some(transcript)) => super::panics::spawn(
-            "run",
-            &id,
-            move || runner.run(transcript, input_rx, req.rows, req.cols),
-            move |message| crashed(&sessions, &live, &handle, message),
-        ),
+        (None, None, None, Some(transcript)) => {
+            let holders = sessions.deps().settings.holders.clone();
+            super::panics::spawn(
+                "run",
+                &id,
+                move || match holders {
+                    // The holder writes the transcript (its head is created already).
+                    Some(holders) => {
+                        drop(transcript);
+                        runner.run_held(&holders, input_rx, req.rows, req.cols)
+                    }
+                    None => runner.run(transcript, input_rx, req.rows, req.cols),
+                },
+                move |message| crashed(&sessions, &live, &handle, message),
+            )
+        }
         _ => {
             return Err(ApiError::internal(
                 "a run without its transcript or its conversation (a bug)",
@@ -439,8 +449,8 @@ fn create_transcript(
 /// After the runner panicked: end whatever of the run still lives and mark it failed (unless it
 /// already has an end).
 fn crashed(sessions: &Sessions, live: &Live, handle: &tokio::runtime::Handle, message: &str) {
-    if let Some(killer) = live.take_killer() {
-        killer.kill();
+    if let Some(control) = live.take_control() {
+        control.kill("kaged: the run's thread panicked");
     }
     let reason = format!("kaged: the run's thread panicked ({message}); see kaged's log");
     handle.block_on(sessions.transition(live, Event::Crashed { reason }, "kaged"));

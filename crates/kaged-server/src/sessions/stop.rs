@@ -20,13 +20,13 @@ pub(crate) async fn abort(sessions: &Sessions, live: &Arc<Live>, by: &str) {
         .await;
     // Not spawned yet: the kill lands on the queued or starting state, and the runner kills
     // whatever it spawns once it finds the state moved on.
-    let Some(killer) = live.killer() else {
+    let Some(control) = live.control() else {
         return;
     };
-    killer.signal_all(kaged_spawn::Signal::SIGHUP);
-    killer.signal_all(kaged_spawn::Signal::SIGTERM);
+    control.signal_all(kaged_spawn::Signal::SIGHUP);
+    control.signal_all(kaged_spawn::Signal::SIGTERM);
     if !wait_ended(live, KILL_GRACE).await {
-        killer.kill();
+        control.kill(by);
     }
 }
 

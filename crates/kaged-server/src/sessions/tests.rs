@@ -54,6 +54,8 @@ fn settings(dir: &Path) -> RunSettings {
         sessions_max_total_mb: 1024,
         sessions_max_age_days: 30,
         approval_timeout_secs: 0,
+        holders: None,
+        on_daemon_stop: kaged_config::OnDaemonStop::Keep,
     }
 }
 
@@ -412,7 +414,7 @@ fn retention_prunes_ended_transcripts_and_never_a_running_one() {
                 .await
                 .contains(&"session.transcript.pruned".to_string())
         );
-        sessions.stop_all().await;
+        sessions.stop_all(false).await;
         assert!(sessions.running().is_empty(), "stop_all ends every run");
     });
 }

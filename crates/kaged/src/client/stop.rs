@@ -10,7 +10,11 @@ use super::discovery::find_daemon;
 use super::transport::{Target, call};
 use crate::{Failure, runtime};
 
-pub async fn stop(mode_flag: Option<DeploymentMode>, timeout_secs: u64) -> Result<(), Failure> {
+pub async fn stop(
+    mode_flag: Option<DeploymentMode>,
+    kill_runs: bool,
+    timeout_secs: u64,
+) -> Result<(), Failure> {
     // Always the local daemon: stopping is the local operator's (KAGED_SERVER is not used).
     let (decision, daemon) = match find_daemon(mode_flag) {
         Err(Failure::NotRunning(_)) => {
@@ -24,7 +28,7 @@ pub async fn stop(mode_flag: Option<DeploymentMode>, timeout_secs: u64) -> Resul
         &Target::Local(daemon),
         reqwest::Method::POST,
         "/api/v1/daemon/stop",
-        None,
+        Some(serde_json::json!({ "kill_runs": kill_runs })),
     )
     .await?;
     eprintln!("kaged: stopping (pid {pid})…");

@@ -181,18 +181,26 @@ async fn serve(start: Start) -> Result<()> {
         record.audit.clone(),
         shutdown_rx.clone(),
     ));
-    // Before ready: a client that finds the daemon finds its projects too.
+    // Before ready: a client that finds the daemon finds its projects too, and the runs
+    // its holders kept while no daemon ran.
     kaged_server::restore_projects(&state).await;
+    let taken = kaged_server::reattach_runs(&state).await;
+    if taken > 0 {
+        tracing::info!(runs = taken, "took up the runs their holders kept");
+    }
     let server = start_serving(&state, listening.listeners, shutdown_rx, limits);
 
     tracing::info!(url = %base, pid = record.pid, "listening");
     announce_ready(&base, &nonce, launch_enabled)?;
 
-    let signal = tokio::select! {
-        signal = signals.wait() => signal,
-        _ = state.stop_requested.notified() => "kaged stop",
+    let (signal, kill_runs) = tokio::select! {
+        signal = signals.wait() => (signal, false),
+        _ = state.stop_requested.notified() => match state.kill_runs_requested() {
+            true => ("kaged stop --kill-runs", true),
+            false => ("kaged stop", false),
+        },
     };
-    stop::drain(signal, &state, &shutdown_tx, server).await;
+    stop::drain(signal, kill_runs, &state, &shutdown_tx, server).await;
     record.end(&store, signal).await?;
     store.close().await?;
     drop(files);
@@ -224,10 +232,27 @@ async fn open_storage(settings: &Settings, runtime_dir: &Path) -> Result<Store> 
 /// directories). Runs only with both locks held and before any run starts, so nothing swept
 /// belongs to a live daemon of this runtime and data directory.
 async fn sweep_leftovers(store: &Store, runtime_dir: &Path) {
+    // Runs whose holders still answer go on: their groups are theirs (taken up before ready).
+    let holders = kaged_server::holder_dir(runtime_dir);
+    let held: Vec<String> = tokio::task::spawn_blocking(move || {
+        kaged_holder::discover(&holders)
+            .into_iter()
+            .filter_map(|found| {
+                found
+                    .socket
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(str::to_string)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
     let runs: Vec<String> = match store.live_sessions().await {
         Ok(sessions) => sessions
             .iter()
             .map(|s| kaged_server::run_name(&s.id).to_string())
+            .filter(|name| !held.contains(name))
             .collect(),
         Err(e) => {
             // Their cgroups are kept (they may not be ours); the rest is still swept.

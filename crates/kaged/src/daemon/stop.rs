@@ -46,10 +46,11 @@ pub(super) fn notify_systemd(state: sd_notify::NotifyState<'_>) {
     }
 }
 
-/// After a stop signal: stop accepting, end the runs (their viewers are told), then let the
-/// connections drain for at most [`DRAIN_TIMEOUT`].
+/// After a stop signal: stop accepting, let go of the runs kept in holders and end the others
+/// (their viewers are told), then let the connections drain for at most [`DRAIN_TIMEOUT`].
 pub(super) async fn drain(
     signal: &str,
+    kill_runs: bool,
     state: &Arc<ServerState>,
     shutdown: &watch::Sender<bool>,
     mut server: JoinHandle<std::io::Result<()>>,
@@ -58,7 +59,7 @@ pub(super) async fn drain(
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = shutdown.send(true);
     // Runs end first (their viewers are told), then the connections drain.
-    kaged_server::stop_sessions(state).await;
+    kaged_server::stop_sessions(state, kill_runs).await;
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error during shutdown"),

@@ -41,6 +41,8 @@ tasks:
   big: {{ command: [seq, "1", "{BIG_LINES}"] }}
   yes: {{ command: [yes, "{marker}"] }}
   ticker: {{ command: [sh, -c, "i=0; while :; do i=$((i+1)); echo {marker} $i; done"] }}
+  steady: {{ command: [sh, -c, "i=0; while :; do i=$((i+1)); echo {marker} $i; sleep 0.1; done"] }}
+  brief: {{ command: [sh, -c, "echo {marker} brief; sleep 2; exit 7"] }}
 terminals:
   shell: [bash]
 "#
@@ -661,62 +663,190 @@ async fn kill_during_output_ends_every_process_and_keeps_the_transcript() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
 
-#[tokio::test]
-async fn a_daemon_killed_mid_run_leaves_a_failed_session_an_intact_transcript_and_no_process() {
-    let (env, d) = setup("crash").await;
-    let conn = Conn::of(&d);
-    let id = start(&d, "task", Some("ticker")).await;
-    let mut v = Viewer::open(&conn, &id, Some(0)).await;
-    let mut seen = v.read(0, |s| s.bytes.len() >= 256 * 1024).await;
-    assert!(!seen.finished, "the ticker stopped by itself");
-    assert!(!processes_with(&env.marker).is_empty());
+/// Lines (`\r\n`-ended) in what a viewer saw.
+fn lines_in(seen: &Seen) -> usize {
+    seen.bytes.windows(2).filter(|w| w == b"\r\n").count()
+}
 
-    d.signal("KILL");
-    // Whatever was already on its way still counts as received.
-    let after = v.read(seen.end(), |_| false).await;
-    seen.bytes.extend_from_slice(&after.bytes);
-    drop(v);
-    let (status, _) = d.stop_after_signal();
-    assert!(!status.success());
-
-    // The caged processes die with the daemon, before anything restarts.
-    wait_gone(&env.marker, "after the daemon was SIGKILLed").await;
-
-    let d = Daemon::start(&env.home()).failing_on_panics();
-    let v = wait_session(&d, &id, "being marked failed", ended).await;
-    let s = &v["session"];
-    assert_eq!(s["state"], "failed", "{v}");
-    assert!(
-        s["reason"].as_str().unwrap().contains("kaged stopped"),
-        "{v}"
-    );
-    let stored = transcript(&d, &id).await;
-    assert!(
-        stored.len() >= seen.bytes.len(),
-        "the transcript ({} bytes) is shorter than what a viewer received ({})",
-        stored.len(),
-        seen.bytes.len()
-    );
-    assert_same(
-        &stored[..seen.bytes.len()],
-        &seen.bytes,
-        "the transcript's start vs what the viewer received",
-    );
-    // And the transcript is the ticker's lines, in order, without a hole.
-    let text = String::from_utf8(stored).unwrap();
-    let whole = &text[..text.rfind("\r\n").unwrap() + 2];
+/// The output is `MARKER 1`, `MARKER 2`, ... each once, in order, up to its last whole line.
+fn numbered_in_order(bytes: &[u8], marker: &str) -> usize {
+    let text = String::from_utf8_lossy(bytes);
+    let whole = &text[..text.rfind("\r\n").map_or(0, |at| at + 2)];
+    let mut n = 0;
     for (i, line) in whole.split_terminator("\r\n").enumerate() {
-        assert_eq!(line, format!("{} {}", env.marker, i + 1), "line {}", i + 1);
+        assert_eq!(line, format!("{marker} {}", i + 1), "line {}", i + 1);
+        n = i + 1;
     }
-    // A viewer of the failed run gets the stored output and the state.
-    let mut late = Viewer::open(&Conn::of(&d), &id, Some(0)).await;
-    let replay = late.read(0, |_| false).await;
-    assert_same(
-        replay.bytes.as_slice(),
-        text.as_bytes(),
-        "a late viewer's replay",
+    n
+}
+
+const KEEP: [(&str, &str); 1] = [("KAGED_SESSIONS_ON_DAEMON_STOP", "keep")];
+
+/// A run outlives its daemon, stopped (SIGTERM) or killed (SIGKILL): it goes on in its
+/// holder, the next start takes it up before it is ready, and a viewer resuming from its last
+/// offset gets every line once, in order, with no gap, from the same processes; the stored
+/// transcript is the same bytes.
+#[tokio::test]
+async fn a_run_outlives_its_daemon_and_the_next_start_takes_it_up() {
+    for signal in ["TERM", "KILL"] {
+        let (env, d) = setup_with(&format!("outlive-{signal}"), &KEEP).await;
+        let d = d.failing_on_panics().keeping_runs();
+        let id = start(&d, "task", Some("steady")).await;
+        let mut v = Viewer::open(&Conn::of(&d), &id, Some(0)).await;
+        let mut seen = v.read(0, |s| lines_in(s) >= 5).await;
+        let mut pids = processes_with(&env.marker);
+        pids.sort_unstable();
+        assert!(!pids.is_empty(), "{signal}: the run's processes");
+
+        d.signal(signal);
+        // What was already on its way still counts as received.
+        let after = v.read(seen.end(), |_| false).await;
+        seen.bytes.extend_from_slice(&after.bytes);
+        drop(v);
+        let (status, log) = d.stop_after_signal();
+        if signal == "TERM" {
+            assert!(status.success(), "{status}: {log}");
+        }
+        // No daemon now: the run goes on, and so does its transcript.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut now = processes_with(&env.marker);
+        now.sort_unstable();
+        assert_eq!(now, pids, "{signal}: the same processes, still running");
+
+        let d =
+            Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], &KEEP).failing_on_panics();
+        let s = &get_session(&d, &id).await["session"];
+        assert_eq!(
+            s["state"], "running",
+            "{signal}: taken up before ready: {s}"
+        );
+        let mut v = Viewer::open(&Conn::of(&d), &id, Some(seen.end())).await;
+        let target = lines_in(&seen) + 10;
+        let more = v.read(seen.end(), |s| lines_in(s) >= 10).await;
+        seen.bytes.extend_from_slice(&more.bytes);
+        assert!(lines_in(&seen) >= target, "{signal}: the stream went on");
+        let lines = numbered_in_order(&seen.bytes, &env.marker);
+        assert!(lines >= target - 1, "{signal}: {lines} lines");
+        let mut now = processes_with(&env.marker);
+        now.sort_unstable();
+        assert_eq!(now, pids, "{signal}: still the same processes");
+
+        let (status, body) = d
+            .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let v = wait_session(&d, &id, "being killed", ended).await;
+        assert_eq!(v["session"]["state"], "killed", "{v}");
+        wait_gone(&env.marker, "after the kill").await;
+        let stored = transcript(&d, &id).await;
+        assert!(stored.len() >= seen.bytes.len(), "{signal}");
+        assert_same(
+            &stored[..seen.bytes.len()],
+            &seen.bytes,
+            "the transcript vs what the viewers received",
+        );
+        numbered_in_order(&stored, &env.marker);
+        let kinds: Vec<String> = d.api_get("/api/v1/audit?limit=200").await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["detail"]["session"] == id.as_str())
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            kinds.contains(&"session.reattached".to_string()),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds.contains(&"session.detached".to_string()),
+            signal == "TERM",
+            "{signal}: {kinds:?}"
+        );
+    }
+}
+
+/// A run that ends while no daemon runs is recorded at the next start with its real exit code
+/// and end time, and its transcript's extent.
+#[tokio::test]
+async fn a_run_that_ended_while_kaged_was_away_is_recorded_with_its_exit() {
+    let (env, d) = setup_with("away", &KEEP).await;
+    let d = d.failing_on_panics().keeping_runs();
+    let id = start(&d, "task", Some("brief")).await;
+    wait_session(&d, &id, "running", |s| s["state"] == "running").await;
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    wait_gone(&env.marker, "the brief task's end").await;
+    // Its holder leaves once the run ended (nobody is attached to take the end).
+    let socket_gone = Instant::now();
+    while std::fs::read_dir(env.home().join("run/holders"))
+        .map(|d| d.flatten().count() > 0)
+        .unwrap_or(false)
+    {
+        assert!(socket_gone.elapsed() < PATIENCE, "the holder stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restarted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let d = Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], &KEEP).failing_on_panics();
+    let v = wait_session(&d, &id, "its end recorded", ended).await;
+    let s = &v["session"];
+    assert_eq!(s["state"], "exited", "{v}");
+    assert_eq!(s["exit_code"], 7, "{v}");
+    assert!(s["ended_at_ms"].as_i64().unwrap() < restarted_at, "{v}");
+    let stored = transcript(&d, &id).await;
+    assert_eq!(
+        String::from_utf8_lossy(&stored),
+        format!("{} brief\r\n", env.marker)
     );
-    assert_eq!(replay.states().last().unwrap()["state"], "failed");
+    assert_eq!(s["output_bytes"].as_u64(), Some(stored.len() as u64), "{v}");
+}
+
+/// `on_daemon_stop = "kill"` ends the runs with the daemon as before holders; so does `kaged
+/// stop --kill-runs` under `keep`, while a plain `kaged stop` keeps them.
+#[tokio::test]
+async fn kill_on_stop_and_kaged_stop_kill_runs_end_the_runs() {
+    let (env, d) = setup("stopkill").await; // the harness's default: kill
+    let id = start(&d, "task", Some("steady")).await;
+    wait_session(&d, &id, "running", |s| s["state"] == "running").await;
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    wait_gone(&env.marker, "on_daemon_stop = kill").await;
+
+    let d = Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], &KEEP).keeping_runs();
+    let v = get_session(&d, &id).await;
+    assert_eq!(v["session"]["state"], "killed", "{v}");
+    let kept = start(&d, "task", Some("steady")).await;
+    wait_session(&d, &kept, "running", |s| s["state"] == "running").await;
+    let out = d.cli(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = d.stop_after_signal();
+    assert!(status.success());
+    assert!(
+        !processes_with(&env.marker).is_empty(),
+        "kaged stop keeps the run"
+    );
+
+    let d = Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], &KEEP);
+    assert_eq!(get_session(&d, &kept).await["session"]["state"], "running");
+    let out = d.cli(&["stop", "--kill-runs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_gone(&env.marker, "kaged stop --kill-runs").await;
+    let (status, _) = d.stop_after_signal();
+    assert!(status.success());
+    let d = Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], &KEEP);
+    let v = get_session(&d, &kept).await;
+    assert_eq!(v["session"]["state"], "killed", "{v}");
+    assert_eq!(v["session"]["reason"], "kaged: daemon stopping", "{v}");
 }
 
 #[tokio::test]

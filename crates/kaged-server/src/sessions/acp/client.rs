@@ -737,8 +737,8 @@ impl Shared {
                     "kaged",
                 )
                 .await;
-            if let Some(killer) = live.killer() {
-                killer.kill();
+            if let Some(control) = live.control() {
+                control.kill("kaged: the ACP agent broke the protocol");
             }
         }
     }

@@ -48,6 +48,8 @@ pub struct Daemon {
     /// Fail the test when the daemon's log shows a panic (checked when the daemon is dropped,
     /// stopped or not); see [`Daemon::failing_on_panics`].
     pub fail_on_panic: bool,
+    /// Whether dropping this daemon ends its held runs too (see [`Daemon::keeping_runs`]).
+    pub ends_runs_on_drop: bool,
 }
 
 impl Daemon {
@@ -59,6 +61,14 @@ impl Daemon {
     pub fn start_with(home: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Daemon {
         let home_str = home.to_str().unwrap().to_string();
         let mut env: Vec<(String, String)> = vec![("KAGED_HOME".into(), home_str)];
+        // Most tests want their runs ended with the daemon (as before run holders); the tests
+        // of runs that outlive it say `keep` themselves.
+        if !extra_env
+            .iter()
+            .any(|(k, _)| *k == "KAGED_SESSIONS_ON_DAEMON_STOP")
+        {
+            env.push(("KAGED_SESSIONS_ON_DAEMON_STOP".into(), "kill".into()));
+        }
         env.extend(
             extra_env
                 .iter()
@@ -104,6 +114,7 @@ impl Daemon {
             launch_url,
             stderr,
             fail_on_panic: false,
+            ends_runs_on_drop: true,
         }
     }
 
@@ -112,6 +123,13 @@ impl Daemon {
     /// for each to stderr, and kaged logs it as an error with the session id.
     pub fn failing_on_panics(mut self) -> Daemon {
         self.fail_on_panic = true;
+        self
+    }
+
+    /// Leave the runs it holds running when this daemon is stopped or dropped (a test of runs
+    /// that outlive their daemon; the next daemon on the same home ends them when dropped).
+    pub fn keeping_runs(mut self) -> Daemon {
+        self.ends_runs_on_drop = false;
         self
     }
 
@@ -204,10 +222,26 @@ impl Daemon {
     }
 }
 
+/// End every run held in `runtime`'s holders (a test's leftovers: runs outlive a killed
+/// daemon).
+pub fn kill_holders(runtime: &Path) {
+    let Ok(entries) = std::fs::read_dir(runtime.join("holders")) else {
+        return;
+    };
+    for socket in entries.flatten().map(|e| e.path()) {
+        if socket.extension().is_some_and(|x| x == "sock") {
+            let _ = kaged_holder::client::kill(&socket, "the test ended", Duration::from_secs(2));
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.ends_runs_on_drop {
+            kill_holders(&self.runtime);
+        }
         if self.fail_on_panic && !std::thread::panicking() {
             // Let the reader thread drain the pipe.
             std::thread::sleep(Duration::from_millis(100));

@@ -1,0 +1,631 @@
+//! Terminal runs (terminals, command agents, tasks) in run holders: `kaged run-holder`
+//! (crates/kaged-holder, docs/holder-protocol.md) owns the run's PTY, transcript, cgroups and
+//! limits, so the run outlives the daemon. The daemon starts the holder and follows it: its
+//! output into `Live` (viewers, screen), input and resizes to it, kills through it, and the
+//! end it reports recorded. A daemon that stops and keeps its runs lets go of them
+//! ([`HeldControl::detach`]); the next one takes them up again ([`Sessions::reattach`]) from
+//! the end of their transcript, or records how they ended while it was away.
+//!
+//! ```text
+//! thread kaged-run-ID (follow)
+//!  |-- thread kaged-in-ID ...... input queue --> Input / Resize frames --> holder
+//!  |-- thread kaged-scr-ID ..... screen follower (as for any run)
+//!  `-- pump: Output frames --> Live::append (the holder wrote the transcript first)
+//!            Limit --> Kill recorded; Exit --> extent, the end recorded, AckExit
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kaged_holder::Client;
+use kaged_session::holder::{HolderHello, HolderSpec, SignalName, StatusFile, ToClient};
+use kaged_session::state::{Event, State};
+use kaged_store::StateChange;
+use serde_json::json;
+
+use super::egress::EgressRun;
+use super::live::{LOG_CAPACITY, Live, RunControl, RunInfo};
+use super::runner::{Prepared, Runner};
+use super::{Input, Sessions, lock, run_name};
+use crate::audit::{AuditRecord, now_ms};
+
+/// How long a control connection (signal, kill) waits for its holder.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a daemon taking runs up again waits for each holder's Hello.
+const REATTACH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Why a run ends whose holder went away without saying how it ended.
+pub(crate) const HOLDER_LOST_REASON: &str =
+    "kaged: the run's holder ended without saying how the run ended (killed from outside?)";
+
+/// Where terminal runs are held: the `kaged` executable holders run, the directory of their
+/// sockets.
+#[derive(Debug, Clone)]
+pub struct HolderSettings {
+    pub exe: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// The holders' socket directory in the runtime directory.
+pub fn holder_dir(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("holders")
+}
+
+/// A held run's socket.
+fn socket_of(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{}.sock", run_name(id)))
+}
+
+/// Where a holder leaves how its run ended.
+fn status_path(sessions: &Sessions, id: &str) -> PathBuf {
+    sessions
+        .deps()
+        .settings
+        .transcripts
+        .join(format!("{id}.status"))
+}
+
+/// What reaches a held run: its holder's socket (a connection of its own per signal or
+/// kill, so never behind input), and the daemon's stream, once attached.
+pub(crate) struct HeldControl {
+    socket: PathBuf,
+    pub(crate) pid: u32,
+    /// The run's network goes through the daemon's egress proxy, which does not outlive the
+    /// daemon: such a run is ended when the daemon stops, whatever `on_daemon_stop` says.
+    pub(crate) proxied: bool,
+    detached: AtomicBool,
+    stream: Mutex<Option<kaged_holder::Sender>>,
+    /// The screen follower's "no more output" flag: set when the daemon lets go, so the
+    /// follower ends before the daemon's runtime does.
+    pump_done: Arc<AtomicBool>,
+}
+
+impl HeldControl {
+    fn new(socket: PathBuf, pid: u32, proxied: bool) -> HeldControl {
+        HeldControl {
+            socket,
+            pid,
+            proxied,
+            detached: AtomicBool::new(false),
+            stream: Mutex::new(None),
+            pump_done: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub(crate) fn signal_all(&self, signal: kaged_spawn::Signal) -> usize {
+        use kaged_spawn::Signal as S;
+        let sig = match signal {
+            S::SIGHUP => SignalName::HUP,
+            S::SIGTERM => SignalName::TERM,
+            S::SIGINT => SignalName::INT,
+            S::SIGCONT => SignalName::CONT,
+            other => {
+                tracing::warn!(signal = %other, "a run holder forwards HUP, TERM, INT and CONT only");
+                return 0;
+            }
+        };
+        kaged_holder::client::signal(&self.socket, sig, CONTROL_TIMEOUT)
+            .map_or_else(|e| self.unreached("signal", &e), |n| n as usize)
+    }
+
+    pub(crate) fn kill(&self, by: &str) -> usize {
+        kaged_holder::client::kill(&self.socket, by, CONTROL_TIMEOUT)
+            .map_or_else(|e| self.unreached("kill", &e), |n| n as usize)
+    }
+
+    fn unreached(&self, what: &str, e: &std::io::Error) -> usize {
+        tracing::warn!(socket = %self.socket.display(), error = %e, "cannot {what} a held run");
+        0
+    }
+
+    /// The daemon lets go of the run (it stops, keeping it): the holder stops streaming to
+    /// it, the screen follower ends, and the run's end is for the next daemon to record.
+    pub(crate) fn detach(&self, live: &Live) {
+        self.detached.store(true, Ordering::SeqCst);
+        if let Some(stream) = lock(&self.stream).as_ref() {
+            let _ = stream.detach();
+        }
+        self.pump_done.store(true, Ordering::SeqCst);
+        live.wake_end();
+    }
+
+    fn detached(&self) -> bool {
+        self.detached.load(Ordering::SeqCst)
+    }
+}
+
+/// How following a holder ended.
+enum Followed {
+    Exit(StatusFile),
+    Detached,
+    Lost(String),
+}
+
+impl Runner {
+    /// The whole life of a terminal run in a holder, on its own thread: the cage prepared as
+    /// for any run, then handed to `kaged run-holder`, which starts it.
+    pub(crate) fn run_held(
+        self,
+        holders: &HolderSettings,
+        input: std::sync::mpsc::Receiver<Input>,
+        rows: u16,
+        cols: u16,
+    ) {
+        let Some((egress, prepared)) = self.prepare() else {
+            return;
+        };
+        let id = self.live.id().to_string();
+        let socket = socket_of(&holders.dir, &id);
+        let Prepared {
+            spec: run,
+            cgroups,
+            limits,
+        } = prepared;
+        let settings = &self.sessions.deps().settings;
+        let wall_time_secs = self.wall_time(limits.as_ref());
+        let mut spec = HolderSpec {
+            v: 1,
+            id: id.clone(),
+            run_name: run_name(&id).to_string(),
+            kind: "pty".into(),
+            socket: socket.display().to_string(),
+            transcript_head: self.live.transcript().display().to_string(),
+            cap: super::retention::cap(settings),
+            status_path: status_path(&self.sessions, &id).display().to_string(),
+            argv: Vec::new(),
+            prefix: Vec::new(),
+            rlimits: Vec::new(),
+            cgroup_procs: Vec::new(),
+            cgroup_dirs: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            run_as: None,
+            cage_fd_count: 0,
+            rows,
+            cols,
+            deadline_ms: wall_time_secs.map(|s| now_ms().max(0) as u64 + s * 1000),
+            wall_time_secs,
+            watchdog_pids: limits.as_ref().and_then(|l| l.watchdog_pids),
+            kill_grace_ms: super::stop::KILL_GRACE.as_millis() as u64,
+            egress_dir: None,
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        kaged_holder::fill_from(&mut spec, &run);
+        // The holder removes the groups after the reap, as the runner would.
+        let groups = cgroups.release();
+        spec.cgroup_dirs = groups.iter().map(|d| d.display().to_string()).collect();
+        let launched = ensure_dir(&holders.dir).map_err(|e| {
+            format!(
+                "cannot create the run holders' directory {}: {e}",
+                holders.dir.display()
+            )
+        });
+        let launched = launched.and_then(|()| {
+            kaged_holder::launch(&holders.exe, &spec, run.cage.as_ref(), &[])
+                .map_err(|e| e.to_string())
+        });
+        let launched = match launched {
+            Ok(l) => l,
+            Err(reason) => {
+                drop(kaged_spawn::Cgroups::adopt(groups));
+                if let Some(egress) = egress {
+                    egress.stop(&self.handle);
+                }
+                return self.fail(reason);
+            }
+        };
+        reap(launched.child, &id);
+        let control = Arc::new(HeldControl::new(
+            socket.clone(),
+            launched.pid,
+            egress.is_some(),
+        ));
+        self.live
+            .set_control(Some(RunControl::Held(control.clone())));
+        if self
+            .transition(Event::Spawned { pid: launched.pid }, "kaged")
+            .is_none()
+        {
+            control.kill("kaged: killed while starting");
+        }
+        let client = Client::connect(&socket, None).map_err(|e| e.to_string());
+        follow(
+            &self.sessions,
+            &self.live,
+            &self.handle,
+            client,
+            &control,
+            input,
+            egress,
+        );
+    }
+
+    /// The run's wall-time limit: its cage's (as planned), or its task's timeout, the lower.
+    pub(super) fn wall_time(&self, limits: Option<&kaged_cage::LimitPlan>) -> Option<u64> {
+        match (
+            limits.and_then(|l| l.wall_time_secs),
+            self.decided.plan.timeout_secs,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The holders' directory, 0700.
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// The daemon's child, the holder, is reaped when it exits (a holder of an earlier daemon
+/// is reaped by init or the service manager).
+fn reap(mut child: std::process::Child, id: &str) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("kaged-hold-{}", id.get(..8).unwrap_or_default()))
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(session = %id, error = %e, "cannot watch the run's holder; it is reaped when kaged exits");
+    }
+}
+
+/// Follow a held run until it ends (recorded), the daemon lets go of it, or its holder is
+/// lost (its status file says how the run ended, else it failed).
+fn follow(
+    sessions: &Sessions,
+    live: &Arc<Live>,
+    handle: &tokio::runtime::Handle,
+    client: Result<Client, String>,
+    control: &Arc<HeldControl>,
+    input: std::sync::mpsc::Receiver<Input>,
+    egress: Option<EgressRun>,
+) {
+    let followed = match client {
+        Ok(mut client) => {
+            let sender = client.sender();
+            *lock(&control.stream) = Some(sender.clone());
+            match sender.attach(live.end()) {
+                Ok(()) => {
+                    forward_input(live, sender.clone(), control.clone(), input);
+                    let pump_done = control.pump_done.clone();
+                    let screen = super::runner::start_screen(live, handle, pump_done.clone());
+                    let followed = pump(sessions, live, handle, &mut client, control);
+                    pump_done.store(true, Ordering::SeqCst);
+                    live.wake_end();
+                    if let Some(screen) = screen {
+                        let _ = screen.join();
+                    }
+                    if matches!(followed, Followed::Exit(_)) {
+                        // After the end is stored (below) would be better, but the holder
+                        // waits for this only to exit; the status file stays until then.
+                        let _ = sender.ack_exit();
+                    }
+                    followed
+                }
+                Err(e) => Followed::Lost(format!("cannot attach to the holder: {e}")),
+            }
+        }
+        Err(e) => Followed::Lost(format!("cannot reach the holder: {e}")),
+    };
+    if let Some(egress) = egress {
+        egress.stop(handle);
+    }
+    let status_file = status_path(sessions, live.id());
+    match followed {
+        Followed::Detached => {}
+        Followed::Exit(status) => {
+            end_recorded(sessions, live, handle, &status);
+            let _ = std::fs::remove_file(&status_file);
+        }
+        Followed::Lost(why) => match kaged_holder::status::read(&status_file) {
+            Ok(Some(status)) => {
+                end_recorded(sessions, live, handle, &status);
+                let _ = std::fs::remove_file(&status_file);
+            }
+            _ => {
+                tracing::warn!(session = %live.id(), reason = %why, "lost the run's holder");
+                live.set_control(None);
+                handle.block_on(sessions.transition(
+                    live,
+                    Event::Crashed {
+                        reason: HOLDER_LOST_REASON.into(),
+                    },
+                    "kaged",
+                ));
+            }
+        },
+    }
+}
+
+/// Input and resizes from the queue to the holder, until the run ends or the daemon lets go.
+fn forward_input(
+    live: &Arc<Live>,
+    sender: kaged_holder::Sender,
+    control: Arc<HeldControl>,
+    input: std::sync::mpsc::Receiver<Input>,
+) {
+    let live = live.clone();
+    let _ = super::panics::spawn(
+        "in",
+        &live.id().to_string(),
+        move || {
+            for message in input {
+                if control.detached() {
+                    break;
+                }
+                let sent = match message {
+                    Input::Bytes(bytes) => sender.input(&bytes),
+                    Input::Resize(rows, cols) => {
+                        live.resized(rows, cols);
+                        sender.resize(rows, cols)
+                    }
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        },
+        |_| {},
+    );
+}
+
+/// Read the holder's frames until the run's end (or the connection's).
+fn pump(
+    sessions: &Sessions,
+    live: &Arc<Live>,
+    handle: &tokio::runtime::Handle,
+    client: &mut Client,
+    control: &HeldControl,
+) -> Followed {
+    loop {
+        let frame = match client.read_frame() {
+            Ok(f) => f,
+            Err(_) if control.detached() => return Followed::Detached,
+            Err(e) => return Followed::Lost(e.to_string()),
+        };
+        match frame {
+            ToClient::Output { offset, bytes } => {
+                let end = live.end();
+                // A range the transcript's cap dropped before the bytes reached us.
+                live.skip_to(offset);
+                let seen = usize::try_from(end.saturating_sub(offset)).unwrap_or(usize::MAX);
+                if seen < bytes.len() {
+                    live.append(&bytes[seen..]);
+                }
+                super::panics::inject("runner");
+            }
+            ToClient::Limit { by } => {
+                handle.block_on(sessions.transition(live, Event::Kill { actor: by.clone() }, &by));
+            }
+            ToClient::Exit(status) => return Followed::Exit(status),
+            ToClient::Error { code, message } => {
+                tracing::warn!(session = %live.id(), %code, %message, "the run's holder refused a frame");
+            }
+            ToClient::Eof { .. } | ToClient::Done { .. } | ToClient::Hello(_) => {}
+        }
+    }
+}
+
+/// The event a holder's status file ends its run with.
+fn end_event(status: &StatusFile) -> Event {
+    match &status.exit {
+        Some(exit) => match exit.signal {
+            Some(sig) => Event::exit_signal(sig),
+            None => Event::exit_code(exit.code),
+        },
+        None => Event::Crashed {
+            reason: status
+                .error
+                .clone()
+                .unwrap_or_else(|| HOLDER_LOST_REASON.into()),
+        },
+    }
+}
+
+/// Record the end a holder reported: the transcript's extent, then the end (a kill the
+/// holder made, a limit or a kill while the daemon was away, first, so it is `killed`).
+fn end_recorded(
+    sessions: &Sessions,
+    live: &Arc<Live>,
+    handle: &tokio::runtime::Handle,
+    status: &StatusFile,
+) {
+    if let Err(e) = handle.block_on(sessions.deps().store.set_transcript_extent(
+        live.id().to_string(),
+        status.output_bytes,
+        status.dropped,
+    )) {
+        tracing::error!(session = %live.id(), error = %e, "cannot record the transcript's extent");
+    }
+    live.set_control(None);
+    if let Some(by) = &status.killed_by
+        && matches!(live.state(), State::Running { .. })
+    {
+        handle.block_on(sessions.transition(live, Event::Kill { actor: by.clone() }, by));
+    }
+    handle.block_on(sessions.transition(live, end_event(status), "kaged"));
+}
+
+impl Sessions {
+    /// Take up the terminal runs an earlier daemon left to their holders (before "ready"):
+    /// each answering holder's run is held in memory again and followed from the end of its
+    /// transcript (viewers resume from their offset: no gap, no duplicate); a run that ended
+    /// meanwhile is recorded from its status file, with its real exit and end time. Runs with
+    /// neither are left to [`Sessions::recover`]. Returns how many were taken up.
+    pub async fn reattach(&self, holders: &HolderSettings) -> usize {
+        let rows = match self.deps().store.live_sessions().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list unfinished sessions to take them up again");
+                return 0;
+            }
+        };
+        let mut taken = 0;
+        for row in rows
+            .into_iter()
+            .filter(|r| r.created_at_ms < self.started_at_ms() && !r.conversation)
+        {
+            let socket = socket_of(&holders.dir, &row.id);
+            let answered = if socket.exists() {
+                let at = socket.clone();
+                tokio::task::spawn_blocking(move || Client::connect(&at, Some(REATTACH_TIMEOUT)))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r)
+            } else {
+                Err(std::io::ErrorKind::NotFound.into())
+            };
+            match answered {
+                Ok(client) => match client.hello().clone() {
+                    HolderHello::Accepted(info) if info.id == row.id => {
+                        let _ = client.set_read_timeout(None);
+                        self.take_up(row, client, socket, *info).await;
+                        taken += 1;
+                    }
+                    HolderHello::Accepted(info) => tracing::error!(
+                        session = %row.id, holder_says = %info.id,
+                        "the holder at this session's socket holds another run; left alone"
+                    ),
+                    HolderHello::Refused { refused, versions } => tracing::error!(
+                        session = %row.id, %refused, ?versions,
+                        "this session's holder speaks another protocol version; the run goes on, but this kaged cannot follow it (`kaged session kill` still ends it)"
+                    ),
+                },
+                Err(_) => self.ended_while_away(&row).await,
+            }
+        }
+        taken
+    }
+
+    /// Hold a run an earlier daemon started in memory again and follow it.
+    async fn take_up(
+        &self,
+        row: kaged_store::SessionRecord,
+        client: Client,
+        socket: PathBuf,
+        info: kaged_session::holder::HolderInfo,
+    ) {
+        let Some(kind) = kaged_cage::RunKind::parse(&row.kind) else {
+            return;
+        };
+        let (input_tx, input_rx) = std::sync::mpsc::sync_channel(super::start::INPUT_QUEUE);
+        let live = Arc::new(Live::with_state(
+            RunInfo {
+                id: row.id.clone(),
+                project: row.project.clone(),
+                kind,
+                name: row.name.clone(),
+                created_by: row.created_by.clone(),
+                transcript: self.transcript_path(&row.id),
+            },
+            State::Running { pid: info.pid },
+            (info.rows, info.cols),
+            Some(input_tx),
+            LOG_CAPACITY,
+        ));
+        live.skip_to(info.written);
+        let control = Arc::new(HeldControl::new(socket, info.pid, false));
+        live.set_control(Some(RunControl::Held(control.clone())));
+        self.insert(live.clone(), None);
+        self.deps()
+            .audit
+            .record(AuditRecord {
+                kind: "session.reattached",
+                success: true,
+                identity: Some(row.created_by.clone()),
+                source: None,
+                detail: json!({"session": row.id, "project": row.project, "pid": info.pid,
+                    "holder_pid": info.holder_pid, "holder": info.holder, "offset": info.written}),
+            })
+            .await;
+        tracing::info!(session = %row.id, pid = info.pid, offset = info.written, "took up a run its holder kept while kaged was away");
+        let (sessions, handle) = (self.clone(), tokio::runtime::Handle::current());
+        let followed = live.clone();
+        let spawned = super::panics::spawn(
+            "run",
+            &row.id,
+            move || {
+                follow(
+                    &sessions,
+                    &followed,
+                    &handle,
+                    Ok(client),
+                    &control,
+                    input_rx,
+                    None,
+                )
+            },
+            |_| {},
+        );
+        if let Err(e) = spawned {
+            tracing::error!(session = %row.id, error = %e, "cannot follow a run taken up again");
+        }
+        // A kill that was under way when the daemon went is finished now.
+        if row.state == "stopping" {
+            super::stop::abort(self, &live, row.reason.as_deref().unwrap_or("kaged")).await;
+        }
+    }
+
+    /// A run whose holder is gone: its status file (when it left one) says how it ended.
+    async fn ended_while_away(&self, row: &kaged_store::SessionRecord) {
+        let path = status_path(self, &row.id);
+        let Ok(Some(status)) = kaged_holder::status::read(&path) else {
+            return;
+        };
+        let (state, exit_code) = match (&status.killed_by, &status.exit) {
+            (Some(_), _) => ("killed", status.exit.as_ref().map(|e| e.code)),
+            (None, Some(exit)) => ("exited", Some(exit.code)),
+            (None, None) => ("failed", None),
+        };
+        let reason = status.killed_by.clone().or(status.error.clone());
+        let store = &self.deps().store;
+        if let Err(e) = store
+            .set_transcript_extent(row.id.clone(), status.output_bytes, status.dropped)
+            .await
+        {
+            tracing::error!(session = %row.id, error = %e, "cannot record the transcript's extent");
+        }
+        let change = StateChange {
+            session_id: row.id.clone(),
+            state: state.into(),
+            at_ms: i64::try_from(status.ended_at_ms).unwrap_or(i64::MAX),
+            actor: "kaged".into(),
+            detail: json!({"project": row.project, "kind": row.kind, "name": row.name,
+                "exit_code": exit_code, "signal": status.exit.as_ref().and_then(|e| e.signal),
+                "reason": reason, "recorded_after_restart": true}),
+            exit_code,
+            reason: reason.clone(),
+            ended: true,
+        };
+        let writer = store.clone();
+        if let Err(e) = self
+            .store_and_publish(async move { writer.change_state(change).await })
+            .await
+        {
+            tracing::error!(session = %row.id, error = %e, "cannot record how a run ended while kaged was away");
+            return;
+        }
+        self.deps()
+            .audit
+            .record(AuditRecord {
+                kind: "session.end",
+                success: state == "exited" && exit_code == Some(0),
+                identity: Some(row.created_by.clone()),
+                source: None,
+                detail: json!({"session": row.id, "project": row.project, "state": state,
+                    "exit_code": exit_code, "signal": status.exit.as_ref().and_then(|e| e.signal),
+                    "output_bytes": status.output_bytes, "reason": reason,
+                    "ended_at_ms": status.ended_at_ms, "recorded_after_restart": true}),
+            })
+            .await;
+        let _ = std::fs::remove_file(&path);
+        tracing::info!(session = %row.id, state, "recorded how a run ended while kaged was away");
+    }
+}
