@@ -39,6 +39,11 @@ const REATTACH_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const HOLDER_LOST_REASON: &str =
     "kaged: the run's holder ended without saying how the run ended (killed from outside?)";
 
+/// Why a run taken up again is ended when its network went through the earlier daemon's
+/// egress proxy (which ended with it; a run with `network: { allow: … }` does not outlive its
+/// daemon).
+const PROXY_LOST: &str = "kaged: the run's network allowlist proxy ended with the previous kaged (runs with `network: { allow: … }` do not outlive their daemon)";
+
 /// Where terminal runs are held: the `kaged` executable holders run, the directory of their
 /// sockets.
 #[derive(Debug, Clone)]
@@ -188,7 +193,10 @@ impl Runner {
             wall_time_secs,
             watchdog_pids: limits.as_ref().and_then(|l| l.watchdog_pids),
             kill_grace_ms: super::stop::KILL_GRACE.as_millis() as u64,
-            egress_dir: None,
+            egress_dir: egress
+                .as_ref()
+                .and_then(|e| e.proxy.socket().parent())
+                .map(|d| d.display().to_string()),
             daemon_version: env!("CARGO_PKG_VERSION").into(),
         };
         kaged_holder::fill_from(&mut spec, &run);
@@ -567,9 +575,12 @@ impl Sessions {
         if let Err(e) = spawned {
             tracing::error!(session = %row.id, error = %e, "cannot follow a run taken up again");
         }
-        // A kill that was under way when the daemon went is finished now.
+        // A kill that was under way when the daemon went is finished now; a run whose
+        // network went through the earlier daemon's egress proxy has none any more.
         if row.state == "stopping" {
             super::stop::abort(self, &live, row.reason.as_deref().unwrap_or("kaged")).await;
+        } else if info.egress_dir.is_some() {
+            super::stop::abort(self, &live, PROXY_LOST).await;
         }
     }
 

@@ -744,7 +744,22 @@ fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
     }
     d.signal("KILL");
     let _ = d.stop_after_signal();
-    // The cage dies with the daemon; its group and socket stay.
+    // The cage lives on in its holder; a crash that takes the holder too (an OOM kill of
+    // everything) leaves its group and the egress socket to the next start.
+    let held = home.join(format!("run/holders/{}.sock", &id[..16]));
+    let holder = kaged_holder::Client::connect(&held, Some(Duration::from_secs(5)))
+        .unwrap()
+        .info()
+        .unwrap()
+        .holder_pid;
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &holder.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
     let socket = socket().unwrap();
     assert!(group.exists() && socket.exists());
 

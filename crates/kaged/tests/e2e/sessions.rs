@@ -792,14 +792,15 @@ async fn a_run_that_ended_while_kaged_was_away_is_recorded_with_its_exit() {
     let d = Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], &KEEP).failing_on_panics();
     let v = wait_session(&d, &id, "its end recorded", ended).await;
     let s = &v["session"];
-    assert_eq!(s["state"], "exited", "{v}");
-    assert_eq!(s["exit_code"], 7, "{v}");
-    assert!(s["ended_at_ms"].as_i64().unwrap() < restarted_at, "{v}");
     let stored = transcript(&d, &id).await;
     assert_eq!(
         String::from_utf8_lossy(&stored),
-        format!("{} brief\r\n", env.marker)
+        format!("{} brief\r\n", env.marker),
+        "{v}"
     );
+    assert_eq!(s["state"], "exited", "{v}");
+    assert_eq!(s["exit_code"], 7, "{v}");
+    assert!(s["ended_at_ms"].as_i64().unwrap() < restarted_at, "{v}");
     assert_eq!(s["output_bytes"].as_u64(), Some(stored.len() as u64), "{v}");
 }
 
