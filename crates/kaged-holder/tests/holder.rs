@@ -378,3 +378,68 @@ fn a_peer_in_another_user_namespace_is_refused() {
     );
     drop(held);
 }
+
+#[test]
+fn an_input_flood_is_held_back_and_never_delays_a_kill() {
+    let mut held = start("exec sleep 300", |_| {});
+    let flooder = held.connect();
+    let sender = flooder.sender();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    // A program that never reads: the pending buffer fills, then the holder stops reading
+    // this connection, so the sender blocks.
+    let flood = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 256 * 1024];
+        for _ in 0..256 {
+            if sender.input(&chunk).is_err() {
+                return;
+            }
+            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let flooded = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        flooded < 16 << 20,
+        "{flooded} bytes of input taken by a program that reads none"
+    );
+    let asked = Instant::now();
+    let n = client::kill(held.socket(), "flood test", Duration::from_secs(5)).unwrap();
+    assert!(n >= 1);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let status = held.join();
+    assert_eq!(status.killed_by.as_deref(), Some("flood test"));
+    drop(flooder);
+    flood.join().unwrap();
+}
+
+#[test]
+fn the_pids_watchdog_kills_a_run_with_too_many_processes() {
+    let mut held = start(
+        "echo started; sleep 300 & sleep 300 & sleep 300 & sleep 300 & wait",
+        |spec| spec.watchdog_pids = Some(3),
+    );
+    let mut c = held.connect();
+    c.sender().attach(0).unwrap();
+    let mut limit = None;
+    let status = loop {
+        match c.read_frame().unwrap() {
+            ToClient::Limit { by } => limit = Some(by),
+            ToClient::Exit(s) => break s,
+            _ => {}
+        }
+    };
+    c.sender().ack_exit().unwrap();
+    let limit = limit.expect("a Limit frame");
+    assert!(
+        limit.starts_with("kaged: pids limit of 3 exceeded"),
+        "{limit}"
+    );
+    assert_eq!(status.killed_by.as_deref(), Some(limit.as_str()));
+    assert_eq!(status.exit.unwrap().signal, Some(9));
+    held.join();
+}

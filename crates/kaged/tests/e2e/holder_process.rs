@@ -147,3 +147,36 @@ fn an_idle_holder_costs_little_memory_and_no_cpu() {
     assert_eq!(status.killed_by.as_deref(), Some("e2e"));
     assert!(cpu <= 1, "an idle holder used {cpu} ticks in 2 s");
 }
+
+#[test]
+fn sigterm_to_a_holder_stops_its_run_and_records_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "trap '' HUP; echo ready; exec sleep 300");
+    let mut launched = kaged_holder::launch(&kaged_bin(), &spec, None, &[]).unwrap();
+    let mut c = Client::connect(Path::new(&spec.socket), Some(Duration::from_secs(20))).unwrap();
+    c.sender().attach(0).unwrap();
+    let mut text = Vec::new();
+    while !String::from_utf8_lossy(&text).contains("ready") {
+        if let ToClient::Output { bytes, .. } = c.read_frame().unwrap() {
+            text.extend(bytes);
+        }
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &launched.holder_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut limit = None;
+    let status = loop {
+        match c.read_frame().unwrap() {
+            ToClient::Limit { by } => limit = Some(by),
+            ToClient::Exit(status) => break status,
+            _ => {}
+        }
+    };
+    c.sender().ack_exit().unwrap();
+    let why = "kaged: run holder stopped (SIGTERM)";
+    assert_eq!(limit.as_deref(), Some(why));
+    assert_eq!(status.killed_by.as_deref(), Some(why));
+    assert!(launched.child.wait().unwrap().success());
+}
