@@ -260,7 +260,9 @@ fn a_client_offering_only_an_unknown_version_is_refused_with_ours_but_can_still_
 
 #[test]
 fn the_wall_time_deadline_stops_the_run_and_says_so() {
-    let mut held = start("sleep 300", |spec| {
+    // No shell in between: a shell may clear an inherited signal mask and hide one.
+    let mut held = start("", |spec| {
+        spec.argv = vec!["sleep".into(), "300".into()];
         spec.deadline_ms = Some(kaged_holder_now_ms() + 300);
         spec.wall_time_secs = Some(1);
     });
