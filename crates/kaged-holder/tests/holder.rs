@@ -2,7 +2,6 @@
 //! the real socket by the blocking client.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -83,12 +82,12 @@ fn start(script: &str, tweak: impl FnOnce(&mut HolderSpec)) -> Held {
         daemon_version: "test".into(),
     };
     tweak(&mut spec);
-    let (read, write) = std::io::pipe().unwrap();
-    let thread_spec = spec.clone();
-    let thread = std::thread::spawn(move || kaged_holder::serve(&thread_spec, None, write.into()));
-    let mut line = String::new();
-    std::io::BufReader::new(read).read_line(&mut line).unwrap();
-    assert!(line.contains("\"ok\":true"), "{line}");
+    let kaged_holder::Started::Thread { thread, pid } =
+        kaged_holder::Launcher::InThread.start(&spec, None).unwrap()
+    else {
+        panic!("not in a thread");
+    };
+    assert!(pid > 0);
     Held {
         _dir: dir,
         spec,
@@ -422,7 +421,9 @@ fn an_input_flood_is_held_back_and_never_delays_a_kill() {
 #[test]
 fn the_pids_watchdog_kills_a_run_with_too_many_processes() {
     let mut held = start(
-        "echo started; sleep 300 & sleep 300 & sleep 300 & sleep 300 & wait",
+        // The pause lets the client attach first: Limit goes to attached clients (the
+        // status file records it either way).
+        "sleep 0.5; sleep 300 & sleep 300 & sleep 300 & sleep 300 & wait",
         |spec| spec.watchdog_pids = Some(3),
     );
     let mut c = held.connect();
