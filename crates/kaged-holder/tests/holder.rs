@@ -446,3 +446,27 @@ fn the_pids_watchdog_kills_a_run_with_too_many_processes() {
     assert_eq!(status.exit.unwrap().signal, Some(9));
     held.join();
 }
+
+#[test]
+fn discovery_reports_live_holders_and_removes_dead_sockets() {
+    let held = start("sleep 300", |_| {});
+    let dir = held.socket().parent().unwrap().to_path_buf();
+    // A socket whose holder is gone: bound, then its listener closed.
+    let dead = dir.join("ffffffffffffffff.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    // Not a socket name: left alone.
+    let other = dir.join("notes.txt");
+    std::fs::write(&other, "x").unwrap();
+    let found = kaged_holder::discover(&dir);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].socket, held.socket());
+    let HolderHello::Accepted(info) = &found[0].hello else {
+        panic!("{:?}", found[0].hello);
+    };
+    assert_eq!(info.id, "s1");
+    assert_eq!(info.holder_pid, std::process::id());
+    assert!(!dead.exists(), "a dead socket was kept");
+    assert!(other.exists());
+    assert!(kaged_holder::discover(&dir.join("missing")).is_empty());
+    drop(held);
+}
