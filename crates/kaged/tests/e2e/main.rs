@@ -11,6 +11,7 @@
 
 mod common;
 
+mod acp_claude;
 mod acp_shim;
 mod agent_cli;
 mod agents;
