@@ -128,6 +128,10 @@ pub struct Agent {
     /// How kaged talks to a command agent (`None`: a PTY).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// An ACP agent's session mode, set after its session starts (`None`: the agent's mode
+    /// `default` when it offers one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     /// `None`: the default cage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cage: Option<AgentCage>,
@@ -505,26 +509,29 @@ mod tests {
                 Ty::Agent => return None,
             })
         }
-        let mut out = serde_json::Map::new();
-        for field in object.fields {
-            let excluded = object
+        let is_excluded = |name: &str| {
+            object
                 .exactly_one
                 .iter()
-                .position(|k| *k == field.name)
-                .is_some_and(|i| i != pick);
-            let is_excluded = |name: &str| {
-                object
-                    .exactly_one
-                    .iter()
-                    .position(|k| *k == name)
-                    .is_some_and(|i| i != pick)
-            };
-            // A field only another excluded one needs (`system_prompt` without `model`), or
-            // one that needs an excluded field (`max_steps` without `model`).
-            let needs_excluded = object.requires.iter().any(|(a, b)| {
-                (*b == field.name && is_excluded(a)) || (*a == field.name && is_excluded(b))
-            });
-            if excluded || needs_excluded {
+                .position(|k| *k == name)
+                .is_some_and(|i| i != pick)
+        };
+        // Whether `name` is left out: it is an excluded one of `exactly_one`, or needs (through
+        // a chain: `mode` needs `protocol` needs `command`) or is only needed by one.
+        fn left_out(
+            name: &str,
+            object: &crate::schema::Object,
+            is_excluded: &dyn Fn(&str) -> bool,
+        ) -> bool {
+            is_excluded(name)
+                || object.requires.iter().any(|(a, b)| {
+                    (*a == name && left_out(b, object, is_excluded))
+                        || (*b == name && is_excluded(a))
+                })
+        }
+        let mut out = serde_json::Map::new();
+        for field in object.fields {
+            if left_out(field.name, object, &is_excluded) {
                 continue;
             }
             if let Some(v) = value(field.ty, pick, depth) {

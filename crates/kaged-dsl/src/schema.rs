@@ -270,6 +270,12 @@ pub static AGENT: Object = Object {
             "command agent: pty (a terminal, the default) or acp (the Agent Client Protocol on stdio)",
         ),
         f(
+            "mode",
+            &Ty::Str(Text::Any(64)),
+            false,
+            "ACP agent: the session mode kaged selects (default: the agent's `default` mode when it offers one)",
+        ),
+        f(
             "cage",
             &Ty::LiteralOr(&["disabled"], &CAGE_TY),
             false,
@@ -302,6 +308,7 @@ pub static AGENT: Object = Object {
         ("max_steps", "model"),
         ("max_output_tokens", "model"),
         ("protocol", "command"),
+        ("mode", "protocol"),
     ],
 };
 

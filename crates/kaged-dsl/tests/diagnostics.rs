@@ -491,3 +491,22 @@ fn a_command_agent_may_speak_acp() {
         "{problems:?}"
     );
 }
+
+/// `mode:` names an ACP agent's session mode; it needs `protocol:`.
+#[test]
+fn an_acp_agent_may_name_its_session_mode() {
+    let acp = "version: 1\nproject: demo\nprimary:\n  command: [claude-agent-acp]\n  protocol: acp\n  mode: default\n";
+    assert!(brief(acp, None).is_empty(), "{:?}", brief(acp, None));
+    let project = kaged_dsl::load_project(acp, None)
+        .project()
+        .unwrap()
+        .unwrap();
+    assert_eq!(project.primary.mode.as_deref(), Some("default"));
+    let without = acp.replace("  protocol: acp\n", "");
+    let problems = brief(&without, None);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("`mode` needs `protocol`"),
+        "{problems:?}"
+    );
+}

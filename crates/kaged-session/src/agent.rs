@@ -108,8 +108,13 @@ pub enum AgentEvent {
     /// `priority`); a new plan replaces the last one.
     Plan { entries: serde_json::Value },
     /// An ACP agent's own session id (`loaded`: an earlier one it took up again), so a later
-    /// run can ask the agent to load it.
-    AcpSession { session_id: String, loaded: bool },
+    /// run can ask the agent to load it; `mode`: the session mode kaged selected, if any.
+    AcpSession {
+        session_id: String,
+        loaded: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
+    },
 }
 
 impl AgentEvent {

@@ -69,6 +69,7 @@ fn every_variant() -> Vec<AgentEvent> {
         AgentEvent::AcpSession {
             session_id: "sess-1".into(),
             loaded: false,
+            mode: Some("default".into()),
         },
     ]
 }

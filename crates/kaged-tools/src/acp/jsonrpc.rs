@@ -17,6 +17,8 @@ pub const SERVED_METHODS: [&str; 7] = [
 
 /// The method of the notification that tells the daemon about each served request.
 pub const SERVED_NOTICE: &str = "_kaged/served";
+/// The shim's notice to the daemon that the agent could not be started (`{"reason"}`).
+pub const CANNOT_START_NOTICE: &str = "_kaged/cannot_start";
 
 pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;

@@ -129,14 +129,24 @@ where
             "no agent command given: kaged acp-shim -- AGENT [ARGS…]",
         ));
     };
-    let mut agent = tokio::process::Command::new(program)
+    let spawned = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {program}: {e}")))?;
+        .spawn();
+    let mut agent = match spawned {
+        Ok(agent) => agent,
+        Err(e) => {
+            let reason = format!("cannot run {program}: {e}");
+            // The daemon gives this as the run's reason (not just "the output ended").
+            let notice = serde_json::json!({"jsonrpc": "2.0", "method": jsonrpc::CANNOT_START_NOTICE, "params": {"reason": reason}});
+            let mut output = output;
+            let _ = write_line(&mut output, notice.to_string().as_bytes()).await;
+            return Err(std::io::Error::new(e.kind(), reason));
+        }
+    };
     let agent_in: AgentInput = Arc::new(Mutex::new(agent.stdin.take()));
     let agent_out = agent.stdout.take();
     let upstream: Shared<W> = Arc::new(Mutex::new(output));

@@ -91,6 +91,19 @@ impl AcpEnv {
         assert!(status.is_success(), "{body}");
     }
 
+    /// The session once its run failed (within 60 s).
+    async fn failed(&self, session: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let s = session_json(&self.daemon, session).await;
+            if s["state"] == "failed" {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{s}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The records up to the end of the turn `n` (1-based).
     async fn turn(&self, session: &str, n: usize) -> Vec<Value> {
         wait_conversation(&self.daemon, session, |r| kind(r) == "turn_ended").await;
@@ -424,20 +437,45 @@ async fn a_misbehaving_agent_fails_its_run_with_the_reason() {
     }
 }
 
+/// An agent program missing from the cage fails the run with the shim's reason (not just
+/// "the output ended").
+#[tokio::test]
+async fn an_agent_missing_from_its_cage_is_named_in_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("proj");
+    std::fs::create_dir_all(root.join(".kaged")).unwrap();
+    std::fs::write(
+        root.join(".kaged/project.yaml"),
+        "version: 1\nproject: acp\nprimary:\n  command: [no-such-acp-agent, --acp]\n  protocol: acp\n",
+    )
+    .unwrap();
+    cage_writable(&root);
+    let daemon = start_daemon(&tmp.path().join("home"), &[]);
+    load_project_at(&daemon, &root).await;
+    let id = create_agent(&daemon, "acp", "primary", Some("Hello?")).await;
+    let session = wait_state(&daemon, &id, &["failed", "exited"]).await;
+    let (records, _) = conversation(&daemon, &id, 0).await;
+    let want = "could not be started in its cage: cannot run no-such-acp-agent";
+    assert!(
+        records
+            .iter()
+            .any(|r| kind(r) == "error" && r["event"]["message"].as_str().unwrap().contains(want)),
+        "{}\n{session}",
+        summarize(&records)
+    );
+    assert_eq!(session["state"], "failed", "{session}");
+    assert!(
+        session["reason"].as_str().unwrap().contains(want),
+        "{session}"
+    );
+}
+
 /// An agent that never answers `initialize` is given up after 30 s, saying so.
 #[tokio::test]
 async fn an_agent_silent_at_initialize_is_given_up() {
     let env = acp_env(json!({"initialize": "never"}), "").await;
     let id = env.start("Hello?").await;
-    let start = Instant::now();
-    let session = loop {
-        let s = session_json(&env.daemon, &id).await;
-        if s["state"] == "failed" {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{s}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let session = env.failed(&id).await;
     assert!(
         session["reason"]
             .as_str()
@@ -490,4 +528,35 @@ async fn after_a_restart_an_agent_takes_up_its_own_session_when_it_can() {
             "{all}"
         );
     }
+}
+
+/// An agent that offers session modes is switched to the project's `mode:`, else to its own
+/// `default` (an adapter that starts in a mode that never asks does ask); a mode it does not
+/// offer fails the run with the ones it does.
+#[tokio::test]
+async fn the_session_mode_is_the_projects_else_the_agents_default() {
+    let modes = json!({"current": "auto", "available": ["auto", "default", "plan"]});
+    for (extra, want) in [("", "default"), ("  mode: plan\n", "plan")] {
+        let script = json!({"modes": modes, "prompts": [[{"mode": true}]]});
+        let env = acp_env(script, extra).await;
+        let id = env.start("Which mode?").await;
+        let records = env.turn(&id, 1).await;
+        let all = summarize(&records);
+        assert_eq!(said(&records), format!("mode {want}"), "{all}");
+        let started: Vec<&Value> = records
+            .iter()
+            .filter(|r| kind(r) == "acp_session")
+            .collect();
+        assert_eq!(started.len(), 1, "{all}");
+        assert_eq!(started[0]["event"]["mode"], want, "{all}");
+    }
+    let script = json!({"modes": modes, "prompts": [[{"mode": true}]]});
+    let env = acp_env(script, "  mode: yolo\n").await;
+    let id = env.start("Which mode?").await;
+    let session = env.failed(&id).await;
+    let reason = session["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no session mode `yolo`") && reason.contains("auto, default, plan"),
+        "{session}"
+    );
 }

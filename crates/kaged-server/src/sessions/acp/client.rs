@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
-use super::translate::{Translator, tool_name};
+use super::translate::{Translator, mode_to_select, tool_name};
 use crate::audit::AuditRecord;
 use crate::sessions::Sessions;
 use crate::sessions::approval::Request;
@@ -47,6 +47,17 @@ async fn reason(stopped: &mut Stopped) -> String {
 
 /// Why a request has no answer when the run ended first (the reader then says why).
 const RUN_ENDED: &str = "the run ended";
+
+/// `why`, or when it is only that the run ended, the reader's reason (the shim could not
+/// start the agent, the agent exited, or it broke the protocol) once it has read to the end.
+async fn explained(why: String, stopped: &mut Stopped) -> String {
+    if why != RUN_ENDED {
+        return why;
+    }
+    tokio::time::timeout(Duration::from_secs(2), reason(stopped))
+        .await
+        .unwrap_or(why)
+}
 /// The protocol version kaged speaks.
 const PROTOCOL_VERSION: u64 = 1;
 
@@ -60,6 +71,8 @@ pub(crate) struct AcpClient {
     /// permission requests, by `acp.KIND`).
     pub name: String,
     pub tools: BTreeMap<String, Tool>,
+    /// The project's `mode:` for the agent's ACP session.
+    pub mode: Option<String>,
     pub control: Arc<Control>,
     /// The project as the agent sees it (the `cwd` of its ACP session).
     pub cwd: PathBuf,
@@ -165,6 +178,8 @@ struct Shared {
     /// While the agent replays an earlier session (`session/load`): its updates are history
     /// kaged recorded already, not recorded again.
     loading: std::sync::atomic::AtomicBool,
+    /// Why the in-cage shim could not start the agent, when it could not.
+    cannot_start: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -214,7 +229,12 @@ impl Shared {
                 }
             }
         }
-        "the agent's output ended (it exited)".into()
+        match crate::sessions::lock(&self.cannot_start).take() {
+            Some(why) => format!(
+                "the agent could not be started in its cage: {why} (is the program installed, and is its directory in the cage's view?)"
+            ),
+            None => "the agent's output ended (it exited)".into(),
+        }
     }
 
     async fn notification(&self, method: &str, params: &Value) {
@@ -224,7 +244,11 @@ impl Shared {
                 let events = crate::sessions::lock(&self.translator).update(&params["update"]);
                 self.record(events).await;
             }
-            "_kaged/served" => self.audit_served(params).await,
+            kaged_tools::acp::jsonrpc::SERVED_NOTICE => self.audit_served(params).await,
+            kaged_tools::acp::jsonrpc::CANNOT_START_NOTICE => {
+                *crate::sessions::lock(&self.cannot_start) =
+                    Some(params["reason"].as_str().unwrap_or("unknown").to_string());
+            }
             other => {
                 tracing::debug!(session = %self.client.id, method = other, "ACP notification ignored")
             }
@@ -397,6 +421,7 @@ impl AcpClient {
             translator: Default::default(),
             session: Default::default(),
             loading: Default::default(),
+            cannot_start: Default::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(read_lines(from, tx));
@@ -407,7 +432,8 @@ impl AcpClient {
             let _ = why_tx.send(Some(why));
         });
         if let Err(why) = shared.start(earlier, &mut stopped, &mut ended).await {
-            if !*ended.borrow() {
+            if !shared.killed() {
+                let why = explained(why, &mut stopped).await;
                 shared.fail(&why, None).await;
             }
             return;
@@ -512,7 +538,7 @@ impl Shared {
             let loaded = answer_of(load, "session/load", Some(START_TIMEOUT), stopped, ended).await;
             self.loading.store(false, Ordering::SeqCst);
             match loaded {
-                Ok(_) => return self.begin(&earlier, true).await,
+                Ok(answer) => return self.begin(&earlier, true, &answer, stopped, ended).await,
                 Err(why) if *ended.borrow() || stopped.borrow().is_some() => return Err(why),
                 Err(why) => {
                     self.record(vec![AgentEvent::Error {
@@ -534,14 +560,37 @@ impl Shared {
         let session = answer["sessionId"]
             .as_str()
             .ok_or("the agent's answer to `session/new` has no `sessionId`")?;
-        self.begin(session, false).await
+        self.begin(session, false, &answer, stopped, ended).await
     }
 
-    async fn begin(&self, session: &str, loaded: bool) -> Result<(), String> {
+    /// The agent's session starts: its mode selected (`session/set_mode` when it is in
+    /// another), then recorded.
+    async fn begin(
+        &self,
+        session: &str,
+        loaded: bool,
+        answer: &Value,
+        stopped: &mut Stopped,
+        ended: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mode = mode_to_select(self.client.mode.as_deref(), &answer["modes"])?;
+        if let Some((mode, true)) = &mode {
+            let set = self
+                .rpc
+                .call(
+                    "session/set_mode",
+                    json!({"sessionId": session, "modeId": mode}),
+                )
+                .await?;
+            answer_of(set, "session/set_mode", Some(START_TIMEOUT), stopped, ended)
+                .await
+                .map_err(|why| format!("cannot select the session mode `{mode}`: {why}"))?;
+        }
         *crate::sessions::lock(&self.session) = Some(session.to_string());
         self.record(vec![AgentEvent::AcpSession {
             session_id: session.to_string(),
             loaded,
+            mode: mode.map(|(m, _)| m),
         }])
         .await;
         Ok(())
@@ -610,15 +659,7 @@ impl Shared {
                         });
                         self.record(events).await;
                     } else {
-                        // The run ended under the turn: the reader says why (the agent
-                        // exited, or broke the protocol) once it has read to the end.
-                        let why = if why == RUN_ENDED {
-                            tokio::time::timeout(Duration::from_secs(2), reason(stopped))
-                                .await
-                                .unwrap_or(why)
-                        } else {
-                            why
-                        };
+                        let why = explained(why, stopped).await;
                         self.fail(&why, Some(EndReason::Error)).await;
                     }
                     return;

@@ -58,16 +58,14 @@ impl Runner {
                 Some(_) => d.root.join(&d.plan.cwd),
                 None => PathBuf::from(kaged_cage::WORKSPACE).join(&d.plan.cwd),
             };
+            let agent = d.model.agent(&setup.agent);
             let client = client::AcpClient {
                 sessions: runner.sessions.clone(),
                 id: runner.live.id().to_string(),
                 slug: d.project.clone(),
                 owner: runner.live.info().created_by.clone(),
-                tools: d
-                    .model
-                    .agent(&setup.agent)
-                    .and_then(|a| a.tools.clone())
-                    .unwrap_or_default(),
+                tools: agent.and_then(|a| a.tools.clone()).unwrap_or_default(),
+                mode: agent.and_then(|a| a.mode.clone()),
                 name: setup.agent,
                 control,
                 cwd,

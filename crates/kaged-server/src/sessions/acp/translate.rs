@@ -206,6 +206,41 @@ pub(crate) fn tool_name(kind: &str) -> String {
     format!("acp.{}", if kind.is_empty() { "other" } else { &kind })
 }
 
+/// The session mode kaged selects, from the `modes` of an agent's answer to `session/new` or
+/// `session/load` (`{currentModeId, availableModes: [{id, name}]}`): the project's `wanted`
+/// mode, else the agent's `default` when it offers one (Claude's adapter starts in `auto`,
+/// which never asks for permission). `Ok(None)`: the agent's mode stays as it is; the `bool`:
+/// whether the agent is in another mode now (kaged must switch it).
+pub(crate) fn mode_to_select(
+    wanted: Option<&str>,
+    modes: &Value,
+) -> Result<Option<(String, bool)>, String> {
+    let offered: Vec<&str> = modes["availableModes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    let current = modes["currentModeId"].as_str();
+    let pick = match wanted {
+        Some(w) if offered.contains(&w) => w,
+        Some(w) if offered.is_empty() => {
+            return Err(format!(
+                "the project asks for the session mode `{w}` (`mode:`), but the agent offers no session modes; remove `mode:`"
+            ));
+        }
+        Some(w) => {
+            return Err(format!(
+                "the agent offers no session mode `{w}` (`mode:` in the project file); it offers: {}",
+                offered.join(", ")
+            ));
+        }
+        None if offered.contains(&"default") => "default",
+        None => return Ok(None),
+    };
+    Ok(Some((pick.to_string(), current != Some(pick))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +334,42 @@ mod tests {
         assert_eq!(reason, EndReason::Error);
         assert!(
             matches!(&events[0], AgentEvent::Error { message, .. } if message.contains("(none)"))
+        );
+    }
+
+    #[test]
+    fn the_mode_is_the_projects_else_the_agents_default() {
+        let modes = json!({"currentModeId": "auto", "availableModes": [{"id": "auto"}, {"id": "default"}, {"id": "plan"}]});
+        assert_eq!(
+            mode_to_select(None, &modes),
+            Ok(Some(("default".into(), true)))
+        );
+        assert_eq!(
+            mode_to_select(Some("auto"), &modes),
+            Ok(Some(("auto".into(), false)))
+        );
+        assert_eq!(
+            mode_to_select(Some("plan"), &modes),
+            Ok(Some(("plan".into(), true)))
+        );
+        let unknown = mode_to_select(Some("yolo"), &modes).unwrap_err();
+        assert!(
+            unknown.contains("`yolo`") && unknown.contains("auto, default, plan"),
+            "{unknown}"
+        );
+        // An agent without modes: nothing to select, unless the project asks for one.
+        assert_eq!(mode_to_select(None, &Value::Null), Ok(None));
+        assert_eq!(
+            mode_to_select(
+                None,
+                &json!({"currentModeId": "ask", "availableModes": [{"id": "ask"}]})
+            ),
+            Ok(None)
+        );
+        assert!(
+            mode_to_select(Some("default"), &Value::Null)
+                .unwrap_err()
+                .contains("offers no session modes")
         );
     }
 }

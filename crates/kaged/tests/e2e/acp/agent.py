@@ -3,6 +3,7 @@ stdio. It reads its script (JSON) from the file named by its first argument:
 
   {"initialize": "ok" | "never" | "version2",
    "load": BOOL,                        # it can load sessions (session/load replays one)
+   "modes": {"current": ID, "available": [ID, ...]},  # session modes it offers
    "prompts": [[STEP, ...], ...]}       # the steps of the 1st, 2nd, ... session/prompt
 
 STEP is one of
@@ -27,6 +28,7 @@ STEP is one of
   {"exit": CODE}                        exit at once
   {"stop": REASON}                      end the prompt (default "end_turn"), with usage
   {"session": true}                     says "session ID new" or "session ID loaded"
+  {"mode": true}                        says "mode ID" (its current session mode)
 """
 import json
 import os
@@ -158,6 +160,8 @@ def run(steps):
             return step["stop"]
         elif "session" in step:
             say("session %s %s" % (state["session"], "loaded" if state.get("loaded") else "new"))
+        elif "mode" in step:
+            say("mode %s" % state.get("mode"))
     return None
 
 
@@ -180,7 +184,16 @@ while True:
         update({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "REPLAYED answer"}})
         send({"jsonrpc": "2.0", "id": message["id"], "result": {}})
     elif method == "session/new":
-        send({"jsonrpc": "2.0", "id": message["id"], "result": {"sessionId": state["session"]}})
+        result = {"sessionId": state["session"]}
+        modes = script.get("modes")
+        if modes:
+            state["mode"] = modes["current"]
+            result["modes"] = {"currentModeId": modes["current"],
+                               "availableModes": [{"id": m, "name": m} for m in modes["available"]]}
+        send({"jsonrpc": "2.0", "id": message["id"], "result": result})
+    elif method == "session/set_mode":
+        state["mode"] = message["params"]["modeId"]
+        send({"jsonrpc": "2.0", "id": message["id"], "result": {}})
     elif method == "session/prompt":
         steps = prompts.pop(0) if prompts else [{"say": "nothing scripted"}]
         state["cancelled"] = False
