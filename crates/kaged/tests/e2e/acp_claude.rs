@@ -34,10 +34,10 @@ struct ClaudeEnv {
 /// The file Claude is told to write, as the agent sees it (its cwd is the project in the cage).
 const FILE: &str = "/workspace/hello.txt";
 
-/// A daemon whose project `claude-acp` has Claude Code's ACP adapter as its primary agent, and
-/// the stream it may reach; `None` when the packages cannot be installed (registry unreachable,
-/// said loudly).
-async fn claude_env(tag: &str) -> Option<ClaudeEnv> {
+/// A daemon whose project `claude-acp` has Claude Code's ACP adapter as its primary agent
+/// (`extra`: more lines of `primary`), and the stream it may reach; `None` when the packages
+/// cannot be installed (registry unreachable, said loudly).
+async fn claude_env(tag: &str, extra: &str) -> Option<ClaudeEnv> {
     let cli = claude_code()?;
     let adapter = claude_agent_acp()?;
     let dir = scratch(&format!("acp-claude-{tag}"));
@@ -50,7 +50,7 @@ async fn claude_env(tag: &str) -> Option<ClaudeEnv> {
     std::fs::write(
         root.join(".kaged/project.yaml"),
         format!(
-            "version: 1\nproject: {SLUG}\nprimary:\n  command: [claude-agent-acp]\n  protocol: acp\n  cage:\n    network:\n      allow: [\"{}\"]\n",
+            "version: 1\nproject: {SLUG}\nprimary:\n  command: [claude-agent-acp]\n  protocol: acp\n  cage:\n    network:\n      allow: [\"{}\"]\n{extra}",
             stream.allow_entry()
         ),
     )
@@ -137,6 +137,12 @@ impl ClaudeEnv {
         );
         let (records, _) = conversation(&self.daemon, id, 0).await;
         let all = summarize(&records);
+        // Claude's adapter starts in `auto`, which never asks: kaged selected `default`.
+        let session = records
+            .iter()
+            .find(|r| kind(r) == "acp_session")
+            .unwrap_or_else(|| panic!("no ACP session: {all}"));
+        assert_eq!(session["event"]["mode"], "default", "{all}");
         assert!(
             records.iter().any(|r| kind(r) == "approval_requested"),
             "{all}"
@@ -199,9 +205,10 @@ impl ClaudeEnv {
 }
 
 /// Approved: the file Claude's `Write` names is in the project on the host, with the content.
+/// No `mode:` in the project file: kaged selects the agent's `default` mode by itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_codes_approved_write_lands_in_the_project() {
-    let Some(mut env) = claude_env("approve").await else {
+    let Some(mut env) = claude_env("approve", "").await else {
         return;
     };
     let id = create_agent(
@@ -231,10 +238,11 @@ async fn claude_codes_approved_write_lands_in_the_project() {
     env.through_the_proxy(&id, false).await;
 }
 
-/// Denied: Claude gets its reject option, the file is not written, and the model is told.
+/// Denied: Claude gets its reject option, the file is not written, and the model is told. The
+/// mode named in the project file.
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_codes_denied_write_is_not_written() {
-    let Some(mut env) = claude_env("deny").await else {
+    let Some(mut env) = claude_env("deny", "  mode: default\n").await else {
         return;
     };
     let id = create_agent(
