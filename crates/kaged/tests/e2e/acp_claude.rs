@@ -185,19 +185,13 @@ impl ClaudeEnv {
                 .all(|l| l.contains("POST /v1/messages") && l.contains("key=sk-ant-kaged-acp-test")),
             "{requests:#?}"
         );
-        let audit = self.daemon.api_get("/api/v1/audit?limit=1000").await;
         let port = self.stream.port;
-        let egress: Vec<&Value> = audit["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "cage.egress" && e["detail"]["session"] == id)
-            .collect();
+        let egress = egress_decisions(&self.daemon, id).await;
         assert!(
-            egress.iter().any(|e| e["detail"]["decision"] == "allowed"
-                && e["detail"]["method"] == "POST"
-                && e["detail"]["host"] == "127.0.0.1"
-                && e["detail"]["port"] == port),
+            egress.iter().any(|e| e["decision"] == "allowed"
+                && e["method"] == "POST"
+                && e["host"] == "127.0.0.1"
+                && e["port"] == port),
             "no allowed egress to the stream in the audit: {egress:#?}"
         );
         requests

@@ -14,6 +14,9 @@ pub const CLAUDE_CODE: &str = "@anthropic-ai/claude-code@2.1.332";
 /// Claude Code's ACP adapter (`claude-agent-acp`, a node script that starts the CLI).
 pub const CLAUDE_AGENT_ACP: &str = "@agentclientprotocol/claude-agent-acp@0.101.0";
 
+/// OpenCode (a wrapper package around a native binary; `opencode acp` speaks ACP).
+pub const OPENCODE: &str = "opencode-ai@1.18.33";
+
 /// Where the operator's "home" of these tests lives: not below /tmp (the cage's own: a grant
 /// there goes below the cage's home) and, wherever the checkout is (a 0700 home, /tmp), a place
 /// the cage's user can traverse: /var/tmp, else the target directory.
@@ -69,6 +72,11 @@ pub fn claude_code() -> Option<NpmInstall> {
 /// `CLAUDE_CODE_EXECUTABLE`).
 pub fn claude_agent_acp() -> Option<NpmInstall> {
     npm_install("claude-agent-acp", &[CLAUDE_AGENT_ACP], true)
+}
+
+/// OpenCode, pinned ([`OPENCODE`]); its native binary is `node_modules/.bin/opencode`.
+pub fn opencode() -> Option<NpmInstall> {
+    npm_install("opencode", &[OPENCODE], false)
 }
 
 /// `packages` (each `name@version`) installed in `base()/kaged-npm/NAME`, unless the last

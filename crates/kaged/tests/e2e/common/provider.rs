@@ -539,6 +539,19 @@ pub async fn wait_pending_within(
     }
 }
 
+/// The `cage.egress` decisions of `session` in the audit trail (`detail`: method, host, port,
+/// decision).
+pub async fn egress_decisions(d: &Daemon, session: &str) -> Vec<Value> {
+    let audit = d.api_get("/api/v1/audit?limit=1000").await;
+    audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "cage.egress" && e["detail"]["session"] == session)
+        .map(|e| e["detail"].clone())
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Records
 
