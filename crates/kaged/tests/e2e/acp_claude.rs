@@ -5,6 +5,8 @@
 //! file in the project; kaged turns Claude's permission request into a pending approval; once
 //! approved the file is on the host with its content (denied: it is not), the text and the tool
 //! call are recorded, the turn ends, and every model call went through kaged's egress proxy.
+//! The older adapter (`@zed-industries/claude-code-acp`, pinned) has the client write the
+//! file: kaged's in-cage shim does, audited.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::common::Daemon;
 use crate::common::anthropic::AnthropicStream;
-use crate::common::npm::{claude_agent_acp, claude_code, scratch};
+use crate::common::npm::{claude_agent_acp, claude_code, claude_code_acp_zed, scratch};
 use crate::common::provider::*;
 
 const SLUG: &str = "claude-acp";
@@ -34,23 +36,62 @@ struct ClaudeEnv {
 /// The file Claude is told to write, as the agent sees it (its cwd is the project in the cage).
 const FILE: &str = "/workspace/hello.txt";
 
-/// A daemon whose project `claude-acp` has Claude Code's ACP adapter as its primary agent
+/// Which of Claude Code's ACP adapters runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adapter {
+    /// `claude-agent-acp`: starts the pinned Claude Code CLI (`CLAUDE_CODE_EXECUTABLE`), whose
+    /// own `Write` tool writes the file.
+    Current,
+    /// `claude-code-acp` (the older `@zed-industries` one, with its own copy of the CLI): it
+    /// replaces the file tools with its own (`mcp__acp__Write`), which have the client write
+    /// (`fs/write_text_file`, kaged's in-cage shim).
+    Zed,
+}
+
+impl Adapter {
+    fn program(self) -> &'static str {
+        match self {
+            Adapter::Current => "claude-agent-acp",
+            Adapter::Zed => "claude-code-acp",
+        }
+    }
+
+    /// The name of the write tool the model is offered.
+    fn write_tool(self) -> &'static str {
+        match self {
+            Adapter::Current => "Write",
+            Adapter::Zed => "mcp__acp__Write",
+        }
+    }
+}
+
+/// A daemon whose project `claude-acp` has Claude Code's ACP `adapter` as its primary agent
 /// (`extra`: more lines of `primary`), and the stream it may reach; `None` when the packages
 /// cannot be installed (registry unreachable, said loudly).
-async fn claude_env(tag: &str, extra: &str) -> Option<ClaudeEnv> {
-    let cli = claude_code()?;
-    let adapter = claude_agent_acp()?;
+async fn claude_env(adapter: Adapter, tag: &str, extra: &str) -> Option<ClaudeEnv> {
+    // The CLI the current adapter starts, granted at its own path and named by the environment.
+    let (installed, cli) = match adapter {
+        Adapter::Current => {
+            let cli = claude_code()?
+                .modules()
+                .join("@anthropic-ai/claude-code/bin/claude.exe");
+            (claude_agent_acp()?, Some(cli))
+        }
+        Adapter::Zed => (claude_code_acp_zed()?, None),
+    };
     let dir = scratch(&format!("acp-claude-{tag}"));
     let reply = format!("kaged-acp-reply-{tag}-{}", std::process::id());
     let content = format!("written by Claude Code in its cage ({tag})\n");
-    let write = json!({"name": "Write", "input": {"file_path": FILE, "content": content}});
+    let write =
+        json!({"name": adapter.write_tool(), "input": {"file_path": FILE, "content": content}});
     let stream = AnthropicStream::start(dir.path(), &reply, Some(&write));
     let root = dir.path().join("project");
     std::fs::create_dir_all(root.join(".kaged")).unwrap();
     std::fs::write(
         root.join(".kaged/project.yaml"),
         format!(
-            "version: 1\nproject: {SLUG}\nprimary:\n  command: [claude-agent-acp]\n  protocol: acp\n  cage:\n    network:\n      allow: [\"{}\"]\n{extra}",
+            "version: 1\nproject: {SLUG}\nprimary:\n  command: [{}]\n  protocol: acp\n  cage:\n    network:\n      allow: [\"{}\"]\n{extra}",
+            adapter.program(),
             stream.allow_entry()
         ),
     )
@@ -58,39 +99,42 @@ async fn claude_env(tag: &str, extra: &str) -> Option<ClaudeEnv> {
     crate::common::cage_writable(&root);
     let config = dir.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
-    let executable = cli
-        .modules()
-        .join("@anthropic-ai/claude-code/bin/claude.exe");
+    let mut env = vec![
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+        "DISABLE_AUTOUPDATER",
+    ];
+    let mut paths = format!(
+        "  {{ host = \"{}\" }},\n  {{ host = \"{}\", on_path = true }},\n",
+        installed.modules().display(),
+        installed.bin_dir().display()
+    );
+    if let Some(cli) = &cli {
+        env.push("CLAUDE_CODE_EXECUTABLE");
+        paths.push_str(&format!(
+            "  {{ host = \"{}\" }},\n",
+            cli.parent().unwrap().display()
+        ));
+    }
     std::fs::write(
         config.join("local.toml"),
-        format!(
-            r#"[projects.{SLUG}]
-env = ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "CLAUDE_CODE_EXECUTABLE", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_AUTOUPDATER"]
-paths = [
-  {{ host = "{modules}" }},
-  {{ host = "{bin}", on_path = true }},
-  {{ host = "{cli}" }},
-]
-"#,
-            modules = adapter.modules().display(),
-            bin = adapter.bin_dir().display(),
-            cli = executable.parent().unwrap().display(),
-        ),
+        format!("[projects.{SLUG}]\nenv = {env:?}\npaths = [\n{paths}]\n"),
     )
     .unwrap();
     let base_url = stream.base_url();
-    let daemon = Daemon::start_with(
-        &dir.path().join("kaged"),
-        &["--bind", "127.0.0.1:0"],
-        &[
-            ("KAGED_CONFIG_DIR", config.to_str().unwrap()),
-            ("ANTHROPIC_BASE_URL", &base_url),
-            ("ANTHROPIC_API_KEY", "sk-ant-kaged-acp-test"),
-            ("CLAUDE_CODE_EXECUTABLE", executable.to_str().unwrap()),
-            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
-            ("DISABLE_AUTOUPDATER", "1"),
-        ],
-    );
+    let config_dir = config.to_str().unwrap().to_string();
+    let mut vars = vec![
+        ("KAGED_CONFIG_DIR", config_dir.as_str()),
+        ("ANTHROPIC_BASE_URL", &base_url),
+        ("ANTHROPIC_API_KEY", "sk-ant-kaged-acp-test"),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ("DISABLE_AUTOUPDATER", "1"),
+    ];
+    if let Some(cli) = &cli {
+        vars.push(("CLAUDE_CODE_EXECUTABLE", cli.to_str().unwrap()));
+    }
+    let daemon = Daemon::start_with(&dir.path().join("kaged"), &["--bind", "127.0.0.1:0"], &vars);
     load_project_at(&daemon, &root).await;
     Some(ClaudeEnv {
         daemon,
@@ -188,8 +232,9 @@ impl ClaudeEnv {
         let port = self.stream.port;
         let egress = egress_decisions(&self.daemon, id).await;
         assert!(
+            // The native CLI sends a plain POST to the proxy; node's CLI tunnels (CONNECT).
             egress.iter().any(|e| e["decision"] == "allowed"
-                && e["method"] == "POST"
+                && (e["method"] == "POST" || e["method"] == "CONNECT")
                 && e["host"] == "127.0.0.1"
                 && e["port"] == port),
             "no allowed egress to the stream in the audit: {egress:#?}"
@@ -202,7 +247,7 @@ impl ClaudeEnv {
 /// No `mode:` in the project file: kaged selects the agent's `default` mode by itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_codes_approved_write_lands_in_the_project() {
-    let Some(mut env) = claude_env("approve", "").await else {
+    let Some(mut env) = claude_env(Adapter::Current, "approve", "").await else {
         return;
     };
     let id = create_agent(
@@ -236,7 +281,7 @@ async fn claude_codes_approved_write_lands_in_the_project() {
 /// mode named in the project file.
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_codes_denied_write_is_not_written() {
-    let Some(mut env) = claude_env("deny", "  mode: default\n").await else {
+    let Some(mut env) = claude_env(Adapter::Current, "deny", "  mode: default\n").await else {
         return;
     };
     let id = create_agent(
@@ -253,4 +298,44 @@ async fn claude_codes_denied_write_is_not_written() {
     assert_eq!(turn_end_reasons(&records), ["end_turn"], "{all}");
     env.through_the_proxy(&id, true).await;
     assert!(!env.root.join("hello.txt").exists(), "{all}");
+}
+
+/// The older adapter has the client write: kaged's shim writes the file in the cage, audited.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_older_adapters_approved_write_is_served_by_kaged_in_the_cage() {
+    let Some(mut env) = claude_env(Adapter::Zed, "zed", "").await else {
+        return;
+    };
+    let id = create_agent(
+        &env.daemon,
+        SLUG,
+        "primary",
+        Some("Write hello.txt, please."),
+    )
+    .await;
+    let approval = env.pending_write(&id).await;
+    env.decide(&approval, "approve").await;
+    let records = env.turn_ended(&id).await;
+    let all = summarize(&records);
+    assert_eq!(turn_end_reasons(&records), ["end_turn"], "{all}");
+    assert!(streamed_text(&records).contains(&env.reply), "{all}");
+    assert_eq!(
+        std::fs::read_to_string(env.root.join("hello.txt")).unwrap_or_default(),
+        env.content,
+        "{all}"
+    );
+    let audit = env.daemon.api_get("/api/v1/audit?limit=1000").await;
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "acp.served"
+                && e["detail"]["session"] == id.as_str()
+                && e["detail"]["method"] == "fs/write_text_file"
+                && e["detail"]["path"] == FILE
+                && e["outcome"] == "success"),
+        "{audit}"
+    );
+    env.through_the_proxy(&id, false).await;
 }

@@ -14,6 +14,9 @@ pub const CLAUDE_CODE: &str = "@anthropic-ai/claude-code@2.1.332";
 /// Claude Code's ACP adapter (`claude-agent-acp`, a node script that starts the CLI).
 pub const CLAUDE_AGENT_ACP: &str = "@agentclientprotocol/claude-agent-acp@0.101.0";
 
+/// The older Claude Code ACP adapter (`claude-code-acp`, node, with its own copy of the CLI as
+/// JavaScript); it has the client read and write files (`fs/*`).
+pub const CLAUDE_CODE_ACP_ZED: &str = "@zed-industries/claude-code-acp@0.16.2";
 /// OpenCode (a wrapper package around a native binary; `opencode acp` speaks ACP).
 pub const OPENCODE: &str = "opencode-ai@1.18.33";
 
@@ -72,6 +75,12 @@ pub fn claude_code() -> Option<NpmInstall> {
 /// `CLAUDE_CODE_EXECUTABLE`).
 pub fn claude_agent_acp() -> Option<NpmInstall> {
     npm_install("claude-agent-acp", &[CLAUDE_AGENT_ACP], true)
+}
+
+/// The older adapter, pinned ([`CLAUDE_CODE_ACP_ZED`]), without its optional packages (image
+/// libraries).
+pub fn claude_code_acp_zed() -> Option<NpmInstall> {
+    npm_install("claude-code-acp-zed", &[CLAUDE_CODE_ACP_ZED], true)
 }
 
 /// OpenCode, pinned ([`OPENCODE`]); its native binary is `node_modules/.bin/opencode`.
