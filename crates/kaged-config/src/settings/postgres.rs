@@ -1,0 +1,432 @@
+//! `[storage] url = "postgres://…"`: the PostgreSQL URL read into a [`PostgresUrl`], and shown
+//! without its password.
+//!
+//! Accepted: `postgres://` or `postgresql://`, `USER[:PASSWORD]@HOST[:PORT]/DATABASE` (IPv6 in
+//! brackets), a Unix socket's directory as the host (`?host=/run/postgresql`, or the path
+//! percent-encoded in the host's place), and the query parameters `host`, `port` and
+//! `sslmode`. TLS is not in this build: `sslmode` may only be `disable`. Without TLS, a server
+//! is reached over a Unix socket or a loopback address; any other host needs an explicit
+//! `sslmode=disable` (the operator accepts an unencrypted connection on a network they trust).
+//! The password comes from the URL or from `KAGED_STORAGE_PASSWORD` (which wins, see
+//! [`STORAGE_PASSWORD_ENV`]); it is never shown, logged or serialized.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::types::ConfigSecret;
+use super::value::Problem;
+
+/// The variable that carries the PostgreSQL password. It wins over a password in the URL, so
+/// `config.toml` can name the database while the secret stays in the service's environment
+/// (or a systemd credential exported as this variable).
+pub const STORAGE_PASSWORD_ENV: &str = "KAGED_STORAGE_PASSWORD";
+
+/// The default PostgreSQL port.
+pub const DEFAULT_POSTGRES_PORT: u16 = 5432;
+
+/// Where the PostgreSQL server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostgresHost {
+    /// A host name or IP address, reached over TCP.
+    Tcp(String),
+    /// The directory of the server's Unix socket (`.s.PGSQL.PORT` inside it).
+    Socket(PathBuf),
+}
+
+/// A parsed `postgres://` storage URL. `Display` (what `kaged status` and the logs show) never
+/// includes the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresUrl {
+    pub user: String,
+    /// From the URL, or from [`STORAGE_PASSWORD_ENV`] (which wins); `None`: the server must
+    /// not ask for one (peer or trust authentication).
+    pub password: Option<ConfigSecret>,
+    pub host: PostgresHost,
+    pub port: u16,
+    pub database: String,
+}
+
+impl PostgresUrl {
+    /// Read a `postgres://` or `postgresql://` URL; the error says what is wrong and the fix.
+    pub fn parse(text: &str) -> Result<PostgresUrl, String> {
+        parse(text).map_err(|p| format!("{}; {}", p.problem, p.hint))
+    }
+
+    /// Whether the server is reached without leaving this host (a Unix socket or loopback).
+    pub fn is_local(&self) -> bool {
+        match &self.host {
+            PostgresHost::Socket(_) => true,
+            PostgresHost::Tcp(h) => is_loopback(h),
+        }
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let user = encode(&self.user);
+        let db = encode(&self.database);
+        match &self.host {
+            PostgresHost::Tcp(h) => {
+                let host = if h.contains(':') {
+                    format!("[{h}]")
+                } else {
+                    h.clone()
+                };
+                write!(f, "postgres://{user}@{host}:{}/{db}", self.port)?;
+                if !self.is_local() {
+                    f.write_str("?sslmode=disable")?;
+                }
+                Ok(())
+            }
+            PostgresHost::Socket(dir) => {
+                write!(f, "postgres://{user}@/{db}?host={}", dir.display())?;
+                if self.port != DEFAULT_POSTGRES_PORT {
+                    write!(f, "&port={}", self.port)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Serialize for PostgresUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+const FORM: &str =
+    "\"postgres://USER@HOST:5432/DATABASE\" or \"postgres://USER@/DATABASE?host=/run/postgresql\"";
+
+fn problem(problem: String, hint: &str) -> Problem {
+    Problem {
+        problem,
+        hint: hint.to_string(),
+    }
+}
+
+/// Percent-decode one URL part; `None` when an escape is broken or the result is not UTF-8.
+fn decode(part: &str) -> Option<String> {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = part.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Percent-encode what would change the meaning of a URL part.
+fn encode(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    for c in part.chars() {
+        if c.is_ascii_alphanumeric() || "-._~".contains(c) || !c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+fn decoded(part: &str, what: &str) -> Result<String, Problem> {
+    decode(part).ok_or_else(|| {
+        problem(
+            format!("the {what} in the PostgreSQL URL has a broken %-escape"),
+            "write a reserved character as %XX (e.g. @ as %40)",
+        )
+    })
+}
+
+/// Split `HOST[:PORT]` (IPv6 in brackets).
+fn host_port(text: &str) -> Result<(String, Option<&str>), Problem> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return Err(problem(
+                format!("{text:?} opens an IPv6 address without closing it"),
+                "write an IPv6 host in brackets: postgres://USER@[::1]:5432/DATABASE",
+            ));
+        };
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| {
+                problem(
+                    format!("{text:?} is not HOST:PORT"),
+                    "write an IPv6 host in brackets: postgres://USER@[::1]:5432/DATABASE",
+                )
+            })?),
+        };
+        return Ok((ip.to_string(), port));
+    }
+    match text.split_once(':') {
+        Some((h, p)) => Ok((decoded(h, "host")?, Some(p))),
+        None => Ok((decoded(text, "host")?, None)),
+    }
+}
+
+fn port(text: &str) -> Result<u16, Problem> {
+    text.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+        problem(
+            format!("{text:?} is not a port number"),
+            "use a number from 1 to 65535 (PostgreSQL's is 5432)",
+        )
+    })
+}
+
+/// `[storage] url` when it names PostgreSQL.
+pub(crate) fn parse(text: &str) -> Result<PostgresUrl, Problem> {
+    let Some(rest) = text
+        .strip_prefix("postgres://")
+        .or_else(|| text.strip_prefix("postgresql://"))
+    else {
+        return Err(problem(
+            format!("{text:?} is not a PostgreSQL URL"),
+            &format!("use {FORM}"),
+        ));
+    };
+    if rest.contains('#') {
+        return Err(problem(
+            "a PostgreSQL URL has no #fragment".into(),
+            &format!("use {FORM}"),
+        ));
+    }
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let Some((authority, db)) = main.split_once('/') else {
+        return Err(problem(
+            format!("{text:?} names no database"),
+            &format!("name it after the host: {FORM}"),
+        ));
+    };
+    let database = decoded(db, "database name")?;
+    if database.is_empty() || database.contains('/') {
+        return Err(problem(
+            format!("{db:?} is not a database name"),
+            &format!("name one database after the host: {FORM}"),
+        ));
+    }
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (u, h),
+        None => ("", authority),
+    };
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (decoded(u, "user")?, Some(decoded(p, "password")?)),
+        None => (decoded(userinfo, "user")?, None),
+    };
+    let (mut host, mut port_text) = host_port(hostport)?;
+    let mut sslmode = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = decoded(value, key)?;
+        match key {
+            "host" if !host.is_empty() => {
+                return Err(problem(
+                    format!("the PostgreSQL URL names two hosts ({host:?} and {value:?})"),
+                    "name it once: postgres://USER@/DATABASE?host=/run/postgresql, or postgres://USER@HOST:5432/DATABASE",
+                ));
+            }
+            "host" => host = value,
+            "port" => port_text = Some(pair.split_once('=').map_or("", |p| p.1)),
+            "sslmode" => sslmode = Some(value),
+            other => {
+                return Err(problem(
+                    format!("the PostgreSQL URL parameter {other:?} is not supported"),
+                    "kaged reads host, port and sslmode (=disable); drop the others",
+                ));
+            }
+        }
+    }
+    if user.is_empty() {
+        return Err(problem(
+            format!("{text:?} names no database user"),
+            &format!("name the role kaged connects as: {FORM}"),
+        ));
+    }
+    let port = port_text
+        .map(port)
+        .transpose()?
+        .unwrap_or(DEFAULT_POSTGRES_PORT);
+    let host = if host.starts_with('/') {
+        PostgresHost::Socket(PathBuf::from(host))
+    } else if host.is_empty() {
+        return Err(problem(
+            format!("{text:?} names no server"),
+            &format!("name a host, or a Unix socket's directory: {FORM}"),
+        ));
+    } else if host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-.:".contains(c))
+    {
+        PostgresHost::Tcp(host)
+    } else {
+        return Err(problem(
+            format!("{host:?} is not a host name, an IP address or an absolute socket directory"),
+            &format!("use {FORM}"),
+        ));
+    };
+    let url = PostgresUrl {
+        user,
+        password: password.filter(|p| !p.is_empty()).map(ConfigSecret::new),
+        host,
+        port,
+        database,
+    };
+    const LOCAL: &str = "reach the server over its Unix socket (postgres://USER@/DATABASE?host=/run/postgresql) \
+        or a loopback address (an SSH tunnel to it, say); or add ?sslmode=disable to accept an \
+        unencrypted connection on a network you trust";
+    match sslmode.as_deref() {
+        None if !url.is_local() => Err(problem(
+            format!(
+                "PostgreSQL at {} would be reached without TLS, which this kaged build does not support",
+                match &url.host {
+                    PostgresHost::Tcp(h) => h.as_str(),
+                    PostgresHost::Socket(_) => "a socket",
+                }
+            ),
+            LOCAL,
+        )),
+        None | Some("disable") => Ok(url),
+        Some(mode @ ("allow" | "prefer" | "require" | "verify-ca" | "verify-full")) => {
+            Err(problem(
+                format!("sslmode={mode}: TLS to PostgreSQL is not in this kaged build"),
+                LOCAL,
+            ))
+        }
+        Some(other) => Err(problem(
+            format!("sslmode={other:?} is not a PostgreSQL TLS mode"),
+            "use sslmode=disable (the only mode this kaged build supports)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> PostgresUrl {
+        match parse(text) {
+            Ok(u) => u,
+            Err(p) => panic!("{text}: {} ({})", p.problem, p.hint),
+        }
+    }
+
+    fn refused(text: &str) -> String {
+        match parse(text) {
+            Ok(u) => panic!("{text} parsed as {u:?}"),
+            Err(p) => format!("{}; {}", p.problem, p.hint),
+        }
+    }
+
+    #[test]
+    fn tcp_urls_read_user_password_host_port_and_database() {
+        let u = ok("postgres://kaged:s%40cret@127.0.0.1:6543/kaged_db");
+        assert_eq!(u.user, "kaged");
+        assert_eq!(u.password.as_ref().map(|p| p.expose()), Some("s@cret"));
+        assert_eq!(u.host, PostgresHost::Tcp("127.0.0.1".into()));
+        assert_eq!((u.port, u.database.as_str()), (6543, "kaged_db"));
+        let u = ok("postgresql://kaged@localhost/kaged");
+        assert_eq!((u.port, u.password.is_none()), (5432, true));
+        let u = ok("postgres://kaged@[::1]:5433/k");
+        assert_eq!(
+            (u.host.clone(), u.port),
+            (PostgresHost::Tcp("::1".into()), 5433)
+        );
+        assert_eq!(u.to_string(), "postgres://kaged@[::1]:5433/k");
+    }
+
+    #[test]
+    fn unix_socket_forms_name_the_directory() {
+        let u = ok("postgres://kaged@/kaged?host=/run/postgresql");
+        assert_eq!(u.host, PostgresHost::Socket("/run/postgresql".into()));
+        assert_eq!(
+            u.to_string(),
+            "postgres://kaged@/kaged?host=/run/postgresql"
+        );
+        let u = ok("postgresql://kaged@%2Ftmp%2Fpg:5499/kaged");
+        assert_eq!(u.host, PostgresHost::Socket("/tmp/pg".into()));
+        assert_eq!(
+            u.to_string(),
+            "postgres://kaged@/kaged?host=/tmp/pg&port=5499"
+        );
+        assert_eq!(ok(&u.to_string()), u, "what is shown reads back");
+        let u = ok("postgres://kaged@/kaged?host=/tmp/pg&port=5499&sslmode=disable");
+        assert_eq!(u.port, 5499);
+    }
+
+    #[test]
+    fn the_password_is_never_shown() {
+        let u = ok("postgres://kaged:hunter2@db.internal:5432/kaged?sslmode=disable");
+        let shown = format!(
+            "{u} {u:?} {}",
+            serde_json::to_string(&u).unwrap_or_default()
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(
+            u.to_string(),
+            "postgres://kaged@db.internal:5432/kaged?sslmode=disable"
+        );
+        assert_eq!(ok(&u.to_string()).password, None);
+    }
+
+    #[test]
+    fn tls_modes_and_unencrypted_remote_hosts_are_refused_with_the_fix() {
+        for mode in ["prefer", "require", "verify-full"] {
+            let why = refused(&format!("postgres://k@127.0.0.1/k?sslmode={mode}"));
+            assert!(
+                why.contains("TLS to PostgreSQL is not in this kaged build"),
+                "{why}"
+            );
+            assert!(why.contains("?host=/run/postgresql"), "{why}");
+        }
+        let why = refused("postgres://k@db.example.com/k");
+        assert!(why.contains("without TLS"), "{why}");
+        assert!(why.contains("sslmode=disable"), "{why}");
+        assert!(
+            refused("postgres://k@127.0.0.1/k?sslmode=bogus").contains("not a PostgreSQL TLS mode")
+        );
+    }
+
+    #[test]
+    fn incomplete_or_strange_urls_say_what_is_missing() {
+        for (text, needle) in [
+            ("postgres://127.0.0.1/k", "no database user"),
+            ("postgres://k@127.0.0.1", "names no database"),
+            ("postgres://k@127.0.0.1/", "not a database name"),
+            ("postgres://k@/k", "names no server"),
+            ("postgres://k@127.0.0.1:0/k", "not a port number"),
+            ("postgres://k@127.0.0.1:x/k", "not a port number"),
+            (
+                "postgres://k@127.0.0.1/k?connect_timeout=3",
+                "not supported",
+            ),
+            ("postgres://k@h/k?host=/run/postgresql", "two hosts"),
+            ("postgres://k@[::1/k", "IPv6"),
+            ("postgres://k%zz@127.0.0.1/k", "%-escape"),
+            ("postgres://k@bad_host!/k", "not a host name"),
+        ] {
+            let why = refused(text);
+            assert!(why.contains(needle), "{text}: {why}");
+        }
+    }
+}
