@@ -9,7 +9,8 @@ use crate::{
 /// What a database does for kaged. Methods block; [`crate::Store`] runs them off the async
 /// runtime, one call per blocking task, from any thread (hence `Send + Sync`).
 ///
-/// Guarantees every implementation keeps (SQLite today, PostgreSQL next):
+/// Guarantees every implementation keeps (SQLite and PostgreSQL; `tests/conformance.rs` checks
+/// both against the same tests):
 ///
 /// - **Opening.** The constructor creates a missing database with owner-only access, applies
 ///   the migrations the database lacks in order (each one and its version bump together, or
@@ -159,4 +160,24 @@ pub trait Backend: Send + Sync + 'static {
     /// A real write that changes nothing, proving the database takes writes again (storage
     /// recovery). It must fail while writes fail, and never adds or changes a row.
     fn probe_write(&self) -> Result<()>;
+    /// Claim the database for this daemon for as long as this backend lives, so that two
+    /// daemons never share one database by accident. Claiming again from the same backend is a
+    /// no-op; a claim while another backend (another daemon, or another backend in this
+    /// process) holds it fails with [`crate::StoreError::InUse`] naming the holder
+    /// (`kaged pid N on HOST`). PostgreSQL: a session-level advisory lock held by a connection
+    /// of its own (retaken by [`Backend::ping`] if that connection was lost). SQLite: an
+    /// exclusive `flock` on `PATH.lock` beside the file (SQLite's own locks are per
+    /// transaction, not per daemon), which holds the holder's name.
+    fn lock_for_daemon(&self) -> Result<()>;
+}
+
+/// Who claims a database (see [`Backend::lock_for_daemon`]), also PostgreSQL's
+/// `application_name` for every connection: `kaged pid N on HOST`.
+pub fn this_daemon() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "an unnamed host".into());
+    format!("kaged pid {} on {host}", std::process::id())
 }

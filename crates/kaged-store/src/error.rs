@@ -10,15 +10,37 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("database {place}: {source}")]
+    Postgres {
+        /// The URL without its password.
+        place: String,
+        #[source]
+        source: postgres::Error,
+    },
     #[error(
-        "database {path} has schema version {found}, written by a newer kaged (this kaged knows up to {supported}); \
-         upgrade kaged, or point [storage] url at another file"
+        "database {place} has schema version {found}, written by a newer kaged (this kaged knows up to {supported}); \
+         upgrade kaged, or point [storage] url at another database"
     )]
     NewerSchema {
-        path: PathBuf,
+        /// The file, or the URL without its password.
+        place: String,
         found: u32,
         supported: u32,
     },
+    /// Every pooled connection stayed busy (or the database did not answer) for too long.
+    #[error("database {place}: no connection became free within {waited_secs} s")]
+    Busy { place: String, waited_secs: u64 },
+    /// Another kaged holds the database (see [`crate::Backend::lock_for_daemon`]).
+    #[error(
+        "database {place} is in use by another kaged ({holder}); stop that daemon first, or point [storage] url at another database"
+    )]
+    InUse { place: String, holder: String },
+    /// A PostgreSQL database that holds tables but no kaged schema. kaged does not touch it.
+    #[error(
+        "database {place} holds tables that are not kaged's ({tables}); kaged left it untouched. \
+         Give kaged a database of its own (createdb -O ROLE kaged) and point [storage] url at it"
+    )]
+    NotKaged { place: String, tables: String },
     #[error("cannot prepare {path}: {source}")]
     Io {
         path: PathBuf,

@@ -54,6 +54,7 @@ impl SqliteBackend {
         let backend = SqliteBackend {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            lock: Default::default(),
         };
         backend.migrate(LATEST_SCHEMA)?;
         Ok(backend)
@@ -87,6 +88,7 @@ impl SqliteBackend {
         let backend = SqliteBackend {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            lock: Default::default(),
         };
         backend.migrate(version)?;
         Ok(backend)
@@ -105,7 +107,7 @@ pub(super) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
 
 fn newer_schema(path: &Path, found: u32) -> StoreError {
     StoreError::NewerSchema {
-        path: path.to_path_buf(),
+        place: path.display().to_string(),
         found,
         supported: LATEST_SCHEMA,
     }

@@ -1,0 +1,157 @@
+//! Cases of the daemon's claim on its database, of ids under concurrent writers, and (for
+//! PostgreSQL) of connections lost or refused and databases that are not kaged's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kaged_store::{Backend, PostgresBackend, StoreError, Trouble};
+
+use crate::fixtures::{audit, change, session};
+use crate::harness::{Db, pg_client};
+
+pub fn a_second_daemon_is_refused_with_who_holds_the_database(db: &Db) {
+    let first = db.open();
+    first.lock_for_daemon().unwrap();
+    first.lock_for_daemon().unwrap();
+    let second = db.open();
+    let err = second.lock_for_daemon().unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+    assert!(err.trouble().is_none());
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("kaged pid {} on ", std::process::id())),
+        "names the holder: {msg}"
+    );
+    assert!(msg.contains("stop that daemon first"), "{msg}");
+    // The refused one still reads and writes (the daemon decides to stop).
+    second.append_audit(&audit("a")).unwrap();
+    first.ping().unwrap();
+    drop(first);
+    // Released with its holder (PostgreSQL: once the server saw the connection close).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match second.lock_for_daemon() {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert!(matches!(e, StoreError::InUse { .. }), "{e:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("never released: {e}"),
+        }
+    }
+}
+
+/// Transition ids are the event stream's cursor: a reader that follows them while several
+/// writers store changes must never skip one (an id committed after a higher one was read).
+pub fn transition_ids_are_committed_in_order_under_concurrent_writers(db: &Db) {
+    let b: Arc<dyn Backend> = Arc::from(db.open());
+    let writers = 4;
+    let per_writer = 40;
+    for w in 0..writers {
+        session(b.as_ref(), &format!("w{w}"));
+    }
+    let done = AtomicBool::new(false);
+    let seen = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut cursor = 0;
+            let mut seen = Vec::new();
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let page = b.transitions_after(cursor, None, 1000).unwrap();
+                if let Some(last) = page.last() {
+                    cursor = last.id;
+                }
+                seen.extend(page.into_iter().map(|t| t.id));
+                if finished {
+                    return seen;
+                }
+            }
+        });
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let b = Arc::clone(&b);
+                s.spawn(move || {
+                    for i in 0..per_writer {
+                        b.change_state(&change(&format!("w{w}"), "running", i, false))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        reader.join().unwrap()
+    });
+    let all: Vec<i64> = b
+        .transitions_after(0, None, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(all.len(), writers * (per_writer as usize + 1));
+    let first_change = all[writers];
+    let seen: Vec<i64> = seen.into_iter().filter(|id| *id >= first_change).collect();
+    assert_eq!(seen, all[writers..], "the follower skipped a transition");
+}
+
+pub fn a_lost_connection_is_storage_trouble_and_the_next_call_reconnects(db: &Db) {
+    let b = db.open();
+    b.lock_for_daemon().unwrap();
+    b.append_audit(&audit("before")).unwrap();
+    assert!(db.kill_connections() >= 2, "the pool's and the lock's");
+    let err = b.recent_audit(1).unwrap_err();
+    assert_eq!(err.trouble(), Some(Trouble::Failing), "{err:?}");
+    assert!(err.to_string().contains(&b.describe()), "{err}");
+    // The broken connection was dropped: the next call opens another.
+    assert_eq!(b.recent_audit(1).unwrap()[0].event.kind, "before");
+    b.append_audit(&audit("after")).unwrap();
+    // The readiness ping notices the lock's connection is gone and takes the lock again.
+    b.ping().unwrap();
+    let other = db.open();
+    assert!(matches!(
+        other.lock_for_daemon().unwrap_err(),
+        StoreError::InUse { .. }
+    ));
+}
+
+pub fn a_server_that_refuses_connections_is_storage_trouble(db: &Db) {
+    let Db::Postgres { url, .. } = db else {
+        panic!("PostgreSQL only")
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut nowhere = url.clone();
+    nowhere.host = kaged_config::PostgresHost::Tcp("127.0.0.1".into());
+    nowhere.port = closed.local_addr().unwrap().port();
+    nowhere.password = Some(kaged_config::ConfigSecret::new("sw0rdfish".into()));
+    drop(closed);
+    let started = Instant::now();
+    let err = PostgresBackend::open(&nowhere).err().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(err.trouble(), Some(Trouble::Failing), "{err:?}");
+    let msg = format!("{err} {err:?}");
+    assert!(msg.contains(&nowhere.to_string()), "{msg}");
+    assert!(!msg.contains("sw0rdfish"), "{msg}");
+}
+
+pub fn a_database_with_tables_of_another_application_is_refused_untouched(db: &Db) {
+    db.exec("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('keep me')")
+        .unwrap();
+    let err = db.try_open().err().unwrap();
+    assert!(matches!(err, StoreError::NotKaged { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("notes") && msg.contains("createdb"), "{msg}");
+    let Db::Postgres { url, .. } = db else {
+        panic!("PostgreSQL only")
+    };
+    let mut c = pg_client(url);
+    let kaged: bool = c
+        .query_one("SELECT to_regclass('schema_migrations') IS NULL", &[])
+        .unwrap()
+        .get(0);
+    assert!(kaged, "nothing of kaged's was created");
+    let body: String = c.query_one("SELECT body FROM notes", &[]).unwrap().get(0);
+    assert_eq!(body, "keep me");
+}
