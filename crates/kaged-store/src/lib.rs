@@ -63,6 +63,23 @@ impl Store {
         Ok(Store::with_backend(backend))
     }
 
+    /// [`Store::open`] for the daemon: the database is claimed for this daemon's life before
+    /// anything in it is read or changed (see [`Backend::lock_for_daemon`]), so a second
+    /// daemon on the same database is refused with [`StoreError::InUse`] naming the first,
+    /// before its migrations could touch it.
+    pub fn open_for_daemon(url: &kaged_config::StorageUrl) -> Result<Store> {
+        let backend: Arc<dyn Backend> = match url {
+            kaged_config::StorageUrl::Sqlite(path) => {
+                Arc::new(SqliteBackend::open_for_daemon(path)?)
+            }
+            kaged_config::StorageUrl::Postgres(pg) => Arc::new(
+                std::thread::scope(|s| s.spawn(|| PostgresBackend::open_for_daemon(pg)).join())
+                    .map_err(|_| StoreError::Worker("opening PostgreSQL panicked".into()))??,
+            ),
+        };
+        Ok(Store::with_backend(backend))
+    }
+
     /// A store over a backend opened by the caller.
     pub fn with_backend(backend: Arc<dyn Backend>) -> Store {
         Store {

@@ -300,6 +300,10 @@ pub(crate) fn client_config(url: &PostgresUrl) -> postgres::Config {
         .application_name(&crate::backend::this_daemon())
         .connect_timeout(std::time::Duration::from_secs(5))
         .keepalives_idle(std::time::Duration::from_secs(30))
+        // A server that stops answering fails the call within 30 s instead of hanging it for
+        // TCP's 15 minutes; a statement stuck a minute (a lock held elsewhere) fails too.
+        .tcp_user_timeout(std::time::Duration::from_secs(30))
+        .options("-c statement_timeout=60000")
         .ssl_mode(postgres::config::SslMode::Disable);
     match &url.host {
         kaged_config::PostgresHost::Tcp(h) => c.host(h),

@@ -26,15 +26,29 @@ impl PostgresBackend {
         Self::open_at_version(url, LATEST_SCHEMA)
     }
 
+    /// [`PostgresBackend::open`] for a daemon: claims the database first (see
+    /// [`crate::Backend::lock_for_daemon`]), so a second daemon is refused before anything of
+    /// the database is read or changed.
+    pub fn open_for_daemon(url: &PostgresUrl) -> Result<Self> {
+        let backend = Self::unmigrated(url);
+        backend.claim()?;
+        backend.migrate(LATEST_SCHEMA)?;
+        Ok(backend)
+    }
+
     /// Open without migrating further than `version` (tests build old databases this way).
     pub fn open_at_version(url: &PostgresUrl, version: u32) -> Result<Self> {
-        let backend = PostgresBackend {
+        let backend = Self::unmigrated(url);
+        backend.migrate(version)?;
+        Ok(backend)
+    }
+
+    fn unmigrated(url: &PostgresUrl) -> Self {
+        PostgresBackend {
             place: url.to_string(),
             pool: Pool::new(client_config(url), POOL_SIZE),
             lock: Mutex::new(None),
-        };
-        backend.migrate(version)?;
-        Ok(backend)
+        }
     }
 
     /// Bring the schema up to `target`; refuses a newer or a foreign database untouched.

@@ -7,56 +7,56 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::SqliteBackend;
 use crate::{Result, StoreError};
 
 impl SqliteBackend {
-    fn lock_path(&self) -> PathBuf {
-        let mut name = self.path.clone().into_os_string();
-        name.push(".lock");
-        PathBuf::from(name)
-    }
-
     pub(super) fn claim(&self) -> Result<()> {
         let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if held.is_some() {
-            return Ok(());
+        if held.is_none() {
+            *held = Some(claim_file(&self.path)?);
         }
-        let path = self.lock_path();
-        let io = |source| StoreError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&path).unwrap_or_default();
-                return Err(StoreError::InUse {
-                    place: self.path.display().to_string(),
-                    holder: match holder.trim() {
-                        "" => format!("a process holding {}", path.display()),
-                        h => h.to_string(),
-                    },
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
-        file.set_len(0).map_err(io)?;
-        file.write_all(crate::this_daemon().as_bytes())
-            .map_err(io)?;
-        *held = Some(file);
         Ok(())
     }
+}
+
+/// Take the lock of the database at `db`, or say who holds it.
+pub(super) fn claim_file(db: &Path) -> Result<File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            return Err(StoreError::InUse {
+                place: db.display().to_string(),
+                holder: match holder.trim() {
+                    "" => format!("a process holding {}", path.display()),
+                    h => h.to_string(),
+                },
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.write_all(crate::this_daemon().as_bytes())
+        .map_err(io)?;
+    Ok(file)
 }
 
 /// The lock file of a backend: none until claimed.

@@ -139,7 +139,7 @@ pub fn the_store_appends_and_replays_through_its_async_handle(db: &Db) {
         .unwrap();
     runtime.block_on(async {
         // Opened (and, at the end, dropped) on the async runtime's thread.
-        let store = Store::open(&db.storage_url()).unwrap();
+        let store = Store::open_for_daemon(&db.storage_url()).unwrap();
         store.lock_for_daemon().await.unwrap();
         store.append_events("s".into(), batch(1..=4)).await.unwrap();
         let err = store

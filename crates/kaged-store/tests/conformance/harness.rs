@@ -112,6 +112,14 @@ impl Db {
         })
     }
 
+    /// Opened as the daemon opens it: claimed first, then migrated.
+    pub fn try_open_for_daemon(&self) -> Result<Box<dyn Backend>, StoreError> {
+        Ok(match self {
+            Db::Sqlite { path, .. } => Box::new(SqliteBackend::open_for_daemon(path)?),
+            Db::Postgres { url, .. } => Box::new(PostgresBackend::open_for_daemon(url)?),
+        })
+    }
+
     pub fn open(&self) -> Box<dyn Backend> {
         self.try_open().unwrap()
     }

@@ -55,6 +55,7 @@ conformance! {
     approvals::the_database_refuses_to_change_a_decided_approval_and_unknown_sessions,
     approvals::listing_filters_newest_first_and_grants_are_per_session_agent_and_tool,
     resilience::a_second_daemon_is_refused_with_who_holds_the_database,
+    resilience::a_second_daemon_is_refused_before_it_migrates,
     resilience::transition_ids_are_committed_in_order_under_concurrent_writers,
 }
 
@@ -74,6 +75,20 @@ mod postgres_only {
     fn a_server_that_refuses_connections_is_storage_trouble() {
         if let Some(db) = Db::postgres("refused") {
             resilience::a_server_that_refuses_connections_is_storage_trouble(&db);
+        }
+    }
+
+    #[test]
+    fn the_unix_socket_form_connects() {
+        if let Some(db) = Db::postgres("socket") {
+            resilience::the_unix_socket_form_connects(&db);
+        }
+    }
+
+    #[test]
+    fn the_password_is_sent_and_never_shown() {
+        if let Some(db) = Db::postgres("password") {
+            resilience::the_password_is_sent_and_never_shown(&db);
         }
     }
 

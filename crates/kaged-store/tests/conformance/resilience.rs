@@ -42,6 +42,34 @@ pub fn a_second_daemon_is_refused_with_who_holds_the_database(db: &Db) {
     }
 }
 
+/// A daemon opens its database claimed: a second daemon (a newer kaged, say) is refused
+/// before its migrations could change the schema under the first.
+pub fn a_second_daemon_is_refused_before_it_migrates(db: &Db) {
+    let first = db.open_at(7);
+    first.lock_for_daemon().unwrap();
+    let err = db.try_open_for_daemon().err().unwrap();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+    assert_eq!(db.raw_schema_version(), 7, "untouched");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let b = loop {
+        match db.try_open_for_daemon() {
+            Ok(b) => break b,
+            Err(e) if Instant::now() < deadline => {
+                assert!(matches!(e, StoreError::InUse { .. }), "{e:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("never released: {e}"),
+        }
+    };
+    assert_eq!(b.schema_version().unwrap(), kaged_store::LATEST_SCHEMA);
+    b.lock_for_daemon().unwrap();
+    assert!(matches!(
+        db.open().lock_for_daemon().unwrap_err(),
+        StoreError::InUse { .. }
+    ));
+}
+
 /// Transition ids are the event stream's cursor: a reader that follows them while several
 /// writers store changes must never skip one (an id committed after a higher one was read).
 pub fn transition_ids_are_committed_in_order_under_concurrent_writers(db: &Db) {
@@ -154,4 +182,70 @@ pub fn a_database_with_tables_of_another_application_is_refused_untouched(db: &D
     assert!(kaged, "nothing of kaged's was created");
     let body: String = c.query_one("SELECT body FROM notes", &[]).unwrap().get(0);
     assert_eq!(body, "keep me");
+}
+
+pub fn the_unix_socket_form_connects(db: &Db) {
+    let Db::Postgres { admin, url } = db else {
+        panic!("PostgreSQL only")
+    };
+    let mut c = pg_client(admin);
+    let dirs: String = c
+        .query_one("SHOW unix_socket_directories", &[])
+        .unwrap()
+        .get(0);
+    let port: String = c.query_one("SHOW port", &[]).unwrap().get(0);
+    let dir = dirs.split(',').next().unwrap().trim().to_string();
+    let shown = format!(
+        "postgres://{}@/{}?host={dir}&port={port}",
+        url.user, url.database
+    );
+    let socket = kaged_config::PostgresUrl::parse(&shown).unwrap();
+    assert_eq!(socket.host, kaged_config::PostgresHost::Socket(dir.into()));
+    let b = PostgresBackend::open(&socket).unwrap();
+    assert_eq!(b.describe(), shown);
+    b.append_audit(&audit("over a socket")).unwrap();
+    assert_eq!(
+        db.open().recent_audit(1).unwrap()[0].event.kind,
+        "over a socket"
+    );
+}
+
+/// The role `kaged_password_test` must give its password over TCP (scripts/postgres's
+/// `pg_hba.conf`): kaged sends the one it was given, and a refusal names no password.
+pub fn the_password_is_sent_and_never_shown(db: &Db) {
+    let Db::Postgres { admin, url } = db else {
+        panic!("PostgreSQL only")
+    };
+    const ROLE: &str = "kaged_password_test";
+    let password = format!("pw-{}-{}", std::process::id(), url.database.len());
+    let mut c = pg_client(admin);
+    let exists: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+            &[&ROLE],
+        )
+        .unwrap()
+        .get(0);
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    c.batch_execute(&format!(
+        "{verb} ROLE {ROLE} LOGIN PASSWORD '{password}';
+         ALTER DATABASE \"{}\" OWNER TO {ROLE}",
+        url.database
+    ))
+    .unwrap();
+    let mut as_role = url.clone();
+    as_role.user = ROLE.into();
+    as_role.host = kaged_config::PostgresHost::Tcp("127.0.0.1".into());
+    for wrong in [None, Some("not-it")] {
+        as_role.password = wrong.map(|p| kaged_config::ConfigSecret::new(p.into()));
+        let err = PostgresBackend::open(&as_role).err().unwrap();
+        assert_eq!(err.trouble(), Some(Trouble::Failing), "{err:?}");
+        let msg = format!("{err} {err:?}");
+        assert!(!msg.contains("not-it") && !msg.contains(&password), "{msg}");
+    }
+    as_role.password = Some(kaged_config::ConfigSecret::new(password.clone()));
+    let b = PostgresBackend::open(&as_role).unwrap();
+    b.lock_for_daemon().unwrap();
+    b.append_audit(&audit("with a password")).unwrap();
+    assert!(!b.describe().contains(&password), "{}", b.describe());
 }
