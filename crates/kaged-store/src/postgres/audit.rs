@@ -1,15 +1,15 @@
-//! The `audit_events` table: appended to (ids in commit order: writers take the table's lock in
-//! turn), read newest first; the database refuses updates, deletes and truncation (triggers of
-//! migration 1).
+//! The `audit_events` table: appended to (ids in commit order: writers take turns, see
+//! `schema::in_turn`), read newest first; the database refuses updates, deletes and
+//! truncation (triggers of migration 1).
 
+use super::schema::{AUDIT_WRITERS, in_turn};
 use postgres::{Client, Error};
 
 use crate::{AuditEvent, StoredAuditEvent};
 
 pub(super) fn append(c: &mut Client, e: &AuditEvent) -> Result<i64, Error> {
     let mut tx = c.transaction()?;
-    // Readers are not blocked; a second writer waits, so a reader never sees id N+1 before N.
-    tx.batch_execute("LOCK TABLE audit_events IN EXCLUSIVE MODE")?;
+    in_turn(&mut tx, AUDIT_WRITERS)?;
     let id: i64 = tx
         .query_one(
             "INSERT INTO audit_events (ts_ms, kind, outcome, identity, source, detail)

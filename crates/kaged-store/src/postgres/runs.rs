@@ -1,6 +1,7 @@
 //! The `daemon_runs` table: a row per daemon start, closed at a clean stop, so the next start
 //! notices a crash. Its rows also serve the readiness ping and the recovery probe.
 
+use super::schema::{RUN_WRITERS, in_turn};
 use postgres::{Client, Error, Row};
 
 use crate::DaemonRun;
@@ -24,7 +25,7 @@ pub(super) fn begin(
     now_ms: i64,
 ) -> Result<(DaemonRun, Option<DaemonRun>), Error> {
     let mut tx = c.transaction()?;
-    tx.batch_execute("LOCK TABLE daemon_runs IN EXCLUSIVE MODE")?;
+    in_turn(&mut tx, RUN_WRITERS)?;
     let previous = tx
         .query_opt(
             "SELECT id, pid, version, mode, started_at_ms, stopped_at_ms

@@ -13,10 +13,30 @@ use super::{MIGRATIONS, POOL_SIZE, PostgresBackend, client_config, pool::Pool};
 use crate::migrations::LATEST_SCHEMA;
 use crate::{Result, StoreError};
 
-/// The advisory lock keys of kaged (`'kage'`), and which lock: the daemon's, the migrations'.
+/// The advisory lock keys of kaged (`'kage'`), and which lock: the daemon's (held for its
+/// life), then the transaction locks of the migrations and of the writers whose ids must be
+/// committed in order (see [`in_turn`]).
 pub(super) const LOCK_SPACE: i32 = 0x6b61_6765;
 pub(super) const DAEMON_LOCK: i32 = 1;
 const MIGRATION_LOCK: i32 = 2;
+pub(super) const AUDIT_WRITERS: i32 = 3;
+pub(super) const TRANSITION_WRITERS: i32 = 4;
+pub(super) const RUN_WRITERS: i32 = 5;
+
+/// Make the writers of one table take turns until `tx` ends: ids come from a sequence when a
+/// row is inserted, so two concurrent transactions could commit ids out of order (a reader
+/// that saw id N+1 would never see N). Readers are not blocked. An advisory lock, not `LOCK
+/// TABLE`, so a role without UPDATE or DELETE on the audit table can still append to it.
+pub(super) fn in_turn(
+    tx: &mut postgres::Transaction<'_>,
+    writers: i32,
+) -> std::result::Result<(), postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&LOCK_SPACE, &writers],
+    )
+    .map(|_| ())
+}
 
 impl PostgresBackend {
     /// Connect to the database at `url` (it must exist; kaged creates its tables) and apply the

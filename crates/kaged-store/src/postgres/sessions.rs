@@ -1,8 +1,9 @@
 //! The `sessions` and `session_transitions` tables: a row per run, and every state change of
-//! it (their ids are the event stream's cursor, so writers of transitions take the table's
-//! lock in turn: ids are committed in order), written together; and what retention records
+//! it (their ids are the event stream's cursor, so writers of transitions take turns and ids
+//! are committed in order: `schema::in_turn`), written together; and what retention records
 //! about a run's transcript.
 
+use super::schema::{TRANSITION_WRITERS, in_turn};
 use postgres::types::ToSql;
 use postgres::{Client, Error, Row, Transaction};
 
@@ -90,7 +91,7 @@ fn select(
 /// A transaction whose transitions are committed in id order (see the module's doc).
 fn ordered(c: &mut Client) -> Result<Transaction<'_>, Error> {
     let mut tx = c.transaction()?;
-    tx.batch_execute("LOCK TABLE session_transitions IN EXCLUSIVE MODE")?;
+    in_turn(&mut tx, TRANSITION_WRITERS)?;
     Ok(tx)
 }
 
