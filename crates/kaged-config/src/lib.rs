@@ -22,7 +22,7 @@ pub use providers::{
 pub use settings::{
     AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, DEFAULT_POSTGRES_PORT,
     FlagOverrides, KEYS, KeySpec, Listener, LogLevel, ModelSettings, NotifySettings,
-    OperationalSink, PostgresHost, PostgresUrl, STORAGE_PASSWORD_ENV, SandboxMode, Settings,
-    Source, StorageUrl, redacted_url, render_default_config, resolve,
+    OperationalSink, PostgresHost, PostgresTls, PostgresUrl, STORAGE_PASSWORD_ENV, SandboxMode,
+    Settings, Source, StorageUrl, redacted_url, render_default_config, resolve,
 };
 pub use suggest::closest;

@@ -38,6 +38,7 @@ impl StoreError {
             StoreError::NewerSchema { .. }
             | StoreError::NotADatabase { .. }
             | StoreError::InUse { .. }
+            | StoreError::Setup { .. }
             | StoreError::NotKaged { .. }
             | StoreError::Held { .. }
             | StoreError::OutOfOrder { .. } => None,

@@ -33,7 +33,9 @@ use std::path::{Path, PathBuf};
 
 pub use keys::{KEYS, KeySpec};
 pub use notify::{NotifySettings, redacted_url};
-pub use postgres::{DEFAULT_POSTGRES_PORT, PostgresHost, PostgresUrl, STORAGE_PASSWORD_ENV};
+pub use postgres::{
+    DEFAULT_POSTGRES_PORT, PostgresHost, PostgresTls, PostgresUrl, STORAGE_PASSWORD_ENV,
+};
 pub use render::render_default_config;
 pub use types::{
     AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, Listener,

@@ -3,10 +3,15 @@
 //!
 //! Accepted: `postgres://` or `postgresql://`, `USER[:PASSWORD]@HOST[:PORT]/DATABASE` (IPv6 in
 //! brackets), a Unix socket's directory as the host (`?host=/run/postgresql`, or the path
-//! percent-encoded in the host's place), and the query parameters `host`, `port` and
-//! `sslmode`. TLS is not in this build: `sslmode` may only be `disable`. Without TLS, a server
-//! is reached over a Unix socket or a loopback address; any other host needs an explicit
-//! `sslmode=disable` (the operator accepts an unencrypted connection on a network they trust).
+//! percent-encoded in the host's place), and the query parameters `host`, `port`, `sslmode`
+//! and `sslrootcert`.
+//!
+//! TLS ([`PostgresTls`]): kaged either does not encrypt (`sslmode=disable`) or encrypts and
+//! verifies the server's certificate chain and name (`require`, `verify-ca` and `verify-full`
+//! all mean that here), against the system's roots or the PEM file `sslrootcert=PATH`. It never
+//! falls back from one to the other (`allow` and `prefer` are refused). Without `sslmode`, a
+//! Unix socket or loopback address is not encrypted and any other host is verified TLS; TLS
+//! over a Unix socket is refused (PostgreSQL offers none there).
 //! The password comes from the URL or from `KAGED_STORAGE_PASSWORD` (which wins, see
 //! [`STORAGE_PASSWORD_ENV`]); it is never shown, logged or serialized.
 
@@ -36,6 +41,16 @@ pub enum PostgresHost {
     Socket(PathBuf),
 }
 
+/// Whether the connection is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostgresTls {
+    /// Not encrypted (a Unix socket, loopback, or `sslmode=disable`).
+    Disable,
+    /// TLS, the server's certificate chain and host name verified against `root_cert` (a PEM
+    /// file) or, without one, the system's trusted roots.
+    Verify { root_cert: Option<PathBuf> },
+}
+
 /// A parsed `postgres://` storage URL. `Display` (what `kaged status` and the logs show) never
 /// includes the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +62,7 @@ pub struct PostgresUrl {
     pub host: PostgresHost,
     pub port: u16,
     pub database: String,
+    pub tls: PostgresTls,
 }
 
 impl PostgresUrl {
@@ -85,10 +101,14 @@ impl fmt::Display for PostgresUrl {
                     h.clone()
                 };
                 write!(f, "postgres://{user}@{host}:{}/{db}", self.port)?;
-                if !self.is_local() {
-                    f.write_str("?sslmode=disable")?;
+                match &self.tls {
+                    PostgresTls::Disable if self.is_local() => Ok(()),
+                    PostgresTls::Disable => f.write_str("?sslmode=disable"),
+                    PostgresTls::Verify { root_cert: None } => f.write_str("?sslmode=verify-full"),
+                    PostgresTls::Verify {
+                        root_cert: Some(path),
+                    } => write!(f, "?sslmode=verify-full&sslrootcert={}", path.display()),
                 }
-                Ok(())
             }
             PostgresHost::Socket(dir) => {
                 write!(f, "postgres://{user}@/{db}?host={}", dir.display())?;
@@ -236,6 +256,7 @@ pub(crate) fn parse(text: &str) -> Result<PostgresUrl, Problem> {
     };
     let (mut host, mut port_text) = host_port(hostport)?;
     let mut sslmode = None;
+    let mut root_cert = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = decoded(value, key)?;
@@ -249,10 +270,17 @@ pub(crate) fn parse(text: &str) -> Result<PostgresUrl, Problem> {
             "host" => host = value,
             "port" => port_text = Some(pair.split_once('=').map_or("", |p| p.1)),
             "sslmode" => sslmode = Some(value),
+            "sslrootcert" if value.starts_with('/') => root_cert = Some(PathBuf::from(value)),
+            "sslrootcert" => {
+                return Err(problem(
+                    format!("sslrootcert={value:?} is not an absolute path"),
+                    "name the PEM file of the CA that signed the server's certificate: sslrootcert=/ABSOLUTE/PATH/root.crt",
+                ));
+            }
             other => {
                 return Err(problem(
                     format!("the PostgreSQL URL parameter {other:?} is not supported"),
-                    "kaged reads host, port and sslmode (=disable); drop the others",
+                    "kaged reads host, port, sslmode and sslrootcert; drop the others",
                 ));
             }
         }
@@ -285,39 +313,52 @@ pub(crate) fn parse(text: &str) -> Result<PostgresUrl, Problem> {
             &format!("use {FORM}"),
         ));
     };
-    let url = PostgresUrl {
+    let socket = matches!(host, PostgresHost::Socket(_));
+    let local = match &host {
+        PostgresHost::Socket(_) => true,
+        PostgresHost::Tcp(h) => is_loopback(h),
+    };
+    let verify = PostgresTls::Verify {
+        root_cert: root_cert.clone(),
+    };
+    let tls = match sslmode.as_deref() {
+        None if local => PostgresTls::Disable,
+        None => verify,
+        Some("disable") => PostgresTls::Disable,
+        Some("require" | "verify-ca" | "verify-full") if socket => {
+            return Err(problem(
+                "PostgreSQL offers no TLS over a Unix socket".into(),
+                "drop sslmode for a socket (it stays on this host), or connect to HOST:PORT for TLS",
+            ));
+        }
+        Some("require" | "verify-ca" | "verify-full") => verify,
+        Some(mode @ ("allow" | "prefer")) => {
+            return Err(problem(
+                format!("sslmode={mode} would fall back to an unencrypted connection"),
+                "use sslmode=verify-full (TLS, the server's certificate checked; sslrootcert=PATH for a private CA) or sslmode=disable",
+            ));
+        }
+        Some(other) => {
+            return Err(problem(
+                format!("sslmode={other:?} is not a PostgreSQL TLS mode"),
+                "use sslmode=verify-full or sslmode=disable",
+            ));
+        }
+    };
+    if root_cert.is_some() && tls == PostgresTls::Disable {
+        return Err(problem(
+            "sslrootcert is given but the connection is not encrypted".into(),
+            "add sslmode=verify-full to use it, or drop sslrootcert",
+        ));
+    }
+    Ok(PostgresUrl {
         user,
         password: password.filter(|p| !p.is_empty()).map(ConfigSecret::new),
         host,
         port,
         database,
-    };
-    const LOCAL: &str = "reach the server over its Unix socket (postgres://USER@/DATABASE?host=/run/postgresql) \
-        or a loopback address (an SSH tunnel to it, say); or add ?sslmode=disable to accept an \
-        unencrypted connection on a network you trust";
-    match sslmode.as_deref() {
-        None if !url.is_local() => Err(problem(
-            format!(
-                "PostgreSQL at {} would be reached without TLS, which this kaged build does not support",
-                match &url.host {
-                    PostgresHost::Tcp(h) => h.as_str(),
-                    PostgresHost::Socket(_) => "a socket",
-                }
-            ),
-            LOCAL,
-        )),
-        None | Some("disable") => Ok(url),
-        Some(mode @ ("allow" | "prefer" | "require" | "verify-ca" | "verify-full")) => {
-            Err(problem(
-                format!("sslmode={mode}: TLS to PostgreSQL is not in this kaged build"),
-                LOCAL,
-            ))
-        }
-        Some(other) => Err(problem(
-            format!("sslmode={other:?} is not a PostgreSQL TLS mode"),
-            "use sslmode=disable (the only mode this kaged build supports)",
-        )),
-    }
+        tls,
+    })
 }
 
 #[cfg(test)]
@@ -377,6 +418,7 @@ mod tests {
     #[test]
     fn the_password_is_never_shown() {
         let u = ok("postgres://kaged:hunter2@db.internal:5432/kaged?sslmode=disable");
+        assert_eq!(u.tls, PostgresTls::Disable);
         let shown = format!(
             "{u} {u:?} {}",
             serde_json::to_string(&u).unwrap_or_default()
@@ -390,21 +432,55 @@ mod tests {
     }
 
     #[test]
-    fn tls_modes_and_unencrypted_remote_hosts_are_refused_with_the_fix() {
-        for mode in ["prefer", "require", "verify-full"] {
-            let why = refused(&format!("postgres://k@127.0.0.1/k?sslmode={mode}"));
-            assert!(
-                why.contains("TLS to PostgreSQL is not in this kaged build"),
-                "{why}"
-            );
-            assert!(why.contains("?host=/run/postgresql"), "{why}");
-        }
-        let why = refused("postgres://k@db.example.com/k");
-        assert!(why.contains("without TLS"), "{why}");
-        assert!(why.contains("sslmode=disable"), "{why}");
-        assert!(
-            refused("postgres://k@127.0.0.1/k?sslmode=bogus").contains("not a PostgreSQL TLS mode")
+    fn tls_is_verified_never_optional_and_on_by_default_for_remote_hosts() {
+        let remote = ok("postgres://k@db.example.com/k");
+        assert_eq!(remote.tls, PostgresTls::Verify { root_cert: None });
+        assert_eq!(
+            remote.to_string(),
+            "postgres://k@db.example.com:5432/k?sslmode=verify-full"
         );
+        assert_eq!(ok("postgres://k@127.0.0.1/k").tls, PostgresTls::Disable);
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let u = ok(&format!(
+                "postgres://k@127.0.0.1/k?sslmode={mode}&sslrootcert=/etc/pg/ca.crt"
+            ));
+            assert_eq!(
+                u.tls,
+                PostgresTls::Verify {
+                    root_cert: Some("/etc/pg/ca.crt".into())
+                }
+            );
+            assert_eq!(ok(&u.to_string()), u, "what is shown reads back");
+        }
+        let plain = ok("postgres://k@db.example.com/k?sslmode=disable");
+        assert_eq!(plain.tls, PostgresTls::Disable);
+        assert_eq!(
+            plain.to_string(),
+            "postgres://k@db.example.com:5432/k?sslmode=disable"
+        );
+        for (text, needle) in [
+            ("postgres://k@db/k?sslmode=prefer", "fall back"),
+            ("postgres://k@db/k?sslmode=allow", "fall back"),
+            (
+                "postgres://k@db/k?sslmode=bogus",
+                "not a PostgreSQL TLS mode",
+            ),
+            (
+                "postgres://k@/k?host=/run/postgresql&sslmode=require",
+                "no TLS over a Unix socket",
+            ),
+            (
+                "postgres://k@db/k?sslrootcert=ca.crt",
+                "not an absolute path",
+            ),
+            (
+                "postgres://k@db/k?sslmode=disable&sslrootcert=/ca.crt",
+                "not encrypted",
+            ),
+        ] {
+            let why = refused(text);
+            assert!(why.contains(needle), "{text}: {why}");
+        }
     }
 
     #[test]

@@ -1290,8 +1290,8 @@ fn a_postgres_url_is_read_and_the_password_from_the_environment_wins() {
 }
 
 #[test]
-fn a_postgres_url_with_tls_is_refused_at_its_line_with_the_fix() {
-    let err = only_error("[storage]\nurl = \"postgres://k@127.0.0.1/k?sslmode=require\"\n");
+fn a_postgres_url_that_could_fall_back_to_plain_text_is_refused_at_its_line_with_the_fix() {
+    let err = only_error("[storage]\nurl = \"postgres://k@db.example/k?sslmode=prefer\"\n");
     assert_eq!(err.key, "storage.url");
     assert!(
         matches!(err.location, Location::File { line: 2, .. }),
@@ -1299,8 +1299,8 @@ fn a_postgres_url_with_tls_is_refused_at_its_line_with_the_fix() {
     );
     assert!(
         err.problem
-            .contains("TLS to PostgreSQL is not in this kaged build"),
+            .contains("fall back to an unencrypted connection"),
         "{err:?}"
     );
-    assert!(err.hint.contains("sslmode=disable"), "{err:?}");
+    assert!(err.hint.contains("sslmode=verify-full"), "{err:?}");
 }

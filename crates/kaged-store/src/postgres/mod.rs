@@ -1,4 +1,5 @@
-//! The PostgreSQL backend: a bounded pool of blocking `postgres` connections (`pool.rs`), the
+//! The PostgreSQL backend: a bounded pool of blocking `postgres` connections (`pool.rs`; TLS
+//! by rustls in `tls.rs`), the
 //! schema by numbered migrations in `schema_migrations` (`schema.rs`, `migrations.rs`), the
 //! daemon's advisory lock (`lock.rs`), and one file per table group like `sqlite/` (`audit.rs`,
 //! `runs.rs`, `tokens.rs`, `projects.rs`, `sessions.rs`, `events.rs`, `approvals.rs`). Those
@@ -20,6 +21,7 @@ mod projects;
 mod runs;
 mod schema;
 mod sessions;
+mod tls;
 mod tokens;
 
 use std::sync::Mutex;
@@ -304,7 +306,11 @@ pub(crate) fn client_config(url: &PostgresUrl) -> postgres::Config {
         // TCP's 15 minutes; a statement stuck a minute (a lock held elsewhere) fails too.
         .tcp_user_timeout(std::time::Duration::from_secs(30))
         .options("-c statement_timeout=60000")
-        .ssl_mode(postgres::config::SslMode::Disable);
+        .ssl_mode(match url.tls {
+            kaged_config::PostgresTls::Disable => postgres::config::SslMode::Disable,
+            // Required; the connector (`tls.rs`) verifies the certificate and the name.
+            kaged_config::PostgresTls::Verify { .. } => postgres::config::SslMode::Require,
+        });
     match &url.host {
         kaged_config::PostgresHost::Tcp(h) => c.host(h),
         kaged_config::PostgresHost::Socket(dir) => c.host_path(dir),

@@ -6,7 +6,9 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
+
+use super::tls::Tls;
 
 use crate::{Result, StoreError};
 
@@ -24,6 +26,7 @@ struct State {
 
 pub(super) struct Pool {
     config: postgres::Config,
+    tls: Tls,
     max: usize,
     state: Mutex<State>,
     freed: Condvar,
@@ -36,9 +39,10 @@ pub(super) struct Conn<'a> {
 }
 
 impl Pool {
-    pub(super) fn new(config: postgres::Config, max: usize) -> Pool {
+    pub(super) fn new(config: postgres::Config, tls: Tls, max: usize) -> Pool {
         Pool {
             config,
+            tls,
             max: max.max(1),
             state: Mutex::new(State {
                 idle: Vec::new(),
@@ -54,7 +58,7 @@ impl Pool {
 
     /// A new connection outside the pool (the advisory lock's).
     pub(super) fn connect(&self) -> std::result::Result<Client, postgres::Error> {
-        self.config.connect(NoTls)
+        self.config.connect(self.tls.clone())
     }
 
     pub(super) fn get(&self, place: &str) -> Result<Conn<'_>> {

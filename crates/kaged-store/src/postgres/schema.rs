@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use kaged_config::PostgresUrl;
 use postgres::Client;
 
+use super::tls::Tls;
 use super::{MIGRATIONS, POOL_SIZE, PostgresBackend, client_config, pool::Pool};
 use crate::migrations::LATEST_SCHEMA;
 use crate::{Result, StoreError};
@@ -50,7 +51,7 @@ impl PostgresBackend {
     /// [`crate::Backend::lock_for_daemon`]), so a second daemon is refused before anything of
     /// the database is read or changed.
     pub fn open_for_daemon(url: &PostgresUrl) -> Result<Self> {
-        let backend = Self::unmigrated(url);
+        let backend = Self::unmigrated(url)?;
         backend.claim()?;
         backend.migrate(LATEST_SCHEMA)?;
         Ok(backend)
@@ -58,17 +59,21 @@ impl PostgresBackend {
 
     /// Open without migrating further than `version` (tests build old databases this way).
     pub fn open_at_version(url: &PostgresUrl, version: u32) -> Result<Self> {
-        let backend = Self::unmigrated(url);
+        let backend = Self::unmigrated(url)?;
         backend.migrate(version)?;
         Ok(backend)
     }
 
-    fn unmigrated(url: &PostgresUrl) -> Self {
-        PostgresBackend {
+    fn unmigrated(url: &PostgresUrl) -> Result<Self> {
+        let tls = Tls::new(&url.tls).map_err(|reason| StoreError::Setup {
             place: url.to_string(),
-            pool: Pool::new(client_config(url), POOL_SIZE),
+            reason,
+        })?;
+        Ok(PostgresBackend {
+            place: url.to_string(),
+            pool: Pool::new(client_config(url), tls, POOL_SIZE),
             lock: Mutex::new(None),
-        }
+        })
     }
 
     /// Bring the schema up to `target`; refuses a newer or a foreign database untouched.

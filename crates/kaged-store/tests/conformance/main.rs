@@ -93,6 +93,13 @@ mod postgres_only {
     }
 
     #[test]
+    fn tls_is_used_and_the_server_certificate_verified() {
+        if let Some(db) = Db::postgres("tls") {
+            resilience::tls_is_used_and_the_server_certificate_verified(&db);
+        }
+    }
+
+    #[test]
     fn a_database_with_tables_of_another_application_is_refused_untouched() {
         if let Some(db) = Db::postgres("foreign") {
             resilience::a_database_with_tables_of_another_application_is_refused_untouched(&db);

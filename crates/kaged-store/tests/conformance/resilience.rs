@@ -249,3 +249,57 @@ pub fn the_password_is_sent_and_never_shown(db: &Db) {
     b.append_audit(&audit("with a password")).unwrap();
     assert!(!b.describe().contains(&password), "{}", b.describe());
 }
+
+/// TLS: verified against the cluster's own CA (`scripts/postgres` makes one beside the
+/// server's certificate), to an IP address or a name; refused against the system's roots
+/// (which never signed it), as storage trouble; an unreadable root file named.
+pub fn tls_is_used_and_the_server_certificate_verified(db: &Db) {
+    let Db::Postgres { admin, url } = db else {
+        panic!("PostgreSQL only")
+    };
+    let mut c = pg_client(admin);
+    let on: String = c.query_one("SHOW ssl", &[]).unwrap().get(0);
+    assert_eq!(
+        on, "on",
+        "the test cluster serves TLS (scripts/postgres serve)"
+    );
+    let cert: String = c.query_one("SHOW ssl_cert_file", &[]).unwrap().get(0);
+    let ca = std::path::Path::new(&cert).with_file_name("ca.crt");
+    assert!(ca.is_file(), "{}", ca.display());
+    let verified = kaged_config::PostgresTls::Verify {
+        root_cert: Some(ca.clone()),
+    };
+    for host in ["127.0.0.1", "localhost"] {
+        let mut over_tls = url.clone();
+        over_tls.host = kaged_config::PostgresHost::Tcp(host.into());
+        over_tls.tls = verified.clone();
+        let b = PostgresBackend::open(&over_tls).unwrap();
+        assert!(
+            b.describe().contains("sslmode=verify-full"),
+            "{}",
+            b.describe()
+        );
+        b.append_audit(&audit("over TLS")).unwrap();
+        let encrypted: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.datname = $1 AND s.ssl AND a.application_name LIKE 'kaged pid %'",
+                &[&url.database],
+            )
+            .unwrap()
+            .get(0);
+        assert!(encrypted >= 1, "{host}: no encrypted kaged connection");
+    }
+    let mut system_roots = url.clone();
+    system_roots.tls = kaged_config::PostgresTls::Verify { root_cert: None };
+    let err = PostgresBackend::open(&system_roots).err().unwrap();
+    assert_eq!(err.trouble(), Some(Trouble::Failing), "{err:?}");
+    assert!(err.to_string().contains("UnknownIssuer"), "says why: {err}");
+    let mut missing = url.clone();
+    missing.tls = kaged_config::PostgresTls::Verify {
+        root_cert: Some("/nonexistent/ca.crt".into()),
+    };
+    let err = PostgresBackend::open(&missing).err().unwrap();
+    assert!(matches!(err, StoreError::Setup { .. }), "{err:?}");
+    assert!(err.to_string().contains("/nonexistent/ca.crt"), "{err}");
+}
