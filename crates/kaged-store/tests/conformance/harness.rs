@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use kaged_config::{PostgresHost, PostgresUrl, StorageUrl};
 use kaged_store::{Backend, LATEST_SCHEMA, PostgresBackend, SqliteBackend, StoreError};
 
+#[allow(clippy::large_enum_variant)] // one per test: size does not matter
 pub enum Db {
     Sqlite {
         _dir: tempfile::TempDir,
