@@ -9,7 +9,7 @@ use crate::{
 /// What a database does for kaged. Methods block; [`crate::Store`] runs them off the async
 /// runtime, one call per blocking task, from any thread (hence `Send + Sync`).
 ///
-/// Guarantees every implementation keeps (SQLite and PostgreSQL; `tests/conformance.rs` checks
+/// Guarantees every implementation keeps (SQLite and PostgreSQL; `tests/conformance/` checks
 /// both against the same tests):
 ///
 /// - **Opening.** The constructor creates a missing database with owner-only access (SQLite;

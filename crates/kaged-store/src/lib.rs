@@ -2,13 +2,13 @@
 //!
 //! Callers hold a [`Store`] and call its async methods; the database behind it is a [`Backend`]:
 //! SQLite or PostgreSQL, chosen by URL in [`Store::open`]; no caller changes. One conformance
-//! suite (`tests/conformance.rs`) runs the same tests against both.
+//! suite (`tests/conformance/`) runs the same tests against both.
 //!
 //! - `backend.rs`: the [`Backend`] trait, with what every method must guarantee;
 //! - `records.rs`: the rows it takes and returns; `error.rs`: [`StoreError`];
 //! - `sqlite/`: [`SqliteBackend`], one file per table group; `migrations.rs`: its schema;
-//! - `postgres/`: [`PostgresBackend`] (a bounded connection pool, the daemon's advisory lock),
-//!   one file per table group; `postgres/migrations.rs`: the same schema for PostgreSQL;
+//! - `postgres/`: [`PostgresBackend`] (a bounded connection pool, TLS by rustls, the daemon's
+//!   advisory lock), one file per table group; `postgres/migrations.rs`: the same schema;
 //! - `health.rs` and `held.rs`: whether storage takes writes, and the state changes held
 //!   until it does again;
 //! - here: [`Store`], the async, cloneable handle every caller uses.
