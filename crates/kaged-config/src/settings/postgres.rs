@@ -505,4 +505,35 @@ mod tests {
             assert!(why.contains(needle), "{text}: {why}");
         }
     }
+
+    proptest::proptest! {
+        /// Any user, database and port: what is shown reads back as the same URL (and the
+        /// password never shows).
+        #[test]
+        fn what_is_shown_reads_back(
+            user in "[^\\x00]{1,12}",
+            database in "[^\\x00/]{1,12}",
+            password in "[a-z@:/%?#]{1,8}",
+            port in 1u16..,
+            socket in proptest::bool::ANY,
+        ) {
+            let url = PostgresUrl {
+                user,
+                password: Some(ConfigSecret::new(password.clone())),
+                host: if socket {
+                    PostgresHost::Socket("/run/postgresql".into())
+                } else {
+                    PostgresHost::Tcp("127.0.0.1".into())
+                },
+                port,
+                database,
+                tls: PostgresTls::Disable,
+            };
+            let shown = url.to_string();
+            let back = ok(&shown);
+            proptest::prop_assert_eq!(back, PostgresUrl { password: None, ..url.clone() });
+            let with_password = shown.replacen('@', &format!(":{}@", encode(&password)), 1);
+            proptest::prop_assert_eq!(ok(&with_password), url);
+        }
+    }
 }

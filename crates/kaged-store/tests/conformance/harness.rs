@@ -121,6 +121,10 @@ impl Db {
         })
     }
 
+    pub fn open_for_daemon(&self) -> Box<dyn Backend> {
+        self.try_open_for_daemon().unwrap()
+    }
+
     pub fn open(&self) -> Box<dyn Backend> {
         self.try_open().unwrap()
     }

@@ -100,6 +100,13 @@ mod postgres_only {
     }
 
     #[test]
+    fn the_pool_is_bounded_and_shared() {
+        if let Some(db) = Db::postgres("pool") {
+            resilience::the_pool_is_bounded_and_shared(&db);
+        }
+    }
+
+    #[test]
     fn a_database_with_tables_of_another_application_is_refused_untouched() {
         if let Some(db) = Db::postgres("foreign") {
             resilience::a_database_with_tables_of_another_application_is_refused_untouched(&db);

@@ -303,3 +303,51 @@ pub fn tls_is_used_and_the_server_certificate_verified(db: &Db) {
     assert!(matches!(err, StoreError::Setup { .. }), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/ca.crt"), "{err}");
 }
+
+/// Many callers at once share at most `POOL_SIZE` connections (plus the lock's), and all of
+/// their writes land.
+pub fn the_pool_is_bounded_and_shared(db: &Db) {
+    let Db::Postgres { admin, url } = db else {
+        panic!("PostgreSQL only")
+    };
+    let b: Arc<dyn Backend> = Arc::from(db.open_for_daemon());
+    let done = AtomicBool::new(false);
+    let callers = kaged_store::POOL_SIZE * 3;
+    let most = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut c = pg_client(admin);
+            let mut most = 0;
+            while !done.load(Ordering::SeqCst) {
+                let n: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                        &[&url.database],
+                    )
+                    .unwrap()
+                    .get(0);
+                most = most.max(n);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        });
+        let handles: Vec<_> = (0..callers)
+            .map(|i| {
+                let b = Arc::clone(&b);
+                s.spawn(move || {
+                    for _ in 0..15 {
+                        b.append_audit(&audit(&format!("caller {i}"))).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        watcher.join().unwrap()
+    });
+    assert_eq!(b.recent_audit(10_000).unwrap().len(), callers * 15);
+    let most = usize::try_from(most).unwrap();
+    assert!(most <= kaged_store::POOL_SIZE + 1, "{most} connections");
+    assert!(most >= 3, "callers shared one connection only: {most}");
+}
