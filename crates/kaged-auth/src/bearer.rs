@@ -61,6 +61,15 @@ impl Policy {
         }
     }
 
+    /// Who may stop the daemon (`kaged stop`): the local operator's CLI only (the nonce proves
+    /// it can read the daemon's runtime directory). Never a browser, a token or a proxy.
+    pub fn may_stop_daemon(&self, principal: &Principal) -> Result<(), Denial> {
+        match principal.method {
+            AuthMethod::Nonce => Ok(()),
+            _ => Err(Denial::DaemonStopForbidden),
+        }
+    }
+
     /// Changes outside token administration, under `require_token_identity`.
     pub fn check_change(
         &self,
@@ -160,6 +169,19 @@ mod tests {
             assert_eq!(
                 p.may_administer_tokens(&who(no)),
                 Err(Denial::TokenAdminForbidden)
+            );
+        }
+        assert_eq!(p.may_stop_daemon(&who(AuthMethod::Nonce)), Ok(()));
+        for no in [
+            AuthMethod::LoginCookie,
+            AuthMethod::BootstrapToken,
+            AuthMethod::IdentityToken,
+            AuthMethod::Sidecar,
+            AuthMethod::Insecure,
+        ] {
+            assert_eq!(
+                p.may_stop_daemon(&who(no)),
+                Err(Denial::DaemonStopForbidden)
             );
         }
         let boot = who(AuthMethod::BootstrapToken);

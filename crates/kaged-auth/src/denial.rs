@@ -45,6 +45,10 @@ pub enum Denial {
     BootstrapWriteForbidden,
     #[error("missing or wrong X-Kaged-CSRF header on a state-changing request")]
     Csrf,
+    #[error(
+        "only the local operator can stop the daemon: run `kaged stop` on the daemon's host, as its user"
+    )]
+    DaemonStopForbidden,
 }
 
 impl Denial {
@@ -65,7 +69,8 @@ impl Denial {
             | Denial::OriginNotAllowed(_)
             | Denial::CrossSite(_)
             | Denial::OriginRequired
-            | Denial::Csrf => "forbidden",
+            | Denial::Csrf
+            | Denial::DaemonStopForbidden => "forbidden",
         }
     }
 }

@@ -177,3 +177,31 @@ pub async fn method_not_allowed() -> ApiError {
         "this route does not accept that method",
     )
 }
+
+/// `POST /api/v1/daemon/stop` (`kaged stop`): the local operator asks the daemon to stop as a
+/// stop signal would. Answered before the stop begins; the CLI waits for the process to end.
+pub async fn stop(
+    State(state): State<Arc<ServerState>>,
+    Extension(principal): Extension<Principal>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Response, ApiError> {
+    let allowed = state.policy.may_stop_daemon(&principal);
+    state
+        .audit
+        .record(AuditRecord {
+            kind: "daemon.stop.requested",
+            success: allowed.is_ok(),
+            identity: Some(principal.id.clone()),
+            source: peer.0.clone(),
+            detail: json!({"pid": state.info.pid}),
+        })
+        .await;
+    allowed.map_err(|d| ApiError::from(&d))?;
+    // `notify_one` keeps the request if the daemon is not waiting yet.
+    state.stop_requested.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"stopping": true, "pid": state.info.pid})),
+    )
+        .into_response())
+}

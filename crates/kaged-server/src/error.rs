@@ -148,7 +148,8 @@ impl From<&Denial> for ErrorCode {
             | Denial::OriginNotAllowed(_)
             | Denial::CrossSite(_)
             | Denial::OriginRequired
-            | Denial::Csrf => ErrorCode::Forbidden,
+            | Denial::Csrf
+            | Denial::DaemonStopForbidden => ErrorCode::Forbidden,
         }
     }
 }
@@ -284,6 +285,7 @@ mod tests {
             Denial::TokenAdminForbidden,
             Denial::BootstrapWriteForbidden,
             Denial::Csrf,
+            Denial::DaemonStopForbidden,
         ];
         for denial in &denials {
             assert_eq!(

@@ -73,6 +73,7 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
         .route("/api/v1/whoami", get(api::whoami))
         .route("/api/v1/local", get(api::local))
         .route("/api/v1/audit", get(api::audit))
+        .route("/api/v1/daemon/stop", post(api::stop))
         .route("/api/v1/auth/logout", post(api::logout))
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))

@@ -70,6 +70,8 @@ pub struct ServerState {
     /// Shared with the session manager through [`LoadedProjects`].
     pub(crate) projects: Arc<Mutex<crate::projects::Registry>>,
     pub runs: Sessions,
+    /// Notified when the local operator asked the daemon to stop (`kaged stop`).
+    pub stop_requested: tokio::sync::Notify,
 }
 
 impl ServerState {
@@ -107,6 +109,7 @@ impl ServerState {
             revoked_tokens,
             projects,
             runs,
+            stop_requested: tokio::sync::Notify::new(),
         }
     }
 }

@@ -66,6 +66,19 @@ pub enum Command {
         Once listening, prints one line to stderr:\n  kaged: ready — launch URL: http://HOST:PORT/launch?token=TOKEN\n\
         SIGTERM or SIGINT stops it gracefully.")]
     Start(StartArgs),
+    /// Stop the local daemon gracefully (as SIGTERM does) and wait until it has stopped.
+    #[command(
+        long_about = "Stop the local daemon gracefully and wait until it has stopped.\n\n\
+        The daemon stops as on SIGTERM: its runs end (their viewers are told), in-flight \
+        requests get 10 s. Only the local operator can do this (the CLI on the daemon's host, \
+        as its user). Exits 0 when the daemon stopped or was not running, 1 when it is still \
+        stopping after --timeout seconds."
+    )]
+    Stop {
+        /// Seconds to wait for the daemon to stop.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
+    },
     /// Show the running daemon's mode, paths, bind address, auth mode, pid and uptime.
     #[command(mut_arg("json", |a| a.help("Print the daemon's full status document as JSON")))]
     Status {

@@ -247,6 +247,7 @@ fn main() -> ExitCode {
             Command::Status {
                 output: JsonOutput { json },
             } => client::status(mode, json).await,
+            Command::Stop { timeout } => client::stop(mode, timeout).await,
             Command::Auth(AuthCommand::Nonce) => client::nonce(mode),
             Command::Auth(AuthCommand::Open { no_browser, ttl }) => {
                 client::open(mode, no_browser, ttl).await

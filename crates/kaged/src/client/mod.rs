@@ -13,6 +13,7 @@ mod conversation;
 mod discovery;
 mod projects;
 mod status;
+mod stop;
 mod tokens;
 mod transport;
 
@@ -21,5 +22,6 @@ pub use approvals::approvals;
 pub use auth::{nonce, open};
 pub use projects::project;
 pub use status::status;
+pub use stop::stop;
 pub use tokens::tokens;
 pub(crate) use transport::{Target, call, call_stream, target, ws_request};

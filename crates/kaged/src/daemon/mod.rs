@@ -188,7 +188,10 @@ async fn serve(start: Start) -> Result<()> {
     tracing::info!(url = %base, pid = record.pid, "listening");
     announce_ready(&base, &nonce, launch_enabled)?;
 
-    let signal = signals.wait().await;
+    let signal = tokio::select! {
+        signal = signals.wait() => signal,
+        _ = state.stop_requested.notified() => "kaged stop",
+    };
     stop::drain(signal, &state, &shutdown_tx, server).await;
     record.end(&store, signal).await?;
     store.close().await?;

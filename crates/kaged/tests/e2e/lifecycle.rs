@@ -478,7 +478,11 @@ fn syntax_errors_and_unknown_sections_are_reported_through_the_binary() {
         ),
         (
             "[storage]\nurl = \"postgres://db/kaged\"\n",
-            &["PostgreSQL backend is not part of this kaged build"],
+            &[
+                &line2,
+                "names no database user",
+                "postgres://USER@HOST:5432/DATABASE",
+            ],
         ),
     ];
     for (text, needles) in cases {
@@ -762,4 +766,77 @@ fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
     );
     assert!(!group.exists());
     assert!(!socket.exists());
+}
+
+/// `kaged stop`: the local operator's CLI stops the daemon as SIGTERM does and waits for it;
+/// a signed-in browser may not; a second `kaged stop` finds nothing to stop.
+#[tokio::test]
+async fn kaged_stop_stops_the_daemon_for_the_local_operator_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let browser = browser_like_client();
+    assert_eq!(
+        browser.get(&d.launch_url).send().await.unwrap().status(),
+        reqwest::StatusCode::SEE_OTHER
+    );
+    let me: serde_json::Value = browser
+        .get(format!("{}/api/v1/whoami", d.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = browser
+        .post(format!("{}/api/v1/daemon/stop", d.base))
+        .header(reqwest::header::ORIGIN, d.base.as_str())
+        .header("x-kaged-csrf", me["csrf_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("kaged stop"),
+        "{body}"
+    );
+    let (status, _) = d.call(reqwest::Method::GET, "/healthz", None).await;
+    assert!(status.is_success(), "still up after the refusal");
+
+    let out = d.cli(&["stop"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let pid = d.child.id();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("kaged stopped (pid {pid})\n")
+    );
+    let again = d.cli(&["stop"]);
+    assert!(again.status.success(), "{}", stderr_of(&again));
+    assert!(stderr_of(&again).contains("not running; nothing to stop"));
+    let (status, log) = d.stop_after_signal();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("kaged stop"), "{log}");
+
+    let db = rusqlite::Connection::open(tmp.path().join("kaged.db")).unwrap();
+    let asked: Vec<(String, String)> = db
+        .prepare(
+            "SELECT kind, outcome FROM audit_events WHERE kind LIKE 'daemon.stop%' ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            ("daemon.stop.requested".to_string(), "failure".to_string()),
+            ("daemon.stop.requested".to_string(), "success".to_string()),
+            ("daemon.stop".to_string(), "success".to_string())
+        ]
+    );
 }
