@@ -20,8 +20,9 @@ pub use providers::{
     AliasTarget, Driver, MissingAlias, Prices, Route, UnknownDriver, check_base_url, resolve_alias,
 };
 pub use settings::{
-    AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, KEYS, KeySpec,
-    Listener, LogLevel, ModelSettings, NotifySettings, OnDaemonStop, OperationalSink, SandboxMode,
+    AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, DEFAULT_POSTGRES_PORT,
+    FlagOverrides, KEYS, KeySpec, Listener, LogLevel, ModelSettings, NotifySettings, OnDaemonStop,
+    OperationalSink, PostgresHost, PostgresTls, PostgresUrl, STORAGE_PASSWORD_ENV, SandboxMode,
     Settings, Source, StorageUrl, redacted_url, render_default_config, resolve,
 };
 pub use suggest::closest;

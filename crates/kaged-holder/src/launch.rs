@@ -1,4 +1,4 @@
-//! Starting a holder process (the daemon's side: [`launch`]) and being one
+//! Starting a holder (the daemon's side: [`Launcher`], [`launch`]) and being one
 //! ([`run_holder`], what `kaged run-holder --spec-fd 3 --ready-fd 4` runs).
 
 use std::io::Read;
@@ -16,6 +16,76 @@ pub struct Launched {
     pub holder_pid: u32,
     /// The run's started process.
     pub pid: u32,
+}
+
+/// How holders are started.
+#[derive(Debug, Clone)]
+pub enum Launcher {
+    /// `exe run-holder` as a process of its own (production), with `prefix` in front
+    /// (`systemd-run --user --scope ... --`, or empty).
+    Exec {
+        exe: std::path::PathBuf,
+        prefix: Vec<String>,
+    },
+    /// [`crate::serve`] on a thread of this process, on the same socket and protocol: for
+    /// tests of the daemon that have no kaged binary. The run dies with this process.
+    InThread,
+}
+
+/// A started holder, as a [`Launcher`] started it.
+pub enum Started {
+    Process(Launched),
+    Thread {
+        thread:
+            std::thread::JoinHandle<Result<kaged_session::holder::StatusFile, crate::ServeError>>,
+        /// The run's started process.
+        pid: u32,
+    },
+}
+
+impl Started {
+    /// The run's started process.
+    pub fn pid(&self) -> u32 {
+        match self {
+            Started::Process(l) => l.pid,
+            Started::Thread { pid, .. } => *pid,
+        }
+    }
+}
+
+impl Launcher {
+    /// Start a holder for `spec` and wait until it is ready.
+    pub fn start(&self, spec: &HolderSpec, cage: Option<&CageFds>) -> Result<Started, SpawnError> {
+        match self {
+            Launcher::Exec { exe, prefix } => launch(exe, spec, cage, prefix).map(Started::Process),
+            Launcher::InThread => {
+                let (read, write) = std::io::pipe().map_err(SpawnError::Descriptors)?;
+                let spec = spec.clone();
+                let cage = cage.cloned();
+                let thread = std::thread::Builder::new()
+                    .name(format!("kaged-holder-{}", spec.run_name))
+                    .spawn(move || crate::serve(&spec, cage, write.into()))
+                    .map_err(SpawnError::Descriptors)?;
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(read), &mut line);
+                match serde_json::from_str::<ReadyLine>(&line) {
+                    Ok(ReadyLine { ok: true, pid, .. }) => Ok(Started::Thread { thread, pid }),
+                    other => {
+                        let _ = thread.join();
+                        Err(SpawnError::Start {
+                            program: "kaged run-holder (in a thread)".into(),
+                            source: std::io::Error::other(
+                                other
+                                    .ok()
+                                    .and_then(|r| r.error)
+                                    .unwrap_or_else(|| format!("not ready: {line}")),
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]

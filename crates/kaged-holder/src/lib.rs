@@ -9,12 +9,13 @@
 //!   the `kaged run-holder` entry point.
 //! - [`transcript`]: the transcript files (written here, read by the daemon too).
 //! - [`peer`]: who may connect (same UID, same user and PID namespaces).
-//! - [`status`]: the status file a run leaves when it ended.
+//! - [`status`]: the status file a run leaves when it ended; [`log`]: the holder's own log.
 
 pub mod client;
 mod conn;
 pub mod discover;
 pub mod launch;
+pub mod log;
 pub mod peer;
 pub mod serve;
 pub mod status;
@@ -22,7 +23,7 @@ pub mod transcript;
 
 pub use client::{Client, Sender};
 pub use discover::{Found, discover};
-pub use launch::{Launched, launch, run_holder};
+pub use launch::{Launched, Launcher, Started, launch, run_holder};
 pub use serve::{MAX_CLIENTS, ServeError, serve};
 
 use kaged_session::holder::HolderSpec;

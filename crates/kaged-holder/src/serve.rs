@@ -98,6 +98,7 @@ pub fn serve(
             Ok(holder.run())
         }
         Err(e) => {
+            crate::log::append(Path::new(&spec.socket), &format!("cannot start: {e}"));
             let _ = writeln!(ready, "{}", serde_json::json!({ "error": e.to_string() }));
             Err(e)
         }
@@ -436,8 +437,9 @@ impl<'a> Holder<'a> {
             let Ok((stream, _)) = self.listener.accept() else {
                 return;
             };
-            // Refused peers get nothing, not even why.
-            if crate::peer::check(&stream, &self.own).is_err() {
+            // Refused peers get nothing, not even why; the log says.
+            if let Err(why) = crate::peer::check(&stream, &self.own) {
+                crate::log::append(Path::new(&self.spec.socket), &format!("refused: {why}"));
                 continue;
             }
             if let Ok(conn) = Conn::new(stream) {
@@ -453,6 +455,7 @@ impl<'a> Holder<'a> {
                 if let Err(e) = self.writer.write_all(&buf[..n]) {
                     // Output that cannot be stored is not run on blind.
                     let by = format!("kaged: cannot write the transcript: {e}");
+                    crate::log::append(Path::new(&self.spec.socket), &by);
                     self.error.get_or_insert(by.clone());
                     self.limit(by);
                     self.killer.kill();
@@ -498,10 +501,13 @@ impl<'a> Holder<'a> {
             self.cgroups = None;
             let status = self.status_now();
             if let Err(e) = crate::status::write(Path::new(&self.spec.status_path), &status) {
-                self.error.get_or_insert(format!(
-                    "cannot write the status file {}: {e}",
-                    self.spec.status_path
-                ));
+                crate::log::append(
+                    Path::new(&self.spec.socket),
+                    &format!(
+                        "cannot write the status file {}: {e}",
+                        self.spec.status_path
+                    ),
+                );
             }
             self.status = Some(status);
             self.ended_at = Some(Instant::now());

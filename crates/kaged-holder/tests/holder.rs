@@ -2,7 +2,6 @@
 //! the real socket by the blocking client.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -83,12 +82,12 @@ fn start(script: &str, tweak: impl FnOnce(&mut HolderSpec)) -> Held {
         daemon_version: "test".into(),
     };
     tweak(&mut spec);
-    let (read, write) = std::io::pipe().unwrap();
-    let thread_spec = spec.clone();
-    let thread = std::thread::spawn(move || kaged_holder::serve(&thread_spec, None, write.into()));
-    let mut line = String::new();
-    std::io::BufReader::new(read).read_line(&mut line).unwrap();
-    assert!(line.contains("\"ok\":true"), "{line}");
+    let kaged_holder::Started::Thread { thread, pid } =
+        kaged_holder::Launcher::InThread.start(&spec, None).unwrap()
+    else {
+        panic!("not in a thread");
+    };
+    assert!(pid > 0);
     Held {
         _dir: dir,
         spec,
@@ -260,7 +259,9 @@ fn a_client_offering_only_an_unknown_version_is_refused_with_ours_but_can_still_
 
 #[test]
 fn the_wall_time_deadline_stops_the_run_and_says_so() {
-    let mut held = start("sleep 300", |spec| {
+    // No shell in between: a shell may clear an inherited signal mask and hide one.
+    let mut held = start("", |spec| {
+        spec.argv = vec!["sleep".into(), "300".into()];
         spec.deadline_ms = Some(kaged_holder_now_ms() + 300);
         spec.wall_time_secs = Some(1);
     });
@@ -376,5 +377,96 @@ fn a_peer_in_another_user_namespace_is_refused() {
         "",
         "a peer in another user namespace was answered"
     );
+    drop(held);
+}
+
+#[test]
+fn an_input_flood_is_held_back_and_never_delays_a_kill() {
+    let mut held = start("exec sleep 300", |_| {});
+    let flooder = held.connect();
+    let sender = flooder.sender();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    // A program that never reads: the pending buffer fills, then the holder stops reading
+    // this connection, so the sender blocks.
+    let flood = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 256 * 1024];
+        for _ in 0..256 {
+            if sender.input(&chunk).is_err() {
+                return;
+            }
+            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let flooded = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        flooded < 16 << 20,
+        "{flooded} bytes of input taken by a program that reads none"
+    );
+    let asked = Instant::now();
+    let n = client::kill(held.socket(), "flood test", Duration::from_secs(5)).unwrap();
+    assert!(n >= 1);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let status = held.join();
+    assert_eq!(status.killed_by.as_deref(), Some("flood test"));
+    drop(flooder);
+    flood.join().unwrap();
+}
+
+#[test]
+fn the_pids_watchdog_kills_a_run_with_too_many_processes() {
+    let mut held = start(
+        // The pause lets the client attach first: Limit goes to attached clients (the
+        // status file records it either way).
+        "sleep 0.5; sleep 300 & sleep 300 & sleep 300 & sleep 300 & wait",
+        |spec| spec.watchdog_pids = Some(3),
+    );
+    let mut c = held.connect();
+    c.sender().attach(0).unwrap();
+    let mut limit = None;
+    let status = loop {
+        match c.read_frame().unwrap() {
+            ToClient::Limit { by } => limit = Some(by),
+            ToClient::Exit(s) => break s,
+            _ => {}
+        }
+    };
+    c.sender().ack_exit().unwrap();
+    let limit = limit.expect("a Limit frame");
+    assert!(
+        limit.starts_with("kaged: pids limit of 3 exceeded"),
+        "{limit}"
+    );
+    assert_eq!(status.killed_by.as_deref(), Some(limit.as_str()));
+    assert_eq!(status.exit.unwrap().signal, Some(9));
+    held.join();
+}
+
+#[test]
+fn discovery_reports_live_holders_and_removes_dead_sockets() {
+    let held = start("sleep 300", |_| {});
+    let dir = held.socket().parent().unwrap().to_path_buf();
+    // A socket whose holder is gone: bound, then its listener closed.
+    let dead = dir.join("ffffffffffffffff.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    // Not a socket name: left alone.
+    let other = dir.join("notes.txt");
+    std::fs::write(&other, "x").unwrap();
+    let found = kaged_holder::discover(&dir);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].socket, held.socket());
+    let HolderHello::Accepted(info) = &found[0].hello else {
+        panic!("{:?}", found[0].hello);
+    };
+    assert_eq!(info.id, "s1");
+    assert_eq!(info.holder_pid, std::process::id());
+    assert!(!dead.exists(), "a dead socket was kept");
+    assert!(other.exists());
+    assert!(kaged_holder::discover(&dir.join("missing")).is_empty());
     drop(held);
 }

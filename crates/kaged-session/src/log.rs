@@ -84,6 +84,29 @@ impl OutputLog {
         }
     }
 
+    /// An empty log whose output so far (`offset` bytes) is all in storage: a run a restarted
+    /// daemon reattaches to, continuing at its holder's `written`.
+    pub fn starting_at(offset: u64, capacity: usize) -> Self {
+        let mut log = Self::new(capacity);
+        log.start = offset;
+        log.persisted = offset;
+        log
+    }
+
+    /// Continue at `offset`, past the end: the bytes in between are a range storage dropped
+    /// (a transcript cap), which nobody will read from memory. Only once everything in memory
+    /// is persisted; otherwise, or for an offset before the end, nothing changes and `false`
+    /// is returned.
+    pub fn skip_to(&mut self, offset: u64) -> bool {
+        if offset < self.end() || self.persisted < self.end() {
+            return false;
+        }
+        self.bytes.clear();
+        self.start = offset;
+        self.persisted = offset;
+        true
+    }
+
     /// Appends output and returns the new end offset. Never drops unpersisted bytes; check
     /// [`Self::backpressure`] afterwards.
     pub fn append(&mut self, data: &[u8]) -> u64 {
@@ -193,18 +216,6 @@ impl OutputLog {
         data
     }
 
-    /// Output goes on from `offset` (past the end): the bytes before it are not in memory (a
-    /// run taken up again after a restart, or a range its transcript's cap dropped). They are
-    /// in storage or nowhere, so everything below `offset` counts as persisted. An offset at
-    /// or below the end changes nothing.
-    pub fn skip_to(&mut self, offset: u64) {
-        if offset > self.end() {
-            self.bytes.clear();
-            self.start = offset;
-            self.persisted = offset;
-        }
-    }
-
     /// Forgets every persisted byte and returns the memory that held them (a run that ended:
     /// its readers find the bytes in storage). Unpersisted bytes stay; offsets do not change.
     pub fn release_persisted(&mut self) {
@@ -239,6 +250,26 @@ fn to_usize(distance: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_can_start_at_an_offset_and_skip_a_dropped_range() {
+        let mut log = OutputLog::starting_at(1000, 16);
+        assert_eq!(
+            (log.start(), log.end(), log.persisted()),
+            (1000, 1000, 1000)
+        );
+        assert_eq!(log.append(b"abc"), 1003);
+        // Not persisted yet: no skipping over bytes storage does not hold.
+        assert!(!log.skip_to(2000));
+        log.mark_persisted(1003).unwrap();
+        assert!(!log.skip_to(1002), "a skip backwards");
+        assert!(log.skip_to(2000));
+        assert_eq!(
+            (log.start(), log.end(), log.persisted()),
+            (2000, 2000, 2000)
+        );
+        assert_eq!(log.append(b"d"), 2001);
+    }
 
     /// Persists every pending byte into `storage`, as the edge's persister does.
     fn persist_all(log: &mut OutputLog, storage: &mut Vec<u8>, batch: usize) {
@@ -506,24 +537,5 @@ mod tests {
         assert!(log.is_empty());
         assert_eq!(log.end(), 10);
         assert_eq!(log.append(b"ab"), 12);
-    }
-
-    #[test]
-    fn a_skip_moves_the_end_and_keeps_later_output() {
-        let mut log = OutputLog::new(16);
-        log.append(b"abc");
-        log.skip_to(2);
-        assert_eq!(
-            (log.start(), log.end()),
-            (0, 3),
-            "at or below the end: nothing"
-        );
-        log.skip_to(100);
-        assert_eq!((log.start(), log.end(), log.persisted()), (100, 100, 100));
-        assert!(matches!(log.read_from(50, 10), Read::Gap { earliest: 100 }));
-        log.append(b"xyz");
-        assert!(
-            matches!(log.read_from(100, 10), Read::Bytes { start: 100, ref data } if data == b"xyz")
-        );
     }
 }

@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 
 /// Why a run is `failed` when the daemon restarts under it.
 pub const DAEMON_LOST_REASON: &str = "kaged stopped while the run was live; its transcript is kept";
+/// Why a run is `failed` when its holder is gone and left no status file (it was killed
+/// outright, or the host rebooted).
+pub const HOLDER_LOST_REASON: &str =
+    "the run's holder ended without recording how the run ended; its transcript is kept";
 /// Why a queued run is `failed` when the daemon restarts: a restart never starts old work.
 pub const DAEMON_LOST_QUEUED_REASON: &str = "kaged stopped before the run started";
 

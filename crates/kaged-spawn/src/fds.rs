@@ -64,14 +64,25 @@ pub fn inherited(fd: RawFd) -> std::io::Result<OwnedFd> {
     Ok(owned)
 }
 
-/// The `pre_exec` closure that puts `fds` at 3, 4, ... in the child and marks every other
-/// descriptor from 3 on close-on-exec (so only these, and stdio, cross the exec).
+/// The `pre_exec` closure that puts `fds` at 3, 4, ... in the child, marks every other
+/// descriptor from 3 on close-on-exec (so only these, and stdio, cross the exec), and gives
+/// the child an empty signal mask (a run holder blocks TERM, INT and HUP for its signalfd;
+/// its run must not inherit that, or it could not be stopped gracefully).
 fn placer(fds: Vec<OwnedFd>) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     // Allocated here, in the parent: the child only writes into it.
     let mut moved: Vec<RawFd> = vec![-1; raw.len()];
     move || {
         let _keep_open_until_exec = &fds;
+        // SAFETY: sigemptyset writes only into `empty`; sigprocmask (async-signal-safe) only
+        // changes this thread's mask, in a child that is about to exec.
+        unsafe {
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            if libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
         let above = 3 + RawFd::try_from(raw.len())
             .map_err(|_| std::io::Error::other("too many descriptors"))?;
         // First move every source above the target range, so no dup2 below overwrites a
@@ -148,5 +159,21 @@ mod tests {
         assert!(!fds.contains(&leaked_fd), "{fds:?}");
         assert!(fds.iter().all(|fd| *fd <= 5), "{fds:?}");
         drop(leaked);
+    }
+
+    #[test]
+    fn a_child_starts_with_an_empty_signal_mask() {
+        let blocked = std::thread::spawn(|| {
+            let mut mask = nix::sys::signal::SigSet::empty();
+            mask.add(nix::sys::signal::Signal::SIGTERM);
+            mask.thread_block().unwrap();
+            let mut c = std::process::Command::new("grep");
+            c.args(["^SigBlk", "/proc/self/status"]);
+            place(&mut c, Vec::new());
+            String::from_utf8(c.output().unwrap().stdout).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(blocked.trim(), "SigBlk:\t0000000000000000");
     }
 }

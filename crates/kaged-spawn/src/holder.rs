@@ -29,6 +29,26 @@ pub struct HolderLaunch<'a> {
     pub timeout: Duration,
 }
 
+/// The prefix that puts a holder in a systemd scope of its own under `kaged-runs.slice`
+/// (when `limit_facts().systemd_user` holds), so restarting the daemon's unit with
+/// `KillMode=mixed` leaves it alone. `--scope` execs in place: the holder stays the caller's
+/// child.
+pub fn holder_scope_prefix(run_name: &str) -> Vec<String> {
+    [
+        "systemd-run",
+        "--user",
+        "--scope",
+        "--quiet",
+        "--collect",
+        "--slice=kaged-runs.slice",
+        &format!("--unit=kaged-run-{run_name}"),
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A started holder: the daemon's child (reap it) and the readiness line it wrote.
 pub struct HolderStarted {
     pub child: Child,
@@ -46,6 +66,13 @@ fn failed(source: std::io::Error) -> SpawnError {
 /// Start a holder and wait for its readiness line (a holder that writes none within
 /// `timeout` is killed).
 pub fn spawn_holder(launch: &HolderLaunch<'_>) -> Result<HolderStarted, SpawnError> {
+    if !launch.prefix.is_empty() && launch.exe.starts_with("/proc") {
+        // systemd-run would resolve /proc/self/exe to itself.
+        return Err(failed(std::io::Error::other(format!(
+            "a holder in a scope needs the kaged binary by a real path, not {}",
+            launch.exe.display()
+        ))));
+    }
     let spec = launch::memory_file("kaged-holder-spec", launch.spec_json)?;
     let (mut ready_read, ready_write) = std::io::pipe().map_err(SpawnError::Descriptors)?;
     let mut fds = vec![spec, ready_write.into()];
@@ -159,6 +186,33 @@ echo "$*|$spec|$cage" >&4"#,
             .collect();
         fds.sort();
         assert_eq!(fds, vec![0, 1, 2, 3, 4, 5], "{listed}");
+    }
+
+    #[test]
+    fn a_scoped_holder_runs_the_real_binary_path_under_systemd_run() {
+        let prefix = holder_scope_prefix("0011223344556677");
+        assert_eq!(prefix.first().map(String::as_str), Some("systemd-run"));
+        assert!(prefix.contains(&"--unit=kaged-run-0011223344556677".to_string()));
+        assert_eq!(prefix.last().map(String::as_str), Some("--"));
+        let mut l = launch(Path::new("/proc/self/exe"), b"{}", None);
+        l.prefix = &prefix;
+        let e = spawn_holder(&l).err().unwrap();
+        assert!(e.to_string().contains("real path"), "{e}");
+        if !limit_facts().systemd_user {
+            eprintln!("SKIPPED the scoped start: no systemd user manager on this host");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let exe = script(dir.path(), r#"echo "$(cat /proc/self/cgroup)" >&4"#);
+        l.exe = &exe;
+        let started = spawn_holder(&l).unwrap();
+        let mut child = started.child;
+        child.wait().unwrap();
+        assert!(
+            started.ready.contains("kaged-run-0011223344556677.scope"),
+            "{}",
+            started.ready
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub use check::cage_check;
 pub use facts::{ReadBeneathError, Sources, open_sources, read_beneath};
 pub use fds::{inherited, mark_inherited_cloexec};
 pub use helper::HelperCopy;
-pub use holder::{HOLDER_READY_TIMEOUT, HolderLaunch, HolderStarted, spawn_holder};
+pub use holder::{
+    HOLDER_READY_TIMEOUT, HolderLaunch, HolderStarted, holder_scope_prefix, spawn_holder,
+};
 pub use identity::{describe as describe_identity, effective_uid, run_as};
 pub use launch::{CageRequest, CagedRun, Prepared, caged, prepare};
 pub use memory::release_free_memory;

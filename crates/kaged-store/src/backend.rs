@@ -9,33 +9,45 @@ use crate::{
 /// What a database does for kaged. Methods block; [`crate::Store`] runs them off the async
 /// runtime, one call per blocking task, from any thread (hence `Send + Sync`).
 ///
-/// Guarantees every implementation keeps (SQLite today, PostgreSQL next):
+/// Guarantees every implementation keeps (SQLite and PostgreSQL; `tests/conformance/` checks
+/// both against the same tests):
 ///
-/// - **Opening.** The constructor creates a missing database with owner-only access, applies
+/// - **Opening.** The constructor creates a missing database with owner-only access (SQLite;
+///   a PostgreSQL database is created by its operator, kaged creates its tables), applies
 ///   the migrations the database lacks in order (each one and its version bump together, or
 ///   neither), and refuses a database whose schema is newer than [`crate::LATEST_SCHEMA`]
 ///   ([`crate::StoreError::NewerSchema`]) or that is not a database of its kind
-///   ([`crate::StoreError::NotADatabase`]) *before changing anything in it*.
+///   ([`crate::StoreError::NotADatabase`]; PostgreSQL: one holding tables but no kaged schema,
+///   [`crate::StoreError::NotKaged`]) *before changing anything in it*. A daemon opens with
+///   [`crate::Store::open_for_daemon`], which claims the database first
+///   ([`Backend::lock_for_daemon`]).
 /// - **Atomicity.** A method that writes several rows writes all or none of them.
 /// - **Durability.** A write that returned `Ok` survives a crash of the daemon (SQLite's WAL
-///   with `synchronous = NORMAL` may lose it only to a power loss, never corrupt it).
+///   with `synchronous = NORMAL` may lose it only to a power loss, never corrupt it;
+///   PostgreSQL: committed).
 /// - **Errors.** Storage trouble (disk full, I/O error, read-only, database unreachable) comes
 ///   back as an error whose [`crate::StoreError::trouble`] says so; [`crate::Store`] reports
 ///   it as failing storage and holds state changes. An error of the request itself (a
 ///   constraint, an unknown row) must *not* look like storage trouble. "Not found" is never
-///   an error: it is `None` or `false`.
+///   an error: it is `None` or `false`. PostgreSQL: no answer (refused, lost, timed out),
+///   SQLSTATE classes 08, 28, 53 (53100: full), 57, 58, XX, and 25006 (read-only) and 3D000
+///   are trouble; a connection that failed so is dropped and the next call opens another.
 /// - **Secrets.** Bearer tokens are stored and looked up by their SHA-256 hash only; nothing
 ///   here ever sees a plaintext token.
 /// - **Order.** Ids of audit records and of session transitions increase in the order the rows
-///   were written and are never reused: the event stream uses transition ids as its cursor.
+///   were written (committed) and are never reused: the event stream uses transition ids as
+///   its cursor, so a reader must never see id N+1 before N is visible (PostgreSQL: their
+///   writers take turns).
 ///   A session's event log (`session_events`) is numbered by its writer, from 1 with no gap;
 ///   the backend refuses a batch that does not continue it exactly.
 pub trait Backend: Send + Sync + 'static {
-    /// Where the data lives, for logs and `kaged status` (`sqlite:///path`); never a password.
+    /// Where the data lives, for logs and `kaged status` (`sqlite:///path`,
+    /// `postgres://USER@HOST:PORT/DB`); never a password.
     fn describe(&self) -> String;
     /// The schema version in force (the number of migrations applied).
     fn schema_version(&self) -> Result<u32>;
-    /// A cheap round trip proving the database answers (readiness). Reads only.
+    /// A cheap round trip proving the database answers (readiness). Reads only. PostgreSQL:
+    /// also checks the connection holding the daemon's claim, and claims again if it was lost.
     fn ping(&self) -> Result<()>;
     /// Append one audit record; returns its id. The audit trail is append-only: the database
     /// itself must refuse updates and deletes of stored records (triggers in SQLite), not only
@@ -159,4 +171,24 @@ pub trait Backend: Send + Sync + 'static {
     /// A real write that changes nothing, proving the database takes writes again (storage
     /// recovery). It must fail while writes fail, and never adds or changes a row.
     fn probe_write(&self) -> Result<()>;
+    /// Claim the database for this daemon for as long as this backend lives, so that two
+    /// daemons never share one database by accident. Claiming again from the same backend is a
+    /// no-op; a claim while another backend (another daemon, or another backend in this
+    /// process) holds it fails with [`crate::StoreError::InUse`] naming the holder
+    /// (`kaged pid N on HOST`). PostgreSQL: a session-level advisory lock held by a connection
+    /// of its own (retaken by [`Backend::ping`] if that connection was lost). SQLite: an
+    /// exclusive `flock` on `PATH.lock` beside the file (SQLite's own locks are per
+    /// transaction, not per daemon), which holds the holder's name.
+    fn lock_for_daemon(&self) -> Result<()>;
+}
+
+/// Who claims a database (see [`Backend::lock_for_daemon`]), also PostgreSQL's
+/// `application_name` for every connection: `kaged pid N on HOST`.
+pub fn this_daemon() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "an unnamed host".into());
+    format!("kaged pid {} on {host}", std::process::id())
 }

@@ -10,15 +10,40 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("database {place}: {}", with_causes(source))]
+    Postgres {
+        /// The URL without its password.
+        place: String,
+        #[source]
+        source: postgres::Error,
+    },
     #[error(
-        "database {path} has schema version {found}, written by a newer kaged (this kaged knows up to {supported}); \
-         upgrade kaged, or point [storage] url at another file"
+        "database {place} has schema version {found}, written by a newer kaged (this kaged knows up to {supported}); \
+         upgrade kaged, or point [storage] url at another database"
     )]
     NewerSchema {
-        path: PathBuf,
+        /// The file, or the URL without its password.
+        place: String,
         found: u32,
         supported: u32,
     },
+    /// Every pooled connection stayed busy (or the database did not answer) for too long.
+    #[error("database {place}: no connection became free within {waited_secs} s")]
+    Busy { place: String, waited_secs: u64 },
+    /// What the URL asks for cannot be set up (a TLS root certificate that cannot be read).
+    #[error("database {place}: {reason}")]
+    Setup { place: String, reason: String },
+    /// Another kaged holds the database (see [`crate::Backend::lock_for_daemon`]).
+    #[error(
+        "database {place} is in use by another kaged ({holder}); stop that daemon first, or point [storage] url at another database"
+    )]
+    InUse { place: String, holder: String },
+    /// A PostgreSQL database that holds tables but no kaged schema. kaged does not touch it.
+    #[error(
+        "database {place} holds tables that are not kaged's ({tables}); kaged left it untouched. \
+         Give kaged a database of its own (createdb -O ROLE kaged) and point [storage] url at it"
+    )]
+    NotKaged { place: String, tables: String },
     #[error("cannot prepare {path}: {source}")]
     Io {
         path: PathBuf,
@@ -52,3 +77,19 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An error with the causes its own text leaves out (`error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer`), each once.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}

@@ -31,24 +31,27 @@ impl StoreError {
         match self {
             StoreError::Sqlite { source, .. } => sqlite_trouble(source),
             StoreError::Io { source, .. } => Some(io_trouble(source)),
-            StoreError::Worker(_) => Some(Trouble::Failing),
+            StoreError::Postgres { source, .. } => crate::postgres::trouble(source),
+            StoreError::Worker(_) | StoreError::Busy { .. } => Some(Trouble::Failing),
             // Held behind earlier changes: no new observation of the storage. A file that is
             // not a database is refused at open, before there is a store to report on.
             StoreError::NewerSchema { .. }
             | StoreError::NotADatabase { .. }
+            | StoreError::InUse { .. }
+            | StoreError::Setup { .. }
+            | StoreError::NotKaged { .. }
             | StoreError::Held { .. }
             | StoreError::OutOfOrder { .. } => None,
         }
     }
 
-    /// The database file this error is about, when it names one.
+    /// The SQLite file this error is about, when it names one.
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             StoreError::Sqlite { path, .. }
             | StoreError::Io { path, .. }
-            | StoreError::NewerSchema { path, .. }
             | StoreError::NotADatabase { path, .. } => Some(path),
-            StoreError::Worker(_) | StoreError::Held { .. } | StoreError::OutOfOrder { .. } => None,
+            _ => None,
         }
     }
 }

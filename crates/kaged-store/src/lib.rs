@@ -1,12 +1,14 @@
 //! kaged's storage boundary.
 //!
-//! Callers hold a [`Store`] and call its async methods; the database behind it is a [`Backend`].
-//! Only SQLite exists today. A PostgreSQL backend implements the same trait and is chosen by URL
-//! in [`Store::open`]; no caller changes.
+//! Callers hold a [`Store`] and call its async methods; the database behind it is a [`Backend`]:
+//! SQLite or PostgreSQL, chosen by URL in [`Store::open`]; no caller changes. One conformance
+//! suite (`tests/conformance/`) runs the same tests against both.
 //!
 //! - `backend.rs`: the [`Backend`] trait, with what every method must guarantee;
 //! - `records.rs`: the rows it takes and returns; `error.rs`: [`StoreError`];
 //! - `sqlite/`: [`SqliteBackend`], one file per table group; `migrations.rs`: its schema;
+//! - `postgres/`: [`PostgresBackend`] (a bounded connection pool, TLS by rustls, the daemon's
+//!   advisory lock), one file per table group; `postgres/migrations.rs`: the same schema;
 //! - `health.rs` and `held.rs`: whether storage takes writes, and the state changes held
 //!   until it does again;
 //! - here: [`Store`], the async, cloneable handle every caller uses.
@@ -16,12 +18,14 @@ mod error;
 mod health;
 mod held;
 mod migrations;
+mod postgres;
 mod records;
 mod sqlite;
 
 use std::sync::Arc;
 
-pub use backend::Backend;
+pub use self::postgres::{POOL_SIZE, PostgresBackend};
+pub use backend::{Backend, this_daemon};
 pub use error::{Result, StoreError};
 pub use health::{Failure, Health, Trouble};
 pub use held::MAX_HELD;
@@ -45,16 +49,50 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open the database named by `[storage] url`, running migrations.
+    /// Open the database named by `[storage] url`, running migrations. PostgreSQL is opened
+    /// on a thread of its own (its client must not start on an async thread), so this may be
+    /// called from anywhere; it blocks until the database answered (5 s connect timeout).
     pub fn open(url: &kaged_config::StorageUrl) -> Result<Store> {
         let backend: Arc<dyn Backend> = match url {
             kaged_config::StorageUrl::Sqlite(path) => Arc::new(SqliteBackend::open(path)?),
+            kaged_config::StorageUrl::Postgres(pg) => Arc::new(
+                std::thread::scope(|s| s.spawn(|| PostgresBackend::open(pg)).join())
+                    .map_err(|_| StoreError::Worker("opening PostgreSQL panicked".into()))??,
+            ),
         };
-        Ok(Store {
+        Ok(Store::with_backend(backend))
+    }
+
+    /// [`Store::open`] for the daemon: the database is claimed for this daemon's life before
+    /// anything in it is read or changed (see [`Backend::lock_for_daemon`]), so a second
+    /// daemon on the same database is refused with [`StoreError::InUse`] naming the first,
+    /// before its migrations could touch it.
+    pub fn open_for_daemon(url: &kaged_config::StorageUrl) -> Result<Store> {
+        let backend: Arc<dyn Backend> = match url {
+            kaged_config::StorageUrl::Sqlite(path) => {
+                Arc::new(SqliteBackend::open_for_daemon(path)?)
+            }
+            kaged_config::StorageUrl::Postgres(pg) => Arc::new(
+                std::thread::scope(|s| s.spawn(|| PostgresBackend::open_for_daemon(pg)).join())
+                    .map_err(|_| StoreError::Worker("opening PostgreSQL panicked".into()))??,
+            ),
+        };
+        Ok(Store::with_backend(backend))
+    }
+
+    /// A store over a backend opened by the caller.
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Store {
+        Store {
             backend,
             health: Health::default(),
             held: held::Held::default(),
-        })
+        }
+    }
+
+    /// Claim the database for this daemon for the store's life (see
+    /// [`Backend::lock_for_daemon`]): [`StoreError::InUse`] names the daemon holding it.
+    pub async fn lock_for_daemon(&self) -> Result<()> {
+        self.run(|b| b.lock_for_daemon()).await
     }
 
     pub fn describe(&self) -> String {

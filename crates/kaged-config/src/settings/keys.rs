@@ -235,8 +235,8 @@ pub const KEYS: &[KeySpec] = &[
         section: "storage",
         key: "url",
         env: "KAGED_STORAGE_URL",
-        expected: "\"sqlite:///ABSOLUTE/PATH/kaged.db\"",
-        doc: "Database URL.",
+        expected: "\"sqlite:///ABSOLUTE/PATH/kaged.db\" or \"postgres://USER@HOST:5432/DATABASE\"",
+        doc: "Database URL: SQLite, or PostgreSQL (password from KAGED_STORAGE_PASSWORD or the URL; a Unix socket with ?host=/run/postgresql; TLS verified by default off this host: sslmode=verify-full|disable, sslrootcert=PATH).",
         value: &Typed {
             kind: Kind::Text,
             parse: value::storage_url,

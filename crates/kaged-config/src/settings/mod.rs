@@ -19,6 +19,7 @@ mod cross;
 mod field;
 mod keys;
 mod notify;
+mod postgres;
 mod render;
 mod sources;
 #[cfg(test)]
@@ -32,6 +33,9 @@ use std::path::{Path, PathBuf};
 
 pub use keys::{KEYS, KeySpec};
 pub use notify::{NotifySettings, redacted_url};
+pub use postgres::{
+    DEFAULT_POSTGRES_PORT, PostgresHost, PostgresTls, PostgresUrl, STORAGE_PASSWORD_ENV,
+};
 pub use render::render_default_config;
 pub use types::{
     AuditSink, AuthMechanism, AuthMode, CageLimits, ConfigSecret, FlagOverrides, Listener,
@@ -169,6 +173,13 @@ pub fn resolve(
             spec.value.set_default(decision, &mut settings);
             settings.sources.insert(path, Source::Default);
         }
+    }
+
+    // The PostgreSQL password from the environment wins over one in the URL.
+    if let StorageUrl::Postgres(url) = &mut settings.storage_url
+        && let Some(password) = env.get(STORAGE_PASSWORD_ENV).filter(|p| !p.is_empty())
+    {
+        url.password = Some(ConfigSecret::new(password.clone()));
     }
 
     let explicit =

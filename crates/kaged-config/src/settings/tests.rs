@@ -479,7 +479,7 @@ fn every_key_rejects_a_bad_value_with_its_expected_form() {
         (
             "[storage]\nurl = \"postgres://db/kaged\"",
             "storage.url",
-            "PostgreSQL",
+            "no database user",
         ),
         (
             "[storage]\nurl = \"mysql://db\"",
@@ -1251,4 +1251,67 @@ fn on_daemon_stop_is_keep_or_kill() {
     let e = only_error("[sessions]\non_daemon_stop = \"pause\"\n");
     assert_eq!(e.key, "sessions.on_daemon_stop");
     assert!(e.to_string().contains("\"keep\", \"kill\""), "{e}");
+}
+
+#[test]
+fn a_postgres_url_is_read_and_the_password_from_the_environment_wins() {
+    let text = "[storage]\nurl = \"postgres://kaged:from-file@/kaged?host=/run/postgresql\"\n";
+    let s = resolve_text(text).unwrap();
+    let StorageUrl::Postgres(url) = &s.storage_url else {
+        panic!("{:?}", s.storage_url)
+    };
+    assert_eq!(url.password.as_ref().map(|p| p.expose()), Some("from-file"));
+    assert_eq!(url.host, PostgresHost::Socket("/run/postgresql".into()));
+    let e = env(&[
+        (
+            "KAGED_STORAGE_URL",
+            "postgresql://kaged@127.0.0.1:5433/team",
+        ),
+        ("KAGED_STORAGE_PASSWORD", "from-env"),
+    ]);
+    let s = resolve(
+        &decision(),
+        &cfg(),
+        Some(text),
+        &e,
+        &FlagOverrides::default(),
+    )
+    .unwrap();
+    let StorageUrl::Postgres(url) = &s.storage_url else {
+        panic!("{:?}", s.storage_url)
+    };
+    assert_eq!(url.password.as_ref().map(|p| p.expose()), Some("from-env"));
+    assert_eq!((url.port, url.database.as_str()), (5433, "team"));
+    // Never shown: not by Display (kaged status, logs), Debug, or the serialized settings.
+    let shown = format!(
+        "{} {:?} {}",
+        s.storage_url,
+        s,
+        serde_json::to_string(&s).unwrap()
+    );
+    assert!(!shown.contains("from-env"), "{shown}");
+    assert_eq!(
+        s.storage_url.to_string(),
+        "postgres://kaged@127.0.0.1:5433/team"
+    );
+    // The password alone, with a SQLite URL, changes nothing.
+    let e = env(&[("KAGED_STORAGE_PASSWORD", "x")]);
+    let s = resolve(&decision(), &cfg(), None, &e, &FlagOverrides::default()).unwrap();
+    assert!(matches!(s.storage_url, StorageUrl::Sqlite(_)));
+}
+
+#[test]
+fn a_postgres_url_that_could_fall_back_to_plain_text_is_refused_at_its_line_with_the_fix() {
+    let err = only_error("[storage]\nurl = \"postgres://k@db.example/k?sslmode=prefer\"\n");
+    assert_eq!(err.key, "storage.url");
+    assert!(
+        matches!(err.location, Location::File { line: 2, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.problem
+            .contains("fall back to an unencrypted connection"),
+        "{err:?}"
+    );
+    assert!(err.hint.contains("sslmode=verify-full"), "{err:?}");
 }

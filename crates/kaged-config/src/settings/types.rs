@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::notify::NotifySettings;
+use super::postgres::PostgresUrl;
 use crate::mode::DeploymentMode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -95,17 +96,20 @@ pub enum AuditSink {
     File(PathBuf),
 }
 
-/// A parsed `[storage] url`. Only SQLite exists today; a `postgres://` variant slots in here.
+/// A parsed `[storage] url`: a SQLite file, or a PostgreSQL database (`postgres.rs`). Shown
+/// and serialized without a password.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "path")]
 pub enum StorageUrl {
     Sqlite(PathBuf),
+    Postgres(PostgresUrl),
 }
 
 impl fmt::Display for StorageUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StorageUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            StorageUrl::Postgres(u) => u.fmt(f),
         }
     }
 }

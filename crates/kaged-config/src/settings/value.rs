@@ -179,14 +179,12 @@ pub(crate) fn storage_url(spec: &KeySpec, raw: Raw) -> Result<StorageUrl, Proble
             });
     }
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        return Err(Problem {
-            problem: "the PostgreSQL backend is not part of this kaged build".into(),
-            hint: "use \"sqlite:///ABSOLUTE/PATH/kaged.db\" (the default) until PostgreSQL support lands".into(),
-        });
+        return super::postgres::parse(&text).map(StorageUrl::Postgres);
     }
     Err(Problem {
         problem: format!("{text:?} is not a supported database URL"),
-        hint: "use \"sqlite:///ABSOLUTE/PATH/kaged.db\"".into(),
+        hint: "use \"sqlite:///ABSOLUTE/PATH/kaged.db\" or \"postgres://USER@HOST:5432/DATABASE\""
+            .into(),
     })
 }
 

@@ -35,9 +35,6 @@ use crate::audit::{AuditRecord, now_ms};
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a daemon taking runs up again waits for each holder's Hello.
 const REATTACH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Why a run ends whose holder went away without saying how it ended.
-pub(crate) const HOLDER_LOST_REASON: &str =
-    "kaged: the run's holder ended without saying how the run ended (killed from outside?)";
 
 /// Why a run taken up again is ended when its network went through the earlier daemon's
 /// egress proxy (which ended with it; a run with `network: { allow: … }` does not outlive its
@@ -343,7 +340,7 @@ fn follow(
                 handle.block_on(sessions.transition(
                     live,
                     Event::Crashed {
-                        reason: HOLDER_LOST_REASON.into(),
+                        reason: kaged_session::state::HOLDER_LOST_REASON.into(),
                     },
                     "kaged",
                 ));
@@ -432,7 +429,7 @@ fn end_event(status: &StatusFile) -> Event {
             reason: status
                 .error
                 .clone()
-                .unwrap_or_else(|| HOLDER_LOST_REASON.into()),
+                .unwrap_or_else(|| kaged_session::state::HOLDER_LOST_REASON.into()),
         },
     }
 }

@@ -192,8 +192,7 @@ impl Live {
     /// again after a restart: it is in the transcript; a range the cap dropped: it is gone).
     pub(crate) fn skip_to(&self, offset: u64) {
         let mut log = lock(&self.output);
-        if offset > log.end() {
-            log.skip_to(offset);
+        if offset > log.end() && log.skip_to(offset) {
             self.end.send_replace(offset);
         }
     }

@@ -9,16 +9,13 @@
 mod approvals;
 mod audit;
 mod events;
+mod lock;
 mod projects;
 mod runs;
 mod schema;
 mod sessions;
 mod tokens;
 
-#[cfg(test)]
-mod approvals_tests;
-#[cfg(test)]
-mod events_tests;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +34,8 @@ use crate::{
 pub struct SqliteBackend {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// The daemon's claim on the file (`lock.rs`), once taken.
+    lock: lock::Claim,
 }
 
 impl SqliteBackend {
@@ -227,5 +226,9 @@ impl Backend for SqliteBackend {
 
     fn probe_write(&self) -> Result<()> {
         self.with(runs::probe_write)
+    }
+
+    fn lock_for_daemon(&self) -> Result<()> {
+        self.claim()
     }
 }

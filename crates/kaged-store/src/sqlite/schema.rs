@@ -15,6 +15,17 @@ use crate::{Result, StoreError};
 impl SqliteBackend {
     /// Open (or create) the database at `path` and apply the migrations it lacks.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, false)
+    }
+
+    /// [`SqliteBackend::open`] for a daemon: claims the file first (see
+    /// [`crate::Backend::lock_for_daemon`]), so a second daemon is refused before anything of
+    /// the database is read or changed.
+    pub fn open_for_daemon(path: &Path) -> Result<Self> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, claim: bool) -> Result<Self> {
         let io = |source| StoreError::Io {
             path: path.to_path_buf(),
             source,
@@ -28,6 +39,7 @@ impl SqliteBackend {
                 .create(dir)
                 .map_err(io)?;
         }
+        let claimed = claim.then(|| super::lock::claim_file(path)).transpose()?;
         let conn = Connection::open(path).map_err(|e| opening(path, e))?;
         // The database holds the audit trail: owner only, whether we created it or not.
         let mode = fs::metadata(path).map_err(io)?.permissions().mode();
@@ -54,6 +66,7 @@ impl SqliteBackend {
         let backend = SqliteBackend {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            lock: Mutex::new(claimed),
         };
         backend.migrate(LATEST_SCHEMA)?;
         Ok(backend)
@@ -87,6 +100,7 @@ impl SqliteBackend {
         let backend = SqliteBackend {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            lock: Default::default(),
         };
         backend.migrate(version)?;
         Ok(backend)
@@ -105,7 +119,7 @@ pub(super) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
 
 fn newer_schema(path: &Path, found: u32) -> StoreError {
     StoreError::NewerSchema {
-        path: path.to_path_buf(),
+        place: path.display().to_string(),
         found,
         supported: LATEST_SCHEMA,
     }

@@ -53,34 +53,12 @@ async fn get(d: &Daemon, path: &str) -> Value {
     v
 }
 
-/// The session's pending approvals, waited for until there are `n`.
 /// The id of the one approval `session` waits for, once it does.
 async fn pending_id(d: &Daemon, session: &str) -> String {
     wait_pending(d, session, 1).await[0]["id"]
         .as_str()
         .unwrap()
         .to_string()
-}
-
-async fn wait_pending(d: &Daemon, session: &str, n: usize) -> Vec<Value> {
-    let start = Instant::now();
-    loop {
-        let v = get(
-            d,
-            &format!("/api/v1/approvals?state=pending&session={session}"),
-        )
-        .await;
-        let list = v["approvals"].as_array().unwrap().clone();
-        if list.len() >= n {
-            return list;
-        }
-        assert!(
-            start.elapsed() < AGENT_PATIENCE,
-            "no pending approval of {session}: {v}; conversation:\n{}",
-            summarize(&conversation(d, session, 0).await.0)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `GET /api/v1/approvals/{id}`.

@@ -478,7 +478,11 @@ fn syntax_errors_and_unknown_sections_are_reported_through_the_binary() {
         ),
         (
             "[storage]\nurl = \"postgres://db/kaged\"\n",
-            &["PostgreSQL backend is not part of this kaged build"],
+            &[
+                &line2,
+                "names no database user",
+                "postgres://USER@HOST:5432/DATABASE",
+            ],
         ),
     ];
     for (text, needles) in cases {

@@ -11,6 +11,8 @@
 
 mod common;
 
+mod acp_claude;
+mod acp_opencode;
 mod acp_shim;
 mod agent_cli;
 mod agents;

@@ -1,41 +1,20 @@
 //! Toolchains in cages: a program that lives in the operator's home is refused before the cage
 //! starts, with where it is and the `local.toml` grant that makes it visible; with that grant
 //! (pasted as printed) it runs, through `kaged cage run` and as a session's task. And the
-//! Claude Code recipe for real: the npm package installed under a home, run in print mode in a
+//! Claude Code recipe for real: the pinned npm package (`common/npm.rs`), run in print mode in a
 //! cage against a loopback Anthropic-compatible stream through kaged's egress proxy.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::anthropic::AnthropicStream;
+use crate::common::npm::{claude_code, scratch};
 use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-/// Where the operator's "home" of these tests lives: not below /tmp (the cage's own: a grant
-/// there goes below the cage's home) and, wherever the checkout is (a 0700 home, /tmp), a place
-/// the cage's user can traverse: /var/tmp, else the target directory.
-fn base() -> PathBuf {
-    let var_tmp = Path::new("/var/tmp");
-    if var_tmp.is_dir() {
-        var_tmp.to_path_buf()
-    } else {
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-    }
-}
-
-/// A scratch directory below [`base`], which the cage's user can traverse.
-fn scratch(tag: &str) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("kaged-toolchains-{tag}-"))
-        .tempdir_in(base())
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 fn mkdirs(path: &Path) {
     std::fs::create_dir_all(path).unwrap();
@@ -117,7 +96,7 @@ fn toolchain_home(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn a_program_in_the_operators_home_is_refused_with_its_grant_and_runs_once_granted() {
-    let dir = scratch("cage");
+    let dir = scratch("toolchains-cage");
     let (bin, project) = toolchain_home(dir.path());
     let config = dir.path().join("config");
     mkdirs(&config);
@@ -262,7 +241,7 @@ fn start_daemon(home: &Path, config: &Path, operator_path: &str) -> Daemon {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_in_the_operators_home_fails_with_the_grant_and_runs_with_it() {
-    let dir = scratch("task");
+    let dir = scratch("toolchains-task");
     let (bin, project) = toolchain_home(dir.path());
     let config = dir.path().join("config");
     mkdirs(&config);
@@ -309,116 +288,15 @@ async fn a_task_in_the_operators_home_fails_with_the_grant_and_runs_with_it() {
 // ---------------------------------------------------------------------------------------------
 // Claude Code, for real.
 
-/// Where the npm package is installed once (so reruns are fast): a home of its own, as an
-/// operator's would be, below [`base`].
-fn claude_home() -> PathBuf {
-    base().join("kaged-claude-code/home")
-}
-
-/// `HOME/.local/claude/node_modules/.bin/claude`, installed from the npm registry when it is
-/// not there yet. `None` (the test is skipped, loudly) only when the registry is unreachable.
-fn install_claude_code() -> Option<PathBuf> {
-    let prefix = claude_home().join(".local/claude");
-    let bin = prefix.join("node_modules/.bin/claude");
-    if bin.exists() {
-        return Some(bin);
-    }
-    for tool in ["node", "npm"] {
-        let found = Command::new(tool).arg("--version").output();
-        assert!(
-            found.as_ref().is_ok_and(|o| o.status.success()),
-            "{tool} is missing: install Debian's nodejs and npm (scripts/test does): {found:?}"
-        );
-    }
-    let ping = Command::new("timeout")
-        .args(["60", "npm", "ping"])
-        .output()
-        .unwrap();
-    if !ping.status.success() {
-        eprintln!(
-            "\n\n*** SKIPPED: the npm registry is unreachable (`npm ping`: {}{}), so Claude Code cannot be installed; this test did NOT run ***\n\n",
-            text(&ping.stdout).trim(),
-            text(&ping.stderr).trim()
-        );
-        return None;
-    }
-    mkdirs(&prefix);
-    let install = Command::new("timeout")
-        .args([
-            "600",
-            "npm",
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--prefix",
-        ])
-        .arg(&prefix)
-        .arg("@anthropic-ai/claude-code")
-        .output()
-        .unwrap();
-    assert!(
-        install.status.success() && bin.exists(),
-        "npm install @anthropic-ai/claude-code failed with the registry reachable: {}{}",
-        text(&install.stdout),
-        text(&install.stderr)
-    );
-    // The cage's user (nobody, under a root suite) reads it.
-    let _ = Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(claude_home())
-        .status();
-    Some(bin)
-}
-
-/// The loopback Anthropic-compatible stream: the child, its port, and its request log.
-struct Stream {
-    child: std::process::Child,
-    port: u16,
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn anthropic_stream(dir: &Path, reply: &str) -> Stream {
-    let script = dir.join("anthropic_stream.py");
-    std::fs::write(&script, include_str!("toolchains/anthropic_stream.py")).unwrap();
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg("0")
-        .arg(reply)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the loopback stream");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().parse().expect("the stream prints its port");
-    let (tx, log) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    Stream { child, port, log }
-}
-
 #[test]
 fn claude_code_runs_in_a_cage_against_a_loopback_stream_through_the_egress_proxy() {
-    let Some(claude) = install_claude_code() else {
+    let Some(claude) = claude_code() else {
         return;
     };
-    let bin_dir = claude.parent().unwrap().to_path_buf();
-    let dir = scratch("claude");
+    let bin_dir = claude.bin_dir();
+    let dir = scratch("toolchains-claude");
     let reply = format!("kaged-cage-reply-{}", std::process::id());
-    let stream = anthropic_stream(dir.path(), &reply);
+    let mut stream = AnthropicStream::start(dir.path(), &reply, None);
     let project = project(
         dir.path(),
         &format!(
@@ -469,7 +347,7 @@ fn claude_code_runs_in_a_cage_against_a_loopback_stream_through_the_egress_proxy
         stderr.contains(&format!("egress allowed: POST 127.0.0.1:{}", stream.port)),
         "not through the proxy: {stderr}"
     );
-    let requests: Vec<String> = stream.log.try_iter().collect();
+    let requests = stream.requests();
     assert!(
         requests
             .iter()

@@ -7,6 +7,12 @@ pub mod provider;
 /// The standalone scripted ACP agent and ACP client, built once per process (`acp_testing.rs`).
 pub mod acp_testing;
 
+/// The loopback Anthropic-compatible stream real Claude Code runs against (`anthropic.rs`).
+pub mod anthropic;
+
+/// Agent CLIs from the npm registry, pinned and cached (`npm.rs`).
+pub mod npm;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

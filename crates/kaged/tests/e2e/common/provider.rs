@@ -508,6 +508,50 @@ pub async fn wait_conversation(d: &Daemon, id: &str, done: impl Fn(&Value) -> bo
     }
 }
 
+/// The session's pending approvals (`GET /api/v1/approvals?state=pending&session=…`), waited
+/// for until there are `n`.
+pub async fn wait_pending(d: &Daemon, session: &str, n: usize) -> Vec<Value> {
+    wait_pending_within(d, session, n, AGENT_PATIENCE).await
+}
+
+/// [`wait_pending`], waiting at most `limit`.
+pub async fn wait_pending_within(
+    d: &Daemon,
+    session: &str,
+    n: usize,
+    limit: Duration,
+) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let path = format!("/api/v1/approvals?state=pending&session={session}");
+        let (status, v) = d.call(Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {v}");
+        let list = v["approvals"].as_array().unwrap().clone();
+        if list.len() >= n {
+            return list;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no pending approval of {session}: {v}; conversation:\n{}",
+            summarize(&conversation(d, session, 0).await.0)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `cage.egress` decisions of `session` in the audit trail (`detail`: method, host, port,
+/// decision).
+pub async fn egress_decisions(d: &Daemon, session: &str) -> Vec<Value> {
+    let audit = d.api_get("/api/v1/audit?limit=1000").await;
+    audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "cage.egress" && e["detail"]["session"] == session)
+        .map(|e| e["detail"].clone())
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Records
 
