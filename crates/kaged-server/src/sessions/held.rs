@@ -206,9 +206,16 @@ impl Runner {
                 holders.dir.display()
             )
         });
+        // Under a systemd user manager, each holder in a scope of its own (kaged-runs.slice):
+        // restarting kaged's unit leaves it alone. systemd-run needs the executable's path.
+        let (exe, prefix) = if kaged_spawn::limit_facts().systemd_user {
+            let exe = std::env::current_exe().unwrap_or_else(|_| holders.exe.clone());
+            (exe, kaged_spawn::holder_scope_prefix(run_name(&id)))
+        } else {
+            (holders.exe.clone(), Vec::new())
+        };
         let launched = launched.and_then(|()| {
-            kaged_holder::launch(&holders.exe, &spec, run.cage.as_ref(), &[])
-                .map_err(|e| e.to_string())
+            kaged_holder::launch(&exe, &spec, run.cage.as_ref(), &prefix).map_err(|e| e.to_string())
         });
         let launched = match launched {
             Ok(l) => l,
