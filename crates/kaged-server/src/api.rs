@@ -84,6 +84,7 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
         "logging": {"operational": s.log_operational, "level": s.log_level},
         "ui_serve": s.ui_serve,
         "approvals": {"pending": pending},
+        "holders": state.runs.holders_report().await,
         "warnings": warnings,
         "sources": s.sources,
     })))

@@ -7,7 +7,7 @@ use kaged_cage::{Launch, Policy, policy_for, unenforced};
 use crate::Failure;
 use crate::cli::CageCommand;
 
-pub fn doctor() -> Result<(), Failure> {
+pub fn doctor(mode: Option<kaged_config::DeploymentMode>) -> Result<(), Failure> {
     let checks = kaged_spawn::preflight();
     for check in &checks {
         match &check.outcome {
@@ -21,9 +21,47 @@ pub fn doctor() -> Result<(), Failure> {
             }
         }
     }
+    holders(mode);
     match kaged_spawn::sandbox_problem(&checks) {
         Some(_) => Err(Failure::Exit(1)),
         None => Ok(()),
+    }
+}
+
+/// The run holders of each place a daemon may run: followed by the daemon running there, or
+/// holding runs until the next start takes them up (never killed by kaged on its own).
+fn holders(mode: Option<kaged_config::DeploymentMode>) {
+    let Ok(places) = crate::client::holders_everywhere(mode) else {
+        return;
+    };
+    for (dir, running, found) in places {
+        let holders = kaged_server::holder_dir(&dir);
+        match (found.len(), running) {
+            (0, _) => println!("ok    run holders: none in {}", holders.display()),
+            (n, true) => println!(
+                "ok    run holders: {n} in {} (the daemon running there follows its own; `kaged status` lists any it does not know)",
+                holders.display()
+            ),
+            (n, false) => {
+                println!(
+                    "warn  run holders: {n} in {} keep runs going with no daemon running",
+                    holders.display()
+                );
+                for f in &found {
+                    match &f.hello {
+                        kaged_session::holder::HolderHello::Accepted(info) => println!(
+                            "      session {} (pid {}, holder pid {}, {})",
+                            info.id, info.pid, info.holder_pid, info.holder
+                        ),
+                        kaged_session::holder::HolderHello::Refused { versions, .. } => println!(
+                            "      {} (speaks protocol versions {versions:?})",
+                            f.socket.display()
+                        ),
+                    }
+                }
+                println!("      fix: `kaged start` takes them up; `kill HOLDER_PID` ends one");
+            }
+        }
     }
 }
 

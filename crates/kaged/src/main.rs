@@ -265,7 +265,7 @@ fn main() -> ExitCode {
             | Command::ToolExec { .. }
             | Command::RunHolder { .. }
             | Command::AcpShim { .. } => Ok(()),
-            Command::Doctor => cage::doctor(),
+            Command::Doctor => cage::doctor(mode),
             Command::Version => {
                 println!(
                     "kaged {} (database schema {})",

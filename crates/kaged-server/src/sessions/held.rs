@@ -23,7 +23,7 @@ use kaged_holder::Client;
 use kaged_session::holder::{HolderHello, HolderSpec, SignalName, StatusFile, ToClient};
 use kaged_session::state::{Event, State};
 use kaged_store::StateChange;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::egress::EgressRun;
 use super::live::{LOG_CAPACITY, Live, RunControl, RunInfo};
@@ -369,6 +369,7 @@ fn forward_input(
         &live.id().to_string(),
         move || {
             for message in input {
+                super::panics::inject("writer");
                 if control.detached() {
                     break;
                 }
@@ -514,6 +515,44 @@ impl Sessions {
             }
         }
         taken
+    }
+
+    /// The run holders in the holders' directory (`kaged status`): how many runs this daemon
+    /// follows in one; holders of runs it does not follow (a wiped database, another daemon's
+    /// data directory), which are reported and never killed or taken up; and holders that
+    /// speak no protocol version this daemon does.
+    pub async fn holders_report(&self) -> Value {
+        let Some(holders) = self.deps().settings.holders.clone() else {
+            return Value::Null;
+        };
+        let followed = self
+            .running()
+            .iter()
+            .filter(|l| matches!(l.control(), Some(RunControl::Held(_))))
+            .count();
+        let dir = holders.dir.clone();
+        let found = tokio::task::spawn_blocking(move || kaged_holder::discover(&dir))
+            .await
+            .unwrap_or_default();
+        let mut unknown = Vec::new();
+        let mut incompatible = Vec::new();
+        for f in found {
+            match f.hello {
+                HolderHello::Accepted(info) => {
+                    let ours = self
+                        .get(&info.id)
+                        .is_some_and(|l| matches!(l.control(), Some(RunControl::Held(_))));
+                    if !ours {
+                        unknown.push(json!({"session": info.id, "pid": info.pid,
+                            "holder_pid": info.holder_pid, "holder": info.holder,
+                            "started_at_ms": info.started_at_ms, "socket": f.socket}));
+                    }
+                }
+                HolderHello::Refused { refused, versions } => incompatible
+                    .push(json!({"socket": f.socket, "refused": refused, "versions": versions})),
+            }
+        }
+        json!({"dir": holders.dir, "followed": followed, "unknown": unknown, "incompatible": incompatible})
     }
 
     /// Hold a run an earlier daemon started in memory again and follow it.

@@ -23,6 +23,21 @@ fn locate(mode_flag: Option<DeploymentMode>) -> Result<Vec<(ModeDecision, Probe)
         .collect())
 }
 
+/// The run holders in every place a client looks (`kaged doctor`): each runtime directory,
+/// whether a daemon runs there, and the holders that answer in its `holders/`.
+pub(crate) fn holders_everywhere(
+    mode_flag: Option<DeploymentMode>,
+) -> Result<Vec<(std::path::PathBuf, bool, Vec<kaged_holder::Found>)>, Failure> {
+    Ok(locate(mode_flag)?
+        .into_iter()
+        .map(|(c, probe)| {
+            let dir = c.paths.runtime_dir;
+            let found = kaged_holder::discover(&kaged_server::holder_dir(&dir));
+            (dir, matches!(probe, Probe::Running(_)), found)
+        })
+        .collect())
+}
+
 /// What one runtime directory says about a daemon.
 #[derive(Debug)]
 enum Probe {

@@ -20,6 +20,7 @@ mod transport;
 pub use acp::acp;
 pub use approvals::approvals;
 pub use auth::{nonce, open};
+pub(crate) use discovery::holders_everywhere;
 pub use projects::project;
 pub use status::status;
 pub use stop::stop;

@@ -90,9 +90,32 @@ pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<
                 None => "unknown".to_string(),
             },
         ),
+        ("runs", held_runs(&s["holders"])),
     ];
     for (label, value) in rows {
         println!("  {label:<9} {value}");
+    }
+    for h in s["holders"]["unknown"].as_array().into_iter().flatten() {
+        println!(
+            "  HOLDER    of a run this kaged does not know: session {} (pid {}, holder pid {}, {}); left running: end it with `kill {}`",
+            text(&h["session"]),
+            text(&h["pid"]),
+            text(&h["holder_pid"]),
+            text(&h["holder"]),
+            text(&h["holder_pid"]),
+        );
+    }
+    for h in s["holders"]["incompatible"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "  HOLDER    at {} speaks protocol versions {} this kaged does not: {}",
+            text(&h["socket"]),
+            text(&h["versions"]),
+            text(&h["refused"]),
+        );
     }
     if let Some(warnings) = s["warnings"].as_array() {
         for w in warnings {
@@ -100,6 +123,22 @@ pub async fn status(mode_flag: Option<DeploymentMode>, as_json: bool) -> Result<
         }
     }
     Ok(())
+}
+
+/// `kaged status`'s line about run holders: how many runs this daemon follows in one.
+fn held_runs(h: &Value) -> String {
+    match h["followed"].as_u64() {
+        None => "not in run holders (they end with kaged)".into(),
+        Some(n) => {
+            let unknown = h["unknown"].as_array().map_or(0, Vec::len);
+            let odd = h["incompatible"].as_array().map_or(0, Vec::len);
+            let mut line = format!("{n} in run holders (they outlive kaged)");
+            if unknown + odd > 0 {
+                line.push_str(&format!("; {} other holder(s) below", unknown + odd));
+            }
+            line
+        }
+    }
 }
 
 /// `kaged status`'s storage line: `ok`, or what fails since when and what waits.

@@ -1866,3 +1866,54 @@ print("made", n, flush=True)
         "daemon VmRSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 }
+
+/// Holders of runs the daemon does not know (its database wiped while they ran) are reported
+/// by `kaged status` and `kaged doctor`, and left running: never killed, never taken up.
+#[tokio::test]
+async fn holders_of_unknown_runs_are_reported_and_left_alone() {
+    let (env, d) = setup_with("unknown", &KEEP).await;
+    let d = d.failing_on_panics().keeping_runs();
+    let id = start(&d, "task", Some("steady")).await;
+    wait_session(&d, &id, "running", |s| s["state"] == "running").await;
+    d.signal("KILL");
+    let _ = d.stop_after_signal();
+    for file in ["kaged.db", "kaged.db-wal", "kaged.db-shm"] {
+        let _ = std::fs::remove_file(env.home().join(file));
+    }
+    let d = Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], &KEEP).keeping_runs();
+    let out = d.cli(&["status"]);
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{status}");
+    assert!(
+        status.contains("0 in run holders") && status.contains("1 other holder(s) below"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "HOLDER    of a run this kaged does not know: session {id}"
+        )),
+        "{status}"
+    );
+    let doctor = d.cli(&["doctor"]);
+    assert!(
+        String::from_utf8_lossy(&doctor.stdout).contains("ok    run holders: 1 in "),
+        "{}",
+        String::from_utf8_lossy(&doctor.stdout)
+    );
+    let (code, _) = d.stop();
+    assert!(code.success());
+    assert!(!processes_with(&env.marker).is_empty(), "left running");
+    let doctor = kaged_cmd(&[("KAGED_HOME", env.home().to_str().unwrap())])
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("warn  run holders: 1 in ")
+            && text.contains(&format!("session {id} (pid "))
+            && text.contains("`kaged start` takes them up"),
+        "{text}"
+    );
+    kill_holders(&env.home().join("run"));
+    wait_gone(&env.marker, "after the test's own kill").await;
+}
