@@ -355,3 +355,130 @@ async fn an_unprivileged_operator_approves_a_model_agents_call_that_runs_in_its_
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
 }
+
+/// As an unprivileged operator: a task outlives its daemon (SIGTERM) and a swap of the kaged
+/// binary on disk (the holder keeps running the binary it started with, and says another
+/// version: `KAGED_TEST_HOLDER_VERSION`, read by debug builds); the next daemon, from the new
+/// binary, takes the run up, and its output continues in order with nothing lost.
+#[tokio::test]
+async fn an_unprivileged_operators_task_outlives_a_restart_and_a_binary_swap() {
+    use reqwest::Method;
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::new(tmp.path());
+    let marker = format!("kaged-held-nobody-{}", std::process::id());
+    let project = op.home.join("project");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        format!("version: 1\nproject: mine\nprimary:\n  command: [sh]\ntasks:\n  steady: {{ command: [sh, -c, \"i=0; while :; do i=$((i+1)); echo {marker} $i; sleep 0.1; done\"] }}\n"),
+    )
+    .unwrap();
+    if current_uid() == 0 {
+        sh(
+            "chown",
+            &[
+                "-R",
+                &format!("{NOBODY}:{NOBODY}"),
+                op.home.to_str().unwrap(),
+            ],
+        );
+    }
+    let start = |extra: &[(&str, &str)]| {
+        let env = op.env(extra);
+        Daemon::spawn(
+            op.command(&["start", "--bind", "127.0.0.1:0"], &env),
+            &op.home.join(".local/share/kaged"),
+            &op.runtime_dir(),
+            env.clone(),
+        )
+    };
+    let d = start(&[("KAGED_TEST_HOLDER_VERSION", "kaged-before-the-swap")]).keeping_runs();
+    crate::common::provider::load_project_at(&d, &project).await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/mine/sessions",
+            Some(json!({"kind": "task", "name": "steady"})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let id = body["session"]["id"].as_str().unwrap().to_string();
+    let lines_of = |text: &str| text.matches("\r\n").count();
+    let path = format!("/api/v1/sessions/{id}/transcript");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lines_of(&transcript_text(&d, &path).await) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task printed nothing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    // The binary replaced on disk (a new file at the same path), as an upgrade does.
+    let swapped = op.bin.with_extension("new");
+    std::fs::copy(&op.bin, &swapped).unwrap();
+    std::fs::rename(&swapped, &op.bin).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let d = start(&[]);
+    let session = d.api_get(&format!("/api/v1/sessions/{id}")).await;
+    assert_eq!(session["session"]["state"], "running", "{session}");
+    let before = lines_of(&transcript_text(&d, &path).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lines_of(&transcript_text(&d, &path).await) < before + 5 {
+        assert!(std::time::Instant::now() < deadline, "the task stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let text = transcript_text(&d, &path).await;
+    let whole = &text[..text.rfind("\r\n").unwrap() + 2];
+    for (i, line) in whole.split_terminator("\r\n").enumerate() {
+        assert_eq!(line, format!("{marker} {}", i + 1), "line {}", i + 1);
+    }
+    let audit = d.api_get("/api/v1/audit?limit=100").await;
+    let taken = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "session.reattached" && e["detail"]["session"] == id.as_str())
+        .unwrap_or_else(|| panic!("{audit}"))
+        .clone();
+    assert_eq!(
+        taken["detail"]["holder"], "kaged-before-the-swap",
+        "{taken}"
+    );
+    let holder = taken["detail"]["holder_pid"].as_u64().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{holder}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().ends_with("(deleted)"),
+        "the holder runs the binary it started with: {}",
+        exe.display()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{holder}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains(&op.uid.to_string())),
+        "{status}"
+    );
+    let (code, body) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
+    assert!(code.is_success(), "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = d.api_get(&format!("/api/v1/sessions/{id}")).await;
+        if s["session"]["state"] == "killed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A session's transcript as text (fetched with the nonce).
+async fn transcript_text(d: &Daemon, path: &str) -> String {
+    let (_, body) = d.call(reqwest::Method::GET, path, None).await;
+    body.as_str().unwrap_or_default().to_string()
+}
