@@ -37,7 +37,13 @@ pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            ApiError::new(ErrorCode::Unavailable, "storage is not ready").into_response()
+            // Storage trouble marked the store failing: the same reason as the next call's.
+            match crate::storage::readiness(&state) {
+                Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(reason)).into_response(),
+                None => {
+                    ApiError::new(ErrorCode::Unavailable, "storage is not ready").into_response()
+                }
+            }
         }
     }
 }

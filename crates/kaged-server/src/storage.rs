@@ -94,6 +94,15 @@ pub(crate) fn start_failed(store: &Store, data_dir: &Path, e: StoreError) -> Api
     }
 }
 
+/// A read for a request failed: storage trouble is 503 `storage_failing` (or 507 when full),
+/// anything else an internal error with its text.
+pub(crate) fn read_failed(e: StoreError) -> ApiError {
+    match e.trouble() {
+        Some(_) => ApiError::from(e),
+        None => ApiError::internal(e.to_string()),
+    }
+}
+
 /// A state change of a live run could not be stored now (`transition`'s failure branch). The
 /// store held it (stored by [`recover`] in order) unless the error is not storage trouble.
 pub(crate) fn change_not_stored(session: &str, e: &StoreError) {
@@ -113,7 +122,12 @@ pub(crate) fn change_not_stored(session: &str, e: &StoreError) {
 /// `/readyz`'s refusal while storage is failing (503 with the reason), `None` when ready.
 pub(crate) fn readiness(state: &ServerState) -> Option<Value> {
     let f = state.store.health().failure()?;
-    let e = refusal(&state.store, &state.info.settings.home, f.trouble, &f.last_error);
+    let e = refusal(
+        &state.store,
+        &state.info.settings.home,
+        f.trouble,
+        &f.last_error,
+    );
     Some(json!({
         "status": "unavailable",
         "error": {"code": e.code, "message": e.message, "details": report(state)},

@@ -9,6 +9,7 @@ mod host;
 mod logging;
 mod runtime;
 mod session;
+mod storage;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -260,6 +261,7 @@ fn main() -> ExitCode {
             | Command::ToolExec { .. }
             | Command::AcpShim { .. } => Ok(()),
             Command::Doctor => cage::doctor(),
+            Command::Storage(command) => storage::run(command, mode).await,
             Command::Version => {
                 println!(
                     "kaged {} (database schema {})",

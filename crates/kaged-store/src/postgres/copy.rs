@@ -81,7 +81,9 @@ impl PostgresBackend {
 
 fn cell(row: &postgres::Row, i: usize, kind: Kind) -> std::result::Result<Cell, postgres::Error> {
     Ok(match kind {
-        Kind::Int => row.try_get::<_, Option<i64>>(i)?.map_or(Cell::Null, Cell::Int),
+        Kind::Int => row
+            .try_get::<_, Option<i64>>(i)?
+            .map_or(Cell::Null, Cell::Int),
         Kind::Int32 => row
             .try_get::<_, Option<i32>>(i)?
             .map_or(Cell::Null, |n| Cell::Int(i64::from(n))),

@@ -5,8 +5,8 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::SqliteBackend;
-use crate::copy::{Cell, CopyError, Fill, Kind, Sink, Table};
 use crate::Result;
+use crate::copy::{Cell, CopyError, Fill, Kind, Sink, Table};
 
 impl SqliteBackend {
     pub(crate) fn copy_rows(
@@ -141,11 +141,10 @@ impl Sink for SqliteSink<'_> {
             return Ok(());
         };
         self.with(|c| {
-            let max: Option<i64> = c.query_row(
-                &format!("SELECT max({col}) FROM {}", table.name),
-                [],
-                |r| r.get(0),
-            )?;
+            let max: Option<i64> =
+                c.query_row(&format!("SELECT max({col}) FROM {}", table.name), [], |r| {
+                    r.get(0)
+                })?;
             let next = source.unwrap_or(0).max(max.unwrap_or(0));
             if next == 0 {
                 return Ok(());

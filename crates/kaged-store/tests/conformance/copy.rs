@@ -18,7 +18,9 @@ fn fill(b: &dyn Backend) {
     for i in 0..5 {
         b.append_audit(&audit(&format!("kind.{i}"))).unwrap();
     }
-    let t = b.create_token(&"a".repeat(64), "ann", Some("ci"), 5).unwrap();
+    let t = b
+        .create_token(&"a".repeat(64), "ann", Some("ci"), 5)
+        .unwrap();
     b.create_token(&"b".repeat(64), "bob", None, 6).unwrap();
     b.revoke_token(t.id, 7).unwrap();
     b.put_project("demo", "/srv/demo", 8).unwrap();
@@ -28,9 +30,11 @@ fn fill(b: &dyn Backend) {
     for id in ["s_b", "s_a", "s_c"] {
         session(b, id);
     }
-    b.change_state(&change("s_a", "running", 20, false)).unwrap();
+    b.change_state(&change("s_a", "running", 20, false))
+        .unwrap();
     b.change_state(&change("s_a", "exited", 30, true)).unwrap();
-    b.set_transcript_extent("s_a", 4096, Some((10, 20))).unwrap();
+    b.set_transcript_extent("s_a", 4096, Some((10, 20)))
+        .unwrap();
     b.mark_transcript_pruned("s_a", 40, 4096).unwrap();
     b.append_events("s_b", &batch(1..=7)).unwrap();
     b.create_approval(&pending("apr_2", "s_b", "shell.bash", 50))
@@ -87,10 +91,10 @@ fn a_round_trip_through_postgresql_leaves_every_row_identical() {
     let middle = Db::postgres("copy_round_trip").unwrap_or_else(Db::sqlite);
     let last = Db::sqlite();
 
-    let there = kaged_store::copy(&sqlite_url(&first), &middle.storage_url(), &mut progress())
-        .unwrap();
-    let back = kaged_store::copy(&middle.storage_url(), &sqlite_url(&last), &mut progress())
-        .unwrap();
+    let there =
+        kaged_store::copy(&sqlite_url(&first), &middle.storage_url(), &mut progress()).unwrap();
+    let back =
+        kaged_store::copy(&middle.storage_url(), &sqlite_url(&last), &mut progress()).unwrap();
     assert_eq!(there, back, "the same rows per table both ways");
     let expected = [
         ("daemon_runs", 2),
@@ -135,21 +139,32 @@ fn a_target_holding_rows_is_refused_untouched_naming_them() {
         b.append_audit(&audit("already.here")).unwrap();
         b.put_project("mine", "/srv/mine", 1).unwrap();
     }
-    let e = kaged_store::copy(&source.storage_url(), &target.storage_url(), &mut progress())
-        .unwrap_err();
+    let e = kaged_store::copy(
+        &source.storage_url(),
+        &target.storage_url(),
+        &mut progress(),
+    )
+    .unwrap_err();
     assert!(matches!(e, CopyError::NotEmpty { .. }), "{e}");
     let text = e.to_string();
     assert!(
         text.contains("audit_events: 1 row(s)") && text.contains("projects: 1 row(s)"),
         "{text}"
     );
-    assert!(!text.contains("sessions:"), "only tables holding rows: {text}");
+    assert!(
+        !text.contains("sessions:"),
+        "only tables holding rows: {text}"
+    );
     let b = target.open();
     assert_eq!(b.recent_audit(10).unwrap().len(), 1, "left untouched");
     assert_eq!(b.list_sessions(None, 10).unwrap().len(), 0);
 
-    let same = kaged_store::copy(&source.storage_url(), &source.storage_url(), &mut progress())
-        .unwrap_err();
+    let same = kaged_store::copy(
+        &source.storage_url(),
+        &source.storage_url(),
+        &mut progress(),
+    )
+    .unwrap_err();
     assert!(matches!(same, CopyError::Same(_)), "{same}");
 }
 
@@ -159,7 +174,14 @@ fn a_database_a_daemon_holds_is_refused_naming_it() {
     let held = source.open_for_daemon();
     fill(held.as_ref());
     let target = Db::sqlite();
-    let e = kaged_store::copy(&source.storage_url(), &target.storage_url(), &mut progress())
-        .unwrap_err();
-    assert!(e.to_string().contains("in use by another kaged (kaged pid"), "{e}");
+    let e = kaged_store::copy(
+        &source.storage_url(),
+        &target.storage_url(),
+        &mut progress(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("in use by another kaged (kaged pid"),
+        "{e}"
+    );
 }

@@ -35,6 +35,7 @@ mod lifecycle;
 mod listeners;
 mod notify;
 mod ordinary_user;
+mod postgres;
 mod preflight;
 mod projects;
 mod retention;
