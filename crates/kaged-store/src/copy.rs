@@ -272,7 +272,7 @@ pub enum CopyError {
 /// An opened database, as the copy reads or writes it.
 pub(crate) enum Opened {
     Sqlite(SqliteBackend),
-    Postgres(PostgresBackend),
+    Postgres(Box<PostgresBackend>),
 }
 
 /// The target's side of the copy, inside its one transaction.
@@ -292,7 +292,9 @@ impl Opened {
     fn open(url: &StorageUrl) -> Result<Opened, StoreError> {
         Ok(match url {
             StorageUrl::Sqlite(path) => Opened::Sqlite(SqliteBackend::open_for_daemon(path)?),
-            StorageUrl::Postgres(pg) => Opened::Postgres(PostgresBackend::open_for_daemon(pg)?),
+            StorageUrl::Postgres(pg) => {
+                Opened::Postgres(Box::new(PostgresBackend::open_for_daemon(pg)?))
+            }
         })
     }
 

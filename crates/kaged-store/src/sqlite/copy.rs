@@ -76,7 +76,7 @@ fn cell(v: ValueRef<'_>, i: usize, name: &str, kind: Kind) -> rusqlite::Result<C
         (ValueRef::Integer(n), Kind::Int | Kind::Int32) => Cell::Int(n),
         (ValueRef::Text(t), Kind::Text) => Cell::Text(
             std::str::from_utf8(t)
-                .map_err(|e| rusqlite::Error::Utf8Error(e))?
+                .map_err(rusqlite::Error::Utf8Error)?
                 .to_string(),
         ),
         (other, _) => {
