@@ -247,8 +247,10 @@ async fn retry(state: &ServerState) {
         // An idle daemon learns of a database gone away (a stopped PostgreSQL, a lost file)
         // here, not at the next request: the failed read marks storage failing, `/readyz`
         // says 503, and the probe below clears it once the database takes writes again.
-        if let Err(e) = state.store.ping().await {
-            tracing::warn!(error = %e, "storage does not answer");
+        match state.store.ping().await {
+            // Health may have come back through another write since the last tick.
+            Ok(()) => state.audit.report_lost().await,
+            Err(e) => tracing::warn!(error = %e, "storage does not answer"),
         }
         return;
     }
