@@ -341,7 +341,8 @@ pub type Counts = Vec<(&'static str, u64)>;
 
 /// Copy every table of `from` into the empty database `to` (see the module's doc). `progress`
 /// is told what happens, one line at a time (the CLI prints it on stderr). Returns the rows
-/// of each table, as counted in the target afterwards.
+/// of each table as counted in the target after its copy, inside the transaction (a count
+/// that differs from the rows read rolls the whole copy back).
 pub fn copy(
     from: &StorageUrl,
     to: &StorageUrl,
