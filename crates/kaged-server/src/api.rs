@@ -37,7 +37,13 @@ pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            ApiError::new(ErrorCode::Unavailable, "storage is not ready").into_response()
+            // Storage trouble marked the store failing: the same reason as the next call's.
+            match crate::storage::readiness(&state) {
+                Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(reason)).into_response(),
+                None => {
+                    ApiError::new(ErrorCode::Unavailable, "storage is not ready").into_response()
+                }
+            }
         }
     }
 }
@@ -45,10 +51,18 @@ pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
 pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>, ApiError> {
     let info = &state.info;
     let s = &info.settings;
-    let schema = state.store.schema_version().await?;
+    // While the database does not answer (a stopped PostgreSQL) the status still answers,
+    // with `storage.health` saying why; what only the database knows is null.
+    let schema = state.store.schema_version().await.ok();
     let mut warnings = info.warnings.clone();
     warnings.extend(crate::storage::warning(&state));
-    let pending = state.runs.approvals().pending(None).await?.len();
+    let pending = state
+        .runs
+        .approvals()
+        .pending(None)
+        .await
+        .ok()
+        .map(|p| p.len());
     Ok(Json(json!({
         "version": info.version,
         "pid": info.pid,

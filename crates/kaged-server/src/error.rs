@@ -209,6 +209,19 @@ impl From<kaged_store::StoreError> for ApiError {
                     dir.display()
                 ),
             ),
+            (Some(kaged_store::Trouble::Full), None) => ApiError::new(
+                ErrorCode::StorageFull,
+                format!("kaged's database has no space left ({e}): free space there and retry"),
+            ),
+            // Unreachable or failing (a stopped PostgreSQL): 503, and the request may be
+            // retried once `/readyz` says ready again.
+            (Some(kaged_store::Trouble::Failing), _) => ApiError::new(
+                ErrorCode::StorageFailing,
+                format!(
+                    "kaged cannot use its database ({e}); kaged retries by itself: retry once \
+                     `/readyz` is ready again (see `kaged status`)"
+                ),
+            ),
             _ => ApiError::internal("storage error; see the daemon log"),
         }
     }

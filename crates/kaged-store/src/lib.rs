@@ -9,11 +9,15 @@
 //! - `sqlite/`: [`SqliteBackend`], one file per table group; `migrations.rs`: its schema;
 //! - `postgres/`: [`PostgresBackend`] (a bounded connection pool, TLS by rustls, the daemon's
 //!   advisory lock), one file per table group; `postgres/migrations.rs`: the same schema;
+//! - `copy.rs`: `kaged storage copy` (every table into an empty database of either engine);
+//!   `backup.rs`: `kaged storage backup` (a consistent snapshot of a SQLite database);
 //! - `health.rs` and `held.rs`: whether storage takes writes, and the state changes held
 //!   until it does again;
 //! - here: [`Store`], the async, cloneable handle every caller uses.
 
 mod backend;
+mod backup;
+mod copy;
 mod error;
 mod health;
 mod held;
@@ -26,6 +30,8 @@ use std::sync::Arc;
 
 pub use self::postgres::{POOL_SIZE, PostgresBackend};
 pub use backend::{Backend, this_daemon};
+pub use backup::{Backup, backup_sqlite};
+pub use copy::{CopyError, Counts, copy, table_names};
 pub use error::{Result, StoreError};
 pub use health::{Failure, Health, Trouble};
 pub use held::MAX_HELD;
@@ -97,6 +103,11 @@ impl Store {
 
     pub fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    /// Whether the database is PostgreSQL (for wording: a server, not a data directory).
+    pub fn is_postgres(&self) -> bool {
+        self.backend.describe().starts_with("postgres")
     }
 
     /// Whether storage takes writes, and since when it does not.

@@ -181,6 +181,9 @@ pub enum Command {
     },
     /// Check that this host can build cages (bubblewrap, user namespaces) and say how to fix it.
     Doctor,
+    /// kaged's database: copy it to another (SQLite ↔ PostgreSQL) or back it up.
+    #[command(subcommand)]
+    Storage(StorageCommand),
     /// Project files: validate them, print their JSON Schema.
     #[command(subcommand)]
     Dsl(DslCommand),
@@ -426,5 +429,50 @@ pub enum AuthCommand {
         #[arg(long, value_name = "SECS", default_value_t = kaged_auth::DEFAULT_LAUNCH_TTL_SECS,
               value_parser = clap::value_parser!(u64).range(1..=kaged_auth::MAX_LAUNCH_TTL_SECS))]
         ttl: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StorageCommand {
+    /// Copy every table of one database into another, empty one (SQLite → PostgreSQL and back).
+    #[command(
+        long_about = "Copy every table of one database into another, empty one: SQLite → \
+        PostgreSQL to move to a team's server, PostgreSQL → SQLite and back.\n\n\
+        Stop the daemon first: both databases are claimed as a daemon claims them, so a daemon \
+        running on either refuses the copy, naming it. Both are brought to this kaged's schema. \
+        A target holding any row is refused untouched, naming the tables. Rows keep their ids \
+        and the id counters continue past them; the copy is one transaction of the target (all \
+        or nothing); the rows of each table are counted in the target and compared before it \
+        commits, and printed. Progress goes to stderr.\n\n\
+        URLs: sqlite:///ABSOLUTE/PATH/kaged.db, postgres://USER@HOST:5432/DATABASE (the forms \
+        of [storage] url); a PostgreSQL password comes from the URL or KAGED_STORAGE_PASSWORD.\n\n\
+        Exits 0 when copied, 2 for a bad URL, the same database twice or a target holding rows, \
+        1 otherwise (a database in use, unreachable, or failing)."
+    )]
+    Copy {
+        /// The database to copy from.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The empty database to copy into.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+    /// Write a consistent snapshot of the SQLite database to FILE, also while the daemon runs.
+    #[command(
+        long_about = "Write a consistent snapshot of kaged's SQLite database to FILE \
+        (SQLite's VACUUM INTO: one read transaction, the daemon keeps writing meanwhile), \
+        owner-only (0600), checked after writing. FILE must not exist.\n\n\
+        The database is [storage] url of the configuration (as `kaged start` reads it), or \
+        --url. For a PostgreSQL database kaged prints the pg_dump command to use instead on \
+        stdout and exits 2.\n\n\
+        Restore: stop the daemon, put FILE in place of the database file (removing any -wal and \
+        -shm files beside it), start the daemon."
+    )]
+    Backup {
+        /// Where to write the snapshot (must not exist).
+        file: std::path::PathBuf,
+        /// The database (default: [storage] url of the configuration).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
 }

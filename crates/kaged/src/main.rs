@@ -9,6 +9,7 @@ mod host;
 mod logging;
 mod runtime;
 mod session;
+mod storage;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -266,6 +267,7 @@ fn main() -> ExitCode {
             | Command::RunHolder { .. }
             | Command::AcpShim { .. } => Ok(()),
             Command::Doctor => cage::doctor(mode),
+            Command::Storage(command) => storage::run(command, mode).await,
             Command::Version => {
                 println!(
                     "kaged {} (database schema {})",

@@ -172,7 +172,7 @@ async fn list_of(
         .store
         .list_sessions(project, limit)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(crate::storage::read_failed)?;
     let sessions: Vec<Value> = records.iter().map(|r| view(sessions, r)).collect();
     Ok(Json(json!({ "sessions": sessions })))
 }
@@ -209,7 +209,7 @@ pub(crate) async fn find(sessions: &Sessions, id: &str) -> Result<SessionRecord,
         .store
         .get_session(id.to_string())
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(crate::storage::read_failed)?
         .ok_or_else(not_found)
 }
 
@@ -224,7 +224,7 @@ pub async fn get(
         .store
         .transitions_after(0, Some(id), 10_000)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(crate::storage::read_failed)?;
     Ok(Json(json!({
         "session": view(&sessions, &record),
         "transitions": transitions,

@@ -353,7 +353,11 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
     };
     if let Err(e) = written {
         sessions.remove(&id);
-        return Err(crate::storage::start_failed(&deps.settings.home, e));
+        return Err(crate::storage::start_failed(
+            &deps.store,
+            &deps.settings.home,
+            e,
+        ));
     }
     deps.audit
         .record(AuditRecord {

@@ -13,6 +13,7 @@
 
 mod approvals;
 mod audit;
+mod copy;
 mod events;
 mod lock;
 mod migrations;

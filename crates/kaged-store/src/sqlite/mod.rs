@@ -8,6 +8,7 @@
 
 mod approvals;
 mod audit;
+mod copy;
 mod events;
 mod lock;
 mod projects;

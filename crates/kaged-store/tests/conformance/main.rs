@@ -6,6 +6,7 @@
 
 mod approvals;
 mod basics;
+mod copy;
 mod events;
 mod fixtures;
 mod harness;

@@ -15,8 +15,9 @@
 //! 5. **Locks** (`locks.rs`): the runtime directory (0700, ours) and `daemon.lock`, the data
 //!    directory and `kaged.lock`, held to the end. Before storage: a second daemon must never
 //!    reach the database or sweep what a live daemon owns.
-//! 6. **Storage**: open and migrate (a newer schema or a file that is not SQLite refuses the
-//!    start untouched), then sweep what a daemon killed outright left: it needs storage (the
+//! 6. **Storage**: claimed for this daemon (`Store::open_for_daemon`: a second daemon on the
+//!    same database, SQLite or PostgreSQL, exits 1 naming the first), opened and migrated (a
+//!    newer schema or a file that is not SQLite refuses the start untouched), then sweep what a daemon killed outright left: it needs storage (the
 //!    unfinished sessions) and both locks (nothing swept belongs to a live daemon).
 //! 7. **Listeners** bound (`listeners.rs`): before any runtime file, so "address already in
 //!    use" leaves nothing behind and `daemon.json` names an address that is bound.
@@ -220,9 +221,10 @@ fn log_mode(decision: &ModeDecision, settings: &Settings) {
     );
 }
 
-/// Step 6: open the database (migrating it), then sweep what an earlier daemon left.
+/// Step 6: claim the database for this daemon (a second daemon on it is refused, exit 1,
+/// naming the first), open and migrate it, then sweep what an earlier daemon left.
 async fn open_storage(settings: &Settings, runtime_dir: &Path) -> Result<Store> {
-    let store = Store::open(&settings.storage_url)?;
+    let store = Store::open_for_daemon(&settings.storage_url)?;
     tracing::info!(database = %store.describe(), schema = store.schema_version().await?, "storage ready");
     sweep_leftovers(&store, runtime_dir).await;
     Ok(store)
