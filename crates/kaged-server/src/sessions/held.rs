@@ -363,10 +363,10 @@ fn forward_input(
     control: Arc<HeldControl>,
     input: std::sync::mpsc::Receiver<Input>,
 ) {
-    let live = live.clone();
+    let (id, live) = (live.id().to_string(), live.clone());
     let _ = super::panics::spawn(
         "in",
-        &live.id().to_string(),
+        &id,
         move || {
             for message in input {
                 super::panics::inject("writer");
