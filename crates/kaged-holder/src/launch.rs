@@ -27,7 +27,7 @@ pub enum Launcher {
         exe: std::path::PathBuf,
         prefix: Vec<String>,
     },
-    /// [`crate::serve`] on a thread of this process, on the same socket and protocol: for
+    /// [`crate::serve()`] on a thread of this process, on the same socket and protocol: for
     /// tests of the daemon that have no kaged binary. The run dies with this process.
     InThread,
 }

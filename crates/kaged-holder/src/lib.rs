@@ -2,10 +2,10 @@
 //! transcript, cgroups and limits, and serves it to the daemon over a private socket
 //! (docs/holder-protocol.md), so the run outlives a daemon restart or upgrade.
 //!
-//! - [`serve`]: the holder itself, one thread and one poll loop, no async runtime.
+//! - [`mod@serve`]: the holder itself, one thread and one poll loop, no async runtime.
 //! - [`client`]: the daemon's blocking side of a holder's socket.
-//! - [`discover`]: which holders answer in a directory (dead sockets are removed).
-//! - [`launch`]: starting a holder process and reading its readiness line; [`run_holder`],
+//! - [`mod@discover`]: which holders answer in a directory (dead sockets are removed).
+//! - [`mod@launch`]: starting a holder process and reading its readiness line; [`run_holder`],
 //!   the `kaged run-holder` entry point.
 //! - [`transcript`]: the transcript files (written here, read by the daemon too).
 //! - [`peer`]: who may connect (same UID, same user and PID namespaces).
@@ -48,7 +48,7 @@ pub fn run_spec(spec: &HolderSpec, cage: Option<kaged_spawn::CageFds>) -> kaged_
 
 /// Copy what the daemon's start (`kaged_spawn::caged` or `Spec::uncaged`) decided into a
 /// holder's spec: the inverse of [`run_spec`]. The cage's descriptors themselves are handed
-/// over by [`launch`].
+/// over by [`launch()`].
 pub fn fill_from(spec: &mut HolderSpec, run: &kaged_spawn::Spec) {
     spec.argv = run.argv.clone();
     spec.prefix = run.prefix.clone();

@@ -471,7 +471,7 @@ pub enum StorageCommand {
     Backup {
         /// Where to write the snapshot (must not exist).
         file: std::path::PathBuf,
-        /// The database (default: [storage] url of the configuration).
+        /// The database (default: `[storage] url` of the configuration).
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },

@@ -75,6 +75,11 @@ impl Daemon {
         {
             env.push(("KAGED_SESSIONS_ON_DAEMON_STOP".into(), "kill".into()));
         }
+        if !extra_env.iter().any(|(k, _)| *k == "KAGED_STORAGE_URL")
+            && let Some(url) = postgres_storage_for(home)
+        {
+            env.push(("KAGED_STORAGE_URL".into(), url));
+        }
         env.extend(
             extra_env
                 .iter()
@@ -226,6 +231,51 @@ impl Daemon {
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
+}
+
+/// With `KAGED_E2E_POSTGRES_ADMIN_URL` set (scripts/test's second pass of the daemon's tests),
+/// a daemon's storage is a database of the test cluster of its own instead of SQLite: one per
+/// home (made when missing), so a daemon restarted on the same home finds its data.
+fn postgres_storage_for(home: &Path) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    let admin = std::env::var("KAGED_E2E_POSTGRES_ADMIN_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    home.hash(&mut hasher);
+    let name = format!("kaged_e2e_{:016x}", hasher.finish());
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &admin,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    if psql(&format!(
+        "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+    ))
+    .is_empty()
+    {
+        psql(&format!("CREATE DATABASE \"{name}\""));
+    }
+    let (base, _) = admin.rsplit_once('/')?;
+    Some(format!("{base}/{name}"))
 }
 
 /// End every run held in `runtime`'s holders (a test's leftovers: runs outlive a killed
