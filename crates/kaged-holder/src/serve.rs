@@ -32,6 +32,8 @@ pub const MAX_CLIENTS: usize = 4;
 const CHUNK: usize = 64 * 1024;
 /// Input waiting for the terminal at most (beyond one frame) before clients are not read.
 const INPUT_PENDING: usize = 64 * 1024;
+/// How many times one turn of the loop feeds clients whose sockets took everything.
+const FEEDS_PER_TURN: usize = 16;
 /// How long a holder whose run ended waits for its attached clients to take the Exit.
 const EXIT_WAIT: Duration = Duration::from_secs(60);
 
@@ -275,22 +277,46 @@ impl<'a> Holder<'a> {
     fn run(&mut self) -> StatusFile {
         let mut buf = vec![0u8; CHUNK];
         while !self.finished() {
-            self.feed_clients();
-            for c in &mut self.clients {
-                c.flush();
+            // A client whose socket took everything may be owed more (the next chunk, Eof,
+            // Exit): feed it again rather than wait for an event that may never come (a run
+            // that ended makes none). Bounded, so the terminal and other clients get a turn.
+            for _ in 0..FEEDS_PER_TURN {
+                self.feed_clients();
+                for c in &mut self.clients {
+                    c.flush();
+                }
+                if !self.owes_an_idle_client() {
+                    break;
+                }
             }
             self.clients.retain(|c| !c.closed);
             if self.finished() {
                 break;
             }
-            self.wait_and_handle(&mut buf);
+            let busy = self.owes_an_idle_client();
+            self.wait_and_handle(&mut buf, busy);
             self.timers();
         }
         let _ = std::fs::remove_file(&self.spec.socket);
         self.status.clone().unwrap_or_else(|| self.status_now())
     }
 
-    fn wait_and_handle(&mut self, buf: &mut [u8]) {
+    /// Whether a client with nothing queued is still due output, Eof or Exit.
+    fn owes_an_idle_client(&self) -> bool {
+        let written = self.written();
+        self.clients.iter().any(|c| {
+            !c.closed
+                && c.idle()
+                && c.cursor.is_some_and(|cursor| {
+                    cursor < written
+                        || (self.eof && !c.eof_sent)
+                        || (self.status.is_some() && c.eof_sent && !c.exit_sent)
+                })
+        })
+    }
+
+    /// Poll and handle what is ready; `busy`: a client is owed more, so do not sleep.
+    fn wait_and_handle(&mut self, buf: &mut [u8], busy: bool) {
         let reaped = self.exit.is_some();
         let read_clients = self.input.len() < INPUT_PENDING;
         let mut fds = vec![
@@ -328,13 +354,20 @@ impl<'a> Holder<'a> {
             }
             fds.push(PollFd::from_borrowed_fd(c.fd(), f));
         }
-        let timeout = self.next_timer().map(|at| {
-            let d = at.saturating_duration_since(Instant::now());
-            rustix::event::Timespec {
-                tv_sec: d.as_secs() as i64,
-                tv_nsec: i64::from(d.subsec_nanos()),
-            }
-        });
+        let timeout = if busy {
+            Some(rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            })
+        } else {
+            self.next_timer().map(|at| {
+                let d = at.saturating_duration_since(Instant::now());
+                rustix::event::Timespec {
+                    tv_sec: d.as_secs() as i64,
+                    tv_nsec: i64::from(d.subsec_nanos()),
+                }
+            })
+        };
         if rustix::event::poll(&mut fds, timeout.as_ref()).is_err() {
             // EINTR: go round again.
             return;

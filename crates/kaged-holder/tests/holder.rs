@@ -164,6 +164,30 @@ fn attach_from_zero_gets_every_byte_once_and_the_status_is_written_before_exit()
     assert!(!held.socket().exists(), "the socket outlived the holder");
 }
 
+/// A client that reads only once the run ended still gets every byte, then Eof and Exit,
+/// promptly: a run that ended makes no more events, so the holder must not wait for one
+/// before sending what it still owes (it once stalled until its 60 s exit wait ran out).
+#[test]
+fn a_client_that_reads_after_the_end_still_gets_everything_and_the_exit() {
+    let mut held = start("head -c 2000000 /dev/zero | tr '\\0' x; exit 3", |_| {});
+    let mut c = held.connect();
+    c.sender().attach(0).unwrap();
+    let status_path = PathBuf::from(&held.spec.status_path);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status_path.exists() {
+        assert!(Instant::now() < deadline, "the run did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Long enough for the holder to have flushed what its socket takes and gone to sleep.
+    std::thread::sleep(Duration::from_millis(500));
+    let (frames, written, status) = collect(&mut c);
+    c.sender().ack_exit().unwrap();
+    assert_eq!(written, 2_000_000, "{status:?}");
+    assert_eq!(contiguous(&frames, 0).len() as u64, written);
+    assert_eq!(status.exit.unwrap().code, 3);
+    assert_eq!(held.join(), status);
+}
+
 #[test]
 fn detached_runs_go_on_and_a_reattach_from_the_last_offset_has_no_gap_and_no_duplicate() {
     let mut held = start(

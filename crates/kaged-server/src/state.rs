@@ -188,9 +188,10 @@ impl Projects for LoadedProjects {
 }
 
 /// The daemon is stopping: let go of the runs it keeps (`[sessions] on_daemon_stop`, unless
-/// `kill_runs`), end every other live run and wait for their ends to be recorded.
-pub async fn stop_sessions(state: &Arc<ServerState>, kill_runs: bool) {
-    state.runs.stop_all(kill_runs).await;
+/// `kill_runs`), end every other live run and wait for their ends to be recorded. Returns how
+/// many runs go on without it.
+pub async fn stop_sessions(state: &Arc<ServerState>, kill_runs: bool) -> usize {
+    state.runs.stop_all(kill_runs).await
 }
 
 /// Take up the runs an earlier daemon left to their holders (before "ready"); how many.

@@ -24,6 +24,8 @@ pub(crate) const PREFIX: &str = "kaged-helper-";
 pub struct HelperCopy {
     dir: PathBuf,
     file: PathBuf,
+    /// Left on disk when dropped (see [`HelperCopy::leave`]).
+    left: bool,
 }
 
 impl HelperCopy {
@@ -37,6 +39,7 @@ impl HelperCopy {
         let copy = HelperCopy {
             file: dir.join("kaged"),
             dir,
+            left: false,
         };
         copy.fill(for_other_users)?;
         Ok(copy)
@@ -85,9 +88,19 @@ impl HelperCopy {
     }
 }
 
+impl HelperCopy {
+    /// Leave the copy on disk: runs that outlive this daemon may still be building cages that
+    /// bind it. The next start's sweep removes the copies of daemons that are gone.
+    pub fn leave(mut self) {
+        self.left = true;
+    }
+}
+
 impl Drop for HelperCopy {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.left {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

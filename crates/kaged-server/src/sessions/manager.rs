@@ -351,9 +351,11 @@ impl Sessions {
     /// the runs in holders (they go on; the next start takes them up) except those whose
     /// network goes through the daemon's egress proxy; end every other live run and wait until
     /// their ends are recorded, at most the kill's grace plus a moment.
-    pub async fn stop_all(&self, kill_runs: bool) {
+    /// Returns how many runs it let go of.
+    pub async fn stop_all(&self, kill_runs: bool) -> usize {
         let keep =
             !kill_runs && self.deps().settings.on_daemon_stop == kaged_config::OnDaemonStop::Keep;
+        let mut kept = 0;
         let mut waits = Vec::new();
         for live in self.running() {
             if keep
@@ -371,6 +373,7 @@ impl Sessions {
                         detail: json!({"session": live.id(), "project": live.info().project, "pid": held.pid}),
                     })
                     .await;
+                kept += 1;
                 continue;
             }
             let sessions = self.clone();
@@ -383,5 +386,6 @@ impl Sessions {
         for w in waits {
             let _ = w.await;
         }
+        kept
     }
 }

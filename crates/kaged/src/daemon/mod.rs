@@ -201,11 +201,15 @@ async fn serve(start: Start) -> Result<()> {
             false => ("kaged stop", false),
         },
     };
-    stop::drain(signal, kill_runs, &state, &shutdown_tx, server).await;
+    let kept = stop::drain(signal, kill_runs, &state, &shutdown_tx, server).await;
     record.end(&store, signal).await?;
     store.close().await?;
     drop(files);
-    drop(helper_copy);
+    // Runs kept in holders may still be building cages that bind it (the next start sweeps it).
+    match helper_copy {
+        Some(copy) if kept > 0 => copy.leave(),
+        other => drop(other),
+    }
     drop(locks);
     tracing::info!("stopped");
     Ok(())

@@ -48,18 +48,25 @@ pub(super) fn notify_systemd(state: sd_notify::NotifyState<'_>) {
 
 /// After a stop signal: stop accepting, let go of the runs kept in holders and end the others
 /// (their viewers are told), then let the connections drain for at most [`DRAIN_TIMEOUT`].
+/// Returns how many runs go on without the daemon.
 pub(super) async fn drain(
     signal: &str,
     kill_runs: bool,
     state: &Arc<ServerState>,
     shutdown: &watch::Sender<bool>,
     mut server: JoinHandle<std::io::Result<()>>,
-) {
+) -> usize {
     tracing::info!(signal, "stopping: finishing in-flight requests");
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = shutdown.send(true);
     // Runs end first (their viewers are told), then the connections drain.
-    kaged_server::stop_sessions(state, kill_runs).await;
+    let kept = kaged_server::stop_sessions(state, kill_runs).await;
+    if kept > 0 {
+        tracing::info!(
+            runs = kept,
+            "runs go on in their holders; the next start takes them up"
+        );
+    }
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error during shutdown"),
@@ -72,4 +79,5 @@ pub(super) async fn drain(
             server.abort();
         }
     }
+    kept
 }

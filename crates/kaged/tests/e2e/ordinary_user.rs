@@ -384,12 +384,24 @@ async fn an_unprivileged_operators_task_outlives_a_restart_and_a_binary_swap() {
             ],
         );
     }
+    // A runtime directory of its own (the other tests as `nobody` share /tmp/kaged-65534).
+    let xdg = tmp.path().join("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    sh("chmod", &["0700", xdg.to_str().unwrap()]);
+    if current_uid() == 0 {
+        sh(
+            "chown",
+            &[&format!("{NOBODY}:{NOBODY}"), xdg.to_str().unwrap()],
+        );
+    }
     let start = |extra: &[(&str, &str)]| {
-        let env = op.env(extra);
+        let mut extra = extra.to_vec();
+        extra.push(("XDG_RUNTIME_DIR", xdg.to_str().unwrap()));
+        let env = op.env(&extra);
         Daemon::spawn(
             op.command(&["start", "--bind", "127.0.0.1:0"], &env),
             &op.home.join(".local/share/kaged"),
-            &op.runtime_dir(),
+            &xdg.join("kaged"),
             env.clone(),
         )
     };

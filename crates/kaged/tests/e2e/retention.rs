@@ -101,7 +101,11 @@ async fn wait_for(d: &Daemon, id: &str, what: &str, ready: impl Fn(&Value) -> bo
         if ready(&s) {
             return s;
         }
-        assert!(start.elapsed() < PATIENCE, "{what} never happened: {s}");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{what} never happened: {s}\n{}",
+            d.stderr_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
