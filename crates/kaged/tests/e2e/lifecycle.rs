@@ -746,10 +746,10 @@ fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    d.signal("KILL");
-    let _ = d.stop_after_signal();
-    // The cage lives on in its holder; a crash that takes the holder too (an OOM kill of
-    // everything) leaves its group and the egress socket to the next start.
+    // A crash of everything at once (an OOM kill of the daemon and the run's holder): the
+    // cage dies with its holder, its group and the egress socket are left to the next start.
+    // (Killing the daemon alone leaves the run to its holder, which would end it itself once
+    // its allowlist proxy is gone, removing the group.)
     let held = home.join(format!("run/holders/{}.sock", &id[..16]));
     let holder = kaged_holder::Client::connect(&held, Some(Duration::from_secs(5)))
         .unwrap()
@@ -758,11 +758,12 @@ fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
         .holder_pid;
     assert!(
         std::process::Command::new("kill")
-            .args(["-KILL", &holder.to_string()])
+            .args(["-KILL", &d.child.id().to_string(), &holder.to_string()])
             .status()
             .unwrap()
             .success()
     );
+    let _ = d.stop_after_signal();
     std::thread::sleep(Duration::from_millis(300));
     let socket = socket().unwrap();
     assert!(group.exists() && socket.exists());
