@@ -243,6 +243,26 @@ impl ClaudeEnv {
     }
 }
 
+impl ClaudeEnv {
+    /// Ask for the file, decide its write (`approve` or `deny`) once it waits, and wait for
+    /// the turn, which must end normally: the session, its records and their summary.
+    async fn decided_write(&mut self, decision: &str) -> (String, Vec<Value>, String) {
+        let id = create_agent(
+            &self.daemon,
+            SLUG,
+            "primary",
+            Some("Write hello.txt, please."),
+        )
+        .await;
+        let approval = self.pending_write(&id).await;
+        self.decide(&approval, decision).await;
+        let records = self.turn_ended(&id).await;
+        let all = summarize(&records);
+        assert_eq!(turn_end_reasons(&records), ["end_turn"], "{all}");
+        (id, records, all)
+    }
+}
+
 /// Approved: the file Claude's `Write` names is in the project on the host, with the content.
 /// No `mode:` in the project file: kaged selects the agent's `default` mode by itself.
 #[tokio::test(flavor = "multi_thread")]
@@ -250,18 +270,7 @@ async fn claude_codes_approved_write_lands_in_the_project() {
     let Some(mut env) = claude_env(Adapter::Current, "approve", "").await else {
         return;
     };
-    let id = create_agent(
-        &env.daemon,
-        SLUG,
-        "primary",
-        Some("Write hello.txt, please."),
-    )
-    .await;
-    let approval = env.pending_write(&id).await;
-    env.decide(&approval, "approve").await;
-    let records = env.turn_ended(&id).await;
-    let all = summarize(&records);
-    assert_eq!(turn_end_reasons(&records), ["end_turn"], "{all}");
+    let (id, records, all) = env.decided_write("approve").await;
     assert!(streamed_text(&records).contains(&env.reply), "{all}");
     assert!(
         records.iter().any(|r| kind(r) == "approval_decided"),
@@ -284,18 +293,7 @@ async fn claude_codes_denied_write_is_not_written() {
     let Some(mut env) = claude_env(Adapter::Current, "deny", "  mode: default\n").await else {
         return;
     };
-    let id = create_agent(
-        &env.daemon,
-        SLUG,
-        "primary",
-        Some("Write hello.txt, please."),
-    )
-    .await;
-    let approval = env.pending_write(&id).await;
-    env.decide(&approval, "deny").await;
-    let records = env.turn_ended(&id).await;
-    let all = summarize(&records);
-    assert_eq!(turn_end_reasons(&records), ["end_turn"], "{all}");
+    let (id, _, all) = env.decided_write("deny").await;
     env.through_the_proxy(&id, true).await;
     assert!(!env.root.join("hello.txt").exists(), "{all}");
 }
@@ -306,36 +304,16 @@ async fn the_older_adapters_approved_write_is_served_by_kaged_in_the_cage() {
     let Some(mut env) = claude_env(Adapter::Zed, "zed", "").await else {
         return;
     };
-    let id = create_agent(
-        &env.daemon,
-        SLUG,
-        "primary",
-        Some("Write hello.txt, please."),
-    )
-    .await;
-    let approval = env.pending_write(&id).await;
-    env.decide(&approval, "approve").await;
-    let records = env.turn_ended(&id).await;
-    let all = summarize(&records);
-    assert_eq!(turn_end_reasons(&records), ["end_turn"], "{all}");
+    let (id, records, all) = env.decided_write("approve").await;
     assert!(streamed_text(&records).contains(&env.reply), "{all}");
     assert_eq!(
         std::fs::read_to_string(env.root.join("hello.txt")).unwrap_or_default(),
         env.content,
         "{all}"
     );
-    let audit = env.daemon.api_get("/api/v1/audit?limit=1000").await;
     assert!(
-        audit["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "acp.served"
-                && e["detail"]["session"] == id.as_str()
-                && e["detail"]["method"] == "fs/write_text_file"
-                && e["detail"]["path"] == FILE
-                && e["outcome"] == "success"),
-        "{audit}"
+        crate::common::shim_served_write(&env.daemon, &id, FILE).await,
+        "no served write in the audit"
     );
     env.through_the_proxy(&id, false).await;
 }

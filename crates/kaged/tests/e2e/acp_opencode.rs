@@ -157,18 +157,9 @@ async fn opencodes_approved_write_is_served_by_kaged_in_the_cage() {
         "{all}"
     );
     // OpenCode had kaged write it: the shim's audited `fs/write_text_file`.
-    let audit = daemon.api_get("/api/v1/audit?limit=1000").await;
     assert!(
-        audit["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "acp.served"
-                && e["detail"]["session"] == id.as_str()
-                && e["detail"]["method"] == "fs/write_text_file"
-                && e["detail"]["path"] == FILE
-                && e["outcome"] == "success"),
-        "{audit}"
+        crate::common::shim_served_write(&daemon, &id, FILE).await,
+        "no served write in the audit"
     );
     // The model calls: through the egress proxy, with the granted key.
     let requests = provider.requests();

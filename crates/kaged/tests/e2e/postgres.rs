@@ -53,31 +53,6 @@ fn admin_url(test: &str) -> Option<String> {
     }
 }
 
-/// Run SQL with psql; its unaligned, tuples-only output.
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh database in the cluster of `admin`; its URL.

@@ -244,38 +244,54 @@ fn postgres_storage_for(home: &Path) -> Option<String> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     home.hash(&mut hasher);
     let name = format!("kaged_e2e_{:016x}", hasher.finish());
-    let psql = |sql: &str| {
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &admin,
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    if psql(&format!(
-        "SELECT 1 FROM pg_database WHERE datname = '{name}'"
-    ))
+    if psql(
+        &admin,
+        &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+    )
     .is_empty()
     {
-        psql(&format!("CREATE DATABASE \"{name}\""));
+        psql(&admin, &format!("CREATE DATABASE \"{name}\""));
     }
     let (base, _) = admin.rsplit_once('/')?;
     Some(format!("{base}/{name}"))
+}
+
+/// Run SQL with psql on the database at `url`; its unaligned, tuples-only output.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Whether the ACP shim served a `fs/write_text_file` of `path` for `session`, successfully
+/// (its `acp.served` audit record).
+pub async fn shim_served_write(d: &Daemon, session: &str, path: &str) -> bool {
+    let audit = d.api_get("/api/v1/audit?limit=1000").await;
+    audit["events"].as_array().into_iter().flatten().any(|e| {
+        e["kind"] == "acp.served"
+            && e["detail"]["session"] == session
+            && e["detail"]["method"] == "fs/write_text_file"
+            && e["detail"]["path"] == path
+            && e["outcome"] == "success"
+    })
 }
 
 /// End every run held in `runtime`'s holders (a test's leftovers: runs outlive a killed
