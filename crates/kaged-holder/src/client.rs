@@ -60,6 +60,11 @@ impl Sender {
         self.send(&ToHolder::Detach)
     }
 
+    /// Leave `text` for the next client (see [`ToHolder::Note`]).
+    pub fn note(&self, text: String) -> std::io::Result<()> {
+        self.send(&ToHolder::Note(text))
+    }
+
     pub fn ack_exit(&self) -> std::io::Result<()> {
         self.send(&ToHolder::AckExit)
     }

@@ -1,5 +1,5 @@
-//! The run holder (`kaged run-holder`): one process per PTY run that owns the run's terminal,
-//! transcript, cgroups and limits, and serves it to the daemon over a private socket
+//! The run holder (`kaged run-holder`): one process per held run that owns the run's terminal
+//! (or, for a run on pipes such as an ACP agent, its stdin, stdout and stderr), transcript, cgroups and limits, and serves it to the daemon over a private socket
 //! (docs/holder-protocol.md), so the run outlives a daemon restart or upgrade.
 //!
 //! - [`mod@serve`]: the holder itself, one thread and one poll loop, no async runtime.
@@ -14,6 +14,7 @@
 pub mod client;
 mod conn;
 pub mod discover;
+mod io;
 pub mod launch;
 pub mod log;
 pub mod peer;

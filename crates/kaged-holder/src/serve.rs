@@ -18,12 +18,13 @@ use kaged_session::holder::{
     ExitStatus, HeldState, HolderHello, HolderInfo, HolderSpec, StatusFile, ToClient, ToHolder,
     error_code,
 };
-use kaged_spawn::{CageFds, Cgroups, Killer, Terminal, Waiter};
+use kaged_spawn::{CageFds, Cgroups, Killer, Waiter};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::event::{PollFd, PollFlags};
 
 use crate::conn::{Conn, Got};
+use crate::io::{Io, Pipes};
 use crate::transcript::Writer;
 
 /// Clients served at once (the daemon's stream, a control connection, discovery, spare).
@@ -107,6 +108,29 @@ pub fn serve(
     }
 }
 
+/// Start the run on its terminal or its pipes (non-blocking).
+fn start_run(spec: &HolderSpec, cage: Option<CageFds>) -> Result<(Io, Killer, Waiter), ServeError> {
+    let run_spec = crate::run_spec(spec, cage);
+    if spec.kind == "pipes" {
+        let stderr_file = match &spec.stderr_path {
+            Some(path) => Some(
+                crate::transcript::create_private(Path::new(path))
+                    .map_err(|e| setup(&format!("cannot create {path}"), e))?,
+            ),
+            None => None,
+        };
+        let run = kaged_spawn::spawn_piped(&run_spec)?;
+        let pipes = Pipes::new(run.stdin, run.stdout, run.stderr, stderr_file)
+            .map_err(|e| setup("cannot make the run's pipes non-blocking", e))?;
+        return Ok((Io::Pipes(pipes), run.killer, run.waiter));
+    }
+    let run = kaged_spawn::spawn_pty(&run_spec, spec.rows, spec.cols)?;
+    run.terminal
+        .set_nonblocking()
+        .map_err(|e| setup("cannot make the terminal non-blocking", e))?;
+    Ok((Io::Pty(run.terminal), run.killer, run.waiter))
+}
+
 /// The newest output, kept in memory so an attached client rarely reads the files.
 struct Recent {
     start: u64,
@@ -129,7 +153,7 @@ struct Holder<'a> {
     listener: UnixListener,
     signals: SignalFd,
     own: crate::peer::Own,
-    terminal: Terminal,
+    io: Io,
     killer: Killer,
     waiter: Waiter,
     cgroups: Option<Cgroups>,
@@ -150,6 +174,8 @@ struct Holder<'a> {
     error: Option<String>,
     version: String,
     supported: Vec<u32>,
+    /// The last client's note, for the next one.
+    note: Option<String>,
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ServeError> {
@@ -185,9 +211,9 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 
 impl<'a> Holder<'a> {
     fn start(spec: &'a HolderSpec, cage: Option<CageFds>) -> Result<Holder<'a>, ServeError> {
-        if spec.kind != "pty" {
+        if spec.kind != "pty" && spec.kind != "pipes" {
             return Err(ServeError::Setup(format!(
-                "this holder runs only PTY runs, not `{}`",
+                "this holder runs PTY runs and runs on pipes, not `{}`",
                 spec.kind
             )));
         }
@@ -213,16 +239,13 @@ impl<'a> Holder<'a> {
         let socket = Path::new(&spec.socket);
         let listener = bind(socket)?;
         let started_at_ms = now_ms();
-        let run = match kaged_spawn::spawn_pty(&crate::run_spec(spec, cage), spec.rows, spec.cols) {
+        let (io, killer, waiter) = match start_run(spec, cage) {
             Ok(run) => run,
             Err(e) => {
                 let _ = std::fs::remove_file(socket);
-                return Err(e.into());
+                return Err(e);
             }
         };
-        run.terminal
-            .set_nonblocking()
-            .map_err(|e| setup("cannot make the terminal non-blocking", e))?;
         let deadline = spec
             .deadline_ms
             .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now_ms())));
@@ -231,9 +254,9 @@ impl<'a> Holder<'a> {
             listener,
             signals,
             own,
-            terminal: run.terminal,
-            killer: run.killer,
-            waiter: run.waiter,
+            io,
+            killer,
+            waiter,
             cgroups: Some(cgroups),
             writer,
             recent: Recent {
@@ -255,6 +278,7 @@ impl<'a> Holder<'a> {
             error: None,
             version: holder_version(),
             supported: supported_versions(),
+            note: None,
         })
     }
 
@@ -331,12 +355,17 @@ impl<'a> Holder<'a> {
             ),
         ];
         // A closed terminal and a reaped pidfd would report HUP for ever: they leave the set.
-        let tty_at = (!self.eof).then(|| {
-            let mut tty = PollFlags::IN;
-            if !self.input.is_empty() {
-                tty |= PollFlags::OUT;
-            }
-            fds.push(PollFd::from_borrowed_fd(self.terminal.as_fd(), tty));
+        let output_at = (!self.eof).then(|| {
+            fds.push(PollFd::from_borrowed_fd(self.io.output_fd(), PollFlags::IN));
+            fds.len() - 1
+        });
+        // (For a terminal the same descriptor again: poll allows it.)
+        let input_at = (!self.eof && !self.input.is_empty()).then(|| {
+            fds.push(PollFd::from_borrowed_fd(self.io.input_fd(), PollFlags::OUT));
+            fds.len() - 1
+        });
+        let stderr_at = self.io.stderr_fd().map(|fd| {
+            fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
             fds.len() - 1
         });
         let pidfd_at = (self.eof && !reaped).then(|| {
@@ -381,13 +410,14 @@ impl<'a> Holder<'a> {
         if any(ready[1]) {
             self.accept();
         }
-        if let Some(t) = tty_at {
-            if any(ready[t] & (PollFlags::IN | PollFlags::HUP | PollFlags::ERR)) {
-                self.read_terminal(buf);
-            }
-            if any(ready[t] & PollFlags::OUT) {
-                self.write_terminal();
-            }
+        if output_at.is_some_and(|o| any(ready[o])) {
+            self.read_output(buf);
+        }
+        if input_at.is_some_and(|i| any(ready[i])) {
+            self.write_input();
+        }
+        if stderr_at.is_some_and(|e| any(ready[e])) {
+            self.io.drain_stderr(buf);
         }
         if pidfd_at.is_some_and(|p| any(ready[p])) {
             self.reap();
@@ -481,8 +511,8 @@ impl<'a> Holder<'a> {
         }
     }
 
-    fn read_terminal(&mut self, buf: &mut [u8]) {
-        match self.terminal.read(buf) {
+    fn read_output(&mut self, buf: &mut [u8]) {
+        match self.io.read(buf) {
             Ok(0) => self.eof = true,
             Ok(n) => {
                 if let Err(e) = self.writer.write_all(&buf[..n]) {
@@ -509,8 +539,8 @@ impl<'a> Holder<'a> {
         }
     }
 
-    fn write_terminal(&mut self) {
-        match self.terminal.write(&self.input) {
+    fn write_input(&mut self) {
+        match self.io.write(&self.input) {
             Ok(n) => {
                 self.input.drain(..n);
             }
@@ -588,6 +618,8 @@ impl<'a> Holder<'a> {
             state,
             egress_dir: self.spec.egress_dir.clone(),
             exit: self.status.as_ref().and_then(|s| s.exit),
+            kind: self.spec.kind.clone(),
+            note: self.note.clone(),
         }
     }
 
@@ -740,7 +772,7 @@ impl<'a> Holder<'a> {
                 self.input.extend_from_slice(&bytes);
                 None
             }
-            ToHolder::Resize { rows, cols } => match self.terminal.resize(rows, cols) {
+            ToHolder::Resize { rows, cols } => match self.io.resize(rows, cols) {
                 Ok(()) => {
                     (self.rows, self.cols) = (rows, cols);
                     None
@@ -749,6 +781,10 @@ impl<'a> Holder<'a> {
             },
             ToHolder::AckExit => {
                 self.clients[i].acked = true;
+                None
+            }
+            ToHolder::Note(text) => {
+                self.note = Some(text);
                 None
             }
         };

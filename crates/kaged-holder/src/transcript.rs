@@ -39,14 +39,19 @@ pub struct Writer {
     current: Option<File>,
 }
 
+/// A new file at `path` to append to, 0600 (refused when it exists: never a link followed).
+pub fn create_private(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
 impl Writer {
     /// A new, empty transcript at `head` (0600; refused when it exists).
     pub fn create(head: &Path, cap: Cap) -> io::Result<Writer> {
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(head)?;
+        let file = create_private(head)?;
         Ok(Writer {
             head: file,
             head_path: head.to_path_buf(),
@@ -116,11 +121,7 @@ impl Writer {
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.join(segment_name(self.written)))?;
+        let file = create_private(&dir.join(segment_name(self.written)))?;
         self.current = Some(file);
         self.segments.push_back((self.written, 0));
         Ok(())

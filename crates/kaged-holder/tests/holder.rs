@@ -59,6 +59,7 @@ fn start(script: &str, tweak: impl FnOnce(&mut HolderSpec)) -> Held {
         id: "s1".into(),
         run_name: "0011223344556677".into(),
         kind: "pty".into(),
+        stderr_path: None,
         socket: holders.join("0011223344556677.sock").display().to_string(),
         transcript_head: dir.path().join("s1.out").display().to_string(),
         cap: Cap::of(64 << 20),
@@ -493,4 +494,87 @@ fn discovery_reports_live_holders_and_removes_dead_sockets() {
     assert!(other.exists());
     assert!(kaged_holder::discover(&dir.join("missing")).is_empty());
     drop(held);
+}
+
+#[test]
+fn a_run_on_pipes_gets_input_on_stdin_its_stdout_is_the_output_and_a_note_waits_for_the_next_client()
+ {
+    let mut held = start(
+        "echo started >&2; while read l; do echo \"got $l\"; done; echo 'no more input' >&2; exit 3",
+        |spec| {
+            spec.kind = "pipes".into();
+            spec.stderr_path = Some(format!("{}.stderr", spec.transcript_head));
+        },
+    );
+    let mut c = held.connect();
+    let info = c.info().unwrap().clone();
+    assert_eq!((info.kind.as_str(), info.note), ("pipes", None));
+    let s = c.sender();
+    s.attach(0).unwrap();
+    s.input(b"one\ntwo\n").unwrap();
+    let mut text = Vec::new();
+    while !String::from_utf8_lossy(&text).contains("got two\n") {
+        if let ToClient::Output { offset, bytes } = c.read_frame().unwrap() {
+            assert_eq!(offset, text.len() as u64, "gap or overlap");
+            text.extend(bytes);
+        }
+    }
+    // No terminal: no echo, no carriage returns; stdout only.
+    assert_eq!(String::from_utf8_lossy(&text), "got one\ngot two\n");
+    let refused = {
+        s.resize(40, 100).unwrap();
+        loop {
+            if let ToClient::Error { message, .. } = c.read_frame().unwrap() {
+                break message;
+            }
+        }
+    };
+    assert!(refused.contains("no terminal"), "{refused}");
+    s.note("{\"recorded\":16}".into()).unwrap();
+    s.detach().unwrap();
+    drop(c);
+    // The next client finds the note, and how far the output went.
+    let mut next = held.connect();
+    let info = next.info().unwrap().clone();
+    assert_eq!(info.note.as_deref(), Some("{\"recorded\":16}"));
+    assert_eq!(info.written, 16);
+    let s = next.sender();
+    s.attach(info.written).unwrap();
+    s.input(b"three\n").unwrap();
+    // A kill on a connection of its own ends it; everything before is on stdout, once.
+    let mut after = Vec::new();
+    while !String::from_utf8_lossy(&after).contains("got three\n") {
+        if let ToClient::Output { offset, bytes } = next.read_frame().unwrap() {
+            assert_eq!(offset, 16 + after.len() as u64);
+            after.extend(bytes);
+        }
+    }
+    client::kill(held.socket(), "test", Duration::from_secs(5)).unwrap();
+    let (_, _, status) = collect(&mut next);
+    s.ack_exit().unwrap();
+    assert_eq!(held.join(), status);
+    assert_eq!(status.output_bytes, 16 + 10);
+    let stderr = std::fs::read_to_string(format!("{}.stderr", held.spec.transcript_head)).unwrap();
+    assert!(stderr.starts_with("started\n"), "{stderr:?}");
+}
+
+#[test]
+fn a_piped_runs_stderr_is_kept_bounded_and_never_stops_the_run() {
+    let mut held = start(
+        // 1 MiB to stderr (more than is kept), then a line on stdout.
+        "head -c 1048576 /dev/zero | tr '\\0' e >&2; echo done",
+        |spec| {
+            spec.kind = "pipes".into();
+            spec.stderr_path = Some(format!("{}.stderr", spec.transcript_head));
+        },
+    );
+    let mut c = held.connect();
+    c.sender().attach(0).unwrap();
+    let (frames, _, status) = collect(&mut c);
+    c.sender().ack_exit().unwrap();
+    assert_eq!(contiguous(&frames, 0), b"done\n");
+    assert_eq!(status.exit.unwrap().code, 0);
+    held.join();
+    let kept = std::fs::metadata(format!("{}.stderr", held.spec.transcript_head)).unwrap();
+    assert_eq!(kept.len(), kaged_session::holder::STDERR_KEPT);
 }

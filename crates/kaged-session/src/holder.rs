@@ -36,6 +36,8 @@ pub mod kind {
     pub const ATTACH: u8 = 0x10;
     pub const INPUT: u8 = 0x11;
     pub const RESIZE: u8 = 0x12;
+    /// The client's note for a later client (a run on pipes: how far its protocol was handled).
+    pub const NOTE: u8 = 0x13;
     /// Frozen.
     pub const SIGNAL: u8 = 0x20;
     /// Frozen.
@@ -280,7 +282,14 @@ pub enum ToHolder {
     Detach,
     /// The end is stored: the holder may exit.
     AckExit,
+    /// Keep this text (at most [`MAX_NOTE`] bytes) for the next client, which gets it in the
+    /// Hello answer (`note`): what a client must know to take the run up where it left it.
+    /// The holder never reads it.
+    Note(String),
 }
+
+/// The longest note a holder keeps.
+pub const MAX_NOTE: usize = 64 * 1024;
 
 #[derive(Serialize, Deserialize)]
 struct AttachBody {
@@ -326,6 +335,7 @@ impl ToHolder {
             ToHolder::Kill { by } => json(kind::KILL, &ByBody { by: by.clone() }),
             ToHolder::Detach => encode(kind::DETACH, &[]),
             ToHolder::AckExit => encode(kind::ACK_EXIT, &[]),
+            ToHolder::Note(text) => encode(kind::NOTE, text.as_bytes()),
         }
     }
 
@@ -363,6 +373,18 @@ impl ToHolder {
                 empty(kind, payload)?;
                 ToHolder::AckExit
             }
+            kind::NOTE if payload.len() > MAX_NOTE => {
+                return Err(HolderFrameError::Bad {
+                    kind,
+                    message: format!("a note is at most {MAX_NOTE} bytes, not {}", payload.len()),
+                });
+            }
+            kind::NOTE => ToHolder::Note(String::from_utf8(payload.to_vec()).map_err(|_| {
+                HolderFrameError::Bad {
+                    kind,
+                    message: "a note is UTF-8 text".into(),
+                }
+            })?),
             other => return Err(HolderFrameError::UnknownType(other)),
         })
     }
@@ -416,6 +438,16 @@ pub struct HolderInfo {
     pub egress_dir: Option<String>,
     #[serde(default)]
     pub exit: Option<ExitStatus>,
+    /// `"pty"` or `"pipes"` (absent from holders older than runs on pipes: `"pty"`).
+    #[serde(default = "pty")]
+    pub kind: String,
+    /// The last client's note ([`ToHolder::Note`]), if it left one.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+fn pty() -> String {
+    "pty".into()
 }
 
 /// The holder's Hello: accepted, or refused with the versions it speaks.
@@ -583,8 +615,12 @@ pub struct HolderSpec {
     pub id: String,
     /// `run_name(id)`: names the socket, the cgroups and the egress directory.
     pub run_name: String,
-    /// `"pty"` (`"pipes"` is reserved).
+    /// `"pty"` (a terminal) or `"pipes"` (stdin and stdout; output is the run's stdout).
     pub kind: String,
+    /// For a run on pipes: where its stderr goes (the first [`STDERR_KEPT`] bytes; the rest
+    /// is read and dropped).
+    #[serde(default)]
+    pub stderr_path: Option<String>,
     /// The socket to bind (its directory exists, 0700).
     pub socket: String,
     /// The transcript's head file (created empty by the daemon, or by the holder when absent).
@@ -630,6 +666,9 @@ pub struct HolderSpec {
     #[serde(default)]
     pub daemon_version: String,
 }
+
+/// How much of a piped run's stderr its holder keeps.
+pub const STDERR_KEPT: u64 = 256 * 1024;
 
 /// Who a caged run becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,8 @@ fn info() -> HolderInfo {
         state: HeldState::Running,
         egress_dir: None,
         exit: None,
+        kind: "pipes".into(),
+        note: Some("{\"recorded\":7}".into()),
     }
 }
 
@@ -58,6 +60,7 @@ fn every_frame_round_trips_through_the_decoder_byte_by_byte() {
         ToHolder::Kill { by: "alice".into() },
         ToHolder::Detach,
         ToHolder::AckExit,
+        ToHolder::Note("{\"recorded\":12}".into()),
     ];
     let mut d = Decoder::new();
     for f in &to_holder {
@@ -190,6 +193,7 @@ fn spec_and_status_files_round_trip() {
         id: "s1".into(),
         run_name: "00112233aabbccdd".into(),
         kind: "pty".into(),
+        stderr_path: None,
         socket: "/run/kaged/holders/00112233aabbccdd.sock".into(),
         transcript_head: "/h/transcripts/s1.out".into(),
         cap: Cap::of(1 << 20),
@@ -220,4 +224,30 @@ fn spec_and_status_files_round_trip() {
     // Fields only ever get added: an older reader ignores a newer one's.
     let newer = text.replacen('{', "{\"later\":true,", 1);
     assert_eq!(serde_json::from_str::<StatusFile>(&newer).unwrap(), s);
+}
+
+#[test]
+fn a_note_is_bounded_text_and_an_older_holders_hello_reads_as_a_terminal_without_one() {
+    let too_long = encode(kind::NOTE, &vec![b'x'; MAX_NOTE + 1]);
+    let mut d = Decoder::new();
+    d.push(&too_long);
+    assert!(matches!(
+        d.next_to_holder(),
+        Step::Error(HolderFrameError::Bad {
+            kind: kind::NOTE,
+            ..
+        })
+    ));
+    let mut d = Decoder::new();
+    d.push(&encode(kind::NOTE, &[0xff, 0xfe]));
+    assert!(matches!(
+        d.next_to_holder(),
+        Step::Error(HolderFrameError::Bad { .. })
+    ));
+    let mut older = serde_json::to_value(info()).unwrap();
+    let fields = older.as_object_mut().unwrap();
+    fields.remove("kind");
+    fields.remove("note");
+    let read: HolderInfo = serde_json::from_value(older).unwrap();
+    assert_eq!((read.kind.as_str(), read.note), ("pty", None));
 }

@@ -171,6 +171,7 @@ impl Runner {
             id: id.clone(),
             run_name: run_name(&id).to_string(),
             kind: "pty".into(),
+            stderr_path: None,
             socket: socket.display().to_string(),
             transcript_head: self.live.transcript().display().to_string(),
             cap: super::retention::cap(settings),

@@ -23,6 +23,7 @@ fn spec(dir: &Path, script: &str) -> HolderSpec {
         id: "e2e".into(),
         run_name: "00000000000000e2".into(),
         kind: "pty".into(),
+        stderr_path: None,
         socket: holders.join("00000000000000e2.sock").display().to_string(),
         transcript_head: dir.join("e2e.out").display().to_string(),
         cap: Cap::of(64 << 20),
