@@ -39,7 +39,7 @@ const REATTACH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why a run taken up again is ended when its network went through the earlier daemon's
 /// egress proxy (which ended with it; a run with `network: { allow: … }` does not outlive its
 /// daemon).
-const PROXY_LOST: &str = "kaged: the run's network allowlist proxy ended with the previous kaged (runs with `network: { allow: … }` do not outlive their daemon)";
+pub(super) const PROXY_LOST: &str = "kaged: the run's network allowlist proxy ended with the previous kaged (runs with `network: { allow: … }` do not outlive their daemon)";
 
 /// Where terminal runs are held: the `kaged` executable holders run, the directory of their
 /// sockets.
@@ -55,8 +55,17 @@ pub fn holder_dir(runtime_dir: &Path) -> PathBuf {
 }
 
 /// A held run's socket.
-fn socket_of(dir: &Path, id: &str) -> PathBuf {
+pub(super) fn socket_of(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{}.sock", run_name(id)))
+}
+
+/// Where a piped run's holder keeps the start of its stderr.
+pub(super) fn stderr_path(sessions: &Sessions, id: &str) -> PathBuf {
+    sessions
+        .deps()
+        .settings
+        .transcripts
+        .join(format!("{id}.stderr"))
 }
 
 /// Where a holder leaves how its run ended.
@@ -77,14 +86,14 @@ pub(crate) struct HeldControl {
     /// daemon: such a run is ended when the daemon stops, whatever `on_daemon_stop` says.
     pub(crate) proxied: bool,
     detached: AtomicBool,
-    stream: Mutex<Option<kaged_holder::Sender>>,
+    pub(super) stream: Mutex<Option<kaged_holder::Sender>>,
     /// The screen follower's "no more output" flag: set when the daemon lets go, so the
     /// follower ends before the daemon's runtime does.
     pump_done: Arc<AtomicBool>,
 }
 
 impl HeldControl {
-    fn new(socket: PathBuf, pid: u32, proxied: bool) -> HeldControl {
+    pub(super) fn new(socket: PathBuf, pid: u32, proxied: bool) -> HeldControl {
         HeldControl {
             socket,
             pid,
@@ -132,16 +141,23 @@ impl HeldControl {
         live.wake_end();
     }
 
-    fn detached(&self) -> bool {
+    pub(super) fn detached(&self) -> bool {
         self.detached.load(Ordering::SeqCst)
     }
 }
 
 /// How following a holder ended.
-enum Followed {
+pub(super) enum Followed {
     Exit(StatusFile),
     Detached,
     Lost(String),
+}
+
+/// A run its holder started: how to reach it, the stream to follow it by, its egress proxy.
+pub(super) struct HolderStart {
+    pub control: Arc<HeldControl>,
+    pub client: Result<Client, String>,
+    pub egress: Option<EgressRun>,
 }
 
 impl Runner {
@@ -154,9 +170,35 @@ impl Runner {
         rows: u16,
         cols: u16,
     ) {
-        let Some((egress, prepared)) = self.prepare() else {
+        let Some(HolderStart {
+            control,
+            client,
+            egress,
+        }) = self.launch_held(holders, "pty", rows, cols)
+        else {
             return;
         };
+        follow(
+            &self.sessions,
+            &self.live,
+            &self.handle,
+            client,
+            &control,
+            input,
+            egress,
+        );
+    }
+
+    /// Prepare the run's cage and hand it to a new holder (`kind` `pty` or `pipes`); `None`
+    /// when the run ended before (its end is recorded).
+    pub(super) fn launch_held(
+        &self,
+        holders: &HolderSettings,
+        kind: &str,
+        rows: u16,
+        cols: u16,
+    ) -> Option<HolderStart> {
+        let (egress, prepared) = self.prepare()?;
         let id = self.live.id().to_string();
         let socket = socket_of(&holders.dir, &id);
         let Prepared {
@@ -170,8 +212,9 @@ impl Runner {
             v: 1,
             id: id.clone(),
             run_name: run_name(&id).to_string(),
-            kind: "pty".into(),
-            stderr_path: None,
+            kind: kind.into(),
+            stderr_path: (kind == "pipes")
+                .then(|| stderr_path(&self.sessions, &id).display().to_string()),
             socket: socket.display().to_string(),
             transcript_head: self.live.transcript().display().to_string(),
             cap: super::retention::cap(settings),
@@ -201,12 +244,22 @@ impl Runner {
         // The holder removes the groups after the reap, as the runner would.
         let groups = cgroups.release();
         spec.cgroup_dirs = groups.iter().map(|d| d.display().to_string()).collect();
-        let launched = ensure_dir(&holders.dir).map_err(|e| {
-            format!(
-                "cannot create the run holders' directory {}: {e}",
-                holders.dir.display()
-            )
-        });
+        let launched = ensure_dir(&holders.dir)
+            .map_err(|e| {
+                format!(
+                    "cannot create the run holders' directory {}: {e}",
+                    holders.dir.display()
+                )
+            })
+            // A conversation's run has no transcript made before it (its holder makes one).
+            .and_then(|()| {
+                ensure_dir(&settings.transcripts).map_err(|e| {
+                    format!(
+                        "cannot create the transcripts' directory {}: {e}",
+                        settings.transcripts.display()
+                    )
+                })
+            });
         // Under a systemd user manager, each holder in a scope of its own (kaged-runs.slice):
         // restarting kaged's unit leaves it alone. systemd-run needs the executable's path.
         let (exe, prefix) = if kaged_spawn::limit_facts().systemd_user {
@@ -225,7 +278,8 @@ impl Runner {
                 if let Some(egress) = egress {
                     egress.stop(&self.handle);
                 }
-                return self.fail(reason);
+                self.fail(reason);
+                return None;
             }
         };
         reap(launched.child, &id);
@@ -243,15 +297,11 @@ impl Runner {
             control.kill("kaged: killed while starting");
         }
         let client = Client::connect(&socket, None).map_err(|e| e.to_string());
-        follow(
-            &self.sessions,
-            &self.live,
-            &self.handle,
+        Some(HolderStart {
+            control,
             client,
-            &control,
-            input,
             egress,
-        );
+        })
     }
 
     /// The run's wall-time limit: its cage's (as planned), or its task's timeout, the lower.
@@ -278,7 +328,7 @@ fn ensure_dir(dir: &Path) -> std::io::Result<()> {
 
 /// The daemon's child, the holder, is reaped when it exits (a holder of an earlier daemon
 /// is reaped by init or the service manager).
-fn reap(mut child: std::process::Child, id: &str) {
+pub(super) fn reap(mut child: std::process::Child, id: &str) {
     let spawned = std::thread::Builder::new()
         .name(format!("kaged-hold-{}", id.get(..8).unwrap_or_default()))
         .spawn(move || {
@@ -327,6 +377,19 @@ fn follow(
         }
         Err(e) => Followed::Lost(format!("cannot reach the holder: {e}")),
     };
+    settle(sessions, live, handle, followed, egress);
+}
+
+/// After following a held run: its egress proxy stopped, and its end recorded (from the
+/// holder's Exit, else from its status file, else as a lost holder); nothing when the daemon
+/// let go of it.
+pub(super) fn settle(
+    sessions: &Sessions,
+    live: &Arc<Live>,
+    handle: &tokio::runtime::Handle,
+    followed: Followed,
+    egress: Option<EgressRun>,
+) {
     if let Some(egress) = egress {
         egress.stop(handle);
     }
@@ -484,7 +547,7 @@ impl Sessions {
         let mut taken = 0;
         for row in rows
             .into_iter()
-            .filter(|r| r.created_at_ms < self.started_at_ms() && !r.conversation)
+            .filter(|r| r.created_at_ms < self.started_at_ms())
         {
             let socket = socket_of(&holders.dir, &row.id);
             let answered = if socket.exists() {
@@ -564,6 +627,9 @@ impl Sessions {
         socket: PathBuf,
         info: kaged_session::holder::HolderInfo,
     ) {
+        if info.kind == "pipes" {
+            return self.take_up_piped(row, client, socket, info).await;
+        }
         let Some(kind) = kaged_cage::RunKind::parse(&row.kind) else {
             return;
         };

@@ -31,6 +31,8 @@ pub(crate) mod conversation;
 mod deps;
 mod egress;
 mod held;
+mod held_pipes;
+pub(crate) use held_pipes::HeldLink;
 pub use held::{HolderSettings, holder_dir};
 pub(crate) mod http;
 mod live;

@@ -24,6 +24,11 @@ struct Env {
 /// A daemon and a project whose primary is `kaged-acp-scripted script.json`, the binary and
 /// the script in the project.
 async fn env(script: &Value) -> Env {
+    env_with(script, &[]).await
+}
+
+/// [`env`] with more of the daemon's environment.
+async fn env_with(script: &Value, daemon_env: &[(&str, &str)]) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("proj");
     std::fs::create_dir_all(root.join(".kaged")).unwrap();
@@ -39,7 +44,7 @@ async fn env(script: &Value) -> Env {
     )
     .unwrap();
     cage_writable(&root);
-    let daemon = start_daemon(&tmp.path().join("home"), &[]);
+    let daemon = start_daemon(&tmp.path().join("home"), daemon_env);
     load_project_at(&daemon, &root).await;
     Env {
         daemon,
@@ -59,7 +64,7 @@ impl Env {
             }
             if start.elapsed() > Duration::from_secs(20) {
                 let (records, _) = conversation(&self.daemon, session, 0).await;
-                panic!("no approval:\n{}", summarize(&records));
+                panic!("no approval:\n{}\n{}", summarize(&records), self.daemon.stderr_text());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -243,4 +248,124 @@ async fn the_official_crates_agent_misbehaving_fails_its_run_with_the_reason() {
         let (status, _) = env.daemon.call(Method::GET, "/healthz", None).await;
         assert!(status.is_success(), "{what}: the daemon is up");
     }
+}
+
+const KEEP: [(&str, &str); 1] = [("KAGED_SESSIONS_ON_DAEMON_STOP", "keep")];
+
+/// The records once `n` turns have ended, from daemon `d`.
+async fn turns_of(d: &Daemon, session: &str, n: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let (records, _) = conversation(d, session, 0).await;
+        if records.iter().filter(|r| is_turn_ended(r)).count() >= n {
+            return records;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            summarize(&records)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many of the agent's completed messages say exactly `text`.
+fn times_said(records: &[Value], text: &str) -> usize {
+    of_kind(records, "message_completed")
+        .iter()
+        .filter(|r| r["event"]["text"] == text)
+        .count()
+}
+
+/// An ACP agent's run outlives kaged: a restart while a permission waits keeps the agent and
+/// its pending approval (decided after the restart, answered to the same agent), and what the
+/// agent says while kaged is away (the end of its turn included) is recorded once when the
+/// next kaged takes it up. The next message is the agent's second prompt: the same process,
+/// which remembers.
+#[tokio::test]
+async fn an_agent_outlives_restarts_of_kaged_and_goes_on_where_it_was() {
+    let script = json!({"prompts": [
+        [
+            {"say": "Working."},
+            {"tool_call": {"id": "t1", "title": "Write out.txt", "kind": "edit"}},
+            {
+                "permission": {"tool_call_id": "t1", "title": "Write out.txt", "kind": "edit"},
+                "if_allowed": [
+                    {"write_file": {"path": "/workspace/out.txt", "content": "after the restart\n"}},
+                    {"sleep_ms": 2500},
+                    {"say": "Said while kaged was away."}
+                ],
+                "if_rejected": [{"say": "not allowed"}]
+            }
+        ],
+        [{"say": "Second turn, same agent."}]
+    ]});
+    let Env { daemon, root, _tmp } = env_with(&script, &KEEP).await;
+    let d = daemon.failing_on_panics().keeping_runs();
+    let home = _tmp.path().join("home");
+    let id = create_agent(&d, "acpscripted", "primary", Some("Write it.")).await;
+    let asked = wait_pending(&d, &id, 1).await;
+    let approval = asked[0]["id"].as_str().unwrap().to_string();
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+
+    // Taken up by the next kaged: the same run, its approval still waiting.
+    let d = start_daemon(&home, &KEEP).failing_on_panics().keeping_runs();
+    let s = session_json(&d, &id).await;
+    assert_eq!(s["state"], "running", "{s}");
+    let pending = wait_pending(&d, &id, 1).await;
+    assert_eq!(pending[0]["id"], approval.as_str(), "the same approval");
+    let (status, body) = d
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{approval}"),
+            Some(json!({"decision": "approve"})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    // The agent got the decision: it writes, then sleeps; kaged goes away meanwhile.
+    let written = root.join("out.txt");
+    let start = Instant::now();
+    while !written.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the approved write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+    // The agent ends its turn while no kaged is there.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    let d = start_daemon(&home, &KEEP).failing_on_panics();
+    let records = turns_of(&d, &id, 1).await;
+    let all = summarize(&records);
+    assert_eq!(times_said(&records, "Working."), 1, "{all}");
+    assert_eq!(times_said(&records, "Said while kaged was away."), 1, "{all}");
+    assert_eq!(of_kind(&records, "approval_requested").len(), 1, "{all}");
+    assert_eq!(of_kind(&records, "acp_session").len(), 1, "{all}");
+    assert_eq!(turn_end_reasons(&records), ["end_turn"], "{all}");
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        "after the restart\n"
+    );
+
+    send_message(&d, &id, "And now?").await;
+    let records = turns_of(&d, &id, 2).await;
+    let all = summarize(&records);
+    assert_eq!(
+        times_said(&records, "Second turn, same agent."),
+        1,
+        "the agent's second prompt: {all}"
+    );
+    assert_eq!(times_said(&records, "Working."), 1, "{all}");
+    let reattached: Vec<Value> = d.api_get("/api/v1/audit?limit=500").await["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "session.reattached" && e["detail"]["session"] == id.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(reattached.len(), 2, "{reattached:?}");
+    assert!(reattached.iter().all(|e| e["outcome"] == "success"), "{reattached:?}");
+    // Both took up the same process.
+    assert_eq!(reattached[0]["detail"]["pid"], reattached[1]["detail"]["pid"]);
 }

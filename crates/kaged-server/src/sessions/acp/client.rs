@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use super::translate::{Translator, mode_to_select, tool_name};
 use crate::audit::AuditRecord;
-use crate::sessions::Sessions;
+use crate::sessions::{HeldLink, Sessions};
 use crate::sessions::approval::Request;
 use crate::sessions::conversation::Control;
 
@@ -78,9 +78,43 @@ pub(crate) struct AcpClient {
     pub cwd: PathBuf,
 }
 
+/// What a daemon leaves in the holder of an ACP agent's run (as JSON, after each message it
+/// handled) so that the next daemon can go on: who the client is, and where the protocol
+/// stands. Kept in the holder's memory only: it never outlives the run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AcpNote {
+    pub v: u32,
+    pub slug: String,
+    pub owner: String,
+    pub name: String,
+    pub tools: BTreeMap<String, Tool>,
+    pub mode: Option<String>,
+    pub cwd: PathBuf,
+    /// The agent's ACP session, once it has one.
+    pub session: Option<String>,
+    /// The output offset up to which every message was handled.
+    pub handled: u64,
+    /// The next request id kaged uses.
+    pub next_id: u64,
+    /// The `session/prompt` the agent has not answered yet.
+    pub prompt: Option<u64>,
+    /// Permission requests waiting for the operator.
+    pub asked: Vec<Asked>,
+}
+
+/// A permission request waiting for an approval: the agent's request id, the approval, and
+/// the options it offered (the decision picks one).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Asked {
+    pub rpc_id: Value,
+    pub approval: String,
+    pub options: Vec<Value>,
+}
+
 /// What the reader hands on.
 enum Incoming {
-    Message(Value),
+    /// A message, and the output offset just past its line.
+    Message(Value, u64),
     /// A line that is not a JSON object, or too long.
     Bad(String),
 }
@@ -110,12 +144,22 @@ impl Rpc {
         method: &str,
         params: Value,
     ) -> Result<oneshot::Receiver<Result<Value, Value>>, String> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (id, rx) = self.reserve();
+        self.send_call(id, method, params).await?;
+        Ok(rx)
+    }
+
+    /// The next request id, its answer awaited.
+    fn reserve(&self) -> (u64, oneshot::Receiver<Result<Value, Value>>) {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         crate::sessions::lock(&self.pending).insert(id, tx);
+        (id, rx)
+    }
+
+    async fn send_call(&self, id: u64, method: &str, params: Value) -> Result<(), String> {
         self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
-            .await?;
-        Ok(rx)
+            .await
     }
 
     async fn notify(&self, method: &str, params: Value) -> Result<(), String> {
@@ -136,8 +180,9 @@ impl Rpc {
     }
 }
 
-/// Read the agent's lines into `tx` until its output ends.
-async fn read_lines(from: pipe::Receiver, tx: mpsc::Sender<Incoming>) {
+/// Read the agent's lines into `tx` until its output ends; `at` is the output offset of the
+/// first byte read.
+async fn read_lines(from: pipe::Receiver, tx: mpsc::Sender<Incoming>, mut at: u64) {
     let mut reader = tokio::io::BufReader::new(from);
     loop {
         let mut line = Vec::new();
@@ -145,6 +190,9 @@ async fn read_lines(from: pipe::Receiver, tx: mpsc::Sender<Incoming>) {
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut line)
             .await;
+        if let Ok(n) = read {
+            at += n as u64;
+        }
         let incoming = match read {
             Ok(0) | Err(_) => return,
             Ok(_) if line.len() > MAX_LINE => {
@@ -157,7 +205,7 @@ async fn read_lines(from: pipe::Receiver, tx: mpsc::Sender<Incoming>) {
                     continue;
                 }
                 match serde_json::from_str::<Value>(text) {
-                    Ok(v) if v.is_object() => Incoming::Message(v),
+                    Ok(v) if v.is_object() => Incoming::Message(v, at),
                     _ => Incoming::Bad(format!("`{}`", text.chars().take(200).collect::<String>())),
                 }
             }
@@ -180,9 +228,56 @@ struct Shared {
     loading: std::sync::atomic::AtomicBool,
     /// Why the in-cage shim could not start the agent, when it could not.
     cannot_start: std::sync::Mutex<Option<String>>,
+    /// The run's holder, when it is in one: notes for the next daemon go there.
+    link: Option<HeldLink>,
+    /// The output offset up to which every message was handled.
+    handled: AtomicU64,
+    /// The `session/prompt` not answered yet.
+    prompt_id: std::sync::Mutex<Option<u64>>,
+    /// Permission requests waiting for the operator.
+    asked: std::sync::Mutex<Vec<Asked>>,
+}
+
+/// What a permission request gets: an outcome now, or the operator's decision later.
+enum Permission {
+    Now(Value),
+    Ask(Asked),
 }
 
 impl Shared {
+    /// Leave the protocol's state in the holder (a run in one), for the next daemon.
+    fn note(&self) {
+        let Some(link) = &self.link else { return };
+        let c = &self.client;
+        let note = AcpNote {
+            v: 1,
+            slug: c.slug.clone(),
+            owner: c.owner.clone(),
+            name: c.name.clone(),
+            tools: c.tools.clone(),
+            mode: c.mode.clone(),
+            cwd: c.cwd.clone(),
+            session: crate::sessions::lock(&self.session).clone(),
+            handled: self.handled.load(Ordering::SeqCst),
+            next_id: self.rpc.next.load(Ordering::SeqCst),
+            prompt: *crate::sessions::lock(&self.prompt_id),
+            asked: crate::sessions::lock(&self.asked).clone(),
+        };
+        match serde_json::to_string(&note) {
+            Ok(text) if text.len() <= kaged_session::holder::MAX_NOTE => link.note(text),
+            Ok(text) => {
+                tracing::warn!(session = %c.id, bytes = text.len(), "the ACP agent's note is too long for its holder; a restart of kaged would end this run");
+            }
+            Err(e) => tracing::error!(session = %c.id, error = %e, "cannot write the ACP agent's note"),
+        }
+    }
+
+    /// Whether this daemon is letting go of the run (it goes on for the next daemon): then
+    /// nothing about its end is recorded here.
+    fn letting_go(&self) -> bool {
+        self.link.as_ref().is_some_and(HeldLink::letting_go)
+    }
+
     async fn record(&self, events: Vec<AgentEvent>) {
         if events.is_empty() {
             return;
@@ -205,8 +300,9 @@ impl Shared {
                 Incoming::Bad(what) => {
                     return format!("the agent wrote a line that is not JSON-RPC: {what}");
                 }
-                Incoming::Message(m) => m,
+                Incoming::Message(m, end) => (m, end),
             };
+            let (message, end) = message;
             let method = message["method"].as_str().map(str::to_string);
             match (method, message.get("id").cloned()) {
                 (Some(method), Some(id)) => self.request(&method, id, &message["params"]).await,
@@ -218,6 +314,12 @@ impl Shared {
                     let Some(waiting) = waiting else {
                         return format!("the agent answered a request kaged never made (id {id})");
                     };
+                    {
+                        let mut prompt = crate::sessions::lock(&self.prompt_id);
+                        if prompt.is_some() && *prompt == id.as_u64() {
+                            *prompt = None;
+                        }
+                    }
                     let outcome = match message.get("error") {
                         Some(error) => Err(error.clone()),
                         None => Ok(message["result"].clone()),
@@ -228,6 +330,8 @@ impl Shared {
                     return "the agent wrote a JSON object that is neither a request, a response nor a notification".into();
                 }
             }
+            self.handled.store(end, Ordering::SeqCst);
+            self.note();
         }
         match crate::sessions::lock(&self.cannot_start).take() {
             Some(why) => format!(
@@ -257,13 +361,16 @@ impl Shared {
 
     async fn request(self: &Arc<Self>, method: &str, id: Value, params: &Value) {
         if method == "session/request_permission" {
-            // In a task of its own: the decision may take long, and updates keep coming.
-            let shared = self.clone();
-            let params = params.clone();
-            tokio::spawn(async move {
-                let outcome = shared.permission(&params).await;
-                shared.rpc.answer(id, Ok(json!({"outcome": outcome}))).await;
-            });
+            match self.permission(id.clone(), params).await {
+                Permission::Now(outcome) => {
+                    self.rpc.answer(id, Ok(json!({"outcome": outcome}))).await;
+                }
+                Permission::Ask(asked) => {
+                    // Noted with this message: a next daemon waits for it too.
+                    crate::sessions::lock(&self.asked).push(asked.clone());
+                    self.clone().wait_for_decision(asked);
+                }
+            }
             return;
         }
         self.record(vec![AgentEvent::Error {
@@ -297,40 +404,59 @@ impl Shared {
             .await;
     }
 
-    /// The outcome of a permission request: the project's policy for the call's kind
-    /// (`acp.KIND`; without a setting, the operator is asked), or the operator's decision.
-    async fn permission(&self, params: &Value) -> Value {
+    /// In a task of its own (the decision may take long, and updates keep coming): the
+    /// operator's decision on `asked`, answered to the agent.
+    fn wait_for_decision(self: Arc<Self>, asked: Asked) {
+        tokio::spawn(async move {
+            let c = &self.client;
+            let decided = c.sessions.approvals().wait(&asked.approval).await;
+            let outcome = match decided {
+                Ok(r) if r.decision.as_deref() == Some("approve_session") => {
+                    pick(&asked.options, &["allow_always", "allow_once"])
+                }
+                Ok(r) if r.state == "approved" => pick(&asked.options, &ALLOW),
+                Ok(r) if r.state == "denied" => pick(&asked.options, &REJECT),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::error!(session = %c.id, error = %e, "an ACP permission request could not be asked");
+                    None
+                }
+            };
+            if self.letting_go() {
+                // The next daemon answers it (the approval stays pending).
+                return;
+            }
+            let outcome = outcome.unwrap_or_else(cancelled);
+            self.rpc
+                .answer(asked.rpc_id.clone(), Ok(json!({"outcome": outcome})))
+                .await;
+            crate::sessions::lock(&self.asked).retain(|a| a.approval != asked.approval);
+            self.note();
+        });
+    }
+
+    /// A permission request: the project's policy for the call's kind (`acp.KIND`) decides
+    /// now; without a setting, the operator is asked (an approval stored, waited for later).
+    async fn permission(&self, rpc_id: Value, params: &Value) -> Permission {
         let call = &params["toolCall"];
         let call_id = call["toolCallId"].as_str().unwrap_or_default().to_string();
         let announced = crate::sessions::lock(&self.translator).announced(&call_id);
         let kind = call["kind"].as_str().unwrap_or(&announced.kind);
         let tool = tool_name(kind);
         let options: Vec<Value> = params["options"].as_array().cloned().unwrap_or_default();
-        let pick = |kinds: &[&str]| {
-            kinds.iter().find_map(|k| {
-                options
-                    .iter()
-                    .find(|o| o["kind"].as_str() == Some(k))
-                    .and_then(|o| o["optionId"].as_str())
-                    .map(|id| json!({"outcome": "selected", "optionId": id}))
-            })
-        };
-        let cancelled = json!({"outcome": "cancelled"});
-        let allow = ["allow_once", "allow_always"];
-        let reject = ["reject_once", "reject_always"];
         let c = &self.client;
         let level = c.tools.get(&tool).map_or(Approval::Ask, Tool::level);
         let approvals = c.sessions.approvals();
         let chosen = match level {
-            Approval::Allow => pick(&allow),
-            Approval::Deny => pick(&reject),
+            Approval::Allow => pick(&options, &ALLOW),
+            Approval::Deny => pick(&options, &REJECT),
             Approval::Ask
                 if approvals
                     .granted(&c.id, &c.name, &tool)
                     .await
                     .unwrap_or(false) =>
             {
-                pick(&allow)
+                pick(&options, &ALLOW)
             }
             Approval::Ask => {
                 let arguments = json!({
@@ -350,17 +476,14 @@ impl Shared {
                         arguments: &arguments,
                     })
                     .await;
-                let decided = match asked {
-                    Ok(record) => approvals.wait(&record.id).await,
-                    Err(e) => Err(e),
-                };
-                match decided {
-                    Ok(r) if r.decision.as_deref() == Some("approve_session") => {
-                        pick(&["allow_always", "allow_once"])
+                match asked {
+                    Ok(record) => {
+                        return Permission::Ask(Asked {
+                            rpc_id,
+                            approval: record.id,
+                            options,
+                        });
                     }
-                    Ok(r) if r.state == "approved" => pick(&allow),
-                    Ok(r) if r.state == "denied" => pick(&reject),
-                    Ok(_) => None,
                     Err(e) => {
                         tracing::error!(session = %c.id, error = %e, "an ACP permission request could not be asked");
                         None
@@ -368,8 +491,28 @@ impl Shared {
                 }
             }
         };
-        chosen.unwrap_or(cancelled)
+        Permission::Now(chosen.unwrap_or_else(cancelled))
     }
+}
+
+/// The options that allow, and those that reject, by ACP's `kind`s.
+const ALLOW: [&str; 2] = ["allow_once", "allow_always"];
+const REJECT: [&str; 2] = ["reject_once", "reject_always"];
+
+/// The first of `options` whose kind is one of `kinds`, as the permission's outcome.
+fn pick(options: &[Value], kinds: &[&str]) -> Option<Value> {
+    kinds.iter().find_map(|k| {
+        options
+            .iter()
+            .find(|o| o["kind"].as_str() == Some(k))
+            .and_then(|o| o["optionId"].as_str())
+            .map(|id| json!({"outcome": "selected", "optionId": id}))
+    })
+}
+
+/// A permission request nobody decided.
+fn cancelled() -> Value {
+    json!({"outcome": "cancelled"})
 }
 
 /// The answer to a request, or why there is none: a JSON-RPC error, the time ran out, the
@@ -403,48 +546,100 @@ async fn answer_of(
 }
 
 impl AcpClient {
-    /// The conversation: until the run ends or the agent breaks the protocol.
+    /// The client of an agent's run taken up again, as the earlier daemon's `note` says.
+    pub(crate) fn from_note(
+        sessions: Sessions,
+        row: &kaged_store::SessionRecord,
+        control: Arc<Control>,
+        note: &AcpNote,
+    ) -> AcpClient {
+        AcpClient {
+            sessions,
+            id: row.id.clone(),
+            slug: note.slug.clone(),
+            owner: note.owner.clone(),
+            name: note.name.clone(),
+            tools: note.tools.clone(),
+            mode: note.mode.clone(),
+            control,
+            cwd: note.cwd.clone(),
+        }
+    }
+
+    /// The conversation: until the run ends or the agent breaks the protocol. A run in a
+    /// holder comes with its `link`; one taken up again with the earlier daemon's note
+    /// (`resume`), from which it goes on: same session, its open turn and the permission
+    /// requests still waiting.
     pub(crate) async fn run(
         self,
         from: pipe::Receiver,
         to: pipe::Sender,
         mut ended: watch::Receiver<bool>,
+        link: Option<HeldLink>,
+        resume: Option<AcpNote>,
     ) {
-        let (turns, earlier) = self.close_open_turn().await;
+        let (turns, earlier) = match &resume {
+            Some(_) => (self.history().await.0, None),
+            None => self.close_open_turn().await,
+        };
+        let read_from = link.as_ref().map_or(0, |l| l.from);
         let shared = Arc::new(Shared {
             client: self,
             rpc: Rpc {
                 to: Mutex::new(to),
-                next: AtomicU64::new(0),
+                next: AtomicU64::new(resume.as_ref().map_or(0, |n| n.next_id)),
                 pending: Default::default(),
             },
             translator: Default::default(),
-            session: Default::default(),
+            session: std::sync::Mutex::new(resume.as_ref().and_then(|n| n.session.clone())),
             loading: Default::default(),
             cannot_start: Default::default(),
+            link,
+            handled: AtomicU64::new(read_from),
+            prompt_id: Default::default(),
+            asked: Default::default(),
+        });
+        // An open turn's answer, registered before anything is read.
+        let open_turn = resume.as_ref().and_then(|n| n.prompt).map(|id| {
+            let (tx, rx) = oneshot::channel();
+            crate::sessions::lock(&shared.rpc.pending).insert(id, tx);
+            *crate::sessions::lock(&shared.prompt_id) = Some(id);
+            rx
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(read_lines(from, tx));
+        tokio::spawn(read_lines(from, tx, read_from));
         let (why_tx, mut stopped) = watch::channel(None);
         let recorder = shared.clone();
         tokio::spawn(async move {
             let why = recorder.dispatch(rx).await;
             let _ = why_tx.send(Some(why));
         });
-        if let Err(why) = shared.start(earlier, &mut stopped, &mut ended).await {
-            if !shared.killed() {
-                let why = explained(why, &mut stopped).await;
-                shared.fail(&why, None).await;
+        match resume {
+            Some(note) => {
+                for asked in note.asked {
+                    crate::sessions::lock(&shared.asked).push(asked.clone());
+                    shared.clone().wait_for_decision(asked);
+                }
+                shared.note();
             }
-            return;
+            None => {
+                if let Err(why) = shared.start(earlier, &mut stopped, &mut ended).await {
+                    if !shared.killed() && !shared.letting_go() {
+                        let why = explained(why, &mut stopped).await;
+                        shared.fail(&why, None).await;
+                    }
+                    return;
+                }
+            }
         }
-        shared.turns(turns, &mut stopped, &mut ended).await;
+        shared
+            .turns(turns, open_turn, &mut stopped, &mut ended)
+            .await;
     }
 
-    /// The number of turns so far and the agent's last ACP session; a turn an earlier run
-    /// left open is closed (its agent is gone), and approvals nothing waits for any more
-    /// cancelled.
-    async fn close_open_turn(&self) -> (u64, Option<String>) {
+    /// The number of turns so far, whether the last is open, and the agent's last ACP
+    /// session.
+    async fn history(&self) -> (u64, bool, Option<String>) {
         let records = self
             .sessions
             .agent_log()
@@ -465,6 +660,14 @@ impl AcpClient {
                 _ => {}
             }
         }
+        (turns, open, earlier)
+    }
+
+    /// The number of turns so far and the agent's last ACP session; a turn an earlier run
+    /// left open is closed (its agent is gone), and approvals nothing waits for any more
+    /// cancelled.
+    async fn close_open_turn(&self) -> (u64, Option<String>) {
+        let (turns, open, earlier) = self.history().await;
         let _ = self
             .sessions
             .approvals()
@@ -600,6 +803,7 @@ impl Shared {
     async fn turns(
         &self,
         mut turns: u64,
+        mut open_turn: Option<oneshot::Receiver<Result<Value, Value>>>,
         stopped: &mut Stopped,
         ended: &mut watch::Receiver<bool>,
     ) {
@@ -608,62 +812,98 @@ impl Shared {
             .clone()
             .unwrap_or_default();
         loop {
+            let outcome = match open_turn.take() {
+                // A turn the earlier daemon started: its answer ends it.
+                Some(rx) => {
+                    control.in_turn.store(true, Ordering::SeqCst);
+                    self.answer_to_prompt(rx, json!(session), stopped, ended)
+                        .await
+                }
+                None => match self.next_turn(&mut turns, &session, stopped, ended).await {
+                    Some(outcome) => outcome,
+                    None => return,
+                },
+            };
+            control.in_turn.store(false, Ordering::SeqCst);
+            if !self.turn_ended(outcome, stopped).await {
+                return;
+            }
+        }
+    }
+
+    /// The next turn, once operator messages are queued: its prompt's outcome; `None` when
+    /// the run ended first.
+    async fn next_turn(
+        &self,
+        turns: &mut u64,
+        session: &str,
+        stopped: &mut Stopped,
+        ended: &mut watch::Receiver<bool>,
+    ) -> Option<Result<Value, String>> {
+        let control = self.client.control.clone();
+        loop {
             if !control.has_queued() {
                 tokio::select! {
                     _ = control.wake.notified() => continue,
-                    _ = ended.wait_for(|e| *e) => return,
+                    _ = ended.wait_for(|e| *e) => return None,
                     // Idle, the agent exited or broke the protocol: the run's end says how.
-                    _ = reason(stopped) => return,
+                    _ = reason(stopped) => return None,
                 }
             }
             let messages = control.take();
-            turns += 1;
+            *turns += 1;
             let mut events: Vec<AgentEvent> = messages
                 .iter()
                 .map(|text| AgentEvent::UserMessage { text: text.clone() })
                 .collect();
-            events.push(AgentEvent::TurnStarted { turn: turns });
+            events.push(AgentEvent::TurnStarted { turn: *turns });
             self.record(events).await;
             let prompt: Vec<Value> = messages
                 .iter()
                 .map(|text| json!({"type": "text", "text": text}))
                 .collect();
             control.in_turn.store(true, Ordering::SeqCst);
-            let outcome = self
-                .prompt(
+            return Some(
+                self.prompt(
                     json!({"sessionId": session, "prompt": prompt}),
                     stopped,
                     ended,
                 )
-                .await;
-            control.in_turn.store(false, Ordering::SeqCst);
-            match outcome {
-                Ok(result) => {
-                    let (events, reason) =
-                        crate::sessions::lock(&self.translator).finished(&result);
-                    let mut events = events;
-                    events.push(AgentEvent::TurnEnded { reason });
+                .await,
+            );
+        }
+    }
+
+    /// Record how a turn ended; whether the conversation goes on.
+    async fn turn_ended(&self, outcome: Result<Value, String>, stopped: &mut Stopped) -> bool {
+        let control = &self.client.control;
+        match outcome {
+            Ok(result) => {
+                let (events, reason) = crate::sessions::lock(&self.translator).finished(&result);
+                let mut events = events;
+                events.push(AgentEvent::TurnEnded { reason });
+                self.record(events).await;
+                if reason != EndReason::Aborted && !control.has_queued() {
+                    let c = &self.client;
+                    c.sessions.deps().notifier.send(
+                        crate::notify::Notification::session_waiting(&c.slug, &c.name, &c.id),
+                    );
+                }
+                true
+            }
+            Err(_) if self.letting_go() => false,
+            Err(why) => {
+                if self.killed() {
+                    let mut events = crate::sessions::lock(&self.translator).close();
+                    events.push(AgentEvent::TurnEnded {
+                        reason: EndReason::Aborted,
+                    });
                     self.record(events).await;
-                    if reason != EndReason::Aborted && !control.has_queued() {
-                        let c = &self.client;
-                        c.sessions.deps().notifier.send(
-                            crate::notify::Notification::session_waiting(&c.slug, &c.name, &c.id),
-                        );
-                    }
+                } else {
+                    let why = explained(why, stopped).await;
+                    self.fail(&why, Some(EndReason::Error)).await;
                 }
-                Err(why) => {
-                    if self.killed() {
-                        let mut events = crate::sessions::lock(&self.translator).close();
-                        events.push(AgentEvent::TurnEnded {
-                            reason: EndReason::Aborted,
-                        });
-                        self.record(events).await;
-                    } else {
-                        let why = explained(why, stopped).await;
-                        self.fail(&why, Some(EndReason::Error)).await;
-                    }
-                    return;
-                }
+                false
             }
         }
     }
@@ -677,7 +917,23 @@ impl Shared {
         ended: &mut watch::Receiver<bool>,
     ) -> Result<Value, String> {
         let session = params["sessionId"].clone();
-        let rx = self.rpc.call("session/prompt", params).await?;
+        // Noted before it is sent: a next daemon knows which answer ends the turn.
+        let (id, rx) = self.rpc.reserve();
+        *crate::sessions::lock(&self.prompt_id) = Some(id);
+        self.note();
+        self.rpc.send_call(id, "session/prompt", params).await?;
+        self.answer_to_prompt(rx, session, stopped, ended).await
+    }
+
+    /// The answer to the `session/prompt` `rx` waits for, with an abort sent on as
+    /// `session/cancel` (the turn's approvals cancelled).
+    async fn answer_to_prompt(
+        &self,
+        rx: oneshot::Receiver<Result<Value, Value>>,
+        session: Value,
+        stopped: &mut Stopped,
+        ended: &mut watch::Receiver<bool>,
+    ) -> Result<Value, String> {
         let mut abort = self.client.control.abort.subscribe();
         abort.mark_unchanged();
         let answer = answer_of(rx, "session/prompt", None, stopped, ended);
@@ -716,6 +972,9 @@ impl Shared {
     /// The agent broke the protocol (or never started): say why in the log (closing the turn
     /// when one is open), fail the run with the reason, and end the agent.
     async fn fail(&self, why: &str, open_turn: Option<EndReason>) {
+        if self.letting_go() {
+            return;
+        }
         let mut events = crate::sessions::lock(&self.translator).close();
         events.push(AgentEvent::Error {
             code: "acp".into(),

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use kaged_dsl::Project;
 
+use super::Sessions;
 use super::conversation::Control;
+use super::conversation::runner::PipedLoop;
 use super::runner::Runner;
 
 /// The in-cage shim's subcommand of the kaged binary.
@@ -49,9 +51,10 @@ impl AcpSetup {
 }
 
 impl Runner {
-    /// The whole life of an ACP agent's run.
+    /// The whole life of an ACP agent's run: in a run holder when kaged has them (the agent
+    /// then outlives the daemon), else on the daemon's own pipes.
     pub(crate) fn run_acp(self, setup: AcpSetup, control: Arc<Control>) {
-        self.run_piped("ACP agent", move |runner| {
+        let make = move |runner: &Runner| -> PipedLoop {
             let d = &runner.decided;
             // Where the agent works, as it sees it: the project in its cage.
             let cwd = match d.uncaged_because {
@@ -70,7 +73,46 @@ impl Runner {
                 control,
                 cwd,
             };
-            Box::new(move |from, to, ended| Box::pin(client.run(from, to, ended)))
-        });
+            Box::new(move |from, to, ended, link| {
+                Box::pin(client.run(from, to, ended, link, None))
+            })
+        };
+        match self.sessions.deps().settings.holders.clone() {
+            Some(holders) => self.run_held_piped(&holders, "ACP agent", make),
+            None => self.run_piped("ACP agent", make),
+        }
     }
+}
+
+/// An ACP agent's run taken up again: its conversation's controls, the loop that goes on
+/// from the earlier daemon's note, and the output offset it reads from.
+pub(crate) struct Resumed {
+    pub control: Arc<Control>,
+    pub talk: PipedLoop,
+    pub from: u64,
+}
+
+/// Go on with the ACP agent of session `row` from the `note` an earlier daemon left in its
+/// holder; why not, when it cannot.
+pub(crate) fn resume(
+    sessions: &Sessions,
+    row: &kaged_store::SessionRecord,
+    note: Option<&str>,
+) -> Result<Resumed, String> {
+    let note = note.ok_or("its holder has no note from the earlier kaged")?;
+    let note: client::AcpNote =
+        serde_json::from_str(note).map_err(|e| format!("its note does not read: {e}"))?;
+    if note.session.is_none() {
+        return Err("the agent had not started its ACP session yet".into());
+    }
+    let control = Arc::new(Control::default());
+    let from = note.handled;
+    let client = client::AcpClient::from_note(sessions.clone(), row, control.clone(), &note);
+    Ok(Resumed {
+        control,
+        talk: Box::new(move |from, to, ended, link| {
+            Box::pin(client.run(from, to, ended, link, Some(note)))
+        }),
+        from,
+    })
 }

@@ -23,12 +23,14 @@ use crate::sessions::runner::Runner;
 const STDERR_LINES: usize = 200;
 
 /// The loop that speaks to a piped run: it reads the run's stdout, writes its stdin, and ends
-/// its work when the watch flips (the run ended).
+/// its work when the watch flips (the run ended). A run in a holder comes with its link
+/// (where the output read starts, notes for the next daemon, whether this one lets go).
 pub(crate) type PipedLoop = Box<
     dyn FnOnce(
             tokio::net::unix::pipe::Receiver,
             tokio::net::unix::pipe::Sender,
             tokio::sync::watch::Receiver<bool>,
+            Option<crate::sessions::HeldLink>,
         ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
         + Send,
 >;
@@ -58,7 +60,8 @@ impl Runner {
                 subagents: std::sync::atomic::AtomicU64::new(subagent::first_number()),
                 log: Default::default(),
             };
-            Box::new(move |from, to, ended| {
+            // The agent loop lives in kaged: its executor is not held (it ends with kaged).
+            Box::new(move |from, to, ended, _| {
                 Box::pin(async move {
                     let executor = kaged_tools::ToolExecutor::new(from, to);
                     conversation.run(executor, ended).await;
@@ -104,7 +107,7 @@ impl Runner {
             let to = tokio::net::unix::pipe::Sender::from_owned_fd(stdin);
             let from = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout);
             match (from, to) {
-                (Ok(from), Ok(to)) => talk(from, to, ended_rx).await,
+                (Ok(from), Ok(to)) => talk(from, to, ended_rx, None).await,
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::error!(session = %id, error = %e, "cannot speak to the {what}");
                 }
