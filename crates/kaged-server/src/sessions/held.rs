@@ -241,6 +241,13 @@ impl Runner {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
         };
         kaged_holder::fill_from(&mut spec, &run);
+        if kind == "pipes" {
+            // A piped run's transcript is its protocol's output, kept for its own loop only:
+            // a later run of the same session (an ACP agent resumed) starts a new one.
+            if let Err(e) = kaged_holder::transcript::remove(self.live.transcript()) {
+                tracing::warn!(session = %id, error = %e, "cannot remove the earlier run's transcript");
+            }
+        }
         // The holder removes the groups after the reap, as the runner would.
         let groups = cgroups.release();
         spec.cgroup_dirs = groups.iter().map(|d| d.display().to_string()).collect();

@@ -145,7 +145,8 @@ fn follow_piped(sessions: &Sessions, live: &Arc<Live>, handle: &tokio::runtime::
                             }
                         }
                     });
-                    let followed = pump(sessions, live, handle, &mut client, &control, to_loop, from);
+                    let followed =
+                        pump(sessions, live, handle, &mut client, &control, to_loop, from);
                     if !matches!(followed, Followed::Detached) {
                         // The loop records the end of its turn before the run's end is.
                         let _ = ended_tx.send(true);
@@ -314,7 +315,11 @@ impl Sessions {
             None,
             LOG_CAPACITY,
         ));
-        let control = Arc::new(HeldControl::new(socket, info.pid, info.egress_dir.is_some()));
+        let control = Arc::new(HeldControl::new(
+            socket,
+            info.pid,
+            info.egress_dir.is_some(),
+        ));
         live.set_control(Some(RunControl::Held(control.clone())));
         let (conversation, talk, from) = match super::acp::resume(self, &row, info.note.as_deref())
         {

@@ -64,7 +64,11 @@ impl Env {
             }
             if start.elapsed() > Duration::from_secs(20) {
                 let (records, _) = conversation(&self.daemon, session, 0).await;
-                panic!("no approval:\n{}\n{}", summarize(&records), self.daemon.stderr_text());
+                panic!(
+                    "no approval:\n{}\n{}",
+                    summarize(&records),
+                    self.daemon.stderr_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -310,7 +314,9 @@ async fn an_agent_outlives_restarts_of_kaged_and_goes_on_where_it_was() {
     assert!(status.success(), "{status}: {log}");
 
     // Taken up by the next kaged: the same run, its approval still waiting.
-    let d = start_daemon(&home, &KEEP).failing_on_panics().keeping_runs();
+    let d = start_daemon(&home, &KEEP)
+        .failing_on_panics()
+        .keeping_runs();
     let s = session_json(&d, &id).await;
     assert_eq!(s["state"], "running", "{s}");
     let pending = wait_pending(&d, &id, 1).await;
@@ -327,7 +333,10 @@ async fn an_agent_outlives_restarts_of_kaged_and_goes_on_where_it_was() {
     let written = root.join("out.txt");
     let start = Instant::now();
     while !written.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "the approved write");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the approved write"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, log) = d.stop();
@@ -339,7 +348,11 @@ async fn an_agent_outlives_restarts_of_kaged_and_goes_on_where_it_was() {
     let records = turns_of(&d, &id, 1).await;
     let all = summarize(&records);
     assert_eq!(times_said(&records, "Working."), 1, "{all}");
-    assert_eq!(times_said(&records, "Said while kaged was away."), 1, "{all}");
+    assert_eq!(
+        times_said(&records, "Said while kaged was away."),
+        1,
+        "{all}"
+    );
     assert_eq!(of_kind(&records, "approval_requested").len(), 1, "{all}");
     assert_eq!(of_kind(&records, "acp_session").len(), 1, "{all}");
     assert_eq!(turn_end_reasons(&records), ["end_turn"], "{all}");
@@ -365,7 +378,13 @@ async fn an_agent_outlives_restarts_of_kaged_and_goes_on_where_it_was() {
         .cloned()
         .collect();
     assert_eq!(reattached.len(), 2, "{reattached:?}");
-    assert!(reattached.iter().all(|e| e["outcome"] == "success"), "{reattached:?}");
+    assert!(
+        reattached.iter().all(|e| e["outcome"] == "success"),
+        "{reattached:?}"
+    );
     // Both took up the same process.
-    assert_eq!(reattached[0]["detail"]["pid"], reattached[1]["detail"]["pid"]);
+    assert_eq!(
+        reattached[0]["detail"]["pid"],
+        reattached[1]["detail"]["pid"]
+    );
 }

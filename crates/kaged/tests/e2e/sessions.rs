@@ -1917,3 +1917,92 @@ async fn holders_of_unknown_runs_are_reported_and_left_alone() {
     kill_holders(&env.home().join("run"));
     wait_gone(&env.marker, "after the test's own kill").await;
 }
+
+/// Looks for run holders' sockets from where it runs: in the holders' directory given (where
+/// it is on the host), then every socket it can see; tries to connect to each. Prints
+/// `REACHED PATH` for a connection made, and `probe done` at the end.
+const HOLDER_PROBE: &str = r#"
+import os, socket, stat, sys
+def attempt(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(path)
+        print("REACHED", path, flush=True)
+    except OSError as e:
+        print("refused", path, e.errno, flush=True)
+    finally:
+        s.close()
+holders = sys.argv[1]
+try:
+    names = os.listdir(holders)
+    print("listed", holders, names, flush=True)
+    for name in names:
+        attempt(os.path.join(holders, name))
+except OSError as e:
+    print("absent", holders, e.errno, flush=True)
+for root, dirs, files in os.walk("/"):
+    if root == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+    for name in files:
+        path = os.path.join(root, name)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                attempt(path)
+        except OSError:
+            pass
+print("probe done", flush=True)
+"#;
+
+/// A run cannot reach its holder's socket (or any holder's) from inside its cage: the
+/// holders' directory is not in a cage's view, and no socket the cage can see is one. The
+/// same probe run on the host reaches them, so it would tell.
+#[tokio::test]
+async fn a_caged_run_cannot_reach_any_run_holders_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &[]).failing_on_panics();
+    let holders = d.runtime_dir().join("holders");
+    let project = tmp.path().join("probe");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    std::fs::write(project.join("probe.py"), HOLDER_PROBE).unwrap();
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        format!(
+            "version: 1\nproject: demo\nprimary:\n  command: [sh]\ntasks:\n  probe: {{ command: [python3, probe.py, \"{}\"] }}\n  idle: {{ command: [sleep, \"60\"] }}\n",
+            holders.display()
+        ),
+    )
+    .unwrap();
+    cage_writable(&project);
+    load_project(&d, &project).await;
+    // Another run's holder is there too while the probe looks.
+    let idle = start(&d, "task", Some("idle")).await;
+    let id = start(&d, "task", Some("probe")).await;
+    let s = wait_session_within(&d, &id, "the probe's end", Duration::from_secs(120), ended).await;
+    let out = String::from_utf8_lossy(&transcript(&d, &id).await).into_owned();
+    assert!(out.contains("probe done"), "{s}\n{out}");
+    assert!(!out.contains("REACHED"), "{out}");
+    assert!(
+        out.contains(&format!("absent {}", holders.display())),
+        "{out}"
+    );
+
+    // The control: on the host, the same probe reaches the idle run's holder.
+    let host = std::process::Command::new("python3")
+        .args(["-c", HOLDER_PROBE, holders.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&host.stdout);
+    let sockets = std::fs::read_dir(&holders).unwrap().count();
+    assert!(sockets >= 1, "the idle run's holder socket");
+    assert!(
+        host.lines()
+            .any(|l| l.starts_with(&format!("REACHED {}", holders.display()))),
+        "{host}"
+    );
+    let (status, body) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{idle}/kill"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}

@@ -21,9 +21,9 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use super::translate::{Translator, mode_to_select, tool_name};
 use crate::audit::AuditRecord;
-use crate::sessions::{HeldLink, Sessions};
 use crate::sessions::approval::Request;
 use crate::sessions::conversation::Control;
+use crate::sessions::{HeldLink, Sessions};
 
 /// How long an agent may take to answer `initialize` and `session/new`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -268,7 +268,9 @@ impl Shared {
             Ok(text) => {
                 tracing::warn!(session = %c.id, bytes = text.len(), "the ACP agent's note is too long for its holder; a restart of kaged would end this run");
             }
-            Err(e) => tracing::error!(session = %c.id, error = %e, "cannot write the ACP agent's note"),
+            Err(e) => {
+                tracing::error!(session = %c.id, error = %e, "cannot write the ACP agent's note")
+            }
         }
     }
 
@@ -885,9 +887,12 @@ impl Shared {
                 self.record(events).await;
                 if reason != EndReason::Aborted && !control.has_queued() {
                     let c = &self.client;
-                    c.sessions.deps().notifier.send(
-                        crate::notify::Notification::session_waiting(&c.slug, &c.name, &c.id),
-                    );
+                    c.sessions
+                        .deps()
+                        .notifier
+                        .send(crate::notify::Notification::session_waiting(
+                            &c.slug, &c.name, &c.id,
+                        ));
                 }
                 true
             }

@@ -73,9 +73,7 @@ impl Runner {
                 control,
                 cwd,
             };
-            Box::new(move |from, to, ended, link| {
-                Box::pin(client.run(from, to, ended, link, None))
-            })
+            Box::new(move |from, to, ended, link| Box::pin(client.run(from, to, ended, link, None)))
         };
         match self.sessions.deps().settings.holders.clone() {
             Some(holders) => self.run_held_piped(&holders, "ACP agent", make),
