@@ -33,6 +33,8 @@ use crate::audit::{AuditRecord, now_ms};
 
 /// How long a control connection (signal, kill) waits for its holder.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How old a look into the holders' directory a status report may use.
+const HOLDERS_FRESH: Duration = Duration::from_secs(90);
 /// How long a daemon taking runs up again waits for each holder's Hello.
 const REATTACH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -588,10 +590,11 @@ impl Sessions {
         taken
     }
 
-    /// The run holders in the holders' directory (`kaged status`): how many runs this daemon
-    /// follows in one; holders of runs it does not follow (a wiped database, another daemon's
-    /// data directory), which are reported and never killed or taken up; and holders that
-    /// speak no protocol version this daemon does.
+    /// The run holders in the holders' directory (`kaged status`, from the last look, at most
+    /// [`HOLDERS_FRESH`] old): how many runs this daemon follows in one; holders of runs it
+    /// does not know (a wiped database, another daemon's data directory), which are reported
+    /// and never killed or taken up; and holders that speak no protocol version this daemon
+    /// does.
     pub async fn holders_report(&self) -> Value {
         let Some(holders) = self.deps().settings.holders.clone() else {
             return Value::Null;
@@ -601,19 +604,19 @@ impl Sessions {
             .iter()
             .filter(|l| matches!(l.control(), Some(RunControl::Held(_))))
             .count();
-        let dir = holders.dir.clone();
-        let found = tokio::task::spawn_blocking(move || kaged_holder::discover(&dir))
-            .await
-            .unwrap_or_default();
+        let seen = lock(self.shared_holders_seen()).clone();
+        let found = match seen {
+            Some((at, found)) if at.elapsed() < HOLDERS_FRESH => found,
+            _ => self.look_for_holders().await,
+        };
         let mut unknown = Vec::new();
         let mut incompatible = Vec::new();
-        for f in found {
+        // A holder removes its socket when it ends: one gone since the look is not reported.
+        for f in found.into_iter().filter(|f| f.socket.exists()) {
             match f.hello {
                 HolderHello::Accepted(info) => {
-                    let ours = self
-                        .get(&info.id)
-                        .is_some_and(|l| matches!(l.control(), Some(RunControl::Held(_))));
-                    if !ours {
+                    // In memory (followed, or ended and not yet forgotten): this daemon's.
+                    if self.get(&info.id).is_none() {
                         unknown.push(json!({"session": info.id, "pid": info.pid,
                             "holder_pid": info.holder_pid, "holder": info.holder,
                             "started_at_ms": info.started_at_ms, "socket": f.socket}));
@@ -624,6 +627,19 @@ impl Sessions {
             }
         }
         json!({"dir": holders.dir, "followed": followed, "unknown": unknown, "incompatible": incompatible})
+    }
+
+    /// Ask every holder in the holders' directory who it is (on threads, a short timeout
+    /// each), for [`Sessions::holders_report`]; housekeeping does it every minute.
+    pub(crate) async fn look_for_holders(&self) -> Vec<kaged_holder::Found> {
+        let Some(holders) = self.deps().settings.holders.clone() else {
+            return Vec::new();
+        };
+        let found = tokio::task::spawn_blocking(move || kaged_holder::discover(&holders.dir))
+            .await
+            .unwrap_or_default();
+        *lock(self.shared_holders_seen()) = Some((std::time::Instant::now(), found.clone()));
+        found
     }
 
     /// Hold a run an earlier daemon started in memory again and follow it.

@@ -41,6 +41,9 @@ struct Shared {
     conversations: Mutex<HashMap<String, Arc<Control>>>,
     /// Tool calls waiting for the operator's decision.
     approvals: super::Approvals,
+    /// The last look into the holders' directory and when (`Sessions::holders_report`),
+    /// refreshed by housekeeping, so a status request asks no holder itself.
+    pub(super) holders_seen: Mutex<Option<(std::time::Instant, Vec<kaged_holder::Found>)>>,
 }
 
 impl Sessions {
@@ -63,9 +66,16 @@ impl Sessions {
                 agent_log,
                 conversations: Mutex::new(HashMap::new()),
                 approvals,
+                holders_seen: Mutex::new(None),
                 deps,
             }),
         }
+    }
+
+    pub(super) fn shared_holders_seen(
+        &self,
+    ) -> &Mutex<Option<(std::time::Instant, Vec<kaged_holder::Found>)>> {
+        &self.shared.holders_seen
     }
 
     pub(crate) fn deps(&self) -> &Deps {

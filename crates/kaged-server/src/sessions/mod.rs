@@ -157,7 +157,8 @@ pub(crate) fn valid_id(id: &str) -> bool {
 }
 
 /// Background upkeep: mark what an earlier daemon left unfinished, apply transcript
-/// retention (now and hourly), and forget long-ended runs.
+/// retention (now and hourly), forget long-ended runs, and look at the run holders (for
+/// status reports) every minute.
 pub async fn housekeeping(sessions: Sessions) {
     sessions.recover().await;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -167,6 +168,7 @@ pub async fn housekeeping(sessions: Sessions) {
         tokio::select! {
             _ = tick.tick() => {
                 sessions.sweep(now_ms());
+                sessions.look_for_holders().await;
                 if let Err(e) = sessions.approvals().expire_overdue().await {
                     tracing::error!(error = %e, "cannot deny the approvals past their deadline");
                 }
