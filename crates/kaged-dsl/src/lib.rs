@@ -18,8 +18,8 @@ mod validate;
 pub use model::{Agent, Approval, ModelError, Project, ProjectPath, Protocol, Tool};
 pub use project::{
     BASE, Checked, LOCAL, LOCKED_KEYS, MAX_DIAGNOSTICS, check_project, diagnostics_json,
-    load_project, to_json,
+    encoding_rules, finish_diagnostics, load_project, to_json,
 };
 pub use schema::json_schema;
 pub use tree::{Diagnostic, Entry, Kind, MAX_DEPTH, Node, Pos, Value, merge, parse};
-pub use validate::validate;
+pub use validate::{validate, validate_object};

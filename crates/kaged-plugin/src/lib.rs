@@ -1,0 +1,15 @@
+//! kaged plugins, decided without I/O.
+//!
+//! A plugin is a separate process in its own cage, speaking line-delimited JSON-RPC 2.0 on
+//! stdio. This crate holds what can be decided on data: the `kaged-plugin.yaml` manifest
+//! (`manifest`: parsed and validated like project files, with the same positioned diagnostics
+//! and a published JSON Schema from the same tables), its capabilities compiled into the
+//! plugin's cage (`capability`), the wire protocol's messages and error codes (`wire`), and
+//! the supervisor's restart policy (`supervise`). Spawning, the pipes and the clock are the
+//! edge's.
+
+pub mod capability;
+
+pub use capability::{
+    Capabilities, Capability, CapabilityError, KNOWN_FORMS, PluginCage, Storage, parse_all,
+};
