@@ -9,7 +9,14 @@
 //! edge's.
 
 pub mod capability;
+pub mod manifest;
+pub mod wire;
 
 pub use capability::{
     Capabilities, Capability, CapabilityError, KNOWN_FORMS, PluginCage, Storage, parse_all,
 };
+pub use manifest::{
+    HOOKS, Hook, MANIFEST_FILE, Manifest, ManifestError, SUPPORTED_API, ToolSpec, json_schema,
+    load_manifest,
+};
+pub use wire::{Id, Message, RpcError, StorageOp, WireError, storage_request};

@@ -1,0 +1,887 @@
+//! The plugin manifest, `kaged-plugin.yaml`: parsed and validated as strictly as project files
+//! (kaged-dsl's positioned tree and schema walk), every problem at once with its line:column,
+//! key path and fix. The schema is written once as data ([`MANIFEST`]); the validator and the
+//! published JSON Schema ([`json_schema`]) both come from it.
+
+use kaged_dsl::schema::{Custom, Field, Object, Text, Ty, object_schema};
+use kaged_dsl::{Diagnostic, Kind, Node, Value};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use crate::capability::{self, Capabilities, KNOWN_FORMS};
+
+/// The manifest's file name, in the plugin's directory.
+pub const MANIFEST_FILE: &str = "kaged-plugin.yaml";
+
+/// The plugin API version this kaged speaks.
+pub const SUPPORTED_API: i64 = 1;
+
+/// Longest plugin and tool names.
+const MAX_NAME: usize = 64;
+
+/// A hook kaged can call on a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// A session started.
+    OnSessionStart,
+    /// A session's agent finished its turn and waits.
+    OnSessionIdle,
+}
+
+/// Every hook's name, as the manifest writes it.
+pub const HOOKS: &[&str] = &["on_session_start", "on_session_idle"];
+
+impl Hook {
+    /// The hook's name, as the manifest writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::OnSessionStart => "on_session_start",
+            Hook::OnSessionIdle => "on_session_idle",
+        }
+    }
+
+    /// The JSON-RPC notification that delivers it.
+    pub fn method(self) -> &'static str {
+        match self {
+            Hook::OnSessionStart => crate::wire::method::HOOK_ON_SESSION_START,
+            Hook::OnSessionIdle => crate::wire::method::HOOK_ON_SESSION_IDLE,
+        }
+    }
+}
+
+/// A tool a plugin offers to model agents.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    /// The name within the plugin; agents see `PLUGIN.NAME` ([`Manifest::agent_tool_name`]).
+    pub name: String,
+    /// What the tool does, for the model.
+    pub description: String,
+    /// The JSON Schema of the tool's arguments (an object).
+    pub input_schema: Json,
+}
+
+/// A valid manifest, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: semver::Version,
+    /// Always [`SUPPORTED_API`]: another is refused.
+    pub kaged_api: i64,
+    pub description: String,
+    pub author: Option<String>,
+    /// An SPDX license expression.
+    pub license: Option<String>,
+    /// An http or https URL.
+    pub homepage: Option<String>,
+    /// The argv, run in the plugin's directory.
+    pub command: Vec<String>,
+    /// Environment variables the plugin is started with, sorted by name.
+    pub env: Vec<(String, String)>,
+    pub capabilities: Capabilities,
+    /// JSON-RPC methods the plugin serves beyond the protocol's own.
+    pub methods: Vec<String>,
+    /// Notifications the plugin accepts beyond the protocol's own.
+    pub notifications: Vec<String>,
+    pub hooks: Vec<Hook>,
+    pub tools: Vec<ToolSpec>,
+    /// The JSON Schema of the plugin's committed settings.
+    pub config_schema: Option<Json>,
+    /// The JSON Schema of its operator-local settings (`local.toml [plugins."NAME"]`).
+    pub system_config_schema: Option<Json>,
+    /// How long `shutdown` may take before the plugin is killed (1–30, default 5).
+    pub shutdown_timeout_sec: u64,
+    /// How often kaged calls `health` (5–300, default 30).
+    pub health_interval_sec: u64,
+}
+
+impl Manifest {
+    /// The name model agents see for one of the plugin's tools: `PLUGIN.TOOL`.
+    pub fn agent_tool_name(&self, tool: &ToolSpec) -> String {
+        format!("{}.{}", self.name, tool.name)
+    }
+}
+
+/// Why a manifest was refused: every problem, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.diagnostics))]
+pub struct ManifestError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(|d| format!("{MANIFEST_FILE}:{d}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ManifestError {
+    /// The diagnostics as JSON, in the shape of `kaged dsl validate --format json`.
+    pub fn to_json(&self) -> Json {
+        kaged_dsl::diagnostics_json(&self.diagnostics, &[MANIFEST_FILE])
+    }
+}
+
+fn diagnostic(
+    node: &Node,
+    path: &str,
+    problem: impl Into<String>,
+    hint: impl Into<String>,
+) -> Diagnostic {
+    Diagnostic {
+        pos: node.pos,
+        path: path.to_string(),
+        problem: problem.into(),
+        hint: hint.into(),
+    }
+}
+
+fn kind_name(node: &Node) -> &'static str {
+    match &node.kind {
+        Kind::Map(_) => "mapping",
+        Kind::Seq(_) => "list",
+        Kind::Scalar(v) => v.type_name(),
+    }
+}
+
+fn wrong_type(node: &Node, path: &str, expected: &str) -> Diagnostic {
+    diagnostic(
+        node,
+        path,
+        format!("expected {expected}, found {}", kind_name(node)),
+        format!("write {expected} here"),
+    )
+}
+
+/// A string node's text, or the diagnostic saying it is not one.
+fn text<'a>(node: &'a Node, path: &str) -> Result<&'a str, Diagnostic> {
+    match &node.kind {
+        Kind::Scalar(Value::Str(s)) => Ok(s),
+        _ => Err(wrong_type(node, path, "a string")),
+    }
+}
+
+/// `^[a-z]` then `rest` characters, at most [`MAX_NAME`] long.
+fn is_name(s: &str, rest: impl Fn(char) -> bool) -> bool {
+    let mut chars = s.chars();
+    s.len() <= MAX_NAME && chars.next().is_some_and(|c| c.is_ascii_lowercase()) && chars.all(rest)
+}
+
+fn is_plugin_name(s: &str) -> bool {
+    is_name(s, |c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+    })
+}
+
+fn is_tool_name(s: &str) -> bool {
+    is_name(s, |c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-')
+    })
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn is_method_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= 128
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'))
+}
+
+/// One string rule: `check` says what is wrong and how to fix it.
+fn string_rule(
+    node: &Node,
+    path: &str,
+    check: impl Fn(&str) -> Option<(String, String)>,
+) -> Vec<Diagnostic> {
+    match text(node, path) {
+        Ok(s) => check(s)
+            .map(|(problem, hint)| diagnostic(node, path, problem, hint))
+            .into_iter()
+            .collect(),
+        Err(d) => vec![d],
+    }
+}
+
+fn check_plugin_name(node: &Node, path: &str) -> Vec<Diagnostic> {
+    string_rule(node, path, |s| {
+        (!is_plugin_name(s)).then(|| {
+            (
+                format!("{s:?} is not a plugin name"),
+                format!("use lowercase letters, digits and '-', starting with a letter, at most {MAX_NAME} characters"),
+            )
+        })
+    })
+}
+
+fn check_tool_name(node: &Node, path: &str) -> Vec<Diagnostic> {
+    string_rule(node, path, |s| {
+        (!is_tool_name(s)).then(|| {
+            (
+                format!("{s:?} is not a tool name"),
+                format!("use lowercase letters, digits, '_', '.' and '-', starting with a letter, at most {MAX_NAME} characters"),
+            )
+        })
+    })
+}
+
+fn check_method_name(node: &Node, path: &str) -> Vec<Diagnostic> {
+    string_rule(node, path, |s| {
+        (!is_method_name(s)).then(|| {
+            (
+                format!("{s:?} is not a method name"),
+                "use letters, digits, '_', '.', '/' and '-', starting with a letter, e.g. memory/search".into(),
+            )
+        })
+    })
+}
+
+fn check_version(node: &Node, path: &str) -> Vec<Diagnostic> {
+    if let Kind::Scalar(Value::Int(_) | Value::Float(_)) = node.kind {
+        return vec![diagnostic(
+            node,
+            path,
+            "a version is a string such as \"1.2.0\"",
+            "quote it and give all three numbers: \"MAJOR.MINOR.PATCH\"",
+        )];
+    }
+    string_rule(node, path, |s| {
+        semver::Version::parse(s).err().map(|e| {
+            (
+                format!("{s:?} is not a semantic version: {e}"),
+                "write MAJOR.MINOR.PATCH, e.g. \"1.2.0\" or \"0.3.0-beta.1\"".into(),
+            )
+        })
+    })
+}
+
+fn check_api(node: &Node, path: &str) -> Vec<Diagnostic> {
+    match node.kind {
+        Kind::Scalar(Value::Int(SUPPORTED_API)) => Vec::new(),
+        Kind::Scalar(Value::Int(other)) => vec![diagnostic(
+            node,
+            path,
+            format!(
+                "the plugin targets kaged API {other}; this kaged supports API {SUPPORTED_API}"
+            ),
+            format!(
+                "use a build of the plugin for kaged API {SUPPORTED_API}, or a kaged that supports API {other}"
+            ),
+        )],
+        _ => vec![wrong_type(node, path, "a whole number")],
+    }
+}
+
+/// A light SPDX expression check: license identifiers (`MIT`, `Apache-2.0`, `GPL-2.0+`,
+/// `LicenseRef-x`) joined by `AND`, `OR` and `WITH`, with parentheses.
+fn spdx_problem(s: &str) -> Option<String> {
+    let spaced = s.replace('(', " ( ").replace(')', " ) ");
+    let tokens: Vec<&str> = spaced.split_whitespace().collect();
+    if tokens.is_empty() {
+        return Some("the license is empty".into());
+    }
+    let is_id = |t: &str| {
+        t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | ':'))
+            && !matches!(t, "AND" | "OR" | "WITH")
+            && !t.eq_ignore_ascii_case("and")
+            && !t.eq_ignore_ascii_case("or")
+            && !t.eq_ignore_ascii_case("with")
+    };
+    let mut depth = 0usize;
+    // Whether the next token must be an operand (an identifier or `(`).
+    let mut want_operand = true;
+    let mut after_with = false;
+    for t in tokens {
+        if want_operand {
+            match t {
+                "(" if !after_with => depth += 1,
+                t if is_id(t) => {
+                    want_operand = false;
+                    after_with = false;
+                }
+                t if ["and", "or", "with"].contains(&t.to_ascii_lowercase().as_str())
+                    && !matches!(t, "AND" | "OR" | "WITH") =>
+                {
+                    return Some(format!("the operator `{t}` is written in upper case"));
+                }
+                t => return Some(format!("`{t}` is not a license identifier")),
+            }
+        } else {
+            match t {
+                ")" if depth > 0 => depth -= 1,
+                "AND" | "OR" => want_operand = true,
+                "WITH" => {
+                    want_operand = true;
+                    after_with = true;
+                }
+                ")" => return Some("a `)` has no matching `(`".into()),
+                t if ["and", "or", "with"].contains(&t.to_ascii_lowercase().as_str()) => {
+                    return Some(format!("the operator `{t}` is written in upper case"));
+                }
+                t => {
+                    return Some(format!(
+                        "`{t}` follows a license without AND, OR or WITH between them"
+                    ));
+                }
+            }
+        }
+    }
+    if want_operand {
+        Some("the expression ends with an operator".into())
+    } else if depth > 0 {
+        Some("a `(` is not closed".into())
+    } else {
+        None
+    }
+}
+
+fn check_license(node: &Node, path: &str) -> Vec<Diagnostic> {
+    string_rule(node, path, |s| {
+        spdx_problem(s).map(|problem| {
+            (
+                format!("{s:?} is not an SPDX license expression: {problem}"),
+                "write an SPDX expression such as \"MIT\" or \"Apache-2.0 OR MIT\"".into(),
+            )
+        })
+    })
+}
+
+fn check_homepage(node: &Node, path: &str) -> Vec<Diagnostic> {
+    string_rule(node, path, |s| {
+        let hint = "write an http or https URL such as \"https://example.org/plugin\"".to_string();
+        match url::Url::parse(s) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => Some((
+                format!("{s:?} is a {} URL, not http or https", u.scheme()),
+                hint,
+            )),
+            Ok(u) if u.host_str().is_none_or(str::is_empty) => {
+                Some((format!("{s:?} names no host"), hint))
+            }
+            Ok(_) => None,
+            Err(e) => Some((format!("{s:?} is not a URL: {e}"), hint)),
+        }
+    })
+}
+
+fn check_command(node: &Node, path: &str) -> Vec<Diagnostic> {
+    let items = match &node.kind {
+        Kind::Seq(items) => items,
+        Kind::Scalar(Value::Str(s)) => {
+            let split: Vec<String> = s.split_whitespace().map(|w| format!("{w:?}")).collect();
+            return vec![diagnostic(
+                node,
+                path,
+                "commands are argv lists, never shell strings",
+                format!("write [{}]", split.join(", ")),
+            )];
+        }
+        _ => {
+            return vec![wrong_type(
+                node,
+                path,
+                "an argv list such as [\"python3\", \"plugin.py\"]",
+            )];
+        }
+    };
+    if items.is_empty() {
+        return vec![diagnostic(
+            node,
+            path,
+            "the command is empty",
+            "name at least the program, e.g. [\"python3\", \"plugin.py\"]",
+        )];
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = format!("{path}[{i}]");
+        match text(item, &item_path) {
+            Ok("") if i == 0 => out.push(diagnostic(
+                item,
+                &item_path,
+                "the program is empty",
+                "name the program, e.g. \"python3\" or \"./plugin\"",
+            )),
+            Ok(_) => {}
+            Err(d) => out.push(d),
+        }
+    }
+    out
+}
+
+/// At most this many environment variables.
+const MAX_ENV: usize = 64;
+
+fn check_env(node: &Node, path: &str) -> Vec<Diagnostic> {
+    let Kind::Map(entries) = &node.kind else {
+        return vec![wrong_type(node, path, "a mapping of NAME: value")];
+    };
+    let mut out = Vec::new();
+    if entries.len() > MAX_ENV {
+        out.push(diagnostic(
+            node,
+            path,
+            format!("more than {MAX_ENV} variables"),
+            "remove some",
+        ));
+    }
+    for e in entries {
+        let entry_path = format!("{path}.{}", e.key);
+        if !is_env_name(&e.key) {
+            out.push(Diagnostic {
+                pos: e.key_pos,
+                path: entry_path.clone(),
+                problem: format!("`{}` is not an environment variable name", e.key),
+                hint: "use upper-case letters, digits and '_', not starting with a digit".into(),
+            });
+        }
+        match &e.value.kind {
+            Kind::Scalar(Value::Str(_)) => {}
+            Kind::Scalar(Value::Int(_) | Value::Float(_) | Value::Bool(_)) => out.push(diagnostic(
+                &e.value,
+                &entry_path,
+                format!("expected a string, found {}", kind_name(&e.value)),
+                "quote the value",
+            )),
+            _ => out.push(wrong_type(&e.value, &entry_path, "a string")),
+        }
+    }
+    out
+}
+
+fn check_capabilities(node: &Node, path: &str) -> Vec<Diagnostic> {
+    let Kind::Seq(items) = &node.kind else {
+        return vec![wrong_type(
+            node,
+            path,
+            "a list of capabilities (net:[] for none)",
+        )];
+    };
+    let mut out = Vec::new();
+    let mut texts = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match text(item, &format!("{path}[{i}]")) {
+            Ok(s) => {
+                texts.push(s);
+                nodes.push((i, item));
+            }
+            Err(d) => out.push(d),
+        }
+    }
+    if let Err(errors) = capability::parse_all(&texts) {
+        for (k, e) in errors {
+            if let Some((i, item)) = nodes.get(k) {
+                out.push(diagnostic(
+                    item,
+                    &format!("{path}[{i}]"),
+                    e.to_string(),
+                    e.hint,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// A JSON Schema for an object (tool arguments, settings): a mapping whose `type`, if given,
+/// is `object`.
+fn check_object_schema(node: &Node, path: &str) -> Vec<Diagnostic> {
+    if !matches!(node.kind, Kind::Map(_)) {
+        return vec![wrong_type(
+            node,
+            path,
+            "a JSON Schema (a mapping such as {type: object})",
+        )];
+    }
+    match node.get("type") {
+        None => Vec::new(),
+        Some(t) if t.kind == Kind::Scalar(Value::Str("object".into())) => Vec::new(),
+        Some(t) => vec![diagnostic(
+            t,
+            &format!("{path}.type"),
+            "this schema must describe a JSON object",
+            "write `type: object` and describe the keys under `properties`",
+        )],
+    }
+}
+
+static PLUGIN_NAME: Ty = Ty::Custom(&Custom {
+    check: check_plugin_name,
+    schema: || json!({"type": "string", "pattern": "^[a-z][a-z0-9-]*$", "maxLength": MAX_NAME}),
+});
+static VERSION: Ty = Ty::Custom(&Custom {
+    check: check_version,
+    schema: || json!({"type": "string", "pattern": "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$"}),
+});
+static API: Ty = Ty::Custom(&Custom {
+    check: check_api,
+    schema: || json!({"type": "integer", "const": SUPPORTED_API}),
+});
+static LICENSE: Ty = Ty::Custom(&Custom {
+    check: check_license,
+    schema: || json!({"type": "string", "minLength": 1}),
+});
+static HOMEPAGE: Ty = Ty::Custom(&Custom {
+    check: check_homepage,
+    schema: || json!({"type": "string", "format": "uri", "pattern": "^https?://"}),
+});
+static COMMAND: Ty = Ty::Custom(&Custom {
+    check: check_command,
+    schema: || json!({"type": "array", "items": {"type": "string"}, "minItems": 1}),
+});
+static ENV: Ty = Ty::Custom(&Custom {
+    check: check_env,
+    schema: || {
+        json!({
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Z_][A-Z0-9_]*$"},
+            "additionalProperties": {"type": "string"},
+            "maxProperties": MAX_ENV,
+        })
+    },
+});
+static CAPABILITIES: Ty = Ty::Custom(&Custom {
+    check: check_capabilities,
+    schema: || {
+        json!({
+            "type": "array",
+            "uniqueItems": true,
+            "items": {
+                "type": "string",
+                "description": format!("one of: {}", KNOWN_FORMS.join(", ")),
+                "pattern": "^(read:fs:/|write:fs:/|exec:/|net:|kaged:storage:(read|write)$)",
+            },
+        })
+    },
+});
+static OBJECT_SCHEMA: Ty = Ty::Custom(&Custom {
+    check: check_object_schema,
+    schema: || json!({"type": "object"}),
+});
+static TOOL_NAME: Ty = Ty::Custom(&Custom {
+    check: check_tool_name,
+    schema: || json!({"type": "string", "pattern": "^[a-z][a-z0-9_.-]*$", "maxLength": MAX_NAME}),
+});
+static METHOD_NAME: Ty = Ty::Custom(&Custom {
+    check: check_method_name,
+    schema: || json!({"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_./-]*$", "maxLength": 128}),
+});
+static METHODS: Ty = Ty::List {
+    item: &METHOD_NAME,
+    min: 0,
+};
+static HOOK: Ty = Ty::Enum(HOOKS);
+
+const fn field(name: &'static str, ty: &'static Ty, required: bool, doc: &'static str) -> Field {
+    Field {
+        name,
+        ty,
+        required,
+        doc,
+    }
+}
+
+static TOOL: Object = Object {
+    name: "tool",
+    doc: "A tool the plugin offers to model agents, which see it as PLUGIN.NAME.",
+    fields: &[
+        field(
+            "name",
+            &TOOL_NAME,
+            true,
+            "the tool's name within the plugin",
+        ),
+        field(
+            "description",
+            &Ty::Str(Text::Any(1024)),
+            true,
+            "what the tool does, for the model",
+        ),
+        field(
+            "input_schema",
+            &OBJECT_SCHEMA,
+            true,
+            "the JSON Schema of its arguments (an object)",
+        ),
+    ],
+    exactly_one: &[],
+    requires: &[],
+};
+static TOOL_TY: Ty = Ty::Object(&TOOL);
+
+/// The manifest's schema, as data.
+pub static MANIFEST: Object = Object {
+    name: "plugin manifest",
+    doc: "A kaged plugin manifest (kaged-plugin.yaml), plugin API 1.",
+    fields: &[
+        field(
+            "name",
+            &PLUGIN_NAME,
+            true,
+            "the plugin's name: lowercase letters, digits and '-'",
+        ),
+        field(
+            "version",
+            &VERSION,
+            true,
+            "the plugin's semantic version, e.g. \"1.2.0\"",
+        ),
+        field(
+            "kaged_api",
+            &API,
+            true,
+            "the kaged plugin API it targets: 1",
+        ),
+        field(
+            "description",
+            &Ty::Str(Text::Any(280)),
+            true,
+            "what the plugin does",
+        ),
+        field("author", &Ty::Str(Text::Any(200)), false, "who wrote it"),
+        field(
+            "license",
+            &LICENSE,
+            false,
+            "an SPDX license expression, e.g. \"MIT OR Apache-2.0\"",
+        ),
+        field("homepage", &HOMEPAGE, false, "an http or https URL"),
+        field(
+            "command",
+            &COMMAND,
+            true,
+            "argv, run with the plugin's directory as its working directory",
+        ),
+        field("env", &ENV, false, "environment variables: NAME: value"),
+        field(
+            "capabilities",
+            &CAPABILITIES,
+            true,
+            "what the plugin may reach; [] for nothing beyond its directory",
+        ),
+        field(
+            "methods",
+            &METHODS,
+            false,
+            "JSON-RPC methods the plugin serves beyond the protocol's own",
+        ),
+        field(
+            "notifications",
+            &METHODS,
+            false,
+            "notifications the plugin accepts beyond the protocol's own",
+        ),
+        field(
+            "hooks",
+            &Ty::List {
+                item: &HOOK,
+                min: 0,
+            },
+            false,
+            "hooks it receives: on_session_start, on_session_idle",
+        ),
+        field(
+            "tools",
+            &Ty::List {
+                item: &TOOL_TY,
+                min: 0,
+            },
+            false,
+            "tools it offers to model agents",
+        ),
+        field(
+            "config_schema",
+            &OBJECT_SCHEMA,
+            false,
+            "the JSON Schema of its committed settings",
+        ),
+        field(
+            "system_config_schema",
+            &OBJECT_SCHEMA,
+            false,
+            "the JSON Schema of its operator-local settings (local.toml [plugins.\"NAME\"])",
+        ),
+        field(
+            "shutdown_timeout_sec",
+            &Ty::Int { min: 1, max: 30 },
+            false,
+            "seconds `shutdown` may take before the plugin is killed (default 5)",
+        ),
+        field(
+            "health_interval_sec",
+            &Ty::Int { min: 5, max: 300 },
+            false,
+            "seconds between `health` calls (default 30)",
+        ),
+    ],
+    exactly_one: &[],
+    requires: &[],
+};
+
+/// Default of `shutdown_timeout_sec`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SEC: u64 = 5;
+/// Default of `health_interval_sec`.
+pub const DEFAULT_HEALTH_INTERVAL_SEC: u64 = 30;
+
+/// The published JSON Schema (draft 2020-12) of plugin manifests, from the validator's tables.
+pub fn json_schema() -> Json {
+    let mut schema = object_schema(&MANIFEST);
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert(
+            "$schema".into(),
+            json!("https://json-schema.org/draft/2020-12/schema"),
+        );
+        obj.insert(
+            "$id".into(),
+            json!("https://kaged.dev/schema/plugin-v1.json"),
+        );
+        obj.insert("title".into(), json!("kaged plugin manifest, API 1"));
+    }
+    schema
+}
+
+/// Problems across entries: a tool name or a hook given twice.
+fn duplicates(root: &Node) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    if let Some(Kind::Seq(tools)) = root.get("tools").map(|t| &t.kind) {
+        for (i, tool) in tools.iter().enumerate() {
+            let Some(name_node) = tool.get("name") else {
+                continue;
+            };
+            let Kind::Scalar(Value::Str(name)) = &name_node.kind else {
+                continue;
+            };
+            match seen.iter().find(|(n, _)| n == name) {
+                Some((_, line)) => out.push(diagnostic(
+                    name_node,
+                    &format!("tools[{i}].name"),
+                    format!("the tool `{name}` is already defined (line {line})"),
+                    "give each tool its own name",
+                )),
+                None => seen.push((name, name_node.pos.line)),
+            }
+        }
+    }
+    if let Some(Kind::Seq(hooks)) = root.get("hooks").map(|h| &h.kind) {
+        for (i, hook) in hooks.iter().enumerate() {
+            if hooks[..i].iter().any(|h| h.kind == hook.kind) {
+                out.push(diagnostic(
+                    hook,
+                    &format!("hooks[{i}]"),
+                    "this hook is listed twice",
+                    "keep one",
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The manifest as serde reads it once validation has passed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: String,
+    version: String,
+    kaged_api: i64,
+    description: String,
+    author: Option<String>,
+    license: Option<String>,
+    homepage: Option<String>,
+    command: Vec<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    capabilities: Vec<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    notifications: Vec<String>,
+    #[serde(default)]
+    hooks: Vec<Hook>,
+    #[serde(default)]
+    tools: Vec<ToolSpec>,
+    config_schema: Option<Json>,
+    system_config_schema: Option<Json>,
+    shutdown_timeout_sec: Option<u64>,
+    health_interval_sec: Option<u64>,
+}
+
+/// Parses and validates a manifest's text. Every problem at once, in file order.
+pub fn load_manifest(text: &str) -> Result<Manifest, ManifestError> {
+    let mut out = Vec::new();
+    kaged_dsl::encoding_rules(0, text, &mut out);
+    let tree = match kaged_dsl::parse(0, text) {
+        Ok((tree, diagnostics)) => {
+            out.extend(diagnostics);
+            out.extend(kaged_dsl::validate_object(&tree, &MANIFEST));
+            out.extend(duplicates(&tree));
+            Some(tree)
+        }
+        Err(d) => {
+            out.push(d);
+            None
+        }
+    };
+    let out = kaged_dsl::finish_diagnostics(out);
+    match tree {
+        Some(tree) if out.is_empty() => typed(&tree),
+        _ => Err(ManifestError { diagnostics: out }),
+    }
+}
+
+/// The typed manifest of a valid tree. A failure here means the schema and the model disagree:
+/// a bug, reported as such rather than hidden.
+fn typed(tree: &Node) -> Result<Manifest, ManifestError> {
+    let bug = |problem: String| ManifestError {
+        diagnostics: vec![Diagnostic {
+            pos: tree.pos,
+            path: String::new(),
+            problem: format!("{problem} (a bug in kaged: report it)"),
+            hint: String::new(),
+        }],
+    };
+    let raw: Raw = serde_json::from_value(kaged_dsl::to_json(tree))
+        .map_err(|e| bug(format!("the valid manifest does not fit the model: {e}")))?;
+    let version = semver::Version::parse(&raw.version).map_err(|e| bug(e.to_string()))?;
+    let texts: Vec<&str> = raw.capabilities.iter().map(String::as_str).collect();
+    let capabilities = capability::parse_all(&texts)
+        .map_err(|errors| bug(format!("capabilities refused after validation: {errors:?}")))?;
+    Ok(Manifest {
+        name: raw.name,
+        version,
+        kaged_api: raw.kaged_api,
+        description: raw.description,
+        author: raw.author,
+        license: raw.license,
+        homepage: raw.homepage,
+        command: raw.command,
+        env: raw.env.into_iter().collect(),
+        capabilities,
+        methods: raw.methods,
+        notifications: raw.notifications,
+        hooks: raw.hooks,
+        tools: raw.tools,
+        config_schema: raw.config_schema,
+        system_config_schema: raw.system_config_schema,
+        shutdown_timeout_sec: raw
+            .shutdown_timeout_sec
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SEC),
+        health_interval_sec: raw
+            .health_interval_sec
+            .unwrap_or(DEFAULT_HEALTH_INTERVAL_SEC),
+    })
+}
+
+#[cfg(test)]
+mod tests;
