@@ -364,7 +364,8 @@ fn params<T: serde::de::DeserializeOwned>(
     method: &str,
     params: Option<&Json>,
 ) -> Result<T, RpcError> {
-    serde_json::from_value(params.cloned().unwrap_or(Json::Null))
+    // Absent params read as `{}` (`storage/list` needs none).
+    serde_json::from_value(params.cloned().unwrap_or_else(|| Json::Object(Map::new())))
         .map_err(|e| RpcError::new(code::INVALID_PARAMS, format!("{method}: {e}")))
 }
 
