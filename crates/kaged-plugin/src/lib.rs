@@ -10,6 +10,7 @@
 
 pub mod capability;
 pub mod manifest;
+pub mod supervise;
 pub mod wire;
 
 pub use capability::{
@@ -19,4 +20,5 @@ pub use manifest::{
     HOOKS, Hook, MANIFEST_FILE, Manifest, ManifestError, SUPPORTED_API, ToolSpec, json_schema,
     load_manifest,
 };
+pub use supervise::{Action, Event, RestartPolicy, State, Status, Supervisor};
 pub use wire::{Id, Message, RpcError, StorageOp, WireError, storage_request};
