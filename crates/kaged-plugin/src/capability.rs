@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use kaged_cage::{CAGE_HOME, HostPath, Limits, Network, Policy, WORKSPACE, Workspace};
@@ -231,17 +232,92 @@ fn net(text: &str, destination: &str) -> Result<String, CapabilityError> {
             "name the host (net:api.example.org:443), or write net:* for the open network",
         ));
     }
-    if port != "*" && !port.parse::<u16>().is_ok_and(|p| p >= 1) {
-        return Err(refuse(
-            text,
-            format!("port `{port}` is not a number from 1 to 65535"),
-            forms,
+    let port = match port {
+        "*" => "*".to_string(),
+        digits
+            if !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u16>().is_ok_and(|p| p >= 1) =>
+        {
+            digits.trim_start_matches('0').to_string()
+        }
+        other => {
+            return Err(refuse(
+                text,
+                format!("port `{other}` is not a number from 1 to 65535"),
+                forms,
+            ));
+        }
+    };
+    let host = normal_host(host).map_err(|problem| refuse(text, problem, forms))?;
+    Ok(format!("{host}:{port}"))
+}
+
+/// Longest DNS name, and label, in text form (RFC 1035).
+const MAX_NAME_LEN: usize = 253;
+const MAX_LABEL_LEN: usize = 63;
+
+/// A destination host in the form kaged's egress allowlist compares (the tests hold the two to
+/// agreement; the proxy crate does I/O, so this pure crate cannot call it): a lower-case DNS
+/// name without a trailing dot, `*.` before a domain of two labels or more, an IPv4 literal, or
+/// a bracketed IPv6 literal (an IPv4-mapped one written as IPv4). Never an address that is no
+/// destination (unspecified, multicast, broadcast).
+fn normal_host(host: &str) -> Result<String, String> {
+    let ip = |ip: IpAddr| {
+        let ip = ip.to_canonical();
+        let unusable = match ip {
+            IpAddr::V4(v4) => v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast(),
+            IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+        };
+        match ip {
+            _ if unusable => Err(format!("`{host}` is not a destination address")),
+            IpAddr::V4(v4) => Ok(v4.to_string()),
+            IpAddr::V6(v6) => Ok(format!("[{v6}]")),
+        }
+    };
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+            Some(Ok(v6)) => ip(IpAddr::V6(v6)),
+            _ => Err(format!("`{host}` is not a valid bracketed IPv6 address")),
+        };
+    }
+    if let Ok(v4) = host.parse::<Ipv4Addr>() {
+        return ip(IpAddr::V4(v4));
+    }
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(suffix) => (true, suffix),
+        None => (false, host),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= MAX_LABEL_LEN
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    };
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "`{host}` is not a valid host name (letters, digits, `-` and `_` in dot-separated labels of at most {MAX_LABEL_LEN} characters; a wildcard only as a leading `*.`)"
         ));
     }
-    let entry = format!("{host}:{port}");
-    kaged_egress::Allowlist::parse(std::slice::from_ref(&entry))
-        .map(|list| list.describe())
-        .map_err(|e| refuse(text, e.problem, forms))
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "`{host}` looks like a numeric address; write IPv4 addresses as four dotted decimals"
+        ));
+    }
+    if wildcard && !name.contains('.') {
+        return Err(format!(
+            "`{host}` covers a whole top-level domain; name a domain under it"
+        ));
+    }
+    Ok(if wildcard { format!("*.{name}") } else { name })
 }
 
 /// Parses a declared list: every bad item with its index, duplicates and conflicts included.
@@ -524,6 +600,54 @@ mod tests {
             problem("net:https://example.org:443"),
             "names a URL, not a host and port"
         );
+    }
+
+    #[test]
+    fn hosts_are_judged_and_normalised_as_the_egress_proxy_does() {
+        let hosts = [
+            "example.org",
+            "API.Example.ORG.",
+            "a_b.example.org",
+            "localhost",
+            "*.github.com",
+            "*.com",
+            "*.",
+            "a.*.com",
+            "exa mple.org",
+            "-bad.example.org",
+            "bad-.example.org",
+            &format!("{}.org", "a".repeat(64)),
+            &format!("{}.org", "a".repeat(63)),
+            &format!("{}.org", ["a"; 126].join(".")),
+            &format!("{}.org", ["a"; 125].join(".")),
+            "127.1",
+            "2130706433",
+            "10.0.0.5",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "[::1]",
+            "[::]",
+            "[ff02::1]",
+            "[::ffff:10.0.0.1]",
+            "[2001:DB8::1]",
+            "[zz::1]",
+            "ümlaut.example",
+            "xn--mlaut-jva.example",
+        ];
+        for host in hosts {
+            for port in ["443", "*", "0443"] {
+                let ours = parse(&format!("net:{host}:{port}"));
+                let theirs = kaged_egress::Allowlist::parse(&[format!("{host}:{port}")]);
+                match (&ours, &theirs) {
+                    (Ok(Capability::Net(entry)), Ok(list)) => {
+                        assert_eq!(*entry, list.describe(), "{host}:{port}")
+                    }
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("{host}:{port}: ours {ours:?}, the proxy's {theirs:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -65,11 +65,15 @@ pub struct ToolSpec {
 /// A valid manifest, typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
+    /// The plugin's name (`^[a-z][a-z0-9-]*$`, at most 64): its tools' prefix and storage's.
     pub name: String,
+    /// The plugin's own version.
     pub version: semver::Version,
     /// Always [`SUPPORTED_API`]: another is refused.
     pub kaged_api: i64,
+    /// What the plugin does.
     pub description: String,
+    /// Who wrote it.
     pub author: Option<String>,
     /// An SPDX license expression.
     pub license: Option<String>,
@@ -79,12 +83,15 @@ pub struct Manifest {
     pub command: Vec<String>,
     /// Environment variables the plugin is started with, sorted by name.
     pub env: Vec<(String, String)>,
+    /// What it may reach; its cage is compiled from these ([`Capabilities::cage`]).
     pub capabilities: Capabilities,
     /// JSON-RPC methods the plugin serves beyond the protocol's own.
     pub methods: Vec<String>,
     /// Notifications the plugin accepts beyond the protocol's own.
     pub notifications: Vec<String>,
+    /// The hooks it receives.
     pub hooks: Vec<Hook>,
+    /// The tools it offers to model agents.
     pub tools: Vec<ToolSpec>,
     /// The JSON Schema of the plugin's committed settings.
     pub config_schema: Option<Json>,
@@ -107,6 +114,7 @@ impl Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", render(.diagnostics))]
 pub struct ManifestError {
+    /// Every problem, each with its line:column, key path and fix (source 0 is the manifest).
     pub diagnostics: Vec<Diagnostic>,
 }
 

@@ -20,6 +20,7 @@ pub struct RestartPolicy {
     pub max_backoff: Duration,
     /// This many failures within [`RestartPolicy::window`] disable the plugin.
     pub max_failures: usize,
+    /// How far back failures count towards [`RestartPolicy::max_failures`].
     pub window: Duration,
     /// A run that stayed up this long resets the backoff.
     pub stable_after: Duration,
@@ -116,6 +117,7 @@ pub enum Action {
 /// A plugin's supervision state, for `kaged plugin list`, the console and the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
+    /// Where the plugin is.
     pub state: State,
     /// Why it is in this state (for every state but `starting` and `running`).
     pub reason: Option<String>,

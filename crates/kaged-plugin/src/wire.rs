@@ -75,7 +75,9 @@ pub const MAX_STORAGE_VALUE_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Id {
+    /// A whole number.
     Number(i64),
+    /// A string.
     String(String),
 }
 
@@ -83,8 +85,11 @@ pub enum Id {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message} (code {code})")]
 pub struct RpcError {
+    /// One of [`code`]'s constants (or the plugin's own).
     pub code: i64,
+    /// One sentence saying what went wrong.
     pub message: String,
+    /// Anything more, for machines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Json>,
 }
@@ -124,10 +129,13 @@ pub enum Message {
 /// Why a line is not a JSON-RPC 2.0 message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// Over [`MAX_LINE_BYTES`].
     #[error("the line is longer than {MAX_LINE_BYTES} bytes")]
     TooLong,
+    /// Not JSON at all.
     #[error("the line is not JSON: {0}")]
     NotJson(String),
+    /// JSON, but not one JSON-RPC 2.0 message (or an answer to another request).
     #[error("the message is not JSON-RPC 2.0: {0}")]
     Invalid(String),
 }
@@ -266,6 +274,7 @@ impl Message {
 /// `initialize` params: the API version and both kinds of settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InitializeParams {
+    /// The API version kaged speaks ([`crate::SUPPORTED_API`]).
     pub kaged_api: i64,
     /// The committed settings (matching the manifest's `config_schema`); `{}` when none.
     pub config: Json,
@@ -276,6 +285,7 @@ pub struct InitializeParams {
 /// `health`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthResult {
+    /// `ok` or `unhealthy`.
     pub status: HealthStatus,
     /// Why, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,21 +296,27 @@ pub struct HealthResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
+    /// Working.
     Ok,
+    /// Alive but not working (the supervisor counts it as a failed check).
     Unhealthy,
 }
 
 /// `tools/call` params: the tool's name within the plugin (without the `PLUGIN.` prefix).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolCallParams {
+    /// The tool's name as the manifest lists it.
     pub name: String,
+    /// The model's arguments, matching the tool's `input_schema`.
     pub arguments: Json,
 }
 
 /// `tools/call`'s answer: text for the model, and whether it reports a failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCallResult {
+    /// What the model reads.
     pub content: String,
+    /// Whether the call failed (the model still reads `content`).
     #[serde(default)]
     pub is_error: bool,
 }
@@ -308,23 +324,31 @@ pub struct ToolCallResult {
 /// `hooks/on_session_start` params.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionStartParams {
+    /// The new session.
     pub session_id: String,
+    /// Its project's slug.
     pub project: String,
+    /// The agent it runs.
     pub agent: String,
 }
 
 /// `hooks/on_session_idle` params.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionIdleParams {
+    /// The idle session.
     pub session_id: String,
 }
 
 /// A storage request from a plugin, checked against its capabilities and the limits.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageOp {
+    /// `storage/get`: the key's value, or null.
     Get { key: String },
+    /// `storage/set`: store the value under the key.
     Set { key: String, value: Json },
+    /// `storage/delete`: remove the key.
     Delete { key: String },
+    /// `storage/list`: the keys starting with `prefix` (all when empty).
     List { prefix: String },
 }
 
