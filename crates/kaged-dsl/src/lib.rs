@@ -23,4 +23,4 @@ pub use project::{
 };
 pub use schema::json_schema;
 pub use tree::{Diagnostic, Entry, Kind, MAX_DEPTH, Node, Pos, Value, merge, parse};
-pub use validate::{validate, validate_object};
+pub use validate::{looks_like_secret, validate, validate_object};

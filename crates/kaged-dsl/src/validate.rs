@@ -31,8 +31,9 @@ const SECRET_KEYS: &[&str] = &[
     "client_secret",
 ];
 
-/// Prefixes of well-known credential formats, looked for in every word of a value.
-fn looks_like_secret(s: &str) -> bool {
+/// Whether a value carries a well-known credential format (looked for in every word of it), which
+/// never belongs in a file that is committed or shared.
+pub fn looks_like_secret(s: &str) -> bool {
     s.split(|c: char| c.is_whitespace() || matches!(c, ':' | '=' | ',' | ';' | '"' | '\''))
         .any(|t| {
             [

@@ -220,6 +220,17 @@ fn string_rule(
     }
 }
 
+/// A credential in a manifest, which is shared with the plugin: the operator's secrets go in
+/// the plugin's system settings instead.
+fn secret(node: &Node, path: &str) -> Diagnostic {
+    diagnostic(
+        node,
+        path,
+        "this looks like a credential; secrets never go in a plugin manifest",
+        "declare it in system_config_schema; the operator sets it in local.toml [plugins.\"NAME\"]",
+    )
+}
+
 fn check_plugin_name(node: &Node, path: &str) -> Vec<Diagnostic> {
     string_rule(node, path, |s| {
         (!is_plugin_name(s)).then(|| {
@@ -413,6 +424,7 @@ fn check_command(node: &Node, path: &str) -> Vec<Diagnostic> {
     for (i, item) in items.iter().enumerate() {
         let item_path = format!("{path}[{i}]");
         match text(item, &item_path) {
+            Ok(arg) if kaged_dsl::looks_like_secret(arg) => out.push(secret(item, &item_path)),
             Ok("") if i == 0 => out.push(diagnostic(
                 item,
                 &item_path,
@@ -453,6 +465,9 @@ fn check_env(node: &Node, path: &str) -> Vec<Diagnostic> {
             });
         }
         match &e.value.kind {
+            Kind::Scalar(Value::Str(value)) if kaged_dsl::looks_like_secret(value) => {
+                out.push(secret(&e.value, &entry_path));
+            }
             Kind::Scalar(Value::Str(_)) => {}
             Kind::Scalar(Value::Int(_) | Value::Float(_) | Value::Bool(_)) => out.push(diagnostic(
                 &e.value,

@@ -388,6 +388,16 @@ fn env_names_and_values() {
             ),
         ]
     );
+    let secret = "this looks like a credential; secrets never go in a plugin manifest";
+    assert_eq!(
+        one("env:\n  TOKEN: ghp_abcdefghijklmnop"),
+        (8, 10, "env.TOKEN".into(), secret.into())
+    );
+    let text = MINIMAL.replace("[./hello]", "[./hello, --key, sk-abcdefghijklmnop]");
+    assert_eq!(
+        refused(&text),
+        vec![(5, 27, "command[2]".into(), secret.into())]
+    );
     assert_eq!(
         one("env: [A]"),
         (
