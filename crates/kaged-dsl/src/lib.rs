@@ -4,10 +4,11 @@
 //! that name file, line, column and key path, and the `project.local.yaml` overlay merge
 //! (objects merge, arrays replace, `null` removes, locked keys stay). The v1 schema is written
 //! once as data (`schema`): the validator (`validate`, portability rules included) and the
-//! published JSON Schema both come from it (other strict YAML files, plugin manifests, reuse the
-//! walk with their own tables and `schema::Custom` rules through `validate_object`). `load_project` parses, overlays and validates; a
+//! published JSON Schema both come from it. `load_project` parses, overlays and validates; a
 //! valid project's resolved configuration becomes the typed [`Project`] model (`model`), which
-//! `kaged-cage` plans runs and cages from.
+//! `kaged-cage` plans runs and cages from. Other strict YAML files (plugin manifests) reuse the
+//! tree, the walk ([`validate_object`]) and the schema's output with tables of their own and
+//! [`schema::Custom`] rules.
 
 pub mod model;
 mod project;
