@@ -468,26 +468,5 @@ pub fn storage_request(
     Ok(op)
 }
 
-/// What a response from the plugin means to kaged, which waits for `expected`: the outcome, or
-/// why the response is a protocol error (a wrong or unreadable id).
-pub fn match_response(
-    expected: &Id,
-    id: Option<&Id>,
-    outcome: Result<Json, RpcError>,
-) -> Result<Result<Json, RpcError>, WireError> {
-    match id {
-        Some(id) if id == expected => Ok(outcome),
-        Some(id) => Err(invalid(format!(
-            "the answer has id {} but kaged waits for {}",
-            json!(id),
-            json!(expected)
-        ))),
-        None => Err(invalid(format!(
-            "the answer has a null id but kaged waits for {}",
-            json!(expected)
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests;

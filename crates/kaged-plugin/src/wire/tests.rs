@@ -141,32 +141,6 @@ fn what_a_plugin_writes_is_read_strictly() {
 }
 
 #[test]
-fn answers_must_carry_the_awaited_id() {
-    let awaited = Id::Number(4);
-    assert_eq!(
-        match_response(&awaited, Some(&Id::Number(4)), Ok(json!(1))).unwrap(),
-        Ok(json!(1))
-    );
-    let err = RpcError::new(code::INTERNAL_ERROR, "boom");
-    assert_eq!(
-        match_response(&awaited, Some(&Id::Number(4)), Err(err.clone())).unwrap(),
-        Err(err)
-    );
-    assert_eq!(
-        match_response(&awaited, Some(&Id::Number(5)), Ok(json!(1))).unwrap_err(),
-        WireError::Invalid("the answer has id 5 but kaged waits for 4".into())
-    );
-    assert_eq!(
-        match_response(&awaited, Some(&Id::String("4".into())), Ok(json!(1))).unwrap_err(),
-        WireError::Invalid("the answer has id \"4\" but kaged waits for 4".into())
-    );
-    assert_eq!(
-        match_response(&awaited, None, Ok(json!(1))).unwrap_err(),
-        WireError::Invalid("the answer has a null id but kaged waits for 4".into())
-    );
-}
-
-#[test]
 fn typed_results_read_what_plugins_send() {
     let health: HealthResult = serde_json::from_value(json!({"status": "ok"})).unwrap();
     assert_eq!(
