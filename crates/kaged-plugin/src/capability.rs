@@ -763,6 +763,128 @@ mod tests {
         assert!(!list.allows(&host("example.org"), 443).is_allowed());
     }
 
+    /// bwrap's options for a plugin cage, with every source and grant "opened" (fake ids).
+    fn bwrap_options(cage: &PluginCage, egress: bool) -> Vec<String> {
+        use kaged_cage::{FileId, Host, HostBind, Launch, Opened, compile, sources};
+        let id = FileId { dev: 1, ino: 2 };
+        let host = Host {
+            system_dirs: vec!["/usr".into(), "/etc".into()],
+            opened: sources(&cage.policy, egress)
+                .into_iter()
+                .map(|(source, _)| Opened { source, id })
+                .collect(),
+            system_submounts: Vec::new(),
+            binds: cage
+                .grants
+                .iter()
+                .map(|g| HostBind {
+                    host: g.host.clone(),
+                    dest: g.at.clone(),
+                    writable: g.writable,
+                    on_path: g.on_path,
+                    id,
+                })
+                .collect(),
+        };
+        let command = vec!["python3".to_string(), "plugin.py".to_string()];
+        let socket = std::path::Path::new("/run/kaged-test/egress.sock");
+        compile(
+            &cage.policy,
+            &host,
+            &Launch {
+                cwd: std::path::Path::new(""),
+                command: &command,
+                env: &[],
+                own_terminal: false,
+                egress: egress.then_some(socket),
+            },
+        )
+        .unwrap()
+        .options
+    }
+
+    /// Every mount option with its destination: `(option, destination)`.
+    fn mounts(options: &[String]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < options.len() {
+            let takes_two = matches!(
+                options[i].as_str(),
+                "--bind" | "--ro-bind" | "--bind-fd" | "--ro-bind-fd"
+            );
+            let takes_one = matches!(
+                options[i].as_str(),
+                "--tmpfs" | "--dir" | "--proc" | "--dev"
+            );
+            if takes_two {
+                out.push((options[i].clone(), options[i + 2].clone()));
+                i += 3;
+            } else if takes_one {
+                out.push((options[i].clone(), options[i + 1].clone()));
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_bwrap_command_line_binds_exactly_what_was_declared() {
+        let pair = |o: &str, d: &str| (o.to_string(), d.to_string());
+        let cage_only = [
+            pair("--ro-bind", "/usr"),
+            pair("--ro-bind", "/etc"),
+            pair("--proc", "/proc"),
+            pair("--dev", "/dev"),
+            pair("--tmpfs", "/tmp"),
+            pair("--tmpfs", "/home"),
+            pair("--dir", "/home/kaged"),
+            pair("--tmpfs", "/run"),
+            pair("--ro-bind-fd", "/workspace"),
+        ];
+        // Nothing declared: the cage's own mounts, the plugin's directory read-only, the
+        // helper, no network.
+        let closed = bwrap_options(&parse_all(&[]).unwrap().cage(), false);
+        let mut expected = cage_only.to_vec();
+        expected.push(pair("--ro-bind-fd", "/run/kaged/kaged"));
+        assert_eq!(mounts(&closed), expected);
+        assert!(closed.contains(&"--unshare-net".to_string()));
+        assert!(
+            !closed.iter().any(|o| o == "--bind" || o == "--bind-fd"),
+            "nothing writable: {closed:?}"
+        );
+
+        let cage = parse_all(&[
+            "read:fs:/srv/notes",
+            "write:fs:/srv/notes/out",
+            "exec:/opt/tools/rg",
+            "net:api.example.org:443",
+        ])
+        .unwrap()
+        .cage();
+        let options = bwrap_options(&cage, true);
+        let mut expected = cage_only.to_vec();
+        expected.extend([
+            pair("--ro-bind", "/srv/notes"),
+            pair("--ro-bind", "/opt/tools/rg"),
+            pair("--bind", "/srv/notes/out"),
+            pair("--ro-bind-fd", "/run/kaged/kaged"),
+            pair("--ro-bind-fd", "/run/kaged/egress"),
+        ]);
+        assert_eq!(mounts(&options), expected);
+        assert!(
+            options.contains(&"--unshare-net".to_string()),
+            "the allowlist goes through the proxy"
+        );
+
+        let open = bwrap_options(&parse_all(&["net:*"]).unwrap().cage(), false);
+        assert!(
+            !open.contains(&"--unshare-net".to_string()),
+            "net:* is the host's network"
+        );
+    }
+
     #[test]
     fn a_path_read_and_written_is_bound_once_writable_and_net_star_is_the_open_network() {
         let cage = parse_all(&[
