@@ -271,8 +271,9 @@ impl Message {
     }
 }
 
-/// `initialize` params: the API version and both kinds of settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `initialize` params: the API version and both kinds of settings. Its `Debug` leaves out the
+/// operator-local settings, which hold secrets; the line itself is never logged either.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct InitializeParams {
     /// The API version kaged speaks ([`crate::SUPPORTED_API`]).
     pub kaged_api: i64,
@@ -280,6 +281,16 @@ pub struct InitializeParams {
     pub config: Json,
     /// The operator-local settings (`system_config_schema`); `{}` when none.
     pub system_config: Json,
+}
+
+impl std::fmt::Debug for InitializeParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitializeParams")
+            .field("kaged_api", &self.kaged_api)
+            .field("config", &self.config)
+            .field("system_config", &"(redacted)")
+            .finish()
+    }
 }
 
 /// `health`'s answer.

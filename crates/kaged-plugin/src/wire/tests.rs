@@ -76,6 +76,21 @@ fn every_kind_of_message_round_trips_on_one_line() {
 }
 
 #[test]
+fn initialize_params_never_show_the_operator_s_secrets() {
+    let params = InitializeParams {
+        kaged_api: 1,
+        config: json!({"folder": "notes"}),
+        system_config: json!({"token": "s3cret-value"}),
+    };
+    let shown = format!("{params:?}");
+    assert!(!shown.contains("s3cret-value"), "{shown}");
+    assert!(
+        shown.contains("notes") && shown.contains("(redacted)"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn what_a_plugin_writes_is_read_strictly() {
     assert!(matches!(parse("not json"), Err(WireError::NotJson(_))));
     assert_eq!(parse("{").unwrap_err().code(), code::PARSE_ERROR);
