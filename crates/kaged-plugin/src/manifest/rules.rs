@@ -257,9 +257,6 @@ pub(super) fn check_homepage(node: &Node, path: &str) -> Vec<Diagnostic> {
                 format!("{s:?} is a {} URL, not http or https", u.scheme()),
                 hint,
             )),
-            Ok(u) if u.host_str().is_none_or(str::is_empty) => {
-                Some((format!("{s:?} names no host"), hint))
-            }
             Ok(_) => None,
             Err(e) => Some((format!("{s:?} is not a URL: {e}"), hint)),
         }

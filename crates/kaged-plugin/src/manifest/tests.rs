@@ -307,6 +307,7 @@ fn license_homepage_and_command() {
             "file:///etc/passwd",
             "\"file:///etc/passwd\" is a file URL, not http or https",
         ),
+        ("https://", "\"https://\" is not a URL: empty host"),
     ] {
         assert_eq!(
             one(&format!("homepage: {bad}")),
@@ -388,6 +389,13 @@ fn env_names_and_values() {
             ),
         ]
     );
+    let many: String = (0..65).map(|i| format!("\n  V{i}: x")).collect();
+    assert_eq!(
+        one(&format!("env:{many}")),
+        (8, 3, "env".into(), "more than 64 variables".into())
+    );
+    let just: String = (0..64).map(|i| format!("\n  V{i}: x")).collect();
+    assert!(load_manifest(&with(&format!("env:{just}"))).is_ok());
     let secret = "this looks like a credential; secrets never go in a plugin manifest";
     assert_eq!(
         one("env:\n  TOKEN: ghp_abcdefghijklmnop"),
