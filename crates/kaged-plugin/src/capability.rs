@@ -67,6 +67,25 @@ impl fmt::Display for Capability {
 }
 
 impl Capability {
+    /// What it allows, in words, for the operator who confirms an install.
+    pub fn describe(&self) -> String {
+        match self {
+            Capability::ReadFs(path) => format!("read {} on this machine", path.display()),
+            Capability::WriteFs(path) => {
+                format!("read and change {} on this machine", path.display())
+            }
+            Capability::Exec(path) => format!("run {}", path.display()),
+            Capability::NetNone => "no network".into(),
+            Capability::NetAny => "use this machine's network without restriction".into(),
+            Capability::Net(entry) => match entry.strip_suffix(":*") {
+                Some(host) => format!("connect to {host} on any port"),
+                None => format!("connect to {entry}"),
+            },
+            Capability::StorageRead => "read its own kaged storage".into(),
+            Capability::StorageWrite => "change its own kaged storage".into(),
+        }
+    }
+
     fn is_net(&self) -> bool {
         matches!(
             self,
@@ -393,6 +412,15 @@ impl Capabilities {
     /// The capabilities, in declaration order.
     pub fn list(&self) -> &[Capability] {
         &self.list
+    }
+
+    /// What these grant beyond `old` (an installed version's): what an upgrade must have the
+    /// operator confirm. Dropping `net:[]` counts only through the destinations that replace it.
+    pub fn gained(&self, old: &Capabilities) -> Vec<&Capability> {
+        self.list
+            .iter()
+            .filter(|c| **c != Capability::NetNone && !old.list.contains(c))
+            .collect()
     }
 
     /// The network the plugin declared: none unless a `net:` says otherwise.

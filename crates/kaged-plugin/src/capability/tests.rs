@@ -450,3 +450,60 @@ fn a_path_read_and_written_is_bound_once_writable_and_net_star_is_the_open_netwo
         }
     );
 }
+
+#[test]
+fn capabilities_in_words_and_what_an_upgrade_gains() {
+    let described: Vec<String> = parse_all(&[
+        "read:fs:/srv/notes",
+        "write:fs:/srv/out",
+        "exec:/usr/bin/rg",
+        "net:api.example.org:443",
+        "net:db.example.org:*",
+        "kaged:storage:read",
+        "kaged:storage:write",
+    ])
+    .unwrap()
+    .list()
+    .iter()
+    .map(Capability::describe)
+    .collect();
+    assert_eq!(
+        described,
+        vec![
+            "read /srv/notes on this machine",
+            "read and change /srv/out on this machine",
+            "run /usr/bin/rg",
+            "connect to api.example.org:443",
+            "connect to db.example.org on any port",
+            "read its own kaged storage",
+            "change its own kaged storage",
+        ]
+    );
+    assert_eq!(
+        Capability::NetAny.describe(),
+        "use this machine's network without restriction"
+    );
+    assert_eq!(Capability::NetNone.describe(), "no network");
+
+    let old = parse_all(&["net:[]", "read:fs:/srv/notes", "kaged:storage:read"]).unwrap();
+    let new = parse_all(&[
+        "read:fs:/srv/notes",
+        "write:fs:/srv/notes",
+        "net:api.example.org:443",
+        "kaged:storage:read",
+    ])
+    .unwrap();
+    assert_eq!(
+        new.gained(&old),
+        vec![
+            &Capability::WriteFs("/srv/notes".into()),
+            &Capability::Net("api.example.org:443".into())
+        ]
+    );
+    assert!(
+        old.gained(&new).is_empty(),
+        "net:[] is no gain: {:?}",
+        old.gained(&new)
+    );
+    assert!(new.gained(&new).is_empty());
+}
