@@ -4,13 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{CAGE_HOME, CageError, DEFAULT_PATH, Expect, Network, Policy, SYSTEM_DIRS, WORKSPACE};
+use crate::{
+    CAGE_HOME, CageError, DEFAULT_PATH, Expect, Network, Policy, SYSTEM_DIRS, WORKSPACE, Workspace,
+};
 
 /// A file the edge opens for a cage (never by a path the cage could change) and hands bwrap
 /// as a descriptor: `--bind-fd` binds exactly the object that was opened and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// The project root (bound read-write at [`WORKSPACE`]).
+    /// The project root (bound read-write at [`WORKSPACE`]), or the directory of a
+    /// [`Workspace::ReadOnly`] cage (bound read-only there).
     Root,
     /// A path below the project root, opened component by component without following links.
     Project(PathBuf),
@@ -26,7 +29,8 @@ pub enum Source {
 
 /// What the edge must open for `policy`'s cage, `egress` telling whether the run has an egress
 /// proxy: `(source, required)`. An optional source that is absent is left out of
-/// [`Host::opened`]; `.git` absent is then masked (empty, read-only).
+/// [`Host::opened`]; `.git` absent is then masked (empty, read-only). A read-only workspace
+/// needs neither `.git` nor `.kaged`.
 pub fn sources(policy: &Policy, egress: bool) -> Vec<(Source, bool)> {
     let mut out = vec![(Source::Root, true), (Source::Helper, true)];
     if let Policy::Caged { mounts, .. } = policy {
@@ -36,8 +40,16 @@ pub fn sources(policy: &Policy, egress: bool) -> Vec<(Source, bool)> {
                 .map(|m| (Source::Project(m.relative.clone()), true)),
         );
     }
-    out.push((Source::Project(".git".into()), false));
-    out.push((Source::Project(".kaged".into()), false));
+    if !matches!(
+        policy,
+        Policy::Caged {
+            workspace: Workspace::ReadOnly,
+            ..
+        }
+    ) {
+        out.push((Source::Project(".git".into()), false));
+        out.push((Source::Project(".kaged".into()), false));
+    }
     if let Policy::Caged {
         network: Network::Allow(_),
         ..
@@ -197,7 +209,10 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
         return Err(CageError::EmptyCommand);
     }
     let Policy::Caged {
-        network, mounts, ..
+        network,
+        mounts,
+        workspace,
+        ..
     } = policy
     else {
         return Ok(CageArgs {
@@ -243,11 +258,20 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
         CAGE_HOME, "--tmpfs", "/run",
     ]);
     let (fd, id) = required(Source::Root)?;
-    push(&["--bind-fd", &fd.to_string(), WORKSPACE]);
+    let workspace_writable = *workspace == Workspace::Project;
+    push(&[
+        if workspace_writable {
+            "--bind-fd"
+        } else {
+            "--ro-bind-fd"
+        },
+        &fd.to_string(),
+        WORKSPACE,
+    ]);
     checks.push(Expect::Bind {
         path: WORKSPACE.into(),
         id,
-        writable: true,
+        writable: workspace_writable,
     });
     let at = |relative: &Path| Path::new(WORKSPACE).join(relative).display().to_string();
     for m in mounts {
@@ -287,23 +311,26 @@ pub fn compile(policy: &Policy, host: &Host, launch: &Launch<'_>) -> Result<Cage
     // After any grant: the project's history and its kaged contract stay read-only. An absent
     // `.git` is masked (an empty read-only directory), so no cage can plant one for the
     // operator's next `git status` on the host (core.fsmonitor, hooks).
-    let git = at(Path::new(".git"));
-    made.push(git.clone());
-    match host.find(&Source::Project(".git".into())) {
-        Some((fd, id)) => {
-            push(&["--ro-bind-fd", &fd.to_string(), &git]);
-            checks.push(Expect::Bind {
-                path: git,
-                id,
-                writable: false,
-            });
-        }
-        None => {
-            push(&["--tmpfs", &git, "--remount-ro", &git]);
-            checks.push(Expect::Mask { path: git });
+    // A read-only workspace needs no mask (and could not take the mount point of one).
+    if workspace_writable {
+        let git = at(Path::new(".git"));
+        made.push(git.clone());
+        match host.find(&Source::Project(".git".into())) {
+            Some((fd, id)) => {
+                push(&["--ro-bind-fd", &fd.to_string(), &git]);
+                checks.push(Expect::Bind {
+                    path: git,
+                    id,
+                    writable: false,
+                });
+            }
+            None => {
+                push(&["--tmpfs", &git, "--remount-ro", &git]);
+                checks.push(Expect::Mask { path: git });
+            }
         }
     }
-    if let Some((fd, id)) = host.find(&Source::Project(".kaged".into())) {
+    if workspace_writable && let Some((fd, id)) = host.find(&Source::Project(".kaged".into())) {
         let kaged = at(Path::new(".kaged"));
         made.push(kaged.clone());
         push(&["--ro-bind-fd", &fd.to_string(), &kaged]);

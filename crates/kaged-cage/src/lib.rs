@@ -26,7 +26,7 @@ pub use compile::{
 };
 pub use identity::{Because, Identity, IdentityError, IdentityFacts, RunAs, run_as};
 pub use limits::{CPU_PERIOD_US, CgroupValues, LimitFacts, LimitPlan, plan_limits};
-pub use policy::{Limits, Mount, Network, Policy, policy_for};
+pub use policy::{Limits, Mount, Network, Policy, Workspace, policy_for};
 pub use program::{HostFs, Lookup, ProgramError, View, resolve_program};
 pub use run::{PlanError, RunKind, RunPlan, plan_run};
 pub use seccomp::{SeccompError, SeccompPrograms, profile_bpf};

@@ -18,6 +18,17 @@ pub struct Mount {
     pub writable: bool,
 }
 
+/// What the directory bound at [`WORKSPACE`](crate::WORKSPACE) is to the cage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workspace {
+    /// A project: read-write, its `.git` and `.kaged` read-only (an absent `.git` masked).
+    #[default]
+    Project,
+    /// A directory the cage only reads (a plugin's own): nothing can be planted in it, so
+    /// nothing below it needs masking.
+    ReadOnly,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Policy {
     /// `cage: disabled`: runs as the daemon user, audited as such.
@@ -27,6 +38,7 @@ pub enum Policy {
         mounts: Vec<Mount>,
         seccomp: String,
         limits: Limits,
+        workspace: Workspace,
     },
 }
 
@@ -38,6 +50,7 @@ impl Policy {
             mounts: Vec::new(),
             seccomp: Seccomp::Default.as_str().into(),
             limits: Limits::default(),
+            workspace: Workspace::Project,
         }
     }
 }
@@ -85,6 +98,7 @@ pub fn policy_for(project: &Project, agent: &str) -> Result<Policy, CageError> {
         mounts,
         seccomp: cage.seccomp.unwrap_or(Seccomp::Default).as_str().into(),
         limits: cage.limits.clone().unwrap_or_default(),
+        workspace: Workspace::Project,
     })
 }
 
@@ -125,6 +139,7 @@ pub(crate) mod tests {
                 }],
                 seccomp: "default".into(),
                 limits: Limits::default(),
+                workspace: Workspace::Project,
             }
         );
         assert_eq!(policy_for(&p, "free").unwrap(), Policy::Disabled);
@@ -138,6 +153,7 @@ pub(crate) mod tests {
                     pids: Some(64),
                     ..Limits::default()
                 },
+                workspace: Workspace::Project,
             }
         );
         assert_eq!(

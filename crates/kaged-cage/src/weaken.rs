@@ -85,12 +85,15 @@ pub fn policy_weakenings(old: &Policy, new: &Policy) -> Vec<String> {
             mounts: old_mounts,
             seccomp: old_seccomp,
             limits: old_limits,
+            // Agents' cages always have a project workspace; a read-only one is stricter.
+            ..
         },
         Policy::Caged {
             network: new_net,
             mounts: new_mounts,
             seccomp: new_seccomp,
             limits: new_limits,
+            ..
         },
     ) = (old, new)
     else {

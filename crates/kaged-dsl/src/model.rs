@@ -506,7 +506,7 @@ mod tests {
                 Ty::Object(o) => maximal(o, pick, depth),
                 Ty::LiteralOr(_, inner) => value(inner, pick, depth)?,
                 Ty::Agent if depth < 2 => maximal(&crate::schema::AGENT, pick, depth + 1),
-                Ty::Agent => return None,
+                Ty::Agent | Ty::Custom(_) => return None,
             })
         }
         let is_excluded = |name: &str| {

@@ -52,8 +52,9 @@ impl Checked {
     }
 }
 
-/// Project files are UTF-8 without a byte-order mark, with LF line endings.
-fn encoding_rules(source: usize, text: &str, out: &mut Vec<Diagnostic>) {
+/// Project files (and plugin manifests) are UTF-8 without a byte-order mark, with LF line
+/// endings: each breach is added to `out`, at source `source`.
+pub fn encoding_rules(source: usize, text: &str, out: &mut Vec<Diagnostic>) {
     let at = |line| crate::tree::Pos {
         source,
         line,
@@ -141,6 +142,15 @@ pub fn load_project(base: &str, local: Option<&str>) -> Checked {
             encoding_rules(source, text, &mut out);
         }
     }
+    Checked {
+        tree,
+        diagnostics: finish_diagnostics(out),
+    }
+}
+
+/// Diagnostics as shown: in file order, duplicates dropped, at most [`MAX_DIAGNOSTICS`] (the
+/// rest counted in a last one).
+pub fn finish_diagnostics(mut out: Vec<Diagnostic>) -> Vec<Diagnostic> {
     out.sort_by_key(|d| (d.pos.source, d.pos.line, d.pos.column));
     out.dedup();
     if out.len() > MAX_DIAGNOSTICS {
@@ -154,10 +164,7 @@ pub fn load_project(base: &str, local: Option<&str>) -> Checked {
             hint: "fix the ones above first".into(),
         });
     }
-    Checked {
-        tree,
-        diagnostics: out,
-    }
+    out
 }
 
 /// Diagnostics as JSON, one object each, with the file they point into: the shape shared by

@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value as Json, json};
 
+use crate::tree::{Diagnostic, Node};
+
 /// Rules for strings, each with a portability or format check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Text {
@@ -49,6 +51,23 @@ pub enum Ty {
     LiteralOr(&'static [&'static str], &'static Ty),
     /// The recursive agent shape.
     Agent,
+    /// A rule defined by another kind of file (a plugin manifest): its own check and schema.
+    Custom(&'static Custom),
+}
+
+/// A rule written outside this crate's tables, so other strict YAML files (plugin manifests)
+/// get the same walk, diagnostics and published schema as project files.
+pub struct Custom {
+    /// Every problem with the value at the key path, at the positions it names.
+    pub check: fn(&Node, &str) -> Vec<Diagnostic>,
+    /// The value's JSON Schema.
+    pub schema: fn() -> Json,
+}
+
+impl std::fmt::Debug for Custom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Custom")
+    }
 }
 
 #[derive(Debug)]
@@ -415,10 +434,13 @@ fn ty_schema(ty: &Ty) -> Json {
         Ty::Object(o) => object_schema(o),
         Ty::LiteralOr(literals, ty) => json!({"oneOf": [{"enum": literals}, ty_schema(ty)]}),
         Ty::Agent => json!({"$ref": "#/$defs/agent"}),
+        Ty::Custom(custom) => (custom.schema)(),
     }
 }
 
-fn object_schema(o: &Object) -> Json {
+/// The JSON Schema of an object's table: its fields (each with its doc), which are required,
+/// no other keys, and its `exactly_one` and `requires` rules.
+pub fn object_schema(o: &Object) -> Json {
     let mut properties = Map::new();
     for field in o.fields {
         let mut s = ty_schema(field.ty);

@@ -31,8 +31,9 @@ const SECRET_KEYS: &[&str] = &[
     "client_secret",
 ];
 
-/// Prefixes of well-known credential formats, looked for in every word of a value.
-fn looks_like_secret(s: &str) -> bool {
+/// Whether a value carries a well-known credential format (looked for in every word of it), which
+/// never belongs in a file that is committed or shared.
+pub fn looks_like_secret(s: &str) -> bool {
     s.split(|c: char| c.is_whitespace() || matches!(c, ':' | '=' | ',' | ';' | '"' | '\''))
         .any(|t| {
             [
@@ -238,6 +239,7 @@ impl Validator {
             },
             Ty::Object(o) => self.check_object(node, o, path),
             Ty::Agent => self.check_object(node, &AGENT, path),
+            Ty::Custom(custom) => self.out.extend((custom.check)(node, path)),
             Ty::LiteralOr(literals, inner) => match &node.kind {
                 Kind::Scalar(Value::Str(s)) if literals.contains(&s.as_str()) => {}
                 Kind::Scalar(Value::Str(s)) => self.report(
@@ -497,6 +499,20 @@ impl Validator {
             }
         }
     }
+}
+
+/// Validate a tree against any object's table (a plugin manifest's, say), in file order. An
+/// empty result means valid. Project files use [`validate`], which adds the agent references.
+pub fn validate_object(root: &Node, object: &Object) -> Vec<Diagnostic> {
+    let mut v = Validator {
+        out: Vec::new(),
+        agents: Vec::new(),
+        references: Vec::new(),
+    };
+    v.check_object(root, object, "");
+    v.out
+        .sort_by_key(|d| (d.pos.source, d.pos.line, d.pos.column));
+    v.out
 }
 
 /// Validate a merged project tree. An empty result means valid.

@@ -2,7 +2,8 @@
 //!
 //! An entry is `host[:port]`: an exact DNS name, `*.suffix` (one or more labels in front of the
 //! suffix, never the suffix itself), an IPv4 literal, or a bracketed IPv6 literal. Without a port
-//! an entry allows 80 and 443 only. Names compare case-insensitively and a trailing dot is
+//! an entry allows 80 and 443 only; `:*` allows every port (plugins' `net:HOST:*`; project
+//! files' schema does not offer it). Names compare case-insensitively and a trailing dot is
 //! ignored.
 //!
 //! A name is only half the story: DNS decides where it points. [`check_resolved`] refuses a name
@@ -118,6 +119,7 @@ enum Pattern {
 enum Ports {
     Web,
     One(u16),
+    Any,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +133,7 @@ impl Entry {
         let port_ok = match self.ports {
             Ports::Web => WEB_PORTS.contains(&port),
             Ports::One(allowed) => allowed == port,
+            Ports::Any => true,
         };
         let host_ok = match (&self.pattern, host) {
             (Pattern::Exact(name), Host::Name(wanted)) => name == wanted,
@@ -163,6 +166,7 @@ impl fmt::Display for Entry {
         match self.ports {
             Ports::Web => Ok(()),
             Ports::One(port) => write!(f, ":{port}"),
+            Ports::Any => f.write_str(":*"),
         }
     }
 }
@@ -316,6 +320,7 @@ fn parse_entry(text: &str) -> Result<Entry, String> {
     let (host, port) = split_host_port(text).map_err(str::to_owned)?;
     let ports = match port {
         None => Ports::Web,
+        Some("*") => Ports::Any,
         Some(port) => Ports::One(
             parse_port(port)
                 .ok_or_else(|| format!("port `{port}` is not a number from 1 to 65535"))?,
@@ -484,6 +489,19 @@ mod tests {
         assert!(allowed(&l, "127.0.0.1", 8080));
         assert!(!allowed(&l, "127.0.0.1", 8081));
         assert!(!allowed(&l, "127.0.0.1", 443));
+    }
+
+    #[test]
+    fn star_port_allows_every_port_of_that_host_only() {
+        let l = list(&["db.example.org:*", "[::1]:*"]);
+        assert!(allowed(&l, "db.example.org", 1));
+        assert!(allowed(&l, "db.example.org", 5432));
+        assert!(allowed(&l, "db.example.org", 65535));
+        assert!(!allowed(&l, "other.example.org", 443));
+        assert!(allowed(&l, "[::1]", 8080));
+        assert!(!allowed(&l, "127.0.0.1", 8080));
+        assert_eq!(l.describe(), "db.example.org:*, [::1]:*");
+        assert!(parse_error("*:*").problem.contains("network: host"));
     }
 
     #[test]

@@ -433,6 +433,7 @@ mod tests {
             }],
             seccomp: "default".into(),
             limits: Default::default(),
+            workspace: Default::default(),
         };
         assert!(
             opened(root, &granted("real/data/x"))

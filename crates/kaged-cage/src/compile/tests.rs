@@ -352,3 +352,29 @@ fn a_kaged_terminal_gets_its_foreground_group_set_inside_the_cage() {
         .joined();
     assert!(!shared.iter().any(|x| x == "cage-tty"));
 }
+
+#[test]
+fn a_read_only_workspace_is_bound_and_checked_read_only_without_masks() {
+    let p = Policy::Caged {
+        network: Network::None,
+        mounts: Vec::new(),
+        seccomp: "default".into(),
+        limits: Default::default(),
+        workspace: Workspace::ReadOnly,
+    };
+    assert_eq!(
+        sources(&p, false),
+        vec![(Source::Root, true), (Source::Helper, true)],
+        "no .git or .kaged below a read-only workspace"
+    );
+    let a = argv(&p);
+    assert!(has(&a, &["--ro-bind-fd", "6", "/workspace"]), "{a:?}");
+    assert!(!has(&a, &["--bind-fd", "6", "/workspace"]));
+    assert!(has(&a, &["--expect", "bind:ro:7:100:/workspace"]), "{a:?}");
+    assert!(!a.iter().any(|x| x.starts_with("/workspace/.")), "{a:?}");
+    assert!(a.contains(&"--unshare-net".to_string()));
+    // The project's own workspace stays read-write.
+    let project = argv(&Policy::default_cage());
+    assert!(has(&project, &["--bind-fd", "6", "/workspace"]));
+    assert!(has(&project, &["--expect", "bind:rw:7:100:/workspace"]));
+}
