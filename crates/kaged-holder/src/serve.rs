@@ -587,6 +587,7 @@ impl<'a> Holder<'a> {
             cols: self.cols,
             state,
             egress_dir: self.spec.egress_dir.clone(),
+            egress_allow: self.spec.egress_allow.clone(),
             exit: self.status.as_ref().and_then(|s| s.exit),
         }
     }

@@ -85,12 +85,13 @@ fn judge(name: &str, runs: &[&str], alive: impl Fn(u32) -> bool) -> Verdict {
     }
 }
 
-/// Whether `name` is a seccomp directory of an older kaged (`private_dir("kaged-seccomp")`).
+/// Whether `name` is a run's egress directory (`private_dir("kaged-egress")`).
 fn is_egress_dir_name(name: &str) -> bool {
     name.strip_prefix("kaged-egress-")
         .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Whether `name` is a seccomp directory of an older kaged (`private_dir("kaged-seccomp")`).
 fn is_seccomp_dir_name(name: &str) -> bool {
     name.strip_prefix("kaged-seccomp-")
         .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -98,9 +99,11 @@ fn is_seccomp_dir_name(name: &str) -> bool {
 
 /// Sweep the leftovers of the runs `runs` (those its storage says were left unfinished),
 /// the egress sockets in `egress_dir` (older kaged), runs' egress directories under the
-/// temporary directory whose proxy is gone, and this user's old seccomp directories there. Call it only while no other daemon can use `egress_dir` (the
-/// runtime directory's lock held) and before any run starts.
-pub fn sweep(runs: &[&str], egress_dir: &Path) -> Swept {
+/// temporary directory whose proxy is gone (except `held_egress`: those of runs whose holders
+/// still answer, whose cages have them bound and whose proxies the daemon serves again), and
+/// this user's old seccomp directories there. Call it only while no other daemon can use
+/// `egress_dir` (the runtime directory's lock held) and before any run starts.
+pub fn sweep(runs: &[&str], egress_dir: &Path, held_egress: &[&Path]) -> Swept {
     let mut swept = Swept::default();
     let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
     for root in crate::cgroup::roots() {
@@ -169,6 +172,7 @@ pub fn sweep(runs: &[&str], egress_dir: &Path) -> Swept {
             // socket nobody listens on any more: a live proxy (another daemon's, a running
             // `kaged cage run`) answers the connection and is kept.
             if is_egress_dir_name(&name)
+                && !held_egress.contains(&path.as_path())
                 && meta.is_dir()
                 && (meta.uid() == uid || uid == 0)
                 && std::os::unix::net::UnixStream::connect(path.join("egress.sock")).is_err()

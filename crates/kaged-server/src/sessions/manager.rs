@@ -348,9 +348,9 @@ impl Sessions {
     }
 
     /// The daemon is stopping: with `on_daemon_stop = "keep"` (and not `kill_runs`), let go of
-    /// the runs in holders (they go on; the next start takes them up) except those whose
-    /// network goes through the daemon's egress proxy; end every other live run and wait until
-    /// their ends are recorded, at most the kill's grace plus a moment.
+    /// the runs in holders (they go on; the next start takes them up; an egress proxy is
+    /// stopped, its directory kept, and served again by the next start); end every other live
+    /// run and wait until their ends are recorded, at most the kill's grace plus a moment.
     /// Returns how many runs it let go of.
     pub async fn stop_all(&self, kill_runs: bool) -> usize {
         let keep =
@@ -358,11 +358,10 @@ impl Sessions {
         let mut kept = 0;
         let mut waits = Vec::new();
         for live in self.running() {
-            if keep
-                && let Some(super::live::RunControl::Held(held)) = live.control()
-                && !held.proxied
-            {
+            if keep && let Some(super::live::RunControl::Held(held)) = live.control() {
                 held.detach(&live);
+                held.let_go_egress().await;
+                let egress = held.proxied.then_some("stopped until the next start");
                 self.deps()
                     .audit
                     .record(AuditRecord {
@@ -370,7 +369,8 @@ impl Sessions {
                         success: true,
                         identity: Some(live.info().created_by.clone()),
                         source: None,
-                        detail: json!({"session": live.id(), "project": live.info().project, "pid": held.pid}),
+                        detail: json!({"session": live.id(), "project": live.info().project,
+                            "pid": held.pid, "egress": egress}),
                     })
                     .await;
                 kept += 1;
