@@ -269,3 +269,77 @@ async fn audit_egress(sessions: Sessions, live: Arc<Live>, decisions: kaged_egre
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn egress_dir(root: &Path, mode: u32) -> PathBuf {
+        let dir = root.join("kaged-egress-00112233aabbccdd");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_kept_egress_directory_is_served_again_only_as_kaged_made_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = egress_dir(root.path(), 0o700);
+        let me = std::fs::metadata(&dir).unwrap().uid();
+        assert_eq!(kept_dir_owner(&dir, me, None), Ok(None));
+        // Under a root daemon, the cage's user owns it: the socket is handed to that user.
+        if me == 0 {
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+            assert_eq!(
+                kept_dir_owner(&dir, 0, Some(65534)),
+                Ok(Some((65534, 65534)))
+            );
+            assert!(
+                kept_dir_owner(&dir, 0, Some(1234)).is_err(),
+                "not the cage's"
+            );
+            assert!(kept_dir_owner(&dir, 0, None).is_err(), "no cage user known");
+            std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+        } else {
+            assert_eq!(
+                kept_dir_owner(&dir, 0, Some(me)),
+                Ok(Some((me, std::fs::metadata(&dir).unwrap().gid())))
+            );
+            assert!(kept_dir_owner(&dir, 0, None).is_err(), "no cage user known");
+        }
+        assert!(
+            kept_dir_owner(&dir, me + 1, Some(me + 2)).is_err(),
+            "another user's"
+        );
+
+        let other = root.path().join("kaged-egress-ffff");
+        std::os::unix::fs::symlink(&dir, &other).unwrap();
+        let refused = kept_dir_owner(&other, me, None).unwrap_err();
+        assert!(refused.contains("no longer a directory"), "{refused}");
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let refused = kept_dir_owner(&dir, me, None).unwrap_err();
+        assert!(refused.contains("mode 755"), "{refused}");
+
+        let misnamed = root.path().join("elsewhere");
+        std::fs::create_dir(&misnamed).unwrap();
+        assert!(kept_dir_owner(&misnamed, me, None).is_err());
+        assert!(
+            kept_dir_owner(Path::new("kaged-egress-00"), me, None).is_err(),
+            "relative"
+        );
+        let gone = kept_dir_owner(&root.path().join("kaged-egress-0123"), me, None).unwrap_err();
+        assert!(gone.contains("is gone"), "{gone}");
+    }
+
+    #[test]
+    fn the_uid_of_a_process_is_read_from_proc() {
+        let me = std::fs::metadata("/proc/self").unwrap().uid();
+        assert_eq!(process_uid(std::process::id()), Some(me));
+        assert_eq!(process_uid(u32::MAX), None);
+    }
+}
