@@ -150,6 +150,9 @@ struct Holder<'a> {
     error: Option<String>,
     version: String,
     supported: Vec<u32>,
+    /// The run's egress directory, held while the holder lives: a daemon's startup sweep
+    /// leaves it (the cage has it bound; the daemon serves the run's proxy there again).
+    _egress_dir: Option<OwnedFd>,
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ServeError> {
@@ -212,6 +215,18 @@ impl<'a> Holder<'a> {
         let cgroups = Cgroups::adopt(spec.cgroup_dirs.iter().map(Into::into).collect());
         let socket = Path::new(&spec.socket);
         let listener = bind(socket)?;
+        // Not fatal: without the hold, the run goes on, but a sweep may take its egress
+        // directory while no daemon runs, and the next daemon then ends the run.
+        let egress_dir = spec.egress_dir.as_deref().and_then(|dir| {
+            kaged_spawn::hold_egress_dir(Path::new(dir))
+                .map_err(|e| {
+                    crate::log::append(
+                        socket,
+                        &format!("cannot hold the egress directory {dir}: {e}"),
+                    )
+                })
+                .ok()
+        });
         let started_at_ms = now_ms();
         let run = match kaged_spawn::spawn_pty(&crate::run_spec(spec, cage), spec.rows, spec.cols) {
             Ok(run) => run,
@@ -255,6 +270,7 @@ impl<'a> Holder<'a> {
             error: None,
             version: holder_version(),
             supported: supported_versions(),
+            _egress_dir: egress_dir,
         })
     }
 

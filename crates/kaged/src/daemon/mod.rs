@@ -238,30 +238,22 @@ async fn open_storage(settings: &Settings, runtime_dir: &Path) -> Result<Store> 
 /// directories). Runs only with both locks held and before any run starts, so nothing swept
 /// belongs to a live daemon of this runtime and data directory.
 async fn sweep_leftovers(store: &Store, runtime_dir: &Path) {
-    // Runs whose holders still answer go on: their groups are theirs (taken up before ready),
-    // and so are their egress directories (their cages have them bound; their proxies are
-    // served again there).
+    // Runs whose holders still answer go on: their groups are theirs (taken up before ready).
     let holders = kaged_server::holder_dir(runtime_dir);
-    let found = tokio::task::spawn_blocking(move || kaged_holder::discover(&holders))
-        .await
-        .unwrap_or_default();
-    let held: Vec<String> = found
-        .iter()
-        .filter_map(|found| {
-            found
-                .socket
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(str::to_string)
-        })
-        .collect();
-    let held_egress: Vec<std::path::PathBuf> = found
-        .into_iter()
-        .filter_map(|found| match found.hello {
-            kaged_session::holder::HolderHello::Accepted(info) => info.egress_dir.map(Into::into),
-            kaged_session::holder::HolderHello::Refused { .. } => None,
-        })
-        .collect();
+    let held: Vec<String> = tokio::task::spawn_blocking(move || {
+        kaged_holder::discover(&holders)
+            .into_iter()
+            .filter_map(|found| {
+                found
+                    .socket
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(str::to_string)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
     let runs: Vec<String> = match store.live_sessions().await {
         Ok(sessions) => sessions
             .iter()
@@ -277,11 +269,7 @@ async fn sweep_leftovers(store: &Store, runtime_dir: &Path) {
     let egress = kaged_server::egress_dir(runtime_dir);
     let swept = tokio::task::spawn_blocking(move || {
         let runs: Vec<&str> = runs.iter().map(String::as_str).collect();
-        let held_egress: Vec<&Path> = held_egress
-            .iter()
-            .map(std::path::PathBuf::as_path)
-            .collect();
-        kaged_spawn::sweep(&runs, &egress, &held_egress)
+        kaged_spawn::sweep(&runs, &egress)
     })
     .await
     .unwrap_or_default();

@@ -618,7 +618,12 @@ while True:
 
     let d = start();
     let session = d.api_get(&format!("/api/v1/sessions/{id}")).await;
-    assert_eq!(session["session"]["state"], "running", "{session}");
+    assert_eq!(
+        session["session"]["state"],
+        "running",
+        "{session}\n{}",
+        d.stderr_text()
+    );
     let restarted_at = transcript_text(&d, &path).await.len();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut text = transcript_text(&d, &path).await;
