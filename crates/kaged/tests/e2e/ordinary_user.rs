@@ -570,8 +570,11 @@ while True:
     let xdg = tmp.path().join("xdg");
     std::fs::create_dir_all(&xdg).unwrap();
     sh("chmod", &["0700", xdg.to_str().unwrap()]);
+    // A temporary directory of its own, where the run's egress directory is made.
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
     if current_uid() == 0 {
-        for dir in [&op.home, &xdg] {
+        for dir in [&op.home, &xdg, &tmpdir] {
             sh(
                 "chown",
                 &["-R", &format!("{NOBODY}:{NOBODY}"), dir.to_str().unwrap()],
@@ -581,6 +584,7 @@ while True:
     let start = || {
         let env = op.env(&[
             ("XDG_RUNTIME_DIR", xdg.to_str().unwrap()),
+            ("TMPDIR", tmpdir.to_str().unwrap()),
             ("KAGED_SESSIONS_ON_DAEMON_STOP", "keep"),
         ]);
         Daemon::spawn(

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -804,7 +804,13 @@ for line in sys.stdin:
         )
         .unwrap();
         let home = tmp.path().join("home");
-        let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &KEEP)
+        // A temporary directory of its own (where the run's egress directory is made), shared
+        // below with another daemon only.
+        let tmpdir = tmp.path().join("tmp");
+        std::fs::create_dir(&tmpdir).unwrap();
+        std::fs::set_permissions(&tmpdir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let daemon_env = [KEEP[0], ("TMPDIR", tmpdir.to_str().unwrap())];
+        let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &daemon_env)
             .failing_on_panics()
             .keeping_runs();
         load_project(&d, &project).await;
@@ -862,6 +868,19 @@ for line in sys.stdin:
             egress_dir.is_dir(),
             "{signal}: the run's egress directory (bound in its cage) went with the daemon"
         );
+        // Another daemon starting meanwhile (its sweep of what dead daemons left) leaves it:
+        // the run's holder holds it.
+        let (status, log) = Daemon::start_with(
+            &tmp.path().join("other-home"),
+            &["--bind", "127.0.0.1:0"],
+            &daemon_env,
+        )
+        .stop();
+        assert!(status.success(), "{log}");
+        assert!(
+            egress_dir.is_dir(),
+            "{signal}: another daemon's start swept a kept run's egress directory: {log}"
+        );
         // A stopping daemon stops the proxy; a killed one leaves its socket, stale, for the next
         // start to replace.
         assert_eq!(
@@ -870,9 +889,15 @@ for line in sys.stdin:
             "{signal}"
         );
 
-        let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &KEEP).failing_on_panics();
+        let d =
+            Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &daemon_env).failing_on_panics();
         let s = &get_session(&d, &id).await["session"];
-        assert_eq!(s["state"], "running", "taken up, not ended: {s}");
+        assert_eq!(
+            s["state"],
+            "running",
+            "taken up, not ended: {s}\n{}",
+            d.stderr_text()
+        );
         let mut v = Viewer::open(&Conn::of(&d), &id, Some(seen.end())).await;
         v.input(b"after\n").await;
         let after = v.read(seen.end(), probed("after")).await;
