@@ -360,19 +360,24 @@ impl Sessions {
         for live in self.running() {
             if keep && let Some(super::live::RunControl::Held(held)) = live.control() {
                 held.detach(&live);
-                held.let_go_egress().await;
-                let egress = held.proxied.then_some("stopped until the next start");
-                self.deps()
-                    .audit
-                    .record(AuditRecord {
-                        kind: "session.detached",
-                        success: true,
-                        identity: Some(live.info().created_by.clone()),
-                        source: None,
-                        detail: json!({"session": live.id(), "project": live.info().project,
-                            "pid": held.pid, "egress": egress}),
-                    })
-                    .await;
+                let sessions = self.clone();
+                // In parallel: each waits for its proxy's last audit records.
+                waits.push(tokio::spawn(async move {
+                    held.let_go_egress().await;
+                    let egress = held.proxied.then_some("stopped until the next start");
+                    sessions
+                        .deps()
+                        .audit
+                        .record(AuditRecord {
+                            kind: "session.detached",
+                            success: true,
+                            identity: Some(live.info().created_by.clone()),
+                            source: None,
+                            detail: json!({"session": live.id(), "project": live.info().project,
+                                "pid": held.pid, "egress": egress}),
+                        })
+                        .await;
+                }));
                 kept += 1;
                 continue;
             }
