@@ -176,6 +176,9 @@ struct Holder<'a> {
     supported: Vec<u32>,
     /// The last client's note, for the next one.
     note: Option<String>,
+    /// The run's egress directory, held while the holder lives: a daemon's startup sweep
+    /// leaves it (the cage has it bound; the daemon serves the run's proxy there again).
+    _egress_dir: Option<OwnedFd>,
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ServeError> {
@@ -238,6 +241,18 @@ impl<'a> Holder<'a> {
         let cgroups = Cgroups::adopt(spec.cgroup_dirs.iter().map(Into::into).collect());
         let socket = Path::new(&spec.socket);
         let listener = bind(socket)?;
+        // Not fatal: without the hold, the run goes on, but a sweep may take its egress
+        // directory while no daemon runs, and the next daemon then ends the run.
+        let egress_dir = spec.egress_dir.as_deref().and_then(|dir| {
+            kaged_spawn::hold_egress_dir(Path::new(dir))
+                .map_err(|e| {
+                    crate::log::append(
+                        socket,
+                        &format!("cannot hold the egress directory {dir}: {e}"),
+                    )
+                })
+                .ok()
+        });
         let started_at_ms = now_ms();
         let (io, killer, waiter) = match start_run(spec, cage) {
             Ok(run) => run,
@@ -279,6 +294,7 @@ impl<'a> Holder<'a> {
             version: holder_version(),
             supported: supported_versions(),
             note: None,
+            _egress_dir: egress_dir,
         })
     }
 
@@ -617,6 +633,7 @@ impl<'a> Holder<'a> {
             cols: self.cols,
             state,
             egress_dir: self.spec.egress_dir.clone(),
+            egress_allow: self.spec.egress_allow.clone(),
             exit: self.status.as_ref().and_then(|s| s.exit),
             kind: self.spec.kind.clone(),
             note: self.note.clone(),

@@ -80,6 +80,7 @@ fn start(script: &str, tweak: impl FnOnce(&mut HolderSpec)) -> Held {
         watchdog_pids: None,
         kill_grace_ms: 500,
         egress_dir: None,
+        egress_allow: vec![],
         daemon_version: "test".into(),
     };
     tweak(&mut spec);
@@ -163,6 +164,25 @@ fn attach_from_zero_gets_every_byte_once_and_the_status_is_written_before_exit()
     assert_eq!(status.output_bytes, written);
     assert_eq!(held.join(), status);
     assert!(!held.socket().exists(), "the socket outlived the holder");
+}
+
+/// The egress directory and allowlist of the spec come back in Hello: a daemon taking the
+/// run up serves the same allowlist again in the same directory.
+#[test]
+fn hello_reports_the_egress_directory_and_allowlist_of_the_spec() {
+    let mut held = start("sleep 5", |spec| {
+        spec.egress_dir = Some("/tmp/kaged-egress-0011223344556677".into());
+        spec.egress_allow = vec!["127.0.0.1:8080".into(), "*.example.com:443".into()];
+    });
+    let c = held.connect();
+    let info = c.info().unwrap().clone();
+    assert_eq!(
+        info.egress_dir.as_deref(),
+        Some("/tmp/kaged-egress-0011223344556677")
+    );
+    assert_eq!(info.egress_allow, ["127.0.0.1:8080", "*.example.com:443"]);
+    client::kill(held.socket(), "test", Duration::from_secs(5)).unwrap();
+    held.join();
 }
 
 /// A client that reads only once the run ended still gets every byte, then Eof and Exit,

@@ -436,6 +436,10 @@ pub struct HolderInfo {
     pub state: HeldState,
     #[serde(default)]
     pub egress_dir: Option<String>,
+    /// The allowlist the run's egress proxy served when the run started (the spec's), so a
+    /// daemon taking the run up serves the same one again. Empty from holders before it.
+    #[serde(default)]
+    pub egress_allow: Vec<String>,
     #[serde(default)]
     pub exit: Option<ExitStatus>,
     /// `"pty"` or `"pipes"` (absent from holders older than runs on pipes: `"pty"`).
@@ -663,6 +667,10 @@ pub struct HolderSpec {
     pub kill_grace_ms: u64,
     #[serde(default)]
     pub egress_dir: Option<String>,
+    /// The network allowlist the daemon's proxy in `egress_dir` serves (reported back in
+    /// Hello: a later daemon serves it again there).
+    #[serde(default)]
+    pub egress_allow: Vec<String>,
     #[serde(default)]
     pub daemon_version: String,
 }

@@ -16,7 +16,8 @@ fn info() -> HolderInfo {
         rows: 24,
         cols: 80,
         state: HeldState::Running,
-        egress_dir: None,
+        egress_dir: Some("/tmp/kaged-egress-0011223344556677".into()),
+        egress_allow: vec!["127.0.0.1:8080".into(), "*.example.com:443".into()],
         exit: None,
         kind: "pipes".into(),
         note: Some("{\"recorded\":7}".into()),
@@ -186,6 +187,41 @@ fn a_newer_holder_hello_still_parses() {
     assert_eq!(got.state, HeldState::Unknown);
 }
 
+/// A holder from before `egress_allow` (the Hello of docs/holder-protocol.md, byte for byte)
+/// still parses: its run had no allowlist to report, which a daemon taking it up reads as "not
+/// known" (an allowlisted run of such a holder cannot have its proxy served again).
+#[test]
+fn an_older_holder_hello_without_egress_allow_still_parses() {
+    let older = br#"{"version":1,"holder":"kaged 0.1.0","id":"s1","run_name":"00112233aabbccdd","holder_pid":1,"pid":2,"started_at_ms":0,"written":1234,"dropped":null,"rows":24,"cols":80,"state":"running","egress_dir":"/tmp/kaged-egress-0011223344556677","exit":null}"#;
+    let frame = encode(kind::HELLO, older);
+    let (k, p, _) = split(&frame).unwrap().unwrap();
+    let ToClient::Hello(HolderHello::Accepted(got)) = ToClient::parse(k, p).unwrap() else {
+        panic!("not accepted");
+    };
+    assert_eq!(got.written, 1234);
+    assert_eq!(
+        got.egress_dir.as_deref(),
+        Some("/tmp/kaged-egress-0011223344556677")
+    );
+    assert!(got.egress_allow.is_empty());
+    // And a newer one's allowlist goes through the frame both ways.
+    let frame = ToClient::Hello(HolderHello::Accepted(Box::new(info()))).encode();
+    let (k, p, _) = split(&frame).unwrap().unwrap();
+    let ToClient::Hello(HolderHello::Accepted(got)) = ToClient::parse(k, p).unwrap() else {
+        panic!("not accepted");
+    };
+    assert_eq!(got.egress_allow, info().egress_allow);
+}
+
+/// A spec from a daemon before `egress_allow` still parses, with no allowlist.
+#[test]
+fn an_older_spec_without_egress_allow_still_parses() {
+    let older = r#"{"v":1,"id":"s1","run_name":"00112233aabbccdd","kind":"pty","socket":"/s","transcript_head":"/h/s1.out","cap":{"head":1,"tail":1,"segment":1},"status_path":"/h/s1.status","argv":["sh"],"rows":24,"cols":80,"kill_grace_ms":3000,"egress_dir":"/tmp/kaged-egress-0011223344556677"}"#;
+    let spec: HolderSpec = serde_json::from_str(older).unwrap();
+    assert!(spec.egress_allow.is_empty());
+    assert!(spec.egress_dir.is_some());
+}
+
 #[test]
 fn spec_and_status_files_round_trip() {
     let spec = HolderSpec {
@@ -213,7 +249,8 @@ fn spec_and_status_files_round_trip() {
         wall_time_secs: Some(1),
         watchdog_pids: None,
         kill_grace_ms: 3000,
-        egress_dir: None,
+        egress_dir: Some("/tmp/kaged-egress-0011223344556677".into()),
+        egress_allow: vec!["127.0.0.1:8080".into()],
         daemon_version: "kaged 0.1.0".into(),
     };
     let text = serde_json::to_string(&spec).unwrap();

@@ -62,7 +62,7 @@ pub use nix::sys::signal::Signal;
 pub use piped::{PipedRun, spawn_piped};
 pub use preflight::{Check, preflight, sandbox_problem};
 pub use process::{Killer, PtyRun, Terminal, WATCHDOG_POLL, Waiter, run_foreground, spawn_pty};
-pub use sweep::{Swept, sweep};
+pub use sweep::{Swept, hold_egress_dir, sweep};
 pub use tree::{descendants, members};
 
 use tree::members_seen;

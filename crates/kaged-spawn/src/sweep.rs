@@ -85,12 +85,41 @@ fn judge(name: &str, runs: &[&str], alive: impl Fn(u32) -> bool) -> Verdict {
     }
 }
 
-/// Whether `name` is a seccomp directory of an older kaged (`private_dir("kaged-seccomp")`).
+/// Whether `name` is a run's egress directory (`private_dir("kaged-egress")`).
 fn is_egress_dir_name(name: &str) -> bool {
     name.strip_prefix("kaged-egress-")
         .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Hold a run's egress directory for as long as the returned descriptor is open (a run
+/// holder holds its run's, so a daemon's stop, which stops the proxy, does not make it a
+/// leftover for [`sweep`]): a shared `flock` on the directory, never followed if a link.
+pub fn hold_egress_dir(dir: &Path) -> std::io::Result<rustix::fd::OwnedFd> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared)?;
+    Ok(fd)
+}
+
+/// Whether a run holder holds `dir` ([`hold_egress_dir`]).
+fn egress_dir_held(dir: &Path) -> bool {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
+        == Err(rustix::io::Errno::WOULDBLOCK)
+}
+
+/// Whether `name` is a seccomp directory of an older kaged (`private_dir("kaged-seccomp")`).
 fn is_seccomp_dir_name(name: &str) -> bool {
     name.strip_prefix("kaged-seccomp-")
         .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -98,8 +127,10 @@ fn is_seccomp_dir_name(name: &str) -> bool {
 
 /// Sweep the leftovers of the runs `runs` (those its storage says were left unfinished),
 /// the egress sockets in `egress_dir` (older kaged), runs' egress directories under the
-/// temporary directory whose proxy is gone, and this user's old seccomp directories there. Call it only while no other daemon can use `egress_dir` (the
-/// runtime directory's lock held) and before any run starts.
+/// temporary directory whose proxy is gone and whose run's holder is gone too (see
+/// [`hold_egress_dir`]), and this user's old seccomp directories there. Call it only while no
+/// other daemon can use `egress_dir` (the runtime directory's lock held) and before any run
+/// starts.
 pub fn sweep(runs: &[&str], egress_dir: &Path) -> Swept {
     let mut swept = Swept::default();
     let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
@@ -167,11 +198,14 @@ pub fn sweep(runs: &[&str], egress_dir: &Path) -> Swept {
             }
             // A run's egress directory (its owner is the cage's user when kaged is root) whose
             // socket nobody listens on any more: a live proxy (another daemon's, a running
-            // `kaged cage run`) answers the connection and is kept.
+            // `kaged cage run`) answers the connection and is kept, and so is the directory of
+            // a run a stopped daemon left to its holder (the cage has it bound; the next start
+            // of that daemon serves its proxy there again).
             if is_egress_dir_name(&name)
                 && meta.is_dir()
                 && (meta.uid() == uid || uid == 0)
                 && std::os::unix::net::UnixStream::connect(path.join("egress.sock")).is_err()
+                && !egress_dir_held(&path)
                 && std::fs::remove_dir_all(&path).is_ok()
             {
                 swept.sockets += 1;
@@ -206,6 +240,25 @@ mod tests {
         for (name, verdict) in cases {
             assert_eq!(judge(name, &runs, alive), verdict, "{name}");
         }
+    }
+
+    #[test]
+    fn a_held_egress_directory_is_seen_held_until_let_go() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("kaged-egress-00112233aabbccdd");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(!egress_dir_held(&dir));
+        let held = hold_egress_dir(&dir).unwrap();
+        assert!(egress_dir_held(&dir));
+        // Another holder's shared hold is fine; a link is never followed.
+        let again = hold_egress_dir(&dir).unwrap();
+        drop(held);
+        assert!(egress_dir_held(&dir));
+        drop(again);
+        assert!(!egress_dir_held(&dir));
+        let link = root.path().join("kaged-egress-ff");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(hold_egress_dir(&link).is_err());
     }
 
     #[test]

@@ -39,9 +39,10 @@ const HOLDERS_FRESH: Duration = Duration::from_secs(90);
 const REATTACH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a run taken up again is ended when its network went through the earlier daemon's
-/// egress proxy (which ended with it; a run with `network: { allow: … }` does not outlive its
-/// daemon).
-pub(super) const PROXY_LOST: &str = "kaged: the run's network allowlist proxy ended with the previous kaged (runs with `network: { allow: … }` do not outlive their daemon)";
+/// egress proxy and this daemon cannot serve that proxy again (its directory is gone or not
+/// as it was, or its holder, of an older kaged, does not say which allowlist it had).
+pub(super) const PROXY_LOST: &str =
+    "kaged: the run's network allowlist proxy could not be served again after kaged restarted";
 
 /// Where terminal runs are held: the `kaged` executable holders run, the directory of their
 /// sockets.
@@ -84,9 +85,12 @@ fn status_path(sessions: &Sessions, id: &str) -> PathBuf {
 pub(crate) struct HeldControl {
     socket: PathBuf,
     pub(crate) pid: u32,
-    /// The run's network goes through the daemon's egress proxy, which does not outlive the
-    /// daemon: such a run is ended when the daemon stops, whatever `on_daemon_stop` says.
+    /// The run's network goes through the daemon's egress proxy (stopped while no daemon
+    /// runs, served again by the next one in the same directory).
     pub(crate) proxied: bool,
+    /// That proxy, while this daemon serves it: stopped when the run ends (its directory
+    /// removed), or let go of with the run (its directory kept for the next daemon).
+    pub(super) egress: Mutex<Option<EgressRun>>,
     detached: AtomicBool,
     pub(super) stream: Mutex<Option<kaged_holder::Sender>>,
     /// The screen follower's "no more output" flag: set when the daemon lets go, so the
@@ -100,6 +104,7 @@ impl HeldControl {
             socket,
             pid,
             proxied,
+            egress: Mutex::new(None),
             detached: AtomicBool::new(false),
             stream: Mutex::new(None),
             pump_done: Arc::new(AtomicBool::new(false)),
@@ -145,6 +150,16 @@ impl HeldControl {
 
     pub(super) fn detached(&self) -> bool {
         self.detached.load(Ordering::SeqCst)
+    }
+
+    /// After [`HeldControl::detach`]: stop the run's egress proxy, if this daemon serves one,
+    /// and wait for its summary, keeping its directory (the cage's bind mount) for the next
+    /// daemon.
+    pub(crate) async fn let_go_egress(&self) {
+        let egress = lock(&self.egress).take();
+        if let Some(egress) = egress {
+            egress.let_go().await;
+        }
     }
 }
 
@@ -240,6 +255,10 @@ impl Runner {
                 .as_ref()
                 .and_then(|e| e.proxy.socket().parent())
                 .map(|d| d.display().to_string()),
+            egress_allow: match egress {
+                Some(_) => self.decided.allow.clone(),
+                None => Vec::new(),
+            },
             daemon_version: env!("CARGO_PKG_VERSION").into(),
         };
         kaged_holder::fill_from(&mut spec, &run);
@@ -359,6 +378,7 @@ fn follow(
     input: std::sync::mpsc::Receiver<Input>,
     egress: Option<EgressRun>,
 ) {
+    *lock(&control.egress) = egress;
     let followed = match client {
         Ok(mut client) => {
             let sender = client.sender();
@@ -386,21 +406,25 @@ fn follow(
         }
         Err(e) => Followed::Lost(format!("cannot reach the holder: {e}")),
     };
-    settle(sessions, live, handle, followed, egress);
+    settle(sessions, live, handle, followed, control);
 }
 
-/// After following a held run: its egress proxy stopped, and its end recorded (from the
-/// holder's Exit, else from its status file, else as a lost holder); nothing when the daemon
-/// let go of it.
+/// After following a held run: its egress proxy stopped (kept with the run when the daemon
+/// let go of it), and its end recorded (from the holder's Exit, else from its status file,
+/// else as a lost holder); nothing more when the daemon let go of it.
 pub(super) fn settle(
     sessions: &Sessions,
     live: &Arc<Live>,
     handle: &tokio::runtime::Handle,
     followed: Followed,
-    egress: Option<EgressRun>,
+    control: &HeldControl,
 ) {
-    if let Some(egress) = egress {
-        egress.stop(handle);
+    // `let_go_egress` took it already when the daemon let go, or it is taken now.
+    let egress = lock(&control.egress).take();
+    match (egress, &followed) {
+        (Some(egress), Followed::Detached) => handle.block_on(egress.let_go()),
+        (Some(egress), _) => egress.stop(handle),
+        (None, _) => {}
     }
     let status_file = status_path(sessions, live.id());
     match followed {
@@ -672,9 +696,15 @@ impl Sessions {
             LOG_CAPACITY,
         ));
         live.skip_to(info.written);
-        let control = Arc::new(HeldControl::new(socket, info.pid, false));
+        let control = Arc::new(HeldControl::new(
+            socket,
+            info.pid,
+            info.egress_dir.is_some(),
+        ));
         live.set_control(Some(RunControl::Held(control.clone())));
         self.insert(live.clone(), None);
+        let handle = tokio::runtime::Handle::current();
+        let (egress, egress_lost, egress_detail) = self.resume_egress(&live, &info, &handle);
         self.deps()
             .audit
             .record(AuditRecord {
@@ -683,11 +713,12 @@ impl Sessions {
                 identity: Some(row.created_by.clone()),
                 source: None,
                 detail: json!({"session": row.id, "project": row.project, "pid": info.pid,
-                    "holder_pid": info.holder_pid, "holder": info.holder, "offset": info.written}),
+                    "holder_pid": info.holder_pid, "holder": info.holder, "offset": info.written,
+                    "egress": egress_detail}),
             })
             .await;
         tracing::info!(session = %row.id, pid = info.pid, offset = info.written, "took up a run its holder kept while kaged was away");
-        let (sessions, handle) = (self.clone(), tokio::runtime::Handle::current());
+        let sessions = self.clone();
         let followed = live.clone();
         let spawned = super::panics::spawn(
             "run",
@@ -700,7 +731,7 @@ impl Sessions {
                     Ok(client),
                     &control,
                     input_rx,
-                    None,
+                    egress,
                 )
             },
             |_| {},
@@ -709,11 +740,37 @@ impl Sessions {
             tracing::error!(session = %row.id, error = %e, "cannot follow a run taken up again");
         }
         // A kill that was under way when the daemon went is finished now; a run whose
-        // network went through the earlier daemon's egress proxy has none any more.
+        // egress proxy cannot be served again has no network it may use: it is ended.
         if row.state == "stopping" {
             super::stop::abort(self, &live, row.reason.as_deref().unwrap_or("kaged")).await;
-        } else if info.egress_dir.is_some() {
+        } else if let Some(why) = egress_lost {
+            tracing::error!(session = %row.id, reason = %why, "cannot serve a run's egress proxy again; the run is ended");
             super::stop::abort(self, &live, PROXY_LOST).await;
+        }
+    }
+
+    /// A taken-up run whose network went through the earlier daemon's egress proxy: the same
+    /// allowlist served again in the directory its cage has bound. The proxy, or why it
+    /// could not be served again (the run is then ended), and the audit's word for it.
+    pub(super) fn resume_egress(
+        &self,
+        live: &Arc<Live>,
+        info: &kaged_session::holder::HolderInfo,
+        handle: &tokio::runtime::Handle,
+    ) -> (Option<EgressRun>, Option<String>, Value) {
+        let Some(dir) = info.egress_dir.as_deref() else {
+            return (None, None, Value::Null);
+        };
+        match EgressRun::resume(
+            self,
+            live,
+            Path::new(dir),
+            &info.egress_allow,
+            info.pid,
+            handle,
+        ) {
+            Ok(egress) => (Some(egress), None, json!("resumed")),
+            Err(why) => (None, Some(why.clone()), json!({"lost": why})),
         }
     }
 

@@ -113,6 +113,7 @@ fn follow_piped(sessions: &Sessions, live: &Arc<Live>, handle: &tokio::runtime::
         what,
     } = p;
     let id = live.id().to_string();
+    *lock(&control.egress) = egress;
     let followed = match client {
         Ok(mut client) => {
             let sender = client.sender();
@@ -167,7 +168,7 @@ fn follow_piped(sessions: &Sessions, live: &Arc<Live>, handle: &tokio::runtime::
         Err(e) => Followed::Lost(format!("cannot reach the holder: {e}")),
     };
     let detached = matches!(followed, Followed::Detached);
-    settle(sessions, live, handle, followed, egress);
+    settle(sessions, live, handle, followed, &control);
     if !detached {
         log_stderr_file(sessions, &id, what);
     }
@@ -321,6 +322,8 @@ impl Sessions {
             info.egress_dir.is_some(),
         ));
         live.set_control(Some(RunControl::Held(control.clone())));
+        let handle = tokio::runtime::Handle::current();
+        let (egress, egress_lost, egress_detail) = self.resume_egress(&live, &info, &handle);
         let (conversation, talk, from) = match super::acp::resume(self, &row, info.note.as_deref())
         {
             Ok(r) => (Some(r.control), Some(r.talk), r.from),
@@ -340,11 +343,11 @@ impl Sessions {
                 source: None,
                 detail: json!({"session": row.id, "project": row.project, "pid": info.pid,
                     "holder_pid": info.holder_pid, "holder": info.holder, "offset": from,
-                    "pipes": true}),
+                    "pipes": true, "egress": egress_detail}),
             })
             .await;
         tracing::info!(session = %row.id, pid = info.pid, offset = from, "took up an agent its holder kept while kaged was away");
-        let (sessions, handle) = (self.clone(), tokio::runtime::Handle::current());
+        let sessions = self.clone();
         let followed = live.clone();
         let follower = control.clone();
         let spawned = super::panics::spawn(
@@ -359,7 +362,7 @@ impl Sessions {
                     Piped {
                         client: Ok(client),
                         control: follower,
-                        egress: None,
+                        egress,
                         talk,
                         from,
                         what: "ACP agent",
@@ -375,7 +378,8 @@ impl Sessions {
             super::stop::abort(self, &live, row.reason.as_deref().unwrap_or("kaged")).await;
         } else if unusable {
             super::stop::abort(self, &live, NO_NOTE).await;
-        } else if info.egress_dir.is_some() {
+        } else if let Some(why) = egress_lost {
+            tracing::error!(session = %row.id, reason = %why, "cannot serve a run's egress proxy again; the run is ended");
             super::stop::abort(self, &live, super::held::PROXY_LOST).await;
         }
     }

@@ -358,9 +358,9 @@ impl Sessions {
     }
 
     /// The daemon is stopping: with `on_daemon_stop = "keep"` (and not `kill_runs`), let go of
-    /// the runs in holders (they go on; the next start takes them up) except those whose
-    /// network goes through the daemon's egress proxy; end every other live run and wait until
-    /// their ends are recorded, at most the kill's grace plus a moment.
+    /// the runs in holders (they go on; the next start takes them up; an egress proxy is
+    /// stopped, its directory kept, and served again by the next start); end every other live
+    /// run and wait until their ends are recorded, at most the kill's grace plus a moment.
     /// Returns how many runs it let go of.
     pub async fn stop_all(&self, kill_runs: bool) -> usize {
         let keep =
@@ -368,21 +368,26 @@ impl Sessions {
         let mut kept = 0;
         let mut waits = Vec::new();
         for live in self.running() {
-            if keep
-                && let Some(super::live::RunControl::Held(held)) = live.control()
-                && !held.proxied
-            {
+            if keep && let Some(super::live::RunControl::Held(held)) = live.control() {
                 held.detach(&live);
-                self.deps()
-                    .audit
-                    .record(AuditRecord {
-                        kind: "session.detached",
-                        success: true,
-                        identity: Some(live.info().created_by.clone()),
-                        source: None,
-                        detail: json!({"session": live.id(), "project": live.info().project, "pid": held.pid}),
-                    })
-                    .await;
+                let sessions = self.clone();
+                // In parallel: each waits for its proxy's last audit records.
+                waits.push(tokio::spawn(async move {
+                    held.let_go_egress().await;
+                    let egress = held.proxied.then_some("stopped until the next start");
+                    sessions
+                        .deps()
+                        .audit
+                        .record(AuditRecord {
+                            kind: "session.detached",
+                            success: true,
+                            identity: Some(live.info().created_by.clone()),
+                            source: None,
+                            detail: json!({"session": live.id(), "project": live.info().project,
+                                "pid": held.pid, "egress": egress}),
+                        })
+                        .await;
+                }));
                 kept += 1;
                 continue;
             }

@@ -44,6 +44,7 @@ fn spec(dir: &Path, script: &str) -> HolderSpec {
         watchdog_pids: None,
         kill_grace_ms: 1000,
         egress_dir: None,
+        egress_allow: vec![],
         daemon_version: "e2e".into(),
     }
 }

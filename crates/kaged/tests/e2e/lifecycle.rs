@@ -748,8 +748,8 @@ fn a_daemon_killed_during_a_caged_run_leaves_what_the_next_start_sweeps() {
     }
     // A crash of everything at once (an OOM kill of the daemon and the run's holder): the
     // cage dies with its holder, its group and the egress socket are left to the next start.
-    // (Killing the daemon alone leaves the run to its holder, which would end it itself once
-    // its allowlist proxy is gone, removing the group.)
+    // (Killing the daemon alone leaves the run to its holder: the next start takes it up, with
+    // its group, and serves its allowlist proxy again in the same directory.)
     let held = home.join(format!("run/holders/{}.sock", &id[..16]));
     let holder = kaged_holder::Client::connect(&held, Some(Duration::from_secs(5)))
         .unwrap()

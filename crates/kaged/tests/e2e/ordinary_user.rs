@@ -494,3 +494,179 @@ async fn transcript_text(d: &Daemon, path: &str) -> String {
     let (_, body) = d.call(reqwest::Method::GET, path, None).await;
     body.as_str().unwrap_or_default().to_string()
 }
+
+/// PIDs of processes whose command line contains `marker`, in order.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmdline
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+                .then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// A loopback HTTP server answering each request with 200 `ok` (bounded, test-owned).
+fn loopback_http_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().take(500).flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+/// As an unprivileged operator: a command agent whose cage has a network allowlist outlives a restart
+/// of its daemon (SIGTERM): the next daemon serves its proxy again in the same directory, and
+/// the same agent reaches the allowed server again, while another destination stays refused.
+#[tokio::test]
+async fn an_unprivileged_operators_allowlisted_agent_outlives_a_restart() {
+    use reqwest::Method;
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::new(tmp.path());
+    let marker = format!("kaged-egress-nobody-{}", std::process::id());
+    let (allowed, refused) = (loopback_http_server(), loopback_http_server());
+    let project = op.home.join("project");
+    std::fs::create_dir_all(project.join(".kaged")).unwrap();
+    // Every 0.2 s, one request to each server through the cage's proxy, numbered.
+    std::fs::write(
+        project.join("probe.py"),
+        format!(
+            r#"import sys, time, urllib.request as u
+n = 0
+while True:
+    n += 1
+    for p in ({allowed}, {refused}):
+        try:
+            u.urlopen(f'http://127.0.0.1:{{p}}/', timeout=5).read()
+            print('ok', p, n, flush=True)
+        except Exception as e:
+            print('no', p, n, type(e).__name__, flush=True)
+    time.sleep(0.2)
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        project.join(".kaged/project.yaml"),
+        format!("version: 1\nproject: mine\nprimary:\n  command: [python3, probe.py, {marker}]\n  cage:\n    network:\n      allow: [\"127.0.0.1:{allowed}\"]\n"),
+    )
+    .unwrap();
+    let xdg = tmp.path().join("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    sh("chmod", &["0700", xdg.to_str().unwrap()]);
+    // A temporary directory of its own, where the run's egress directory is made.
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    if current_uid() == 0 {
+        for dir in [&op.home, &xdg, &tmpdir] {
+            sh(
+                "chown",
+                &["-R", &format!("{NOBODY}:{NOBODY}"), dir.to_str().unwrap()],
+            );
+        }
+    }
+    let start = || {
+        let env = op.env(&[
+            ("XDG_RUNTIME_DIR", xdg.to_str().unwrap()),
+            ("TMPDIR", tmpdir.to_str().unwrap()),
+            ("KAGED_SESSIONS_ON_DAEMON_STOP", "keep"),
+        ]);
+        Daemon::spawn(
+            op.command(&["start", "--bind", "127.0.0.1:0"], &env),
+            &op.home.join(".local/share/kaged"),
+            &xdg.join("kaged"),
+            env.clone(),
+        )
+    };
+    let d = start().keeping_runs();
+    crate::common::provider::load_project_at(&d, &project).await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/api/v1/projects/mine/sessions",
+            Some(json!({"kind": "agent", "name": "primary"})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let id = body["session"]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/sessions/{id}/transcript");
+    let reached = |text: &str| text.contains(&format!("ok {allowed} "));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut text = transcript_text(&d, &path).await;
+    while !(reached(&text) && text.contains(&format!("no {refused} "))) {
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        text = transcript_text(&d, &path).await;
+    }
+    let pids = processes_with(&marker);
+    assert!(!pids.is_empty(), "the run's processes");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let d = start();
+    let session = d.api_get(&format!("/api/v1/sessions/{id}")).await;
+    assert_eq!(
+        session["session"]["state"],
+        "running",
+        "{session}\n{}",
+        d.stderr_text()
+    );
+    let restarted_at = transcript_text(&d, &path).await.len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut text = transcript_text(&d, &path).await;
+    while !(reached(&text[restarted_at..])
+        && text[restarted_at..].contains(&format!("no {refused} ")))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reached after the restart: {}",
+            &text[restarted_at..]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        text = transcript_text(&d, &path).await;
+    }
+    assert!(
+        !text[restarted_at..].contains(&format!("ok {refused} ")),
+        "{text}"
+    );
+    assert_eq!(processes_with(&marker), pids, "the same processes");
+    let audit = d.api_get("/api/v1/audit?limit=200").await;
+    let taken = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "session.reattached" && e["detail"]["session"] == id.as_str())
+        .unwrap_or_else(|| panic!("{audit}"))
+        .clone();
+    assert_eq!(taken["detail"]["egress"], "resumed", "{taken}");
+    let (code, body) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
+    assert!(code.is_success(), "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = d.api_get(&format!("/api/v1/sessions/{id}")).await;
+        if s["session"]["state"] == "killed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -762,6 +762,221 @@ async fn a_run_outlives_its_daemon_and_the_next_start_takes_it_up() {
             signal == "TERM",
             "{signal}: {kinds:?}"
         );
+    }
+}
+
+/// A run whose cage has a network allowlist outlives its daemon too, stopped (SIGTERM) or
+/// killed (SIGKILL): its egress directory (bound in its cage) is kept while no daemon runs, the next start serves the same allowlist
+/// there again, with its audit (`cage.egress`), and the same process reaches the allowed
+/// server through it while a destination off the list is still refused. When the run ends, the
+/// directory goes.
+#[tokio::test]
+async fn an_allowlisted_run_outlives_its_daemon_and_its_proxy_is_served_again() {
+    for signal in ["TERM", "KILL"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = format!("kaged-sessions-egress-keep-{signal}-{}", std::process::id());
+        let (allowed, refused) = (loopback_http(), loopback_http());
+        let project = tmp.path().join("netted");
+        std::fs::create_dir_all(project.join(".kaged")).unwrap();
+        // Each line of input: one request to each server through the cage's proxy.
+        std::fs::write(
+            project.join("probe.py"),
+            format!(
+                r#"import sys, urllib.request as u
+print('probe ready', flush=True)
+for line in sys.stdin:
+    n = line.strip()
+    for p in ({allowed}, {refused}):
+        try:
+            u.urlopen(f'http://127.0.0.1:{{p}}/', timeout=10).read()
+            print('ok', p, n, flush=True)
+        except Exception as e:
+            print('no', p, n, type(e).__name__, flush=True)
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            project.join(".kaged/project.yaml"),
+            format!(
+                "version: 1\nproject: netted\nprimary:\n  command: [python3, probe.py, {marker}]\n  cage:\n    network:\n      allow: [\"127.0.0.1:{allowed}\"]\n"
+            ),
+        )
+        .unwrap();
+        let home = tmp.path().join("home");
+        // A temporary directory of its own (where the run's egress directory is made), shared
+        // below with another daemon only.
+        let tmpdir = tmp.path().join("tmp");
+        std::fs::create_dir(&tmpdir).unwrap();
+        std::fs::set_permissions(&tmpdir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let daemon_env = [KEEP[0], ("TMPDIR", tmpdir.to_str().unwrap())];
+        let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &daemon_env)
+            .failing_on_panics()
+            .keeping_runs();
+        load_project(&d, &project).await;
+        let (status, body) = d
+            .call(
+                Method::POST,
+                "/api/v1/projects/netted/sessions",
+                Some(json!({"kind": "agent", "name": "primary"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let id = body["session"]["id"].as_str().unwrap().to_string();
+        let probed = |round: &'static str| {
+            move |s: &Seen| {
+                contains(&s.bytes, format!("ok {allowed} {round}").as_bytes())
+                    && contains(&s.bytes, format!(" {refused} {round}").as_bytes())
+            }
+        };
+        let mut v = Viewer::open(&Conn::of(&d), &id, Some(0)).await;
+        let mut seen = v.read(0, |s| contains(&s.bytes, b"probe ready")).await;
+        v.input(b"before\n").await;
+        let more = v.read(seen.end(), probed("before")).await;
+        seen.bytes.extend_from_slice(&more.bytes);
+        let text = String::from_utf8_lossy(&seen.bytes).to_string();
+        assert!(probed("before")(&seen), "{text}");
+        assert!(text.contains(&format!("no {refused} before")), "{text}");
+        let mut pids = processes_with(&marker);
+        pids.sort_unstable();
+        assert!(!pids.is_empty(), "the run's processes");
+        let held = home.join(format!("run/holders/{}.sock", &id[..16]));
+        let egress_dir = kaged_holder::Client::connect(&held, Some(Duration::from_secs(5)))
+            .unwrap()
+            .info()
+            .unwrap()
+            .egress_dir
+            .clone()
+            .map(PathBuf::from)
+            .expect("the holder reports the run's egress directory");
+        assert!(egress_dir.is_dir(), "{}", egress_dir.display());
+        drop(v);
+
+        d.signal(signal);
+        let (status, log) = d.stop_after_signal();
+        if signal == "TERM" {
+            assert!(status.success(), "{status}: {log}");
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut now = processes_with(&marker);
+        now.sort_unstable();
+        assert_eq!(
+            now, pids,
+            "the same processes, still running without a daemon"
+        );
+        assert!(
+            egress_dir.is_dir(),
+            "{signal}: the run's egress directory (bound in its cage) went with the daemon"
+        );
+        // Another daemon starting meanwhile (its sweep of what dead daemons left) leaves it:
+        // the run's holder holds it.
+        let (status, log) = Daemon::start_with(
+            &tmp.path().join("other-home"),
+            &["--bind", "127.0.0.1:0"],
+            &daemon_env,
+        )
+        .stop();
+        assert!(status.success(), "{log}");
+        assert!(
+            egress_dir.is_dir(),
+            "{signal}: another daemon's start swept a kept run's egress directory: {log}"
+        );
+        // A stopping daemon stops the proxy; a killed one leaves its socket, stale, for the next
+        // start to replace.
+        assert_eq!(
+            egress_dir.join("egress.sock").exists(),
+            signal == "KILL",
+            "{signal}"
+        );
+
+        let d =
+            Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &daemon_env).failing_on_panics();
+        let s = &get_session(&d, &id).await["session"];
+        assert_eq!(
+            s["state"],
+            "running",
+            "taken up, not ended: {s}\n{}",
+            d.stderr_text()
+        );
+        let mut v = Viewer::open(&Conn::of(&d), &id, Some(seen.end())).await;
+        v.input(b"after\n").await;
+        let after = v.read(seen.end(), probed("after")).await;
+        let text = String::from_utf8_lossy(&after.bytes).to_string();
+        assert!(
+            text.contains(&format!("ok {allowed} after")),
+            "the allowed server is not reached after the restart: {text}"
+        );
+        assert!(
+            text.contains(&format!("no {refused} after")),
+            "a destination off the list is not refused after the restart: {text}"
+        );
+        let s = &get_session(&d, &id).await["session"];
+        assert_eq!(s["state"], "running", "{s}");
+        let mut now = processes_with(&marker);
+        now.sort_unstable();
+        assert_eq!(now, pids, "still the same processes");
+
+        // The audit: let go with its proxy stopped, taken up with it served again, and the
+        // decisions of the proxy served again recorded as before (a refusal before and after).
+        let audit = d.api_get("/api/v1/audit?limit=500").await;
+        let ours: Vec<&Value> = audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["detail"]["session"] == id.as_str())
+            .collect();
+        let one = |kind: &str| {
+            ours.iter()
+                .find(|e| e["kind"] == kind)
+                .unwrap_or_else(|| panic!("no {kind} in {ours:?}"))
+        };
+        if signal == "TERM" {
+            assert_eq!(
+                one("session.detached")["detail"]["egress"],
+                "stopped until the next start",
+                "{ours:?}"
+            );
+        }
+        assert_eq!(
+            one("session.reattached")["detail"]["egress"],
+            "resumed",
+            "{ours:?}"
+        );
+        let refusals = ours
+            .iter()
+            .filter(|e| {
+                e["kind"] == "cage.egress"
+                    && e["detail"]["port"] == refused
+                    && e["detail"]["decision"] == "refused"
+            })
+            .count();
+        // One per proxy (a killed daemon may not have written its own).
+        assert!(
+            refusals == 2 || (signal == "KILL" && refusals == 1),
+            "{signal}: {refusals}: {ours:?}"
+        );
+
+        let (status, body) = d
+            .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let v = wait_session(&d, &id, "being killed", ended).await;
+        assert_eq!(v["session"]["state"], "killed", "{v}");
+        assert_ne!(
+            v["session"]["reason"].as_str().unwrap_or_default(),
+            "kaged: the run's network allowlist proxy could not be served again after kaged restarted",
+            "{v}"
+        );
+        wait_gone(&marker, "after the kill").await;
+        let gone = Instant::now();
+        while egress_dir.exists() {
+            assert!(
+                gone.elapsed() < PATIENCE,
+                "the egress directory outlived its run: {}",
+                egress_dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
