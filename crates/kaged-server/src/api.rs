@@ -99,6 +99,7 @@ pub async fn status(State(state): State<Arc<ServerState>>) -> Result<Json<Value>
         "ui_serve": s.ui_serve,
         "approvals": {"pending": pending},
         "holders": state.runs.holders_report().await,
+        "plugins": state.plugins.summary(),
         "warnings": warnings,
         "sources": s.sources,
     })))

@@ -27,6 +27,7 @@ mod launch;
 mod listener;
 mod middleware;
 pub mod notify;
+pub mod plugins;
 mod projects;
 #[cfg(test)]
 mod router_tests;
@@ -51,7 +52,9 @@ pub use projects::{
     restore_registered as restore_projects,
 };
 pub use sessions::{HolderSettings, default_limits, egress_dir, holder_dir, run_name};
-pub use state::{DaemonInfo, SandboxState, ServerState, reattach_runs, stop_sessions};
+pub use state::{
+    DaemonInfo, SandboxState, ServerState, reattach_runs, stop_plugins, stop_sessions,
+};
 
 /// Request bodies are small JSON documents; anything larger is refused before a handler runs.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -62,6 +65,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn spawn_background(state: &std::sync::Arc<ServerState>) {
     tokio::spawn(projects::watch(state.clone()));
     tokio::spawn(sessions::housekeeping(state.runs.clone()));
+    state.plugins.start_all();
     tokio::spawn(storage::recover(state.clone()));
 }
 
@@ -88,6 +92,12 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
         .route(
             "/api/v1/projects/{slug}/sessions",
             get(sessions::list_project).post(sessions::create),
+        )
+        .route("/api/v1/plugins", get(plugins::http::list))
+        .route("/api/v1/plugins/{name}/enable", post(plugins::http::enable))
+        .route(
+            "/api/v1/plugins/{name}/disable",
+            post(plugins::http::disable),
         )
         .route("/api/v1/approvals", get(sessions::approval::list))
         .route(

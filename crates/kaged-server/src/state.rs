@@ -70,6 +70,8 @@ pub struct ServerState {
     /// Shared with the session manager through [`LoadedProjects`].
     pub(crate) projects: Arc<Mutex<crate::projects::Registry>>,
     pub runs: Sessions,
+    /// The plugins in `[plugins] dir`, each supervised in its own cage.
+    pub plugins: crate::plugins::Plugins,
     /// Notified when the local operator asked the daemon to stop (`kaged stop`).
     pub stop_requested: tokio::sync::Notify,
     /// Whether that stop is to end the runs held for the next daemon too (`--kill-runs`).
@@ -97,7 +99,13 @@ impl ServerState {
             revoked_tokens: revoked_tokens.clone(),
             notifier: crate::notify::Notifier::new(&info.settings, &info.url),
         });
+        let plugins = crate::plugins::Plugins::new(
+            info.settings.plugins_dir.clone(),
+            info.settings.plugins_enabled.clone(),
+            plugin_deps(&info, &audit),
+        );
         ServerState {
+            plugins,
             policy,
             info,
             store,
@@ -192,6 +200,33 @@ impl Projects for LoadedProjects {
 /// many runs go on without it.
 pub async fn stop_sessions(state: &Arc<ServerState>, kill_runs: bool) -> usize {
     state.runs.stop_all(kill_runs).await
+}
+
+/// The daemon is stopping: every plugin gets `shutdown` (killed after its
+/// `shutdown_timeout_sec`).
+pub async fn stop_plugins(state: &Arc<ServerState>) {
+    state.plugins.stop_all().await;
+}
+
+/// What the plugin host needs of the daemon's settings and the start-up preflight.
+fn plugin_deps(info: &DaemonInfo, audit: &AuditLog) -> crate::plugins::PluginDeps {
+    let settings = &info.settings;
+    let no_cage = if settings.sandbox_mode == kaged_config::SandboxMode::Disabled {
+        Some("cages are disabled ([sandbox] mode = \"disabled\")".to_string())
+    } else {
+        info.sandbox
+            .problem
+            .clone()
+            .map(|p| format!("no cage can be built on this host: {p}"))
+    };
+    crate::plugins::PluginDeps {
+        audit: audit.clone(),
+        helper: info.sandbox.helper.clone(),
+        cage_user: settings.cage_user.clone(),
+        default_limits: crate::sessions::default_limits(settings),
+        no_cage,
+        system_config: Default::default(),
+    }
 }
 
 /// Take up the runs an earlier daemon left to their holders (before "ready"); how many.

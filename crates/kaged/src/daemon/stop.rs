@@ -61,6 +61,7 @@ pub(super) async fn drain(
     let _ = shutdown.send(true);
     // Runs end first (their viewers are told), then the connections drain.
     let kept = kaged_server::stop_sessions(state, kill_runs).await;
+    kaged_server::stop_plugins(state).await;
     if kept > 0 {
         tracing::info!(
             runs = kept,

@@ -36,6 +36,7 @@ mod lifecycle;
 mod listeners;
 mod notify;
 mod ordinary_user;
+mod plugins;
 mod postgres;
 mod preflight;
 mod projects;

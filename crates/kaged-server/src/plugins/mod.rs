@@ -1,0 +1,402 @@
+//! The plugin host: each enabled plugin in `[plugins] dir` runs as a process of its own in
+//! a cage compiled from its declared capabilities (`kaged_plugin::Capabilities::cage`),
+//! speaking line-delimited JSON-RPC on its stdio, supervised by `kaged_plugin::Supervisor`
+//! (restarts with backoff, disabled after repeated failures). A plugin is outside kaged's
+//! trust boundary: every call has a timeout, a line is bounded, anything off-protocol ends
+//! its run, and nothing it does reaches a request path.
+//!
+//! - `mod.rs`: [`Plugins`], the plugins found in the directory, which are enabled (the
+//!   configuration's `[plugins] enabled`, then the operator's `enable`/`disable`, kept in
+//!   `DIR/.state.json`), their reports.
+//! - `run.rs`: one plugin's supervision task: spawn, the protocol, health, shutdown.
+//! - `http.rs`: `GET /api/v1/plugins`, `POST /api/v1/plugins/{name}/enable|disable`.
+
+pub(crate) mod http;
+mod run;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use kaged_plugin::{Manifest, Status};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::audit::{AuditLog, AuditRecord};
+
+/// What the plugin host needs of the daemon.
+#[derive(Clone)]
+pub struct PluginDeps {
+    pub audit: AuditLog,
+    /// The daemon's private copy of kaged bound into cages; `None`: `/proc/self/exe`.
+    pub helper: Option<PathBuf>,
+    /// `[sandbox] cage_user`.
+    pub cage_user: String,
+    /// Every cage's default limits.
+    pub default_limits: kaged_cage::Limits,
+    /// Why no plugin can run (no cage can be built, or cages are disabled): plugins never run
+    /// uncaged.
+    pub no_cage: Option<String>,
+    /// `local.toml [plugins."NAME"]`: each plugin's operator-local settings.
+    pub system_config: BTreeMap<String, Value>,
+}
+
+/// The plugins of one daemon: cheap to clone.
+#[derive(Clone)]
+pub struct Plugins {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// `[plugins] enabled`.
+    configured: Vec<String>,
+    deps: PluginDeps,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// One plugin directory.
+struct Entry {
+    dir: PathBuf,
+    manifest: Option<Arc<Manifest>>,
+    /// Why its manifest is refused (the first problem, and how many there are).
+    invalid: Option<String>,
+    enabled: bool,
+    view: Arc<Mutex<View>>,
+    commands: Option<mpsc::UnboundedSender<Command>>,
+}
+
+/// A plugin's state as reported.
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    pub status: Status,
+    pub pid: Option<u32>,
+}
+
+/// What the operator or the daemon asks of a plugin's task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Start,
+    Stop(String),
+    /// Stop and end the task (the daemon stops).
+    Finish,
+}
+
+/// The operator's choices, over the configuration's.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Choices {
+    #[serde(default)]
+    enabled: Vec<String>,
+    #[serde(default)]
+    disabled: Vec<String>,
+}
+
+/// Why enabling or disabling a plugin did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("no plugin `{0}` is installed in {1}")]
+    Unknown(String, String),
+    #[error("the plugin `{0}` cannot run: {1}")]
+    Invalid(String, String),
+    #[error("cannot record the choice in {0}: {1}")]
+    Save(String, std::io::Error),
+}
+
+const STATE_FILE: &str = ".state.json";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Plugins {
+    /// The plugins in `dir` (read now), none started yet.
+    pub fn new(dir: PathBuf, configured: Vec<String>, deps: PluginDeps) -> Plugins {
+        let plugins = Plugins {
+            inner: Arc::new(Inner {
+                dir,
+                configured,
+                deps,
+                entries: Mutex::new(BTreeMap::new()),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        plugins.scan();
+        plugins
+    }
+
+    fn choices(&self) -> Choices {
+        std::fs::read(self.inner.dir.join(STATE_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_choices(&self, choices: &Choices) -> Result<(), PluginError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.inner.dir.join(STATE_FILE);
+        let fail = |e| PluginError::Save(path.display().to_string(), e);
+        let temp = self
+            .inner
+            .dir
+            .join(format!("{STATE_FILE}.{}", std::process::id()));
+        let text = serde_json::to_vec_pretty(choices).unwrap_or_default();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(fail)?;
+        file.write_all(&text).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        std::fs::rename(&temp, &path).map_err(fail)
+    }
+
+    /// Read every plugin directory: `DIR/NAME/kaged-plugin.yaml`, its name the directory's.
+    fn scan(&self) {
+        let choices = self.choices();
+        let mut entries = BTreeMap::new();
+        let Ok(read) = std::fs::read_dir(&self.inner.dir) else {
+            return;
+        };
+        for dir in read.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
+            if name.starts_with('.') || !dir.is_dir() {
+                continue;
+            }
+            let (manifest, invalid) = load(&dir, &name);
+            let enabled = !choices.disabled.contains(&name)
+                && (choices.enabled.contains(&name) || self.inner.configured.contains(&name));
+            let reason = match (&invalid, enabled) {
+                (Some(why), _) => why.clone(),
+                (None, true) => "not started".into(),
+                (None, false) => "not enabled".into(),
+            };
+            entries.insert(
+                name,
+                Entry {
+                    dir,
+                    manifest: manifest.map(Arc::new),
+                    invalid,
+                    enabled,
+                    view: Arc::new(Mutex::new(View {
+                        status: stopped(reason),
+                        pid: None,
+                    })),
+                    commands: None,
+                },
+            );
+        }
+        *lock(&self.inner.entries) = entries;
+    }
+
+    /// Start every enabled plugin's supervision (at daemon start). Plugins named in
+    /// `[plugins] enabled` but not installed are said in the log.
+    pub fn start_all(&self) {
+        let names: Vec<String> = lock(&self.inner.entries)
+            .iter()
+            .filter(|(_, e)| e.enabled && e.manifest.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for missing in self
+            .inner
+            .configured
+            .iter()
+            .filter(|n| !lock(&self.inner.entries).contains_key(*n))
+        {
+            tracing::warn!(plugin = %missing, dir = %self.inner.dir.display(), "[plugins] enabled names a plugin that is not installed");
+        }
+        for name in names {
+            self.command(&name, Command::Start);
+        }
+    }
+
+    /// Send `command` to the plugin's task, starting the task first if it has none.
+    fn command(&self, name: &str, command: Command) {
+        let mut entries = lock(&self.inner.entries);
+        let Some(entry) = entries.get_mut(name) else {
+            return;
+        };
+        let Some(manifest) = entry.manifest.clone() else {
+            return;
+        };
+        if entry.commands.as_ref().is_none_or(|c| c.is_closed()) {
+            if matches!(command, Command::Finish | Command::Stop(_)) {
+                return;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let plugin = run::Plugin {
+                name: name.to_string(),
+                dir: entry.dir.clone(),
+                manifest,
+                deps: self.inner.deps.clone(),
+                view: entry.view.clone(),
+            };
+            let task = tokio::spawn(run::supervise(plugin, rx));
+            lock(&self.inner.tasks).push(task);
+            entry.commands = Some(tx);
+        }
+        if let Some(tx) = &entry.commands {
+            let _ = tx.send(command);
+        }
+    }
+
+    /// Enable `name` (kept across restarts) and start it.
+    pub async fn enable(&self, name: &str, actor: &str) -> Result<Value, PluginError> {
+        self.choose(name, true)?;
+        self.command(name, Command::Start);
+        self.audit("plugin.enabled", name, actor).await;
+        Ok(self.report(name).unwrap_or(Value::Null))
+    }
+
+    /// Disable `name` (kept across restarts) and stop it.
+    pub async fn disable(&self, name: &str, actor: &str) -> Result<Value, PluginError> {
+        self.choose(name, false)?;
+        self.command(name, Command::Stop("disabled by the operator".into()));
+        self.audit("plugin.disabled", name, actor).await;
+        Ok(self.report(name).unwrap_or(Value::Null))
+    }
+
+    fn choose(&self, name: &str, enable: bool) -> Result<(), PluginError> {
+        {
+            let mut entries = lock(&self.inner.entries);
+            let entry = entries.get_mut(name).ok_or_else(|| {
+                PluginError::Unknown(name.into(), self.inner.dir.display().to_string())
+            })?;
+            if let (Some(why), true) = (&entry.invalid, enable) {
+                return Err(PluginError::Invalid(name.into(), why.clone()));
+            }
+            entry.enabled = enable;
+        }
+        let mut choices = self.choices();
+        choices.enabled.retain(|n| n != name);
+        choices.disabled.retain(|n| n != name);
+        if enable {
+            choices.enabled.push(name.into());
+        } else {
+            choices.disabled.push(name.into());
+        }
+        self.save_choices(&choices)
+    }
+
+    async fn audit(&self, kind: &'static str, name: &str, actor: &str) {
+        self.inner
+            .deps
+            .audit
+            .record(AuditRecord {
+                kind,
+                success: true,
+                identity: Some(actor.to_string()),
+                source: None,
+                detail: json!({"plugin": name}),
+            })
+            .await;
+    }
+
+    /// Every plugin's report (`GET /api/v1/plugins`, `kaged plugin list`).
+    pub fn list(&self) -> Value {
+        let entries = lock(&self.inner.entries);
+        let plugins: Vec<Value> = entries.iter().map(|(name, e)| report(name, e)).collect();
+        json!({"dir": self.inner.dir, "plugins": plugins})
+    }
+
+    /// One plugin's report.
+    pub fn report(&self, name: &str) -> Option<Value> {
+        lock(&self.inner.entries).get(name).map(|e| report(name, e))
+    }
+
+    /// How many plugins are in each state (`kaged status`).
+    pub fn summary(&self) -> Value {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, e) in lock(&self.inner.entries).iter() {
+            *counts.entry(state_of(e)).or_default() += 1;
+        }
+        json!({"dir": self.inner.dir, "states": counts})
+    }
+
+    /// The daemon stops: every plugin gets `shutdown` (and is killed after its
+    /// `shutdown_timeout_sec`); returns once all have ended.
+    pub async fn stop_all(&self) {
+        let names: Vec<String> = lock(&self.inner.entries).keys().cloned().collect();
+        for name in names {
+            self.command(&name, Command::Finish);
+        }
+        let tasks: Vec<_> = lock(&self.inner.tasks).drain(..).collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn stopped(reason: String) -> Status {
+    Status {
+        state: kaged_plugin::State::Stopped,
+        reason: Some(reason),
+        restarts: 0,
+        last_error: None,
+        retry_at: None,
+    }
+}
+
+fn state_of(e: &Entry) -> String {
+    if e.invalid.is_some() {
+        return "invalid".into();
+    }
+    lock(&e.view).status.state.as_str().into()
+}
+
+fn report(name: &str, e: &Entry) -> Value {
+    let view = lock(&e.view).clone();
+    let m = e.manifest.as_deref();
+    json!({
+        "name": name,
+        "version": m.map(|m| m.version.to_string()),
+        "description": m.map(|m| m.description.clone()),
+        "enabled": e.enabled,
+        "state": state_of(e),
+        "reason": e.invalid.clone().or(view.status.reason),
+        "restarts": view.status.restarts,
+        "last_error": view.status.last_error,
+        "pid": view.pid,
+        "capabilities": m.map(|m| m.capabilities.list().iter().map(|c| c.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+        "tools": m.map(|m| m.tools.iter().map(|t| m.agent_tool_name(t)).collect::<Vec<_>>()).unwrap_or_default(),
+    })
+}
+
+/// A plugin directory's manifest, or why it is refused.
+fn load(dir: &Path, name: &str) -> (Option<Manifest>, Option<String>) {
+    let path = dir.join(kaged_plugin::MANIFEST_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return (None, Some(format!("cannot read {}: {e}", path.display()))),
+    };
+    match kaged_plugin::load_manifest(&text) {
+        Ok(m) if m.name != name => {
+            let why = format!(
+                "{} names the plugin `{}`, but it is installed as `{name}` (the directory's name must be the plugin's)",
+                path.display(),
+                m.name
+            );
+            (None, Some(why))
+        }
+        Ok(m) => (Some(m), None),
+        Err(e) => {
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or_default().to_string();
+            let more = e.diagnostics.len().saturating_sub(1);
+            let why = match more {
+                0 => format!("{}: {first}", path.display()),
+                n => format!(
+                    "{}: {first} (and {n} more: `kaged plugin validate {}`)",
+                    path.display(),
+                    dir.display()
+                ),
+            };
+            (None, Some(why))
+        }
+    }
+}

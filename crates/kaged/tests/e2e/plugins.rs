@@ -1,0 +1,309 @@
+//! Plugins (issue 18) through the real daemon: real plugin processes in real cages, a
+//! well-behaved one stopped and started by the operator, hostile ones each ending in a clear
+//! state and reason while the daemon keeps serving, and one that tries what it did not
+//! declare (the same probe with the capabilities declared reaches both, so it would tell).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::common::*;
+
+/// A plugin whose behaviour is its first argument: `good`, `crash_at_start`, `silent` (never
+/// answers initialize), `flood` (2 MiB without a newline), `garbage` (a line not JSON),
+/// `wrong_id`, `crash_on_health`, `probe PATH PORT` (reads PATH and connects to PORT at
+/// initialize; answers with an error naming what it reached, if anything).
+const PLUGIN: &str = r#"
+import json, os, socket, sys, time
+mode = sys.argv[1]
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+if mode == "crash_at_start":
+    sys.exit(3)
+if mode == "flood":
+    sys.stdout.write("x" * (2 * 1024 * 1024))
+    sys.stdout.flush()
+    time.sleep(60)
+if mode == "garbage":
+    sys.stdout.write("this is not json\n")
+    sys.stdout.flush()
+    time.sleep(60)
+def probe():
+    reached = []
+    try:
+        with open(sys.argv[2]) as f:
+            reached.append("REACHED read " + f.read().strip())
+    except OSError as e:
+        print("read refused:", e, file=sys.stderr)
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=2)
+        s.close()
+        reached.append("REACHED net")
+    except OSError as e:
+        print("connect refused:", e, file=sys.stderr)
+    return reached
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        if mode == "silent":
+            continue
+        if mode == "wrong_id":
+            send({"jsonrpc": "2.0", "id": 999, "result": {}})
+            continue
+        if mode == "probe":
+            reached = probe()
+            if reached:
+                send({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": "; ".join(reached)}})
+                continue
+        send({"jsonrpc": "2.0", "id": id, "result": {}})
+    elif method == "health":
+        if mode == "crash_on_health":
+            os._exit(5)
+        send({"jsonrpc": "2.0", "id": id, "result": {"status": "ok"}})
+    elif method == "shutdown":
+        send({"jsonrpc": "2.0", "id": id, "result": {}})
+        sys.exit(0)
+"#;
+
+/// Install plugin `name` in `dir` running `PLUGIN` with `args`, declaring `capabilities`.
+fn install(dir: &Path, name: &str, args: &[&str], capabilities: &[&str]) {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("plugin.py"), PLUGIN).unwrap();
+    let command: Vec<String> = ["python3", "plugin.py"]
+        .iter()
+        .chain(args)
+        .map(|a| format!("{a:?}"))
+        .collect();
+    let capabilities: Vec<String> = capabilities.iter().map(|c| format!("{c:?}")).collect();
+    std::fs::write(
+        root.join("kaged-plugin.yaml"),
+        format!(
+            "name: {name}\nversion: 0.1.0\nkaged_api: 1\ndescription: a test plugin\ncommand: [{}]\ncapabilities: [{}]\nhealth_interval_sec: 5\nshutdown_timeout_sec: 2\n",
+            command.join(", "),
+            capabilities.join(", ")
+        ),
+    )
+    .unwrap();
+    cage_writable(&root);
+}
+
+fn plugin<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no plugin {name}: {list}"))
+}
+
+/// Poll `GET /api/v1/plugins` until `done` holds for plugin `name`; the plugin's report.
+async fn wait_plugin(d: &Daemon, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let list = d.api_get("/api/v1/plugins").await;
+        let p = plugin(&list, name).clone();
+        if done(&p) {
+            return p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name}: {what}: {p}\n{}",
+            d.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn alive(pid: &Value) -> bool {
+    pid.as_u64()
+        .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+}
+
+fn start_with_plugins(home: &Path, dir: &Path, enabled: &str, extra: &[(&str, &str)]) -> Daemon {
+    let mut env = vec![
+        ("KAGED_PLUGINS_DIR", dir.to_str().unwrap()),
+        ("KAGED_PLUGINS_ENABLED", enabled),
+    ];
+    env.extend_from_slice(extra);
+    Daemon::start_with(home, &["--bind", "127.0.0.1:0"], &env).failing_on_panics()
+}
+
+#[tokio::test]
+async fn a_well_behaved_plugin_runs_caged_and_the_operator_stops_and_starts_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plugins");
+    install(&dir, "good", &["good"], &[]);
+    install(&dir, "idle", &["good"], &[]);
+    let d = start_with_plugins(&tmp.path().join("home"), &dir, "good", &[]);
+    let p = wait_plugin(&d, "good", "running", |p| p["state"] == "running").await;
+    assert_eq!(p["version"], "0.1.0", "{p}");
+    assert!(alive(&p["pid"]), "{p}");
+    // Not enabled: installed, never started.
+    let idle = plugin(&d.api_get("/api/v1/plugins").await, "idle").clone();
+    assert_eq!(
+        (idle["state"].as_str(), idle["enabled"].as_bool()),
+        (Some("stopped"), Some(false)),
+        "{idle}"
+    );
+    // Its health is asked every 5 s and answered: still running, no restart.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let p = wait_plugin(&d, "good", "still running", |p| p["state"] == "running").await;
+    assert_eq!(p["restarts"], 0, "{p}");
+
+    let (status, body) = d
+        .call(Method::POST, "/api/v1/plugins/good/disable", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stopped = wait_plugin(&d, "good", "stopped", |p| p["state"] == "stopped").await;
+    assert_eq!(stopped["reason"], "disabled by the operator", "{stopped}");
+    assert!(!alive(&p["pid"]), "the process ended: {p}");
+    let (status, body) = d
+        .call(Method::POST, "/api/v1/plugins/nosuch/enable", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+
+    // The choice outlives the daemon.
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let d = start_with_plugins(&tmp.path().join("home"), &dir, "good", &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = plugin(&d.api_get("/api/v1/plugins").await, "good").clone();
+    assert_eq!(p["state"], "stopped", "disabled stays disabled: {p}");
+    let (status, body) = d
+        .call(Method::POST, "/api/v1/plugins/good/enable", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let p = wait_plugin(&d, "good", "running again", |p| p["state"] == "running").await;
+    let pid = p["pid"].clone();
+    // A daemon stop asks it to shut down; it exits.
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert!(!alive(&pid), "{pid}");
+    let kinds: Vec<String> = std::fs::read_to_string(tmp.path().join("home/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect();
+    for kind in ["plugin.started", "plugin.disabled", "plugin.enabled"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_plugins_end_in_a_clear_state_and_the_daemon_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plugins");
+    let cases = [
+        ("crashes", "crash_at_start", "exited: exit code 3"),
+        ("silent", "silent", "no answer to `initialize`"),
+        ("floods", "flood", "longer than 1048576 bytes"),
+        ("garbage", "garbage", "not JSON"),
+        ("wrongid", "wrong_id", "the answer has id 999"),
+    ];
+    for (name, mode, _) in cases {
+        install(&dir, name, &[mode], &[]);
+    }
+    install(&dir, "dies", &["crash_on_health"], &[]);
+    std::fs::create_dir_all(dir.join("badmanifest")).unwrap();
+    std::fs::write(
+        dir.join("badmanifest/kaged-plugin.yaml"),
+        "name: badmanifest\nversion: one\nkaged_api: 2\n",
+    )
+    .unwrap();
+    let names: Vec<&str> = cases.iter().map(|(n, _, _)| *n).collect();
+    let enabled = format!("{},dies,badmanifest", names.join(","));
+    let d = start_with_plugins(
+        &tmp.path().join("home"),
+        &dir,
+        &enabled,
+        &[
+            ("KAGED_TEST_PLUGIN_BACKOFF_MS", "100"),
+            ("KAGED_TEST_PLUGIN_INIT_TIMEOUT_MS", "1500"),
+        ],
+    );
+    for (name, _, why) in cases {
+        let p = wait_plugin(&d, name, "disabled", |p| p["state"] == "disabled").await;
+        let reason = p["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("disabled after 5 failures") && reason.contains(why),
+            "{name}: {p}"
+        );
+        assert!(
+            p["last_error"].as_str().unwrap().contains(why),
+            "{name}: {p}"
+        );
+        assert!(p["pid"].is_null(), "{name}: {p}");
+        // The daemon answers while they fail.
+        let (status, _) = d.call(Method::GET, "/api/v1/status", None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Crashing at its first health call (after 5 s): restarted with backoff.
+    let p = wait_plugin(&d, "dies", "restarted", |p| {
+        p["restarts"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(
+        p["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exited: exit code 5"),
+        "{p}"
+    );
+    let bad = plugin(&d.api_get("/api/v1/plugins").await, "badmanifest").clone();
+    assert_eq!(bad["state"], "invalid", "{bad}");
+    let reason = bad["reason"].as_str().unwrap();
+    assert!(reason.contains("kaged-plugin.yaml:"), "{bad}");
+    let (status, body) = d
+        .call(Method::POST, "/api/v1/plugins/badmanifest/enable", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let r = reqwest::get(format!("{}/readyz", d.base)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let status = d.api_get("/api/v1/status").await;
+    assert_eq!(status["plugins"]["states"]["disabled"], 5, "{status}");
+}
+
+#[tokio::test]
+async fn a_plugin_reads_and_connects_only_where_it_declared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret_dir = tmp.path().join("secret");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let secret = secret_dir.join("token.txt");
+    std::fs::write(&secret, "s3cret-on-the-host\n").unwrap();
+    cage_writable(&secret_dir);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let dir = tmp.path().join("plugins");
+    let args = ["probe", secret.to_str().unwrap(), &port];
+    install(&dir, "undeclared", &args, &[]);
+    let read = format!("read:fs:{}", secret_dir.display());
+    install(&dir, "declared", &args, &[&read, "net:*"]);
+    let d = start_with_plugins(
+        &tmp.path().join("home"),
+        &dir,
+        "undeclared,declared",
+        &[("KAGED_TEST_PLUGIN_BACKOFF_MS", "100")],
+    );
+    // Nothing reached: it answered initialize and runs.
+    let p = wait_plugin(&d, "undeclared", "running", |p| p["state"] == "running").await;
+    assert!(p["last_error"].is_null(), "{p}");
+    // The control: declared, the same probe reaches both (and says so, failing its start).
+    let p = wait_plugin(&d, "declared", "a failure", |p| !p["last_error"].is_null()).await;
+    let why = p["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("REACHED read s3cret-on-the-host") && why.contains("REACHED net"),
+        "{p}"
+    );
+    let list = d.api_get("/api/v1/plugins").await;
+    let caps = &plugin(&list, "declared")["capabilities"];
+    assert_eq!(caps[0], read.as_str(), "{caps}");
+    drop(listener);
+}
