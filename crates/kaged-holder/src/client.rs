@@ -70,6 +70,19 @@ impl Sender {
     }
 }
 
+/// The versions this build offers (debug builds obey `KAGED_TEST_CLIENT_PROTOCOL=N`, to
+/// play a daemon that speaks only version N).
+pub fn offered_versions() -> Vec<u32> {
+    #[cfg(debug_assertions)]
+    if let Some(v) = std::env::var("KAGED_TEST_CLIENT_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return vec![v];
+    }
+    SUPPORTED.to_vec()
+}
+
 fn broken(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }
@@ -78,7 +91,7 @@ impl Client {
     /// Connect to the holder at `socket` and say Hello offering every version this build
     /// speaks. `timeout` bounds each read (None: block).
     pub fn connect(socket: &Path, timeout: Option<Duration>) -> std::io::Result<Client> {
-        Client::connect_offering(socket, SUPPORTED, timeout)
+        Client::connect_offering(socket, &offered_versions(), timeout)
     }
 
     /// [`Client::connect`] offering `versions`.

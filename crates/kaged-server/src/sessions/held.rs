@@ -33,6 +33,8 @@ use crate::audit::{AuditRecord, now_ms};
 
 /// How long a control connection (signal, kill) waits for its holder.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the end of a run this daemon cannot follow is looked for.
+const UNFOLLOWED_POLL: Duration = Duration::from_secs(1);
 /// How old a look into the holders' directory a status report may use.
 const HOLDERS_FRESH: Duration = Duration::from_secs(90);
 /// How long a daemon taking runs up again waits for each holder's Hello.
@@ -603,10 +605,13 @@ impl Sessions {
                         session = %row.id, holder_says = %info.id,
                         "the holder at this session's socket holds another run; left alone"
                     ),
-                    HolderHello::Refused { refused, versions } => tracing::error!(
-                        session = %row.id, %refused, ?versions,
-                        "this session's holder speaks another protocol version; the run goes on, but this kaged cannot follow it (`kaged session kill` still ends it)"
-                    ),
+                    HolderHello::Refused { refused, versions } => {
+                        tracing::error!(
+                            session = %row.id, %refused, ?versions,
+                            "this session's holder speaks another protocol version; the run goes on, but this kaged cannot follow it (`kaged session kill` still ends it)"
+                        );
+                        self.keep_unfollowed(row, socket, versions).await;
+                    }
                 },
                 Err(_) => self.ended_while_away(&row).await,
             }
@@ -771,6 +776,72 @@ impl Sessions {
         ) {
             Ok(egress) => (Some(egress), None, json!("resumed")),
             Err(why) => (None, Some(why.clone()), json!({"lost": why})),
+        }
+    }
+
+    /// A run whose holder speaks no protocol version this daemon does: held in memory with
+    /// the frozen frames only (so `kaged session kill` ends it), its output not followed,
+    /// and its end recorded from its status file once its socket is gone.
+    async fn keep_unfollowed(
+        &self,
+        row: kaged_store::SessionRecord,
+        socket: PathBuf,
+        versions: Vec<u32>,
+    ) {
+        let Some(kind) = kaged_cage::RunKind::parse(&row.kind) else {
+            return;
+        };
+        let live = Arc::new(Live::with_state(
+            RunInfo {
+                id: row.id.clone(),
+                project: row.project.clone(),
+                kind,
+                name: row.name.clone(),
+                created_by: row.created_by.clone(),
+                transcript: self.transcript_path(&row.id),
+            },
+            // Its pid is in the Hello it did not give.
+            State::Running { pid: 0 },
+            (24, 80),
+            None,
+            LOG_CAPACITY,
+        ));
+        let control = Arc::new(HeldControl::new(socket.clone(), 0, false));
+        live.set_control(Some(RunControl::Held(control.clone())));
+        self.insert(live.clone(), None);
+        self.deps()
+            .audit
+            .record(AuditRecord {
+                kind: "session.reattached",
+                success: false,
+                identity: Some(row.created_by.clone()),
+                source: None,
+                detail: json!({"session": row.id, "project": row.project,
+                    "followed": false, "holder_versions": versions,
+                    "reason": "its holder speaks no protocol version this kaged does"}),
+            })
+            .await;
+        let (sessions, handle) = (self.clone(), tokio::runtime::Handle::current());
+        let spawned = super::panics::spawn(
+            "run",
+            &row.id,
+            move || {
+                // Polled, not followed: a socket nobody listens on any more means the end.
+                while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                    std::thread::sleep(UNFOLLOWED_POLL);
+                }
+                settle(
+                    &sessions,
+                    &live,
+                    &handle,
+                    Followed::Lost("its holder ended".into()),
+                    &control,
+                );
+            },
+            |_| {},
+        );
+        if let Err(e) = spawned {
+            tracing::error!(session = %row.id, error = %e, "cannot watch a run this kaged cannot follow");
         }
     }
 

@@ -2221,3 +2221,50 @@ async fn a_caged_run_cannot_reach_any_run_holders_socket() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 }
+
+/// After an upgrade to a kaged that speaks no protocol version a kept run's holder does (a
+/// debug knob plays it): the run goes on, status names the holder as incompatible with the
+/// versions it speaks, and a kill still ends it (the frozen frames), recorded as killed.
+#[tokio::test]
+async fn a_holder_this_kaged_cannot_speak_to_is_reported_and_can_still_be_killed() {
+    let (env, d) = setup_with("incompatible", &KEEP).await;
+    let d = d.failing_on_panics().keeping_runs();
+    let id = start(&d, "task", Some("steady")).await;
+    let mut v = Viewer::open(&Conn::of(&d), &id, Some(0)).await;
+    v.read(0, |s| lines_in(s) >= 3).await;
+    drop(v);
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!processes_with(&env.marker).is_empty(), "the run goes on");
+
+    let mut newer = KEEP.to_vec();
+    newer.push(("KAGED_TEST_CLIENT_PROTOCOL", "2"));
+    let d = Daemon::start_with(&env.home(), &["--bind", "127.0.0.1:0"], &newer).failing_on_panics();
+    let s = get_session(&d, &id).await;
+    assert_eq!(s["session"]["state"], "running", "{s}");
+    let status = d.api_get("/api/v1/status").await;
+    let incompatible = &status["holders"]["incompatible"];
+    assert_eq!(
+        incompatible[0]["versions"],
+        serde_json::json!([1]),
+        "{status}"
+    );
+    let (code, body) = d
+        .call(Method::POST, &format!("/api/v1/sessions/{id}/kill"), None)
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let v = wait_session(&d, &id, "killed", ended).await;
+    assert_eq!(v["session"]["state"], "killed", "{v}");
+    wait_gone(&env.marker, "after the kill").await;
+    let events = d.api_get("/api/v1/audit?limit=200").await;
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "session.reattached"
+                && e["detail"]["followed"] == false
+                && e["detail"]["holder_versions"] == serde_json::json!([1])),
+        "{events}"
+    );
+}
