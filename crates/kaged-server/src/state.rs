@@ -89,7 +89,13 @@ impl ServerState {
         let policy = Arc::new(policy);
         let projects: Arc<Mutex<crate::projects::Registry>> = Default::default();
         let revoked_tokens = tokio::sync::broadcast::channel(64).0;
+        let (plugins, hooks) = crate::plugins::Plugins::new(
+            info.settings.plugins_dir.clone(),
+            info.settings.plugins_enabled.clone(),
+            plugin_deps(&info, &audit),
+        );
         let runs = Sessions::new(Deps {
+            hooks,
             store: store.clone(),
             audit: audit.clone(),
             settings: run_settings(&info),
@@ -99,11 +105,6 @@ impl ServerState {
             revoked_tokens: revoked_tokens.clone(),
             notifier: crate::notify::Notifier::new(&info.settings, &info.url),
         });
-        let plugins = crate::plugins::Plugins::new(
-            info.settings.plugins_dir.clone(),
-            info.settings.plugins_enabled.clone(),
-            plugin_deps(&info, &audit),
-        );
         ServerState {
             plugins,
             policy,

@@ -11,8 +11,11 @@
 //! - `run.rs`: one plugin's supervision task: spawn, the protocol, health, shutdown.
 //! - `http.rs`: `GET /api/v1/plugins`, `POST /api/v1/plugins/{name}/enable|disable`.
 
+mod hooks;
 pub(crate) mod http;
 mod run;
+
+pub use hooks::Hooks;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +57,8 @@ struct Inner {
     deps: PluginDeps,
     entries: Mutex<BTreeMap<String, Entry>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The sessions' hook events, taken by the dispatcher at start.
+    hook_events: Mutex<Option<mpsc::UnboundedReceiver<hooks::HookEvent>>>,
 }
 
 /// One plugin directory.
@@ -79,6 +84,8 @@ pub(crate) struct View {
 pub(crate) enum Command {
     Start,
     Stop(String),
+    /// Send this notification if the plugin is running (a hook).
+    Notify(kaged_plugin::Message),
     /// Stop and end the task (the daemon stops).
     Finish,
 }
@@ -110,8 +117,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Plugins {
-    /// The plugins in `dir` (read now), none started yet.
-    pub fn new(dir: PathBuf, configured: Vec<String>, deps: PluginDeps) -> Plugins {
+    /// The plugins in `dir` (read now), none started yet, and the sessions' handle for
+    /// hooks.
+    pub fn new(dir: PathBuf, configured: Vec<String>, deps: PluginDeps) -> (Plugins, Hooks) {
+        let (hooks, hook_events) = Hooks::channel();
         let plugins = Plugins {
             inner: Arc::new(Inner {
                 dir,
@@ -119,10 +128,36 @@ impl Plugins {
                 deps,
                 entries: Mutex::new(BTreeMap::new()),
                 tasks: Mutex::new(Vec::new()),
+                hook_events: Mutex::new(Some(hook_events)),
             }),
         };
         plugins.scan();
-        plugins
+        (plugins, hooks)
+    }
+
+    /// Deliver the sessions' hook events to the running plugins that declared each hook.
+    async fn dispatch_hooks(self, mut events: mpsc::UnboundedReceiver<hooks::HookEvent>) {
+        while let Some(event) = events.recv().await {
+            let names: Vec<String> = lock(&self.inner.entries)
+                .iter()
+                .filter(|(_, e)| {
+                    e.manifest
+                        .as_ref()
+                        .is_some_and(|m| m.hooks.contains(&event.hook))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in names {
+                let message =
+                    kaged_plugin::Message::notification(event.hook.method(), event.params.clone());
+                if let Some(tx) = lock(&self.inner.entries)
+                    .get(&name)
+                    .and_then(|e| e.commands.as_ref())
+                {
+                    let _ = tx.send(Command::Notify(message));
+                }
+            }
+        }
     }
 
     fn choices(&self) -> Choices {
@@ -197,6 +232,9 @@ impl Plugins {
     /// Start every enabled plugin's supervision (at daemon start). Plugins named in
     /// `[plugins] enabled` but not installed are said in the log.
     pub fn start_all(&self) {
+        if let Some(events) = lock(&self.inner.hook_events).take() {
+            tokio::spawn(self.clone().dispatch_hooks(events));
+        }
         let names: Vec<String> = lock(&self.inner.entries)
             .iter()
             .filter(|(_, e)| e.enabled && e.manifest.is_some())
@@ -225,7 +263,10 @@ impl Plugins {
             return;
         };
         if entry.commands.as_ref().is_none_or(|c| c.is_closed()) {
-            if matches!(command, Command::Finish | Command::Stop(_)) {
+            if matches!(
+                command,
+                Command::Finish | Command::Stop(_) | Command::Notify(_)
+            ) {
                 return;
             }
             let (tx, rx) = mpsc::unbounded_channel();

@@ -184,6 +184,15 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
             command = commands.recv() => match command {
                 Some(Command::Start) => actions.extend(sup.handle(Event::Start, now())),
                 Some(Command::Stop(why)) => actions.extend(sup.handle(Event::Stop(why), now())),
+                Some(Command::Notify(message)) => {
+                    let up = matches!(
+                        sup.state(),
+                        kaged_plugin::State::Running | kaged_plugin::State::Unhealthy
+                    );
+                    if let (true, Some(run)) = (up, running.as_mut()) {
+                        let _ = send(run, &message).await;
+                    }
+                }
                 Some(Command::Finish) | None => {
                     // Its Shutdown action is carried out here: the task ends with it.
                     let _ = sup.handle(Event::Stop("kaged stopped".into()), now());
@@ -414,7 +423,7 @@ fn start(
     let run_as = kaged_spawn::run_as(&plugin.dir, &deps.cage_user)?.map(|r| r.identity);
     let mut env = vec![("TERM".to_string(), "dumb".to_string())];
     env.extend(plugin.manifest.env.iter().cloned());
-    let name = run_name(&plugin.name);
+    let name = run_name(&plugin.name, generation);
     let run = kaged_spawn::caged(&kaged_spawn::CageRequest {
         root: &plugin.dir,
         helper: deps
@@ -475,10 +484,20 @@ fn start(
     })
 }
 
-/// A name for the plugin's cgroups: 16 hex digits of its name's hash (as run names are).
-fn run_name(plugin: &str) -> String {
+/// A name for one run of the plugin's cgroups: 16 hex digits (as run names are), of its
+/// name, this daemon and the run, so a run never meets an earlier one's leftovers.
+fn run_name(plugin: &str, generation: u64) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("plugin:{plugin}").as_bytes());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let digest = sha2::Sha256::digest(
+        format!(
+            "plugin:{plugin}:{}:{generation}:{started}",
+            std::process::id()
+        )
+        .as_bytes(),
+    );
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 

@@ -25,6 +25,8 @@ pub struct Deps {
     pub revoked_tokens: broadcast::Sender<i64>,
     /// `[notify] webhook`: approvals asked for, agents waiting, runs failed.
     pub notifier: crate::notify::Notifier,
+    /// Plugins' hooks: agents' sessions starting and waiting.
+    pub hooks: crate::plugins::Hooks,
 }
 
 /// The settings runs depend on (from `config.toml`, `local.toml` and the start-up preflight).

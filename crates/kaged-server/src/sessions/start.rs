@@ -386,6 +386,9 @@ pub async fn start(sessions: &Sessions, req: StartRequest) -> Result<SessionReco
             }),
         })
         .await;
+    if req.kind == kaged_cage::RunKind::Agent {
+        deps.hooks.session_started(&id, &req.project, &record.name);
+    }
     let handle = tokio::runtime::Handle::current();
     let decided_setup = decided.conversation.clone();
     let decided_acp = decided.acp.clone();

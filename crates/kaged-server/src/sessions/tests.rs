@@ -113,6 +113,7 @@ fn manager(dir: &Path, settings: RunSettings) -> (Sessions, Store) {
         shutdown: tokio::sync::watch::channel(false).1,
         revoked_tokens: tokio::sync::broadcast::channel(4).0,
         notifier: crate::notify::Notifier::disabled(),
+        hooks: Default::default(),
     });
     (sessions, store)
 }
@@ -367,6 +368,7 @@ fn sessions_deps(sessions: &Sessions) -> Deps {
         shutdown: d.shutdown.clone(),
         revoked_tokens: d.revoked_tokens.clone(),
         notifier: d.notifier.clone(),
+        hooks: d.hooks.clone(),
     }
 }
 

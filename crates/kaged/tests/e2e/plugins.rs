@@ -15,7 +15,8 @@ use crate::common::*;
 /// A plugin whose behaviour is its first argument: `good`, `crash_at_start`, `silent` (never
 /// answers initialize), `flood` (2 MiB without a newline), `garbage` (a line not JSON),
 /// `wrong_id`, `crash_on_health`, `probe PATH PORT` (reads PATH and connects to PORT at
-/// initialize; answers with an error naming what it reached, if anything).
+/// initialize; answers with an error naming what it reached, if anything), `hooks DIR`
+/// (appends each hook notification to `DIR/hooks.jsonl`).
 const PLUGIN: &str = r#"
 import json, os, socket, sys, time
 mode = sys.argv[1]
@@ -65,6 +66,9 @@ for line in sys.stdin:
         if mode == "crash_on_health":
             os._exit(5)
         send({"jsonrpc": "2.0", "id": id, "result": {"status": "ok"}})
+    elif method and method.startswith("hooks/") and mode == "hooks":
+        with open(os.path.join(sys.argv[2], "hooks.jsonl"), "a") as f:
+            f.write(json.dumps(msg) + "\n")
     elif method == "shutdown":
         send({"jsonrpc": "2.0", "id": id, "result": {}})
         sys.exit(0)
@@ -306,4 +310,86 @@ async fn a_plugin_reads_and_connects_only_where_it_declared() {
     let caps = &plugin(&list, "declared")["capabilities"];
     assert_eq!(caps[0], read.as_str(), "{caps}");
     drop(listener);
+}
+
+/// A plugin that declared both hooks hears an agent's session start and its agent wait after
+/// its turn; one that declared none hears nothing.
+#[tokio::test]
+async fn plugins_hear_the_hooks_they_declared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let deaf = tmp.path().join("deaf");
+    for d in [&out, &deaf] {
+        std::fs::create_dir_all(d).unwrap();
+        cage_writable(d);
+    }
+    let dir = tmp.path().join("plugins");
+    let write = format!("write:fs:{}", out.display());
+    install(
+        &dir,
+        "listener",
+        &["hooks", out.to_str().unwrap()],
+        &[&write],
+    );
+    let manifest = dir.join("listener/kaged-plugin.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        format!("{text}hooks: [on_session_start, on_session_idle]\n"),
+    )
+    .unwrap();
+    let write = format!("write:fs:{}", deaf.display());
+    install(&dir, "deaf", &["hooks", deaf.to_str().unwrap()], &[&write]);
+    // An ACP agent that answers one prompt.
+    let root = tmp.path().join("proj");
+    std::fs::create_dir_all(root.join(".kaged")).unwrap();
+    std::fs::copy(
+        crate::common::acp_testing::acp_testing().scripted,
+        root.join("kaged-acp-scripted"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("script.json"),
+        r#"{"prompts": [[{"say": "Hello."}]]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(".kaged/project.yaml"),
+        "version: 1\nproject: hooked\nprimary:\n  command: [./kaged-acp-scripted, script.json]\n  protocol: acp\n",
+    )
+    .unwrap();
+    cage_writable(&root);
+    let d = start_with_plugins(&tmp.path().join("home"), &dir, "listener,deaf", &[]);
+    for name in ["listener", "deaf"] {
+        wait_plugin(&d, name, "running", |p| p["state"] == "running").await;
+    }
+    crate::common::provider::load_project_at(&d, &root).await;
+    let id = crate::common::provider::create_agent(&d, "hooked", "primary", Some("Hi.")).await;
+    let start = Instant::now();
+    let heard = loop {
+        let text = std::fs::read_to_string(out.join("hooks.jsonl")).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{text}\n{}",
+            d.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(heard[0]["method"], "hooks/on_session_start", "{heard:?}");
+    assert_eq!(heard[0]["params"]["session_id"], id.as_str());
+    assert_eq!(heard[0]["params"]["project"], "hooked");
+    assert_eq!(heard[0]["params"]["agent"], "primary");
+    assert_eq!(heard[1]["method"], "hooks/on_session_idle", "{heard:?}");
+    assert_eq!(heard[1]["params"]["session_id"], id.as_str());
+    assert!(
+        !deaf.join("hooks.jsonl").exists(),
+        "no hook it did not declare"
+    );
 }

@@ -893,6 +893,7 @@ impl Shared {
                         .send(crate::notify::Notification::session_waiting(
                             &c.slug, &c.name, &c.id,
                         ));
+                    c.sessions.deps().hooks.session_idle(&c.id);
                 }
                 true
             }

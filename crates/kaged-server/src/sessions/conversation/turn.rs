@@ -206,6 +206,7 @@ impl Conversation {
                         &self.setup.agent,
                         &self.id,
                     ));
+                self.sessions.deps().hooks.session_idle(&self.id);
             }
         }
     }
