@@ -139,6 +139,9 @@ pub struct Agent {
     pub tools: Option<BTreeMap<String, Tool>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub subagents: BTreeMap<String, Agent>,
+    /// Model agent: the plugins whose tools it may call (`PLUGIN.TOOL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<String>,
 }
 
 impl Agent {

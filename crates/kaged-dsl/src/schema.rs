@@ -111,6 +111,11 @@ static HOST: Ty = Ty::Str(Text::HostPattern);
 static ARGV: Ty = Ty::Argv;
 static BOOL: Ty = Ty::Bool;
 static AGENT_TY: Ty = Ty::Agent;
+static PLUGIN_NAME: Ty = Ty::Str(Text::Name);
+static PLUGIN_NAMES: Ty = Ty::List {
+    item: &PLUGIN_NAME,
+    min: 0,
+};
 
 static MOUNT: Object = Object {
     name: "mount",
@@ -320,10 +325,17 @@ pub static AGENT: Object = Object {
             false,
             "nested agents by name",
         ),
+        f(
+            "plugins",
+            &PLUGIN_NAMES,
+            false,
+            "model agent: the plugins whose tools it may call, as PLUGIN.TOOL (each call asks the operator unless `tools:` says otherwise)",
+        ),
     ],
     exactly_one: &["model", "command"],
     requires: &[
         ("model", "system_prompt"),
+        ("plugins", "model"),
         ("max_steps", "model"),
         ("max_output_tokens", "model"),
         ("protocol", "command"),

@@ -96,6 +96,7 @@ impl ServerState {
         );
         let runs = Sessions::new(Deps {
             hooks,
+            plugins: Some(plugins.clone()),
             store: store.clone(),
             audit: audit.clone(),
             settings: run_settings(&info),

@@ -86,6 +86,12 @@ pub(crate) enum Command {
     Stop(String),
     /// Send this notification if the plugin is running (a hook).
     Notify(kaged_plugin::Message),
+    /// Call one of its tools for a model agent; the answer (or why none) on `reply`.
+    Call {
+        tool: String,
+        arguments: Value,
+        reply: tokio::sync::oneshot::Sender<Result<kaged_plugin::wire::ToolCallResult, String>>,
+    },
     /// Stop and end the task (the daemon stops).
     Finish,
 }
@@ -265,7 +271,7 @@ impl Plugins {
         if entry.commands.as_ref().is_none_or(|c| c.is_closed()) {
             if matches!(
                 command,
-                Command::Finish | Command::Stop(_) | Command::Notify(_)
+                Command::Finish | Command::Stop(_) | Command::Notify(_) | Command::Call { .. }
             ) {
                 return;
             }
@@ -336,6 +342,74 @@ impl Plugins {
                 detail: json!({"plugin": name}),
             })
             .await;
+    }
+
+    /// The tools of `plugins` (an agent's `plugins:`) that are installed, valid and enabled:
+    /// `(PLUGIN.TOOL, description, input_schema)`.
+    pub fn tools_of(&self, plugins: &[String]) -> Vec<(String, String, Value)> {
+        let entries = lock(&self.inner.entries);
+        plugins
+            .iter()
+            .filter_map(|name| entries.get(name).filter(|e| e.enabled))
+            .filter_map(|e| e.manifest.as_deref())
+            .flat_map(|m| {
+                m.tools.iter().map(move |t| {
+                    (
+                        m.agent_tool_name(t),
+                        t.description.clone(),
+                        t.input_schema.clone(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Call `PLUGIN.TOOL` (`name`) of one of `plugins` for a model agent: the plugin's answer,
+    /// or why there is none (not one of its tools, not running, no answer in time).
+    pub async fn call_tool(
+        &self,
+        plugins: &[String],
+        name: &str,
+        arguments: Value,
+    ) -> Result<kaged_plugin::wire::ToolCallResult, String> {
+        let found = plugins.iter().find_map(|p| {
+            let tool = name.strip_prefix(p.as_str())?.strip_prefix('.')?;
+            let entries = lock(&self.inner.entries);
+            let entry = entries.get(p)?;
+            entry
+                .manifest
+                .as_ref()?
+                .tools
+                .iter()
+                .any(|t| t.name == tool)
+                .then(|| (p.clone(), tool.to_string(), entry.commands.clone()))
+        });
+        let Some((plugin, tool, commands)) = found else {
+            return Err(format!("`{name}` is not a tool of this agent's plugins"));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = commands.is_some_and(|tx| {
+            tx.send(Command::Call {
+                tool,
+                arguments,
+                reply,
+            })
+            .is_ok()
+        });
+        if !sent {
+            return Err(format!("the plugin `{plugin}` is not running"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(format!("the plugin `{plugin}` stopped before it answered")))
+    }
+
+    /// Whether `name` is one of `plugins`' tools (`PLUGIN.TOOL`, installed or not).
+    pub fn is_plugin_tool(plugins: &[String], name: &str) -> bool {
+        plugins.iter().any(|p| {
+            name.strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
     }
 
     /// Every plugin's report (`GET /api/v1/plugins`, `kaged plugin list`).

@@ -46,11 +46,16 @@ struct Running {
     to: tokio::net::unix::pipe::Sender,
     killer: kaged_spawn::Killer,
     calls: Calls,
+    /// Model agents waiting for its tools' answers, by request id.
+    tool_calls: std::collections::HashMap<i64, ToolReply>,
     /// Its cgroups (removed, with anything left in them, when the run is dropped).
     _cgroups: kaged_spawn::Cgroups,
     /// Its egress proxy, when it declared network destinations.
     _egress: Option<(kaged_egress::RunningProxy, PrivateDir)>,
 }
+
+/// Where a tool call's answer goes.
+type ToolReply = tokio::sync::oneshot::Sender<Result<wire::ToolCallResult, String>>;
 
 /// A private directory removed (once empty) when dropped.
 struct PrivateDir(PathBuf);
@@ -78,19 +83,27 @@ fn policy() -> RestartPolicy {
     RestartPolicy::default()
 }
 
-/// Call timeouts; debug builds obey `KAGED_TEST_PLUGIN_INIT_TIMEOUT_MS`.
+/// Call timeouts; debug builds obey `KAGED_TEST_PLUGIN_INIT_TIMEOUT_MS` and
+/// `KAGED_TEST_PLUGIN_CALL_TIMEOUT_MS`.
 fn timeouts() -> Timeouts {
+    #[allow(unused_mut)]
+    let mut t = Timeouts::default();
     #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("KAGED_TEST_PLUGIN_INIT_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
     {
-        return Timeouts {
-            initialize: Duration::from_millis(ms),
-            ..Timeouts::default()
+        let ms = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis)
         };
+        if let Some(d) = ms("KAGED_TEST_PLUGIN_INIT_TIMEOUT_MS") {
+            t.initialize = d;
+        }
+        if let Some(d) = ms("KAGED_TEST_PLUGIN_CALL_TIMEOUT_MS") {
+            t.tool_call = d;
+        }
     }
-    Timeouts::default()
+    t
 }
 
 /// Supervise `plugin` until told to finish.
@@ -184,6 +197,36 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
             command = commands.recv() => match command {
                 Some(Command::Start) => actions.extend(sup.handle(Event::Start, now())),
                 Some(Command::Stop(why)) => actions.extend(sup.handle(Event::Stop(why), now())),
+                Some(Command::Call { tool, arguments, reply }) => {
+                    let state = sup.state();
+                    match running.as_mut() {
+                        Some(run) if matches!(state, kaged_plugin::State::Running | kaged_plugin::State::Unhealthy) => {
+                            let call = run.calls.call(
+                                method::TOOLS_CALL,
+                                json!({"name": tool, "arguments": arguments}),
+                                now(),
+                                timeouts.tool_call,
+                            );
+                            if let Message::Request { id: wire::Id::Number(n), .. } = &call {
+                                run.tool_calls.insert(*n, reply);
+                            }
+                            if send(run, &call).await.is_err() {
+                                actions.extend(sup.handle(
+                                    Event::Broken("cannot write to the plugin".into()),
+                                    now(),
+                                ));
+                            }
+                        }
+                        _ => {
+                            let why = sup.status().reason.clone().unwrap_or_default();
+                            let _ = reply.send(Err(format!(
+                                "the plugin `{}` is {state}{}",
+                                plugin.name,
+                                if why.is_empty() { String::new() } else { format!(": {why}") }
+                            )));
+                        }
+                    }
+                }
                 Some(Command::Notify(message)) => {
                     let up = matches!(
                         sup.state(),
@@ -244,7 +287,16 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                     actions.extend(sup.handle(Event::Tick, at));
                 }
                 if let Some(run) = running.as_mut() {
-                    for (_, waiting) in run.calls.expire(at) {
+                    for (id, waiting) in run.calls.expire(at) {
+                        if let (wire::Id::Number(n), method::TOOLS_CALL) = (&id, waiting.method.as_str()) {
+                            if let Some(reply) = run.tool_calls.remove(n) {
+                                let _ = reply.send(Err(format!(
+                                    "the plugin `{}` did not answer within {} s (it is restarted)",
+                                    plugin.name,
+                                    timeouts.tool_call.as_secs_f64()
+                                )));
+                            }
+                        }
                         let secs = |d: Duration| d.as_millis() as f64 / 1000.0;
                         let event = match waiting.method.as_str() {
                             method::HEALTH => Event::HealthFailed(format!(
@@ -294,6 +346,21 @@ async fn handle(plugin: &Plugin, run: &mut Running, message: Message) -> Option<
         Message::Response { id, outcome } => match run.calls.answer(id.as_ref(), outcome) {
             Err(e) => Some(Event::Broken(format!("the plugin broke the protocol: {e}"))),
             Ok((waiting, outcome)) => match (waiting.method.as_str(), outcome) {
+                (method::TOOLS_CALL, outcome) => {
+                    let reply = match &id {
+                        Some(wire::Id::Number(n)) => run.tool_calls.remove(n),
+                        _ => None,
+                    };
+                    let answer = match outcome {
+                        Ok(result) => serde_json::from_value::<wire::ToolCallResult>(result)
+                            .map_err(|e| format!("the plugin's answer does not read: {e}")),
+                        Err(e) => Err(format!("the plugin answered with an error: {e}")),
+                    };
+                    if let Some(reply) = reply {
+                        let _ = reply.send(answer);
+                    }
+                    None
+                }
                 (method::INITIALIZE, Ok(_)) => {
                     let note = Message::notification(method::INITIALIZED, json!({}));
                     if send(run, &note).await.is_err() {
@@ -479,6 +546,7 @@ fn start(
         to,
         killer,
         calls: Calls::new(),
+        tool_calls: Default::default(),
         _cgroups: run.cgroups,
         _egress: egress,
     })

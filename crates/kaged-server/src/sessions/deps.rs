@@ -27,6 +27,8 @@ pub struct Deps {
     pub notifier: crate::notify::Notifier,
     /// Plugins' hooks: agents' sessions starting and waiting.
     pub hooks: crate::plugins::Hooks,
+    /// The plugins whose tools model agents call (`None`: none, as in the library's tests).
+    pub plugins: Option<crate::plugins::Plugins>,
 }
 
 /// The settings runs depend on (from `config.toml`, `local.toml` and the start-up preflight).

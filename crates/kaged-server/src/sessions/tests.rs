@@ -114,6 +114,7 @@ fn manager(dir: &Path, settings: RunSettings) -> (Sessions, Store) {
         revoked_tokens: tokio::sync::broadcast::channel(4).0,
         notifier: crate::notify::Notifier::disabled(),
         hooks: Default::default(),
+        plugins: None,
     });
     (sessions, store)
 }
@@ -369,6 +370,7 @@ fn sessions_deps(sessions: &Sessions) -> Deps {
         revoked_tokens: d.revoked_tokens.clone(),
         notifier: d.notifier.clone(),
         hooks: d.hooks.clone(),
+        plugins: d.plugins.clone(),
     }
 }
 

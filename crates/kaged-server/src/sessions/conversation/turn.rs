@@ -307,6 +307,7 @@ impl Conversation {
         };
         let endpoints = model::endpoints(&self.sessions.deps().settings, &setup.model)?;
         let mut tools = tool_specs(&setup.tools);
+        tools.extend(self.plugin_tool_specs(scope));
         if scope.depth < MAX_DEPTH {
             tools.extend(subagent::specs(&self.base.project, setup));
         }
@@ -434,6 +435,34 @@ impl Conversation {
                 ),
             ),
         }
+    }
+}
+
+impl Conversation {
+    /// The plugins `scope`'s agent may call tools of (its `plugins:`).
+    pub(super) fn agent_plugins(&self, scope: Scope<'_>) -> Vec<String> {
+        self.base
+            .project
+            .agent(&scope.setup.agent)
+            .map(|a| a.plugins.clone())
+            .unwrap_or_default()
+    }
+
+    /// The tools of the agent's plugins that are installed and enabled, offered to the model
+    /// as `PLUGIN.TOOL`.
+    fn plugin_tool_specs(&self, scope: Scope<'_>) -> Vec<ToolSpec> {
+        let Some(plugins) = &self.sessions.deps().plugins else {
+            return Vec::new();
+        };
+        plugins
+            .tools_of(&self.agent_plugins(scope))
+            .into_iter()
+            .map(|(name, description, parameters)| ToolSpec {
+                name,
+                description,
+                parameters,
+            })
+            .collect()
     }
 }
 

@@ -33,6 +33,8 @@ enum Handler {
     Tool(String),
     /// A subagent, in a cage of its own.
     Subagent(Setup),
+    /// One of the agent's plugins' tools (`PLUGIN.TOOL`), in the plugin's own cage.
+    Plugin(String),
     /// Nothing: the model is told why.
     Unknown(String),
 }
@@ -116,11 +118,21 @@ impl Conversation {
                 .keys()
                 .map(|s| format!("{}{s}", subagent::PREFIX))
         });
+        let plugin_tools = self
+            .sessions
+            .deps()
+            .plugins
+            .as_ref()
+            .map(|p| p.tools_of(&self.agent_plugins(scope)))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, _, _)| name);
         kaged_tools::TOOLS
             .iter()
             .map(|t| t.to_string())
             .chain(configured)
             .chain(subagents)
+            .chain(plugin_tools)
             .find(|known| *known == name || kaged_llm::build::wire_tool_name(known) == name)
             .unwrap_or(name)
     }
@@ -137,9 +149,15 @@ impl Conversation {
                 })
             })
             .and_then(|sub| Setup::of(&self.base.project, sub));
+        let plugins = self.agent_plugins(scope);
         match sub {
             Some(setup) => Handler::Subagent(setup),
             None if scope.setup.tools.contains(name) => Handler::Tool(name.to_string()),
+            None if crate::plugins::Plugins::is_plugin_tool(&plugins, name)
+                && agent.is_some_and(|a| a.approval_of(name) != Approval::Deny) =>
+            {
+                Handler::Plugin(name.to_string())
+            }
             None if agent.is_some_and(|a| a.approval_of(name) == Approval::Deny) => {
                 Handler::Unknown(format!(
                     "`{name}` is not allowed for this agent (the project file says `approval: deny` or `enabled: false`); the tools are: {}",
@@ -156,11 +174,14 @@ impl Conversation {
     /// Whether a call of `name` by `scope`'s agent waits for the operator: `approval: ask`,
     /// unless it was approved for the rest of this session.
     async fn needs_approval(&self, scope: Scope<'_>, name: &str) -> Result<bool, Failed> {
-        let level = self
-            .base
-            .project
-            .agent(&scope.setup.agent)
-            .map_or(Approval::Allow, |a| a.approval_of(name));
+        let agent = self.base.project.agent(&scope.setup.agent);
+        let plugin_tool = crate::plugins::Plugins::is_plugin_tool(&self.agent_plugins(scope), name);
+        // A plugin's tool is another's code acting for the agent: it asks unless `tools:` says.
+        let level = match agent.and_then(|a| a.tools.as_ref()).and_then(|t| t.get(name)) {
+            Some(tool) => tool.level(),
+            None if plugin_tool => Approval::Ask,
+            None => agent.map_or(Approval::Allow, |a| a.approval_of(name)),
+        };
         if level != Approval::Ask {
             return Ok(false);
         }
@@ -185,6 +206,8 @@ impl Conversation {
     ) -> Result<bool, Failed> {
         enum Ready {
             Tool(Result<kaged_tools::PendingCall, String>),
+            /// A plugin's tool and the model's arguments.
+            Plugin(String, serde_json::Value),
             /// The subagent, and the calls of its paused turn to go on from (none: a new one).
             Subagent(Setup, serde_json::Value, Vec<Call>),
             Done(String),
@@ -211,6 +234,9 @@ impl Conversation {
                 (false, handler, Some(id)) => Started::Waiting(id, handler, call.arguments),
                 (false, Handler::Tool(name), None) => {
                     Started::Ready(Ready::Tool(start(&name, call.arguments)))
+                }
+                (false, Handler::Plugin(name), None) => {
+                    Started::Ready(Ready::Plugin(name, call.arguments))
                 }
                 (false, Handler::Subagent(setup), None) => Started::Ready(Ready::Subagent(
                     setup,
@@ -240,6 +266,7 @@ impl Conversation {
                             Ready::Done(crate::sessions::approval::refusal(&record))
                         }
                         Handler::Tool(name) => Ready::Tool(start(&name, arguments)),
+                        Handler::Plugin(name) => Ready::Plugin(name, arguments),
                         Handler::Subagent(setup) => Ready::Subagent(setup, arguments, Vec::new()),
                         Handler::Unknown(message) => Ready::Done(message),
                     }
@@ -258,6 +285,20 @@ impl Conversation {
                     }
                 },
                 Ready::Tool(Err(message)) | Ready::Done(message) => (false, message, false),
+                Ready::Plugin(name, arguments) => {
+                    let answer = match &self.sessions.deps().plugins {
+                        Some(plugins) => {
+                            plugins
+                                .call_tool(&self.agent_plugins(scope), &name, arguments)
+                                .await
+                        }
+                        None => Err("this kaged runs no plugins".to_string()),
+                    };
+                    match answer {
+                        Ok(result) => (!result.is_error, result.content, false),
+                        Err(why) => (false, why, false),
+                    }
+                }
                 Ready::Subagent(setup, arguments, paused) => {
                     let (reason, ok, content) = Box::pin(
                         self.run_subagent(scope, client, &call_id, setup, arguments, paused),
