@@ -146,6 +146,26 @@ impl Db {
         }
     }
 
+    /// The first column of every row `sql` returns, as text, read on a connection of its own.
+    pub fn query_text(&self, sql: &str) -> Vec<String> {
+        match self {
+            Db::Sqlite { path, .. } => {
+                let c = rusqlite::Connection::open(path).unwrap();
+                let mut stmt = c.prepare(sql).unwrap();
+                stmt.query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<rusqlite::Result<_>>()
+                    .unwrap()
+            }
+            Db::Postgres { url, .. } => pg_client(url)
+                .query(sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        }
+    }
+
     /// Mark the database as written by a kaged `version` knows nothing of.
     pub fn set_schema_version(&self, version: u32) {
         let sql = match self {

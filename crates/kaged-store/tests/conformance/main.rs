@@ -10,6 +10,7 @@ mod copy;
 mod events;
 mod fixtures;
 mod harness;
+mod plugin_storage;
 mod resilience;
 
 /// Each case (a `fn(&Db)`) becomes a test in `sqlite::` and one in `postgres::`.
@@ -55,6 +56,14 @@ conformance! {
     approvals::racing_decisions_have_exactly_one_winner,
     approvals::the_database_refuses_to_change_a_decided_approval_and_unknown_sessions,
     approvals::listing_filters_newest_first_and_grants_are_per_session_agent_and_tool,
+    plugin_storage::plugin_values_round_trip_as_compact_json_replace_and_delete,
+    plugin_storage::a_listing_matches_its_prefix_literally_in_byte_order,
+    plugin_storage::plugins_never_see_or_change_each_others_keys,
+    plugin_storage::a_plugin_past_its_key_quota_is_refused_and_others_are_not,
+    plugin_storage::a_plugin_past_its_byte_quota_is_refused_counting_bytes_not_characters,
+    plugin_storage::racing_writers_never_pass_the_key_quota_together,
+    plugin_storage::a_version_10_database_gains_plugin_storage_and_keeps_its_sessions,
+    plugin_storage::the_store_serves_plugin_storage_through_its_async_handle,
     resilience::a_second_daemon_is_refused_with_who_holds_the_database,
     resilience::a_second_daemon_is_refused_before_it_migrates,
     resilience::transition_ids_are_committed_in_order_under_concurrent_writers,
