@@ -56,6 +56,11 @@ impl Db {
 
     /// A fresh database in the test cluster; `None` (the test passes) without one.
     pub fn postgres(test: &str) -> Option<Db> {
+        Db::postgres_created_with(test, "")
+    }
+
+    /// [`Db::postgres`], created with `options` after `CREATE DATABASE NAME` (a collation).
+    pub fn postgres_created_with(test: &str, options: &str) -> Option<Db> {
         let Some(text) = std::env::var("KAGED_TEST_POSTGRES_URL")
             .ok()
             .filter(|t| !t.is_empty())
@@ -81,7 +86,7 @@ impl Db {
             &test[..test.len().min(30)]
         );
         pg_client(&admin)
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .batch_execute(&format!("CREATE DATABASE \"{name}\" {options}"))
             .unwrap_or_else(|e| panic!("cannot create database {name} at {admin}: {e}"));
         let mut url = admin.clone();
         url.database = name;

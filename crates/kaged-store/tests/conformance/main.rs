@@ -69,10 +69,20 @@ conformance! {
     resilience::transition_ids_are_committed_in_order_under_concurrent_writers,
 }
 
-/// PostgreSQL's own: connections lost and refused, a foreign database.
+/// PostgreSQL's own: connections lost and refused, a foreign database, a database collation
+/// that is not byte order.
 mod postgres_only {
     use super::harness::Db;
-    use super::resilience;
+    use super::{plugin_storage, resilience};
+
+    #[test]
+    fn plugin_keys_list_in_byte_order_whatever_the_database_collation() {
+        // ICU English sorts `_x a B é z`; the keys must still come back as bytes sort.
+        let icu = "LOCALE_PROVIDER icu ICU_LOCALE 'en' TEMPLATE template0";
+        if let Some(db) = Db::postgres_created_with("icu_collation", icu) {
+            plugin_storage::a_listing_matches_its_prefix_literally_in_byte_order(&db);
+        }
+    }
 
     #[test]
     fn a_lost_connection_is_storage_trouble_and_the_next_call_reconnects() {
