@@ -201,3 +201,24 @@ fn a_database_a_daemon_holds_is_refused_naming_it() {
         "{e}"
     );
 }
+
+#[test]
+fn the_copy_moves_every_table_of_the_schema() {
+    let mut copied: Vec<&str> = table_names();
+    copied.sort_unstable();
+    let sqlite = Db::sqlite();
+    sqlite.open();
+    let tables = sqlite.query_text(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> 'sqlite_sequence'
+         ORDER BY name",
+    );
+    assert_eq!(tables, copied, "SQLite's tables");
+    if let Some(pg) = Db::postgres("copy_every_table") {
+        pg.open();
+        let tables = pg.query_text(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
+             AND tablename <> 'schema_migrations' ORDER BY tablename COLLATE \"C\"",
+        );
+        assert_eq!(tables, copied, "PostgreSQL's tables");
+    }
+}
