@@ -23,7 +23,8 @@ impl std::fmt::Display for PluginQuota {
             PluginQuota::Keys => write!(f, "at most {PLUGIN_STORAGE_MAX_KEYS} keys"),
             PluginQuota::Bytes => write!(
                 f,
-                "at most {PLUGIN_STORAGE_MAX_BYTES} bytes (16 MiB) of values in total"
+                "at most {PLUGIN_STORAGE_MAX_BYTES} bytes ({} MiB) of values in total",
+                PLUGIN_STORAGE_MAX_BYTES / (1024 * 1024)
             ),
         }
     }
@@ -31,12 +32,12 @@ impl std::fmt::Display for PluginQuota {
 
 /// What the plugin's other keys hold (every key but the one being written).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Held {
+pub(crate) struct Holding {
     pub keys: u64,
     pub bytes: u64,
 }
 
-impl Held {
+impl Holding {
     /// The limit that writing one more key (or replacing the one left out) with a value of
     /// `value_bytes` would pass; `None` when it fits.
     pub(crate) fn exceeded_by(self, value_bytes: usize) -> Option<PluginQuota> {

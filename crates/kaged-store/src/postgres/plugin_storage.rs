@@ -6,7 +6,7 @@ use postgres::{Client, Error};
 
 use super::schema::{PLUGIN_STORAGE_WRITERS, in_turn};
 use crate::StoreError;
-use crate::plugin_storage::{Held, read_back, stored};
+use crate::plugin_storage::{Holding, read_back, stored};
 
 pub(super) fn get(
     c: &mut Client,
@@ -41,7 +41,7 @@ pub(super) fn set(
         &[&plugin, &key],
     )?;
     let (keys, bytes): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-    let held = Held {
+    let held = Holding {
         keys: u64::try_from(keys).unwrap_or(0),
         bytes: u64::try_from(bytes).unwrap_or(0),
     };

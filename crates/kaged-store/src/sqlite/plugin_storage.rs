@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::StoreError;
-use crate::plugin_storage::{Held, read_back, stored};
+use crate::plugin_storage::{Holding, read_back, stored};
 
 pub(super) fn get(
     conn: &Connection,
@@ -38,7 +38,7 @@ pub(super) fn set(
         params![plugin, key],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let held = Held {
+    let held = Holding {
         keys: u64::try_from(keys).unwrap_or(0),
         bytes: u64::try_from(bytes).unwrap_or(0),
     };
