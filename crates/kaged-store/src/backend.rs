@@ -40,6 +40,9 @@ use crate::{
 ///   writers take turns).
 ///   A session's event log (`session_events`) is numbered by its writer, from 1 with no gap;
 ///   the backend refuses a batch that does not continue it exactly.
+/// - **Plugins' storage.** Each plugin's keys are its own: every statement names the plugin,
+///   so no key or prefix reaches another plugin's rows; a quota per plugin is enforced in the
+///   write's own transaction (see [`Backend::plugin_storage_set`]).
 pub trait Backend: Send + Sync + 'static {
     /// Where the data lives, for logs and `kaged status` (`sqlite:///path`,
     /// `postgres://USER@HOST:PORT/DB`); never a password.
@@ -165,6 +168,34 @@ pub trait Backend: Send + Sync + 'static {
     fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<ApprovalRecord>>;
     /// Whether `agent`'s calls of `tool` in `session` were approved for the rest of it.
     fn granted_for_session(&self, session: &str, agent: &str, tool: &str) -> Result<bool>;
+    /// The value `plugin` stored under `key`, as stored; `None` when it has none. Plugins'
+    /// storage (`plugin_storage`) is one namespace per plugin: every method reads or changes
+    /// the rows of the plugin it names, never another's, whatever the key or prefix holds.
+    /// Keys compare and sort as their UTF-8 bytes in both engines. The caller checks keys and
+    /// values against the wire limits; a key holding NUL is refused by PostgreSQL as an error
+    /// of the request (the caller allows no control characters).
+    fn plugin_storage_get(&self, plugin: &str, key: &str) -> Result<Option<serde_json::Value>>;
+    /// Store `value` (as compact JSON) under `plugin`'s `key`, replacing any value there, in
+    /// one transaction that first counts what the plugin holds: a write after which the plugin
+    /// would hold more than [`crate::PLUGIN_STORAGE_MAX_KEYS`] keys or more than
+    /// [`crate::PLUGIN_STORAGE_MAX_BYTES`] bytes of values is refused with
+    /// [`crate::StoreError::QuotaExceeded`] (an error of the request) and writes nothing.
+    /// Replacing a key counts its new value instead of its old one. Two racing writes cannot
+    /// both fit one quota (SQLite: the write lock is taken before counting; PostgreSQL: the
+    /// writers take turns).
+    fn plugin_storage_set(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<()>;
+    /// Delete `plugin`'s `key`; whether it existed.
+    fn plugin_storage_delete(&self, plugin: &str, key: &str) -> Result<bool>;
+    /// `plugin`'s keys that start with `prefix` (every key for `""`), in byte order. The
+    /// prefix is matched literally (a substring comparison, never `LIKE`: `%` and `_` are
+    /// characters like any other).
+    fn plugin_storage_list(&self, plugin: &str, prefix: &str) -> Result<Vec<String>>;
     /// Flush and release what the database holds at a clean stop (SQLite: checkpoint the WAL
     /// into the main file). Other calls may still follow and must work.
     fn close(&self) -> Result<()>;

@@ -238,6 +238,18 @@ pub(crate) const TABLES: &[Table] = &[
         counter: Some(0),
         autoincrement: false,
     },
+    Table {
+        name: "plugin_storage",
+        columns: &[
+            col("plugin", Text),
+            col("key", Text),
+            col("value", Text),
+            col("updated_at_ms", Int),
+        ],
+        order: &[0, 1],
+        counter: None,
+        autoincrement: false,
+    },
 ];
 
 /// The names of every table the copy moves, in its order.

@@ -74,6 +74,15 @@ pub enum StoreError {
         seq: u64,
         expected: u64,
     },
+    /// A plugin's storage write refused: the plugin would hold more than its quota. Nothing
+    /// was written; deleting keys makes room.
+    #[error(
+        "plugin {plugin}'s storage is full: a plugin keeps {limit}; nothing was written (delete keys it no longer needs)"
+    )]
+    QuotaExceeded {
+        plugin: String,
+        limit: crate::PluginQuota,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

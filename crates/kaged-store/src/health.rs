@@ -41,7 +41,8 @@ impl StoreError {
             | StoreError::Setup { .. }
             | StoreError::NotKaged { .. }
             | StoreError::Held { .. }
-            | StoreError::OutOfOrder { .. } => None,
+            | StoreError::OutOfOrder { .. }
+            | StoreError::QuotaExceeded { .. } => None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! - `sqlite/`: [`SqliteBackend`], one file per table group; `migrations.rs`: its schema;
 //! - `postgres/`: [`PostgresBackend`] (a bounded connection pool, TLS by rustls, the daemon's
 //!   advisory lock), one file per table group; `postgres/migrations.rs`: the same schema;
+//! - `plugin_storage.rs`: plugins' key-value storage: its quota, shared by both engines;
 //! - `copy.rs`: `kaged storage copy` (every table into an empty database of either engine);
 //!   `backup.rs`: `kaged storage backup` (a consistent snapshot of a SQLite database);
 //! - `health.rs` and `held.rs`: whether storage takes writes, and the state changes held
@@ -22,6 +23,7 @@ mod error;
 mod health;
 mod held;
 mod migrations;
+mod plugin_storage;
 mod postgres;
 mod records;
 mod sqlite;
@@ -36,6 +38,7 @@ pub use error::{Result, StoreError};
 pub use health::{Failure, Health, Trouble};
 pub use held::MAX_HELD;
 pub use migrations::LATEST_SCHEMA;
+pub use plugin_storage::{PLUGIN_STORAGE_MAX_BYTES, PLUGIN_STORAGE_MAX_KEYS, PluginQuota};
 pub use records::{
     ApprovalDecision, ApprovalFilter, ApprovalRecord, AuditEvent, DaemonRun, Decided,
     ProjectRecord, SessionEvent, SessionRecord, StateChange, StoredAuditEvent, TokenRecord,
@@ -400,6 +403,41 @@ impl Store {
         tool: String,
     ) -> Result<bool> {
         self.run(move |b| b.granted_for_session(&session, &agent, &tool))
+            .await
+    }
+
+    /// The value `plugin` stored under `key`; `None` when it has none.
+    pub async fn plugin_storage_get(
+        &self,
+        plugin: String,
+        key: String,
+    ) -> Result<Option<serde_json::Value>> {
+        self.run(move |b| b.plugin_storage_get(&plugin, &key)).await
+    }
+
+    /// Store `value` under `plugin`'s `key` (replacing any), stamped now; refused with
+    /// [`StoreError::QuotaExceeded`] past the plugin's quota (see
+    /// [`Backend::plugin_storage_set`]). A write.
+    pub async fn plugin_storage_set(
+        &self,
+        plugin: String,
+        key: String,
+        value: serde_json::Value,
+    ) -> Result<()> {
+        let now_ms = health::now_ms();
+        self.write(move |b| b.plugin_storage_set(&plugin, &key, &value, now_ms))
+            .await
+    }
+
+    /// Delete `plugin`'s `key`; whether it existed. A write.
+    pub async fn plugin_storage_delete(&self, plugin: String, key: String) -> Result<bool> {
+        self.write(move |b| b.plugin_storage_delete(&plugin, &key))
+            .await
+    }
+
+    /// `plugin`'s keys starting with `prefix` (all of them for `""`), in byte order.
+    pub async fn plugin_storage_list(&self, plugin: String, prefix: String) -> Result<Vec<String>> {
+        self.run(move |b| b.plugin_storage_list(&plugin, &prefix))
             .await
     }
 

@@ -123,6 +123,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      CREATE TRIGGER approvals_decided_once BEFORE UPDATE ON approvals
      WHEN OLD.state <> 'pending'
      BEGIN SELECT RAISE(ABORT, 'an approval is decided once'); END;",
+    // 11: each plugin's key-value storage: its keys (compared as bytes: SQLite's BINARY
+    // collation), each value as compact JSON. Every statement names the plugin.
+    "CREATE TABLE plugin_storage (
+        plugin        TEXT    NOT NULL,
+        key           TEXT    NOT NULL,
+        value         TEXT    NOT NULL CHECK (json_valid(value)),
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (plugin, key)
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

@@ -130,6 +130,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      END $$;
      CREATE TRIGGER approvals_decided_once BEFORE UPDATE ON approvals
        FOR EACH ROW WHEN (OLD.state <> 'pending') EXECUTE FUNCTION kaged_decided_once();",
+    // 11: each plugin's key-value storage. Keys collate as bytes ("C"), as in SQLite, so
+    // the primary key's order is the listing's order.
+    "CREATE TABLE plugin_storage (
+        plugin        TEXT   NOT NULL,
+        key           TEXT   COLLATE \"C\" NOT NULL,
+        value         TEXT   NOT NULL CHECK (value::json IS NOT NULL),
+        updated_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (plugin, key)
+     );",
 ];
 
 #[cfg(test)]

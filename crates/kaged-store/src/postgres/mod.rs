@@ -2,7 +2,8 @@
 //! by rustls in `tls.rs`), the
 //! schema by numbered migrations in `schema_migrations` (`schema.rs`, `migrations.rs`), the
 //! daemon's advisory lock (`lock.rs`), and one file per table group like `sqlite/` (`audit.rs`,
-//! `runs.rs`, `tokens.rs`, `projects.rs`, `sessions.rs`, `events.rs`, `approvals.rs`). Those
+//! `runs.rs`, `tokens.rs`, `projects.rs`, `sessions.rs`, `events.rs`, `approvals.rs`,
+//! `plugin_storage.rs`). Those
 //! speak `postgres` only; the [`Backend`] impl here maps their errors to [`StoreError`], once,
 //! and [`trouble`] says which of them are storage trouble.
 //!
@@ -17,6 +18,7 @@ mod copy;
 mod events;
 mod lock;
 mod migrations;
+mod plugin_storage;
 mod pool;
 mod projects;
 mod runs;
@@ -276,6 +278,28 @@ impl Backend for PostgresBackend {
 
     fn granted_for_session(&self, session: &str, agent: &str, tool: &str) -> Result<bool> {
         self.with(|c| approvals::granted_for_session(c, session, agent, tool))
+    }
+
+    fn plugin_storage_get(&self, plugin: &str, key: &str) -> Result<Option<serde_json::Value>> {
+        self.with(|c| plugin_storage::get(c, plugin, key))
+    }
+
+    fn plugin_storage_set(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.with(|c| plugin_storage::set(c, plugin, key, value, now_ms))?
+    }
+
+    fn plugin_storage_delete(&self, plugin: &str, key: &str) -> Result<bool> {
+        self.with(|c| plugin_storage::delete(c, plugin, key))
+    }
+
+    fn plugin_storage_list(&self, plugin: &str, prefix: &str) -> Result<Vec<String>> {
+        self.with(|c| plugin_storage::list(c, plugin, prefix))
     }
 
     fn close(&self) -> Result<()> {

@@ -23,6 +23,8 @@ const MIGRATION_LOCK: i32 = 2;
 pub(super) const AUDIT_WRITERS: i32 = 3;
 pub(super) const TRANSITION_WRITERS: i32 = 4;
 pub(super) const RUN_WRITERS: i32 = 5;
+/// Writers of `plugin_storage`: a quota counted and kept in one turn.
+pub(super) const PLUGIN_STORAGE_WRITERS: i32 = 6;
 
 /// Make the writers of one table take turns until `tx` ends: ids come from a sequence when a
 /// row is inserted, so two concurrent transactions could commit ids out of order (a reader

@@ -3,7 +3,7 @@
 //!
 //! `schema.rs` opens the file and migrates it; each other file holds the statements of one
 //! group of tables (`audit.rs`, `runs.rs`, `tokens.rs`, `projects.rs`, `sessions.rs`, `events.rs`,
-//! `approvals.rs`). Those
+//! `approvals.rs`, `plugin_storage.rs`). Those
 //! speak `rusqlite` only; the [`Backend`] impl here maps their errors to [`StoreError`], once.
 
 mod approvals;
@@ -11,6 +11,7 @@ mod audit;
 mod copy;
 mod events;
 mod lock;
+mod plugin_storage;
 mod projects;
 mod runs;
 mod schema;
@@ -219,6 +220,28 @@ impl Backend for SqliteBackend {
 
     fn granted_for_session(&self, session: &str, agent: &str, tool: &str) -> Result<bool> {
         self.with(|c| approvals::granted_for_session(c, session, agent, tool))
+    }
+
+    fn plugin_storage_get(&self, plugin: &str, key: &str) -> Result<Option<serde_json::Value>> {
+        self.with(|c| plugin_storage::get(c, plugin, key))
+    }
+
+    fn plugin_storage_set(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.with(|c| plugin_storage::set(c, plugin, key, value, now_ms))?
+    }
+
+    fn plugin_storage_delete(&self, plugin: &str, key: &str) -> Result<bool> {
+        self.with(|c| plugin_storage::delete(c, plugin, key))
+    }
+
+    fn plugin_storage_list(&self, plugin: &str, prefix: &str) -> Result<Vec<String>> {
+        self.with(|c| plugin_storage::list(c, plugin, prefix))
     }
 
     fn close(&self) -> Result<()> {

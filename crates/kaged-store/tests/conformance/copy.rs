@@ -43,6 +43,12 @@ fn fill(b: &dyn Backend) {
         .unwrap();
     b.decide_approval("apr_2", &decision("denied", "deny", "user:ann"))
         .unwrap();
+    b.plugin_storage_set("memo", "notes/b", &serde_json::json!({"n": [1, "é"]}), 60)
+        .unwrap();
+    b.plugin_storage_set("memo", "notes/%a", &serde_json::json!(null), 61)
+        .unwrap();
+    b.plugin_storage_set("other", "notes/b", &serde_json::json!("other's"), 62)
+        .unwrap();
 }
 
 /// Every row of every table as SQLite stores it (rowids included where there are some), the
@@ -64,6 +70,7 @@ fn dump(path: &std::path::Path) -> Vec<(String, Vec<Vec<Value>>)> {
         let sql = match table {
             "session_events" => format!("SELECT * FROM {table} ORDER BY session_id, seq"),
             "projects" => format!("SELECT * FROM {table} ORDER BY slug"),
+            "plugin_storage" => format!("SELECT * FROM {table} ORDER BY plugin, key"),
             _ => format!("SELECT rowid, * FROM {table} ORDER BY rowid"),
         };
         read(table.to_string(), &sql);
@@ -105,6 +112,7 @@ fn a_round_trip_through_postgresql_leaves_every_row_identical() {
         ("session_transitions", 5),
         ("session_events", 7),
         ("approvals", 2),
+        ("plugin_storage", 3),
     ];
     assert_eq!(there, expected);
     let (Db::Sqlite { path: a, .. }, Db::Sqlite { path: c, .. }) = (&first, &last) else {
@@ -125,6 +133,14 @@ fn a_round_trip_through_postgresql_leaves_every_row_identical() {
         .collect();
     assert_eq!(newest[0], "s_new", "{newest:?}");
     assert_eq!(b.recent_audit(1).unwrap()[0].event.kind, "after.copy");
+    assert_eq!(
+        b.plugin_storage_list("memo", "notes/").unwrap(),
+        ["notes/%a", "notes/b"]
+    );
+    assert_eq!(
+        b.plugin_storage_get("other", "notes/b").unwrap(),
+        Some(serde_json::json!("other's"))
+    );
     let again = SqliteBackend::open(c).unwrap();
     assert_eq!(again.append_audit(&audit("after.copy")).unwrap(), 6);
 }
@@ -184,4 +200,25 @@ fn a_database_a_daemon_holds_is_refused_naming_it() {
         e.to_string().contains("in use by another kaged (kaged pid"),
         "{e}"
     );
+}
+
+#[test]
+fn the_copy_moves_every_table_of_the_schema() {
+    let mut copied: Vec<&str> = table_names();
+    copied.sort_unstable();
+    let sqlite = Db::sqlite();
+    sqlite.open();
+    let tables = sqlite.query_text(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> 'sqlite_sequence'
+         ORDER BY name",
+    );
+    assert_eq!(tables, copied, "SQLite's tables");
+    if let Some(pg) = Db::postgres("copy_every_table") {
+        pg.open();
+        let tables = pg.query_text(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
+             AND tablename <> 'schema_migrations' ORDER BY tablename COLLATE \"C\"",
+        );
+        assert_eq!(tables, copied, "PostgreSQL's tables");
+    }
 }

@@ -66,8 +66,8 @@ pub fn a_version_7_database_gains_the_event_log_and_keeps_its_sessions(db: &Db) 
         "no session_events before migration 8"
     );
     let b = db.open();
-    assert_eq!(LATEST_SCHEMA, 10);
-    assert_eq!(b.schema_version().unwrap(), 10);
+    assert_eq!(LATEST_SCHEMA, 11);
+    assert_eq!(b.schema_version().unwrap(), 11);
     let kept = b.get_session("old").unwrap().unwrap();
     assert!(
         !kept.conversation,

@@ -56,6 +56,11 @@ impl Db {
 
     /// A fresh database in the test cluster; `None` (the test passes) without one.
     pub fn postgres(test: &str) -> Option<Db> {
+        Db::postgres_created_with(test, "")
+    }
+
+    /// [`Db::postgres`], created with `options` after `CREATE DATABASE NAME` (a collation).
+    pub fn postgres_created_with(test: &str, options: &str) -> Option<Db> {
         let Some(text) = std::env::var("KAGED_TEST_POSTGRES_URL")
             .ok()
             .filter(|t| !t.is_empty())
@@ -81,7 +86,7 @@ impl Db {
             &test[..test.len().min(30)]
         );
         pg_client(&admin)
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .batch_execute(&format!("CREATE DATABASE \"{name}\" {options}"))
             .unwrap_or_else(|e| panic!("cannot create database {name} at {admin}: {e}"));
         let mut url = admin.clone();
         url.database = name;
@@ -143,6 +148,26 @@ impl Db {
                 e.as_db_error()
                     .map_or_else(|| e.to_string(), |d| d.message().to_string())
             }),
+        }
+    }
+
+    /// The first column of every row `sql` returns, as text, read on a connection of its own.
+    pub fn query_text(&self, sql: &str) -> Vec<String> {
+        match self {
+            Db::Sqlite { path, .. } => {
+                let c = rusqlite::Connection::open(path).unwrap();
+                let mut stmt = c.prepare(sql).unwrap();
+                stmt.query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<rusqlite::Result<_>>()
+                    .unwrap()
+            }
+            Db::Postgres { url, .. } => pg_client(url)
+                .query(sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
         }
     }
 

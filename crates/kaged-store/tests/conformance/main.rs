@@ -10,6 +10,7 @@ mod copy;
 mod events;
 mod fixtures;
 mod harness;
+mod plugin_storage;
 mod resilience;
 
 /// Each case (a `fn(&Db)`) becomes a test in `sqlite::` and one in `postgres::`.
@@ -55,15 +56,33 @@ conformance! {
     approvals::racing_decisions_have_exactly_one_winner,
     approvals::the_database_refuses_to_change_a_decided_approval_and_unknown_sessions,
     approvals::listing_filters_newest_first_and_grants_are_per_session_agent_and_tool,
+    plugin_storage::plugin_values_round_trip_as_compact_json_replace_and_delete,
+    plugin_storage::a_listing_matches_its_prefix_literally_in_byte_order,
+    plugin_storage::plugins_never_see_or_change_each_others_keys,
+    plugin_storage::a_plugin_past_its_key_quota_is_refused_and_others_are_not,
+    plugin_storage::a_plugin_past_its_byte_quota_is_refused_counting_bytes_not_characters,
+    plugin_storage::racing_writers_never_pass_the_key_quota_together,
+    plugin_storage::a_version_10_database_gains_plugin_storage_and_keeps_its_sessions,
+    plugin_storage::the_store_serves_plugin_storage_through_its_async_handle,
     resilience::a_second_daemon_is_refused_with_who_holds_the_database,
     resilience::a_second_daemon_is_refused_before_it_migrates,
     resilience::transition_ids_are_committed_in_order_under_concurrent_writers,
 }
 
-/// PostgreSQL's own: connections lost and refused, a foreign database.
+/// PostgreSQL's own: connections lost and refused, a foreign database, a database collation
+/// that is not byte order.
 mod postgres_only {
     use super::harness::Db;
-    use super::resilience;
+    use super::{plugin_storage, resilience};
+
+    #[test]
+    fn plugin_keys_list_in_byte_order_whatever_the_database_collation() {
+        // ICU English sorts `_x a B é z`; the keys must still come back as bytes sort.
+        let icu = "LOCALE_PROVIDER icu ICU_LOCALE 'en' TEMPLATE template0";
+        if let Some(db) = Db::postgres_created_with("icu_collation", icu) {
+            plugin_storage::a_listing_matches_its_prefix_literally_in_byte_order(&db);
+        }
+    }
 
     #[test]
     fn a_lost_connection_is_storage_trouble_and_the_next_call_reconnects() {
