@@ -92,7 +92,7 @@ impl ServerState {
         let (plugins, hooks) = crate::plugins::Plugins::new(
             info.settings.plugins_dir.clone(),
             info.settings.plugins_enabled.clone(),
-            plugin_deps(&info, &audit),
+            plugin_deps(&info, &store, &audit),
         );
         let runs = Sessions::new(Deps {
             hooks,
@@ -211,7 +211,7 @@ pub async fn stop_plugins(state: &Arc<ServerState>) {
 }
 
 /// What the plugin host needs of the daemon's settings and the start-up preflight.
-fn plugin_deps(info: &DaemonInfo, audit: &AuditLog) -> crate::plugins::PluginDeps {
+fn plugin_deps(info: &DaemonInfo, store: &Store, audit: &AuditLog) -> crate::plugins::PluginDeps {
     let settings = &info.settings;
     let no_cage = if settings.sandbox_mode == kaged_config::SandboxMode::Disabled {
         Some("cages are disabled ([sandbox] mode = \"disabled\")".to_string())
@@ -223,6 +223,7 @@ fn plugin_deps(info: &DaemonInfo, audit: &AuditLog) -> crate::plugins::PluginDep
     };
     crate::plugins::PluginDeps {
         audit: audit.clone(),
+        store: store.clone(),
         helper: info.sandbox.helper.clone(),
         cage_user: settings.cage_user.clone(),
         default_limits: crate::sessions::default_limits(settings),

@@ -31,6 +31,8 @@ use crate::audit::{AuditLog, AuditRecord};
 #[derive(Clone)]
 pub struct PluginDeps {
     pub audit: AuditLog,
+    /// Where plugins' key-value storage is kept.
+    pub store: kaged_store::Store,
     /// The daemon's private copy of kaged bound into cages; `None`: `/proc/self/exe`.
     pub helper: Option<PathBuf>,
     /// `[sandbox] cage_user`.

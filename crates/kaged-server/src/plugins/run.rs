@@ -396,11 +396,7 @@ async fn handle(plugin: &Plugin, run: &mut Running, message: Message) -> Option<
                 plugin.manifest.capabilities.cage().storage,
             ) {
                 Err(refused) => Err(refused),
-                // Declared and well-formed: kaged's plugin storage is not built yet.
-                Ok(_) => Err(wire::RpcError::new(
-                    wire::code::INTERNAL_ERROR,
-                    "this kaged does not keep plugin storage yet",
-                )),
+                Ok(op) => storage(plugin, op).await,
             };
             let answer = Message::Response {
                 id: Some(id),
@@ -416,6 +412,44 @@ async fn handle(plugin: &Plugin, run: &mut Running, message: Message) -> Option<
             None
         }
     }
+}
+
+/// A plugin's storage request (its capability checked), carried out on its own keys.
+async fn storage(plugin: &Plugin, op: wire::StorageOp) -> Result<Value, wire::RpcError> {
+    let store = &plugin.deps.store;
+    let name = plugin.name.clone();
+    let done = match op {
+        wire::StorageOp::Get { key } => store
+            .plugin_storage_get(name, key)
+            .await
+            .map(|v| v.unwrap_or(Value::Null)),
+        wire::StorageOp::Set { key, value } => store
+            .plugin_storage_set(name, key, value)
+            .await
+            .map(|()| Value::Null),
+        wire::StorageOp::Delete { key } => store
+            .plugin_storage_delete(name, key)
+            .await
+            .map(|_| Value::Null),
+        wire::StorageOp::List { prefix } if prefix.chars().any(char::is_control) => {
+            return Err(wire::RpcError::new(
+                wire::code::INVALID_PARAMS,
+                "storage/list: a prefix has no control characters",
+            ));
+        }
+        wire::StorageOp::List { prefix } => {
+            store.plugin_storage_list(name, prefix).await.map(|keys| json!(keys))
+        }
+    };
+    done.map_err(|e| match e {
+        kaged_store::StoreError::QuotaExceeded { .. } => {
+            wire::RpcError::new(wire::code::STORAGE_LIMIT, e.to_string())
+        }
+        other => {
+            tracing::error!(plugin = %plugin.name, error = %other, "a plugin's storage request failed");
+            wire::RpcError::new(wire::code::INTERNAL_ERROR, "kaged's storage failed; try again later")
+        }
+    })
 }
 
 async fn send(run: &mut Running, message: &Message) -> std::io::Result<()> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use crate::common::provider::*;
 use crate::common::*;
 
 /// A plugin whose behaviour is its first argument: `good`, `crash_at_start`, `silent` (never
@@ -392,4 +393,146 @@ async fn plugins_hear_the_hooks_they_declared() {
         !deaf.join("hooks.jsonl").exists(),
         "no hook it did not declare"
     );
+}
+
+/// A plugin offering two tools: `add` keeps a note in kaged's storage (`storage/set`, then
+/// `storage/list`) and says how many it has; `hang` never answers.
+const NOTES: &str = r#"
+import json, os, sys
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+def ask(id, method, params):
+    send({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+    while True:
+        msg = json.loads(sys.stdin.readline())
+        if msg.get("id") == id and "method" not in msg:
+            if "error" in msg:
+                raise RuntimeError(msg["error"]["message"])
+            return msg.get("result")
+n = 0
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": id, "result": {}})
+    elif method == "health":
+        send({"jsonrpc": "2.0", "id": id, "result": {"status": "ok"}})
+    elif method == "tools/call":
+        if msg["params"]["name"] == "hang":
+            continue
+        n += 1
+        ask("set%d" % n, "storage/set", {"key": "note/%d-%d" % (os.getpid(), n), "value": msg["params"]["arguments"]["text"]})
+        keys = ask("list%d" % n, "storage/list", {"prefix": "note/"})
+        send({"jsonrpc": "2.0", "id": id, "result": {"content": "stored %d notes" % len(keys), "is_error": False}})
+    elif method == "shutdown":
+        send({"jsonrpc": "2.0", "id": id, "result": {}})
+        sys.exit(0)
+"#;
+
+/// A model agent with `plugins: [notes]` gets the plugin's tools as `notes.add` and
+/// `notes.hang`; a call runs in the plugin (which keeps its note in kaged's storage); a call
+/// the plugin never answers ends in an error for the model after the timeout, and the plugin
+/// is restarted with its notes kept; a plugin tool without a `tools:` setting asks the operator.
+#[tokio::test]
+async fn a_model_agent_calls_a_plugins_tools_and_the_plugin_keeps_notes_in_kaged() {
+    let plugins = tempfile::tempdir().unwrap();
+    let root = plugins.path().join("notes");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("plugin.py"), NOTES).unwrap();
+    std::fs::write(
+        root.join("kaged-plugin.yaml"),
+        "name: notes\nversion: 1.0.0\nkaged_api: 1\ndescription: keeps notes\ncommand: [python3, plugin.py]\ncapabilities: [\"kaged:storage:read\", \"kaged:storage:write\"]\ntools:\n  - name: add\n    description: Keep a note.\n    input_schema: {type: object, properties: {text: {type: string}}, required: [text]}\n  - name: hang\n    description: Never answers.\n    input_schema: {type: object}\n  - name: asks\n    description: Needs the operator.\n    input_schema: {type: object}\n",
+    )
+    .unwrap();
+    cage_writable(&root);
+    let dir = plugins.path().to_str().unwrap().to_string();
+    let env = ModelEnv::start_full(
+        COMPLETIONS,
+        "  plugins: [notes]\n  tools:\n    notes.add: { approval: allow }\n    notes.hang: { approval: allow }\n",
+        "",
+        &[],
+        &[
+            ("KAGED_PLUGINS_DIR", &dir),
+            ("KAGED_PLUGINS_ENABLED", "notes"),
+            ("KAGED_TEST_PLUGIN_CALL_TIMEOUT_MS", "1500"),
+            ("KAGED_TEST_PLUGIN_BACKOFF_MS", "100"),
+        ],
+    )
+    .await;
+    let d = &env.daemon;
+    let p = &env.provider;
+    wait_plugin(d, "notes", "running", |p| p["state"] == "running").await;
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new("c_add", "notes.add", &serde_json::json!({"text": "milk"}))],
+    ));
+    p.push(text_reply(COMPLETIONS, &["Noted."]));
+    let id = create_agent(d, &env.slug, "primary", Some("Remember milk.")).await;
+    let records = wait_conversation(d, &id, |r| is_turn_ended(r)).await;
+    let result = records
+        .iter()
+        .find(|r| kind(r) == "tool_result" && r["event"]["call_id"] == "c_add")
+        .unwrap_or_else(|| panic!("{}", summarize(&records)));
+    assert_eq!(result["event"]["ok"], true, "{result}");
+    assert_eq!(result["event"]["content"], "stored 1 notes", "{result}");
+    // The tools reached the model as the plugin declared them.
+    let offered = p.requests()[0].body["tools"].to_string();
+    assert!(offered.contains("notes__add") && offered.contains("Keep a note."), "{offered}");
+
+    // A call it never answers: an error for the model, and the plugin restarted; the next
+    // call reaches the restarted plugin, and the notes are still kaged's.
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new("c_hang", "notes.hang", &serde_json::json!({}))],
+    ));
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new("c_add2", "notes.add", &serde_json::json!({"text": "eggs"}))],
+    ));
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new("c_asks", "notes.asks", &serde_json::json!({}))],
+    ));
+    p.push(text_reply(COMPLETIONS, &["Done."]));
+    send_message(d, &id, "Try the others.").await;
+    let hung = wait_conversation(d, &id, |r| {
+        kind(r) == "tool_result" && r["event"]["call_id"] == "c_hang"
+    })
+    .await;
+    let hung = hung
+        .iter()
+        .find(|r| kind(r) == "tool_result" && r["event"]["call_id"] == "c_hang")
+        .unwrap();
+    assert_eq!(hung["event"]["ok"], false, "{hung}");
+    assert!(
+        hung["event"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 1.5 s"),
+        "{hung}"
+    );
+    let records = wait_conversation(d, &id, |r| {
+        kind(r) == "tool_result" && r["event"]["call_id"] == "c_add2"
+    })
+    .await;
+    let second = records
+        .iter()
+        .find(|r| kind(r) == "tool_result" && r["event"]["call_id"] == "c_add2")
+        .unwrap();
+    assert_eq!(second["event"]["content"], "stored 2 notes", "{second}");
+    let plugin_now = wait_plugin(d, "notes", "restarted", |p| {
+        p["restarts"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(
+        plugin_now["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no answer to `tools/call`"),
+        "{plugin_now}"
+    );
+    // No `tools:` setting for `notes.asks`: the operator is asked.
+    let pending = wait_pending(d, &id, 1).await;
+    assert_eq!(pending[0]["tool"], "notes.asks", "{pending:?}");
 }
