@@ -242,3 +242,29 @@ fn daemon_commands_check_names_first_and_need_a_daemon() {
     let out = plugin(&env, &["list"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
+
+/// Root installing into a plugins directory the system daemon's user owns hands the copy to
+/// that user, so the daemon can read what it runs.
+#[test]
+fn root_installing_for_another_user_s_daemon_hands_it_the_copy() {
+    use std::os::unix::fs::MetadataExt;
+    if !running_as_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let plugins = home.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::chown(&plugins, Some(CAGE_UID), Some(CAGE_UID)).unwrap();
+    let src = source_plugin(tmp.path());
+    let out = plugin(
+        &[("KAGED_HOME", home.to_str().unwrap())],
+        &["install", src.to_str().unwrap(), "--yes"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for rel in ["", "plugin.py", "data", "data/words.txt"] {
+        let meta = std::fs::symlink_metadata(plugins.join("notes").join(rel)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (CAGE_UID, CAGE_UID), "{rel}");
+    }
+}
