@@ -99,6 +99,28 @@ fn confirmation(manifest: &Manifest, installed: &Installed, target: &Path) -> St
     out
 }
 
+/// A command naming a program inside the plugin (`./rust-hello`, `bin/run`) must be there,
+/// a regular executable file: installing a plugin that cannot start helps no one. A bare name
+/// (`python3`) or an absolute path is found in the cage, not here.
+fn missing_program(dir: &Path, manifest: &Manifest) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let program = manifest.command.first()?;
+    if program.starts_with('/') || !program.contains('/') {
+        return None;
+    }
+    let path = dir.join(program);
+    let problem = match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => return None,
+        Ok(meta) if meta.is_file() => "is not executable (chmod +x it)",
+        Ok(_) => "is not a regular file",
+        Err(_) => "does not exist (build it first?)",
+    };
+    Some(format!(
+        "the plugin's command runs {program}, but {} {problem}",
+        path.display()
+    ))
+}
+
 /// `Install? [y/N]` on a terminal; without one, a refusal naming `--yes`.
 fn confirm(name: &str) -> Result<(), Failure> {
     let stdin = std::io::stdin();
@@ -124,8 +146,12 @@ fn confirm(name: &str) -> Result<(), Failure> {
 pub fn install(path: &Path, yes: bool, mode: Option<DeploymentMode>) -> Result<(), Failure> {
     let located = locate(path)?;
     let manifest = checked(&located)?;
-    // Links and special files are refused before the operator is asked anything.
+    // Links, special files and a missing program are refused before the operator is asked
+    // anything.
     let entries = copy::scan(&located.dir)?;
+    if let Some(problem) = missing_program(&located.dir, &manifest) {
+        return Err(Failure::Config(problem));
+    }
     let facts = crate::host::gather();
     let (_, settings, _) = crate::config_for_start(&facts, mode, None, FlagOverrides::default())?;
     let dir = settings.plugins_dir;
@@ -179,6 +205,35 @@ mod tests {
             confirmation(&none, &Installed::Nothing, Path::new("/p/notes"))
                 .contains("it may: nothing beyond reading its own files")
         );
+    }
+
+    #[test]
+    fn a_program_inside_the_plugin_must_be_there_and_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let with = |command: &str| {
+            load_manifest(&format!(
+                "name: x\nversion: 0.1.0\nkaged_api: 1\ndescription: d\ncommand: [{command}]\ncapabilities: []\n"
+            ))
+            .unwrap()
+        };
+        assert_eq!(missing_program(tmp.path(), &with("python3")), None);
+        assert_eq!(missing_program(tmp.path(), &with("/usr/bin/python3")), None);
+        let missing = missing_program(tmp.path(), &with("./hello")).unwrap();
+        assert!(
+            missing.ends_with("/./hello does not exist (build it first?)"),
+            "{missing}"
+        );
+        let file = tmp.path().join("hello");
+        std::fs::write(&file, "").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            missing_program(tmp.path(), &with("./hello"))
+                .unwrap()
+                .ends_with("is not executable (chmod +x it)")
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(missing_program(tmp.path(), &with("./hello")), None);
     }
 
     #[test]
