@@ -268,3 +268,70 @@ fn root_installing_for_another_user_s_daemon_hands_it_the_copy() {
         assert_eq!((meta.uid(), meta.gid()), (CAGE_UID, CAGE_UID), "{rel}");
     }
 }
+
+/// Installed with the CLI, then listed, enabled and disabled through it against the real
+/// daemon and host: the example plugin really runs.
+#[tokio::test]
+async fn an_installed_plugin_is_listed_enabled_and_disabled_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let dir = tmp.path().join("plugins");
+    let env = [
+        ("KAGED_HOME", home.to_str().unwrap()),
+        ("KAGED_PLUGINS_DIR", dir.to_str().unwrap()),
+    ];
+    let out = plugin(
+        &env,
+        &[
+            "install",
+            example("python-notes").to_str().unwrap(),
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A root daemon runs a root-owned plugin as the cage user, who must reach its files (as
+    // in plugins.rs).
+    cage_writable(&dir);
+    let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &env[1..]).failing_on_panics();
+
+    let listed = text(&d.cli(&["plugin", "list"]).stdout);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[0].starts_with("NAME   VERSION  STATE"), "{listed}");
+    assert!(lines[1].starts_with("notes  0.1.0    stopped"), "{listed}");
+
+    let out = d.cli(&["plugin", "enable", "notes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert!(
+        line == "notes: starting\n" || line == "notes: running\n",
+        "{line}\n{}",
+        d.stderr_text()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = d.cli(&["plugin", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["plugins"][0]["state"] == "running" {
+            assert_eq!(v["dir"], dir.to_str().unwrap(), "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{v}\n{}",
+            d.stderr_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(text(&d.cli(&["plugin", "list"]).stdout).contains("notes  0.1.0    running  0"));
+
+    let out = d.cli(&["plugin", "disable", "notes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("notes: stopped ("),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = d.cli(&["plugin", "enable", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+}
