@@ -27,6 +27,11 @@ pub async fn dsl_schema() -> Json<Value> {
     Json(kaged_dsl::json_schema())
 }
 
+/// The JSON Schema of plugin manifests (`kaged-plugin.yaml`), for signed-in clients.
+pub async fn plugin_schema() -> Json<Value> {
+    Json(kaged_plugin::json_schema())
+}
+
 /// Readiness: storage is open, migrated, answering and taking writes (503 with the reason
 /// while writes fail, e.g. a full disk).
 pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {

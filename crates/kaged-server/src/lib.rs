@@ -82,6 +82,7 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/api/v1/plugins/schema", get(api::plugin_schema))
         .route("/api/v1/projects", get(projects::list))
         .route("/api/v1/projects/load", post(projects::load))
         .route(

@@ -187,6 +187,9 @@ pub enum Command {
     /// Project files: validate them, print their JSON Schema.
     #[command(subcommand)]
     Dsl(DslCommand),
+    /// Plugins: validate and install them, list them, enable or disable them.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Print the version of this kaged binary.
     Version,
 }
@@ -360,6 +363,64 @@ pub enum DslCommand {
     },
     /// Print the JSON Schema of project files (also served at GET /api/v1/dsl/schema).
     Schema,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Print the JSON Schema of plugin manifests (kaged-plugin.yaml; also served at
+    /// GET /api/v1/plugins/schema).
+    Schema,
+    /// Check a plugin's kaged-plugin.yaml: every problem at once, with line, column, key path
+    /// and a fix. Exit 0 only when valid.
+    Validate {
+        /// The plugin's directory, or its kaged-plugin.yaml.
+        #[arg(default_value = ".")]
+        path: std::path::PathBuf,
+        /// `text` for people, `json` for tools.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    // The help text names a config section, `[plugins]`; clap prints it as written.
+    #[allow(rustdoc::broken_intra_doc_links)]
+    /// Validate a plugin, show what it may do, and copy it into [plugins] dir as DIR/NAME
+    /// (after confirmation, or with --yes). Enable it afterwards with `kaged plugin enable NAME`.
+    #[command(
+        long_about = "Validate a plugin, show what it may do, and copy it into the \
+        configured [plugins] dir as DIR/NAME.\n\n\
+        Prints the plugin's name, version and capabilities in plain words; when a plugin of \
+        the same name is installed, also what the new version may do that the installed one \
+        could not. Asks `Install? [y/N]` on a terminal; without a terminal it installs only \
+        with --yes.\n\n\
+        The directory is copied as regular files and directories only: a symbolic link or a \
+        special file anywhere in it is refused, naming it. Directories become 0700, files keep \
+        their permission bits without group/other write (and without setuid/setgid). The copy \
+        is made beside DIR/NAME and renamed into place: an installed version is replaced only \
+        once the copy is complete."
+    )]
+    Install {
+        /// The plugin's directory, or its kaged-plugin.yaml.
+        path: std::path::PathBuf,
+        /// Install without asking (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List the installed plugins: name, version, state, restarts, and why a plugin is not
+    /// running (or its last error).
+    #[command(mut_arg("json", |a| a.help("Print the daemon's answer (GET /api/v1/plugins) as JSON")))]
+    List {
+        #[command(flatten)]
+        output: JsonOutput,
+    },
+    /// Enable an installed plugin: the daemon starts it (also one disabled after failures).
+    Enable {
+        /// The plugin's name (see `kaged plugin list`).
+        name: String,
+    },
+    /// Disable a plugin: the daemon stops it and does not start it again until enabled.
+    Disable {
+        /// The plugin's name (see `kaged plugin list`).
+        name: String,
+    },
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]

@@ -7,6 +7,7 @@ mod daemon;
 mod dsl;
 mod host;
 mod logging;
+mod plugin;
 mod runtime;
 mod session;
 mod storage;
@@ -257,6 +258,7 @@ fn main() -> ExitCode {
             Command::Approvals(command) => client::approvals(mode, command).await,
             Command::Acp { project, agent } => client::acp(mode, project, agent).await,
             Command::Dsl(command) => dsl::run(command),
+            Command::Plugin(command) => plugin::run(command, mode).await,
             Command::Project(command) => client::project(mode, command).await,
             Command::Session(command) => session::run(mode, command).await,
             Command::Cage(command) => cage::run(command, mode).await,

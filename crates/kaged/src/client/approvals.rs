@@ -247,26 +247,7 @@ fn table(approvals: &[Value], now_ms: i64) -> String {
             cell(a, "state"),
         ]);
     }
-    let mut widths = [0usize; 7];
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(c);
-            } else {
-                line.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    super::aligned(&rows)
 }
 
 #[cfg(test)]

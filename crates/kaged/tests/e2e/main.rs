@@ -36,6 +36,7 @@ mod lifecycle;
 mod listeners;
 mod notify;
 mod ordinary_user;
+mod plugin_cli;
 mod plugins;
 mod postgres;
 mod preflight;

@@ -670,3 +670,45 @@ while True:
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn an_ordinary_user_installs_a_plugin_into_their_own_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::new(tmp.path());
+    let src = tmp.path().join("notes-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/python-notes");
+    for file in ["kaged-plugin.yaml", "plugin.py"] {
+        std::fs::copy(example.join(file), src.join(file)).unwrap();
+    }
+    if current_uid() == 0 {
+        sh(
+            "chown",
+            &["-R", &format!("{NOBODY}:{NOBODY}"), src.to_str().unwrap()],
+        );
+    }
+    let out = op.run(&["plugin", "install", src.to_str().unwrap(), "--yes"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `installed notes version 0.1.0 in DIR/notes`
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("installed notes"))
+        .unwrap();
+    let installed = PathBuf::from(line.rsplit(" in ").next().unwrap());
+    assert!(installed.starts_with(&op.home), "{}", installed.display());
+    assert!(
+        installed.ends_with("plugins/notes"),
+        "{}",
+        installed.display()
+    );
+    for rel in ["", "plugin.py", "kaged-plugin.yaml"] {
+        let meta = std::fs::metadata(installed.join(rel)).unwrap();
+        assert_eq!(meta.uid(), op.uid, "{rel}");
+    }
+    assert_eq!(mode_of(&installed) & 0o7777, 0o700);
+}
