@@ -119,6 +119,8 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
     let mut generation = 0u64;
     let mut running: Option<Running> = None;
     let mut wake_at: Option<Duration> = None;
+    // Tool calls that came while the plugin (re)started: (tool, arguments, reply, deadline).
+    let mut waiting: Vec<(String, Value, ToolReply, Duration)> = Vec::new();
     let mut health_at: Option<Duration> = None;
     let mut actions: Vec<Action> = Vec::new();
     loop {
@@ -182,6 +184,7 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
             wake_at,
             health_at,
             running.as_ref().and_then(|r| r.calls.next_deadline()),
+            waiting.iter().map(|w| w.3).min(),
         ]
         .into_iter()
         .flatten()
@@ -201,21 +204,16 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                     let state = sup.state();
                     match running.as_mut() {
                         Some(run) if matches!(state, kaged_plugin::State::Running | kaged_plugin::State::Unhealthy) => {
-                            let call = run.calls.call(
-                                method::TOOLS_CALL,
-                                json!({"name": tool, "arguments": arguments}),
-                                now(),
-                                timeouts.tool_call,
-                            );
-                            if let Message::Request { id: wire::Id::Number(n), .. } = &call {
-                                run.tool_calls.insert(*n, reply);
-                            }
-                            if send(run, &call).await.is_err() {
+                            if !call_tool(run, tool, arguments, reply, now(), timeouts.tool_call).await {
                                 actions.extend(sup.handle(
                                     Event::Broken("cannot write to the plugin".into()),
                                     now(),
                                 ));
                             }
+                        }
+                        // (Re)starting: the call waits for it, within the call's own timeout.
+                        _ if matches!(state, kaged_plugin::State::Starting | kaged_plugin::State::BackingOff) => {
+                            waiting.push((tool, arguments, reply, now() + timeouts.tool_call));
                         }
                         _ => {
                             let why = sup.status().reason.clone().unwrap_or_default();
@@ -272,6 +270,14 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                                 let initialized = event == Event::Initialized;
                                 actions.extend(sup.handle(event, now()));
                                 if initialized {
+                                    for (tool, arguments, reply, _) in std::mem::take(&mut waiting) {
+                                        if !call_tool(run, tool, arguments, reply, now(), timeouts.tool_call).await {
+                                            actions.extend(sup.handle(
+                                                Event::Broken("cannot write to the plugin".into()),
+                                                now(),
+                                            ));
+                                        }
+                                    }
                                     health_at = Some(now() + health_every);
                                     audit(&plugin, "plugin.started", true, json!({"version": plugin.manifest.version.to_string()})).await;
                                 }
@@ -288,14 +294,14 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                 }
                 if let Some(run) = running.as_mut() {
                     for (id, waiting) in run.calls.expire(at) {
-                        if let (wire::Id::Number(n), method::TOOLS_CALL) = (&id, waiting.method.as_str()) {
-                            if let Some(reply) = run.tool_calls.remove(n) {
-                                let _ = reply.send(Err(format!(
-                                    "the plugin `{}` did not answer within {} s (it is restarted)",
-                                    plugin.name,
-                                    timeouts.tool_call.as_secs_f64()
-                                )));
-                            }
+                        if let (wire::Id::Number(n), method::TOOLS_CALL) = (&id, waiting.method.as_str())
+                            && let Some(reply) = run.tool_calls.remove(n)
+                        {
+                            let _ = reply.send(Err(format!(
+                                "the plugin `{}` did not answer within {} s (it is restarted)",
+                                plugin.name,
+                                timeouts.tool_call.as_secs_f64()
+                            )));
                         }
                         let secs = |d: Duration| d.as_millis() as f64 / 1000.0;
                         let event = match waiting.method.as_str() {
@@ -328,6 +334,27 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
             }
         }
         let after = sup.status().state;
+        // Calls waiting for a restart: given up at their deadline, or when none is coming.
+        let at = now();
+        let gone = !matches!(
+            after,
+            kaged_plugin::State::Starting
+                | kaged_plugin::State::BackingOff
+                | kaged_plugin::State::Running
+                | kaged_plugin::State::Unhealthy
+        );
+        for (_, _, reply, deadline) in waiting.extract_if(.., |w| gone || w.3 <= at) {
+            let why = sup.status().reason.clone().unwrap_or_default();
+            let _ = reply.send(Err(if deadline <= at {
+                format!(
+                    "the plugin `{}` did not come back within {} s: {why}",
+                    plugin.name,
+                    timeouts.tool_call.as_secs_f64()
+                )
+            } else {
+                format!("the plugin `{}` is {after}: {why}", plugin.name)
+            }));
+        }
         if before != after && after == kaged_plugin::State::Disabled {
             audit(
                 &plugin,
@@ -338,6 +365,31 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
             .await;
         }
     }
+}
+
+/// Send a `tools/call` whose answer goes to `reply`; whether it could be written.
+async fn call_tool(
+    run: &mut Running,
+    tool: String,
+    arguments: Value,
+    reply: ToolReply,
+    now: Duration,
+    timeout: Duration,
+) -> bool {
+    let call = run.calls.call(
+        method::TOOLS_CALL,
+        json!({"name": tool, "arguments": arguments}),
+        now,
+        timeout,
+    );
+    if let Message::Request {
+        id: wire::Id::Number(n),
+        ..
+    } = &call
+    {
+        run.tool_calls.insert(*n, reply);
+    }
+    send(run, &call).await.is_ok()
 }
 
 /// One message from the plugin: the supervisor's event it makes, if any.
@@ -437,9 +489,10 @@ async fn storage(plugin: &Plugin, op: wire::StorageOp) -> Result<Value, wire::Rp
                 "storage/list: a prefix has no control characters",
             ));
         }
-        wire::StorageOp::List { prefix } => {
-            store.plugin_storage_list(name, prefix).await.map(|keys| json!(keys))
-        }
+        wire::StorageOp::List { prefix } => store
+            .plugin_storage_list(name, prefix)
+            .await
+            .map(|keys| json!(keys)),
     };
     done.map_err(|e| match e {
         kaged_store::StoreError::QuotaExceeded { .. } => {

@@ -398,7 +398,7 @@ async fn plugins_hear_the_hooks_they_declared() {
 /// A plugin offering two tools: `add` keeps a note in kaged's storage (`storage/set`, then
 /// `storage/list`) and says how many it has; `hang` never answers.
 const NOTES: &str = r#"
-import json, os, sys
+import json, sys
 def send(obj):
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -422,7 +422,8 @@ for line in sys.stdin:
         if msg["params"]["name"] == "hang":
             continue
         n += 1
-        ask("set%d" % n, "storage/set", {"key": "note/%d-%d" % (os.getpid(), n), "value": msg["params"]["arguments"]["text"]})
+        text = msg["params"]["arguments"]["text"]
+        ask("set%d" % n, "storage/set", {"key": "note/" + text, "value": text})
         keys = ask("list%d" % n, "storage/list", {"prefix": "note/"})
         send({"jsonrpc": "2.0", "id": id, "result": {"content": "stored %d notes" % len(keys), "is_error": False}})
     elif method == "shutdown":
@@ -465,11 +466,15 @@ async fn a_model_agent_calls_a_plugins_tools_and_the_plugin_keeps_notes_in_kaged
     wait_plugin(d, "notes", "running", |p| p["state"] == "running").await;
     p.push(tool_reply(
         COMPLETIONS,
-        &[Call::new("c_add", "notes.add", &serde_json::json!({"text": "milk"}))],
+        &[Call::new(
+            "c_add",
+            "notes.add",
+            &serde_json::json!({"text": "milk"}),
+        )],
     ));
     p.push(text_reply(COMPLETIONS, &["Noted."]));
     let id = create_agent(d, &env.slug, "primary", Some("Remember milk.")).await;
-    let records = wait_conversation(d, &id, |r| is_turn_ended(r)).await;
+    let records = wait_conversation(d, &id, is_turn_ended).await;
     let result = records
         .iter()
         .find(|r| kind(r) == "tool_result" && r["event"]["call_id"] == "c_add")
@@ -478,7 +483,10 @@ async fn a_model_agent_calls_a_plugins_tools_and_the_plugin_keeps_notes_in_kaged
     assert_eq!(result["event"]["content"], "stored 1 notes", "{result}");
     // The tools reached the model as the plugin declared them.
     let offered = p.requests()[0].body["tools"].to_string();
-    assert!(offered.contains("notes__add") && offered.contains("Keep a note."), "{offered}");
+    assert!(
+        offered.contains("notes__add") && offered.contains("Keep a note."),
+        "{offered}"
+    );
 
     // A call it never answers: an error for the model, and the plugin restarted; the next
     // call reaches the restarted plugin, and the notes are still kaged's.
@@ -488,7 +496,11 @@ async fn a_model_agent_calls_a_plugins_tools_and_the_plugin_keeps_notes_in_kaged
     ));
     p.push(tool_reply(
         COMPLETIONS,
-        &[Call::new("c_add2", "notes.add", &serde_json::json!({"text": "eggs"}))],
+        &[Call::new(
+            "c_add2",
+            "notes.add",
+            &serde_json::json!({"text": "eggs"}),
+        )],
     ));
     p.push(tool_reply(
         COMPLETIONS,

@@ -12,16 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use kaged_dsl::{Approval, Tool};
+use kaged_dsl::Tool;
 use kaged_session::agent::{AgentEvent, EndReason};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
-use super::translate::{Translator, mode_to_select, tool_name};
+use super::permission::{Asked, Permission};
+use super::translate::{Translator, mode_to_select};
 use crate::audit::AuditRecord;
-use crate::sessions::approval::Request;
 use crate::sessions::conversation::Control;
 use crate::sessions::{HeldLink, Sessions};
 
@@ -102,15 +102,6 @@ pub(crate) struct AcpNote {
     pub asked: Vec<Asked>,
 }
 
-/// A permission request waiting for an approval: the agent's request id, the approval, and
-/// the options it offered (the decision picks one).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Asked {
-    pub rpc_id: Value,
-    pub approval: String,
-    pub options: Vec<Value>,
-}
-
 /// What the reader hands on.
 enum Incoming {
     /// A message, and the output offset just past its line.
@@ -123,7 +114,7 @@ enum Incoming {
 type Pending = std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>;
 
 /// The wire towards the agent.
-struct Rpc {
+pub(super) struct Rpc {
     to: Mutex<pipe::Sender>,
     next: AtomicU64,
     pending: Pending,
@@ -167,7 +158,7 @@ impl Rpc {
             .await
     }
 
-    async fn answer(&self, id: Value, outcome: Result<Value, (i64, String)>) {
+    pub(super) async fn answer(&self, id: Value, outcome: Result<Value, (i64, String)>) {
         let message = match outcome {
             Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
             Err((code, message)) => {
@@ -217,36 +208,30 @@ async fn read_lines(from: pipe::Receiver, tx: mpsc::Sender<Incoming>, mut at: u6
 }
 
 /// What the recorder and the turns share.
-struct Shared {
-    client: AcpClient,
-    rpc: Rpc,
-    translator: std::sync::Mutex<Translator>,
+pub(super) struct Shared {
+    pub(super) client: AcpClient,
+    pub(super) rpc: Rpc,
+    pub(super) translator: std::sync::Mutex<Translator>,
     /// The agent's ACP session, once it has one.
-    session: std::sync::Mutex<Option<String>>,
+    pub(super) session: std::sync::Mutex<Option<String>>,
     /// While the agent replays an earlier session (`session/load`): its updates are history
     /// kaged recorded already, not recorded again.
-    loading: std::sync::atomic::AtomicBool,
+    pub(super) loading: std::sync::atomic::AtomicBool,
     /// Why the in-cage shim could not start the agent, when it could not.
-    cannot_start: std::sync::Mutex<Option<String>>,
+    pub(super) cannot_start: std::sync::Mutex<Option<String>>,
     /// The run's holder, when it is in one: notes for the next daemon go there.
-    link: Option<HeldLink>,
+    pub(super) link: Option<HeldLink>,
     /// The output offset up to which every message was handled.
-    handled: AtomicU64,
+    pub(super) handled: AtomicU64,
     /// The `session/prompt` not answered yet.
-    prompt_id: std::sync::Mutex<Option<u64>>,
+    pub(super) prompt_id: std::sync::Mutex<Option<u64>>,
     /// Permission requests waiting for the operator.
-    asked: std::sync::Mutex<Vec<Asked>>,
-}
-
-/// What a permission request gets: an outcome now, or the operator's decision later.
-enum Permission {
-    Now(Value),
-    Ask(Asked),
+    pub(super) asked: std::sync::Mutex<Vec<Asked>>,
 }
 
 impl Shared {
     /// Leave the protocol's state in the holder (a run in one), for the next daemon.
-    fn note(&self) {
+    pub(super) fn note(&self) {
         let Some(link) = &self.link else { return };
         let c = &self.client;
         let note = AcpNote {
@@ -276,7 +261,7 @@ impl Shared {
 
     /// Whether this daemon is letting go of the run (it goes on for the next daemon): then
     /// nothing about its end is recorded here.
-    fn letting_go(&self) -> bool {
+    pub(super) fn letting_go(&self) -> bool {
         self.link.as_ref().is_some_and(HeldLink::letting_go)
     }
 
@@ -405,116 +390,6 @@ impl Shared {
             )
             .await;
     }
-
-    /// In a task of its own (the decision may take long, and updates keep coming): the
-    /// operator's decision on `asked`, answered to the agent.
-    fn wait_for_decision(self: Arc<Self>, asked: Asked) {
-        tokio::spawn(async move {
-            let c = &self.client;
-            let decided = c.sessions.approvals().wait(&asked.approval).await;
-            let outcome = match decided {
-                Ok(r) if r.decision.as_deref() == Some("approve_session") => {
-                    pick(&asked.options, &["allow_always", "allow_once"])
-                }
-                Ok(r) if r.state == "approved" => pick(&asked.options, &ALLOW),
-                Ok(r) if r.state == "denied" => pick(&asked.options, &REJECT),
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::error!(session = %c.id, error = %e, "an ACP permission request could not be asked");
-                    None
-                }
-            };
-            if self.letting_go() {
-                // The next daemon answers it (the approval stays pending).
-                return;
-            }
-            let outcome = outcome.unwrap_or_else(cancelled);
-            self.rpc
-                .answer(asked.rpc_id.clone(), Ok(json!({"outcome": outcome})))
-                .await;
-            crate::sessions::lock(&self.asked).retain(|a| a.approval != asked.approval);
-            self.note();
-        });
-    }
-
-    /// A permission request: the project's policy for the call's kind (`acp.KIND`) decides
-    /// now; without a setting, the operator is asked (an approval stored, waited for later).
-    async fn permission(&self, rpc_id: Value, params: &Value) -> Permission {
-        let call = &params["toolCall"];
-        let call_id = call["toolCallId"].as_str().unwrap_or_default().to_string();
-        let announced = crate::sessions::lock(&self.translator).announced(&call_id);
-        let kind = call["kind"].as_str().unwrap_or(&announced.kind);
-        let tool = tool_name(kind);
-        let options: Vec<Value> = params["options"].as_array().cloned().unwrap_or_default();
-        let c = &self.client;
-        let level = c.tools.get(&tool).map_or(Approval::Ask, Tool::level);
-        let approvals = c.sessions.approvals();
-        let chosen = match level {
-            Approval::Allow => pick(&options, &ALLOW),
-            Approval::Deny => pick(&options, &REJECT),
-            Approval::Ask
-                if approvals
-                    .granted(&c.id, &c.name, &tool)
-                    .await
-                    .unwrap_or(false) =>
-            {
-                pick(&options, &ALLOW)
-            }
-            Approval::Ask => {
-                let arguments = json!({
-                    "title": call["title"].as_str().unwrap_or(&announced.title),
-                    "input": if call["rawInput"].is_null() { announced.raw_input.clone() } else { call["rawInput"].clone() },
-                    "options": options.iter().map(|o| o["name"].clone()).collect::<Vec<_>>(),
-                });
-                let asked = approvals
-                    .request(Request {
-                        session: &c.id,
-                        project: &c.slug,
-                        owner: &c.owner,
-                        agent: &c.name,
-                        tool: &tool,
-                        call_id: &call_id,
-                        parent_call_id: None,
-                        arguments: &arguments,
-                    })
-                    .await;
-                match asked {
-                    Ok(record) => {
-                        return Permission::Ask(Asked {
-                            rpc_id,
-                            approval: record.id,
-                            options,
-                        });
-                    }
-                    Err(e) => {
-                        tracing::error!(session = %c.id, error = %e, "an ACP permission request could not be asked");
-                        None
-                    }
-                }
-            }
-        };
-        Permission::Now(chosen.unwrap_or_else(cancelled))
-    }
-}
-
-/// The options that allow, and those that reject, by ACP's `kind`s.
-const ALLOW: [&str; 2] = ["allow_once", "allow_always"];
-const REJECT: [&str; 2] = ["reject_once", "reject_always"];
-
-/// The first of `options` whose kind is one of `kinds`, as the permission's outcome.
-fn pick(options: &[Value], kinds: &[&str]) -> Option<Value> {
-    kinds.iter().find_map(|k| {
-        options
-            .iter()
-            .find(|o| o["kind"].as_str() == Some(k))
-            .and_then(|o| o["optionId"].as_str())
-            .map(|id| json!({"outcome": "selected", "optionId": id}))
-    })
-}
-
-/// A permission request nobody decided.
-fn cancelled() -> Value {
-    json!({"outcome": "cancelled"})
 }
 
 /// The answer to a request, or why there is none: a JSON-RPC error, the time ran out, the

@@ -9,6 +9,7 @@
 //! approvals.
 
 mod client;
+mod permission;
 mod translate;
 
 use std::path::PathBuf;

@@ -440,7 +440,7 @@ impl Conversation {
 
 impl Conversation {
     /// The plugins `scope`'s agent may call tools of (its `plugins:`).
-    pub(super) fn agent_plugins(&self, scope: Scope<'_>) -> Vec<String> {
+    fn agent_plugins(&self, scope: Scope<'_>) -> Vec<String> {
         self.base
             .project
             .agent(&scope.setup.agent)

@@ -177,7 +177,10 @@ impl Conversation {
         let agent = self.base.project.agent(&scope.setup.agent);
         let plugin_tool = crate::plugins::Plugins::is_plugin_tool(&self.agent_plugins(scope), name);
         // A plugin's tool is another's code acting for the agent: it asks unless `tools:` says.
-        let level = match agent.and_then(|a| a.tools.as_ref()).and_then(|t| t.get(name)) {
+        let level = match agent
+            .and_then(|a| a.tools.as_ref())
+            .and_then(|t| t.get(name))
+        {
             Some(tool) => tool.level(),
             None if plugin_tool => Approval::Ask,
             None => agent.map_or(Approval::Allow, |a| a.approval_of(name)),
