@@ -514,7 +514,7 @@ async fn storage_copy_moves_a_daemons_database_to_postgresql_and_back() {
             .map(String::from)
             .collect()
     };
-    assert_eq!(counts(&out).len(), 8, "every table: {out}");
+    assert_eq!(counts(&out).len(), 9, "every table: {out}");
     assert_eq!(counts(&out), counts(&back_out), "the same rows both ways");
     let row = |db: &Path| -> (String, i64) {
         rusqlite::Connection::open(db)
