@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::process::{ChildStderr, ChildStdin, ChildStdout};
 
-use kaged_spawn::Terminal;
+use kaged_session::holder::HolderSpec;
+use kaged_spawn::{CageFds, Killer, Terminal, Waiter};
+use std::path::Path;
 
 /// The run's output and input ends, non-blocking.
 pub(crate) enum Io {
@@ -127,4 +129,30 @@ impl Io {
             }
         }
     }
+}
+
+/// Start the run on its terminal or its pipes (non-blocking).
+pub(crate) fn start_run(
+    spec: &HolderSpec,
+    cage: Option<CageFds>,
+) -> Result<(Io, Killer, Waiter), crate::serve::ServeError> {
+    let run_spec = crate::run_spec(spec, cage);
+    if spec.kind == "pipes" {
+        let stderr_file = match &spec.stderr_path {
+            Some(path) => Some(
+                crate::transcript::create_private(Path::new(path))
+                    .map_err(|e| crate::serve::setup(&format!("cannot create {path}"), e))?,
+            ),
+            None => None,
+        };
+        let run = kaged_spawn::spawn_piped(&run_spec)?;
+        let pipes = Pipes::new(run.stdin, run.stdout, run.stderr, stderr_file)
+            .map_err(|e| crate::serve::setup("cannot make the run's pipes non-blocking", e))?;
+        return Ok((Io::Pipes(pipes), run.killer, run.waiter));
+    }
+    let run = kaged_spawn::spawn_pty(&run_spec, spec.rows, spec.cols)?;
+    run.terminal
+        .set_nonblocking()
+        .map_err(|e| crate::serve::setup("cannot make the terminal non-blocking", e))?;
+    Ok((Io::Pty(run.terminal), run.killer, run.waiter))
 }

@@ -24,7 +24,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::event::{PollFd, PollFlags};
 
 use crate::conn::{Conn, Got};
-use crate::io::{Io, Pipes};
+use crate::io::{Io, start_run};
 use crate::transcript::Writer;
 
 /// Clients served at once (the daemon's stream, a control connection, discovery, spare).
@@ -47,7 +47,7 @@ pub enum ServeError {
     Spawn(#[from] kaged_spawn::SpawnError),
 }
 
-fn setup(what: &str, e: impl std::fmt::Display) -> ServeError {
+pub(crate) fn setup(what: &str, e: impl std::fmt::Display) -> ServeError {
     ServeError::Setup(format!("{what}: {e}"))
 }
 
@@ -106,29 +106,6 @@ pub fn serve(
             Err(e)
         }
     }
-}
-
-/// Start the run on its terminal or its pipes (non-blocking).
-fn start_run(spec: &HolderSpec, cage: Option<CageFds>) -> Result<(Io, Killer, Waiter), ServeError> {
-    let run_spec = crate::run_spec(spec, cage);
-    if spec.kind == "pipes" {
-        let stderr_file = match &spec.stderr_path {
-            Some(path) => Some(
-                crate::transcript::create_private(Path::new(path))
-                    .map_err(|e| setup(&format!("cannot create {path}"), e))?,
-            ),
-            None => None,
-        };
-        let run = kaged_spawn::spawn_piped(&run_spec)?;
-        let pipes = Pipes::new(run.stdin, run.stdout, run.stderr, stderr_file)
-            .map_err(|e| setup("cannot make the run's pipes non-blocking", e))?;
-        return Ok((Io::Pipes(pipes), run.killer, run.waiter));
-    }
-    let run = kaged_spawn::spawn_pty(&run_spec, spec.rows, spec.cols)?;
-    run.terminal
-        .set_nonblocking()
-        .map_err(|e| setup("cannot make the terminal non-blocking", e))?;
-    Ok((Io::Pty(run.terminal), run.killer, run.waiter))
 }
 
 /// The newest output, kept in memory so an attached client rarely reads the files.

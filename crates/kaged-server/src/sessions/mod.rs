@@ -31,6 +31,7 @@ pub(crate) mod conversation;
 mod deps;
 mod egress;
 mod held;
+mod held_away;
 mod held_pipes;
 pub use held::{HolderSettings, holder_dir};
 pub(crate) use held_pipes::HeldLink;

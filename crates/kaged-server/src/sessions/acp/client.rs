@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
+use super::note::AcpNote;
 use super::permission::{Asked, Permission};
 use super::translate::{Translator, mode_to_select};
 use crate::audit::AuditRecord;
@@ -78,30 +79,6 @@ pub(crate) struct AcpClient {
     pub cwd: PathBuf,
 }
 
-/// What a daemon leaves in the holder of an ACP agent's run (as JSON, after each message it
-/// handled) so that the next daemon can go on: who the client is, and where the protocol
-/// stands. Kept in the holder's memory only: it never outlives the run.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct AcpNote {
-    pub v: u32,
-    pub slug: String,
-    pub owner: String,
-    pub name: String,
-    pub tools: BTreeMap<String, Tool>,
-    pub mode: Option<String>,
-    pub cwd: PathBuf,
-    /// The agent's ACP session, once it has one.
-    pub session: Option<String>,
-    /// The output offset up to which every message was handled.
-    pub handled: u64,
-    /// The next request id kaged uses.
-    pub next_id: u64,
-    /// The `session/prompt` the agent has not answered yet.
-    pub prompt: Option<u64>,
-    /// Permission requests waiting for the operator.
-    pub asked: Vec<Asked>,
-}
-
 /// What the reader hands on.
 enum Incoming {
     /// A message, and the output offset just past its line.
@@ -116,7 +93,7 @@ type Pending = std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value
 /// The wire towards the agent.
 pub(super) struct Rpc {
     to: Mutex<pipe::Sender>,
-    next: AtomicU64,
+    pub(super) next: AtomicU64,
     pending: Pending,
 }
 
@@ -230,41 +207,6 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// Leave the protocol's state in the holder (a run in one), for the next daemon.
-    pub(super) fn note(&self) {
-        let Some(link) = &self.link else { return };
-        let c = &self.client;
-        let note = AcpNote {
-            v: 1,
-            slug: c.slug.clone(),
-            owner: c.owner.clone(),
-            name: c.name.clone(),
-            tools: c.tools.clone(),
-            mode: c.mode.clone(),
-            cwd: c.cwd.clone(),
-            session: crate::sessions::lock(&self.session).clone(),
-            handled: self.handled.load(Ordering::SeqCst),
-            next_id: self.rpc.next.load(Ordering::SeqCst),
-            prompt: *crate::sessions::lock(&self.prompt_id),
-            asked: crate::sessions::lock(&self.asked).clone(),
-        };
-        match serde_json::to_string(&note) {
-            Ok(text) if text.len() <= kaged_session::holder::MAX_NOTE => link.note(text),
-            Ok(text) => {
-                tracing::warn!(session = %c.id, bytes = text.len(), "the ACP agent's note is too long for its holder; a restart of kaged would end this run");
-            }
-            Err(e) => {
-                tracing::error!(session = %c.id, error = %e, "cannot write the ACP agent's note")
-            }
-        }
-    }
-
-    /// Whether this daemon is letting go of the run (it goes on for the next daemon): then
-    /// nothing about its end is recorded here.
-    pub(super) fn letting_go(&self) -> bool {
-        self.link.as_ref().is_some_and(HeldLink::letting_go)
-    }
-
     async fn record(&self, events: Vec<AgentEvent>) {
         if events.is_empty() {
             return;
@@ -423,26 +365,6 @@ async fn answer_of(
 }
 
 impl AcpClient {
-    /// The client of an agent's run taken up again, as the earlier daemon's `note` says.
-    pub(crate) fn from_note(
-        sessions: Sessions,
-        row: &kaged_store::SessionRecord,
-        control: Arc<Control>,
-        note: &AcpNote,
-    ) -> AcpClient {
-        AcpClient {
-            sessions,
-            id: row.id.clone(),
-            slug: note.slug.clone(),
-            owner: note.owner.clone(),
-            name: note.name.clone(),
-            tools: note.tools.clone(),
-            mode: note.mode.clone(),
-            control,
-            cwd: note.cwd.clone(),
-        }
-    }
-
     /// The conversation: until the run ends or the agent breaks the protocol. A run in a
     /// holder comes with its `link`; one taken up again with the earlier daemon's note
     /// (`resume`), from which it goes on: same session, its open turn and the permission
@@ -512,32 +434,6 @@ impl AcpClient {
         shared
             .turns(turns, open_turn, &mut stopped, &mut ended)
             .await;
-    }
-
-    /// The number of turns so far, whether the last is open, and the agent's last ACP
-    /// session.
-    async fn history(&self) -> (u64, bool, Option<String>) {
-        let records = self
-            .sessions
-            .agent_log()
-            .read_all(&self.id)
-            .await
-            .unwrap_or_default();
-        let mut turns = 0;
-        let mut open = false;
-        let mut earlier = None;
-        for r in records.iter().filter(|r| r.parent_call_id.is_none()) {
-            match &r.event {
-                AgentEvent::TurnStarted { turn } => {
-                    turns = *turn;
-                    open = true;
-                }
-                AgentEvent::TurnEnded { .. } => open = false,
-                AgentEvent::AcpSession { session_id, .. } => earlier = Some(session_id.clone()),
-                _ => {}
-            }
-        }
-        (turns, open, earlier)
     }
 
     /// The number of turns so far and the agent's last ACP session; a turn an earlier run

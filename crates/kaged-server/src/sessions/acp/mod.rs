@@ -9,6 +9,7 @@
 //! approvals.
 
 mod client;
+mod note;
 mod permission;
 mod translate;
 
@@ -99,7 +100,7 @@ pub(crate) fn resume(
     note: Option<&str>,
 ) -> Result<Resumed, String> {
     let note = note.ok_or("its holder has no note from the earlier kaged")?;
-    let note: client::AcpNote =
+    let note: note::AcpNote =
         serde_json::from_str(note).map_err(|e| format!("its note does not read: {e}"))?;
     if note.session.is_none() {
         return Err("the agent had not started its ACP session yet".into());
