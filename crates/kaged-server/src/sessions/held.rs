@@ -685,20 +685,13 @@ impl Sessions {
             return;
         };
         let (input_tx, input_rx) = std::sync::mpsc::sync_channel(super::start::INPUT_QUEUE);
-        let live = Arc::new(Live::with_state(
-            RunInfo {
-                id: row.id.clone(),
-                project: row.project.clone(),
-                kind,
-                name: row.name.clone(),
-                created_by: row.created_by.clone(),
-                transcript: self.transcript_path(&row.id),
-            },
+        let live = self.live_of(
+            &row,
+            kind,
             State::Running { pid: info.pid },
             (info.rows, info.cols),
             Some(input_tx),
-            LOG_CAPACITY,
-        ));
+        );
         live.skip_to(info.written);
         let control = Arc::new(HeldControl::new(
             socket,
@@ -751,6 +744,31 @@ impl Sessions {
             tracing::error!(session = %row.id, reason = %why, "cannot serve a run's egress proxy again; the run is ended");
             super::stop::abort(self, &live, PROXY_LOST).await;
         }
+    }
+
+    /// A run an earlier daemon recorded (`row`), held in memory again in `state`.
+    pub(super) fn live_of(
+        &self,
+        row: &kaged_store::SessionRecord,
+        kind: kaged_cage::RunKind,
+        state: State,
+        size: (u16, u16),
+        input: Option<std::sync::mpsc::SyncSender<Input>>,
+    ) -> Arc<Live> {
+        Arc::new(Live::with_state(
+            RunInfo {
+                id: row.id.clone(),
+                project: row.project.clone(),
+                kind,
+                name: row.name.clone(),
+                created_by: row.created_by.clone(),
+                transcript: self.transcript_path(&row.id),
+            },
+            state,
+            size,
+            input,
+            LOG_CAPACITY,
+        ))
     }
 
     /// A taken-up run whose network went through the earlier daemon's egress proxy: the same

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::Sessions;
 use super::held::{Followed, HeldControl, UNFOLLOWED_POLL, settle, status_path};
-use super::live::{LOG_CAPACITY, Live, RunControl, RunInfo};
+use super::live::RunControl;
 use crate::audit::AuditRecord;
 
 impl Sessions {
@@ -27,21 +27,8 @@ impl Sessions {
         let Some(kind) = kaged_cage::RunKind::parse(&row.kind) else {
             return;
         };
-        let live = Arc::new(Live::with_state(
-            RunInfo {
-                id: row.id.clone(),
-                project: row.project.clone(),
-                kind,
-                name: row.name.clone(),
-                created_by: row.created_by.clone(),
-                transcript: self.transcript_path(&row.id),
-            },
-            // Its pid is in the Hello it did not give.
-            State::Running { pid: 0 },
-            (24, 80),
-            None,
-            LOG_CAPACITY,
-        ));
+        // Its pid is in the Hello it did not give.
+        let live = self.live_of(&row, kind, State::Running { pid: 0 }, (24, 80), None);
         let control = Arc::new(HeldControl::new(socket.clone(), 0, false));
         live.set_control(Some(RunControl::Held(control.clone())));
         self.insert(live.clone(), None);

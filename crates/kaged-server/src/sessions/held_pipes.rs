@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::conversation::runner::PipedLoop;
 use super::egress::EgressRun;
 use super::held::{Followed, HeldControl, HolderSettings, HolderStart, settle, stderr_path};
-use super::live::{LOG_CAPACITY, Live, RunControl, RunInfo};
+use super::live::{Live, RunControl};
 use super::runner::Runner;
 use super::{Sessions, lock};
 use crate::audit::AuditRecord;
@@ -302,20 +302,7 @@ impl Sessions {
         let Some(kind) = kaged_cage::RunKind::parse(&row.kind) else {
             return;
         };
-        let live = Arc::new(Live::with_state(
-            RunInfo {
-                id: row.id.clone(),
-                project: row.project.clone(),
-                kind,
-                name: row.name.clone(),
-                created_by: row.created_by.clone(),
-                transcript: self.transcript_path(&row.id),
-            },
-            State::Running { pid: info.pid },
-            (24, 80),
-            None,
-            LOG_CAPACITY,
-        ));
+        let live = self.live_of(&row, kind, State::Running { pid: info.pid }, (24, 80), None);
         let control = Arc::new(HeldControl::new(
             socket,
             info.pid,
