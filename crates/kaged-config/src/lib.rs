@@ -12,7 +12,9 @@ mod settings;
 mod suggest;
 
 pub use error::{ConfigError, ConfigErrors, Location};
-pub use local::{LocalConfig, PathGrant, ProjectGrants, Provider, local_config_path, parse_local};
+pub use local::{
+    LocalConfig, PathGrant, PluginSettings, ProjectGrants, Provider, local_config_path, parse_local,
+};
 pub use mode::{
     DeploymentMode, Facts, ModeDecision, ModeRule, Paths, client_candidates, decide_mode,
 };

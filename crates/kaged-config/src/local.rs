@@ -125,6 +125,70 @@ pub struct ProjectGrants {
     pub paths: Vec<PathGrant>,
 }
 
+/// One plugin's operator-local settings. Only the keys serialize: the values go to the plugin
+/// alone (in `initialize`), never to an API answer or a log.
+#[derive(Clone, PartialEq)]
+pub struct PluginSettings {
+    /// The table as JSON.
+    pub values: serde_json::Value,
+    /// The line of its `[plugins."NAME"]` header (or key), for messages.
+    pub line: usize,
+}
+
+impl std::fmt::Debug for PluginSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSettings")
+            .field("keys", &self.keys())
+            .field("line", &self.line)
+            .finish()
+    }
+}
+
+impl PluginSettings {
+    /// The settings' names, without their values.
+    pub fn keys(&self) -> Vec<&str> {
+        self.values
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Serialize for PluginSettings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("PluginSettings", 2)?;
+        out.serialize_field("keys", &self.keys())?;
+        out.serialize_field("line", &self.line)?;
+        out.end()
+    }
+}
+
+/// A TOML value as JSON (dates and times as their text).
+fn toml_to_json(value: toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(items) => J::Array(items.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+/// Whether `name` can name a plugin (`^[a-z][a-z0-9-]*$`, at most 64).
+fn is_plugin_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LocalConfig {
     pub operator_name: Option<String>,
@@ -134,6 +198,9 @@ pub struct LocalConfig {
     pub aliases: BTreeMap<String, Vec<AliasTarget>>,
     pub providers: BTreeMap<String, Provider>,
     pub projects: BTreeMap<String, ProjectGrants>,
+    /// `[plugins."NAME"]`: each plugin's operator-local settings (often secrets), checked
+    /// against its manifest's `system_config_schema` when the plugin starts.
+    pub plugins: BTreeMap<String, PluginSettings>,
     /// Non-fatal advice (an inline key) for the log.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -251,7 +318,13 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
             return Err(ConfigErrors(r.errors));
         }
     };
-    const TOP: &[&str] = &["operator_name", "aliases", "providers", "projects"];
+    const TOP: &[&str] = &[
+        "operator_name",
+        "aliases",
+        "providers",
+        "projects",
+        "plugins",
+    ];
     for (k, v) in root.get_ref().iter() {
         let key = k.get_ref().as_ref();
         match key {
@@ -361,6 +434,46 @@ pub fn parse_local(path: &Path, text: &str) -> Result<LocalConfig, ConfigErrors>
                         }
                     }
                     out.projects.insert(slug, g);
+                }
+            }
+            "plugins" => {
+                let Some(t) = r.table(v, key) else { continue };
+                // The values, read again as plain TOML (the positioned tree gives the lines).
+                let mut values = toml::from_str::<toml::Table>(text)
+                    .ok()
+                    .and_then(|mut all| all.remove("plugins"))
+                    .and_then(|p| match p {
+                        toml::Value::Table(t) => Some(t),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for (pk, pv) in t.iter() {
+                    let name = pk.get_ref().to_string();
+                    let path = format!("plugins.{name}");
+                    if !is_plugin_name(&name) {
+                        r.fail(
+                            pk.span().start,
+                            &path,
+                            format!("{name:?} is not a plugin name"),
+                            "write the plugin's name as its manifest does: lowercase letters, digits and '-', starting with a letter",
+                        );
+                        continue;
+                    }
+                    if r.table(pv, &path).is_none() {
+                        continue;
+                    }
+                    let settings = values
+                        .remove(&name)
+                        .map(toml_to_json)
+                        .unwrap_or_else(|| serde_json::json!({}));
+                    let line = line_column(text, pk.span().start).0;
+                    out.plugins.insert(
+                        name,
+                        PluginSettings {
+                            values: settings,
+                            line,
+                        },
+                    );
                 }
             }
             _ => r.unknown(k.span().start, key, TOP),
@@ -651,6 +764,43 @@ mod tests {
         assert_eq!(c.projects["demo"].paths[0].host, PathBuf::from("/srv/data"));
         let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
         assert!(!shown.contains("sk-inline-secret"), "{shown}");
+    }
+
+    #[test]
+    fn plugin_settings_are_kept_for_the_plugin_and_shown_only_by_their_keys() {
+        let c = parse(
+            "[plugins.notes]\ntoken = \"s3cret-token\"\nport = 8080\nwhen = 2026-12-01T10:00:00Z\n\n[plugins.\"issue-bot\"]\nrepos = [\"a\", \"b\"]\nlimits = { per_hour = 5 }\n",
+        )
+        .unwrap();
+        let notes = &c.plugins["notes"];
+        assert_eq!(notes.line, 1);
+        assert_eq!(
+            notes.values,
+            serde_json::json!({"token": "s3cret-token", "port": 8080, "when": "2026-12-01T10:00:00Z"})
+        );
+        assert_eq!(
+            c.plugins["issue-bot"].values,
+            serde_json::json!({"repos": ["a", "b"], "limits": {"per_hour": 5}})
+        );
+        assert_eq!(c.plugins["issue-bot"].line, 6);
+        let shown = serde_json::to_string(&c).unwrap() + &format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("\"token\""), "{shown}");
+    }
+
+    #[test]
+    fn plugin_settings_must_be_tables_under_a_plugin_name() {
+        let e = parse("[plugins]\nnotes = \"x\"\n\n[plugins.\"Bad Name\"]\na = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("local.toml:2:9: plugins.notes: expected a table"),
+            "{e}"
+        );
+        assert!(
+            e.contains("local.toml:4:10: plugins.Bad Name: \"Bad Name\" is not a plugin name"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod calls;
 pub mod capability;
 pub mod manifest;
+pub mod settings;
 pub mod supervise;
 pub mod wire;
 

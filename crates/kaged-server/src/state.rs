@@ -228,7 +228,8 @@ fn plugin_deps(info: &DaemonInfo, store: &Store, audit: &AuditLog) -> crate::plu
         cage_user: settings.cage_user.clone(),
         default_limits: crate::sessions::default_limits(settings),
         no_cage,
-        system_config: Default::default(),
+        system_config: info.local.plugins.clone(),
+        local_path: info.local_path.clone(),
     }
 }
 

@@ -395,13 +395,24 @@ pub(super) fn check_object_schema(node: &Node, path: &str) -> Vec<Diagnostic> {
         )];
     }
     match node.get("type") {
+        None => {}
+        Some(t) if t.kind == Kind::Scalar(Value::Str("object".into())) => {}
+        Some(t) => {
+            return vec![diagnostic(
+                t,
+                &format!("{path}.type"),
+                "this schema must describe a JSON object",
+                "write `type: object` and describe the keys under `properties`",
+            )];
+        }
+    }
+    match crate::settings::schema_problem(&kaged_dsl::to_json(node)) {
         None => Vec::new(),
-        Some(t) if t.kind == Kind::Scalar(Value::Str("object".into())) => Vec::new(),
-        Some(t) => vec![diagnostic(
-            t,
-            &format!("{path}.type"),
-            "this schema must describe a JSON object",
-            "write `type: object` and describe the keys under `properties`",
+        Some(why) => vec![diagnostic(
+            node,
+            path,
+            format!("this is not a JSON Schema kaged can use: {why}"),
+            "write a self-contained JSON Schema (draft 2020-12; no references to other documents)",
         )],
     }
 }

@@ -524,6 +524,24 @@ fn hooks_tools_and_schemas() {
             "this schema must describe a JSON object".into()
         )
     );
+    let (line, column, path, problem) =
+        one("system_config_schema: {type: object, properties: {token: {type: text}}}");
+    assert_eq!(
+        (line, column, path.as_str()),
+        (7, 23, "system_config_schema"),
+        "{problem}"
+    );
+    assert!(
+        problem.starts_with("this is not a JSON Schema kaged can use: "),
+        "{problem}"
+    );
+    let (_, _, path, problem) = one(
+        "config_schema: {type: object, properties: {a: {$ref: \"https://example.org/s.json\"}}}",
+    );
+    assert_eq!(
+        path, "config_schema",
+        "a remote reference is refused: {problem}"
+    );
     assert_eq!(
         one("system_config_schema: secret"),
         (

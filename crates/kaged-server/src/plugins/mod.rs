@@ -43,7 +43,9 @@ pub struct PluginDeps {
     /// uncaged.
     pub no_cage: Option<String>,
     /// `local.toml [plugins."NAME"]`: each plugin's operator-local settings.
-    pub system_config: BTreeMap<String, Value>,
+    pub system_config: BTreeMap<String, kaged_config::PluginSettings>,
+    /// Where they are set (`local.toml`), for messages.
+    pub local_path: PathBuf,
 }
 
 /// The plugins of one daemon: cheap to clone.
@@ -211,7 +213,13 @@ impl Plugins {
             if name.starts_with('.') || !dir.is_dir() {
                 continue;
             }
-            let (manifest, invalid) = load(&dir, &name);
+            let (manifest, invalid) = match load(&dir, &name) {
+                (Some(m), None) => match self.settings_problem(&m) {
+                    Some(why) => (None, Some(why)),
+                    None => (Some(m), None),
+                },
+                loaded => loaded,
+            };
             let enabled = !choices.disabled.contains(&name)
                 && (choices.enabled.contains(&name) || self.inner.configured.contains(&name));
             let reason = match (&invalid, enabled) {
@@ -234,7 +242,47 @@ impl Plugins {
                 },
             );
         }
+        for name in self.inner.deps.system_config.keys() {
+            if !entries.contains_key(name) {
+                tracing::warn!(plugin = %name, file = %self.inner.deps.local_path.display(), "local.toml sets [plugins.\"{name}\"], but no such plugin is installed");
+            }
+        }
         *lock(&self.inner.entries) = entries;
+    }
+
+    /// Why the operator's `local.toml [plugins."NAME"]` does not suit the plugin's
+    /// `system_config_schema` (values never named: they are often secrets).
+    fn settings_problem(&self, m: &Manifest) -> Option<String> {
+        let local = &self.inner.deps.local_path;
+        let given = self.inner.deps.system_config.get(&m.name);
+        match (&m.system_config_schema, given) {
+            (None, None) => None,
+            (None, Some(s)) => Some(format!(
+                "{}:{}: plugins.{}: the plugin declares no system_config_schema, so it is given no settings; remove [plugins.\"{}\"] from {}",
+                local.display(),
+                s.line,
+                m.name,
+                m.name,
+                local.display()
+            )),
+            (Some(schema), given) => {
+                let values = given.map_or_else(|| json!({}), |s| s.values.clone());
+                let problems = kaged_plugin::settings::check(schema, &values);
+                if problems.is_empty() {
+                    return None;
+                }
+                let at = match given {
+                    Some(s) => format!("{}:{}: plugins.{}", local.display(), s.line, m.name),
+                    None => format!("{}: plugins.{} (not set)", local.display(), m.name),
+                };
+                Some(format!(
+                    "{at}: the plugin's settings do not match its system_config_schema: {}; fix [plugins.\"{}\"] in {} and restart kaged",
+                    kaged_plugin::settings::describe(&problems),
+                    m.name,
+                    local.display()
+                ))
+            }
+        }
     }
 
     /// Start every enabled plugin's supervision (at daemon start). Plugins named in

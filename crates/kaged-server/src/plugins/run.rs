@@ -137,8 +137,7 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                                     .deps
                                     .system_config
                                     .get(&plugin.name)
-                                    .cloned()
-                                    .unwrap_or_else(|| json!({})),
+                                    .map_or_else(|| json!({}), |s| s.values.clone()),
                             };
                             let call = run.calls.call(
                                 method::INITIALIZE,

@@ -17,7 +17,8 @@ use crate::common::*;
 /// answers initialize), `flood` (2 MiB without a newline), `garbage` (a line not JSON),
 /// `wrong_id`, `crash_on_health`, `probe PATH PORT` (reads PATH and connects to PORT at
 /// initialize; answers with an error naming what it reached, if anything), `hooks DIR`
-/// (appends each hook notification to `DIR/hooks.jsonl`).
+/// (appends each hook notification to `DIR/hooks.jsonl`), `settings DIR` (writes the
+/// `system_config` it was given at initialize to `DIR/settings.json`).
 const PLUGIN: &str = r#"
 import json, os, socket, sys, time
 mode = sys.argv[1]
@@ -57,6 +58,9 @@ for line in sys.stdin:
         if mode == "wrong_id":
             send({"jsonrpc": "2.0", "id": 999, "result": {}})
             continue
+        if mode == "settings":
+            with open(os.path.join(sys.argv[2], "settings.json"), "w") as f:
+                json.dump(msg["params"]["system_config"], f)
         if mode == "probe":
             reached = probe()
             if reached:
@@ -547,4 +551,81 @@ async fn a_model_agent_calls_a_plugins_tools_and_the_plugin_keeps_notes_in_kaged
     // No `tools:` setting for `notes.asks`: the operator is asked.
     let pending = wait_pending(d, &id, 1).await;
     assert_eq!(pending[0]["tool"], "notes.asks", "{pending:?}");
+}
+
+/// The operator's `local.toml [plugins."NAME"]` reaches the plugin that declared a
+/// `system_config_schema` and matches it; settings that do not match, or that a plugin never
+/// asked for, keep it from starting with a reason naming the file, line and setting, never
+/// the value (they are secrets).
+#[tokio::test]
+async fn operator_settings_reach_only_plugins_whose_schema_they_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    cage_writable(&out);
+    let dir = tmp.path().join("plugins");
+    let write = format!("write:fs:{}", out.display());
+    let schema = "system_config_schema:\n  type: object\n  properties:\n    token: {type: string, minLength: 8}\n    port: {type: integer}\n  required: [token]\n  additionalProperties: false\n";
+    for name in ["keyed", "mistyped"] {
+        install(&dir, name, &["settings", out.to_str().unwrap()], &[&write]);
+        let manifest = dir.join(name).join("kaged-plugin.yaml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, format!("{text}{schema}")).unwrap();
+    }
+    install(&dir, "unasked", &["good"], &[]);
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("local.toml"),
+        "[plugins.keyed]\ntoken = \"s3cret-token-1\"\nport = 8080\n\n[plugins.mistyped]\ntoken = \"s3cret-token-2\"\nport = \"s3cret-port\"\n\n[plugins.unasked]\ntoken = \"s3cret-token-3\"\n",
+    )
+    .unwrap();
+    let d = start_with_plugins(
+        &tmp.path().join("home"),
+        &dir,
+        "keyed,mistyped,unasked",
+        &[("KAGED_CONFIG_DIR", config.to_str().unwrap())],
+    );
+    wait_plugin(&d, "keyed", "running", |p| p["state"] == "running").await;
+    let given: Value =
+        serde_json::from_slice(&std::fs::read(out.join("settings.json")).unwrap()).unwrap();
+    assert_eq!(
+        given,
+        serde_json::json!({"token": "s3cret-token-1", "port": 8080})
+    );
+
+    let list = d.api_get("/api/v1/plugins").await;
+    let mistyped = plugin(&list, "mistyped");
+    assert_eq!(mistyped["state"], "invalid", "{mistyped}");
+    let reason = mistyped["reason"].as_str().unwrap();
+    let local = config.join("local.toml");
+    assert!(
+        reason.starts_with(&format!("{}:5: plugins.mistyped: ", local.display()))
+            && reason.contains("at /port: the value is not of type \"integer\""),
+        "{reason}"
+    );
+    let unasked = plugin(&list, "unasked");
+    assert_eq!(unasked["state"], "invalid", "{unasked}");
+    assert!(
+        unasked["reason"]
+            .as_str()
+            .unwrap()
+            .contains(":9: plugins.unasked: the plugin declares no system_config_schema"),
+        "{unasked}"
+    );
+    // Enabling it again is refused with the same reason.
+    let (status, body) = d
+        .call(Method::POST, "/api/v1/plugins/mistyped/enable", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // The values are the plugin's alone: not in any answer, nor in the daemon's log.
+    let local_view = d.api_get("/api/v1/local").await.to_string();
+    assert!(
+        local_view.contains("\"token\""),
+        "the keys are shown: {local_view}"
+    );
+    let seen = format!("{list}{local_view}{}", d.stderr_text());
+    assert!(!seen.contains("s3cret"), "{seen}");
+    let (_, log) = d.stop();
+    assert!(!log.contains("s3cret"), "{log}");
 }
