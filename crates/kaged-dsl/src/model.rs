@@ -142,6 +142,10 @@ pub struct Agent {
     /// Model agent: the plugins whose tools it may call (`PLUGIN.TOOL`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<String>,
+    /// Model agent: committed settings for its plugins, by plugin name (each plugin's
+    /// `config_schema`), sent with every call.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugin_config: BTreeMap<String, serde_json::Value>,
 }
 
 impl Agent {

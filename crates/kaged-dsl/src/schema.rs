@@ -117,6 +117,58 @@ static PLUGIN_NAMES: Ty = Ty::List {
     min: 0,
 };
 
+/// A plugin's committed settings: any mapping (its manifest's `config_schema` says more), with
+/// no value that looks like a credential (those are the operator's, in local.toml).
+static PLUGIN_SETTINGS: Ty = Ty::Custom(&Custom {
+    check: check_plugin_settings,
+    schema: || json!({"type": "object"}),
+});
+static PLUGIN_CONFIG: Ty = Ty::Record {
+    key: Text::Name,
+    value: &PLUGIN_SETTINGS,
+    max: 64,
+};
+
+fn check_plugin_settings(node: &Node, path: &str) -> Vec<Diagnostic> {
+    use crate::tree::{Kind, Value};
+    fn walk(node: &Node, path: &str, out: &mut Vec<Diagnostic>) {
+        match &node.kind {
+            Kind::Map(entries) => {
+                for e in entries {
+                    walk(&e.value, &format!("{path}.{}", e.key), out);
+                }
+            }
+            Kind::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"), out);
+                }
+            }
+            Kind::Scalar(Value::Str(s)) if crate::validate::looks_like_secret(s) => {
+                out.push(Diagnostic {
+                    pos: node.pos,
+                    path: path.to_string(),
+                    problem: "this looks like a credential; secrets never go in a project file".into(),
+                    hint: "the operator sets it in local.toml [plugins.\"NAME\"] (the plugin's system_config_schema)".into(),
+                });
+            }
+            Kind::Scalar(_) => {}
+        }
+    }
+    if !matches!(node.kind, crate::tree::Kind::Map(_)) {
+        return vec![Diagnostic {
+            pos: node.pos,
+            path: path.to_string(),
+            problem: "expected the plugin's settings as a mapping".into(),
+            hint:
+                "write the settings its manifest's config_schema describes, e.g. {max_notes: 100}"
+                    .into(),
+        }];
+    }
+    let mut out = Vec::new();
+    walk(node, path, &mut out);
+    out
+}
+
 static MOUNT: Object = Object {
     name: "mount",
     doc: "A project path made visible in the cage.",
@@ -331,11 +383,18 @@ pub static AGENT: Object = Object {
             false,
             "model agent: the plugins whose tools it may call, as PLUGIN.TOOL (each call asks the operator unless `tools:` says otherwise)",
         ),
+        f(
+            "plugin_config",
+            &PLUGIN_CONFIG,
+            false,
+            "model agent: committed settings for its plugins, by plugin name, matching each plugin's config_schema (sent with every call); secrets belong in local.toml",
+        ),
     ],
     exactly_one: &["model", "command"],
     requires: &[
         ("model", "system_prompt"),
         ("plugins", "model"),
+        ("plugin_config", "plugins"),
         ("max_steps", "model"),
         ("max_output_tokens", "model"),
         ("protocol", "command"),

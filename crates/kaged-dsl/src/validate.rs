@@ -498,6 +498,38 @@ impl Validator {
                 );
             }
         }
+        self.check_plugin_config(node, path);
+    }
+
+    /// An agent's `plugin_config` names only plugins in its `plugins`.
+    fn check_plugin_config(&mut self, node: &Node, path: &str) {
+        let (Some(config), Some(plugins)) = (node.get("plugin_config"), node.get("plugins")) else {
+            return;
+        };
+        let (Kind::Map(configured), Kind::Seq(listed)) = (&config.kind, &plugins.kind) else {
+            return;
+        };
+        let listed: Vec<&str> = listed
+            .iter()
+            .filter_map(|n| match &n.kind {
+                Kind::Scalar(Value::Str(s)) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect();
+        for e in configured
+            .iter()
+            .filter(|e| !listed.contains(&e.key.as_str()))
+        {
+            self.report(
+                e.key_pos,
+                &child(&child(path, "plugin_config"), &e.key),
+                format!("`{}` is not one of this agent's plugins", e.key),
+                format!(
+                    "add it to `plugins:` ({}), or remove its settings",
+                    listed.join(", ")
+                ),
+            );
+        }
     }
 }
 

@@ -510,3 +510,48 @@ fn an_acp_agent_may_name_its_session_mode() {
         "{problems:?}"
     );
 }
+
+/// `plugin_config:` on a model agent: committed settings for the plugins it lists, never a
+/// credential, never for a plugin it does not list.
+#[test]
+fn plugin_settings_are_committed_only_for_listed_plugins_and_never_secret() {
+    let base = "version: 1\nproject: demo\nprimary:\n  model: fast\n  system_prompt: project:/p.md\n  plugins: [notes]\n  plugin_config:\n    notes: { max_notes: 10, tags: [a, b] }\n";
+    assert!(brief(base, None).is_empty(), "{:?}", brief(base, None));
+    let project = kaged_dsl::load_project(base, None)
+        .project()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        project.primary.plugin_config["notes"],
+        serde_json::json!({"max_notes": 10, "tags": ["a", "b"]})
+    );
+    let unlisted = base.replace("    notes: {", "    memo: {");
+    assert_eq!(
+        brief(&unlisted, None),
+        vec!["0:8:5 primary.plugin_config.memo: `memo` is not one of this agent's plugins"]
+    );
+    let secret = base.replace(
+        "tags: [a, b]",
+        "token: ghp_0123456789abcdefghij0123456789abcdef",
+    );
+    let problems = brief(&secret, None);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0]
+            .starts_with("0:8:36 primary.plugin_config.notes.token: this looks like a credential"),
+        "{problems:?}"
+    );
+    let scalar = base.replace("    notes: { max_notes: 10, tags: [a, b] }", "    notes: 3");
+    assert_eq!(
+        brief(&scalar, None),
+        vec!["0:8:12 primary.plugin_config.notes: expected the plugin's settings as a mapping"]
+    );
+    let alone = base.replace("  plugins: [notes]\n", "");
+    assert!(
+        brief(&alone, None)
+            .iter()
+            .any(|p| p.contains("`plugin_config` needs `plugins`")),
+        "{:?}",
+        brief(&alone, None)
+    );
+}

@@ -277,7 +277,9 @@ impl Message {
 pub struct InitializeParams {
     /// The API version kaged speaks ([`crate::SUPPORTED_API`]).
     pub kaged_api: i64,
-    /// The committed settings (matching the manifest's `config_schema`); `{}` when none.
+    /// Always `{}` from this kaged: one plugin process serves every project, so the
+    /// committed settings (the agent's `plugin_config`, matching `config_schema`) come with
+    /// each call, in [`CallContext::config`]. Kept for API stability.
     pub config: Json,
     /// The operator-local settings (`system_config_schema`); `{}` when none.
     pub system_config: Json,
@@ -320,6 +322,40 @@ pub struct ToolCallParams {
     pub name: String,
     /// The model's arguments, matching the tool's `input_schema`.
     pub arguments: Json,
+    /// Who calls: the session, its project and agent, and that agent's settings for this
+    /// plugin.
+    #[serde(default)]
+    pub context: CallContext,
+}
+
+/// Where a call comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallContext {
+    /// The project's slug.
+    pub project: String,
+    /// The calling session.
+    pub session_id: String,
+    /// The calling agent's name in the project file.
+    pub agent: String,
+    /// The agent's `plugin_config.PLUGIN` from the project file (committed settings, checked
+    /// against the manifest's `config_schema` before the call); `{}` when none.
+    #[serde(default = "empty_object")]
+    pub config: Json,
+}
+
+impl Default for CallContext {
+    fn default() -> CallContext {
+        CallContext {
+            project: String::new(),
+            session_id: String::new(),
+            agent: String::new(),
+            config: empty_object(),
+        }
+    }
+}
+
+fn empty_object() -> Json {
+    Json::Object(Default::default())
 }
 
 /// `tools/call`'s answer: text for the model, and whether it reports a failure.

@@ -167,6 +167,7 @@ impl Plugin {
         let params = ToolCallParams {
             name: name.into(),
             arguments,
+            context: Default::default(),
         };
         self.call(method::TOOLS_CALL, params)
             .map(|v| serde_json::from_value(v).unwrap())

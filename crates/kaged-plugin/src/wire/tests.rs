@@ -67,12 +67,22 @@ fn every_kind_of_message_round_trips_on_one_line() {
             method::TOOLS_CALL,
             ToolCallParams {
                 name: "search".into(),
-                arguments: json!({"query": "q"})
+                arguments: json!({"query": "q"}),
+                context: CallContext {
+                    project: "demo".into(),
+                    session_id: "s1".into(),
+                    agent: "primary".into(),
+                    config: json!({"max": 3}),
+                },
             }
         )
         .to_line(),
-        r#"{"id":3,"jsonrpc":"2.0","method":"tools/call","params":{"arguments":{"query":"q"},"name":"search"}}"#
+        r#"{"id":3,"jsonrpc":"2.0","method":"tools/call","params":{"arguments":{"query":"q"},"context":{"agent":"primary","config":{"max":3},"project":"demo","session_id":"s1"},"name":"search"}}"#
     );
+    // A call without a context (an older kaged) reads with an empty one.
+    let params: ToolCallParams =
+        serde_json::from_value(json!({"name": "search", "arguments": {}})).unwrap();
+    assert_eq!(params.context.config, json!({}));
 }
 
 #[test]

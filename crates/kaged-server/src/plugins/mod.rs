@@ -92,12 +92,24 @@ pub(crate) enum Command {
     Notify(kaged_plugin::Message),
     /// Call one of its tools for a model agent; the answer (or why none) on `reply`.
     Call {
-        tool: String,
-        arguments: Value,
+        /// The tool's name within the plugin, its arguments and who calls.
+        params: kaged_plugin::wire::ToolCallParams,
         reply: tokio::sync::oneshot::Sender<Result<kaged_plugin::wire::ToolCallResult, String>>,
     },
     /// Stop and end the task (the daemon stops).
     Finish,
+}
+
+/// A model agent calling its plugins' tools: who it is, and what the project file gives them.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub project: String,
+    pub session_id: String,
+    pub agent: String,
+    /// The agent's `plugins:`.
+    pub plugins: Vec<String>,
+    /// The agent's `plugin_config:`.
+    pub plugin_config: BTreeMap<String, Value>,
 }
 
 /// The operator's choices, over the configuration's.
@@ -414,38 +426,43 @@ impl Plugins {
             .collect()
     }
 
-    /// Call `PLUGIN.TOOL` (`name`) of one of `plugins` for a model agent: the plugin's answer,
-    /// or why there is none (not one of its tools, not running, no answer in time).
+    /// Call `PLUGIN.TOOL` (`name`) of one of the caller's plugins: the plugin's answer, or
+    /// why there is none (not one of its tools, settings that do not match its
+    /// `config_schema`, not running, no answer in time).
     pub async fn call_tool(
         &self,
-        plugins: &[String],
+        caller: &Caller,
         name: &str,
         arguments: Value,
     ) -> Result<kaged_plugin::wire::ToolCallResult, String> {
-        let found = plugins.iter().find_map(|p| {
+        let found = caller.plugins.iter().find_map(|p| {
             let tool = name.strip_prefix(p.as_str())?.strip_prefix('.')?;
             let entries = lock(&self.inner.entries);
             let entry = entries.get(p)?;
-            entry
-                .manifest
-                .as_ref()?
+            let manifest = entry.manifest.clone()?;
+            manifest
                 .tools
                 .iter()
                 .any(|t| t.name == tool)
-                .then(|| (p.clone(), tool.to_string(), entry.commands.clone()))
+                .then(|| (manifest, tool.to_string(), entry.commands.clone()))
         });
-        let Some((plugin, tool, commands)) = found else {
+        let Some((manifest, tool, commands)) = found else {
             return Err(format!("`{name}` is not a tool of this agent's plugins"));
         };
+        let plugin = manifest.name.clone();
+        let config = committed_settings(&manifest, caller)?;
+        let params = kaged_plugin::wire::ToolCallParams {
+            name: tool,
+            arguments,
+            context: kaged_plugin::wire::CallContext {
+                project: caller.project.clone(),
+                session_id: caller.session_id.clone(),
+                agent: caller.agent.clone(),
+                config,
+            },
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let sent = commands.is_some_and(|tx| {
-            tx.send(Command::Call {
-                tool,
-                arguments,
-                reply,
-            })
-            .is_ok()
-        });
+        let sent = commands.is_some_and(|tx| tx.send(Command::Call { params, reply }).is_ok());
         if !sent {
             return Err(format!("the plugin `{plugin}` is not running"));
         }
@@ -493,6 +510,32 @@ impl Plugins {
         let tasks: Vec<_> = lock(&self.inner.tasks).drain(..).collect();
         for task in tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// The caller's committed settings for `manifest`'s plugin, checked against its
+/// `config_schema`.
+fn committed_settings(manifest: &Manifest, caller: &Caller) -> Result<Value, String> {
+    let name = &manifest.name;
+    let at = format!("the project file's `{}.plugin_config.{name}`", caller.agent);
+    let given = caller.plugin_config.get(name);
+    match (&manifest.config_schema, given) {
+        (None, None) => Ok(json!({})),
+        (None, Some(_)) => Err(format!(
+            "{at} gives settings, but the plugin `{name}` declares no config_schema; remove them"
+        )),
+        (Some(schema), given) => {
+            let values = given.cloned().unwrap_or_else(|| json!({}));
+            let problems = kaged_plugin::settings::check(schema, &values);
+            if problems.is_empty() {
+                Ok(values)
+            } else {
+                Err(format!(
+                    "{at} does not match the plugin's config_schema: {}; fix it in .kaged/project.yaml",
+                    kaged_plugin::settings::describe(&problems)
+                ))
+            }
         }
     }
 }

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kaged_plugin::wire::{self, HealthResult, HealthStatus, InitializeParams, method};
+use kaged_plugin::wire::{
+    self, HealthResult, HealthStatus, InitializeParams, ToolCallParams, method,
+};
 use kaged_plugin::{Action, Calls, Event, Manifest, Message, RestartPolicy, Supervisor, Timeouts};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -119,8 +121,8 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
     let mut generation = 0u64;
     let mut running: Option<Running> = None;
     let mut wake_at: Option<Duration> = None;
-    // Tool calls that came while the plugin (re)started: (tool, arguments, reply, deadline).
-    let mut waiting: Vec<(String, Value, ToolReply, Duration)> = Vec::new();
+    // Tool calls that came while the plugin (re)started: (params, reply, deadline).
+    let mut waiting: Vec<(ToolCallParams, ToolReply, Duration)> = Vec::new();
     let mut health_at: Option<Duration> = None;
     let mut actions: Vec<Action> = Vec::new();
     loop {
@@ -183,7 +185,7 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
             wake_at,
             health_at,
             running.as_ref().and_then(|r| r.calls.next_deadline()),
-            waiting.iter().map(|w| w.3).min(),
+            waiting.iter().map(|w| w.2).min(),
         ]
         .into_iter()
         .flatten()
@@ -199,11 +201,11 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
             command = commands.recv() => match command {
                 Some(Command::Start) => actions.extend(sup.handle(Event::Start, now())),
                 Some(Command::Stop(why)) => actions.extend(sup.handle(Event::Stop(why), now())),
-                Some(Command::Call { tool, arguments, reply }) => {
+                Some(Command::Call { params, reply }) => {
                     let state = sup.state();
                     match running.as_mut() {
                         Some(run) if matches!(state, kaged_plugin::State::Running | kaged_plugin::State::Unhealthy) => {
-                            if !call_tool(run, tool, arguments, reply, now(), timeouts.tool_call).await {
+                            if !call_tool(run, params, reply, now(), timeouts.tool_call).await {
                                 actions.extend(sup.handle(
                                     Event::Broken("cannot write to the plugin".into()),
                                     now(),
@@ -212,7 +214,7 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                         }
                         // (Re)starting: the call waits for it, within the call's own timeout.
                         _ if matches!(state, kaged_plugin::State::Starting | kaged_plugin::State::BackingOff) => {
-                            waiting.push((tool, arguments, reply, now() + timeouts.tool_call));
+                            waiting.push((params, reply, now() + timeouts.tool_call));
                         }
                         _ => {
                             let why = sup.status().reason.clone().unwrap_or_default();
@@ -269,8 +271,8 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                                 let initialized = event == Event::Initialized;
                                 actions.extend(sup.handle(event, now()));
                                 if initialized {
-                                    for (tool, arguments, reply, _) in std::mem::take(&mut waiting) {
-                                        if !call_tool(run, tool, arguments, reply, now(), timeouts.tool_call).await {
+                                    for (params, reply, _) in std::mem::take(&mut waiting) {
+                                        if !call_tool(run, params, reply, now(), timeouts.tool_call).await {
                                             actions.extend(sup.handle(
                                                 Event::Broken("cannot write to the plugin".into()),
                                                 now(),
@@ -342,7 +344,7 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                 | kaged_plugin::State::Running
                 | kaged_plugin::State::Unhealthy
         );
-        for (_, _, reply, deadline) in waiting.extract_if(.., |w| gone || w.3 <= at) {
+        for (_, reply, deadline) in waiting.extract_if(.., |w| gone || w.2 <= at) {
             let why = sup.status().reason.clone().unwrap_or_default();
             let _ = reply.send(Err(if deadline <= at {
                 format!(
@@ -369,15 +371,14 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
 /// Send a `tools/call` whose answer goes to `reply`; whether it could be written.
 async fn call_tool(
     run: &mut Running,
-    tool: String,
-    arguments: Value,
+    params: ToolCallParams,
     reply: ToolReply,
     now: Duration,
     timeout: Duration,
 ) -> bool {
     let call = run.calls.call(
         method::TOOLS_CALL,
-        json!({"name": tool, "arguments": arguments}),
+        serde_json::to_value(params).unwrap_or_default(),
         now,
         timeout,
     );

@@ -448,6 +448,18 @@ impl Conversation {
             .unwrap_or_default()
     }
 
+    /// `scope`'s agent as a caller of its plugins' tools.
+    fn plugin_caller(&self, scope: Scope<'_>) -> crate::plugins::Caller {
+        let agent = self.base.project.agent(&scope.setup.agent);
+        crate::plugins::Caller {
+            project: self.base.slug.clone(),
+            session_id: self.id.clone(),
+            agent: scope.setup.agent.clone(),
+            plugins: agent.map(|a| a.plugins.clone()).unwrap_or_default(),
+            plugin_config: agent.map(|a| a.plugin_config.clone()).unwrap_or_default(),
+        }
+    }
+
     /// The tools of the agent's plugins that are installed and enabled, offered to the model
     /// as `PLUGIN.TOOL`.
     fn plugin_tool_specs(&self, scope: Scope<'_>) -> Vec<ToolSpec> {

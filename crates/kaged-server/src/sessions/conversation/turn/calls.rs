@@ -292,7 +292,7 @@ impl Conversation {
                     let answer = match &self.sessions.deps().plugins {
                         Some(plugins) => {
                             plugins
-                                .call_tool(&self.agent_plugins(scope), &name, arguments)
+                                .call_tool(&self.plugin_caller(scope), &name, arguments)
                                 .await
                         }
                         None => Err("this kaged runs no plugins".to_string()),
