@@ -1,5 +1,5 @@
-// kaged operator console: projects, sessions (live terminals over the PTY WebSocket), status
-// and the audit log. Native ES modules, no build step; xterm.js and its fit addon are the only
+// kaged operator console: projects, sessions (live terminals over the PTY WebSocket), plugins,
+// status and the audit log. Native ES modules, no build step; xterm.js and its fit addon are the only
 // third-party code (classic scripts served from assets/vendor/, fetched from npm at build
 // time). This entry module is the shell: sign-in state, the header, the warning banner, the
 // signed-out page; it wires the API client, the event stream and the router, and hands the
@@ -23,6 +23,7 @@ import { viewApprovals } from "./screen-approvals.js";
 import { viewAudit } from "./screen-audit.js";
 import { viewProject } from "./screen-project.js";
 import { viewProjects } from "./screen-projects.js";
+import { viewPlugins } from "./screen-plugins.js";
 import { viewSession } from "./screen-session.js";
 import { viewSessions } from "./screen-sessions.js";
 import { viewStatus } from "./screen-status.js";
@@ -34,6 +35,7 @@ const ROUTES = [
   [/^#\/sessions\/([0-9a-f]{32})$/, "sessions", viewSession],
   [/^#\/approvals\/?$/, "approvals", viewApprovals],
   [/^#\/approvals\/([A-Za-z0-9_-]{1,64})$/, "approvals", viewApprovals],
+  [/^#\/plugins\/?$/, "plugins", viewPlugins],
   [/^#\/status$/, "status", viewStatus],
   [/^#\/audit$/, "audit", viewAudit],
 ];

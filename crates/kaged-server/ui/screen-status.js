@@ -1,7 +1,32 @@
-// The Status screen (`#/status`): warnings, the daemon, sign-in, the sandbox, paths and
-// storage, and where each setting came from.
+// The Status screen (`#/status`): warnings, the daemon, sign-in, the sandbox, plugins (how many
+// in each state, linking to `#/plugins`), paths and storage, and where each setting came from.
 
 import { factRows, fmtDuration, h } from "./dom.js";
+import { pluginStateText } from "./screen-plugins.js";
+
+/** How many plugins are in each state (`status.plugins`), and the way to the Plugins screen. */
+function pluginsSection(plugins) {
+  const states = Object.entries((plugins && plugins.states) || {});
+  const total = states.reduce((n, [, count]) => n + count, 0);
+  return h(
+    "section",
+    { class: "panel", "aria-labelledby": "plugins-title", id: "status-plugins" },
+    h("h2", { id: "plugins-title", text: "Plugins" }),
+    total === 0
+      ? h("p", { class: "muted", text: "None installed." })
+      : h(
+          "ul",
+          { class: "plain-list", id: "status-plugin-states" },
+          states.map(([state, count]) =>
+            h("li", { dataset: { state } }, `${count} ${pluginStateText(state)}`),
+          ),
+        ),
+    plugins && plugins.dir
+      ? h("p", { class: "muted small" }, "In ", h("code", { text: plugins.dir }))
+      : null,
+    h("p", {}, h("a", { href: "#/plugins", id: "status-plugins-link", text: "Manage plugins" })),
+  );
+}
 
 export async function viewStatus(ctx, view, main) {
   const { api } = ctx;
@@ -76,6 +101,7 @@ export async function viewStatus(ctx, view, main) {
       ["Cages", s.sandbox.available ? "available" : `unavailable: ${s.sandbox.problem}`],
       ["Limits", s.sandbox.limits],
     ]),
+    pluginsSection(s.plugins),
     section("Paths", "paths-title", [
       ["Config", s.paths.config_file, "mono"],
       ["Data", s.paths.data_dir, "mono"],

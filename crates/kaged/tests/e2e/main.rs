@@ -51,6 +51,7 @@ mod toolchains;
 mod tools;
 mod ui_approvals;
 mod ui_conversation;
+mod ui_plugins;
 mod upgrade;
 mod vpn_bind;
 

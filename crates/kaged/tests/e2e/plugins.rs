@@ -80,7 +80,7 @@ for line in sys.stdin:
 "#;
 
 /// Install plugin `name` in `dir` running `PLUGIN` with `args`, declaring `capabilities`.
-fn install(dir: &Path, name: &str, args: &[&str], capabilities: &[&str]) {
+pub(crate) fn install(dir: &Path, name: &str, args: &[&str], capabilities: &[&str]) {
     let root = dir.join(name);
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("plugin.py"), PLUGIN).unwrap();
@@ -102,7 +102,18 @@ fn install(dir: &Path, name: &str, args: &[&str], capabilities: &[&str]) {
     cage_writable(&root);
 }
 
-fn plugin<'a>(list: &'a Value, name: &str) -> &'a Value {
+/// Install a plugin `name` in `dir` whose manifest does not validate (a version that is not
+/// one, an API kaged does not speak, no command).
+pub(crate) fn install_invalid(dir: &Path, name: &str) {
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    std::fs::write(
+        dir.join(name).join("kaged-plugin.yaml"),
+        format!("name: {name}\nversion: one\nkaged_api: 2\n"),
+    )
+    .unwrap();
+}
+
+pub(crate) fn plugin<'a>(list: &'a Value, name: &str) -> &'a Value {
     list["plugins"]
         .as_array()
         .unwrap()
@@ -112,7 +123,12 @@ fn plugin<'a>(list: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Poll `GET /api/v1/plugins` until `done` holds for plugin `name`; the plugin's report.
-async fn wait_plugin(d: &Daemon, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_plugin(
+    d: &Daemon,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let start = Instant::now();
     loop {
         let list = d.api_get("/api/v1/plugins").await;
@@ -134,7 +150,12 @@ fn alive(pid: &Value) -> bool {
         .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
 }
 
-fn start_with_plugins(home: &Path, dir: &Path, enabled: &str, extra: &[(&str, &str)]) -> Daemon {
+pub(crate) fn start_with_plugins(
+    home: &Path,
+    dir: &Path,
+    enabled: &str,
+    extra: &[(&str, &str)],
+) -> Daemon {
     let mut env = vec![
         ("KAGED_PLUGINS_DIR", dir.to_str().unwrap()),
         ("KAGED_PLUGINS_ENABLED", enabled),
@@ -221,12 +242,7 @@ async fn hostile_plugins_end_in_a_clear_state_and_the_daemon_keeps_serving() {
         install(&dir, name, &[mode], &[]);
     }
     install(&dir, "dies", &["crash_on_health"], &[]);
-    std::fs::create_dir_all(dir.join("badmanifest")).unwrap();
-    std::fs::write(
-        dir.join("badmanifest/kaged-plugin.yaml"),
-        "name: badmanifest\nversion: one\nkaged_api: 2\n",
-    )
-    .unwrap();
+    install_invalid(&dir, "badmanifest");
     let names: Vec<&str> = cases.iter().map(|(n, _, _)| *n).collect();
     let enabled = format!("{},dies,badmanifest", names.join(","));
     let d = start_with_plugins(
