@@ -46,6 +46,33 @@ pub fn check(schema: &Json, settings: &Json) -> Vec<SettingProblem> {
         .collect()
 }
 
+/// Why a plugin is not given settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Settings are given, but the manifest declares no schema for them: a plugin is given
+    /// nothing it did not ask for.
+    NotAsked,
+    /// They do not match the schema (values masked).
+    Mismatch(Vec<SettingProblem>),
+}
+
+/// The settings a plugin gets from `given` under its manifest's `schema` (either may be
+/// absent: no settings are `{}`), or why it gets none.
+pub fn settings_for(schema: Option<&Json>, given: Option<&Json>) -> Result<Json, Refusal> {
+    let empty = || Json::Object(Default::default());
+    match (schema, given) {
+        (None, None) => Ok(empty()),
+        (None, Some(_)) => Err(Refusal::NotAsked),
+        (Some(schema), given) => {
+            let values = given.cloned().unwrap_or_else(empty);
+            match check(schema, &values) {
+                problems if problems.is_empty() => Ok(values),
+                problems => Err(Refusal::Mismatch(problems)),
+            }
+        }
+    }
+}
+
 /// The problems as one line each: `at /token: the value is not of type "string"`.
 pub fn describe(problems: &[SettingProblem]) -> String {
     problems
@@ -111,6 +138,20 @@ mod tests {
     fn a_missing_required_setting_is_named() {
         let text = describe(&check(&schema(), &json!({})));
         assert!(text.contains("\"token\" is a required property"), "{text}");
+    }
+
+    #[test]
+    fn a_plugin_gets_only_settings_it_declared_and_that_match() {
+        let schema = schema();
+        let good = json!({"token": "s3cret-token"});
+        assert_eq!(settings_for(None, None), Ok(json!({})));
+        assert_eq!(settings_for(Some(&schema), Some(&good)), Ok(good.clone()));
+        assert_eq!(settings_for(None, Some(&good)), Err(Refusal::NotAsked));
+        // Nothing given is checked as `{}`: a required setting is missing.
+        assert!(matches!(
+            settings_for(Some(&schema), None),
+            Err(Refusal::Mismatch(p)) if p.len() == 1
+        ));
     }
 
     #[test]

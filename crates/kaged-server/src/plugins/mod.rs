@@ -98,6 +98,8 @@ pub(crate) enum Command {
     },
     /// Stop and end the task (the daemon stops).
     Finish,
+    /// Answered once every command before it has taken effect (a stop: the plugin has ended).
+    Done(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A model agent calling its plugins' tools: who it is, and what the project file gives them.
@@ -265,35 +267,23 @@ impl Plugins {
     /// Why the operator's `local.toml [plugins."NAME"]` does not suit the plugin's
     /// `system_config_schema` (values never named: they are often secrets).
     fn settings_problem(&self, m: &Manifest) -> Option<String> {
-        let local = &self.inner.deps.local_path;
+        use kaged_plugin::settings::{Refusal, describe, settings_for};
+        let local = self.inner.deps.local_path.display();
         let given = self.inner.deps.system_config.get(&m.name);
-        match (&m.system_config_schema, given) {
-            (None, None) => None,
-            (None, Some(s)) => Some(format!(
-                "{}:{}: plugins.{}: the plugin declares no system_config_schema, so it is given no settings; remove [plugins.\"{}\"] from {}",
-                local.display(),
-                s.line,
-                m.name,
-                m.name,
-                local.display()
+        let name = &m.name;
+        let at = match given {
+            Some(s) => format!("{local}:{}: plugins.{name}", s.line),
+            None => format!("{local}: plugins.{name} (not set)"),
+        };
+        match settings_for(m.system_config_schema.as_ref(), given.map(|s| &s.values)) {
+            Ok(_) => None,
+            Err(Refusal::NotAsked) => Some(format!(
+                "{at}: the plugin declares no system_config_schema, so it is given no settings; remove [plugins.\"{name}\"] from {local}"
             )),
-            (Some(schema), given) => {
-                let values = given.map_or_else(|| json!({}), |s| s.values.clone());
-                let problems = kaged_plugin::settings::check(schema, &values);
-                if problems.is_empty() {
-                    return None;
-                }
-                let at = match given {
-                    Some(s) => format!("{}:{}: plugins.{}", local.display(), s.line, m.name),
-                    None => format!("{}: plugins.{} (not set)", local.display(), m.name),
-                };
-                Some(format!(
-                    "{at}: the plugin's settings do not match its system_config_schema: {}; fix [plugins.\"{}\"] in {} and restart kaged",
-                    kaged_plugin::settings::describe(&problems),
-                    m.name,
-                    local.display()
-                ))
-            }
+            Err(Refusal::Mismatch(problems)) => Some(format!(
+                "{at}: the plugin's settings do not match its system_config_schema: {}; fix [plugins.\"{name}\"] in {local} and restart kaged",
+                describe(&problems)
+            )),
         }
     }
 
@@ -333,7 +323,11 @@ impl Plugins {
         if entry.commands.as_ref().is_none_or(|c| c.is_closed()) {
             if matches!(
                 command,
-                Command::Finish | Command::Stop(_) | Command::Notify(_) | Command::Call { .. }
+                Command::Finish
+                    | Command::Stop(_)
+                    | Command::Notify(_)
+                    | Command::Call { .. }
+                    | Command::Done(_)
             ) {
                 return;
             }
@@ -354,32 +348,47 @@ impl Plugins {
         }
     }
 
-    /// Enable `name` (kept across restarts) and start it.
+    /// Enable `name` (kept across restarts) and start it; its report once it is starting.
     pub async fn enable(&self, name: &str, actor: &str) -> Result<Value, PluginError> {
         self.choose(name, true)?;
         self.command(name, Command::Start);
+        self.settled(name).await;
         self.audit("plugin.enabled", name, actor).await;
         Ok(self.report(name).unwrap_or(Value::Null))
     }
 
-    /// Disable `name` (kept across restarts) and stop it.
+    /// Disable `name` (kept across restarts) and stop it; its report once it has ended.
     pub async fn disable(&self, name: &str, actor: &str) -> Result<Value, PluginError> {
         self.choose(name, false)?;
         self.command(name, Command::Stop("disabled by the operator".into()));
+        self.settled(name).await;
         self.audit("plugin.disabled", name, actor).await;
         Ok(self.report(name).unwrap_or(Value::Null))
     }
 
+    /// Wait until the plugin's task has carried out the commands sent so far (a stop waits
+    /// for the plugin's `shutdown_timeout_sec`, then it is killed), so an answer shows the
+    /// state they led to.
+    async fn settled(&self, name: &str) {
+        let (done, answered) = tokio::sync::oneshot::channel();
+        let bound = lock(&self.inner.entries)
+            .get(name)
+            .and_then(|e| e.manifest.as_ref())
+            .map_or(0, |m| m.shutdown_timeout_sec);
+        self.command(name, Command::Done(done));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(bound + 5), answered).await;
+    }
+
+    /// Record the operator's choice, then (once it is kept) take it.
     fn choose(&self, name: &str, enable: bool) -> Result<(), PluginError> {
         {
-            let mut entries = lock(&self.inner.entries);
-            let entry = entries.get_mut(name).ok_or_else(|| {
+            let entries = lock(&self.inner.entries);
+            let entry = entries.get(name).ok_or_else(|| {
                 PluginError::Unknown(name.into(), self.inner.dir.display().to_string())
             })?;
             if let (Some(why), true) = (&entry.invalid, enable) {
                 return Err(PluginError::Invalid(name.into(), why.clone()));
             }
-            entry.enabled = enable;
         }
         let mut choices = self.choices();
         choices.enabled.retain(|n| n != name);
@@ -389,7 +398,11 @@ impl Plugins {
         } else {
             choices.disabled.push(name.into());
         }
-        self.save_choices(&choices)
+        self.save_choices(&choices)?;
+        if let Some(entry) = lock(&self.inner.entries).get_mut(name) {
+            entry.enabled = enable;
+        }
+        Ok(())
     }
 
     async fn audit(&self, kind: &'static str, name: &str, actor: &str) {
@@ -517,27 +530,22 @@ impl Plugins {
 /// The caller's committed settings for `manifest`'s plugin, checked against its
 /// `config_schema`.
 fn committed_settings(manifest: &Manifest, caller: &Caller) -> Result<Value, String> {
+    use kaged_plugin::settings::{Refusal, describe, settings_for};
     let name = &manifest.name;
     let at = format!("the project file's `{}.plugin_config.{name}`", caller.agent);
-    let given = caller.plugin_config.get(name);
-    match (&manifest.config_schema, given) {
-        (None, None) => Ok(json!({})),
-        (None, Some(_)) => Err(format!(
+    settings_for(
+        manifest.config_schema.as_ref(),
+        caller.plugin_config.get(name),
+    )
+    .map_err(|refusal| match refusal {
+        Refusal::NotAsked => format!(
             "{at} gives settings, but the plugin `{name}` declares no config_schema; remove them"
-        )),
-        (Some(schema), given) => {
-            let values = given.cloned().unwrap_or_else(|| json!({}));
-            let problems = kaged_plugin::settings::check(schema, &values);
-            if problems.is_empty() {
-                Ok(values)
-            } else {
-                Err(format!(
-                    "{at} does not match the plugin's config_schema: {}; fix it in .kaged/project.yaml",
-                    kaged_plugin::settings::describe(&problems)
-                ))
-            }
-        }
-    }
+        ),
+        Refusal::Mismatch(problems) => format!(
+            "{at} does not match the plugin's config_schema: {}; fix it in .kaged/project.yaml",
+            describe(&problems)
+        ),
+    })
 }
 
 fn stopped(reason: String) -> Status {

@@ -235,6 +235,11 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                         let _ = send(run, &message).await;
                     }
                 }
+                // Every command before it has been carried out (the loop runs the actions
+                // they led to before it reads the next command).
+                Some(Command::Done(done)) => {
+                    let _ = done.send(());
+                }
                 Some(Command::Finish) | None => {
                     // Its Shutdown action is carried out here: the task ends with it.
                     let _ = sup.handle(Event::Stop("kaged stopped".into()), now());

@@ -190,8 +190,15 @@ async fn a_well_behaved_plugin_runs_caged_and_the_operator_stops_and_starts_it()
         .call(Method::POST, "/api/v1/plugins/good/disable", None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let stopped = wait_plugin(&d, "good", "stopped", |p| p["state"] == "stopped").await;
+    // The answer is the state the disable led to: the plugin has already ended.
+    let stopped = &body["plugin"];
+    assert_eq!(
+        (stopped["state"].as_str(), stopped["enabled"].as_bool()),
+        (Some("stopped"), Some(false)),
+        "{body}"
+    );
     assert_eq!(stopped["reason"], "disabled by the operator", "{stopped}");
+    assert!(stopped["pid"].is_null(), "{stopped}");
     assert!(!alive(&p["pid"]), "the process ended: {p}");
     let (status, body) = d
         .call(Method::POST, "/api/v1/plugins/nosuch/enable", None)
@@ -210,6 +217,12 @@ async fn a_well_behaved_plugin_runs_caged_and_the_operator_stops_and_starts_it()
         .call(Method::POST, "/api/v1/plugins/good/enable", None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let started = &body["plugin"];
+    assert!(
+        started["enabled"] == true
+            && (started["state"] == "starting" || started["state"] == "running"),
+        "{body}"
+    );
     let p = wait_plugin(&d, "good", "running again", |p| p["state"] == "running").await;
     let pid = p["pid"].clone();
     // A daemon stop asks it to shut down; it exits.
@@ -441,6 +454,9 @@ for line in sys.stdin:
     elif method == "tools/call":
         if msg["params"]["name"] == "hang":
             continue
+        if msg["params"]["name"] == "whoami":
+            send({"jsonrpc": "2.0", "id": id, "result": {"content": json.dumps(msg["params"]["context"], sort_keys=True)}})
+            continue
         n += 1
         text = msg["params"]["arguments"]["text"]
         ask("set%d" % n, "storage/set", {"key": "note/" + text, "value": text})
@@ -463,14 +479,14 @@ async fn a_model_agent_calls_a_plugins_tools_and_the_plugin_keeps_notes_in_kaged
     std::fs::write(root.join("plugin.py"), NOTES).unwrap();
     std::fs::write(
         root.join("kaged-plugin.yaml"),
-        "name: notes\nversion: 1.0.0\nkaged_api: 1\ndescription: keeps notes\ncommand: [python3, plugin.py]\ncapabilities: [\"kaged:storage:read\", \"kaged:storage:write\"]\ntools:\n  - name: add\n    description: Keep a note.\n    input_schema: {type: object, properties: {text: {type: string}}, required: [text]}\n  - name: hang\n    description: Never answers.\n    input_schema: {type: object}\n  - name: asks\n    description: Needs the operator.\n    input_schema: {type: object}\n",
+        "name: notes\nversion: 1.0.0\nkaged_api: 1\ndescription: keeps notes\ncommand: [python3, plugin.py]\ncapabilities: [\"kaged:storage:read\", \"kaged:storage:write\"]\ntools:\n  - name: add\n    description: Keep a note.\n    input_schema: {type: object, properties: {text: {type: string}}, required: [text]}\n  - name: hang\n    description: Never answers.\n    input_schema: {type: object}\n  - name: asks\n    description: Needs the operator.\n    input_schema: {type: object}\n  - name: whoami\n    description: Says who calls.\n    input_schema: {type: object}\nconfig_schema: {type: object, properties: {max_notes: {type: integer}}, additionalProperties: false}\n",
     )
     .unwrap();
     cage_writable(&root);
     let dir = plugins.path().to_str().unwrap().to_string();
     let env = ModelEnv::start_full(
         COMPLETIONS,
-        "  plugins: [notes]\n  tools:\n    notes.add: { approval: allow }\n    notes.hang: { approval: allow }\n",
+        "  plugins: [notes]\n  plugin_config:\n    notes: { max_notes: 5 }\n  tools:\n    notes.add: { approval: allow }\n    notes.hang: { approval: allow }\n    notes.whoami: { approval: allow }\n",
         "",
         &[],
         &[
@@ -486,11 +502,10 @@ async fn a_model_agent_calls_a_plugins_tools_and_the_plugin_keeps_notes_in_kaged
     wait_plugin(d, "notes", "running", |p| p["state"] == "running").await;
     p.push(tool_reply(
         COMPLETIONS,
-        &[Call::new(
-            "c_add",
-            "notes.add",
-            &serde_json::json!({"text": "milk"}),
-        )],
+        &[
+            Call::new("c_add", "notes.add", &serde_json::json!({"text": "milk"})),
+            Call::new("c_who", "notes.whoami", &serde_json::json!({})),
+        ],
     ));
     p.push(text_reply(COMPLETIONS, &["Noted."]));
     let id = create_agent(d, &env.slug, "primary", Some("Remember milk.")).await;
@@ -501,6 +516,17 @@ async fn a_model_agent_calls_a_plugins_tools_and_the_plugin_keeps_notes_in_kaged
         .unwrap_or_else(|| panic!("{}", summarize(&records)));
     assert_eq!(result["event"]["ok"], true, "{result}");
     assert_eq!(result["event"]["content"], "stored 1 notes", "{result}");
+    // Each call says who calls, with the agent's committed settings for the plugin.
+    let who = records
+        .iter()
+        .find(|r| kind(r) == "tool_result" && r["event"]["call_id"] == "c_who")
+        .unwrap_or_else(|| panic!("{}", summarize(&records)));
+    let context: Value = serde_json::from_str(who["event"]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        context,
+        serde_json::json!({"agent": "primary", "config": {"max_notes": 5}, "project": env.slug, "session_id": id}),
+        "{who}"
+    );
     // The tools reached the model as the plugin declared them.
     let offered = p.requests()[0].body["tools"].to_string();
     assert!(
