@@ -82,7 +82,6 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}/revoke", post(tokens::revoke))
-        .route("/api/v1/plugins/schema", get(api::plugin_schema))
         .route("/api/v1/projects", get(projects::list))
         .route("/api/v1/projects/load", post(projects::load))
         .route(
@@ -130,6 +129,8 @@ pub fn router(state: std::sync::Arc<ServerState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/api/v1/dsl/schema", get(api::dsl_schema))
+        // Public like the project file's: editors fetch it to check manifests as they are typed.
+        .route("/api/v1/plugins/schema", get(api::plugin_schema))
         .route("/launch", get(launch::launch))
         .route("/assets/{file}", get(ui::asset))
         .route("/assets/vendor/{file}", get(ui::vendor_asset))
