@@ -510,6 +510,8 @@ fn local_config() -> impl Strategy<Value = LocalConfig> {
                 aliases,
                 providers,
                 projects,
+                // Plugin settings are free-form: their parsing has its own tests.
+                plugins: Default::default(),
                 warnings,
             }
         })

@@ -24,6 +24,7 @@ mod connection;
 mod error;
 mod events;
 mod launch;
+mod lines;
 mod listener;
 mod middleware;
 pub mod notify;

@@ -484,12 +484,14 @@ impl Plugins {
             .unwrap_or_else(|_| Err(format!("the plugin `{plugin}` stopped before it answered")))
     }
 
-    /// Whether `name` is one of `plugins`' tools (`PLUGIN.TOOL`, installed or not).
-    pub fn is_plugin_tool(plugins: &[String], name: &str) -> bool {
-        plugins.iter().any(|p| {
-            name.strip_prefix(p.as_str())
-                .is_some_and(|rest| rest.starts_with('.'))
-        })
+    /// Whether `name` is a tool (`PLUGIN.TOOL`) that one of `plugins` declares in its
+    /// manifest, running or not (a call of a stopped plugin's tool says it is not running).
+    pub fn has_tool(&self, plugins: &[String], name: &str) -> bool {
+        let entries = lock(&self.inner.entries);
+        plugins
+            .iter()
+            .filter_map(|p| entries.get(p)?.manifest.as_deref())
+            .any(|m| m.tools.iter().any(|t| m.agent_tool_name(t) == name))
     }
 
     /// Every plugin's report (`GET /api/v1/plugins`, `kaged plugin list`).

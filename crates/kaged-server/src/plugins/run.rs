@@ -19,7 +19,7 @@ use kaged_plugin::wire::{
 };
 use kaged_plugin::{Action, Calls, Event, Manifest, Message, RestartPolicy, Supervisor, Timeouts};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::{Command, PluginDeps, View, lock};
@@ -702,26 +702,21 @@ async fn read_lines(
     tx: mpsc::Sender<(u64, Incoming)>,
     generation: u64,
 ) {
+    use crate::lines::{Line, next_line};
     let mut reader = tokio::io::BufReader::new(from);
     loop {
-        let mut line = Vec::new();
-        let read = (&mut reader)
-            .take(wire::MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await;
-        let parsed = match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line.len() > wire::MAX_LINE_BYTES => Err(format!(
+        let parsed = match next_line(&mut reader, wire::MAX_LINE_BYTES).await {
+            Line::End => return,
+            Line::TooLong => Err(format!(
                 "the plugin wrote a line longer than {} bytes",
                 wire::MAX_LINE_BYTES
             )),
-            Ok(_) => {
-                let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            Line::Text(text, _) => {
                 if text.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                Message::parse(text).map_err(|e| {
-                    let shown: String = String::from_utf8_lossy(text).chars().take(200).collect();
+                Message::parse(&text).map_err(|e| {
+                    let shown: String = String::from_utf8_lossy(&text).chars().take(200).collect();
                     format!("the plugin broke the protocol: {e}: `{shown}`")
                 })
             }
@@ -736,14 +731,7 @@ async fn read_lines(
 /// Copy a plugin's stderr to kaged's log, a bounded number of lines; read to the end so a
 /// full pipe never stops it.
 fn log_stderr(name: &str, stderr: std::process::ChildStderr) {
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(stderr).split(b'\n');
-    let mut logged = 0;
-    while let Some(Ok(line)) = lines.next() {
-        if logged < STDERR_LINES {
-            logged += 1;
-            let text = String::from_utf8_lossy(&line);
-            tracing::info!(plugin = %name, line = %text.chars().take(1000).collect::<String>(), "plugin stderr");
-        }
-    }
+    crate::lines::log_lines(stderr, STDERR_LINES, |line| {
+        tracing::info!(plugin = %name, line = %line.chars().take(1000).collect::<String>(), "plugin stderr");
+    });
 }

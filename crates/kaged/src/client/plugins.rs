@@ -1,7 +1,6 @@
 //! `kaged plugin list`, `enable` and `disable`: the daemon's plugins (`GET /api/v1/plugins`)
-//! as a table or its JSON, and one line with the new state after a switch (waiting up to
-//! [`SETTLE`] for the state to move: the daemon answers before the plugin has started or
-//! stopped). The rendering is pure and tested on data.
+//! as a table or its JSON, and one line with the new state after a switch (the daemon
+//! answers once the switch took effect). The rendering is pure and tested on data.
 
 use kaged_config::DeploymentMode;
 use serde_json::Value;
@@ -42,35 +41,8 @@ pub async fn plugin_switch(
         None,
     )
     .await?;
-    // The answer may still show the state before the switch: wait briefly for the new one.
-    let mut plugin = v["plugin"].clone();
-    let deadline = std::time::Instant::now() + SETTLE;
-    while !settled(&plugin, enable) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let list = call(&target, reqwest::Method::GET, "/api/v1/plugins", None).await?;
-        if let Some(now) = list["plugins"]
-            .as_array()
-            .and_then(|all| all.iter().find(|p| p["name"] == name))
-        {
-            plugin = now.clone();
-        }
-    }
-    println!("{}", state_line(&plugin));
+    println!("{}", state_line(&v["plugin"]));
     Ok(())
-}
-
-/// How long `enable` and `disable` wait for the plugin to leave its old state.
-const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Whether a plugin's report shows the switch taken: enabled and no longer `stopped`, or
-/// disabled and no longer running.
-fn settled(plugin: &Value, enable: bool) -> bool {
-    let state = plugin["state"].as_str().unwrap_or("");
-    if enable {
-        state != "stopped"
-    } else {
-        matches!(state, "stopped" | "disabled" | "invalid")
-    }
 }
 
 /// A plugin's name as typed (it goes into a path): the manifest's `^[a-z][a-z0-9-]*$`, at
@@ -222,28 +194,6 @@ mod tests {
             state_line(&stopped),
             "notes: stopped (disabled by the operator; last error: exited: signal 9)"
         );
-    }
-
-    #[test]
-    fn a_switch_is_taken_once_the_state_has_moved() {
-        let at = |state: &str| plugin("notes", state, Value::Null, 0, Value::Null);
-        assert!(!settled(&at("stopped"), true));
-        for state in [
-            "starting",
-            "running",
-            "unhealthy",
-            "backing_off",
-            "disabled",
-            "invalid",
-        ] {
-            assert!(settled(&at(state), true), "{state}");
-        }
-        for state in ["stopped", "disabled", "invalid"] {
-            assert!(settled(&at(state), false), "{state}");
-        }
-        for state in ["starting", "running", "unhealthy", "backing_off"] {
-            assert!(!settled(&at(state), false), "{state}");
-        }
     }
 
     #[test]

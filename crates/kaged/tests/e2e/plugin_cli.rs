@@ -109,7 +109,10 @@ async fn the_schema_is_printed_and_served_like_the_project_file_s() {
         .unwrap();
     // Public, as `/api/v1/dsl/schema` is: an editor checks manifests without signing in.
     assert_eq!(anonymous.status(), reqwest::StatusCode::OK);
-    assert_eq!(anonymous.json::<serde_json::Value>().await.unwrap(), printed);
+    assert_eq!(
+        anonymous.json::<serde_json::Value>().await.unwrap(),
+        printed
+    );
 }
 
 /// A copy of the Python example in `dir`, with modes to be tightened on install.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use kaged_dsl::Tool;
 use kaged_session::agent::{AgentEvent, EndReason};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
@@ -151,22 +151,17 @@ impl Rpc {
 /// Read the agent's lines into `tx` until its output ends; `at` is the output offset of the
 /// first byte read.
 async fn read_lines(from: pipe::Receiver, tx: mpsc::Sender<Incoming>, mut at: u64) {
+    use crate::lines::{Line, next_line};
     let mut reader = tokio::io::BufReader::new(from);
     loop {
-        let mut line = Vec::new();
-        let read = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await;
-        if let Ok(n) = read {
-            at += n as u64;
-        }
-        let incoming = match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line.len() > MAX_LINE => {
+        let incoming = match next_line(&mut reader, MAX_LINE).await {
+            Line::End => return,
+            Line::TooLong => {
+                at += MAX_LINE as u64 + 1;
                 Incoming::Bad(format!("a line longer than {MAX_LINE} bytes"))
             }
-            Ok(_) => {
+            Line::Text(line, n) => {
+                at += n as u64;
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim();
                 if text.is_empty() {

@@ -11,7 +11,6 @@
 //!  `-- wait (reap) --> `ended` --> the loop closes its turn --> Exit transition
 //! ```
 
-use std::io::BufRead;
 use std::sync::Arc;
 
 use super::subagent::{self, CageBase};
@@ -126,13 +125,7 @@ impl Runner {
 /// Copy a piped run's stderr (a cage's refusal is said there) to kaged's log, a bounded
 /// number of lines; read to the end so a full pipe never stops it.
 fn log_stderr(id: &str, what: &str, stderr: std::process::ChildStderr) {
-    let mut lines = std::io::BufReader::new(stderr).split(b'\n');
-    let mut logged = 0;
-    while let Some(Ok(line)) = lines.next() {
-        if logged < STDERR_LINES {
-            logged += 1;
-            let text = String::from_utf8_lossy(&line);
-            tracing::warn!(session = %id, from = what, line = %text.chars().take(1000).collect::<String>(), "stderr");
-        }
-    }
+    crate::lines::log_lines(stderr, STDERR_LINES, |line| {
+        tracing::warn!(session = %id, from = what, line = %line.chars().take(1000).collect::<String>(), "stderr");
+    });
 }

@@ -448,6 +448,15 @@ impl Conversation {
             .unwrap_or_default()
     }
 
+    /// Whether `name` is a tool of one of `scope`'s agent's plugins.
+    fn is_plugin_tool(&self, scope: Scope<'_>, name: &str) -> bool {
+        self.sessions
+            .deps()
+            .plugins
+            .as_ref()
+            .is_some_and(|p| p.has_tool(&self.agent_plugins(scope), name))
+    }
+
     /// `scope`'s agent as a caller of its plugins' tools.
     fn plugin_caller(&self, scope: Scope<'_>) -> crate::plugins::Caller {
         let agent = self.base.project.agent(&scope.setup.agent);

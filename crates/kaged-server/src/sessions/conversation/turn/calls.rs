@@ -149,11 +149,10 @@ impl Conversation {
                 })
             })
             .and_then(|sub| Setup::of(&self.base.project, sub));
-        let plugins = self.agent_plugins(scope);
         match sub {
             Some(setup) => Handler::Subagent(setup),
             None if scope.setup.tools.contains(name) => Handler::Tool(name.to_string()),
-            None if crate::plugins::Plugins::is_plugin_tool(&plugins, name)
+            None if self.is_plugin_tool(scope, name)
                 && agent.is_some_and(|a| a.approval_of(name) != Approval::Deny) =>
             {
                 Handler::Plugin(name.to_string())
@@ -175,7 +174,7 @@ impl Conversation {
     /// unless it was approved for the rest of this session.
     async fn needs_approval(&self, scope: Scope<'_>, name: &str) -> Result<bool, Failed> {
         let agent = self.base.project.agent(&scope.setup.agent);
-        let plugin_tool = crate::plugins::Plugins::is_plugin_tool(&self.agent_plugins(scope), name);
+        let plugin_tool = self.is_plugin_tool(scope, name);
         // A plugin's tool is another's code acting for the agent: it asks unless `tools:` says.
         let level = match agent
             .and_then(|a| a.tools.as_ref())
