@@ -289,9 +289,6 @@ async fn an_installed_plugin_is_listed_enabled_and_disabled_through_the_cli() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    // A root daemon runs a root-owned plugin as the cage user, who must reach its files (as
-    // in plugins.rs).
-    cage_writable(&dir);
     let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &env[1..]).failing_on_panics();
 
     let listed = text(&d.cli(&["plugin", "list"]).stdout);
