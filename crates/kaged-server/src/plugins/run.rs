@@ -162,7 +162,8 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                         }
                         Err(why) => {
                             audit(&plugin, "plugin.failed", false, json!({"reason": why})).await;
-                            actions.extend(sup.handle(Event::Exited(why), now()));
+                            // Not `Exited`: nothing ran, and the reason says why on its own.
+                            actions.extend(sup.handle(Event::Broken(why), now()));
                         }
                     }
                 }
