@@ -864,3 +864,128 @@ async fn an_ordinary_users_plugins_installed_with_the_cli_run_in_their_cages() {
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
 }
+
+/// As an ordinary user: a plugin declaring one destination (`net:127.0.0.1:PORT`) reaches it
+/// through its egress proxy, and not another; the proxy's decisions are audited.
+#[tokio::test]
+async fn an_ordinary_users_plugin_reaches_only_the_destination_it_declared() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::new(tmp.path());
+    let (allowed, refused) = (loopback_http_server(), loopback_http_server());
+    let src = tmp.path().join("fetch-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("plugin.py"),
+        r#"import json, sys, urllib.request as u
+def get(port):
+    try:
+        u.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+        return True
+    except Exception as e:
+        print("fetch", port, "failed:", type(e).__name__, e, file=sys.stderr)
+        return False
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        reached = [get(sys.argv[1]), get(sys.argv[2])]
+        if reached == [True, False]:
+            send({"jsonrpc": "2.0", "id": id, "result": {}})
+        else:
+            send({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": f"reached (allowed, refused): {reached}"}})
+    elif method == "health":
+        send({"jsonrpc": "2.0", "id": id, "result": {"status": "ok"}})
+    elif method == "shutdown":
+        send({"jsonrpc": "2.0", "id": id, "result": {}})
+        sys.exit(0)
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("kaged-plugin.yaml"),
+        format!("name: fetch\nversion: 0.1.0\nkaged_api: 1\ndescription: fetches\ncommand: [python3, plugin.py, \"{allowed}\", \"{refused}\"]\ncapabilities: [\"net:127.0.0.1:{allowed}\"]\nshutdown_timeout_sec: 2\n"),
+    )
+    .unwrap();
+    let xdg = tmp.path().join("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    sh("chmod", &["0700", xdg.to_str().unwrap()]);
+    if current_uid() == 0 {
+        for dir in [&src, &xdg] {
+            sh(
+                "chown",
+                &["-R", &format!("{NOBODY}:{NOBODY}"), dir.to_str().unwrap()],
+            );
+        }
+    }
+    let env = op.env(&[
+        ("XDG_RUNTIME_DIR", xdg.to_str().unwrap()),
+        ("KAGED_PLUGINS_ENABLED", "fetch"),
+    ]);
+    let out = op
+        .command(&["plugin", "install", src.to_str().unwrap(), "--yes"], &env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("connect to 127.0.0.1:{allowed}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let d = Daemon::spawn(
+        op.command(&["start", "--mode", "user", "--bind", "127.0.0.1:0"], &env),
+        &op.home.join(".local/share/kaged"),
+        &xdg.join("kaged"),
+        env.clone(),
+    )
+    .failing_on_panics();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = op
+            .command(&["plugin", "list", "--json"], &env)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let p = &v["plugins"][0];
+        if p["state"] == "running" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && p["last_error"].is_null(),
+            "{p}\n{}",
+            d.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each decision of its proxy is audited (a moment later).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = d.api_get("/api/v1/audit?limit=100").await;
+        let decisions: Vec<(String, String)> = audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "plugin.egress")
+            .map(|e| {
+                let decision = e["detail"]["decision"].as_str().unwrap_or_default();
+                (e["detail"]["port"].to_string(), decision.to_string())
+            })
+            .collect();
+        if decisions.contains(&(allowed.to_string(), "allowed".into()))
+            && decisions.contains(&(refused.to_string(), "refused".into()))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{decisions:?}\n{audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+}
