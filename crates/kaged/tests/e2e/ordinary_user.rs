@@ -514,7 +514,7 @@ fn processes_with(marker: &str) -> Vec<u32> {
 }
 
 /// A loopback HTTP server answering each request with 200 `ok` (bounded, test-owned).
-fn loopback_http_server() -> u16 {
+pub(crate) fn loopback_http_server() -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -873,43 +873,7 @@ async fn an_ordinary_users_plugin_reaches_only_the_destination_it_declared() {
     let tmp = tempfile::tempdir().unwrap();
     let op = Operator::new(tmp.path());
     let (allowed, refused) = (loopback_http_server(), loopback_http_server());
-    let src = tmp.path().join("fetch-src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(
-        src.join("plugin.py"),
-        r#"import json, sys, urllib.request as u
-def get(port):
-    try:
-        u.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
-        return True
-    except Exception as e:
-        print("fetch", port, "failed:", type(e).__name__, e, file=sys.stderr)
-        return False
-def send(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-for line in sys.stdin:
-    msg = json.loads(line)
-    method, id = msg.get("method"), msg.get("id")
-    if method == "initialize":
-        reached = [get(sys.argv[1]), get(sys.argv[2])]
-        if reached == [True, False]:
-            send({"jsonrpc": "2.0", "id": id, "result": {}})
-        else:
-            send({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": f"reached (allowed, refused): {reached}"}})
-    elif method == "health":
-        send({"jsonrpc": "2.0", "id": id, "result": {"status": "ok"}})
-    elif method == "shutdown":
-        send({"jsonrpc": "2.0", "id": id, "result": {}})
-        sys.exit(0)
-"#,
-    )
-    .unwrap();
-    std::fs::write(
-        src.join("kaged-plugin.yaml"),
-        format!("name: fetch\nversion: 0.1.0\nkaged_api: 1\ndescription: fetches\ncommand: [python3, plugin.py, \"{allowed}\", \"{refused}\"]\ncapabilities: [\"net:127.0.0.1:{allowed}\"]\nshutdown_timeout_sec: 2\n"),
-    )
-    .unwrap();
+    let src = crate::plugin_cli::fetching_plugin(tmp.path(), allowed, refused);
     let xdg = tmp.path().join("xdg");
     std::fs::create_dir_all(&xdg).unwrap();
     sh("chmod", &["0700", xdg.to_str().unwrap()]);

@@ -472,21 +472,7 @@ async fn a_root_installed_plugin_runs_as_the_cage_user_and_cannot_change_its_fil
         &[env[1], ("KAGED_PLUGINS_ENABLED", "selfwrite")],
     )
     .failing_on_panics();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let report = loop {
-        let v: serde_json::Value =
-            serde_json::from_slice(&d.cli(&["plugin", "list", "--json"]).stdout).unwrap();
-        let p = v["plugins"][0].clone();
-        if p["state"] == "running" {
-            break p;
-        }
-        assert!(
-            std::time::Instant::now() < deadline && p["last_error"].is_null(),
-            "{p}\n{}",
-            d.stderr_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let report = running(&d).await;
     let (_, uid, caged) = plugin_process(report["pid"].as_u64().unwrap(), "plugin.py");
     assert_eq!(uid, CAGE_UID, "the cage runs as the cage user");
     assert!(caged, "the plugin runs in a mount namespace of its own");
@@ -539,4 +525,108 @@ async fn a_root_installed_plugin_runs_as_the_cage_user_and_cannot_change_its_fil
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, ["kaged"], "{left:?}");
+}
+
+/// The source of the `fetch` plugin, declaring `net:127.0.0.1:ALLOWED`: at `initialize` it
+/// fetches `http://127.0.0.1:PORT/` from both servers (through its proxy, as Python honours
+/// `HTTP_PROXY`) and starts only when it reached the allowed one and not the other.
+pub(crate) fn fetching_plugin(dir: &Path, allowed: u16, refused: u16) -> PathBuf {
+    let src = dir.join("fetch-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("plugin.py"),
+        r#"import json, sys, urllib.request as u
+def get(port):
+    try:
+        u.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+        return True
+    except Exception as e:
+        print("fetch", port, "failed:", type(e).__name__, e, file=sys.stderr)
+        return False
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        reached = [get(sys.argv[1]), get(sys.argv[2])]
+        if reached == [True, False]:
+            send({"jsonrpc": "2.0", "id": id, "result": {}})
+        else:
+            send({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": f"reached (allowed, refused): {reached}"}})
+    elif method == "health":
+        send({"jsonrpc": "2.0", "id": id, "result": {"status": "ok"}})
+    elif method == "shutdown":
+        send({"jsonrpc": "2.0", "id": id, "result": {}})
+        sys.exit(0)
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("kaged-plugin.yaml"),
+        format!("name: fetch\nversion: 0.1.0\nkaged_api: 1\ndescription: fetches\ncommand: [python3, plugin.py, \"{allowed}\", \"{refused}\"]\ncapabilities: [\"net:127.0.0.1:{allowed}\"]\nshutdown_timeout_sec: 2\n"),
+    )
+    .unwrap();
+    src
+}
+
+/// The daemon's only plugin once `running` (`kaged plugin list --json`, as root); a failure
+/// on the way fails the test with its reason.
+async fn running(d: &Daemon) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_slice(&d.cli(&["plugin", "list", "--json"]).stdout).unwrap();
+        let p = v["plugins"][0].clone();
+        if p["state"] == "running" {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && p["last_error"].is_null(),
+            "{p}\n{}",
+            d.stderr_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Under a root daemon, a root-installed plugin declaring one destination runs as the cage
+/// user and reaches that destination through its egress proxy (the proxy's socket handed to
+/// that user), and not another.
+#[tokio::test]
+async fn a_root_installed_plugin_reaches_only_the_destination_it_declared() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (allowed, refused) = (
+        crate::ordinary_user::loopback_http_server(),
+        crate::ordinary_user::loopback_http_server(),
+    );
+    let src = fetching_plugin(tmp.path(), allowed, refused);
+    let home = tmp.path().join("home");
+    let dir = tmp.path().join("plugins");
+    let out = plugin(
+        &[
+            ("KAGED_HOME", home.to_str().unwrap()),
+            ("KAGED_PLUGINS_DIR", dir.to_str().unwrap()),
+        ],
+        &["install", src.to_str().unwrap(), "--yes"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let d = Daemon::start_with(
+        &home,
+        &["--bind", "127.0.0.1:0"],
+        &[
+            ("KAGED_PLUGINS_DIR", dir.to_str().unwrap()),
+            ("KAGED_PLUGINS_ENABLED", "fetch"),
+        ],
+    )
+    .failing_on_panics();
+    let report = running(&d).await;
+    // Running: it reached the allowed server and not the other (see `fetching_plugin`).
+    let (_, uid, caged) = plugin_process(report["pid"].as_u64().unwrap(), "plugin.py");
+    assert_eq!((uid, caged), (CAGE_UID, true));
 }

@@ -18,7 +18,7 @@
 
 use std::fs::{self, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kaged_cage::{Because, Identity, RunAs};
@@ -88,7 +88,10 @@ pub(super) fn for_cage(
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| format!("no randomness for a name: {e}"))?;
     let root = parent.join(format!("plugin-{name}-{}", hex::encode(random)));
-    fs::create_dir(&root)
+    // Root's alone while it is filled.
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
         .map_err(|e| format!("cannot make the plugin's copy {}: {e}", root.display()))?;
     files.staged.push(root.clone());
     files.root = root;
