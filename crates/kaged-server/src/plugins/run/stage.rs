@@ -372,6 +372,11 @@ mod tests {
             assert_eq!((meta.uid(), meta.gid()), (0, 65534), "{rel}");
         }
         assert_eq!(fs::read_to_string(root.join("lib/data")).unwrap(), "d");
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        assert!(
+            status.lines().any(|l| l.starts_with("Uid:\t0\t0\t0")),
+            "only the checking thread took the cage's identity: {status}"
+        );
         drop(files);
         assert!(!root.exists() && !parent.exists(), "removed with the run");
 
