@@ -10,6 +10,8 @@
 //!  `-- thread: wait (reap) --> Incoming::Exited
 //! ```
 
+mod stage;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +56,8 @@ struct Running {
     _cgroups: kaged_spawn::Cgroups,
     /// Its egress proxy, when it declared network destinations.
     _egress: Option<(kaged_egress::RunningProxy, PrivateDir)>,
+    /// The files its cage binds (a root daemon's copy is removed with the run).
+    _files: stage::CageFiles,
 }
 
 /// Where a tool call's answer goes.
@@ -159,7 +163,8 @@ pub(crate) async fn supervise(plugin: Plugin, mut commands: mpsc::UnboundedRecei
                         }
                         Err(why) => {
                             audit(&plugin, "plugin.failed", false, json!({"reason": why})).await;
-                            actions.extend(sup.handle(Event::Exited(why), now()));
+                            // Not `Exited`: nothing ran, and the reason says why on its own.
+                            actions.extend(sup.handle(Event::Broken(why), now()));
                         }
                     }
                 }
@@ -579,12 +584,19 @@ fn start(
         } => Some(start_egress(plugin, allow)?),
         _ => None,
     };
-    let run_as = kaged_spawn::run_as(&plugin.dir, &deps.cage_user)?.map(|r| r.identity);
+    let run_as = kaged_spawn::run_as(&plugin.dir, &deps.cage_user)?;
+    let files = stage::for_cage(
+        &plugin.name,
+        &plugin.dir,
+        run_as.as_ref(),
+        deps.helper.as_deref(),
+    )?;
+    let run_as = run_as.map(|r| r.identity);
     let mut env = vec![("TERM".to_string(), "dumb".to_string())];
     env.extend(plugin.manifest.env.iter().cloned());
     let name = run_name(&plugin.name, generation);
     let run = kaged_spawn::caged(&kaged_spawn::CageRequest {
-        root: &plugin.dir,
+        root: files.root(),
         helper: deps
             .helper
             .as_deref()
@@ -641,6 +653,7 @@ fn start(
         tool_calls: Default::default(),
         _cgroups: run.cgroups,
         _egress: egress,
+        _files: files,
     })
 }
 

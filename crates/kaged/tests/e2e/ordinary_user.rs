@@ -514,7 +514,7 @@ fn processes_with(marker: &str) -> Vec<u32> {
 }
 
 /// A loopback HTTP server answering each request with 200 `ok` (bounded, test-owned).
-fn loopback_http_server() -> u16 {
+pub(crate) fn loopback_http_server() -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -711,4 +711,245 @@ fn an_ordinary_user_installs_a_plugin_into_their_own_data_directory() {
         assert_eq!(meta.uid(), op.uid, "{rel}");
     }
     assert_eq!(mode_of(&installed) & 0o7777, 0o700);
+}
+
+/// An ordinary user's own daemon (`start --mode user`, their HOME) runs the plugins they
+/// installed with the CLI as themselves, each in a cage of its own (another mount namespace),
+/// the example reaching `running` and a hostile one unable to change its installed files
+/// (which are the user's: only the cage keeps them unchanged); `disable` ends the process. A
+/// plugin whose files the user cannot read fails naming the path, the user and the fix.
+#[tokio::test]
+async fn an_ordinary_users_plugins_installed_with_the_cli_run_in_their_cages() {
+    use crate::plugin_cli::{plugin_process, self_writing_plugin, tree_of};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::new(tmp.path());
+    // Copies the user can read (the checkout may sit where they cannot).
+    let notes = tmp.path().join("notes-src");
+    std::fs::create_dir_all(&notes).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/python-notes");
+    for file in ["kaged-plugin.yaml", "plugin.py"] {
+        std::fs::copy(example.join(file), notes.join(file)).unwrap();
+    }
+    let selfwrite = self_writing_plugin(tmp.path());
+    let xdg = tmp.path().join("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    sh("chmod", &["0700", xdg.to_str().unwrap()]);
+    if current_uid() == 0 {
+        for dir in [&notes, &selfwrite, &xdg] {
+            sh(
+                "chown",
+                &["-R", &format!("{NOBODY}:{NOBODY}"), dir.to_str().unwrap()],
+            );
+        }
+    }
+    let env = op.env(&[("XDG_RUNTIME_DIR", xdg.to_str().unwrap())]);
+    let kaged = |args: &[&str]| {
+        let out = op.command(args, &env).output().unwrap();
+        assert!(
+            out.status.success(),
+            "kaged {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for src in [&notes, &selfwrite] {
+        kaged(&["plugin", "install", src.to_str().unwrap(), "--yes"]);
+    }
+    let plugins = op.home.join(".local/share/kaged/plugins");
+    let before = tree_of(&plugins.join("selfwrite"));
+
+    let d = Daemon::spawn(
+        op.command(&["start", "--mode", "user", "--bind", "127.0.0.1:0"], &env),
+        &op.home.join(".local/share/kaged"),
+        &xdg.join("kaged"),
+        env.clone(),
+    )
+    .failing_on_panics();
+    let report = |name: &str| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&kaged(&["plugin", "list", "--json"])).unwrap();
+        assert_eq!(v["dir"], plugins.to_str().unwrap(), "{v}");
+        v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{v}"))
+            .clone()
+    };
+    let wait = async |name: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let p = report(name);
+            if done(&p) {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "{p}\n{}", d.stderr_text());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    for name in ["notes", "selfwrite"] {
+        let said = kaged(&["plugin", "enable", name]);
+        assert!(
+            said == format!("{name}: starting\n") || said == format!("{name}: running\n"),
+            "{said}"
+        );
+    }
+    let mut pids = Vec::new();
+    for name in ["notes", "selfwrite"] {
+        let p = wait(name, &|p| {
+            p["state"] == "running" || !p["last_error"].is_null()
+        })
+        .await;
+        assert_eq!(p["state"], "running", "{p}\n{}", d.stderr_text());
+        let pid = p["pid"].as_u64().unwrap();
+        let (_, uid, caged) = plugin_process(pid, "plugin.py");
+        assert_eq!(uid, op.uid, "{name} runs as the operator");
+        assert!(caged, "{name} runs in a mount namespace of its own");
+        pids.push(pid);
+    }
+    assert_eq!(
+        tree_of(&plugins.join("selfwrite")),
+        before,
+        "the plugin could not change its installed files"
+    );
+    let said = Instant::now() + Duration::from_secs(10);
+    while !d.stderr_text().contains("remove the manifest refused") {
+        assert!(Instant::now() < said, "{}", d.stderr_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(d.stderr_text().contains("create a file refused"));
+
+    let said = kaged(&["plugin", "disable", "notes"]);
+    assert!(said.starts_with("notes: stopped ("), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{}", pids[0])).exists() {
+        assert!(Instant::now() < deadline, "the plugin's process still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = report("notes");
+    assert_eq!(
+        (p["state"].as_str(), p["pid"].as_u64()),
+        (Some("stopped"), None),
+        "{p}"
+    );
+
+    // Files the user cannot read: the start fails with the path, the user and the fix.
+    let installed = plugins.join("notes");
+    sh("chmod", &["0000", installed.to_str().unwrap()]);
+    kaged(&["plugin", "enable", "notes"]);
+    let p = wait("notes", &|p| !p["last_error"].is_null()).await;
+    sh("chmod", &["0700", installed.to_str().unwrap()]);
+    let why = p["last_error"].as_str().unwrap();
+    assert!(
+        why.starts_with(&format!(
+            "the plugin `notes` cannot start: its cage runs as kaged's own user, uid {}",
+            op.uid
+        )),
+        "{why}"
+    );
+    assert!(why.contains(&installed.display().to_string()), "{why}");
+    assert!(why.contains("Permission denied"), "{why}");
+    assert!(
+        why.contains(&format!(
+            "fix: give the directory to that user (chown -R {}",
+            op.uid
+        )),
+        "{why}"
+    );
+    kaged(&["plugin", "disable", "notes"]);
+    kaged(&["plugin", "disable", "selfwrite"]);
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// As an ordinary user: a plugin declaring one destination (`net:127.0.0.1:PORT`) reaches it
+/// through its egress proxy, and not another; the proxy's decisions are audited.
+#[tokio::test]
+async fn an_ordinary_users_plugin_reaches_only_the_destination_it_declared() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::new(tmp.path());
+    let (allowed, refused) = (loopback_http_server(), loopback_http_server());
+    let src = crate::plugin_cli::fetching_plugin(tmp.path(), allowed, refused);
+    let xdg = tmp.path().join("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    sh("chmod", &["0700", xdg.to_str().unwrap()]);
+    if current_uid() == 0 {
+        for dir in [&src, &xdg] {
+            sh(
+                "chown",
+                &["-R", &format!("{NOBODY}:{NOBODY}"), dir.to_str().unwrap()],
+            );
+        }
+    }
+    let env = op.env(&[
+        ("XDG_RUNTIME_DIR", xdg.to_str().unwrap()),
+        ("KAGED_PLUGINS_ENABLED", "fetch"),
+    ]);
+    let out = op
+        .command(&["plugin", "install", src.to_str().unwrap(), "--yes"], &env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("connect to 127.0.0.1:{allowed}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let d = Daemon::spawn(
+        op.command(&["start", "--mode", "user", "--bind", "127.0.0.1:0"], &env),
+        &op.home.join(".local/share/kaged"),
+        &xdg.join("kaged"),
+        env.clone(),
+    )
+    .failing_on_panics();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = op
+            .command(&["plugin", "list", "--json"], &env)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let p = &v["plugins"][0];
+        if p["state"] == "running" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && p["last_error"].is_null(),
+            "{p}\n{}",
+            d.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each decision of its proxy is audited (a moment later).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = d.api_get("/api/v1/audit?limit=100").await;
+        let decisions: Vec<(String, String)> = audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "plugin.egress")
+            .map(|e| {
+                let decision = e["detail"]["decision"].as_str().unwrap_or_default();
+                (e["detail"]["port"].to_string(), decision.to_string())
+            })
+            .collect();
+        if decisions.contains(&(allowed.to_string(), "allowed".into()))
+            && decisions.contains(&(refused.to_string(), "refused".into()))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{decisions:?}\n{audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
 }

@@ -294,9 +294,6 @@ async fn an_installed_plugin_is_listed_enabled_and_disabled_through_the_cli() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    // A root daemon runs a root-owned plugin as the cage user, who must reach its files (as
-    // in plugins.rs).
-    cage_writable(&dir);
     let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &env[1..]).failing_on_panics();
 
     let listed = text(&d.cli(&["plugin", "list"]).stdout);
@@ -339,4 +336,302 @@ async fn an_installed_plugin_is_listed_enabled_and_disabled_through_the_cli() {
     let out = d.cli(&["plugin", "enable", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+}
+
+/// A plugin that, at `initialize`, tries to change its own installed files from inside its
+/// cage (append, overwrite, chmod, create, rename, remove) and answers with an error naming
+/// each attempt that worked, or with success when all were refused; then behaves.
+const SELF_WRITING: &str = r##"
+import json, os, sys
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+def attempts():
+    worked = []
+    tries = [
+        ("append to plugin.py", lambda: open("plugin.py", "a").write("# changed\n")),
+        ("overwrite the manifest", lambda: open("kaged-plugin.yaml", "w").write("x")),
+        ("chmod plugin.py", lambda: os.chmod("plugin.py", 0o777)),
+        ("chmod its directory", lambda: os.chmod(".", 0o777)),
+        ("create a file", lambda: open("planted", "w").write("x")),
+        ("make a directory", lambda: os.mkdir("planted-dir")),
+        ("rename plugin.py", lambda: os.rename("plugin.py", "moved.py")),
+        ("remove the manifest", lambda: os.unlink("kaged-plugin.yaml")),
+    ]
+    for what, act in tries:
+        try:
+            act()
+            worked.append(what)
+        except OSError as e:
+            print(what, "refused:", e, file=sys.stderr)
+    return worked
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        worked = attempts()
+        if worked:
+            send({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": "CHANGED ITS FILES: " + "; ".join(worked)}})
+        else:
+            send({"jsonrpc": "2.0", "id": id, "result": {}})
+    elif method == "health":
+        send({"jsonrpc": "2.0", "id": id, "result": {"status": "ok"}})
+    elif method == "shutdown":
+        send({"jsonrpc": "2.0", "id": id, "result": {}})
+        sys.exit(0)
+"##;
+
+/// The source directory of the `selfwrite` plugin ([`SELF_WRITING`]) in `dir`.
+pub(crate) fn self_writing_plugin(dir: &Path) -> PathBuf {
+    let src = dir.join("selfwrite-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("plugin.py"), SELF_WRITING).unwrap();
+    std::fs::write(
+        src.join("kaged-plugin.yaml"),
+        "name: selfwrite\nversion: 0.1.0\nkaged_api: 1\ndescription: tries to change its own files\ncommand: [python3, plugin.py]\ncapabilities: []\nshutdown_timeout_sec: 2\n",
+    )
+    .unwrap();
+    src
+}
+
+/// Every file and directory below `dir` with its mode and contents, to compare before and
+/// after a plugin ran.
+pub(crate) fn tree_of(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&at).unwrap();
+        let bytes = if meta.is_dir() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+            Vec::new()
+        } else {
+            std::fs::read(&at).unwrap()
+        };
+        out.push((
+            at.strip_prefix(dir).unwrap().to_path_buf(),
+            mode_of(&at),
+            bytes,
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// The process below the plugin's reported `pid` that runs its `marker` (e.g. `plugin.py`):
+/// `(pid, uid, whether its mount namespace is another than this test's)`.
+pub(crate) fn plugin_process(pid: u64, marker: &str) -> (u32, u32, bool) {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let found = std::iter::once(pid as u32)
+        .chain(kaged_spawn::descendants(pid as u32))
+        .find(|p| {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            let launcher = [&b"bwrap"[..], b"setpriv", b"sh"]
+                .iter()
+                .any(|l| program.rsplit(|b| *b == b'/').next() == Some(*l));
+            !launcher
+                && cmdline
+                    .windows(marker.len())
+                    .any(|w| w == marker.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no process runs {marker} below {pid}"));
+    let status = std::fs::read_to_string(format!("/proc/{found}/status")).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let theirs = std::fs::read_link(format!("/proc/{found}/ns/mnt")).unwrap();
+    (found, uid, theirs != ours)
+}
+
+/// Root installs with the CLI, a root daemon runs the plugin in its cage as the cage user
+/// (from a copy that user can read), and the plugin cannot change its own installed files
+/// however it tries; the installed tree stays root's and closed.
+#[tokio::test]
+async fn a_root_installed_plugin_runs_as_the_cage_user_and_cannot_change_its_files() {
+    use std::os::unix::fs::MetadataExt;
+    if !running_as_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let dir = tmp.path().join("plugins");
+    let env = [
+        ("KAGED_HOME", home.to_str().unwrap()),
+        ("KAGED_PLUGINS_DIR", dir.to_str().unwrap()),
+    ];
+    let src = self_writing_plugin(tmp.path());
+    let out = plugin(&env, &["install", src.to_str().unwrap(), "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let installed = dir.join("selfwrite");
+    let before = tree_of(&installed);
+    let d = Daemon::start_with(
+        &home,
+        &["--bind", "127.0.0.1:0"],
+        &[env[1], ("KAGED_PLUGINS_ENABLED", "selfwrite")],
+    )
+    .failing_on_panics();
+    let report = running(&d).await;
+    let (_, uid, caged) = plugin_process(report["pid"].as_u64().unwrap(), "plugin.py");
+    assert_eq!(uid, CAGE_UID, "the cage runs as the cage user");
+    assert!(caged, "the plugin runs in a mount namespace of its own");
+    assert_eq!(
+        tree_of(&installed),
+        before,
+        "the installed files are unchanged"
+    );
+    let meta = std::fs::metadata(&installed).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
+    assert_eq!(
+        mode_of(&dir) & 0o7777,
+        0o700,
+        "the plugins directory stays closed"
+    );
+    // What the plugin said of each attempt reaches kaged's log (a moment later).
+    let said = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !d.stderr_text().contains("remove the manifest refused") {
+        assert!(std::time::Instant::now() < said, "{}", d.stderr_text());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = d.stderr_text();
+    for attempt in [
+        "append to plugin.py",
+        "create a file",
+        "chmod its directory",
+    ] {
+        assert!(log.contains(&format!("{attempt} refused")), "{log}");
+    }
+
+    let out = d.cli(&["plugin", "disable", "selfwrite"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let gone = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let pid = report["pid"].as_u64().unwrap();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(std::time::Instant::now() < gone, "{pid} still runs");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The run's copy went with it.
+    let helper = log
+        .lines()
+        .find_map(|l| {
+            l.split("cages bind a private copy of this binary path=")
+                .nth(1)
+        })
+        .map(|p| PathBuf::from(p.trim()))
+        .unwrap();
+    let left: Vec<_> = std::fs::read_dir(helper.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["kaged"], "{left:?}");
+}
+
+/// The source of the `fetch` plugin, declaring `net:127.0.0.1:ALLOWED`: at `initialize` it
+/// fetches `http://127.0.0.1:PORT/` from both servers (through its proxy, as Python honours
+/// `HTTP_PROXY`) and starts only when it reached the allowed one and not the other.
+pub(crate) fn fetching_plugin(dir: &Path, allowed: u16, refused: u16) -> PathBuf {
+    let src = dir.join("fetch-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("plugin.py"),
+        r#"import json, sys, urllib.request as u
+def get(port):
+    try:
+        u.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+        return True
+    except Exception as e:
+        print("fetch", port, "failed:", type(e).__name__, e, file=sys.stderr)
+        return False
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        reached = [get(sys.argv[1]), get(sys.argv[2])]
+        if reached == [True, False]:
+            send({"jsonrpc": "2.0", "id": id, "result": {}})
+        else:
+            send({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": f"reached (allowed, refused): {reached}"}})
+    elif method == "health":
+        send({"jsonrpc": "2.0", "id": id, "result": {"status": "ok"}})
+    elif method == "shutdown":
+        send({"jsonrpc": "2.0", "id": id, "result": {}})
+        sys.exit(0)
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("kaged-plugin.yaml"),
+        format!("name: fetch\nversion: 0.1.0\nkaged_api: 1\ndescription: fetches\ncommand: [python3, plugin.py, \"{allowed}\", \"{refused}\"]\ncapabilities: [\"net:127.0.0.1:{allowed}\"]\nshutdown_timeout_sec: 2\n"),
+    )
+    .unwrap();
+    src
+}
+
+/// The daemon's only plugin once `running` (`kaged plugin list --json`, as root); a failure
+/// on the way fails the test with its reason.
+async fn running(d: &Daemon) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_slice(&d.cli(&["plugin", "list", "--json"]).stdout).unwrap();
+        let p = v["plugins"][0].clone();
+        if p["state"] == "running" {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && p["last_error"].is_null(),
+            "{p}\n{}",
+            d.stderr_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Under a root daemon, a root-installed plugin declaring one destination runs as the cage
+/// user and reaches that destination through its egress proxy (the proxy's socket handed to
+/// that user), and not another.
+#[tokio::test]
+async fn a_root_installed_plugin_reaches_only_the_destination_it_declared() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (allowed, refused) = (
+        crate::ordinary_user::loopback_http_server(),
+        crate::ordinary_user::loopback_http_server(),
+    );
+    let src = fetching_plugin(tmp.path(), allowed, refused);
+    let home = tmp.path().join("home");
+    let dir = tmp.path().join("plugins");
+    let out = plugin(
+        &[
+            ("KAGED_HOME", home.to_str().unwrap()),
+            ("KAGED_PLUGINS_DIR", dir.to_str().unwrap()),
+        ],
+        &["install", src.to_str().unwrap(), "--yes"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let d = Daemon::start_with(
+        &home,
+        &["--bind", "127.0.0.1:0"],
+        &[
+            ("KAGED_PLUGINS_DIR", dir.to_str().unwrap()),
+            ("KAGED_PLUGINS_ENABLED", "fetch"),
+        ],
+    )
+    .failing_on_panics();
+    let report = running(&d).await;
+    // Running: it reached the allowed server and not the other (see `fetching_plugin`).
+    let (_, uid, caged) = plugin_process(report["pid"].as_u64().unwrap(), "plugin.py");
+    assert_eq!((uid, caged), (CAGE_UID, true));
 }
