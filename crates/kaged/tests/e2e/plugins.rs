@@ -99,7 +99,6 @@ pub(crate) fn install(dir: &Path, name: &str, args: &[&str], capabilities: &[&st
         ),
     )
     .unwrap();
-    cage_writable(&root);
 }
 
 /// Install a plugin `name` in `dir` whose manifest does not validate (a version that is not
