@@ -20,8 +20,8 @@ pub use capability::{
     Capabilities, Capability, CapabilityError, KNOWN_FORMS, PluginCage, Storage, parse_all,
 };
 pub use manifest::{
-    HOOKS, Hook, MANIFEST_FILE, Manifest, ManifestError, SUPPORTED_API, ToolSpec, json_schema,
-    load_manifest,
+    HOOKS, Hook, MANIFEST_FILE, Manifest, ManifestError, SUPPORTED_API, ToolSpec, is_plugin_name,
+    json_schema, load_manifest,
 };
 pub use supervise::{Action, Event, RestartPolicy, State, Status, Supervisor};
 pub use wire::{Id, Message, RpcError, StorageOp, WireError, storage_request};

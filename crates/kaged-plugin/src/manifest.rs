@@ -12,6 +12,7 @@ use crate::capability::{self, Capabilities, KNOWN_FORMS};
 
 mod rules;
 
+pub use rules::is_plugin_name;
 use rules::{
     check_api, check_capabilities, check_command, check_env, check_homepage, check_license,
     check_method_name, check_object_schema, check_plugin_name, check_tool_name, check_version,

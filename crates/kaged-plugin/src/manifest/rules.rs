@@ -52,7 +52,9 @@ fn is_name(s: &str, rest: impl Fn(char) -> bool) -> bool {
     s.len() <= MAX_NAME && chars.next().is_some_and(|c| c.is_ascii_lowercase()) && chars.all(rest)
 }
 
-fn is_plugin_name(s: &str) -> bool {
+/// Whether `s` can name a plugin: `^[a-z][a-z0-9-]*$`, at most 64 characters (it is also
+/// the plugin's directory, so it never holds a path separator or `..`).
+pub fn is_plugin_name(s: &str) -> bool {
     is_name(s, |c| {
         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
     })

@@ -216,52 +216,105 @@ impl Plugins {
     /// Read every plugin directory: `DIR/NAME/kaged-plugin.yaml`, its name the directory's.
     fn scan(&self) {
         let choices = self.choices();
-        let mut entries = BTreeMap::new();
-        let Ok(read) = std::fs::read_dir(&self.inner.dir) else {
-            return;
-        };
-        for dir in read.filter_map(|e| e.ok()).map(|e| e.path()) {
-            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
-                continue;
-            };
-            if name.starts_with('.') || !dir.is_dir() {
-                continue;
-            }
-            let (manifest, invalid) = match load(&dir, &name) {
-                (Some(m), None) => match self.settings_problem(&m) {
-                    Some(why) => (None, Some(why)),
-                    None => (Some(m), None),
-                },
-                loaded => loaded,
-            };
-            let enabled = !choices.disabled.contains(&name)
-                && (choices.enabled.contains(&name) || self.inner.configured.contains(&name));
-            let reason = match (&invalid, enabled) {
-                (Some(why), _) => why.clone(),
-                (None, true) => "not started".into(),
-                (None, false) => "not enabled".into(),
-            };
-            entries.insert(
-                name,
-                Entry {
-                    dir,
-                    manifest: manifest.map(Arc::new),
-                    invalid,
-                    enabled,
-                    view: Arc::new(Mutex::new(View {
-                        status: stopped(reason),
-                        pid: None,
-                    })),
-                    commands: None,
-                },
-            );
-        }
+        let entries: BTreeMap<String, Entry> = self
+            .installed()
+            .into_iter()
+            .map(|name| {
+                let entry = self.read_entry(&name, &choices);
+                (name, entry)
+            })
+            .collect();
         for name in self.inner.deps.system_config.keys() {
             if !entries.contains_key(name) {
                 tracing::warn!(plugin = %name, file = %self.inner.deps.local_path.display(), "local.toml sets [plugins.\"{name}\"], but no such plugin is installed");
             }
         }
         *lock(&self.inner.entries) = entries;
+    }
+
+    /// The names of the plugin directories in `DIR` now.
+    fn installed(&self) -> Vec<String> {
+        let Ok(read) = std::fs::read_dir(&self.inner.dir) else {
+            return Vec::new();
+        };
+        read.filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|name| !name.starts_with('.'))
+            .collect()
+    }
+
+    /// `DIR/NAME` as it is on disk now, not started.
+    fn read_entry(&self, name: &str, choices: &Choices) -> Entry {
+        let dir = self.inner.dir.join(name);
+        let (manifest, invalid) = match load(&dir, name) {
+            (Some(m), None) => match self.settings_problem(&m) {
+                Some(why) => (None, Some(why)),
+                None => (Some(m), None),
+            },
+            loaded => loaded,
+        };
+        let enabled = !choices.disabled.iter().any(|n| n == name)
+            && (choices.enabled.iter().any(|n| n == name)
+                || self.inner.configured.iter().any(|n| n == name));
+        let reason = match (&invalid, enabled) {
+            (Some(why), _) => why.clone(),
+            (None, true) => "not started".into(),
+            (None, false) => "not enabled".into(),
+        };
+        Entry {
+            dir,
+            manifest: manifest.map(Arc::new),
+            invalid,
+            enabled,
+            view: Arc::new(Mutex::new(View {
+                status: stopped(reason),
+                pid: None,
+            })),
+            commands: None,
+        }
+    }
+
+    /// Take in plugins installed since the directory was read (listed as not started).
+    fn discover(&self) {
+        let names = self.installed();
+        if names
+            .iter()
+            .all(|n| lock(&self.inner.entries).contains_key(n))
+        {
+            return;
+        }
+        let choices = self.choices();
+        for name in names {
+            if !lock(&self.inner.entries).contains_key(&name) {
+                let entry = self.read_entry(&name, &choices);
+                lock(&self.inner.entries).entry(name).or_insert(entry);
+            }
+        }
+    }
+
+    /// Read `DIR/NAME` again unless its plugin runs: one installed, upgraded or mended since
+    /// the directory was read is taken as it is now (its old task, stopped, is let go).
+    fn reread(&self, name: &str) {
+        if !kaged_plugin::is_plugin_name(name) || !self.inner.dir.join(name).is_dir() {
+            return;
+        }
+        let choices = self.choices();
+        let fresh = self.read_entry(name, &choices);
+        let mut entries = lock(&self.inner.entries);
+        if let Some(old) = entries.get(name) {
+            let state = lock(&old.view).status.state;
+            if !matches!(
+                state,
+                kaged_plugin::State::Stopped | kaged_plugin::State::Disabled
+            ) {
+                return;
+            }
+            if let Some(tx) = &old.commands {
+                let _ = tx.send(Command::Finish);
+            }
+        }
+        entries.insert(name.to_string(), fresh);
     }
 
     /// Why the operator's `local.toml [plugins."NAME"]` does not suit the plugin's
@@ -381,6 +434,9 @@ impl Plugins {
 
     /// Record the operator's choice, then (once it is kept) take it.
     fn choose(&self, name: &str, enable: bool) -> Result<(), PluginError> {
+        if enable {
+            self.reread(name);
+        }
         {
             let entries = lock(&self.inner.entries);
             let entry = entries.get(name).ok_or_else(|| {
@@ -494,8 +550,10 @@ impl Plugins {
             .any(|m| m.tools.iter().any(|t| m.agent_tool_name(t) == name))
     }
 
-    /// Every plugin's report (`GET /api/v1/plugins`, `kaged plugin list`).
+    /// Every plugin's report (`GET /api/v1/plugins`, `kaged plugin list`), plugins installed
+    /// since the last look included.
     pub fn list(&self) -> Value {
+        self.discover();
         let entries = lock(&self.inner.entries);
         let plugins: Vec<Value> = entries.iter().map(|(name, e)| report(name, e)).collect();
         json!({"dir": self.inner.dir, "plugins": plugins})
@@ -590,6 +648,15 @@ fn load(dir: &Path, name: &str) -> (Option<Manifest>, Option<String>) {
     let path = dir.join(kaged_plugin::MANIFEST_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let uid = rustix::process::geteuid().as_raw();
+            let why = format!(
+                "cannot read {} as kaged's user, uid {uid}: {e}; fix: give the directory to that user (chown -R {uid} {}) or install the plugin again as that user (kaged plugin install)",
+                path.display(),
+                dir.display()
+            );
+            return (None, Some(why));
+        }
         Err(e) => return (None, Some(format!("cannot read {}: {e}", path.display()))),
     };
     match kaged_plugin::load_manifest(&text) {

@@ -48,12 +48,7 @@ pub async fn plugin_switch(
 /// A plugin's name as typed (it goes into a path): the manifest's `^[a-z][a-z0-9-]*$`, at
 /// most 64 characters.
 fn check_name(name: &str) -> Result<&str, Failure> {
-    let ok = name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
+    if kaged_plugin::is_plugin_name(name) {
         Ok(name)
     } else {
         Err(Failure::Config(format!(

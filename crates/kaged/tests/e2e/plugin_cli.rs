@@ -285,6 +285,8 @@ async fn an_installed_plugin_is_listed_enabled_and_disabled_through_the_cli() {
         ("KAGED_HOME", home.to_str().unwrap()),
         ("KAGED_PLUGINS_DIR", dir.to_str().unwrap()),
     ];
+    // Installed while the daemon runs: listed and enabled without a restart.
+    let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &env[1..]).failing_on_panics();
     let out = plugin(
         &env,
         &[
@@ -294,7 +296,6 @@ async fn an_installed_plugin_is_listed_enabled_and_disabled_through_the_cli() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let d = Daemon::start_with(&home, &["--bind", "127.0.0.1:0"], &env[1..]).failing_on_panics();
 
     let listed = text(&d.cli(&["plugin", "list"]).stdout);
     let lines: Vec<&str> = listed.lines().collect();
@@ -336,6 +337,20 @@ async fn an_installed_plugin_is_listed_enabled_and_disabled_through_the_cli() {
     let out = d.cli(&["plugin", "enable", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+
+    // Upgraded while stopped: the next enable runs the new version.
+    let src = source_plugin(tmp.path());
+    let manifest = src.join("kaged-plugin.yaml");
+    let upgraded = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("version: 0.1.0", "version: 0.2.0");
+    std::fs::write(&manifest, upgraded).unwrap();
+    let out = plugin(&env, &["install", src.to_str().unwrap(), "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = d.cli(&["plugin", "enable", "notes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&d.cli(&["plugin", "list"]).stdout);
+    assert!(listed.contains("notes  0.2.0"), "{listed}");
 }
 
 /// A plugin that, at `initialize`, tries to change its own installed files from inside its

@@ -430,7 +430,7 @@ async fn plugins_hear_the_hooks_they_declared() {
 /// A plugin offering two tools: `add` keeps a note in kaged's storage (`storage/set`, then
 /// `storage/list`) and says how many it has; `hang` never answers.
 const NOTES: &str = r#"
-import json, sys
+import json, os, sys
 def send(obj):
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -453,6 +453,8 @@ for line in sys.stdin:
     elif method == "tools/call":
         if msg["params"]["name"] == "hang":
             continue
+        if msg["params"]["name"] == "boom":
+            os._exit(7)
         if msg["params"]["name"] == "whoami":
             send({"jsonrpc": "2.0", "id": id, "result": {"content": json.dumps(msg["params"]["context"], sort_keys=True)}})
             continue
@@ -669,4 +671,80 @@ async fn operator_settings_reach_only_plugins_whose_schema_they_match() {
     assert!(!seen.contains("s3cret"), "{seen}");
     let (_, log) = d.stop();
     assert!(!log.contains("s3cret"), "{log}");
+}
+
+/// A plugin that dies in the middle of a tool call: the model reads why, the plugin is
+/// restarted, and the next call reaches the new process.
+#[tokio::test]
+async fn a_plugin_crashing_mid_call_fails_only_that_call() {
+    let plugins = tempfile::tempdir().unwrap();
+    let root = plugins.path().join("notes");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("plugin.py"), NOTES).unwrap();
+    std::fs::write(
+        root.join("kaged-plugin.yaml"),
+        "name: notes\nversion: 1.0.0\nkaged_api: 1\ndescription: keeps notes\ncommand: [python3, plugin.py]\ncapabilities: [\"kaged:storage:read\", \"kaged:storage:write\"]\ntools:\n  - name: add\n    description: Keep a note.\n    input_schema: {type: object, properties: {text: {type: string}}, required: [text]}\n  - name: boom\n    description: Dies.\n    input_schema: {type: object}\n",
+    )
+    .unwrap();
+    let dir = plugins.path().to_str().unwrap().to_string();
+    let env = ModelEnv::start_full(
+        COMPLETIONS,
+        "  plugins: [notes]\n  tools:\n    notes.add: { approval: allow }\n    notes.boom: { approval: allow }\n",
+        "",
+        &[],
+        &[
+            ("KAGED_PLUGINS_DIR", &dir),
+            ("KAGED_PLUGINS_ENABLED", "notes"),
+            ("KAGED_TEST_PLUGIN_BACKOFF_MS", "100"),
+        ],
+    )
+    .await;
+    let d = &env.daemon;
+    let p = &env.provider;
+    let first = wait_plugin(d, "notes", "running", |p| p["state"] == "running").await;
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new("c_boom", "notes.boom", &serde_json::json!({}))],
+    ));
+    p.push(tool_reply(
+        COMPLETIONS,
+        &[Call::new(
+            "c_add",
+            "notes.add",
+            &serde_json::json!({"text": "milk"}),
+        )],
+    ));
+    p.push(text_reply(COMPLETIONS, &["Done."]));
+    let id = create_agent(d, &env.slug, "primary", Some("Try it.")).await;
+    let records = wait_conversation(d, &id, is_turn_ended).await;
+    let result = |call: &str| {
+        records
+            .iter()
+            .find(|r| kind(r) == "tool_result" && r["event"]["call_id"] == call)
+            .unwrap_or_else(|| panic!("{}", summarize(&records)))
+            .clone()
+    };
+    let boom = result("c_boom");
+    assert_eq!(boom["event"]["ok"], false, "{boom}");
+    assert!(
+        boom["event"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("the plugin `notes` stopped before it answered"),
+        "{boom}"
+    );
+    let add = result("c_add");
+    assert_eq!(add["event"]["content"], "stored 1 notes", "{add}");
+    let now = wait_plugin(d, "notes", "restarted", |p| {
+        p["state"] == "running" && p["restarts"].as_u64() >= Some(1)
+    })
+    .await;
+    assert_ne!(now["pid"], first["pid"], "a new process: {now}");
+    assert!(
+        now["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exit code 7"),
+        "{now}"
+    );
 }
