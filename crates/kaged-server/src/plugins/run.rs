@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use super::{Command, PluginDeps, View, lock};
 use crate::audit::AuditRecord;
+use crate::sessions::egress::EgressDir;
 
 /// Lines of a plugin's stderr copied to kaged's log per run, at most.
 const STDERR_LINES: usize = 200;
@@ -55,22 +56,13 @@ struct Running {
     /// Its cgroups (removed, with anything left in them, when the run is dropped).
     _cgroups: kaged_spawn::Cgroups,
     /// Its egress proxy, when it declared network destinations.
-    _egress: Option<(kaged_egress::RunningProxy, PrivateDir)>,
+    _egress: Option<(kaged_egress::RunningProxy, EgressDir)>,
     /// The files its cage binds (a root daemon's copy is removed with the run).
     _files: stage::CageFiles,
 }
 
 /// Where a tool call's answer goes.
 type ToolReply = tokio::sync::oneshot::Sender<Result<wire::ToolCallResult, String>>;
-
-/// A private directory removed (once empty) when dropped.
-struct PrivateDir(PathBuf);
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 /// The restart policy; debug builds obey `KAGED_TEST_PLUGIN_BACKOFF_MS` (the first backoff,
 /// and a tenth of a second's stability) so tests see a plugin disabled in seconds.
@@ -679,11 +671,9 @@ fn run_name(plugin: &str, generation: u64) -> String {
 fn start_egress(
     plugin: &Plugin,
     allow: &[String],
-) -> Result<(kaged_egress::RunningProxy, PrivateDir), String> {
-    let dir = kaged_spawn::private_dir("kaged-egress")
-        .map_err(|e| format!("cannot create the egress directory: {e}"))?;
-    let dir = PrivateDir(dir);
-    let socket = dir.0.join("egress.sock");
+) -> Result<(kaged_egress::RunningProxy, EgressDir), String> {
+    let dir = EgressDir::create()?;
+    let socket = dir.socket();
     let (proxy, decisions) =
         kaged_egress::RunningProxy::start(&socket, allow).map_err(|e| e.to_string())?;
     let audit_log = plugin.deps.audit.clone();

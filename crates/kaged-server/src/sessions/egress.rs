@@ -20,13 +20,28 @@ pub(crate) struct EgressRun {
     pub(crate) proxy: kaged_egress::RunningProxy,
     audit: tokio::task::JoinHandle<()>,
     /// Declared after `proxy`: dropped after it removed the socket.
-    _dir: RemoveDir,
+    _dir: EgressDir,
 }
 
-/// The run's egress directory, removed (once empty) when dropped, unless kept.
-struct RemoveDir(Option<PathBuf>);
+/// A run's (or a plugin's) egress directory, holding only the proxy's socket; the cage gets
+/// the directory. Removed (once empty) when dropped, unless kept.
+pub(crate) struct EgressDir(Option<PathBuf>);
 
-impl RemoveDir {
+impl EgressDir {
+    /// A new private directory. Not below the runtime directory: bwrap resolves a bound
+    /// descriptor's path as the cage's user, who may be another than the daemon's and could
+    /// not enter it.
+    pub(crate) fn create() -> Result<EgressDir, String> {
+        kaged_spawn::private_dir("kaged-egress")
+            .map(|dir| EgressDir(Some(dir)))
+            .map_err(|e| format!("cannot create the egress directory: {e}"))
+    }
+
+    /// Where the proxy's socket goes.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.0.as_deref().unwrap_or(Path::new("")).join(SOCKET)
+    }
+
     /// Leave the directory: the run goes on without this daemon, and its cage's bind mount
     /// is that very directory, so the next daemon serves the proxy in it again.
     fn keep(mut self) {
@@ -34,7 +49,7 @@ impl RemoveDir {
     }
 }
 
-impl Drop for RemoveDir {
+impl Drop for EgressDir {
     fn drop(&mut self) {
         if let Some(dir) = self.0.take() {
             let _ = std::fs::remove_dir(dir);
@@ -53,13 +68,9 @@ impl EgressRun {
         allow: &[String],
         handle: &tokio::runtime::Handle,
     ) -> Result<EgressRun, String> {
-        // A private directory of the run's own holding only its socket; the cage gets the
-        // directory. Not below the runtime directory: bwrap resolves a bound descriptor's path
-        // as the cage's user, who may be another than the daemon's and could not enter it.
-        let dir = kaged_spawn::private_dir("kaged-egress")
-            .map_err(|e| format!("cannot create the egress directory: {e}"))?;
-        let socket = dir.join(SOCKET);
-        Self::serve(sessions, live, &socket, allow, handle, RemoveDir(Some(dir)))
+        let dir = EgressDir::create()?;
+        let socket = dir.socket();
+        Self::serve(sessions, live, &socket, allow, handle, dir)
     }
 
     /// Serve a run's proxy again, for a run an earlier daemon let go of (or lost by a crash):
@@ -105,7 +116,7 @@ impl EgressRun {
             &socket,
             allow,
             handle,
-            RemoveDir(Some(dir.to_path_buf())),
+            EgressDir(Some(dir.to_path_buf())),
         )?;
         // The cage connects as its own user, as when the run started (kaged_spawn::caged).
         if let Some((uid, gid)) = owner {
@@ -121,7 +132,7 @@ impl EgressRun {
         socket: &Path,
         allow: &[String],
         handle: &tokio::runtime::Handle,
-        dir: RemoveDir,
+        dir: EgressDir,
     ) -> Result<EgressRun, String> {
         let (proxy, decisions) = {
             let _guard = handle.enter();

@@ -29,7 +29,7 @@ mod agent_ws;
 pub(crate) mod approval;
 pub(crate) mod conversation;
 mod deps;
-mod egress;
+pub(crate) mod egress;
 mod held;
 mod held_away;
 mod held_pipes;
