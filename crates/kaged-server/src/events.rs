@@ -4,7 +4,8 @@
 //! as they happen (`session.created`, `run.started`, `session.state`, `run.ended`, each with
 //! its `cursor`). Approvals (`approval.requested`, `approval.decided`, each with the whole
 //! `approval`) are streamed live only: they are durable records a client lists
-//! (`GET /api/v1/approvals?state=pending`) when it (re)connects.
+//! (`GET /api/v1/approvals?state=pending`) when it (re)connects. So are plugins' changes
+//! (`plugin.state`; `GET /api/v1/plugins` lists them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,7 @@ async fn serve_events(
     // Subscribe before reading storage, so nothing falls between the replay and the stream.
     let mut runs = state.runs.subscribe();
     let mut approvals = state.runs.approvals().subscribe();
+    let mut plugins = state.plugins.subscribe();
     let mut cursor = since.unwrap_or(i64::MAX);
     if let Some(since) = since {
         let replay = state
@@ -150,6 +152,23 @@ async fn serve_events(
                         .send(Message::Close(Some(CloseFrame {
                             code: CLOSE_TOO_SLOW,
                             reason: format!("missed {missed} events; reconnect with ?since={cursor}").into(),
+                        })))
+                        .await;
+                    break;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            event = plugins.recv() => match event {
+                Ok(event) => {
+                    if socket.send(Message::Text(event.to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CLOSE_TOO_SLOW,
+                            reason: format!("missed {missed} plugin events; reconnect with ?since={cursor} and list the plugins").into(),
                         })))
                         .await;
                     break;

@@ -1,13 +1,13 @@
 // The Plugins screen (`#/plugins`): every plugin in `[plugins] dir` with its state and why,
-// what it may do (its capabilities in words), its tools, and Enable / Disable. The event stream
-// says nothing about plugins, so the list is read again every few seconds while the page is
-// shown (faster for a while after a button, until the change has landed). Each plugin's card is
-// updated in place, so a refresh never takes the focus from a button.
+// what it may do (its capabilities in words), its tools, and Enable / Disable. The list is read
+// again at each `plugin.state` event, and every few seconds while the page is shown (for what
+// has no event, and faster for a while after a button). Each plugin's card is updated in place,
+// so a refresh never takes the focus from a button.
 
 import { errorPanel, factRows, fill, h } from "./dom.js";
 
 /** How often the list is read again; right after Enable or Disable, for a while. */
-const POLL_MS = 3000;
+const POLL_MS = 10000;
 const POLL_FAST_MS = 500;
 const FAST_FOR_MS = 10000;
 
@@ -36,25 +36,7 @@ export function pluginStateBadge(state) {
   );
 }
 
-/** A capability string (`read:fs:/x`, `net:*`, …) in words; mirrors Capability::describe. */
-export function describeCapability(cap) {
-  const text = String(cap);
-  const after = (prefix) => (text.startsWith(prefix) ? text.slice(prefix.length) : null);
-  let path;
-  if ((path = after("read:fs:")) !== null) return `read ${path} on this machine`;
-  if ((path = after("write:fs:")) !== null) return `read and change ${path} on this machine`;
-  if ((path = after("exec:")) !== null) return `run ${path}`;
-  if (text === "net:[]") return "no network";
-  if (text === "net:*") return "use this machine's network without restriction";
-  if (text === "kaged:storage:read") return "read its own kaged storage";
-  if (text === "kaged:storage:write") return "change its own kaged storage";
-  const entry = after("net:");
-  if (entry !== null) {
-    return entry.endsWith(":*") ? `connect to ${entry.slice(0, -2)} on any port` : `connect to ${entry}`;
-  }
-  return text;
-}
-
+/** What it may do, in the daemon's words (`capabilities_described`), each with its text. */
 function capabilityList(caps) {
   if (!caps || caps.length === 0) {
     return h("span", { text: "none: only its own directory (read-only), no network" });
@@ -62,7 +44,7 @@ function capabilityList(caps) {
   return h(
     "ul",
     { class: "plain-list capabilities" },
-    caps.map((c) => h("li", {}, describeCapability(c), " ", h("code", { class: "muted", text: c }))),
+    caps.map((c) => h("li", {}, c.means, " ", h("code", { class: "muted", text: c.capability }))),
   );
 }
 
@@ -142,19 +124,20 @@ class PluginCard {
         ["Last error", problem, "plugin-last-error"],
         ["Restarts", String(p.restarts ?? 0)],
         ["Process", p.pid ? `PID ${p.pid}` : null],
-        ["May", capabilityList(p.capabilities)],
+        ["May", capabilityList(p.capabilities_described)],
         ["Tools", toolList(p.tools)],
       ]),
     );
     this.hint.textContent =
       p.state === "invalid"
-        ? `Fix its manifest (check it with: kaged plugin validate ${dir}/${this.name}), then restart kaged.`
+        ? `Fix what the reason says (check the manifest with: kaged plugin validate ${dir}/${this.name}), then Enable reads it again.`
         : "";
     this.hint.hidden = p.state !== "invalid";
     // The button that applies: Enable when off; Disable when on; both when kaged gave up on
-    // it (Enable starts it afresh); none when it cannot run.
+    // it (Enable starts it afresh); Enable alone when it cannot run (kaged reads its
+    // directory again, so a mended plugin starts).
     const focused = document.activeElement;
-    const canEnable = p.state !== "invalid" && (!p.enabled || p.state === "disabled");
+    const canEnable = p.state === "invalid" || !p.enabled || p.state === "disabled";
     const canDisable = p.state !== "invalid" && !!p.enabled;
     this.enable.hidden = !canEnable;
     this.disable.hidden = !canDisable;
@@ -266,6 +249,15 @@ export async function viewPlugins(ctx, view, main) {
     schedule();
   }
   view.onDispose(() => clearTimeout(timer));
+  // A plugin's state changed (`plugin.state` on the event stream), or the stream came back
+  // after a gap: read the list now. The poll stays for what has no event (a plugin
+  // installed on disk) and for read-only consoles, which do not follow the stream.
+  view.onEvent((e) => {
+    if (e.type === "plugin.state" || e.type === "reconnected") {
+      clearTimeout(timer);
+      tick();
+    }
+  });
   await load();
   schedule();
 }

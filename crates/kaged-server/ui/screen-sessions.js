@@ -161,8 +161,9 @@ export async function sessionList(ctx, view, host, { project }) {
   view.onDispose(() => clearTimeout(pending));
   view.onEvent((e) => {
     if (e.type === "reconnected") return refresh();
-    // Not about a run's state (the stream's own, and approvals: ctx.approvals has those).
-    if (e.type === "connected" || String(e.type).startsWith("approval.")) return;
+    // Not about a run's state (the stream's own, approvals: ctx.approvals has those, and
+    // plugins).
+    if (e.type === "connected" || /^(approval|plugin)\./.test(String(e.type))) return;
     const ours = !project || (e.detail && e.detail.project === project) || ids.has(e.session);
     if (!ours) return;
     refresh();

@@ -63,6 +63,8 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The sessions' hook events, taken by the dispatcher at start.
     hook_events: Mutex<Option<mpsc::UnboundedReceiver<hooks::HookEvent>>>,
+    /// `plugin.state` events for the operator's event stream.
+    events: tokio::sync::broadcast::Sender<Value>,
 }
 
 /// One plugin directory.
@@ -81,6 +83,8 @@ struct Entry {
 pub(crate) struct View {
     pub status: Status,
     pub pid: Option<u32>,
+    /// The pid the last `plugin.state` event said.
+    pub published_pid: Option<u32>,
 }
 
 /// What the operator or the daemon asks of a plugin's task.
@@ -153,6 +157,7 @@ impl Plugins {
                 entries: Mutex::new(BTreeMap::new()),
                 tasks: Mutex::new(Vec::new()),
                 hook_events: Mutex::new(Some(hook_events)),
+                events: tokio::sync::broadcast::channel(256).0,
             }),
         };
         plugins.scan();
@@ -270,6 +275,7 @@ impl Plugins {
             view: Arc::new(Mutex::new(View {
                 status: stopped(reason),
                 pid: None,
+                published_pid: None,
             })),
             commands: None,
         }
@@ -391,6 +397,7 @@ impl Plugins {
                 manifest,
                 deps: self.inner.deps.clone(),
                 view: entry.view.clone(),
+                events: self.inner.events.clone(),
             };
             let task = tokio::spawn(run::supervise(plugin, rx));
             lock(&self.inner.tasks).push(task);
@@ -550,6 +557,13 @@ impl Plugins {
             .any(|m| m.tools.iter().any(|t| m.agent_tool_name(t) == name))
     }
 
+    /// `plugin.state` events: a plugin's state, reason, restarts, last error or process
+    /// changed (`{"type": "plugin.state", "plugin": NAME, "state", "reason", "restarts",
+    /// "last_error", "pid"}`), live only.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Value> {
+        self.inner.events.subscribe()
+    }
+
     /// Every plugin's report (`GET /api/v1/plugins`, `kaged plugin list`), plugins installed
     /// since the last look included.
     pub fn list(&self) -> Value {
@@ -639,6 +653,7 @@ fn report(name: &str, e: &Entry) -> Value {
         "last_error": view.status.last_error,
         "pid": view.pid,
         "capabilities": m.map(|m| m.capabilities.list().iter().map(|c| c.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+        "capabilities_described": m.map(|m| m.capabilities.list().iter().map(|c| json!({"capability": c.to_string(), "means": c.describe()})).collect::<Vec<_>>()).unwrap_or_default(),
         "tools": m.map(|m| m.tools.iter().map(|t| m.agent_tool_name(t)).collect::<Vec<_>>()).unwrap_or_default(),
     })
 }

@@ -38,6 +38,8 @@ pub(crate) struct Plugin {
     pub manifest: Arc<Manifest>,
     pub deps: PluginDeps,
     pub view: Arc<Mutex<View>>,
+    /// Where `plugin.state` events go.
+    pub events: tokio::sync::broadcast::Sender<Value>,
 }
 
 /// What a running plugin's readers report.
@@ -539,8 +541,30 @@ async fn shutdown(
     }
 }
 
+/// Show the supervisor's status in the plugin's report; a change is a `plugin.state` event.
 fn publish(plugin: &Plugin, sup: &Supervisor) {
-    lock(&plugin.view).status = sup.status().clone();
+    let mut view = lock(&plugin.view);
+    let status = sup.status();
+    let event = json!({
+        "type": "plugin.state",
+        "plugin": plugin.name,
+        "state": status.state.as_str(),
+        "reason": status.reason,
+        "restarts": status.restarts,
+        "last_error": status.last_error,
+        "pid": view.pid,
+    });
+    let changed = view.status.state != status.state
+        || view.status.reason != status.reason
+        || view.status.restarts != status.restarts
+        || view.status.last_error != status.last_error
+        || view.published_pid != view.pid;
+    view.status = status.clone();
+    view.published_pid = view.pid;
+    if changed {
+        // No one listening is not a failure.
+        let _ = plugin.events.send(event);
+    }
 }
 
 async fn audit(plugin: &Plugin, kind: &'static str, success: bool, mut detail: Value) {

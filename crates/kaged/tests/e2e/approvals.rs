@@ -100,13 +100,13 @@ async fn finished_turn(d: &Daemon, id: &str) -> Vec<Value> {
 }
 
 /// The operator's event stream (`GET /api/v1/events`), with the nonce.
-struct OperatorWs {
+pub(crate) struct OperatorWs {
     ws: AgentWs,
     seen: Vec<Value>,
 }
 
 impl OperatorWs {
-    async fn open(d: &Daemon) -> OperatorWs {
+    pub(crate) async fn open(d: &Daemon) -> OperatorWs {
         let url = format!("{}/api/v1/events", d.base.replacen("http://", "ws://", 1));
         let mut request = url.as_str().into_client_request().unwrap();
         request
@@ -123,7 +123,7 @@ impl OperatorWs {
     }
 
     /// The first event satisfying `done`.
-    async fn until(&mut self, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(&mut self, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next())

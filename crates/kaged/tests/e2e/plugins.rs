@@ -185,10 +185,17 @@ async fn a_well_behaved_plugin_runs_caged_and_the_operator_stops_and_starts_it()
     let p = wait_plugin(&d, "good", "still running", |p| p["state"] == "running").await;
     assert_eq!(p["restarts"], 0, "{p}");
 
+    let mut events = crate::approvals::OperatorWs::open(&d).await;
     let (status, body) = d
         .call(Method::POST, "/api/v1/plugins/good/disable", None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // The operator's event stream says so as it happens.
+    let event = events
+        .until(|e| e["type"] == "plugin.state" && e["plugin"] == "good" && e["state"] == "stopped")
+        .await;
+    assert_eq!(event["reason"], "disabled by the operator", "{event}");
+    assert!(event["pid"].is_null(), "{event}");
     // The answer is the state the disable led to: the plugin has already ended.
     let stopped = &body["plugin"];
     assert_eq!(

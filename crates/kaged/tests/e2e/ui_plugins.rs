@@ -127,7 +127,11 @@ async fn the_plugins_screen_shows_states_and_reasons_and_the_operator_disables_a
         "{bad}"
     );
     assert!(bad["badge"].as_str().unwrap().contains("invalid"), "{bad}");
-    assert_eq!(bad["buttons"], json!([]), "it cannot run: {bad}");
+    assert_eq!(
+        bad["buttons"],
+        json!(["enable"]),
+        "it cannot run; Enable reads it again once mended: {bad}"
+    );
     assert!(
         bad["text"]
             .as_str()
