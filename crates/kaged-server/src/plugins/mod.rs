@@ -511,18 +511,7 @@ impl Plugins {
         name: &str,
         arguments: Value,
     ) -> Result<kaged_plugin::wire::ToolCallResult, String> {
-        let found = caller.plugins.iter().find_map(|p| {
-            let tool = name.strip_prefix(p.as_str())?.strip_prefix('.')?;
-            let entries = lock(&self.inner.entries);
-            let entry = entries.get(p)?;
-            let manifest = entry.manifest.clone()?;
-            manifest
-                .tools
-                .iter()
-                .any(|t| t.name == tool)
-                .then(|| (manifest, tool.to_string(), entry.commands.clone()))
-        });
-        let Some((manifest, tool, commands)) = found else {
+        let Some((manifest, tool, commands)) = self.find_tool(&caller.plugins, name) else {
             return Err(format!("`{name}` is not a tool of this agent's plugins"));
         };
         let plugin = manifest.name.clone();
@@ -550,11 +539,32 @@ impl Plugins {
     /// Whether `name` is a tool (`PLUGIN.TOOL`) that one of `plugins` declares in its
     /// manifest, running or not (a call of a stopped plugin's tool says it is not running).
     pub fn has_tool(&self, plugins: &[String], name: &str) -> bool {
+        self.find_tool(plugins, name).is_some()
+    }
+
+    /// The plugin among `plugins` whose manifest declares `name` (`PLUGIN.TOOL`): its
+    /// manifest, the tool's own name, and its task's queue when it has one.
+    fn find_tool(
+        &self,
+        plugins: &[String],
+        name: &str,
+    ) -> Option<(
+        Arc<Manifest>,
+        String,
+        Option<mpsc::UnboundedSender<Command>>,
+    )> {
         let entries = lock(&self.inner.entries);
-        plugins
-            .iter()
-            .filter_map(|p| entries.get(p)?.manifest.as_deref())
-            .any(|m| m.tools.iter().any(|t| m.agent_tool_name(t) == name))
+        plugins.iter().find_map(|p| {
+            let entry = entries.get(p)?;
+            let manifest = entry.manifest.clone()?;
+            let tool = manifest
+                .tools
+                .iter()
+                .find(|t| manifest.agent_tool_name(t) == name)?
+                .name
+                .clone();
+            Some((manifest, tool, entry.commands.clone()))
+        })
     }
 
     /// `plugin.state` events: a plugin's state, reason, restarts, last error or process
@@ -664,13 +674,8 @@ fn load(dir: &Path, name: &str) -> (Option<Manifest>, Option<String>) {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            let uid = rustix::process::geteuid().as_raw();
-            let why = format!(
-                "cannot read {} as kaged's user, uid {uid}: {e}; fix: give the directory to that user (chown -R {uid} {}) or install the plugin again as that user (kaged plugin install)",
-                path.display(),
-                dir.display()
-            );
-            return (None, Some(why));
+            let why = format!("cannot read {}: {e}", path.display());
+            return (None, Some(run::unreadable_by_the_daemon(name, dir, &why)));
         }
         Err(e) => return (None, Some(format!("cannot read {}: {e}", path.display()))),
     };

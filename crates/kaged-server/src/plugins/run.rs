@@ -12,6 +12,8 @@
 
 mod stage;
 
+pub(super) use stage::unreadable_by_the_daemon;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -545,7 +547,18 @@ async fn shutdown(
 fn publish(plugin: &Plugin, sup: &Supervisor) {
     let mut view = lock(&plugin.view);
     let status = sup.status();
-    let event = json!({
+    let changed = view.status.state != status.state
+        || view.status.reason != status.reason
+        || view.status.restarts != status.restarts
+        || view.status.last_error != status.last_error
+        || view.published_pid != view.pid;
+    if !changed {
+        return;
+    }
+    view.status = status.clone();
+    view.published_pid = view.pid;
+    // No one listening is not a failure.
+    let _ = plugin.events.send(json!({
         "type": "plugin.state",
         "plugin": plugin.name,
         "state": status.state.as_str(),
@@ -553,18 +566,7 @@ fn publish(plugin: &Plugin, sup: &Supervisor) {
         "restarts": status.restarts,
         "last_error": status.last_error,
         "pid": view.pid,
-    });
-    let changed = view.status.state != status.state
-        || view.status.reason != status.reason
-        || view.status.restarts != status.restarts
-        || view.status.last_error != status.last_error
-        || view.published_pid != view.pid;
-    view.status = status.clone();
-    view.published_pid = view.pid;
-    if changed {
-        // No one listening is not a failure.
-        let _ = plugin.events.send(event);
-    }
+    }));
 }
 
 async fn audit(plugin: &Plugin, kind: &'static str, success: bool, mut detail: Value) {

@@ -849,9 +849,11 @@ async fn an_ordinary_users_plugins_installed_with_the_cli_run_in_their_cages() {
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(
         why.contains(&format!(
-            "cannot read {}/kaged-plugin.yaml as kaged's user, uid {}",
-            installed.display(),
+            "the plugin `notes` cannot start: its cage runs as kaged's own user, uid {}",
             op.uid
+        )) && why.contains(&format!(
+            "cannot read {}/kaged-plugin.yaml",
+            installed.display()
         )),
         "{why}"
     );

@@ -313,6 +313,33 @@ async fn hostile_plugins_end_in_a_clear_state_and_the_daemon_keeps_serving() {
     assert_eq!(r.status(), StatusCode::OK);
     let status = d.api_get("/api/v1/status").await;
     assert_eq!(status["plugins"]["states"]["disabled"], 5, "{status}");
+    // The audit trail says each failure and why each was disabled.
+    let audit: Vec<Value> = std::fs::read_to_string(tmp.path().join("home/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for (name, _, why) in cases {
+        let of = |kind: &str| {
+            audit
+                .iter()
+                .filter(|e| e["kind"] == kind && e["detail"]["plugin"] == name)
+                .count()
+        };
+        assert!(of("plugin.failed") >= 5, "{name}: {audit:?}");
+        let disabled = audit
+            .iter()
+            .find(|e| e["kind"] == "plugin.disabled" && e["detail"]["plugin"] == name)
+            .unwrap_or_else(|| panic!("{name} disabled in {audit:?}"));
+        assert_eq!(disabled["outcome"], "failure", "{disabled}");
+        assert!(
+            disabled["detail"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(why),
+            "{disabled}"
+        );
+    }
 }
 
 #[tokio::test]

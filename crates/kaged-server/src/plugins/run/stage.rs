@@ -264,7 +264,9 @@ fn unreachable_by_the_cage(name: &str, root: &Path, run_as: &RunAs, why: &str) -
     )
 }
 
-fn unreadable_by_the_daemon(name: &str, dir: &Path, why: &str) -> String {
+/// Why the plugin `name` cannot run when kaged's own user (its cage's) cannot read `dir`,
+/// with the fix.
+pub(crate) fn unreadable_by_the_daemon(name: &str, dir: &Path, why: &str) -> String {
     let me = rustix::process::geteuid().as_raw();
     let user = kaged_spawn::describe_identity(Identity {
         uid: me,
